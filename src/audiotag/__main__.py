@@ -1,0 +1,3 @@
+from audiotag.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Command line: stages -> functions. ``python -m audiotag prepare train ensemble``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from audiotag.config import (
+    EnsembleConfig,
+    ExperimentConfig,
+    configs_root,
+    load_competition,
+    load_ensemble,
+    load_experiment,
+    read_yaml,
+)
+from audiotag.errors import AudiotagError, ConfigError
+from audiotag.log import setup_logging
+
+STAGES = ("prepare", "train", "ensemble")
+log = logging.getLogger("audiotag")
+
+EPILOG = """\
+examples:
+  audiotag prepare train ensemble                      the demo competition, end to end
+  audiotag train --config configs/experiments/demo/cnn_small.yaml --folds 0,1
+  audiotag train --set train.epochs=3 --run-name quick
+  audiotag ensemble --config configs/ensembles/demo.yaml
+
+--config names an experiment (prepare, train) or an ensemble (ensemble). Without it, the
+competition's default experiment and ensemble are used. --set applies to the experiment config,
+or to the ensemble config when ensemble is the only stage.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag",
+        description="Audio-tagging competition pipeline: prepare data, train folds, ensemble and submit.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("stages", nargs="+", metavar="STAGE", help=f"one or more of: {', '.join(STAGES)}")
+    parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
+    parser.add_argument("--config", type=Path, help="experiment or ensemble YAML file")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+    )
+    parser.add_argument("--folds", help="comma-separated folds to train, e.g. 0,1")
+    parser.add_argument("--run-name", help="name of the run folder (default: the experiment's name)")
+    parser.add_argument("--workers", type=int, help="processes for the feature cache (default: all cores)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def is_ensemble_file(path: Path) -> bool:
+    return "members" in read_yaml(path)
+
+
+def default_config(competition: str, kind: str) -> Path:
+    comp = load_competition(competition)
+    name = comp.default_experiment if kind == "experiment" else comp.default_ensemble
+    if not name:
+        raise ConfigError(
+            f"competition {competition!r} names no default_{kind}; pass --config configs/"
+            f"{'experiments' if kind == 'experiment' else 'ensembles'}/..."
+        )
+    folder = "experiments" if kind == "experiment" else "ensembles"
+    return configs_root() / folder / f"{name}.yaml"
+
+
+def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
+    path = args.config if args.config and not is_ensemble_file(args.config) else None
+    path = path or default_config(args.competition, "experiment")
+    overrides = list(args.overrides)
+    if args.folds:
+        try:
+            folds = [int(f) for f in args.folds.split(",") if f.strip()]
+        except ValueError:
+            raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
+        overrides.append(f"train.folds={folds}")
+    cfg = load_experiment(path, overrides)
+    if args.config is None and cfg.competition.name != args.competition:
+        raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
+    return cfg
+
+
+def ensemble_config(args: argparse.Namespace, exp: ExperimentConfig | None, only_stage: bool) -> EnsembleConfig:
+    if args.config and is_ensemble_file(args.config):
+        path = args.config
+    else:
+        path = default_config(exp.competition.name if exp else args.competition, "ensemble")
+    return load_ensemble(path, args.overrides if only_stage else [])
+
+
+def print_run(console: Console, result) -> None:
+    table = Table(title=f"run {result.name}: CV {result.metric} per fold")
+    table.add_column("fold", justify="right")
+    table.add_column(result.metric, justify="right")
+    for fold, score in sorted(result.fold_scores.items()):
+        table.add_row(str(fold), f"{score:.4f}")
+    table.add_row("mean ± std", f"{result.mean:.4f} ± {result.std:.4f}", style="bold")
+    console.print(table)
+
+
+def print_ensemble(console: Console, result) -> None:
+    table = Table(title=f"ensemble: CV {result.metric}")
+    table.add_column("member")
+    folds = sorted(result.fold_scores)
+    for fold in folds:
+        table.add_column(f"fold {fold}", justify="right")
+    table.add_column("mean ± std", justify="right")
+    for m in result.members:
+        values = [m.fold_scores.get(f, float("nan")) for f in folds]
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        table.add_row(m.name, *[f"{v:.4f}" for v in values], f"{mean:.4f} ± {std:.4f}")
+    table.add_row(
+        "blend", *[f"{result.fold_scores[f]:.4f}" for f in folds], f"{result.mean:.4f} ± {result.std:.4f}",
+        style="bold",
+    )
+    console.print(table)
+    console.print(f"submission: {result.submission}")
+    if result.test_score is not None:
+        console.print(f"test {result.metric} (hidden demo labels): [bold]{result.test_score:.4f}[/bold]")
+
+
+def run(args: argparse.Namespace) -> None:
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(STAGES)}")
+    stages = [s for s in STAGES if s in args.stages]  # always in pipeline order
+    console = Console(stderr=False)
+    exp = experiment_config(args) if {"prepare", "train"} & set(stages) else None
+    for stage in stages:
+        started = time.time()
+        log.info("stage %s: starting", stage)
+        if stage == "prepare":
+            from audiotag.prepare import prepare
+
+            prepare(exp.competition, exp.features, workers=args.workers)
+        elif stage == "train":
+            from audiotag.train.runner import train_experiment
+
+            print_run(console, train_experiment(exp, run_name=args.run_name, workers=args.workers))
+        else:
+            from audiotag.ensemble import run_ensemble
+
+            print_ensemble(console, run_ensemble(ensemble_config(args, exp, only_stage=stages == ["ensemble"])))
+        log.info("stage %s: done in %.1fs", stage, time.time() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        run(args)
+    except AudiotagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,29 @@
+"""Competition modules and the lookup from a config's ``name`` to its class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from audiotag.competitions.base import Competition
+from audiotag.config import CompetitionConfig
+from audiotag.errors import ConfigError
+
+
+def _registry() -> dict[str, type[Competition]]:
+    from audiotag.competitions.demo import Demo, Demo2019
+
+    return {cls.name: cls for cls in (Demo, Demo2019)}
+
+
+def competition_names() -> list[str]:
+    return sorted(_registry())
+
+
+def get_competition(cfg: CompetitionConfig, root: Path | None = None) -> Competition:
+    registry = _registry()
+    if cfg.name not in registry:
+        raise ConfigError(f"competition.name: unknown competition {cfg.name!r}; known: {', '.join(sorted(registry))}")
+    return registry[cfg.name](cfg, root)
+
+
+__all__ = ["Competition", "competition_names", "get_competition"]

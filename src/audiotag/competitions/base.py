@@ -1,0 +1,91 @@
+"""What every competition knows: its classes, where its files come from, its metric and format.
+
+All later stages read only the normalised clip table (``meta.parquet``) and the feature cache, so a
+competition's job ends at producing that table from its raw files.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from audiotag.config import CompetitionConfig
+from audiotag.errors import DataError
+from audiotag.paths import competition_dir
+
+Task = Literal["single_label", "multi_label"]
+SubmissionKind = Literal["top3_labels", "scores"]
+
+CLIP_COLUMNS = ["clip_id", "path", "split", "subset", "labels", "verified", "duration", "sample_rate"]
+
+
+class Competition(abc.ABC):
+    """One competition: subclasses set the class attributes and implement the three methods."""
+
+    name: ClassVar[str]
+    task: ClassVar[Task]
+    metric: ClassVar[str]
+    submission_kind: ClassVar[SubmissionKind]
+
+    def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
+        self.cfg = cfg
+        self.dir = root if root is not None else competition_dir(cfg.name)
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.dir / "raw"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "meta.parquet"
+
+    @property
+    @abc.abstractmethod
+    def classes(self) -> list[str]:
+        """Class vocabulary in the order used for every score column."""
+
+    @abc.abstractmethod
+    def obtain(self) -> None:
+        """Make the raw files available under ``raw_dir`` (download, or synthesise for the demo)."""
+
+    @abc.abstractmethod
+    def read_clip_table(self) -> pd.DataFrame:
+        """Parse the raw layout into the normalised clip table (columns ``CLIP_COLUMNS``)."""
+
+    @property
+    def sample_submission_path(self) -> Path:
+        return self.raw_dir / "sample_submission.csv"
+
+    def test_truth(self) -> pd.DataFrame | None:
+        """Test labels (clip_id, labels) when the competition knows them; None otherwise."""
+        return None
+
+    # ------------------------------------------------------------------ helpers shared by stages
+
+    def label_matrix(self, labels: pd.Series) -> np.ndarray:
+        """Binary (n_clips, n_classes) matrix from a series of label lists."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        out = np.zeros((len(labels), len(index)), dtype=np.float32)
+        for row, names in enumerate(labels):
+            for name in names:
+                if name not in index:
+                    raise DataError(f"label {name!r} is not in the {self.name} vocabulary")
+                out[row, index[name]] = 1.0
+        return out
+
+    def training_clips(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Train clips of the configured subsets (all subsets when ``subsets`` is null)."""
+        train = table[table["split"] == "train"]
+        if self.cfg.subsets is not None:
+            known = sorted(train["subset"].unique())
+            unknown = sorted(set(self.cfg.subsets) - set(known))
+            if unknown:
+                raise DataError(
+                    f"competition.subsets: {unknown} not in this competition's subsets {known}"
+                )
+            train = train[train["subset"].isin(self.cfg.subsets)]
+        return train.reset_index(drop=True)

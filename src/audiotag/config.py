@@ -1,0 +1,354 @@
+"""Typed configuration: YAML files under ``configs/`` composed into one validated tree.
+
+An experiment file names one file from each group (``competition: demo`` reads
+``configs/competitions/demo.yaml``), or gives a mapping with ``base: <name>`` plus keys to change.
+Command-line overrides (``--set train.epochs=3``) are applied to the composed tree before
+validation, so every error names the full key path and what is allowed there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from audiotag.errors import ConfigError
+
+M = TypeVar("M", bound="BaseModel")
+
+FEATURE_CODE_VERSION = 1  # bump when the log-mel computation changes, so old caches are not reused
+GROUPS = {
+    "competition": "competitions",
+    "features": "features",
+    "model": "models",
+}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DemoGeneratorConfig(StrictModel):
+    """How the self-made demo competition is synthesised (deterministic for a given seed)."""
+
+    seed: int = 2026
+    train_per_class: int = Field(60, ge=2)
+    test_per_class: int = Field(20, ge=1)
+    min_duration: float = Field(0.3, gt=0)
+    max_duration: float = Field(10.0, gt=0)
+    verified_fraction: float = Field(0.5, ge=0, le=1)
+    label_noise: float = Field(0.3, ge=0, le=1)
+    sample_rate: int = 44100
+
+    @model_validator(mode="after")
+    def _durations(self) -> DemoGeneratorConfig:
+        if self.min_duration > self.max_duration:
+            raise ValueError("min_duration must not exceed max_duration")
+        return self
+
+
+class CompetitionConfig(StrictModel):
+    name: str = Field(description="competition module: demo, demo2019")
+    n_folds: int = Field(5, ge=2, le=20)
+    fold_seed: int = 42
+    subsets: list[str] | None = Field(
+        None, description="training subsets to use (e.g. [curated] for 2019 layouts); null = all"
+    )
+    generator: DemoGeneratorConfig | None = None
+    default_experiment: str | None = Field(
+        None, description="experiment under configs/experiments/ that prepare/train use without --config"
+    )
+    default_ensemble: str | None = Field(
+        None, description="ensemble under configs/ensembles/ that ensemble uses without --config"
+    )
+
+
+class FeatureConfig(StrictModel):
+    """Log-mel front-end. Every field except ``name`` enters the cache key."""
+
+    name: str = "logmel"
+    sample_rate: int = Field(16000, gt=0)
+    n_fft: int = Field(512, gt=0)
+    win_length: int | None = Field(None, gt=0)
+    hop_length: int = Field(320, gt=0)
+    n_mels: int = Field(64, gt=0)
+    fmin: float = Field(50.0, ge=0)
+    fmax: float | None = Field(None, gt=0)
+    mel_scale: Literal["slaney", "htk"] = "slaney"
+    scale: Literal["db", "log"] = "db"
+    amin: float = Field(1e-10, gt=0, description="floor before 10*log10 (scale: db)")
+    log_offset: float = Field(1e-6, gt=0, description="added before log (scale: log)")
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureConfig:
+        nyquist = self.sample_rate / 2
+        if self.fmax is not None and self.fmax > nyquist:
+            raise ValueError(f"fmax {self.fmax} is above the Nyquist frequency {nyquist}")
+        if self.fmin >= (self.fmax or nyquist):
+            raise ValueError("fmin must be below fmax")
+        if self.win_length is not None and self.win_length > self.n_fft:
+            raise ValueError("win_length must not exceed n_fft")
+        return self
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def key(self) -> str:
+        """Short hash of every setting that changes the cached tensors."""
+        settings = self.model_dump(exclude={"name"})
+        settings["fmax"] = self.fmax or self.sample_rate / 2
+        settings["win_length"] = self.win_length or self.n_fft
+        settings["code_version"] = FEATURE_CODE_VERSION
+        blob = json.dumps(settings, sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:10]
+
+    def cache_name(self) -> str:
+        return f"{self.name}-{self.key()}"
+
+
+class ModelConfig(StrictModel):
+    name: Literal["cnn"] = "cnn"
+    channels: list[int] = Field(
+        default_factory=lambda: [64, 128, 256, 512, 1024, 2048],
+        description="output channels of each conv block (CNN14: 64..2048, six blocks)",
+    )
+    pool_size: list[int] = Field(
+        default_factory=lambda: [2, 2],
+        description="average pooling (freq, time) after each block but the last",
+    )
+    embedding_dim: int = Field(2048, gt=0)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    global_pool: Literal["mean+max", "mean", "max"] = "mean+max"
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if not self.channels or any(c <= 0 for c in self.channels):
+            raise ValueError("channels must be a non-empty list of positive integers")
+        if len(self.pool_size) != 2 or any(p < 1 for p in self.pool_size):
+            raise ValueError("pool_size must be two positive integers (freq, time)")
+        return self
+
+
+class SpecAugmentConfig(StrictModel):
+    time_masks: int = Field(2, ge=0)
+    time_width: int = Field(16, ge=0, description="maximum frames per time mask")
+    freq_masks: int = Field(2, ge=0)
+    freq_width: int = Field(8, ge=0, description="maximum mel bins per frequency mask")
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    crop_seconds: float = Field(2.0, gt=0)
+    pad_mode: Literal["constant", "wrap"] = "wrap"
+    mixup_alpha: float = Field(0.4, ge=0, description="Beta(alpha, alpha); 0 disables mixup")
+    mixup_prob: float = Field(0.5, ge=0, le=1)
+    specaugment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig)
+    patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
+    eval_hop_fraction: float = Field(0.5, gt=0, le=1)
+    eval_aggregate: Literal["mean", "max"] = "mean"
+    unverified_weight: float = Field(1.0, ge=0, description="loss weight of unverified/noisy clips")
+    folds: list[int] | None = Field(None, description="folds to train; null = all")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
+
+
+class ExperimentConfig(StrictModel):
+    name: str
+    competition: CompetitionConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class EnsembleConfig(StrictModel):
+    name: str
+    competition: CompetitionConfig
+    members: list[str] = Field(min_length=1, description="run names under competition/<name>/runs/")
+    method: Literal["mean", "geometric"] = "mean"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def configs_root() -> Path:
+    """The repository's ``configs/`` folder (overridable with AUDIOTAG_CONFIGS)."""
+    import os
+
+    env = os.environ.get("AUDIOTAG_CONFIGS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def available(group_dir: str, root: Path | None = None) -> list[str]:
+    base = (root or configs_root()) / group_dir
+    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
+
+
+def load_group(group: str, name: str, root: Path | None = None) -> dict[str, Any]:
+    group_dir = GROUPS[group]
+    path = (root or configs_root()) / group_dir / f"{name}.yaml"
+    if not path.is_file():
+        choices = ", ".join(available(group_dir, root)) or "(none)"
+        raise ConfigError(f"{group}: no config named {name!r} in configs/{group_dir}/; available: {choices}")
+    return read_yaml(path)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_groups(raw: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
+    """Replace group references (``model: cnn_small`` or ``{base: cnn_small, ...}``) by their content."""
+    out = dict(raw)
+    for group in GROUPS:
+        value = out.get(group)
+        if isinstance(value, str):
+            out[group] = load_group(group, value, root)
+        elif isinstance(value, dict) and "base" in value:
+            rest = {k: v for k, v in value.items() if k != "base"}
+            out[group] = deep_merge(load_group(group, str(value["base"]), root), rest)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. train.epochs=3")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return path, parsed
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    tree = json.loads(json.dumps(tree))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            hint = f"unknown key; allowed keys here: {', '.join(allowed)}" if allowed else "unknown key"
+            lines.append(f"  {where}: {hint}")
+        else:
+            got = err.get("input")
+            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {where}: {err['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_of(field.annotation)
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def validate(model: type[M], tree: dict[str, Any], source: str) -> M:
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, source)) from None
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    raw = read_yaml(path)
+    raw.setdefault("name", path.stem)
+    tree = apply_overrides(resolve_groups(raw), overrides or [])
+    tree = resolve_groups(tree)  # an override may name another group file
+    return validate(ExperimentConfig, tree, str(path))
+
+
+def load_ensemble(path: str | Path, overrides: list[str] | None = None) -> EnsembleConfig:
+    path = Path(path)
+    raw = read_yaml(path)
+    raw.setdefault("name", path.stem)
+    tree = resolve_groups(apply_overrides(resolve_groups(raw), overrides or []))
+    return validate(EnsembleConfig, tree, str(path))
+
+
+def load_competition(name: str, overrides: list[str] | None = None) -> CompetitionConfig:
+    tree = apply_overrides(load_group("competition", name), overrides or [])
+    return validate(CompetitionConfig, tree, f"configs/competitions/{name}.yaml")
+
+
+def config_hash(cfg: BaseModel) -> str:
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,116 @@
+"""Crops and windows over cached log-mel: random crops for training, sliding windows for evaluation.
+
+Clips are stored unpadded; a clip shorter than the crop is padded here, either by repeating it
+(``wrap``) or with the front-end's silence value (``constant``) at a random offset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from audiotag.config import FeatureConfig
+
+
+def silence_value(cfg: FeatureConfig) -> float:
+    """The log-mel value of digital silence for this front-end."""
+    if cfg.scale == "db":
+        return 10.0 * math.log10(cfg.amin)
+    return math.log(cfg.log_offset)
+
+
+def fit_length(
+    frames: np.ndarray, length: int, start: int, pad_mode: str, fill: float, pad_offset: int = 0
+) -> np.ndarray:
+    """Return ``length`` frames starting at ``start``; pad short clips by wrapping or with ``fill``."""
+    n = frames.shape[0]
+    if n >= length:
+        return np.asarray(frames[start : start + length], dtype=np.float32)
+    if pad_mode == "wrap":
+        reps = -(-length // n)
+        return np.tile(np.asarray(frames, dtype=np.float32), (reps, 1))[:length]
+    out = np.full((length, frames.shape[1]), fill, dtype=np.float32)
+    out[pad_offset : pad_offset + n] = frames
+    return out
+
+
+class CropDataset(Dataset):
+    """Random fixed-length crops of training clips with their target vectors and loss weights.
+
+    The random state comes from ``(seed, epoch, index)`` so an epoch is reproducible whatever the
+    number of workers, and a resumed run sees the same crops as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        cache,
+        clip_ids: Sequence[str],
+        targets: np.ndarray,
+        weights: np.ndarray,
+        crop_frames: int,
+        pad_mode: str,
+        fill: float,
+        seed: int,
+    ) -> None:
+        self.cache = cache
+        self.clip_ids = list(clip_ids)
+        self.targets = targets.astype(np.float32)
+        self.weights = weights.astype(np.float32)
+        self.crop_frames = crop_frames
+        self.pad_mode = pad_mode
+        self.fill = fill
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        frames = self.cache.get(self.clip_ids[i])
+        n = frames.shape[0]
+        start = int(rng.integers(0, n - self.crop_frames + 1)) if n > self.crop_frames else 0
+        offset = int(rng.integers(0, self.crop_frames - n + 1)) if n < self.crop_frames else 0
+        x = fit_length(frames, self.crop_frames, start, self.pad_mode, self.fill, offset)
+        return torch.from_numpy(x), torch.from_numpy(self.targets[i]), torch.tensor(self.weights[i])
+
+
+def window_starts(n_frames: int, window: int, hop: int) -> list[int]:
+    """Window starts covering the whole clip; the last window is aligned to the clip's end."""
+    if n_frames <= window:
+        return [0]
+    starts = list(range(0, n_frames - window + 1, hop))
+    if starts[-1] != n_frames - window:
+        starts.append(n_frames - window)
+    return starts
+
+
+def iter_window_batches(
+    cache,
+    clip_ids: Sequence[str],
+    window: int,
+    hop: int,
+    batch_size: int,
+    pad_mode: str,
+    fill: float,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (clip index per window, windows) batches covering every clip in ``clip_ids``."""
+    owners: list[int] = []
+    batch: list[np.ndarray] = []
+    for idx, clip_id in enumerate(clip_ids):
+        frames = cache.get(clip_id)
+        for start in window_starts(frames.shape[0], window, hop):
+            batch.append(fit_length(frames, window, start, pad_mode, fill))
+            owners.append(idx)
+            if len(batch) == batch_size:
+                yield np.asarray(owners), np.stack(batch)
+                owners, batch = [], []
+    if batch:
+        yield np.asarray(owners), np.stack(batch)

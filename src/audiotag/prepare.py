@@ -1,0 +1,61 @@
+"""The prepare stage: raw data -> clip table -> folds -> feature cache. Each step is skipped when
+its output is already up to date, so ``prepare`` can be re-run at any time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from audiotag.atomic import atomic_path
+from audiotag.competitions import Competition, get_competition
+from audiotag.config import CompetitionConfig, FeatureConfig
+from audiotag.data.cache import build_cache
+from audiotag.data.folds import ensure_folds
+from audiotag.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    competition: Competition
+    table: pd.DataFrame
+    folds_path: Path
+    cache_dir: Path
+
+
+def clip_table(comp: Competition) -> pd.DataFrame:
+    """Read ``meta.parquet``, rebuilding it when missing or older than the raw CSV files."""
+    sources = list(comp.raw_dir.glob("*.csv"))
+    if comp.meta_path.is_file():
+        newest = max((p.stat().st_mtime for p in sources), default=0.0)
+        if comp.meta_path.stat().st_mtime >= newest:
+            log.info("clip table: %s up to date", comp.meta_path)
+            return read_clip_table(comp.meta_path)
+    table = comp.read_clip_table()
+    with atomic_path(comp.meta_path, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    counts = table.groupby(["split", "subset"]).size().to_dict()
+    log.info("clip table: wrote %s (%s)", comp.meta_path, ", ".join(f"{k[1]}: {v}" for k, v in counts.items()))
+    return table
+
+
+def read_clip_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: clip table not found; run `./run.sh prepare` first")
+    table = pd.read_parquet(path)
+    table["labels"] = table["labels"].map(list)
+    return table
+
+
+def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: int | None = None) -> Prepared:
+    comp = get_competition(competition)
+    log.info("prepare: competition %s in %s", comp.name, comp.dir)
+    comp.obtain()
+    table = clip_table(comp)
+    folds = ensure_folds(comp, table)
+    cache_dir = build_cache(table[["clip_id", "path"]], comp.dir, features, workers=workers)
+    return Prepared(comp, table, folds, cache_dir)

@@ -1,0 +1,78 @@
+"""Submission CSVs in each competition's exact format, validated against the sample submission
+before anything is written; the file appears whole or not at all."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audiotag.atomic import atomic_write_text
+from audiotag.competitions import Competition
+from audiotag.errors import DataError
+from audiotag.metrics import top_k
+
+log = logging.getLogger(__name__)
+
+
+def read_sample(comp: Competition) -> pd.DataFrame:
+    path = comp.sample_submission_path
+    if not path.is_file():
+        raise DataError(f"{path}: sample submission not found; run `./run.sh prepare` first")
+    return pd.read_csv(path, dtype={"fname": str}, keep_default_na=False)
+
+
+def build_submission(comp: Competition, clip_ids: Sequence[str], scores: np.ndarray) -> pd.DataFrame:
+    """Rows in the sample submission's order; top-3 labels or the score table, per the competition."""
+    sample = read_sample(comp)
+    position = {c: i for i, c in enumerate(clip_ids)}
+    missing = [f for f in sample["fname"] if f not in position]
+    if missing:
+        raise DataError(
+            f"{len(missing)} clip(s) of the sample submission have no prediction (e.g. {missing[:3]}); "
+            "re-run train so every fold predicts the test set"
+        )
+    ordered = scores[[position[f] for f in sample["fname"]]]
+    classes = np.asarray(comp.classes)
+    if comp.submission_kind == "top3_labels":
+        labels = [" ".join(row) for row in classes[top_k(ordered, 3)]]
+        return pd.DataFrame({"fname": sample["fname"], "label": labels})
+    columns = [c for c in sample.columns if c != "fname"]
+    unknown = sorted(set(columns) ^ set(comp.classes))
+    if unknown:
+        raise DataError(f"{comp.sample_submission_path}: class columns differ from the vocabulary: {unknown[:5]}")
+    index = {c: i for i, c in enumerate(comp.classes)}
+    table = pd.DataFrame(ordered[:, [index[c] for c in columns]], columns=columns)
+    table.insert(0, "fname", sample["fname"].to_numpy())
+    return table
+
+
+def validate_submission(comp: Competition, sub: pd.DataFrame) -> None:
+    """Refuse a submission whose ids, order, columns or values do not match the sample's."""
+    sample = read_sample(comp)
+    if list(sub.columns) != list(sample.columns):
+        raise DataError(f"submission columns {list(sub.columns)[:5]}... differ from the sample's")
+    if len(sub) != len(sample) or not (sub["fname"].to_numpy() == sample["fname"].to_numpy()).all():
+        raise DataError("submission ids or their order differ from the sample submission's")
+    if comp.submission_kind == "top3_labels":
+        vocabulary = set(comp.classes)
+        for row, text in enumerate(sub["label"]):
+            names = str(text).split(" ")
+            if not 1 <= len(names) <= 3 or len(set(names)) != len(names) or not set(names) <= vocabulary:
+                raise DataError(f"submission row {row + 1} ({sub['fname'].iloc[row]}): bad labels {text!r}")
+        return
+    values = sub.drop(columns="fname").to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise DataError("submission holds NaN or infinite scores")
+    if values.min() < 0 or values.max() > 1:
+        raise DataError(f"submission scores outside [0, 1]: min {values.min()}, max {values.max()}")
+
+
+def write_submission(comp: Competition, sub: pd.DataFrame, path: Path) -> Path:
+    validate_submission(comp, sub)
+    atomic_write_text(path, sub.to_csv(index=False, float_format="%.6f"))
+    log.info("submission: wrote %s (%d rows)", path, len(sub))
+    return path

@@ -1,0 +1,218 @@
+"""Training of one fold: crops, SpecAugment, mixup, weighted BCE, AdamW with warm-up + cosine decay,
+early stopping on the competition metric, and a checkpoint after every epoch so a killed run resumes.
+
+Every random draw comes from generators seeded by (seed, fold, epoch), so a resumed fold continues
+exactly as the uninterrupted one would have on the same device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from audiotag import metrics
+from audiotag.atomic import atomic_write_json
+from audiotag.config import ExperimentConfig
+from audiotag.data.augment import mixup, spec_augment
+from audiotag.data.dataset import CropDataset, silence_value
+from audiotag.errors import AudiotagError
+from audiotag.models.registry import build_model
+from audiotag.predictions import write_predictions
+from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
+from audiotag.train.losses import weighted_bce
+from audiotag.train.predict import predict_clips
+from audiotag.train.schedule import make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(AudiotagError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
+
+
+@dataclass
+class FoldData:
+    fold: int
+    classes: list[str]
+    metric: str
+    train_ids: list[str]
+    train_targets: np.ndarray
+    train_weights: np.ndarray
+    val_ids: list[str]
+    val_targets: np.ndarray
+    val_scored: np.ndarray  # boolean mask: which validation clips the CV score uses
+    test_ids: list[str]
+
+
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, fold, epoch]).generate_state(1)[0])
+
+
+def crop_frames(cfg: ExperimentConfig) -> int:
+    return max(1, round(cfg.train.crop_seconds * cfg.features.frames_per_second))
+
+
+def evaluate(model, cache, data: FoldData, cfg: ExperimentConfig, device, ids=None) -> np.ndarray:
+    window = crop_frames(cfg)
+    return predict_clips(
+        model,
+        cache,
+        data.val_ids if ids is None else ids,
+        window=window,
+        hop=max(1, round(window * cfg.train.eval_hop_fraction)),
+        batch_size=cfg.train.batch_size * 2,
+        pad_mode=cfg.train.pad_mode,
+        fill=silence_value(cfg.features),
+        aggregate=cfg.train.eval_aggregate,
+        device=device,
+    )
+
+
+def fold_score(data: FoldData, scores: np.ndarray) -> float:
+    mask = data.val_scored
+    return metrics.score(data.metric, data.val_targets[mask], scores[mask])
+
+
+def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, device: torch.device) -> dict:
+    """Train one fold (or resume it) and write best.pt, oof.parquet, test.parquet and done.json."""
+    done_path = fold_dir / "done.json"
+    if done_path.is_file():
+        import json
+
+        summary = json.loads(done_path.read_text())
+        log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, summary["score"])
+        return summary
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    tc = cfg.train
+    torch.manual_seed(epoch_seed(tc.seed, data.fold, -1))
+    model = build_model(cfg.model, cfg.features.n_mels, len(data.classes)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    drop_last = len(data.train_ids) >= tc.batch_size
+    steps_per_epoch = len(data.train_ids) // tc.batch_size if drop_last else 1
+    scheduler = make_scheduler(
+        optimizer,
+        warmup_steps=round(tc.warmup_epochs * steps_per_epoch),
+        total_steps=tc.epochs * steps_per_epoch,
+        min_ratio=tc.min_lr_ratio,
+    )
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    if last_path.is_file():
+        ckpt = load_checkpoint(last_path, device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        log.info("fold %d: resuming from %s at epoch %d", data.fold, last_path, state["epoch"] + 1)
+
+    dataset = CropDataset(
+        cache,
+        data.train_ids,
+        data.train_targets,
+        data.train_weights,
+        crop_frames(cfg),
+        tc.pad_mode,
+        silence_value(cfg.features),
+        seed=epoch_seed(tc.seed, data.fold, -2),
+    )
+    started = time.time()
+    while state["epoch"] < tc.epochs and state["bad_epochs"] < tc.patience:
+        epoch = state["epoch"]
+        t0 = time.time()
+        loss = _train_one_epoch(model, optimizer, scheduler, dataset, cfg, data.fold, epoch, device)
+        score = fold_score(data, evaluate(model, cache, data, cfg, device))
+        improved = score > state["best_score"]
+        if improved:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "score": score})
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append(
+            {"epoch": epoch, "loss": loss, "score": score, "lr": optimizer.param_groups[0]["lr"],
+             "seconds": round(time.time() - t0, 2)}
+        )
+        state["epoch"] = epoch + 1
+        save_checkpoint(
+            last_path,
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "state": state},
+        )
+        log.info(
+            "fold %d epoch %d/%d: loss %.4f, val %s %.4f%s (%.1fs)",
+            data.fold, epoch + 1, tc.epochs, loss, data.metric, score, " *" if improved else "",
+            time.time() - t0,
+        )
+    if state["bad_epochs"] >= tc.patience:
+        log.info("fold %d: early stop, no improvement for %d epochs", data.fold, tc.patience)
+
+    model.load_state_dict(load_checkpoint(best_path, device)["model"])
+    oof = evaluate(model, cache, data, cfg, device)
+    test = evaluate(model, cache, data, cfg, device, ids=data.test_ids) if data.test_ids else None
+    write_predictions(fold_dir / "oof.parquet", data.val_ids, data.classes, oof)
+    if test is not None:
+        write_predictions(fold_dir / "test.parquet", data.test_ids, data.classes, test)
+    summary = {
+        "fold": data.fold,
+        "metric": data.metric,
+        "score": fold_score(data, oof),
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "n_train": len(data.train_ids),
+        "n_val": len(data.val_ids),
+        "n_val_scored": int(data.val_scored.sum()),
+        "seconds": round(time.time() - started, 1),
+        "history": state["history"],
+    }
+    atomic_write_json(done_path, summary)
+    last_path.unlink(missing_ok=True)  # the best weights are kept; the resume state is no longer needed
+    log.info("fold %d: done, best %s %.4f at epoch %d", data.fold, data.metric, summary["score"],
+             state["best_epoch"] + 1)
+    return summary
+
+
+def _train_one_epoch(model, optimizer, scheduler, dataset, cfg, fold, epoch, device) -> float:
+    tc = cfg.train
+    model.train()
+    dataset.set_epoch(epoch)
+    seed = epoch_seed(tc.seed, fold, epoch)
+    loader = DataLoader(
+        dataset,
+        batch_size=tc.batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= tc.batch_size,
+        num_workers=tc.num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=device.type == "cuda",
+    )
+    aug = torch.Generator().manual_seed(seed + 1)
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}", leave=False, disable=None, unit="batch")
+    for step, (x, y, w) in enumerate(bar):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        w = w.to(device, non_blocking=True)
+        x = spec_augment(x, tc.specaugment, aug)
+        if tc.mixup_alpha > 0 and torch.rand(1, generator=aug).item() < tc.mixup_prob:
+            x, y, w = mixup(x, y, w, tc.mixup_alpha, aug)
+        loss = weighted_bce(model(x), y, w)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"fold {fold}: loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good "
+                "checkpoint is kept. Lower train.lr or check the features for NaN"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * x.shape[0]
+        count += x.shape[0]
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)

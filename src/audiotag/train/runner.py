@@ -1,0 +1,216 @@
+"""The train stage: one run = one experiment config trained fold by fold in ``runs/<name>/``.
+
+A run directory describes itself: the resolved config, its hash, the feature key, the fold file and
+its SHA-256, and the code version are written before any fold starts. Starting a run again with a
+different config is refused (the numbers in it would no longer match its config).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import audiotag
+from audiotag import metrics
+from audiotag.atomic import atomic_write_json, atomic_write_text
+from audiotag.config import ExperimentConfig, dump_yaml
+from audiotag.data.cache import FeatureCache
+from audiotag.data.folds import file_sha256, load_folds
+from audiotag.errors import ConfigError
+from audiotag.paths import REPO_ROOT
+from audiotag.predictions import read_predictions, write_predictions
+from audiotag.prepare import Prepared, prepare
+from audiotag.train.loop import FoldData, train_fold
+
+log = logging.getLogger(__name__)
+
+# Settings that change how a run executes but not its results; they may differ on resume.
+RUNTIME_KEYS = {"train.folds", "train.device", "train.num_workers", "train.threads"}
+
+
+@dataclass
+class RunResult:
+    name: str
+    dir: Path
+    metric: str
+    fold_scores: dict[int, float]
+    complete: bool
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.fold_scores.values())))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(list(self.fold_scores.values())))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def result_settings(cfg: ExperimentConfig) -> dict[str, object]:
+    return {k: v for k, v in flatten(cfg.model_dump(mode="json")).items() if k not in RUNTIME_KEYS}
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return f"{audiotag.__version__}+{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return audiotag.__version__
+
+
+def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prepared) -> None:
+    info_path = run_dir / "run.json"
+    settings = result_settings(cfg)
+    if info_path.is_file():
+        saved = json.loads(info_path.read_text())["settings"]
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        if changed:
+            diff = "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:8])
+            raise ConfigError(
+                f"run {run_dir.name!r} in {run_dir} was started with a different config ({diff}). "
+                "Give the new config its own run with --run-name NAME, or delete the run folder to start over"
+            )
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    atomic_write_json(
+        info_path,
+        {
+            "name": run_dir.name,
+            "settings": settings,
+            "feature_key": cfg.features.key(),
+            "cache_dir": str(prepared.cache_dir),
+            "folds_file": str(prepared.folds_path),
+            "folds_sha256": file_sha256(prepared.folds_path),
+            "code_version": code_version(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no CUDA GPU is visible; use auto or cpu")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
+    comp = prepared.competition
+    train = comp.training_clips(prepared.table).merge(load_folds(prepared.folds_path), on="clip_id")
+    targets = comp.label_matrix(train["labels"])
+    weights = np.where(train["verified"], 1.0, cfg.train.unverified_weight)
+    is_val = (train["fold"] == fold).to_numpy()
+    scored = train["verified"].to_numpy()[is_val]
+    if not scored.any():
+        log.warning("fold %d: no verified clip in validation, scoring on all of them", fold)
+        scored = np.ones_like(scored)
+    test = prepared.table[prepared.table["split"] == "test"]
+    return FoldData(
+        fold=fold,
+        classes=comp.classes,
+        metric=comp.metric,
+        train_ids=train["clip_id"][~is_val].tolist(),
+        train_targets=targets[~is_val],
+        train_weights=weights[~is_val],
+        val_ids=train["clip_id"][is_val].tolist(),
+        val_targets=targets[is_val],
+        val_scored=scored.astype(bool),
+        test_ids=test["clip_id"].tolist(),
+    )
+
+
+def train_experiment(
+    cfg: ExperimentConfig, run_name: str | None = None, workers: int | None = None
+) -> RunResult:
+    prepared = prepare(cfg.competition, cfg.features, workers=workers)
+    comp = prepared.competition
+    run_dir = comp.dir / "runs" / (run_name or cfg.name)
+    check_or_write_run_info(run_dir, cfg, prepared)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    n_folds = comp.cfg.n_folds
+    folds = cfg.train.folds if cfg.train.folds is not None else list(range(n_folds))
+    bad = [f for f in folds if not 0 <= f < n_folds]
+    if bad:
+        raise ConfigError(f"train.folds: {bad} out of range; this competition has folds 0..{n_folds - 1}")
+    cache = FeatureCache(prepared.cache_dir)
+    log.info("train: run %s on %s, folds %s, %s threads", run_dir, device, folds, torch.get_num_threads())
+    for fold in folds:
+        train_fold(cfg, cache, fold_data(prepared, cfg, fold), run_dir / f"fold{fold}", device)
+    return collect_run(run_dir, comp.classes, comp.metric, n_folds, prepared)
+
+
+def collect_run(run_dir: Path, classes: list[str], metric: str, n_folds: int, prepared: Prepared) -> RunResult:
+    """Gather fold results; when every fold is done, write run-level OOF, test and metrics files."""
+    scores: dict[int, float] = {}
+    for fold in range(n_folds):
+        done = run_dir / f"fold{fold}" / "done.json"
+        if done.is_file():
+            scores[fold] = json.loads(done.read_text())["score"]
+    complete = len(scores) == n_folds
+    result = RunResult(run_dir.name, run_dir, metric, scores, complete)
+    if not complete:
+        log.info("train: %d of %d folds done; run the remaining folds to get OOF and test files",
+                 len(scores), n_folds)
+        return result
+    oof_ids: list[str] = []
+    oof_parts, test_parts = [], []
+    test_ids: list[str] | None = None
+    for fold in range(n_folds):
+        ids, scores_fold = read_predictions(run_dir / f"fold{fold}" / "oof.parquet", classes)
+        oof_ids += ids
+        oof_parts.append(scores_fold)
+        test_path = run_dir / f"fold{fold}" / "test.parquet"
+        if test_path.is_file():
+            test_ids, test_fold = read_predictions(test_path, classes)
+            test_parts.append(test_fold)
+    oof = np.concatenate(oof_parts)
+    write_predictions(run_dir / "oof.parquet", oof_ids, classes, oof)
+    if test_parts and test_ids is not None:
+        write_predictions(run_dir / "test.parquet", test_ids, classes, np.mean(test_parts, axis=0))
+    comp = prepared.competition
+    table = prepared.table.set_index("clip_id").loc[oof_ids]
+    truth = comp.label_matrix(table["labels"])
+    verified = table["verified"].to_numpy()
+    pooled = metrics.score(metric, truth[verified], oof[verified]) if verified.any() else float("nan")
+    atomic_write_json(
+        run_dir / "metrics.json",
+        {
+            "metric": metric,
+            "folds": {str(k): v for k, v in scores.items()},
+            "mean": result.mean,
+            "std": result.std,
+            "oof_pooled": pooled,
+            "n_oof": len(oof_ids),
+        },
+    )
+    return result
+
