@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
     parser.add_argument("--config", type=Path, help="experiment or ensemble YAML file")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.epochs=3 (repeatable)",
     )
     parser.add_argument("--folds", help="comma-separated folds to train, e.g. 0,1")
@@ -92,7 +96,9 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     return cfg
 
 
-def ensemble_config(args: argparse.Namespace, exp: ExperimentConfig | None, only_stage: bool) -> EnsembleConfig:
+def ensemble_config(
+    args: argparse.Namespace, exp: ExperimentConfig | None, only_stage: bool
+) -> EnsembleConfig:
     if args.config and is_ensemble_file(args.config):
         path = args.config
     else:
@@ -123,7 +129,9 @@ def print_ensemble(console: Console, result) -> None:
         std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
         table.add_row(m.name, *[f"{v:.4f}" for v in values], f"{mean:.4f} ± {std:.4f}")
     table.add_row(
-        "blend", *[f"{result.fold_scores[f]:.4f}" for f in folds], f"{result.mean:.4f} ± {result.std:.4f}",
+        "blend",
+        *[f"{result.fold_scores[f]:.4f}" for f in folds],
+        f"{result.mean:.4f} ± {result.std:.4f}",
         style="bold",
     )
     console.print(table)
@@ -153,7 +161,9 @@ def run(args: argparse.Namespace) -> None:
         else:
             from audiotag.ensemble import run_ensemble
 
-            print_ensemble(console, run_ensemble(ensemble_config(args, exp, only_stage=stages == ["ensemble"])))
+            print_ensemble(
+                console, run_ensemble(ensemble_config(args, exp, only_stage=stages == ["ensemble"]))
+            )
         log.info("stage %s: done in %.1fs", stage, time.time() - started)
 
 

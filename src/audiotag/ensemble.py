@@ -137,7 +137,9 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     fold_scores = score_by_fold(comp, table, folds, oof_ids, blended_oof)
     path = submissions_root() / comp.name / f"{cfg.name}.csv"
     write_submission(comp, build_submission(comp, test_ids, blended_test), path)
-    result = EnsembleResult(comp.metric, members, fold_scores, path, score_on_test(comp, test_ids, blended_test))
+    result = EnsembleResult(
+        comp.metric, members, fold_scores, path, score_on_test(comp, test_ids, blended_test)
+    )
     result.report = {
         "name": cfg.name,
         "competition": comp.name,

@@ -12,7 +12,9 @@ from audiotag.atomic import atomic_path
 from audiotag.errors import DataError
 
 
-def write_predictions(path: Path, clip_ids: Sequence[str], classes: Sequence[str], scores: np.ndarray) -> None:
+def write_predictions(
+    path: Path, clip_ids: Sequence[str], classes: Sequence[str], scores: np.ndarray
+) -> None:
     if scores.shape != (len(clip_ids), len(classes)):
         raise ValueError(f"scores shape {scores.shape} != ({len(clip_ids)}, {len(classes)})")
     df = pd.DataFrame(scores.astype(np.float32), columns=list(classes))
@@ -27,5 +29,7 @@ def read_predictions(path: Path, classes: Sequence[str]) -> tuple[list[str], np.
     df = pd.read_parquet(path)
     columns = [c for c in df.columns if c != "clip_id"]
     if columns != list(classes):
-        raise DataError(f"{path}: class columns differ from the competition's ({len(columns)} vs {len(classes)})")
+        raise DataError(
+            f"{path}: class columns differ from the competition's ({len(columns)} vs {len(classes)})"
+        )
     return df["clip_id"].astype(str).tolist(), df[columns].to_numpy(dtype=np.float64)

@@ -39,7 +39,9 @@ def clip_table(comp: Competition) -> pd.DataFrame:
     with atomic_path(comp.meta_path, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
     counts = table.groupby(["split", "subset"]).size().to_dict()
-    log.info("clip table: wrote %s (%s)", comp.meta_path, ", ".join(f"{k[1]}: {v}" for k, v in counts.items()))
+    log.info(
+        "clip table: wrote %s (%s)", comp.meta_path, ", ".join(f"{k[1]}: {v}" for k, v in counts.items())
+    )
     return table
 
 

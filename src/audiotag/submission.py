@@ -43,7 +43,9 @@ def build_submission(comp: Competition, clip_ids: Sequence[str], scores: np.ndar
     columns = [c for c in sample.columns if c != "fname"]
     unknown = sorted(set(columns) ^ set(comp.classes))
     if unknown:
-        raise DataError(f"{comp.sample_submission_path}: class columns differ from the vocabulary: {unknown[:5]}")
+        raise DataError(
+            f"{comp.sample_submission_path}: class columns differ from the vocabulary: {unknown[:5]}"
+        )
     index = {c: i for i, c in enumerate(comp.classes)}
     table = pd.DataFrame(ordered[:, [index[c] for c in columns]], columns=columns)
     table.insert(0, "fname", sample["fname"].to_numpy())

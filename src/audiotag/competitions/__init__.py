@@ -22,7 +22,9 @@ def competition_names() -> list[str]:
 def get_competition(cfg: CompetitionConfig, root: Path | None = None) -> Competition:
     registry = _registry()
     if cfg.name not in registry:
-        raise ConfigError(f"competition.name: unknown competition {cfg.name!r}; known: {', '.join(sorted(registry))}")
+        raise ConfigError(
+            f"competition.name: unknown competition {cfg.name!r}; known: {', '.join(sorted(registry))}"
+        )
     return registry[cfg.name](cfg, root)
 
 

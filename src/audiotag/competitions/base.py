@@ -84,8 +84,6 @@ class Competition(abc.ABC):
             known = sorted(train["subset"].unique())
             unknown = sorted(set(self.cfg.subsets) - set(known))
             if unknown:
-                raise DataError(
-                    f"competition.subsets: {unknown} not in this competition's subsets {known}"
-                )
+                raise DataError(f"competition.subsets: {unknown} not in this competition's subsets {known}")
             train = train[train["subset"].isin(self.cfg.subsets)]
         return train.reset_index(drop=True)

@@ -41,7 +41,8 @@ def check_labels(labels: list[list[str]], vocabulary: set[str], path: Path, mult
         bad = [n for n in names if n not in vocabulary]
         if bad:
             raise DataError(
-                f"{path}: line {row + 2}: unknown label(s) {bad}; the vocabulary has {len(vocabulary)} classes"
+                f"{path}: line {row + 2}: unknown label(s) {bad}; "
+                f"the vocabulary has {len(vocabulary)} classes"
             )
 
 

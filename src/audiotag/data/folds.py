@@ -33,7 +33,8 @@ def assign_folds(comp: Competition, train: pd.DataFrame) -> np.ndarray:
     index = np.zeros(len(train))
     folds = np.full(len(train), -1, dtype=np.int64)
     if comp.task == "single_label":
-        strata = [f"{labels[0]}|{verified}" for labels, verified in zip(train["labels"], train["verified"])]
+        pairs = zip(train["labels"], train["verified"], strict=True)
+        strata = [f"{labels[0]}|{verified}" for labels, verified in pairs]
         counts = pd.Series(strata).value_counts()
         if counts.max() < n_folds:
             raise DataError(f"too few clips ({len(train)}) for {n_folds} folds; lower competition.n_folds")

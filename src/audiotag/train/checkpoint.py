@@ -23,4 +23,6 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
-        raise DataError(f"{path}: checkpoint cannot be read ({exc}); delete it to restart this fold") from None
+        raise DataError(
+            f"{path}: checkpoint cannot be read ({exc}); delete it to restart this fold"
+        ) from None

@@ -136,18 +136,33 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         else:
             state["bad_epochs"] += 1
         state["history"].append(
-            {"epoch": epoch, "loss": loss, "score": score, "lr": optimizer.param_groups[0]["lr"],
-             "seconds": round(time.time() - t0, 2)}
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "score": score,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.time() - t0, 2),
+            }
         )
         state["epoch"] = epoch + 1
         save_checkpoint(
             last_path,
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "state": state},
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": state,
+            },
         )
         log.info(
             "fold %d epoch %d/%d: loss %.4f, val %s %.4f%s (%.1fs)",
-            data.fold, epoch + 1, tc.epochs, loss, data.metric, score, " *" if improved else "",
+            data.fold,
+            epoch + 1,
+            tc.epochs,
+            loss,
+            data.metric,
+            score,
+            " *" if improved else "",
             time.time() - t0,
         )
     if state["bad_epochs"] >= tc.patience:
@@ -173,8 +188,13 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
     }
     atomic_write_json(done_path, summary)
     last_path.unlink(missing_ok=True)  # the best weights are kept; the resume state is no longer needed
-    log.info("fold %d: done, best %s %.4f at epoch %d", data.fold, data.metric, summary["score"],
-             state["best_epoch"] + 1)
+    log.info(
+        "fold %d: done, best %s %.4f at epoch %d",
+        data.fold,
+        data.metric,
+        summary["score"],
+        state["best_epoch"] + 1,
+    )
     return summary
 
 

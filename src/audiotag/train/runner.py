@@ -72,7 +72,10 @@ def code_version() -> str:
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
         if out.returncode == 0 and out.stdout.strip():
             return f"{audiotag.__version__}+{out.stdout.strip()}"
@@ -168,7 +171,9 @@ def train_experiment(
     return collect_run(run_dir, comp.classes, comp.metric, n_folds, prepared)
 
 
-def collect_run(run_dir: Path, classes: list[str], metric: str, n_folds: int, prepared: Prepared) -> RunResult:
+def collect_run(
+    run_dir: Path, classes: list[str], metric: str, n_folds: int, prepared: Prepared
+) -> RunResult:
     """Gather fold results; when every fold is done, write run-level OOF, test and metrics files."""
     scores: dict[int, float] = {}
     for fold in range(n_folds):
@@ -178,8 +183,11 @@ def collect_run(run_dir: Path, classes: list[str], metric: str, n_folds: int, pr
     complete = len(scores) == n_folds
     result = RunResult(run_dir.name, run_dir, metric, scores, complete)
     if not complete:
-        log.info("train: %d of %d folds done; run the remaining folds to get OOF and test files",
-                 len(scores), n_folds)
+        log.info(
+            "train: %d of %d folds done; run the remaining folds to get OOF and test files",
+            len(scores),
+            n_folds,
+        )
         return result
     oof_ids: list[str] = []
     oof_parts, test_parts = [], []
@@ -213,4 +221,3 @@ def collect_run(run_dir: Path, classes: list[str], metric: str, n_folds: int, pr
         },
     )
     return result
-

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A demo small enough to prepare, train and ensemble in seconds on 2 cores.
+TINY_DEMO = [
+    "competition.n_folds=3",
+    "competition.generator.train_per_class=6",
+    "competition.generator.test_per_class=2",
+    "competition.generator.max_duration=3.0",
+    "model.channels=[8,16]",
+    "model.embedding_dim=16",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "train.patience=2",
+]
+
+
+def tiny_args(*stages: str, competition: str = "demo", extra: list[str] | None = None) -> list[str]:
+    args = [*stages, "-c", competition, "--workers", "1"]
+    for item in [*TINY_DEMO, *(extra or [])]:
+        args += ["--set", item]
+    return args
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the workspace and submissions folders at a temporary directory."""
+    monkeypatch.setenv("AUDIOTAG_WORKSPACE", str(tmp_path / "competition"))
+    monkeypatch.setenv("AUDIOTAG_SUBMISSIONS", str(tmp_path / "submissions"))
+    return tmp_path
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["AUDIOTAG_WORKSPACE"] = str(tmp_path / "competition")
+    env["AUDIOTAG_SUBMISSIONS"] = str(tmp_path / "submissions")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from audiotag.config import (
+    ExperimentConfig,
+    FeatureConfig,
+    apply_overrides,
+    configs_root,
+    load_ensemble,
+    load_experiment,
+)
+from audiotag.errors import ConfigError
+
+DEMO = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
+
+
+def test_default_experiment_composes_groups() -> None:
+    cfg = load_experiment(DEMO)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.name == "cnn_small"
+    assert cfg.competition.name == "demo"
+    assert cfg.features.name == "logmel_16k_64" and cfg.features.n_mels == 64
+    assert cfg.model.channels == [16, 32, 64, 128]
+
+
+def test_overrides_change_values_and_swap_groups() -> None:
+    cfg = load_experiment(DEMO, ["train.epochs=3", "model=cnn14", "train.specaugment.freq_masks=0"])
+    assert cfg.train.epochs == 3
+    assert cfg.model.channels == [64, 128, 256, 512, 1024, 2048]
+    assert cfg.train.specaugment.freq_masks == 0
+
+
+def test_group_with_base_and_changes(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("competition: demo\nfeatures: {base: logmel_16k_64, n_mels: 40}\nmodel: cnn_small\n")
+    cfg = load_experiment(path)
+    assert cfg.features.n_mels == 40 and cfg.features.sample_rate == 16000
+
+
+def test_unknown_key_names_path_and_allowed_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(DEMO, ["train.epoch=3"])
+    text = str(info.value)
+    assert "train.epoch: unknown key" in text
+    assert "epochs" in text and "batch_size" in text
+
+
+def test_wrong_type_names_path_and_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(DEMO, ["train.batch_size=many"])
+    assert "train.batch_size" in str(info.value) and "'many'" in str(info.value)
+
+
+def test_literal_lists_allowed_values() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(DEMO, ["train.pad_mode=reflect"])
+    assert (
+        "train.pad_mode" in str(info.value)
+        and "'constant'" in str(info.value)
+        and "'wrap'" in str(info.value)
+    )
+
+
+def test_unknown_group_file_lists_choices() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_experiment(DEMO, ["model=resnet9000"])
+    assert "resnet9000" in str(info.value) and "cnn_small" in str(info.value)
+
+
+def test_bad_override_syntax() -> None:
+    with pytest.raises(ConfigError, match=r"KEY\.PATH=VALUE"):
+        load_experiment(DEMO, ["train.epochs"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"train": {"epochs": 3}}, ["train.epochs.x=1"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_experiment(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "missing.yaml")
+
+
+def test_feature_validation_and_key() -> None:
+    with pytest.raises(ValueError, match="Nyquist"):
+        FeatureConfig(sample_rate=16000, fmax=9000)
+    a = FeatureConfig()
+    b = FeatureConfig(name="other")  # the name is a label, not a setting
+    c = FeatureConfig(n_mels=128)
+    assert a.key() == b.key() != c.key()
+    assert FeatureConfig(fmax=None).key() == FeatureConfig(fmax=8000).key()  # same resolved fmax
+
+
+def test_ensemble_config() -> None:
+    cfg = load_ensemble(configs_root() / "ensembles" / "demo.yaml")
+    assert cfg.members == ["cnn_small"] and cfg.competition.name == "demo"
+    with pytest.raises(ConfigError, match="method"):
+        load_ensemble(configs_root() / "ensembles" / "demo.yaml", ["method=median"])
+
+
+@pytest.mark.parametrize("path", sorted((configs_root() / "experiments").rglob("*.yaml")))
+def test_every_shipped_experiment_validates(path: Path) -> None:
+    load_experiment(path)

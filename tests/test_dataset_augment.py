@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from audiotag.config import FeatureConfig, SpecAugmentConfig
+from audiotag.data.augment import mixup, spec_augment
+from audiotag.data.dataset import CropDataset, fit_length, iter_window_batches, silence_value, window_starts
+from audiotag.train.schedule import warmup_cosine
+
+
+class DictCache:
+    """The two methods of FeatureCache that the datasets use."""
+
+    def __init__(self, clips: dict[str, np.ndarray]) -> None:
+        self.clips = clips
+
+    def get(self, clip_id: str) -> np.ndarray:
+        return self.clips[clip_id]
+
+
+def frames(n: int, mels: int = 4) -> np.ndarray:
+    return np.arange(n * mels, dtype=np.float16).reshape(n, mels)
+
+
+def test_fit_length_crop_wrap_and_constant() -> None:
+    x = frames(5)
+    np.testing.assert_array_equal(fit_length(x, 3, 2, "wrap", -100), x[2:5])
+    wrapped = fit_length(x, 12, 0, "wrap", -100)
+    np.testing.assert_array_equal(wrapped[5:10], x)
+    np.testing.assert_array_equal(wrapped[10:], x[:2])
+    padded = fit_length(x, 8, 0, "constant", -100, pad_offset=2)
+    assert (padded[:2] == -100).all() and (padded[7:] == -100).all()
+    np.testing.assert_array_equal(padded[2:7], x)
+
+
+def test_silence_value() -> None:
+    assert silence_value(FeatureConfig(scale="db", amin=1e-10)) == pytest.approx(-100.0)
+    assert silence_value(FeatureConfig(scale="log", log_offset=1e-6)) == pytest.approx(np.log(1e-6))
+
+
+@pytest.mark.parametrize("n", [1, 7, 10, 11, 33])
+def test_window_starts_cover_clip(n: int) -> None:
+    starts = window_starts(n, window=10, hop=5)
+    covered = np.zeros(max(n, 10), bool)
+    for s in starts:
+        covered[s : s + 10] = True
+        assert s + 10 <= max(n, 10)
+    assert covered[:n].all()
+
+
+def test_window_batches_keep_owner_order() -> None:
+    cache = DictCache({"a": frames(25), "b": frames(3), "c": frames(10)})
+    owners, windows = zip(*iter_window_batches(cache, ["a", "b", "c"], 10, 5, 2, "wrap", -100), strict=True)
+    owners = np.concatenate(owners)
+    assert owners.tolist() == [0, 0, 0, 0, 1, 2]
+    assert all(w.shape[1:] == (10, 4) for w in windows)
+
+
+def test_crop_dataset_is_reproducible_per_epoch() -> None:
+    cache = DictCache({"a": frames(50), "b": frames(4)})
+    ds = CropDataset(cache, ["a", "b"], np.eye(2), np.ones(2), 8, "constant", -100.0, seed=1)
+    first = [ds[i][0] for i in range(2)]
+    again = [ds[i][0] for i in range(2)]
+    for x, y in zip(first, again, strict=True):
+        assert torch.equal(x, y)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[0][0], first[0])  # a new epoch draws new crops
+    x, y, w = ds[1]
+    assert x.shape == (8, 4) and (x == -100).sum() == 4 * 4
+    assert y.tolist() == [0.0, 1.0] and float(w) == 1.0
+
+
+def test_spec_augment_masks_bands_with_clip_mean() -> None:
+    x = torch.randn(4, 50, 16)
+    cfg = SpecAugmentConfig(time_masks=1, time_width=10, freq_masks=1, freq_width=4)
+    out = spec_augment(x, cfg, torch.Generator().manual_seed(0))
+    changed = out != x
+    assert changed.any()
+    for b in range(4):
+        fill = x[b].mean()
+        assert torch.allclose(out[b][changed[b]], fill.expand(int(changed[b].sum())))
+    none = SpecAugmentConfig(time_masks=0, freq_masks=0)
+    assert torch.equal(spec_augment(x, none, torch.Generator().manual_seed(0)), x)
+
+
+def test_mixup_is_a_convex_combination() -> None:
+    x = torch.randn(6, 5, 3)
+    y = torch.eye(6)
+    w = torch.ones(6)
+    mx, my, mw = mixup(x, y, w, 0.4, torch.Generator().manual_seed(3))
+    assert torch.allclose(my.sum(1), torch.ones(6))
+    assert torch.allclose(mw, torch.ones(6))
+    # With one-hot targets, row i of my is lam at i and 1 - lam at its partner: recover both.
+    lam = float(my[0, 0]) if my[0, 0] > 0 else float(1 - my[0].max())
+    for i in range(6):
+        partner = int(torch.argmax(my[i] - lam * y[i])) if not torch.allclose(my[i], y[i]) else i
+        expected = lam * x[i] + (1 - lam) * x[partner]
+        assert torch.allclose(mx[i], expected, atol=1e-6)
+
+
+def test_warmup_cosine_schedule() -> None:
+    values = [warmup_cosine(s, 10, 110, 0.01) for s in range(111)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0)
+    assert values[110] == pytest.approx(0.01)
+    assert all(a >= b for a, b in itertools.pairwise(values))

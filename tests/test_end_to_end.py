@@ -1,0 +1,135 @@
+"""The demo competitions through the real CLI: prepare, train, ensemble, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from audiotag.cli import main
+from tests.conftest import PYTHON, subprocess_env, tiny_args
+
+
+def run_cli(args: list[str]) -> int:
+    return main(args)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(tiny_args("prepare", "train", "ensemble")) == 0
+    out = capsys.readouterr().out
+    comp_dir = workspace / "competition" / "demo"
+    # prepare: Kaggle 2018 layout, clip table, folds, cache
+    for name in ("train.csv", "sample_submission.csv", "audio_train", "audio_test"):
+        assert (comp_dir / "raw" / name).exists()
+    meta = pd.read_parquet(comp_dir / "meta.parquet")
+    assert set(meta["split"]) == {"train", "test"}
+    assert len(list((comp_dir / "cache").glob("*/manifest.json"))) == 1
+    # train: every fold done, run-level files written
+    run = comp_dir / "runs" / "cnn_small"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sorted(metrics["folds"]) == ["0", "1", "2"]
+    assert (run / "config.yaml").is_file() and (run / "run.json").is_file()
+    oof = pd.read_parquet(run / "oof.parquet")
+    assert set(oof["clip_id"]) == set(meta.loc[meta["split"] == "train", "clip_id"])
+    # ensemble: submission in sample order with the printed summary
+    sub = pd.read_csv(workspace / "submissions" / "demo" / "demo.csv")
+    sample = pd.read_csv(comp_dir / "raw" / "sample_submission.csv")
+    assert sub["fname"].tolist() == sample["fname"].tolist()
+    assert list(sub.columns) == ["fname", "label"]
+    assert all(len(label.split(" ")) == 3 for label in sub["label"])
+    for text in ("fold", "mean ± std", "submission:", "test map3"):
+        assert text in out
+    report = json.loads((workspace / "submissions" / "demo" / "demo.json").read_text())
+    assert 0.0 <= report["test_score"] <= 1.0
+
+
+@pytest.mark.slow
+def test_second_prepare_does_nothing(workspace: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert run_cli(tiny_args("prepare")) == 0
+    comp_dir = workspace / "competition" / "demo"
+    watched = [comp_dir / "meta.parquet", *comp_dir.glob("folds/*.csv"), *comp_dir.glob("cache/*/frames.f16")]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    caplog.clear()
+    assert run_cli(tiny_args("prepare")) == 0
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert "up to date" in caplog.text
+
+
+@pytest.mark.slow
+def test_multilabel_demo_end_to_end(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(tiny_args("prepare", "train", "ensemble", competition="demo2019")) == 0
+    out = capsys.readouterr().out
+    assert "test lwlrap" in out
+    sub = pd.read_csv(workspace / "submissions" / "demo2019" / "demo2019.csv")
+    sample = pd.read_csv(workspace / "competition" / "demo2019" / "raw" / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns)
+    values = sub.drop(columns="fname").to_numpy()
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+
+
+def test_changed_config_is_refused_for_an_existing_run(workspace: Path, capsys) -> None:
+    assert run_cli(tiny_args("train", extra=["train.epochs=1"])) == 0
+    assert run_cli(tiny_args("train", extra=["train.epochs=1", "train.lr=0.1"])) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "train.lr" in err and "--run-name" in err
+    # a different run name is fine, and train.folds is not part of what must match
+    assert run_cli([*tiny_args("train", extra=["train.epochs=1", "train.lr=0.1"]), "--run-name", "lr01"]) == 0
+    assert run_cli([*tiny_args("train", extra=["train.epochs=1"]), "--folds", "0"]) == 0
+
+
+def test_bad_input_gives_clear_errors(workspace: Path, capsys) -> None:
+    assert run_cli(["train", "--set", "train.epoch=3"]) == 2
+    assert "train.epoch: unknown key" in capsys.readouterr().err
+    assert run_cli(["prepare", "-c", "nosuch"]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert run_cli(["fly"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+    assert run_cli(tiny_args("ensemble")) == 2
+    assert "cnn_small" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_matches_uninterrupted(tmp_path: Path) -> None:
+    """SIGKILL during fold 0, run again: it resumes from the checkpoint and ends where a clean run ends."""
+    extra = ["train.epochs=4", "train.patience=4", "train.folds=[0]"]
+    args = [PYTHON, "-m", "audiotag", *tiny_args("prepare", "train", extra=extra)]
+    killed_ws, clean_ws = tmp_path / "killed", tmp_path / "clean"
+    run_dir = killed_ws / "competition" / "demo" / "runs" / "cnn_small" / "fold0"
+
+    proc = subprocess.Popen(
+        args, env=subprocess_env(killed_ws), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 300
+    while not (run_dir / "last.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "done.json").exists()
+    stopped_at = len(torch.load(run_dir / "last.pt", weights_only=False)["state"]["history"])
+    assert stopped_at < 4
+
+    resumed = subprocess.run(args, env=subprocess_env(killed_ws), capture_output=True, text=True, check=True)
+    assert "resuming from" in resumed.stderr
+    subprocess.run(args, env=subprocess_env(clean_ws), capture_output=True, text=True, check=True)
+
+    def fold_result(ws: Path) -> tuple[dict, pd.DataFrame]:
+        fold = ws / "competition" / "demo" / "runs" / "cnn_small" / "fold0"
+        done = json.loads((fold / "done.json").read_text())
+        return done, pd.read_parquet(fold / "oof.parquet")
+
+    (done_a, oof_a), (done_b, oof_b) = fold_result(killed_ws), fold_result(clean_ws)
+    assert done_a["epochs_run"] == done_b["epochs_run"] == 4
+    assert [h["loss"] for h in done_a["history"]] == pytest.approx(
+        [h["loss"] for h in done_b["history"]], rel=1e-5
+    )
+    pd.testing.assert_frame_equal(oof_a, oof_b, rtol=1e-4)
