@@ -1,0 +1,120 @@
+"""Log-mel front-end: STFT power -> mel filterbank -> dB (or natural log), time-major output.
+
+Matches ``librosa.power_to_db(librosa.feature.melspectrogram(...), ref=1.0, top_db=None)`` as used
+by PANNs, but runs in torch so it works batched on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from audiotag.config import FeatureConfig
+
+# Slaney mel scale: linear below 1 kHz, logarithmic above (librosa's default, htk=False).
+_SLANEY_F_SP = 200.0 / 3
+_SLANEY_MIN_LOG_HZ = 1000.0
+_SLANEY_MIN_LOG_MEL = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
+_SLANEY_LOGSTEP = np.log(6.4) / 27.0
+
+
+def hz_to_mel(freqs: np.ndarray, htk: bool) -> np.ndarray:
+    freqs = np.asarray(freqs, dtype=np.float64)
+    if htk:
+        return 2595.0 * np.log10(1.0 + freqs / 700.0)
+    mels = freqs / _SLANEY_F_SP
+    log_region = freqs >= _SLANEY_MIN_LOG_HZ
+    safe = np.where(log_region, freqs, _SLANEY_MIN_LOG_HZ)
+    return np.where(
+        log_region, _SLANEY_MIN_LOG_MEL + np.log(safe / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOGSTEP, mels
+    )
+
+
+def mel_to_hz(mels: np.ndarray, htk: bool) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    if htk:
+        return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+    freqs = _SLANEY_F_SP * mels
+    log_region = mels >= _SLANEY_MIN_LOG_MEL
+    return np.where(
+        log_region, _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOGSTEP * (mels - _SLANEY_MIN_LOG_MEL)), freqs
+    )
+
+
+def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
+    """Triangular mel filters with Slaney area normalisation, (n_mels, n_fft // 2 + 1) float32.
+
+    Same as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=..., norm="slaney")``.
+    """
+    htk = cfg.mel_scale == "htk"
+    fmax = cfg.fmax if cfg.fmax is not None else cfg.sample_rate / 2
+    fft_freqs = np.fft.rfftfreq(cfg.n_fft, d=1.0 / cfg.sample_rate)
+    mel_edges = np.linspace(hz_to_mel(cfg.fmin, htk), hz_to_mel(fmax, htk), cfg.n_mels + 2)
+    hz_edges = mel_to_hz(mel_edges, htk)
+    widths = np.diff(hz_edges)
+    ramps = hz_edges[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz_edges[2:] - hz_edges[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+def min_samples(cfg: FeatureConfig) -> int:
+    """Shortest wave the reflect-padded STFT accepts (padding must be shorter than the signal)."""
+    return cfg.n_fft // 2 + 1
+
+
+def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
+    """Frames of a clip of ``n_samples`` samples (centred STFT)."""
+    return 1 + n_samples // cfg.hop_length
+
+
+class LogMel(nn.Module):
+    """(batch, samples) float32 wave -> (batch, frames, n_mels) float32 log-mel.
+
+    Waves shorter than ``n_fft // 2 + 1`` samples cannot be reflect-padded, so they are first
+    zero-padded at the end to that length; the output is then cut to ``n_frames(samples)`` frames,
+    so the frame count depends only on the true length.
+    """
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.win_length = cfg.win_length or cfg.n_fft
+        window = torch.hann_window(self.win_length, periodic=True, dtype=torch.float32)
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("fb", torch.from_numpy(mel_filterbank(cfg)).T.contiguous(), persistent=False)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        n_samples = wave.shape[-1]
+        short = min_samples(self.cfg) - n_samples
+        if short > 0:
+            wave = torch.nn.functional.pad(wave, (0, short))
+        spec = torch.stft(
+            wave,
+            n_fft=self.cfg.n_fft,
+            hop_length=self.cfg.hop_length,
+            win_length=self.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        power = spec.real.square() + spec.imag.square()  # (batch, freq, frames)
+        mel = torch.matmul(power.transpose(1, 2), self.fb)  # (batch, frames, n_mels)
+        return self._scale(mel[:, : n_frames(n_samples, self.cfg)])
+
+    def _scale(self, mel: Tensor) -> Tensor:
+        if self.cfg.scale == "db":
+            return 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))
+        return torch.log(mel + self.cfg.log_offset)
+
+
+def compute_logmel(wave: np.ndarray, cfg: FeatureConfig, extractor: LogMel | None = None) -> np.ndarray:
+    """Log-mel of one mono wave, (frames, n_mels) float32; pass ``extractor`` to reuse its filterbank."""
+    extractor = extractor if extractor is not None else LogMel(cfg)
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(extractor.fb.device)
+        return extractor(x)[0].cpu().numpy()
