@@ -1,205 +1,378 @@
-"""Competition metrics as pure functions on arrays: MAP@k, lwlrap, mAP, ROC-AUC and d-prime.
+"""Competition metrics as pure functions on numpy arrays.
 
-``truth`` is a binary matrix (n_clips, n_classes) unless stated otherwise; ``scores`` has the same
-shape, higher meaning more likely. Inputs are checked and a ValueError says what is wrong.
+Notation: ``scores`` is an (n_clips, n_classes) array of real, finite scores (higher = more likely);
+``truth`` is a binary (n_clips, n_classes) matrix of the same shape, or, for the single-label metric
+MAP@k, an integer array (n_clips,) of class indices. Every function checks its inputs and raises
+ValueError naming what is wrong.
+
+- ``map_at_k``: MAP@3 of Freesound General-Purpose Audio Tagging 2018.
+- ``lwlrap`` / ``per_class_lwlrap``: label-weighted label-ranking average precision of Freesound
+  Audio Tagging 2019.
+- ``average_precision_per_class`` / ``mean_average_precision``: per-class AP and its macro mean
+  (AudioSet-style mAP).
+- ``roc_auc_per_class`` / ``d_prime``.
+
+``METRICS`` maps the metric names used in configs to ``f(truth, scores) -> float``; ``score`` dispatches.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import norm, rankdata
+
+__all__ = [
+    "METRICS",
+    "MAPResult",
+    "average_precision_per_class",
+    "d_prime",
+    "higher_is_better",
+    "lwlrap",
+    "map_at_k",
+    "mean_average_precision",
+    "per_class_lwlrap",
+    "roc_auc_per_class",
+    "score",
+    "top_k",
+]
+
+_NUMERIC_KINDS = "biuf"
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _first_index(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
 def _check_scores(scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float64)
+    """``scores`` as a 2-D float64 array after checking it is numeric, 2-D and has no NaN/inf."""
+    scores = np.asarray(scores)
+    if scores.dtype.kind not in _NUMERIC_KINDS:
+        raise ValueError(f"scores must be a real numeric array, got dtype {scores.dtype}")
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D (n_clips, n_classes), got shape {scores.shape}")
-    if scores.shape[0] == 0:
-        raise ValueError("empty input: no clips to score")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores contain NaN or infinite values")
-    return scores
+    return scores.astype(np.float64, copy=False)
 
 
-def _check_pair(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _shape_mismatch(truth: np.ndarray, scores: np.ndarray) -> ValueError:
+    return ValueError(
+        f"truth and scores must have the same shape, got truth {truth.shape} and scores {scores.shape}"
+    )
+
+
+def _check_nonempty_finite(scores: np.ndarray) -> None:
+    if scores.size == 0:
+        raise ValueError(
+            f"empty input: scores has shape {scores.shape}; need at least one clip and one class"
+        )
+    finite = np.isfinite(scores)
+    if not finite.all():
+        n_nan = int(np.isnan(scores).sum())
+        n_inf = int(np.isinf(scores).sum())
+        row, col = _first_index(~finite)
+        raise ValueError(
+            f"scores contain {n_nan} NaN and {n_inf} infinite value(s); "
+            f"first at row {row}, column {col} ({scores[row, col]})"
+        )
+
+
+def _check_binary_truth(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(truth as bool, scores as float64) for the multi-label metrics, after all input checks."""
     scores = _check_scores(scores)
     truth = np.asarray(truth)
     if truth.shape != scores.shape:
-        raise ValueError(f"truth shape {truth.shape} differs from scores shape {scores.shape}")
-    if not np.isin(truth, (0, 1)).all():
-        raise ValueError("truth must be binary (0/1)")
-    return truth.astype(bool), scores
+        raise _shape_mismatch(truth, scores)
+    _check_nonempty_finite(scores)
+    return _as_bool(truth), scores
+
+
+def _as_bool(truth: np.ndarray) -> np.ndarray:
+    if truth.dtype.kind not in _NUMERIC_KINDS:
+        raise ValueError(f"truth must be a binary (0/1) numeric array, got dtype {truth.dtype}")
+    bad = (truth != 0) & (truth != 1)
+    if bad.any():
+        where = _first_index(bad)
+        raise ValueError(
+            f"truth must be binary (0/1); found {int(bad.sum())} other value(s), "
+            f"first {truth[where].item()!r} at index {where}"
+        )
+    return truth.astype(bool)
+
+
+def _check_single_label_truth(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(true class index per clip, scores as float64) from index (n,) or one-hot (n, C) truth."""
+    scores = _check_scores(scores)
+    truth = np.asarray(truth)
+    n_clips, n_classes = scores.shape
+    if truth.ndim == 2:
+        if truth.shape != scores.shape:
+            raise _shape_mismatch(truth, scores)
+        _check_nonempty_finite(scores)
+        positives = _as_bool(truth).sum(axis=1)
+        wrong = np.flatnonzero(positives != 1)
+        if wrong.size:
+            row = int(wrong[0])
+            raise ValueError(
+                "single-label truth must have exactly one positive per row; "
+                f"{wrong.size} row(s) do not, first row {row} with {int(positives[row])} positives"
+            )
+        return np.argmax(truth, axis=1), scores
+    if truth.ndim != 1:
+        raise ValueError(
+            f"truth must be class indices (n_clips,) or a one-hot matrix (n_clips, n_classes), "
+            f"got shape {truth.shape}"
+        )
+    if truth.shape[0] != n_clips:
+        raise ValueError(
+            f"truth and scores must have the same number of clips, got truth {truth.shape} "
+            f"and scores {scores.shape}"
+        )
+    if truth.dtype.kind not in "iu":
+        raise ValueError(f"1-D truth must hold integer class indices, got dtype {truth.dtype}")
+    _check_nonempty_finite(scores)
+    out_of_range = (truth < 0) | (truth >= n_classes)
+    if out_of_range.any():
+        row = int(np.flatnonzero(out_of_range)[0])
+        raise ValueError(f"truth class indices must lie in [0, {n_classes}); row {row} has {int(truth[row])}")
+    return truth.astype(np.intp), scores
+
+
+# --------------------------------------------------------------------------- ranking
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores per row; ties go to the lower class index.
+    """Class indices of the ``k`` highest scores of each row, best first; shape (n_clips, k).
 
-    The submission writer uses this same function, so CV is computed on what would be submitted.
+    Ties are broken by the lower class index first, i.e. the result is
+    ``np.argsort(-scores, axis=1, kind="stable")[:, :k]``. The submission writer uses this function,
+    so a cross-validation score is computed on exactly the labels that would be submitted.
     """
     scores = _check_scores(scores)
+    _check_nonempty_finite(scores)
+    if isinstance(k, bool):
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise ValueError(f"k must be a positive integer, got {k!r}") from None
+    n_classes = scores.shape[1]
+    if not 1 <= k <= n_classes:
+        raise ValueError(f"k must be between 1 and the number of classes ({n_classes}), got {k}")
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
+def _precision_at_own_rank(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """For every element (i, j), along rows:
+    ``|{l : truth[i, l], scores[i, l] >= scores[i, j]}| / |{l : scores[i, l] >= scores[i, j]}|``.
+
+    Everything tied with an element counts as ranked at or above it (scikit-learn's convention).
+    """
+    n_rows, n_cols = scores.shape
+    order = np.argsort(-scores, axis=1, kind="stable")
+    sorted_scores = np.take_along_axis(scores, order, axis=1)
+    positives_so_far = np.cumsum(np.take_along_axis(truth, order, axis=1), axis=1, dtype=np.int32)
+    # Position of the last member of each element's tie group: a suffix minimum over group ends.
+    is_group_end = np.ones((n_rows, n_cols), dtype=bool)
+    is_group_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
+    group_end = np.where(is_group_end, np.arange(n_cols), n_cols)
+    group_end = np.flip(np.minimum.accumulate(np.flip(group_end, axis=1), axis=1), axis=1)
+    precision_sorted = np.take_along_axis(positives_so_far, group_end, axis=1) / (group_end + 1.0)
+    precision = np.empty_like(precision_sorted)
+    np.put_along_axis(precision, order, precision_sorted, axis=1)
+    return precision
+
+
+# --------------------------------------------------------------------------- MAP@k (FSDKaggle2018)
+
+
 def map_at_k(truth: np.ndarray, scores: np.ndarray, k: int = 3) -> float:
-    """MAP@k as scored in Freesound General-Purpose Audio Tagging 2018.
+    """Mean average precision at ``k`` for single-label clips (Freesound General-Purpose Audio Tagging 2018).
 
-    Each clip scores 1 / rank of its true label if that label is among the top k predictions
-    (``top_k``), else 0; the result is the mean over clips. Only the first occurrence of the true
-    label in the prediction list counts (the indices from ``top_k`` are unique anyway).
+    With ``p_i = top_k(scores, k)[i]`` and ``y_i`` the true class of clip i::
 
-    ``truth``: class indices (n,) or a binary (n, C) matrix with exactly one positive per row.
+        MAP@k = (1/n) * sum_i  1 / (r_i + 1)   if y_i == p_i[r_i] for some r_i < k, else 0
+
+    Only the first occurrence of the true label in ``p_i`` would count (as in Kaggle's ``apk``); with
+    ``top_k`` the predicted indices of a row are distinct, so this never matters. Ties in score are
+    broken by the lower class index, exactly as in the submission.
+
+    ``truth`` is an integer array (n_clips,) of class indices or a binary (n_clips, n_classes) matrix
+    with exactly one positive per row.
     """
-    scores = _check_scores(scores)
-    truth = np.asarray(truth)
-    if truth.ndim == 2:
-        if truth.shape != scores.shape:
-            raise ValueError(f"truth shape {truth.shape} differs from scores shape {scores.shape}")
-        counts = (truth == 1).sum(axis=1)
-        if (counts != 1).any():
-            row = int(np.nonzero(counts != 1)[0][0])
-            raise ValueError(
-                f"single-label truth needs exactly one positive per row; row {row} has {counts[row]}"
-            )
-        truth = truth.argmax(axis=1)
-    if truth.shape != (scores.shape[0],):
-        raise ValueError(f"truth indices shape {truth.shape} does not match {scores.shape[0]} clips")
-    if (truth < 0).any() or (truth >= scores.shape[1]).any():
-        raise ValueError(f"truth indices must lie in [0, {scores.shape[1]})")
-    hits = top_k(scores, k) == truth[:, None]
-    ranks = np.argmax(hits, axis=1) + 1
-    return float(np.where(hits.any(axis=1), 1.0 / ranks, 0.0).mean())
+    labels, scores = _check_single_label_truth(truth, scores)
+    predicted = top_k(scores, k)
+    hits = predicted == labels[:, None]
+    rank = np.argmax(hits, axis=1)  # first hit; 0 when there is none, masked below
+    return float(np.mean(np.where(hits.any(axis=1), 1.0 / (rank + 1.0), 0.0)))
 
 
-def _positive_precisions(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """For every (clip, label) pair: precision at that label's rank (0 where the label is negative).
-
-    A label's rank is the number of labels scored at or above it (ties counted pessimistically,
-    as scikit-learn's ``label_ranking_average_precision_score`` does).
-    """
-    # rank[i, j] = #{l : s[i, l] >= s[i, j]}; hits[i, j] = #{l positive : s[i, l] >= s[i, j]}
-    order = np.sort(scores, axis=1)
-    n_classes = scores.shape[1]
-    rank = n_classes - np.array([np.searchsorted(row, s, side="left") for row, s in zip(order, scores)])
-    pos_sorted = np.sort(np.where(truth, scores, -np.inf), axis=1)
-    hits = n_classes - np.array([np.searchsorted(row, s, side="left") for row, s in zip(pos_sorted, scores)])
-    return np.where(truth, hits / rank, 0.0)
+# --------------------------------------------------------------------------- lwlrap (FSDKaggle2019)
 
 
 def per_class_lwlrap(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class label-weighted label-ranking average precision and each class's weight.
+    """Per-class label-weighted label-ranking average precision and the weight of each class.
 
-    lwlrap (Freesound Audio Tagging 2019): for every (clip, positive label) pair, the precision at
-    that label's rank = (clip's positive labels ranked at or above it) / (its rank); the mean over
-    all pairs. Per class: the mean over that class's pairs; weight = the class's share of all pairs,
-    so ``sum(per_class * weight) == lwlrap``. Ties: the official Kaggle notebook used argsort (an
-    arbitrary order among ties); here a tied label counts as ranked above, exactly as scikit-learn's
-    LRAP does, so lwlrap equals ``label_ranking_average_precision_score(truth, scores,
-    sample_weight=truth.sum(1))`` in every case. Clips without positives contribute nothing.
+    For clip i and one of its positive labels c, with ``rank_i(c) = |{l : s_il >= s_ic}|``::
+
+        prec_i(c) = |{l positive for i : s_il >= s_ic}| / rank_i(c)
+        lwlrap_c  = mean of prec_i(c) over the clips i where c is positive   (0 if there are none)
+        weight_c  = (number of positives of class c) / (number of positives of all classes)
+
+    so ``np.sum(per_class * weight) == lwlrap(truth, scores)``. Ties follow scikit-learn's
+    ``label_ranking_average_precision_score`` (a tied label counts as ranked at or above), not the
+    arbitrary argsort order of the official Kaggle colab; see ``lwlrap``. Raises ValueError when
+    ``truth`` has no positive label at all.
     """
-    truth, scores = _check_pair(truth, scores)
-    n_pairs = truth.sum()
-    if n_pairs == 0:
-        raise ValueError("truth has no positive label: lwlrap is undefined")
-    precisions = _positive_precisions(truth, scores)
-    per_class_pairs = truth.sum(axis=0)
-    per_class = np.divide(
-        precisions.sum(axis=0), per_class_pairs, out=np.zeros(truth.shape[1]), where=per_class_pairs > 0
-    )
-    return per_class, per_class_pairs / n_pairs
+    truth, scores = _check_binary_truth(truth, scores)
+    labels_per_class = truth.sum(axis=0)
+    n_positives = int(labels_per_class.sum())
+    if n_positives == 0:
+        raise ValueError(f"lwlrap needs at least one positive label; truth of shape {truth.shape} has none")
+    precision = _precision_at_own_rank(truth, scores)
+    precision_sum = np.where(truth, precision, 0.0).sum(axis=0)
+    per_class = precision_sum / np.maximum(1, labels_per_class)
+    weight = labels_per_class / n_positives
+    return per_class, weight
 
 
 def lwlrap(truth: np.ndarray, scores: np.ndarray) -> float:
-    """Label-weighted label-ranking average precision; see ``per_class_lwlrap``."""
-    per_class, weights = per_class_lwlrap(truth, scores)
-    return float(np.sum(per_class * weights))
+    """Label-weighted label-ranking average precision (Freesound Audio Tagging 2019).
+
+    Over all (clip i, positive label c) pairs, with ``rank_i(c) = |{l : s_il >= s_ic}|``::
+
+        lwlrap = (1 / #pairs) * sum_{(i, c)} |{l positive for i : s_il >= s_ic}| / rank_i(c)
+
+    Clips without a positive label have no pairs and contribute nothing; ValueError if there are no
+    positives at all. Ties: the official colab ranked with argsort, which orders tied labels
+    arbitrarily; here every label tied with c counts as ranked at or above it, the convention of
+    ``sklearn.metrics.label_ranking_average_precision_score``. Hence, ties included,
+    ``lwlrap(t, s) == label_ranking_average_precision_score(t, s, sample_weight=t.sum(1))`` on the
+    clips that have a positive label. Computed as ``np.sum(per_class * weight)`` of ``per_class_lwlrap``.
+    """
+    per_class, weight = per_class_lwlrap(truth, scores)
+    return float(np.sum(per_class * weight))
+
+
+# --------------------------------------------------------------------------- AP / mAP (AudioSet)
 
 
 def average_precision_per_class(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Average precision of each class, NaN for classes without positives.
+    """Average precision of each class (column); NaN for a class without positives.
 
-    AP = sum_n (R_n - R_{n-1}) P_n over the distinct score thresholds, highest first (clips with
-    tied scores enter together), as scikit-learn's ``average_precision_score``.
+    Defined as ``sklearn.metrics.average_precision_score``: over the distinct score thresholds
+    t_1 > t_2 > ... of the class, with precision P_n and recall R_n of "score >= t_n"::
+
+        AP = sum_n (R_n - R_{n-1}) * P_n,   R_0 = 0
+
+    Clips tied in score enter together at one threshold. Equivalently, AP is the mean over the
+    positive clips j of ``|{positive i : s_i >= s_j}| / |{i : s_i >= s_j}|``.
     """
-    truth, scores = _check_pair(truth, scores)
-    out = np.full(truth.shape[1], np.nan)
-    for c in range(truth.shape[1]):
-        y, s = truth[:, c], scores[:, c]
-        n_pos = y.sum()
-        if n_pos == 0:
-            continue
-        order = np.argsort(-s, kind="stable")
-        y, s = y[order], s[order]
-        last_of_group = np.r_[s[1:] != s[:-1], True]
-        tp = np.cumsum(y)[last_of_group]
-        seen = np.nonzero(last_of_group)[0] + 1
-        precision = tp / seen
-        recall_gain = np.diff(np.r_[0, tp]) / n_pos
-        out[c] = float(np.sum(recall_gain * precision))
-    return out
+    truth, scores = _check_binary_truth(truth, scores)
+    positives = truth.sum(axis=0)
+    precision = _precision_at_own_rank(np.ascontiguousarray(truth.T), np.ascontiguousarray(scores.T)).T
+    precision_sum = np.where(truth, precision, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(positives > 0, precision_sum / positives, np.nan)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: the generated __eq__ cannot compare ndarray fields
 class MAPResult:
+    """Macro mean of per-class AP over the classes that have at least one positive."""
+
     value: float
     n_skipped: int
     per_class: np.ndarray
 
 
 def mean_average_precision(truth: np.ndarray, scores: np.ndarray) -> MAPResult:
-    """Macro mean of per-class AP over classes with at least one positive (others are skipped)."""
+    """Macro-averaged average precision::
+
+        mAP = mean of AP_c over the classes c with at least one positive
+
+    Classes without positives have undefined AP (NaN in ``per_class``); they are skipped and counted
+    in ``n_skipped``. ValueError if no class has a positive.
+    """
     per_class = average_precision_per_class(truth, scores)
-    valid = ~np.isnan(per_class)
-    if not valid.any():
-        raise ValueError("no class has a positive clip: mAP is undefined")
-    return MAPResult(float(per_class[valid].mean()), int((~valid).sum()), per_class)
+    defined = ~np.isnan(per_class)
+    if not defined.any():
+        raise ValueError(
+            f"mAP needs at least one class with a positive label; truth of shape {np.shape(truth)} has none"
+        )
+    return MAPResult(
+        value=float(np.mean(per_class[defined])),
+        n_skipped=int((~defined).sum()),
+        per_class=per_class,
+    )
+
+
+# --------------------------------------------------------------------------- ROC AUC / d'
 
 
 def roc_auc_per_class(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """ROC-AUC per class in its Mann-Whitney form (ties count 1/2); NaN without both classes."""
-    from scipy.stats import rankdata
+    """Area under the ROC curve of each class (column), in Mann-Whitney form::
 
-    truth, scores = _check_pair(truth, scores)
-    out = np.full(truth.shape[1], np.nan)
-    for c in range(truth.shape[1]):
-        y = truth[:, c]
-        n_pos, n_neg = y.sum(), (~y).sum()
-        if n_pos == 0 or n_neg == 0:
-            continue
-        ranks = rankdata(scores[:, c])  # average ranks give ties half credit
-        out[c] = (ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return out
+        AUC = (1 / (P * N)) * sum_{positive i, negative j} ( [s_i > s_j] + 1/2 [s_i == s_j] )
+
+    computed from average ranks as ``(sum of positive ranks - P (P + 1) / 2) / (P * N)``.
+    NaN for a class with no positive (P = 0) or no negative (N = 0).
+    """
+    truth, scores = _check_binary_truth(truth, scores)
+    n_pos = truth.sum(axis=0)
+    n_neg = truth.shape[0] - n_pos
+    ranks = rankdata(scores, method="average", axis=0)
+    rank_sum = np.where(truth, ranks, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
 def d_prime(auc: float | np.ndarray) -> float | np.ndarray:
-    """d' = sqrt(2) * Phi^{-1}(AUC), as reported for AudioSet."""
-    return np.sqrt(2.0) * norm.ppf(auc)
+    """Sensitivity index from ROC AUC: ``d' = sqrt(2) * Phi^{-1}(AUC)``, Phi the standard normal CDF.
+
+    AUC 0.5 gives 0, AUC 1 gives +inf; NaN stays NaN. A float in, a float out; an array in, an array out.
+    """
+    values = np.asarray(auc, dtype=np.float64)
+    outside = ~np.isnan(values) & ((values < 0) | (values > 1))
+    if outside.any():
+        raise ValueError(f"AUC must lie in [0, 1]; got {values[outside].ravel()[0].item()!r}")
+    result = np.sqrt(2.0) * norm.ppf(values)
+    return float(result) if result.ndim == 0 else result
 
 
-def _map3(truth: np.ndarray, scores: np.ndarray) -> float:
-    return map_at_k(truth, scores, k=3)
+# --------------------------------------------------------------------------- registry
 
 
-def _map(truth: np.ndarray, scores: np.ndarray) -> float:
+def _map_value(truth: np.ndarray, scores: np.ndarray) -> float:
     return mean_average_precision(truth, scores).value
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "map3": _map3,
+    "map3": partial(map_at_k, k=3),
     "lwlrap": lwlrap,
-    "map": _map,
+    "map": _map_value,
 }
 
 
-def score(metric: str, truth: np.ndarray, scores: np.ndarray) -> float:
+def _check_name(metric: str) -> None:
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+        allowed = ", ".join(repr(name) for name in sorted(METRICS))
+        raise ValueError(f"unknown metric {metric!r}; allowed: {allowed}")
+
+
+def score(metric: str, truth: np.ndarray, scores: np.ndarray) -> float:
+    """``METRICS[metric](truth, scores)``. For "map3", ``truth`` may be class indices (n_clips,) or a
+    binary (n_clips, n_classes) matrix with one positive per row."""
+    _check_name(metric)
     return METRICS[metric](truth, scores)
 
 
 def higher_is_better(metric: str) -> bool:
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+    """Whether a larger value of ``metric`` is better (True for every metric in ``METRICS``)."""
+    _check_name(metric)
     return True
