@@ -52,8 +52,13 @@ class FoldData:
     test_ids: list[str]
 
 
-def epoch_seed(seed: int, fold: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, fold, epoch]).generate_state(1)[0])
+# What a seed is for, so that the streams of one (seed, fold) never coincide.
+EPOCH_STREAM, INIT_STREAM, CROP_STREAM = 0, 1, 2
+
+
+def epoch_seed(seed: int, fold: int, epoch: int, stream: int = EPOCH_STREAM) -> int:
+    entropy = [seed % 2**32, fold, stream, epoch]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def crop_frames(cfg: ExperimentConfig) -> int:
@@ -92,7 +97,7 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         return summary
     fold_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
-    torch.manual_seed(epoch_seed(tc.seed, data.fold, -1))
+    torch.manual_seed(epoch_seed(tc.seed, data.fold, 0, INIT_STREAM))
     model = build_model(cfg.model, cfg.features.n_mels, len(data.classes)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     drop_last = len(data.train_ids) >= tc.batch_size
@@ -121,7 +126,7 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         crop_frames(cfg),
         tc.pad_mode,
         silence_value(cfg.features),
-        seed=epoch_seed(tc.seed, data.fold, -2),
+        seed=epoch_seed(tc.seed, data.fold, 0, CROP_STREAM),
     )
     started = time.time()
     while state["epoch"] < tc.epochs and state["bad_epochs"] < tc.patience:
