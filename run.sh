@@ -36,7 +36,6 @@ bootstrap() {
   fi
   echo "audiotag: installing the pinned dependencies from $LOCK into $VENV" \
     "(first run: about 6 GB with PyTorch, a few minutes)" >&2
-  "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet --upgrade pip >&2
   "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -r "$LOCK" >&2
   "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet --no-deps -e . >&2
   echo "$wanted" >"$stamp"

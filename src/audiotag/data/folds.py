@@ -38,8 +38,9 @@ def assign_folds(comp: Competition, train: pd.DataFrame) -> np.ndarray:
         counts = pd.Series(strata).value_counts()
         if counts.max() < n_folds:
             raise DataError(f"too few clips ({len(train)}) for {n_folds} folds; lower competition.n_folds")
-        # Rare strata (fewer clips than folds) fall back to the label alone, so sklearn does not warn.
-        strata = [s if counts[s] >= n_folds else s.split("|")[0] for s in strata]
+        # A label with a rare stratum (fewer clips than folds) is stratified by label alone.
+        rare = {s.split("|")[0] for s in strata if counts[s] < n_folds}
+        strata = [s.split("|")[0] if s.split("|")[0] in rare else s for s in strata]
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(index, strata)
     else:
