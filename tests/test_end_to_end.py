@@ -92,8 +92,11 @@ def test_bad_input_gives_clear_errors(workspace: Path, capsys) -> None:
     assert "nosuch" in capsys.readouterr().err
     assert run_cli(["fly"]) == 2
     assert "unknown stage" in capsys.readouterr().err
-    assert run_cli(tiny_args("ensemble")) == 2
-    assert "cnn_small" in capsys.readouterr().err
+    assert run_cli(tiny_args("ensemble")) == 2  # --set applies to the ensemble config when it runs alone
+    assert "train: unknown key" in capsys.readouterr().err
+    assert run_cli(["ensemble", "-c", "demo"]) == 2  # nothing trained yet
+    err = capsys.readouterr().err
+    assert "'cnn_small'" in err and "./run.sh train" in err
 
 
 @pytest.mark.slow

@@ -128,8 +128,8 @@ def score_on_test(comp: Competition, test_ids: list[str], scores: np.ndarray) ->
 
 def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     comp = get_competition(cfg.competition)
-    table = read_clip_table(comp.meta_path)
     members = [load_member(comp, name) for name in cfg.members]
+    table = read_clip_table(comp.meta_path)
     oof_ids, test_ids, oofs, tests = align(members)
     folds = load_folds(Path(members[0].folds_file))
     blended_oof = blend(oofs, cfg.method)

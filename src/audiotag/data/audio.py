@@ -20,9 +20,7 @@ def load_audio(path: Path, target_sr: int) -> np.ndarray:
         raise DataError(f"{path}: audio file not found; {FIX_HINT}")
     data, sr = _decode(path)
     if data.shape[0] == 0:
-        raise DataError(
-            f"{path}: audio file is empty (0 samples); {FIX_HINT} or remove it from the clip list"
-        )
+        raise DataError(f"{path}: audio file is empty (0 samples); {FIX_HINT} or drop it from the clip list")
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(wave).all():
         raise DataError(f"{path}: audio contains NaN or infinite samples; {FIX_HINT}")

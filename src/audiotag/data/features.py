@@ -19,27 +19,22 @@ _SLANEY_MIN_LOG_MEL = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
 _SLANEY_LOGSTEP = np.log(6.4) / 27.0
 
 
-def hz_to_mel(freqs: np.ndarray, htk: bool) -> np.ndarray:
+def hz_to_mel(freqs: np.ndarray | float, htk: bool) -> np.ndarray:
     freqs = np.asarray(freqs, dtype=np.float64)
     if htk:
         return 2595.0 * np.log10(1.0 + freqs / 700.0)
-    mels = freqs / _SLANEY_F_SP
     log_region = freqs >= _SLANEY_MIN_LOG_HZ
     safe = np.where(log_region, freqs, _SLANEY_MIN_LOG_HZ)
-    return np.where(
-        log_region, _SLANEY_MIN_LOG_MEL + np.log(safe / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOGSTEP, mels
-    )
+    log_mels = _SLANEY_MIN_LOG_MEL + np.log(safe / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOGSTEP
+    return np.where(log_region, log_mels, freqs / _SLANEY_F_SP)
 
 
-def mel_to_hz(mels: np.ndarray, htk: bool) -> np.ndarray:
+def mel_to_hz(mels: np.ndarray | float, htk: bool) -> np.ndarray:
     mels = np.asarray(mels, dtype=np.float64)
     if htk:
         return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
-    freqs = _SLANEY_F_SP * mels
-    log_region = mels >= _SLANEY_MIN_LOG_MEL
-    return np.where(
-        log_region, _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOGSTEP * (mels - _SLANEY_MIN_LOG_MEL)), freqs
-    )
+    log_freqs = _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOGSTEP * (mels - _SLANEY_MIN_LOG_MEL))
+    return np.where(mels >= _SLANEY_MIN_LOG_MEL, log_freqs, _SLANEY_F_SP * mels)
 
 
 def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
@@ -62,12 +57,12 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
 
 
 def min_samples(cfg: FeatureConfig) -> int:
-    """Shortest wave the reflect-padded STFT accepts (padding must be shorter than the signal)."""
+    """Shortest wave the reflect-padded STFT accepts (the padding must be shorter than the signal)."""
     return cfg.n_fft // 2 + 1
 
 
 def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
-    """Frames of a clip of ``n_samples`` samples (centred STFT)."""
+    """Frames of a clip of ``n_samples`` samples (centred STFT), short clips included."""
     return 1 + n_samples // cfg.hop_length
 
 
