@@ -7,6 +7,7 @@ exactly as the uninterrupted one would have on the same device.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -53,7 +54,7 @@ class FoldData:
 
 
 # What a seed is for, so that the streams of one (seed, fold) never coincide.
-EPOCH_STREAM, INIT_STREAM, CROP_STREAM = 0, 1, 2
+EPOCH_STREAM, INIT_STREAM, CROP_STREAM, DROPOUT_STREAM, AUGMENT_STREAM = 0, 1, 2, 3, 4
 
 
 def epoch_seed(seed: int, fold: int, epoch: int, stream: int = EPOCH_STREAM) -> int:
@@ -90,8 +91,6 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
     """Train one fold (or resume it) and write best.pt, oof.parquet, test.parquet and done.json."""
     done_path = fold_dir / "done.json"
     if done_path.is_file():
-        import json
-
         summary = json.loads(done_path.read_text())
         log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, summary["score"])
         return summary
@@ -217,7 +216,9 @@ def _train_one_epoch(model, optimizer, scheduler, dataset, cfg, fold, epoch, dev
         generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
     )
-    aug = torch.Generator().manual_seed(seed + 1)
+    aug = torch.Generator().manual_seed(epoch_seed(tc.seed, fold, epoch, AUGMENT_STREAM))
+    # dropout draws from the global generator: reseeding it per epoch makes a resumed epoch identical
+    torch.manual_seed(epoch_seed(tc.seed, fold, epoch, DROPOUT_STREAM))
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}", leave=False, disable=None, unit="batch")
     for step, (x, y, w) in enumerate(bar):
