@@ -7,6 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 VENV="${AUDIOTAG_VENV:-.venv}"
 LOCK=requirements.lock
+NODEPS_LOCK=requirements-nodeps.lock
 
 find_python() {
   for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
@@ -24,7 +25,7 @@ find_python() {
 bootstrap() {
   local stamp="$VENV/.audiotag-installed"
   local wanted
-  wanted=$(cat "$LOCK" pyproject.toml | sha256sum | cut -c1-16)
+  wanted=$(cat "$LOCK" "$NODEPS_LOCK" pyproject.toml | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
     return 0
   fi
@@ -37,6 +38,7 @@ bootstrap() {
   echo "audiotag: installing the pinned dependencies from $LOCK into $VENV" \
     "(first run: about 6 GB with PyTorch, a few minutes)" >&2
   "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -r "$LOCK" >&2
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet --no-deps -r "$NODEPS_LOCK" >&2
   "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet --no-deps -e . >&2
   echo "$wanted" >"$stamp"
   echo "audiotag: environment ready" >&2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +21,7 @@ from audiotag.errors import ConfigError
 M = TypeVar("M", bound="BaseModel")
 
 FEATURE_CODE_VERSION = 1  # bump when the log-mel computation changes, so old caches are not reused
+AUTO_FEATURES = "auto"  # `features: auto`: the pretrained checkpoint's own front-end
 GROUPS = {
     "competition": "competitions",
     "features": "features",
@@ -71,6 +72,10 @@ class FeatureConfig(StrictModel):
     """Log-mel front-end. Every field except ``name`` enters the cache key."""
 
     name: str = "logmel"
+    kind: Literal["logmel", "kaldi_fbank"] = Field(
+        "logmel",
+        description="logmel: torch STFT + mel (PANNs, BYOL-A, aisfx); kaldi_fbank: Kaldi fbank (AST)",
+    )
     sample_rate: int = Field(16000, gt=0)
     n_fft: int = Field(512, gt=0)
     win_length: int | None = Field(None, gt=0)
@@ -79,9 +84,21 @@ class FeatureConfig(StrictModel):
     fmin: float = Field(50.0, ge=0)
     fmax: float | None = Field(None, gt=0)
     mel_scale: Literal["slaney", "htk"] = "slaney"
-    scale: Literal["db", "log"] = "db"
+    mel_norm: Literal["slaney", "l1", "none"] = Field(
+        "slaney", description="filter normalisation: slaney (librosa's default), l1 (librosa norm=1), none"
+    )
+    window: Literal["hann", "hamming", "povey"] = "hann"
+    scale: Literal["db", "log", "log10_1p"] = Field(
+        "db",
+        description="db: 10*log10(max(mel, amin)); log: ln(mel + log_offset); "
+        "log10_1p: log10(1 + log_gain*mel)",
+    )
     amin: float = Field(1e-10, gt=0, description="floor before 10*log10 (scale: db)")
     log_offset: float = Field(1e-6, gt=0, description="added before log (scale: log)")
+    log_gain: float = Field(1.0, gt=0, description="gain inside log10(1 + gain * mel) (scale: log10_1p)")
+    peak_normalize: bool = Field(False, description="scale each clip to peak 1 before the STFT (aisfx)")
+    preemphasis: float = Field(0.0, ge=0, lt=1, description="kaldi_fbank: pre-emphasis coefficient (0.97)")
+    remove_dc: bool = Field(False, description="kaldi_fbank: subtract each frame's mean")
 
     @model_validator(mode="after")
     def _check(self) -> FeatureConfig:
@@ -111,27 +128,123 @@ class FeatureConfig(StrictModel):
         return f"{self.name}-{self.key()}"
 
 
-class ModelConfig(StrictModel):
+class InputNorm(StrictModel):
+    """``(x - mean) / std`` applied to the log-mel before the backbone (the checkpoint's own recipe)."""
+
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0)
+
+
+class ModelBase(StrictModel):
+    """Settings every backbone shares: pretrained weights, head, input normalisation."""
+
+    pretrained: str | None = Field(
+        None,
+        description="a name from `./run.sh weights list`, or the path of a checkpoint file; null = random",
+    )
+    head: Literal["linear", "attention", "cls", "mean"] = Field(
+        "linear",
+        description="linear: pool over time then classify; attention: PANNs decision-level attention; "
+        "cls/mean: transformer class token or mean token (ast only)",
+    )
+    embedding_dim: int | None = Field(
+        None, gt=0, description="hidden layer between pooling and classifier (PANNs fc1); null = none"
+    )
+    dropout: float = Field(0.2, ge=0, lt=1)
+    input_norm: InputNorm | None = None
+
+
+class CnnConfig(ModelBase):
+    """The PANNs CNN family (CNN14, CNN10, CNN6) and other PANNs-style CNNs (aisfx)."""
+
     name: Literal["cnn"] = "cnn"
     channels: list[int] = Field(
         default_factory=lambda: [64, 128, 256, 512, 1024, 2048],
         description="output channels of each conv block (CNN14: 64..2048, six blocks)",
     )
+    block: Literal["double3x3", "single5x5"] = Field(
+        "double3x3", description="two 3x3 conv+BN+ReLU (CNN14, CNN10) or one 5x5 (CNN6)"
+    )
     pool_size: list[int] = Field(
         default_factory=lambda: [2, 2],
-        description="average pooling (freq, time) after each block but the last",
+        description="pooling (freq, time) after each block but the last",
     )
-    embedding_dim: int = Field(2048, gt=0)
-    dropout: float = Field(0.2, ge=0, lt=1)
+    pool_type: Literal["avg", "max"] = "avg"
+    bn0: bool = Field(True, description="BatchNorm over mel bins at the input (PANNs)")
+    time_smoothing: bool = Field(True, description="PANNs' 3-frame max+avg pooling before the global pool")
     global_pool: Literal["mean+max", "mean", "max"] = "mean+max"
+    embedding_dim: int | None = Field(2048, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> ModelConfig:
+    def _check(self) -> CnnConfig:
         if not self.channels or any(c <= 0 for c in self.channels):
             raise ValueError("channels must be a non-empty list of positive integers")
         if len(self.pool_size) != 2 or any(p < 1 for p in self.pool_size):
             raise ValueError("pool_size must be two positive integers (freq, time)")
+        if self.head in ("cls", "mean"):
+            raise ValueError(f"head {self.head!r} is for transformers; a CNN takes linear or attention")
         return self
+
+
+class TimmConfig(ModelBase):
+    """Any timm CNN by name, one input channel, ImageNet weights from timm's own files."""
+
+    name: Literal["timm"] = "timm"
+    arch: str = Field("efficientnet_b0", description="timm model name, e.g. efficientnet_b0, convnext_tiny")
+    drop_path: float = Field(0.0, ge=0, lt=1)
+    global_pool: Literal["mean+max", "mean", "max"] = "mean+max"
+
+    @model_validator(mode="after")
+    def _check(self) -> TimmConfig:
+        if self.head in ("cls", "mean"):
+            raise ValueError(f"head {self.head!r} is for transformers; a CNN takes linear or attention")
+        return self
+
+
+class AstConfig(ModelBase):
+    """Audio Spectrogram Transformer: ViT/DeiT blocks over overlapping 16x16 patches."""
+
+    name: Literal["ast"] = "ast"
+    head: Literal["linear", "attention", "cls", "mean"] = "cls"
+    fstride: int = Field(10, ge=1, le=16)
+    tstride: int = Field(10, ge=1, le=16)
+    embed_dim: int = Field(768, gt=0)
+    depth: int = Field(12, ge=1)
+    num_heads: int = Field(12, ge=1)
+    drop_path: float = Field(0.0, ge=0, lt=1)
+    input_frames: int | None = Field(
+        None, gt=0, description="frames the positional embedding is built for; null = the training crop"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AstConfig:
+        if self.head not in ("cls", "mean"):
+            raise ValueError(f"head {self.head!r}: an AST takes cls or mean")
+        if self.embed_dim % self.num_heads:
+            raise ValueError("embed_dim must be a multiple of num_heads")
+        return self
+
+
+class ByolaConfig(ModelBase):
+    """BYOL-A's AudioNTT2020 encoder: three conv blocks of 64 channels, then an MLP of ``dim``."""
+
+    name: Literal["byola"] = "byola"
+    dim: Literal[512, 1024, 2048] = 2048
+
+    @model_validator(mode="after")
+    def _check(self) -> ByolaConfig:
+        if self.head in ("cls", "mean"):
+            raise ValueError(f"head {self.head!r} is for transformers; BYOL-A takes linear or attention")
+        return self
+
+
+ModelConfig = Annotated[CnnConfig | TimmConfig | AstConfig | ByolaConfig, Field(discriminator="name")]
+MODEL_CONFIGS: dict[str, type[ModelBase]] = {
+    "cnn": CnnConfig,
+    "timm": TimmConfig,
+    "ast": AstConfig,
+    "byola": ByolaConfig,
+}
 
 
 class SpecAugmentConfig(StrictModel):
@@ -145,6 +258,10 @@ class TrainConfig(StrictModel):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
+    backbone_lr_ratio: float = Field(
+        1.0, gt=0, description="backbone learning rate = lr * ratio (the head always gets lr)"
+    )
+    freeze_backbone_epochs: int = Field(0, ge=0, description="train only the head for this many epochs")
     weight_decay: float = Field(1e-2, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
@@ -168,7 +285,7 @@ class ExperimentConfig(StrictModel):
     name: str
     competition: CompetitionConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=CnnConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
@@ -237,6 +354,8 @@ def resolve_groups(raw: dict[str, Any], root: Path | None = None) -> dict[str, A
     out = dict(raw)
     for group in GROUPS:
         value = out.get(group)
+        if group == "features" and value == AUTO_FEATURES:
+            continue  # resolved from model.pretrained once overrides are applied
         if isinstance(value, str):
             out[group] = load_group(group, value, root)
         elif isinstance(value, dict) and "base" in value:
@@ -279,10 +398,11 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        where = ".".join(loc) or "(top level)"
+        shown, _ = _walk(model, [str(p) for p in err["loc"]])
+        where = ".".join(shown) or "(top level)"
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, loc[:-1])
+            _, parent = _walk(model, [str(p) for p in err["loc"]][:-1])
+            allowed = sorted(getattr(parent, "model_fields", {}))
             hint = f"unknown key; allowed keys here: {', '.join(allowed)}" if allowed else "unknown key"
             lines.append(f"  {where}: {hint}")
         else:
@@ -292,22 +412,57 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
     return "\n".join(lines)
 
 
-def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
+    """Follow an error location through the config models: (path to show, model reached or None).
+
+    Pydantic puts the tag of a union member into the location (``model.cnn.channels``); the tag is
+    followed but not shown, since it is not a key the user wrote.
+    """
+    shown: list[str] = []
     current: Any = model
     for part in loc:
+        if current is None:
+            shown.append(part)
+            continue
         if part.isdigit():
+            shown.append(part)
             continue
         field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        current = _model_of(field.annotation)
-        if current is None:
-            return []
-    return sorted(getattr(current, "model_fields", {}))
+        if field is not None:
+            shown.append(part)
+            current = _model_of(field.annotation)
+            continue
+        member = next((m for m in _union_members(current) if _tag(m) == part), None)
+        if member is not None:
+            current = member
+            continue
+        shown.append(part)
+        current = None
+    return shown, current
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
+def _union_members(annotation: Any) -> list[type[BaseModel]]:
+    return [
+        a
+        for a in getattr(annotation, "__args__", ()) or ()
+        if isinstance(a, type) and issubclass(a, BaseModel)
+    ]
+
+
+def _tag(member: type[BaseModel]) -> str | None:
+    field = member.model_fields.get("name")
+    return field.default if field is not None and isinstance(field.default, str) else None
+
+
+def _model_of(annotation: Any) -> Any:
+    """The config model (or union of models) a field holds, else None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    metadata_origin = getattr(annotation, "__origin__", None)
+    if metadata_origin is not None and getattr(annotation, "__metadata__", None) is not None:
+        return _model_of(metadata_origin)  # Annotated[Union[...], Field(discriminator=...)]
+    members = _union_members(annotation)
+    if len(members) > 1:
         return annotation
     for arg in getattr(annotation, "__args__", ()) or ():
         found = _model_of(arg)
@@ -329,7 +484,24 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     raw.setdefault("name", path.stem)
     tree = apply_overrides(resolve_groups(raw), overrides or [])
     tree = resolve_groups(tree)  # an override may name another group file
+    if tree.get("features") == AUTO_FEATURES:
+        tree["features"] = load_group("features", checkpoint_features(tree.get("model")))
     return validate(ExperimentConfig, tree, str(path))
+
+
+def checkpoint_features(model: Any) -> str:
+    """For ``features: auto``: the front-end config the model's pretrained checkpoint was trained with."""
+    from audiotag.models.pretrained import KNOWN
+
+    pretrained = model.get("pretrained") if isinstance(model, dict) else None
+    entry = KNOWN.get(str(pretrained)) if pretrained else None
+    if entry is None or entry.features is None:
+        raise ConfigError(
+            f"features: auto takes the front-end of model.pretrained, but {pretrained!r} is not a checkpoint "
+            f"with a known front-end; name a features config instead (configs/features/), or one of: "
+            f"{', '.join(sorted(k for k, v in KNOWN.items() if v.features))}"
+        )
+    return entry.features
 
 
 def load_ensemble(path: str | Path, overrides: list[str] | None = None) -> EnsembleConfig:

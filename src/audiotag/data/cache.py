@@ -34,7 +34,7 @@ from tqdm import tqdm
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.config import FeatureConfig
 from audiotag.data.audio import load_audio
-from audiotag.data.features import LogMel, compute_logmel
+from audiotag.data.features import compute_logmel, make_extractor
 from audiotag.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def _compute_here(paths: list[str], cfg: FeatureConfig) -> Iterator[np.ndarray |
     # the cores are busy), so compute on one thread and restore the setting afterwards.
     torch.set_num_threads(1)
     try:
-        extractor = LogMel(cfg)
+        extractor = make_extractor(cfg)
         yield from (_clip_features(path, cfg, extractor) for path in paths)
     finally:
         torch.set_num_threads(threads)
@@ -251,14 +251,14 @@ _worker_state: dict[str, Any] = {}
 def _init_worker(cfg_json: str) -> None:
     torch.set_num_threads(1)  # one process per core, and see _compute_here
     cfg = FeatureConfig.model_validate_json(cfg_json)
-    _worker_state.update(cfg=cfg, extractor=LogMel(cfg))
+    _worker_state.update(cfg=cfg, extractor=make_extractor(cfg))
 
 
 def _worker_task(path: str) -> np.ndarray | str:
     return _clip_features(path, _worker_state["cfg"], _worker_state["extractor"])
 
 
-def _clip_features(path: str, cfg: FeatureConfig, extractor: LogMel) -> np.ndarray | str:
+def _clip_features(path: str, cfg: FeatureConfig, extractor: torch.nn.Module) -> np.ndarray | str:
     # Errors travel back as messages so the parent raises one DataError naming the file.
     try:
         wave = load_audio(Path(path), cfg.sample_rate)

@@ -38,9 +38,10 @@ def mel_to_hz(mels: np.ndarray | float, htk: bool) -> np.ndarray:
 
 
 def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
-    """Triangular mel filters with Slaney area normalisation, (n_mels, n_fft // 2 + 1) float32.
+    """Triangular mel filters, (n_mels, n_fft // 2 + 1) float32.
 
-    Same as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=..., norm="slaney")``.
+    Same as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=..., norm=...)`` with norm
+    ``"slaney"`` (area), ``1`` (``mel_norm: l1``) or ``None`` (``mel_norm: none``, as torchaudio).
     """
     htk = cfg.mel_scale == "htk"
     fmax = cfg.fmax if cfg.fmax is not None else cfg.sample_rate / 2
@@ -52,8 +53,21 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
     lower = -ramps[:-2] / widths[:-1, None]
     upper = ramps[2:] / widths[1:, None]
     weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (hz_edges[2:] - hz_edges[:-2]))[:, None]
+    if cfg.mel_norm == "slaney":
+        weights *= (2.0 / (hz_edges[2:] - hz_edges[:-2]))[:, None]
+    elif cfg.mel_norm == "l1":
+        sums = weights.sum(axis=1, keepdims=True)
+        weights = np.divide(weights, sums, out=np.zeros_like(weights), where=sums > 0)
     return weights.astype(np.float32)
+
+
+def make_window(kind: str, length: int) -> Tensor:
+    """Periodic analysis window (as librosa and torch.stft use for STFTs)."""
+    if kind == "hann":
+        return torch.hann_window(length, periodic=True, dtype=torch.float32)
+    if kind == "hamming":
+        return torch.hamming_window(length, periodic=True, dtype=torch.float32)
+    return torch.hann_window(length, periodic=False, dtype=torch.float64).pow(0.85).float()  # Kaldi povey
 
 
 def min_samples(cfg: FeatureConfig) -> int:
@@ -78,12 +92,14 @@ class LogMel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.win_length = cfg.win_length or cfg.n_fft
-        window = torch.hann_window(self.win_length, periodic=True, dtype=torch.float32)
-        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("window", make_window(cfg.window, self.win_length), persistent=False)
         self.register_buffer("fb", torch.from_numpy(mel_filterbank(cfg)).T.contiguous(), persistent=False)
 
     def forward(self, wave: Tensor) -> Tensor:
         n_samples = wave.shape[-1]
+        if self.cfg.peak_normalize:
+            peak = wave.abs().amax(dim=-1, keepdim=True)
+            wave = wave / torch.where(peak > 0, peak, torch.ones_like(peak))
         short = min_samples(self.cfg) - n_samples
         if short > 0:
             wave = torch.nn.functional.pad(wave, (0, short))
@@ -104,12 +120,33 @@ class LogMel(nn.Module):
     def _scale(self, mel: Tensor) -> Tensor:
         if self.cfg.scale == "db":
             return 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))
+        if self.cfg.scale == "log10_1p":
+            return torch.log10(1.0 + self.cfg.log_gain * mel)
         return torch.log(mel + self.cfg.log_offset)
 
 
-def compute_logmel(wave: np.ndarray, cfg: FeatureConfig, extractor: LogMel | None = None) -> np.ndarray:
+def make_extractor(cfg: FeatureConfig) -> nn.Module:
+    """The front-end module for ``cfg``: (batch, samples) -> (batch, frames, n_mels)."""
+    if cfg.kind == "kaldi_fbank":
+        from audiotag.data.kaldi_fbank import KaldiFbank
+
+        return KaldiFbank(cfg)
+    return LogMel(cfg)
+
+
+def frames_of(n_samples: int, cfg: FeatureConfig) -> int:
+    """Frames the front-end gives for a clip of ``n_samples`` samples."""
+    if cfg.kind == "kaldi_fbank":
+        from audiotag.data.kaldi_fbank import kaldi_n_frames
+
+        return kaldi_n_frames(n_samples, cfg)
+    return n_frames(n_samples, cfg)
+
+
+def compute_logmel(wave: np.ndarray, cfg: FeatureConfig, extractor: nn.Module | None = None) -> np.ndarray:
     """Log-mel of one mono wave, (frames, n_mels) float32; pass ``extractor`` to reuse its filterbank."""
-    extractor = extractor if extractor is not None else LogMel(cfg)
+    extractor = extractor if extractor is not None else make_extractor(cfg)
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(extractor.fb.device)
+        device = next(iter(extractor.buffers())).device
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(device)
         return extractor(x)[0].cpu().numpy()

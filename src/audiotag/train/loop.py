@@ -25,7 +25,7 @@ from audiotag.config import ExperimentConfig
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.errors import AudiotagError
-from audiotag.models.registry import build_model
+from audiotag.models.registry import build_model, load_pretrained
 from audiotag.predictions import write_predictions
 from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
 from audiotag.train.losses import weighted_bce
@@ -97,8 +97,12 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
     fold_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
     torch.manual_seed(epoch_seed(tc.seed, data.fold, 0, INIT_STREAM))
-    model = build_model(cfg.model, cfg.features.n_mels, len(data.classes)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    model = build_model(cfg.model, cfg.features.n_mels, len(data.classes), crop_frames(cfg))
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    if not last_path.is_file():
+        load_pretrained(model, cfg.model, cfg.features)
+    model = model.to(device)
+    optimizer = torch.optim.AdamW(model.param_groups(tc.lr, tc.backbone_lr_ratio, tc.weight_decay))
     drop_last = len(data.train_ids) >= tc.batch_size
     steps_per_epoch = len(data.train_ids) // tc.batch_size if drop_last else 1
     scheduler = make_scheduler(
@@ -108,7 +112,6 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         min_ratio=tc.min_lr_ratio,
     )
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
     if last_path.is_file():
         ckpt = load_checkpoint(last_path, device)
         model.load_state_dict(ckpt["model"])
@@ -131,6 +134,7 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
     while state["epoch"] < tc.epochs and state["bad_epochs"] < tc.patience:
         epoch = state["epoch"]
         t0 = time.time()
+        model.set_backbone_trainable(epoch >= tc.freeze_backbone_epochs)
         loss = _train_one_epoch(model, optimizer, scheduler, dataset, cfg, data.fold, epoch, device)
         score = fold_score(data, evaluate(model, cache, data, cfg, device))
         improved = score > state["best_score"]
@@ -144,7 +148,7 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
                 "epoch": epoch,
                 "loss": loss,
                 "score": score,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": optimizer.param_groups[-1]["lr"],  # the head's
                 "seconds": round(time.time() - t0, 2),
             }
         )

@@ -1,0 +1,89 @@
+"""Classifier heads on top of a backbone's output.
+
+A CNN backbone gives a frame sequence ``(batch, frames, channels)``; a transformer gives tokens
+``(batch, tokens, dim)`` with its class token(s) first. Key names match the official checkpoints
+where a head has a pretrained counterpart: ``fc1`` is PANNs' embedding layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pool_time(x: torch.Tensor, how: str) -> torch.Tensor:
+    """(batch, frames, channels) -> (batch, channels)."""
+    if how == "mean+max":
+        return x.amax(dim=1) + x.mean(dim=1)
+    if how == "max":
+        return x.amax(dim=1)
+    return x.mean(dim=1)
+
+
+class LinearHead(nn.Module):
+    """Global pooling over time, optional ``fc1`` embedding (ReLU), then the classifier ``fc``."""
+
+    def __init__(
+        self, in_dim: int, n_classes: int, embedding_dim: int | None, dropout: float, pool: str
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.dropout = dropout
+        self.fc1 = nn.Linear(in_dim, embedding_dim) if embedding_dim else None
+        self.fc = nn.Linear(embedding_dim or in_dim, n_classes)
+        if self.fc1 is not None:
+            nn.init.xavier_uniform_(self.fc1.weight)
+            nn.init.zeros_(self.fc1.bias)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(pool_time(seq, self.pool), p=self.dropout, training=self.training)
+        if self.fc1 is not None:
+            x = F.dropout(F.relu(self.fc1(x)), p=self.dropout, training=self.training)
+        return self.fc(x)
+
+
+class AttentionHead(nn.Module):
+    """PANNs' decision-level attention: per-frame class scores weighted by a softmax over time.
+
+    Returns logits whose sigmoid is the attention-weighted mean of the per-frame probabilities, so
+    the same BCE-with-logits loss and sigmoid at inference apply to every head.
+    """
+
+    def __init__(self, in_dim: int, n_classes: int, embedding_dim: int | None, dropout: float) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.fc1 = nn.Linear(in_dim, embedding_dim) if embedding_dim else None
+        width = embedding_dim or in_dim
+        self.att = nn.Conv1d(width, n_classes, kernel_size=1)
+        self.cla = nn.Conv1d(width, n_classes, kernel_size=1)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(seq, p=self.dropout, training=self.training)
+        if self.fc1 is not None:
+            x = F.dropout(F.relu(self.fc1(x)), p=self.dropout, training=self.training)
+        x = x.transpose(1, 2)  # (batch, width, frames)
+        weights = torch.softmax(torch.clamp(self.att(x), -10, 10), dim=-1)
+        probs = torch.sigmoid(self.cla(x))
+        clip = torch.clamp((weights * probs).sum(dim=-1), 1e-7, 1 - 1e-7)
+        return torch.logit(clip)
+
+
+class TokenHead(nn.Module):
+    """Transformer head: class token(s) or mean of patch tokens, LayerNorm, Linear (AST's mlp_head)."""
+
+    def __init__(self, dim: int, n_classes: int, n_prefix: int, how: str, dropout: float) -> None:
+        super().__init__()
+        self.n_prefix = n_prefix
+        self.how = how
+        self.dropout = dropout
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, n_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.how == "cls":
+            x = tokens[:, : self.n_prefix].mean(dim=1)  # AST averages the cls and distillation tokens
+        else:
+            x = tokens[:, self.n_prefix :].mean(dim=1)
+        x = F.dropout(self.norm(x), p=self.dropout, training=self.training)
+        return self.fc(x)

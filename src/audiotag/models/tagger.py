@@ -1,0 +1,77 @@
+"""A tagger = input normalisation + backbone + head, with the parameter groups training needs.
+
+Every backbone takes log-mel ``(batch, frames, mels)`` and returns either a frame sequence
+``(batch, frames', channels)`` (``output = "sequence"``: CNNs) or tokens ``(batch, tokens, dim)``
+with ``n_prefix_tokens`` class tokens first (``output = "tokens"``: transformers).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from audiotag.config import InputNorm, ModelBase
+from audiotag.models.heads import AttentionHead, LinearHead, TokenHead
+
+
+class Backbone(Protocol):
+    out_dim: int
+    output: str  # "sequence" or "tokens"
+    n_prefix_tokens: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def build_head(cfg: ModelBase, backbone: nn.Module, n_classes: int) -> nn.Module:
+    out_dim: int = backbone.out_dim  # type: ignore[assignment]
+    if getattr(backbone, "output", "sequence") == "tokens":
+        n_prefix = int(getattr(backbone, "n_prefix_tokens", 1))
+        return TokenHead(out_dim, n_classes, n_prefix, cfg.head, cfg.dropout)
+    if cfg.head == "attention":
+        return AttentionHead(out_dim, n_classes, cfg.embedding_dim, cfg.dropout)
+    pool = getattr(cfg, "global_pool", "mean+max")
+    return LinearHead(out_dim, n_classes, cfg.embedding_dim, cfg.dropout, pool)
+
+
+class Tagger(nn.Module):
+    """Log-mel in, one logit per class out."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, input_norm: InputNorm | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        norm = input_norm or InputNorm()
+        self.norm_mean = norm.mean
+        self.norm_std = norm.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_mean != 0.0 or self.norm_std != 1.0:
+            x = (x - self.norm_mean) / self.norm_std
+        return self.head(self.backbone(x))
+
+    def param_groups(self, lr: float, backbone_lr_ratio: float, weight_decay: float) -> list[dict]:
+        """AdamW groups: backbone at ``lr * ratio``, head at ``lr``; no decay on norms and biases."""
+        groups = []
+        for part, part_lr in ((self.backbone, lr * backbone_lr_ratio), (self.head, lr)):
+            decay, no_decay = [], []
+            for name, param in part.named_parameters():
+                (
+                    no_decay if param.ndim <= 1 or name.endswith("_token") or "pos_embed" in name else decay
+                ).append(param)
+            groups.append({"params": decay, "lr": part_lr, "weight_decay": weight_decay})
+            groups.append({"params": no_decay, "lr": part_lr, "weight_decay": 0.0})
+        return [g for g in groups if g["params"]]
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze or unfreeze the backbone; a frozen backbone also keeps its BatchNorm statistics."""
+        for param in self.backbone.parameters():
+            param.requires_grad_(trainable)
+        self.backbone_frozen = not trainable
+
+    def train(self, mode: bool = True) -> Tagger:
+        super().train(mode)
+        if mode and getattr(self, "backbone_frozen", False):
+            self.backbone.eval()
+        return self
