@@ -163,7 +163,9 @@ def test_aisfx_real_checkpoint_gives_the_packages_own_embeddings() -> None:
     ref_mod = aisfx_reference_module()
     state, _datasets = torch.load(path, map_location="cpu", weights_only=False)
     reference = ref_mod.EmbeddingNet("max", 3, 1, 64)
-    reference.load_state_dict({k.removeprefix("embedding_net."): v for k, v in state.items() if "embedding" in k})
+    reference.load_state_dict(
+        {k.removeprefix("embedding_net."): v for k, v in state.items() if "embedding" in k}
+    )
     reference.eval()
 
     cfg = preset("aisfx", pretrained=str(path))

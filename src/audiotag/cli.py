@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -32,6 +33,8 @@ examples:
   audiotag train --config configs/experiments/demo/cnn_small.yaml --folds 0,1
   audiotag train --set train.epochs=3 --run-name quick
   audiotag ensemble --config configs/ensembles/demo.yaml
+  audiotag weights list                                pretrained checkpoints, and which are cached
+  audiotag weights fetch cnn14                         download and verify one into the cache
 
 --config names an experiment (prepare, train) or an ensemble (ensemble). Without it, the
 competition's default experiment and ensemble are used. --set applies to the experiment config,
@@ -62,6 +65,62 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="processes for the feature cache (default: all cores)")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
+
+
+def build_weights_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag weights",
+        description="Pretrained checkpoints: list the known ones, or download and verify one into the cache "
+        "(default ~/.cache/audiotag, or $AUDIOTAG_CACHE).",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list", help="the weights table: layout, size, licence, front-end, cached or not"
+    )
+    fetching = actions.add_parser("fetch", help="download one or more checkpoints, with resume and checksums")
+    fetching.add_argument("names", nargs="+", metavar="NAME", help="a name from `audiotag weights list`")
+    fetching.add_argument(
+        "--force",
+        action="store_true",
+        help="download again; the cached copy is replaced only if the new one verifies",
+    )
+    for sub in (listing, fetching):
+        sub.add_argument(
+            "--weights-dir", type=Path, help="cache folder (default: $AUDIOTAG_CACHE or ~/.cache/audiotag)"
+        )
+        sub.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS)
+    return parser
+
+
+def run_weights(args: argparse.Namespace) -> None:
+    from audiotag.models import pretrained
+
+    console = Console(stderr=False)
+    if args.action == "list":
+        caption = (
+            f"cache: {pretrained.cache_root(args.weights_dir)}\n* timm lists these weights as apache-2.0; "
+            "licences of ImageNet-trained weights vary by model (ImageNet's own terms are non-commercial)"
+        )
+        table = Table(title="pretrained weights", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ("name", "layout", "size", "licence", "front-end", "cached"):
+            table.add_column(column, no_wrap=True, justify="right" if column == "size" else "left")
+        for ckpt in pretrained.KNOWN.values():
+            table.add_row(
+                ckpt.name,
+                ckpt.layout,
+                pretrained.human_size(ckpt.size),
+                ckpt.license,
+                ckpt.front_end,
+                pretrained.cache_status(ckpt, args.weights_dir),
+            )
+        console.print(table)
+        return
+    for name in args.names:
+        pretrained.lookup(name)  # every name checked before the first download starts
+    for name in args.names:
+        path = pretrained.fetch(name, args.weights_dir, force=args.force)
+        console.print(f"{name}: {path}")
 
 
 def is_ensemble_file(path: Path) -> bool:
@@ -142,6 +201,10 @@ def print_ensemble(console: Console, result) -> None:
 
 def run(args: argparse.Namespace) -> None:
     unknown = [s for s in args.stages if s not in STAGES]
+    if "weights" in unknown:
+        raise ConfigError(
+            "weights is a command of its own: audiotag weights list | audiotag weights fetch NAME"
+        )
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(STAGES)}")
     stages = [s for s in STAGES if s in args.stages]  # always in pipeline order
@@ -168,10 +231,14 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["weights"]:
+        args, action = build_weights_parser().parse_args(argv[1:]), run_weights
+    else:
+        args, action = build_parser().parse_args(argv), run
     setup_logging(args.verbose)
     try:
-        run(args)
+        action(args)
     except AudiotagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

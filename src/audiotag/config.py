@@ -151,7 +151,11 @@ class ModelBase(StrictModel):
         None, gt=0, description="hidden layer between pooling and classifier (PANNs fc1); null = none"
     )
     dropout: float = Field(0.2, ge=0, lt=1)
-    input_norm: InputNorm | None = None
+    input_norm: InputNorm | Literal["dataset"] | None = Field(
+        None,
+        description="(x - mean) / std before the backbone: explicit numbers (a checkpoint's recipe), "
+        "'dataset' (one scalar mean and std over the training fold's log-mel, as BYOL-A does), or null",
+    )
 
 
 class CnnConfig(ModelBase):

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import torch
 
-from audiotag.config import FeatureConfig, ModelBase, load_group, validate
+from audiotag.config import FeatureConfig, InputNorm, ModelBase, load_group, validate
 from audiotag.errors import ConfigError
 from audiotag.models.loading import LoadReport, load_converted
 from audiotag.models.tagger import Tagger, build_head
@@ -33,10 +33,18 @@ def family_module(name: str) -> ModuleType:
     return importlib.import_module(FAMILIES[name])
 
 
-def build_model(cfg: ModelBase, n_mels: int, n_classes: int, frames: int) -> Tagger:
-    """A randomly initialised tagger for log-mel crops of ``frames`` x ``n_mels``."""
+def build_model(
+    cfg: ModelBase, n_mels: int, n_classes: int, frames: int, input_norm: InputNorm | None = None
+) -> Tagger:
+    """A randomly initialised tagger for log-mel crops of ``frames`` x ``n_mels``.
+
+    ``input_norm`` replaces ``cfg.input_norm`` when that is ``"dataset"`` (computed by the caller).
+    """
+    if cfg.input_norm == "dataset" and input_norm is None:
+        raise ConfigError("model.input_norm: 'dataset' needs statistics from the training data")
+    norm = input_norm if cfg.input_norm == "dataset" else cfg.input_norm
     backbone = family_module(cfg.name).build_backbone(cfg, n_mels, frames)  # type: ignore[attr-defined]
-    return Tagger(backbone, build_head(cfg, backbone, n_classes), cfg.input_norm)
+    return Tagger(backbone, build_head(cfg, backbone, n_classes), norm)  # type: ignore[arg-type]
 
 
 def detect_layout(family: str, keys: list[str]) -> str:
@@ -83,5 +91,9 @@ def load_pretrained(
             f"model.pretrained: {cfg.pretrained} holds {layout!r} weights, which a {cfg.name!r} model "
             f"cannot use (it loads: {', '.join(sorted(converters))})"
         )
+    converted = converters[layout](state)
+    prepare = getattr(model.backbone, "prepare_checkpoint", None)
+    if prepare is not None:  # e.g. AST: the positional-embedding adapter needs the model's patch grid
+        converted = prepare(converted)
     with torch.no_grad():
-        return load_converted(model, converters[layout](state), source=str(path))
+        return load_converted(model, converted, source=str(path))

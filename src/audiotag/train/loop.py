@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from audiotag import metrics
 from audiotag.atomic import atomic_write_json
-from audiotag.config import ExperimentConfig
+from audiotag.config import ExperimentConfig, InputNorm
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.errors import AudiotagError
@@ -82,6 +82,20 @@ def evaluate(model, cache, data: FoldData, cfg: ExperimentConfig, device, ids=No
     )
 
 
+def dataset_norm(cache, clip_ids: list[str]) -> InputNorm:
+    """One scalar mean and std over every cached frame of ``clip_ids`` (the training fold only)."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for clip_id in clip_ids:
+        frames = np.asarray(cache.get(clip_id), dtype=np.float64)
+        total += frames.sum()
+        total_sq += np.square(frames).sum()
+        count += frames.size
+    mean = total / max(count, 1)
+    std = float(np.sqrt(max(total_sq / max(count, 1) - mean**2, 1e-12)))
+    log.info("input normalisation from %d training clips: mean %.4f, std %.4f", len(clip_ids), mean, std)
+    return InputNorm(mean=mean, std=std)
+
+
 def fold_score(data: FoldData, scores: np.ndarray) -> float:
     mask = data.val_scored
     return metrics.score(data.metric, data.val_targets[mask], scores[mask])
@@ -97,7 +111,8 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
     fold_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
     torch.manual_seed(epoch_seed(tc.seed, data.fold, 0, INIT_STREAM))
-    model = build_model(cfg.model, cfg.features.n_mels, len(data.classes), crop_frames(cfg))
+    norm = dataset_norm(cache, data.train_ids) if cfg.model.input_norm == "dataset" else None
+    model = build_model(cfg.model, cfg.features.n_mels, len(data.classes), crop_frames(cfg), norm)
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
     if not last_path.is_file():
         load_pretrained(model, cfg.model, cfg.features)
@@ -191,6 +206,7 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         "n_train": len(data.train_ids),
         "n_val": len(data.val_ids),
         "n_val_scored": int(data.val_scored.sum()),
+        "input_norm": {"mean": model.norm_mean, "std": model.norm_std},
         "seconds": round(time.time() - started, 1),
         "history": state["history"],
     }

@@ -1,0 +1,115 @@
+"""BYOL-A's AudioNTT2020 encoder (Niizumi et al. 2021) as a frame-sequence backbone.
+
+Three blocks of 3x3 conv (64 channels) + BatchNorm + ReLU + 2x2 max pooling, then per time step an
+MLP ``fc``: Linear(64 * (n_mels // 8), d), ReLU, Dropout(0.3), Linear(d, d), ReLU. Module names
+are the official ones (``features.0`` conv, ``features.1`` BN, …, ``fc.0``, ``fc.3``), so the
+official ``AudioNTT2020-BYOLA-64x96d{512,1024,2048}.pth`` loads by prefixing ``backbone.``.
+The official model pools the sequence by max + mean over time; here the LinearHead does that
+(``global_pool`` mean+max, no ``embedding_dim``). Official weights need 64 mel bins.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from audiotag.config import ByolaConfig
+from audiotag.errors import ConfigError
+from audiotag.models.loading import Converted, Converter
+
+CHANNELS = 64
+PREFIX = "backbone."
+_OWN_KEY = re.compile(r"(?:^|\.)((?:features|fc)\.\d+\.\w+)$")
+
+
+class AudioNTT2020(nn.Module):
+    """Log-mel ``(batch, frames, mels)`` -> ``(batch, frames // 8, d)``; needs at least 8 frames."""
+
+    output = "sequence"
+    n_prefix_tokens = 0
+
+    def __init__(self, n_mels: int = 64, d: int = 2048) -> None:
+        super().__init__()
+        if n_mels < 8:
+            raise ConfigError(f"features.n_mels: BYOL-A pools mels by 8, needs 8 or more (got {n_mels})")
+        layers: list[nn.Module] = []
+        for i in range(3):
+            layers += [
+                nn.Conv2d(1 if i == 0 else CHANNELS, CHANNELS, 3, stride=1, padding=1),
+                nn.BatchNorm2d(CHANNELS),
+                nn.ReLU(),
+                nn.MaxPool2d(2, stride=2),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Sequential(
+            nn.Linear(CHANNELS * (n_mels // 8), d),
+            nn.ReLU(),
+            nn.Dropout(p=0.3),
+            nn.Linear(d, d),
+            nn.ReLU(),
+        )
+        self.n_mels = n_mels
+        self.out_dim = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x.transpose(1, 2).unsqueeze(1))  # (batch, ch, mel, time)
+        x = x.permute(0, 3, 2, 1)  # (batch, time, mel, ch): each frame's vector is mel-major, ch-minor
+        batch, frames, mels, channels = x.shape
+        return self.fc(x.reshape(batch, frames, mels * channels))
+
+
+def build_backbone(cfg: ByolaConfig, n_mels: int, frames: int) -> nn.Module:
+    """Random init works at any ``n_mels >= 8``; the official weights only at 64."""
+    return AudioNTT2020(n_mels=n_mels, d=cfg.dim)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _explain_fc0(key: str, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor | None:
+    """Not an adapter: turns the one telling shape mismatch into a clear error (mels or dim)."""
+    if key != f"{PREFIX}fc.0.weight" or src.ndim != 2 or dst.ndim != 2:
+        return None
+    ckpt_dim, ckpt_mels = src.shape[0], src.shape[1] // CHANNELS * 8
+    model_dim, model_mels = dst.shape[0], dst.shape[1] // CHANNELS * 8
+    problems = []
+    if ckpt_mels != model_mels:
+        problems.append(
+            f"it was trained on {ckpt_mels} mel bins, this model has {model_mels} (set features.n_mels: "
+            f"{ckpt_mels}, e.g. features: byola_16k_64)"
+        )
+    if ckpt_dim != model_dim:
+        problems.append(f"its dim is {ckpt_dim}, this model's is {model_dim} (set model.dim: {ckpt_dim})")
+    raise ConfigError("BYOL-A checkpoint does not fit: " + "; ".join(problems))
+
+
+def convert_byola(state: dict[str, torch.Tensor]) -> Converted:
+    """Official BYOL-A encoder state dict (``features.*``, ``fc.*``) -> ``backbone.*``.
+
+    Keys with a leading path (``module.``, ``encoder.``) are accepted as the official loader does:
+    everything before ``features.``/``fc.`` is cut. Other keys are ignored; two keys that would
+    land on the same name (e.g. online and target networks of a training checkpoint) are refused.
+    """
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    ignored: list[str] = []
+    for key, value in state.items():
+        match = _OWN_KEY.search(key)
+        if match is None:
+            ignored.append(key)
+            continue
+        ours = PREFIX + match.group(1)
+        if ours in out:
+            raise ConfigError(
+                f"BYOL-A checkpoint: {origin[ours]!r} and {key!r} both hold {match.group(1)}; "
+                "save the encoder's own state dict (model.state_dict()) and load that"
+            )
+        out[ours], origin[ours] = value, key
+    if not out:
+        raise ConfigError("BYOL-A checkpoint: no features.* or fc.* keys; not an AudioNTT2020 state dict")
+    return Converted(state=out, ignored=ignored, adapters=[_explain_fc0])
+
+
+CONVERTERS: dict[str, Converter] = {"byola": convert_byola}

@@ -1,0 +1,174 @@
+"""Any timm CNN as a backbone: one input channel, log-mel as an image, a frame sequence out.
+
+The log-mel ``(batch, frames, mels)`` becomes a one-channel image with mels as height and time as
+width; timm's ``forward_features`` gives ``(batch, channels, H', W')``, averaged over frequency into
+``(batch, W', channels)``. ImageNet weights come from timm's own files (``model.safetensors`` of the
+HF hub repo ``timm/<arch>.<tag>``, or an older ``.pth``); their keys already match the model, so
+conversion only prefixes them, drops the old classifier and sums the RGB stem to one channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audiotag.config import TimmConfig
+from audiotag.errors import ConfigError
+from audiotag.models.loading import Adapter, Converted, Converter, rgb_to_mono
+
+PREFIX = "backbone.model."
+
+
+class TimmBackbone(nn.Module):
+    """``timm.create_model(arch)`` without classifier or pooling, one input channel."""
+
+    output = "sequence"
+    n_prefix_tokens = 0
+
+    def __init__(self, arch: str, drop_path: float = 0.0) -> None:
+        super().__init__()
+        try:
+            self.model = timm.create_model(
+                arch, pretrained=False, num_classes=0, global_pool="", in_chans=1, drop_path_rate=drop_path
+            )
+        except RuntimeError as exc:  # timm's "Unknown model (...)"
+            raise ConfigError(f"model.arch: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"model.arch: {arch!r} does not take these settings ({exc})") from None
+        self.arch = arch
+        self.out_dim = int(self.model.num_features)
+        self.min_size = _total_stride(self.model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = x.transpose(1, 2).unsqueeze(1)  # (batch, 1, mels, frames)
+        short_h, short_w = (max(0, self.min_size - n) for n in image.shape[2:])
+        if short_h or short_w:  # e.g. ConvNeXt's unpadded stride-2 downsampling needs 32 x 32 at least
+            image = F.pad(image, (0, short_w, 0, short_h), value=float(image.amin()))
+        features = self.model.forward_features(image)
+        if features.ndim != 4 or features.shape[1] != self.out_dim:
+            raise ConfigError(
+                f"model.arch: {self.arch} gives features of shape {tuple(features.shape)}, not (batch, "
+                f"{self.out_dim}, freq, time); only CNNs with channels-first feature maps are supported"
+            )
+        # Without pooling, the head's pre-logits part keeps the map and applies what belongs to it
+        # (ConvNeXt's final LayerNorm, per position); most CNNs return the map unchanged.
+        mapped = self.model.forward_head(features, pre_logits=True)
+        if mapped.shape == features.shape:
+            features = mapped
+        return features.mean(dim=2).transpose(1, 2)  # (batch, frames', channels)
+
+
+def _total_stride(model: nn.Module) -> int:
+    """The network's total downsampling (timm's ``feature_info`` reduction; 32 if unknown)."""
+    try:
+        return max(int(info["reduction"]) for info in model.feature_info)  # type: ignore[union-attr]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return 32
+
+
+def build_backbone(cfg: TimmConfig, n_mels: int, frames: int) -> nn.Module:
+    """Any input size works; inputs smaller than the total stride are padded with their minimum."""
+    return TimmBackbone(cfg.arch, cfg.drop_path)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def read_timm_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A timm weight file (``.safetensors``, or a ``.pth``/``.bin`` torch pickle) as a flat state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: weight file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a readable torch checkpoint ({exc})") from None
+    for wrapper in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"{path}: expected a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _as_names(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@cache
+def known_classifiers() -> frozenset[str]:
+    """Every module name that timm's pretrained configs call a classifier (``fc``, ``head.fc``, …)."""
+    names: set[str] = set()
+    for tagged in timm.list_pretrained():
+        pretrained_cfg = timm.models.get_pretrained_cfg(tagged)
+        if pretrained_cfg is not None:
+            names.update(_as_names(pretrained_cfg.classifier))
+    return frozenset(names)
+
+
+def _convert(state: dict[str, torch.Tensor], classifiers: Iterable[str], stems: Iterable[str]) -> Converted:
+    """Prefix every key; keys of a classifier module (``<name>.weight``/``.bias``) go to ``ignored``."""
+    drop = {f"{name}.{leaf}" for name in classifiers for leaf in ("weight", "bias")}
+    out: dict[str, torch.Tensor] = {}
+    ignored: list[str] = []
+    for key, value in state.items():
+        if key in drop:
+            ignored.append(key)
+        else:
+            out[PREFIX + key] = value
+    # Ported weights may lack BatchNorm's counter; it does not affect the output (momentum is fixed).
+    for key in list(out):
+        if key.endswith(".running_mean"):
+            counter = key.removesuffix("running_mean") + "num_batches_tracked"
+            out.setdefault(counter, torch.tensor(0, dtype=torch.long))
+    stem_keys = {f"{PREFIX}{name}.weight" for name in stems}
+
+    def stem_to_mono(key: str, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor | None:
+        return rgb_to_mono(key, src, dst) if not stem_keys or key in stem_keys else None
+
+    adapters: list[Adapter] = [stem_to_mono]
+    return Converted(state=out, ignored=ignored, adapters=adapters)
+
+
+def convert_timm(state: dict[str, torch.Tensor]) -> Converted:
+    """timm ImageNet state dict -> ``backbone.model.*``, for any arch (judged from the keys alone).
+
+    The rule: a key ``<name>.weight`` or ``<name>.bias`` is the old classifier when ``<name>`` is a
+    classifier name in any of timm's pretrained configs (``classifier``, ``fc``, ``head.fc``,
+    ``head``, ``last_linear``, …). A backbone layer never has such a name in an arch that uses it as
+    classifier, and a wrong guess cannot pass silently: ``load_converted`` refuses a dropped key the
+    model needs (missing) or a kept key it lacks (unexpected). The stem is the only weight with 3
+    input channels in the file and 1 in the model; ``rgb_to_mono`` sums it over RGB.
+    """
+    present = {key.rsplit(".", 1)[0] for key in state}
+    return _convert(state, sorted(known_classifiers() & present), stems=())
+
+
+def timm_converter(arch: str) -> Converter:
+    """A converter that uses ``arch``'s own pretrained config (``classifier`` and ``first_conv``)."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(arch)
+    if pretrained_cfg is None:
+        raise ConfigError(f"model.arch: timm has no pretrained config for {arch!r}")
+    classifiers = _as_names(pretrained_cfg.classifier)
+    stems = _as_names(pretrained_cfg.first_conv)
+
+    def convert(state: dict[str, torch.Tensor]) -> Converted:
+        return _convert(state, classifiers, stems)
+
+    return convert
+
+
+CONVERTERS: dict[str, Converter] = {"timm": convert_timm}

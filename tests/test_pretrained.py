@@ -1,0 +1,429 @@
+"""Weights table, download (resume, checksums, trust on first use), offline mode, checkpoint reading.
+
+Downloads go to a local HTTP server on 127.0.0.1 that supports Range requests and can drop a
+connection midway or ignore Range; nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from audiotag.cli import main
+from audiotag.errors import ConfigError, DataError
+from audiotag.models import pretrained
+from audiotag.models.pretrained import KNOWN, LAYOUTS, Checkpoint, fetch, read_state_dict, resolve
+
+PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+
+
+@dataclass
+class ServerState:
+    content: bytes = PAYLOAD
+    drop_after: int | None = None  # the next response sends this many body bytes, then closes
+    ignore_range: bool = False
+    ranges: list[str | None] = field(default_factory=list)  # the Range header of every request
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ThreadingHTTPServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        state: ServerState = self.server.state  # type: ignore[attr-defined]
+        data, header = state.content, self.headers.get("Range")
+        state.ranges.append(header)
+        if self.path != "/fake.pth":
+            self.send_error(404)
+            return
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", header or "")
+        if match and not state.ignore_range:
+            start = int(match.group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if state.drop_after is not None:
+            cut, state.drop_after = state.drop_after, None
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@dataclass
+class Server:
+    state: ServerState
+    url: str
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.delenv("AUDIOTAG_OFFLINE", raising=False)
+    monkeypatch.setattr(pretrained, "RETRY_WAIT_S", 0.0)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.state = ServerState()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield Server(httpd.state, f"http://127.0.0.1:{httpd.server_address[1]}/fake.pth")  # type: ignore[attr-defined]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fake_ckpt(url: str, **kwargs: object) -> Checkpoint:
+    fields: dict[str, object] = {
+        "name": "fake",
+        "url": url,
+        "filename": "fake.pth",
+        "size": len(PAYLOAD),
+        "sha256": sha256(PAYLOAD),
+        "md5": hashlib.md5(PAYLOAD).hexdigest(),
+        "license": "MIT",
+        "layout": "panns",
+        "features": "panns_32k",
+        "model": "cnn14",
+    }
+    fields.update(kwargs)
+    return Checkpoint(**fields)  # type: ignore[arg-type]
+
+
+def visible(folder: Path) -> list[str]:
+    """Files other than the hidden lock files."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def records(cache: Path) -> dict:
+    return json.loads((cache / pretrained.RECORD_FILE).read_text())["files"]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_weights_table_is_consistent() -> None:
+    filenames = [c.filename for c in KNOWN.values()]
+    assert len(set(filenames)) == len(filenames)
+    for name, c in KNOWN.items():
+        assert c.name == name and c.layout in LAYOUTS and c.model and c.license
+        assert (c.url is None) != (c.package is None)
+        assert c.url is None or c.url.startswith("https://")
+    assert {KNOWN[n].layout for n in ("cnn14", "cnn14_16k", "cnn10", "cnn6")} == {"panns"}
+    assert KNOWN["cnn14_16k"].features == "panns_16k" and KNOWN["cnn14"].features == "panns_32k"
+    assert KNOWN["deit_base_384"].features is None and KNOWN["deit_base_384"].model == "ast_base"
+    assert KNOWN["aisfx"].package == "aisfx==0.1.2"
+
+
+def test_checkpoint_refuses_malformed_entries() -> None:
+    with pytest.raises(ValueError, match="sha256"):
+        fake_ckpt("https://x/y", sha256="ABC")
+    with pytest.raises(ValueError, match="layout"):
+        fake_ckpt("https://x/y", layout="resnet")
+    with pytest.raises(ValueError, match="url and package"):
+        fake_ckpt(None)
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def test_fresh_fetch_checks_size_md5_sha256(server: Server, tmp_path: Path) -> None:
+    path = fetch(fake_ckpt(server.url), tmp_path)
+    assert path == tmp_path / "fake.pth" and path.read_bytes() == PAYLOAD
+    assert not (tmp_path / "fake.pth.part").exists()
+    assert not (tmp_path / pretrained.RECORD_FILE).exists()  # a published SHA-256 needs no record
+    assert server.state.ranges == [None]
+    assert fetch(fake_ckpt(server.url), tmp_path) == path  # cached: verified, not downloaded again
+    assert len(server.state.ranges) == 1
+
+
+def test_dropped_connection_is_resumed(server: Server, tmp_path: Path) -> None:
+    half = len(PAYLOAD) // 2
+    server.state.drop_after = half
+    assert fetch(fake_ckpt(server.url), tmp_path, retries=1).read_bytes() == PAYLOAD
+    assert server.state.ranges == [None, f"bytes={half}-"]
+
+
+def test_interrupted_download_resumes_on_the_next_call(server: Server, tmp_path: Path) -> None:
+    half = len(PAYLOAD) // 2
+    server.state.drop_after = half
+    with pytest.raises(DataError, match="resume"):
+        fetch(fake_ckpt(server.url), tmp_path, retries=0)
+    part = tmp_path / "fake.pth.part"
+    assert part.read_bytes() == PAYLOAD[:half] and not (tmp_path / "fake.pth").exists()
+    assert fetch(fake_ckpt(server.url), tmp_path, retries=0).read_bytes() == PAYLOAD
+    assert server.state.ranges[-1] == f"bytes={half}-" and not part.exists()
+
+
+def test_server_ignoring_range_restarts_from_zero(server: Server, tmp_path: Path) -> None:
+    server.state.ignore_range = True
+    (tmp_path / "fake.pth.part").write_bytes(b"x" * 1000)  # stale bytes that must not survive
+    assert fetch(fake_ckpt(server.url), tmp_path).read_bytes() == PAYLOAD
+    assert server.state.ranges == ["bytes=1000-"]
+
+
+def test_complete_part_file_is_accepted_after_416(server: Server, tmp_path: Path) -> None:
+    # killed after the last byte but before the rename; the size is not in the table
+    (tmp_path / "fake.pth.part").write_bytes(PAYLOAD)
+    assert fetch(fake_ckpt(server.url, size=None), tmp_path).read_bytes() == PAYLOAD
+    assert server.state.ranges == [f"bytes={len(PAYLOAD)}-"]
+
+
+def test_checksum_mismatch_deletes_download_and_keeps_good_file(server: Server, tmp_path: Path) -> None:
+    ckpt = fake_ckpt(server.url, size=None, md5=None)
+    good = fetch(ckpt, tmp_path)
+    server.state.content = PAYLOAD[:-1] + b"\x00"  # upstream now serves other bytes
+    with pytest.raises(DataError) as err:
+        fetch(ckpt, tmp_path, force=True)
+    message = str(err.value)
+    assert "fake.pth" in message and sha256(PAYLOAD) in message and sha256(server.state.content) in message
+    assert "left as it was" in message
+    assert not (tmp_path / "fake.pth.part").exists()
+    assert good.read_bytes() == PAYLOAD
+
+
+def test_md5_mismatch_refused_without_cached_copy(server: Server, tmp_path: Path) -> None:
+    ckpt = fake_ckpt(server.url, sha256=None, md5="0" * 32)
+    with pytest.raises(DataError, match=f"MD5 is {hashlib.md5(PAYLOAD).hexdigest()}, expected 0{{32}}"):
+        fetch(ckpt, tmp_path)
+    assert visible(tmp_path) == []
+
+
+def test_size_mismatch_refused(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=f"serves {len(PAYLOAD)} bytes, expected {len(PAYLOAD) + 1}"):
+        fetch(fake_ckpt(server.url, size=len(PAYLOAD) + 1), tmp_path)
+    assert not (tmp_path / "fake.pth").exists() and not (tmp_path / "fake.pth.part").exists()
+
+
+def test_trust_on_first_use_then_tampered_file_refused(server: Server, tmp_path: Path) -> None:
+    ckpt = fake_ckpt(server.url, size=None, sha256=None, md5=None)
+    path = fetch(ckpt, tmp_path)
+    record = records(tmp_path)["fake.pth"]
+    assert record["sha256"] == sha256(PAYLOAD) and record["size"] == len(PAYLOAD) and record["name"] == "fake"
+    assert fetch(ckpt, tmp_path) == path  # matches the record
+    path.write_bytes(b"tampered" + PAYLOAD[8:])
+    with pytest.raises(DataError, match="changed after it was checked") as err:
+        fetch(ckpt, tmp_path)
+    assert sha256(PAYLOAD) in str(err.value) and "weights fetch fake" in str(err.value)
+    assert path.exists()  # refused, not deleted behind the user's back
+
+
+def test_upstream_change_refused_against_the_record(server: Server, tmp_path: Path) -> None:
+    ckpt = fake_ckpt(server.url, size=None, sha256=None, md5=None)
+    fetch(ckpt, tmp_path)
+    server.state.content = b"new release" + PAYLOAD
+    with pytest.raises(DataError, match="recorded on first fetch"):
+        fetch(ckpt, tmp_path, force=True)
+    assert (tmp_path / "fake.pth").read_bytes() == PAYLOAD
+    assert records(tmp_path)["fake.pth"]["sha256"] == sha256(PAYLOAD)
+
+
+def test_concurrent_fetches_download_once(server: Server, tmp_path: Path) -> None:
+    ckpt = fake_ckpt(server.url, size=None, sha256=None, md5=None)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(fetch(ckpt, tmp_path))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [tmp_path / "fake.pth"] * 3 and server.state.ranges == [None]
+    assert visible(tmp_path) == ["checksums.json", "fake.pth"]
+
+
+def test_http_error_is_reported(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="HTTP 404"):
+        fetch(fake_ckpt(server.url.replace("fake.pth", "gone.pth")), tmp_path)
+    assert visible(tmp_path) == []
+
+
+def test_offline_mode_names_the_file_and_never_connects(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("offline mode opened a connection")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    ckpt = fake_ckpt(server.url)
+    with pytest.raises(DataError) as err:
+        fetch(ckpt, tmp_path, offline=True)
+    message = str(err.value)
+    assert str(tmp_path / "fake.pth") in message and "./run.sh weights fetch fake" in message
+    assert "--weights PATH" in message and server.url in message
+    monkeypatch.setenv("AUDIOTAG_OFFLINE", "1")
+    with pytest.raises(DataError, match="offline"):
+        fetch(ckpt, tmp_path)
+    (tmp_path / "fake.pth").write_bytes(PAYLOAD)  # a cached file is verified and used offline
+    assert fetch(ckpt, tmp_path) == tmp_path / "fake.pth"
+    assert server.state.ranges == []
+
+
+def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path / "c"))
+    assert pretrained.cache_root() == tmp_path / "c"
+    assert pretrained.cache_root(tmp_path / "d") == tmp_path / "d"
+    monkeypatch.delenv("AUDIOTAG_CACHE")
+    assert pretrained.cache_root() == Path.home() / ".cache" / "audiotag"
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def test_resolve_file_path_and_unknown_name(tmp_path: Path) -> None:
+    file = tmp_path / "mine.pth"
+    file.write_bytes(b"x")
+    assert resolve(str(file)) == (file, None)
+    with pytest.raises(ConfigError, match=r"known names: .*cnn14"):
+        resolve("cnn15")
+    with pytest.raises(ConfigError, match="folder"):
+        resolve(str(tmp_path))
+
+
+def test_resolve_known_name_fetches(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = fake_ckpt(server.url)
+    monkeypatch.setitem(KNOWN, "fake", ckpt)
+    assert resolve("fake", tmp_path) == (tmp_path / "fake.pth", ckpt)
+
+
+def test_package_checkpoint_found_without_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "site" / "fakepkg_at"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
+    (package / "models" / "checkpoint.pth").write_bytes(PAYLOAD)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    ckpt = fake_ckpt(None, md5=None, filename="models/checkpoint.pth", package="fakepkg_at==1.0")
+    assert fetch(ckpt, tmp_path / "cache") == package / "models" / "checkpoint.pth"
+    assert "fakepkg_at" not in sys.modules
+    with pytest.raises(DataError, match=r"pip install nosuchpkg_at==0\.1"):
+        fetch(replace(ckpt, package="nosuchpkg_at==0.1"), tmp_path / "cache")
+    (package / "models" / "checkpoint.pth").write_bytes(PAYLOAD[:-1])
+    with pytest.raises(DataError, match="bytes, expected"):
+        fetch(ckpt, tmp_path / "cache")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("aisfx") is None, reason="aisfx is not installed")
+def test_resolve_aisfx_from_installed_package() -> None:
+    path, ckpt = resolve("aisfx")
+    assert ckpt is KNOWN["aisfx"] and path.name == "checkpoint.pth" and path.parent.name == "models"
+    state = read_state_dict(path)
+    assert "embedding_net.conv_block1.conv1.weight" in state and any(k.startswith("fc.8.") for k in state)
+
+
+# --------------------------------------------------------------------------- read_state_dict
+
+
+def small_state() -> dict[str, torch.Tensor]:
+    return {"conv.weight": torch.randn(4, 1, 3, 3), "conv.bias": torch.zeros(4)}
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"model": sd, "iteration": 7},
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        # PANNs-style training state with NumPy arrays and scalars beside the weights
+        lambda sd: {
+            "iteration": 1,
+            "model": sd,
+            "sampler": {"random_state": np.random.RandomState(0).get_state(), "indexes": [np.arange(3)]},
+        },
+        # aisfx: (state_dict, datasets) with NumPy scalars in the second element
+        lambda sd: (sd, {"prosfx": (np.int64(0), 78)}),
+    ],
+    ids=["plain", "model", "state_dict", "numpy-extras", "aisfx-tuple"],
+)
+def test_read_state_dict_unwraps_pth(tmp_path: Path, wrap) -> None:
+    state = small_state()
+    torch.save(wrap(state), tmp_path / "c.pth")
+    loaded = read_state_dict(tmp_path / "c.pth")
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_read_state_dict_safetensors(tmp_path: Path) -> None:
+    state = small_state()
+    save_file(state, str(tmp_path / "c.safetensors"))
+    loaded = read_state_dict(tmp_path / "c.safetensors")
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_read_state_dict_refuses_what_is_not_weights(tmp_path: Path) -> None:
+    torch.save({"epoch": 3, "note": "no tensors"}, tmp_path / "empty.pth")
+    with pytest.raises(DataError, match="holds no tensors"):
+        read_state_dict(tmp_path / "empty.pth")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")  # a pickled module, not a state dict
+    with pytest.raises(DataError, match="cannot be read safely"):
+        read_state_dict(tmp_path / "module.pth")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="not a readable"):
+        read_state_dict(tmp_path / "junk.pt")
+    (tmp_path / "w.h5").write_bytes(b"x")
+    with pytest.raises(DataError, match="unknown checkpoint format"):
+        read_state_dict(tmp_path / "w.h5")
+    with pytest.raises(DataError, match="not found"):
+        read_state_dict(tmp_path / "absent.pth")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_weights_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "160")
+    (tmp_path / KNOWN["cnn10"].filename).write_bytes(b"x" * KNOWN["cnn10"].size)  # type: ignore[operator]
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in KNOWN:
+        assert name in out
+    row = next(line for line in out.splitlines() if line.split()[:1] == ["cnn10"])
+    assert row.split()[-1] == "yes"
+    assert str(tmp_path) in out
+
+
+def test_cli_weights_fetch(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(KNOWN, "fake", fake_ckpt(server.url))
+    assert main(["weights", "fetch", "fake", "--weights-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "fake.pth").read_bytes() == PAYLOAD
+    assert str(tmp_path / "fake.pth") in capsys.readouterr().out
+    assert main(["weights", "fetch", "fake", "nonesuch", "--weights-dir", str(tmp_path)]) == 2
+    assert "unknown weights 'nonesuch'" in capsys.readouterr().err
+    monkeypatch.setenv("AUDIOTAG_OFFLINE", "1")
+    os.remove(tmp_path / "fake.pth")
+    assert main(["weights", "fetch", "fake", "--weights-dir", str(tmp_path)]) == 2
+    assert "offline" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""timm CNN backbone: shapes, and timm's own ImageNet files converted and loaded into a Tagger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from audiotag.config import TimmConfig
+from audiotag.errors import ConfigError
+from audiotag.models.loading import load_converted
+from audiotag.models.tagger import Tagger, build_head
+from audiotag.models.timm_cnn import (
+    CONVERTERS,
+    TimmBackbone,
+    build_backbone,
+    convert_timm,
+    read_timm_file,
+    timm_converter,
+)
+
+N_CLASSES = 7
+
+
+def tagger_for(arch: str, n_mels: int = 64, frames: int = 100) -> Tagger:
+    cfg = TimmConfig(arch=arch)
+    backbone = build_backbone(cfg, n_mels, frames)
+    return Tagger(backbone, build_head(cfg, backbone, N_CLASSES))
+
+
+def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
+    """A random model laid out like timm's ImageNet files: 3 input channels, 1000-class classifier."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, in_chans=3, num_classes=1000)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_()
+    return {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def effnet_state() -> dict[str, torch.Tensor]:
+    return imagenet_state("efficientnet_b0")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_imagenet_file_loads_with_mono_stem(
+    tmp_path: Path, effnet_state: dict[str, torch.Tensor], suffix: str
+) -> None:
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".safetensors":
+        save_file(effnet_state, str(path))
+    else:
+        torch.save(effnet_state, path)
+    state = read_timm_file(path)
+    assert state.keys() == effnet_state.keys()
+
+    tagger = tagger_for("efficientnet_b0")
+    report = load_converted(tagger, CONVERTERS["timm"](state), str(path))
+
+    assert sorted(report.ignored) == ["classifier.bias", "classifier.weight"]
+    assert report.adapted == ["backbone.model.conv_stem.weight (32, 3, 3, 3)->(32, 1, 3, 3)"]
+    assert sorted(report.missing) == ["head.fc.bias", "head.fc.weight"]
+    ours = tagger.state_dict()
+    stem = effnet_state["conv_stem.weight"]
+    torch.testing.assert_close(ours["backbone.model.conv_stem.weight"], stem.sum(dim=1, keepdim=True))
+    for key, value in effnet_state.items():
+        if key not in ("conv_stem.weight", "classifier.weight", "classifier.bias"):
+            assert torch.equal(ours[f"backbone.model.{key}"], value), key
+
+
+def test_wrapped_pth_without_batch_counters(tmp_path: Path, effnet_state: dict[str, torch.Tensor]) -> None:
+    """An older .pth: {"state_dict": ...} with a DataParallel prefix and no num_batches_tracked."""
+    bare = {f"module.{k}": v for k, v in effnet_state.items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "old.pth"
+    torch.save({"state_dict": bare, "epoch": 3}, path)
+    state = read_timm_file(path)
+    assert "conv_stem.weight" in state and not any(k.startswith("module.") for k in state)
+    report = load_converted(tagger_for("efficientnet_b0"), convert_timm(state), "old.pth")
+    assert len(report.adapted) == 1
+
+
+def test_arch_converter_uses_pretrained_cfg() -> None:
+    """ConvNeXt: classifier ``head.fc`` dropped, ``head.norm`` kept; stem ``stem.0`` summed."""
+    state = imagenet_state("convnext_atto")
+    converter = timm_converter("convnext_atto")
+    converted = converter(state)
+    assert sorted(converted.ignored) == ["head.fc.bias", "head.fc.weight"]
+    assert "backbone.model.head.norm.weight" in converted.state
+    tagger = tagger_for("convnext_atto")
+    report = load_converted(tagger, converted, "convnext_atto")
+    assert report.adapted == ["backbone.model.stem.0.weight (40, 3, 4, 4)->(40, 1, 4, 4)"]
+    assert sorted(convert_timm(state).ignored) == sorted(converted.ignored)
+
+
+def test_mismatched_arch_is_refused(effnet_state: dict[str, torch.Tensor]) -> None:
+    with pytest.raises(ConfigError, match="does not fit") as exc:
+        load_converted(tagger_for("resnet18"), convert_timm(effnet_state), "effnet.safetensors")
+    assert "missing from the checkpoint: backbone.model.conv1.weight" in str(exc.value)
+    assert "keys this model does not have: backbone.model.conv_stem.weight" in str(exc.value)
+
+
+@pytest.mark.parametrize(("arch", "same_padding"), [("efficientnet_b0", True), ("convnext_atto", False)])
+def test_forward_shapes(arch: str, same_padding: bool) -> None:
+    """Any input size, short crops included (ConvNeXt needs 32 x 32: shorter inputs are padded)."""
+    torch.manual_seed(0)
+    tagger = tagger_for(arch).eval()
+    for frames, n_mels in [(100, 64), (20, 64), (160, 128)]:
+        x = torch.randn(2, frames, n_mels)
+        with torch.no_grad():
+            seq = tagger.backbone(x)
+            logits = tagger.head(seq)
+        steps = -(-frames // 32) if same_padding else max(1, frames // 32)
+        assert seq.shape == (2, steps, tagger.backbone.out_dim)
+        assert logits.shape == (2, N_CLASSES)
+        assert torch.isfinite(logits).all()
+
+
+def test_backbone_attributes_and_unknown_arch() -> None:
+    backbone = build_backbone(TimmConfig(arch="resnet18", drop_path=0.1), 64, 100)
+    assert isinstance(backbone, TimmBackbone)
+    assert backbone.out_dim == 512 and backbone.output == "sequence"
+    assert backbone.model.conv1.in_channels == 1
+    with pytest.raises(ConfigError, match=r"model\.arch"):
+        build_backbone(TimmConfig(arch="no_such_net"), 64, 100)
+
+
+def test_read_timm_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        read_timm_file(tmp_path / "absent.safetensors")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a readable torch checkpoint"):
+        read_timm_file(junk)
