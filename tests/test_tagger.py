@@ -89,9 +89,10 @@ def test_training_from_a_checkpoint_file(workspace: Path, tmp_path: Path, caplog
     official |= {"fc_audioset.weight": donor.head.fc.weight, "fc_audioset.bias": donor.head.fc.bias}
     path = tmp_path / "Cnn_tiny.pth"
     torch.save({"model": official}, path)
-    extra = [f"model.pretrained={path}", "train.freeze_backbone_epochs=1", "train.folds=[0]"]
+    extra = ["train.freeze_backbone_epochs=1", "train.folds=[0]"]
     caplog.set_level("INFO")
-    assert main(tiny_args("prepare", "train", extra=extra)) == 0
+    assert main(tiny_args("train", extra=[*extra, "model.pretrained=missing.pth"])) == 2
+    assert main([*tiny_args("prepare", "train", extra=extra), "--weights", str(path)]) == 0
     assert "tensors loaded" in caplog.text and "head.fc.weight" in caplog.text
     done = json.loads((workspace / "competition/demo/runs/cnn_small/fold0/done.json").read_text())
     assert done["epochs_run"] == 2

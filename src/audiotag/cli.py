@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--folds", help="comma-separated folds to train, e.g. 0,1")
     parser.add_argument("--run-name", help="name of the run folder (default: the experiment's name)")
+    parser.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="initialise the model from this checkpoint file (same as --set model.pretrained=PATH)",
+    )
     parser.add_argument("--workers", type=int, help="processes for the feature cache (default: all cores)")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
@@ -149,6 +155,11 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         except ValueError:
             raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
         overrides.append(f"train.folds={folds}")
+    if args.weights:
+        weights = Path(args.weights).expanduser()
+        if not weights.is_file():
+            raise ConfigError(f"--weights {args.weights}: no such file")
+        overrides.append(f"model.pretrained={json.dumps(str(weights.resolve()))}")
     cfg = load_experiment(path, overrides)
     if args.config is None and cfg.competition.name != args.competition:
         raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
