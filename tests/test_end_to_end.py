@@ -39,15 +39,16 @@ def test_demo_end_to_end(workspace: Path, capsys: pytest.CaptureFixture[str]) ->
     assert (run / "config.yaml").is_file() and (run / "run.json").is_file()
     oof = pd.read_parquet(run / "oof.parquet")
     assert set(oof["clip_id"]) == set(meta.loc[meta["split"] == "train", "clip_id"])
+    report = json.loads((workspace / "submissions" / "demo" / "demo.json").read_text())
     # ensemble: submission in sample order with the printed summary
     sub = pd.read_csv(workspace / "submissions" / "demo" / "demo.csv")
     sample = pd.read_csv(comp_dir / "raw" / "sample_submission.csv")
     assert sub["fname"].tolist() == sample["fname"].tolist()
     assert list(sub.columns) == ["fname", "label"]
     assert all(len(label.split(" ")) == 3 for label in sub["label"])
-    for text in ("fold", "mean ± std", "submission:", "test map3"):
+    for text in ("fold", "mean ± std", "submission:", "test map3 (hidden", "test map3 of the 3-fold mean"):
         assert text in out
-    report = json.loads((workspace / "submissions" / "demo" / "demo.json").read_text())
+    assert metrics["test_score"] == pytest.approx(report["test_score"])  # one member: same predictions
     assert 0.0 <= report["test_score"] <= 1.0
 
 

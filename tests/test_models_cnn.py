@@ -193,3 +193,21 @@ def test_aisfx_layout_detected_from_a_path_and_frontend_checked() -> None:
         load_pretrained(model, cfg, validate_features("logmel_16k_64"))  # wrong front-end refused
     assert convert_aisfx({"embedding_net.conv_block1.conv1.weight": torch.zeros(1)}).state
     assert path.is_file()
+
+
+@torch.no_grad()
+def test_full_cnn14_on_32k_audio_through_its_front_end() -> None:
+    """One second of 32 kHz audio through panns_32k log-mel and the full CNN14: 527 finite scores."""
+    from audiotag.data.features import compute_logmel
+
+    features = validate_features("panns_32k")
+    t = torch.arange(32000) / 32000
+    wave = (0.3 * torch.sin(2 * torch.pi * 440 * t) + 0.01 * torch.randn(32000)).numpy()
+    logmel = compute_logmel(wave, features)
+    assert logmel.shape == (101, 64)  # 100 frames per second, centred STFT
+    torch.manual_seed(0)
+    model = build_model(preset("cnn14"), features.n_mels, 527, frames=101).eval()
+    seq = model.backbone(torch.from_numpy(logmel)[None])
+    assert seq.shape == (1, 101 // 32, 2048)  # five 2x2 poolings over time
+    scores = torch.sigmoid(model(torch.from_numpy(logmel)[None]))
+    assert scores.shape == (1, 527) and torch.isfinite(scores).all()

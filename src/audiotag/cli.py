@@ -184,6 +184,11 @@ def print_run(console: Console, result) -> None:
         table.add_row(str(fold), f"{score:.4f}")
     table.add_row("mean ± std", f"{result.mean:.4f} ± {result.std:.4f}", style="bold")
     console.print(table)
+    if result.test_score is not None:
+        n = len(result.fold_scores)
+        console.print(
+            f"test {result.metric} of the {n}-fold mean (hidden demo labels): {result.test_score:.4f}"
+        )
 
 
 def print_ensemble(console: Console, result) -> None:

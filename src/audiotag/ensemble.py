@@ -115,17 +115,6 @@ def score_by_fold(
     return out
 
 
-def score_on_test(comp: Competition, test_ids: list[str], scores: np.ndarray) -> float | None:
-    truth = comp.test_truth()
-    if truth is None:
-        return None
-    labels = truth.set_index("clip_id")["labels"]
-    missing = sorted(set(test_ids) - set(labels.index))
-    if missing:
-        raise DataError(f"test truth lacks {len(missing)} clip(s), e.g. {missing[:3]}")
-    return metrics.score(comp.metric, comp.label_matrix(labels.loc[test_ids]), scores)
-
-
 def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     comp = get_competition(cfg.competition)
     members = [load_member(comp, name) for name in cfg.members]
@@ -137,9 +126,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     fold_scores = score_by_fold(comp, table, folds, oof_ids, blended_oof)
     path = submissions_root() / comp.name / f"{cfg.name}.csv"
     write_submission(comp, build_submission(comp, test_ids, blended_test), path)
-    result = EnsembleResult(
-        comp.metric, members, fold_scores, path, score_on_test(comp, test_ids, blended_test)
-    )
+    result = EnsembleResult(comp.metric, members, fold_scores, path, comp.score_test(test_ids, blended_test))
     result.report = {
         "name": cfg.name,
         "competition": comp.name,

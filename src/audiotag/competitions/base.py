@@ -66,6 +66,19 @@ class Competition(abc.ABC):
 
     # ------------------------------------------------------------------ helpers shared by stages
 
+    def score_test(self, test_ids: list[str], scores: np.ndarray) -> float | None:
+        """The competition metric on the test clips, when the competition knows their labels (demo)."""
+        truth = self.test_truth()
+        if truth is None:
+            return None
+        labels = truth.set_index("clip_id")["labels"]
+        missing = sorted(set(test_ids) - set(labels.index))
+        if missing:
+            raise DataError(f"test truth lacks {len(missing)} clip(s), e.g. {missing[:3]}")
+        from audiotag import metrics
+
+        return metrics.score(self.metric, self.label_matrix(labels.loc[test_ids]), scores)
+
     def label_matrix(self, labels: pd.Series) -> np.ndarray:
         """Binary (n_clips, n_classes) matrix from a series of label lists."""
         index = {c: i for i, c in enumerate(self.classes)}

@@ -43,6 +43,7 @@ class RunResult:
     metric: str
     fold_scores: dict[int, float]
     complete: bool
+    test_score: float | None = None  # fold-mean test predictions on known test labels (demo only)
 
     @property
     def mean(self) -> float:
@@ -181,7 +182,13 @@ def collect_run(
         if done.is_file():
             scores[fold] = json.loads(done.read_text())["score"]
     complete = len(scores) == n_folds
+    comp = prepared.competition
     result = RunResult(run_dir.name, run_dir, metric, scores, complete)
+    test_files = [run_dir / f"fold{f}" / "test.parquet" for f in sorted(scores)]
+    if test_files and all(p.is_file() for p in test_files):
+        parts = [read_predictions(p, classes) for p in test_files]
+        test_ids, fold_mean = parts[0][0], np.mean([part[1] for part in parts], axis=0)
+        result.test_score = comp.score_test(test_ids, fold_mean)
     if not complete:
         log.info(
             "train: %d of %d folds done; run the remaining folds to get OOF and test files",
@@ -204,7 +211,6 @@ def collect_run(
     write_predictions(run_dir / "oof.parquet", oof_ids, classes, oof)
     if test_parts and test_ids is not None:
         write_predictions(run_dir / "test.parquet", test_ids, classes, np.mean(test_parts, axis=0))
-    comp = prepared.competition
     table = prepared.table.set_index("clip_id").loc[oof_ids]
     truth = comp.label_matrix(table["labels"])
     verified = table["verified"].to_numpy()
@@ -218,6 +224,7 @@ def collect_run(
             "std": result.std,
             "oof_pooled": pooled,
             "n_oof": len(oof_ids),
+            "test_score": result.test_score,
         },
     )
     return result
