@@ -72,6 +72,17 @@ def check_frontend(features: FeatureConfig, expected_name: str, checkpoint: str)
     )
 
 
+def check_pretrained(cfg: ModelBase, features: FeatureConfig, offline: bool | None = None) -> None:
+    """Fail early (before a run folder is written) when the pretrained weights are unusable."""
+    if cfg.pretrained is None:
+        return
+    from audiotag.models.pretrained import resolve
+
+    _, entry = resolve(cfg.pretrained, offline=offline)
+    if entry is not None and entry.features is not None:
+        check_frontend(features, entry.features, entry.name)
+
+
 def load_pretrained(
     model: Tagger, cfg: ModelBase, features: FeatureConfig, offline: bool | None = None
 ) -> LoadReport | None:

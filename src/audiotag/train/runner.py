@@ -25,6 +25,7 @@ from audiotag.config import ExperimentConfig, dump_yaml
 from audiotag.data.cache import FeatureCache
 from audiotag.data.folds import file_sha256, load_folds
 from audiotag.errors import ConfigError
+from audiotag.models.registry import check_pretrained
 from audiotag.paths import REPO_ROOT
 from audiotag.predictions import read_predictions, write_predictions
 from audiotag.prepare import Prepared, prepare
@@ -156,6 +157,7 @@ def train_experiment(
     prepared = prepare(cfg.competition, cfg.features, workers=workers)
     comp = prepared.competition
     run_dir = comp.dir / "runs" / (run_name or cfg.name)
+    check_pretrained(cfg.model, cfg.features)
     check_or_write_run_info(run_dir, cfg, prepared)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
