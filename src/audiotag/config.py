@@ -278,6 +278,18 @@ class TrainConfig(StrictModel):
     eval_hop_fraction: float = Field(0.5, gt=0, le=1)
     eval_aggregate: Literal["mean", "max"] = "mean"
     unverified_weight: float = Field(1.0, ge=0, description="loss weight of unverified/noisy clips")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 on GPUs that have it, fp16 with loss scaling on older ones, fp32 on CPU",
+    )
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    grad_clip_norm: float | None = Field(None, gt=0, description="clip the global gradient norm; null = off")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an EMA of the weights (e.g. 0.999) and evaluate it; null = off"
+    )
+    channels_last: bool = Field(False, description="channels-last memory format (faster CNNs on GPUs)")
+    compile: bool = Field(False, description="torch.compile the model")
+    deterministic: bool = Field(False, description="deterministic kernels (slower); seeds are always set")
     folds: list[int] | None = Field(None, description="folds to train; null = all")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

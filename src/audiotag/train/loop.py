@@ -24,19 +24,15 @@ from audiotag.atomic import atomic_write_json
 from audiotag.config import ExperimentConfig, InputNorm
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.dataset import CropDataset, silence_value
-from audiotag.errors import AudiotagError
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.predictions import write_predictions
 from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
+from audiotag.train.engine import StepEngine, TrainingError, configure_determinism, out_of_memory_advice
 from audiotag.train.losses import weighted_bce
 from audiotag.train.predict import predict_clips
 from audiotag.train.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(AudiotagError):
-    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
 
 
 @dataclass
@@ -117,21 +113,30 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
     if not last_path.is_file():
         load_pretrained(model, cfg.model, cfg.features)
     model = model.to(device)
-    optimizer = torch.optim.AdamW(model.param_groups(tc.lr, tc.backbone_lr_ratio, tc.weight_decay))
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    configure_determinism(tc.deterministic, device)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        model.param_groups(tc.lr, tc.backbone_lr_ratio, tc.weight_decay), fused=fused or None
+    )
     drop_last = len(data.train_ids) >= tc.batch_size
-    steps_per_epoch = len(data.train_ids) // tc.batch_size if drop_last else 1
+    batches = len(data.train_ids) // tc.batch_size if drop_last else 1
+    steps_per_epoch = max(1, batches // tc.grad_accum_steps)
     scheduler = make_scheduler(
         optimizer,
         warmup_steps=round(tc.warmup_epochs * steps_per_epoch),
         total_steps=tc.epochs * steps_per_epoch,
         min_ratio=tc.min_lr_ratio,
     )
+    engine = StepEngine(model, optimizer, scheduler, tc, device)
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if last_path.is_file():
         ckpt = load_checkpoint(last_path, device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        engine.load_state_dict(ckpt["engine"])
         state = ckpt["state"]
         log.info("fold %d: resuming from %s at epoch %d", data.fold, last_path, state["epoch"] + 1)
 
@@ -150,12 +155,18 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         epoch = state["epoch"]
         t0 = time.time()
         model.set_backbone_trainable(epoch >= tc.freeze_backbone_epochs)
-        loss = _train_one_epoch(model, optimizer, scheduler, dataset, cfg, data.fold, epoch, device)
-        score = fold_score(data, evaluate(model, cache, data, cfg, device))
+        try:
+            loss = _train_one_epoch(engine, dataset, cfg, data.fold, epoch, device)
+        except torch.OutOfMemoryError:
+            raise TrainingError(
+                f"fold {data.fold}: {out_of_memory_advice(tc.batch_size, tc.grad_accum_steps)}"
+            ) from None
+        score = fold_score(data, evaluate(engine.eval_model, cache, data, cfg, device))
         improved = score > state["best_score"]
         if improved:
             state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "score": score})
+            weights = engine.eval_model.state_dict()
+            save_checkpoint(best_path, {"model": weights, "epoch": epoch, "score": score})
         else:
             state["bad_epochs"] += 1
         state["history"].append(
@@ -174,6 +185,7 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "engine": engine.state_dict(),
                 "state": state,
             },
         )
@@ -207,6 +219,9 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         "n_val": len(data.val_ids),
         "n_val_scored": int(data.val_scored.sum()),
         "input_norm": {"mean": model.norm_mean, "std": model.norm_std},
+        "seed": tc.seed,
+        "precision": engine.precision,
+        "device": str(device),
         "seconds": round(time.time() - started, 1),
         "history": state["history"],
     }
@@ -222,8 +237,9 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
     return summary
 
 
-def _train_one_epoch(model, optimizer, scheduler, dataset, cfg, fold, epoch, device) -> float:
+def _train_one_epoch(engine: StepEngine, dataset, cfg, fold, epoch, device) -> float:
     tc = cfg.train
+    model = engine.model
     model.train()
     dataset.set_epoch(epoch)
     seed = epoch_seed(tc.seed, fold, epoch)
@@ -235,6 +251,7 @@ def _train_one_epoch(model, optimizer, scheduler, dataset, cfg, fold, epoch, dev
         num_workers=tc.num_workers,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
+        persistent_workers=False,
     )
     aug = torch.Generator().manual_seed(epoch_seed(tc.seed, fold, epoch, AUGMENT_STREAM))
     # dropout draws from the global generator: reseeding it per epoch makes a resumed epoch identical
@@ -248,17 +265,17 @@ def _train_one_epoch(model, optimizer, scheduler, dataset, cfg, fold, epoch, dev
         x = spec_augment(x, tc.specaugment, aug)
         if tc.mixup_alpha > 0 and torch.rand(1, generator=aug).item() < tc.mixup_prob:
             x, y, w = mixup(x, y, w, tc.mixup_alpha, aug)
-        loss = weighted_bce(model(x), y, w)
+        with engine.autocast():
+            logits = engine.forward_model(x)
+        loss = weighted_bce(logits.float(), y, w)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"fold {fold}: loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good "
-                "checkpoint is kept. Lower train.lr or check the features for NaN"
+                "checkpoint is kept. Lower train.lr, set train.grad_clip_norm, or check the features for NaN"
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        engine.backward(loss)
         total += loss.item() * x.shape[0]
         count += x.shape[0]
         bar.set_postfix(loss=f"{total / count:.4f}")
+    engine.flush()
     return total / max(count, 1)

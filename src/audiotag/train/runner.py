@@ -34,7 +34,14 @@ from audiotag.train.loop import FoldData, train_fold
 log = logging.getLogger(__name__)
 
 # Settings that change how a run executes but not its results; they may differ on resume.
-RUNTIME_KEYS = {"train.folds", "train.device", "train.num_workers", "train.threads"}
+RUNTIME_KEYS = {
+    "train.folds",
+    "train.device",
+    "train.num_workers",
+    "train.threads",
+    "train.compile",
+    "train.channels_last",
+}
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""The optimisation step: accumulation, clipping, EMA, precision choice, failure messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from audiotag.cli import main
+from audiotag.config import TrainConfig
+from audiotag.train import loop
+from audiotag.train.engine import StepEngine, TrainingError, out_of_memory_advice, resolve_precision
+from tests.conftest import tiny_args
+
+CPU = torch.device("cpu")
+
+
+def engine_for(model: nn.Module, lr: float = 0.1, **train) -> StepEngine:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return StepEngine(model, optimizer, scheduler, TrainConfig(**train), CPU)
+
+
+def bce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(model(x), y)
+
+
+def test_precision_choice() -> None:
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
+    with pytest.raises(TrainingError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", CPU)
+
+
+def test_accumulated_micro_batches_equal_one_large_batch() -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 5), torch.rand(8, 3)
+    one, two = nn.Linear(5, 3), nn.Linear(5, 3)
+    two.load_state_dict(one.state_dict())
+    big = engine_for(one)
+    assert big.backward(bce(one, x, y))
+    small = engine_for(two, grad_accum_steps=2)
+    assert not small.backward(bce(two, x[:4], y[:4]))  # gradient kept, no step yet
+    assert small.backward(bce(two, x[4:], y[4:]))
+    for a, b in zip(one.parameters(), two.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradient_clipping_bounds_the_update() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    engine = engine_for(model, lr=1.0, grad_clip_norm=0.5)
+    engine.backward(1000 * bce(model, torch.randn(8, 5), torch.rand(8, 3)))
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.linalg.vector_norm(after - before) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_ema_follows_the_weights_with_its_decay() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    engine = engine_for(model, ema_decay=0.5)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for i in range(3):
+        engine.backward(bce(model, torch.randn(6, 4), torch.rand(6, 2)))
+        current = [p.detach() for p in model.parameters()]
+        if i == 0:  # the first update copies the weights
+            expected = [c.clone() for c in current]
+        else:
+            expected = [0.5 * e + 0.5 * c for e, c in zip(expected, current, strict=True)]
+    for e, p in zip(expected, engine.eval_model.parameters(), strict=True):
+        torch.testing.assert_close(p, e)
+    restored = engine_for(nn.Linear(4, 2), ema_decay=0.5)
+    restored.load_state_dict(engine.state_dict())
+    for a, b in zip(restored.eval_model.parameters(), engine.eval_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_out_of_memory_advice_keeps_the_effective_batch() -> None:
+    text = out_of_memory_advice(64, 1)
+    assert "train.batch_size=32" in text and "train.grad_accum_steps=2" in text
+
+
+@pytest.mark.slow
+def test_bf16_ema_accumulation_run_end_to_end(workspace: Path) -> None:
+    extra = [
+        "train.precision=bf16",
+        "train.ema_decay=0.9",
+        "train.grad_accum_steps=2",
+        "train.grad_clip_norm=1.0",
+        "train.channels_last=true",
+        "train.folds=[0]",
+        "train.batch_size=8",
+    ]
+    assert main(tiny_args("prepare", "train", extra=extra)) == 0
+    done = json.loads((workspace / "competition/demo/runs/cnn_small/fold0/done.json").read_text())
+    assert done["precision"] == "bf16" and done["epochs_run"] == 2
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in done["history"])
+
+
+def test_nan_loss_stops_with_a_clear_message(workspace: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(loop, "weighted_bce", lambda logits, y, w: logits.sum() * float("nan"))
+    assert main(tiny_args("prepare", "train", extra=["train.folds=[0]"])) == 2
+    err = capsys.readouterr().err
+    assert "loss became nan" in err and "train.lr" in err
