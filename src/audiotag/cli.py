@@ -24,6 +24,13 @@ from audiotag.config import (
 )
 from audiotag.errors import AudiotagError, ConfigError
 from audiotag.log import setup_logging
+from audiotag.train.distributed import (
+    PARALLEL_MODES,
+    launched_by_torchrun,
+    relaunch_with_torchrun,
+    setup,
+    teardown,
+)
 
 STAGES = ("prepare", "train", "ensemble")
 log = logging.getLogger("audiotag")
@@ -64,13 +71,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", help="comma-separated folds to train, e.g. 0,1")
     parser.add_argument("--run-name", help="name of the run folder (default: the experiment's name)")
     parser.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train with N processes launched by torchrun (one GPU each; CPU processes without CUDA)",
+    )
+    parser.add_argument(
+        "--parallel",
+        choices=PARALLEL_MODES,
+        default="ddp",
+        help="with --gpus N: ddp = every fold data-parallel over N GPUs; folds = one fold per GPU",
+    )
+    parser.add_argument(
         "--weights",
         metavar="PATH",
         help="initialise the model from this checkpoint file (same as --set model.pretrained=PATH)",
     )
     parser.add_argument("--workers", type=int, help="processes for the feature cache (default: all cores)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="PATH",
+        help="use the competition's files in place from PATH, without download or copy "
+        "(e.g. /kaggle/input/freesound-audio-tagging; for audioset: your audio folder); "
+        "same as --set competition.data_dir=PATH",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
+
+
+def data_dir_overrides(args: argparse.Namespace) -> list[str]:
+    """``--data-dir PATH`` as a ``competition.data_dir`` override (absolute path), after checking PATH."""
+    if getattr(args, "data_dir", None) is None:
+        return []
+    path = Path(args.data_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+    return [f"competition.data_dir={json.dumps(str(path))}"]
 
 
 def build_weights_parser() -> argparse.ArgumentParser:
@@ -148,7 +186,7 @@ def default_config(competition: str, kind: str) -> Path:
 def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     path = args.config if args.config and not is_ensemble_file(args.config) else None
     path = path or default_config(args.competition, "experiment")
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + data_dir_overrides(args)
     if args.folds:
         try:
             folds = [int(f) for f in args.folds.split(",") if f.strip()]
@@ -173,7 +211,7 @@ def ensemble_config(
         path = args.config
     else:
         path = default_config(exp.competition.name if exp else args.competition, "ensemble")
-    return load_ensemble(path, args.overrides if only_stage else [])
+    return load_ensemble(path, (args.overrides if only_stage else []) + data_dir_overrides(args))
 
 
 def print_run(console: Console, result) -> None:
@@ -226,24 +264,37 @@ def run(args: argparse.Namespace) -> None:
     stages = [s for s in STAGES if s in args.stages]  # always in pipeline order
     console = Console(stderr=False)
     exp = experiment_config(args) if {"prepare", "train"} & set(stages) else None
-    for stage in stages:
-        started = time.time()
-        log.info("stage %s: starting", stage)
-        if stage == "prepare":
-            from audiotag.prepare import prepare
+    if args.gpus < 1:
+        raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")
+    if args.gpus > 1 and not launched_by_torchrun():
+        relaunch_with_torchrun(args.gpus, args.argv)
+    ctx = setup(args.parallel)
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0 reports
+    try:
+        for stage in stages:
+            started = time.time()
+            log.info("stage %s: starting", stage)
+            if stage == "prepare":
+                from audiotag.prepare import prepare
 
-            prepare(exp.competition, exp.features, workers=args.workers)
-        elif stage == "train":
-            from audiotag.train.runner import train_experiment
+                if ctx.is_main:
+                    prepare(exp.competition, exp.features, workers=args.workers)
+                ctx.barrier()
+            elif stage == "train":
+                from audiotag.train.runner import train_experiment
 
-            print_run(console, train_experiment(exp, run_name=args.run_name, workers=args.workers))
-        else:
-            from audiotag.ensemble import run_ensemble
+                result = train_experiment(exp, run_name=args.run_name, workers=args.workers, ctx=ctx)
+                if ctx.is_main:
+                    print_run(console, result)
+            elif ctx.is_main:
+                from audiotag.ensemble import run_ensemble
 
-            print_ensemble(
-                console, run_ensemble(ensemble_config(args, exp, only_stage=stages == ["ensemble"]))
-            )
-        log.info("stage %s: done in %.1fs", stage, time.time() - started)
+                only = stages == ["ensemble"]
+                print_ensemble(console, run_ensemble(ensemble_config(args, exp, only_stage=only)))
+            log.info("stage %s: done in %.1fs", stage, time.time() - started)
+    finally:
+        teardown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         args, action = build_weights_parser().parse_args(argv[1:]), run_weights
     else:
         args, action = build_parser().parse_args(argv), run
+        args.argv = argv
     setup_logging(args.verbose)
     try:
         action(args)

@@ -59,6 +59,7 @@ class StepEngine:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         tc: TrainConfig,
         device: torch.device,
+        ddp: bool = False,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -75,7 +76,11 @@ class StepEngine:
             else None
         )
         self.micro = 0
-        self.forward_model: nn.Module = torch.compile(model) if tc.compile else model
+        forward: nn.Module = model
+        if ddp:  # gradients are averaged across processes in backward()
+            ids = [device.index] if device.type == "cuda" else None
+            forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.forward_model: nn.Module = torch.compile(forward) if tc.compile else forward
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from audiotag import metrics
@@ -27,6 +27,7 @@ from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.predictions import write_predictions
 from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
+from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine, TrainingError, configure_determinism, out_of_memory_advice
 from audiotag.train.losses import weighted_bce
 from audiotag.train.predict import predict_clips
@@ -62,12 +63,32 @@ def crop_frames(cfg: ExperimentConfig) -> int:
     return max(1, round(cfg.train.crop_seconds * cfg.features.frames_per_second))
 
 
-def evaluate(model, cache, data: FoldData, cfg: ExperimentConfig, device, ids=None) -> np.ndarray:
+def evaluate(
+    model, cache, data: FoldData, cfg: ExperimentConfig, device, ids=None, ctx: DistContext = SINGLE
+) -> np.ndarray:
+    """Clip scores of ``ids`` (the validation clips by default); with DDP each rank scores a shard."""
+    ids = data.val_ids if ids is None else ids
+    if ctx.ddp:
+        mine = list(range(ctx.rank, len(ids), ctx.world))
+        part = _predict(model, cache, [ids[i] for i in mine], cfg, device) if mine else None
+        out: np.ndarray | None = None
+        for positions, scores in ctx.gather((mine, part)):
+            if scores is None:
+                continue
+            if out is None:
+                out = np.zeros((len(ids), scores.shape[1]))
+            out[positions] = scores
+        assert out is not None
+        return out
+    return _predict(model, cache, ids, cfg, device)
+
+
+def _predict(model, cache, ids: list[str], cfg: ExperimentConfig, device) -> np.ndarray:
     window = crop_frames(cfg)
     return predict_clips(
         model,
         cache,
-        data.val_ids if ids is None else ids,
+        ids,
         window=window,
         hop=max(1, round(window * cfg.train.eval_hop_fraction)),
         batch_size=cfg.train.batch_size * 2,
@@ -97,14 +118,25 @@ def fold_score(data: FoldData, scores: np.ndarray) -> float:
     return metrics.score(data.metric, data.val_targets[mask], scores[mask])
 
 
-def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, device: torch.device) -> dict:
-    """Train one fold (or resume it) and write best.pt, oof.parquet, test.parquet and done.json."""
+def train_fold(
+    cfg: ExperimentConfig,
+    cache,
+    data: FoldData,
+    fold_dir: Path,
+    device: torch.device,
+    ctx: DistContext = SINGLE,
+) -> dict:
+    """Train one fold (or resume it) and write best.pt, oof.parquet, test.parquet and done.json.
+
+    With DDP (``ctx.ddp``) every rank runs this together; only rank 0 writes files.
+    """
     done_path = fold_dir / "done.json"
     if done_path.is_file():
         summary = json.loads(done_path.read_text())
         log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, summary["score"])
         return summary
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
     torch.manual_seed(epoch_seed(tc.seed, data.fold, 0, INIT_STREAM))
     norm = dataset_norm(cache, data.train_ids) if cfg.model.input_norm == "dataset" else None
@@ -121,7 +153,7 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         model.param_groups(tc.lr, tc.backbone_lr_ratio, tc.weight_decay), fused=fused or None
     )
     drop_last = len(data.train_ids) >= tc.batch_size
-    batches = len(data.train_ids) // tc.batch_size if drop_last else 1
+    batches = len(data.train_ids) // tc.batch_size if drop_last else 1  # global batches (all ranks)
     steps_per_epoch = max(1, batches // tc.grad_accum_steps)
     scheduler = make_scheduler(
         optimizer,
@@ -129,7 +161,7 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         total_steps=tc.epochs * steps_per_epoch,
         min_ratio=tc.min_lr_ratio,
     )
-    engine = StepEngine(model, optimizer, scheduler, tc, device)
+    engine = StepEngine(model, optimizer, scheduler, tc, device, ddp=ctx.ddp)
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if last_path.is_file():
         ckpt = load_checkpoint(last_path, device)
@@ -156,17 +188,18 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         t0 = time.time()
         model.set_backbone_trainable(epoch >= tc.freeze_backbone_epochs)
         try:
-            loss = _train_one_epoch(engine, dataset, cfg, data.fold, epoch, device)
+            loss = _train_one_epoch(engine, dataset, cfg, data.fold, epoch, device, ctx)
         except torch.OutOfMemoryError:
             raise TrainingError(
                 f"fold {data.fold}: {out_of_memory_advice(tc.batch_size, tc.grad_accum_steps)}"
             ) from None
-        score = fold_score(data, evaluate(engine.eval_model, cache, data, cfg, device))
+        score = fold_score(data, evaluate(engine.eval_model, cache, data, cfg, device, ctx=ctx))
         improved = score > state["best_score"]
         if improved:
             state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            weights = engine.eval_model.state_dict()
-            save_checkpoint(best_path, {"model": weights, "epoch": epoch, "score": score})
+            if ctx.is_main:
+                weights = engine.eval_model.state_dict()
+                save_checkpoint(best_path, {"model": weights, "epoch": epoch, "score": score})
         else:
             state["bad_epochs"] += 1
         state["history"].append(
@@ -179,16 +212,17 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
             }
         )
         state["epoch"] = epoch + 1
-        save_checkpoint(
-            last_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "engine": engine.state_dict(),
-                "state": state,
-            },
-        )
+        if ctx.is_main:
+            save_checkpoint(
+                last_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "engine": engine.state_dict(),
+                    "state": state,
+                },
+            )
         log.info(
             "fold %d epoch %d/%d: loss %.4f, val %s %.4f%s (%.1fs)",
             data.fold,
@@ -203,9 +237,13 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
     if state["bad_epochs"] >= tc.patience:
         log.info("fold %d: early stop, no improvement for %d epochs", data.fold, tc.patience)
 
+    ctx.barrier()  # best.pt is complete before any rank reads it
     model.load_state_dict(load_checkpoint(best_path, device)["model"])
-    oof = evaluate(model, cache, data, cfg, device)
-    test = evaluate(model, cache, data, cfg, device, ids=data.test_ids) if data.test_ids else None
+    oof = evaluate(model, cache, data, cfg, device, ctx=ctx)
+    test = evaluate(model, cache, data, cfg, device, ids=data.test_ids, ctx=ctx) if data.test_ids else None
+    if not ctx.is_main:
+        ctx.barrier()  # wait for rank 0 to write the fold's files
+        return json.loads(done_path.read_text())
     write_predictions(fold_dir / "oof.parquet", data.val_ids, data.classes, oof)
     if test is not None:
         write_predictions(fold_dir / "test.parquet", data.test_ids, data.classes, test)
@@ -225,8 +263,10 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
         "seconds": round(time.time() - started, 1),
         "history": state["history"],
     }
+    summary["processes"] = ctx.world if ctx.ddp else 1
     atomic_write_json(done_path, summary)
     last_path.unlink(missing_ok=True)  # the best weights are kept; the resume state is no longer needed
+    ctx.barrier()
     log.info(
         "fold %d: done, best %s %.4f at epoch %d",
         data.fold,
@@ -237,25 +277,35 @@ def train_fold(cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, dev
     return summary
 
 
-def _train_one_epoch(engine: StepEngine, dataset, cfg, fold, epoch, device) -> float:
+def _train_one_epoch(
+    engine: StepEngine, dataset, cfg, fold, epoch, device, ctx: DistContext = SINGLE
+) -> float:
     tc = cfg.train
     model = engine.model
     model.train()
     dataset.set_epoch(epoch)
     seed = epoch_seed(tc.seed, fold, epoch)
+    drop_last = len(dataset) >= tc.batch_size
+    if ctx.ddp:  # each rank reads its share of every global batch
+        sampler = DistributedSampler(
+            dataset, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        sampler.set_epoch(epoch)
+        order = {"sampler": sampler}
+    else:
+        order = {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
     loader = DataLoader(
         dataset,
-        batch_size=tc.batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= tc.batch_size,
+        batch_size=tc.batch_size // ctx.world if ctx.ddp else tc.batch_size,
+        drop_last=drop_last,
         num_workers=tc.num_workers,
-        generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        **order,
     )
-    aug = torch.Generator().manual_seed(epoch_seed(tc.seed, fold, epoch, AUGMENT_STREAM))
+    rank = ctx.rank if ctx.ddp else 0  # ranks see different data: give each its own masks and dropout
+    aug = torch.Generator().manual_seed(epoch_seed(tc.seed + rank, fold, epoch, AUGMENT_STREAM))
     # dropout draws from the global generator: reseeding it per epoch makes a resumed epoch identical
-    torch.manual_seed(epoch_seed(tc.seed, fold, epoch, DROPOUT_STREAM))
+    torch.manual_seed(epoch_seed(tc.seed + rank, fold, epoch, DROPOUT_STREAM))
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}", leave=False, disable=None, unit="batch")
     for step, (x, y, w) in enumerate(bar):

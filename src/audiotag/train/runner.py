@@ -29,6 +29,7 @@ from audiotag.models.registry import check_pretrained
 from audiotag.paths import REPO_ROOT
 from audiotag.predictions import read_predictions, write_predictions
 from audiotag.prepare import Prepared, prepare
+from audiotag.train.distributed import SINGLE, DistContext, device_for
 from audiotag.train.loop import FoldData, train_fold
 
 log = logging.getLogger(__name__)
@@ -125,14 +126,6 @@ def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prep
     )
 
 
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for but no CUDA GPU is visible; use auto or cpu")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
 def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
     comp = prepared.competition
     train = comp.training_clips(prepared.table).merge(load_folds(prepared.folds_path), on="clip_id")
@@ -159,16 +152,31 @@ def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
 
 
 def train_experiment(
-    cfg: ExperimentConfig, run_name: str | None = None, workers: int | None = None
+    cfg: ExperimentConfig,
+    run_name: str | None = None,
+    workers: int | None = None,
+    ctx: DistContext = SINGLE,
 ) -> RunResult:
-    prepared = prepare(cfg.competition, cfg.features, workers=workers)
+    """Train the run's folds. Under torchrun: DDP on every fold, or folds shared out among processes."""
+    if ctx.ddp and cfg.train.batch_size % ctx.world:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size} must be a multiple of the {ctx.world} processes "
+            "(it is the global batch, shared out among them)"
+        )
+    if ctx.is_main:
+        prepared = prepare(cfg.competition, cfg.features, workers=workers)
+    ctx.barrier()
+    if not ctx.is_main:  # everything is up to date now: this only reads
+        prepared = prepare(cfg.competition, cfg.features, workers=workers)
     comp = prepared.competition
     run_dir = comp.dir / "runs" / (run_name or cfg.name)
     check_pretrained(cfg.model, cfg.features)
-    check_or_write_run_info(run_dir, cfg, prepared)
+    if ctx.is_main:
+        check_or_write_run_info(run_dir, cfg, prepared)
+    ctx.barrier()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    device = device_for(ctx, cfg.train.device)
     n_folds = comp.cfg.n_folds
     folds = cfg.train.folds if cfg.train.folds is not None else list(range(n_folds))
     bad = [f for f in folds if not 0 <= f < n_folds]
@@ -176,8 +184,15 @@ def train_experiment(
         raise ConfigError(f"train.folds: {bad} out of range; this competition has folds 0..{n_folds - 1}")
     cache = FeatureCache(prepared.cache_dir)
     log.info("train: run %s on %s, folds %s, %s threads", run_dir, device, folds, torch.get_num_threads())
-    for fold in folds:
-        train_fold(cfg, cache, fold_data(prepared, cfg, fold), run_dir / f"fold{fold}", device)
+    if ctx.world > 1 and not ctx.ddp:  # one fold per process, each process writes its own folds
+        for fold in folds[ctx.rank :: ctx.world]:
+            train_fold(cfg, cache, fold_data(prepared, cfg, fold), run_dir / f"fold{fold}", device)
+        ctx.barrier()
+    else:
+        for fold in folds:
+            train_fold(cfg, cache, fold_data(prepared, cfg, fold), run_dir / f"fold{fold}", device, ctx)
+    if not ctx.is_main:
+        return RunResult(run_dir.name, run_dir, comp.metric, {}, False)
     return collect_run(run_dir, comp.classes, comp.metric, n_folds, prepared)
 
 

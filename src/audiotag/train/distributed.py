@@ -1,0 +1,119 @@
+"""Several processes through ``torchrun``: data-parallel training (DDP) or one fold per process.
+
+``./run.sh train --gpus 4`` re-launches itself with ``python -m torch.distributed.run --standalone
+--nproc_per_node 4``; each process then finds its rank in the environment. Only rank 0 writes files;
+the others wait at barriers. Without CUDA the processes run on the CPU with the gloo backend (slow,
+meant for testing the multi-process paths).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from audiotag.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PARALLEL_MODES = ("ddp", "folds")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    mode: str = "ddp"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1 and self.mode == "ddp"
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (on every rank)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+SINGLE = DistContext()
+
+
+def launched_by_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(mode: str) -> DistContext:
+    """Join the process group that torchrun prepared; a single process gets ``SINGLE``."""
+    if not launched_by_torchrun():
+        return SINGLE
+    if mode not in PARALLEL_MODES:
+        raise ConfigError(f"--parallel {mode!r}: expected one of {', '.join(PARALLEL_MODES)}")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    ctx = DistContext(dist.get_rank(), dist.get_world_size(), local_rank, mode)
+    log.info("process %d of %d (%s, local rank %d)", ctx.rank + 1, ctx.world, mode, local_rank)
+    return ctx
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(ctx: DistContext, choice: str) -> torch.device:
+    if ctx.world > 1 and torch.cuda.is_available() and choice != "cpu":
+        return torch.device("cuda", ctx.local_rank)
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA GPU is visible; use auto or cpu")
+    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def relaunch_with_torchrun(n_procs: int, argv: list[str]) -> None:
+    """Replace this process by ``torchrun --nproc_per_node n_procs -m audiotag ARGV`` (never returns)."""
+    if not torch.cuda.is_available():
+        log.warning("--gpus %d: no CUDA GPU visible; running %d CPU processes (gloo)", n_procs, n_procs)
+    elif torch.cuda.device_count() < n_procs:
+        raise ConfigError(f"--gpus {n_procs}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n_procs}",
+        "-m",
+        "audiotag",
+        *argv,
+    ]
+    log.info("launching: %s", " ".join(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
