@@ -106,3 +106,43 @@ def test_nan_loss_stops_with_a_clear_message(workspace: Path, monkeypatch, capsy
     assert main(tiny_args("prepare", "train", extra=["train.folds=[0]"])) == 2
     err = capsys.readouterr().err
     assert "loss became nan" in err and "train.lr" in err
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so nothing on the way up handles it."""
+
+
+@pytest.mark.slow
+def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
+    import pandas as pd
+
+    extra = ["train.folds=[0]", "train.checkpoint_every_steps=1", "train.batch_size=8", "train.epochs=2"]
+    real_save = loop.save_checkpoint
+
+    def dying_save(path, payload):
+        partial = payload.get("state", {}).get("partial")
+        if partial and partial["epoch"] == 1 and partial["batch"] == 2:
+            real_save(path, payload)
+            raise Killed
+        real_save(path, payload)
+
+    def workspace(name: str) -> Path:
+        monkeypatch.setenv("AUDIOTAG_WORKSPACE", str(tmp_path / name / "competition"))
+        monkeypatch.setenv("AUDIOTAG_SUBMISSIONS", str(tmp_path / name / "submissions"))
+        return tmp_path / name / "competition" / "demo" / "runs" / "cnn_small" / "fold0"
+
+    fold = workspace("killed")
+    monkeypatch.setattr(loop, "save_checkpoint", dying_save)
+    with pytest.raises(Killed):
+        main(tiny_args("prepare", "train", extra=extra))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    saved = torch.load(fold / "last.pt", weights_only=False)["state"]
+    assert saved["epoch"] == 1 and saved["partial"]["batch"] == 2
+    assert main(tiny_args("prepare", "train", extra=extra)) == 0
+    clean = workspace("clean")
+    assert main(tiny_args("prepare", "train", extra=extra)) == 0
+
+    a, b = (json.loads((f / "done.json").read_text())["history"] for f in (fold, clean))
+    assert [h["loss"] for h in a] == pytest.approx([h["loss"] for h in b], rel=1e-6)
+    oof_a, oof_b = (pd.read_parquet(f / "oof.parquet") for f in (fold, clean))
+    pd.testing.assert_frame_equal(oof_a, oof_b)

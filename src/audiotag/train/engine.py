@@ -76,6 +76,7 @@ class StepEngine:
             else None
         )
         self.micro = 0
+        self.steps_taken = 0
         forward: nn.Module = model
         if ddp:  # gradients are averaged across processes in backward()
             ids = [device.index] if device.type == "cuda" else None
@@ -101,6 +102,7 @@ class StepEngine:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        self.steps_taken += 1
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         return True
@@ -116,12 +118,14 @@ class StepEngine:
 
     def state_dict(self) -> dict:
         return {
+            "steps_taken": self.steps_taken,
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.scaler.load_state_dict(state["scaler"])
+        self.steps_taken = state.get("steps_taken", 0)
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
 

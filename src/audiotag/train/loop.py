@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def train_fold(
         scheduler.load_state_dict(ckpt["scheduler"])
         engine.load_state_dict(ckpt["engine"])
         state = ckpt["state"]
-        log.info("fold %d: resuming from %s at epoch %d", data.fold, last_path, state["epoch"] + 1)
+        at = f", batch {state['partial']['batch'] + 1}" if state.get("partial") else ""
+        log.info("fold %d: resuming from %s at epoch %d%s", data.fold, last_path, state["epoch"] + 1, at)
 
     dataset = CropDataset(
         cache,
@@ -187,8 +189,17 @@ def train_fold(
         epoch = state["epoch"]
         t0 = time.time()
         model.set_backbone_trainable(epoch >= tc.freeze_backbone_epochs)
+        partial = state.pop("partial", None)
+        partial = partial if partial and partial["epoch"] == epoch else None
+
+        def save_partial(progress: dict) -> None:
+            if ctx.is_main:
+                save_checkpoint(last_path, resume_state(model, optimizer, scheduler, engine, state, progress))
+
         try:
-            loss = _train_one_epoch(engine, dataset, cfg, data.fold, epoch, device, ctx)
+            loss = _train_one_epoch(
+                engine, dataset, cfg, data.fold, epoch, device, ctx, partial, save_partial
+            )
         except torch.OutOfMemoryError:
             raise TrainingError(
                 f"fold {data.fold}: {out_of_memory_advice(tc.batch_size, tc.grad_accum_steps)}"
@@ -213,16 +224,7 @@ def train_fold(
         )
         state["epoch"] = epoch + 1
         if ctx.is_main:
-            save_checkpoint(
-                last_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "engine": engine.state_dict(),
-                    "state": state,
-                },
-            )
+            save_checkpoint(last_path, resume_state(model, optimizer, scheduler, engine, state))
         log.info(
             "fold %d epoch %d/%d: loss %.4f, val %s %.4f%s (%.1fs)",
             data.fold,
@@ -277,38 +279,71 @@ def train_fold(
     return summary
 
 
+def resume_state(model, optimizer, scheduler, engine, state: dict, partial: dict | None = None) -> dict:
+    """Everything a killed fold needs to continue: weights, optimizer, schedule, engine, progress."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "engine": engine.state_dict(),
+        "state": {**state, "partial": partial} if partial else state,
+    }
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, ctx: DistContext) -> list[list[int]]:
+    """This rank's index batches of one epoch, in order: a seeded permutation, so a resumed epoch can
+    start at any batch and still see exactly what the uninterrupted epoch would have seen."""
+    if ctx.ddp:
+        sampler = DistributedSampler(range(n), ctx.world, ctx.rank, shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        indices, size = list(sampler), batch_size // ctx.world
+    else:
+        indices, size = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist(), batch_size
+    batches = [indices[i : i + size] for i in range(0, len(indices), size)]
+    if n >= batch_size:
+        batches = [b for b in batches if len(b) == size]  # drop the last partial batch
+    return batches
+
+
 def _train_one_epoch(
-    engine: StepEngine, dataset, cfg, fold, epoch, device, ctx: DistContext = SINGLE
+    engine: StepEngine,
+    dataset,
+    cfg,
+    fold,
+    epoch,
+    device,
+    ctx: DistContext = SINGLE,
+    partial: dict | None = None,
+    save_partial: Callable[[dict], None] | None = None,
 ) -> float:
+    """One epoch; ``partial`` resumes it mid-way, ``save_partial`` is called every
+    ``train.checkpoint_every_steps`` optimizer steps with what a resume needs."""
     tc = cfg.train
     model = engine.model
     model.train()
     dataset.set_epoch(epoch)
-    seed = epoch_seed(tc.seed, fold, epoch)
-    drop_last = len(dataset) >= tc.batch_size
-    if ctx.ddp:  # each rank reads its share of every global batch
-        sampler = DistributedSampler(
-            dataset, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
-        )
-        sampler.set_epoch(epoch)
-        order = {"sampler": sampler}
-    else:
-        order = {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
+    batches = epoch_batches(len(dataset), tc.batch_size, epoch_seed(tc.seed, fold, epoch), epoch, ctx)
+    start = partial["batch"] if partial else 0
     loader = DataLoader(
         dataset,
-        batch_size=tc.batch_size // ctx.world if ctx.ddp else tc.batch_size,
-        drop_last=drop_last,
+        batch_sampler=batches[start:],
         num_workers=tc.num_workers,
         pin_memory=device.type == "cuda",
-        **order,
+        generator=torch.Generator().manual_seed(epoch_seed(tc.seed, fold, epoch)),  # not the global RNG
     )
     rank = ctx.rank if ctx.ddp else 0  # ranks see different data: give each its own masks and dropout
     aug = torch.Generator().manual_seed(epoch_seed(tc.seed + rank, fold, epoch, AUGMENT_STREAM))
     # dropout draws from the global generator: reseeding it per epoch makes a resumed epoch identical
     torch.manual_seed(epoch_seed(tc.seed + rank, fold, epoch, DROPOUT_STREAM))
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"fold {fold} epoch {epoch + 1}", leave=False, disable=None, unit="batch")
-    for step, (x, y, w) in enumerate(bar):
+    if partial:
+        aug.set_state(partial["aug_state"])
+        torch.set_rng_state(partial["rng_state"])
+        total, count = partial["total"], partial["count"]
+    bar = tqdm(
+        loader, desc=f"fold {fold} epoch {epoch + 1}", leave=False, disable=None, unit="batch", initial=start
+    )
+    for step, (x, y, w) in enumerate(bar, start=start):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         w = w.to(device, non_blocking=True)
@@ -323,9 +358,22 @@ def _train_one_epoch(
                 f"fold {fold}: loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good "
                 "checkpoint is kept. Lower train.lr, set train.grad_clip_norm, or check the features for NaN"
             )
-        engine.backward(loss)
+        stepped = engine.backward(loss)
         total += loss.item() * x.shape[0]
         count += x.shape[0]
         bar.set_postfix(loss=f"{total / count:.4f}")
+        every = tc.checkpoint_every_steps
+        remaining = len(batches) - step - 1
+        if save_partial and every and stepped and remaining and (engine.steps_taken % every == 0):
+            save_partial(
+                {
+                    "epoch": epoch,
+                    "batch": step + 1,
+                    "total": total,
+                    "count": count,
+                    "aug_state": aug.get_state(),
+                    "rng_state": torch.get_rng_state(),
+                }
+            )
     engine.flush()
     return total / max(count, 1)

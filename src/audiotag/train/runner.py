@@ -42,6 +42,7 @@ RUNTIME_KEYS = {
     "train.threads",
     "train.compile",
     "train.channels_last",
+    "train.checkpoint_every_steps",
 }
 
 
