@@ -52,14 +52,30 @@ class DemoGeneratorConfig(StrictModel):
         return self
 
 
+class CompetitionRules(StrictModel):
+    """What the competition's rules allowed; the train stage warns when an experiment breaks them."""
+
+    pretrained_allowed: bool = Field(True, description="pretrained weights were allowed")
+    external_data_allowed: bool = Field(True, description="data outside the competition's files was allowed")
+
+
 class CompetitionConfig(StrictModel):
-    name: str = Field(description="competition module: demo, demo2019")
+    name: str = Field(description="competition module: demo, demo2019, fsd2018, fsd2019, fsd50k, audioset")
     n_folds: int = Field(5, ge=2, le=20)
     fold_seed: int = 42
     subsets: list[str] | None = Field(
         None, description="training subsets to use (e.g. [curated] for 2019 layouts); null = all"
     )
     generator: DemoGeneratorConfig | None = None
+    data_dir: str | None = Field(
+        None,
+        description="use the competition's files in place from this folder (no download, no copy), e.g. "
+        "/kaggle/input/freesound-audio-tagging; for audioset: the folder holding your audio clips",
+    )
+    source: Literal["kaggle", "zenodo"] | None = Field(
+        None, description="where prepare downloads the data from; null = the competition's default"
+    )
+    rules: CompetitionRules = Field(default_factory=CompetitionRules)
     default_experiment: str | None = Field(
         None, description="experiment under configs/experiments/ that prepare/train use without --config"
     )
@@ -283,6 +299,9 @@ class TrainConfig(StrictModel):
         description="auto: bf16 on GPUs that have it, fp16 with loss scaling on older ones, fp32 on CPU",
     )
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also save last.pt every N optimizer steps inside an epoch; null = per epoch"
+    )
     grad_clip_norm: float | None = Field(None, gt=0, description="clip the global gradient norm; null = off")
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="keep an EMA of the weights (e.g. 0.999) and evaluate it; null = off"
