@@ -94,6 +94,7 @@ def test_bf16_ema_accumulation_run_end_to_end(workspace: Path) -> None:
         "train.channels_last=true",
         "train.folds=[0]",
         "train.batch_size=8",
+        "train.num_workers=2",  # crops read from the memory-mapped cache in worker processes
     ]
     assert main(tiny_args("prepare", "train", extra=extra)) == 0
     done = json.loads((workspace / "competition/demo/runs/cnn_small/fold0/done.json").read_text())

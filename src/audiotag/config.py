@@ -312,7 +312,9 @@ class TrainConfig(StrictModel):
     folds: list[int] | None = Field(None, description="folds to train; null = all")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader workers; null = up to 8 on a GPU, 0 on the CPU (no core to spare)"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
 
 

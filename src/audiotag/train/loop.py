@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,6 +291,12 @@ def resume_state(model, optimizer, scheduler, engine, state: dict, partial: dict
     }
 
 
+def loader_workers(configured: int | None, device: torch.device) -> int:
+    if configured is not None:
+        return configured
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, ctx: DistContext) -> list[list[int]]:
     """This rank's index batches of one epoch, in order: a seeded permutation, so a resumed epoch can
     start at any batch and still see exactly what the uninterrupted epoch would have seen."""
@@ -324,10 +331,12 @@ def _train_one_epoch(
     dataset.set_epoch(epoch)
     batches = epoch_batches(len(dataset), tc.batch_size, epoch_seed(tc.seed, fold, epoch), epoch, ctx)
     start = partial["batch"] if partial else 0
+    workers = loader_workers(tc.num_workers, device)
     loader = DataLoader(
         dataset,
         batch_sampler=batches[start:],
-        num_workers=tc.num_workers,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(epoch_seed(tc.seed, fold, epoch)),  # not the global RNG
     )
