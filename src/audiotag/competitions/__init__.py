@@ -10,9 +10,13 @@ from audiotag.errors import ConfigError
 
 
 def _registry() -> dict[str, type[Competition]]:
+    from audiotag.competitions.audioset import AudioSet
     from audiotag.competitions.demo import Demo, Demo2019
+    from audiotag.competitions.fsd50k import Fsd50k
+    from audiotag.competitions.fsd2018 import Fsd2018
+    from audiotag.competitions.fsd2019 import Fsd2019
 
-    return {cls.name: cls for cls in (Demo, Demo2019)}
+    return {cls.name: cls for cls in (Demo, Demo2019, Fsd2018, Fsd2019, Fsd50k, AudioSet)}
 
 
 def competition_names() -> list[str]:

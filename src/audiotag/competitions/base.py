@@ -7,13 +7,14 @@ competition's job ends at producing that table from its raw files.
 from __future__ import annotations
 
 import abc
+import logging
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
-from audiotag.config import CompetitionConfig
+from audiotag.config import CompetitionConfig, ExperimentConfig
 from audiotag.errors import DataError
 from audiotag.paths import competition_dir
 
@@ -21,6 +22,29 @@ Task = Literal["single_label", "multi_label"]
 SubmissionKind = Literal["top3_labels", "scores"]
 
 CLIP_COLUMNS = ["clip_id", "path", "split", "subset", "labels", "verified", "duration", "sample_rate"]
+
+log = logging.getLogger(__name__)
+
+
+def warn_about_rules(cfg: ExperimentConfig) -> list[str]:
+    """Warn (logging.warning) where the experiment breaks the competition's rules; returns the warnings.
+
+    Only what the config shows can be checked: pretrained weights (``model.pretrained``) on a
+    competition with ``rules.pretrained_allowed: false``. External data cannot be seen from a config;
+    ``rules.external_data_allowed: false`` is reported alongside so the user is reminded of it.
+    """
+    rules = cfg.competition.rules
+    warnings: list[str] = []
+    if not rules.pretrained_allowed and cfg.model.pretrained:
+        extra = "" if rules.external_data_allowed else " and external data"
+        warnings.append(
+            f"{cfg.competition.name}: the competition rules banned pretrained models{extra}, but "
+            f"model.pretrained is {cfg.model.pretrained!r}; its scores are not comparable with the "
+            "leaderboard (set model.pretrained=null to follow the rules)"
+        )
+    for message in warnings:
+        log.warning(message)
+    return warnings
 
 
 class Competition(abc.ABC):

@@ -21,6 +21,7 @@ import torch
 import audiotag
 from audiotag import metrics
 from audiotag.atomic import atomic_write_json, atomic_write_text
+from audiotag.competitions.base import warn_about_rules
 from audiotag.config import ExperimentConfig, dump_yaml
 from audiotag.data.cache import FeatureCache
 from audiotag.data.folds import file_sha256, load_folds
@@ -43,6 +44,7 @@ RUNTIME_KEYS = {
     "train.compile",
     "train.channels_last",
     "train.checkpoint_every_steps",
+    "competition.data_dir",  # the same files may move
 }
 
 
@@ -159,6 +161,8 @@ def train_experiment(
     ctx: DistContext = SINGLE,
 ) -> RunResult:
     """Train the run's folds. Under torchrun: DDP on every fold, or folds shared out among processes."""
+    if ctx.is_main:
+        warn_about_rules(cfg)
     if ctx.ddp and cfg.train.batch_size % ctx.world:
         raise ConfigError(
             f"train.batch_size {cfg.train.batch_size} must be a multiple of the {ctx.world} processes "

@@ -1,0 +1,191 @@
+"""Freesound General-Purpose Audio Tagging Challenge (Kaggle 2018, DCASE 2018 Task 2): FSDKaggle2018.
+
+41 AudioSet classes, one label per clip, MAP@3, submission ``fname,label`` with up to three
+space-separated class names. Two published layouts, both read here:
+
+- Kaggle (``freesound-audio-tagging``): ``train.csv`` (fname,label,manually_verified),
+  ``sample_submission.csv`` (fname,label; 9,400 test clips, of which only 1,600 were scored, the rest
+  being "padding" clips), ``audio_train/``, ``audio_test/``.
+- Zenodo record 2552860: ``FSDKaggle2018.audio_train/``, ``FSDKaggle2018.audio_test/`` (the 1,600
+  scored test clips only) and ``FSDKaggle2018.meta/`` with ``train_post_competition.csv``
+  (fname,label,manually_verified,freesound_id,license) and ``test_post_competition_scoring_clips.csv``
+  (fname,label,usage,freesound_id,license; usage = Public/Private leaderboard).
+
+Facts from the dataset's README (FSDKaggle2018.doc, stored copy read with the search tool). The three
+known empty test wavs of the Kaggle release keep their submission row and are flagged
+``audio_issue = "empty"`` in the clip table (duration 0); they cannot be decoded into features.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audiotag.competitions.layouts import (
+    AUDIO_ISSUE,
+    NOT_FOUND,
+    FileCompetition,
+    check_labels,
+    missing_audio_error,
+    probe_audio,
+    read_csv,
+    write_sample_submission,
+)
+from audiotag.errors import AudiotagError, DataError
+
+log = logging.getLogger(__name__)
+
+KAGGLE_SLUG = "freesound-audio-tagging"
+ZENODO_RECORD = 2552860
+META = "FSDKaggle2018.meta"
+TRAIN_POST = f"{META}/train_post_competition.csv"
+TEST_POST = f"{META}/test_post_competition_scoring_clips.csv"
+ZENODO_ZIPS = ("FSDKaggle2018.audio_train.zip", "FSDKaggle2018.audio_test.zip", "FSDKaggle2018.meta.zip")
+
+# The 41 labels as listed (alphabetically) in the FSDKaggle2018 README.
+CLASSES = (
+    "Acoustic_guitar", "Applause", "Bark", "Bass_drum", "Burping_or_eructation", "Bus", "Cello", "Chime",
+    "Clarinet", "Computer_keyboard", "Cough", "Cowbell", "Double_bass", "Drawer_open_or_close",
+    "Electric_piano", "Fart", "Finger_snapping", "Fireworks", "Flute", "Glockenspiel", "Gong",
+    "Gunshot_or_gunfire", "Harmonica", "Hi-hat", "Keys_jangling", "Knock", "Laughter", "Meow",
+    "Microwave_oven", "Oboe", "Saxophone", "Scissors", "Shatter", "Snare_drum", "Squeak", "Tambourine",
+    "Tearing", "Telephone", "Trumpet", "Violin_or_fiddle", "Writing",
+)  # fmt: skip
+
+# Header-only wavs (0 samples) in the Kaggle test set, known since the competition.
+KNOWN_EMPTY = frozenset({"0b0427e2.wav", "6ea0099f.wav", "b39975f5.wav"})
+
+LAYOUTS = {
+    "kaggle": {"train_csv": "train.csv", "train_audio": "audio_train", "test_audio": "audio_test"},
+    "zenodo": {
+        "train_csv": TRAIN_POST,
+        "train_audio": "FSDKaggle2018.audio_train",
+        "test_audio": "FSDKaggle2018.audio_test",
+    },
+}
+
+
+class Fsd2018(FileCompetition):
+    name = "fsd2018"
+    task = "single_label"
+    metric = "map3"
+    submission_kind = "top3_labels"
+    default_source = "kaggle"
+    sources = ("kaggle", "zenodo")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(CLASSES)
+
+    def expected_files(self, layout: str) -> list[str]:
+        files = LAYOUTS[layout]
+        tests = "sample_submission.csv" if layout == "kaggle" else TEST_POST
+        return [files["train_csv"], tests, files["train_audio"] + "/", files["test_audio"] + "/"]
+
+    def download(self, source: str) -> None:
+        if source == "kaggle":
+            self.kaggle_fetch(KAGGLE_SLUG)
+            try:  # the public test labels live only on Zenodo (a small zip)
+                self.zenodo_fetch(ZENODO_RECORD, lambda name: name == "FSDKaggle2018.meta.zip")
+            except (AudiotagError, OSError) as exc:
+                log.warning("fsd2018: no test labels (%s); test scores will not be reported", exc)
+        else:
+            self.zenodo_fetch(ZENODO_RECORD, lambda name: name in ZENODO_ZIPS)
+
+    # -------------------------------------------------------------- clip table
+
+    def read_clip_table(self) -> pd.DataFrame:
+        layout = self.layout()
+        files = LAYOUTS[layout]
+        train_path = self.raw_dir / files["train_csv"]
+        train = read_csv(train_path, ["fname", "label", "manually_verified"])
+        labels = [[label.strip()] for label in train["label"]]
+        check_labels(labels, set(CLASSES), train_path, multi=False)
+        bad_flag = ~train["manually_verified"].isin(["0", "1"])
+        if bad_flag.any():
+            row = int(bad_flag.to_numpy().nonzero()[0][0])
+            raise DataError(f"{train_path}: line {row + 2}: manually_verified must be 0 or 1")
+        test_path = self.raw_dir / ("sample_submission.csv" if layout == "kaggle" else TEST_POST)
+        test_ids = read_csv(test_path, ["fname"])["fname"].tolist()
+        overlap = sorted(set(test_ids) & set(train["fname"]))
+        if overlap:
+            raise DataError(f"{test_path}: clip {overlap[0]!r} is also in {train_path.name}")
+        table = pd.DataFrame(
+            {
+                "clip_id": [*train["fname"], *test_ids],
+                "path": [
+                    *(self.rel(self.raw_dir / files["train_audio"] / f) for f in train["fname"]),
+                    *(self.rel(self.raw_dir / files["test_audio"] / f) for f in test_ids),
+                ],
+                "split": ["train"] * len(train) + ["test"] * len(test_ids),
+                "subset": ["train"] * len(train) + ["test"] * len(test_ids),
+                "labels": [*labels, *([] for _ in test_ids)],
+                "verified": [*(train["manually_verified"] == "1"), *([False] * len(test_ids))],
+            }
+        )
+        table = self._with_audio(table)
+        if layout == "zenodo":
+            write_sample_submission(self.dir / "sample_submission.csv", test_ids, None)
+        return table
+
+    def _with_audio(self, table: pd.DataFrame) -> pd.DataFrame:
+        paths = table["path"].tolist()
+        durations, rates, errors = probe_audio(paths, self.dir)
+        issues = []
+        for i, clip_id in enumerate(table["clip_id"]):
+            if clip_id in KNOWN_EMPTY and errors[i] and errors[i] != NOT_FOUND:
+                errors[i], durations[i] = "", 0.0  # a header-only file some decoders refuse: still empty
+            issues.append("empty" if not errors[i] and durations[i] == 0 else "")
+        if any(errors):
+            raise missing_audio_error(paths, errors, self.dir)
+        flagged = [c for c, issue in zip(table["clip_id"], issues, strict=True) if issue]
+        if flagged:
+            log.warning(
+                "fsd2018: %d empty audio file(s) (%s) flagged audio_issue=empty; they keep their "
+                "submission row but have no audio to predict from",
+                len(flagged),
+                ", ".join(flagged[:5]),
+            )
+        return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
+
+    # -------------------------------------------------------------- test labels
+
+    def truth_path(self) -> Path | None:
+        """``test_post_competition_scoring_clips.csv`` in the data folder or the workspace's raw/."""
+        for root in (self.raw_dir, self.dir / "raw"):
+            if (root / TEST_POST).is_file():
+                return root / TEST_POST
+        return None
+
+    def test_truth(self) -> pd.DataFrame | None:
+        """Labels of the 1,600 scored test clips (Public and Private leaderboard), when present."""
+        path = self.truth_path()
+        if path is None:
+            return None
+        df = read_csv(path, ["fname", "label"])
+        labels = [[label.strip()] for label in df["label"]]
+        check_labels(labels, set(CLASSES), path, multi=False)
+        out = pd.DataFrame({"clip_id": df["fname"], "labels": labels})
+        if "usage" in df.columns:
+            out["usage"] = df["usage"].to_numpy()
+        return out
+
+    def score_test(self, test_ids: list[str], scores: np.ndarray) -> float | None:
+        """MAP@3 on the test clips that have public labels: in the Kaggle layout, the 1,600 scored
+        clips among the 9,400 (the others were never scored)."""
+        truth = self.test_truth()
+        if truth is None:
+            return None
+        known = set(truth["clip_id"])
+        keep = [i for i, clip in enumerate(test_ids) if clip in known]
+        if not keep:
+            log.warning("fsd2018: none of the %d test clips has a public label", len(test_ids))
+            return None
+        if len(keep) < len(test_ids):
+            log.info(
+                "fsd2018: test MAP@3 on the %d of %d test clips that were scored", len(keep), len(test_ids)
+            )
+        return super().score_test([test_ids[i] for i in keep], np.asarray(scores)[keep])

@@ -1,0 +1,236 @@
+"""Freesound Audio Tagging 2019 (Kaggle, DCASE 2019 Task 2): FSDKaggle2019.
+
+80 AudioSet classes, one or more labels per clip, lwlrap, submission ``fname`` + one score column per
+class (alphabetical, the order of ``sample_submission.csv``). Two training subsets: ``curated``
+(4,970 manually labelled Freesound clips, ``verified``) and ``noisy`` (19,815 Flickr clips with noisy
+labels). Only the configured ``competition.subsets`` are read (default ``[curated]``), so the noisy
+audio (about 80 h) is neither needed nor cached unless asked for.
+
+The competition's rules banned pretrained models and external data; the config says so
+(``rules: {pretrained_allowed: false, external_data_allowed: false}``) and
+:func:`audiotag.competitions.base.warn_about_rules` warns when an experiment breaks them.
+
+Layouts:
+
+- Kaggle (``freesound-audio-tagging-2019``): ``train_curated.csv``, ``train_noisy.csv``
+  (fname,labels; labels comma-separated and quoted), ``sample_submission.csv``, ``train_curated/``,
+  ``train_noisy/``, ``test/``. It was a kernels-only competition: the downloadable test set is the
+  sample submission's clips (we do not assume their number).
+- Zenodo record 3612637: ``FSDKaggle2019.audio_train_curated/``, ``FSDKaggle2019.audio_train_noisy/``
+  (zip split into ``.z01``-``.z06`` + ``.zip``), ``FSDKaggle2019.audio_test/`` (the full 4,481-clip test
+  set) and ``FSDKaggle2019.meta/`` with ``train_{curated,noisy}_post_competition.csv``,
+  ``test_post_competition.csv`` (fname,labels,usage,freesound_id,license) and ``vocabulary.csv``
+  (no header: index,label).
+
+Known problems (FSDKaggle2019 README): curated ``1d44b0bd.wav`` contains no signal
+(``audio_issue = "silent"``); five curated clips carry a wrong label from a renaming bug
+(``audio_issue = "mislabeled"``). Both stay in the table; the flag lets a run drop them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from audiotag.competitions.layouts import (
+    AUDIO_ISSUE,
+    FileCompetition,
+    check_labels,
+    first_duplicate,
+    missing_audio_error,
+    probe_audio,
+    read_csv,
+    read_vocabulary,
+    split_labels,
+    write_sample_submission,
+)
+from audiotag.errors import AudiotagError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+KAGGLE_SLUG = "freesound-audio-tagging-2019"
+ZENODO_RECORD = 3612637
+META = "FSDKaggle2019.meta"
+TEST_POST = f"{META}/test_post_competition.csv"
+VOCABULARY = f"{META}/vocabulary.csv"
+SUBSETS = ("curated", "noisy")
+
+# The 80 labels in alphabetical order: the sample submission's columns, and the order of the DCASE
+# 2019 Task 2 baseline's class_map.csv (github.com/DCASE-REPO/dcase2019_task2_baseline).
+CLASSES = (
+    "Accelerating_and_revving_and_vroom", "Accordion", "Acoustic_guitar", "Applause", "Bark", "Bass_drum",
+    "Bass_guitar", "Bathtub_(filling_or_washing)", "Bicycle_bell", "Burping_and_eructation", "Bus", "Buzz",
+    "Car_passing_by", "Cheering", "Chewing_and_mastication", "Child_speech_and_kid_speaking",
+    "Chink_and_clink", "Chirp_and_tweet", "Church_bell", "Clapping", "Computer_keyboard", "Crackle",
+    "Cricket", "Crowd", "Cupboard_open_or_close", "Cutlery_and_silverware", "Dishes_and_pots_and_pans",
+    "Drawer_open_or_close", "Drip", "Electric_guitar", "Fart", "Female_singing",
+    "Female_speech_and_woman_speaking", "Fill_(with_liquid)", "Finger_snapping", "Frying_(food)", "Gasp",
+    "Glockenspiel", "Gong", "Gurgling", "Harmonica", "Hi-hat", "Hiss", "Keys_jangling", "Knock",
+    "Male_singing", "Male_speech_and_man_speaking", "Marimba_and_xylophone", "Mechanical_fan", "Meow",
+    "Microwave_oven", "Motorcycle", "Printer", "Purr", "Race_car_and_auto_racing", "Raindrop", "Run",
+    "Scissors", "Screaming", "Shatter", "Sigh", "Sink_(filling_or_washing)", "Skateboard", "Slam",
+    "Sneeze", "Squeak", "Stream", "Strum", "Tap", "Tick-tock", "Toilet_flush",
+    "Traffic_noise_and_roadway_noise", "Trickle_and_dribble", "Walk_and_footsteps",
+    "Water_tap_and_faucet", "Waves_and_surf", "Whispering", "Writing", "Yell", "Zipper_(clothing)",
+)  # fmt: skip
+
+KNOWN_ISSUES = {
+    "1d44b0bd.wav": "silent",
+    **dict.fromkeys(
+        ("f76181c4.wav", "77b925c2.wav", "6a1f682a.wav", "c7db12aa.wav", "7752cc8a.wav"), "mislabeled"
+    ),
+}
+
+
+class Fsd2019(FileCompetition):
+    name = "fsd2019"
+    task = "multi_label"
+    metric = "lwlrap"
+    submission_kind = "scores"
+    default_source = "kaggle"
+    sources = ("kaggle", "zenodo")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(CLASSES)
+
+    @property
+    def subsets(self) -> list[str]:
+        subsets = list(self.cfg.subsets) if self.cfg.subsets is not None else list(SUBSETS)
+        unknown = [s for s in subsets if s not in SUBSETS]
+        if unknown or not subsets:
+            raise ConfigError(
+                f"competition.subsets: {unknown or subsets} not allowed; choose from {list(SUBSETS)}"
+            )
+        return subsets
+
+    def _train_files(self, layout: str, subset: str) -> tuple[str, str]:
+        """(label CSV, audio folder) of one training subset in one layout."""
+        if layout == "kaggle":
+            return f"train_{subset}.csv", f"train_{subset}"
+        return f"{META}/train_{subset}_post_competition.csv", f"FSDKaggle2019.audio_train_{subset}"
+
+    def expected_files(self, layout: str) -> list[str]:
+        if layout == "kaggle":
+            files = ["sample_submission.csv", "test/"]
+        else:
+            files = [TEST_POST, VOCABULARY, "FSDKaggle2019.audio_test/"]
+        for subset in self.subsets:
+            label_csv, folder = self._train_files(layout, subset)
+            files += [label_csv, folder + "/"]
+        return files
+
+    def download(self, source: str) -> None:
+        if source == "kaggle":
+            self.kaggle_fetch(KAGGLE_SLUG)
+            try:  # the test labels and the full test set's list live only on Zenodo (a small zip)
+                self.zenodo_fetch(ZENODO_RECORD, lambda name: name == "FSDKaggle2019.meta.zip")
+            except (AudiotagError, OSError) as exc:
+                log.warning("fsd2019: no test labels (%s); test scores will not be reported", exc)
+            return
+        wanted = {"FSDKaggle2019.meta.zip", "FSDKaggle2019.audio_test.zip"}
+        wanted |= {f"FSDKaggle2019.audio_train_{s}.zip" for s in self.subsets}
+
+        def select(name: str) -> bool:
+            split_noisy = "noisy" in self.subsets and name.startswith("FSDKaggle2019.audio_train_noisy.z")
+            return name in wanted or split_noisy
+
+        self.zenodo_fetch(ZENODO_RECORD, select)
+
+    # -------------------------------------------------------------- clip table
+
+    def read_clip_table(self) -> pd.DataFrame:
+        layout = self.layout()
+        self._check_vocabulary(layout)
+        parts = [self._subset_rows(layout, subset) for subset in self.subsets]
+        test_path = self.raw_dir / ("sample_submission.csv" if layout == "kaggle" else TEST_POST)
+        test_ids = read_csv(test_path, ["fname"])["fname"].tolist()
+        test_folder = "test" if layout == "kaggle" else "FSDKaggle2019.audio_test"
+        parts.append(
+            pd.DataFrame(
+                {
+                    "clip_id": test_ids,
+                    "path": [self.rel(self.raw_dir / test_folder / f) for f in test_ids],
+                    "split": "test",
+                    "subset": "test",
+                    "labels": [[] for _ in test_ids],
+                    "verified": False,
+                }
+            )
+        )
+        table = pd.concat(parts, ignore_index=True)
+        row = first_duplicate(table["clip_id"])
+        if row is not None:
+            raise DataError(f"{self.raw_dir}: clip {table['clip_id'].iloc[row]!r} appears in two subsets")
+        paths = table["path"].tolist()
+        durations, rates, errors = probe_audio(paths, self.dir)
+        if any(errors):
+            raise missing_audio_error(paths, errors, self.dir)
+        issues = [
+            KNOWN_ISSUES.get(c, "") if s == "curated" else ""
+            for c, s in zip(table["clip_id"], table["subset"], strict=True)
+        ]
+        issues = [issue or ("empty" if d == 0 else "") for issue, d in zip(issues, durations, strict=True)]
+        if layout == "zenodo":
+            write_sample_submission(self.dir / "sample_submission.csv", test_ids, CLASSES)
+        return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
+
+    def _subset_rows(self, layout: str, subset: str) -> pd.DataFrame:
+        label_csv, folder = self._train_files(layout, subset)
+        path = self.raw_dir / label_csv
+        df = read_csv(path, ["fname", "labels"])
+        labels = [split_labels(s) for s in df["labels"]]
+        check_labels(labels, set(CLASSES), path, multi=True)
+        return pd.DataFrame(
+            {
+                "clip_id": df["fname"],
+                "path": [self.rel(self.raw_dir / folder / f) for f in df["fname"]],
+                "split": "train",
+                "subset": subset,
+                "labels": labels,
+                "verified": subset == "curated",
+            }
+        )
+
+    def _check_vocabulary(self, layout: str) -> None:
+        """The files' class list must be ours, in our order (sample submission) or as a set (vocabulary)."""
+        if layout == "kaggle":
+            path = self.raw_dir / "sample_submission.csv"
+            columns = [c for c in pd.read_csv(path, nrows=0).columns if c != "fname"]
+            if columns != list(CLASSES):
+                diff = sorted(set(columns) ^ set(CLASSES))
+                detail = f"differ in {diff[:5]}" if diff else "are in another order"
+                raise DataError(
+                    f"{path}: line 1: the class columns {detail} than the 80 FSDKaggle2019 classes"
+                )
+            return
+        path = self.raw_dir / VOCABULARY
+        names = [label for _, label, _ in read_vocabulary(path)]
+        diff = sorted(set(names) ^ set(CLASSES))
+        if diff or len(names) != len(CLASSES):
+            raise DataError(
+                f"{path}: the vocabulary ({len(names)} classes) differs from ours, e.g. {diff[:5]}"
+            )
+
+    # -------------------------------------------------------------- test labels
+
+    def truth_path(self) -> Path | None:
+        for root in (self.raw_dir, self.dir / "raw"):
+            if (root / TEST_POST).is_file():
+                return root / TEST_POST
+        return None
+
+    def test_truth(self) -> pd.DataFrame | None:
+        """Labels of the full test set (4,481 clips; ``usage`` Public/Private), when present."""
+        path = self.truth_path()
+        if path is None:
+            return None
+        df = read_csv(path, ["fname", "labels"])
+        labels = [split_labels(s) for s in df["labels"]]
+        check_labels(labels, set(CLASSES), path, multi=True)
+        out = pd.DataFrame({"clip_id": df["fname"], "labels": labels})
+        if "usage" in df.columns:
+            out["usage"] = df["usage"].to_numpy()
+        return out
