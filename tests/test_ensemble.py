@@ -1,49 +1,378 @@
+"""The ensemble stage on hand-made run folders (fast), and once through the CLI on the tiny demo."""
+
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from audiotag import metrics
+from audiotag.blend import scaled_ranks
 from audiotag.cli import main
-from audiotag.ensemble import blend
+from audiotag.competitions import Competition, get_competition
+from audiotag.config import EnsembleConfig, configs_root, load_competition, load_ensemble
+from audiotag.data.folds import file_sha256
+from audiotag.ensemble import run_ensemble
+from audiotag.errors import ConfigError, DataError
+from audiotag.predictions import read_predictions, write_predictions
 from tests.conftest import tiny_args
 
-
-def test_blend_rules() -> None:
-    a = np.array([[0.2, 0.8]])
-    b = np.array([[0.8, 0.2]])
-    np.testing.assert_allclose(blend([a, b], "mean"), [[0.5, 0.5]])
-    np.testing.assert_allclose(blend([a, b], "geometric"), [[0.4, 0.4]])
+# --------------------------------------------------------------------------- a hand-made workspace
 
 
-def write_ensemble(path: Path, members: list[str], method: str = "mean") -> Path:
-    path.write_text(f"name: {path.stem}\ncompetition: demo\nmembers: {members}\nmethod: {method}\n")
+@dataclass
+class FakeCompetition:
+    comp: Competition
+    train_ids: list[str]
+    test_ids: list[str]
+    truth: np.ndarray  # (n_train, C)
+    verified: np.ndarray
+    folds: np.ndarray
+    folds_path: Path
+
+
+def fake_competition(
+    name: str = "demo", n_train: int = 90, n_test: int = 12, n_folds: int = 3
+) -> FakeCompetition:
+    """meta.parquet, a fold file and the sample submission, as prepare would leave them."""
+    comp = get_competition(load_competition(name))
+    rng = np.random.default_rng(0)
+    classes = comp.classes
+    train_ids = [f"tr{i:03d}" for i in range(n_train)]
+    test_ids = [f"te{i:03d}" for i in range(n_test)]
+    truth = np.eye(len(classes))[rng.integers(0, len(classes), n_train)]
+    if name == "demo2019":
+        truth = np.maximum(truth, rng.random(truth.shape) < 0.1)
+    labels = [[classes[j] for j in np.flatnonzero(row)] for row in truth]
+    verified = np.arange(n_train) % 2 == 0
+    table = pd.DataFrame(
+        {
+            "clip_id": train_ids + test_ids,
+            "path": [f"{c}.wav" for c in train_ids + test_ids],
+            "split": ["train"] * n_train + ["test"] * n_test,
+            "subset": "train",
+            "labels": labels + [[] for _ in test_ids],
+            "verified": list(verified) + [False] * n_test,
+            "duration": 1.0,
+            "sample_rate": 16000,
+        }
+    )
+    comp.dir.mkdir(parents=True)
+    table.to_parquet(comp.meta_path, index=False)
+    folds = rng.permutation(np.arange(n_train) % n_folds)
+    folds_path = comp.dir / "folds" / f"k{n_folds}.csv"
+    folds_path.parent.mkdir()
+    pd.DataFrame({"clip_id": train_ids, "fold": folds}).to_csv(folds_path, index=False)
+    comp.raw_dir.mkdir()
+    if comp.submission_kind == "top3_labels":
+        sample = pd.DataFrame({"fname": test_ids[::-1], "label": "x"})
+    else:
+        sample = pd.DataFrame(0.0, index=range(n_test), columns=classes)
+        sample.insert(0, "fname", test_ids[::-1])
+    sample.to_csv(comp.sample_submission_path, index=False)
+    return FakeCompetition(comp, train_ids, test_ids, truth, verified, folds, folds_path)
+
+
+def write_run(
+    fc: FakeCompetition,
+    name: str,
+    quality: float,
+    seed: int,
+    *,
+    folds: np.ndarray | None = None,
+    folds_path: Path | None = None,
+    oof_ids: list[str] | None = None,
+    test_ids: list[str] | None = None,
+    classes: list[str] | None = None,
+) -> list[np.ndarray]:
+    """A finished run whose OOF scores are sigmoid(quality * (2 y - 1) + noise); returns each fold's
+    test predictions (as read back, float32 precision)."""
+    rng = np.random.default_rng(seed)
+    run_dir = fc.comp.dir / "runs" / name
+    folds = fc.folds if folds is None else folds
+    folds_path = folds_path or fc.folds_path
+    keep = set(oof_ids if oof_ids is not None else fc.train_ids)
+    test_ids = test_ids if test_ids is not None else fc.test_ids
+    oof = 1 / (1 + np.exp(-(quality * (2 * fc.truth - 1) + rng.normal(size=fc.truth.shape))))
+    tests = []
+    for k in sorted(set(folds.tolist())):
+        rows = [i for i in np.flatnonzero(folds == k) if fc.train_ids[i] in keep]
+        write_predictions(
+            run_dir / f"fold{k}" / "oof.parquet",
+            [fc.train_ids[i] for i in rows],
+            classes or fc.comp.classes,
+            oof[rows],
+        )
+        test_path = run_dir / f"fold{k}" / "test.parquet"
+        write_predictions(
+            test_path, test_ids, classes or fc.comp.classes, rng.random((len(test_ids), oof.shape[1]))
+        )
+        tests.append(read_predictions(test_path, classes or fc.comp.classes)[1])
+    (run_dir / "run.json").write_text(
+        json.dumps({"folds_file": str(folds_path), "folds_sha256": file_sha256(folds_path)})
+    )
+    (run_dir / "metrics.json").write_text(json.dumps({"folds": {str(k): 0.0 for k in set(folds.tolist())}}))
+    return tests
+
+
+def ensemble_config(
+    workspace: Path, competition: str, members: list[str], **settings: object
+) -> EnsembleConfig:
+    path = workspace / "ens.yaml"
+    path.write_text(json.dumps({"competition": competition, "members": members, **settings}))
+    return load_ensemble(path)
+
+
+def read_submission(workspace: Path, fc: FakeCompetition) -> pd.DataFrame:
+    return pd.read_csv(workspace / "submissions" / fc.comp.name / "ens.csv")
+
+
+# --------------------------------------------------------------------------- blending runs
+
+
+def test_search_and_stacking_report(workspace: Path) -> None:
+    fc = fake_competition("demo")
+    write_run(fc, "good", 1.5, seed=1)
+    write_run(fc, "fair", 1.0, seed=2)
+    write_run(fc, "noise", 0.0, seed=3)
+    cfg = ensemble_config(workspace, "demo", ["good", "fair", "noise"], stacking="logreg")
+    result = run_ensemble(cfg)
+    report = json.loads((workspace / "submissions" / "demo" / "ens.json").read_text())
+
+    # every member's CV: the metric per fold on the verified clips of that fold
+    for name in ("good", "fair", "noise"):
+        oof = pd.concat(
+            pd.read_parquet(p) for p in sorted((fc.comp.dir / "runs" / name).glob("fold*/oof.parquet"))
+        )
+        oof = oof.set_index("clip_id").loc[fc.train_ids].to_numpy()
+        for k in range(3):
+            rows = (fc.folds == k) & fc.verified
+            expected = metrics.score("map3", fc.truth[rows], oof[rows])
+            assert report["members"][name]["folds"][str(k)] == pytest.approx(expected)
+    best = max(report["members"].values(), key=lambda m: m["mean"])
+    assert report["best_member"]["name"] == "good" and report["best_member"]["mean"] == best["mean"]
+
+    blend = report["blend"]
+    assert set(blend["weights"]) == {"good", "fair", "noise"}
+    assert sum(blend["weights"].values()) == pytest.approx(1.0) and min(blend["weights"].values()) >= 0
+    assert blend["mean"] >= best["mean"] - 1e-12  # weights fit on all OOF: at least the best member
+    assert blend["gain_over_best_member"] == pytest.approx(blend["mean"] - best["mean"])
+    nested = blend["nested"]
+    assert sorted(nested["folds"]) == ["0", "1", "2"] and sorted(nested["weights"]) == ["0", "1", "2"]
+    assert nested["optimism"] == pytest.approx(blend["mean"] - nested["mean"])
+
+    stacking = report["stacking"]
+    assert stacking["kind"] == "logreg" and sorted(stacking["folds"]) == ["0", "1", "2"]
+    assert report["submitted"] == "stacking" and report["cv"]["mean"] == pytest.approx(stacking["mean"])
+    assert report["gain_over_best_member"] == pytest.approx(stacking["mean"] - best["mean"])
+
+    # what the CLI prints
+    assert result.submitted == "stacking" and result.best_member == "good"
+    assert result.fold_scores == {int(k): v for k, v in stacking["folds"].items()}
+    assert [line.name for line in result.lines] == [
+        "good",
+        "fair",
+        "noise",
+        "blend (mean)",
+        "blend nested",
+        "stacking (logreg)",
+    ]
+    assert [line.note.endswith("submitted") for line in result.lines] == [False] * 5 + [True]
+    assert result.weights == blend["weights"]
+
+    sub = read_submission(workspace, fc)
+    assert sub["fname"].tolist() == fc.test_ids[::-1]  # the sample submission's order
+    assert all(len(label.split(" ")) == 3 for label in sub["label"])
+
+
+def test_geometric_blend_uses_geometric_fold_means_and_the_oof_weights(workspace: Path) -> None:
+    fc = fake_competition("demo2019")
+    tests_a = write_run(fc, "a", 1.0, seed=1)
+    tests_b = write_run(fc, "b", 0.5, seed=2)
+    cfg = ensemble_config(workspace, "demo2019", ["a", "b"], method="geometric", weights={"a": 3, "b": 1})
+    result = run_ensemble(cfg)
+    assert result.weights == {"a": 0.75, "b": 0.25}
+    log_mean_a = np.mean([np.log(t) for t in tests_a], axis=0)
+    log_mean_b = np.mean([np.log(t) for t in tests_b], axis=0)
+    expected = np.exp(0.75 * log_mean_a + 0.25 * log_mean_b)
+    sub = read_submission(workspace, fc).set_index("fname").loc[fc.test_ids, fc.comp.classes]
+    np.testing.assert_allclose(sub.to_numpy(), expected, atol=1e-6)
+    report = json.loads((workspace / "submissions" / "demo2019" / "ens.json").read_text())
+    assert report["weights_mode"] == "fixed" and report["blend"]["nested"] is None
+    assert report["cv"] == {k: report["blend"][k] for k in ("folds", "mean", "std")}  # nothing was fitted
+
+
+def test_rank_blend_averages_each_fold_models_test_ranks(workspace: Path) -> None:
+    fc = fake_competition("demo2019")
+    tests_a = write_run(fc, "a", 1.0, seed=1)
+    tests_b = write_run(fc, "b", 1.0, seed=2)
+    run_ensemble(ensemble_config(workspace, "demo2019", ["a", "b"], method="rank", weights="equal"))
+    expected = np.mean([scaled_ranks(t) for t in tests_a + tests_b], axis=0)
+    sub = read_submission(workspace, fc).set_index("fname").loc[fc.test_ids, fc.comp.classes]
+    np.testing.assert_allclose(sub.to_numpy(), expected, atol=1e-6)
+
+
+def test_searched_power_blend_is_applied_to_test_as_chosen_on_oof(workspace: Path) -> None:
+    fc = fake_competition("demo2019")
+    tests = [write_run(fc, name, q, seed=s) for name, q, s in (("a", 1.2, 1), ("b", 1.0, 2), ("c", 0.0, 3))]
+    result = run_ensemble(ensemble_config(workspace, "demo2019", ["a", "b", "c"], method="power", power=3.0))
+    w = result.report["blend"]["weights"]
+    assert result.submitted == "blend" and result.report["blend"]["nested"] is not None
+    cubes = [np.mean([t**3 for t in member], axis=0) for member in tests]  # power fold mean, in blend space
+    expected = (w["a"] * cubes[0] + w["b"] * cubes[1] + w["c"] * cubes[2]) ** (1 / 3)
+    sub = read_submission(workspace, fc).set_index("fname").loc[fc.test_ids, fc.comp.classes]
+    np.testing.assert_allclose(sub.to_numpy(), expected, atol=1e-6)
+    assert result.fold_scores == {int(k): v for k, v in result.report["blend"]["nested"]["folds"].items()}
+
+
+def test_per_class_scipy_search_and_mlp_stacking(workspace: Path) -> None:
+    fc = fake_competition("demo2019")
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(fc, "b", 0.8, seed=2)
+    cfg = ensemble_config(
+        workspace, "demo2019", ["a", "b"], search="scipy", per_class=True, iterations=10, stacking="mlp"
+    )
+    result = run_ensemble(cfg)
+    report = result.report
+    per_class = report["blend"]["weights_per_class"]
+    assert set(per_class) == {"a", "b"} and set(per_class["a"]) == set(fc.comp.classes)
+    for c in fc.comp.classes:
+        assert per_class["a"][c] + per_class["b"][c] == pytest.approx(1.0)
+    assert report["blend"]["mean"] >= max(m["mean"] for m in report["members"].values()) - 1e-12
+    assert report["stacking"]["kind"] == "mlp" and result.submitted == "stacking"
+    values = read_submission(workspace, fc).drop(columns="fname").to_numpy()
+    assert values.min() >= 0 and values.max() <= 1
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _refused(workspace: Path, fc: FakeCompetition, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        run_ensemble(ensemble_config(workspace, fc.comp.name, ["a", "b"]))
+    assert not (workspace / "submissions" / fc.comp.name / "ens.csv").exists()
+
+
+def test_member_with_other_clips_is_refused(workspace: Path) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(fc, "b", 1.0, seed=2, oof_ids=fc.train_ids[1:])
+    _refused(workspace, fc, r"predict different OOF clips: 1 only in 'a' \(e.g. \['tr000'\]\), 0 only in 'b'")
+
+
+def test_member_with_other_test_clips_is_refused(workspace: Path) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(fc, "b", 1.0, seed=2, test_ids=[*fc.test_ids[:-1], "other"])
+    _refused(workspace, fc, "predict different test clips")
+
+
+def test_member_with_other_classes_is_refused(workspace: Path) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(fc, "b", 1.0, seed=2, classes=[*fc.comp.classes[:-1], "Kazoo"])
+    _refused(workspace, fc, r"member 'b': .* other classes .* unknown \['Kazoo'\]")
+
+
+def test_member_with_another_fold_file_is_refused(workspace: Path) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.0, seed=1)
+    other_folds = np.roll(fc.folds, 1)
+    other_path = fc.folds_path.with_name("k3-other.csv")
+    pd.DataFrame({"clip_id": fc.train_ids, "fold": other_folds}).to_csv(other_path, index=False)
+    write_run(fc, "b", 1.0, seed=2, folds=other_folds, folds_path=other_path)
+    _refused(workspace, fc, "used different fold files")
+
+
+def test_member_whose_folds_disagree_with_its_fold_file_is_refused(workspace: Path) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(fc, "b", 1.0, seed=2, folds=np.roll(fc.folds, 1))
+    _refused(workspace, fc, "member 'b': clip .* but the fold file puts it in fold")
+
+
+def test_changed_fold_file_and_missing_fold_predictions_are_refused(workspace: Path) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(fc, "b", 1.0, seed=2)
+    (fc.comp.dir / "runs" / "b" / "fold1" / "test.parquet").unlink()
+    _refused(workspace, fc, r"member 'b': .*fold1/test.parquet not found")
+    write_run(fc, "b", 1.0, seed=2)
+    fc.folds_path.write_text(fc.folds_path.read_text() + "\n")
+    _refused(workspace, fc, "changed after the members were trained")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("weights={cnn_small: 1, other: 2}", "weights"),
+        ("weights={cnn_small: -1}", "weights"),
+        ("weights=best", "weights"),
+        ("per_class=true", "per_class"),  # with weights: equal below
+        ("power=0", "power"),
+        ("members=[a, a]", "members"),
+        ("method=median", "method"),
+        ("search=grid", "search"),
+        ("stacking=xgboost", "stacking"),
+        ("iterations=0", "iterations"),
+    ],
+)
+def test_config_errors_name_the_key(override: str, key: str) -> None:
+    extra = ["weights=equal"] if key == "per_class" else []
+    with pytest.raises(ConfigError, match=rf"\n  {key}: "):
+        load_ensemble(configs_root() / "ensembles" / "demo.yaml", [*extra, override])
+
+
+@pytest.mark.parametrize("path", sorted((configs_root() / "ensembles").glob("*.yaml")))
+def test_shipped_ensembles_validate(path: Path) -> None:
+    cfg = load_ensemble(path)
+    assert cfg.members and cfg.weights == "search"
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+
+def write_ensemble(path: Path, members: list[str], **settings: object) -> Path:
+    path.write_text(json.dumps({"name": path.stem, "competition": "demo", "members": members, **settings}))
     return path
 
 
 @pytest.mark.slow
-def test_two_members_blend_and_mismatched_folds_are_refused(workspace: Path, capsys) -> None:
-    one_epoch = ["train.epochs=1"]
-    assert main([*tiny_args("prepare", "train", extra=one_epoch), "--run-name", "a"]) == 0
-    assert main([*tiny_args("train", extra=[*one_epoch, "train.seed=5"]), "--run-name", "b"]) == 0
-    assert main([*tiny_args("train", extra=[*one_epoch, "competition.fold_seed=7"]), "--run-name", "c"]) == 0
+def test_two_runs_blended_and_stacked_through_the_cli(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(tiny_args("prepare", "train")) == 0
+    assert main([*tiny_args("train", extra=["train.seed=1"]), "--run-name", "b"]) == 0
+    assert main([*tiny_args("train", extra=["competition.fold_seed=7"]), "--run-name", "c"]) == 0
     capsys.readouterr()
 
-    good = write_ensemble(workspace / "ab.yaml", ["a", "b"], "geometric")
+    good = write_ensemble(workspace / "ab.yaml", ["cnn_small", "b"], method="geometric", stacking="logreg")
     assert main(["ensemble", "--config", str(good)]) == 0
     out = capsys.readouterr().out
-    assert "blend" in out and "a" in out and "b" in out
+    assert "cnn_small" in out and "submission:" in out
     report = json.loads((workspace / "submissions" / "demo" / "ab.json").read_text())
-    assert set(report["members"]) == {"a", "b"} and report["method"] == "geometric"
-    assert len(report["blend"]["folds"]) == 3
+    assert set(report["members"]) == {"cnn_small", "b"} and report["method"] == "geometric"
+    for part in (report["members"]["b"], report["blend"], report["blend"]["nested"], report["stacking"]):
+        assert sorted(part["folds"]) == ["0", "1", "2"] and part["std"] >= 0
+    assert sum(report["blend"]["weights"].values()) == pytest.approx(1.0)
+    assert report["blend"]["mean"] >= report["best_member"]["mean"] - 1e-12
+    assert report["submitted"] == "stacking" and 0 <= report["test_score"] <= 1
+    sub = pd.read_csv(workspace / "submissions" / "demo" / "ab.csv")
+    sample = pd.read_csv(workspace / "competition" / "demo" / "raw" / "sample_submission.csv")
+    assert sub["fname"].tolist() == sample["fname"].tolist() and list(sub.columns) == ["fname", "label"]
 
-    bad = write_ensemble(workspace / "ac.yaml", ["a", "c"])
+    bad = write_ensemble(workspace / "ac.yaml", ["cnn_small", "c"])
     assert main(["ensemble", "--config", str(bad)]) == 2
     assert "different fold files" in capsys.readouterr().err
     assert not (workspace / "submissions" / "demo" / "ac.csv").exists()
 
-    missing = write_ensemble(workspace / "ax.yaml", ["a", "nosuchrun"])
+    missing = write_ensemble(workspace / "ax.yaml", ["cnn_small", "nosuchrun"])
     assert main(["ensemble", "--config", str(missing)]) == 2
     assert "nosuchrun" in capsys.readouterr().err

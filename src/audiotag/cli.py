@@ -41,8 +41,12 @@ examples:
   audiotag train --config configs/experiments/demo/cnn_small.yaml --folds 0,1
   audiotag train --set train.epochs=3 --run-name quick
   audiotag ensemble --config configs/ensembles/demo.yaml
+  audiotag prepare -c fsd2018 --data-dir /kaggle/input/freesound-audio-tagging   files used in place
   audiotag weights list                                pretrained checkpoints, and which are cached
   audiotag weights fetch cnn14                         download and verify one into the cache
+  audiotag submit submissions/demo/demo.csv -m "cnn"   validate, submit to Kaggle, log it
+  audiotag leaderboard --plots --html lb.html          every run and submission by CV (and pictures)
+  audiotag package -c fsd2018 kaggle_bundle/           code + weights + inference.py for Kaggle
 
 --config names an experiment (prepare, train) or an ensemble (ensemble). Without it, the
 competition's default experiment and ensemble are used. --set applies to the experiment config,
@@ -167,6 +171,121 @@ def run_weights(args: argparse.Namespace) -> None:
         console.print(f"{name}: {path}")
 
 
+def build_submit_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag submit",
+        description="Validate a submission CSV against the competition's sample submission, submit it "
+        "through the Kaggle API and record it in submissions/log.jsonl (with its CV and members).",
+    )
+    parser.add_argument("file", type=Path, metavar="FILE", help="e.g. submissions/fsd2018/cnn14.csv")
+    parser.add_argument("--message", "-m", required=True, help="the description Kaggle shows")
+    parser.add_argument(
+        "--competition", "-c", help="competition name (default: from the report beside FILE, or its folder)"
+    )
+    parser.add_argument("--slug", help="Kaggle competition slug (default: the competition's own)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def run_submit(args: argparse.Namespace) -> None:
+    from audiotag.kaggle_submit import log_path, submit_file
+
+    record = submit_file(args.file, args.message, competition=args.competition, slug=args.slug)
+    console = Console(stderr=False)
+    cv = f"CV {record.metric} {record.cv:.4f}" if record.cv is not None else "no CV report"
+    members = " + ".join(record.members) or "-"
+    console.print(f"submitted {args.file} to {record.slug}: {record.reply or 'ok'} (ref {record.ref or '?'})")
+    console.print(f"{cv}; members: {members}; sha256 {record.sha256[:16]}…; logged in {log_path()}")
+
+
+def build_leaderboard_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag leaderboard",
+        description="Every run (CV per fold, mean ± std, time, device) and every blend or submission "
+        "(CV, public/private LB from the Kaggle API when credentials exist), sorted by CV.",
+    )
+    parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
+    parser.add_argument("--csv", type=Path, metavar="PATH", help="also write the table as CSV")
+    parser.add_argument("--html", type=Path, metavar="PATH", help="also write the table as HTML")
+    parser.add_argument(
+        "--plots",
+        action="store_true",
+        help="draw PNGs: learning curves, per-class AP and confusion matrix of each run and blend "
+        "(in its folder), CV vs LB (submissions/<competition>/cv_vs_lb.png)",
+    )
+    parser.add_argument("--no-lb", action="store_true", help="do not ask Kaggle for the LB scores")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def run_leaderboard(args: argparse.Namespace) -> None:
+    from audiotag.leaderboard import build_leaderboard, print_leaderboard, write_csv, write_html
+
+    console = Console(stderr=False)
+    if not console.is_terminal:  # piped into a file or a pager: a wide table rather than a folded one
+        console = Console(stderr=False, width=max(console.width, 220))
+    board = build_leaderboard(args.competition, with_lb=not args.no_lb)
+    print_leaderboard(console, board)
+    if args.csv:
+        console.print(f"csv: {write_csv(board, args.csv)}", soft_wrap=True)
+    if args.html:
+        console.print(f"html: {write_html(board, args.html)}", soft_wrap=True)
+    if args.plots:
+        from audiotag.competitions import get_competition
+        from audiotag.paths import submissions_root
+        from audiotag.plots import plot_all
+
+        comp = get_competition(load_competition(board.competition))
+        for path in plot_all(comp, board.rows, submissions_root() / comp.name):
+            console.print(f"plot: {path}", soft_wrap=True)
+
+
+def build_package_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag package",
+        description="Build a folder for a Kaggle offline inference notebook: our code, the members' "
+        "best.pt of every fold with their configs, the ensemble config and inference.py.",
+    )
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (replaced if ours)")
+    parser.add_argument(
+        "--competition", "-c", help="competition name (default: the ensemble config's, else demo)"
+    )
+    parser.add_argument(
+        "--ensemble",
+        metavar="NAME",
+        help="ensemble config: a name under configs/ensembles/ or a YAML path (default: the competition's)",
+    )
+    parser.add_argument("--slug", help="Kaggle slug of the data folder /kaggle/input/<slug> (default: own)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def run_package(args: argparse.Namespace) -> None:
+    from audiotag.package import build_package
+
+    if args.ensemble is None:
+        path = default_config(args.competition or "demo", "ensemble")
+    elif Path(args.ensemble).suffix in (".yaml", ".yml"):
+        path = Path(args.ensemble)
+    else:
+        path = configs_root() / "ensembles" / f"{args.ensemble}.yaml"
+    cfg = load_ensemble(path)
+    if args.competition and cfg.competition.name != args.competition:
+        raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
+    out = build_package(cfg, args.out_dir, slug=args.slug)
+    Console(stderr=False).print(
+        f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})"
+    )
+
+
+COMMANDS = {
+    "weights": (build_weights_parser, run_weights),
+    "submit": (build_submit_parser, run_submit),
+    "leaderboard": (build_leaderboard_parser, run_leaderboard),
+    "package": (build_package_parser, run_package),
+}
+
+
 def is_ensemble_file(path: Path) -> bool:
     return "members" in read_yaml(path)
 
@@ -231,23 +350,26 @@ def print_run(console: Console, result) -> None:
 
 def print_ensemble(console: Console, result) -> None:
     table = Table(title=f"ensemble: CV {result.metric}")
-    table.add_column("member")
+    table.add_column("member / blend")
     folds = sorted(result.fold_scores)
     for fold in folds:
         table.add_column(f"fold {fold}", justify="right")
     table.add_column("mean ± std", justify="right")
-    for m in result.members:
-        values = [m.fold_scores.get(f, float("nan")) for f in folds]
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-        table.add_row(m.name, *[f"{v:.4f}" for v in values], f"{mean:.4f} ± {std:.4f}")
-    table.add_row(
-        "blend",
-        *[f"{result.fold_scores[f]:.4f}" for f in folds],
-        f"{result.mean:.4f} ± {result.std:.4f}",
-        style="bold",
-    )
+    table.add_column("note")
+    for line in result.lines:
+        table.add_row(
+            line.name,
+            *[f"{line.fold_scores[f]:.4f}" for f in folds],
+            f"{line.mean:.4f} ± {line.std:.4f}",
+            line.note,
+            style="bold" if "submitted" in line.note else None,
+        )
     console.print(table)
+    console.print("weights: " + ", ".join(f"{name} {w:.3f}" for name, w in result.weights.items()))
+    console.print(
+        f"submitted {result.submitted}: CV {result.mean:.4f} ± {result.std:.4f}, "
+        f"{result.gain:+.4f} over the best member ({result.best_member})"
+    )
     console.print(f"submission: {result.submission}")
     if result.test_score is not None:
         console.print(f"test {result.metric} (hidden demo labels): [bold]{result.test_score:.4f}[/bold]")
@@ -255,9 +377,11 @@ def print_ensemble(console: Console, result) -> None:
 
 def run(args: argparse.Namespace) -> None:
     unknown = [s for s in args.stages if s not in STAGES]
-    if "weights" in unknown:
+    commands = [s for s in unknown if s in COMMANDS]
+    if commands:
         raise ConfigError(
-            "weights is a command of its own: audiotag weights list | audiotag weights fetch NAME"
+            f"{commands[0]} is a command of its own: run `audiotag {commands[0]} ...` alone "
+            f"(audiotag {commands[0]} --help)"
         )
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(STAGES)}")
@@ -299,8 +423,10 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["weights"]:
-        args, action = build_weights_parser().parse_args(argv[1:]), run_weights
+    if argv[:1] and argv[0] in COMMANDS:
+        build, action = COMMANDS[argv[0]]
+        args = build().parse_args(argv[1:])
+        args.argv = argv
     else:
         args, action = build_parser().parse_args(argv), run
         args.argv = argv

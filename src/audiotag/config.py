@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from audiotag.errors import ConfigError
 
@@ -327,10 +335,79 @@ class ExperimentConfig(StrictModel):
 
 
 class EnsembleConfig(StrictModel):
+    """Blend (and optionally stack) finished runs; weights are searched on OOF predictions only."""
+
     name: str
     competition: CompetitionConfig
     members: list[str] = Field(min_length=1, description="run names under competition/<name>/runs/")
-    method: Literal["mean", "geometric"] = "mean"
+    method: Literal["mean", "geometric", "power", "rank"] = Field(
+        "mean",
+        description="weighted arithmetic mean, geometric mean, power mean (exponent `power`) or rank "
+        "average (per-class ranks in [0, 1]); test predictions are fold-averaged by the same rule",
+    )
+    power: float = Field(2.0, description="exponent of the power mean (method: power); not 0")
+    weights: Literal["search", "equal"] | dict[str, float] = Field(
+        "search", description="search (on OOF), equal, or a mapping {run name: weight >= 0}"
+    )
+    search: Literal["hill_climb", "scipy"] = Field(
+        "hill_climb",
+        description="hill_climb: Caruana greedy selection with replacement from the best member; "
+        "scipy: Nelder-Mead on softmax weights",
+    )
+    per_class: bool = Field(False, description="search one weight per member and class (weights: search)")
+    iterations: int = Field(100, ge=1, description="hill-climbing steps, or Nelder-Mead iterations")
+    nested_cv: bool = Field(
+        True, description="also measure the weight search by nested CV (weights fit on the other folds)"
+    )
+    stacking: Literal["logreg", "mlp"] | None = Field(
+        None, description="fit a stacker on the members' OOF predictions and submit its test predictions"
+    )
+    stacking_c: float = Field(1.0, gt=0, description="inverse L2 strength of the logreg stacker")
+    stacking_hidden: int = Field(32, ge=1, description="hidden units of the mlp stacker")
+    seed: int = 0
+
+    @field_validator("members")
+    @classmethod
+    def _unique_members(cls, members: list[str]) -> list[str]:
+        repeated = sorted({m for m in members if members.count(m) > 1})
+        if repeated:
+            raise ValueError(f"each run may be listed once; repeated: {repeated}")
+        return members
+
+    @field_validator("power")
+    @classmethod
+    def _nonzero_power(cls, power: float) -> float:
+        if power == 0 or power != power or abs(power) == float("inf"):
+            raise ValueError("must be finite and non-zero (the power mean's limit at 0 is method: geometric)")
+        return power
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_shape(cls, weights: Any, info: ValidationInfo) -> Any:
+        if isinstance(weights, str) and weights not in ("search", "equal"):
+            raise ValueError("expected search, equal or a mapping {run name: weight}")
+        if isinstance(weights, dict):
+            members = info.data.get("members") or []
+            unknown = sorted(set(weights) - set(members))
+            missing = sorted(set(members) - set(weights))
+            if unknown or missing:
+                raise ValueError(
+                    f"the mapping must give a weight to every member and only to them; "
+                    f"not members: {unknown}, members without a weight: {missing}"
+                )
+            bad = {k: v for k, v in weights.items() if not isinstance(v, int | float) or v < 0}
+            if bad:
+                raise ValueError(f"weights must be numbers >= 0; got {bad}")
+            if not sum(weights.values()) > 0:
+                raise ValueError("weights must not all be zero")
+        return weights
+
+    @field_validator("per_class")
+    @classmethod
+    def _per_class_needs_search(cls, per_class: bool, info: ValidationInfo) -> bool:
+        if per_class and info.data.get("weights", "search") != "search":
+            raise ValueError("per-class weights are searched; set weights: search, or per_class: false")
+        return per_class
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,5 +1,23 @@
-"""The ensemble stage: blend the members' fold-averaged predictions, score the blend on OOF, write
-the submission. Members must share clips, classes and fold file; anything else is refused."""
+"""The ensemble stage: blend (or stack) finished runs on their OOF predictions, apply the result to
+their test predictions, report every CV number, write the submission.
+
+Members are runs, all folds of each. Their predictions are aligned by clip id; a member whose clips,
+classes or fold file differ from the others' is refused with the reason. The numbers:
+
+- every member's CV: the competition metric per fold on the scored OOF clips (verified clips of the
+  fold, or all of them when the fold has none), recomputed here from the fold files so that members
+  and blends are measured by one scorer;
+- the blend's CV with the chosen weights. Searched weights are fitted on all OOF predictions, so this
+  number is optimistic ("in-sample"); the nested CV (weights fitted on the other folds, scored on
+  the held-out fold) is reported beside it, and their difference is the optimism;
+- the stacker's CV, always nested (fitted on the other folds, scored on the held-out fold);
+- the gain of each over the best single member.
+
+Test predictions: each member's fold models are averaged by the blend's rule (``BlendRule.fold_average``)
+and blended with exactly the weights chosen on OOF; with ``stacking`` the final stacker (fitted on all
+scored OOF clips, the clips whose labels the CV trusts) predicts from the members' test logits averaged
+over their fold models, and that is what is submitted.
+"""
 
 from __future__ import annotations
 
@@ -7,55 +25,136 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from audiotag import metrics
 from audiotag.atomic import atomic_write_json
+from audiotag.blend import BlendRule, OofScorer, nested_weight_cv, normalise_weights, search_weights
 from audiotag.competitions import Competition, get_competition
 from audiotag.config import EnsembleConfig
-from audiotag.data.folds import load_folds
+from audiotag.data.folds import file_sha256, load_folds
 from audiotag.errors import DataError
 from audiotag.paths import submissions_root
-from audiotag.predictions import read_predictions
 from audiotag.prepare import read_clip_table
+from audiotag.stacking import logit_features, make_stacker, nested_predictions
 from audiotag.submission import build_submission, write_submission
 
 log = logging.getLogger(__name__)
 
 
+def _mean(scores: dict[int, float]) -> float:
+    return float(np.mean(list(scores.values()))) if scores else float("nan")
+
+
+def _std(scores: dict[int, float]) -> float:
+    return float(np.std(list(scores.values()))) if scores else float("nan")
+
+
 @dataclass
 class Member:
+    """One run: its OOF predictions (rows held out in ``oof_folds``) and each fold model's test
+    predictions (rows in ``test_ids`` order). ``fold_scores`` is its CV, as the blend is scored."""
+
     name: str
     fold_scores: dict[int, float]
     folds_file: str
     folds_sha256: str
     oof_ids: list[str]
     oof: np.ndarray
+    oof_folds: np.ndarray
     test_ids: list[str]
-    test: np.ndarray
+    test_folds: list[np.ndarray]
+
+    @property
+    def mean(self) -> float:
+        return _mean(self.fold_scores)
+
+    @property
+    def std(self) -> float:
+        return _std(self.fold_scores)
+
+    @property
+    def test(self) -> np.ndarray:
+        """Arithmetic mean of the fold models' test predictions (the run's own test.parquet)."""
+        return np.mean(np.stack(self.test_folds), axis=0)
+
+
+@dataclass
+class ScoreLine:
+    """One row of the CV table: a member, the blend (in-sample or nested), or the stacker."""
+
+    name: str
+    fold_scores: dict[int, float]
+    note: str = ""
+
+    @property
+    def mean(self) -> float:
+        return _mean(self.fold_scores)
+
+    @property
+    def std(self) -> float:
+        return _std(self.fold_scores)
 
 
 @dataclass
 class EnsembleResult:
+    """``fold_scores`` is the honest CV of what was submitted: the nested CV when weights were searched
+    or a stacker was fitted, otherwise the blend's plain CV. ``lines`` holds every row of the CV table
+    (members first), ``weights`` the blend weight of each member (its mean over classes when they are
+    per class), ``gain`` the submitted CV mean minus the best member's."""
+
     metric: str
     members: list[Member]
     fold_scores: dict[int, float]
     submission: Path
     test_score: float | None = None
-    report: dict = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    lines: list[ScoreLine] = field(default_factory=list)
+    weights: dict[str, float] = field(default_factory=dict)
+    submitted: str = "blend"
+    best_member: str = ""
+    gain: float = 0.0
 
     @property
     def mean(self) -> float:
-        return float(np.mean(list(self.fold_scores.values())))
+        return _mean(self.fold_scores)
 
     @property
     def std(self) -> float:
-        return float(np.std(list(self.fold_scores.values())))
+        return _std(self.fold_scores)
+
+
+# --------------------------------------------------------------------------- loading and checks
+
+
+def read_member_predictions(path: Path, classes: list[str], member: str) -> tuple[list[str], np.ndarray]:
+    """(clip ids, scores with columns in the competition's class order) of one prediction file."""
+    if not path.is_file():
+        raise DataError(
+            f"ensemble member {member!r}: {path} not found; the run is missing a fold's predictions "
+            f"(train it again with ./run.sh train, run name {member!r})"
+        )
+    df = pd.read_parquet(path)
+    columns = [c for c in df.columns if c != "clip_id"]
+    if columns != classes:
+        missing = [c for c in classes if c not in set(columns)]
+        extra = [c for c in columns if c not in set(classes)]
+        if missing or extra or len(columns) != len(classes):
+            raise DataError(
+                f"ensemble member {member!r}: {path} predicts other classes than the competition and the "
+                f"other members ({len(columns)} columns for {len(classes)} classes; missing {missing[:5]}, "
+                f"unknown {extra[:5]})"
+            )
+    ids = df["clip_id"].astype(str).tolist()
+    if len(set(ids)) != len(ids):
+        raise DataError(f"ensemble member {member!r}: {path} lists a clip more than once")
+    return ids, df[classes].to_numpy(dtype=np.float64)
 
 
 def load_member(comp: Competition, name: str) -> Member:
+    """Read a finished run: every fold's OOF and test predictions, with the fold each OOF row was in."""
     run_dir = comp.dir / "runs" / name
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
@@ -64,14 +163,51 @@ def load_member(comp: Competition, name: str) -> Member:
             f"(train it with ./run.sh train, run name {name!r})"
         )
     info = json.loads((run_dir / "run.json").read_text())
-    fold_scores = {int(k): v for k, v in json.loads(metrics_path.read_text())["folds"].items()}
-    oof_ids, oof = read_predictions(run_dir / "oof.parquet", comp.classes)
-    test_ids, test = read_predictions(run_dir / "test.parquet", comp.classes)
-    return Member(name, fold_scores, info["folds_file"], info["folds_sha256"], oof_ids, oof, test_ids, test)
+    trained = json.loads(metrics_path.read_text())
+    folds = sorted(int(k) for k in trained["folds"])
+    oof_ids: list[str] = []
+    oof_parts, oof_folds, test_folds = [], [], []
+    test_ids: list[str] | None = None
+    for fold in folds:
+        fold_dir = run_dir / f"fold{fold}"
+        ids, scores = read_member_predictions(fold_dir / "oof.parquet", comp.classes, name)
+        oof_ids += ids
+        oof_parts.append(scores)
+        oof_folds.append(np.full(len(ids), fold, dtype=np.int64))
+        ids, scores = read_member_predictions(fold_dir / "test.parquet", comp.classes, name)
+        if test_ids is None:
+            test_ids = ids
+        elif set(ids) != set(test_ids):
+            raise DataError(
+                f"ensemble member {name!r}: fold {fold} predicts other test clips than fold {folds[0]}"
+            )
+        position = {c: i for i, c in enumerate(ids)}
+        test_folds.append(scores[[position[c] for c in test_ids]])
+    if len(set(oof_ids)) != len(oof_ids):
+        raise DataError(f"ensemble member {name!r}: a clip appears in the OOF predictions of two folds")
+    return Member(
+        name=name,
+        fold_scores={},
+        folds_file=str(info["folds_file"]),
+        folds_sha256=str(info["folds_sha256"]),
+        oof_ids=oof_ids,
+        oof=np.concatenate(oof_parts),
+        oof_folds=np.concatenate(oof_folds),
+        test_ids=test_ids or [],
+        test_folds=test_folds,
+    )
 
 
-def align(members: list[Member]) -> tuple[list[str], list[str], list[np.ndarray], list[np.ndarray]]:
-    """Sort every member's rows by clip id; refuse members whose clips or fold file differ."""
+def _difference(name_a: str, a: list[str], name_b: str, b: list[str]) -> str:
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    return (
+        f"{len(only_a)} only in {name_a!r} (e.g. {only_a[:3]}), "
+        f"{len(only_b)} only in {name_b!r} (e.g. {only_b[:3]})"
+    )
+
+
+def check_members(members: list[Member]) -> pd.DataFrame:
+    """Refuse members that cannot be blended; return the shared fold table (clip_id, fold)."""
     first = members[0]
     for other in members[1:]:
         if other.folds_sha256 != first.folds_sha256:
@@ -79,65 +215,280 @@ def align(members: list[Member]) -> tuple[list[str], list[str], list[np.ndarray]
                 f"ensemble members {first.name!r} and {other.name!r} used different fold files "
                 f"({first.folds_file} vs {other.folds_file}); their OOF scores are not comparable"
             )
-        for kind in ("oof_ids", "test_ids"):
-            if set(getattr(other, kind)) != set(getattr(first, kind)):
-                raise DataError(f"ensemble members {first.name!r} and {other.name!r} predict different clips")
-    oof_ids, test_ids = sorted(first.oof_ids), sorted(first.test_ids)
-    oofs, tests = [], []
+    path = Path(first.folds_file)
+    folds = load_folds(path)
+    if file_sha256(path) != first.folds_sha256:
+        raise DataError(
+            f"fold file {path} changed after the members were trained; their OOF predictions no longer "
+            "match it (train them again)"
+        )
+    fold_of = folds.set_index("clip_id")["fold"]
+    for member in members:
+        unknown = sorted(set(member.oof_ids) - set(fold_of.index))
+        if unknown:
+            raise DataError(
+                f"ensemble member {member.name!r}: OOF clips not in the fold file {path}: {unknown[:3]}"
+            )
+        expected = fold_of.loc[member.oof_ids].to_numpy()
+        wrong = np.flatnonzero(expected != member.oof_folds)
+        if wrong.size:
+            i = int(wrong[0])
+            raise DataError(
+                f"ensemble member {member.name!r}: clip {member.oof_ids[i]!r} is in its "
+                f"fold{member.oof_folds[i]} OOF predictions, but the fold file puts it in fold {expected[i]} "
+                f"({wrong.size} such clips)"
+            )
+    for other in members[1:]:
+        for what, ids_a, ids_b in (
+            ("OOF", first.oof_ids, other.oof_ids),
+            ("test", first.test_ids, other.test_ids),
+        ):
+            if set(ids_a) != set(ids_b):
+                raise DataError(
+                    f"ensemble members {first.name!r} and {other.name!r} predict different {what} clips: "
+                    + _difference(first.name, ids_a, other.name, ids_b)
+                )
+    return folds
+
+
+def align(members: list[Member]) -> tuple[list[str], list[str]]:
+    """Reorder every member's rows by sorted clip id (in place); return (OOF ids, test ids)."""
+    oof_ids, test_ids = sorted(members[0].oof_ids), sorted(members[0].test_ids)
     for m in members:
         oof_pos = {c: i for i, c in enumerate(m.oof_ids)}
         test_pos = {c: i for i, c in enumerate(m.test_ids)}
-        oofs.append(m.oof[[oof_pos[c] for c in oof_ids]])
-        tests.append(m.test[[test_pos[c] for c in test_ids]])
-    return oof_ids, test_ids, oofs, tests
+        oof_order = [oof_pos[c] for c in oof_ids]
+        test_order = [test_pos[c] for c in test_ids]
+        m.oof, m.oof_folds, m.oof_ids = m.oof[oof_order], m.oof_folds[oof_order], list(oof_ids)
+        m.test_folds, m.test_ids = [t[test_order] for t in m.test_folds], list(test_ids)
+    return oof_ids, test_ids
 
 
-def blend(predictions: list[np.ndarray], method: str) -> np.ndarray:
-    stack = np.stack(predictions)
-    if method == "geometric":
-        return np.exp(np.log(np.clip(stack, 1e-7, 1.0)).mean(axis=0))
-    return stack.mean(axis=0)
-
-
-def score_by_fold(
-    comp: Competition, table: pd.DataFrame, folds: pd.DataFrame, clip_ids: list[str], scores: np.ndarray
-) -> dict[int, float]:
-    rows = table.set_index("clip_id").loc[clip_ids]
-    fold_of = folds.set_index("clip_id")["fold"].loc[clip_ids].to_numpy()
+def scored_rows(
+    comp: Competition, table: pd.DataFrame, clip_ids: list[str], folds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(truth (n, C), scored mask (n,)): the verified clips of each fold, or all of a fold's clips when
+    it has no verified one, as the train stage scores a fold."""
+    rows = table.set_index("clip_id")
+    unknown = sorted(set(clip_ids) - set(rows.index))
+    if unknown:
+        raise DataError(f"OOF clips not in the clip table {comp.meta_path}: {unknown[:3]}")
+    rows = rows.loc[clip_ids]
     truth = comp.label_matrix(rows["labels"])
-    verified = rows["verified"].to_numpy()
-    out = {}
-    for fold in sorted(set(fold_of.tolist())):
-        mask = (fold_of == fold) & verified
-        if not mask.any():
-            mask = fold_of == fold
-        out[int(fold)] = metrics.score(comp.metric, truth[mask], scores[mask])
-    return out
+    verified = rows["verified"].to_numpy(dtype=bool)
+    scored = verified.copy()
+    for fold in np.unique(folds):
+        in_fold = folds == fold
+        if not (verified & in_fold).any():
+            log.warning("ensemble: fold %d has no verified clip; scoring it on all of its clips", fold)
+            scored |= in_fold
+    return truth, scored
+
+
+# --------------------------------------------------------------------------- the stage
+
+TEST_FOLD_AVERAGE = {
+    "mean": "arithmetic mean of each member's fold models' test predictions",
+    "geometric": "geometric mean of each member's fold models' test predictions",
+    "power": "power mean (same exponent) of each member's fold models' test predictions",
+    "rank": "each fold model's test predictions ranked per class over all test clips, scaled to [0, 1], "
+    "then averaged over the fold models (OOF ranks: within each fold's scored clips)",
+}
+
+
+def _weights_by_member(names: list[str], weights: np.ndarray) -> dict[str, float]:
+    """Each member's weight (its mean over classes when weights are per class), exact: the package and
+    the plots re-blend with these numbers."""
+    values = weights if weights.ndim == 1 else weights.mean(axis=1)
+    return {name: float(w) for name, w in zip(names, values, strict=True)}
+
+
+def _cv(scores: dict[int, float]) -> dict[str, Any]:
+    return {"folds": scores, "mean": _mean(scores), "std": _std(scores)}
+
+
+@dataclass
+class BlendOutcome:
+    """The chosen weights, the blend's CV with them (in-sample), the nested CV of the search when
+    weights were searched, and the blend applied to the test predictions."""
+
+    weights: np.ndarray
+    searched: bool
+    in_sample: dict[int, float]
+    nested: dict[int, float] | None
+    nested_weights: dict[int, np.ndarray]
+    test: np.ndarray
+
+
+def fit_blend(
+    cfg: EnsembleConfig, members: list[Member], scored: np.ndarray, scorer: OofScorer
+) -> BlendOutcome:
+    rule = BlendRule(cfg.method, cfg.power)
+    # OOF in blend space, scored clips only: for rank, ranks within each fold's scored clips.
+    space = np.stack([rule.forward(m.oof[scored], scorer.folds) for m in members])
+
+    def fit_weights(space_part: np.ndarray, scorer_part: OofScorer) -> np.ndarray:
+        return search_weights(
+            space_part,
+            rule,
+            scorer_part,
+            search=cfg.search,
+            iterations=cfg.iterations,
+            per_class=cfg.per_class,
+        )
+
+    searched = cfg.weights == "search" and len(members) > 1
+    if isinstance(cfg.weights, dict):
+        weights = normalise_weights(np.array([cfg.weights[m.name] for m in members]), len(members))
+    elif searched:
+        log.info("ensemble: searching %s weights (%s) on OOF predictions", cfg.method, cfg.search)
+        if cfg.per_class:
+            n_classes = space.shape[2]
+            log.info(
+                "ensemble: per-class search: about %d metric evaluations per fit",
+                n_classes * cfg.iterations * len(members),
+            )
+        weights = fit_weights(space, scorer)
+    else:
+        weights = np.full(len(members), 1.0 / len(members))
+    nested, nested_weights = None, {}
+    if searched and cfg.nested_cv:
+        log.info("ensemble: nested CV of the weight search (%d folds)", len(scorer.fold_ids))
+        nested, nested_weights = nested_weight_cv(space, scorer, fit_weights, rule)
+    test_space = np.stack([rule.fold_average(m.test_folds) for m in members])
+    return BlendOutcome(
+        weights=weights,
+        searched=searched,
+        in_sample=scorer.fold_scores(rule.combine(space, weights)),
+        nested=nested,
+        nested_weights=nested_weights,
+        test=rule.combine(test_space, weights),
+    )
+
+
+def fit_stacking(
+    cfg: EnsembleConfig, members: list[Member], scored: np.ndarray, scorer: OofScorer
+) -> tuple[dict[int, float], np.ndarray]:
+    """(nested CV fold scores, test predictions of the stacker fitted on all scored OOF clips)."""
+    assert cfg.stacking is not None
+    log.info("ensemble: %s stacker, nested CV over %d folds", cfg.stacking, len(scorer.fold_ids))
+    fit_predict = make_stacker(cfg.stacking, c=cfg.stacking_c, hidden=cfg.stacking_hidden, seed=cfg.seed)
+    features = logit_features([m.oof[scored] for m in members])
+    fold_scores = scorer.fold_scores(nested_predictions(features, scorer.truth, scorer.folds, fit_predict))
+    n_folds = len(members[0].test_folds)
+    test_features = np.mean(
+        [logit_features([m.test_folds[k] for m in members]) for k in range(n_folds)], axis=0
+    )
+    return fold_scores, fit_predict(features, scorer.truth, test_features)
+
+
+def score_lines(
+    cfg: EnsembleConfig, members: list[Member], blend: BlendOutcome, stacked: dict[int, float] | None
+) -> list[ScoreLine]:
+    lines = [ScoreLine(m.name, m.fold_scores) for m in members]
+    lines.append(
+        ScoreLine(
+            f"blend ({cfg.method})",
+            blend.in_sample,
+            "in-sample weights: optimistic" if blend.searched else "",
+        )
+    )
+    if blend.nested is not None:
+        lines.append(ScoreLine("blend nested", blend.nested, "weights from other folds"))
+    if stacked is not None:
+        lines.append(ScoreLine(f"stacking ({cfg.stacking})", stacked, "nested"))
+    lines[-1].note = f"{lines[-1].note}; submitted" if lines[-1].note else "submitted"
+    return lines
 
 
 def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     comp = get_competition(cfg.competition)
     members = [load_member(comp, name) for name in cfg.members]
-    table = read_clip_table(comp.meta_path)
-    oof_ids, test_ids, oofs, tests = align(members)
-    folds = load_folds(Path(members[0].folds_file))
-    blended_oof = blend(oofs, cfg.method)
-    blended_test = blend(tests, cfg.method)
-    fold_scores = score_by_fold(comp, table, folds, oof_ids, blended_oof)
+    check_members(members)
+    oof_ids, test_ids = align(members)
+    names = [m.name for m in members]
+    folds = members[0].oof_folds
+    truth, scored = scored_rows(comp, read_clip_table(comp.meta_path), oof_ids, folds)
+    scorer = OofScorer(comp.metric, truth[scored], folds[scored])
+    for m in members:
+        m.fold_scores = scorer.fold_scores(m.oof[scored])
+    best = max(members, key=lambda m: m.mean)
+
+    blend = fit_blend(cfg, members, scored, scorer)
+    stacked: dict[int, float] | None = None
+    if cfg.stacking is not None:
+        stacked, final_test = fit_stacking(cfg, members, scored, scorer)
+        final_scores, submitted = stacked, "stacking"
+    else:
+        final_test, submitted = blend.test, "blend"
+        final_scores = blend.nested if blend.nested is not None else blend.in_sample
+
     path = submissions_root() / comp.name / f"{cfg.name}.csv"
-    write_submission(comp, build_submission(comp, test_ids, blended_test), path)
-    result = EnsembleResult(comp.metric, members, fold_scores, path, comp.score_test(test_ids, blended_test))
+    write_submission(comp, build_submission(comp, test_ids, final_test), path)
+    test_score = comp.score_test(test_ids, final_test)
+    result = EnsembleResult(
+        metric=comp.metric,
+        members=members,
+        fold_scores=final_scores,
+        submission=path,
+        test_score=test_score,
+        lines=score_lines(cfg, members, blend, stacked),
+        weights=_weights_by_member(names, blend.weights),
+        submitted=submitted,
+        best_member=best.name,
+        gain=_mean(final_scores) - best.mean,
+    )
+
+    report_blend: dict[str, Any] = {
+        **_cv(blend.in_sample),
+        "weights": result.weights,
+        "cv_kind": "in-sample (weights fit on all OOF)" if blend.searched else "fixed weights",
+        "gain_over_best_member": _mean(blend.in_sample) - best.mean,
+        "nested": None,
+        "test_score": comp.score_test(test_ids, blend.test),
+    }
+    if blend.weights.ndim == 2:
+        report_blend["weights_per_class"] = {
+            name: dict(zip(comp.classes, map(float, row), strict=True))
+            for name, row in zip(names, blend.weights, strict=True)
+        }
+    if blend.nested is not None:
+        report_blend["nested"] = {
+            **_cv(blend.nested),
+            "weights": {k: _weights_by_member(names, w) for k, w in blend.nested_weights.items()},
+            "gain_over_best_member": _mean(blend.nested) - best.mean,
+            "optimism": _mean(blend.in_sample) - _mean(blend.nested),
+        }
+    report_stacking = None
+    if stacked is not None:
+        report_stacking = {
+            "kind": cfg.stacking,
+            **_cv(stacked),
+            "cv_kind": "nested (stacker fit on the other folds)",
+            "gain_over_best_member": _mean(stacked) - best.mean,
+            "test_score": test_score,
+        }
     result.report = {
         "name": cfg.name,
         "competition": comp.name,
         "metric": comp.metric,
         "method": cfg.method,
-        "members": {
-            m.name: {"folds": m.fold_scores, "mean": float(np.mean(list(m.fold_scores.values())))}
-            for m in members
-        },
-        "blend": {"folds": fold_scores, "mean": result.mean, "std": result.std},
-        "test_score": result.test_score,
+        "power": cfg.power if cfg.method == "power" else None,
+        "test_fold_average": TEST_FOLD_AVERAGE[cfg.method],
+        "weights_mode": cfg.weights if isinstance(cfg.weights, str) else "fixed",
+        "search": cfg.search if blend.searched else None,
+        "per_class": cfg.per_class,
+        "n_scored_clips": int(scored.sum()),
+        "n_oof_clips": len(oof_ids),
+        "folds_file": members[0].folds_file,
+        "members": {m.name: _cv(m.fold_scores) for m in members},
+        "best_member": {"name": best.name, "mean": best.mean},
+        "blend": report_blend,
+        "stacking": report_stacking,
+        "submitted": submitted,
+        "cv": _cv(final_scores),
+        "gain_over_best_member": result.gain,
+        "test_score": test_score,
         "submission": str(path),
     }
     atomic_write_json(path.with_suffix(".json"), result.report)
