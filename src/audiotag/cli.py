@@ -194,8 +194,13 @@ def run_submit(args: argparse.Namespace) -> None:
     console = Console(stderr=False)
     cv = f"CV {record.metric} {record.cv:.4f}" if record.cv is not None else "no CV report"
     members = " + ".join(record.members) or "-"
-    console.print(f"submitted {args.file} to {record.slug}: {record.reply or 'ok'} (ref {record.ref or '?'})")
-    console.print(f"{cv}; members: {members}; sha256 {record.sha256[:16]}…; logged in {log_path()}")
+    console.print(
+        f"submitted {args.file} to {record.slug}: {record.reply or 'ok'} (ref {record.ref or '?'})",
+        soft_wrap=True,
+    )
+    console.print(
+        f"{cv}; members: {members}; sha256 {record.sha256[:16]}…; logged in {log_path()}", soft_wrap=True
+    )
 
 
 def build_leaderboard_parser() -> argparse.ArgumentParser:
@@ -274,7 +279,8 @@ def run_package(args: argparse.Namespace) -> None:
         raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
     out = build_package(cfg, args.out_dir, slug=args.slug)
     Console(stderr=False).print(
-        f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})"
+        f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})",
+        soft_wrap=True,
     )
 
 

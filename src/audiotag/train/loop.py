@@ -263,6 +263,7 @@ def train_fold(
         "seed": tc.seed,
         "precision": engine.precision,
         "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "seconds": round(time.time() - started, 1),
         "history": state["history"],
     }

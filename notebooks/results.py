@@ -1,0 +1,84 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Results
+#
+# The leaderboard of every run and blend, the learning curves of the best run, and the per-class
+# average precision of the best run and of each blend, all on out-of-fold predictions. The notebook
+# reads the competition named by `AUDIOTAG_COMPETITION` (default: `demo`); `./run.sh leaderboard
+# --plots` writes the same pictures as PNG files.
+
+# %%
+# %matplotlib inline
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import display
+
+from audiotag import plots
+from audiotag.competitions import get_competition
+from audiotag.config import load_competition
+from audiotag.leaderboard import build_leaderboard
+from audiotag.paths import submissions_root
+
+COMPETITION = os.environ.get("AUDIOTAG_COMPETITION", "demo")
+comp = get_competition(load_competition(COMPETITION))
+board = build_leaderboard(COMPETITION, with_lb=os.environ.get("AUDIOTAG_READ_LB") == "1")
+for note in board.notes:
+    print("note:", note)
+columns = ["kind", "name", "model", "features", "seed", "folds", *board.fold_columns, "cv_mean", "cv_std"]
+columns += ["train_seconds", "device", "members", "public_lb", "private_lb"]
+pd.set_option("display.width", 200)
+board.rows[columns].round(4)
+
+# %% [markdown]
+# ## Learning curves of the best run
+
+# %%
+runs = board.rows[board.rows["kind"] == "run"]
+best_run = Path(runs.iloc[0]["path"]) if len(runs) else None
+if best_run is None:
+    print(f"no runs yet: ./run.sh train -c {comp.name}")
+else:
+    print(f"best run: {best_run.name} (CV {comp.metric} {runs.iloc[0]['cv_mean']:.4f})")
+    display(plots.learning_curves_figure(best_run, comp.metric))
+
+# %% [markdown]
+# ## Per-class average precision
+# Which classes the best run gets right, and which it confuses (single-label competitions).
+
+# %%
+oof = plots.run_oof(comp, best_run) if best_run is not None else None
+if oof is not None:
+    truth, scores = oof
+    display(plots.per_class_ap_figure(comp.classes, truth, scores, f"per-class AP: {best_run.name} (OOF)"))
+    if comp.task == "single_label":
+        display(plots.confusion_figure(comp.classes, truth, scores, f"{best_run.name} (OOF)"))
+
+# %% [markdown]
+# ## Blends
+
+# %%
+reports = sorted((submissions_root() / comp.name).glob("*.json"))
+for path in reports:
+    report = json.loads(path.read_text())
+    if "blend" not in report:
+        continue
+    truth, scores = plots.blend_oof(comp, report)
+    display(plots.per_class_ap_figure(comp.classes, truth, scores, f"per-class AP: blend {path.stem} (OOF)"))
+if not reports:
+    print(f"no blends yet: ./run.sh ensemble -c {comp.name}")

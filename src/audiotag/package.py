@@ -1,0 +1,496 @@
+"""A self-contained folder for a Kaggle offline inference notebook, and the inference it runs.
+
+``build_package`` writes::
+
+    OUT_DIR/
+      inference.py          python inference.py [--input DIR] [--output FILE]: features -> folds -> blend
+      README.md             how to use it on Kaggle
+      bundle.json           competition, classes, submission format, blend method, members and folds
+      ensemble.yaml         the resolved ensemble config (and ensemble_report.json, its CV, when known)
+      code/audiotag/        our package source, imported from here (no pip install, no internet)
+      members/<run>/        config.yaml, run.json, metrics.json, fold<k>/{best.pt,done.json}
+
+Upload OUT_DIR as a Kaggle dataset, attach it and the competition data to a notebook, and run
+``!python /kaggle/input/<dataset>/inference.py``. :func:`run_inference` then computes the log-mel of
+every clip of the sample submission found under ``/kaggle/input/<slug>/`` with the members' own
+front-ends (through the same feature cache code as ``prepare``), predicts with every fold of every
+member using the sliding windows of training's evaluation, averages the folds of each member, blends
+the members as the ensemble did, and writes ``submission.csv`` after validating it against the sample.
+
+This module is imported by the CLI, so it imports torch and the models only inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import pandas as pd
+
+from audiotag.atomic import atomic_write_json, atomic_write_text
+from audiotag.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from audiotag.competitions import Competition
+    from audiotag.config import EnsembleConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "bundle.json"
+FORMAT_VERSION = 1
+SAMPLE = "sample_submission.csv"
+STACKER_DATA = "stacker_train.npz"
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass
+class PackagedMember:
+    name: str
+    folds: list[int]
+    cv: float | None
+
+
+def member_folds(run_dir: Path) -> list[int]:
+    """The folds of a complete run, each with best.pt and done.json; refuses an unfinished run."""
+    name = run_dir.name
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise DataError(
+            f"ensemble member {name!r}: {metrics_path} not found; the run is missing or has unfinished "
+            f"folds (finish it with ./run.sh train, run name {name!r})"
+        )
+    folds = sorted(int(k) for k in json.loads(metrics_path.read_text())["folds"])
+    for fold in folds:
+        for file in ("best.pt", "done.json"):
+            if not (run_dir / f"fold{fold}" / file).is_file():
+                raise DataError(f"ensemble member {name!r}: {run_dir / f'fold{fold}' / file} is missing")
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"ensemble member {name!r}: {run_dir / 'config.yaml'} is missing")
+    return folds
+
+
+def _copy_code(dest: Path) -> None:
+    import audiotag
+
+    source = Path(audiotag.__file__).resolve().parent
+    shutil.copytree(source, dest / "audiotag", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def _default_slug(comp: Competition) -> str:
+    from audiotag.kaggle_submit import kaggle_slug
+
+    return kaggle_slug(comp) or comp.name
+
+
+def ensemble_report(path: Path, cfg: EnsembleConfig) -> dict[str, Any]:
+    """The ensemble stage's report for ``cfg``: it holds the weights the blend chose on OOF."""
+    if not path.is_file():
+        raise DataError(
+            f"{path} not found: run the ensemble first (./run.sh ensemble --config <its yaml>), so the "
+            "package blends with the weights it chose"
+        )
+    report = json.loads(path.read_text())
+    if sorted(report.get("members") or {}) != sorted(cfg.members) or report.get("method") != cfg.method:
+        raise DataError(
+            f"{path} was written for other members or another method than ensemble {cfg.name!r} now has; "
+            "run ./run.sh ensemble again"
+        )
+    return report
+
+
+def blend_spec(cfg: EnsembleConfig, report: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    """How to combine the members' test predictions, as the ensemble stage did: rule, weights, stacker."""
+    blend = report.get("blend") or {}
+    per_class = blend.get("weights_per_class")
+    if per_class:
+        weights: list[Any] = [[float(per_class[m][c]) for c in classes] for m in cfg.members]
+    elif blend.get("weights"):
+        weights = [float(blend["weights"][m]) for m in cfg.members]
+    else:  # a report from before weights were recorded: equal weights
+        weights = [1.0] * len(cfg.members)
+    stacking = None
+    if cfg.stacking is not None:
+        stacking = {
+            "kind": cfg.stacking,
+            "c": cfg.stacking_c,
+            "hidden": cfg.stacking_hidden,
+            "seed": cfg.seed,
+            "file": STACKER_DATA,
+        }
+    return {"method": cfg.method, "power": cfg.power, "weights": weights, "stacking": stacking}
+
+
+def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The stacker's training set exactly as the ensemble stage builds it: the members' OOF logits
+    and the truth of the scored clips. Shipped so inference refits the same (seeded) stacker."""
+    from audiotag.ensemble import align, check_members, load_member, scored_rows
+    from audiotag.prepare import read_clip_table
+    from audiotag.stacking import logit_features
+
+    members = [load_member(comp, name) for name in cfg.members]
+    check_members(members)
+    oof_ids, _ = align(members)
+    truth, scored = scored_rows(comp, read_clip_table(comp.meta_path), oof_ids, members[0].oof_folds)
+    return logit_features([m.oof[scored] for m in members]), truth[scored]
+
+
+def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -> Path:
+    """Write the inference folder for ensemble ``cfg`` into ``out_dir`` (replacing an earlier package)."""
+    from audiotag.competitions import get_competition
+    from audiotag.config import dump_yaml
+    from audiotag.paths import submissions_root
+    from audiotag.train.runner import code_version
+
+    comp = get_competition(cfg.competition)
+    out_dir = Path(out_dir)
+    ours = (out_dir / MANIFEST).is_file()
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not ours)):
+        raise ConfigError(f"{out_dir}: exists and is not an audiotag package; choose a new or empty folder")
+    runs = {name: comp.dir / "runs" / name for name in cfg.members}
+    folds = {name: member_folds(run_dir) for name, run_dir in runs.items()}
+    report_path = submissions_root() / comp.name / f"{cfg.name}.json"
+    report = ensemble_report(report_path, cfg)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        _copy_code(staging / "code")
+        members = []
+        for name, run_dir in runs.items():
+            dest = staging / "members" / name
+            dest.mkdir(parents=True)
+            for file in ("config.yaml", "run.json", "metrics.json"):
+                if (run_dir / file).is_file():
+                    shutil.copy2(run_dir / file, dest / file)
+            for fold in folds[name]:
+                (dest / f"fold{fold}").mkdir()
+                for file in ("best.pt", "done.json"):
+                    shutil.copy2(run_dir / f"fold{fold}" / file, dest / f"fold{fold}" / file)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            members.append(PackagedMember(name, folds[name], metrics.get("mean")))
+        shutil.copy2(report_path, staging / "ensemble_report.json")
+        atomic_write_text(staging / "ensemble.yaml", dump_yaml(cfg))
+        spec = blend_spec(cfg, report, list(comp.classes))
+        if spec["stacking"] is not None:
+            features, truth = stacker_training_data(comp, cfg)
+            np.savez_compressed(staging / STACKER_DATA, features=features, truth=truth)
+        slug = slug or _default_slug(comp)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "competition": comp.name,
+            "slug": slug,
+            "metric": comp.metric,
+            "task": comp.task,
+            "submission_kind": comp.submission_kind,
+            "classes": list(comp.classes),
+            "ensemble": {"name": cfg.name, "cv": (report.get("cv") or report.get("blend") or {}).get("mean")},
+            "blend": spec,
+            "members": [{"name": m.name, "folds": m.folds, "cv": m.cv} for m in members],
+            "code_version": code_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        atomic_write_json(staging / MANIFEST, manifest)
+        atomic_write_text(staging / "inference.py", INFERENCE_SCRIPT.replace("{slug}", slug))
+        atomic_write_text(staging / "README.md", readme(manifest))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
+    log.info("package: wrote %s (%.1f MB, %d member(s))", out_dir, size / 1e6, len(members))
+    return out_dir
+
+
+def blend_text(spec: dict[str, Any]) -> str:
+    if spec["stacking"] is not None:
+        return f"{spec['stacking']['kind']} stacker (refitted from {spec['stacking']['file']})"
+    power = f" (q={spec['power']})" if spec["method"] == "power" else ""
+    return f"{spec['method']}{power} with weights {spec['weights']}"
+
+
+def readme(manifest: dict[str, Any]) -> str:
+    members = "\n".join(f"- `{m['name']}`: folds {m['folds']}, CV {m['cv']}" for m in manifest["members"])
+    slug = manifest["slug"]
+    title = f"{manifest['competition']} / ensemble `{manifest['ensemble']['name']}`"
+    return f"""# audiotag inference package: {title}
+
+Blend: {blend_text(manifest["blend"])} of the members' fold-averaged predictions
+(CV {manifest["metric"]}: {manifest["ensemble"]["cv"]}).
+
+{members}
+
+## On Kaggle (no internet)
+1. Upload this folder as a Kaggle dataset (e.g. `kaggle datasets create -p .`).
+2. In a notebook, add the competition data and this dataset as inputs.
+3. Run `!python /kaggle/input/<this dataset>/inference.py`: it reads the test audio listed in
+   `/kaggle/input/{slug}/sample_submission.csv` and writes `/kaggle/working/submission.csv`.
+
+Options: `--input DIR` (competition data), `--output FILE`, `--work DIR` (feature cache, default a
+temporary folder), `--workers N`, `--device cpu|cuda`.
+
+The code needs torch, numpy, pandas, pyarrow, scipy, soundfile, soxr, pydantic, pyyaml and tqdm (timm
+for timm backbones); Kaggle's Python image has most of them, and `inference.py` names any that is
+missing (attach its wheel as a dataset and `pip install --no-index` it).
+"""
+
+
+INFERENCE_SCRIPT = '''#!/usr/bin/env python
+"""Offline inference for Kaggle: python inference.py [--input DIR] [--output FILE]
+
+Written by `audiotag package`. Reads the test audio listed in the competition's sample submission,
+predicts with every fold of every member in members/, blends them as the ensemble did, and writes the
+submission CSV. Needs no internet: the code is in code/, the weights in members/.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+SLUG = "{slug}"
+try:
+    BUNDLE = Path(__file__).resolve().parent
+except NameError:  # pasted into a notebook cell
+    BUNDLE = Path(os.environ.get("AUDIOTAG_BUNDLE", "."))
+sys.dont_write_bytecode = True  # the bundle is read-only on Kaggle
+sys.path.insert(0, str(BUNDLE / "code"))
+
+
+def main(argv=None):
+    kaggle = Path("/kaggle/working").is_dir()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_input = Path(os.environ.get("AUDIOTAG_INPUT", f"/kaggle/input/{SLUG}"))
+    default_output = Path("/kaggle/working/submission.csv" if kaggle else "submission.csv")
+    parser.add_argument("--input", type=Path, default=default_input, help="the competition's data")
+    parser.add_argument("--output", type=Path, default=default_output, help="the submission CSV")
+    parser.add_argument("--work", type=Path, help="folder for the feature cache (default: a temporary one)")
+    parser.add_argument("--workers", type=int, help="processes computing features (default: all cores)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--scores", type=Path, help="also write the blended scores (parquet)")
+    args = parser.parse_args(argv)
+    from audiotag.package import inference_main
+
+    return inference_main(BUNDLE, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+# --------------------------------------------------------------------------- inference
+
+
+REQUIRED_MODULES = ("torch", "numpy", "pandas", "pyarrow", "scipy", "soundfile", "soxr", "pydantic", "yaml")
+
+
+def check_modules(names: Sequence[str] = REQUIRED_MODULES) -> None:
+    import importlib.util
+
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DataError(
+            f"python package(s) {', '.join(missing)} not installed; attach their wheels as a Kaggle dataset "
+            "and `pip install --no-index --find-links /kaggle/input/<wheels> ...` first"
+        )
+
+
+def find_test_audio(input_dir: Path, fnames: Sequence[str]) -> dict[str, Path]:
+    """Where each clip of the sample submission is under ``input_dir`` (a folder named *test* wins)."""
+    wanted = set(fnames)
+    found: dict[str, Path] = {}
+    for path in sorted(input_dir.rglob("*")):
+        if path.name not in wanted or not path.is_file():
+            continue
+        previous = found.get(path.name)
+        in_test = "test" in path.parent.name.lower()
+        if previous is None or (in_test and "test" not in previous.parent.name.lower()):
+            found[path.name] = path
+    missing = [f for f in fnames if f not in found]
+    if missing:
+        raise DataError(
+            f"{len(missing)} clip(s) of {input_dir / SAMPLE} have no audio file under {input_dir}, e.g. "
+            f"{missing[:5]}; pass --input with the competition's data folder"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class BundleCompetition:
+    """What the submission writer needs of a competition, read from bundle.json and the input folder."""
+
+    name: str
+    classes: list[str]
+    submission_kind: str
+    sample_submission_path: Path
+
+
+def combine_members(
+    fold_predictions: list[list[np.ndarray]], spec: dict[str, Any], bundle: Path
+) -> np.ndarray:
+    """The ensemble's test rule: each member's folds averaged by the blend rule, then the weighted
+    blend; or, for a stacker, the stacker refitted on the shipped OOF data and applied to the members'
+    fold-averaged test logits."""
+    stacking = spec.get("stacking")
+    if stacking is not None:
+        from audiotag.stacking import logit_features, make_stacker
+
+        data = np.load(bundle / stacking["file"])
+        n_folds = len(fold_predictions[0])
+        if any(len(folds) != n_folds for folds in fold_predictions):
+            raise DataError("stacking needs the same number of folds in every member")
+        test_features = np.mean(
+            [logit_features([folds[k] for folds in fold_predictions]) for k in range(n_folds)], axis=0
+        )
+        fit_predict = make_stacker(
+            stacking["kind"], c=stacking["c"], hidden=stacking["hidden"], seed=stacking["seed"]
+        )
+        return fit_predict(data["features"], data["truth"], test_features)
+    from audiotag.blend import BlendRule, normalise_weights
+
+    rule = BlendRule(spec["method"], spec.get("power") or 2.0)
+    space = np.stack([rule.fold_average(folds) for folds in fold_predictions])
+    weights = normalise_weights(np.asarray(spec["weights"]), space.shape[0], space.shape[2])
+    return rule.combine(space, weights)
+
+
+def predict_member(
+    member_dir: Path, folds: Sequence[int], cache: Any, clip_ids: list[str], n_classes: int, device: Any
+) -> list[np.ndarray]:
+    """Each fold's scores of one member: its best.pt over sliding windows, as training evaluated."""
+    from audiotag.config import InputNorm, load_experiment
+    from audiotag.data.dataset import silence_value
+    from audiotag.models.registry import build_model
+    from audiotag.train.checkpoint import load_checkpoint
+    from audiotag.train.loop import crop_frames
+    from audiotag.train.predict import predict_clips
+
+    cfg = load_experiment(member_dir / "config.yaml")
+    window = crop_frames(cfg)
+    parts = []
+    for fold in folds:
+        fold_dir = member_dir / f"fold{fold}"
+        done = json.loads((fold_dir / "done.json").read_text())
+        norm = InputNorm(**done["input_norm"]) if cfg.model.input_norm == "dataset" else None
+        model = build_model(cfg.model, cfg.features.n_mels, n_classes, window, norm)
+        model.load_state_dict(load_checkpoint(fold_dir / "best.pt", device)["model"])
+        model = model.to(device)
+        parts.append(
+            predict_clips(
+                model,
+                cache,
+                clip_ids,
+                window=window,
+                hop=max(1, round(window * cfg.train.eval_hop_fraction)),
+                batch_size=cfg.train.batch_size * 2,
+                pad_mode=cfg.train.pad_mode,
+                fill=silence_value(cfg.features),
+                aggregate=cfg.train.eval_aggregate,
+                device=device,
+            )
+        )
+        log.info("inference: %s fold %d done", member_dir.name, fold)
+    return parts
+
+
+def run_inference(
+    bundle: Path,
+    input_dir: Path,
+    output: Path,
+    work_dir: Path | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    scores_path: Path | None = None,
+) -> Path:
+    """Write the submission for the test clips in ``input_dir`` with the package in ``bundle``."""
+    import torch
+
+    from audiotag.config import load_experiment
+    from audiotag.data.cache import FeatureCache, build_cache
+    from audiotag.predictions import write_predictions
+    from audiotag.submission import build_submission, write_submission
+
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise DataError(
+            f"{bundle / MANIFEST}: package format {manifest.get('format')} is not {FORMAT_VERSION}"
+        )
+    sample_path = input_dir / SAMPLE
+    if not sample_path.is_file():
+        raise DataError(f"{sample_path} not found; pass --input with the competition's data folder")
+    fnames = pd.read_csv(sample_path, dtype={"fname": str}, keep_default_na=False)["fname"].tolist()
+    audio = find_test_audio(input_dir, fnames)
+    clips = pd.DataFrame({"clip_id": fnames, "path": [str(audio[f]) for f in fnames], "split": "test"})
+    torch_device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    classes = list(manifest["classes"])
+    log.info(
+        "inference: %d test clips from %s, %d member(s), on %s (code: %s)",
+        len(fnames),
+        input_dir,
+        len(manifest["members"]),
+        torch_device,
+        Path(__file__).resolve().parent,
+    )
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audiotag-")))
+        else:
+            work = Path(work_dir)
+        caches: dict[str, FeatureCache] = {}
+        predictions = []
+        for member in manifest["members"]:
+            member_dir = bundle / "members" / member["name"]
+            features = load_experiment(member_dir / "config.yaml").features
+            if features.key() not in caches:
+                caches[features.key()] = FeatureCache(build_cache(clips, work, features, workers=workers))
+            cache = caches[features.key()]
+            predictions.append(
+                predict_member(member_dir, member["folds"], cache, fnames, len(classes), torch_device)
+            )
+        blended = combine_members(predictions, manifest["blend"], bundle)
+    comp = BundleCompetition(manifest["competition"], classes, manifest["submission_kind"], sample_path)
+    as_comp = cast("Competition", comp)  # the submission writer reads only these four attributes
+    if scores_path is not None:
+        write_predictions(scores_path, fnames, classes, blended)
+    return write_submission(as_comp, build_submission(as_comp, fnames, blended), output)
+
+
+def inference_main(bundle: Path, args: Any) -> int:
+    """The body of the packaged ``inference.py``: logging, checks, and one-line errors."""
+    from audiotag.errors import AudiotagError
+    from audiotag.log import setup_logging
+
+    setup_logging(bool(os.environ.get("AUDIOTAG_VERBOSE")))
+    try:
+        check_modules()
+        out = run_inference(
+            bundle,
+            args.input,
+            args.output,
+            args.work,
+            args.workers,
+            args.device,
+            getattr(args, "scores", None),
+        )
+    except AudiotagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"submission: {out}")
+    return 0

@@ -1,0 +1,135 @@
+"""``audiotag package``: the Kaggle offline bundle, and its inference.py reproducing the ensemble."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audiotag.cli import main
+from audiotag.errors import DataError
+from audiotag.package import find_test_audio, run_inference
+from audiotag.predictions import read_predictions
+from tests import demo_workspace
+from tests.conftest import PYTHON
+
+
+@pytest.fixture
+def demo(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return demo_workspace.copy_to(demo_workspace.trained_base(tmp_path_factory), tmp_path / "ws", monkeypatch)
+
+
+def top3(labels: pd.Series) -> list[list[str]]:
+    return [str(x).split(" ") for x in labels]
+
+
+def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsys) -> None:
+    out = demo / "bundle"
+    assert main(["package", "-c", "demo", str(out)]) == 0
+    assert "inference.py" in capsys.readouterr().out
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["competition"] == "demo" and manifest["submission_kind"] == "top3_labels"
+    assert [m["name"] for m in manifest["members"]] == ["cnn_small"]
+    assert manifest["members"][0]["folds"] == [0, 1, 2]
+    for fold in range(3):
+        assert (out / "members" / "cnn_small" / f"fold{fold}" / "best.pt").is_file()
+    assert (out / "members" / "cnn_small" / "config.yaml").is_file()
+    assert (out / "ensemble.yaml").is_file() and (out / "ensemble_report.json").is_file()
+    assert (out / "code" / "audiotag" / "package.py").is_file()
+    assert not list(out.rglob("__pycache__"))
+
+    # the packaged script, alone: its own copy of the code, the demo's raw folder as /kaggle/input/<slug>
+    sub_path, scores_path = demo / "inference" / "submission.csv", demo / "inference" / "scores.parquet"
+    raw = demo / "competition" / "demo" / "raw"
+    options = [
+        "--input",
+        raw,
+        "--output",
+        sub_path,
+        "--workers",
+        1,
+        "--device",
+        "cpu",
+        "--scores",
+        scores_path,
+    ]
+    proc = subprocess.run(
+        [PYTHON, "-I", str(out / "inference.py"), *map(str, options)],
+        capture_output=True,
+        text=True,
+        cwd=demo,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"code: {out / 'code' / 'audiotag'}" in proc.stderr
+    ours = pd.read_csv(sub_path)
+    theirs = pd.read_csv(demo / "submissions" / "demo" / "demo.csv")
+    assert ours["fname"].tolist() == theirs["fname"].tolist()
+    assert top3(ours["label"]) == top3(theirs["label"])
+    # the scores match the run's own fold-mean test predictions (one member, mean blend)
+    classes = json.loads((out / "bundle.json").read_text())["classes"]
+    ids, scores = read_predictions(scores_path, classes)
+    run_ids, run_scores = read_predictions(
+        demo / "competition" / "demo" / "runs" / "cnn_small" / "test.parquet", classes
+    )
+    order = [run_ids.index(i) for i in ids]
+    np.testing.assert_allclose(scores, run_scores[order], atol=1e-4)
+
+
+@pytest.mark.parametrize("ensemble", ["pair_rank", "pair_stack"])
+def test_weighted_rank_blend_and_stacker_are_reproduced(demo: Path, ensemble: str) -> None:
+    out = demo / f"bundle_{ensemble}"
+    config = demo_workspace.ensemble_path(demo, ensemble)
+    assert main(["package", "--ensemble", str(config), str(out)]) == 0
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert [m["name"] for m in manifest["members"]] == ["cnn_small", "cnn_seed1"]
+    report = json.loads((demo / "submissions" / "demo" / f"{ensemble}.json").read_text())
+    if ensemble == "pair_stack":
+        assert manifest["blend"]["stacking"]["kind"] == "logreg" and (out / "stacker_train.npz").is_file()
+    else:
+        assert manifest["blend"]["method"] == "rank"
+        assert manifest["blend"]["weights"] == [
+            report["blend"]["weights"][m] for m in ("cnn_small", "cnn_seed1")
+        ]
+    sub_path = run_inference(out, demo / "competition" / "demo" / "raw", demo / f"{ensemble}.csv", workers=1)
+    ours = pd.read_csv(sub_path)
+    theirs = pd.read_csv(demo / "submissions" / "demo" / f"{ensemble}.csv")
+    assert ours["fname"].tolist() == theirs["fname"].tolist()
+    assert top3(ours["label"]) == top3(theirs["label"])
+
+
+def test_package_refuses_what_it_cannot_ship(demo: Path, capsys) -> None:
+    # a folder that is not ours is never overwritten
+    busy = demo / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert main(["package", str(busy)]) == 2
+    assert "not an audiotag package" in capsys.readouterr().err
+    assert (busy / "notes.txt").read_text() == "mine"
+    # an unfinished member
+    (demo / "competition" / "demo" / "runs" / "cnn_small" / "metrics.json").unlink()
+    assert main(["package", str(demo / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "'cnn_small'" in err and "./run.sh train" in err
+    assert not (demo / "x").exists() and not (demo / "x.partial").exists()
+
+
+def test_package_needs_the_ensemble_report(demo: Path, capsys) -> None:
+    (demo / "submissions" / "demo" / "demo.json").unlink()
+    assert main(["package", str(demo / "x")]) == 2
+    assert "run the ensemble first" in capsys.readouterr().err
+
+
+def test_test_audio_is_found_by_name_and_missing_clips_are_named(tmp_path: Path) -> None:
+    for folder in ("audio_train", "audio_test"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.wav").write_bytes(b"")
+    (tmp_path / "audio_test" / "b.wav").write_bytes(b"")
+    found = find_test_audio(tmp_path, ["a.wav", "b.wav"])
+    assert found["a.wav"].parent.name == "audio_test"
+    with pytest.raises(DataError, match=r"1 clip\(s\).*c\.wav"):
+        find_test_audio(tmp_path, ["a.wav", "c.wav"])
