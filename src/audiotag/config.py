@@ -301,6 +301,12 @@ class TrainConfig(StrictModel):
     patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
     eval_hop_fraction: float = Field(0.5, gt=0, le=1)
     eval_aggregate: Literal["mean", "max"] = "mean"
+    tta_shifts: int = Field(
+        1, ge=1, description="test-time augmentation: also score window grids shifted by hop/N (N grids)"
+    )
+    tta_gains_db: list[float] = Field(
+        default_factory=list, description="test-time augmentation: also score the clip at these gains (dB)"
+    )
     unverified_weight: float = Field(1.0, ge=0, description="loss weight of unverified/noisy clips")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",

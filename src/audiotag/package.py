@@ -374,11 +374,9 @@ def predict_member(
 ) -> list[np.ndarray]:
     """Each fold's scores of one member: its best.pt over sliding windows, as training evaluated."""
     from audiotag.config import InputNorm, load_experiment
-    from audiotag.data.dataset import silence_value
     from audiotag.models.registry import build_model
     from audiotag.train.checkpoint import load_checkpoint
-    from audiotag.train.loop import crop_frames
-    from audiotag.train.predict import predict_clips
+    from audiotag.train.loop import crop_frames, predict_for
 
     cfg = load_experiment(member_dir / "config.yaml")
     window = crop_frames(cfg)
@@ -390,20 +388,7 @@ def predict_member(
         model = build_model(cfg.model, cfg.features.n_mels, n_classes, window, norm)
         model.load_state_dict(load_checkpoint(fold_dir / "best.pt", device)["model"])
         model = model.to(device)
-        parts.append(
-            predict_clips(
-                model,
-                cache,
-                clip_ids,
-                window=window,
-                hop=max(1, round(window * cfg.train.eval_hop_fraction)),
-                batch_size=cfg.train.batch_size * 2,
-                pad_mode=cfg.train.pad_mode,
-                fill=silence_value(cfg.features),
-                aggregate=cfg.train.eval_aggregate,
-                device=device,
-            )
-        )
+        parts.append(predict_for(model, cache, clip_ids, cfg, device))
         log.info("inference: %s fold %d done", member_dir.name, fold)
     return parts
 

@@ -82,11 +82,16 @@ class CropDataset(Dataset):
         return torch.from_numpy(x), torch.from_numpy(self.targets[i]), torch.tensor(self.weights[i])
 
 
-def window_starts(n_frames: int, window: int, hop: int) -> list[int]:
-    """Window starts covering the whole clip; the last window is aligned to the clip's end."""
+def window_starts(n_frames: int, window: int, hop: int, shift: int = 0) -> list[int]:
+    """Window starts covering the whole clip; the last window is aligned to the clip's end.
+
+    ``shift`` moves the grid later by that many frames (test-time augmentation); the clip start
+    is then still covered by a window at 0.
+    """
     if n_frames <= window:
         return [0]
-    starts = list(range(0, n_frames - window + 1, hop))
+    first = [0] if shift else []
+    starts = first + list(range(shift, n_frames - window + 1, hop))
     if starts[-1] != n_frames - window:
         starts.append(n_frames - window)
     return starts
@@ -100,13 +105,14 @@ def iter_window_batches(
     batch_size: int,
     pad_mode: str,
     fill: float,
+    shift: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (clip index per window, windows) batches covering every clip in ``clip_ids``."""
     owners: list[int] = []
     batch: list[np.ndarray] = []
     for idx, clip_id in enumerate(clip_ids):
         frames = cache.get(clip_id)
-        for start in window_starts(frames.shape[0], window, hop):
+        for start in window_starts(frames.shape[0], window, hop, shift):
             batch.append(fit_length(frames, window, start, pad_mode, fill))
             owners.append(idx)
             if len(batch) == batch_size:

@@ -72,7 +72,7 @@ def evaluate(
     ids = data.val_ids if ids is None else ids
     if ctx.ddp:
         mine = list(range(ctx.rank, len(ids), ctx.world))
-        part = _predict(model, cache, [ids[i] for i in mine], cfg, device) if mine else None
+        part = predict_for(model, cache, [ids[i] for i in mine], cfg, device) if mine else None
         out: np.ndarray | None = None
         for positions, scores in ctx.gather((mine, part)):
             if scores is None:
@@ -82,23 +82,36 @@ def evaluate(
             out[positions] = scores
         assert out is not None
         return out
-    return _predict(model, cache, ids, cfg, device)
+    return predict_for(model, cache, ids, cfg, device)
 
 
-def _predict(model, cache, ids: list[str], cfg: ExperimentConfig, device) -> np.ndarray:
+def predict_for(model, cache, ids: list[str], cfg: ExperimentConfig, device) -> np.ndarray:
+    """Clip scores with the experiment's evaluation settings (windows, hop, aggregation, TTA)."""
     window = crop_frames(cfg)
+    tc = cfg.train
     return predict_clips(
         model,
         cache,
         ids,
         window=window,
-        hop=max(1, round(window * cfg.train.eval_hop_fraction)),
-        batch_size=cfg.train.batch_size * 2,
-        pad_mode=cfg.train.pad_mode,
+        hop=max(1, round(window * tc.eval_hop_fraction)),
+        batch_size=tc.batch_size * 2,
+        pad_mode=tc.pad_mode,
         fill=silence_value(cfg.features),
-        aggregate=cfg.train.eval_aggregate,
+        aggregate=tc.eval_aggregate,
         device=device,
+        tta_shifts=tc.tta_shifts,
+        tta_offsets=[gain_offset(cfg.features, g) for g in tc.tta_gains_db],
     )
+
+
+def gain_offset(features, gain_db: float) -> float:
+    """What a gain of ``gain_db`` adds to every log-mel value (exact for the db and log scales)."""
+    if features.scale == "db":
+        return gain_db
+    if features.scale == "log":
+        return gain_db * math.log(10) / 10
+    raise TrainingError(f"train.tta_gains_db: not available for the {features.scale!r} scale")
 
 
 def dataset_norm(cache, clip_ids: list[str]) -> InputNorm:
