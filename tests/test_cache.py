@@ -1,4 +1,4 @@
-"""The feature cache: build (parallel, idempotent, resumable), read through a memory map, errors."""
+"""The feature cache: build (parallel, streaming, idempotent, resumable), problem audio, reading, errors."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,11 @@ import soundfile as sf
 
 from audiotag.config import FeatureConfig
 from audiotag.data import cache as cache_mod
-from audiotag.data.audio import load_audio
+from audiotag.data.audio import AudioRules, load_audio
 from audiotag.data.cache import FeatureCache, build_cache, cache_dir_for
-from audiotag.data.features import compute_logmel
+from audiotag.data.features import compute_logmel, n_frames
 from audiotag.errors import DataError
+from audiotag.prepare import report_cache
 
 CFG = FeatureConfig()
 N_CLIPS = 12
@@ -65,12 +68,14 @@ def test_build_matches_direct_computation(built: tuple[Path, pd.DataFrame, Path]
     root, clips, cache_dir = built
     assert cache_dir == cache_dir_for(root, CFG)
     assert not cache_dir.with_name(cache_dir.name + ".partial").exists()
-    assert sorted(p.name for p in cache_dir.iterdir()) == ["frames.f16", "index.parquet", "manifest.json"]
+    names = sorted(p.name for p in cache_dir.iterdir())
+    assert names == ["frames.f16", "index.parquet", "manifest.json", "report.csv"]
     cache = FeatureCache(cache_dir)
     assert len(cache) == N_CLIPS and cache.clip_ids == sorted(clips["clip_id"])
+    assert cache.status_counts == {"ok": N_CLIPS} and cache.skipped == [] and cache.report().empty
     assert cache.n_mels == CFG.n_mels and cache.config == CFG
     for clip_id, rel in zip(clips["clip_id"], clips["path"], strict=True):
-        assert clip_id in cache
+        assert clip_id in cache and cache.has(clip_id) and cache.status(clip_id) == "ok"
         got = cache.get(clip_id)
         assert got.dtype == np.float16 and got.shape == (cache.n_frames(clip_id), CFG.n_mels)
         np.testing.assert_array_equal(got, expected(root, rel))
@@ -89,6 +94,11 @@ def test_layout_is_contiguous(built: tuple[Path, pd.DataFrame, Path]) -> None:
     assert manifest["n_clips"] == N_CLIPS and manifest["total_frames"] == lengths.sum()
     assert manifest["bytes"] == lengths.sum() * CFG.n_mels * 2 == (cache_dir / "frames.f16").stat().st_size
     assert index.loc[index["clip_id"] == "clip11", "n_frames"].item() == 1  # 300 samples at 44.1 kHz
+    assert list(index.columns) == ["clip_id", "offset", "n_frames", "status", "source_rate", "seconds"]
+    rates = dict(zip(index["clip_id"], index["source_rate"], strict=True))
+    assert rates["clip09"] == rates["clip10"] == 22050 and rates["clip00"] == 44100
+    assert manifest["n_listed"] == N_CLIPS and manifest["status_counts"] == {"ok": N_CLIPS}
+    assert manifest["audio_rules"] == AudioRules().as_dict()
 
 
 def test_second_build_is_a_no_op(
@@ -125,27 +135,160 @@ def copy_competition(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_bad_file_names_it_and_resumes(
+def test_unusable_train_clip_is_skipped_and_reported(
     built: tuple[Path, pd.DataFrame, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root, clips, clean_dir = built
     comp = copy_competition(root, tmp_path)
-    good = (comp / "audio/clip05.wav").read_bytes()
     (comp / "audio/clip05.wav").write_bytes(b"not audio at all")
-    with pytest.raises(DataError, match=r"clip05\.wav"):
+    (comp / "audio/clip07.wav").unlink()
+    with caplog.at_level(logging.INFO, logger="audiotag.data.cache"):
+        cache = FeatureCache(build_cache(clips, comp, CFG, workers=1))
+    assert "2 train clip(s) skipped" in caplog.text and "report.csv" in caplog.text
+    assert len(cache) == N_CLIPS - 2 and not cache.has("clip05") and not cache.has("clip07")
+    assert sorted(cache.skipped) == ["clip05", "clip07"]
+    assert report_cache(cache.cache_dir) == {"clip05", "clip07"}  # Prepared.skipped, for training
+    assert cache.status_counts == {"ok": N_CLIPS - 2, "skipped": 2}
+    report = cache.report().set_index("clip_id")
+    assert list(report.index) == ["clip05", "clip07"] and set(report["status"]) == {"skipped"}
+    assert report.loc["clip05", "reason"].startswith("undecodable: cannot decode audio")
+    assert report.loc["clip07", "reason"] == "missing: audio file not found"
+    assert report.loc["clip05", "path"] == "audio/clip05.wav" and report.loc["clip05", "split"] == "train"
+    with pytest.raises(KeyError, match=r"clip05.*report\.csv"):
+        cache.get("clip05")
+    reference = FeatureCache(clean_dir)
+    for clip_id in cache.clip_ids:
+        np.testing.assert_array_equal(cache.get(clip_id), reference.get(clip_id))
+
+
+def test_unusable_test_clip_is_zero_filled(tmp_path: Path) -> None:
+    clips = write_clips(tmp_path).assign(split="train", audio_issue="")
+    clips.loc[clips["clip_id"] == "clip03", ["split", "audio_issue"]] = ["test", "known empty file"]
+    clips.loc[clips["clip_id"] == "clip04", "split"] = "test"
+    clips.loc[clips["clip_id"] == "clip08", "audio_issue"] = "mislabeled"
+    sf.write(str(tmp_path / "audio/clip03.wav"), np.zeros(0, np.float32), 44100)
+    sf.write(str(tmp_path / "audio/clip02.wav"), np.zeros(4410, np.float32), 44100)
+    cache = FeatureCache(build_cache(clips, tmp_path, CFG, workers=1))
+    assert len(cache) == N_CLIPS and cache.skipped == []
+    assert cache.status("clip03") == "zero_filled" and cache.status("clip02") == "silent"
+    assert cache.status("clip04") == "ok"
+    assert cache.status_counts == {"ok": N_CLIPS - 2, "silent": 1, "zero_filled": 1}
+    fill = cache.get("clip03")
+    assert fill.shape == (n_frames(CFG.sample_rate, CFG), CFG.n_mels) and (fill == np.float16(-100)).all()
+    report = cache.report().set_index("clip_id")
+    assert list(report.index) == ["clip02", "clip03", "clip08"]
+    assert report.loc["clip03", "reason"] == "empty: audio file is empty (0 samples)"
+    assert report.loc["clip03", "audio_issue"] == "known empty file"
+    assert report.loc["clip08", "status"] == "ok" and report.loc["clip08", "audio_issue"] == "mislabeled"
+    assert report.loc["clip02", "reason"].startswith("silent: peak amplitude 0")
+
+
+def test_split_and_rules_are_part_of_the_clip_list(tmp_path: Path) -> None:
+    clips = write_clips(tmp_path).iloc[:3].assign(split="train")
+    first = build_cache(clips, tmp_path, CFG, workers=1)
+    created = json.loads((first / "manifest.json").read_text())["clips_hash"]
+    assert build_cache(clips.assign(audio_issue="x"), tmp_path, CFG, workers=1) == first  # report only
+    assert json.loads((first / "manifest.json").read_text())["clips_hash"] == created
+    build_cache(clips.assign(split="test"), tmp_path, CFG, workers=1)
+    second = json.loads((first / "manifest.json").read_text())["clips_hash"]
+    build_cache(clips.assign(split="test"), tmp_path, CFG, workers=1, rules=AudioRules(max_seconds=5))
+    third = json.loads((first / "manifest.json").read_text())["clips_hash"]
+    assert len({created, second, third}) == 3
+
+
+def test_no_usable_clip_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "audio").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / f"audio/{name}.wav").write_bytes(b"")
+    clips = pd.DataFrame({"clip_id": ["a", "b"], "path": ["audio/a.wav", "audio/b.wav"], "split": "test"})
+    with pytest.raises(DataError, match=r"none of the 2 clips has usable audio.*a\.wav: empty"):
+        build_cache(clips, tmp_path, CFG, workers=1)
+    final = cache_dir_for(tmp_path, CFG)
+    assert not final.exists() and not final.with_name(final.name + ".partial").exists()
+
+
+def test_interrupted_build_resumes(
+    built: tuple[Path, pd.DataFrame, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    root, clips, clean_dir = built
+    comp = copy_competition(root, tmp_path)
+    append = cache_mod._Writer.append
+
+    def append_then_stop(self: cache_mod._Writer, result: cache_mod.ClipResult) -> None:
+        if self.n_done == 5:
+            raise KeyboardInterrupt
+        append(self, result)
+
+    monkeypatch.setattr(cache_mod._Writer, "append", append_then_stop)
+    with pytest.raises(KeyboardInterrupt):
         build_cache(clips, comp, CFG, workers=2)
     final = cache_dir_for(comp, CFG)
     staging = final.with_name(final.name + ".partial")
     assert not final.exists()
     assert json.loads((staging / "progress.json").read_text())["n_done"] == 5
 
-    (comp / "audio/clip05.wav").write_bytes(good)
+    monkeypatch.setattr(cache_mod._Writer, "append", append)
     with caplog.at_level(logging.INFO, logger="audiotag.data.cache"):
-        build_cache(clips, comp, CFG, workers=2)
+        build_cache(clips, comp, CFG, workers=1)
     assert "resuming after 5 clips" in caplog.text
     assert not staging.exists()
     assert (final / "frames.f16").read_bytes() == (clean_dir / "frames.f16").read_bytes()
     assert pd.read_parquet(final / "index.parquet").equals(pd.read_parquet(clean_dir / "index.parquet"))
+
+
+def crash_on_marker(tasks: list[tuple[str, bool]]) -> list[cache_mod.ClipResult]:
+    """A worker function that dies like a crashing decoder on any file named *crash*."""
+    if any("crash" in Path(path).name for path, _ in tasks):
+        os._exit(3)
+    return cache_mod._worker_chunk(tasks)
+
+
+def test_a_crashing_worker_is_contained(built: tuple[Path, pd.DataFrame, Path]) -> None:
+    root, _, clean_dir = built
+    reference = FeatureCache(clean_dir)
+    tasks = [(str(root / "audio" / f"clip{i:02d}.wav"), False) for i in range(N_CLIPS)]
+    tasks[4] = (str(root / "audio/crash_train.wav"), False)
+    tasks[9] = (str(root / "audio/crash_test.wav"), True)
+    results = list(cache_mod._compute_parallel(tasks, CFG, AudioRules(), 2, run_chunk=crash_on_marker))
+    assert [r.status for r in results] == ["ok"] * 4 + ["skipped"] + ["ok"] * 4 + ["zero_filled"] + ["ok"] * 2
+    assert results[4].reason == results[9].reason == "undecodable: decoding it crashed the worker process"
+    for i, result in enumerate(results):
+        if result.status == "ok":
+            np.testing.assert_array_equal(result.frames, reference.get(f"clip{i:02d}"))
+
+
+def test_build_streams_in_bounded_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent holds a few chunks of results at a time, however many clips there are."""
+    cfg = FeatureConfig(hop_length=160, n_mels=128)
+    n_clips, n_samples = 400, 8000
+    (tmp_path / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n_clips):
+        sf.write(str(tmp_path / f"audio/{i:04d}.wav"), rng.uniform(-0.5, 0.5, n_samples), 16000)
+    clips = pd.DataFrame({"clip_id": [f"{i:04d}" for i in range(n_clips)]})
+    clips["path"] = "audio/" + clips["clip_id"] + ".wav"
+    monkeypatch.setattr(cache_mod, "CHUNKS_PER_WORKER", 1)  # 2 workers x 1 chunk x 16 clips in flight
+    append = cache_mod._Writer.append
+
+    def slow_append(self: cache_mod._Writer, result: cache_mod.ClipResult) -> None:
+        time.sleep(0.002)  # a slow disk: without a bound, the workers' results would pile up
+        append(self, result)
+
+    monkeypatch.setattr(cache_mod._Writer, "append", slow_append)
+    tracemalloc.start()
+    try:
+        cache_dir = build_cache(clips, tmp_path, cfg, workers=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    total = (cache_dir / "frames.f16").stat().st_size
+    per_clip = total // n_clips
+    assert total > 5_000_000 and len(FeatureCache(cache_dir)) == n_clips
+    assert peak < 0.25 * total, f"parent peak {peak / 1e6:.1f} MB for a {total / 1e6:.1f} MB cache"
+    assert peak < 80 * per_clip + 500_000
 
 
 KILLED_BUILD = """
@@ -159,9 +302,9 @@ KILLED_BUILD = """
     append = cache._Writer.append
     calls = 0
 
-    def append_then_die(self, frames):
+    def append_then_die(self, result):
         global calls
-        append(self, frames)
+        append(self, result)
         calls += 1
         if calls == 7:  # clip 7 is written but not yet recorded in progress.json
             self.frames.flush()

@@ -137,3 +137,21 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path: Path) -> None:
         [h["loss"] for h in done_b["history"]], rel=1e-5
     )
     pd.testing.assert_frame_equal(oof_a, oof_b, rtol=1e-4)
+
+
+def test_unusable_train_audio_is_left_out_of_training(workspace: Path, caplog) -> None:
+    import shutil
+
+    assert run_cli(tiny_args("prepare")) == 0
+    comp_dir = workspace / "competition" / "demo"
+    meta = pd.read_parquet(comp_dir / "meta.parquet")
+    victim = meta[meta["split"] == "train"].iloc[0]
+    (comp_dir / victim["path"]).write_bytes(b"RIFF not really a wave file")
+    shutil.rmtree(comp_dir / "cache")
+    caplog.set_level("INFO")
+    assert run_cli(tiny_args("prepare", "train", extra=["train.epochs=1", "train.folds=[0]"])) == 0
+    assert "leaving out 1 train clip(s) with unusable audio" in caplog.text
+    oof = pd.read_parquet(comp_dir / "runs" / "cnn_small" / "fold0" / "oof.parquet")
+    assert victim["clip_id"] not in set(oof["clip_id"])
+    report = pd.read_csv(next((comp_dir / "cache").glob("*/report.csv")))
+    assert victim["clip_id"] in set(report["clip_id"])

@@ -1,10 +1,14 @@
 """The prepare stage: raw data -> clip table -> folds -> feature cache. Each step is skipped when
-its output is already up to date, so ``prepare`` can be re-run at any time."""
+its output is already up to date, so ``prepare`` can be re-run at any time.
+
+The cache applies the audio rules of ``data/audio.py``: training clips with unusable audio are
+skipped (``Prepared.skipped``; training must leave them out), test clips are zero-filled and kept.
+The cache logs its summary (clips per status, size on disk) every time ``prepare`` runs."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +16,7 @@ import pandas as pd
 from audiotag.atomic import atomic_path
 from audiotag.competitions import Competition, get_competition
 from audiotag.config import CompetitionConfig, FeatureConfig
-from audiotag.data.cache import build_cache
+from audiotag.data.cache import REPORT, FeatureCache, build_cache
 from audiotag.data.folds import ensure_folds
 from audiotag.errors import DataError
 
@@ -25,6 +29,7 @@ class Prepared:
     table: pd.DataFrame
     folds_path: Path
     cache_dir: Path
+    skipped: frozenset[str] = field(default_factory=frozenset)  # train clips absent from the cache
 
 
 def clip_table(comp: Competition) -> pd.DataFrame:
@@ -59,5 +64,19 @@ def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: in
     comp.obtain()
     table = clip_table(comp)
     folds = ensure_folds(comp, table)
-    cache_dir = build_cache(table[["clip_id", "path"]], comp.dir, features, workers=workers)
-    return Prepared(comp, table, folds, cache_dir)
+    columns = [c for c in ("clip_id", "path", "split", "audio_issue") if c in table.columns]
+    cache_dir = build_cache(table[columns], comp.dir, features, workers=workers)
+    skipped = report_cache(cache_dir)
+    return Prepared(comp, table, folds, cache_dir, skipped)
+
+
+def report_cache(cache_dir: Path) -> frozenset[str]:
+    """The training clips the cache skipped (unusable audio); its summary is logged by ``build_cache``."""
+    skipped = frozenset(FeatureCache(cache_dir).skipped)
+    if skipped:
+        log.warning(
+            "prepare: %d train clip(s) with unusable audio are left out of training (see %s)",
+            len(skipped),
+            cache_dir / REPORT,
+        )
+    return skipped

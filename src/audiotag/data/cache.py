@@ -3,28 +3,48 @@
 Layout of ``<competition>/cache/<name>-<key>/``:
 
 - ``frames.f16``: one contiguous little-endian float16 array (total_frames, n_mels), the frames of
-  all clips one after the other in clip_id order, time-major and never padded;
-- ``index.parquet``: clip_id, offset (first frame), n_frames;
-- ``manifest.json``: the feature settings, sizes and ``complete: true``.
+  all cached clips one after the other in clip_id order, time-major and never padded;
+- ``index.parquet``: one row per cached clip: clip_id, offset (first frame), n_frames, status
+  (``"ok"`` or the audio flags, comma-separated, see ``data/audio.py``), source_rate, seconds;
+- ``report.csv``: clip_id, path, split, status, reason, audio_issue for every clip that is not plain
+  ``"ok"`` (flagged, zero-filled or skipped) or that the clip table marks with an ``audio_issue``;
+- ``manifest.json``: the feature settings, the audio rules, the hash of the clip list, the count of
+  clips per status, sizes and ``complete: true``.
 
-It is built in ``<cache_dir>.partial/`` and renamed into place when complete. While building, the
-parent appends each clip's frames (and its frame count to ``lengths.i64``) and now and then records
-``progress.json`` after an fsync, so a killed build resumes from the last record.
+Problem audio follows the rules of ``data/audio.py``. A clip whose audio is unusable (missing, empty,
+undecodable) is *skipped* when it is a training clip: it is absent from the cache and
+``FeatureCache.has`` answers False, so training leaves it out. A test clip (``split == "test"``) is
+never dropped: unusable audio is replaced by ``fill_seconds`` of zeros and its status is
+``zero_filled``, so it still gets a submission row. No clip stops the build; only a clip list of
+which no clip is usable is an error. Counts per status appear in the log, the manifest and
+``FeatureCache.status_counts``; a clip flagged with several flags counts once per flag.
+
+The cache is built in ``<cache_dir>.partial/`` and renamed into place when complete. Building
+streams: worker processes decode and compute clips in chunks, at most ``4 * workers`` chunks are in
+flight, and the parent appends each clip's frames to ``frames.f16`` and one JSON line to
+``clips.jsonl`` as they arrive, so memory does not grow with the dataset. Now and then it records
+``progress.json`` after an fsync, so a killed build resumes from the last record. A worker process
+that dies (a decoder that crashes) is replaced; the clips it held are retried one at a time in a
+fresh process, and a clip that kills that one too is treated as undecodable.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -33,7 +53,7 @@ from tqdm import tqdm
 
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.config import FeatureConfig
-from audiotag.data.audio import load_audio
+from audiotag.data.audio import DEFAULT_RULES, FLAGS, UNDECODABLE, AudioRules, UnusableAudio, decode
 from audiotag.data.features import compute_logmel, make_extractor
 from audiotag.errors import DataError
 
@@ -42,36 +62,117 @@ log = logging.getLogger(__name__)
 FRAMES = "frames.f16"
 INDEX = "index.parquet"
 MANIFEST = "manifest.json"
+REPORT = "report.csv"
 PROGRESS = "progress.json"
-LENGTHS = "lengths.i64"
+RECORDS = "clips.jsonl"
 DTYPE = np.dtype("<f2")
 CHECKPOINT_EVERY = 256  # clips between fsync + progress record
+CHUNKS_PER_WORKER = 4  # chunks in flight per worker: keeps workers busy, bounds the parent's memory
 PREPARE_HINT = "run ./run.sh prepare to (re)build it"
+
+OK, SKIPPED, ZERO_FILLED = "ok", "skipped", "zero_filled"
+STATUS_ORDER = (OK, *FLAGS, ZERO_FILLED, SKIPPED)
+REPORT_COLUMNS = ["clip_id", "path", "split", "status", "reason", "audio_issue"]
 
 
 def cache_dir_for(competition_dir: Path, cfg: FeatureConfig) -> Path:
     return Path(competition_dir) / "cache" / cfg.cache_name()
 
 
+# ----------------------------------------------------------------------------- one clip
+
+
+class ClipResult(NamedTuple):
+    """What the cache stores for one clip; ``frames`` is None for a skipped clip."""
+
+    frames: np.ndarray | None  # (n_frames, n_mels) float16
+    status: str
+    reason: str
+    source_rate: int
+    seconds: float
+
+    def record(self) -> dict[str, Any]:
+        n = -1 if self.frames is None else int(self.frames.shape[0])
+        return {
+            "n": n,
+            "status": self.status,
+            "reason": self.reason,
+            "sr": self.source_rate,
+            "sec": self.seconds,
+        }
+
+
+def compute_clip(
+    path: str,
+    is_test: bool,
+    cfg: FeatureConfig,
+    extractor: torch.nn.Module,
+    rules: AudioRules = DEFAULT_RULES,
+) -> ClipResult:
+    """Decode one file and compute its float16 log-mel, applying the audio rules; never raises.
+
+    This is the function the cache's workers run (one thread each: see ``_compute_here``).
+    """
+    try:
+        decoded = decode(path, cfg.sample_rate, rules)
+        frames = _features(decoded.wave, path, cfg, extractor)
+        return ClipResult(
+            frames, decoded.status, decoded.reason, decoded.source_rate, round(decoded.seconds, 4)
+        )
+    except UnusableAudio as exc:
+        kind, detail = exc.kind, exc.detail
+    except Exception as exc:  # a decoder or front-end failure on odd input: the same rule as undecodable
+        kind, detail = UNDECODABLE, f"feature extraction failed ({type(exc).__name__}: {exc})"
+    return unusable_result(is_test, kind, detail, cfg, extractor, rules)
+
+
+def unusable_result(
+    is_test: bool, kind: str, detail: str, cfg: FeatureConfig, extractor: torch.nn.Module, rules: AudioRules
+) -> ClipResult:
+    """A training clip is skipped; a test clip becomes ``rules.fill_seconds`` of zeros."""
+    reason = f"{kind}: {detail}"
+    if not is_test:
+        return ClipResult(None, SKIPPED, reason, 0, 0.0)
+    zeros = np.zeros(max(1, round(rules.fill_seconds * cfg.sample_rate)), dtype=np.float32)
+    return ClipResult(_features(zeros, "zeros", cfg, extractor), ZERO_FILLED, reason, 0, 0.0)
+
+
+def _features(wave: np.ndarray, path: str, cfg: FeatureConfig, extractor: torch.nn.Module) -> np.ndarray:
+    frames = compute_logmel(wave, cfg, extractor).astype(DTYPE)
+    if not np.isfinite(frames).all():  # e.g. float samples so large that their power overflows
+        peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+        raise UnusableAudio(path, UNDECODABLE, f"log-mel is not finite (sample peak {peak:.3g})")
+    return frames
+
+
 # ----------------------------------------------------------------------------- building
 
 
 def build_cache(
-    clips: pd.DataFrame, competition_dir: Path, cfg: FeatureConfig, workers: int | None = None
+    clips: pd.DataFrame,
+    competition_dir: Path,
+    cfg: FeatureConfig,
+    workers: int | None = None,
+    rules: AudioRules = DEFAULT_RULES,
 ) -> Path:
     """Compute the log-mel cache of ``clips`` (clip_id, path relative to ``competition_dir``).
 
-    Returns the cache folder at once when it is complete for exactly these clip_ids; otherwise
-    builds it, resuming an interrupted build of the same clips and settings.
+    Optional columns: ``split`` (``"test"`` clips are zero-filled instead of skipped when their audio
+    is unusable; a table without it is treated as training clips) and ``audio_issue`` (a known
+    problem, copied into the report). Returns the cache folder at once when it is complete for exactly
+    these clips and rules; otherwise builds it, resuming an interrupted build of the same clips.
     """
     order = _clip_order(clips)
     final = cache_dir_for(competition_dir, cfg)
-    if _is_up_to_date(final, order["clip_id"].tolist()):
-        log.info("feature cache: %s up to date (%d clips)", final, len(order))
+    clips_hash = _order_hash(order, cfg, rules)
+    if _is_up_to_date(final, clips_hash):
+        manifest = _read_manifest(final)
+        summary = summary_text(final, manifest)
+        log.log(_summary_level(manifest), "feature cache: %s up to date: %s", final, summary)
         return final
     start = time.monotonic()
     staging = final.with_name(final.name + ".partial")
-    n_done = _resume_point(staging, _order_hash(order, cfg), cfg.n_mels)
+    n_done = _resume_point(staging, clips_hash, cfg.n_mels)
     workers = _n_workers(workers, len(order) - n_done)
     log.info(
         "feature cache: %d clips, %d worker(s), %s -> %s",
@@ -80,10 +181,11 @@ def build_cache(
         f"resuming after {n_done} clips" if n_done else "from scratch",
         final,
     )
-    _fill(staging, order, n_done, Path(competition_dir), cfg, workers)
-    _finish(staging, final, order["clip_id"].tolist(), cfg)
-    size_mb = sum(p.stat().st_size for p in final.iterdir()) / 2**20
-    log.info("feature cache: wrote %s (%.1f MB) in %.1f s", final, size_mb, time.monotonic() - start)
+    _fill(staging, order, n_done, Path(competition_dir), cfg, rules, workers, clips_hash)
+    _finish(staging, final, order, cfg, rules, clips_hash)
+    manifest = _read_manifest(final)
+    log.info("feature cache: wrote %s in %.1f s", final, time.monotonic() - start)
+    log.log(_summary_level(manifest), "feature cache: %s", summary_text(final, manifest))
     return final
 
 
@@ -91,28 +193,37 @@ def _clip_order(clips: pd.DataFrame) -> pd.DataFrame:
     missing = {"clip_id", "path"} - set(clips.columns)
     if missing:
         raise DataError(f"clip table lacks column(s) {sorted(missing)}; re-run `./run.sh prepare`")
-    order = clips[["clip_id", "path"]].astype(str).sort_values("clip_id", kind="stable")
+    order = clips[["clip_id", "path"]].astype(str)
+    order["split"] = clips["split"].astype(str) if "split" in clips.columns else "train"
+    issues = clips["audio_issue"] if "audio_issue" in clips.columns else pd.Series("", index=clips.index)
+    order["audio_issue"] = issues.fillna("").astype(str)
+    order = order.sort_values("clip_id", kind="stable")
     dupes = order["clip_id"][order["clip_id"].duplicated()].unique()
     if len(dupes):
         raise DataError(f"clip table lists clip_id(s) {list(dupes[:5])} more than once; list each clip once")
     return order.reset_index(drop=True)
 
 
-def _order_hash(order: pd.DataFrame, cfg: FeatureConfig) -> str:
+def _order_hash(order: pd.DataFrame, cfg: FeatureConfig, rules: AudioRules) -> str:
+    """Everything that decides the cached tensors: settings, rules, and each clip's id, path and split."""
     digest = hashlib.sha1(cfg.key().encode())
-    for clip_id, path in zip(order["clip_id"], order["path"], strict=True):
-        digest.update(f"\n{clip_id}\t{path}".encode())
+    digest.update(json.dumps(rules.as_dict(), sort_keys=True).encode())
+    for clip_id, path, split in zip(order["clip_id"], order["path"], order["split"], strict=True):
+        digest.update(f"\n{clip_id}\t{path}\t{int(split == 'test')}".encode())
     return digest.hexdigest()
 
 
-def _is_up_to_date(cache_dir: Path, clip_ids: list[str]) -> bool:
+def _is_up_to_date(cache_dir: Path, clips_hash: str) -> bool:
     try:
         manifest = _read_manifest(cache_dir)
-        index_ids = pd.read_parquet(cache_dir / INDEX, columns=["clip_id"])["clip_id"].tolist()
         size = (cache_dir / FRAMES).stat().st_size
-    except (DataError, OSError, ValueError):
+    except (DataError, OSError):
         return False
-    return index_ids == clip_ids and size == manifest["bytes"]
+    return (
+        manifest.get("clips_hash") == clips_hash
+        and size == manifest["bytes"]
+        and (cache_dir / INDEX).is_file()
+    )
 
 
 def _n_workers(workers: int | None, n_todo: int) -> int:
@@ -121,27 +232,30 @@ def _n_workers(workers: int | None, n_todo: int) -> int:
     return max(1, min(workers, n_todo))
 
 
-def _resume_point(staging: Path, order_hash: str, n_mels: int) -> int:
-    """Clips already in ``staging`` for this clip order; the files are cut back to that point."""
+def _resume_point(staging: Path, clips_hash: str, n_mels: int) -> int:
+    """Clips already in ``staging`` for this clip list; the files are cut back to that point."""
     progress = _read_json(staging / PROGRESS)
-    if progress and progress.get("order_hash") == order_hash:
-        n_done, n_bytes = int(progress["n_done"]), int(progress["bytes"])
-        if _truncate(staging / LENGTHS, n_done * 8) and _truncate(staging / FRAMES, n_bytes):
-            lengths = np.fromfile(staging / LENGTHS, dtype="<i8")
-            if int(lengths.sum()) * n_mels * DTYPE.itemsize == n_bytes:
-                return n_done
+    if progress and progress.get("order_hash") == clips_hash:
+        n_done, n_bytes = int(progress.get("n_done", -1)), int(progress.get("bytes", -1))
+        records_bytes = int(progress.get("records_bytes", -1))
+        if _truncate(staging / RECORDS, records_bytes) and _truncate(staging / FRAMES, n_bytes):
+            records = _read_records(staging / RECORDS)
+            if records is not None and len(records) == n_done:
+                n_frames = sum(max(int(r["n"]), 0) for r in records)
+                if n_frames * n_mels * DTYPE.itemsize == n_bytes:
+                    return n_done
         log.warning("feature cache: %s is inconsistent with its progress record; starting over", staging)
     elif staging.exists():
         log.info("feature cache: %s is from other clips or settings; starting over", staging)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     (staging / FRAMES).touch()
-    (staging / LENGTHS).touch()
+    (staging / RECORDS).touch()
     return 0
 
 
 def _truncate(path: Path, size: int) -> bool:
-    if not path.is_file() or path.stat().st_size < size:
+    if size < 0 or not path.is_file() or path.stat().st_size < size:
         return False
     os.truncate(path, size)
     return True
@@ -155,53 +269,80 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _read_records(path: Path) -> list[dict[str, Any]] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+    except (OSError, ValueError):
+        return None
+
+
 class _Writer:
     """Appends clips to the staging files and records progress after an fsync."""
 
-    def __init__(self, staging: Path, order_hash: str, n_done: int) -> None:
+    def __init__(self, staging: Path, clips_hash: str, n_done: int) -> None:
         self.staging = staging
-        self.order_hash = order_hash
+        self.clips_hash = clips_hash
         self.n_done = n_done
         self.bytes = os.path.getsize(staging / FRAMES)
+        self.records_bytes = os.path.getsize(staging / RECORDS)
         self.frames = open(staging / FRAMES, "ab")  # noqa: SIM115 - closed in close()
-        self.lengths = open(staging / LENGTHS, "ab")  # noqa: SIM115
+        self.records = open(staging / RECORDS, "ab")  # noqa: SIM115
 
-    def append(self, frames: np.ndarray) -> None:
-        data = np.ascontiguousarray(frames, dtype=DTYPE)
-        self.frames.write(data.tobytes())
-        self.lengths.write(np.asarray([data.shape[0]], dtype="<i8").tobytes())
+    def append(self, result: ClipResult) -> None:
+        if result.frames is not None:
+            data = np.ascontiguousarray(result.frames, dtype=DTYPE)
+            self.frames.write(data.tobytes())
+            self.bytes += data.nbytes
+        line = (json.dumps(result.record(), separators=(",", ":")) + "\n").encode()
+        self.records.write(line)
+        self.records_bytes += len(line)
         self.n_done += 1
-        self.bytes += data.nbytes
         if self.n_done % CHECKPOINT_EVERY == 0:
             self.checkpoint()
 
     def checkpoint(self) -> None:
-        for f in (self.frames, self.lengths):
+        for f in (self.frames, self.records):
             f.flush()
             os.fsync(f.fileno())
-        progress = {"order_hash": self.order_hash, "n_done": self.n_done, "bytes": self.bytes}
+        progress = {
+            "order_hash": self.clips_hash,
+            "n_done": self.n_done,
+            "bytes": self.bytes,
+            "records_bytes": self.records_bytes,
+        }
         atomic_write_json(self.staging / PROGRESS, progress)
 
     def close(self) -> None:
         self.frames.close()
-        self.lengths.close()
+        self.records.close()
 
 
 def _fill(
-    staging: Path, order: pd.DataFrame, n_done: int, root: Path, cfg: FeatureConfig, workers: int
+    staging: Path,
+    order: pd.DataFrame,
+    n_done: int,
+    root: Path,
+    cfg: FeatureConfig,
+    rules: AudioRules,
+    workers: int,
+    clips_hash: str,
 ) -> None:
-    writer = _Writer(staging, _order_hash(order, cfg), n_done)
-    todo = list(zip(order["clip_id"][n_done:], order["path"][n_done:], strict=True))
-    results = _compute(todo, root, cfg, workers)
+    writer = _Writer(staging, clips_hash, n_done)
+    # made one at a time as the workers take them: the task list is never held in memory whole
+    tasks = (
+        (str(root / rel), split == "test")
+        for rel, split in zip(order["path"][n_done:], order["split"][n_done:], strict=True)
+    )
+    results = _compute(tasks, len(order) - n_done, cfg, rules, workers)
+    counts: Counter[str] = Counter()
     try:
         with tqdm(total=len(order), initial=n_done, unit="clip", desc="log-mel cache") as bar:
-            for (clip_id, _), result in zip(todo, results, strict=True):
-                if isinstance(result, str):
-                    raise DataError(
-                        f"{result}\n(clip {clip_id}; the partial cache in {staging} is kept and "
-                        "`./run.sh prepare` resumes from it once the file is fixed or removed from the list)"
-                    )
+            for result in results:
                 writer.append(result)
+                if result.status != OK:
+                    counts.update(result.status.split(","))
+                    bar.set_postfix({k: counts[k] for k in STATUS_ORDER if counts[k]}, refresh=False)
                 bar.update()
         writer.checkpoint()
     except BaseException:
@@ -219,68 +360,191 @@ def _checkpoint_quietly(writer: _Writer) -> None:
         log.warning("feature cache: could not record progress (%s); a rerun resumes from further back", exc)
 
 
+Task = tuple[str, bool]  # (absolute path, is a test clip)
+
+
 def _compute(
-    todo: list[tuple[str, str]], root: Path, cfg: FeatureConfig, workers: int
-) -> Iterator[np.ndarray | str]:
-    """Log-mel (float16) of each clip in order, or the error message of a clip that failed."""
-    paths = [str(root / rel) for _, rel in todo]
+    tasks: Iterable[Task], n_tasks: int, cfg: FeatureConfig, rules: AudioRules, workers: int
+) -> Iterator[ClipResult]:
+    """The result of each task, in order."""
     if workers <= 1:
-        yield from _compute_here(paths, cfg)
-        return
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    chunksize = max(1, min(16, len(paths) // (workers * 8)))
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.model_dump_json(),)) as pool:
-        yield from pool.imap(_worker_task, paths, chunksize=chunksize)
+        yield from _compute_here(tasks, cfg, rules)
+    else:
+        yield from _compute_parallel(tasks, cfg, rules, workers, n_tasks=n_tasks)
 
 
-def _compute_here(paths: list[str], cfg: FeatureConfig) -> Iterator[np.ndarray | str]:
+def _compute_here(tasks: Iterable[Task], cfg: FeatureConfig, rules: AudioRules) -> Iterator[ClipResult]:
     threads = torch.get_num_threads()
     # One clip's STFT is far too small for intra-op threads, which only add overhead (a lot of it when
     # the cores are busy), so compute on one thread and restore the setting afterwards.
     torch.set_num_threads(1)
     try:
         extractor = make_extractor(cfg)
-        yield from (_clip_features(path, cfg, extractor) for path in paths)
+        yield from (compute_clip(path, is_test, cfg, extractor, rules) for path, is_test in tasks)
     finally:
         torch.set_num_threads(threads)
+
+
+def _pool(workers: int, init_args: tuple[str, dict[str, Any]]) -> ProcessPoolExecutor:
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        # Workers fork from a server that has imported torch and this module once, so a pool starts in
+        # a fraction of a second instead of each worker importing torch (seconds on a busy machine).
+        ctx.set_forkserver_preload(["__main__", __name__])
+    else:
+        ctx = mp.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args)
+
+
+def _compute_parallel(
+    tasks: Iterable[Task],
+    cfg: FeatureConfig,
+    rules: AudioRules,
+    workers: int,
+    run_chunk: Callable[[list[Task]], list[ClipResult]] | None = None,
+    n_tasks: int | None = None,
+) -> Iterator[ClipResult]:
+    """Results in task order from a process pool with a bounded number of chunks in flight.
+
+    ``n_tasks`` sizes the chunks when ``tasks`` is an iterator; ``run_chunk`` replaces the worker
+    function (tests use it to kill a worker).
+    """
+    run_chunk = run_chunk or _worker_chunk
+    init_args = (cfg.model_dump_json(), rules.as_dict())
+    if n_tasks is None:
+        tasks = list(tasks)
+        n_tasks = len(tasks)
+    chunksize = max(1, min(16, n_tasks // (workers * 8)))
+    remaining = iter(tasks)
+    chunks = iter(lambda: list(itertools.islice(remaining, chunksize)), [])
+    ahead = workers * CHUNKS_PER_WORKER
+    pool = _pool(workers, init_args)
+    pending: deque[tuple[list[Task], Future[list[ClipResult]]]] = deque()
+    try:
+        while True:
+            for chunk in itertools.islice(chunks, ahead - len(pending)):
+                pending.append((chunk, pool.submit(run_chunk, chunk)))
+            if not pending:
+                return
+            chunk, future = pending.popleft()
+            try:
+                results = future.result()
+            except BrokenProcessPool:
+                log.warning("feature cache: a worker process died; retrying its clips one at a time")
+                pool.shutdown(wait=True, cancel_futures=True)
+                lost: list[Task] = []  # tasks of failed chunks, run together in one process
+                pending.appendleft((chunk, future))
+                for tried, outcome in pending:
+                    if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
+                        yield from _isolated(lost, cfg, rules, run_chunk, init_args)
+                        lost = []
+                        yield from outcome.result()
+                    else:
+                        lost += tried
+                yield from _isolated(lost, cfg, rules, run_chunk, init_args)
+                pending.clear()
+                pool = _pool(workers, init_args)
+            else:
+                yield from results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _isolated(
+    tasks: list[Task],
+    cfg: FeatureConfig,
+    rules: AudioRules,
+    run_chunk: Callable[[list[Task]], list[ClipResult]],
+    init_args: tuple[str, dict[str, Any]],
+) -> Iterator[ClipResult]:
+    """The tasks in turn in one fresh process; a task that kills it counts as undecodable."""
+    i = 0
+    while i < len(tasks):
+        pool = _pool(1, init_args)
+        try:
+            futures = [pool.submit(run_chunk, [task]) for task in tasks[i:]]
+            for future in futures:
+                path, is_test = tasks[i]
+                i += 1
+                try:
+                    yield future.result()[0]
+                except BrokenProcessPool:
+                    log.warning("feature cache: %s crashed the worker process; treated as undecodable", path)
+                    detail = "decoding it crashed the worker process"
+                    yield unusable_result(is_test, UNDECODABLE, detail, cfg, make_extractor(cfg), rules)
+                    break
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(cfg_json: str) -> None:
+def _init_worker(cfg_json: str, rules: dict[str, Any]) -> None:
     torch.set_num_threads(1)  # one process per core, and see _compute_here
     cfg = FeatureConfig.model_validate_json(cfg_json)
-    _worker_state.update(cfg=cfg, extractor=make_extractor(cfg))
+    _worker_state.update(cfg=cfg, extractor=make_extractor(cfg), rules=AudioRules(**rules))
 
 
-def _worker_task(path: str) -> np.ndarray | str:
-    return _clip_features(path, _worker_state["cfg"], _worker_state["extractor"])
+def _worker_chunk(tasks: list[Task]) -> list[ClipResult]:
+    state = _worker_state
+    return [
+        compute_clip(path, is_test, state["cfg"], state["extractor"], state["rules"])
+        for path, is_test in tasks
+    ]
 
 
-def _clip_features(path: str, cfg: FeatureConfig, extractor: torch.nn.Module) -> np.ndarray | str:
-    # Errors travel back as messages so the parent raises one DataError naming the file.
-    try:
-        wave = load_audio(Path(path), cfg.sample_rate)
-        return compute_logmel(wave, cfg, extractor).astype(DTYPE)
-    except DataError as exc:
-        return str(exc)
-    except Exception as exc:
-        return f"{path}: feature extraction failed ({type(exc).__name__}: {exc})"
-
-
-def _finish(staging: Path, final: Path, clip_ids: list[str], cfg: FeatureConfig) -> None:
-    lengths = np.fromfile(staging / LENGTHS, dtype="<i8")
-    offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
-    index = pd.DataFrame({"clip_id": clip_ids, "offset": offsets, "n_frames": lengths})
+def _finish(
+    staging: Path, final: Path, order: pd.DataFrame, cfg: FeatureConfig, rules: AudioRules, clips_hash: str
+) -> None:
+    records = _read_records(staging / RECORDS)
+    if records is None or len(records) != len(order):
+        raise DataError(f"{staging}: the clip records are damaged; delete the folder and {PREPARE_HINT}")
+    table = order.assign(
+        n_frames=[int(r["n"]) for r in records],
+        status=[str(r["status"]) for r in records],
+        reason=[str(r["reason"]) for r in records],
+        source_rate=[int(r["sr"]) for r in records],
+        seconds=[float(r["sec"]) for r in records],
+    )
+    usable = ~table["status"].isin([SKIPPED, ZERO_FILLED])
+    if len(table) and not usable.any():
+        shutil.rmtree(staging, ignore_errors=True)  # nothing worth resuming from
+        examples = "; ".join(f"{p}: {r}" for p, r in zip(table["path"][:3], table["reason"][:3], strict=True))
+        raise DataError(
+            f"none of the {len(table)} clips has usable audio (e.g. {examples}); check the data folder "
+            "and re-download (`./run.sh prepare`)"
+        )
+    kept = table[table["n_frames"] >= 0]
+    lengths = kept["n_frames"].to_numpy(np.int64)
+    index = pd.DataFrame(
+        {
+            "clip_id": kept["clip_id"].to_numpy(),
+            "offset": (np.cumsum(lengths) - lengths).astype(np.int64),
+            "n_frames": lengths,
+            "status": kept["status"].to_numpy(),
+            "source_rate": kept["source_rate"].to_numpy(np.int32),
+            "seconds": kept["seconds"].to_numpy(np.float32),
+        }
+    )
     with atomic_path(staging / INDEX, suffix=".parquet") as tmp:
         index.to_parquet(tmp, index=False)
+    report = table[(table["status"] != OK) | (table["audio_issue"] != "")]
+    with atomic_path(staging / REPORT, suffix=".csv") as tmp:
+        report[REPORT_COLUMNS].to_csv(tmp, index=False)
+    counts: Counter[str] = Counter()
+    for status in table["status"]:
+        counts.update(status.split(","))
     total = int(lengths.sum())
     manifest = {
         "features": cfg.model_dump(mode="json"),
         "key": cfg.key(),
         "name": cfg.cache_name(),
-        "n_clips": len(clip_ids),
+        "audio_rules": rules.as_dict(),
+        "clips_hash": clips_hash,
+        "n_listed": len(table),
+        "n_clips": len(index),
+        "status_counts": {k: counts[k] for k in STATUS_ORDER if counts[k]},
         "total_frames": total,
         "n_mels": cfg.n_mels,
         "dtype": "float16",
@@ -292,10 +556,35 @@ def _finish(staging: Path, final: Path, clip_ids: list[str], cfg: FeatureConfig)
     }
     atomic_write_json(staging / MANIFEST, manifest)
     (staging / PROGRESS).unlink()
-    (staging / LENGTHS).unlink()
+    (staging / RECORDS).unlink()
     if final.exists():
         shutil.rmtree(final)  # incomplete, or built for another clip list
     os.replace(staging, final)
+
+
+def disk_bytes(cache_dir: Path) -> int:
+    """Bytes the cache folder takes on disk (its files' sizes)."""
+    return sum(p.stat().st_size for p in Path(cache_dir).iterdir() if p.is_file())
+
+
+def summary_text(cache_dir: Path, manifest: dict[str, Any]) -> str:
+    """One line: clips per status, what happened to unusable ones, size on disk, the report's path."""
+    counts = manifest.get("status_counts", {})
+    parts = [f"{n} {status}" for status, n in counts.items() if status not in (ZERO_FILLED, SKIPPED)]
+    if counts.get(ZERO_FILLED):
+        parts.append(f"{counts[ZERO_FILLED]} test clip(s) zero-filled")
+    if counts.get(SKIPPED):
+        parts.append(f"{counts[SKIPPED]} train clip(s) skipped")
+    listed = manifest.get("n_listed", manifest.get("n_clips", 0))
+    text = f"{listed} clips: {', '.join(parts) or 'none'}; {disk_bytes(cache_dir) / 2**20:.1f} MB on disk"
+    if set(counts) - {OK}:
+        text += f"; details in {Path(cache_dir) / REPORT}"
+    return text
+
+
+def _summary_level(manifest: dict[str, Any]) -> int:
+    counts = manifest.get("status_counts", {})
+    return logging.WARNING if counts.get(SKIPPED) or counts.get(ZERO_FILLED) else logging.INFO
 
 
 # ----------------------------------------------------------------------------- reading
@@ -324,6 +613,8 @@ class FeatureCache:
         self._row = {clip_id: i for i, clip_id in enumerate(self._clip_ids)}
         self._offsets = index["offset"].to_numpy(np.int64)
         self._lengths = index["n_frames"].to_numpy(np.int64)
+        statuses = index["status"] if "status" in index.columns else pd.Series(OK, index=index.index)
+        self._status = statuses.astype(str).to_numpy()
         self._frames: np.ndarray | None = None
         self._check_size()
 
@@ -367,6 +658,28 @@ class FeatureCache:
     def config(self) -> FeatureConfig:
         return FeatureConfig.model_validate(self.manifest["features"])
 
+    @property
+    def status_counts(self) -> dict[str, int]:
+        """Clips per status (``ok``, each audio flag, ``zero_filled``, ``skipped``) over the clip list."""
+        return dict(self.manifest.get("status_counts", {}))
+
+    def report(self) -> pd.DataFrame:
+        """``report.csv``: every clip that is flagged, zero-filled, skipped or has a known audio issue."""
+        path = self.cache_dir / REPORT
+        if not path.is_file():
+            return pd.DataFrame(columns=REPORT_COLUMNS)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Clips of the list that are not in the cache (unusable training audio)."""
+        report = self.report()
+        return report.loc[report["status"] == SKIPPED, "clip_id"].tolist()
+
+    def has(self, clip_id: str) -> bool:
+        """Whether ``clip_id`` has frames in the cache (False for a skipped or unknown clip)."""
+        return clip_id in self._row
+
     def __contains__(self, clip_id: object) -> bool:
         return clip_id in self._row
 
@@ -377,7 +690,14 @@ class FeatureCache:
         try:
             return self._row[clip_id]
         except KeyError:
-            raise KeyError(f"clip {clip_id!r} is not in the feature cache {self.cache_dir}") from None
+            raise KeyError(
+                f"clip {clip_id!r} is not in the feature cache {self.cache_dir} (skipped clips are "
+                f"listed in its {REPORT})"
+            ) from None
+
+    def status(self, clip_id: str) -> str:
+        """``"ok"``, or the comma-separated flags of a cached clip (``zero_filled`` for a test clip)."""
+        return str(self._status[self._index_of(clip_id)])
 
     def n_frames(self, clip_id: str) -> int:
         return int(self._lengths[self._index_of(clip_id)])

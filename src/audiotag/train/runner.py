@@ -132,6 +132,16 @@ def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prep
 def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
     comp = prepared.competition
     train = comp.training_clips(prepared.table).merge(load_folds(prepared.folds_path), on="clip_id")
+    if prepared.skipped:
+        dropped = train["clip_id"].isin(prepared.skipped)
+        if dropped.any():
+            log.warning(
+                "fold %d: leaving out %d train clip(s) with unusable audio (see %s)",
+                fold,
+                int(dropped.sum()),
+                prepared.cache_dir / "report.csv",
+            )
+            train = train[~dropped].reset_index(drop=True)
     targets = comp.label_matrix(train["labels"])
     weights = np.where(train["verified"], 1.0, cfg.train.unverified_weight)
     is_val = (train["fold"] == fold).to_numpy()
