@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from audiotag.cli import main
-from tests.conftest import PYTHON, subprocess_env, tiny_args
+from tests.conftest import PYTHON, TINY_DEMO, subprocess_env, tiny_args
 
 
 def run_cli(args: list[str]) -> int:
@@ -155,3 +155,24 @@ def test_unusable_train_audio_is_left_out_of_training(workspace: Path, caplog) -
     assert victim["clip_id"] not in set(oof["clip_id"])
     report = pd.read_csv(next((comp_dir / "cache").glob("*/report.csv")))
     assert victim["clip_id"] in set(report["clip_id"])
+
+
+def test_clip_table_follows_the_competition_settings(workspace: Path, caplog) -> None:
+    from audiotag.competitions import get_competition
+    from audiotag.config import load_competition
+    from audiotag.prepare import clip_table, table_fingerprint
+
+    assert run_cli(tiny_args("prepare")) == 0
+    tiny = [t.removeprefix("competition.") for t in TINY_DEMO if t.startswith("competition.")]
+    base = get_competition(load_competition("demo", tiny))
+    assert table_fingerprint(base) == table_fingerprint(
+        get_competition(load_competition("demo", [*tiny, "n_folds=4"]))
+    )
+    changed = get_competition(load_competition("demo", [*tiny, "subsets=[verified]"]))
+    assert table_fingerprint(changed) != table_fingerprint(base)
+    caplog.set_level("INFO")
+    clip_table(base)
+    assert "up to date" in caplog.text
+    caplog.clear()
+    clip_table(changed)
+    assert "competition settings changed" in caplog.text

@@ -7,13 +7,15 @@ The cache logs its summary (clips per status, size on disk) every time ``prepare
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from audiotag.atomic import atomic_path
+from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.competitions import Competition, get_competition
 from audiotag.config import CompetitionConfig, FeatureConfig
 from audiotag.data.cache import REPORT, FeatureCache, build_cache
@@ -32,17 +34,36 @@ class Prepared:
     skipped: frozenset[str] = field(default_factory=frozenset)  # train clips absent from the cache
 
 
+# Competition settings that do not change which clips the table holds or how they are labelled.
+TABLE_NEUTRAL = {"n_folds", "fold_seed", "default_experiment", "default_ensemble", "rules"}
+
+
+def table_fingerprint(comp: Competition) -> str:
+    settings = comp.cfg.model_dump(mode="json", exclude=TABLE_NEUTRAL)
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def clip_table(comp: Competition) -> pd.DataFrame:
-    """Read ``meta.parquet``, rebuilding it when missing or older than the raw CSV files."""
-    sources = list(comp.raw_dir.glob("*.csv"))
+    """Read ``meta.parquet``, rebuilding it when missing, older than the raw CSV files, or built
+    under other competition settings (e.g. ``subsets`` now includes the noisy set)."""
+    data_dir = Path(comp.cfg.data_dir) if comp.cfg.data_dir else None
+    sources = list(comp.raw_dir.glob("*.csv")) + (list(data_dir.glob("*.csv")) if data_dir else [])
+    stamp_path = comp.meta_path.with_suffix(".json")
+    fingerprint = table_fingerprint(comp)
     if comp.meta_path.is_file():
         newest = max((p.stat().st_mtime for p in sources), default=0.0)
-        if comp.meta_path.stat().st_mtime >= newest:
+        stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
+        if comp.meta_path.stat().st_mtime >= newest and stamp.get("fingerprint") == fingerprint:
             log.info("clip table: %s up to date", comp.meta_path)
             return read_clip_table(comp.meta_path)
+        if stamp.get("fingerprint") != fingerprint:
+            log.info(
+                "clip table: competition settings changed since %s was built; rebuilding", comp.meta_path
+            )
     table = comp.read_clip_table()
     with atomic_path(comp.meta_path, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
+    atomic_write_json(stamp_path, {"fingerprint": fingerprint, "clips": len(table)})
     counts = table.groupby(["split", "subset"]).size().to_dict()
     log.info(
         "clip table: wrote %s (%s)", comp.meta_path, ", ".join(f"{k[1]}: {v}" for k, v in counts.items())
