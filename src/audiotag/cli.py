@@ -54,6 +54,12 @@ or to the ensemble config when ensemble is the only stage.
 """
 
 
+def output_console(width: int = 120) -> Console:
+    """The console for results: piped into a file or a log, a wide table rather than a folded one."""
+    console = Console(stderr=False)
+    return console if console.is_terminal else Console(stderr=False, width=max(console.width, width))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audiotag",
@@ -144,7 +150,7 @@ def build_weights_parser() -> argparse.ArgumentParser:
 def run_weights(args: argparse.Namespace) -> None:
     from audiotag.models import pretrained
 
-    console = Console(stderr=False)
+    console = output_console()
     if args.action == "list":
         caption = (
             f"cache: {pretrained.cache_root(args.weights_dir)}\n* timm lists these weights as apache-2.0; "
@@ -191,7 +197,7 @@ def run_submit(args: argparse.Namespace) -> None:
     from audiotag.kaggle_submit import log_path, submit_file
 
     record = submit_file(args.file, args.message, competition=args.competition, slug=args.slug)
-    console = Console(stderr=False)
+    console = output_console()
     cv = f"CV {record.metric} {record.cv:.4f}" if record.cv is not None else "no CV report"
     members = " + ".join(record.members) or "-"
     console.print(
@@ -226,9 +232,7 @@ def build_leaderboard_parser() -> argparse.ArgumentParser:
 def run_leaderboard(args: argparse.Namespace) -> None:
     from audiotag.leaderboard import build_leaderboard, print_leaderboard, write_csv, write_html
 
-    console = Console(stderr=False)
-    if not console.is_terminal:  # piped into a file or a pager: a wide table rather than a folded one
-        console = Console(stderr=False, width=max(console.width, 220))
+    console = output_console(220)
     board = build_leaderboard(args.competition, with_lb=not args.no_lb)
     print_leaderboard(console, board)
     if args.csv:
@@ -392,7 +396,7 @@ def run(args: argparse.Namespace) -> None:
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(STAGES)}")
     stages = [s for s in STAGES if s in args.stages]  # always in pipeline order
-    console = Console(stderr=False)
+    console = output_console()
     exp = experiment_config(args) if {"prepare", "train"} & set(stages) else None
     if args.gpus < 1:
         raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")

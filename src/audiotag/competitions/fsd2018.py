@@ -19,7 +19,6 @@ known empty test wavs of the Kaggle release keep their submission row and are fl
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -73,6 +72,7 @@ class Fsd2018(FileCompetition):
     task = "single_label"
     metric = "map3"
     submission_kind = "top3_labels"
+    truth_file = TEST_POST
     default_source = "kaggle"
     sources = ("kaggle", "zenodo")
 
@@ -152,13 +152,6 @@ class Fsd2018(FileCompetition):
         return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
 
     # -------------------------------------------------------------- test labels
-
-    def truth_path(self) -> Path | None:
-        """``test_post_competition_scoring_clips.csv`` in the data folder or the workspace's raw/."""
-        for root in (self.raw_dir, self.dir / "raw"):
-            if (root / TEST_POST).is_file():
-                return root / TEST_POST
-        return None
 
     def test_truth(self) -> pd.DataFrame | None:
         """Labels of the 1,600 scored test clips (Public and Private leaderboard), when present."""

@@ -30,7 +30,6 @@ Known problems (FSDKaggle2019 README): curated ``1d44b0bd.wav`` contains no sign
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 
@@ -89,6 +88,7 @@ class Fsd2019(FileCompetition):
     task = "multi_label"
     metric = "lwlrap"
     submission_kind = "scores"
+    truth_file = TEST_POST
     default_source = "kaggle"
     sources = ("kaggle", "zenodo")
 
@@ -215,12 +215,6 @@ class Fsd2019(FileCompetition):
             )
 
     # -------------------------------------------------------------- test labels
-
-    def truth_path(self) -> Path | None:
-        for root in (self.raw_dir, self.dir / "raw"):
-            if (root / TEST_POST).is_file():
-                return root / TEST_POST
-        return None
 
     def test_truth(self) -> pd.DataFrame | None:
         """Labels of the full test set (4,481 clips; ``usage`` Public/Private), when present."""

@@ -284,6 +284,17 @@ class FileCompetition(Competition):
 
     default_source: ClassVar[str] = "zenodo"
     sources: ClassVar[tuple[str, ...]] = ("zenodo",)
+    truth_file: ClassVar[str | None] = None  # the post-competition test labels, relative to raw/
+
+    def truth_path(self) -> Path | None:
+        """The test-label file in the data folder or the workspace's raw/ (after a Kaggle download
+        only the Zenodo meta files land in raw/), or None when neither has it."""
+        if self.truth_file is None:
+            return None
+        for root in (self.raw_dir, self.dir / "raw"):
+            if (root / self.truth_file).is_file():
+                return root / self.truth_file
+        return None
 
     # -------------------------------------------------------------- where the files are
 
