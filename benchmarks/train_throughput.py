@@ -105,13 +105,15 @@ def bench_ours(
         batch_size=bs, precision=precision, compile=compile_, channels_last=device.type == "cuda"
     )
     frames = round(args.crop_seconds * features.frames_per_second)
-    model = build_model(model_config(model_name), features.n_mels, N_CLASSES, frames).to(device)
+    rows = round(args.crop_seconds * features.cache_rate)  # samples when the cache holds waves
+    model = build_model(model_config(model_name), features.n_mels, N_CLASSES, frames, features=features)
+    model = model.to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.param_groups(1e-4, 1.0, 0.01), fused=device.type == "cuda" or None)
     engine = StepEngine(model, optimizer, make_scheduler(optimizer, 0, 10**6, 0.01), tc, device)
     targets = (np.random.default_rng(1).random((len(ids), N_CLASSES)) > 0.9).astype(np.float32)
-    dataset = CropDataset(cache, ids, targets, np.ones(len(ids)), frames, "wrap", silence_value(features), 0)
+    dataset = CropDataset(cache, ids, targets, np.ones(len(ids)), rows, "wrap", silence_value(features), 0)
     loader = DataLoader(
         dataset, bs, shuffle=True, drop_last=True, num_workers=args.workers,
         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
@@ -121,6 +123,8 @@ def bench_ours(
 
     def step(batch) -> int:
         x, y, w = (t.to(device, non_blocking=True) for t in batch)
+        with torch.no_grad():
+            x = model.logmel(x)  # wave cache: log-mel on the device
         x = spec_augment(x, tc.specaugment, gen)
         x, y, w = mixup(x, y, w, 0.4, gen)
         with engine.autocast():
@@ -180,6 +184,11 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[16])
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off")
+    parser.add_argument(
+        "--wave-cache",
+        action="store_true",
+        help="also run ours with features.cache: wave (log-mel on device)",
+    )
     parser.add_argument("--clips", type=int, default=96)
     parser.add_argument("--clip-seconds", type=float, default=12.0)
     parser.add_argument("--crop-seconds", type=float, default=10.0)
@@ -219,18 +228,26 @@ def main() -> None:
             else:
                 clips = pd.DataFrame({"clip_id": sorted(p.stem for p in folder.glob("*.wav"))})
                 clips["path"] = clips["clip_id"] + ".wav"
-            cache_dir = build_cache(clips, folder, features, workers=min(2, os.cpu_count() or 1))
-            cache = FeatureCache(cache_dir)
+            workers = min(2, os.cpu_count() or 1)
+            caches = {
+                "logmel": (features, FeatureCache(build_cache(clips, folder, features, workers=workers)))
+            }
+            if args.wave_cache:
+                waves = features.model_copy(update={"cache": "wave"})
+                caches["wave"] = (waves, FeatureCache(build_cache(clips, folder, waves, workers=workers)))
+            cache = caches["logmel"][1]
             ids = clips["clip_id"].tolist()
             for bs in args.batch_sizes:
                 official, off_mem = bench_official(model_name, features, folder, ids, bs, device, args)
                 pipe = bench_pipeline(features, cache, ids, bs, args)
-                for precision, compile_ in itertools.product(args.precisions, compiles):
+                for kind, precision, compile_ in itertools.product(caches, args.precisions, compiles):
+                    kind_features, kind_cache = caches[kind]
                     ours, mem = bench_ours(
-                        model_name, features, cache, ids, bs, precision, compile_, device, args
+                        model_name, kind_features, kind_cache, ids, bs, precision, compile_, device, args
                     )
+                    label = model_name if kind == "logmel" else f"{model_name} (wave cache)"
                     table.add_row(
-                        model_name, str(bs), precision, "yes" if compile_ else "no", f"{ours:.1f}",
+                        label, str(bs), precision, "yes" if compile_ else "no", f"{ours:.1f}",
                         f"{official:.1f}", f"{ours / official:.2f}x", f"{mem:.2f}/{off_mem:.2f}",
                         f"{pipe:.0f}",
                     )  # fmt: skip

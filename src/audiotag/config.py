@@ -96,6 +96,11 @@ class FeatureConfig(StrictModel):
     """Log-mel front-end. Every field except ``name`` enters the cache key."""
 
     name: str = "logmel"
+    cache: Literal["logmel", "wave"] = Field(
+        "logmel",
+        description="what prepare caches: logmel, or the resampled wave (float16), the log-mel then being "
+        "computed per batch on the training device (GPU) by the model's front-end",
+    )
     kind: Literal["logmel", "kaldi_fbank"] = Field(
         "logmel",
         description="logmel: torch STFT + mel (PANNs, BYOL-A, aisfx); kaldi_fbank: Kaldi fbank (AST)",
@@ -137,7 +142,18 @@ class FeatureConfig(StrictModel):
 
     @property
     def frames_per_second(self) -> float:
+        """Log-mel frames per second (whatever the cache holds)."""
         return self.sample_rate / self.hop_length
+
+    @property
+    def cache_rate(self) -> float:
+        """Cached rows per second: log-mel frames, or samples for ``cache: wave``."""
+        return float(self.sample_rate) if self.cache == "wave" else self.frames_per_second
+
+    @property
+    def cache_width(self) -> int:
+        """Values per cached row: n_mels, or 1 for ``cache: wave``."""
+        return 1 if self.cache == "wave" else self.n_mels
 
     def key(self) -> str:
         """Short hash of every setting that changes the cached tensors."""

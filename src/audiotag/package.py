@@ -385,7 +385,7 @@ def predict_member(
         fold_dir = member_dir / f"fold{fold}"
         done = json.loads((fold_dir / "done.json").read_text())
         norm = InputNorm(**done["input_norm"]) if cfg.model.input_norm == "dataset" else None
-        model = build_model(cfg.model, cfg.features.n_mels, n_classes, window, norm)
+        model = build_model(cfg.model, cfg.features.n_mels, n_classes, window, norm, cfg.features)
         model.load_state_dict(load_checkpoint(fold_dir / "best.pt", device)["model"])
         model = model.to(device)
         parts.append(predict_for(model, cache, clip_ids, cfg, device))

@@ -138,7 +138,10 @@ def unusable_result(
 
 
 def _features(wave: np.ndarray, path: str, cfg: FeatureConfig, extractor: torch.nn.Module) -> np.ndarray:
-    frames = compute_logmel(wave, cfg, extractor).astype(DTYPE)
+    if cfg.cache == "wave":  # the model's front-end computes the log-mel on the training device
+        frames = np.asarray(wave, dtype=DTYPE)[:, None]
+    else:
+        frames = compute_logmel(wave, cfg, extractor).astype(DTYPE)
     if not np.isfinite(frames).all():  # e.g. float samples so large that their power overflows
         peak = float(np.max(np.abs(wave))) if wave.size else 0.0
         raise UnusableAudio(path, UNDECODABLE, f"log-mel is not finite (sample peak {peak:.3g})")
@@ -172,7 +175,7 @@ def build_cache(
         return final
     start = time.monotonic()
     staging = final.with_name(final.name + ".partial")
-    n_done = _resume_point(staging, clips_hash, cfg.n_mels)
+    n_done = _resume_point(staging, clips_hash, cfg.cache_width)
     workers = _n_workers(workers, len(order) - n_done)
     log.info(
         "feature cache: %d clips, %d worker(s), %s -> %s",
@@ -546,11 +549,12 @@ def _finish(
         "n_clips": len(index),
         "status_counts": {k: counts[k] for k in STATUS_ORDER if counts[k]},
         "total_frames": total,
-        "n_mels": cfg.n_mels,
+        "n_mels": cfg.cache_width,
         "dtype": "float16",
         "byteorder": "little",
-        "layout": "frames.f16 is (total_frames, n_mels), clips in index order",
-        "bytes": total * cfg.n_mels * DTYPE.itemsize,
+        "layout": "frames.f16 is (total_frames, n_mels), clips in index order"
+        + (" (wave cache: one sample per row, n_mels 1)" if cfg.cache == "wave" else ""),
+        "bytes": total * cfg.cache_width * DTYPE.itemsize,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "complete": True,
     }

@@ -17,7 +17,9 @@ from audiotag.config import FeatureConfig
 
 
 def silence_value(cfg: FeatureConfig) -> float:
-    """The log-mel value of digital silence for this front-end."""
+    """The cached value of digital silence for this front-end (0 for a wave cache)."""
+    if cfg.cache == "wave":
+        return 0.0
     if cfg.scale == "db":
         return 10.0 * math.log10(cfg.amin)
     return math.log(cfg.log_offset)

@@ -34,7 +34,12 @@ def family_module(name: str) -> ModuleType:
 
 
 def build_model(
-    cfg: ModelBase, n_mels: int, n_classes: int, frames: int, input_norm: InputNorm | None = None
+    cfg: ModelBase,
+    n_mels: int,
+    n_classes: int,
+    frames: int,
+    input_norm: InputNorm | None = None,
+    features: FeatureConfig | None = None,
 ) -> Tagger:
     """A randomly initialised tagger for log-mel crops of ``frames`` x ``n_mels``.
 
@@ -44,7 +49,12 @@ def build_model(
         raise ConfigError("model.input_norm: 'dataset' needs statistics from the training data")
     norm = input_norm if cfg.input_norm == "dataset" else cfg.input_norm
     backbone = family_module(cfg.name).build_backbone(cfg, n_mels, frames)  # type: ignore[attr-defined]
-    return Tagger(backbone, build_head(cfg, backbone, n_classes), norm)  # type: ignore[arg-type]
+    frontend = None
+    if features is not None and features.cache == "wave":
+        from audiotag.data.features import make_extractor
+
+        frontend = make_extractor(features)
+    return Tagger(backbone, build_head(cfg, backbone, n_classes), norm, frontend)  # type: ignore[arg-type]
 
 
 def detect_layout(family: str, keys: list[str]) -> str:

@@ -38,15 +38,31 @@ def build_head(cfg: ModelBase, backbone: nn.Module, n_classes: int) -> nn.Module
 class Tagger(nn.Module):
     """Log-mel in, one logit per class out."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, input_norm: InputNorm | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        input_norm: InputNorm | None = None,
+        frontend: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        # wave -> log-mel on the model's device (``features.cache: wave``); its buffers are not saved
+        self.frontend = frontend
         norm = input_norm or InputNorm()
         self.norm_mean = norm.mean
         self.norm_std = norm.std
 
+    def logmel(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-mel (batch, frames, mels) from a batch of waves (batch, samples, 1); log-mel passes through."""
+        if self.frontend is not None and x.shape[-1] == 1:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return self.frontend(x.squeeze(-1).float())
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.logmel(x)
         if self.norm_mean != 0.0 or self.norm_std != 1.0:
             x = (x - self.norm_mean) / self.norm_std
         return self.head(self.backbone(x))

@@ -62,7 +62,13 @@ def epoch_seed(seed: int, fold: int, epoch: int, stream: int = EPOCH_STREAM) -> 
 
 
 def crop_frames(cfg: ExperimentConfig) -> int:
+    """Log-mel frames of a training crop (what the model is built for)."""
     return max(1, round(cfg.train.crop_seconds * cfg.features.frames_per_second))
+
+
+def crop_rows(cfg: ExperimentConfig) -> int:
+    """Cached rows of a training crop: log-mel frames, or samples for a wave cache."""
+    return max(1, round(cfg.train.crop_seconds * cfg.features.cache_rate))
 
 
 def evaluate(
@@ -87,7 +93,7 @@ def evaluate(
 
 def predict_for(model, cache, ids: list[str], cfg: ExperimentConfig, device) -> np.ndarray:
     """Clip scores with the experiment's evaluation settings (windows, hop, aggregation, TTA)."""
-    window = crop_frames(cfg)
+    window = crop_rows(cfg)
     tc = cfg.train
     return predict_clips(
         model,
@@ -107,6 +113,8 @@ def predict_for(model, cache, ids: list[str], cfg: ExperimentConfig, device) -> 
 
 def gain_offset(features, gain_db: float) -> float:
     """What a gain of ``gain_db`` adds to every log-mel value (exact for the db and log scales)."""
+    if features.cache == "wave":
+        raise TrainingError("train.tta_gains_db: not available with features.cache: wave")
     if features.scale == "db":
         return gain_db
     if features.scale == "log":
@@ -154,8 +162,11 @@ def train_fold(
         fold_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
     torch.manual_seed(epoch_seed(tc.seed, data.fold, 0, INIT_STREAM))
+    if cfg.model.input_norm == "dataset" and cfg.features.cache == "wave":
+        raise TrainingError("model.input_norm: 'dataset' needs a log-mel cache; set features.cache: logmel")
     norm = dataset_norm(cache, data.train_ids) if cfg.model.input_norm == "dataset" else None
-    model = build_model(cfg.model, cfg.features.n_mels, len(data.classes), crop_frames(cfg), norm)
+    n_classes = len(data.classes)
+    model = build_model(cfg.model, cfg.features.n_mels, n_classes, crop_frames(cfg), norm, cfg.features)
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
     if not last_path.is_file():
         load_pretrained(model, cfg.model, cfg.features)
@@ -193,7 +204,7 @@ def train_fold(
         data.train_ids,
         data.train_targets,
         data.train_weights,
-        crop_frames(cfg),
+        crop_rows(cfg),
         tc.pad_mode,
         silence_value(cfg.features),
         seed=epoch_seed(tc.seed, data.fold, 0, CROP_STREAM),
@@ -370,6 +381,8 @@ def _train_one_epoch(
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         w = w.to(device, non_blocking=True)
+        with torch.no_grad():
+            x = model.logmel(x)  # wave cache: the log-mel is computed here, on the training device
         x = spec_augment(x, tc.specaugment, aug)
         if tc.mixup_alpha > 0 and torch.rand(1, generator=aug).item() < tc.mixup_prob:
             x, y, w = mixup(x, y, w, tc.mixup_alpha, aug)
