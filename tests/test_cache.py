@@ -382,3 +382,11 @@ def test_staging_for_other_clips_is_discarded(tmp_path: Path) -> None:
     cache = FeatureCache(build_cache(clips.iloc[:2], tmp_path, CFG, workers=1))
     for clip_id, rel in zip(clips["clip_id"][:2], clips["path"][:2], strict=True):
         np.testing.assert_array_equal(cache.get(clip_id), expected(tmp_path, rel))
+
+
+def test_workers_that_cannot_start_are_not_blamed_on_the_clips() -> None:
+    from audiotag.data.cache import check_workers_start
+
+    check_workers_start((CFG.model_dump_json(), {}))  # a healthy pool passes
+    with pytest.raises(DataError, match="__name__ == '__main__'"):
+        check_workers_start(("{not json", {}))  # every worker dies in its initializer

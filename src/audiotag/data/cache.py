@@ -435,6 +435,7 @@ def _compute_parallel(
             except BrokenProcessPool:
                 log.warning("feature cache: a worker process died; retrying its clips one at a time")
                 pool.shutdown(wait=True, cancel_futures=True)
+                check_workers_start(init_args)  # a pool that cannot work at all must not blame the clips
                 lost: list[Task] = []  # tasks of failed chunks, run together in one process
                 pending.appendleft((chunk, future))
                 for tried, outcome in pending:
@@ -449,6 +450,25 @@ def _compute_parallel(
                 pool = _pool(workers, init_args)
             else:
                 yield from results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _canary() -> bool:
+    return True
+
+
+def check_workers_start(init_args: tuple[str, dict[str, Any]]) -> None:
+    """Raise when fresh worker processes die before doing any work (then no clip is to blame)."""
+    pool = _pool(1, init_args)
+    try:
+        pool.submit(_canary).result()
+    except BrokenProcessPool:
+        raise DataError(
+            "feature cache: worker processes die before doing any work, so no clip can be blamed. If "
+            "you call audiotag from a script of your own, put that code under `if __name__ == "
+            "'__main__':` (worker processes import your script), or build with one process (--workers 1)"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
