@@ -39,6 +39,15 @@ LIBROSA_MODULES = ["librosa", "librosa.core", "librosa.feature", "librosa.filter
 PRESETS: dict[str, dict[str, Any]] = {
     # the library default: PANNs-like 16 kHz front-end, so 44.1 kHz files are resampled
     "default": {},
+    # PANNs CNN14's front-end (the real competitions' CNN14 configs): 44.1 kHz files are resampled
+    "panns32k": {
+        "sample_rate": 32000,
+        "n_fft": 1024,
+        "hop_length": 320,
+        "n_mels": 64,
+        "fmin": 50.0,
+        "fmax": 14000.0,
+    },
     # the 2019 winner's front-end (argus-freesound): 44.1 kHz, no resampling, a large FFT
     "argus44k": {"sample_rate": 44100, "n_fft": 2560, "hop_length": 690, "n_mels": 128, "fmin": 20.0},
 }
@@ -185,12 +194,10 @@ def run_method(method: str, paths: list[str], preset: str, workdir: str) -> dict
             pool.map(_librosa_task, [(p, preset) for p in paths], chunksize=_chunksize(len(paths)))
             seconds = time.perf_counter() - start
     elif method == "ours-1":
-        import torch
-
-        from audiotag.data.cache import compute_clip
+        from audiotag.data.cache import compute_clip, prepare_compute_process
         from audiotag.data.features import make_extractor
 
-        torch.set_num_threads(1)  # as the cache's workers do
+        prepare_compute_process()  # as the cache's workers do: one torch thread, malloc keeps freed memory
         extractor = make_extractor(cfg)
         for p in paths[:2]:
             compute_clip(p, False, cfg, extractor)
@@ -234,6 +241,8 @@ def _child(queue: Any, method: str, paths: list[str], preset: str, workdir: str)
 
 
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+# glibc's malloc set as ``data.cache.keep_freed_memory`` sets it in our workers, for a control row
+KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 
 def in_fresh_process(
@@ -324,6 +333,7 @@ ROWS: list[tuple[str, str, str, dict[str, str]]] = [
     ("librosa-1", "librosa-1", "librosa load+melspec+power_to_db, 1 proc", {}),
     ("librosa-1t", "librosa-1", "librosa, 1 proc, 1 BLAS thread", ONE_THREAD),
     ("librosa-2", "librosa-2", "librosa, 2 procs x 1 thread (Pool)", ONE_THREAD),
+    ("librosa-1m", "librosa-1", "control: librosa 1 proc, 1 thread, our malloc", ONE_THREAD | KEEP_FREED),
     ("ours-1", "ours-1", "audiotag compute_clip, 1 proc", {}),
     ("ours-2", "ours-2", "audiotag cache worker pool, 2 procs", {}),
     ("cache-2", "cache-2", "audiotag build_cache end to end, 2 workers", {}),

@@ -12,7 +12,7 @@ import torch
 
 from audiotag.config import FeatureConfig
 from audiotag.data.audio import audio_info, load_audio
-from audiotag.data.features import LogMel, compute_logmel, mel_filterbank, n_frames
+from audiotag.data.features import LogMel, compute_logmel, mel_filterbank, mel_groups, n_frames, reflect_pad
 from audiotag.errors import DataError
 
 CONFIGS = [
@@ -94,6 +94,35 @@ def test_logmel_batched_equals_single() -> None:
     assert batch.shape == (2, n_frames(waves.shape[1], cfg), cfg.n_mels)
     for i in range(2):
         np.testing.assert_allclose(batch[i], compute_logmel(waves[i], cfg), atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", [*CONFIGS, FeatureConfig(n_mels=128, n_fft=2048)], ids=str)
+def test_mel_groups_cover_the_filterbank_exactly(cfg: FeatureConfig) -> None:
+    fb = mel_filterbank(cfg)
+    rebuilt = np.zeros_like(fb)
+    start = 0
+    for first, end, weights in mel_groups(fb):
+        rebuilt[start : start + weights.shape[1], first:end] = weights.T
+        start += weights.shape[1]
+    assert start == cfg.n_mels
+    np.testing.assert_array_equal(rebuilt, fb)  # no weight outside a group's bins is dropped
+
+
+def test_mel_groups_of_an_empty_filter() -> None:
+    fb = np.zeros((3, 10), np.float32)
+    fb[0, 2:4] = 1.0  # the other two filters are empty (as AST's Kaldi bank #3 at n_fft 512)
+    groups = mel_groups(fb, mels_per_group=1)
+    assert [(a, b) for a, b, _ in groups] == [(2, 4), (0, 1), (0, 1)]
+    assert all(not w.any() for _, _, w in groups[1:])
+
+
+@pytest.mark.parametrize("shape", [(1, 600), (3, 257), (2, 1, 1000)])
+@pytest.mark.parametrize("pad", [0, 1, 256])
+def test_reflect_pad_equals_torch(shape: tuple[int, ...], pad: int) -> None:
+    wave = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    flat = wave.reshape(-1, 1, shape[-1])
+    expected = torch.nn.functional.pad(flat, (pad, pad), mode="reflect").reshape(*shape[:-1], -1)
+    torch.testing.assert_close(reflect_pad(wave, pad), expected, rtol=0, atol=0)
 
 
 def test_logmel_buffers_are_not_saved() -> None:

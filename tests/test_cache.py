@@ -390,3 +390,77 @@ def test_workers_that_cannot_start_are_not_blamed_on_the_clips() -> None:
     check_workers_start((CFG.model_dump_json(), {}))  # a healthy pool passes
     with pytest.raises(DataError, match="__name__ == '__main__'"):
         check_workers_start(("{not json", {}))  # every worker dies in its initializer
+
+
+def test_changed_audio_rules_in_the_config_rebuild_the_cache(
+    workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``competition.audio_rules`` reach the cache through ``prepare``: a shorter ``max_seconds`` rebuilds
+    it with exactly the longer clips flagged ``cut``; the clip table and folds are left as they are."""
+    from audiotag.config import configs_root, load_experiment
+    from audiotag.prepare import prepare
+    from tests.conftest import TINY_DEMO
+
+    def run(*overrides: str) -> tuple[Path, dict, pd.DataFrame]:
+        cfg = load_experiment(
+            configs_root() / "experiments" / "demo" / "cnn_small.yaml", [*TINY_DEMO, *overrides]
+        )
+        prepared = prepare(cfg.competition, cfg.features, workers=1)
+        manifest = json.loads((prepared.cache_dir / "manifest.json").read_text())
+        index = pd.read_parquet(prepared.cache_dir / "index.parquet").set_index("clip_id")
+        return prepared.cache_dir, manifest, index
+
+    cache_dir, default, full = run()
+    assert default["audio_rules"] == AudioRules().as_dict()
+    assert not full["status"].str.contains("cut").any()
+    long_clips = set(full.index[full["seconds"] > 1.5])
+    assert 0 < len(long_clips) < len(full)
+    comp_dir = cache_dir.parents[1]
+    table_and_folds = {
+        p: p.stat().st_mtime_ns for p in [comp_dir / "meta.parquet", *comp_dir.glob("folds/*")]
+    }
+
+    caplog.set_level(logging.INFO)
+    cut_dir, cut, short = run("competition.audio_rules.max_seconds=1.5")
+    assert cut_dir == cache_dir  # same features, same folder, rebuilt in place
+    assert cut["clips_hash"] != default["clips_hash"] and cut["audio_rules"]["max_seconds"] == 1.5
+    assert set(short.index[short["status"].str.contains("cut")]) == long_clips
+    assert (short.loc[sorted(long_clips), "seconds"] == 1.5).all()
+    cut_frames = short.loc[sorted(long_clips), "n_frames"]  # all 1.5 s long now
+    assert cut_frames.nunique() == 1 and (cut_frames <= full.loc[sorted(long_clips), "n_frames"]).all()
+    assert short.loc[sorted(set(full.index) - long_clips), "n_frames"].equals(
+        full.loc[sorted(set(full.index) - long_clips), "n_frames"]
+    )
+    assert f"clip table: {comp_dir / 'meta.parquet'} up to date" in caplog.text
+    assert "competition settings changed" not in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in table_and_folds} == table_and_folds
+
+    _, back, again = run()  # and back: the default rules give the first cache again
+    assert back["clips_hash"] == default["clips_hash"]
+    assert not again["status"].str.contains("cut").any()
+
+
+FAULTS_SCRIPT = """
+import resource, sys
+import numpy as np
+if sys.argv[1] == "keep":
+    from audiotag.data.cache import keep_freed_memory
+    assert keep_freed_memory()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(30):  # a clip's buffers: a 44.1 kHz STFT alone is about 5 MB
+    buffers = [np.ones(size << 20, np.uint8) for size in (5, 6, 4)]
+    del buffers
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_workers_reuse_freed_buffers_instead_of_faulting_them_in_again() -> None:
+    def faults(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    default, kept = faults("default"), faults("keep")
+    assert default > 30 * 1000  # by default at least one buffer a round comes fresh from the kernel
+    assert kept < 15 << 8  # the first round's 15 MB (3840 pages) does; later rounds reuse it

@@ -7,16 +7,20 @@ the same as ``librosa.load``'s default).
 Problem files are handled by written rules rather than by a crash or a silently wrong tensor.
 ``decode`` either returns the wave with *flags* (the clip is kept) or raises ``UnusableAudio`` with a
 *kind* (the clip cannot be used as it is). The feature cache (``data/cache.py``) then skips an unusable
-training clip and zero-fills an unusable test clip, so that every test clip still gets a submission
-row; each case is listed with its reason in the cache's ``report.csv``.
+training clip and zero-fills an unusable test clip (``fill_seconds``, 1 s, of zeros), so that every
+test clip still gets a submission row; each case is listed with its reason in the cache's ``report.csv``.
 
-Rules (limits are fields of ``AudioRules``; a flag is listed in the clip's status):
+Rules (limits are fields of ``AudioRules``, defaults in parentheses; a flag is listed in the clip's
+status). The limits are settable per competition under ``competition.audio_rules`` in the YAML config
+(e.g. ``--set competition.audio_rules.max_seconds=30``); ``prepare`` passes them to the cache, whose
+clip-list hash includes them, so changing one rebuilds the feature cache:
 
 - missing file, or one that cannot be opened or decoded, or whose header declares frames of which
-  none decode, or whose sample rate is outside 1 kHz-768 kHz: unusable (``missing``/``undecodable``);
+  none decode, or whose sample rate is outside ``min_rate``-``max_rate`` (1 kHz-768 kHz): unusable
+  (``missing``/``undecodable``);
 - 0 bytes or 0 samples: unusable (``empty``);
 - more than ``max_nonfinite`` (1 %) of the samples NaN or infinite: unusable (``undecodable``);
-- at most 1 % NaN/inf samples: kept, those samples set to 0, flag ``nonfinite``;
+- at most ``max_nonfinite`` NaN/inf samples: kept, those samples set to 0, flag ``nonfinite``;
 - fewer frames decode than the header declares (the WAV data chunk, the FLAC/MP3 length) by more
   than ``truncation_slack`` (1024) frames: kept as far as it decodes, flag ``truncated``; after a
   decoder error the file is read again in small blocks so the frames before the error are kept;
@@ -54,12 +58,18 @@ MISSING, EMPTY, UNDECODABLE = "missing", "empty", "undecodable"
 FLAGS = ("truncated", "cut", "nonfinite", "silent", "upsampled")  # in the order a status lists them
 
 _BLOCK = 1 << 20  # frames per read: most clips are one read, a long file never sits in memory twice
+_PCM16_SCALE = np.float32(1 / 32768)
 _SALVAGE_BLOCK = 4096  # frames per read when a decoder error makes us keep what decodes before it
 
 
 @dataclass(frozen=True)
 class AudioRules:
-    """The limits of the rules in the module docstring; they enter the cache's clip-list hash."""
+    """The limits of the rules in the module docstring; they enter the cache's clip-list hash.
+
+    Users set them in the config (``competition.audio_rules``, validated by
+    ``audiotag.config.AudioRulesConfig``, which has the same fields and defaults); ``prepare`` builds
+    this from it. Change a default here and there together (a test checks that they agree).
+    """
 
     max_seconds: float = 600.0
     max_nonfinite: float = 0.01
@@ -218,12 +228,14 @@ def _read_mono(f: sf.SoundFile, n_frames: int, channels: int, block: int) -> tup
         if got == 0:
             break
         target = out[done : done + got]
-        if channels == 1:
+        if channels == 1 and pcm16:
+            np.multiply(data[:, 0], _PCM16_SCALE, out=target)  # converts and scales in one pass
+        elif channels == 1:
             target[:] = data[:, 0]
         else:
             data.mean(axis=1, dtype=np.float32, out=target)
-        if pcm16:
-            target *= np.float32(1 / 32768)
+            if pcm16:
+                target *= _PCM16_SCALE
         done += got
     return (out if done == n_frames else out[:done].copy()), error
 
