@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from audiotag.config import (
+    AudioRulesConfig,
     ExperimentConfig,
     FeatureConfig,
     apply_overrides,
     configs_root,
+    load_competition,
     load_ensemble,
     load_experiment,
 )
@@ -106,3 +109,99 @@ def test_ensemble_config() -> None:
 @pytest.mark.parametrize("path", sorted((configs_root() / "experiments").rglob("*.yaml")))
 def test_every_shipped_experiment_validates(path: Path) -> None:
     load_experiment(path)
+
+
+# ----------------------------------------------------------------------------- competition.audio_rules
+
+
+def test_audio_rules_default_to_the_decoders_rules() -> None:
+    """Left out of the YAML, the section gives ``DEFAULT_RULES`` exactly (same cache hash as before)."""
+    from dataclasses import fields
+
+    from audiotag.data.audio import DEFAULT_RULES, AudioRules
+    from audiotag.prepare import audio_rules
+
+    assert set(AudioRulesConfig.model_fields) == {f.name for f in fields(AudioRules)}
+    for path in sorted((configs_root() / "competitions").glob("*.yaml")):
+        assert audio_rules(load_competition(path.stem)) == DEFAULT_RULES, path.name
+    rules = audio_rules(load_experiment(DEMO).competition)
+    assert json.dumps(rules.as_dict(), sort_keys=True) == json.dumps(DEFAULT_RULES.as_dict(), sort_keys=True)
+
+
+def test_audio_rules_are_settable(tmp_path: Path) -> None:
+    from audiotag.data.audio import AudioRules
+    from audiotag.prepare import audio_rules
+
+    cfg = load_experiment(
+        DEMO, ["competition.audio_rules.max_seconds=30", "competition.audio_rules.min_rate=8000"]
+    )
+    assert audio_rules(cfg.competition) == AudioRules(max_seconds=30.0, min_rate=8000)
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "competition: {base: demo, audio_rules: {max_nonfinite: 0.05, truncation_slack: 0}}\n"
+        "features: logmel_16k_64\nmodel: cnn_small\n"
+    )
+    assert audio_rules(load_experiment(path).competition) == AudioRules(
+        max_nonfinite=0.05, truncation_slack=0
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["max_seconds=0"],
+            r"competition\.audio_rules\.max_seconds: Input should be greater than 0 \(got 0\)",
+        ),
+        (["max_seconds=-5"], r"competition\.audio_rules\.max_seconds: Input should be greater than 0"),
+        (["max_seconds=.inf"], r"competition\.audio_rules\.max_seconds: Input should be a finite number"),
+        (
+            ["max_nonfinite=1.5"],
+            r"competition\.audio_rules\.max_nonfinite: Input should be less than or equal to 1",
+        ),
+        (
+            ["max_nonfinite=-0.1"],
+            r"competition\.audio_rules\.max_nonfinite: Input should be greater than or equal",
+        ),
+        (
+            ["silence_peak=-1"],
+            r"competition\.audio_rules\.silence_peak: Input should be greater than or equal",
+        ),
+        (["fill_seconds=0"], r"competition\.audio_rules\.fill_seconds: Input should be greater than 0"),
+        (
+            ["truncation_slack=-1"],
+            r"competition\.audio_rules\.truncation_slack: Input should be greater than or equal",
+        ),
+        (
+            ["truncation_slack=1.5"],
+            r"competition\.audio_rules\.truncation_slack: Input should be a valid integer",
+        ),
+        (["min_rate=0"], r"competition\.audio_rules\.min_rate: Input should be greater than 0"),
+        (["max_rate=lots"], r"competition\.audio_rules\.max_rate: Input should be a valid integer.*'lots'"),
+        (
+            ["min_rate=48000", "max_rate=16000"],
+            r"competition\.audio_rules: Value error, min_rate \(48000\) must be below max_rate \(16000\)",
+        ),
+        (
+            ["max_seconds=0.5"],
+            r"competition\.audio_rules: Value error, fill_seconds \(1\) must not exceed max_seconds \(0\.5\)",
+        ),
+        (
+            ["max_secs=30"],
+            r"competition\.audio_rules\.max_secs: unknown key; allowed keys here: .*max_seconds",
+        ),
+    ],
+)
+def test_bad_audio_rule_names_the_key(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_experiment(DEMO, [f"competition.audio_rules.{o}" for o in overrides])
+
+
+def test_audio_rules_do_not_change_the_clip_table_fingerprint() -> None:
+    """The rules decide the feature cache, not which clips the table holds (``TABLE_NEUTRAL``)."""
+    from audiotag.competitions import get_competition
+    from audiotag.prepare import table_fingerprint
+
+    base = table_fingerprint(get_competition(load_competition("demo")))
+    changed = load_competition("demo", ["audio_rules.max_seconds=5", "audio_rules.silence_peak=0.1"])
+    assert table_fingerprint(get_competition(changed)) == base

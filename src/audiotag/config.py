@@ -67,6 +67,51 @@ class CompetitionRules(StrictModel):
     external_data_allowed: bool = Field(True, description="data outside the competition's files was allowed")
 
 
+class AudioRulesConfig(StrictModel):
+    """How problem audio is handled when the feature cache is built (``data/audio.py``).
+
+    The fields and defaults are those of ``audiotag.data.audio.AudioRules``; they enter the cache's
+    clip-list hash, so changing one rebuilds the feature cache (not the clip table or the folds).
+    """
+
+    max_seconds: float = Field(
+        600.0, gt=0, allow_inf_nan=False, description="keep the first max_seconds of a longer clip (flag cut)"
+    )
+    max_nonfinite: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="share of NaN/inf samples above which a clip is unusable; up to it they are set to 0",
+    )
+    silence_peak: float = Field(
+        1e-5,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="peak amplitude below which a clip is flagged silent",
+    )
+    fill_seconds: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="seconds of zeros replacing an unusable test clip"
+    )
+    truncation_slack: int = Field(
+        1024, ge=0, description="frames a decode may fall short of the header's length before it is flagged"
+    )
+    min_rate: int = Field(1000, gt=0, description="lowest plausible sample rate (Hz); below: undecodable")
+    max_rate: int = Field(768_000, gt=0, description="highest plausible sample rate (Hz); above: undecodable")
+
+    @model_validator(mode="after")
+    def _check(self) -> AudioRulesConfig:
+        if self.min_rate >= self.max_rate:
+            raise ValueError(f"min_rate ({self.min_rate}) must be below max_rate ({self.max_rate})")
+        if self.fill_seconds > self.max_seconds:
+            raise ValueError(
+                f"fill_seconds ({self.fill_seconds:g}) must not exceed max_seconds ({self.max_seconds:g}): "
+                "no cached clip is longer than max_seconds"
+            )
+        return self
+
+
 class CompetitionConfig(StrictModel):
     name: str = Field(description="competition module: demo, demo2019, fsd2018, fsd2019, fsd50k, audioset")
     n_folds: int = Field(5, ge=2, le=20)
@@ -84,6 +129,10 @@ class CompetitionConfig(StrictModel):
         None, description="where prepare downloads the data from; null = the competition's default"
     )
     rules: CompetitionRules = Field(default_factory=CompetitionRules)
+    audio_rules: AudioRulesConfig = Field(
+        default_factory=AudioRulesConfig,
+        description="limits of the problem-audio rules applied when the feature cache is built",
+    )
     default_experiment: str | None = Field(
         None, description="experiment under configs/experiments/ that prepare/train use without --config"
     )

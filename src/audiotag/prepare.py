@@ -1,8 +1,9 @@
 """The prepare stage: raw data -> clip table -> folds -> feature cache. Each step is skipped when
 its output is already up to date, so ``prepare`` can be re-run at any time.
 
-The cache applies the audio rules of ``data/audio.py``: training clips with unusable audio are
-skipped (``Prepared.skipped``; training must leave them out), test clips are zero-filled and kept.
+The cache applies the audio rules of ``data/audio.py``, with the limits of ``competition.audio_rules``:
+training clips with unusable audio are skipped (``Prepared.skipped``; training must leave them out),
+test clips are zero-filled and kept.
 The cache logs its summary (clips per status, size on disk) every time ``prepare`` runs."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.competitions import Competition, get_competition
 from audiotag.config import CompetitionConfig, FeatureConfig
+from audiotag.data.audio import AudioRules
 from audiotag.data.cache import REPORT, FeatureCache, build_cache
 from audiotag.data.folds import ensure_folds
 from audiotag.errors import DataError
@@ -35,7 +37,9 @@ class Prepared:
 
 
 # Competition settings that do not change which clips the table holds or how they are labelled.
-TABLE_NEUTRAL = {"n_folds", "fold_seed", "default_experiment", "default_ensemble", "rules"}
+# ``audio_rules`` decide how each clip's audio is decoded: they enter the feature cache's clip-list
+# hash (a change rebuilds the cache), not the clip table, which is read from the CSV files.
+TABLE_NEUTRAL = {"n_folds", "fold_seed", "default_experiment", "default_ensemble", "rules", "audio_rules"}
 
 
 def table_fingerprint(comp: Competition) -> str:
@@ -86,9 +90,15 @@ def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: in
     table = clip_table(comp)
     folds = ensure_folds(comp, table)
     columns = [c for c in ("clip_id", "path", "split", "audio_issue") if c in table.columns]
-    cache_dir = build_cache(table[columns], comp.dir, features, workers=workers)
+    rules = audio_rules(competition)
+    cache_dir = build_cache(table[columns], comp.dir, features, workers=workers, rules=rules)
     skipped = report_cache(cache_dir)
     return Prepared(comp, table, folds, cache_dir, skipped)
+
+
+def audio_rules(competition: CompetitionConfig) -> AudioRules:
+    """The ``AudioRules`` of the decoder from the config's ``competition.audio_rules``."""
+    return AudioRules(**competition.audio_rules.model_dump())
 
 
 def report_cache(cache_dir: Path) -> frozenset[str]:
