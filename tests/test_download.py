@@ -18,7 +18,9 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import threading
+import types
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from audiotag import kaggle_api
 from audiotag.data import download as dl
 from audiotag.data.download import (
     RemoteFile,
@@ -694,6 +697,7 @@ def test_kaggle_missing_credentials(
         (401, "wrong or expired"),
         (403, f"open https://www.kaggle.com/competitions/{SLUG}/rules"),
         (404, f"no competition '{SLUG}'"),
+        (429, "wait and run again"),
         (500, "try again later"),
     ],
 )
@@ -729,6 +733,72 @@ def test_kaggle_unexpected_error_is_redacted(kaggle_env: Path, tmp_path: Path) -
     assert SECRET not in str(err.value) and "***" in str(err.value)
 
 
+class FlakyKaggleApi(FakeKaggleApi):
+    """Signing in fails with ``auth_error`` (the network, or an HTTP status other than 401)."""
+
+    def __init__(self, auth_error: Exception) -> None:
+        super().__init__()
+        self.auth_error = auth_error
+
+    def authenticate(self) -> None:
+        raise self.auth_error
+
+
+@pytest.mark.parametrize(
+    ("api", "expected"),
+    [
+        (FakeKaggleApi(error=ConnectionError("no route")), "cannot reach Kaggle to download the data of"),
+        (FlakyKaggleApi(ConnectionError("no route")), "cannot reach Kaggle to check the credentials"),
+    ],
+)
+def test_kaggle_network_errors_offer_the_manual_download(
+    kaggle_env: Path, tmp_path: Path, api: FakeKaggleApi, expected: str
+) -> None:
+    dest = tmp_path / "raw"
+    with pytest.raises(DataError) as err:
+        kaggle_download(SLUG, dest, api_factory=lambda: api)
+    message = str(err.value)
+    assert expected in message and "ConnectionError" in message and "check the network" in message
+    assert f"by hand from https://www.kaggle.com/competitions/{SLUG}/data into {dest}" in message
+
+
+def test_kaggle_http_error_while_signing_in_is_not_a_credentials_error(
+    kaggle_env: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(DataError) as err:
+        kaggle_download(SLUG, tmp_path / "raw", api_factory=lambda: FlakyKaggleApi(http_error(503)))
+    message = str(err.value)
+    assert "HTTP 503 while signing in" in message and "credentials" not in message
+    assert SECRET not in message
+
+
+def test_kaggle_client_not_installed_or_failing_at_import(
+    kaggle_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "raw"
+    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", None)  # the import fails
+    with pytest.raises(DataError) as err:
+        kaggle_download(SLUG, dest)
+    message = str(err.value)
+    assert "the Kaggle client is not installed" in message and "pip install kaggle six" in message
+    assert f"by hand from https://www.kaggle.com/competitions/{SLUG}/data into {dest}" in message
+
+    def exits(name: str) -> Any:  # kaggle < 2: the import-time sign-in prints its help and exits
+        print("Could not find kaggle.json. Make sure it's located in ...")
+        raise SystemExit(1)
+
+    broken = types.ModuleType("kaggle.api.kaggle_api_extended")
+    broken.__getattr__ = exits  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", broken)
+    with pytest.raises(DataError) as err:
+        kaggle_download(SLUG, dest)
+    message = str(err.value)
+    assert "the Kaggle client failed to start (SystemExit)" in message
+    for hint in ("kaggle.com/settings", "~/.kaggle/kaggle.json", "chmod 600", "KAGGLE_USERNAME"):
+        assert hint in message
+    assert "Could not find kaggle.json" not in capsys.readouterr().out  # the client's output is discarded
+
+
 def test_kaggle_module_hook(kaggle_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dl, "KAGGLE_API_FACTORY", lambda: FakeKaggleApi(credentials=False))
     with pytest.raises(DataError, match="no Kaggle credentials"):
@@ -741,7 +811,7 @@ def test_kaggle_module_hook(kaggle_env: Path, tmp_path: Path, monkeypatch: pytes
 def real_kaggle(kaggle_env: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> type:
     """The real client class, with its endpoint moved to the local server and no credentials."""
     pytest.importorskip("kagglesdk")
-    api_class = dl._import_kaggle_api()
+    api_class = kaggle_api.client_class()
     from kagglesdk import kaggle_env as env_module
 
     monkeypatch.setitem(env_module._env_to_endpoint, env_module.KaggleEnv.PROD, server.base)

@@ -86,6 +86,24 @@ def test_changed_config_is_refused_for_an_existing_run(workspace: Path, capsys) 
     assert run_cli([*tiny_args("train", extra=["train.epochs=1"]), "--folds", "0"]) == 0
 
 
+def test_a_setting_added_after_a_run_started_counts_as_unchanged_at_its_default() -> None:
+    from audiotag.config import configs_root, load_experiment
+    from audiotag.train.runner import changed_settings, result_settings
+
+    path = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
+    cfg = load_experiment(path)
+    new_keys = {"competition.audio_rules.max_seconds", "train.ema_decay"}
+    saved = {k: v for k, v in result_settings(cfg).items() if k not in new_keys}  # an older run.json
+    assert changed_settings(saved, result_settings(cfg), cfg) == []
+    changed = load_experiment(path, ["competition.audio_rules.max_seconds=30"])
+    assert changed_settings(saved, result_settings(changed), changed) == [
+        "competition.audio_rules.max_seconds"
+    ]
+    # a setting the code no longer has, or a saved value that differs, still counts
+    assert changed_settings({**saved, "train.gone": 1}, result_settings(cfg), cfg) == ["train.gone"]
+    assert changed_settings({**saved, "train.lr": 1.0}, result_settings(cfg), cfg) == ["train.lr"]
+
+
 def test_bad_input_gives_clear_errors(workspace: Path, capsys) -> None:
     assert run_cli(["train", "--set", "train.epoch=3"]) == 2
     assert "train.epoch: unknown key" in capsys.readouterr().err

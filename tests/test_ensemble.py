@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from audiotag import metrics
+from audiotag import ensemble, metrics
 from audiotag.blend import scaled_ranks
 from audiotag.cli import main
 from audiotag.competitions import Competition, get_competition
 from audiotag.config import EnsembleConfig, configs_root, load_competition, load_ensemble
 from audiotag.data.folds import file_sha256
-from audiotag.ensemble import run_ensemble
+from audiotag.ensemble import Member, ScoreLine, run_ensemble
 from audiotag.errors import ConfigError, DataError
+from audiotag.fold_scores import FoldScores
 from audiotag.predictions import read_predictions, write_predictions
 from tests.conftest import tiny_args
 
@@ -248,6 +250,81 @@ def test_per_class_scipy_search_and_mlp_stacking(workspace: Path) -> None:
     assert values.min() >= 0 and values.max() <= 1
 
 
+def _map_at_3(truth: np.ndarray, scores: np.ndarray) -> float:
+    """MAP@3 of single-label rows, written out with numpy (independent of audiotag.metrics)."""
+    top3 = np.argsort(-scores, axis=1)[:, :3]
+    hits = top3 == truth.argmax(axis=1)[:, None]
+    return float((hits / np.arange(1, 4)).sum(axis=1).mean())
+
+
+def _read_oof(fc: FakeCompetition, name: str) -> pd.DataFrame:
+    runs = fc.comp.dir / "runs" / name
+    return pd.concat(pd.read_parquet(p) for p in sorted(runs.glob("fold*/oof.parquet"))).set_index("clip_id")
+
+
+def test_members_with_different_oof_clips_are_scored_and_blended_on_the_common_clips(
+    workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fc = fake_competition("demo")
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(fc, "b", 0.8, seed=2, oof_ids=fc.train_ids[1:])  # tr000 (verified, scored) missing
+    caplog.set_level(logging.WARNING, logger="audiotag.ensemble")
+    result = run_ensemble(ensemble_config(workspace, "demo", ["a", "b"], weights="equal"))
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "blending on the 89 clips common to all of them (98.9% of 90), leaving out 1 of 'a' "
+        "(e.g. ['tr000']), 0 of 'b'"
+        in w
+        and "the members' included, is on these common clips" in w
+        for w in warnings
+    ), warnings
+    report = result.report
+    assert report["n_oof_clips"] == 89 and report["n_oof_clips_any_member"] == 90
+    assert report["oof_clips_left_out"] == {"a": ["tr000"], "b": []}
+    assert result.oof_left_out == {"a": 1, "b": 0}
+    assert [line.note for line in result.lines[:2]] == [
+        "on the 89 common OOF clips (1 of its own left out)",
+        "on the 89 common OOF clips (0 of its own left out)",
+    ]
+
+    # independently: intersect the OOF files, score each fold's verified clips with numpy
+    common = sorted(set(_read_oof(fc, "a").index) & set(_read_oof(fc, "b").index))
+    assert common == fc.train_ids[1:]
+    oof = {name: _read_oof(fc, name).loc[common, fc.comp.classes].to_numpy() for name in ("a", "b")}
+    oof["blend"] = (oof["a"] + oof["b"]) / 2
+    row = {c: i for i, c in enumerate(fc.train_ids)}
+    idx = np.array([row[c] for c in common])
+    truth, folds, verified = fc.truth[idx], fc.folds[idx], fc.verified[idx]
+    expected = {
+        name: {k: _map_at_3(truth[(folds == k) & verified], s[(folds == k) & verified]) for k in range(3)}
+        for name, s in oof.items()
+    }
+    for name, part in (
+        ("a", report["members"]["a"]),
+        ("b", report["members"]["b"]),
+        ("blend", report["blend"]),
+    ):
+        assert {int(k): v for k, v in part["folds"].items()} == pytest.approx(expected[name])
+        assert part["mean"] == pytest.approx(np.mean(list(expected[name].values())))
+        assert part["std"] == pytest.approx(np.std(list(expected[name].values())))
+    assert result.fold_scores == pytest.approx(expected["blend"])
+    assert read_submission(workspace, fc)["fname"].tolist() == fc.test_ids[::-1]  # every test clip
+
+
+def test_fold_score_summaries_are_shared() -> None:
+    from audiotag.train.runner import RunResult
+
+    for cls in (Member, ScoreLine, RunResult, ensemble.EnsembleResult):
+        assert issubclass(cls, FoldScores) and "fold_scores" in {f.name for f in fields(cls)}
+    assert [f.name for f in fields(ScoreLine)] == ["name", "fold_scores", "note"]
+    line = ScoreLine("x", {0: 0.5, 1: 0.7})
+    assert line.mean == pytest.approx(0.6) and line.std == pytest.approx(0.1)
+    run = RunResult("r", Path("."), "map3", {0: 0.5, 1: 0.7}, complete=True)
+    assert (run.mean, run.std) == (line.mean, line.std)
+    assert np.isnan(ScoreLine("empty", {}).mean) and np.isnan(ScoreLine("empty", {}).std)
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -257,18 +334,62 @@ def _refused(workspace: Path, fc: FakeCompetition, match: str) -> None:
     assert not (workspace / "submissions" / fc.comp.name / "ens.csv").exists()
 
 
-def test_member_with_other_clips_is_refused(workspace: Path) -> None:
-    fc = fake_competition()
+def test_members_sharing_too_few_oof_clips_are_refused(workspace: Path) -> None:
+    fc = fake_competition()  # 90 OOF clips: 80 in common is 88.9%, below MIN_OOF_OVERLAP
     write_run(fc, "a", 1.0, seed=1)
-    write_run(fc, "b", 1.0, seed=2, oof_ids=fc.train_ids[1:])
-    _refused(workspace, fc, r"predict different OOF clips: 1 only in 'a' \(e.g. \['tr000'\]\), 0 only in 'b'")
+    write_run(fc, "b", 1.0, seed=2, oof_ids=fc.train_ids[10:])
+    _refused(
+        workspace,
+        fc,
+        r"members 'a' and 'b' predict too different OOF clips to be blended: 10 only in 'a' "
+        r"\(e.g. \['tr000', 'tr001', 'tr002'\]\), 0 only in 'b' .*Only 80 of the 90 .*\(88.9%; "
+        r"audiotag.ensemble.MIN_OOF_OVERLAP asks for 90%\).* leave one of them out of `members`",
+    )
 
 
-def test_member_with_other_test_clips_is_refused(workspace: Path) -> None:
+def test_too_small_overlap_names_the_most_different_pair(workspace: Path) -> None:
+    fc = fake_competition()  # every pair of a member with 'a' shares 93%, but 'b' and 'c' only 87%
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(fc, "b", 1.0, seed=2, oof_ids=fc.train_ids[6:])
+    write_run(fc, "c", 1.0, seed=3, oof_ids=fc.train_ids[:6] + fc.train_ids[12:])
+    with pytest.raises(DataError, match=r"members 'b' and 'c' .* Only 78 of the 90 "):
+        run_ensemble(ensemble_config(workspace, "demo", ["a", "b", "c"]))
+
+
+def test_common_oof_clips_that_lose_a_whole_fold_are_refused(workspace: Path) -> None:
+    fc = fake_competition(n_folds=10)  # 9 clips a fold: without fold 9, 'b' still shares 90%
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(
+        fc, "b", 1.0, seed=2, oof_ids=[c for c, f in zip(fc.train_ids, fc.folds, strict=True) if f != 9]
+    )
+    _refused(
+        workspace,
+        fc,
+        r"no OOF clip of fold\(s\) \[9\] is predicted by every ensemble member \(only by \['a'\]\)",
+    )
+
+
+def test_min_oof_overlap_is_the_threshold(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fc = fake_competition()
     write_run(fc, "a", 1.0, seed=1)
-    write_run(fc, "b", 1.0, seed=2, test_ids=[*fc.test_ids[:-1], "other"])
-    _refused(workspace, fc, "predict different test clips")
+    write_run(fc, "b", 1.0, seed=2, oof_ids=fc.train_ids[10:])
+    monkeypatch.setattr(ensemble, "MIN_OOF_OVERLAP", 0.8)
+    result = run_ensemble(ensemble_config(workspace, "demo", ["a", "b"], weights="equal"))
+    assert result.report["n_oof_clips"] == 80 and result.oof_left_out == {"a": 10, "b": 0}
+
+
+@pytest.mark.parametrize("b_oof", ["same", "one_missing"])
+def test_member_with_other_test_clips_is_refused(workspace: Path, b_oof: str) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.0, seed=1)
+    oof_ids = fc.train_ids if b_oof == "same" else fc.train_ids[1:]
+    write_run(fc, "b", 1.0, seed=2, oof_ids=oof_ids, test_ids=[*fc.test_ids[:-1], "other"])
+    _refused(
+        workspace,
+        fc,
+        r"predict different test clips: 1 only in 'a' \(e.g. \['te011'\]\), 1 only in 'b' "
+        r"\(e.g. \['other'\]\); a submission needs every test clip",
+    )
 
 
 def test_member_with_other_classes_is_refused(workspace: Path) -> None:

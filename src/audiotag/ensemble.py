@@ -1,8 +1,12 @@
 """The ensemble stage: blend (or stack) finished runs on their OOF predictions, apply the result to
 their test predictions, report every CV number, write the submission.
 
-Members are runs, all folds of each. Their predictions are aligned by clip id; a member whose clips,
-classes or fold file differ from the others' is refused with the reason. The numbers:
+Members are runs, all folds of each. Their predictions are aligned by clip id; a member whose test
+clips, classes or fold file differ from the others' is refused with the reason. Members may predict
+different OOF clips (runs whose caches skipped different unusable clips, or a run trained on fewer
+clips): they are blended and scored on the OOF clips common to all of them, with a warning, as long as
+those are at least ``MIN_OOF_OVERLAP`` of the clips any member predicts, and refused otherwise. The
+numbers, all on those common clips:
 
 - every member's CV: the competition metric per fold on the scored OOF clips (verified clips of the
   fold, or all of them when the fold has none), recomputed here from the fold files so that members
@@ -21,6 +25,7 @@ over their fold models, and that is what is submitted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -36,6 +41,7 @@ from audiotag.competitions import Competition, get_competition
 from audiotag.config import EnsembleConfig
 from audiotag.data.folds import file_sha256, load_folds
 from audiotag.errors import DataError
+from audiotag.fold_scores import FoldScores, fold_mean, fold_std
 from audiotag.paths import submissions_root
 from audiotag.prepare import read_clip_table
 from audiotag.stacking import logit_features, make_stacker, nested_predictions
@@ -43,17 +49,13 @@ from audiotag.submission import build_submission, write_submission
 
 log = logging.getLogger(__name__)
 
-
-def _mean(scores: dict[int, float]) -> float:
-    return float(np.mean(list(scores.values()))) if scores else float("nan")
-
-
-def _std(scores: dict[int, float]) -> float:
-    return float(np.std(list(scores.values()))) if scores else float("nan")
+# The least share of the OOF clips predicted by any member that must be predicted by every member. Below
+# it the common clips are too different from what each member was scored on for a meaningful blend.
+MIN_OOF_OVERLAP = 0.9
 
 
 @dataclass
-class Member:
+class Member(FoldScores):
     """One run: its OOF predictions (rows held out in ``oof_folds``) and each fold model's test
     predictions (rows in ``test_ids`` order). ``fold_scores`` is its CV, as the blend is scored."""
 
@@ -68,42 +70,27 @@ class Member:
     test_folds: list[np.ndarray]
 
     @property
-    def mean(self) -> float:
-        return _mean(self.fold_scores)
-
-    @property
-    def std(self) -> float:
-        return _std(self.fold_scores)
-
-    @property
     def test(self) -> np.ndarray:
         """Arithmetic mean of the fold models' test predictions (the run's own test.parquet)."""
         return np.mean(np.stack(self.test_folds), axis=0)
 
 
 @dataclass
-class ScoreLine:
+class ScoreLine(FoldScores):
     """One row of the CV table: a member, the blend (in-sample or nested), or the stacker."""
 
     name: str
     fold_scores: dict[int, float]
     note: str = ""
 
-    @property
-    def mean(self) -> float:
-        return _mean(self.fold_scores)
-
-    @property
-    def std(self) -> float:
-        return _std(self.fold_scores)
-
 
 @dataclass
-class EnsembleResult:
+class EnsembleResult(FoldScores):
     """``fold_scores`` is the honest CV of what was submitted: the nested CV when weights were searched
     or a stacker was fitted, otherwise the blend's plain CV. ``lines`` holds every row of the CV table
     (members first), ``weights`` the blend weight of each member (its mean over classes when they are
-    per class), ``gain`` the submitted CV mean minus the best member's."""
+    per class), ``gain`` the submitted CV mean minus the best member's, ``oof_left_out`` how many of each
+    member's OOF clips were outside the clips common to all members (every CV number is on those)."""
 
     metric: str
     members: list[Member]
@@ -116,14 +103,7 @@ class EnsembleResult:
     submitted: str = "blend"
     best_member: str = ""
     gain: float = 0.0
-
-    @property
-    def mean(self) -> float:
-        return _mean(self.fold_scores)
-
-    @property
-    def std(self) -> float:
-        return _std(self.fold_scores)
+    oof_left_out: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- loading and checks
@@ -206,6 +186,90 @@ def _difference(name_a: str, a: list[str], name_b: str, b: list[str]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class OofOverlap:
+    """The OOF clips common to all members (sorted), how many clips any member predicts, and for each
+    member its clips outside the common set (sorted)."""
+
+    common: list[str]
+    n_union: int
+    dropped: dict[str, list[str]]
+
+    @property
+    def share(self) -> float:
+        return len(self.common) / self.n_union if self.n_union else 1.0
+
+
+def oof_overlap(members: list[Member]) -> OofOverlap:
+    sets = [set(m.oof_ids) for m in members]
+    common = set.intersection(*sets)
+    return OofOverlap(
+        common=sorted(common),
+        n_union=len(set.union(*sets)),
+        dropped={m.name: sorted(ids - common) for m, ids in zip(members, sets, strict=True)},
+    )
+
+
+def _pair_share(a: Member, b: Member) -> float:
+    ids_a, ids_b = set(a.oof_ids), set(b.oof_ids)
+    union = len(ids_a | ids_b)
+    return len(ids_a & ids_b) / union if union else 1.0
+
+
+def check_oof_overlap(members: list[Member]) -> None:
+    """Refuse members whose common OOF clips are less than ``MIN_OOF_OVERLAP`` of all their OOF clips."""
+    overlap = oof_overlap(members)
+    if overlap.share >= MIN_OOF_OVERLAP:
+        check_folds_kept(members, overlap.common)
+        return
+    a, b = min(itertools.combinations(members, 2), key=lambda pair: _pair_share(*pair))
+    raise DataError(
+        f"ensemble members {a.name!r} and {b.name!r} predict too different OOF clips to be blended: "
+        f"{_difference(a.name, a.oof_ids, b.name, b.oof_ids)}. Only {len(overlap.common)} of the "
+        f"{overlap.n_union} OOF clips of the members are common to all of them ({overlap.share:.1%}; "
+        f"audiotag.ensemble.MIN_OOF_OVERLAP asks for {MIN_OOF_OVERLAP:.0%}), too few to compare or blend "
+        "them. Train the members on the same clips (the same fold file and the same usable clips of the "
+        "cache), or leave one of them out of `members`"
+    )
+
+
+def check_folds_kept(members: list[Member], common: list[str]) -> None:
+    """Refuse a common OOF set that lost a whole fold: the CV mean would silently cover fewer folds."""
+    kept, every = set(), set()
+    keep = set(common)
+    for m in members:
+        every |= set(m.oof_folds.tolist())
+        kept |= {int(f) for c, f in zip(m.oof_ids, m.oof_folds, strict=True) if c in keep}
+    lost = sorted(every - kept)
+    if lost:
+        holders = [m.name for m in members if set(lost) & set(m.oof_folds.tolist())]
+        raise DataError(
+            f"no OOF clip of fold(s) {lost} is predicted by every ensemble member (only by {holders}); "
+            "the CV would leave those folds out. Train the members on the same clips, or leave out the "
+            "members that lack them"
+        )
+
+
+def warn_dropped_oof(overlap: OofOverlap) -> None:
+    """Say which members lose OOF clips to the common set, and that every CV number is on that set."""
+    if not any(overlap.dropped.values()):
+        return
+    per_member = ", ".join(
+        f"{len(ids)} of {name!r}" + (f" (e.g. {ids[:3]})" if ids else "")
+        for name, ids in overlap.dropped.items()
+    )
+    log.warning(
+        "ensemble: the members predict different OOF clips (e.g. their caches skipped different unusable "
+        "clips); blending on the %d clips common to all of them (%.1f%% of %d), leaving out %s. Every CV "
+        "number of this ensemble, the members' included, is on these common clips: comparable with one "
+        "another, not with the runs' own metrics.json",
+        len(overlap.common),
+        100 * overlap.share,
+        overlap.n_union,
+        per_member,
+    )
+
+
 def check_members(members: list[Member]) -> pd.DataFrame:
     """Refuse members that cannot be blended; return the shared fold table (clip_id, fold)."""
     first = members[0]
@@ -239,21 +303,23 @@ def check_members(members: list[Member]) -> pd.DataFrame:
                 f"({wrong.size} such clips)"
             )
     for other in members[1:]:
-        for what, ids_a, ids_b in (
-            ("OOF", first.oof_ids, other.oof_ids),
-            ("test", first.test_ids, other.test_ids),
-        ):
-            if set(ids_a) != set(ids_b):
-                raise DataError(
-                    f"ensemble members {first.name!r} and {other.name!r} predict different {what} clips: "
-                    + _difference(first.name, ids_a, other.name, ids_b)
-                )
+        if set(first.test_ids) != set(other.test_ids):
+            raise DataError(
+                f"ensemble members {first.name!r} and {other.name!r} predict different test clips: "
+                + _difference(first.name, first.test_ids, other.name, other.test_ids)
+                + "; a submission needs every test clip from every member (predict the missing ones, "
+                "or leave the member out)"
+            )
+    check_oof_overlap(members)
     return folds
 
 
 def align(members: list[Member]) -> tuple[list[str], list[str]]:
-    """Reorder every member's rows by sorted clip id (in place); return (OOF ids, test ids)."""
-    oof_ids, test_ids = sorted(members[0].oof_ids), sorted(members[0].test_ids)
+    """Keep the OOF clips common to all members and reorder every member's rows by sorted clip id (in
+    place); return (OOF ids, test ids). Dropping OOF clips is logged; ``check_members`` bounds it."""
+    overlap = oof_overlap(members)
+    warn_dropped_oof(overlap)
+    oof_ids, test_ids = overlap.common, sorted(members[0].test_ids)
     for m in members:
         oof_pos = {c: i for i, c in enumerate(m.oof_ids)}
         test_pos = {c: i for i, c in enumerate(m.test_ids)}
@@ -304,7 +370,7 @@ def _weights_by_member(names: list[str], weights: np.ndarray) -> dict[str, float
 
 
 def _cv(scores: dict[int, float]) -> dict[str, Any]:
-    return {"folds": scores, "mean": _mean(scores), "std": _std(scores)}
+    return {"folds": scores, "mean": fold_mean(scores), "std": fold_std(scores)}
 
 
 @dataclass
@@ -382,10 +448,21 @@ def fit_stacking(
     return fold_scores, fit_predict(features, scorer.truth, test_features)
 
 
+def _member_note(overlap: OofOverlap | None, name: str) -> str:
+    """Where members' OOF clips differ, the note says every line is scored on the common clips."""
+    if overlap is None or not any(overlap.dropped.values()):
+        return ""
+    return f"on the {len(overlap.common)} common OOF clips ({len(overlap.dropped[name])} of its own left out)"
+
+
 def score_lines(
-    cfg: EnsembleConfig, members: list[Member], blend: BlendOutcome, stacked: dict[int, float] | None
+    cfg: EnsembleConfig,
+    members: list[Member],
+    blend: BlendOutcome,
+    stacked: dict[int, float] | None,
+    overlap: OofOverlap | None = None,
 ) -> list[ScoreLine]:
-    lines = [ScoreLine(m.name, m.fold_scores) for m in members]
+    lines = [ScoreLine(m.name, m.fold_scores, _member_note(overlap, m.name)) for m in members]
     lines.append(
         ScoreLine(
             f"blend ({cfg.method})",
@@ -405,6 +482,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     comp = get_competition(cfg.competition)
     members = [load_member(comp, name) for name in cfg.members]
     check_members(members)
+    overlap = oof_overlap(members)
     oof_ids, test_ids = align(members)
     names = [m.name for m in members]
     folds = members[0].oof_folds
@@ -432,18 +510,19 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         fold_scores=final_scores,
         submission=path,
         test_score=test_score,
-        lines=score_lines(cfg, members, blend, stacked),
+        lines=score_lines(cfg, members, blend, stacked, overlap),
         weights=_weights_by_member(names, blend.weights),
         submitted=submitted,
         best_member=best.name,
-        gain=_mean(final_scores) - best.mean,
+        gain=fold_mean(final_scores) - best.mean,
+        oof_left_out={name: len(ids) for name, ids in overlap.dropped.items()},
     )
 
     report_blend: dict[str, Any] = {
         **_cv(blend.in_sample),
         "weights": result.weights,
         "cv_kind": "in-sample (weights fit on all OOF)" if blend.searched else "fixed weights",
-        "gain_over_best_member": _mean(blend.in_sample) - best.mean,
+        "gain_over_best_member": fold_mean(blend.in_sample) - best.mean,
         "nested": None,
         "test_score": comp.score_test(test_ids, blend.test),
     }
@@ -456,8 +535,8 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         report_blend["nested"] = {
             **_cv(blend.nested),
             "weights": {k: _weights_by_member(names, w) for k, w in blend.nested_weights.items()},
-            "gain_over_best_member": _mean(blend.nested) - best.mean,
-            "optimism": _mean(blend.in_sample) - _mean(blend.nested),
+            "gain_over_best_member": fold_mean(blend.nested) - best.mean,
+            "optimism": fold_mean(blend.in_sample) - fold_mean(blend.nested),
         }
     report_stacking = None
     if stacked is not None:
@@ -465,7 +544,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
             "kind": cfg.stacking,
             **_cv(stacked),
             "cv_kind": "nested (stacker fit on the other folds)",
-            "gain_over_best_member": _mean(stacked) - best.mean,
+            "gain_over_best_member": fold_mean(stacked) - best.mean,
             "test_score": test_score,
         }
     result.report = {
@@ -480,6 +559,8 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         "per_class": cfg.per_class,
         "n_scored_clips": int(scored.sum()),
         "n_oof_clips": len(oof_ids),
+        "n_oof_clips_any_member": overlap.n_union,
+        "oof_clips_left_out": overlap.dropped,
         "folds_file": members[0].folds_file,
         "members": {m.name: _cv(m.fold_scores) for m in members},
         "best_member": {"name": best.name, "mean": best.mean},

@@ -6,11 +6,11 @@ appends one JSON line to ``submissions/log.jsonl``: time, competition, Kaggle sl
 CV of the blend and its members (from the report ``<name>.json`` the ensemble stage wrote beside the
 CSV), the message and Kaggle's reply. ``read_log`` reads it back for the leaderboard.
 
-The ``kaggle`` package authenticates when it is imported and exits when it finds no credentials, so
-it is imported only inside :func:`default_api`; :func:`authenticated_api` calls ``authenticate()``
-and turns every failure into one :class:`KaggleError` line that says what to do. Credential values
-never reach our output or the log: the client's own printing is discarded and every message we build
-from its errors is passed through :func:`redact`.
+The client is built, signed in and its failures explained by :mod:`audiotag.kaggle_api` (shared with
+the data download); every failure is one :class:`KaggleError` line that says what to do, and the
+daily submission limit is recognised here (:func:`explain`). Credential values never reach our output
+or the log: the client's own printing is discarded and every message built from its errors and
+replies is redacted.
 
 ``API_FACTORY`` builds the client; tests replace it with a fake, or point the real client at a local
 HTTP server (``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes it call ``http://localhost``).
@@ -18,205 +18,66 @@ HTTP server (``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes it call ``http://localho
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
 import re
-import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from audiotag.errors import AudiotagError, ConfigError, DataError
+from audiotag import kaggle_api
+from audiotag.errors import ConfigError, DataError
+
+# callers and tests use these as kaggle_submit.<name>; those not used here are re-exported (X as X)
+from audiotag.kaggle_api import (
+    ApiFactory,
+    KaggleError,
+    default_api,
+    error_detail,
+    http_status,
+    quiet_client,
+    redact,
+    secrets_of,
+)
+from audiotag.kaggle_api import CompetitionNotFound as CompetitionNotFound
+from audiotag.kaggle_api import MissingCredentials as MissingCredentials
+from audiotag.kaggle_api import RulesNotAccepted as RulesNotAccepted
 from audiotag.paths import submissions_root
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "log.jsonl"
-ApiFactory = Callable[[], Any]
 
-TOKEN_HELP = (
-    "create an API token at https://www.kaggle.com/settings (API -> Create New Token) and either set "
-    "KAGGLE_API_TOKEN, or save the legacy kaggle.json as ~/.kaggle/kaggle.json (chmod 600), or set "
-    "KAGGLE_USERNAME and KAGGLE_KEY"
-)
 UPLOAD_FAILED = "Could not submit to competition"  # the client's reply when the file upload failed
+LIMIT_PATTERN = re.compile(r"daily|allowance|submission limit|too many submissions|limit reached", re.I)
 
-
-class KaggleError(AudiotagError):
-    """The Kaggle API refused or failed; the message says why and what to do."""
-
-
-class MissingCredentials(KaggleError):
-    """No usable Kaggle credentials were found."""
-
-
-class RulesNotAccepted(KaggleError):
-    """HTTP 403: the account has not accepted the competition's rules."""
+API_FACTORY: ApiFactory = default_api  # tests put a fake here
 
 
 class SubmissionLimit(KaggleError):
     """The competition's daily submission limit is reached."""
 
 
-class CompetitionNotFound(KaggleError):
-    """HTTP 404: no such competition (or it is not open to this account)."""
-
-
-# --------------------------------------------------------------------------- the client
-
-
-def default_api() -> Any:
-    """A new, unauthenticated ``KaggleApi``; the package is imported here, not at module import."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            from kaggle.api.kaggle_api_extended import KaggleApi
-    except ImportError as exc:
-        raise KaggleError(
-            f"the Kaggle client is not installed ({exc.name or exc}); run ./run.sh once to install the "
-            "pinned dependencies, or `pip install kaggle six`"
-        ) from None
-    except (Exception, SystemExit) as exc:  # older clients raise at import without credentials
-        raise MissingCredentials(
-            f"the Kaggle client failed to start ({type(exc).__name__}); {TOKEN_HELP}"
-        ) from None
-    return KaggleApi()
-
-
-API_FACTORY: ApiFactory = default_api  # tests put a fake here
-
-
-def credential_sources() -> list[str]:
-    """Where Kaggle credentials are (variable and file names only, never values)."""
-    found = [v for v in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY") if os.environ.get(v)]
-    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
-    for name in ("kaggle.json", "access_token", "access_token.txt", "credentials.json"):
-        if (folder / name).is_file():
-            found.append(str(folder / name))
-    return found
-
-
-def secrets_of(api: Any = None) -> list[str]:
-    """Credential values to scrub from any text we show or store."""
-    values = [os.environ.get(v, "") for v in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
-    config = getattr(api, "config_values", None)
-    if isinstance(config, dict):
-        values += [str(config.get(k) or "") for k in ("key", "token")]
-    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-@contextlib.contextmanager
-def quiet_client() -> Iterator[None]:
-    """Discard what the client prints (its help text, progress bars, verbose request dumps with the
-    Authorization header) and keep its loggers below DEBUG while it runs."""
-    loggers = [logging.getLogger(name) for name in ("kaggle", "kagglesdk", "urllib3")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def http_status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    if status is None:
-        status = getattr(exc, "status", None)  # kaggle < 1.7: kaggle.rest.ApiException
-    return status if isinstance(status, int) else None
-
-
-def is_network_error(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
-        return True
-    module = type(exc).__module__ or ""
-    return module.startswith(("requests", "urllib3")) and http_status(exc) is None
-
-
-def authenticated_api(factory: ApiFactory | None = None) -> Any:
-    """A client that found credentials, or :class:`MissingCredentials` saying how to provide them."""
-    api = (factory or API_FACTORY)()
-    try:
-        with quiet_client():
-            api.authenticate()
-    except (Exception, SystemExit) as exc:  # the client calls exit(1) when it finds no credentials
-        secrets = secrets_of(api)
-        status = http_status(exc)
-        if is_network_error(exc):
-            raise KaggleError(
-                f"cannot reach Kaggle to check the credentials ({type(exc).__name__}); check the network"
-            ) from None
-        if status is not None and status != 401:
-            raise KaggleError(
-                redact(f"Kaggle answered HTTP {status} while signing in; try again", secrets)
-            ) from None
-        sources = credential_sources()
-        if sources or status == 401:
-            msg = f"Kaggle did not accept the credentials in {', '.join(sources) or '?'}; {TOKEN_HELP}"
-        else:
-            msg = f"no Kaggle credentials found; {TOKEN_HELP}"
-        raise MissingCredentials(redact(msg, secrets)) from None
-    return api
-
-
-LIMIT_PATTERN = re.compile(r"daily|allowance|submission limit|too many submissions|limit reached", re.I)
-
-
 def explain(exc: BaseException, slug: str, secrets: Sequence[str], doing: str = "submit to") -> KaggleError:
-    """One clear error for a failed API call."""
+    """One clear error for a failed API call: the daily submission limit here, the rest in
+    :func:`audiotag.kaggle_api.explain`."""
     status = http_status(exc)
-    detail = redact(str(exc).splitlines()[0] if str(exc) else "", secrets)[:300]
-    page = f"https://www.kaggle.com/competitions/{slug}"
-    if status == 401:
-        return MissingCredentials(
-            f"Kaggle rejected the credentials (HTTP 401) in {', '.join(credential_sources()) or '?'}: the "
-            f"username/key or token is wrong or expired; {TOKEN_HELP}"
-        )
+    detail = error_detail(exc, secrets)
     if status == 429 or (status in (400, 403, None) and LIMIT_PATTERN.search(detail)):
         return SubmissionLimit(
             f"Kaggle refused to {doing} {slug!r}: the daily submission limit is reached "
             f"({detail or 'HTTP 429'}); nothing was submitted or logged; submit again after the limit "
             "resets (00:00 UTC)"
         )
-    if status == 403:
-        return RulesNotAccepted(
-            f"Kaggle refused to let you {doing} {slug!r} (HTTP 403): the competition's rules are not "
-            f"accepted for this account; open {page}/rules, sign in with the account of your API token, "
-            "accept the rules (or join the competition), and run again"
-        )
-    if status == 404:
-        return CompetitionNotFound(
-            f"Kaggle has no competition {slug!r} (HTTP 404); check -c/--slug: the slug is the part after "
-            f"/competitions/ in the competition's address, e.g. {page}"
-        )
-    if status is not None and status >= 500:
-        return KaggleError(
-            f"Kaggle answered HTTP {status} for {slug!r}: a problem on Kaggle's side; try later"
-        )
-    if is_network_error(exc):
-        return KaggleError(
-            f"cannot reach Kaggle to {doing} {slug!r} ({type(exc).__name__}); check the network"
-        )
-    what = f"HTTP {status}" if status is not None else type(exc).__name__
-    return KaggleError(f"Kaggle refused to {doing} {slug!r} ({what}: {detail})")
+    return kaggle_api.explain(exc, slug, secrets, doing=doing, slug_from="-c/--slug")
 
 
 # --------------------------------------------------------------------------- the log
@@ -397,7 +258,7 @@ def submit_file(
         members=sorted((report or {}).get("members") or {}),
         ensemble=(report or {}).get("name"),
     )
-    api = authenticated_api(factory)
+    api = kaggle_api.authenticated_api(factory or API_FACTORY)
     secrets = secrets_of(api)
     log.info("submitting %s (sha256 %s…) to Kaggle competition %s", path, record.sha256[:12], slug)
     try:
@@ -440,7 +301,7 @@ def as_score(value: Any) -> float | None:
 
 def fetch_scores(slug: str, factory: ApiFactory | None = None) -> list[KaggleScore]:
     """This account's submissions to ``slug`` with their public and private scores."""
-    api = authenticated_api(factory)
+    api = kaggle_api.authenticated_api(factory or API_FACTORY)
     secrets = secrets_of(api)
     try:
         with quiet_client():

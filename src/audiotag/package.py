@@ -406,8 +406,10 @@ def run_inference(
     import torch
 
     from audiotag.config import load_experiment
+    from audiotag.data.audio import AudioRules
     from audiotag.data.cache import FeatureCache, build_cache
     from audiotag.predictions import write_predictions
+    from audiotag.prepare import audio_rules
     from audiotag.submission import build_submission, write_submission
 
     manifest = json.loads((bundle / MANIFEST).read_text())
@@ -438,14 +440,16 @@ def run_inference(
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audiotag-")))
         else:
             work = Path(work_dir)
-        caches: dict[str, FeatureCache] = {}
+        caches: dict[tuple[str, AudioRules], FeatureCache] = {}
         predictions = []
         for member in manifest["members"]:
             member_dir = bundle / "members" / member["name"]
-            features = load_experiment(member_dir / "config.yaml").features
-            if features.key() not in caches:
-                caches[features.key()] = FeatureCache(build_cache(clips, work, features, workers=workers))
-            cache = caches[features.key()]
+            member_cfg = load_experiment(member_dir / "config.yaml")
+            features, rules = member_cfg.features, audio_rules(member_cfg.competition)
+            key = (features.key(), rules)
+            if key not in caches:  # the member's own audio rules, as its training cache had
+                caches[key] = FeatureCache(build_cache(clips, work, features, workers=workers, rules=rules))
+            cache = caches[key]
             predictions.append(
                 predict_member(member_dir, member["folds"], cache, fnames, len(classes), torch_device)
             )

@@ -19,9 +19,11 @@ that would land outside the target folder before it writes anything, extracts in
 beside the target and moves the result into place, and records a finished extraction so a second call
 returns at once.
 
-Kaggle. :func:`kaggle_download` uses the official client, imported only when called (importing the
-``kaggle`` package authenticates at import time and prints to stdout), and turns its failures into
-one-line errors that say what to do. Credentials are never printed or logged.
+Kaggle. :func:`kaggle_download` uses the official client through :mod:`audiotag.kaggle_api` (shared
+with ``audiotag submit``), which imports it only when called (importing the ``kaggle`` package
+authenticates at import time and prints to stdout), signs in, and turns its failures into one-line
+errors that say what to do; they are raised here as :class:`DataError`. Credentials are never printed
+or logged.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
@@ -55,6 +57,7 @@ from tqdm import tqdm
 
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.errors import ConfigError, DataError
+from audiotag.kaggle_api import ApiFactory, KaggleError, authenticated_api, default_api, explain, secrets_of
 
 log = logging.getLogger(__name__)
 
@@ -1150,130 +1153,8 @@ def _extract_all(zf: zipfile.ZipFile, archive: Path, infos: list[zipfile.ZipInfo
 
 # --------------------------------------------------------------------------- Kaggle
 
-KaggleApiFactory = Callable[[], Any]
-
-_TOKEN_HELP = (
-    "create an API token at https://www.kaggle.com/settings (API -> Create New Token) and save it as "
-    "~/.kaggle/kaggle.json (chmod 600 ~/.kaggle/kaggle.json), or set KAGGLE_USERNAME and KAGGLE_KEY, "
-    "or set KAGGLE_API_TOKEN (new-style token)"
-)
-
-
-def _import_kaggle_api() -> type:
-    """The client class, imported without letting the package's import-time login print anything."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            from kaggle.api.kaggle_api_extended import KaggleApi
-    except ImportError as exc:
-        raise DataError(
-            f"the Kaggle client is not installed ({exc.name or exc}); run `pip install kaggle six` "
-            "(./run.sh installs it), or use source: zenodo"
-        ) from None
-    except (Exception, SystemExit) as exc:  # kaggle < 2 raises at import when it finds no credentials
-        raise DataError(f"the Kaggle client failed to start ({type(exc).__name__}); {_TOKEN_HELP}") from None
-    return KaggleApi
-
-
-def _default_kaggle_api() -> Any:
-    return _import_kaggle_api()()
-
-
-KAGGLE_API_FACTORY: KaggleApiFactory = _default_kaggle_api  # tests put a fake here
-
-
-def _credential_sources() -> list[str]:
-    """Where credentials were found (names only, never values)."""
-    found = [v for v in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY") if os.environ.get(v)]
-    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
-    for name in ("kaggle.json", "access_token", "credentials.json"):
-        if (folder / name).is_file():
-            found.append(str(folder / name))
-    return found
-
-
-def _secrets(api: Any) -> list[str]:
-    values = [os.environ.get(v, "") for v in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
-    config = getattr(api, "config_values", None)
-    if isinstance(config, dict):
-        values += [str(config.get(k) or "") for k in ("key", "token")]
-    return [v for v in values if len(v) >= 4]
-
-
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def _http_status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    if status is None:
-        status = getattr(exc, "status", None)  # kaggle < 1.7: kaggle.rest.ApiException
-    return status if isinstance(status, int) else None
-
-
-def _kaggle_error(exc: BaseException, slug: str, dest_dir: Path, secrets: Sequence[str]) -> DataError:
-    status = _http_status(exc)
-    page = f"https://www.kaggle.com/competitions/{slug}"
-    if status == 401:
-        msg = (
-            f"Kaggle rejected the credentials (HTTP 401) found in {', '.join(_credential_sources()) or '?'}: "
-            f"the username/key or token is wrong or expired; {_TOKEN_HELP}"
-        )
-    elif status == 403:
-        msg = (
-            f"Kaggle refused the data of {slug!r} (HTTP 403): the rules of this competition are not accepted "
-            f"for your account; open {page}/rules, sign in with the account of your API token, accept the "
-            "rules, and run again"
-        )
-    elif status == 404:
-        msg = (
-            f"Kaggle has no competition {slug!r} (HTTP 404); check the slug in the competition config (the "
-            f"part after /competitions/ in the competition's address, e.g. {page})"
-        )
-    elif status == 429:
-        msg = (
-            f"Kaggle is rate-limiting this account (HTTP 429) while downloading {slug!r}; wait and run again"
-        )
-    elif status is not None and status >= 500:
-        msg = f"Kaggle answered HTTP {status} for {slug!r}: a problem on Kaggle's side; try again later"
-    elif _is_network_error(exc):
-        msg = (
-            f"cannot reach Kaggle to download {slug!r} ({type(exc).__name__}); check the network or proxy, "
-            f"or download the data by hand from {page}/data into {dest_dir}"
-        )
-    else:
-        detail = _redact(str(exc).splitlines()[0] if str(exc) else "", secrets)[:300]
-        what = f"HTTP {status}" if status is not None else type(exc).__name__
-        msg = f"Kaggle download of {slug!r} failed ({what}: {detail}); download it by hand from {page}/data"
-    return DataError(_redact(msg, secrets))
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
-        return True
-    module = type(exc).__module__ or ""
-    return module.startswith(("requests", "urllib3")) and _http_status(exc) is None
-
-
-def _authenticated(factory: KaggleApiFactory, slug: str, dest_dir: Path) -> Any:
-    """A client that has found credentials, or a one-line error saying how to provide them."""
-    api = factory()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the client prints its own long help
-            api.authenticate()
-    except (Exception, SystemExit) as exc:  # the client calls exit(1) when it finds no credentials
-        status = _http_status(exc)
-        if _is_network_error(exc) or (status is not None and status != 401):
-            raise _kaggle_error(exc, slug, dest_dir, _secrets(api)) from None
-        sources = _credential_sources()
-        if sources or status == 401:
-            msg = f"Kaggle did not accept the credentials in {', '.join(sources) or '?'}; {_TOKEN_HELP}"
-        else:
-            msg = f"no Kaggle credentials found; {_TOKEN_HELP}"
-        raise DataError(_redact(msg, _secrets(api))) from None
-    return api
+KaggleApiFactory = ApiFactory
+KAGGLE_API_FACTORY: KaggleApiFactory = default_api  # tests put a fake here
 
 
 def kaggle_download(slug: str, dest_dir: Path, *, api_factory: KaggleApiFactory | None = None) -> Path:
@@ -1303,8 +1184,14 @@ def kaggle_download(slug: str, dest_dir: Path, *, api_factory: KaggleApiFactory 
 
 
 def _kaggle_fetch(slug: str, dest_dir: Path, archive: Path, factory: KaggleApiFactory) -> None:
-    api = _authenticated(factory, slug, dest_dir)
-    secrets = _secrets(api)
+    by_hand = (
+        f"download the data by hand from https://www.kaggle.com/competitions/{slug}/data into {dest_dir}"
+    )
+    try:
+        api = authenticated_api(factory, alternative=by_hand)
+    except KaggleError as exc:  # a download failure is a DataError, whatever the cause
+        raise DataError(str(exc)) from None
+    secrets = secrets_of(api)
     staging = dest_dir / f".kaggle-{slug}"
     staging.mkdir(exist_ok=True)
     log.info("downloading the data of Kaggle competition %s into %s", slug, dest_dir)
@@ -1312,7 +1199,9 @@ def _kaggle_fetch(slug: str, dest_dir: Path, archive: Path, factory: KaggleApiFa
         with contextlib.redirect_stdout(sys.stderr):  # the client's messages must not mix with our output
             api.competition_download_files(slug, path=str(staging), force=False, quiet=False)
     except (Exception, SystemExit) as exc:
-        raise _kaggle_error(exc, slug, dest_dir, secrets) from None
+        doing, slug_from = "download the data of", "the slug in the competition config"
+        error = explain(exc, slug, secrets, doing=doing, slug_from=slug_from, alternative=by_hand)
+        raise DataError(str(error)) from None
     got = sorted(p for p in staging.iterdir() if p.is_file() and not p.name.startswith("."))
     zips = [p for p in got if p.suffix == ".zip"]
     if len(zips) != 1:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 import audiotag
 from audiotag import metrics
@@ -26,6 +28,7 @@ from audiotag.config import ExperimentConfig, dump_yaml
 from audiotag.data.cache import FeatureCache
 from audiotag.data.folds import file_sha256, load_folds
 from audiotag.errors import ConfigError
+from audiotag.fold_scores import FoldScores
 from audiotag.models.registry import check_pretrained
 from audiotag.paths import REPO_ROOT
 from audiotag.predictions import read_predictions, write_predictions
@@ -49,21 +52,13 @@ RUNTIME_KEYS = {
 
 
 @dataclass
-class RunResult:
+class RunResult(FoldScores):
     name: str
     dir: Path
     metric: str
     fold_scores: dict[int, float]
     complete: bool
     test_score: float | None = None  # fold-mean test predictions on known test labels (demo only)
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(list(self.fold_scores.values())))
-
-    @property
-    def std(self) -> float:
-        return float(np.std(list(self.fold_scores.values())))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -79,6 +74,40 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def result_settings(cfg: ExperimentConfig) -> dict[str, object]:
     return {k: v for k, v in flatten(cfg.model_dump(mode="json")).items() if k not in RUNTIME_KEYS}
+
+
+_NO_DEFAULT = object()
+
+
+def setting_default(cfg: BaseModel, key: str) -> object:
+    """The JSON value of the default of the setting at the dotted ``key`` of ``cfg`` (or a sentinel)."""
+    *parents, name = key.split(".")
+    node: object = cfg
+    for part in parents:
+        node = getattr(node, part, None)
+    if not isinstance(node, BaseModel):
+        return _NO_DEFAULT
+    field = type(node).model_fields.get(name)
+    if field is None or field.is_required():
+        return _NO_DEFAULT
+    return to_jsonable_python(field.get_default(call_default_factory=True))
+
+
+def changed_settings(
+    saved: dict[str, object], settings: dict[str, object], cfg: ExperimentConfig
+) -> list[str]:
+    """Settings that differ between a run's ``run.json`` and ``cfg``.
+
+    A setting the saved run lacks (one added to audiotag after the run started) counts as unchanged
+    while it has its default value, which reproduces what the older code did.
+    """
+    changed = []
+    for key in sorted(set(saved) | set(settings)):
+        if key not in saved and settings[key] == setting_default(cfg, key):
+            continue
+        if saved.get(key) != settings.get(key):
+            changed.append(key)
+    return changed
 
 
 def code_version() -> str:
@@ -102,7 +131,7 @@ def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prep
     settings = result_settings(cfg)
     if info_path.is_file():
         saved = json.loads(info_path.read_text())["settings"]
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        changed = changed_settings(saved, settings, cfg)
         if changed:
             diff = "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:8])
             raise ConfigError(

@@ -1,0 +1,233 @@
+"""The ``kaggle`` package's API client, shared by the data download and ``audiotag submit``.
+
+The ``kaggle`` package authenticates when it is imported, prints its own help and, in older versions,
+exits when it finds no credentials, so it is imported only inside :func:`client_class`, with its
+output discarded. :func:`authenticated_api` builds a client and signs in; :func:`explain` turns a
+failed call into one :class:`KaggleError` line that says what to do: missing or wrong credentials
+(which file or variables, ``chmod 600``), rules not accepted (403, with the competition's rules page),
+no such competition (404), rate limits (429), Kaggle's own failures (5xx) and the network.
+
+Credential values never reach our output: the client's own printing is discarded while it runs
+(:func:`quiet_client`) and every message built here is passed through :func:`redact`. Callers that
+need another exception type (the download raises :class:`~audiotag.errors.DataError`) re-raise the
+message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from audiotag.errors import AudiotagError
+
+ApiFactory = Callable[[], Any]
+
+TOKEN_HELP = (
+    "create an API token at https://www.kaggle.com/settings (API -> Create New Token) and either set "
+    "KAGGLE_API_TOKEN, or save the legacy kaggle.json as ~/.kaggle/kaggle.json "
+    "(chmod 600 ~/.kaggle/kaggle.json), or set KAGGLE_USERNAME and KAGGLE_KEY"
+)
+
+
+class KaggleError(AudiotagError):
+    """The Kaggle API refused or failed; the message says why and what to do."""
+
+
+class MissingCredentials(KaggleError):
+    """No usable Kaggle credentials were found, or Kaggle rejected them (HTTP 401)."""
+
+
+class RulesNotAccepted(KaggleError):
+    """HTTP 403: the account has not accepted the competition's rules."""
+
+
+class CompetitionNotFound(KaggleError):
+    """HTTP 404: no such competition (or it is not open to this account)."""
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def client_class() -> type:
+    """The ``KaggleApi`` class, imported here (not at module import) with the package's output discarded."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+    except ImportError as exc:
+        raise KaggleError(
+            f"the Kaggle client is not installed ({exc.name or exc}); run ./run.sh once to install the "
+            "pinned dependencies, or `pip install kaggle six`"
+        ) from None
+    except (Exception, SystemExit) as exc:  # kaggle < 2 raises at import when it finds no credentials
+        raise MissingCredentials(
+            f"the Kaggle client failed to start ({type(exc).__name__}); {TOKEN_HELP}"
+        ) from None
+    return KaggleApi
+
+
+def default_api() -> Any:
+    """A new, unauthenticated ``KaggleApi``."""
+    return client_class()()
+
+
+def credential_sources() -> list[str]:
+    """Where Kaggle credentials are (variable and file names only, never values)."""
+    found = [v for v in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY") if os.environ.get(v)]
+    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    for name in ("kaggle.json", "access_token", "access_token.txt", "credentials.json"):
+        if (folder / name).is_file():
+            found.append(str(folder / name))
+    return found
+
+
+def secrets_of(api: Any = None) -> list[str]:
+    """Credential values to scrub from any text we show or store, longest first."""
+    values = [os.environ.get(v, "") for v in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
+    config = getattr(api, "config_values", None)
+    if isinstance(config, dict):
+        values += [str(config.get(k) or "") for k in ("key", "token")]
+    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+@contextlib.contextmanager
+def quiet_client() -> Iterator[None]:
+    """Discard what the client prints (its help text, progress bars, verbose request dumps with the
+    Authorization header) and keep its loggers below DEBUG while it runs."""
+    loggers = [logging.getLogger(name) for name in ("kaggle", "kagglesdk", "urllib3")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is None:
+        status = getattr(exc, "status", None)  # kaggle < 1.7: kaggle.rest.ApiException
+    return status if isinstance(status, int) else None
+
+
+def is_network_error(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    module = type(exc).__module__ or ""
+    return module.startswith(("requests", "urllib3")) and http_status(exc) is None
+
+
+def error_detail(exc: BaseException, secrets: Sequence[str]) -> str:
+    """The first line of the client's message, redacted and cut to 300 characters."""
+    return redact(str(exc).splitlines()[0] if str(exc) else "", secrets)[:300]
+
+
+def _also(alternative: str, joint: str = "; or ") -> str:
+    """``alternative`` ("download the data by hand from ...") as the end of a message, or nothing."""
+    return f"{joint}{alternative}" if alternative else ""
+
+
+# --------------------------------------------------------------------------- signing in and errors
+
+
+def authenticated_api(factory: ApiFactory | None = None, *, alternative: str = "") -> Any:
+    """A client from ``factory`` (default :func:`default_api`) that found credentials, or a
+    :class:`KaggleError` (:class:`MissingCredentials` when there are none) saying how to provide them.
+
+    ``alternative`` (what else to do, e.g. "download the data by hand from ...") is added where
+    Kaggle cannot be used at all: the client is missing or the network is down."""
+    try:
+        api = (factory or default_api)()
+    except KaggleError as exc:  # the client is not installed or failed to start
+        raise type(exc)(f"{exc}{_also(alternative)}") from None
+    try:
+        with quiet_client():
+            api.authenticate()
+    except (Exception, SystemExit) as exc:  # the client calls exit(1) when it finds no credentials
+        status = http_status(exc)
+        sources = credential_sources()
+        error: type[KaggleError] = KaggleError
+        if is_network_error(exc):
+            msg = (
+                f"cannot reach Kaggle to check the credentials ({type(exc).__name__}); check the network "
+                f"or proxy{_also(alternative, ', or ')}"
+            )
+        elif status is not None and status != 401:
+            msg = f"Kaggle answered HTTP {status} while signing in; try again"
+        elif sources or status == 401:
+            error = MissingCredentials
+            msg = f"Kaggle did not accept the credentials in {', '.join(sources) or '?'}; {TOKEN_HELP}"
+        else:
+            error = MissingCredentials
+            msg = f"no Kaggle credentials found; {TOKEN_HELP}"
+        raise error(redact(msg, secrets_of(api))) from None
+    return api
+
+
+def explain(
+    exc: BaseException,
+    slug: str,
+    secrets: Sequence[str],
+    *,
+    doing: str,
+    slug_from: str,
+    alternative: str = "",
+) -> KaggleError:
+    """One clear, redacted error for a failed API call.
+
+    ``doing`` completes "cannot reach Kaggle to ..." (e.g. "submit to", "download the data of");
+    ``slug_from`` says where the slug came from (e.g. "-c/--slug"); ``alternative`` is added to the
+    errors no retry on Kaggle will fix (the network, an unexpected failure)."""
+    status = http_status(exc)
+    page = f"https://www.kaggle.com/competitions/{slug}"
+    error: type[KaggleError] = KaggleError
+    if status == 401:
+        error = MissingCredentials
+        msg = (
+            f"Kaggle rejected the credentials (HTTP 401) in {', '.join(credential_sources()) or '?'}: the "
+            f"username/key or token is wrong or expired; {TOKEN_HELP}"
+        )
+    elif status == 403:
+        error = RulesNotAccepted
+        msg = (
+            f"Kaggle refused to let you {doing} {slug!r} (HTTP 403): the competition's rules are not "
+            f"accepted for this account; open {page}/rules, sign in with the account of your API token, "
+            "accept the rules (or join the competition), and run again"
+        )
+    elif status == 404:
+        error = CompetitionNotFound
+        msg = (
+            f"Kaggle has no competition {slug!r} (HTTP 404); check {slug_from}: the slug is the part after "
+            f"/competitions/ in the competition's address, e.g. {page}"
+        )
+    elif status == 429:
+        msg = (
+            f"Kaggle is rate-limiting this account (HTTP 429) while you {doing} {slug!r}; wait and run again"
+        )
+    elif status is not None and status >= 500:
+        msg = f"Kaggle answered HTTP {status} for {slug!r}: a problem on Kaggle's side; try again later"
+    elif is_network_error(exc):
+        msg = (
+            f"cannot reach Kaggle to {doing} {slug!r} ({type(exc).__name__}); check the network or proxy"
+            f"{_also(alternative, ', or ')}"
+        )
+    else:
+        what = f"HTTP {status}" if status is not None else type(exc).__name__
+        detail = error_detail(exc, secrets)
+        msg = f"could not {doing} Kaggle competition {slug!r} ({what}: {detail}){_also(alternative, '; ')}"
+    return error(redact(msg, secrets))
