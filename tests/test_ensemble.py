@@ -311,6 +311,14 @@ def test_members_with_different_oof_clips_are_scored_and_blended_on_the_common_c
     assert result.fold_scores == pytest.approx(expected["blend"])
     assert read_submission(workspace, fc)["fname"].tolist() == fc.test_ids[::-1]  # every test clip
 
+    from rich.console import Console
+
+    from audiotag.cli import print_ensemble
+
+    console = Console(record=True, width=200)
+    print_ensemble(console, result)
+    assert "every score above is on the OOF clips all members share (left out: a 1)" in console.export_text()
+
 
 def test_fold_score_summaries_are_shared() -> None:
     from audiotag.train.runner import RunResult

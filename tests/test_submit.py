@@ -294,6 +294,10 @@ def test_scores_are_read_back_through_the_client(kaggle: KaggleStub, caplog) -> 
     kaggle.errors["ListSubmissions"] = (403, "Forbidden")
     with pytest.raises(kaggle_submit.RulesNotAccepted, match="list the submissions of"):
         kaggle_submit.fetch_scores(SLUG)
+    kaggle.errors["ListSubmissions"] = (429, "Too Many Requests")  # rate-limited, not the daily cap
+    with pytest.raises(kaggle_submit.KaggleError, match="rate-limiting") as info:
+        kaggle_submit.fetch_scores(SLUG)
+    assert not isinstance(info.value, kaggle_submit.SubmissionLimit)
     assert_no_secret(caplog.text)
 
 

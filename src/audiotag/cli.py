@@ -375,6 +375,13 @@ def print_ensemble(console: Console, result) -> None:
             style="bold" if "submitted" in line.note else None,
         )
     console.print(table)
+    left_out = {name: n for name, n in result.oof_left_out.items() if n}
+    if left_out:
+        console.print(
+            "[yellow]every score above is on the OOF clips all members share[/yellow] (left out: "
+            + ", ".join(f"{name} {n}" for name, n in left_out.items())
+            + "); a run's own metrics.json scores all of its clips"
+        )
     console.print("weights: " + ", ".join(f"{name} {w:.3f}" for name, w in result.weights.items()))
     console.print(
         f"submitted {result.submitted}: CV {result.mean:.4f} ± {result.std:.4f}, "

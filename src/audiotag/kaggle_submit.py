@@ -71,7 +71,8 @@ def explain(exc: BaseException, slug: str, secrets: Sequence[str], doing: str = 
     :func:`audiotag.kaggle_api.explain`."""
     status = http_status(exc)
     detail = error_detail(exc, secrets)
-    if status == 429 or (status in (400, 403, None) and LIMIT_PATTERN.search(detail)):
+    submitting = doing == "submit to"  # reading the submission list is rate-limited, not capped daily
+    if submitting and (status == 429 or (status in (400, 403, None) and LIMIT_PATTERN.search(detail))):
         return SubmissionLimit(
             f"Kaggle refused to {doing} {slug!r}: the daily submission limit is reached "
             f"({detail or 'HTTP 429'}); nothing was submitted or logged; submit again after the limit "

@@ -55,7 +55,7 @@ from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
-from audiotag.atomic import atomic_path, atomic_write_json
+from audiotag.atomic import atomic_path, atomic_write_json, fsync_dir
 from audiotag.errors import ConfigError, DataError
 from audiotag.kaggle_api import ApiFactory, KaggleError, authenticated_api, default_api, explain, secrets_of
 
@@ -105,15 +105,6 @@ def _validator_path(part: Path) -> Path:
 def _discard_part(part: Path) -> None:
     part.unlink(missing_ok=True)
     _validator_path(part).unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _bar(total: int | None, desc: str, unit: str = "B", initial: int = 0) -> tqdm:
@@ -390,7 +381,7 @@ def accept_part(
         )
     os.replace(part, final)
     _validator_path(part).unlink(missing_ok=True)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     log.info("verified %s (%s, SHA-256 %s)", final, human_size(got.size), got.sha256)
     return got
 
@@ -1106,7 +1097,7 @@ def extract_zip(archive: Path, dest_dir: Path, *, members: list[str] | None = No
                     _move_into(child, dest_dir / child.name)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            _fsync_dir(dest_dir)
+            fsync_dir(dest_dir)
             recorded: str | list[str] = "all" if members is None else wanted
             previous = _read_stamp(marker)
             if members is not None and previous and previous.get("archive") == _file_id(archive):
@@ -1213,6 +1204,6 @@ def _kaggle_fetch(slug: str, dest_dir: Path, archive: Path, factory: KaggleApiFa
         zips[0].unlink()
         raise DataError(f"the Kaggle download of {slug!r} is not a readable zip (deleted); run again")
     os.replace(zips[0], archive)
-    _fsync_dir(dest_dir)
+    fsync_dir(dest_dir)
     shutil.rmtree(staging, ignore_errors=True)
     log.info("downloaded %s (%s)", archive, human_size(archive.stat().st_size))
