@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import PYTHON, subprocess_env, tiny_args
 
@@ -14,6 +20,19 @@ from tests.conftest import PYTHON, subprocess_env, tiny_args
 def run_cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [PYTHON, "-m", "audiotag", *tiny_args("prepare", "train", extra=["train.batch_size=8"]), *extra]
     return subprocess.run(args, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600)
+
+
+def descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            for children in Path(f"/proc/{current}/task").glob("*/children"):
+                kids = [int(x) for x in children.read_text().split()]
+                found += kids
+                todo += kids
+    return found
 
 
 def fold_summaries(tmp_path: Path) -> list[dict]:
@@ -39,6 +58,59 @@ def test_fold_parallel_shares_the_folds(tmp_path: Path) -> None:
     summaries = fold_summaries(tmp_path)
     assert all(s["processes"] == 1 for s in summaries)
     assert proc.stdout.count("mean ± std") == 1
+
+
+@pytest.mark.slow
+def test_ddp_run_killed_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
+    """SIGKILL a 2-process DDP run once a mid-epoch checkpoint exists; the rerun resumes every rank's
+    random state and ends where an uninterrupted run ends."""
+    extra = [
+        *("train.batch_size=4", "train.folds=[0]", "train.epochs=3", "train.patience=3"),
+        *("train.checkpoint_every_steps=1", "competition.generator.train_per_class=12"),
+    ]
+    args = [PYTHON, "-m", "audiotag", *tiny_args("prepare", "train", extra=extra), "--gpus", "2"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    last = killed / "competition" / "demo" / "runs" / "cnn_small" / "fold0" / "last.pt"
+
+    proc = subprocess.Popen(
+        args,
+        env=subprocess_env(killed),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline, seen = time.time() + 300, 0
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no mid-epoch checkpoint appeared"
+        mtime = last.stat().st_mtime_ns if last.exists() else 0
+        if mtime != seen:
+            seen = mtime
+            partial = torch.load(last, weights_only=False)["state"].get("partial")
+            if partial:  # the first one: the fold is far from done
+                break
+        time.sleep(0.02)
+    for pid in [*descendants(proc.pid), proc.pid]:  # torchrun starts each rank in a session of its own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert len(partial["ranks"]) == 2
+    assert not torch.equal(partial["ranks"][0]["aug_state"], partial["ranks"][1]["aug_state"])
+
+    resumed = subprocess.run(args, env=subprocess_env(killed), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr, resumed.stderr
+    done = subprocess.run(args, env=subprocess_env(clean), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def fold_result(ws: Path) -> tuple[list[float], pd.DataFrame]:
+        fold = ws / "competition" / "demo" / "runs" / "cnn_small" / "fold0"
+        history = json.loads((fold / "done.json").read_text())["history"]
+        return [h["loss"] for h in history], pd.read_parquet(fold / "oof.parquet")
+
+    (loss_a, oof_a), (loss_b, oof_b) = fold_result(killed), fold_result(clean)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    pd.testing.assert_frame_equal(oof_a, oof_b, rtol=1e-4)
 
 
 def test_batch_size_must_split_across_processes() -> None:

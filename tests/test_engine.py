@@ -147,3 +147,24 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, monkeypatch) -> No
     assert [h["loss"] for h in a] == pytest.approx([h["loss"] for h in b], rel=1e-6)
     oof_a, oof_b = (pd.read_parquet(f / "oof.parquet") for f in (fold, clean))
     pd.testing.assert_frame_equal(oof_a, oof_b)
+
+
+def test_mid_epoch_random_states_are_kept_per_rank() -> None:
+    cpu = torch.device("cpu")
+    with torch.random.fork_rng(devices=[]):
+        saved = []
+        for rank in range(2):  # each DDP rank has its own augmentation and dropout streams
+            aug = torch.Generator().manual_seed(100 + rank)
+            torch.manual_seed(200 + rank)
+            torch.rand(3, generator=aug), torch.rand(3)
+            saved.append(loop.rank_progress(float(rank), 10 + rank, aug, cpu))
+        partial = {"epoch": 1, "batch": 3, "ranks": saved}
+        for rank in range(2):
+            aug = torch.Generator()
+            assert loop.restore_rank_progress(partial, rank, 2, aug, cpu) == (float(rank), 10 + rank)
+            assert torch.equal(aug.get_state(), saved[rank]["aug_state"])
+            assert torch.equal(torch.get_rng_state(), saved[rank]["rng_state"])
+        older = {"epoch": 1, "batch": 3, **saved[1]}  # written before states were kept per rank
+        assert loop.restore_rank_progress(older, 0, 1, torch.Generator(), cpu) == (1.0, 11)
+        with pytest.raises(TrainingError, match=r"written by 2 training process.*resume with --gpus 2"):
+            loop.restore_rank_progress(partial, 0, 1, torch.Generator(), cpu)

@@ -56,6 +56,43 @@ class FoldData:
 EPOCH_STREAM, INIT_STREAM, CROP_STREAM, DROPOUT_STREAM, AUGMENT_STREAM = 0, 1, 2, 3, 4
 
 
+def rank_progress(total: float, count: int, aug: torch.Generator, device: torch.device) -> dict:
+    """What one process needs to continue an epoch exactly: its loss sums and its random states.
+
+    Dropout draws from the global generator of the device it runs on, so a GPU's is saved too.
+    """
+    return {
+        "total": total,
+        "count": count,
+        "aug_state": aug.get_state(),
+        "rng_state": torch.get_rng_state(),
+        "cuda_rng_state": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_rank_progress(
+    partial: dict, rank: int, n_procs: int, aug: torch.Generator, device: torch.device
+) -> tuple[float, int]:
+    """Set this process's random states from a mid-epoch checkpoint; its (loss total, count).
+
+    Each of the ``n_procs`` DDP ranks gets its own states back; the epoch's batches are split among
+    the ranks, so it must go on with as many processes as it was saved by. Checkpoints written before
+    states were kept per rank hold one set, used by a single process.
+    """
+    ranks = partial.get("ranks") or [partial]
+    if len(ranks) != n_procs:
+        raise TrainingError(
+            f"the mid-epoch checkpoint was written by {len(ranks)} training process(es), this run has "
+            f"{n_procs}: resume with --gpus {len(ranks)}, or delete the fold's last.pt to restart the fold"
+        )
+    own = ranks[rank]
+    aug.set_state(own["aug_state"])
+    torch.set_rng_state(own["rng_state"])
+    if own.get("cuda_rng_state") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(own["cuda_rng_state"], device)
+    return own["total"], own["count"]
+
+
 def epoch_seed(seed: int, fold: int, epoch: int, stream: int = EPOCH_STREAM) -> int:
     entropy = [seed % 2**32, fold, stream, epoch]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
@@ -371,9 +408,7 @@ def _train_one_epoch(
     torch.manual_seed(epoch_seed(tc.seed + rank, fold, epoch, DROPOUT_STREAM))
     total, count = 0.0, 0
     if partial:
-        aug.set_state(partial["aug_state"])
-        torch.set_rng_state(partial["rng_state"])
-        total, count = partial["total"], partial["count"]
+        total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
     bar = tqdm(
         loader, desc=f"fold {fold} epoch {epoch + 1}", leave=False, disable=None, unit="batch", initial=start
     )
@@ -401,15 +436,8 @@ def _train_one_epoch(
         every = tc.checkpoint_every_steps
         remaining = len(batches) - step - 1
         if save_partial and every and stepped and remaining and (engine.steps_taken % every == 0):
-            save_partial(
-                {
-                    "epoch": epoch,
-                    "batch": step + 1,
-                    "total": total,
-                    "count": count,
-                    "aug_state": aug.get_state(),
-                    "rng_state": torch.get_rng_state(),
-                }
-            )
+            own = rank_progress(total, count, aug, device)
+            ranks = ctx.gather(own) if ctx.ddp else [own]  # all DDP ranks reach this step together
+            save_partial({"epoch": epoch, "batch": step + 1, "ranks": ranks})
     engine.flush()
     return total / max(count, 1)
