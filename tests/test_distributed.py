@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -33,6 +31,15 @@ def descendants(pid: int) -> list[int]:
                 found += kids
                 todo += kids
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def fold_summaries(tmp_path: Path) -> list[dict]:
@@ -90,10 +97,13 @@ def test_ddp_run_killed_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
             if partial:  # the first one: the fold is far from done
                 break
         time.sleep(0.02)
-    for pid in [*descendants(proc.pid), proc.pid]:  # torchrun starts each rank in a session of its own
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    ranks = descendants(proc.pid)
+    assert len(ranks) >= 2
+    proc.kill()  # torchrun alone: its ranks, each in a session of its own, must not train on
     proc.wait()
+    while any(alive(pid) for pid in ranks):
+        assert time.time() < deadline, "ranks outlived the killed torchrun"
+        time.sleep(0.05)
     assert len(partial["ranks"]) == 2
     assert not torch.equal(partial["ranks"][0]["aug_state"], partial["ranks"][1]["aug_state"])
 

@@ -8,8 +8,10 @@ meant for testing the multi-process paths).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +76,7 @@ def setup(mode: str) -> DistContext:
     if mode not in PARALLEL_MODES:
         raise ConfigError(f"--parallel {mode!r}: expected one of {', '.join(PARALLEL_MODES)}")
     local_rank = int(os.environ["LOCAL_RANK"])
+    die_with_launcher()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
@@ -82,6 +85,28 @@ def setup(mode: str) -> DistContext:
     ctx = DistContext(dist.get_rank(), dist.get_world_size(), local_rank, mode)
     log.info("process %d of %d (%s, local rank %d)", ctx.rank + 1, ctx.world, mode, local_rank)
     return ctx
+
+
+def die_with_launcher() -> bool:
+    """Have the kernel kill this rank when torchrun (its parent) dies; True where that applies.
+
+    torchrun starts each rank in a session of its own, so when the launcher is killed hard (SIGKILL,
+    the OOM killer) its ranks would otherwise train on, writing to the run folder that a rerun then
+    resumes from at the same time. Checkpoints are written atomically, so being killed is safe.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return False
+    launcher = os.getppid()
+    pr_set_pdeathsig = 1
+    if prctl(pr_set_pdeathsig, signal.SIGKILL) != 0:
+        return False
+    if os.getppid() != launcher:  # the launcher died before the request: no signal would come
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
 
 
 def teardown() -> None:
