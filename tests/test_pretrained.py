@@ -21,13 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
+import timm
 import torch
 from safetensors.torch import save_file
 
 from audiotag.cli import main
+from audiotag.config import AstConfig, FeatureConfig, TimmConfig
 from audiotag.errors import ConfigError, DataError
 from audiotag.models import pretrained
-from audiotag.models.pretrained import KNOWN, LAYOUTS, Checkpoint, fetch, read_state_dict, resolve
+from audiotag.models.pretrained import KNOWN, LAYOUTS, Checkpoint, fetch, lookup, read_state_dict, resolve
+from audiotag.models.registry import build_model, check_pretrained, load_pretrained
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 
@@ -38,6 +42,8 @@ class ServerState:
     drop_after: int | None = None  # the next response sends this many body bytes, then closes
     ignore_range: bool = False
     ranges: list[str | None] = field(default_factory=list)  # the Range header of every request
+    files: dict[str, bytes] = field(default_factory=dict)  # more paths served, e.g. a fake HF hub
+    paths: list[str] = field(default_factory=list)  # the path of every request
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -48,9 +54,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         state: ServerState = self.server.state  # type: ignore[attr-defined]
-        data, header = state.content, self.headers.get("Range")
+        data, header = state.files.get(self.path, state.content), self.headers.get("Range")
         state.ranges.append(header)
-        if self.path != "/fake.pth":
+        state.paths.append(self.path)
+        if self.path != "/fake.pth" and self.path not in state.files:
             self.send_error(404)
             return
         start = 0
@@ -84,6 +91,10 @@ class Handler(BaseHTTPRequestHandler):
 class Server:
     state: ServerState
     url: str
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/fake.pth")
 
 
 @pytest.fixture
@@ -427,3 +438,182 @@ def test_cli_weights_fetch(
     os.remove(tmp_path / "fake.pth")
     assert main(["weights", "fetch", "fake", "--weights-dir", str(tmp_path)]) == 2
     assert "offline" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- any timm arch by name
+
+TIMM_ARCH = "test_resnet"  # timm's tiny test ResNet (0.5 M parameters), which has timm/test_resnet.r160_in1k
+TIMM_TAGGED = f"{TIMM_ARCH}.r160_in1k"
+TIMM_FILE = f"{TIMM_TAGGED}.safetensors"
+TIMM_PATH = f"/timm/{TIMM_TAGGED}/resolve/main/model.safetensors"  # as on huggingface.co
+
+
+@pytest.fixture(scope="module")
+def timm_weights() -> tuple[dict[str, torch.Tensor], bytes]:
+    """Random weights laid out like timm's own file for TIMM_ARCH (RGB stem, 1000-class fc)."""
+    torch.manual_seed(0)
+    model = timm.create_model(TIMM_ARCH, pretrained=False)
+    state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+    return state, safetensors.torch.save(state)
+
+
+@pytest.fixture
+def hub(
+    server: Server, timm_weights: tuple[dict[str, torch.Tensor], bytes], monkeypatch: pytest.MonkeyPatch
+) -> Server:
+    """The local server as the Hugging Face hub ($HF_ENDPOINT), holding TIMM_ARCH's model.safetensors."""
+    server.state.files[TIMM_PATH] = timm_weights[1]
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    return server
+
+
+def first_pretrained_name(keep) -> str | None:
+    return next((n for n in timm.list_pretrained() if keep(timm.models.get_pretrained_cfg(n))), None)
+
+
+def test_timm_names_follow_timms_pretrained_cfg() -> None:
+    ckpt = lookup(f"timm/{TIMM_ARCH}")  # no tag: timm's default
+    assert ckpt.name == f"timm/{TIMM_TAGGED}" and ckpt.filename == TIMM_FILE
+    assert ckpt.url == f"https://huggingface.co{TIMM_PATH}" and ckpt.layout == "timm"
+    assert ckpt.license == "apache-2.0*" and "licence field apache-2.0" in ckpt.note and ckpt.sha256 is None
+    assert lookup("imagenet", TIMM_ARCH) == ckpt == lookup(f"timm/{TIMM_TAGGED}", TIMM_ARCH)
+    # a tag in model.arch is what imagenet takes
+    assert lookup("imagenet", "tf_efficientnet_b0.ap_in1k").name == "timm/tf_efficientnet_b0.ap_in1k"
+    assert lookup("timm/tf_efficientnet_b0").name == "timm/tf_efficientnet_b0.ns_jft_in1k"
+    # the curated entry stays the one for its file
+    assert lookup("imagenet", "efficientnet_b0") is KNOWN["efficientnet_b0"]
+    assert lookup("timm/efficientnet_b0.ra_in1k") is KNOWN["efficientnet_b0"]
+    # weights that only have a URL (no HF hub repo) come from that URL
+    url_only = first_pretrained_name(lambda c: not c.hf_hub_id and c.url and not c.custom_load)
+    if url_only is not None:
+        ckpt = lookup(f"timm/{url_only}")
+        assert ckpt.url == timm.models.get_pretrained_cfg(url_only).url and ckpt.filename == f"{url_only}.pth"
+
+
+def test_hf_endpoint_redirects_every_hugging_face_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert pretrained.download_url(KNOWN["efficientnet_b0"]) == KNOWN["efficientnet_b0"].url
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/")
+    assert pretrained.download_url(KNOWN["efficientnet_b0"]) == (
+        "http://127.0.0.1:9/timm/efficientnet_b0.ra_in1k/resolve/main/model.safetensors"
+    )
+    assert pretrained.download_url(KNOWN["cnn14"]) == KNOWN["cnn14"].url  # Zenodo: unchanged
+
+
+def test_timm_names_refused_with_clear_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"no architecture 'efficientnetb0'; did you mean efficientnet_b0"):
+        lookup("timm/efficientnetb0")
+    with pytest.raises(
+        ConfigError, match=r"no pretrained tag 'nope' for test_resnet; its weights: timm/test_resnet"
+    ):
+        lookup("timm/test_resnet.nope")
+    untrained = next(a for a in timm.list_models() if not pretrained.timm_tags(a))
+    with pytest.raises(ConfigError, match=rf"no pretrained weights for {untrained}\b.*--weights PATH"):
+        lookup("imagenet", untrained)
+    with pytest.raises(ConfigError, match="need a timm model"):
+        lookup("imagenet")
+    with pytest.raises(ConfigError, match=r"weights of timm's resnet34, but model.arch is 'test_resnet'"):
+        lookup("timm/resnet34", TIMM_ARCH)
+    with pytest.raises(ConfigError, match=r"expected timm/<arch>"):
+        lookup("timm/")
+    custom = first_pretrained_name(lambda c: c.custom_load)
+    if custom is not None:
+        with pytest.raises(ConfigError, match="model-specific code"):
+            lookup(f"timm/{custom}")
+    with pytest.raises(ConfigError, match=r"unknown weights 'resnet34'.*timm/<arch>"):
+        lookup("resnet34")
+
+
+def test_imagenet_weights_download_record_and_load(
+    hub: Server,
+    timm_weights: tuple[dict[str, torch.Tensor], bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state, blob = timm_weights
+    monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path))
+    cfg, features = TimmConfig(arch=TIMM_ARCH, pretrained="imagenet"), FeatureConfig()
+    check_pretrained(cfg, features)  # before a run starts: downloads and records
+    assert hub.state.paths == [TIMM_PATH] and (tmp_path / TIMM_FILE).read_bytes() == blob
+    record = records(tmp_path)[TIMM_FILE]
+    assert record["sha256"] == sha256(blob) and record["size"] == len(blob)
+    assert record["name"] == f"timm/{TIMM_TAGGED}" and record["url"] == hub.base + TIMM_PATH
+
+    model = build_model(cfg, n_mels=64, n_classes=5, frames=100)
+    report = load_pretrained(model, cfg, features)  # second use: the record is checked, no download
+    assert report is not None and hub.state.paths == [TIMM_PATH]
+    assert sorted(report.ignored) == ["fc.bias", "fc.weight"]
+    assert report.adapted == ["backbone.model.conv1.0.weight (16, 3, 3, 3)->(16, 1, 3, 3)"]
+    ours = model.state_dict()
+    assert torch.equal(ours["backbone.model.layer4.0.conv2.weight"], state["layer4.0.conv2.weight"])
+    assert torch.equal(ours["backbone.model.conv1.0.weight"], state["conv1.0.weight"].sum(1, keepdim=True))
+
+    # an explicit timm/ name is the same file
+    explicit = TimmConfig(arch=TIMM_ARCH, pretrained=f"timm/{TIMM_ARCH}")
+    assert load_pretrained(build_model(explicit, 64, 5, 100), explicit, features) is not None
+    assert hub.state.paths == [TIMM_PATH]
+
+    # a file that changed after its first use is refused, and kept
+    (tmp_path / TIMM_FILE).write_bytes(blob[:-4] + b"\0\0\0\0")
+    with pytest.raises(DataError, match="changed after it was checked") as err:
+        load_pretrained(build_model(cfg, 64, 5, 100), cfg, features)
+    assert sha256(blob) in str(err.value) and f"./run.sh weights fetch timm/{TIMM_TAGGED}" in str(err.value)
+    assert (tmp_path / TIMM_FILE).exists() and hub.state.paths == [TIMM_PATH]
+
+    # offline without the file: names the file, the URL and --weights PATH; never connects
+    (tmp_path / TIMM_FILE).unlink()
+    monkeypatch.setenv("AUDIOTAG_OFFLINE", "1")
+    with pytest.raises(DataError, match="offline") as err:
+        check_pretrained(cfg, features)
+    message = str(err.value)
+    assert str(tmp_path / TIMM_FILE) in message and hub.base + TIMM_PATH in message
+    assert "--weights PATH" in message and f"weights fetch timm/{TIMM_TAGGED}" in message
+    assert hub.state.paths == [TIMM_PATH]
+
+
+def test_corrupted_first_download_is_refused_by_the_reader(
+    hub: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is published to check a first download against; a broken file still fails clearly."""
+    monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path))
+    hub.state.files[TIMM_PATH] = b"\x08\0\0\0\0\0\0\0{broken"
+    cfg = TimmConfig(arch=TIMM_ARCH, pretrained="imagenet")
+    with pytest.raises(DataError, match=f"{TIMM_FILE}: not a readable safetensors file"):
+        load_pretrained(build_model(cfg, 64, 5, 100), cfg, FeatureConfig())
+
+
+def test_imagenet_needs_a_timm_model_and_a_matching_arch() -> None:
+    with pytest.raises(ConfigError, match="need a timm model"):
+        check_pretrained(AstConfig(pretrained="imagenet"), FeatureConfig())
+    with pytest.raises(ConfigError, match=r"but model\.arch is 'efficientnet_b0'"):
+        check_pretrained(TimmConfig(pretrained="timm/resnet34"), FeatureConfig())
+
+
+def test_resolve_prefers_an_existing_file_named_like_timm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "mine.pth").write_bytes(b"x")
+    assert resolve("timm/mine.pth") == (Path("timm/mine.pth"), None)
+
+
+def test_cli_weights_fetch_and_list_timm(
+    hub: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["weights", "fetch", f"timm/{TIMM_ARCH}", "--weights-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"timm/{TIMM_TAGGED}" in out and TIMM_FILE in out and "apache-2.0" in out
+    assert records(tmp_path)[TIMM_FILE]["sha256"] == sha256(hub.state.files[TIMM_PATH])
+    assert main(["weights", "fetch", "imagenet", "--weights-dir", str(tmp_path)]) == 2
+    assert "timm/<arch>" in capsys.readouterr().err
+
+    assert main(["weights", "list", "--weights-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet_b0" in out and "pretrained: imagenet" in out and "--timm" in out
+    assert main(["weights", "list", "--timm", f"{TIMM_ARCH}*", "--weights-dir", str(tmp_path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if f"timm/{TIMM_TAGGED}" in line)
+    assert row.split()[1:3] == ["yes", "apache-2.0*"] and row.split()[-1] == "yes"
+    assert main(["weights", "list", "--timm", "no_such_arch*"]) == 2
+    assert "no timm weights match" in capsys.readouterr().err

@@ -9,9 +9,11 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from audiotag.config import TimmConfig
+from audiotag.config import FeatureConfig, TimmConfig
 from audiotag.errors import ConfigError
+from audiotag.models import pretrained
 from audiotag.models.loading import load_converted
+from audiotag.models.registry import build_model, check_pretrained, load_pretrained
 from audiotag.models.tagger import Tagger, build_head
 from audiotag.models.timm_cnn import (
     CONVERTERS,
@@ -136,3 +138,38 @@ def test_read_timm_file_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="not a readable torch checkpoint"):
         read_timm_file(junk)
+
+
+# ----------------------------------------------------------------------------- pretrained: imagenet
+
+
+def test_imagenet_weights_from_the_cache_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timm file copied into the cache by hand is found by name offline, recorded, converted, loaded."""
+    arch = "test_efficientnet"  # a tiny timm arch with pretrained weights (timm/test_efficientnet.r160_in1k)
+    state = imagenet_state(arch)
+    ckpt = pretrained.lookup("imagenet", arch)
+    assert ckpt.name == f"timm/{arch}.r160_in1k" and ckpt.layout == "timm"
+    save_file(state, str(tmp_path / ckpt.filename))
+    monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path))
+    monkeypatch.setenv("AUDIOTAG_OFFLINE", "1")
+    cfg = TimmConfig(arch=f"{arch}.r160_in1k", pretrained="imagenet")  # a tagged arch builds too
+    model = build_model(cfg, n_mels=64, n_classes=N_CLASSES, frames=100)
+    report = load_pretrained(model, cfg, FeatureConfig())
+    assert report is not None and sorted(report.ignored) == ["classifier.bias", "classifier.weight"]
+    ours = model.state_dict()
+    torch.testing.assert_close(
+        ours["backbone.model.conv_stem.weight"], state["conv_stem.weight"].sum(dim=1, keepdim=True)
+    )
+    assert torch.equal(ours["backbone.model.conv_head.weight"], state["conv_head.weight"])
+    assert ckpt.filename in (tmp_path / pretrained.RECORD_FILE).read_text()
+
+
+def test_pretrained_name_errors_are_config_errors() -> None:
+    features = FeatureConfig()
+    with pytest.raises(ConfigError, match="no architecture 'no_such_net'"):
+        check_pretrained(TimmConfig(arch="no_such_net", pretrained="imagenet"), features)
+    untrained = next(a for a in timm.list_models() if not pretrained.timm_tags(a))
+    with pytest.raises(ConfigError, match=f"no pretrained weights for {untrained}"):
+        check_pretrained(TimmConfig(arch=untrained, pretrained="imagenet"), features)
+    with pytest.raises(ConfigError, match="no pretrained tag 'nope'"):
+        check_pretrained(TimmConfig(arch="resnet18", pretrained="timm/resnet18.nope"), features)

@@ -44,6 +44,7 @@ examples:
   audiotag prepare -c fsd2018 --data-dir /kaggle/input/freesound-audio-tagging   files used in place
   audiotag weights list                                pretrained checkpoints, and which are cached
   audiotag weights fetch cnn14                         download and verify one into the cache
+  audiotag weights fetch timm/resnet34                 any timm arch's weights (pretrained: imagenet)
   audiotag submit submissions/demo/demo.csv -m "cnn"   validate, submit to Kaggle, log it
   audiotag leaderboard --plots --html lb.html          every run and submission by CV (and pictures)
   audiotag package -c fsd2018 kaggle_bundle/           code + weights + inference.py for Kaggle
@@ -132,8 +133,19 @@ def build_weights_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser(
         "list", help="the weights table: layout, size, licence, front-end, cached or not"
     )
+    listing.add_argument(
+        "--timm",
+        metavar="PATTERN",
+        help="list timm's pretrained weights whose <arch>.<tag> matches PATTERN instead (e.g. "
+        "'efficientnet_b*'; quote it), each usable as model.pretrained timm/<arch>.<tag>",
+    )
     fetching = actions.add_parser("fetch", help="download one or more checkpoints, with resume and checksums")
-    fetching.add_argument("names", nargs="+", metavar="NAME", help="a name from `audiotag weights list`")
+    fetching.add_argument(
+        "names",
+        nargs="+",
+        metavar="NAME",
+        help="a name from `audiotag weights list`, or timm/<arch>[.<tag>] (any timm weights)",
+    )
     fetching.add_argument(
         "--force",
         action="store_true",
@@ -151,10 +163,16 @@ def run_weights(args: argparse.Namespace) -> None:
     from audiotag.models import pretrained
 
     console = output_console()
+    if args.action == "list" and args.timm:
+        _list_timm_weights(console, args.timm, args.weights_dir)
+        return
     if args.action == "list":
         caption = (
             f"cache: {pretrained.cache_root(args.weights_dir)}\n* timm lists these weights as apache-2.0; "
-            "licences of ImageNet-trained weights vary by model (ImageNet's own terms are non-commercial)"
+            "licences of ImageNet-trained weights vary by model (ImageNet's own terms are non-commercial)\n"
+            "Any timm CNN (model.name: timm): pretrained: imagenet takes timm's default weights of "
+            "model.arch, timm/<arch>.<tag> names others; `weights list --timm 'PATTERN'` lists them, "
+            "`weights fetch timm/<arch>` downloads one"
         )
         table = Table(title="pretrained weights", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ("name", "layout", "size", "licence", "front-end", "cached"):
@@ -170,11 +188,42 @@ def run_weights(args: argparse.Namespace) -> None:
             )
         console.print(table)
         return
-    for name in args.names:
-        pretrained.lookup(name)  # every name checked before the first download starts
-    for name in args.names:
-        path = pretrained.fetch(name, args.weights_dir, force=args.force)
-        console.print(f"{name}: {path}")
+    entries = [pretrained.lookup(name) for name in args.names]  # all checked before the first download
+    for ckpt in entries:
+        path = pretrained.fetch(ckpt, args.weights_dir, force=args.force)
+        console.print(f"{ckpt.name}: {path} (licence {ckpt.license})")
+
+
+def _list_timm_weights(console: Console, pattern: str, weights_dir: Path | None) -> None:
+    from audiotag.models import pretrained
+
+    found = pretrained.timm_catalogue(pattern)
+    if not found:
+        raise ConfigError(
+            f"weights list --timm {pattern!r}: no timm weights match; patterns are globs over "
+            "<arch>.<tag>, e.g. 'resnet34*' or '*efficientnet_b0*'"
+        )
+    caption = (
+        f"cache: {pretrained.cache_root(weights_dir)}\n* as timm's pretrained_cfg lists it; licences of "
+        "ImageNet-trained weights vary by model (ImageNet's own terms are non-commercial). Default = what "
+        "pretrained: imagenet takes for that model.arch"
+    )
+    table = Table(title=f"timm weights matching {pattern!r}", caption=caption, box=box.SIMPLE_HEAD)
+    for column in ("name", "default", "licence", "source (HF hub repo or URL)", "cached"):
+        table.add_column(column, no_wrap=not column.startswith("source"), overflow="fold")
+    hub = pretrained.HF_ENDPOINT + "/"
+    for ckpt, default in found:
+        source = ckpt.source
+        if source.startswith(hub):
+            source = source.removeprefix(hub).split("/resolve/", 1)[0]
+        table.add_row(
+            ckpt.name,
+            "yes" if default else "",
+            ckpt.license,
+            source,
+            pretrained.cache_status(ckpt, weights_dir),
+        )
+    console.print(table)
 
 
 def build_submit_parser() -> argparse.ArgumentParser:

@@ -229,7 +229,9 @@ class ModelBase(StrictModel):
 
     pretrained: str | None = Field(
         None,
-        description="a name from `./run.sh weights list`, or the path of a checkpoint file; null = random",
+        description="a name from `./run.sh weights list`, or the path of a checkpoint file; null = random. "
+        "timm models also take `imagenet` (timm's default weights of model.arch) and "
+        "`timm/<arch>[.<tag>]` (any weights timm knows, e.g. timm/tf_efficientnet_b0.ns_jft_in1k)",
     )
     head: Literal["linear", "attention", "cls", "mean"] = Field(
         "linear",
@@ -280,10 +282,20 @@ class CnnConfig(ModelBase):
 
 
 class TimmConfig(ModelBase):
-    """Any timm CNN by name, one input channel, ImageNet weights from timm's own files."""
+    """Any timm CNN by name, one input channel, ImageNet weights from timm's own files.
+
+    ``pretrained: imagenet`` takes the default weights timm lists for ``arch`` (the tag in
+    ``arch``, e.g. ``tf_efficientnet_b0.ns_jft_in1k``, where one is given); ``timm/<arch>.<tag>``
+    names other weights of the same arch. Both are downloaded from timm's HF hub repo by our own
+    downloader (see ``audiotag.models.pretrained``).
+    """
 
     name: Literal["timm"] = "timm"
-    arch: str = Field("efficientnet_b0", description="timm model name, e.g. efficientnet_b0, convnext_tiny")
+    arch: str = Field(
+        "efficientnet_b0",
+        description="timm model name, e.g. efficientnet_b0, convnext_tiny (optionally .<tag>, which "
+        "pretrained: imagenet then uses)",
+    )
     drop_path: float = Field(0.0, ge=0, lt=1)
     global_pool: Literal["mean+max", "mean", "max"] = "mean+max"
 

@@ -15,11 +15,19 @@ checks the file against that record, so a file that changes after its first fetc
 Cache: ``~/.cache/audiotag``, or ``$AUDIOTAG_CACHE``, or the ``cache_dir`` argument. Offline mode
 (``AUDIOTAG_OFFLINE=1`` or ``offline=True``) never opens a connection: a missing file is an error
 that names the file and how to get it.
+
+timm. Beyond the table, every timm architecture with pretrained weights is available by name:
+``timm/<arch>.<tag>`` (``timm/<arch>`` = timm's default tag), or ``imagenet`` for the default weights
+of a timm model's ``model.arch``. :func:`timm_checkpoint` builds the entry from the installed timm's
+``pretrained_cfg`` (HF hub id, else its URL; licence field) without timm's hub code: the file comes
+through the same downloader, with its SHA-256 recorded on first use. Hugging Face URLs go to
+``$HF_ENDPOINT`` when that is set (a mirror, as huggingface_hub does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import importlib.util
 import json
@@ -56,6 +64,11 @@ RECORD_FILE = "checksums.json"  # trust-on-first-use SHA-256 of files without a 
 RETRY_WAIT_S = 2.0  # before the first reconnection, doubled after each failed attempt, at most 30 s
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
+HF_ENDPOINT = "https://huggingface.co"  # $HF_ENDPOINT replaces it in downloads (a mirror, or tests)
+HF_SAFE_FILENAME = "model.safetensors"  # what timm's hub loader tries first in every HF repo
+IMAGENET = "imagenet"  # model.pretrained: timm's default weights for model.arch
+TIMM_PREFIX = "timm/"  # timm/<arch>[.<tag>]: the weights of one timm pretrained_cfg
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -79,7 +92,7 @@ class Checkpoint:
     license: str
     layout: str
     features: str | None  # configs/features/<features>.yaml it was trained with; None = any front-end
-    model: str  # configs/models/<model>.yaml builds the matching architecture
+    model: str  # configs/models/<model>.yaml builds the matching architecture (timm/* entries: the arch)
     note: str = ""
     package: str | None = None
 
@@ -311,10 +324,190 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "audiotag"
 
 
-def lookup(name: str) -> Checkpoint:
-    if name not in KNOWN:
-        raise ConfigError(f"unknown weights {name!r}; known: {', '.join(sorted(KNOWN))}")
-    return KNOWN[name]
+def lookup(name: str, arch: str | None = None) -> Checkpoint:
+    """A table entry, or a timm entry (``timm/<arch>[.<tag>]``, or ``imagenet`` with ``arch``)."""
+    if name in KNOWN:
+        return KNOWN[name]
+    if name == IMAGENET or name.startswith(TIMM_PREFIX):
+        return timm_checkpoint(timm_name(name, arch))
+    raise ConfigError(
+        f"unknown weights {name!r}; known: {', '.join(sorted(KNOWN))}; any timm architecture: "
+        f"{TIMM_PREFIX}<arch>[.<tag>], or {IMAGENET!r} for the default weights of a timm model's model.arch"
+    )
+
+
+# --------------------------------------------------------------------------- timm's own weights
+
+
+def hf_endpoint() -> str:
+    """Where Hugging Face downloads go: ``$HF_ENDPOINT`` (a mirror) or https://huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT", "").strip() or HF_ENDPOINT).rstrip("/")
+
+
+def download_url(ckpt: Checkpoint) -> str | None:
+    """The URL a download actually uses: Hugging Face URLs moved to :func:`hf_endpoint`."""
+    url = ckpt.url
+    if url is not None and url.startswith(HF_ENDPOINT + "/"):
+        return hf_endpoint() + url[len(HF_ENDPOINT) :]
+    return url
+
+
+def _split_tag(model_name: str) -> tuple[str, str]:
+    """``arch.tag`` -> (arch, tag), as timm's ``split_model_name_tag``."""
+    arch, _, tag = model_name.partition(".")
+    return arch, tag
+
+
+def timm_name(spec: str, arch: str | None = None) -> str:
+    """``imagenet`` (with the configured ``model.arch``) or ``timm/<arch>[.<tag>]`` -> a timm name.
+
+    ``arch`` (``model.arch`` of a timm model; None for other families and the CLI) must be the
+    architecture the named weights belong to.
+    """
+    if spec == IMAGENET:
+        if not arch:
+            raise ConfigError(
+                f"weights {IMAGENET!r} are timm's default ImageNet weights of model.arch, so they need a "
+                f"timm model (model.name: timm); outside a model config name them {TIMM_PREFIX}<arch>"
+            )
+        return TIMM_PREFIX + arch
+    model_name = spec.removeprefix(TIMM_PREFIX)
+    if not model_name or not spec.startswith(TIMM_PREFIX):
+        raise ConfigError(f"weights {spec!r}: expected {TIMM_PREFIX}<arch>[.<tag>], e.g. timm/resnet34")
+    if arch and _split_tag(model_name)[0] != _split_tag(arch)[0]:
+        raise ConfigError(
+            f"model.pretrained {spec!r} are weights of timm's {_split_tag(model_name)[0]}, but model.arch is "
+            f"{arch!r}; use pretrained: {IMAGENET} (the default weights of model.arch) or "
+            f"{TIMM_PREFIX}{_split_tag(arch)[0]}.<tag>"
+        )
+    return spec
+
+
+def _timm_registry() -> Any:
+    """timm's model registry (names and pretrained configs only: timm's download code is never used)."""
+    try:
+        return importlib.import_module("timm.models")
+    except ImportError as exc:
+        raise ConfigError(f"timm weights need the timm package ({exc})") from None
+
+
+def _has_weights(pretrained_cfg: Any) -> bool:
+    return bool(pretrained_cfg is not None and (pretrained_cfg.hf_hub_id or pretrained_cfg.url))
+
+
+def timm_tags(arch: str) -> list[str]:
+    """The pretrained names (``<arch>.<tag>``) timm has files for, default first."""
+    registry = _timm_registry()
+    return [n for n, c in registry.get_arch_pretrained_cfgs(arch).items() if _has_weights(c)]
+
+
+def _safe_alternative(filename: str) -> str:
+    """The safetensors file timm's hub loader tries first (``pytorch_model.bin`` -> ``model.safetensors``)."""
+    if filename == "pytorch_model.bin":
+        return HF_SAFE_FILENAME
+    if filename == "open_clip_pytorch_model.bin":
+        return "open_clip_model.safetensors"
+    return filename[: -len(".bin")] + ".safetensors" if filename.endswith(".bin") else filename
+
+
+def timm_checkpoint(name: str) -> Checkpoint:
+    """The entry for ``timm/<arch>[.<tag>]``, built from the installed timm's ``pretrained_cfg``.
+
+    Source: the HF hub repo ``hf_hub_id`` (its ``hf_hub_filename``, else ``model.safetensors``;
+    a ``.bin`` name is replaced by its safetensors alternative, which timm also tries first), else
+    the cfg's ``url``. The size and SHA-256 are not published: the first download's SHA-256 is
+    recorded. A curated table entry for the same file (``efficientnet_b0``) is returned instead.
+    """
+    registry = _timm_registry()
+    version = getattr(importlib.import_module("timm"), "__version__", "?")
+    arch, tag = _split_tag(name.removeprefix(TIMM_PREFIX))
+    if not registry.is_model(arch):
+        close = difflib.get_close_matches(arch, registry.list_models(), n=4, cutoff=0.75)
+        also = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"weights {name!r}: timm {version} has no architecture {arch!r}{also}")
+    tags = timm_tags(arch)
+    try:
+        pretrained_cfg = registry.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
+    except RuntimeError:  # timm: "Invalid pretrained tag (...) for <arch>."
+        raise ConfigError(
+            f"weights {name!r}: timm {version} has no pretrained tag {tag!r} for {arch}; its weights: "
+            + (", ".join(TIMM_PREFIX + t for t in tags) or "none")
+        ) from None
+    if not _has_weights(pretrained_cfg):
+        other = f"; its weights: {', '.join(TIMM_PREFIX + t for t in tags)}" if tags else ""
+        raise ConfigError(
+            f"weights {name!r}: timm {version} has no pretrained weights for {arch}"
+            f"{' tag ' + repr(tag) if tag and tags else ''}{other}. Use pretrained: null (random "
+            "initialisation), a file of your own (--weights PATH), or an arch that has weights "
+            "(`./run.sh weights list --timm 'PATTERN'`)"
+        )
+    tagged = f"{arch}.{pretrained_cfg.tag}"
+    if pretrained_cfg.custom_load:
+        raise ConfigError(
+            f"weights {TIMM_PREFIX}{tagged}: timm reads this file with model-specific code (custom_load, "
+            f"{pretrained_cfg.url or pretrained_cfg.hf_hub_id}); convert it to a state dict yourself and "
+            "pass it with --weights PATH"
+        )
+    revision = ""
+    if pretrained_cfg.hf_hub_id:
+        repo, _, revision = pretrained_cfg.hf_hub_id.partition("@")
+        remote = _safe_alternative(pretrained_cfg.hf_hub_filename or HF_SAFE_FILENAME)
+        url = f"{HF_ENDPOINT}/{repo}/resolve/{revision or 'main'}/{remote}"
+        where = f"HF hub {pretrained_cfg.hf_hub_id}, {remote}"
+    else:
+        url = str(pretrained_cfg.url)
+        remote = url.split("?", 1)[0].rsplit("/", 1)[-1]
+        where = url
+    if remote.endswith(".safetensors"):
+        suffix = ".safetensors"
+    elif remote.endswith((*TORCH_SUFFIXES, ".tar")):
+        suffix = ".pth"
+    else:
+        raise ConfigError(
+            f"weights {TIMM_PREFIX}{tagged}: {where} is not a PyTorch or safetensors file; convert it to a "
+            "state dict yourself and pass it with --weights PATH"
+        )
+    filename = f"{tagged}{'@' + revision[:12] if revision else ''}{suffix}"
+    for known in KNOWN.values():
+        if known.layout == "timm" and known.filename == filename:
+            return known
+    licence = pretrained_cfg.license or "unknown"
+    origin = f", origin {pretrained_cfg.origin_url}" if pretrained_cfg.origin_url else ""
+    return Checkpoint(
+        name=TIMM_PREFIX + tagged,
+        url=url,
+        filename=filename,
+        size=None,
+        sha256=None,
+        md5=None,
+        license=f"{licence}*",
+        layout="timm",
+        features=None,
+        model=arch,
+        note=f"{tagged}: timm {version} pretrained_cfg ({where}; licence field {licence}; "
+        f"{pretrained_cfg.num_classes} classes{origin}). timm's code is Apache-2.0; licences of "
+        "ImageNet-trained weights vary by model and the ImageNet terms of use are non-commercial. "
+        "No published SHA-256: the first download's is recorded and checked on every later use.",
+    )
+
+
+def timm_catalogue(pattern: str) -> list[tuple[Checkpoint, bool]]:
+    """timm's pretrained weights whose ``<arch>.<tag>`` matches the glob ``pattern`` (with or without
+    ``timm/``), as entries, each with whether it is its arch's default; unusable ones are skipped."""
+    registry = _timm_registry()
+    names = registry.list_pretrained(pattern.removeprefix(TIMM_PREFIX))
+    defaults: dict[str, str] = {}
+    out: list[tuple[Checkpoint, bool]] = []
+    for model_name in names:
+        arch, tag = _split_tag(model_name)
+        if arch not in defaults:
+            cfg = registry.get_pretrained_cfg(arch)
+            defaults[arch] = cfg.tag if cfg is not None else ""
+        try:
+            out.append((timm_checkpoint(TIMM_PREFIX + model_name), tag == defaults[arch]))
+        except ConfigError:
+            continue
+    return out
 
 
 def cached_path(ckpt: Checkpoint, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -395,7 +588,7 @@ def _write_record(cache: Path, ckpt: Checkpoint, size: int, sha256: str) -> None
             "name": ckpt.name,
             "sha256": sha256,
             "size": size,
-            "url": ckpt.url,
+            "url": download_url(ckpt),
             "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         atomic_write_json(_records_path(cache), {"version": 1, "files": files})
@@ -454,8 +647,8 @@ def verify(ckpt: Checkpoint, path: Path, cache_dir: str | os.PathLike[str] | Non
 def _missing_hint(ckpt: Checkpoint) -> str:
     return (
         f"get it with `./run.sh weights fetch {ckpt.name}` on a machine with internet access (then copy "
-        f"the cache folder), or download {ckpt.url} yourself and pass the file with --weights PATH "
-        "(in a config: --set model.pretrained=PATH)"
+        f"the cache folder), or download {download_url(ckpt)} yourself and pass the file with "
+        "--weights PATH (in a config: --set model.pretrained=PATH)"
     )
 
 
@@ -473,7 +666,7 @@ def fetch(
     the new one passes every check. ``retries``: reconnections after a dropped transfer (each
     resumes where the last stopped); default ``RETRIES``.
     """
-    ckpt = lookup(name) if isinstance(name, str) else name
+    ckpt = lookup(name) if isinstance(name, str) else name  # a str: a table or timm/<arch> name
     if ckpt.package is not None:
         path = _package_file(ckpt)
         verify(ckpt, path, cache_dir)
@@ -501,12 +694,13 @@ def fetch(
 def _download(ckpt: Checkpoint, final: Path, cache: Path, retries: int) -> None:
     """Transfer (with resume and reconnections), verify against the table and the first-use record,
     rename into place; the generic parts live in :mod:`audiotag.data.download`."""
-    assert ckpt.url is not None
+    url = download_url(ckpt)
+    assert url is not None
     part = part_path(final)
     size = human_size(ckpt.size) if ckpt.size is not None else "size not published"
-    log.info("downloading %s (%s) from %s", ckpt.filename, size, ckpt.url)
+    log.info("downloading %s (%s, licence %s) from %s", ckpt.filename, size, ckpt.license, url)
     fetch_part(
-        ckpt.url,
+        url,
         part,
         size=ckpt.size,
         label=ckpt.filename,
@@ -524,7 +718,7 @@ def _download(ckpt: Checkpoint, final: Path, cache: Path, retries: int) -> None:
         md5_from="the published MD5",
         sha256_from=origin,
     )
-    got = accept_part(part, final, expected, url=ckpt.url, label=ckpt.filename)
+    got = accept_part(part, final, expected, url=url, label=ckpt.filename)
     if expected_sha is None:
         _write_record(cache, ckpt, got.size, got.sha256)
 
@@ -533,12 +727,25 @@ def _download(ckpt: Checkpoint, final: Path, cache: Path, retries: int) -> None:
 
 
 def resolve(
-    spec: str, cache_dir: str | os.PathLike[str] | None = None, offline: bool | None = None
+    spec: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
+    *,
+    arch: str | None = None,
 ) -> tuple[Path, Checkpoint | None]:
-    """A weights-table name -> (its verified local file, its entry); a file path -> (path, None)."""
-    if spec in KNOWN:
-        return fetch(spec, cache_dir, offline), KNOWN[spec]
+    """A weights name -> (its verified local file, its entry); a file path -> (path, None).
+
+    Names: the table's, ``timm/<arch>[.<tag>]``, and ``imagenet`` (timm's default weights of
+    ``arch``, the ``model.arch`` of a timm model; ``arch`` is also checked against a timm/ name).
+    """
     path = Path(spec).expanduser()
+    if spec in KNOWN or spec == IMAGENET or (spec.startswith(TIMM_PREFIX) and not path.is_file()):
+        ckpt = lookup(spec, arch)
+        if ckpt.name != spec:
+            log.info("model.pretrained %s: %s", spec, ckpt.name)
+        local = fetch(ckpt, cache_dir, offline)
+        log.info("pretrained weights %s: %s (licence %s; %s)", ckpt.name, local, ckpt.license, ckpt.source)
+        return local, ckpt
     if path.is_file():
         return path, None
     what = (
@@ -546,7 +753,10 @@ def resolve(
         if path.exists()
         else "is neither a known name nor an existing file"
     )
-    raise ConfigError(f"weights {spec!r} {what}; known names: {', '.join(sorted(KNOWN))}")
+    raise ConfigError(
+        f"weights {spec!r} {what}; known names: {', '.join(sorted(KNOWN))}, {IMAGENET} and "
+        f"{TIMM_PREFIX}<arch>[.<tag>] (timm models)"
+    )
 
 
 def _numpy_safe_globals() -> list[Any]:

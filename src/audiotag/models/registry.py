@@ -12,7 +12,7 @@ from types import ModuleType
 
 import torch
 
-from audiotag.config import FeatureConfig, InputNorm, ModelBase, load_group, validate
+from audiotag.config import FeatureConfig, InputNorm, ModelBase, TimmConfig, load_group, validate
 from audiotag.errors import ConfigError
 from audiotag.models.loading import LoadReport, load_converted
 from audiotag.models.tagger import Tagger, build_head
@@ -82,13 +82,18 @@ def check_frontend(features: FeatureConfig, expected_name: str, checkpoint: str)
     )
 
 
+def weights_arch(cfg: ModelBase) -> str | None:
+    """The timm architecture that ``pretrained: imagenet`` and ``timm/<arch>`` names refer to."""
+    return cfg.arch if isinstance(cfg, TimmConfig) else None
+
+
 def check_pretrained(cfg: ModelBase, features: FeatureConfig, offline: bool | None = None) -> None:
     """Fail early (before a run folder is written) when the pretrained weights are unusable."""
     if cfg.pretrained is None:
         return
     from audiotag.models.pretrained import resolve
 
-    _, entry = resolve(cfg.pretrained, offline=offline)
+    _, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
     if entry is not None and entry.features is not None:
         check_frontend(features, entry.features, entry.name)
 
@@ -96,12 +101,13 @@ def check_pretrained(cfg: ModelBase, features: FeatureConfig, offline: bool | No
 def load_pretrained(
     model: Tagger, cfg: ModelBase, features: FeatureConfig, offline: bool | None = None
 ) -> LoadReport | None:
-    """Initialise ``model`` from ``cfg.pretrained`` (a weights-table name or a file path)."""
+    """Initialise ``model`` from ``cfg.pretrained``: a weights-table name, ``imagenet`` or
+    ``timm/<arch>[.<tag>]`` (timm models), or a file path."""
     if cfg.pretrained is None:
         return None
     from audiotag.models.pretrained import read_state_dict, resolve
 
-    path, entry = resolve(cfg.pretrained, offline=offline)
+    path, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
     if entry is not None and entry.features is not None:
         check_frontend(features, entry.features, entry.name)
     state = read_state_dict(path)

@@ -5,6 +5,11 @@ width; timm's ``forward_features`` gives ``(batch, channels, H', W')``, averaged
 ``(batch, W', channels)``. ImageNet weights come from timm's own files (``model.safetensors`` of the
 HF hub repo ``timm/<arch>.<tag>``, or an older ``.pth``); their keys already match the model, so
 conversion only prefixes them, drops the old classifier and sums the RGB stem to one channel.
+
+Which file: ``model.pretrained: imagenet`` is timm's default weights for ``model.arch`` (or the tag
+given in it), ``timm/<arch>.<tag>`` any other weights of that arch; :mod:`audiotag.models.pretrained`
+derives the URL from timm's ``pretrained_cfg`` and downloads it with its own checks (timm's hub
+code, which needs huggingface_hub and the network, is never called).
 """
 
 from __future__ import annotations
