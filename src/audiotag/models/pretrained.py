@@ -726,6 +726,9 @@ def _download(ckpt: Checkpoint, final: Path, cache: Path, retries: int) -> None:
 # --------------------------------------------------------------------------- resolve and read
 
 
+_ANNOUNCED: set[tuple[str, Path]] = set()
+
+
 def resolve(
     spec: str,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -744,7 +747,11 @@ def resolve(
         if ckpt.name != spec:
             log.info("model.pretrained %s: %s", spec, ckpt.name)
         local = fetch(ckpt, cache_dir, offline)
-        log.info("pretrained weights %s: %s (licence %s; %s)", ckpt.name, local, ckpt.license, ckpt.source)
+        if (ckpt.name, local) not in _ANNOUNCED:  # checked before a run starts, then loaded per fold
+            _ANNOUNCED.add((ckpt.name, local))
+            log.info(
+                "pretrained weights %s: %s (licence %s; %s)", ckpt.name, local, ckpt.license, ckpt.source
+            )
         return local, ckpt
     if path.is_file():
         return path, None
