@@ -43,6 +43,7 @@ from audiotag.data.download import (
     zenodo_files,
 )
 from audiotag.errors import ConfigError, DataError
+from tests.http_fakes import serve_bytes
 
 PAYLOAD = np.random.default_rng(1).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
 OTHER = np.random.default_rng(2).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
@@ -129,35 +130,11 @@ class Handler(BaseHTTPRequestHandler):
         if state.corrupt:
             data = data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:]
         etag = state.etag_of(data)
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
         if_range = self.headers.get("If-Range")
-        if match and not state.ignore_range and (if_range is None or if_range == etag):
-            start = int(match.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")
-        if state.etag:
-            self.send_header("ETag", etag)
-        self.end_headers()
-        if state.drop_after is not None:
-            cut, state.drop_after = state.drop_after, None
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
+        headers = {"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT", **({"ETag": etag} if state.etag else {})}
+        cut, state.drop_after = state.drop_after, None
+        honour = not state.ignore_range and (if_range is None or if_range == etag)
+        serve_bytes(self, data, honour, headers, drop_after=cut)
 
 
 @dataclass

@@ -10,7 +10,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import sys
 import threading
 import urllib.request
@@ -32,6 +31,7 @@ from audiotag.errors import ConfigError, DataError
 from audiotag.models import pretrained
 from audiotag.models.pretrained import KNOWN, LAYOUTS, Checkpoint, fetch, lookup, read_state_dict, resolve
 from audiotag.models.registry import build_model, check_pretrained, load_pretrained
+from tests.http_fakes import serve_bytes
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 
@@ -60,31 +60,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/fake.pth" and self.path not in state.files:
             self.send_error(404)
             return
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", header or "")
-        if match and not state.ignore_range:
-            start = int(match.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        if state.drop_after is not None:
-            cut, state.drop_after = state.drop_after, None
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
+        cut, state.drop_after = state.drop_after, None
+        serve_bytes(self, data, not state.ignore_range, drop_after=cut)
 
 
 @dataclass

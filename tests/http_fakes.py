@@ -1,0 +1,44 @@
+"""Serving bytes from the local test HTTP servers the way a download host does (ranges included)."""
+
+from __future__ import annotations
+
+import re
+from http.server import BaseHTTPRequestHandler
+
+
+def serve_bytes(
+    handler: BaseHTTPRequestHandler,
+    data: bytes,
+    honour_range: bool = True,
+    headers: dict[str, str] | None = None,
+    drop_after: int | None = None,
+) -> None:
+    """Answer a GET with ``data``: 206 from its ``Range: bytes=N-`` when ``honour_range`` (416 past the
+    end), else 200; ``drop_after`` cuts the body after that many bytes and closes the connection, as
+    an interrupted transfer."""
+    start = 0
+    match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range") or "")
+    if match and honour_range:
+        start = int(match.group(1))
+        if start >= len(data):
+            handler.send_response(416)
+            handler.send_header("Content-Range", f"bytes */{len(data)}")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+    else:
+        handler.send_response(200)
+    body = data[start:]
+    handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("Accept-Ranges", "bytes")
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    if drop_after is not None:
+        handler.wfile.write(body[:drop_after])
+        handler.wfile.flush()
+        handler.close_connection = True
+        return
+    handler.wfile.write(body)
