@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -33,7 +34,16 @@ from audiotag.models.pretrained import KNOWN, LAYOUTS, Checkpoint, fetch, lookup
 from audiotag.models.registry import build_model, check_pretrained, load_pretrained
 from tests.http_fakes import serve_bytes
 
-PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+
+def _checkpoint_bytes() -> bytes:
+    """A real (if meaningless) 300 kB torch checkpoint: a first download must read as weights."""
+    buffer = io.BytesIO()
+    weights = np.random.default_rng(0).standard_normal(75_000).astype(np.float32)
+    torch.save({"layer.weight": torch.from_numpy(weights)}, buffer)
+    return buffer.getvalue()
+
+
+PAYLOAD = _checkpoint_bytes()
 
 
 @dataclass
@@ -193,7 +203,9 @@ def test_complete_part_file_is_accepted_after_416(server: Server, tmp_path: Path
 def test_checksum_mismatch_deletes_download_and_keeps_good_file(server: Server, tmp_path: Path) -> None:
     ckpt = fake_ckpt(server.url, size=None, md5=None)
     good = fetch(ckpt, tmp_path)
-    server.state.content = PAYLOAD[:-1] + b"\x00"  # upstream now serves other bytes
+    server.state.content = (
+        PAYLOAD[:1000] + bytes([PAYLOAD[1000] ^ 0xFF]) + PAYLOAD[1001:]
+    )  # other bytes upstream
     with pytest.raises(DataError) as err:
         fetch(ckpt, tmp_path, force=True)
     message = str(err.value)
@@ -548,15 +560,26 @@ def test_imagenet_weights_download_record_and_load(
     assert hub.state.paths == [TIMM_PATH]
 
 
-def test_corrupted_first_download_is_refused_by_the_reader(
+def test_a_first_download_that_is_not_weights_is_refused_and_not_recorded(
     hub: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nothing is published to check a first download against; a broken file still fails clearly."""
+    """Nothing is published to check a first download against, so it must at least read as weights
+    before its hash is recorded: an error page or a broken file is deleted and leaves no record."""
     monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path))
-    hub.state.files[TIMM_PATH] = b"\x08\0\0\0\0\0\0\0{broken"
+    good = hub.state.files[TIMM_PATH]
     cfg = TimmConfig(arch=TIMM_ARCH, pretrained="imagenet")
-    with pytest.raises(DataError, match=f"{TIMM_FILE}: not a readable safetensors file"):
-        load_pretrained(build_model(cfg, 64, 5, 100), cfg, FeatureConfig())
+    for bad in (b"\x08\0\0\0\0\0\0\0{broken", b"<html><body>Proxy error</body></html>"):
+        hub.state.files[TIMM_PATH] = bad
+        with pytest.raises(
+            DataError, match=f"download of {TIMM_FILE} from .* refused: .*not a readable"
+        ) as err:
+            load_pretrained(build_model(cfg, 64, 5, 100), cfg, FeatureConfig())
+        assert "nothing was recorded" in str(err.value)
+        assert not (tmp_path / TIMM_FILE).exists() and not (tmp_path / "checksums.json").exists()
+        assert not list(tmp_path.glob("*.part"))
+    hub.state.files[TIMM_PATH] = good  # the source is fixed: the next try downloads and records it
+    load_pretrained(build_model(cfg, 64, 5, 100), cfg, FeatureConfig())
+    assert records(tmp_path)[TIMM_FILE]["sha256"] == sha256(good)
 
 
 def test_imagenet_needs_a_timm_model_and_a_matching_arch() -> None:

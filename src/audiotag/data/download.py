@@ -48,7 +48,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
@@ -361,13 +361,33 @@ def _transfer_once(url: str, part: Path, *, size: int | None, label: str, size_f
 
 
 def accept_part(
-    part: Path, final: Path, expected: Expected, *, url: str, label: str | None = None, md5: bool = False
+    part: Path,
+    final: Path,
+    expected: Expected,
+    *,
+    url: str,
+    label: str | None = None,
+    md5: bool = False,
+    check: Callable[[Path], None] | None = None,
 ) -> Digests:
     """Verify a complete ``.part`` and rename it onto ``final``; on any mismatch delete only the part.
 
-    Returns the digests of the accepted file (its MD5 when one was expected or ``md5`` is true).
+    ``check`` inspects the content too (for a file nothing is published about): a ``DataError`` from
+    it deletes the part. Returns the digests of the accepted file (its MD5 when one was expected or
+    ``md5`` is true).
     """
     label = label or final.name
+    if check is not None:
+        try:
+            check(part)
+        except DataError as exc:
+            _discard_part(part)
+            kept = f"; the existing {final} was left as it was" if final.exists() else ""
+            raise DataError(
+                f"download of {label} from {url} refused: {exc}. The download was deleted{kept} and "
+                "nothing was recorded. Check the URL (a proxy or mirror may have answered with an error "
+                "page), or use a file of your own"
+            ) from None
     got = file_digests(part, md5=md5 or expected.md5 is not None)
     bad = expected.mismatches(got)
     if bad:

@@ -718,7 +718,10 @@ def _download(ckpt: Checkpoint, final: Path, cache: Path, retries: int) -> None:
         md5_from="the published MD5",
         sha256_from=origin,
     )
-    got = accept_part(part, final, expected, url=url, label=ckpt.filename)
+    unknown = expected_sha is None and ckpt.md5 is None  # nothing to check the bytes against
+    suffix = Path(ckpt.filename).suffix
+    check = (lambda path: read_state_dict(path, suffix=suffix)) if unknown else None
+    got = accept_part(part, final, expected, url=url, label=ckpt.filename, check=check)
     if expected_sha is None:
         _write_record(cache, ckpt, got.size, got.sha256)
 
@@ -846,12 +849,13 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (.safetensors, or .pth/.pt/.bin/.ckpt read weights-only)."""
+def read_state_dict(path: str | os.PathLike[str], suffix: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (.safetensors, or .pth/.pt/.bin/.ckpt read weights-only);
+    ``suffix`` gives the format of a file named otherwise (a download's ``.part``)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint file not found")
-    suffix = path.suffix.lower()
+    suffix = (suffix or path.suffix).lower()
     if suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
