@@ -343,7 +343,7 @@ def _refused(workspace: Path, fc: FakeCompetition, match: str) -> None:
 
 
 def test_members_sharing_too_few_oof_clips_are_refused(workspace: Path) -> None:
-    fc = fake_competition()  # 90 OOF clips: 80 in common is 88.9%, below MIN_OOF_OVERLAP
+    fc = fake_competition()  # 90 OOF clips: 80 in common is 88.9%, below min_oof_overlap
     write_run(fc, "a", 1.0, seed=1)
     write_run(fc, "b", 1.0, seed=2, oof_ids=fc.train_ids[10:])
     _refused(
@@ -351,7 +351,7 @@ def test_members_sharing_too_few_oof_clips_are_refused(workspace: Path) -> None:
         fc,
         r"members 'a' and 'b' predict too different OOF clips to be blended: 10 only in 'a' "
         r"\(e.g. \['tr000', 'tr001', 'tr002'\]\), 0 only in 'b' .*Only 80 of the 90 .*\(88.9%; "
-        r"audiotag.ensemble.MIN_OOF_OVERLAP asks for 90%\).* leave one of them out of `members`",
+        r"min_oof_overlap asks for 90%\).* leave one of them out of `members`",
     )
 
 
@@ -377,13 +377,16 @@ def test_common_oof_clips_that_lose_a_whole_fold_are_refused(workspace: Path) ->
     )
 
 
-def test_min_oof_overlap_is_the_threshold(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_min_oof_overlap_is_the_threshold(workspace: Path) -> None:
     fc = fake_competition()
     write_run(fc, "a", 1.0, seed=1)
     write_run(fc, "b", 1.0, seed=2, oof_ids=fc.train_ids[10:])
-    monkeypatch.setattr(ensemble, "MIN_OOF_OVERLAP", 0.8)
-    result = run_ensemble(ensemble_config(workspace, "demo", ["a", "b"], weights="equal"))
+    cfg = ensemble_config(workspace, "demo", ["a", "b"], weights="equal", min_oof_overlap=0.8)
+    result = run_ensemble(cfg)
     assert result.report["n_oof_clips"] == 80 and result.oof_left_out == {"a": 10, "b": 0}
+    for bad in (0, 1.5):
+        with pytest.raises(ConfigError, match="min_oof_overlap"):
+            ensemble_config(workspace, "demo", ["a", "b"], min_oof_overlap=bad)
 
 
 @pytest.mark.parametrize("b_oof", ["same", "one_missing"])

@@ -447,6 +447,13 @@ class EnsembleConfig(StrictModel):
     )
     stacking_c: float = Field(1.0, gt=0, description="inverse L2 strength of the logreg stacker")
     stacking_hidden: int = Field(32, ge=1, description="hidden units of the mlp stacker")
+    min_oof_overlap: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="members whose OOF clips differ are blended on the clips they all share; fewer "
+        "shared clips than this share of all their OOF clips is refused",
+    )
     seed: int = 0
 
     @field_validator("members")

@@ -5,7 +5,7 @@ Members are runs, all folds of each. Their predictions are aligned by clip id; a
 clips, classes or fold file differ from the others' is refused with the reason. Members may predict
 different OOF clips (runs whose caches skipped different unusable clips, or a run trained on fewer
 clips): they are blended and scored on the OOF clips common to all of them, with a warning, as long as
-those are at least ``MIN_OOF_OVERLAP`` of the clips any member predicts, and refused otherwise. The
+those are at least ``min_oof_overlap`` of the clips any member predicts, and refused otherwise. The
 numbers, all on those common clips:
 
 - every member's CV: the competition metric per fold on the scored OOF clips (verified clips of the
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 # The least share of the OOF clips predicted by any member that must be predicted by every member. Below
 # it the common clips are too different from what each member was scored on for a meaningful blend.
-MIN_OOF_OVERLAP = 0.9
+DEFAULT_MIN_OOF_OVERLAP = 0.9  # EnsembleConfig.min_oof_overlap's default
 
 
 @dataclass
@@ -216,10 +216,10 @@ def _pair_share(a: Member, b: Member) -> float:
     return len(ids_a & ids_b) / union if union else 1.0
 
 
-def check_oof_overlap(members: list[Member]) -> None:
-    """Refuse members whose common OOF clips are less than ``MIN_OOF_OVERLAP`` of all their OOF clips."""
+def check_oof_overlap(members: list[Member], min_overlap: float = DEFAULT_MIN_OOF_OVERLAP) -> None:
+    """Refuse members whose common OOF clips are less than ``min_overlap`` of all their OOF clips."""
     overlap = oof_overlap(members)
-    if overlap.share >= MIN_OOF_OVERLAP:
+    if overlap.share >= min_overlap:
         check_folds_kept(members, overlap.common)
         return
     a, b = min(itertools.combinations(members, 2), key=lambda pair: _pair_share(*pair))
@@ -227,7 +227,7 @@ def check_oof_overlap(members: list[Member]) -> None:
         f"ensemble members {a.name!r} and {b.name!r} predict too different OOF clips to be blended: "
         f"{_difference(a.name, a.oof_ids, b.name, b.oof_ids)}. Only {len(overlap.common)} of the "
         f"{overlap.n_union} OOF clips of the members are common to all of them ({overlap.share:.1%}; "
-        f"audiotag.ensemble.MIN_OOF_OVERLAP asks for {MIN_OOF_OVERLAP:.0%}), too few to compare or blend "
+        f"min_oof_overlap asks for {min_overlap:.0%}), too few to compare or blend "
         "them. Train the members on the same clips (the same fold file and the same usable clips of the "
         "cache), or leave one of them out of `members`"
     )
@@ -270,7 +270,7 @@ def warn_dropped_oof(overlap: OofOverlap) -> None:
     )
 
 
-def check_members(members: list[Member]) -> pd.DataFrame:
+def check_members(members: list[Member], min_oof_overlap: float = DEFAULT_MIN_OOF_OVERLAP) -> pd.DataFrame:
     """Refuse members that cannot be blended; return the shared fold table (clip_id, fold)."""
     first = members[0]
     for other in members[1:]:
@@ -310,7 +310,7 @@ def check_members(members: list[Member]) -> pd.DataFrame:
                 + "; a submission needs every test clip from every member (predict the missing ones, "
                 "or leave the member out)"
             )
-    check_oof_overlap(members)
+    check_oof_overlap(members, min_oof_overlap)
     return folds
 
 
@@ -481,7 +481,7 @@ def score_lines(
 def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     comp = get_competition(cfg.competition)
     members = [load_member(comp, name) for name in cfg.members]
-    check_members(members)
+    check_members(members, cfg.min_oof_overlap)
     overlap = oof_overlap(members)
     oof_ids, test_ids = align(members)
     names = [m.name for m in members]

