@@ -464,3 +464,47 @@ def test_workers_reuse_freed_buffers_instead_of_faulting_them_in_again() -> None
     default, kept = faults("default"), faults("keep")
     assert default > 30 * 1000  # by default at least one buffer a round comes fresh from the kernel
     assert kept < 15 << 8  # the first round's 15 MB (3840 pages) does; later rounds reuse it
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_features_on_a_device_in_the_parent_give_the_same_cache(
+    built: tuple[Path, pd.DataFrame, Path], tmp_path: Path, workers: int
+) -> None:
+    """``device`` (a GPU in real use; the CPU here): the workers only decode and resample, the parent
+    computes the features; the cache and the handling of unusable audio are the same."""
+    root, clips, _ = built
+    clips = clips.assign(split="train")
+    clips.loc[clips["clip_id"] == "clip07", "split"] = "test"
+    caches = []
+    for name, device in (("workers", None), ("parent", "cpu")):
+        comp = copy_competition(root, tmp_path / name)
+        (comp / "audio/clip05.wav").write_bytes(b"not audio at all")  # a train clip: skipped
+        (comp / "audio/clip07.wav").unlink()  # a test clip: zero-filled
+        caches.append(FeatureCache(build_cache(clips, comp, CFG, workers=workers, device=device)))
+    by_workers, by_parent = caches
+    assert by_parent.clip_ids == by_workers.clip_ids and by_parent.skipped == ["clip05"]
+    assert (
+        by_parent.status_counts
+        == by_workers.status_counts
+        == {"ok": N_CLIPS - 2, "zero_filled": 1, "skipped": 1}
+    )
+    parent_report = by_parent.report().drop(columns="path")
+    parent_report["reason"] = parent_report["reason"].str.replace("/parent/", "/workers/")
+    pd.testing.assert_frame_equal(parent_report, by_workers.report().drop(columns="path"))
+    for clip_id in by_workers.clip_ids:
+        np.testing.assert_allclose(by_parent.get(clip_id), by_workers.get(clip_id), atol=0.06)  # 1 fp16 step
+
+
+def test_decode_only_workers_contain_a_crash_too(built: tuple[Path, pd.DataFrame, Path]) -> None:
+    root, _, _ = built
+    tasks = [(str(root / "audio" / f"clip{i:02d}.wav"), False) for i in range(4)]
+    tasks[1] = (str(root / "audio/crash_train.wav"), False)
+    tasks[2] = (str(root / "audio/crash_test.wav"), True)
+    results = list(
+        cache_mod._compute_parallel(tasks, CFG, AudioRules(), 2, run_chunk=crash_on_marker, decode_only=True)
+    )
+    assert [r.status for r in results] == ["ok", "skipped", "zero_filled", "ok"]
+    assert results[1].frames is None and results[2].frames.shape == (
+        round(AudioRules().fill_seconds * 16000),
+    )
+    np.testing.assert_array_equal(results[0].frames, load_audio(root / "audio/clip00.wav", CFG.sample_rate))
