@@ -210,8 +210,22 @@ def run_method(method: str, paths: list[str], preset: str, workdir: str) -> dict
         for p in paths:
             compute_clip(p, False, cfg, extractor)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    elif method in ("ours-2", "decode-2"):  # decode-2: the CPU's share when a GPU computes the log-mel
-        seconds, startup = _pool_seconds(paths, cfg, decode_only=method == "decode-2")
+    elif method == "ours-2":
+        from audiotag.data.audio import DEFAULT_RULES
+        from audiotag.data.cache import _compute_parallel
+
+        start = time.perf_counter()  # the pool's fork server imports torch and the cache module once
+        list(_compute_parallel([(paths[0], False)], cfg, DEFAULT_RULES, 1))
+        startup = time.perf_counter() - start
+        # Each run forks a new 2-worker pool from the warm server. Its start (about 50 ms) is timed on
+        # two clips and left out, as librosa's warm pool's start is: both rows are then steady rates.
+        start = time.perf_counter()
+        list(_compute_parallel([(p, False) for p in paths[:2]], cfg, DEFAULT_RULES, 2))
+        pool_start = time.perf_counter() - start
+        start = time.perf_counter()
+        list(_compute_parallel([(p, False) for p in paths], cfg, DEFAULT_RULES, 2))
+        seconds = time.perf_counter() - start - pool_start
+        startup += pool_start
     elif method == "cache-2":
         import pandas as pd
 
@@ -227,24 +241,6 @@ def run_method(method: str, paths: list[str], preset: str, workdir: str) -> dict
     worker_mb = workers.stop() if workers else 0.0
     own_mb = _status_kb("self", "VmHWM") / 1024
     return {"seconds": seconds, "cpu": cpu, "startup": startup, "rss_mb": own_mb, "worker_rss_mb": worker_mb}
-
-
-def _pool_seconds(paths: list[str], cfg: Any, decode_only: bool) -> tuple[float, float]:
-    """Seconds of the cache's 2-worker pool over ``paths``, less its start; and the start-up time."""
-    from audiotag.data.audio import DEFAULT_RULES
-    from audiotag.data.cache import _compute_parallel
-
-    def run(some: list[str], workers: int) -> float:
-        start = time.perf_counter()
-        tasks = [(p, False) for p in some]
-        list(_compute_parallel(tasks, cfg, DEFAULT_RULES, workers, decode_only=decode_only))
-        return time.perf_counter() - start
-
-    startup = run(paths[:1], 1)  # the pool's fork server imports torch and the cache module once
-    # Each run forks a new 2-worker pool from the warm server. Its start (about 50 ms) is timed on
-    # two clips and left out, as librosa's warm pool's start is: both rows are then steady rates.
-    pool_start = run(paths[:2], 2)
-    return run(paths, 2) - pool_start, startup + pool_start
 
 
 def _child(queue: Any, method: str, paths: list[str], preset: str, workdir: str) -> None:
@@ -352,7 +348,6 @@ ROWS: list[tuple[str, str, str, dict[str, str]]] = [
     ("ours-1", "ours-1", "audiotag compute_clip, 1 proc", {}),
     ("ours-2", "ours-2", "audiotag cache worker pool, 2 procs", {}),
     ("cache-2", "cache-2", "audiotag build_cache end to end, 2 workers", {}),
-    ("decode-2", "decode-2", "CPU share with log-mel on a GPU, 2 procs", {}),
 ]
 
 

@@ -101,13 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, help="processes for the feature cache (default: all cores)")
     parser.add_argument(
-        "--features-device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="where prepare computes the cached log-mel: cuda (the workers only decode and resample), "
-        "cpu (in the workers), auto (cuda when a GPU is visible; the default)",
-    )
-    parser.add_argument(
         "--data-dir",
         type=Path,
         metavar="PATH",
@@ -476,14 +469,12 @@ def run(args: argparse.Namespace) -> None:
                 from audiotag.prepare import prepare
 
                 if ctx.is_main:
-                    prepare(exp.competition, exp.features, args.workers, args.features_device)
+                    prepare(exp.competition, exp.features, workers=args.workers)
                 ctx.barrier()
             elif stage == "train":
                 from audiotag.train.runner import train_experiment
 
-                result = train_experiment(
-                    exp, args.run_name, args.workers, ctx=ctx, features_device=args.features_device
-                )
+                result = train_experiment(exp, run_name=args.run_name, workers=args.workers, ctx=ctx)
                 if ctx.is_main:
                     print_run(console, result)
             elif ctx.is_main:

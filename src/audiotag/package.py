@@ -448,9 +448,7 @@ def run_inference(
             features, rules = member_cfg.features, audio_rules(member_cfg.competition)
             key = (features.key(), rules)
             if key not in caches:  # the member's own audio rules, as its training cache had
-                on = torch_device if torch_device.type == "cuda" else None  # the GPU computes the log-mel
-                cache_dir = build_cache(clips, work, features, workers=workers, rules=rules, device=on)
-                caches[key] = FeatureCache(cache_dir)
+                caches[key] = FeatureCache(build_cache(clips, work, features, workers=workers, rules=rules))
             cache = caches[key]
             predictions.append(
                 predict_member(member_dir, member["folds"], cache, fnames, len(classes), torch_device)

@@ -22,7 +22,7 @@ from audiotag.config import CompetitionConfig, FeatureConfig
 from audiotag.data.audio import AudioRules
 from audiotag.data.cache import REPORT, FeatureCache, build_cache
 from audiotag.data.folds import ensure_folds
-from audiotag.errors import ConfigError, DataError
+from audiotag.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +83,7 @@ def read_clip_table(path: Path) -> pd.DataFrame:
     return table
 
 
-FEATURE_DEVICES = ("auto", "cpu", "cuda")
-
-
-def prepare(
-    competition: CompetitionConfig,
-    features: FeatureConfig,
-    workers: int | None = None,
-    features_device: str = "auto",
-) -> Prepared:
-    """Obtain and check the data, build the clip table, the folds and the feature cache.
-
-    ``features_device``: ``cuda`` computes the cache's log-mel on the GPU (the workers then only
-    decode and resample), ``cpu`` in the workers, ``auto`` on the GPU when one is visible.
-    """
-    device = feature_device(features_device)
+def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: int | None = None) -> Prepared:
     comp = get_competition(competition)
     log.info("prepare: competition %s in %s", comp.name, comp.dir)
     comp.obtain()
@@ -105,20 +91,9 @@ def prepare(
     folds = ensure_folds(comp, table)
     columns = [c for c in ("clip_id", "path", "split", "audio_issue") if c in table.columns]
     rules = audio_rules(competition)
-    cache_dir = build_cache(table[columns], comp.dir, features, workers=workers, rules=rules, device=device)
+    cache_dir = build_cache(table[columns], comp.dir, features, workers=workers, rules=rules)
     skipped = report_cache(cache_dir)
     return Prepared(comp, table, folds, cache_dir, skipped)
-
-
-def feature_device(choice: str) -> str | None:
-    """``--features-device`` -> the device ``build_cache`` computes features on (None: its workers)."""
-    import torch
-
-    if choice not in FEATURE_DEVICES:
-        raise ConfigError(f"--features-device {choice!r}: expected one of {', '.join(FEATURE_DEVICES)}")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--features-device cuda: no CUDA GPU is visible; use auto or cpu")
-    return "cuda" if choice != "cpu" and torch.cuda.is_available() else None
 
 
 def audio_rules(competition: CompetitionConfig) -> AudioRules:

@@ -115,63 +115,28 @@ def compute_clip(
 
     This is the function the cache's workers run (one thread each: see ``_compute_here``).
     """
-    return finish_clip(decode_clip(path, is_test, cfg, rules), path, is_test, cfg, extractor, rules)
-
-
-def decode_clip(
-    path: str, is_test: bool, cfg: FeatureConfig, rules: AudioRules = DEFAULT_RULES
-) -> ClipResult:
-    """The first half of ``compute_clip``: ``frames`` holds the float32 wave (None for a skipped clip)."""
     try:
         decoded = decode(path, cfg.sample_rate, rules)
+        frames = _features(decoded.wave, path, cfg, extractor)
         return ClipResult(
-            decoded.wave, decoded.status, decoded.reason, decoded.source_rate, round(decoded.seconds, 4)
+            frames, decoded.status, decoded.reason, decoded.source_rate, round(decoded.seconds, 4)
         )
     except UnusableAudio as exc:
         kind, detail = exc.kind, exc.detail
-    except Exception as exc:  # a decoder failure on odd input: the same rule as undecodable
-        kind, detail = UNDECODABLE, f"decoding failed ({type(exc).__name__}: {exc})"
-    return unusable_wave(is_test, kind, detail, cfg, rules)
-
-
-def finish_clip(
-    decoded: ClipResult,
-    path: str,
-    is_test: bool,
-    cfg: FeatureConfig,
-    extractor: torch.nn.Module,
-    rules: AudioRules = DEFAULT_RULES,
-) -> ClipResult:
-    """The second half of ``compute_clip``: a ``decode_clip`` result's wave -> float16 features, on
-    the extractor's device; never raises."""
-    if decoded.frames is None:
-        return decoded
-    try:
-        return decoded._replace(frames=_features(decoded.frames, path, cfg, extractor))
-    except UnusableAudio as exc:
-        kind, detail = exc.kind, exc.detail
-    except Exception as exc:  # a front-end failure on odd input: the same rule as undecodable
+    except Exception as exc:  # a decoder or front-end failure on odd input: the same rule as undecodable
         kind, detail = UNDECODABLE, f"feature extraction failed ({type(exc).__name__}: {exc})"
     return unusable_result(is_test, kind, detail, cfg, extractor, rules)
-
-
-def unusable_wave(is_test: bool, kind: str, detail: str, cfg: FeatureConfig, rules: AudioRules) -> ClipResult:
-    """A training clip is skipped; a test clip becomes ``rules.fill_seconds`` of zeros (as a wave)."""
-    reason = f"{kind}: {detail}"
-    if not is_test:
-        return ClipResult(None, SKIPPED, reason, 0, 0.0)
-    zeros = np.zeros(max(1, round(rules.fill_seconds * cfg.sample_rate)), dtype=np.float32)
-    return ClipResult(zeros, ZERO_FILLED, reason, 0, 0.0)
 
 
 def unusable_result(
     is_test: bool, kind: str, detail: str, cfg: FeatureConfig, extractor: torch.nn.Module, rules: AudioRules
 ) -> ClipResult:
-    """``unusable_wave`` with the zeros' features computed."""
-    result = unusable_wave(is_test, kind, detail, cfg, rules)
-    if result.frames is None:
-        return result
-    return result._replace(frames=_features(result.frames, "zeros", cfg, extractor))
+    """A training clip is skipped; a test clip becomes ``rules.fill_seconds`` of zeros."""
+    reason = f"{kind}: {detail}"
+    if not is_test:
+        return ClipResult(None, SKIPPED, reason, 0, 0.0)
+    zeros = np.zeros(max(1, round(rules.fill_seconds * cfg.sample_rate)), dtype=np.float32)
+    return ClipResult(_features(zeros, "zeros", cfg, extractor), ZERO_FILLED, reason, 0, 0.0)
 
 
 def _features(wave: np.ndarray, path: str, cfg: FeatureConfig, extractor: torch.nn.Module) -> np.ndarray:
@@ -194,7 +159,6 @@ def build_cache(
     cfg: FeatureConfig,
     workers: int | None = None,
     rules: AudioRules = DEFAULT_RULES,
-    device: str | torch.device | None = None,
 ) -> Path:
     """Compute the log-mel cache of ``clips`` (clip_id, path relative to ``competition_dir``).
 
@@ -202,8 +166,6 @@ def build_cache(
     is unusable; a table without it is treated as training clips) and ``audio_issue`` (a known
     problem, copied into the report). Returns the cache folder at once when it is complete for exactly
     these clips and rules; otherwise builds it, resuming an interrupted build of the same clips.
-    ``device`` (a GPU): compute the log-mel there, in this process, while the workers only decode and
-    resample; None computes it in the workers. The cache is the same either way (up to float rounding).
     """
     order = _clip_order(clips)
     final = cache_dir_for(competition_dir, cfg)
@@ -217,16 +179,14 @@ def build_cache(
     staging = final.with_name(final.name + ".partial")
     n_done = _resume_point(staging, clips_hash, cfg.cache_width)
     workers = _n_workers(workers, len(order) - n_done)
-    on = None if device is None or cfg.cache == "wave" else torch.device(device)  # wave: nothing to compute
     log.info(
-        "feature cache: %d clips, %d worker(s)%s, %s -> %s",
+        "feature cache: %d clips, %d worker(s), %s -> %s",
         len(order),
         workers,
-        f", features on {on}" if on is not None else "",
         f"resuming after {n_done} clips" if n_done else "from scratch",
         final,
     )
-    _fill(staging, order, n_done, Path(competition_dir), cfg, rules, workers, clips_hash, on)
+    _fill(staging, order, n_done, Path(competition_dir), cfg, rules, workers, clips_hash)
     _finish(staging, final, order, cfg, rules, clips_hash)
     manifest = _read_manifest(final)
     log.info("feature cache: wrote %s in %.1f s", final, time.monotonic() - start)
@@ -372,15 +332,14 @@ def _fill(
     rules: AudioRules,
     workers: int,
     clips_hash: str,
-    device: torch.device | None = None,
 ) -> None:
     writer = _Writer(staging, clips_hash, n_done)
-
-    def tasks() -> Iterator[Task]:  # made one at a time as the workers take them, never held whole
-        for rel, split in zip(order["path"][n_done:], order["split"][n_done:], strict=True):
-            yield str(root / rel), split == "test"
-
-    results = _compute(tasks(), len(order) - n_done, cfg, rules, workers, device)
+    # made one at a time as the workers take them: the task list is never held in memory whole
+    tasks = (
+        (str(root / rel), split == "test")
+        for rel, split in zip(order["path"][n_done:], order["split"][n_done:], strict=True)
+    )
+    results = _compute(tasks, len(order) - n_done, cfg, rules, workers)
     counts: Counter[str] = Counter()
     try:
         with tqdm(total=len(order), initial=n_done, unit="clip", desc="log-mel cache") as bar:
@@ -410,29 +369,13 @@ Task = tuple[str, bool]  # (absolute path, is a test clip)
 
 
 def _compute(
-    tasks: Iterable[Task],
-    n_tasks: int,
-    cfg: FeatureConfig,
-    rules: AudioRules,
-    workers: int,
-    device: torch.device | None = None,
+    tasks: Iterable[Task], n_tasks: int, cfg: FeatureConfig, rules: AudioRules, workers: int
 ) -> Iterator[ClipResult]:
-    """The result of each task, in order. With ``device``, the features are computed on it in this
-    process (a GPU), and the workers only decode and resample."""
+    """The result of each task, in order."""
     if workers <= 1:
-        yield from _compute_here(tasks, cfg, rules, device)
-        return
-    if device is None:
+        yield from _compute_here(tasks, cfg, rules)
+    else:
         yield from _compute_parallel(tasks, cfg, rules, workers, n_tasks=n_tasks)
-        return
-    tasks, own = itertools.tee(tasks)  # the parent needs each task again to finish its clip
-    extractor = make_extractor(cfg).to(device)
-    decoded = _compute_parallel(tasks, cfg, rules, workers, n_tasks=n_tasks, decode_only=True)
-    try:
-        for result, (path, is_test) in zip(decoded, own, strict=True):
-            yield finish_clip(result, path, is_test, cfg, extractor, rules)
-    finally:
-        decoded.close()  # stops the worker pool at once when this generator is closed
 
 
 def keep_freed_memory() -> bool:
@@ -463,22 +406,17 @@ def prepare_compute_process() -> None:
     keep_freed_memory()
 
 
-def _compute_here(
-    tasks: Iterable[Task], cfg: FeatureConfig, rules: AudioRules, device: torch.device | None = None
-) -> Iterator[ClipResult]:
+def _compute_here(tasks: Iterable[Task], cfg: FeatureConfig, rules: AudioRules) -> Iterator[ClipResult]:
     threads = torch.get_num_threads()  # restored afterwards: this is the caller's own process
     prepare_compute_process()
     try:
-        extractor = make_extractor(cfg) if device is None else make_extractor(cfg).to(device)
+        extractor = make_extractor(cfg)
         yield from (compute_clip(path, is_test, cfg, extractor, rules) for path, is_test in tasks)
     finally:
         torch.set_num_threads(threads)
 
 
-InitArgs = tuple[str, dict[str, Any], bool]  # a worker's (config JSON, audio rules, decode only)
-
-
-def _pool(workers: int, init_args: InitArgs) -> ProcessPoolExecutor:
+def _pool(workers: int, init_args: tuple[str, dict[str, Any]]) -> ProcessPoolExecutor:
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         # Workers fork from a server that has imported torch and this module once, so a pool starts in
@@ -496,15 +434,14 @@ def _compute_parallel(
     workers: int,
     run_chunk: Callable[[list[Task]], list[ClipResult]] | None = None,
     n_tasks: int | None = None,
-    decode_only: bool = False,
 ) -> Iterator[ClipResult]:
     """Results in task order from a process pool with a bounded number of chunks in flight.
 
     ``n_tasks`` sizes the chunks when ``tasks`` is an iterator; ``run_chunk`` replaces the worker
-    function (tests use it to kill a worker); ``decode_only`` workers return ``decode_clip`` results.
+    function (tests use it to kill a worker).
     """
     run_chunk = run_chunk or _worker_chunk
-    init_args = (cfg.model_dump_json(), rules.as_dict(), decode_only)
+    init_args = (cfg.model_dump_json(), rules.as_dict())
     if n_tasks is None:
         tasks = list(tasks)
         n_tasks = len(tasks)
@@ -549,7 +486,7 @@ def _canary() -> bool:
     return True
 
 
-def check_workers_start(init_args: InitArgs) -> None:
+def check_workers_start(init_args: tuple[str, dict[str, Any]]) -> None:
     """Raise when fresh worker processes die before doing any work (then no clip is to blame)."""
     pool = _pool(1, init_args)
     try:
@@ -569,7 +506,7 @@ def _isolated(
     cfg: FeatureConfig,
     rules: AudioRules,
     run_chunk: Callable[[list[Task]], list[ClipResult]],
-    init_args: InitArgs,
+    init_args: tuple[str, dict[str, Any]],
 ) -> Iterator[ClipResult]:
     """The tasks in turn in one fresh process; a task that kills it counts as undecodable."""
     i = 0
@@ -585,10 +522,7 @@ def _isolated(
                 except BrokenProcessPool:
                     log.warning("feature cache: %s crashed the worker process; treated as undecodable", path)
                     detail = "decoding it crashed the worker process"
-                    if init_args[2]:  # decode-only workers: the caller computes the features
-                        yield unusable_wave(is_test, UNDECODABLE, detail, cfg, rules)
-                    else:
-                        yield unusable_result(is_test, UNDECODABLE, detail, cfg, make_extractor(cfg), rules)
+                    yield unusable_result(is_test, UNDECODABLE, detail, cfg, make_extractor(cfg), rules)
                     break
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -597,18 +531,14 @@ def _isolated(
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(cfg_json: str, rules: dict[str, Any], decode_only: bool = False) -> None:
+def _init_worker(cfg_json: str, rules: dict[str, Any]) -> None:
     prepare_compute_process()
     cfg = FeatureConfig.model_validate_json(cfg_json)
-    _worker_state.update(
-        cfg=cfg, extractor=make_extractor(cfg), rules=AudioRules(**rules), decode_only=decode_only
-    )
+    _worker_state.update(cfg=cfg, extractor=make_extractor(cfg), rules=AudioRules(**rules))
 
 
 def _worker_chunk(tasks: list[Task]) -> list[ClipResult]:
     state = _worker_state
-    if state["decode_only"]:
-        return [decode_clip(path, is_test, state["cfg"], state["rules"]) for path, is_test in tasks]
     return [
         compute_clip(path, is_test, state["cfg"], state["extractor"], state["rules"])
         for path, is_test in tasks

@@ -198,7 +198,6 @@ def train_experiment(
     run_name: str | None = None,
     workers: int | None = None,
     ctx: DistContext = SINGLE,
-    features_device: str = "auto",
 ) -> RunResult:
     """Train the run's folds. Under torchrun: DDP on every fold, or folds shared out among processes."""
     if ctx.is_main:
@@ -209,10 +208,10 @@ def train_experiment(
             "(it is the global batch, shared out among them)"
         )
     if ctx.is_main:
-        prepared = prepare(cfg.competition, cfg.features, workers, features_device)
+        prepared = prepare(cfg.competition, cfg.features, workers=workers)
     ctx.barrier()
     if not ctx.is_main:  # everything is up to date now: this only reads
-        prepared = prepare(cfg.competition, cfg.features, workers, "cpu")
+        prepared = prepare(cfg.competition, cfg.features, workers=workers)
     comp = prepared.competition
     run_dir = comp.dir / "runs" / (run_name or cfg.name)
     check_pretrained(cfg.model, cfg.features)
