@@ -98,6 +98,15 @@ def timed(loader: DataLoader, step, steps: int, warmup: int, device: torch.devic
     return seen / (time.perf_counter() - start)
 
 
+def timed_with_peak(loader, step, args, device: torch.device) -> tuple[float, float]:
+    """``timed``'s samples/s and the GPU's peak memory in GiB over the same steps (NaN on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rate = timed(loader, step, args.steps, args.warmup, device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return rate, peak
+
+
 def bench_ours(
     model_name, features, cache, ids, bs, precision, compile_, device, args
 ) -> tuple[float, float]:
@@ -133,11 +142,7 @@ def bench_ours(
         engine.backward(loss)
         return x.shape[0]
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rate = timed(loader, step, args.steps, args.warmup, device)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return rate, peak
+    return timed_with_peak(loader, step, args, device)
 
 
 def bench_official(model_name, features, folder, ids, bs, device, args) -> tuple[float, float]:
@@ -159,11 +164,7 @@ def bench_official(model_name, features, folder, ids, bs, device, args) -> tuple
         optimizer.step()
         return x.shape[0]
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rate = timed(loader, step, args.steps, args.warmup, device)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return rate, peak
+    return timed_with_peak(loader, step, args, device)
 
 
 def bench_pipeline(features, cache, ids, bs, args) -> float:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from http.server import BaseHTTPRequestHandler
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 def serve_bytes(
@@ -42,3 +46,17 @@ def serve_bytes(
         handler.close_connection = True
         return
     handler.wfile.write(body)
+
+
+@contextlib.contextmanager
+def running_server(handler: type[BaseHTTPRequestHandler], state: Any = None) -> Iterator[str]:
+    """Serve ``handler`` on a free port of 127.0.0.1 with ``server.state = state``; yields the base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.state = state  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

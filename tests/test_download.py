@@ -19,7 +19,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 import types
 import urllib.request
 import zipfile
@@ -43,7 +42,7 @@ from audiotag.data.download import (
     zenodo_files,
 )
 from audiotag.errors import ConfigError, DataError
-from tests.http_fakes import serve_bytes
+from tests.http_fakes import running_server, serve_bytes
 
 PAYLOAD = np.random.default_rng(1).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
 OTHER = np.random.default_rng(2).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
@@ -155,15 +154,9 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.delenv("AUDIOTAG_OFFLINE", raising=False)
     monkeypatch.setattr(dl, "RETRY_WAIT_S", 0.0)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.state = ServerState()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield Server(httpd.state, f"http://127.0.0.1:{httpd.server_address[1]}")  # type: ignore[attr-defined]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    state = ServerState()
+    with running_server(Handler, state) as url:
+        yield Server(state, url)
 
 
 def remote(server: Server, name: str = "a.bin", data: bytes = PAYLOAD, **kwargs: Any) -> RemoteFile:

@@ -32,7 +32,7 @@ from audiotag.errors import ConfigError, DataError
 from audiotag.models import pretrained
 from audiotag.models.pretrained import KNOWN, LAYOUTS, Checkpoint, fetch, lookup, read_state_dict, resolve
 from audiotag.models.registry import build_model, check_pretrained, load_pretrained
-from tests.http_fakes import serve_bytes
+from tests.http_fakes import running_server, serve_bytes
 
 
 def _checkpoint_bytes() -> bytes:
@@ -89,15 +89,9 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.delenv("AUDIOTAG_OFFLINE", raising=False)
     monkeypatch.setattr(pretrained, "RETRY_WAIT_S", 0.0)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.state = ServerState()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield Server(httpd.state, f"http://127.0.0.1:{httpd.server_address[1]}/fake.pth")  # type: ignore[attr-defined]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    state = ServerState()
+    with running_server(Handler, state) as url:
+        yield Server(state, f"{url}/fake.pth")
 
 
 def sha256(data: bytes) -> str:

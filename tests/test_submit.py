@@ -11,7 +11,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 from audiotag import kaggle_submit
 from audiotag.cli import main
 from audiotag.competitions.demo_synth import CLASSES
+from tests.http_fakes import running_server
 
 SECRET = "s3cr3t-kaggle-key-0123456789"
 SLUG = "demo-slug"
@@ -86,36 +87,32 @@ def make_handler(stub: KaggleStub) -> type[BaseHTTPRequestHandler]:
 def kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KaggleStub]:
     """The real ``kaggle`` client, pointed at a server on 127.0.0.1 with legacy credentials in env."""
     stub = KaggleStub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(stub))
-    stub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
-    monkeypatch.setenv("KAGGLE_USERNAME", "tester")
-    monkeypatch.setenv("KAGGLE_KEY", SECRET)
-    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")  # the client then calls http://localhost
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    for name in ("KAGGLE_API_TOKEN", "VERBOSE", "VERBOSE_OUTPUT", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    with contextlib.redirect_stdout(io.StringIO()):
-        from kaggle.api.kaggle_api_extended import KaggleApi
-    from kagglesdk import kaggle_env
+    with running_server(make_handler(stub)) as url:
+        stub.url = url
+        home = tmp_path / "home"
+        home.mkdir()
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / ".kaggle"))
+        monkeypatch.setenv("KAGGLE_USERNAME", "tester")
+        monkeypatch.setenv("KAGGLE_KEY", SECRET)
+        monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")  # the client then calls http://localhost
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+        for name in ("KAGGLE_API_TOKEN", "VERBOSE", "VERBOSE_OUTPUT", "HTTP_PROXY", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        with contextlib.redirect_stdout(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+        from kagglesdk import kaggle_env
 
-    # KAGGLE_API_ENVIRONMENT is read when the module is first imported; localhost means port 80 there,
-    # so the LOCALHOST endpoint is moved to this server's port
-    monkeypatch.setattr(KaggleApi, "args", ["--local"])
-    # the config file path is fixed when the module is first imported: keep any real one out of reach
-    monkeypatch.setattr(KaggleApi, "config_dir", str(home / ".kaggle"))
-    monkeypatch.setattr(KaggleApi, "config", str(home / ".kaggle" / "kaggle.json"))
-    monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.LOCAL, stub.url)
-    monkeypatch.setattr(kaggle_submit, "API_FACTORY", kaggle_submit.default_api)
-    yield stub
-    server.shutdown()
-    server.server_close()
+        # KAGGLE_API_ENVIRONMENT is read when the module is first imported; localhost means port 80 there,
+        # so the LOCALHOST endpoint is moved to this server's port
+        monkeypatch.setattr(KaggleApi, "args", ["--local"])
+        # the config file path is fixed when the module is first imported: keep any real one out of reach
+        monkeypatch.setattr(KaggleApi, "config_dir", str(home / ".kaggle"))
+        monkeypatch.setattr(KaggleApi, "config", str(home / ".kaggle" / "kaggle.json"))
+        monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.LOCAL, stub.url)
+        monkeypatch.setattr(kaggle_submit, "API_FACTORY", kaggle_submit.default_api)
+        yield stub
 
 
 # --------------------------------------------------------------------------- a demo submission

@@ -49,10 +49,6 @@ from audiotag.submission import build_submission, write_submission
 
 log = logging.getLogger(__name__)
 
-# The least share of the OOF clips predicted by any member that must be predicted by every member. Below
-# it the common clips are too different from what each member was scored on for a meaningful blend.
-DEFAULT_MIN_OOF_OVERLAP = 0.9  # EnsembleConfig.min_oof_overlap's default
-
 
 @dataclass
 class Member(FoldScores):
@@ -216,7 +212,7 @@ def _pair_share(a: Member, b: Member) -> float:
     return len(ids_a & ids_b) / union if union else 1.0
 
 
-def check_oof_overlap(members: list[Member], min_overlap: float = DEFAULT_MIN_OOF_OVERLAP) -> None:
+def check_oof_overlap(members: list[Member], min_overlap: float) -> None:
     """Refuse members whose common OOF clips are less than ``min_overlap`` of all their OOF clips."""
     overlap = oof_overlap(members)
     if overlap.share >= min_overlap:
@@ -270,7 +266,7 @@ def warn_dropped_oof(overlap: OofOverlap) -> None:
     )
 
 
-def check_members(members: list[Member], min_oof_overlap: float = DEFAULT_MIN_OOF_OVERLAP) -> pd.DataFrame:
+def check_members(members: list[Member], min_oof_overlap: float) -> pd.DataFrame:
     """Refuse members that cannot be blended; return the shared fold table (clip_id, fold)."""
     first = members[0]
     for other in members[1:]:
