@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import FeatureConfig, SpecAugmentConfig
+from audiotag.config import FeatureConfig, SpecAugmentConfig, load_group, validate
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.dataset import CropDataset, fit_length, iter_window_batches, silence_value, window_starts
+from audiotag.data.features import compute_logmel
 from audiotag.train.schedule import warmup_cosine
 
 
@@ -40,6 +41,17 @@ def test_fit_length_crop_wrap_and_constant() -> None:
 def test_silence_value() -> None:
     assert silence_value(FeatureConfig(scale="db", amin=1e-10)) == pytest.approx(-100.0)
     assert silence_value(FeatureConfig(scale="log", log_offset=1e-6)) == pytest.approx(np.log(1e-6))
+    assert silence_value(FeatureConfig(scale="log10_1p")) == 0.0
+    assert silence_value(FeatureConfig(kind="kaldi_fbank", n_mels=23)) == 0.0  # official AST zero-pads
+    assert silence_value(FeatureConfig(cache="wave")) == 0.0
+
+
+@pytest.mark.parametrize("preset", ["logmel_16k_64", "panns_32k", "byola_16k_64", "aisfx_44k_96"])
+def test_silence_value_is_what_the_front_end_gives_for_silence(preset: str) -> None:
+    """Padding with the silence value equals computing the front-end on zeros (not on another scale)."""
+    cfg = validate(FeatureConfig, load_group("features", preset), preset)
+    zeros = compute_logmel(np.zeros(cfg.sample_rate // 2, np.float32), cfg)
+    np.testing.assert_allclose(zeros, silence_value(cfg), atol=1e-5)
 
 
 @pytest.mark.parametrize("n", [1, 7, 10, 11, 33])

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import CnnConfig, FeatureConfig
+from audiotag.config import CnnConfig, FeatureConfig, load_group, validate
 from audiotag.data.dataset import window_starts
+from audiotag.data.features import compute_logmel
 from audiotag.errors import AudiotagError
 from audiotag.models.registry import build_model
 from audiotag.train.loop import gain_offset
@@ -52,5 +53,20 @@ def test_tta_averages_the_variants() -> None:
 def test_gain_offsets_per_scale() -> None:
     assert gain_offset(FeatureConfig(scale="db"), 6.0) == 6.0
     assert gain_offset(FeatureConfig(scale="log"), 10.0) == pytest.approx(np.log(10))
-    with pytest.raises(AudiotagError, match="log10_1p"):
+    with pytest.raises(AudiotagError, match="log10"):
         gain_offset(FeatureConfig(scale="log10_1p"), 3.0)
+    with pytest.raises(AudiotagError, match="waveform"):
+        gain_offset(FeatureConfig(cache="wave"), 3.0)
+
+
+@pytest.mark.parametrize("preset", ["panns_32k", "byola_16k_64", "ast_kaldi_128"])
+def test_gain_offset_is_what_a_gain_does_to_the_front_end(preset: str) -> None:
+    """A gain of 6 dB on the wave shifts every loud bin by gain_offset (Kaldi fbank: natural log)."""
+    cfg = validate(FeatureConfig, load_group("features", preset), preset)
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(cfg.sample_rate // 2)).astype(np.float32)
+    quiet, loud = compute_logmel(wave, cfg), compute_logmel(wave * 10 ** (6 / 20), cfg)
+    floor = quiet.min()  # empty mel filters (Kaldi's lowest bins at 512 FFT points) stay at the floor
+    loud_bins = quiet > floor + 1.0
+    assert loud_bins.mean() > 0.9
+    np.testing.assert_allclose((loud - quiet)[loud_bins], gain_offset(cfg, 6.0), atol=2e-3)

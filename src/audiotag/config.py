@@ -174,6 +174,11 @@ class FeatureConfig(StrictModel):
     amin: float = Field(1e-10, gt=0, description="floor before 10*log10 (scale: db)")
     log_offset: float = Field(1e-6, gt=0, description="added before log (scale: log)")
     log_gain: float = Field(1.0, gt=0, description="gain inside log10(1 + gain * mel) (scale: log10_1p)")
+    center_pad: Literal["reflect", "constant"] = Field(
+        "reflect",
+        description="padding of the centred STFT: reflect (torch, torchlibrosa, PANNs) or constant "
+        "zeros (librosa >= 0.9's default, aisfx)",
+    )
     peak_normalize: bool = Field(False, description="scale each clip to peak 1 before the STFT (aisfx)")
     preemphasis: float = Field(0.0, ge=0, lt=1, description="kaldi_fbank: pre-emphasis coefficient (0.97)")
     remove_dc: bool = Field(False, description="kaldi_fbank: subtract each frame's mean")
@@ -210,6 +215,8 @@ class FeatureConfig(StrictModel):
         settings["fmax"] = self.fmax or self.sample_rate / 2
         settings["win_length"] = self.win_length or self.n_fft
         settings["code_version"] = FEATURE_CODE_VERSION
+        if settings["center_pad"] == "reflect":  # added later: the default keeps existing cache keys
+            del settings["center_pad"]
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:10]
 
@@ -222,6 +229,19 @@ class InputNorm(StrictModel):
 
     mean: float = 0.0
     std: float = Field(1.0, gt=0)
+
+
+class NormStatsConfig(StrictModel):
+    """How ``input_norm: dataset`` measures its mean and std (BYOL-A's ``calc_norm_stats``)."""
+
+    unit_seconds: float | None = Field(
+        0.95,
+        gt=0,
+        description="each clip cropped (at random) or zero-padded (centred) to this length first, "
+        "padding included in the statistics, as BYOL-A does with its unit_sec; null = whole clips",
+    )
+    max_clips: int = Field(10000, gt=0, description="at most this many training clips, drawn at random")
+    seed: int = Field(42, description="seed of the clip draw and the crops")
 
 
 class ModelBase(StrictModel):
@@ -247,6 +267,9 @@ class ModelBase(StrictModel):
         description="(x - mean) / std before the backbone: explicit numbers (a checkpoint's recipe), "
         "'dataset' (one scalar mean and std over the training fold's log-mel, as BYOL-A does), or null",
     )
+    norm_stats: NormStatsConfig = Field(
+        default_factory=NormStatsConfig, description="how input_norm: dataset measures its statistics"
+    )
 
 
 class CnnConfig(ModelBase):
@@ -265,8 +288,18 @@ class CnnConfig(ModelBase):
         description="pooling (freq, time) after each block but the last",
     )
     pool_type: Literal["avg", "max"] = "avg"
+    pool_last: bool = Field(
+        False,
+        description="the last block pools too (PANNs Cnn10/Cnn6 pool 2x2 after conv_block4; Cnn14's "
+        "conv_block6 does not)",
+    )
+    block_dropout: float = Field(0.2, ge=0, lt=1, description="dropout after every conv block (PANNs: 0.2)")
     bn0: bool = Field(True, description="BatchNorm over mel bins at the input (PANNs)")
-    time_smoothing: bool = Field(True, description="PANNs' 3-frame max+avg pooling before the global pool")
+    time_smoothing: bool = Field(
+        False,
+        description="3-frame max+avg pooling over time before the head: PANNs' sound-event-detection "
+        "variants (Cnn14_DecisionLevel*) only, not the tagging models Cnn14/Cnn10/Cnn6",
+    )
     global_pool: Literal["mean+max", "mean", "max"] = "mean+max"
     embedding_dim: int | None = Field(2048, gt=0)
 

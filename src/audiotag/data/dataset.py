@@ -6,7 +6,6 @@ Clips are stored unpadded; a clip shorter than the crop is padded here, either b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -14,15 +13,12 @@ import torch
 from torch.utils.data import Dataset
 
 from audiotag.config import FeatureConfig
+from audiotag.data.features import scale_rule
 
 
 def silence_value(cfg: FeatureConfig) -> float:
-    """The cached value of digital silence for this front-end (0 for a wave cache)."""
-    if cfg.cache == "wave":
-        return 0.0
-    if cfg.scale == "db":
-        return 10.0 * math.log10(cfg.amin)
-    return math.log(cfg.log_offset)
+    """The cached value that pads a clip: digital silence on this front-end's scale."""
+    return scale_rule(cfg).silence
 
 
 def fit_length(

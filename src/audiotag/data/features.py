@@ -6,6 +6,9 @@ by PANNs, but runs in torch so it works batched on CPU or GPU.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -111,6 +114,8 @@ def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
 class LogMel(nn.Module):
     """(batch, samples) float32 wave -> (batch, frames, n_mels) float32 log-mel.
 
+    The centred STFT pads ``n_fft // 2`` samples at both ends by reflection (``center_pad: reflect``,
+    as torch and torchlibrosa) or with zeros (``constant``, librosa >= 0.9's default).
     Waves shorter than ``n_fft // 2 + 1`` samples cannot be reflect-padded, so they are first
     zero-padded at the end to that length; the output is then cut to ``n_frames(samples)`` frames,
     so the frame count depends only on the true length.
@@ -134,8 +139,13 @@ class LogMel(nn.Module):
         short = min_samples(self.cfg) - n_samples
         if short > 0:
             wave = torch.nn.functional.pad(wave, (0, short))
+        half = self.cfg.n_fft // 2
+        if self.cfg.center_pad == "reflect":
+            padded = reflect_pad(wave, half)
+        else:
+            padded = torch.nn.functional.pad(wave, (half, half))
         spec = torch.stft(
-            reflect_pad(wave, self.cfg.n_fft // 2),
+            padded,
             n_fft=self.cfg.n_fft,
             hop_length=self.cfg.hop_length,
             win_length=self.win_length,
@@ -155,6 +165,33 @@ class LogMel(nn.Module):
         if self.cfg.scale == "log10_1p":
             return torch.log10(1.0 + self.cfg.log_gain * mel)
         return torch.log(mel + self.cfg.log_offset)
+
+
+@dataclass(frozen=True)
+class ScaleRule:
+    """What a front-end's output scale means for padding and for gains.
+
+    ``silence``: the value a frame of padding takes (what the official code pads with).
+    ``per_db``: what a gain of +1 dB adds to every value, or None where a gain is not a shift.
+    """
+
+    silence: float
+    per_db: float | None
+    description: str
+
+
+def scale_rule(cfg: FeatureConfig) -> ScaleRule:
+    """The one place that knows each cached scale's padding value and gain rule."""
+    if cfg.cache == "wave":
+        return ScaleRule(0.0, None, "a waveform: silence is 0; gains are not a shift")
+    if cfg.kind == "kaldi_fbank":
+        # ln(max(mel, eps)): the floor is ln(eps) = -15.94, but official AST zero-pads the fbank
+        return ScaleRule(0.0, math.log(10) / 10, "Kaldi fbank, natural log; padded with 0 as official AST")
+    if cfg.scale == "db":
+        return ScaleRule(10.0 * math.log10(cfg.amin), 1.0, f"dB, floor 10*log10({cfg.amin:g})")
+    if cfg.scale == "log":
+        return ScaleRule(math.log(cfg.log_offset), math.log(10) / 10, f"ln(mel + {cfg.log_offset:g})")
+    return ScaleRule(0.0, None, "log10(1 + gain * mel): silence is 0; gains are not a shift")
 
 
 def make_extractor(cfg: FeatureConfig) -> nn.Module:

@@ -3,7 +3,10 @@
 Parameter names follow the official PANNs code (``bn0``, ``conv_block{i}.conv1/bn1/conv2/bn2``),
 so official checkpoints load by a prefix rename: CNN14 is six double-3x3 blocks of 64..2048
 channels, CNN10 four blocks of 64..512, CNN6 four single-5x5 blocks. The backbone returns the frame
-sequence after averaging over frequency (and PANNs' 3-frame max+avg smoothing); the head pools it.
+sequence after averaging over frequency; the head pools it. As in the official tagging models
+(``Cnn14``, ``Cnn10``, ``Cnn6`` of qiuqiangkong/audioset_tagging_cnn ``pytorch/models.py``): dropout
+0.2 after every block, 2x2 average pooling after every block but CNN14's last (``pool_last``), no
+smoothing over time (``time_smoothing`` is the detection variants' step, off by default).
 """
 
 from __future__ import annotations
@@ -68,8 +71,9 @@ class CnnBackbone(nn.Module):
             x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # normalise each mel bin
         blocks = self.blocks
         for i, block in enumerate(blocks):
-            x = block(x, self.pool if i < len(blocks) - 1 else (1, 1), self.cfg.pool_type)
-            x = F.dropout(x, p=self.cfg.dropout, training=self.training)
+            last = i == len(blocks) - 1
+            x = block(x, (1, 1) if last and not self.cfg.pool_last else self.pool, self.cfg.pool_type)
+            x = F.dropout(x, p=self.cfg.block_dropout, training=self.training)
         x = x.mean(dim=3)  # over frequency -> (batch, channels, frames)
         if self.cfg.time_smoothing:
             x = F.max_pool1d(x, 3, stride=1, padding=1) + F.avg_pool1d(x, 3, stride=1, padding=1)

@@ -22,7 +22,11 @@ def pool_time(x: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class LinearHead(nn.Module):
-    """Global pooling over time, optional ``fc1`` embedding (ReLU), then the classifier ``fc``."""
+    """Global pooling over time, dropout, optional ``fc1`` embedding (ReLU), then the classifier ``fc``.
+
+    As PANNs' tagging models: the dropout acts on the pooled vector only, and the classifier takes
+    the undropped ``fc1`` output (official ``fc_audioset(x)`` after ``x = relu(fc1(x))``).
+    """
 
     def __init__(
         self, in_dim: int, n_classes: int, embedding_dim: int | None, dropout: float, pool: str
@@ -39,8 +43,13 @@ class LinearHead(nn.Module):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         x = F.dropout(pool_time(seq, self.pool), p=self.dropout, training=self.training)
         if self.fc1 is not None:
-            x = F.dropout(F.relu(self.fc1(x)), p=self.dropout, training=self.training)
+            x = F.relu(self.fc1(x))
         return self.fc(x)
+
+    def embedding(self, seq: torch.Tensor) -> torch.Tensor:
+        """The clip embedding: ``fc1``'s output where there is one (PANNs' ``embedding``), else the pool."""
+        x = pool_time(seq, self.pool)
+        return F.relu(self.fc1(x)) if self.fc1 is not None else x
 
 
 class AttentionHead(nn.Module):

@@ -23,9 +23,11 @@ from tqdm import tqdm
 
 from audiotag import metrics
 from audiotag.atomic import atomic_write_json
-from audiotag.config import ExperimentConfig, InputNorm
+from audiotag.config import ExperimentConfig
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.dataset import CropDataset, silence_value
+from audiotag.data.features import scale_rule
+from audiotag.data.norm_stats import dataset_norm
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.predictions import write_predictions
 from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
@@ -149,28 +151,11 @@ def predict_for(model, cache, ids: list[str], cfg: ExperimentConfig, device) -> 
 
 
 def gain_offset(features, gain_db: float) -> float:
-    """What a gain of ``gain_db`` adds to every log-mel value (exact for the db and log scales)."""
-    if features.cache == "wave":
-        raise TrainingError("train.tta_gains_db: not available with features.cache: wave")
-    if features.scale == "db":
-        return gain_db
-    if features.scale == "log":
-        return gain_db * math.log(10) / 10
-    raise TrainingError(f"train.tta_gains_db: not available for the {features.scale!r} scale")
-
-
-def dataset_norm(cache, clip_ids: list[str]) -> InputNorm:
-    """One scalar mean and std over every cached frame of ``clip_ids`` (the training fold only)."""
-    total, total_sq, count = 0.0, 0.0, 0
-    for clip_id in clip_ids:
-        frames = np.asarray(cache.get(clip_id), dtype=np.float64)
-        total += frames.sum()
-        total_sq += np.square(frames).sum()
-        count += frames.size
-    mean = total / max(count, 1)
-    std = float(np.sqrt(max(total_sq / max(count, 1) - mean**2, 1e-12)))
-    log.info("input normalisation from %d training clips: mean %.4f, std %.4f", len(clip_ids), mean, std)
-    return InputNorm(mean=mean, std=std)
+    """What a gain of ``gain_db`` adds to every cached value (exact except at the scale's floor)."""
+    rule = scale_rule(features)
+    if rule.per_db is None:
+        raise TrainingError(f"train.tta_gains_db: not available for this front-end ({rule.description})")
+    return gain_db * rule.per_db
 
 
 def fold_score(data: FoldData, scores: np.ndarray) -> float:
@@ -201,7 +186,11 @@ def train_fold(
     torch.manual_seed(epoch_seed(tc.seed, data.fold, 0, INIT_STREAM))
     if cfg.model.input_norm == "dataset" and cfg.features.cache == "wave":
         raise TrainingError("model.input_norm: 'dataset' needs a log-mel cache; set features.cache: logmel")
-    norm = dataset_norm(cache, data.train_ids) if cfg.model.input_norm == "dataset" else None
+    norm = (
+        dataset_norm(cache, data.train_ids, cfg.features, cfg.model.norm_stats)
+        if cfg.model.input_norm == "dataset"
+        else None
+    )
     n_classes = len(data.classes)
     model = build_model(cfg.model, cfg.features.n_mels, n_classes, crop_frames(cfg), norm, cfg.features)
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
