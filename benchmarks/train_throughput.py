@@ -134,7 +134,7 @@ def bench_ours(
         x, y, w = (t.to(device, non_blocking=True) for t in batch)
         with torch.no_grad():
             x = model.logmel(x)  # wave cache: log-mel on the device
-        x = spec_augment(x, tc.specaugment, gen)
+        x = spec_augment(x, tc.specaugment, gen)  # at the input for both loops: same work, same place
         x, y, w = mixup(x, y, w, 0.4, gen)
         with engine.autocast():
             logits = engine.forward_model(x)

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from timm.models.deit import VisionTransformerDistilled
 
 from audiotag.config import AstConfig, FeatureConfig, InputNorm, read_yaml
@@ -80,38 +79,22 @@ def test_official_ast_checkpoint_loads_by_renaming() -> None:
     assert torch.equal(same_classes.state_dict()["head.fc.weight"], state["module.mlp_head.1.weight"])
 
 
-def test_ast_checkpoint_resampled_for_512_frames_keeps_middle_and_prefix() -> None:
-    state = official_ast_state()
-    model = tagger(tiny_cfg(), 128, 512)
-    assert model.backbone.grid == (12, 50)
-    report = load(model, "ast", state)
-    assert report.adapted == ["backbone.pos_embed (1, 1214, 64)->(1, 602, 64)"]
-    src = state["module.v.pos_embed"]
-    got = model.state_dict()["backbone.pos_embed"]
-    assert torch.equal(got[:, :2], src[:, :2])
-    middle = src[:, 2:].reshape(1, 12, 101, DIM)[:, :, 25:75]  # AST: 50 - 50 // 2 = 25 onwards
-    assert torch.equal(got[:, 2:], middle.reshape(1, 600, DIM))
-
-
-def test_deit_checkpoint_sums_rgb_and_resamples_square_grid() -> None:
+def test_deit_checkpoint_report_and_copied_blocks() -> None:
+    """What the conversion keeps and reports; the values of the RGB sum and of the resampled grid
+    are checked against the official AST code in test_golden_ast.py."""
     deit = timm_deit().state_dict()
     model = tagger(tiny_cfg(), 128, 1024)
     report = load(model, "deit", deit)
     ours = model.state_dict()
-    assert torch.equal(
-        ours["backbone.patch_embed.proj.weight"], deit["patch_embed.proj.weight"].sum(1, keepdim=True)
-    )
     for key, value in deit.items():
         if key.startswith("blocks.") or key.startswith("norm.") or key.endswith("_token"):
             assert torch.equal(ours["backbone." + key], value), key
     assert sorted(report.ignored) == ["head.bias", "head.weight", "head_dist.bias", "head_dist.weight"]
-    got, src = ours["backbone.pos_embed"], deit["pos_embed"]
-    assert got.shape == (1, 2 + 12 * 101, DIM)
-    assert torch.equal(got[:, :2], src[:, :2])
-    grid = src[:, 2:].reshape(1, 24, 24, DIM).permute(0, 3, 1, 2)
-    wide = F.interpolate(grid, size=(24, 101), mode="bilinear", align_corners=False)  # time: 24 -> 101
-    expected = wide[:, :, 6:18].permute(0, 2, 3, 1).reshape(1, 1212, DIM)  # frequency: middle 12 of 24
-    torch.testing.assert_close(got[:, 2:], expected)
+    assert sorted(report.adapted) == [
+        f"backbone.patch_embed.proj.weight ({DIM}, 3, 16, 16)->({DIM}, 1, 16, 16)",
+        f"backbone.pos_embed (1, 578, {DIM})->(1, 1214, {DIM})",
+    ]
+    assert torch.equal(ours["backbone.pos_embed"][:, :2], deit["pos_embed"][:, :2])
 
 
 def test_forward_matches_timm_deit_on_its_own_grid() -> None:
@@ -191,9 +174,8 @@ def test_full_size_official_layouts_match_ours_on_meta() -> None:
     assert "backbone.patch_embed.proj.weight (768, 3, 16, 16)->(768, 1, 16, 16)" in report.adapted
 
 
-def test_input_norm_constants_and_config_files() -> None:
-    x = torch.linspace(-20, 5, 11)
-    torch.testing.assert_close((x - AST_MEAN) / AST_STD, (x + 4.2677393) / (4.5689974 * 2))
+def test_config_files() -> None:
+    """AST-base settings; the input norm is checked against the official input in test_golden_ast.py."""
     model = AstConfig(**read_yaml(REPO / "configs/models/ast_base.yaml"))
     assert (model.embed_dim, model.depth, model.num_heads, model.head) == (768, 12, 12, "cls")
     assert model.input_norm is not None and model.input_norm.std == pytest.approx(AST_STD)

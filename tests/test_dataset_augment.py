@@ -121,3 +121,43 @@ def test_warmup_cosine_schedule() -> None:
     assert values[110] == pytest.approx(0.01)
     assert all(a < b for a, b in itertools.pairwise(values[:10]))  # warm-up rises
     assert all(a >= b for a, b in itertools.pairwise(values[10:]))  # then the cosine only falls
+
+
+def test_spec_augment_zero_fill() -> None:
+    x = torch.randn(2, 30, 8) + 5
+    out = spec_augment(
+        x, SpecAugmentConfig(time_masks=2, time_width=10), torch.Generator().manual_seed(1), "zero"
+    )
+    assert ((out == x) | (out == 0)).all() and (out == 0).any()
+
+
+def test_specaugment_goes_after_bn0_with_zeros_for_panns_cnns() -> None:
+    """As official PANNs training: bn0, then SpecAugment filling with 0 (after_norm), by default."""
+    from audiotag.config import CnnConfig
+    from audiotag.data.augment import resolve_specaugment, spec_mask
+    from audiotag.errors import ConfigError
+    from audiotag.models.registry import build_model
+
+    auto = SpecAugmentConfig()
+    panns = build_model(CnnConfig(channels=[4, 8], embedding_dim=None), 16, 3, frames=40)
+    assert resolve_specaugment(auto, panns.backbone) == ("after_norm", "zero")
+    no_bn0 = build_model(CnnConfig(channels=[4, 8], bn0=False, embedding_dim=None), 16, 3, frames=40)
+    assert resolve_specaugment(auto, no_bn0.backbone) == ("input", "mean")
+    assert resolve_specaugment(SpecAugmentConfig(where="input", fill="zero"), panns.backbone) == (
+        "input",
+        "zero",
+    )
+    with pytest.raises(ConfigError, match=r"specaugment\.where"):
+        resolve_specaugment(SpecAugmentConfig(where="after_norm"), no_bn0.backbone)
+
+    seen = {}
+    panns.backbone.conv_block1.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0]))
+    x = torch.randn(2, 40, 16) * 10 - 40
+    keep = spec_mask(
+        x, SpecAugmentConfig(time_masks=2, time_width=8, freq_masks=2, freq_width=4), torch.Generator()
+    )
+    assert not keep.all()
+    panns.train()
+    panns(x, spec_keep=keep)
+    masked = seen["x"][:, 0]  # (batch, frames, mels) after bn0
+    assert (masked[~keep] == 0).all() and (masked[keep] != 0).all()

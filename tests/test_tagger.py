@@ -99,7 +99,8 @@ def test_training_from_a_checkpoint_file(workspace: Path, tmp_path: Path, caplog
 
 
 def test_dataset_input_norm_is_the_training_folds_statistics() -> None:
-    from audiotag.train.loop import dataset_norm
+    from audiotag.config import FeatureConfig, NormStatsConfig
+    from audiotag.data.norm_stats import dataset_norm
 
     clips = {"a": np.full((4, 3), 1.0), "b": np.full((2, 3), 4.0), "held-out": np.full((9, 3), 99.0)}
 
@@ -107,7 +108,8 @@ def test_dataset_input_norm_is_the_training_folds_statistics() -> None:
         def get(self, clip_id: str) -> np.ndarray:
             return clips[clip_id]
 
-    norm = dataset_norm(Cache(), ["a", "b"])
+    # whole clips; the official BYOL-A recipe (0.95 s units) is checked in tests/test_golden_byola.py
+    norm = dataset_norm(Cache(), ["a", "b"], FeatureConfig(n_mels=3), NormStatsConfig(unit_seconds=None))
     values = np.concatenate([clips["a"].ravel(), clips["b"].ravel()])
     assert norm.mean == pytest.approx(values.mean()) and norm.std == pytest.approx(values.std())
     with pytest.raises(ConfigError, match="dataset"):

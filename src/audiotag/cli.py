@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -45,6 +47,7 @@ examples:
   audiotag weights list                                pretrained checkpoints, and which are cached
   audiotag weights fetch cnn14                         download and verify one into the cache
   audiotag weights fetch timm/resnet34                 any timm arch's weights (pretrained: imagenet)
+  audiotag weights verify cnn14 --audio clips/         top AudioSet labels + embedding stats: the real model?
   audiotag submit submissions/demo/demo.csv -m "cnn"   validate, submit to Kaggle, log it
   audiotag leaderboard --plots --html lb.html          every run and submission by CV (and pictures)
   audiotag package -c fsd2018 kaggle_bundle/           code + weights + inference.py for Kaggle
@@ -151,7 +154,22 @@ def build_weights_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="download again; the cached copy is replaced only if the new one verifies",
     )
-    for sub in (listing, fetching):
+    verifying = actions.add_parser(
+        "verify",
+        help="run a checkpoint on a few clips: top AudioSet labels (CNN14, AST) and embedding statistics",
+    )
+    verifying.add_argument("name", metavar="NAME", help="a name from `audiotag weights list`")
+    verifying.add_argument(
+        "--audio",
+        type=Path,
+        help="folder of audio clips (default: built-in synthetic tone, noise, clicks, chirp)",
+    )
+    verifying.add_argument(
+        "--weights", type=Path, help="use this file for NAME instead of the cached download"
+    )
+    verifying.add_argument("--max-clips", type=int, default=8, help="at most this many clips from --audio")
+    verifying.add_argument("--top", type=int, default=5, help="labels shown per clip")
+    for sub in (listing, fetching, verifying):
         sub.add_argument(
             "--weights-dir", type=Path, help="cache folder (default: $AUDIOTAG_CACHE or ~/.cache/audiotag)"
         )
@@ -188,10 +206,40 @@ def run_weights(args: argparse.Namespace) -> None:
             )
         console.print(table)
         return
+    if args.action == "verify":
+        _verify_weights(console, args)
+        return
     entries = [pretrained.lookup(name) for name in args.names]  # all checked before the first download
     for ckpt in entries:
         path = pretrained.fetch(ckpt, args.weights_dir, force=args.force)
         console.print(f"{ckpt.name}: {path} (licence {ckpt.license})")
+
+
+def _verify_weights(console: Console, args: argparse.Namespace) -> None:
+    from audiotag.models import verify
+
+    if args.weights_dir is not None:
+        os.environ["AUDIOTAG_CACHE"] = str(args.weights_dir)
+    clips = None
+    if args.audio is not None:
+        _, features, _ = verify.model_and_features(args.name, args.weights)
+        clips = verify.audio_clips(args.audio, features.sample_rate, args.max_clips)
+    results, notes = verify.run_checkpoint(args.name, clips, args.weights, top_k=args.top)
+    console.print(f"[bold]{args.name}[/bold]: " + "; ".join(notes))
+    table = Table(title=f"{args.name} on {len(results)} clips", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("clip", no_wrap=True)
+    table.add_column("seconds", justify="right")
+    table.add_column(f"top {args.top} AudioSet labels" if results and results[0].top else "embedding norm")
+    for r in results:
+        labels = (
+            ", ".join(f"{label} {p:.2f}" for label, p in r.top) or f"{float(np.linalg.norm(r.embedding)):.3f}"
+        )
+        table.add_row(r.name, f"{r.seconds:.1f}", labels)
+    console.print(table)
+    stats = verify.embedding_stats(results)
+    console.print(
+        "embeddings: " + ", ".join(f"{k} {v:.0f}" if k == "dim" else f"{k} {v:.4g}" for k, v in stats.items())
+    )
 
 
 def _list_timm_weights(console: Console, pattern: str, weights_dir: Path | None) -> None:

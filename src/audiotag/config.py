@@ -390,6 +390,14 @@ class SpecAugmentConfig(StrictModel):
     time_width: int = Field(16, ge=0, description="maximum frames per time mask")
     freq_masks: int = Field(2, ge=0)
     freq_width: int = Field(8, ge=0, description="maximum mel bins per frequency mask")
+    where: Literal["auto", "input", "after_norm"] = Field(
+        "auto",
+        description="input: mask the log-mel; after_norm: mask after the backbone's input BatchNorm, as "
+        "PANNs trains (bn0, then SpecAugment); auto: after_norm where the backbone has bn0, else input",
+    )
+    fill: Literal["auto", "mean", "zero"] = Field(
+        "auto", description="masked values: each clip's mean, or 0; auto: zero after_norm (PANNs), else mean"
+    )
 
 
 class TrainConfig(StrictModel):

@@ -4,21 +4,30 @@ Matches ``torchaudio.compliance.kaldi.fbank(wave, htk_compat=True, use_energy=Fa
 window_type="hanning", dither=0.0, frame_shift=10, num_mel_bins=128)`` without depending on
 torchaudio. The steps, per frame, are Kaldi's (``feature-window.cc``, ``mel-computations.cc``):
 
+0. (with ``remove_dc``) subtract the clip's mean (after the padding of short clips, below), as AST does
+   before calling torchaudio;
 1. framing with ``snip_edges=true``: frame ``i`` covers samples ``[i * hop, i * hop + win)`` and only
    whole frames are kept, so ``frames = 1 + (samples - win) // hop``;
 2. remove the frame's DC offset (its mean), if ``remove_dc``;
 3. pre-emphasis ``y[n] = x[n] - k * x[n - 1]``, where the first sample uses itself as its
    predecessor (``y[0] = x[0] - k * x[0]``), as Kaldi does;
 4. the window: ``hann`` is Kaldi's "hanning", the *symmetric* Hann ``0.5 - 0.5 cos(2 pi n / (win - 1))``;
-   ``povey`` is that raised to 0.85; ``hamming`` is the symmetric ``0.54 - 0.46 cos(...)``;
+   ``povey`` is that raised to 0.85; ``hamming`` is the symmetric ``0.54 - 0.46 cos(...)``; computed
+   in float32 by torch's window functions, as torchaudio does;
 5. zero-pad to the FFT size (``n_fft`` rounded up to a power of two, Kaldi's ``round_to_power_of_two``)
    and take the power spectrum;
 6. Kaldi's mel filters: mel = 1127 ln(1 + f / 700), triangles equally spaced in mel between
    ``fmin`` and ``fmax`` (Nyquist when unset), no area normalisation, the Nyquist bin unused;
+   computed in float32 in torchaudio's order of operations (``get_mel_banks``), as Kaldi's C++
+   also works in float;
 7. natural log, floored at float32 epsilon.
 
-No dither is added (AST uses ``dither=0``). AST also subtracts each clip's mean before the fbank;
-with per-frame DC removal (step 2) that subtraction has no effect, so it is not repeated here.
+No dither is added (AST uses ``dither=0``). With per-frame DC removal (step 2) the clip mean
+(step 0) cancels in exact arithmetic; it is subtracted anyway, and the window and filters are
+float32 like torchaudio's, because the lowest-energy bins (10 or more nepers below the frame's
+peak) are dominated by float32 rounding and leakage: a window differing by 2e-7 (float64 rounded
+to float32) moved such bins by up to 4e-3 against AST's torchaudio front-end; with torchaudio's
+float32 arithmetic they agree to 2e-4 and the loud bins to 5e-6 (``tests/test_golden_ast.py``).
 
 Clips shorter than one window would give no frame at all in Kaldi; here they are zero-padded at
 the end to one window, so every clip yields at least one frame (see ``kaldi_n_frames``).
@@ -54,40 +63,43 @@ def kaldi_n_frames(n_samples: int, cfg: FeatureConfig) -> int:
     return 1 + (max(n_samples, win) - win) // cfg.hop_length
 
 
-def kaldi_mel_scale(freq: np.ndarray | float) -> np.ndarray:
-    return 1127.0 * np.log1p(np.asarray(freq, dtype=np.float64) / 700.0)
+def kaldi_mel_scale(freq: float) -> float:
+    return 1127.0 * math.log(1.0 + freq / 700.0)
 
 
 def kaldi_mel_banks(cfg: FeatureConfig) -> np.ndarray:
-    """Kaldi's triangular mel filters, ``(n_fft_padded // 2 + 1, n_mels)`` float32 (Nyquist row zero)."""
+    """Kaldi's triangular mel filters, ``(n_fft_padded // 2 + 1, n_mels)`` float32 (Nyquist row zero).
+
+    The arithmetic is torchaudio's ``get_mel_banks`` (float64 band edges in mel, the rest in
+    float32 tensors, in the same order), so the filters equal those of AST's front-end bit for bit.
+    """
     n_fft = padded_fft_size(cfg)
     nyquist = cfg.sample_rate / 2
     fmax = cfg.fmax if cfg.fmax is not None else nyquist
     mel_low, mel_high = kaldi_mel_scale(cfg.fmin), kaldi_mel_scale(fmax)
     delta = (mel_high - mel_low) / (cfg.n_mels + 1)
-    edges = mel_low + delta * np.arange(cfg.n_mels + 2)
-    left, center, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    mel = kaldi_mel_scale(np.arange(n_fft // 2) * (cfg.sample_rate / n_fft))[None, :]
+    band = torch.arange(cfg.n_mels).unsqueeze(1)  # int64, promoted to float32 as in torchaudio
+    left = mel_low + band * delta
+    center = mel_low + (band + 1.0) * delta
+    right = mel_low + (band + 2.0) * delta
+    freqs = (cfg.sample_rate / n_fft) * torch.arange(n_fft / 2)  # float32
+    mel = (1127.0 * (1.0 + freqs / 700.0).log()).unsqueeze(0)
     up = (mel - left) / (center - left)
     down = (right - mel) / (right - center)
-    banks = np.maximum(0.0, np.minimum(up, down))  # (n_mels, n_fft // 2)
-    banks = np.concatenate([banks, np.zeros((cfg.n_mels, 1))], axis=1)  # the Nyquist bin is unused
-    return banks.T.astype(np.float32)
+    banks = torch.max(torch.zeros(1), torch.min(up, down))  # (n_mels, n_fft // 2)
+    banks = F.pad(banks, (0, 1))  # the Nyquist bin is unused
+    return banks.T.contiguous().numpy().astype(np.float32)
 
 
 def kaldi_window(kind: str, length: int) -> Tensor:
-    """Kaldi's symmetric windows (``hanning``, ``povey``, ``hamming``), float32."""
-    n = torch.arange(length, dtype=torch.float64)
-    cos = torch.cos(2 * math.pi * n / (length - 1)) if length > 1 else torch.ones(length, dtype=torch.float64)
+    """Kaldi's symmetric windows (``hanning``, ``povey``, ``hamming``), float32 as torchaudio makes them."""
     if kind == "hann":
-        window = 0.5 - 0.5 * cos
-    elif kind == "povey":
-        window = (0.5 - 0.5 * cos).pow(0.85)
-    elif kind == "hamming":
-        window = 0.54 - 0.46 * cos
-    else:
-        raise ValueError(f"unknown Kaldi window {kind!r}; known: hann, povey, hamming")
-    return window.float()
+        return torch.hann_window(length, periodic=False, dtype=torch.float32)
+    if kind == "povey":
+        return torch.hann_window(length, periodic=False, dtype=torch.float32).pow(0.85)
+    if kind == "hamming":
+        return torch.hamming_window(length, periodic=False, alpha=0.54, beta=0.46, dtype=torch.float32)
+    raise ValueError(f"unknown Kaldi window {kind!r}; known: hann, povey, hamming")
 
 
 class KaldiFbank(nn.Module):
@@ -102,10 +114,13 @@ class KaldiFbank(nn.Module):
         self.register_buffer("banks", torch.from_numpy(kaldi_mel_banks(cfg)), persistent=False)
 
     def forward(self, wave: Tensor) -> Tensor:
+        wave = wave.float()
         short = self.win_length - wave.shape[-1]
         if short > 0:
             wave = F.pad(wave, (0, short))
-        frames = wave.float().unfold(-1, self.win_length, self.cfg.hop_length)  # (batch, frames, win)
+        if self.cfg.remove_dc:  # AST's ``waveform - waveform.mean()``: cancels in exact arithmetic
+            wave = wave - wave.mean(dim=-1, keepdim=True)
+        frames = wave.unfold(-1, self.win_length, self.cfg.hop_length)  # (batch, frames, win)
         if self.cfg.remove_dc:
             frames = frames - frames.mean(dim=-1, keepdim=True)
         if self.cfg.preemphasis > 0:

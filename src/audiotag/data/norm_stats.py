@@ -81,7 +81,11 @@ class EdgeModel:
 
 
 def unit_of(
-    frames: np.ndarray, unit: int, fill: float, rng: np.random.Generator, edges: EdgeModel | None = None,
+    frames: np.ndarray,
+    unit: int,
+    fill: float,
+    rng: np.random.Generator,
+    edges: EdgeModel | None = None,
     unit_samples: int | None = None,
 ) -> np.ndarray:
     """``unit`` frames: a random crop of a longer clip, a shorter one centred in padding.
@@ -101,9 +105,7 @@ def unit_of(
     return out
 
 
-def dataset_norm(
-    cache, clip_ids: Sequence[str], features: FeatureConfig, cfg: NormStatsConfig
-) -> InputNorm:
+def dataset_norm(cache, clip_ids: Sequence[str], features: FeatureConfig, cfg: NormStatsConfig) -> InputNorm:
     """Mean and std over ``cfg.max_clips`` random clips of ``clip_ids`` (the training fold only)."""
     ids = list(clip_ids)
     if not ids:
@@ -132,6 +134,10 @@ def dataset_norm(
     how = "whole clips" if unit is None else f"{unit}-frame units ({cfg.unit_seconds} s)"
     log.info(
         "input normalisation from %d of %d training clips, %s: mean %.4f, std %.4f",
-        len(chosen), len(ids), how, mean, std,
+        len(chosen),
+        len(ids),
+        how,
+        mean,
+        std,
     )
     return InputNorm(mean=mean, std=std)

@@ -65,10 +65,13 @@ class CnnBackbone(nn.Module):
     def blocks(self) -> list[ConvBlock]:
         return [getattr(self, f"conv_block{i + 1}") for i in range(len(self.cfg.channels))]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``spec_keep``: a SpecAugment mask of ``x``'s shape, applied after ``bn0`` with zeros (PANNs)."""
         x = x.unsqueeze(1)  # (batch, 1, frames, mels)
         if self.bn0 is not None:
             x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # normalise each mel bin
+        if spec_keep is not None:
+            x = x.masked_fill(~spec_keep.unsqueeze(1), 0.0)
         blocks = self.blocks
         for i, block in enumerate(blocks):
             last = i == len(blocks) - 1

@@ -67,6 +67,11 @@ class AttentionHead(nn.Module):
         self.att = nn.Conv1d(width, n_classes, kernel_size=1)
         self.cla = nn.Conv1d(width, n_classes, kernel_size=1)
 
+    def embedding(self, seq: torch.Tensor) -> torch.Tensor:
+        """The frames the attention weighs (after ``fc1`` where there is one), max + mean over time."""
+        x = F.relu(self.fc1(seq)) if self.fc1 is not None else seq
+        return pool_time(x, "mean+max")
+
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         x = F.dropout(seq, p=self.dropout, training=self.training)
         if self.fc1 is not None:
@@ -89,10 +94,12 @@ class TokenHead(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, n_classes)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The pooled token the classifier's LayerNorm takes (official AST: ``(x[:, 0] + x[:, 1]) / 2``)."""
         if self.how == "cls":
-            x = tokens[:, : self.n_prefix].mean(dim=1)  # AST averages the cls and distillation tokens
-        else:
-            x = tokens[:, self.n_prefix :].mean(dim=1)
-        x = F.dropout(self.norm(x), p=self.dropout, training=self.training)
+            return tokens[:, : self.n_prefix].mean(dim=1)  # AST averages the cls and distillation tokens
+        return tokens[:, self.n_prefix :].mean(dim=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(self.norm(self.embedding(tokens)), p=self.dropout, training=self.training)
         return self.fc(x)

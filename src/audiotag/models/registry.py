@@ -110,7 +110,7 @@ def load_pretrained(
     path, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
     if entry is not None and entry.features is not None:
         check_frontend(features, entry.features, entry.name)
-    state = read_state_dict(path)
+    state = read_state_dict(path, allow=entry.pickle_globals) if entry is not None else read_state_dict(path)
     layout = entry.layout if entry is not None else detect_layout(cfg.name, list(state))
     converters = family_module(cfg.name).CONVERTERS  # type: ignore[attr-defined]
     if layout not in converters:

@@ -61,10 +61,13 @@ class Tagger(nn.Module):
                 return self.frontend(x.squeeze(-1).float())
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``spec_keep``: a SpecAugment mask the backbone applies after its input BatchNorm (training)."""
         x = self.logmel(x)
         if self.norm_mean != 0.0 or self.norm_std != 1.0:
             x = (x - self.norm_mean) / self.norm_std
+        if spec_keep is not None:
+            return self.head(self.backbone(x, spec_keep=spec_keep))
         return self.head(self.backbone(x))
 
     def param_groups(self, lr: float, backbone_lr_ratio: float, weight_decay: float) -> list[dict]:

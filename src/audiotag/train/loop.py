@@ -24,7 +24,7 @@ from tqdm import tqdm
 from audiotag import metrics
 from audiotag.atomic import atomic_write_json
 from audiotag.config import ExperimentConfig
-from audiotag.data.augment import mixup, spec_augment
+from audiotag.data.augment import apply_mask, mixup, resolve_specaugment, spec_mask
 from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.data.features import scale_rule
 from audiotag.data.norm_stats import dataset_norm
@@ -378,6 +378,7 @@ def _train_one_epoch(
     ``train.checkpoint_every_steps`` optimizer steps with what a resume needs."""
     tc = cfg.train
     model = engine.model
+    mask_where, mask_fill = resolve_specaugment(tc.specaugment, model.backbone)
     model.train()
     dataset.set_epoch(epoch)
     batches = epoch_batches(len(dataset), tc.batch_size, epoch_seed(tc.seed, fold, epoch), epoch, ctx)
@@ -407,11 +408,15 @@ def _train_one_epoch(
         w = w.to(device, non_blocking=True)
         with torch.no_grad():
             x = model.logmel(x)  # wave cache: the log-mel is computed here, on the training device
-        x = spec_augment(x, tc.specaugment, aug)
+        keep = spec_mask(x, tc.specaugment, aug)
+        if mask_where == "input":
+            x = apply_mask(x, keep, mask_fill)
         if tc.mixup_alpha > 0 and torch.rand(1, generator=aug).item() < tc.mixup_prob:
             x, y, w = mixup(x, y, w, tc.mixup_alpha, aug)
         with engine.autocast():
-            logits = engine.forward_model(x)
+            logits = (
+                engine.forward_model(x) if mask_where == "input" else engine.forward_model(x, spec_keep=keep)
+            )
         loss = weighted_bce(logits.float(), y, w)
         if not torch.isfinite(loss):
             raise TrainingError(

@@ -1,0 +1,151 @@
+"""AST against the official code (YuanGongND/ast): fixtures made by ``tools/golden/ast_model.py``.
+
+Each fixture holds a seeded two-clip batch (2.2 s at 16 kHz: 218 fbank frames, zero-padded to
+T = 256), the key list of a seeded checkpoint and the official outputs: the Kaldi fbank after
+padding (``logmel``), the normalised input (``model_input``), the pooled token fed to ``mlp_head``
+(``embedding``) and the logits (``output``). Here the checkpoint is rebuilt from the key list,
+written in the format the real file has and loaded through ``load_pretrained`` (layout detection,
+converter, positional-embedding resampling, RGB sum); our front-end, padding rule, input
+normalisation and Tagger then run on the same wave, in eval mode.
+
+- ``ast_audioset_t256``: the official AudioSet checkpoint layout (``.pth``, ``module.v.*``,
+  ``module.mlp_head.{0,1}.*``, 12x101 grid cut to the middle 25 columns).
+- ``ast_deit_t256``: the ImageNet initialisation from DeiT-base-distilled-384 (``.safetensors``
+  with timm's flat names, as timm's HF file; timm 0.4.5's state dict and the DeiT release use the
+  same names, so no renaming is needed). The official ``mlp_head`` is random there; the fixture
+  overwrote it with seeded ``mlp_head.{0,1}.*`` values, which this test copies into our head.
+
+Tolerances (max abs difference; measured on x86 CPU, official in torch 2.9.1 + torchaudio 2.9.1 +
+timm 0.4.5, ours in the project venv):
+
+- log-mel (natural log, about -16..9): ``5e-4`` everywhere, measured ``1.9e-4``; ``1e-4`` where the
+  official value is above -10, measured ``3.5e-5`` (``4.3e-6`` above -5); the padded frames equal.
+  Our window and mel filters are torchaudio's float32 values bit for bit, but the quietest bins,
+  10 or more nepers below their frame's peak, hold float32 FFT rounding and leakage (their relative
+  error is about 1e-7 of the frame's peak power), which no float32 implementation pins down further:
+  torchaudio itself in float64 differs from its float32 result there by ``3.5e-3``.
+- normalised input ``5e-5``, measured ``2.1e-5`` (the log-mel error divided by 9.14).
+- embedding and logits ``1e-4``, measured ``1.3e-6`` and ``1.7e-6``: 12 blocks in float32 (timm's
+  fused attention vs timm 0.4.5's explicit softmax) keep the error near float32 rounding of O(1)
+  activations, 60x under the bound; a wrong positional-grid crop or an RGB mean instead of the sum
+  moves them by 0.5 to 1.2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from audiotag.config import AstConfig, FeatureConfig, read_yaml
+from audiotag.data.dataset import fit_length, silence_value
+from audiotag.data.features import make_extractor
+from audiotag.models.ast import AstBackbone
+from audiotag.models.registry import build_model, load_pretrained
+from audiotag.models.tagger import Tagger
+from tests.golden_weights import fixture_state, load_fixture
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = ["ast_audioset_t256", "ast_deit_t256"]
+LOGMEL_TOL = 5e-4  # every bin, the quietest included
+LOGMEL_LOUD_TOL = 1e-4  # bins where the official log-mel is above LOUD
+LOUD = -10.0
+INPUT_TOL = 5e-5
+EMBEDDING_TOL = 1e-4
+OUTPUT_TOL = 1e-4
+
+
+def features_cfg() -> FeatureConfig:
+    return FeatureConfig(**read_yaml(REPO / "configs/features/ast_kaldi_128.yaml"))
+
+
+def our_logmel(fixture: dict[str, np.ndarray]) -> np.ndarray:
+    """Our fbank of ``wave``, padded to T frames by the dataset's rule, as (batch, T, mels)."""
+    cfg = features_cfg()
+    assert cfg.sample_rate == int(fixture["sample_rate"])
+    with torch.no_grad():
+        frames = make_extractor(cfg)(torch.from_numpy(fixture["wave"])).numpy()
+    assert frames.shape[1] == int(fixture["n_frames"])
+    length = int(fixture["target_length"])
+    return np.stack([fit_length(f, length, 0, "constant", silence_value(cfg)) for f in frames])
+
+
+def max_diff(a: np.ndarray | torch.Tensor, b: np.ndarray) -> float:
+    a = a.detach().numpy() if isinstance(a, torch.Tensor) else a
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+def write_checkpoint(fixture: dict[str, np.ndarray], folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The seeded checkpoint as the real file holds it; also returns the official mlp_head (DeiT)."""
+    state = fixture_state(fixture)
+    head = {k: state.pop(k) for k in [k for k in state if k.startswith("mlp_head.")]}
+    if any(k.startswith("module.v.") for k in state):
+        path = folder / "audioset_10_10_0.4593.pth"  # a plain DataParallel state dict
+        torch.save(state, path)
+    else:
+        from safetensors.torch import save_file
+
+        path = folder / "deit_base_distilled_patch16_384.fb_in1k.safetensors"  # timm's HF file
+        save_file(state, str(path))
+    return path, head
+
+
+def our_tagger(fixture: dict[str, np.ndarray], folder: Path, monkeypatch: pytest.MonkeyPatch) -> Tagger:
+    """Our Tagger for T frames, loaded from the fixture's checkpoint through ``load_pretrained``.
+
+    The random initialisation is skipped to save time (seconds for 86M parameters on 2 cores):
+    every tensor is then overwritten, which is checked below.
+    """
+    path, head = write_checkpoint(fixture, folder)
+    cfg = AstConfig(**{**read_yaml(REPO / "configs/models/ast_base.yaml"), "pretrained": str(path)})
+    features = features_cfg()
+    with monkeypatch.context() as patch:
+        patch.setattr(AstBackbone, "_init_weights", lambda _self: None)
+        patch.setattr(nn.Linear, "reset_parameters", lambda _self: None)
+        model = build_model(cfg, features.n_mels, 527, int(fixture["target_length"]))
+    report = load_pretrained(model, cfg, features, offline=True)
+    assert report is not None
+    renames = {"mlp_head.0.": "head.norm.", "mlp_head.1.": "head.fc."}
+    head = {renames[k[:11]] + k[11:]: v for k, v in head.items()}  # the official head, in our names
+    assert set(report.loaded) | set(head) == set(model.state_dict())  # nothing left uninitialised
+    if head:  # DeiT has no AST head: ours stays at init like the official one; copy the fixture's
+        assert sorted(report.missing) == sorted(head)
+        with torch.no_grad():
+            for key, value in head.items():
+                model.get_parameter(key).copy_(value)
+    else:
+        assert not report.missing
+        assert report.adapted == [f"backbone.pos_embed (1, 1214, 768)->(1, {2 + 12 * 25}, 768)"]
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_frontend_matches_official(name: str) -> None:
+    fixture = load_fixture(name)
+    assert str(fixture["source"]).startswith("YuanGongND/ast@")
+    logmel = our_logmel(fixture)
+    assert max_diff(logmel, fixture["logmel"]) < LOGMEL_TOL
+    loud = fixture["logmel"] > LOUD
+    assert max_diff(logmel[loud], fixture["logmel"][loud]) < LOGMEL_LOUD_TOL
+    n_frames = int(fixture["n_frames"])
+    assert np.array_equal(logmel[:, n_frames:], fixture["logmel"][:, n_frames:])  # the zero padding
+    norm = AstConfig(**read_yaml(REPO / "configs/models/ast_base.yaml")).input_norm
+    assert norm is not None
+    assert max_diff((logmel - norm.mean) / norm.std, fixture["model_input"]) < INPUT_TOL
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_tagger_matches_official(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wave -> our front-end, padding, input norm, backbone and head; against the official outputs."""
+    fixture = load_fixture(name)
+    model = our_tagger(fixture, tmp_path, monkeypatch)
+    pooled: list[torch.Tensor] = []  # the pooled token the head's LayerNorm gets: official mlp_head's input
+    model.head.norm.register_forward_pre_hook(lambda _m, args: pooled.append(args[0]))
+    with torch.no_grad():
+        logits = model(torch.from_numpy(our_logmel(fixture)))
+    assert max_diff(pooled[0], fixture["embedding"]) < EMBEDDING_TOL
+    assert max_diff(logits, fixture["output"]) < OUTPUT_TOL
