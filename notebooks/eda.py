@@ -28,11 +28,11 @@ import numpy as np
 from audiotag.competitions import get_competition
 from audiotag.config import load_competition
 from audiotag.data.cache import FeatureCache
-from audiotag.prepare import read_clip_table
+from audiotag.data.meta import read_meta
 
 COMPETITION = os.environ.get("AUDIOTAG_COMPETITION", "demo")
 comp = get_competition(load_competition(COMPETITION))
-table = read_clip_table(comp.meta_path)
+table = read_meta(comp.meta_path)
 train = comp.training_clips(table)
 print(f"{comp.name}: {len(table)} clips ({comp.task}, metric {comp.metric}, {len(comp.classes)} classes)")
 table.groupby(["split", "subset"]).size().rename("clips").to_frame()

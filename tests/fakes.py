@@ -24,7 +24,7 @@ class FakeSingle(Competition):
     def obtain(self) -> None:
         pass
 
-    def read_clip_table(self) -> pd.DataFrame:
+    def parse_clip_table(self) -> pd.DataFrame:
         rng = np.random.default_rng(0)
         n = 100
         return pd.DataFrame(
@@ -45,7 +45,7 @@ class FakeMulti(FakeSingle):
     metric = "lwlrap"
     submission_kind = "scores"
 
-    def read_clip_table(self) -> pd.DataFrame:
+    def parse_clip_table(self) -> pd.DataFrame:
         rng = np.random.default_rng(1)
         rows = []
         for i in range(120):

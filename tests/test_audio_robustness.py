@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiotag.config import FeatureConfig
+from audiotag.config import AudioRules, FeatureConfig
 from audiotag.data.audio import (
     EMPTY,
     MISSING,
     UNDECODABLE,
-    AudioRules,
     UnusableAudio,
     _wav_declared_frames,
     decode,

@@ -19,13 +19,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiotag.config import FeatureConfig
+from audiotag.config import AudioRules, FeatureConfig
 from audiotag.data import cache as cache_mod
-from audiotag.data.audio import AudioRules, load_audio
+from audiotag.data.audio import load_audio
 from audiotag.data.cache import FeatureCache, build_cache, cache_dir_for
 from audiotag.data.features import compute_logmel, n_frames
 from audiotag.errors import DataError
-from audiotag.prepare import report_cache
+from audiotag.stages.prepare import report_cache
 
 CFG = FeatureConfig()
 N_CLIPS = 12
@@ -398,7 +398,7 @@ def test_changed_audio_rules_in_the_config_rebuild_the_cache(
     """``competition.audio_rules`` reach the cache through ``prepare``: a shorter ``max_seconds`` rebuilds
     it with exactly the longer clips flagged ``cut``; the clip table and folds are left as they are."""
     from audiotag.config import configs_root, load_experiment
-    from audiotag.prepare import prepare
+    from audiotag.stages.prepare import prepare
     from tests.conftest import TINY_DEMO
 
     def run(*overrides: str) -> tuple[Path, dict, pd.DataFrame]:

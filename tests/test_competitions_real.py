@@ -1,12 +1,11 @@
 """The real competitions (fsd2018, fsd2019, fsd50k, audioset) on tiny fake datasets shaped like the real
-ones: same file and folder names, CSV columns and quoting, short WAVs. Offline: the download module is
+ones: same file and folder names, CSV columns and quoting, short WAVs. Offline: the fetch modules are
 replaced by a fake that records what it was asked for."""
 
 from __future__ import annotations
 
 import csv
 import logging
-import sys
 import types
 import zipfile
 from collections.abc import Callable
@@ -18,9 +17,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-import audiotag.data
 from audiotag.cli import main
-from audiotag.competitions import get_competition
+from audiotag.competitions import get_competition, layouts
 from audiotag.competitions.audioset import candidate_stems
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
@@ -227,7 +225,7 @@ def fake_audioset(root: Path) -> tuple[Path, Path]:
     return meta, root
 
 
-# ----------------------------------------------------------------------------- a fake download module
+# ----------------------------------------------------------------------------- fake fetch modules
 
 
 @dataclass(frozen=True)
@@ -240,7 +238,7 @@ class FakeRemote:
 
 
 class FakeDownloads:
-    """Stands in for audiotag.data.download; records the calls; ``content[filename](path)`` writes files."""
+    """Stands in for the audiotag.fetch modules; records calls; ``content[filename](path)`` writes files."""
 
     def __init__(
         self, content: dict[str, Callable[[Path], None]] | None = None, listing: list[str] = ()
@@ -250,7 +248,7 @@ class FakeDownloads:
         self.calls: list[tuple[object, ...]] = []
 
     def module(self) -> types.ModuleType:
-        mod = types.ModuleType("audiotag.data.download")
+        mod = types.ModuleType("audiotag.fetch (fake)")
         mod.RemoteFile = FakeRemote
         mod.download = self.download
         mod.zenodo_files = self.zenodo_files
@@ -294,8 +292,7 @@ class FakeDownloads:
 def fake_downloads(monkeypatch: pytest.MonkeyPatch):
     def install(fake: FakeDownloads) -> FakeDownloads:
         module = fake.module()
-        monkeypatch.setitem(sys.modules, "audiotag.data.download", module)
-        monkeypatch.setattr(audiotag.data, "download", module, raising=False)
+        monkeypatch.setattr(layouts, "FETCH_API", module)
         return fake
 
     return install
@@ -328,7 +325,7 @@ def test_fsd2018_kaggle_table_flags_empty_test_wavs(tmp_path: Path, caplog) -> N
     fake_fsd2018_kaggle(comp.raw_dir)
     assert comp.layout() == "kaggle"
     with caplog.at_level(logging.WARNING):
-        table = comp.read_clip_table()
+        table = comp.parse_clip_table()
     assert list(table.columns[:8]) == [
         "clip_id",
         "path",
@@ -370,7 +367,7 @@ def test_fsd2018_truth_scores_only_the_scored_clips(tmp_path: Path) -> None:
 def test_fsd2018_zenodo_layout(tmp_path: Path) -> None:
     comp = make("fsd2018", tmp_path / "ws", source="zenodo")
     fake_fsd2018_zenodo(comp.raw_dir)
-    table = comp.read_clip_table()
+    table = comp.parse_clip_table()
     test = table[table["split"] == "test"]
     assert test["clip_id"].tolist() == [f for f, *_ in SCORED_2018]
     assert test["path"].iloc[0] == "raw/FSDKaggle2018.audio_test/00063640.wav"
@@ -403,7 +400,7 @@ def test_fsd2018_bad_rows_name_file_and_line(tmp_path: Path, edit, message: str)
     path = comp.raw_dir / "train.csv"
     edit(pd.read_csv(path, dtype=str)).to_csv(path, index=False)
     with pytest.raises(DataError, match=message):
-        comp.read_clip_table()
+        comp.parse_clip_table()
 
 
 def test_fsd2018_missing_audio_is_named(tmp_path: Path) -> None:
@@ -411,7 +408,7 @@ def test_fsd2018_missing_audio_is_named(tmp_path: Path) -> None:
     fake_fsd2018_kaggle(comp.raw_dir)
     (comp.raw_dir / "audio_train" / "003da8e5.wav").unlink()
     with pytest.raises(DataError, match=r"1 audio file.*003da8e5\.wav \(file not found\)"):
-        comp.read_clip_table()
+        comp.parse_clip_table()
 
 
 def test_data_dir_is_used_in_place_and_checked(tmp_path: Path, fake_downloads) -> None:
@@ -421,7 +418,7 @@ def test_data_dir_is_used_in_place_and_checked(tmp_path: Path, fake_downloads) -
     comp.obtain()
     assert fake.calls == []  # nothing downloaded, nothing copied
     assert not (tmp_path / "ws" / "raw").exists()
-    table = comp.read_clip_table()
+    table = comp.parse_clip_table()
     assert table["path"].iloc[0] == str((data / "audio_train" / "00044347.wav").resolve())
     assert comp.sample_submission_path == data / "sample_submission.csv"
     assert comp.test_truth() is not None
@@ -465,7 +462,7 @@ def test_fsd2018_obtain_from_kaggle(tmp_path: Path, fake_downloads) -> None:
     assert fake.names("zenodo_files") == [2552860]
     assert fake.names("download") == ["FSDKaggle2018.meta.zip"]  # the test labels only, not the audio
     assert (comp.raw_dir / "audio_train" / "00044347.wav").is_file()
-    assert comp.test_truth() is not None and len(comp.read_clip_table()) == len(TRAIN_2018) + len(TEST_2018)
+    assert comp.test_truth() is not None and len(comp.parse_clip_table()) == len(TRAIN_2018) + len(TEST_2018)
     calls = len(fake.calls)
     comp.obtain()  # complete: nothing more to do
     assert len(fake.calls) == calls
@@ -484,7 +481,7 @@ def test_fsd2018_obtain_from_zenodo(tmp_path: Path, fake_downloads) -> None:
         url.startswith("https://zenodo.org/records/2552860/")
         for *_, url in (c for c in fake.calls if c[0] == "download")
     )
-    assert comp.layout() == "zenodo" and len(comp.read_clip_table()) == len(TRAIN_2018) + len(SCORED_2018)
+    assert comp.layout() == "zenodo" and len(comp.parse_clip_table()) == len(TRAIN_2018) + len(SCORED_2018)
 
 
 def test_source_must_be_one_the_competition_has(tmp_path: Path) -> None:
@@ -500,7 +497,7 @@ def test_source_must_be_one_the_competition_has(tmp_path: Path) -> None:
 def test_fsd2019_subsets_labels_and_flags(tmp_path: Path) -> None:
     comp = make("fsd2019", tmp_path / "ws", subsets=["curated"])
     fake_fsd2019_kaggle(comp.raw_dir)
-    table = comp.read_clip_table()
+    table = comp.parse_clip_table()
     assert set(table["subset"]) == {"curated", "test"}  # noisy not read unless asked for
     curated = table[table["subset"] == "curated"].set_index("clip_id")
     assert curated.loc["003be5db.wav", "labels"] == ["Walk_and_footsteps", "Slam"]
@@ -508,7 +505,7 @@ def test_fsd2019_subsets_labels_and_flags(tmp_path: Path) -> None:
     assert curated.loc["1d44b0bd.wav", "audio_issue"] == "silent"
     assert table["path"].iloc[0] == "raw/train_curated/0006ae4e.wav"
 
-    both = make("fsd2019", tmp_path / "ws", subsets=["curated", "noisy"]).read_clip_table()
+    both = make("fsd2019", tmp_path / "ws", subsets=["curated", "noisy"]).parse_clip_table()
     noisy = both[both["subset"] == "noisy"]
     assert noisy["labels"].tolist() == [["Bathtub_(filling_or_washing)"], ["Motorcycle", "Bus"]]
     assert not noisy["verified"].any()
@@ -518,7 +515,7 @@ def test_fsd2019_subsets_labels_and_flags(tmp_path: Path) -> None:
         and len(comp.classes) == 80
     )
     with pytest.raises(ConfigError, match="choose from"):
-        make("fsd2019", tmp_path / "ws", subsets=["clean"]).read_clip_table()
+        make("fsd2019", tmp_path / "ws", subsets=["clean"]).parse_clip_table()
 
 
 def test_fsd2019_vocabulary_order_is_checked(tmp_path: Path) -> None:
@@ -529,7 +526,7 @@ def test_fsd2019_vocabulary_order_is_checked(tmp_path: Path) -> None:
     with pytest.raises(
         DataError, match=r"sample_submission\.csv: line 1: the class columns are in another order"
     ):
-        comp.read_clip_table()
+        comp.parse_clip_table()
 
 
 def test_fsd2019_bad_rows(tmp_path: Path) -> None:
@@ -538,10 +535,10 @@ def test_fsd2019_bad_rows(tmp_path: Path) -> None:
     path = comp.raw_dir / "train_noisy.csv"
     write_csv(path, ["fname", "labels"], [["00097e21.wav", "Bark"], ["000b6cfb.wav", "Motorcycle,Kazoo"]])
     with pytest.raises(DataError, match=r"train_noisy\.csv: line 3: unknown label\(s\) \['Kazoo'\]"):
-        comp.read_clip_table()
+        comp.parse_clip_table()
     write_csv(path, ["fname", "labels"], [["0006ae4e.wav", "Bark"]])
     with pytest.raises(DataError, match=r"clip '0006ae4e\.wav' appears in two subsets"):
-        comp.read_clip_table()
+        comp.parse_clip_table()
 
 
 def test_fsd2019_pretrained_warning(caplog) -> None:
@@ -628,7 +625,7 @@ def test_fsd2019_obtain_from_kaggle_unpacks_inner_zips(tmp_path: Path, fake_down
     assert (comp.raw_dir / "train_curated.csv").is_file() and (
         comp.raw_dir / "test" / "000ccb97.wav"
     ).is_file()
-    assert comp.test_truth() is None and len(comp.read_clip_table()) == len(CURATED_2019) + len(TEST_2019)
+    assert comp.test_truth() is None and len(comp.parse_clip_table()) == len(CURATED_2019) + len(TEST_2019)
 
 
 # ----------------------------------------------------------------------------- fsd50k
@@ -638,7 +635,7 @@ def test_fsd50k_table_truth_and_vocabulary(tmp_path: Path) -> None:
     comp = make("fsd50k", tmp_path / "ws")
     fake_fsd50k(comp.raw_dir)
     assert comp.classes == [name for _, name, _ in VOCAB_50K]  # index order, not file order
-    table = comp.read_clip_table()
+    table = comp.parse_clip_table()
     dev = table[table["split"] == "train"].set_index("clip_id")
     assert dev["subset"].to_dict() == {f: s for f, *_, s in DEV_50K}
     assert dev.loc["64760", "labels"] == ["Electric_guitar", "Guitar", "Music"]
@@ -658,11 +655,11 @@ def test_fsd50k_bad_rows(tmp_path: Path) -> None:
     comp = make("fsd50k", tmp_path / "ws")
     fake_fsd50k(comp.raw_dir, dev=[*DEV_50K[:2], ("345111", "Guitar", "/m/0342h", "validation")])
     with pytest.raises(DataError, match=r"dev\.csv: line 4: split must be train or val, got 'validation'"):
-        comp.read_clip_table()
+        comp.parse_clip_table()
     comp = make("fsd50k", tmp_path / "ws2")
     fake_fsd50k(comp.raw_dir, dev=[*DEV_50K[:2], ("345111", "Guitar,Banjo", "/m/0342h,/m/018j2", "val")])
     with pytest.raises(DataError, match=r"dev\.csv: line 4: unknown label\(s\) \['Banjo'\]"):
-        comp.read_clip_table()
+        comp.parse_clip_table()
     with (comp.raw_dir / "FSD50K.ground_truth" / "vocabulary.csv").open("a") as f:
         f.write("seven,Banjo,/m/018j2\n")
     comp._classes = None
@@ -688,7 +685,7 @@ def test_fsd50k_obtain_joins_split_zips(tmp_path: Path, fake_downloads) -> None:
     assert fake.names("zenodo_files") == [4060432]
     assert sorted(fake.names("download")) == sorted([*dev_parts, *eval_parts, "FSD50K.ground_truth.zip"])
     assert sorted(fake.names("join_split_zip")) == sorted([dev_parts, eval_parts])
-    assert len(comp.read_clip_table()) == len(DEV_50K) + len(EVAL_50K)
+    assert len(comp.parse_clip_table()) == len(DEV_50K) + len(EVAL_50K)
 
 
 # ----------------------------------------------------------------------------- audioset
@@ -713,7 +710,7 @@ def test_audioset_counts_and_reports_missing_clips(tmp_path: Path, caplog) -> No
     comp.obtain()  # CSVs found in data_dir/metadata: nothing to download
     assert comp.classes == [name for *_, name in AUDIOSET_LABELS]
     with caplog.at_level(logging.INFO):
-        table = comp.read_clip_table()
+        table = comp.parse_clip_table()
     by_id = table.set_index("clip_id")
     assert sorted(by_id.index) == [
         "--4gqARaEJE_0.000",
@@ -759,7 +756,7 @@ def test_audioset_unknown_mid_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(
         DataError, match=r"balanced_train_segments\.csv: line 5: unknown label MID\(s\) \['/m/0bogus'\]"
     ):
-        comp.read_clip_table()
+        comp.parse_clip_table()
 
 
 def test_audioset_no_clip_at_all_is_a_clear_error(tmp_path: Path) -> None:
@@ -770,7 +767,7 @@ def test_audioset_no_clip_at_all_is_a_clear_error(tmp_path: Path) -> None:
         (empty / name).write_bytes((meta / name).read_bytes())
     comp = make("audioset", tmp_path / "ws", data_dir=str(empty), subsets=["balanced"])
     with pytest.raises(DataError, match=r"none of the 6 training segments \(balanced\) has a clip"):
-        comp.read_clip_table()
+        comp.parse_clip_table()
     assert len(pd.read_csv(comp.dir / "missing_clips.csv")) == len(BALANCED) + len(EVAL)
 
 
@@ -825,7 +822,7 @@ def test_cli_prepare_fsd2018_from_data_dir(workspace: Path, fake_downloads) -> N
 
 
 def test_prepare_with_empty_test_wavs_zero_fills_them(workspace: Path) -> None:
-    from audiotag.prepare import prepare
+    from audiotag.stages.prepare import prepare
 
     data = fake_fsd2018_kaggle(workspace / "kaggle-input", test=TEST_2018[2:])
     cfg = load_experiment(

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from audiotag.config import (
-    AudioRulesConfig,
+    AudioRules,
     ExperimentConfig,
     FeatureConfig,
     apply_overrides,
@@ -115,35 +115,39 @@ def test_every_shipped_experiment_validates(path: Path) -> None:
 
 
 def test_audio_rules_default_to_the_decoders_rules() -> None:
-    """Left out of the YAML, the section gives ``DEFAULT_RULES`` exactly (same cache hash as before)."""
-    from dataclasses import fields
+    """Left out of the YAML, the section gives ``DEFAULT_RULES`` exactly, with the values (and so the
+    cache hash) the decoder has always had."""
+    from audiotag.data.audio import DEFAULT_RULES
 
-    from audiotag.data.audio import DEFAULT_RULES, AudioRules
-    from audiotag.prepare import audio_rules
-
-    assert set(AudioRulesConfig.model_fields) == {f.name for f in fields(AudioRules)}
     for path in sorted((configs_root() / "competitions").glob("*.yaml")):
-        assert audio_rules(load_competition(path.stem)) == DEFAULT_RULES, path.name
-    rules = audio_rules(load_experiment(DEMO).competition)
-    assert json.dumps(rules.as_dict(), sort_keys=True) == json.dumps(DEFAULT_RULES.as_dict(), sort_keys=True)
+        assert load_competition(path.stem).audio_rules == DEFAULT_RULES, path.name
+    assert load_experiment(DEMO).competition.audio_rules is not None
+    assert json.dumps(DEFAULT_RULES.as_dict(), sort_keys=True) == json.dumps(
+        {
+            "fill_seconds": 1.0,
+            "max_nonfinite": 0.01,
+            "max_rate": 768000,
+            "max_seconds": 600.0,
+            "min_rate": 1000,
+            "silence_peak": 1e-05,
+            "truncation_slack": 1024,
+        },
+        sort_keys=True,
+    )
+    assert len({DEFAULT_RULES, AudioRules()}) == 1  # frozen and hashable: caches are keyed by it
 
 
 def test_audio_rules_are_settable(tmp_path: Path) -> None:
-    from audiotag.data.audio import AudioRules
-    from audiotag.prepare import audio_rules
-
     cfg = load_experiment(
         DEMO, ["competition.audio_rules.max_seconds=30", "competition.audio_rules.min_rate=8000"]
     )
-    assert audio_rules(cfg.competition) == AudioRules(max_seconds=30.0, min_rate=8000)
+    assert cfg.competition.audio_rules == AudioRules(max_seconds=30.0, min_rate=8000)
     path = tmp_path / "exp.yaml"
     path.write_text(
         "competition: {base: demo, audio_rules: {max_nonfinite: 0.05, truncation_slack: 0}}\n"
         "features: logmel_16k_64\nmodel: cnn_small\n"
     )
-    assert audio_rules(load_experiment(path).competition) == AudioRules(
-        max_nonfinite=0.05, truncation_slack=0
-    )
+    assert load_experiment(path).competition.audio_rules == AudioRules(max_nonfinite=0.05, truncation_slack=0)
 
 
 @pytest.mark.parametrize(
@@ -200,7 +204,7 @@ def test_bad_audio_rule_names_the_key(overrides: list[str], expected: str) -> No
 def test_audio_rules_do_not_change_the_clip_table_fingerprint() -> None:
     """The rules decide the feature cache, not which clips the table holds (``TABLE_NEUTRAL``)."""
     from audiotag.competitions import get_competition
-    from audiotag.prepare import table_fingerprint
+    from audiotag.stages.prepare import table_fingerprint
 
     base = table_fingerprint(get_competition(load_competition("demo")))
     changed = load_competition("demo", ["audio_rules.max_seconds=5", "audio_rules.silence_peak=0.1"])

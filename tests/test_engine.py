@@ -11,8 +11,9 @@ from torch import nn
 
 from audiotag.cli import main
 from audiotag.config import TrainConfig
+from audiotag.errors import TrainingError
 from audiotag.train import loop
-from audiotag.train.engine import StepEngine, TrainingError, out_of_memory_advice, resolve_precision
+from audiotag.train.engine import StepEngine, out_of_memory_advice, resolve_precision
 from tests.conftest import tiny_args
 
 CPU = torch.device("cpu")

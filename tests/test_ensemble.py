@@ -15,8 +15,8 @@ from audiotag import ensemble, metrics
 from audiotag.blend import scaled_ranks
 from audiotag.cli import main
 from audiotag.competitions import Competition, get_competition
+from audiotag.competitions.folds import file_sha256
 from audiotag.config import EnsembleConfig, configs_root, load_competition, load_ensemble
-from audiotag.data.folds import file_sha256
 from audiotag.ensemble import Member, ScoreLine, run_ensemble
 from audiotag.errors import ConfigError, DataError
 from audiotag.fold_scores import FoldScores
@@ -321,7 +321,7 @@ def test_members_with_different_oof_clips_are_scored_and_blended_on_the_common_c
 
 
 def test_fold_score_summaries_are_shared() -> None:
-    from audiotag.train.runner import RunResult
+    from audiotag.stages.train import RunResult
 
     for cls in (Member, ScoreLine, RunResult, ensemble.EnsembleResult):
         assert issubclass(cls, FoldScores) and "fold_scores" in {f.name for f in fields(cls)}

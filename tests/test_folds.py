@@ -5,14 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiotag.data.folds import ensure_folds, folds_path, load_folds
+from audiotag.competitions.folds import ensure_folds, folds_path, load_folds
 from audiotag.errors import DataError
 from tests.fakes import FakeMulti, FakeSingle, make
 
 
 def test_single_label_folds_are_stratified(tmp_path: Path) -> None:
     comp = make(FakeSingle, tmp_path, n_folds=5)
-    table = comp.read_clip_table()
+    table = comp.parse_clip_table()
     path = ensure_folds(comp, table)
     folds = load_folds(path).merge(table, on="clip_id")
     assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
@@ -25,7 +25,7 @@ def test_single_label_folds_are_stratified(tmp_path: Path) -> None:
 
 def test_multilabel_folds_balance_classes_and_subsets(tmp_path: Path) -> None:
     comp = make(FakeMulti, tmp_path, n_folds=4)
-    table = comp.read_clip_table()
+    table = comp.parse_clip_table()
     folds = load_folds(ensure_folds(comp, table)).merge(table, on="clip_id")
     y = comp.label_matrix(folds["labels"])
     for fold in range(4):
@@ -37,7 +37,7 @@ def test_multilabel_folds_balance_classes_and_subsets(tmp_path: Path) -> None:
 
 def test_fold_file_is_fixed_and_checked(tmp_path: Path) -> None:
     comp = make(FakeSingle, tmp_path, n_folds=3, fold_seed=7)
-    table = comp.read_clip_table()
+    table = comp.parse_clip_table()
     path = ensure_folds(comp, table)
     assert path == folds_path(comp) and "k3-seed7" in path.name
     before = path.read_bytes()
@@ -49,7 +49,7 @@ def test_fold_file_is_fixed_and_checked(tmp_path: Path) -> None:
 
 def test_subsets_select_training_clips(tmp_path: Path) -> None:
     comp = make(FakeMulti, tmp_path, subsets=["curated"])
-    table = comp.read_clip_table()
+    table = comp.parse_clip_table()
     assert set(comp.training_clips(table)["subset"]) == {"curated"}
     bad = make(FakeMulti, tmp_path, subsets=["clean"])
     with pytest.raises(DataError, match="clean"):
@@ -58,6 +58,6 @@ def test_subsets_select_training_clips(tmp_path: Path) -> None:
 
 def test_too_many_folds_is_refused(tmp_path: Path) -> None:
     comp = make(FakeSingle, tmp_path, n_folds=20)
-    table = comp.read_clip_table().iloc[:15]
+    table = comp.parse_clip_table().iloc[:15]
     with pytest.raises(DataError, match="n_folds"):
         ensure_folds(comp, table)

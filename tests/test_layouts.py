@@ -29,7 +29,7 @@ def demo2019(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_fsd2018_layout_table(demo) -> None:
-    table = demo.read_clip_table()
+    table = demo.parse_clip_table()
     train, test = table[table["split"] == "train"], table[table["split"] == "test"]
     assert len(train) == 3 * len(demo.classes) and len(test) == len(demo.classes)
     assert all(len(labels) == 1 for labels in train["labels"])
@@ -41,7 +41,7 @@ def test_fsd2018_layout_table(demo) -> None:
 
 
 def test_fsd2019_layout_table(demo2019) -> None:
-    table = demo2019.read_clip_table()
+    table = demo2019.parse_clip_table()
     assert set(table["subset"]) == {"curated", "noisy", "test"}
     assert table.loc[table["subset"] == "curated", "verified"].all()
     assert not table.loc[table["subset"] == "noisy", "verified"].any()
@@ -64,7 +64,7 @@ def test_unknown_label_names_file_and_line(demo, tmp_path: Path) -> None:
         return df
 
     with pytest.raises(DataError, match=r"train\.csv: line 6: unknown label\(s\) \['Kazoo'\]"):
-        corrupt_copy(demo, tmp_path, "train.csv", edit).read_clip_table()
+        corrupt_copy(demo, tmp_path, "train.csv", edit).parse_clip_table()
 
 
 def test_bad_verified_flag_and_duplicates(demo, tmp_path: Path) -> None:
@@ -73,22 +73,22 @@ def test_bad_verified_flag_and_duplicates(demo, tmp_path: Path) -> None:
         return df
 
     with pytest.raises(DataError, match="line 2: manually_verified must be 0 or 1"):
-        corrupt_copy(demo, tmp_path / "a", "train.csv", flag).read_clip_table()
+        corrupt_copy(demo, tmp_path / "a", "train.csv", flag).parse_clip_table()
 
     def duplicate(df):
         return pd.concat([df, df.iloc[[0]]])
 
     with pytest.raises(DataError, match="duplicate fname"):
-        corrupt_copy(demo, tmp_path / "b", "train.csv", duplicate).read_clip_table()
+        corrupt_copy(demo, tmp_path / "b", "train.csv", duplicate).parse_clip_table()
 
 
 def test_missing_column_and_missing_audio(demo, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing column\(s\) \['manually_verified'\]"):
         corrupt_copy(
             demo, tmp_path / "a", "train.csv", lambda df: df.drop(columns="manually_verified")
-        ).read_clip_table()
+        ).parse_clip_table()
     copy = corrupt_copy(demo, tmp_path / "b", "train.csv", lambda df: df)
     victim = sorted((copy.raw_dir / "audio_train").iterdir())[0]
     victim.unlink()
     with pytest.raises(DataError, match=f"1 audio file.*{victim.name}"):
-        copy.read_clip_table()
+        copy.parse_clip_table()

@@ -514,13 +514,13 @@ def run(args: argparse.Namespace) -> None:
             started = time.time()
             log.info("stage %s: starting", stage)
             if stage == "prepare":
-                from audiotag.prepare import prepare
+                from audiotag.stages.prepare import prepare
 
                 if ctx.is_main:
                     prepare(exp.competition, exp.features, workers=args.workers)
                 ctx.barrier()
             elif stage == "train":
-                from audiotag.train.runner import train_experiment
+                from audiotag.stages.train import train_experiment
 
                 result = train_experiment(exp, run_name=args.run_name, workers=args.workers, ctx=ctx)
                 if ctx.is_main:

@@ -67,12 +67,15 @@ class CompetitionRules(StrictModel):
     external_data_allowed: bool = Field(True, description="data outside the competition's files was allowed")
 
 
-class AudioRulesConfig(StrictModel):
-    """How problem audio is handled when the feature cache is built (``data/audio.py``).
+class AudioRules(StrictModel):
+    """How problem audio is handled when the feature cache is built (the rules of ``data/audio.py``).
 
-    The fields and defaults are those of ``audiotag.data.audio.AudioRules``; they enter the cache's
-    clip-list hash, so changing one rebuilds the feature cache (not the clip table or the folds).
+    ``competition.audio_rules`` in the config; the decoder takes this object as it is. The values
+    enter the cache's clip-list hash, so changing one rebuilds the feature cache (not the clip table
+    or the folds). Frozen (hashable), so caches can be keyed by it.
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_seconds: float = Field(
         600.0, gt=0, allow_inf_nan=False, description="keep the first max_seconds of a longer clip (flag cut)"
@@ -101,7 +104,7 @@ class AudioRulesConfig(StrictModel):
     max_rate: int = Field(768_000, gt=0, description="highest plausible sample rate (Hz); above: undecodable")
 
     @model_validator(mode="after")
-    def _check(self) -> AudioRulesConfig:
+    def _check(self) -> AudioRules:
         if self.min_rate >= self.max_rate:
             raise ValueError(f"min_rate ({self.min_rate}) must be below max_rate ({self.max_rate})")
         if self.fill_seconds > self.max_seconds:
@@ -110,6 +113,9 @@ class AudioRulesConfig(StrictModel):
                 "no cached clip is longer than max_seconds"
             )
         return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump()
 
 
 class CompetitionConfig(StrictModel):
@@ -129,8 +135,8 @@ class CompetitionConfig(StrictModel):
         None, description="where prepare downloads the data from; null = the competition's default"
     )
     rules: CompetitionRules = Field(default_factory=CompetitionRules)
-    audio_rules: AudioRulesConfig = Field(
-        default_factory=AudioRulesConfig,
+    audio_rules: AudioRules = Field(
+        default_factory=AudioRules,
         description="limits of the problem-audio rules applied when the feature cache is built",
     )
     default_experiment: str | None = Field(

@@ -38,12 +38,12 @@ import pandas as pd
 from audiotag.atomic import atomic_write_json
 from audiotag.blend import BlendRule, OofScorer, nested_weight_cv, normalise_weights, search_weights
 from audiotag.competitions import Competition, get_competition
+from audiotag.competitions.folds import file_sha256, load_folds
 from audiotag.config import EnsembleConfig
-from audiotag.data.folds import file_sha256, load_folds
+from audiotag.data.meta import read_meta
 from audiotag.errors import DataError
 from audiotag.fold_scores import FoldScores, fold_mean, fold_std
 from audiotag.paths import submissions_root
-from audiotag.prepare import read_clip_table
 from audiotag.stacking import logit_features, make_stacker, nested_predictions
 from audiotag.submission import build_submission, write_submission
 
@@ -482,7 +482,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     oof_ids, test_ids = align(members)
     names = [m.name for m in members]
     folds = members[0].oof_folds
-    truth, scored = scored_rows(comp, read_clip_table(comp.meta_path), oof_ids, folds)
+    truth, scored = scored_rows(comp, read_meta(comp.meta_path), oof_ids, folds)
     scorer = OofScorer(comp.metric, truth[scored], folds[scored])
     for m in members:
         m.fold_scores = scorer.fold_scores(m.oof[scored])

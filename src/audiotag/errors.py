@@ -11,3 +11,7 @@ class ConfigError(AudiotagError):
 
 class DataError(AudiotagError):
     """Input data (audio, CSV, cache) is missing or malformed."""
+
+
+class TrainingError(AudiotagError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""

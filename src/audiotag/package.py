@@ -136,14 +136,14 @@ def blend_spec(cfg: EnsembleConfig, report: dict[str, Any], classes: list[str]) 
 def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.ndarray, np.ndarray]:
     """The stacker's training set exactly as the ensemble stage builds it: the members' OOF logits
     and the truth of the scored clips. Shipped so inference refits the same (seeded) stacker."""
+    from audiotag.data.meta import read_meta
     from audiotag.ensemble import align, check_members, load_member, scored_rows
-    from audiotag.prepare import read_clip_table
     from audiotag.stacking import logit_features
 
     members = [load_member(comp, name) for name in cfg.members]
     check_members(members, cfg.min_oof_overlap)
     oof_ids, _ = align(members)
-    truth, scored = scored_rows(comp, read_clip_table(comp.meta_path), oof_ids, members[0].oof_folds)
+    truth, scored = scored_rows(comp, read_meta(comp.meta_path), oof_ids, members[0].oof_folds)
     return logit_features([m.oof[scored] for m in members]), truth[scored]
 
 
@@ -152,7 +152,7 @@ def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -
     from audiotag.competitions import get_competition
     from audiotag.config import dump_yaml
     from audiotag.paths import submissions_root
-    from audiotag.train.runner import code_version
+    from audiotag.stages.train import code_version
 
     comp = get_competition(cfg.competition)
     out_dir = Path(out_dir)
@@ -405,11 +405,9 @@ def run_inference(
     """Write the submission for the test clips in ``input_dir`` with the package in ``bundle``."""
     import torch
 
-    from audiotag.config import load_experiment
-    from audiotag.data.audio import AudioRules
+    from audiotag.config import AudioRules, load_experiment
     from audiotag.data.cache import FeatureCache, build_cache
     from audiotag.predictions import write_predictions
-    from audiotag.prepare import audio_rules
     from audiotag.submission import build_submission, write_submission
 
     manifest = json.loads((bundle / MANIFEST).read_text())
@@ -445,7 +443,7 @@ def run_inference(
         for member in manifest["members"]:
             member_dir = bundle / "members" / member["name"]
             member_cfg = load_experiment(member_dir / "config.yaml")
-            features, rules = member_cfg.features, audio_rules(member_cfg.competition)
+            features, rules = member_cfg.features, member_cfg.competition.audio_rules
             key = (features.key(), rules)
             if key not in caches:  # the member's own audio rules, as its training cache had
                 caches[key] = FeatureCache(build_cache(clips, work, features, workers=workers, rules=rules))

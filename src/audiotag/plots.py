@@ -167,9 +167,9 @@ def cv_vs_lb_figure(rows: pd.DataFrame, metric: str) -> Figure | None:
 
 def oof_truth(comp: Any, clip_ids: list[str], scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(truth, scores) of the OOF clips the CV is scored on: the verified ones when there are any."""
-    from audiotag.prepare import read_clip_table
+    from audiotag.data.meta import read_meta
 
-    table = read_clip_table(comp.meta_path).set_index("clip_id")
+    table = read_meta(comp.meta_path).set_index("clip_id")
     missing = [c for c in clip_ids if c not in table.index]
     if missing:
         raise DataError(f"{comp.meta_path}: has no row for {len(missing)} OOF clip(s), e.g. {missing[:3]}")
@@ -194,8 +194,8 @@ def blend_oof(comp: Any, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray
     """The blended OOF predictions of an ensemble report on the scored clips, with the report's rule
     and weights (the blend, not a stacker)."""
     from audiotag.blend import BlendRule, normalise_weights
+    from audiotag.data.meta import read_meta
     from audiotag.ensemble import align, check_members, load_member, scored_rows
-    from audiotag.prepare import read_clip_table
 
     names = list(report.get("members") or {})
     if not names:
@@ -204,7 +204,7 @@ def blend_oof(comp: Any, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray
     check_members(members, min_oof_overlap=0.0)  # the ensemble stage accepted these members already
     oof_ids, _ = align(members)
     folds = members[0].oof_folds
-    truth, scored = scored_rows(comp, read_clip_table(comp.meta_path), oof_ids, folds)
+    truth, scored = scored_rows(comp, read_meta(comp.meta_path), oof_ids, folds)
     blend = report.get("blend") or {}
     rule = BlendRule(str(report.get("method", "mean")), float(report.get("power") or 2.0))
     space = np.stack([rule.forward(m.oof[scored], folds[scored]) for m in members])

@@ -284,7 +284,7 @@ class AudioSet(FileCompetition):
 
     # -------------------------------------------------------------- clip table
 
-    def read_clip_table(self) -> pd.DataFrame:
+    def parse_clip_table(self) -> pd.DataFrame:
         found, unsupported, duplicates = (
             index_audio(self.audio_dir) if self.audio_dir.is_dir() else ({}, {}, 0)
         )

@@ -77,7 +77,7 @@ class Competition(abc.ABC):
         """Make the raw files available under ``raw_dir`` (download, or synthesise for the demo)."""
 
     @abc.abstractmethod
-    def read_clip_table(self) -> pd.DataFrame:
+    def parse_clip_table(self) -> pd.DataFrame:
         """Parse the raw layout into the normalised clip table (columns ``CLIP_COLUMNS``)."""
 
     @property

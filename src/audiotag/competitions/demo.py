@@ -63,7 +63,7 @@ class Demo(_DemoBase):
     def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
         demo_synth.generate_fsd2018_layout(raw_dir, truth_path, cfg)
 
-    def read_clip_table(self) -> pd.DataFrame:
+    def parse_clip_table(self) -> pd.DataFrame:
         return read_fsd2018_layout(self.raw_dir, set(self.classes))
 
 
@@ -77,5 +77,5 @@ class Demo2019(_DemoBase):
     def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
         demo_synth.generate_fsd2019_layout(raw_dir, truth_path, cfg)
 
-    def read_clip_table(self) -> pd.DataFrame:
+    def parse_clip_table(self) -> pd.DataFrame:
         return read_fsd2019_layout(self.raw_dir, set(self.classes), ["curated", "noisy"])

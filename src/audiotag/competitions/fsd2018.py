@@ -97,7 +97,7 @@ class Fsd2018(FileCompetition):
 
     # -------------------------------------------------------------- clip table
 
-    def read_clip_table(self) -> pd.DataFrame:
+    def parse_clip_table(self) -> pd.DataFrame:
         layout = self.layout()
         files = LAYOUTS[layout]
         train_path = self.raw_dir / files["train_csv"]

@@ -141,7 +141,7 @@ class Fsd2019(FileCompetition):
 
     # -------------------------------------------------------------- clip table
 
-    def read_clip_table(self) -> pd.DataFrame:
+    def parse_clip_table(self) -> pd.DataFrame:
         layout = self.layout()
         self._check_vocabulary(layout)
         parts = [self._subset_rows(layout, subset) for subset in self.subsets]

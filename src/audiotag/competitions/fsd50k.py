@@ -81,7 +81,7 @@ class Fsd50k(FileCompetition):
     def download(self, source: str) -> None:
         self.zenodo_fetch(ZENODO_RECORD, _wanted)
 
-    def read_clip_table(self) -> pd.DataFrame:
+    def parse_clip_table(self) -> pd.DataFrame:
         self.layout()
         vocabulary = set(self.classes)
         dev_path = self.raw_dir / DEV_CSV

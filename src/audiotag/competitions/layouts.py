@@ -8,13 +8,12 @@ Errors name the CSV file and its line (header = line 1) so the user can find the
 from __future__ import annotations
 
 import csv
-import importlib
 import logging
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import ClassVar
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import pandas as pd
 import soundfile as sf
@@ -161,9 +160,25 @@ NOT_FOUND = "file not found"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # what libsndfile decodes
 
 
-def download_api() -> ModuleType:
-    """``audiotag.data.download``, imported on first use (through sys.modules, so tests can stand in)."""
-    return importlib.import_module("audiotag.data.download")
+FETCH_API: Any = None  # tests put a stand-in here (an object with the attributes download_api() gives)
+
+
+def download_api() -> Any:
+    """What the competitions fetch with (``RemoteFile``, ``download``, ``zenodo_files``,
+    ``join_split_zip``, ``extract_zip``, ``kaggle_download``), from the :mod:`audiotag.fetch` modules
+    imported on first use, or ``FETCH_API`` where a test put one."""
+    if FETCH_API is not None:
+        return FETCH_API
+    from audiotag.fetch import extract, http, kaggle, splitzip, zenodo
+
+    return SimpleNamespace(
+        RemoteFile=http.RemoteFile,
+        download=http.download,
+        zenodo_files=zenodo.zenodo_files,
+        join_split_zip=splitzip.join_split_zip,
+        extract_zip=extract.extract_zip,
+        kaggle_download=kaggle.kaggle_download,
+    )
 
 
 def probe_audio(paths: Sequence[str], root: Path) -> tuple[list[float], list[int], list[str]]:

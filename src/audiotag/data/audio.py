@@ -10,10 +10,10 @@ Problem files are handled by written rules rather than by a crash or a silently 
 training clip and zero-fills an unusable test clip (``fill_seconds``, 1 s, of zeros), so that every
 test clip still gets a submission row; each case is listed with its reason in the cache's ``report.csv``.
 
-Rules (limits are fields of ``AudioRules``, defaults in parentheses; a flag is listed in the clip's
-status). The limits are settable per competition under ``competition.audio_rules`` in the YAML config
-(e.g. ``--set competition.audio_rules.max_seconds=30``); ``prepare`` passes them to the cache, whose
-clip-list hash includes them, so changing one rebuilds the feature cache:
+Rules (limits are fields of ``audiotag.config.AudioRules``, defaults in parentheses; a flag is listed
+in the clip's status). The limits are settable per competition under ``competition.audio_rules`` in
+the YAML config (e.g. ``--set competition.audio_rules.max_seconds=30``); ``prepare`` passes them to
+the cache, whose clip-list hash includes them, so changing one rebuilds the feature cache:
 
 - missing file, or one that cannot be opened or decoded, or whose header declares frames of which
   none decode, or whose sample rate is outside ``min_rate``-``max_rate`` (1 kHz-768 kHz): unusable
@@ -40,16 +40,15 @@ are present), so a truncated Ogg file is either kept unflagged or, when its head
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from audiotag.config import AudioRules
 from audiotag.errors import DataError
 
 FIX_HINT = "check the file or re-download the data (`./run.sh prepare`)"
@@ -60,27 +59,6 @@ FLAGS = ("truncated", "cut", "nonfinite", "silent", "upsampled")  # in the order
 _BLOCK = 1 << 20  # frames per read: most clips are one read, a long file never sits in memory twice
 _PCM16_SCALE = np.float32(1 / 32768)
 _SALVAGE_BLOCK = 4096  # frames per read when a decoder error makes us keep what decodes before it
-
-
-@dataclass(frozen=True)
-class AudioRules:
-    """The limits of the rules in the module docstring; they enter the cache's clip-list hash.
-
-    Users set them in the config (``competition.audio_rules``, validated by
-    ``audiotag.config.AudioRulesConfig``, which has the same fields and defaults); ``prepare`` builds
-    this from it. Change a default here and there together (a test checks that they agree).
-    """
-
-    max_seconds: float = 600.0
-    max_nonfinite: float = 0.01
-    silence_peak: float = 1e-5
-    fill_seconds: float = 1.0  # zeros a test clip is replaced by when its audio is unusable
-    truncation_slack: int = 1024  # frames a decode may fall short of the header before it is flagged
-    min_rate: int = 1000
-    max_rate: int = 768_000
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 DEFAULT_RULES = AudioRules()

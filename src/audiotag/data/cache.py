@@ -54,8 +54,8 @@ import torch
 from tqdm import tqdm
 
 from audiotag.atomic import atomic_path, atomic_write_json
-from audiotag.config import FeatureConfig
-from audiotag.data.audio import DEFAULT_RULES, FLAGS, UNDECODABLE, AudioRules, UnusableAudio, decode
+from audiotag.config import AudioRules, FeatureConfig
+from audiotag.data.audio import DEFAULT_RULES, FLAGS, UNDECODABLE, UnusableAudio, decode
 from audiotag.data.features import compute_logmel, make_extractor
 from audiotag.errors import DataError
 

@@ -16,15 +16,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from audiotag.config import TrainConfig
-from audiotag.errors import AudiotagError
+from audiotag.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainingError(AudiotagError):
-    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
 
 
 def resolve_precision(choice: str, device: torch.device) -> str:

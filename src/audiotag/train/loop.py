@@ -28,11 +28,12 @@ from audiotag.data.augment import apply_mask, mixup, resolve_specaugment, spec_m
 from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.data.features import scale_rule
 from audiotag.data.norm_stats import dataset_norm
+from audiotag.errors import TrainingError
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.predictions import write_predictions
 from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
 from audiotag.train.distributed import SINGLE, DistContext
-from audiotag.train.engine import StepEngine, TrainingError, configure_determinism, out_of_memory_advice
+from audiotag.train.engine import StepEngine, configure_determinism, out_of_memory_advice
 from audiotag.train.losses import weighted_bce
 from audiotag.train.predict import predict_clips
 from audiotag.train.schedule import make_scheduler

@@ -24,15 +24,15 @@ import audiotag
 from audiotag import metrics
 from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.competitions.base import warn_about_rules
+from audiotag.competitions.folds import file_sha256, load_folds
 from audiotag.config import ExperimentConfig, dump_yaml
 from audiotag.data.cache import FeatureCache
-from audiotag.data.folds import file_sha256, load_folds
 from audiotag.errors import ConfigError
 from audiotag.fold_scores import FoldScores
 from audiotag.models.registry import check_pretrained
 from audiotag.paths import REPO_ROOT
 from audiotag.predictions import read_predictions, write_predictions
-from audiotag.prepare import Prepared, prepare
+from audiotag.stages.prepare import Prepared, prepare
 from audiotag.train.distributed import SINGLE, DistContext, device_for
 from audiotag.train.loop import FoldData, train_fold
 

@@ -18,11 +18,10 @@ import pandas as pd
 
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.competitions import Competition, get_competition
+from audiotag.competitions.folds import ensure_folds
 from audiotag.config import CompetitionConfig, FeatureConfig
-from audiotag.data.audio import AudioRules
 from audiotag.data.cache import REPORT, FeatureCache, build_cache
-from audiotag.data.folds import ensure_folds
-from audiotag.errors import DataError
+from audiotag.data.meta import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,12 @@ def clip_table(comp: Competition) -> pd.DataFrame:
         stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
         if comp.meta_path.stat().st_mtime >= newest and stamp.get("fingerprint") == fingerprint:
             log.info("clip table: %s up to date", comp.meta_path)
-            return read_clip_table(comp.meta_path)
+            return read_meta(comp.meta_path)
         if stamp.get("fingerprint") != fingerprint:
             log.info(
                 "clip table: competition settings changed since %s was built; rebuilding", comp.meta_path
             )
-    table = comp.read_clip_table()
+    table = comp.parse_clip_table()
     with atomic_path(comp.meta_path, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
     atomic_write_json(stamp_path, {"fingerprint": fingerprint, "clips": len(table)})
@@ -75,14 +74,6 @@ def clip_table(comp: Competition) -> pd.DataFrame:
     return table
 
 
-def read_clip_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{path}: clip table not found; run `./run.sh prepare` first")
-    table = pd.read_parquet(path)
-    table["labels"] = table["labels"].map(list)
-    return table
-
-
 def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: int | None = None) -> Prepared:
     comp = get_competition(competition)
     log.info("prepare: competition %s in %s", comp.name, comp.dir)
@@ -90,15 +81,11 @@ def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: in
     table = clip_table(comp)
     folds = ensure_folds(comp, table)
     columns = [c for c in ("clip_id", "path", "split", "audio_issue") if c in table.columns]
-    rules = audio_rules(competition)
-    cache_dir = build_cache(table[columns], comp.dir, features, workers=workers, rules=rules)
+    cache_dir = build_cache(
+        table[columns], comp.dir, features, workers=workers, rules=competition.audio_rules
+    )
     skipped = report_cache(cache_dir)
     return Prepared(comp, table, folds, cache_dir, skipped)
-
-
-def audio_rules(competition: CompetitionConfig) -> AudioRules:
-    """The ``AudioRules`` of the decoder from the config's ``competition.audio_rules``."""
-    return AudioRules(**competition.audio_rules.model_dump())
 
 
 def report_cache(cache_dir: Path) -> frozenset[str]:

@@ -1,0 +1,5 @@
+"""The stages the command line runs: thin functions that compose the layers below.
+
+``prepare`` (raw data -> clip table -> folds -> feature cache), ``train`` (every fold of an
+experiment), ``package`` (the offline Kaggle bundle). Nothing below this package imports it.
+"""
