@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from audiotag.config import FeatureConfig
-    from audiotag.data.cache import FeatureCache, build_cache, disk_bytes
+    from audiotag.data.cache_build import build_cache
+    from audiotag.data.cache_reader import FeatureCache, disk_bytes
 
     logging.basicConfig(level=logging.WARNING)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -1,6 +1,6 @@
 """Feature-extraction speed: audiotag's decode + log-mel path against librosa, and cache crop serving.
 
-Our path is the cache's own worker function (``data.cache.compute_clip``: soundfile, soxr, torch
+Our path is the cache's own worker function (``data.cache_build.compute_clip``: soundfile, soxr, torch
 LogMel on one thread) in 1 process, the cache's worker pool in 2 processes, and ``build_cache`` end
 to end. The baseline is ``librosa.load`` + ``librosa.feature.melspectrogram`` + ``power_to_db`` with
 the same settings on the same files, in 1 and 2 processes. Each method runs in a fresh process that
@@ -199,7 +199,7 @@ def run_method(method: str, paths: list[str], preset: str, workdir: str) -> dict
             pool.map(_librosa_task, [(p, preset) for p in paths], chunksize=_chunksize(len(paths)))
             seconds = time.perf_counter() - start
     elif method == "ours-1":
-        from audiotag.data.cache import compute_clip, prepare_compute_process
+        from audiotag.data.cache_build import compute_clip, prepare_compute_process
         from audiotag.data.features import make_extractor
 
         prepare_compute_process()  # as the cache's workers do: one torch thread, malloc keeps freed memory
@@ -212,7 +212,7 @@ def run_method(method: str, paths: list[str], preset: str, workdir: str) -> dict
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     elif method == "ours-2":
         from audiotag.data.audio import DEFAULT_RULES
-        from audiotag.data.cache import _compute_parallel
+        from audiotag.data.cache_build import _compute_parallel
 
         start = time.perf_counter()  # the pool's fork server imports torch and the cache module once
         list(_compute_parallel([(paths[0], False)], cfg, DEFAULT_RULES, 1))
@@ -229,7 +229,7 @@ def run_method(method: str, paths: list[str], preset: str, workdir: str) -> dict
     elif method == "cache-2":
         import pandas as pd
 
-        from audiotag.data.cache import build_cache
+        from audiotag.data.cache_build import build_cache
 
         clips = pd.DataFrame({"clip_id": paths, "path": paths})  # absolute paths: unique ids
         shutil.rmtree(Path(workdir) / "cache", ignore_errors=True)
@@ -252,7 +252,7 @@ def _child(queue: Any, method: str, paths: list[str], preset: str, workdir: str)
 
 
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-# glibc's malloc set as ``data.cache.keep_freed_memory`` sets it in our workers, for a control row
+# glibc's malloc set as ``data.cache_build.keep_freed_memory`` sets it in our workers, for a control row
 KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 
@@ -309,7 +309,7 @@ def agreement(paths: list[str], preset: str) -> float:
 
 def crops_per_second(cache_dir: Path, seconds: float = 3.0) -> tuple[float, int]:
     """Random 2 s crops served from the memory map, the way the training Dataset does it."""
-    from audiotag.data.cache import FeatureCache
+    from audiotag.data.cache_reader import FeatureCache
     from audiotag.data.dataset import CropDataset, silence_value
 
     cache = FeatureCache(cache_dir)
@@ -352,7 +352,7 @@ ROWS: list[tuple[str, str, str, dict[str, str]]] = [
 
 
 def bench_preset(preset: str, paths: list[str], audio_seconds: float, root: Path, repeat: int) -> None:
-    from audiotag.data.cache import cache_dir_for, disk_bytes
+    from audiotag.data.cache_reader import cache_dir_for, disk_bytes
 
     cfg = _feature_config(preset)
     print(

@@ -29,11 +29,13 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from audiotag.config import FeatureConfig, ModelConfig, TrainConfig, load_group, validate
+from audiotag.config import FeatureConfig, TrainConfig, load_group, validate
 from audiotag.data.augment import mixup, spec_augment
-from audiotag.data.cache import FeatureCache, build_cache
+from audiotag.data.cache_build import build_cache
+from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.data.features import make_extractor
+from audiotag.experiment import ModelConfig
 from audiotag.models.registry import build_model
 from audiotag.train.engine import StepEngine, configure_determinism
 from audiotag.train.schedule import make_scheduler

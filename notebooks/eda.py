@@ -27,7 +27,7 @@ import numpy as np
 
 from audiotag.competitions import get_competition
 from audiotag.config import load_competition
-from audiotag.data.cache import FeatureCache
+from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.meta import read_meta
 
 COMPETITION = os.environ.get("AUDIOTAG_COMPETITION", "demo")

@@ -9,13 +9,14 @@ import timm
 import torch
 from timm.models.deit import VisionTransformerDistilled
 
-from audiotag.config import AstConfig, FeatureConfig, InputNorm, read_yaml
+from audiotag.config import FeatureConfig, InputNorm, read_yaml
 from audiotag.errors import ConfigError
 from audiotag.models.ast import (
     AST_MEAN,
     AST_STD,
     CONVERTERS,
     AstBackbone,
+    AstConfig,
     PosEmbedResampler,
     build_backbone,
     patch_grid,

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotag.config import ByolaConfig
 from audiotag.errors import ConfigError
-from audiotag.models.byola import CONVERTERS, AudioNTT2020, build_backbone, convert_byola
+from audiotag.models.byola import CONVERTERS, AudioNTT2020, ByolaConfig, build_backbone, convert_byola
 from audiotag.models.heads import LinearHead
 from audiotag.models.loading import load_converted
 from audiotag.models.tagger import Tagger, build_head

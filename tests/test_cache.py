@@ -20,9 +20,10 @@ import pytest
 import soundfile as sf
 
 from audiotag.config import AudioRules, FeatureConfig
-from audiotag.data import cache as cache_mod
+from audiotag.data import cache_build as cache_mod
 from audiotag.data.audio import load_audio
-from audiotag.data.cache import FeatureCache, build_cache, cache_dir_for
+from audiotag.data.cache_build import build_cache
+from audiotag.data.cache_reader import FeatureCache, cache_dir_for
 from audiotag.data.features import compute_logmel, n_frames
 from audiotag.errors import DataError
 from audiotag.stages.prepare import report_cache
@@ -107,7 +108,7 @@ def test_second_build_is_a_no_op(
     root, clips, cache_dir = built
     before = mtimes(cache_dir)
     monkeypatch.setattr(cache_mod, "_fill", lambda *a, **k: pytest.fail("recomputed an up-to-date cache"))
-    with caplog.at_level(logging.INFO, logger="audiotag.data.cache"):
+    with caplog.at_level(logging.INFO, logger="audiotag.data.cache_build"):
         assert build_cache(clips.iloc[::-1], root, CFG, workers=2) == cache_dir
     assert "up to date" in caplog.text
     assert mtimes(cache_dir) == before
@@ -142,7 +143,7 @@ def test_unusable_train_clip_is_skipped_and_reported(
     comp = copy_competition(root, tmp_path)
     (comp / "audio/clip05.wav").write_bytes(b"not audio at all")
     (comp / "audio/clip07.wav").unlink()
-    with caplog.at_level(logging.INFO, logger="audiotag.data.cache"):
+    with caplog.at_level(logging.INFO, logger="audiotag.data.cache_build"):
         cache = FeatureCache(build_cache(clips, comp, CFG, workers=1))
     assert "2 train clip(s) skipped" in caplog.text and "report.csv" in caplog.text
     assert len(cache) == N_CLIPS - 2 and not cache.has("clip05") and not cache.has("clip07")
@@ -231,7 +232,7 @@ def test_interrupted_build_resumes(
     assert json.loads((staging / "progress.json").read_text())["n_done"] == 5
 
     monkeypatch.setattr(cache_mod._Writer, "append", append)
-    with caplog.at_level(logging.INFO, logger="audiotag.data.cache"):
+    with caplog.at_level(logging.INFO, logger="audiotag.data.cache_build"):
         build_cache(clips, comp, CFG, workers=1)
     assert "resuming after 5 clips" in caplog.text
     assert not staging.exists()
@@ -296,7 +297,7 @@ KILLED_BUILD = """
     from pathlib import Path
     import pandas as pd
     from audiotag.config import FeatureConfig
-    from audiotag.data import cache
+    from audiotag.data import cache_build as cache
 
     cache.CHECKPOINT_EVERY = 3
     append = cache._Writer.append
@@ -385,7 +386,7 @@ def test_staging_for_other_clips_is_discarded(tmp_path: Path) -> None:
 
 
 def test_workers_that_cannot_start_are_not_blamed_on_the_clips() -> None:
-    from audiotag.data.cache import check_workers_start
+    from audiotag.data.cache_build import check_workers_start
 
     check_workers_start((CFG.model_dump_json(), {}))  # a healthy pool passes
     with pytest.raises(DataError, match="__name__ == '__main__'"):
@@ -397,7 +398,8 @@ def test_changed_audio_rules_in_the_config_rebuild_the_cache(
 ) -> None:
     """``competition.audio_rules`` reach the cache through ``prepare``: a shorter ``max_seconds`` rebuilds
     it with exactly the longer clips flagged ``cut``; the clip table and folds are left as they are."""
-    from audiotag.config import configs_root, load_experiment
+    from audiotag.config import configs_root
+    from audiotag.experiment import load_experiment
     from audiotag.stages.prepare import prepare
     from tests.conftest import TINY_DEMO
 
@@ -444,7 +446,7 @@ FAULTS_SCRIPT = """
 import resource, sys
 import numpy as np
 if sys.argv[1] == "keep":
-    from audiotag.data.cache import keep_freed_memory
+    from audiotag.data.cache_build import keep_freed_memory
     assert keep_freed_memory()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(30):  # a clip's buffers: a 44.1 kHz STFT alone is about 5 MB

@@ -23,8 +23,9 @@ from audiotag.competitions.audioset import candidate_stems
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
 from audiotag.competitions.fsd2019 import CLASSES as CLASSES_2019
-from audiotag.config import CompetitionConfig, load_experiment
+from audiotag.config import CompetitionConfig
 from audiotag.errors import ConfigError, DataError
+from audiotag.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 44100
@@ -543,17 +544,23 @@ def test_fsd2019_bad_rows(tmp_path: Path) -> None:
 
 def test_fsd2019_pretrained_warning(caplog) -> None:
     banned = load_experiment(REPO / "configs/experiments/fsd2019/cnn10_scratch.yaml")
-    assert banned.model.pretrained is None and warn_about_rules(banned) == []
+    assert (
+        banned.model.pretrained is None
+        and warn_about_rules(banned.competition, banned.model.pretrained) == []
+    )
     with caplog.at_level(logging.WARNING):
         cheating = load_experiment(
             REPO / "configs/experiments/fsd2019/cnn10_scratch.yaml",
             ["model.pretrained=cnn10", "features=panns_32k"],
         )
-        warnings = warn_about_rules(cheating)
+        warnings = warn_about_rules(cheating.competition, cheating.model.pretrained)
     assert len(warnings) == 1 and "banned pretrained models and external data" in warnings[0]
     assert "model.pretrained is 'cnn10'" in caplog.text
     allowed = load_experiment(REPO / "configs/experiments/fsd2018/cnn14.yaml")
-    assert allowed.model.pretrained == "cnn14" and warn_about_rules(allowed) == []
+    assert (
+        allowed.model.pretrained == "cnn14"
+        and warn_about_rules(allowed.competition, allowed.model.pretrained) == []
+    )
 
 
 def test_fsd2019_obtain_from_zenodo_joins_the_noisy_parts(tmp_path: Path, fake_downloads) -> None:
@@ -793,11 +800,13 @@ def test_audioset_obtain_downloads_only_the_label_csvs(tmp_path: Path, fake_down
 # ----------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_data_dir_must_exist(workspace: Path, capsys) -> None:
     assert main(["prepare", "-c", "fsd2018", "--data-dir", str(workspace / "nowhere")]) == 2
     assert "--data-dir" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_prepare_fsd2018_from_data_dir(workspace: Path, fake_downloads) -> None:
     fake = fake_downloads(FakeDownloads())
     data = fake_fsd2018_kaggle(workspace / "kaggle-input", empty=False, test=TEST_2018[:3])

@@ -7,15 +7,14 @@ import pytest
 
 from audiotag.config import (
     AudioRules,
-    ExperimentConfig,
     FeatureConfig,
     apply_overrides,
     configs_root,
     load_competition,
     load_ensemble,
-    load_experiment,
 )
 from audiotag.errors import ConfigError
+from audiotag.experiment import ExperimentConfig, load_experiment
 
 DEMO = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
 

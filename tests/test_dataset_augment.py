@@ -133,9 +133,9 @@ def test_spec_augment_zero_fill() -> None:
 
 def test_specaugment_goes_after_bn0_with_zeros_for_panns_cnns() -> None:
     """As official PANNs training: bn0, then SpecAugment filling with 0 (after_norm), by default."""
-    from audiotag.config import CnnConfig
     from audiotag.data.augment import resolve_specaugment, spec_mask
     from audiotag.errors import ConfigError
+    from audiotag.models.cnn14 import CnnConfig
     from audiotag.models.registry import build_model
 
     auto = SpecAugmentConfig()

@@ -124,8 +124,8 @@ def test_ddp_run_killed_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
 
 
 def test_batch_size_must_split_across_processes() -> None:
-    from audiotag.config import load_experiment
     from audiotag.errors import ConfigError
+    from audiotag.experiment import load_experiment
     from audiotag.stages.train import train_experiment
     from audiotag.train.distributed import DistContext
 

@@ -31,17 +31,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audiotag import kaggle_api
-from audiotag.data import download as dl
-from audiotag.data.download import (
-    RemoteFile,
-    download,
-    extract_zip,
-    join_split_zip,
-    kaggle_download,
-    zenodo_files,
-)
 from audiotag.errors import ConfigError, DataError
+from audiotag.fetch import extract as fetch_extract
+from audiotag.fetch import http as fetch_http
+from audiotag.fetch import kaggle as fetch_kaggle
+from audiotag.fetch import splitzip as fetch_splitzip
+from audiotag.fetch.extract import extract_zip
+from audiotag.fetch.http import RemoteFile, download
+from audiotag.fetch.kaggle import kaggle_download
+from audiotag.fetch.splitzip import join_split_zip
+from audiotag.fetch.zenodo import zenodo_files
 from tests.http_fakes import running_server, serve_bytes
 
 PAYLOAD = np.random.default_rng(1).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
@@ -153,7 +152,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.delenv("AUDIOTAG_OFFLINE", raising=False)
-    monkeypatch.setattr(dl, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(fetch_http, "RETRY_WAIT_S", 0.0)  # zenodo reads it here too
     state = ServerState()
     with running_server(Handler, state) as url:
         yield Server(state, url)
@@ -239,7 +238,7 @@ def test_accept_part_keeps_the_existing_file_on_mismatch(tmp_path: Path) -> None
     final.write_bytes(PAYLOAD)
     part.write_bytes(OTHER)
     with pytest.raises(DataError, match="left as it was"):
-        dl.accept_part(part, final, dl.Expected(sha256=sha256(PAYLOAD)), url="http://x/a.bin")
+        fetch_http.accept_part(part, final, fetch_http.Expected(sha256=sha256(PAYLOAD)), url="http://x/a.bin")
     assert final.read_bytes() == PAYLOAD and not part.exists()
 
 
@@ -270,7 +269,7 @@ def test_checked_file_is_not_hashed_again(
     def no_hashing(*args: object, **kwargs: object) -> None:
         raise AssertionError("hashed again")
 
-    monkeypatch.setattr(dl, "file_digests", no_hashing)
+    monkeypatch.setattr(fetch_http, "file_digests", no_hashing)
     download(remote(server), tmp_path)  # the stamp beside it holds the digests
     os.utime(tmp_path / "a.bin", ns=(1, 1))  # touched: the stamp no longer applies
     with pytest.raises(AssertionError, match="hashed again"):
@@ -437,7 +436,7 @@ def test_join_split_zip_equals_the_original(
 def test_join_with_zip64_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # archives over 4 GiB need Zip64 offsets; force them on a small one and let zipfile read it back
     parts, files = make_split(tmp_path, "64k")
-    monkeypatch.setattr(dl, "ZIP64_LIMIT", 0)
+    monkeypatch.setattr(fetch_splitzip, "ZIP64_LIMIT", 0)
     out = join_split_zip(parts, tmp_path / "joined.zip", verify_crc=True)
     raw = out.read_bytes()
     assert b"PK\x06\x06" in raw and b"PK\x06\x07" in raw
@@ -510,7 +509,7 @@ def test_extract_zip_then_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     def must_not_run(*args: object) -> None:
         raise AssertionError("extracted again")
 
-    monkeypatch.setattr(dl, "_extract_all", must_not_run)
+    monkeypatch.setattr(fetch_extract, "_extract_all", must_not_run)
     assert sorted(extract_zip(archive, dest)) == sorted(got)
     (dest / "audio" / "a.wav").unlink()  # a file gone: extract again
     with pytest.raises(AssertionError, match="extracted again"):
@@ -770,7 +769,7 @@ def test_kaggle_client_not_installed_or_failing_at_import(
 
 
 def test_kaggle_module_hook(kaggle_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dl, "KAGGLE_API_FACTORY", lambda: FakeKaggleApi(credentials=False))
+    monkeypatch.setattr(fetch_kaggle, "KAGGLE_API_FACTORY", lambda: FakeKaggleApi(credentials=False))
     with pytest.raises(DataError, match="no Kaggle credentials"):
         kaggle_download(SLUG, tmp_path / "raw")
     with pytest.raises(ConfigError, match="slug"):
@@ -781,7 +780,7 @@ def test_kaggle_module_hook(kaggle_env: Path, tmp_path: Path, monkeypatch: pytes
 def real_kaggle(kaggle_env: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> type:
     """The real client class, with its endpoint moved to the local server and no credentials."""
     pytest.importorskip("kagglesdk")
-    api_class = kaggle_api.client_class()
+    api_class = fetch_kaggle.client_class()
     from kagglesdk import kaggle_env as env_module
 
     monkeypatch.setitem(env_module._env_to_endpoint, env_module.KaggleEnv.PROD, server.base)

@@ -76,6 +76,7 @@ def test_multilabel_demo_end_to_end(workspace: Path, capsys: pytest.CaptureFixtu
     assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_for_an_existing_run(workspace: Path, capsys) -> None:
     assert run_cli(tiny_args("train", extra=["train.epochs=1"])) == 0
     assert run_cli(tiny_args("train", extra=["train.epochs=1", "train.lr=0.1"])) == 2
@@ -87,7 +88,8 @@ def test_changed_config_is_refused_for_an_existing_run(workspace: Path, capsys) 
 
 
 def test_a_setting_added_after_a_run_started_counts_as_unchanged_at_its_default() -> None:
-    from audiotag.config import configs_root, load_experiment
+    from audiotag.config import configs_root
+    from audiotag.experiment import load_experiment
     from audiotag.stages.train import changed_settings, result_settings
 
     path = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
@@ -104,6 +106,7 @@ def test_a_setting_added_after_a_run_started_counts_as_unchanged_at_its_default(
     assert changed_settings({**saved, "train.lr": 1.0}, result_settings(cfg), cfg) == ["train.lr"]
 
 
+@pytest.mark.slow
 def test_bad_input_gives_clear_errors(workspace: Path, capsys) -> None:
     assert run_cli(["train", "--set", "train.epoch=3"]) == 2
     assert "train.epoch: unknown key" in capsys.readouterr().err
@@ -157,6 +160,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(oof_a, oof_b, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_unusable_train_audio_is_left_out_of_training(workspace: Path, caplog) -> None:
     import shutil
 
@@ -175,6 +179,7 @@ def test_unusable_train_audio_is_left_out_of_training(workspace: Path, caplog) -
     assert victim["clip_id"] in set(report["clip_id"])
 
 
+@pytest.mark.slow
 def test_clip_table_follows_the_competition_settings(workspace: Path, caplog) -> None:
     from audiotag.competitions import get_competition
     from audiotag.config import load_competition

@@ -12,6 +12,7 @@ from torch import nn
 from audiotag.cli import main
 from audiotag.config import TrainConfig
 from audiotag.errors import TrainingError
+from audiotag.train import epoch as epoch_mod
 from audiotag.train import loop
 from audiotag.train.engine import StepEngine, out_of_memory_advice, resolve_precision
 from tests.conftest import tiny_args
@@ -100,14 +101,37 @@ def test_bf16_ema_accumulation_run_end_to_end(workspace: Path) -> None:
     assert main(tiny_args("prepare", "train", extra=extra)) == 0
     done = json.loads((workspace / "competition/demo/runs/cnn_small/fold0/done.json").read_text())
     assert done["precision"] == "bf16" and done["epochs_run"] == 2
-    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in done["history"])
 
 
-def test_nan_loss_stops_with_a_clear_message(workspace: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(loop, "weighted_bce", lambda logits, y, w: logits.sum() * float("nan"))
-    assert main(tiny_args("prepare", "train", extra=["train.folds=[0]"])) == 2
+@pytest.mark.slow
+def test_nan_loss_stops_naming_fold_and_epoch_and_keeps_the_last_good_checkpoint(
+    workspace: Path, monkeypatch, capsys
+) -> None:
+    """The loss turns NaN in the second epoch: training stops with a message naming the fold and the
+    epoch, and the first epoch's checkpoints are left to resume from (no done.json)."""
+    real_bce, real_score = epoch_mod.weighted_bce, loop.fold_score
+    scored: list[float] = []
+
+    def score_and_count(data, scores):
+        scored.append(real_score(data, scores))
+        return scored[-1]
+
+    def bce_nan_after_first_epoch(logits, y, w):
+        loss = real_bce(logits, y, w)
+        return loss * float("nan") if scored else loss
+
+    monkeypatch.setattr(loop, "fold_score", score_and_count)
+    monkeypatch.setattr(epoch_mod, "weighted_bce", bce_nan_after_first_epoch)
+    assert main(tiny_args("prepare", "train", extra=["train.folds=[0]", "train.epochs=3"])) == 2
     err = capsys.readouterr().err
-    assert "loss became nan" in err and "train.lr" in err
+    assert "fold 0: loss became nan at epoch 2" in err and "train.lr" in err
+    fold = workspace / "competition/demo/runs/cnn_small/fold0"
+    assert len(scored) == 1 and not (fold / "done.json").exists()
+    last = torch.load(fold / "last.pt", weights_only=False)["state"]
+    assert last["epoch"] == 1 and "partial" not in last and len(last["history"]) == 1
+    assert torch.isfinite(torch.tensor(last["history"][0]["loss"]))
+    best = torch.load(fold / "best.pt", weights_only=False)
+    assert best["epoch"] == 0 and best["score"] == pytest.approx(scored[0])
 
 
 class Killed(BaseException):
@@ -158,14 +182,14 @@ def test_mid_epoch_random_states_are_kept_per_rank() -> None:
             aug = torch.Generator().manual_seed(100 + rank)
             torch.manual_seed(200 + rank)
             torch.rand(3, generator=aug), torch.rand(3)
-            saved.append(loop.rank_progress(float(rank), 10 + rank, aug, cpu))
+            saved.append(epoch_mod.rank_progress(float(rank), 10 + rank, aug, cpu))
         partial = {"epoch": 1, "batch": 3, "ranks": saved}
         for rank in range(2):
             aug = torch.Generator()
-            assert loop.restore_rank_progress(partial, rank, 2, aug, cpu) == (float(rank), 10 + rank)
+            assert epoch_mod.restore_rank_progress(partial, rank, 2, aug, cpu) == (float(rank), 10 + rank)
             assert torch.equal(aug.get_state(), saved[rank]["aug_state"])
             assert torch.equal(torch.get_rng_state(), saved[rank]["rng_state"])
         older = {"epoch": 1, "batch": 3, **saved[1]}  # written before states were kept per rank
-        assert loop.restore_rank_progress(older, 0, 1, torch.Generator(), cpu) == (1.0, 11)
+        assert epoch_mod.restore_rank_progress(older, 0, 1, torch.Generator(), cpu) == (1.0, 11)
         with pytest.raises(TrainingError, match=r"written by 2 training process.*resume with --gpus 2"):
-            loop.restore_rank_progress(partial, 0, 1, torch.Generator(), cpu)
+            epoch_mod.restore_rank_progress(partial, 0, 1, torch.Generator(), cpu)

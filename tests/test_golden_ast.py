@@ -40,10 +40,10 @@ import pytest
 import torch
 from torch import nn
 
-from audiotag.config import AstConfig, FeatureConfig, read_yaml
+from audiotag.config import FeatureConfig, read_yaml
 from audiotag.data.dataset import fit_length, silence_value
 from audiotag.data.features import make_extractor
-from audiotag.models.ast import AstBackbone
+from audiotag.models.ast import AstBackbone, AstConfig
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.models.tagger import Tagger
 from tests.golden_weights import fixture_state, load_fixture

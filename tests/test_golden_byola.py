@@ -32,11 +32,13 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import ByolaConfig, FeatureConfig, InputNorm, NormStatsConfig, load_group, validate
+from audiotag.config import FeatureConfig, InputNorm, NormStatsConfig, load_group, validate
 from audiotag.data import norm_stats
 from audiotag.data.features import compute_logmel, make_extractor
+from audiotag.fetch.weights import cached_path
+from audiotag.models.byola import ByolaConfig
 from audiotag.models.heads import pool_time
-from audiotag.models.pretrained import cached_path, lookup
+from audiotag.models.pretrained import lookup
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.models.tagger import Tagger
 from tests.golden_weights import fixture_state, load_fixture

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import CnnConfig, FeatureConfig, load_group, validate
+from audiotag.config import FeatureConfig, load_group, validate
 from audiotag.data.features import compute_logmel
+from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.registry import build_model, load_pretrained
 from tests.golden_weights import fixture_state, load_fixture
 

@@ -71,6 +71,7 @@ def done_scores(run_dir: Path) -> list[float]:
     return [json.loads((run_dir / f"fold{k}" / "done.json").read_text())["score"] for k in range(3)]
 
 
+@pytest.mark.slow
 def test_leaderboard_table_files_lb_and_plots(demo: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     log_submission(demo, "pair_rank", "11", "rank blend of two")
     log_submission(demo, "demo", "12", "single cnn")
@@ -135,6 +136,7 @@ def test_leaderboard_table_files_lb_and_plots(demo: Path, monkeypatch: pytest.Mo
         assert f"plot: {picture}" in out
 
 
+@pytest.mark.slow
 def test_without_credentials_the_lb_is_blank_with_a_note(
     demo: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -158,6 +160,7 @@ def test_without_credentials_the_lb_is_blank_with_a_note(
     assert "LB not read (--no-lb)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_competition_without_runs_and_figures_without_data(workspace: Path, capsys) -> None:
     assert main(["leaderboard", "-c", "demo2019"]) == 0
     assert "no runs in" in capsys.readouterr().out

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotag.config import CnnConfig, load_group, validate
+from audiotag.config import load_group, validate
 from audiotag.errors import ConfigError
-from audiotag.models.cnn14 import convert_aisfx, convert_panns
+from audiotag.models.cnn14 import CnnConfig, convert_aisfx, convert_panns
 from audiotag.models.loading import load_converted
 from audiotag.models.registry import build_model, load_pretrained
 from tests.golden_weights import seeded_state

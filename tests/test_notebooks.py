@@ -55,12 +55,14 @@ def outputs(notebook: nbformat.NotebookNode) -> tuple[str, int]:
     return "\n".join(texts), images
 
 
+@pytest.mark.slow  # the demo workspace is trained through the CLI
 def test_eda_notebook_runs_on_the_demo(demo: Path) -> None:
     text, images = outputs(run_notebook(NOTEBOOKS / "eda.ipynb", demo))
     assert "demo: 112 clips" in text and "verified share overall" in text and "cache: logmel_16k_64-" in text
     assert images >= 4  # class counts, durations, verified share, log-mel images
 
 
+@pytest.mark.slow  # the demo workspace is trained through the CLI
 def test_results_notebook_runs_on_the_demo(demo: Path) -> None:
     text, images = outputs(run_notebook(NOTEBOOKS / "results.ipynb", demo))
     assert "best run: cnn_small" in text and "cnn_seed1" in text and "pair_rank" in text

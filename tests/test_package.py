@@ -12,7 +12,7 @@ import pytest
 
 from audiotag.cli import main
 from audiotag.errors import DataError
-from audiotag.package import find_test_audio, run_inference
+from audiotag.inference import find_test_audio, run_inference
 from audiotag.predictions import read_predictions
 from tests import demo_workspace
 from tests.conftest import PYTHON
@@ -27,6 +27,7 @@ def top3(labels: pd.Series) -> list[list[str]]:
     return [str(x).split(" ") for x in labels]
 
 
+@pytest.mark.slow
 def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsys) -> None:
     out = demo / "bundle"
     assert main(["package", "-c", "demo", str(out)]) == 0
@@ -39,7 +40,7 @@ def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsy
         assert (out / "members" / "cnn_small" / f"fold{fold}" / "best.pt").is_file()
     assert (out / "members" / "cnn_small" / "config.yaml").is_file()
     assert (out / "ensemble.yaml").is_file() and (out / "ensemble_report.json").is_file()
-    assert (out / "code" / "audiotag" / "package.py").is_file()
+    assert (out / "code" / "audiotag" / "inference.py").is_file()
     assert not list(out.rglob("__pycache__"))
 
     # the packaged script, alone: its own copy of the code, the demo's raw folder as /kaggle/input/<slug>
@@ -80,6 +81,7 @@ def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsy
     np.testing.assert_allclose(scores, run_scores[order], atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ensemble", ["pair_rank", "pair_stack"])
 def test_weighted_rank_blend_and_stacker_are_reproduced(demo: Path, ensemble: str) -> None:
     out = demo / f"bundle_{ensemble}"
@@ -102,6 +104,7 @@ def test_weighted_rank_blend_and_stacker_are_reproduced(demo: Path, ensemble: st
     assert top3(ours["label"]) == top3(theirs["label"])
 
 
+@pytest.mark.slow
 def test_package_refuses_what_it_cannot_ship(demo: Path, capsys) -> None:
     # a folder that is not ours is never overwritten
     busy = demo / "busy"
@@ -118,6 +121,7 @@ def test_package_refuses_what_it_cannot_ship(demo: Path, capsys) -> None:
     assert not (demo / "x").exists() and not (demo / "x.partial").exists()
 
 
+@pytest.mark.slow
 def test_package_needs_the_ensemble_report(demo: Path, capsys) -> None:
     (demo / "submissions" / "demo" / "demo.json").unlink()
     assert main(["package", str(demo / "x")]) == 2

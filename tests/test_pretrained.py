@@ -27,11 +27,18 @@ import torch
 from safetensors.torch import save_file
 
 from audiotag.cli import main
-from audiotag.config import AstConfig, FeatureConfig, TimmConfig
+from audiotag.config import FeatureConfig
 from audiotag.errors import ConfigError, DataError
+from audiotag.fetch import http as fetch_http
+from audiotag.fetch import weights as fetch_weights
+from audiotag.fetch.weights import Checkpoint
 from audiotag.models import pretrained
-from audiotag.models.pretrained import KNOWN, LAYOUTS, Checkpoint, fetch, lookup, read_state_dict, resolve
-from audiotag.models.registry import build_model, check_pretrained, load_pretrained
+from audiotag.models.ast import AstConfig
+from audiotag.models.cnn14 import CONVERTERS, CnnConfig, build_backbone
+from audiotag.models.family import Family
+from audiotag.models.pretrained import KNOWN, fetch, lookup, read_state_dict, resolve
+from audiotag.models.registry import build_model, check_pretrained, families, load_pretrained
+from audiotag.models.timm_cnn import TimmConfig
 from tests.http_fakes import running_server, serve_bytes
 
 
@@ -88,7 +95,7 @@ class Server:
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.delenv("AUDIOTAG_OFFLINE", raising=False)
-    monkeypatch.setattr(pretrained, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(fetch_http, "RETRY_WAIT_S", 0.0)
     state = ServerState()
     with running_server(Handler, state) as url:
         yield Server(state, f"{url}/fake.pth")
@@ -121,7 +128,7 @@ def visible(folder: Path) -> list[str]:
 
 
 def records(cache: Path) -> dict:
-    return json.loads((cache / pretrained.RECORD_FILE).read_text())["files"]
+    return json.loads((cache / fetch_weights.RECORD_FILE).read_text())["files"]
 
 
 # --------------------------------------------------------------------------- the table
@@ -130,8 +137,10 @@ def records(cache: Path) -> dict:
 def test_weights_table_is_consistent() -> None:
     filenames = [c.filename for c in KNOWN.values()]
     assert len(set(filenames)) == len(filenames)
+    layouts = {layout for family in families().values() for layout in family.converters}
+    assert len(KNOWN) == sum(len(f.checkpoints) for f in families().values())  # every family's rows
     for name, c in KNOWN.items():
-        assert c.name == name and c.layout in LAYOUTS and c.model and c.license
+        assert c.name == name and c.layout in layouts and c.model and c.license
         assert (c.url is None) != (c.package is None)
         assert c.url is None or c.url.startswith("https://")
     assert {KNOWN[n].layout for n in ("cnn14", "cnn14_16k", "cnn10", "cnn6")} == {"panns"}
@@ -143,8 +152,10 @@ def test_weights_table_is_consistent() -> None:
 def test_checkpoint_refuses_malformed_entries() -> None:
     with pytest.raises(ValueError, match="sha256"):
         fake_ckpt("https://x/y", sha256="ABC")
-    with pytest.raises(ValueError, match="layout"):
-        fake_ckpt("https://x/y", layout="resnet")
+    with pytest.raises(ValueError, match="layout 'resnet'"):  # a row its family cannot convert
+        Family(
+            CnnConfig, build_backbone, CONVERTERS, checkpoints=(fake_ckpt("https://x/y", layout="resnet"),)
+        )
     with pytest.raises(ValueError, match="url and package"):
         fake_ckpt(None)
 
@@ -156,7 +167,7 @@ def test_fresh_fetch_checks_size_md5_sha256(server: Server, tmp_path: Path) -> N
     path = fetch(fake_ckpt(server.url), tmp_path)
     assert path == tmp_path / "fake.pth" and path.read_bytes() == PAYLOAD
     assert not (tmp_path / "fake.pth.part").exists()
-    assert not (tmp_path / pretrained.RECORD_FILE).exists()  # a published SHA-256 needs no record
+    assert not (tmp_path / fetch_weights.RECORD_FILE).exists()  # a published SHA-256 needs no record
     assert server.state.ranges == [None]
     assert fetch(fake_ckpt(server.url), tmp_path) == path  # cached: verified, not downloaded again
     assert len(server.state.ranges) == 1
@@ -286,10 +297,10 @@ def test_offline_mode_names_the_file_and_never_connects(
 
 def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path / "c"))
-    assert pretrained.cache_root() == tmp_path / "c"
-    assert pretrained.cache_root(tmp_path / "d") == tmp_path / "d"
+    assert fetch_weights.cache_root() == tmp_path / "c"
+    assert fetch_weights.cache_root(tmp_path / "d") == tmp_path / "d"
     monkeypatch.delenv("AUDIOTAG_CACHE")
-    assert pretrained.cache_root() == Path.home() / ".cache" / "audiotag"
+    assert fetch_weights.cache_root() == Path.home() / ".cache" / "audiotag"
 
 
 # --------------------------------------------------------------------------- resolve
@@ -393,6 +404,7 @@ def test_read_state_dict_refuses_what_is_not_weights(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_weights_list(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -408,6 +420,7 @@ def test_cli_weights_list(
     assert str(tmp_path) in out
 
 
+@pytest.mark.slow
 def test_cli_weights_fetch(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -475,12 +488,12 @@ def test_timm_names_follow_timms_pretrained_cfg() -> None:
 
 def test_hf_endpoint_redirects_every_hugging_face_download(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    assert pretrained.download_url(KNOWN["efficientnet_b0"]) == KNOWN["efficientnet_b0"].url
+    assert fetch_weights.download_url(KNOWN["efficientnet_b0"]) == KNOWN["efficientnet_b0"].url
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/")
-    assert pretrained.download_url(KNOWN["efficientnet_b0"]) == (
+    assert fetch_weights.download_url(KNOWN["efficientnet_b0"]) == (
         "http://127.0.0.1:9/timm/efficientnet_b0.ra_in1k/resolve/main/model.safetensors"
     )
-    assert pretrained.download_url(KNOWN["cnn14"]) == KNOWN["cnn14"].url  # Zenodo: unchanged
+    assert fetch_weights.download_url(KNOWN["cnn14"]) == KNOWN["cnn14"].url  # Zenodo: unchanged
 
 
 def test_timm_names_refused_with_clear_config_errors() -> None:
@@ -592,6 +605,7 @@ def test_resolve_prefers_an_existing_file_named_like_timm(
     assert resolve("timm/mine.pth") == (Path("timm/mine.pth"), None)
 
 
+@pytest.mark.slow
 def test_cli_weights_fetch_and_list_timm(
     hub: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -611,3 +625,32 @@ def test_cli_weights_fetch_and_list_timm(
     assert row.split()[1:3] == ["yes", "apache-2.0*"] and row.split()[-1] == "yes"
     assert main(["weights", "list", "--timm", "no_such_arch*"]) == 2
     assert "no timm weights match" in capsys.readouterr().err
+
+
+def test_pickle_globals_are_allowed_per_table_entry(tmp_path: Path) -> None:
+    """torch.load stays weights-only; numpy arrays only where the entry (or a plain path) allows them."""
+    state = small_state()
+    panns_like = tmp_path / "panns.pth"
+    torch.save({"model": state, "sampler": {"indexes": np.arange(4), "pointer": np.int64(2)}}, panns_like)
+    assert read_state_dict(panns_like).keys() == state.keys()  # a path: numpy allowed
+    assert read_state_dict(panns_like, allow=KNOWN["cnn14"].pickle_globals).keys() == state.keys()
+    with pytest.raises(DataError, match=r"numpy\.") as refused:
+        read_state_dict(panns_like, allow=KNOWN["byola512"].pickle_globals)  # a plain state dict's entry
+    assert "weights_only=True" in str(refused.value)
+    for name, ckpt in KNOWN.items():
+        expect = ("numpy",) if ckpt.layout in ("panns", "aisfx") else ()
+        assert ckpt.pickle_globals == expect, name
+    with pytest.raises(ValueError, match="pickle_globals"):
+        replace(KNOWN["cnn14"], pickle_globals=("builtins",))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_a_pickle_that_runs_code_is_refused_whatever_is_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"model": small_state(), "extra": _RunsCode()}, path)
+    with pytest.raises(DataError, match="Python objects"):
+        read_state_dict(path, allow=("numpy",))

@@ -156,6 +156,7 @@ def assert_no_secret(*texts: str) -> None:
 # --------------------------------------------------------------------------- through the real client
 
 
+@pytest.mark.slow
 def test_submit_through_the_kaggle_client_logs_hash_cv_members_and_reply(
     kaggle: KaggleStub, submission: Path, workspace: Path, capsys, caplog
 ) -> None:
@@ -211,6 +212,7 @@ ERRORS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("call", "status", "message", "expected"), ERRORS)
 def test_kaggle_refusals_become_clear_errors_and_nothing_is_logged(
     kaggle: KaggleStub, submission: Path, workspace: Path, capsys, caplog, call, status, message, expected
@@ -225,6 +227,7 @@ def test_kaggle_refusals_become_clear_errors_and_nothing_is_logged(
     assert_no_secret(out, err, caplog.text)
 
 
+@pytest.mark.slow
 def test_missing_credentials(
     kaggle: KaggleStub, submission: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -237,6 +240,7 @@ def test_missing_credentials(
     assert kaggle.calls == [] and not log_file(workspace).exists()
 
 
+@pytest.mark.slow
 def test_a_file_that_does_not_match_the_sample_is_refused_before_any_upload(
     kaggle: KaggleStub, submission: Path, workspace: Path, capsys
 ) -> None:
@@ -254,6 +258,7 @@ def test_a_file_that_does_not_match_the_sample_is_refused_before_any_upload(
     assert "order differ" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_usage_errors(kaggle: KaggleStub, submission: Path, workspace: Path, capsys) -> None:
     assert main(["submit", str(submission), "-m", "x"]) == 2  # the demo is not on Kaggle
     assert "pass --slug SLUG" in capsys.readouterr().err

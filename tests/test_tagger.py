@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from audiotag.cli import main
-from audiotag.config import CnnConfig, InputNorm, configs_root, load_experiment
+from audiotag.config import InputNorm, configs_root
 from audiotag.errors import ConfigError
+from audiotag.experiment import load_experiment
+from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.loading import Converted, load_converted
 from audiotag.models.registry import build_model
 from tests.conftest import tiny_args

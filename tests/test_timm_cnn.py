@@ -9,8 +9,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from audiotag.config import FeatureConfig, TimmConfig
+from audiotag.config import FeatureConfig
 from audiotag.errors import ConfigError
+from audiotag.fetch import weights as fetch_weights
 from audiotag.models import pretrained
 from audiotag.models.loading import load_converted
 from audiotag.models.registry import build_model, check_pretrained, load_pretrained
@@ -18,6 +19,7 @@ from audiotag.models.tagger import Tagger, build_head
 from audiotag.models.timm_cnn import (
     CONVERTERS,
     TimmBackbone,
+    TimmConfig,
     build_backbone,
     convert_timm,
     read_timm_file,
@@ -161,7 +163,7 @@ def test_imagenet_weights_from_the_cache_offline(tmp_path: Path, monkeypatch: py
         ours["backbone.model.conv_stem.weight"], state["conv_stem.weight"].sum(dim=1, keepdim=True)
     )
     assert torch.equal(ours["backbone.model.conv_head.weight"], state["conv_head.weight"])
-    assert ckpt.filename in (tmp_path / pretrained.RECORD_FILE).read_text()
+    assert ckpt.filename in (tmp_path / fetch_weights.RECORD_FILE).read_text()
 
 
 def test_pretrained_name_errors_are_config_errors() -> None:

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from audiotag.cli import main
-from audiotag.config import CnnConfig, FeatureConfig
-from audiotag.data.cache import FeatureCache
+from audiotag.config import FeatureConfig
+from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.features import compute_logmel
+from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.registry import build_model
 from tests.conftest import tiny_args
 

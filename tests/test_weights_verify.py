@@ -20,12 +20,14 @@ def test_audioset_labels_are_the_527_classes() -> None:
     assert len(labels) == 527 and labels[0] == "Speech" and "Sine wave" in labels
 
 
+@pytest.mark.slow
 def test_real_aisfx_weights_give_embedding_statistics(capsys: pytest.CaptureFixture[str]) -> None:
     main(["weights", "verify", "aisfx"])
     out = capsys.readouterr().out
     assert "no AudioSet head" in out and "sine_440Hz" in out and "embeddings: dim 512" in out
 
 
+@pytest.mark.slow
 def test_panns_checkpoint_prints_top_audioset_labels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

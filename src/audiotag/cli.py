@@ -1,4 +1,10 @@
-"""Command line: stages -> functions. ``python -m audiotag prepare train ensemble``."""
+"""Command line: ``python -m audiotag prepare train ensemble``, ``audiotag weights list``, ...
+
+One table, ``COMMANDS``, names every command with its one-line help, its parser, its runner and
+whether it is a pipeline stage. Stages share one parser and chain (``audiotag prepare train``, always
+run in table order); every other command has its own parser and runs alone. ``audiotag --help`` lists
+the table, grouped.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +14,29 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from audiotag.config import (
-    EnsembleConfig,
-    ExperimentConfig,
-    configs_root,
-    load_competition,
-    load_ensemble,
-    load_experiment,
-    read_yaml,
-)
+from audiotag.config import EnsembleConfig, configs_root, load_competition, load_ensemble, read_yaml
 from audiotag.errors import AudiotagError, ConfigError
+from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.log import setup_logging
 from audiotag.train.distributed import (
     PARALLEL_MODES,
+    DistContext,
     launched_by_torchrun,
     relaunch_with_torchrun,
     setup,
     teardown,
 )
 
-STAGES = ("prepare", "train", "ensemble")
 log = logging.getLogger("audiotag")
 
 EPILOG = """\
@@ -64,14 +66,31 @@ def output_console(width: int = 120) -> Console:
     return console if console.is_terminal else Console(stderr=False, width=max(console.width, width))
 
 
+def command_list() -> str:
+    """The commands of ``COMMANDS`` with their one line each: pipeline stages, then the others."""
+    width = max(map(len, COMMANDS)) + 2
+    groups = (
+        ("pipeline stages (chain them, e.g. audiotag prepare train ensemble):", True),
+        ("other commands (one at a time: audiotag COMMAND [--help]):", False),
+    )
+    lines = []
+    for title, stage in groups:
+        lines.append(title)
+        lines += [f"  {name:<{width}}{c.help}" for name, c in COMMANDS.items() if c.stage == stage]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The pipeline's parser: one or more stages and their shared options (also ``audiotag --help``)."""
     parser = argparse.ArgumentParser(
         prog="audiotag",
-        description="Audio-tagging competition pipeline: prepare data, train folds, ensemble and submit.",
+        description="Audio-tagging competition pipeline: prepare data, train folds, ensemble and submit."
+        f"\n\n{command_list()}",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("stages", nargs="+", metavar="STAGE", help=f"one or more of: {', '.join(STAGES)}")
+    stages = ", ".join(stage_names())
+    parser.add_argument("stages", nargs="+", metavar="STAGE", help=f"one or more of: {stages}")
     parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
     parser.add_argument("--config", type=Path, help="experiment or ensemble YAML file")
     parser.add_argument(
@@ -178,6 +197,8 @@ def build_weights_parser() -> argparse.ArgumentParser:
 
 
 def run_weights(args: argparse.Namespace) -> None:
+    from audiotag.fetch import weights as weights_cache
+    from audiotag.fetch.http import human_size
     from audiotag.models import pretrained
 
     console = output_console()
@@ -186,7 +207,7 @@ def run_weights(args: argparse.Namespace) -> None:
         return
     if args.action == "list":
         caption = (
-            f"cache: {pretrained.cache_root(args.weights_dir)}\n* timm lists these weights as apache-2.0; "
+            f"cache: {weights_cache.cache_root(args.weights_dir)}\n* timm lists these weights as apache-2.0; "
             "licences of ImageNet-trained weights vary by model (ImageNet's own terms are non-commercial)\n"
             "Any timm CNN (model.name: timm): pretrained: imagenet takes timm's default weights of "
             "model.arch, timm/<arch>.<tag> names others; `weights list --timm 'PATTERN'` lists them, "
@@ -199,10 +220,10 @@ def run_weights(args: argparse.Namespace) -> None:
             table.add_row(
                 ckpt.name,
                 ckpt.layout,
-                pretrained.human_size(ckpt.size),
+                human_size(ckpt.size),
                 ckpt.license,
                 ckpt.front_end,
-                pretrained.cache_status(ckpt, args.weights_dir),
+                weights_cache.cache_status(ckpt, args.weights_dir),
             )
         console.print(table)
         return
@@ -243,6 +264,7 @@ def _verify_weights(console: Console, args: argparse.Namespace) -> None:
 
 
 def _list_timm_weights(console: Console, pattern: str, weights_dir: Path | None) -> None:
+    from audiotag.fetch import weights as weights_cache
     from audiotag.models import pretrained
 
     found = pretrained.timm_catalogue(pattern)
@@ -252,7 +274,7 @@ def _list_timm_weights(console: Console, pattern: str, weights_dir: Path | None)
             "<arch>.<tag>, e.g. 'resnet34*' or '*efficientnet_b0*'"
         )
     caption = (
-        f"cache: {pretrained.cache_root(weights_dir)}\n* as timm's pretrained_cfg lists it; licences of "
+        f"cache: {weights_cache.cache_root(weights_dir)}\n* as timm's pretrained_cfg lists it; licences of "
         "ImageNet-trained weights vary by model (ImageNet's own terms are non-commercial). Default = what "
         "pretrained: imagenet takes for that model.arch"
     )
@@ -269,7 +291,7 @@ def _list_timm_weights(console: Console, pattern: str, weights_dir: Path | None)
             "yes" if default else "",
             ckpt.license,
             source,
-            pretrained.cache_status(ckpt, weights_dir),
+            weights_cache.cache_status(ckpt, weights_dir),
         )
     console.print(table)
 
@@ -367,7 +389,7 @@ def build_package_parser() -> argparse.ArgumentParser:
 
 
 def run_package(args: argparse.Namespace) -> None:
-    from audiotag.package import build_package
+    from audiotag.stages.package import build_package
 
     if args.ensemble is None:
         path = default_config(args.competition or "demo", "ensemble")
@@ -383,14 +405,6 @@ def run_package(args: argparse.Namespace) -> None:
         f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})",
         soft_wrap=True,
     )
-
-
-COMMANDS = {
-    "weights": (build_weights_parser, run_weights),
-    "submit": (build_submit_parser, run_submit),
-    "leaderboard": (build_leaderboard_parser, run_leaderboard),
-    "package": (build_package_parser, run_package),
-}
 
 
 def is_ensemble_file(path: Path) -> bool:
@@ -489,8 +503,105 @@ def print_ensemble(console: Console, result) -> None:
         console.print(f"test {result.metric} (hidden demo labels): [bold]{result.test_score:.4f}[/bold]")
 
 
+@dataclass
+class Pipeline:
+    """What the stages of one ``audiotag STAGE...`` call share."""
+
+    args: argparse.Namespace
+    stages: list[str]
+    exp: ExperimentConfig | None
+    ctx: DistContext
+    console: Console
+
+
+def run_prepare(pipe: Pipeline) -> None:
+    from audiotag.stages.prepare import prepare
+
+    assert pipe.exp is not None
+    if pipe.ctx.is_main:
+        prepare(pipe.exp.competition, pipe.exp.features, workers=pipe.args.workers)
+    pipe.ctx.barrier()
+
+
+def run_train(pipe: Pipeline) -> None:
+    from audiotag.stages.train import train_experiment
+
+    assert pipe.exp is not None
+    args = pipe.args
+    result = train_experiment(pipe.exp, run_name=args.run_name, workers=args.workers, ctx=pipe.ctx)
+    if pipe.ctx.is_main:
+        print_run(pipe.console, result)
+
+
+def run_ensemble_stage(pipe: Pipeline) -> None:
+    from audiotag.ensemble import run_ensemble
+
+    if pipe.ctx.is_main:
+        only = pipe.stages == ["ensemble"]
+        print_ensemble(pipe.console, run_ensemble(ensemble_config(pipe.args, pipe.exp, only_stage=only)))
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: a pipeline stage (``run`` takes the ``Pipeline``; the parser is the shared
+    ``build_parser``) or a command of its own (``run`` takes its parsed arguments)."""
+
+    help: str
+    parser: Callable[[], argparse.ArgumentParser]
+    run: Callable[[Any], None]
+    stage: bool = False
+    needs_experiment: bool = False  # a stage that reads the experiment config
+
+
+COMMANDS: dict[str, Command] = {
+    "prepare": Command(
+        "download or synthesise the data; clip table, folds and the feature cache",
+        build_parser,
+        run_prepare,
+        stage=True,
+        needs_experiment=True,
+    ),
+    "train": Command(
+        "train the experiment's folds (a killed run resumes); CV per fold",
+        build_parser,
+        run_train,
+        stage=True,
+        needs_experiment=True,
+    ),
+    "ensemble": Command(
+        "blend runs on their out-of-fold predictions; write the submission",
+        build_parser,
+        run_ensemble_stage,
+        stage=True,
+    ),
+    "weights": Command(
+        "pretrained checkpoints: list, fetch (download + verify) or verify on audio",
+        build_weights_parser,
+        run_weights,
+    ),
+    "submit": Command(
+        "validate a submission CSV, submit it to Kaggle and log it", build_submit_parser, run_submit
+    ),
+    "leaderboard": Command(
+        "every run, blend and submission by CV (LB from Kaggle; --plots, --csv, --html)",
+        build_leaderboard_parser,
+        run_leaderboard,
+    ),
+    "package": Command(
+        "a Kaggle offline inference bundle: code, weights and inference.py",
+        build_package_parser,
+        run_package,
+    ),
+}
+
+
+def stage_names() -> list[str]:
+    return [name for name, command in COMMANDS.items() if command.stage]
+
+
 def run(args: argparse.Namespace) -> None:
-    unknown = [s for s in args.stages if s not in STAGES]
+    """The pipeline: the named stages, in table order, sharing the experiment and the process group."""
+    unknown = [s for s in args.stages if s not in COMMANDS or not COMMANDS[s].stage]
     commands = [s for s in unknown if s in COMMANDS]
     if commands:
         raise ConfigError(
@@ -498,10 +609,10 @@ def run(args: argparse.Namespace) -> None:
             f"(audiotag {commands[0]} --help)"
         )
     if unknown:
-        raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(STAGES)}")
-    stages = [s for s in STAGES if s in args.stages]  # always in pipeline order
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(stage_names())}")
+    stages = [s for s in stage_names() if s in args.stages]  # always in pipeline order
     console = output_console()
-    exp = experiment_config(args) if {"prepare", "train"} & set(stages) else None
+    exp = experiment_config(args) if any(COMMANDS[s].needs_experiment for s in stages) else None
     if args.gpus < 1:
         raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")
     if args.gpus > 1 and not launched_by_torchrun():
@@ -509,27 +620,12 @@ def run(args: argparse.Namespace) -> None:
     ctx = setup(args.parallel)
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0 reports
+    pipe = Pipeline(args, stages, exp, ctx, console)
     try:
         for stage in stages:
             started = time.time()
             log.info("stage %s: starting", stage)
-            if stage == "prepare":
-                from audiotag.stages.prepare import prepare
-
-                if ctx.is_main:
-                    prepare(exp.competition, exp.features, workers=args.workers)
-                ctx.barrier()
-            elif stage == "train":
-                from audiotag.stages.train import train_experiment
-
-                result = train_experiment(exp, run_name=args.run_name, workers=args.workers, ctx=ctx)
-                if ctx.is_main:
-                    print_run(console, result)
-            elif ctx.is_main:
-                from audiotag.ensemble import run_ensemble
-
-                only = stages == ["ensemble"]
-                print_ensemble(console, run_ensemble(ensemble_config(args, exp, only_stage=only)))
+            COMMANDS[stage].run(pipe)
             log.info("stage %s: done in %.1fs", stage, time.time() - started)
     finally:
         teardown()
@@ -537,13 +633,12 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] and argv[0] in COMMANDS:
-        build, action = COMMANDS[argv[0]]
-        args = build().parse_args(argv[1:])
-        args.argv = argv
-    else:
+    command = COMMANDS.get(argv[0]) if argv else None
+    if command is not None and not command.stage:
+        args, action = command.parser().parse_args(argv[1:]), command.run
+    else:  # stages, or options before them: the pipeline
         args, action = build_parser().parse_args(argv), run
-        args.argv = argv
+    args.argv = argv
     setup_logging(args.verbose)
     try:
         action(args)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -277,118 +277,17 @@ class ModelBase(StrictModel):
         default_factory=NormStatsConfig, description="how input_norm: dataset measures its statistics"
     )
 
-
-class CnnConfig(ModelBase):
-    """The PANNs CNN family (CNN14, CNN10, CNN6) and other PANNs-style CNNs (aisfx)."""
-
-    name: Literal["cnn"] = "cnn"
-    channels: list[int] = Field(
-        default_factory=lambda: [64, 128, 256, 512, 1024, 2048],
-        description="output channels of each conv block (CNN14: 64..2048, six blocks)",
-    )
-    block: Literal["double3x3", "single5x5"] = Field(
-        "double3x3", description="two 3x3 conv+BN+ReLU (CNN14, CNN10) or one 5x5 (CNN6)"
-    )
-    pool_size: list[int] = Field(
-        default_factory=lambda: [2, 2],
-        description="pooling (freq, time) after each block but the last",
-    )
-    pool_type: Literal["avg", "max"] = "avg"
-    pool_last: bool = Field(
-        False,
-        description="the last block pools too (PANNs Cnn10/Cnn6 pool 2x2 after conv_block4; Cnn14's "
-        "conv_block6 does not)",
-    )
-    block_dropout: float = Field(0.2, ge=0, lt=1, description="dropout after every conv block (PANNs: 0.2)")
-    bn0: bool = Field(True, description="BatchNorm over mel bins at the input (PANNs)")
-    time_smoothing: bool = Field(
-        False,
-        description="3-frame max+avg pooling over time before the head: PANNs' sound-event-detection "
-        "variants (Cnn14_DecisionLevel*) only, not the tagging models Cnn14/Cnn10/Cnn6",
-    )
-    global_pool: Literal["mean+max", "mean", "max"] = "mean+max"
-    embedding_dim: int | None = Field(2048, gt=0)
+    token_heads: ClassVar[bool] = False  # True for transformers: heads cls/mean instead of linear/attention
 
     @model_validator(mode="after")
-    def _check(self) -> CnnConfig:
-        if not self.channels or any(c <= 0 for c in self.channels):
-            raise ValueError("channels must be a non-empty list of positive integers")
-        if len(self.pool_size) != 2 or any(p < 1 for p in self.pool_size):
-            raise ValueError("pool_size must be two positive integers (freq, time)")
-        if self.head in ("cls", "mean"):
-            raise ValueError(f"head {self.head!r} is for transformers; a CNN takes linear or attention")
+    def _head_fits_the_backbone(self) -> ModelBase:
+        on_tokens = self.head in ("cls", "mean")
+        name = getattr(self, "name", type(self).__name__)
+        if on_tokens and not self.token_heads:
+            raise ValueError(f"head {self.head!r} is for transformers; {name} takes linear or attention")
+        if self.token_heads and not on_tokens:
+            raise ValueError(f"head {self.head!r}: {name}, a transformer, takes cls or mean")
         return self
-
-
-class TimmConfig(ModelBase):
-    """Any timm CNN by name, one input channel, ImageNet weights from timm's own files.
-
-    ``pretrained: imagenet`` takes the default weights timm lists for ``arch`` (the tag in
-    ``arch``, e.g. ``tf_efficientnet_b0.ns_jft_in1k``, where one is given); ``timm/<arch>.<tag>``
-    names other weights of the same arch. Both are downloaded from timm's HF hub repo by our own
-    downloader (see ``audiotag.models.pretrained``).
-    """
-
-    name: Literal["timm"] = "timm"
-    arch: str = Field(
-        "efficientnet_b0",
-        description="timm model name, e.g. efficientnet_b0, convnext_tiny (optionally .<tag>, which "
-        "pretrained: imagenet then uses)",
-    )
-    drop_path: float = Field(0.0, ge=0, lt=1)
-    global_pool: Literal["mean+max", "mean", "max"] = "mean+max"
-
-    @model_validator(mode="after")
-    def _check(self) -> TimmConfig:
-        if self.head in ("cls", "mean"):
-            raise ValueError(f"head {self.head!r} is for transformers; a CNN takes linear or attention")
-        return self
-
-
-class AstConfig(ModelBase):
-    """Audio Spectrogram Transformer: ViT/DeiT blocks over overlapping 16x16 patches."""
-
-    name: Literal["ast"] = "ast"
-    head: Literal["linear", "attention", "cls", "mean"] = "cls"
-    fstride: int = Field(10, ge=1, le=16)
-    tstride: int = Field(10, ge=1, le=16)
-    embed_dim: int = Field(768, gt=0)
-    depth: int = Field(12, ge=1)
-    num_heads: int = Field(12, ge=1)
-    drop_path: float = Field(0.0, ge=0, lt=1)
-    input_frames: int | None = Field(
-        None, gt=0, description="frames the positional embedding is built for; null = the training crop"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> AstConfig:
-        if self.head not in ("cls", "mean"):
-            raise ValueError(f"head {self.head!r}: an AST takes cls or mean")
-        if self.embed_dim % self.num_heads:
-            raise ValueError("embed_dim must be a multiple of num_heads")
-        return self
-
-
-class ByolaConfig(ModelBase):
-    """BYOL-A's AudioNTT2020 encoder: three conv blocks of 64 channels, then an MLP of ``dim``."""
-
-    name: Literal["byola"] = "byola"
-    dim: Literal[512, 1024, 2048] = 2048
-
-    @model_validator(mode="after")
-    def _check(self) -> ByolaConfig:
-        if self.head in ("cls", "mean"):
-            raise ValueError(f"head {self.head!r} is for transformers; BYOL-A takes linear or attention")
-        return self
-
-
-ModelConfig = Annotated[CnnConfig | TimmConfig | AstConfig | ByolaConfig, Field(discriminator="name")]
-MODEL_CONFIGS: dict[str, type[ModelBase]] = {
-    "cnn": CnnConfig,
-    "timm": TimmConfig,
-    "ast": AstConfig,
-    "byola": ByolaConfig,
-}
 
 
 class SpecAugmentConfig(StrictModel):
@@ -454,14 +353,6 @@ class TrainConfig(StrictModel):
         None, ge=0, description="DataLoader workers; null = up to 8 on a GPU, 0 on the CPU (no core to spare)"
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
-
-
-class ExperimentConfig(StrictModel):
-    name: str
-    competition: CompetitionConfig
-    features: FeatureConfig = Field(default_factory=FeatureConfig)
-    model: ModelConfig = Field(default_factory=CnnConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 class EnsembleConfig(StrictModel):
@@ -727,32 +618,6 @@ def validate(model: type[M], tree: dict[str, Any], source: str) -> M:
         return model.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, model, source)) from None
-
-
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    path = Path(path)
-    raw = read_yaml(path)
-    raw.setdefault("name", path.stem)
-    tree = apply_overrides(resolve_groups(raw), overrides or [])
-    tree = resolve_groups(tree)  # an override may name another group file
-    if tree.get("features") == AUTO_FEATURES:
-        tree["features"] = load_group("features", checkpoint_features(tree.get("model")))
-    return validate(ExperimentConfig, tree, str(path))
-
-
-def checkpoint_features(model: Any) -> str:
-    """For ``features: auto``: the front-end config the model's pretrained checkpoint was trained with."""
-    from audiotag.models.pretrained import KNOWN
-
-    pretrained = model.get("pretrained") if isinstance(model, dict) else None
-    entry = KNOWN.get(str(pretrained)) if pretrained else None
-    if entry is None or entry.features is None:
-        raise ConfigError(
-            f"features: auto takes the front-end of model.pretrained, but {pretrained!r} is not a checkpoint "
-            f"with a known front-end; name a features config instead (configs/features/), or one of: "
-            f"{', '.join(sorted(k for k, v in KNOWN.items() if v.features))}"
-        )
-    return entry.features
 
 
 def load_ensemble(path: str | Path, overrides: list[str] | None = None) -> EnsembleConfig:

@@ -6,8 +6,8 @@ appends one JSON line to ``submissions/log.jsonl``: time, competition, Kaggle sl
 CV of the blend and its members (from the report ``<name>.json`` the ensemble stage wrote beside the
 CSV), the message and Kaggle's reply. ``read_log`` reads it back for the leaderboard.
 
-The client is built, signed in and its failures explained by :mod:`audiotag.kaggle_api` (shared with
-the data download); every failure is one :class:`KaggleError` line that says what to do, and the
+The client is built, signed in and its failures explained by :mod:`audiotag.fetch.kaggle` (shared with
+the competition download); every failure is one :class:`KaggleError` line that says what to do, and the
 daily submission limit is recognised here (:func:`explain`). Credential values never reach our output
 or the log: the client's own printing is discarded and every message built from its errors and
 replies is redacted.
@@ -33,11 +33,11 @@ from typing import Any
 
 import pandas as pd
 
-from audiotag import kaggle_api
 from audiotag.errors import ConfigError, DataError
+from audiotag.fetch import kaggle as kaggle_client
 
 # callers and tests use these as kaggle_submit.<name>; those not used here are re-exported (X as X)
-from audiotag.kaggle_api import (
+from audiotag.fetch.kaggle import (
     ApiFactory,
     KaggleError,
     default_api,
@@ -47,9 +47,9 @@ from audiotag.kaggle_api import (
     redact,
     secrets_of,
 )
-from audiotag.kaggle_api import CompetitionNotFound as CompetitionNotFound
-from audiotag.kaggle_api import MissingCredentials as MissingCredentials
-from audiotag.kaggle_api import RulesNotAccepted as RulesNotAccepted
+from audiotag.fetch.kaggle import CompetitionNotFound as CompetitionNotFound
+from audiotag.fetch.kaggle import MissingCredentials as MissingCredentials
+from audiotag.fetch.kaggle import RulesNotAccepted as RulesNotAccepted
 from audiotag.paths import submissions_root
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class SubmissionLimit(KaggleError):
 
 def explain(exc: BaseException, slug: str, secrets: Sequence[str], doing: str = "submit to") -> KaggleError:
     """One clear error for a failed API call: the daily submission limit here, the rest in
-    :func:`audiotag.kaggle_api.explain`."""
+    :func:`audiotag.fetch.kaggle.explain`."""
     status = http_status(exc)
     detail = error_detail(exc, secrets)
     submitting = doing == "submit to"  # reading the submission list is rate-limited, not capped daily
@@ -78,7 +78,7 @@ def explain(exc: BaseException, slug: str, secrets: Sequence[str], doing: str = 
             f"({detail or 'HTTP 429'}); nothing was submitted or logged; submit again after the limit "
             "resets (00:00 UTC)"
         )
-    return kaggle_api.explain(exc, slug, secrets, doing=doing, slug_from="-c/--slug")
+    return kaggle_client.explain(exc, slug, secrets, doing=doing, slug_from="-c/--slug")
 
 
 # --------------------------------------------------------------------------- the log
@@ -259,7 +259,7 @@ def submit_file(
         members=sorted((report or {}).get("members") or {}),
         ensemble=(report or {}).get("name"),
     )
-    api = kaggle_api.authenticated_api(factory or API_FACTORY)
+    api = kaggle_client.authenticated_api(factory or API_FACTORY)
     secrets = secrets_of(api)
     log.info("submitting %s (sha256 %s…) to Kaggle competition %s", path, record.sha256[:12], slug)
     try:
@@ -302,7 +302,7 @@ def as_score(value: Any) -> float | None:
 
 def fetch_scores(slug: str, factory: ApiFactory | None = None) -> list[KaggleScore]:
     """This account's submissions to ``slug`` with their public and private scores."""
-    api = kaggle_api.authenticated_api(factory or API_FACTORY)
+    api = kaggle_client.authenticated_api(factory or API_FACTORY)
     secrets = secrets_of(api)
     try:
         with quiet_client():

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import pandas as pd
 
-from audiotag.config import CompetitionConfig, ExperimentConfig
+from audiotag.config import CompetitionConfig
 from audiotag.errors import DataError
 from audiotag.paths import competition_dir
 
@@ -26,20 +26,20 @@ CLIP_COLUMNS = ["clip_id", "path", "split", "subset", "labels", "verified", "dur
 log = logging.getLogger(__name__)
 
 
-def warn_about_rules(cfg: ExperimentConfig) -> list[str]:
+def warn_about_rules(competition: CompetitionConfig, pretrained: str | None) -> list[str]:
     """Warn (logging.warning) where the experiment breaks the competition's rules; returns the warnings.
 
     Only what the config shows can be checked: pretrained weights (``model.pretrained``) on a
     competition with ``rules.pretrained_allowed: false``. External data cannot be seen from a config;
     ``rules.external_data_allowed: false`` is reported alongside so the user is reminded of it.
     """
-    rules = cfg.competition.rules
+    rules = competition.rules
     warnings: list[str] = []
-    if not rules.pretrained_allowed and cfg.model.pretrained:
+    if not rules.pretrained_allowed and pretrained:
         extra = "" if rules.external_data_allowed else " and external data"
         warnings.append(
-            f"{cfg.competition.name}: the competition rules banned pretrained models{extra}, but "
-            f"model.pretrained is {cfg.model.pretrained!r}; its scores are not comparable with the "
+            f"{competition.name}: the competition rules banned pretrained models{extra}, but "
+            f"model.pretrained is {pretrained!r}; its scores are not comparable with the "
             "leaderboard (set model.pretrained=null to follow the rules)"
         )
     for message in warnings:

@@ -6,7 +6,7 @@ the same as ``librosa.load``'s default).
 
 Problem files are handled by written rules rather than by a crash or a silently wrong tensor.
 ``decode`` either returns the wave with *flags* (the clip is kept) or raises ``UnusableAudio`` with a
-*kind* (the clip cannot be used as it is). The feature cache (``data/cache.py``) then skips an unusable
+*kind* (the clip cannot be used as it is). The feature cache (``data/cache_build.py``) then skips an unusable
 training clip and zero-fills an unusable test clip (``fill_seconds``, 1 s, of zeros), so that every
 test clip still gets a submission row; each case is listed with its reason in the cache's ``report.csv``.
 

@@ -30,15 +30,43 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from audiotag.config import AstConfig
+from audiotag.config import ModelBase
 from audiotag.errors import ConfigError
+from audiotag.fetch.weights import Checkpoint
+from audiotag.models.family import Family
 from audiotag.models.loading import Converted, Converter, rgb_to_mono
+
+
+class AstConfig(ModelBase):
+    """Audio Spectrogram Transformer: ViT/DeiT blocks over overlapping 16x16 patches."""
+
+    name: Literal["ast"] = "ast"
+    token_heads: ClassVar[bool] = True
+    head: Literal["linear", "attention", "cls", "mean"] = "cls"
+    fstride: int = Field(10, ge=1, le=16)
+    tstride: int = Field(10, ge=1, le=16)
+    embed_dim: int = Field(768, gt=0)
+    depth: int = Field(12, ge=1)
+    num_heads: int = Field(12, ge=1)
+    drop_path: float = Field(0.0, ge=0, lt=1)
+    input_frames: int | None = Field(
+        None, gt=0, description="frames the positional embedding is built for; null = the training crop"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AstConfig:
+        if self.embed_dim % self.num_heads:
+            raise ValueError("embed_dim must be a multiple of num_heads")
+        return self
+
 
 Grid = tuple[int, int]  # (frequency rows, time columns) of the patch grid
 
@@ -238,3 +266,55 @@ def convert_deit(state: dict[str, Tensor]) -> Converted:
 
 
 CONVERTERS: dict[str, Converter] = {"ast": convert_ast, "deit": convert_deit}
+
+
+def detect_layout(keys) -> str:
+    """The official AudioSet checkpoint (a DataParallel ``module.v.*``) or timm's DeiT."""
+    return "ast" if any(k.startswith("module.v.") for k in keys) else "deit"
+
+
+# The weights table's rows of this family (`./run.sh weights list`).
+_IMAGENET_LICENSE = "Apache-2.0*"  # * as timm lists it; see the note
+
+CHECKPOINTS = (
+    Checkpoint(
+        name="ast_audioset",
+        url="https://www.dropbox.com/s/ca0b1v2nlxzyeb4/audioset_10_10_0.4593.pth?dl=1",
+        filename="audioset_10_10_0.4593.pth",
+        size=None,
+        sha256=None,
+        md5=None,
+        license="BSD-3-Clause",
+        layout="ast",
+        features="ast_kaldi_128",
+        model="ast_base",
+        note="AST (Gong et al. 2021), full AudioSet, 10/10 stride, weight averaging, mAP 0.459; link "
+        "from the README of github.com/YuanGongND/ast (BSD-3-Clause). The repo's ast_models.py "
+        "downloads the same model from dropbox.com/s/cv4knew8mvbrnvq/audioset_0.4593.pth and the "
+        "README offers OneDrive/Weiyun mirrors (manual download; pass the file with --weights PATH). "
+        "Plain state dict of a DataParallel model: module.v.* (DeiT-base, 1-channel patch_embed) "
+        "and module.mlp_head.{0,1}.*.",
+    ),
+    Checkpoint(
+        name="deit_base_384",
+        url="https://huggingface.co/timm/deit_base_distilled_patch16_384.fb_in1k/resolve/"
+        "cb8f6fe63da08d7410513f9dac2f8a994eda0adc/model.safetensors",
+        filename="deit_base_distilled_patch16_384.fb_in1k.safetensors",
+        size=None,
+        sha256=None,
+        md5=None,
+        license=_IMAGENET_LICENSE,
+        layout="deit",
+        features=None,
+        model="ast_base",
+        note="DeiT-base distilled 384 (Touvron et al. 2021), ImageNet-1k: the ImageNet "
+        "initialisation of AST (RGB patch weights summed to one channel, position embedding "
+        "resampled). timm pretrained_cfg hf_hub_id timm/deit_base_distilled_patch16_384.fb_in1k "
+        "(licence field apache-2.0), pinned to the revision that added the weights. timm's code "
+        "is Apache-2.0; licences of ImageNet-trained weights vary by model and the ImageNet "
+        "terms of use are non-commercial.",
+    ),
+)
+
+
+FAMILY = Family(AstConfig, build_backbone, CONVERTERS, detect_layout, checkpoints=CHECKPOINTS)

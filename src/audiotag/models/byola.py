@@ -11,13 +11,24 @@ The official model pools the sequence by max + mean over time; here the LinearHe
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import torch
 from torch import nn
 
-from audiotag.config import ByolaConfig
+from audiotag.config import ModelBase
 from audiotag.errors import ConfigError
+from audiotag.fetch.weights import Checkpoint
+from audiotag.models.family import Family
 from audiotag.models.loading import Converted, Converter
+
+
+class ByolaConfig(ModelBase):
+    """BYOL-A's AudioNTT2020 encoder: three conv blocks of 64 channels, then an MLP of ``dim``."""
+
+    name: Literal["byola"] = "byola"
+    dim: Literal[512, 1024, 2048] = 2048
+
 
 CHANNELS = 64
 PREFIX = "backbone."
@@ -113,3 +124,69 @@ def convert_byola(state: dict[str, torch.Tensor]) -> Converted:
 
 
 CONVERTERS: dict[str, Converter] = {"byola": convert_byola}
+
+
+# The weights table's rows of this family (`./run.sh weights list`).
+_BYOLA_URL = (
+    "https://github.com/nttcslab/byol-a/raw/{rev}/pretrained_weights/AudioNTT2020-BYOLA-64x96d{d}.pth"
+)
+_BYOLA_LICENSE = "NTT-eval"
+_BYOLA_NOTE = (
+    "BYOL-A (Niizumi et al. 2021), AudioSet, self-supervised; github.com/nttcslab/byol-a "
+    "pretrained_weights/. The repository's LICENSE is NTT's 'Software license agreement for "
+    "evaluation': internal testing and evaluation of the paper's method only, no redistribution. "
+    "Plain state dict: features.{0,1,4,5,8,9}.*, fc.{0,3}.*."
+)
+
+
+CHECKPOINTS = (
+    *(
+        Checkpoint(
+            name=f"byola{d}",
+            url=_BYOLA_URL.format(rev=rev, d=d),
+            filename=f"AudioNTT2020-BYOLA-64x96d{d}.pth",
+            size=size,
+            sha256=sha256,
+            md5=md5,
+            license=_BYOLA_LICENSE,
+            layout="byola",
+            features="byola_16k_64",
+            model=f"byola{d}",
+            note=f"BYOL-A AudioNTT2020 encoder, {d}-d embedding. {extra} {_BYOLA_NOTE}",
+        )
+        for d, rev, size, sha256, md5, extra in (
+            (
+                512,
+                "3e65c9283498d06915e6dbcff3445307d8d3e930",
+                2_410_576,
+                "6cc64226318494f06ef41d7e5810be7d37abfd6490da45abdab48f188c5332e2",
+                "2fb4b0beda4c7fc900e41cac58a796ce",
+                "Size and hashes computed from git blob 314a35a5 at nttcslab/byol-a@3e65c92 "
+                "(the URL is pinned to that commit).",
+            ),
+            (
+                1024,
+                "3e65c9283498d06915e6dbcff3445307d8d3e930",
+                None,
+                None,
+                None,
+                "Git blob 1c04492d54707e53f04fb664ec6bf3ec655d47f0 at nttcslab/byol-a@3e65c92 (the URL "
+                "is pinned to that commit); size and hashes unknown, as the mirror used lacks that "
+                "blob: the SHA-256 of the first download is recorded (trust on first use).",
+            ),
+            (
+                2048,
+                "3e65c9283498d06915e6dbcff3445307d8d3e930",
+                None,
+                None,
+                None,
+                "Git blob dd93cab283451ad67baff974933aa122d4a8fa24 at nttcslab/byol-a@3e65c92 (the URL "
+                "is pinned to that commit); size and hashes unknown, as the mirror used lacks that "
+                "blob: the SHA-256 of the first download is recorded (trust on first use).",
+            ),
+        )
+    ),
+)
+
+
+FAMILY = Family(ByolaConfig, build_backbone, CONVERTERS, checkpoints=CHECKPOINTS)

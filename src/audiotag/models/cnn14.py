@@ -11,12 +11,57 @@ smoothing over time (``time_smoothing`` is the detection variants' step, off by 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from audiotag.config import CnnConfig
+from audiotag.config import ModelBase
+from audiotag.fetch.weights import Checkpoint
+from audiotag.models.family import Family
 from audiotag.models.loading import Converted, Converter
+
+
+class CnnConfig(ModelBase):
+    """The PANNs CNN family (CNN14, CNN10, CNN6) and other PANNs-style CNNs (aisfx)."""
+
+    name: Literal["cnn"] = "cnn"
+    channels: list[int] = Field(
+        default_factory=lambda: [64, 128, 256, 512, 1024, 2048],
+        description="output channels of each conv block (CNN14: 64..2048, six blocks)",
+    )
+    block: Literal["double3x3", "single5x5"] = Field(
+        "double3x3", description="two 3x3 conv+BN+ReLU (CNN14, CNN10) or one 5x5 (CNN6)"
+    )
+    pool_size: list[int] = Field(
+        default_factory=lambda: [2, 2],
+        description="pooling (freq, time) after each block but the last",
+    )
+    pool_type: Literal["avg", "max"] = "avg"
+    pool_last: bool = Field(
+        False,
+        description="the last block pools too (PANNs Cnn10/Cnn6 pool 2x2 after conv_block4; Cnn14's "
+        "conv_block6 does not)",
+    )
+    block_dropout: float = Field(0.2, ge=0, lt=1, description="dropout after every conv block (PANNs: 0.2)")
+    bn0: bool = Field(True, description="BatchNorm over mel bins at the input (PANNs)")
+    time_smoothing: bool = Field(
+        False,
+        description="3-frame max+avg pooling over time before the head: PANNs' sound-event-detection "
+        "variants (Cnn14_DecisionLevel*) only, not the tagging models Cnn14/Cnn10/Cnn6",
+    )
+    global_pool: Literal["mean+max", "mean", "max"] = "mean+max"
+    embedding_dim: int | None = Field(2048, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> CnnConfig:
+        if not self.channels or any(c <= 0 for c in self.channels):
+            raise ValueError("channels must be a non-empty list of positive integers")
+        if len(self.pool_size) != 2 or any(p < 1 for p in self.pool_size):
+            raise ValueError("pool_size must be two positive integers (freq, time)")
+        return self
 
 
 class ConvBlock(nn.Module):
@@ -114,3 +159,106 @@ def convert_aisfx(state: dict[str, torch.Tensor]) -> Converted:
 
 
 CONVERTERS: dict[str, Converter] = {"panns": convert_panns, "aisfx": convert_aisfx}
+
+
+def detect_layout(keys) -> str:
+    """aisfx's CrossNet keys sit under ``embedding_net.``; anything else is read as PANNs'."""
+    return "aisfx" if any(k.startswith("embedding_net.") for k in keys) else "panns"
+
+
+# The weights table's rows of this family (`./run.sh weights list`).
+def _zenodo_panns(filename: str) -> str:
+    quoted = filename.replace("=", "%3D")
+    return f"https://zenodo.org/records/3987831/files/{quoted}?download=1"
+
+
+_PANNS_LICENSE = "CC-BY-4.0"
+_PANNS_NOTE = (
+    "PANNs (Kong et al. 2020), AudioSet, 527 classes; Zenodo record 3987831 (weights CC BY 4.0; code "
+    "github.com/qiuqiangkong/audioset_tagging_cnn, MIT). MD5 as listed on the Zenodo record. "
+    "The file is a dict with 'model' (plus training state); its front-end buffers "
+    "(spectrogram_extractor.*, logmel_extractor.*) are not used by our models."
+)
+
+CHECKPOINTS = (
+    Checkpoint(
+        name="cnn14",
+        url=_zenodo_panns("Cnn14_mAP=0.431.pth"),
+        filename="Cnn14_mAP=0.431.pth",
+        size=327_428_481,
+        sha256="0dc499e40e9761ef5ea061ffc77697697f277f6a960894903df3ada000e34b31",
+        md5="541141fa2ee191a88f24a3219fff024e",
+        license=_PANNS_LICENSE,
+        layout="panns",
+        pickle_globals=("numpy",),
+        features="panns_32k",
+        model="cnn14",
+        note="CNN14 at 32 kHz, AudioSet mAP 0.431. Size and SHA-256 as pinned by independent "
+        "projects that verified the Zenodo MD5. " + _PANNS_NOTE,
+    ),
+    Checkpoint(
+        name="cnn14_16k",
+        url=_zenodo_panns("Cnn14_16k_mAP=0.438.pth"),
+        filename="Cnn14_16k_mAP=0.438.pth",
+        size=None,
+        sha256="e2ee543a27919542c2ea03eabaa70b24dcd4e6c8e05621de6b67a94e4c5058e6",
+        md5="362fc5ff18f1d6ad2f6d464b45893f2c",
+        license=_PANNS_LICENSE,
+        layout="panns",
+        pickle_globals=("numpy",),
+        features="panns_16k",
+        model="cnn14",
+        note="CNN14 at 16 kHz (STFT 512 / hop 160, 50-8000 Hz), AudioSet mAP 0.438. SHA-256 as "
+        "pinned by independent projects that verified the Zenodo MD5. " + _PANNS_NOTE,
+    ),
+    Checkpoint(
+        name="cnn10",
+        url=_zenodo_panns("Cnn10_mAP=0.380.pth"),
+        filename="Cnn10_mAP=0.380.pth",
+        size=25_237_595,
+        sha256=None,
+        md5="bfb1f1f9968938fa8ef4012b8471f5f6",
+        license=_PANNS_LICENSE,
+        layout="panns",
+        pickle_globals=("numpy",),
+        features="panns_32k",
+        model="cnn10",
+        note="CNN10 at 32 kHz, AudioSet mAP 0.380. " + _PANNS_NOTE,
+    ),
+    Checkpoint(
+        name="cnn6",
+        url=_zenodo_panns("Cnn6_mAP=0.343.pth"),
+        filename="Cnn6_mAP=0.343.pth",
+        size=None,
+        sha256=None,
+        md5="e25e26b84585b14c7754c91e48efc9be",
+        license=_PANNS_LICENSE,
+        layout="panns",
+        pickle_globals=("numpy",),
+        features="panns_32k",
+        model="cnn6",
+        note="CNN6 at 32 kHz (5x5 convolutions), AudioSet mAP 0.343. " + _PANNS_NOTE,
+    ),
+    Checkpoint(
+        name="aisfx",
+        url=None,
+        package="aisfx==0.1.2",
+        filename="models/checkpoint.pth",
+        size=24_900_277,
+        sha256="499ea75909c932a2f94c35fa722fa4fabc5bcb7e84917209cc5f7402627b7eb5",
+        md5=None,
+        license="CC-BY-4.0",
+        layout="aisfx",
+        pickle_globals=("numpy",),  # (state_dict, datasets): numpy scalars in the second element
+        features="aisfx_44k_96",
+        model="aisfx",
+        note="aiSFX (Ma & Lerch, ISMIR 2022), sound-effects libraries; shipped inside the PyPI wheel "
+        "aisfx==0.1.2 (size and SHA-256 from the wheel's RECORD). The wheel's LICENSE file is "
+        "Creative Commons Attribution 4.0 although its METADATA classifier says MIT. The file is a "
+        "tuple (state_dict, datasets): embedding_net.conv_block1..4.* and 9 heads fc.0..8.*. "
+        "Install without dependencies (it pins numpy 1.23 and librosa 0.9); we never import it.",
+    ),
+)
+
+
+FAMILY = Family(CnnConfig, build_backbone, CONVERTERS, detect_layout, checkpoints=CHECKPOINTS)

@@ -1,36 +1,49 @@
-"""Build a tagger from its config, and initialise it from pretrained weights when asked.
+"""The model families, collected; build a tagger from its config and load pretrained weights.
 
-Each backbone family is one module with ``build_backbone(cfg, n_mels, frames)`` and
-``CONVERTERS`` (checkpoint layout name -> converter to our key layout).
+Every module of ``audiotag.models`` that declares ``FAMILY = Family(...)`` (see ``models/family.py``)
+is a family: its config schema, ``build_backbone``, checkpoint converters, layout detection and
+weights-table rows. ``families()`` finds them by scanning this package, so adding a family is adding
+its module (and its YAML under ``configs/models/``).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from types import ModuleType
+import pkgutil
+from functools import cache
 
 import torch
 
-from audiotag.config import FeatureConfig, InputNorm, ModelBase, TimmConfig, load_group, validate
+import audiotag.models
+from audiotag.config import FeatureConfig, InputNorm, ModelBase, load_group, validate
 from audiotag.errors import ConfigError
+from audiotag.models.family import Family
 from audiotag.models.loading import LoadReport, load_converted
 from audiotag.models.tagger import Tagger, build_head
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {
-    "cnn": "audiotag.models.cnn14",
-    "timm": "audiotag.models.timm_cnn",
-    "ast": "audiotag.models.ast",
-    "byola": "audiotag.models.byola",
-}
+
+@cache
+def families() -> dict[str, Family]:
+    """``model.name`` -> its family, from every module of this package that declares ``FAMILY``."""
+    found: dict[str, Family] = {}
+    for info in sorted(pkgutil.iter_modules(audiotag.models.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"audiotag.models.{info.name}")
+        family = getattr(module, "FAMILY", None)
+        if isinstance(family, Family):
+            if family.name in found:
+                raise RuntimeError(f"model family {family.name!r} is declared twice ({module.__name__})")
+            found[family.name] = family
+    return found
 
 
-def family_module(name: str) -> ModuleType:
-    if name not in FAMILIES:
-        raise ConfigError(f"model.name: unknown model {name!r}; known: {', '.join(sorted(FAMILIES))}")
-    return importlib.import_module(FAMILIES[name])
+def family_of(name: str) -> Family:
+    known = families()
+    if name not in known:
+        raise ConfigError(f"model.name: unknown model {name!r}; known: {', '.join(sorted(known))}")
+    return known[name]
 
 
 def build_model(
@@ -48,22 +61,13 @@ def build_model(
     if cfg.input_norm == "dataset" and input_norm is None:
         raise ConfigError("model.input_norm: 'dataset' needs statistics from the training data")
     norm = input_norm if cfg.input_norm == "dataset" else cfg.input_norm
-    backbone = family_module(cfg.name).build_backbone(cfg, n_mels, frames)  # type: ignore[attr-defined]
+    backbone = family_of(cfg.name).build_backbone(cfg, n_mels, frames)
     frontend = None
     if features is not None and features.cache == "wave":
         from audiotag.data.features import make_extractor
 
         frontend = make_extractor(features)
     return Tagger(backbone, build_head(cfg, backbone, n_classes), norm, frontend)  # type: ignore[arg-type]
-
-
-def detect_layout(family: str, keys: list[str]) -> str:
-    """The key layout of a checkpoint given by path only (no entry in the weights table)."""
-    if family == "cnn":
-        return "aisfx" if any(k.startswith("embedding_net.") for k in keys) else "panns"
-    if family == "ast":
-        return "ast" if any(k.startswith("module.v.") for k in keys) else "deit"
-    return family
 
 
 def check_frontend(features: FeatureConfig, expected_name: str, checkpoint: str) -> None:
@@ -84,7 +88,8 @@ def check_frontend(features: FeatureConfig, expected_name: str, checkpoint: str)
 
 def weights_arch(cfg: ModelBase) -> str | None:
     """The timm architecture that ``pretrained: imagenet`` and ``timm/<arch>`` names refer to."""
-    return cfg.arch if isinstance(cfg, TimmConfig) else None
+    family = family_of(cfg.name)
+    return family.weights_arch(cfg) if family.weights_arch is not None else None
 
 
 def check_pretrained(cfg: ModelBase, features: FeatureConfig, offline: bool | None = None) -> None:
@@ -111,8 +116,9 @@ def load_pretrained(
     if entry is not None and entry.features is not None:
         check_frontend(features, entry.features, entry.name)
     state = read_state_dict(path, allow=entry.pickle_globals) if entry is not None else read_state_dict(path)
-    layout = entry.layout if entry is not None else detect_layout(cfg.name, list(state))
-    converters = family_module(cfg.name).CONVERTERS  # type: ignore[attr-defined]
+    family = family_of(cfg.name)
+    layout = entry.layout if entry is not None else family.layout_of(list(state))
+    converters = family.converters
     if layout not in converters:
         raise ConfigError(
             f"model.pretrained: {cfg.pretrained} holds {layout!r} weights, which a {cfg.name!r} model "

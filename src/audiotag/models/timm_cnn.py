@@ -17,15 +17,39 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from audiotag.config import TimmConfig
+from audiotag.config import ModelBase
 from audiotag.errors import ConfigError
+from audiotag.fetch.weights import Checkpoint
+from audiotag.models.family import Family
 from audiotag.models.loading import Adapter, Converted, Converter, rgb_to_mono
+
+
+class TimmConfig(ModelBase):
+    """Any timm CNN by name, one input channel, ImageNet weights from timm's own files.
+
+    ``pretrained: imagenet`` takes the default weights timm lists for ``arch`` (the tag in
+    ``arch``, e.g. ``tf_efficientnet_b0.ns_jft_in1k``, where one is given); ``timm/<arch>.<tag>``
+    names other weights of the same arch. Both are downloaded from timm's HF hub repo by our own
+    downloader (see ``audiotag.models.pretrained``).
+    """
+
+    name: Literal["timm"] = "timm"
+    arch: str = Field(
+        "efficientnet_b0",
+        description="timm model name, e.g. efficientnet_b0, convnext_tiny (optionally .<tag>, which "
+        "pretrained: imagenet then uses)",
+    )
+    drop_path: float = Field(0.0, ge=0, lt=1)
+    global_pool: Literal["mean+max", "mean", "max"] = "mean+max"
+
 
 PREFIX = "backbone.model."
 
@@ -177,3 +201,34 @@ def timm_converter(arch: str) -> Converter:
 
 
 CONVERTERS: dict[str, Converter] = {"timm": convert_timm}
+
+
+def weights_arch(cfg: TimmConfig) -> str:
+    """The timm architecture that ``pretrained: imagenet`` and ``timm/<arch>`` names refer to."""
+    return cfg.arch
+
+
+# The weights table's rows of this family (`./run.sh weights list`).
+_IMAGENET_LICENSE = "Apache-2.0*"  # * as timm lists it; see the note
+
+CHECKPOINTS = (
+    Checkpoint(
+        name="efficientnet_b0",
+        url="https://huggingface.co/timm/efficientnet_b0.ra_in1k/resolve/main/model.safetensors",
+        filename="efficientnet_b0.ra_in1k.safetensors",
+        size=None,
+        sha256=None,
+        md5=None,
+        license=_IMAGENET_LICENSE,
+        layout="timm",
+        features=None,
+        model="efficientnet_b0",
+        note="EfficientNet-B0 (RandAugment recipe), ImageNet-1k; timm pretrained_cfg hf_hub_id "
+        "timm/efficientnet_b0.ra_in1k (licence field apache-2.0). timm's code is Apache-2.0; "
+        "licences of ImageNet-trained weights vary by model and the ImageNet terms of use are "
+        "non-commercial. Stem conv_stem has 3 input channels (summed to 1 when loaded).",
+    ),
+)
+
+
+FAMILY = Family(TimmConfig, build_backbone, CONVERTERS, weights_arch=weights_arch, checkpoints=CHECKPOINTS)

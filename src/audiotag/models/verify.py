@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from audiotag.config import (
-    MODEL_CONFIGS,
     FeatureConfig,
     InputNorm,
     ModelBase,
@@ -30,7 +29,7 @@ from audiotag.data.audio import load_audio
 from audiotag.data.dataset import fit_length, silence_value
 from audiotag.data.features import compute_logmel
 from audiotag.errors import ConfigError, DataError
-from audiotag.models.registry import build_model, load_pretrained
+from audiotag.models.registry import build_model, family_of, load_pretrained
 
 AUDIOSET_CLASSES = 527
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -83,7 +82,7 @@ def model_and_features(name: str, weights: Path | None) -> tuple[ModelBase, Feat
     else:  # timm/<arch>.<tag> entries name the arch
         raw = {"name": "timm", "arch": ckpt.model}
     raw["pretrained"] = str(weights) if weights else ckpt.name
-    cfg = validate(MODEL_CONFIGS[raw["name"]], raw, f"model {ckpt.model}")
+    cfg = validate(family_of(raw["name"]).config, raw, f"model {ckpt.model}")
     features_name = ckpt.features or "logmel_16k_64"
     features = validate(FeatureConfig, load_group("features", features_name), f"features {features_name}")
     return cfg, features, ckpt.layout

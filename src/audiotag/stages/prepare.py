@@ -20,7 +20,8 @@ from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
 from audiotag.config import CompetitionConfig, FeatureConfig
-from audiotag.data.cache import REPORT, FeatureCache, build_cache
+from audiotag.data.cache_build import build_cache
+from audiotag.data.cache_reader import REPORT, FeatureCache
 from audiotag.data.meta import read_meta
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,10 @@ from audiotag import metrics
 from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import file_sha256, load_folds
-from audiotag.config import ExperimentConfig, dump_yaml
-from audiotag.data.cache import FeatureCache
+from audiotag.config import dump_yaml
+from audiotag.data.cache_reader import FeatureCache
 from audiotag.errors import ConfigError
+from audiotag.experiment import ExperimentConfig
 from audiotag.fold_scores import FoldScores
 from audiotag.models.registry import check_pretrained
 from audiotag.paths import REPO_ROOT
@@ -201,7 +202,7 @@ def train_experiment(
 ) -> RunResult:
     """Train the run's folds. Under torchrun: DDP on every fold, or folds shared out among processes."""
     if ctx.is_main:
-        warn_about_rules(cfg)
+        warn_about_rules(cfg.competition, cfg.model.pretrained)
     if ctx.ddp and cfg.train.batch_size % ctx.world:
         raise ConfigError(
             f"train.batch_size {cfg.train.batch_size} must be a multiple of the {ctx.world} processes "

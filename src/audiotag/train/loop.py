@@ -1,8 +1,12 @@
-"""Training of one fold: crops, SpecAugment, mixup, weighted BCE, AdamW with warm-up + cosine decay,
-early stopping on the competition metric, and a checkpoint after every epoch so a killed run resumes.
+"""Training of one fold: build the model (or resume it from ``last.pt``), run epochs until the
+schedule ends or early stopping, keep the best weights by the competition metric, then write the
+fold's out-of-fold and test predictions.
 
-Every random draw comes from generators seeded by (seed, fold, epoch), so a resumed fold continues
-exactly as the uninterrupted one would have on the same device.
+``train_fold`` reads like a training engine's ``run``: :func:`build_fold`, :func:`resume`, then per
+epoch :func:`run_epoch` (``train/epoch.py``) and :func:`end_epoch` (evaluate, keep the best, record,
+checkpoint), and :func:`finish_fold`. Progress is a :class:`FoldState`; ``last.pt`` stores it (as a
+plain dict) after every epoch, and within one every ``train.checkpoint_every_steps`` steps, so a
+killed run resumes exactly where it was.
 """
 
 from __future__ import annotations
@@ -10,31 +14,27 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from audiotag import metrics
 from audiotag.atomic import atomic_write_json
-from audiotag.config import ExperimentConfig
-from audiotag.data.augment import apply_mask, mixup, resolve_specaugment, spec_mask
 from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.data.features import scale_rule
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.errors import TrainingError
+from audiotag.experiment import ExperimentConfig
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.predictions import write_predictions
 from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine, configure_determinism, out_of_memory_advice
-from audiotag.train.losses import weighted_bce
+from audiotag.train.epoch import CROP_STREAM, INIT_STREAM, epoch_seed, train_one_epoch
 from audiotag.train.predict import predict_clips
 from audiotag.train.schedule import make_scheduler
 
@@ -53,52 +53,6 @@ class FoldData:
     val_targets: np.ndarray
     val_scored: np.ndarray  # boolean mask: which validation clips the CV score uses
     test_ids: list[str]
-
-
-# What a seed is for, so that the streams of one (seed, fold) never coincide.
-EPOCH_STREAM, INIT_STREAM, CROP_STREAM, DROPOUT_STREAM, AUGMENT_STREAM = 0, 1, 2, 3, 4
-
-
-def rank_progress(total: float, count: int, aug: torch.Generator, device: torch.device) -> dict:
-    """What one process needs to continue an epoch exactly: its loss sums and its random states.
-
-    Dropout draws from the global generator of the device it runs on, so a GPU's is saved too.
-    """
-    return {
-        "total": total,
-        "count": count,
-        "aug_state": aug.get_state(),
-        "rng_state": torch.get_rng_state(),
-        "cuda_rng_state": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def restore_rank_progress(
-    partial: dict, rank: int, n_procs: int, aug: torch.Generator, device: torch.device
-) -> tuple[float, int]:
-    """Set this process's random states from a mid-epoch checkpoint; its (loss total, count).
-
-    Each of the ``n_procs`` DDP ranks gets its own states back; the epoch's batches are split among
-    the ranks, so it must go on with as many processes as it was saved by. Checkpoints written before
-    states were kept per rank hold one set, used by a single process.
-    """
-    ranks = partial.get("ranks") or [partial]
-    if len(ranks) != n_procs:
-        raise TrainingError(
-            f"the mid-epoch checkpoint was written by {len(ranks)} training process(es), this run has "
-            f"{n_procs}: resume with --gpus {len(ranks)}, or delete the fold's last.pt to restart the fold"
-        )
-    own = ranks[rank]
-    aug.set_state(own["aug_state"])
-    torch.set_rng_state(own["rng_state"])
-    if own.get("cuda_rng_state") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(own["cuda_rng_state"], device)
-    return own["total"], own["count"]
-
-
-def epoch_seed(seed: int, fold: int, epoch: int, stream: int = EPOCH_STREAM) -> int:
-    entropy = [seed % 2**32, fold, stream, epoch]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def crop_frames(cfg: ExperimentConfig) -> int:
@@ -164,6 +118,84 @@ def fold_score(data: FoldData, scores: np.ndarray) -> float:
     return metrics.score(data.metric, data.val_targets[mask], scores[mask])
 
 
+@dataclass
+class FoldState:
+    """A fold's progress; ``last.pt`` keeps it under ``"state"`` as the dict ``as_checkpoint`` makes."""
+
+    epoch: int = 0  # epochs completed
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0  # epochs since the best one (early stopping)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per completed epoch
+    partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's progress: epoch, batch, ranks
+
+    def running(self, epochs: int, patience: int) -> bool:
+        return self.epoch < epochs and self.bad_epochs < patience
+
+    def take_partial(self) -> dict[str, Any] | None:
+        """The mid-epoch progress to resume the current epoch from; used once."""
+        partial, self.partial = self.partial, None
+        return partial if partial and partial["epoch"] == self.epoch else None
+
+    def as_checkpoint(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The saved dict: the fields, with ``partial`` only when saved within an epoch."""
+        saved: dict[str, Any] = {
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+        }
+        if partial:
+            saved["partial"] = partial
+        return saved
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> FoldState:
+        return cls(
+            epoch=int(saved["epoch"]),
+            best_score=float(saved["best_score"]),
+            best_epoch=int(saved["best_epoch"]),
+            bad_epochs=int(saved["bad_epochs"]),
+            history=list(saved["history"]),
+            partial=saved.get("partial"),
+        )
+
+
+@dataclass
+class FoldRun:
+    """Everything one fold's training holds: its inputs, the model and its optimisation, its progress."""
+
+    cfg: ExperimentConfig
+    cache: Any
+    data: FoldData
+    fold_dir: Path
+    device: torch.device
+    ctx: DistContext
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    engine: StepEngine
+    dataset: CropDataset
+    state: FoldState = field(default_factory=FoldState)
+
+    @property
+    def last_path(self) -> Path:
+        return self.fold_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.fold_dir / "best.pt"
+
+    def save_last(self, partial: dict[str, Any] | None = None) -> None:
+        """``last.pt`` (rank 0 only): what a killed fold needs to continue."""
+        if self.ctx.is_main:
+            payload = resume_state(
+                self.model, self.optimizer, self.scheduler, self.engine, self.state, partial
+            )
+            save_checkpoint(self.last_path, payload)
+
+
 def train_fold(
     cfg: ExperimentConfig,
     cache,
@@ -181,6 +213,24 @@ def train_fold(
         summary = json.loads(done_path.read_text())
         log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, summary["score"])
         return summary
+    run = build_fold(cfg, cache, data, fold_dir, device, ctx)
+    resume(run)
+    started = time.time()
+    tc = cfg.train
+    while run.state.running(tc.epochs, tc.patience):
+        t0 = time.time()
+        loss = run_epoch(run)
+        end_epoch(run, loss, t0)
+    if run.state.bad_epochs >= tc.patience:
+        log.info("fold %d: early stop, no improvement for %d epochs", data.fold, tc.patience)
+    return finish_fold(run, started)
+
+
+def build_fold(
+    cfg: ExperimentConfig, cache, data: FoldData, fold_dir: Path, device: torch.device, ctx: DistContext
+) -> FoldRun:
+    """The model (pretrained weights unless a ``last.pt`` will replace them), optimiser, schedule,
+    step engine and crop dataset of a fold, with fresh progress."""
     if ctx.is_main:
         fold_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
@@ -194,8 +244,7 @@ def train_fold(
     )
     n_classes = len(data.classes)
     model = build_model(cfg.model, cfg.features.n_mels, n_classes, crop_frames(cfg), norm, cfg.features)
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    if not last_path.is_file():
+    if not (fold_dir / "last.pt").is_file():
         load_pretrained(model, cfg.model, cfg.features)
     model = model.to(device)
     if tc.channels_last:
@@ -215,17 +264,6 @@ def train_fold(
         min_ratio=tc.min_lr_ratio,
     )
     engine = StepEngine(model, optimizer, scheduler, tc, device, ddp=ctx.ddp)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    if last_path.is_file():
-        ckpt = load_checkpoint(last_path, device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        engine.load_state_dict(ckpt["engine"])
-        state = ckpt["state"]
-        at = f", batch {state['partial']['batch'] + 1}" if state.get("partial") else ""
-        log.info("fold %d: resuming from %s at epoch %d%s", data.fold, last_path, state["epoch"] + 1, at)
-
     dataset = CropDataset(
         cache,
         data.train_ids,
@@ -236,203 +274,142 @@ def train_fold(
         silence_value(cfg.features),
         seed=epoch_seed(tc.seed, data.fold, 0, CROP_STREAM),
     )
-    started = time.time()
-    while state["epoch"] < tc.epochs and state["bad_epochs"] < tc.patience:
-        epoch = state["epoch"]
-        t0 = time.time()
-        model.set_backbone_trainable(epoch >= tc.freeze_backbone_epochs)
-        partial = state.pop("partial", None)
-        partial = partial if partial and partial["epoch"] == epoch else None
+    return FoldRun(cfg, cache, data, fold_dir, device, ctx, model, optimizer, scheduler, engine, dataset)
 
-        def save_partial(progress: dict) -> None:
-            if ctx.is_main:
-                save_checkpoint(last_path, resume_state(model, optimizer, scheduler, engine, state, progress))
 
-        try:
-            loss = _train_one_epoch(
-                engine, dataset, cfg, data.fold, epoch, device, ctx, partial, save_partial
-            )
-        except torch.OutOfMemoryError:
-            raise TrainingError(
-                f"fold {data.fold}: {out_of_memory_advice(tc.batch_size, tc.grad_accum_steps)}"
-            ) from None
-        score = fold_score(data, evaluate(engine.eval_model, cache, data, cfg, device, ctx=ctx))
-        improved = score > state["best_score"]
-        if improved:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            if ctx.is_main:
-                weights = engine.eval_model.state_dict()
-                save_checkpoint(best_path, {"model": weights, "epoch": epoch, "score": score})
-        else:
-            state["bad_epochs"] += 1
-        state["history"].append(
-            {
-                "epoch": epoch,
-                "loss": loss,
-                "score": score,
-                "lr": optimizer.param_groups[-1]["lr"],  # the head's
-                "seconds": round(time.time() - t0, 2),
-            }
+def resume(run: FoldRun) -> None:
+    """Continue from ``last.pt`` when a killed run left one: weights, optimiser, schedule, progress."""
+    if not run.last_path.is_file():
+        return
+    ckpt = load_checkpoint(run.last_path, run.device)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.engine.load_state_dict(ckpt["engine"])
+    run.state = FoldState.from_checkpoint(ckpt["state"])
+    partial = run.state.partial
+    at = f", batch {partial['batch'] + 1}" if partial else ""
+    log.info("fold %d: resuming from %s at epoch %d%s", run.data.fold, run.last_path, run.state.epoch + 1, at)
+
+
+def run_epoch(run: FoldRun) -> float:
+    """Train one epoch (the rest of it, after a mid-epoch checkpoint); its mean training loss."""
+    tc, state = run.cfg.train, run.state
+    run.model.set_backbone_trainable(state.epoch >= tc.freeze_backbone_epochs)
+    try:
+        return train_one_epoch(
+            run.engine,
+            run.dataset,
+            run.cfg,
+            run.data.fold,
+            state.epoch,
+            run.device,
+            run.ctx,
+            state.take_partial(),
+            run.save_last,
         )
-        state["epoch"] = epoch + 1
-        if ctx.is_main:
-            save_checkpoint(last_path, resume_state(model, optimizer, scheduler, engine, state))
-        log.info(
-            "fold %d epoch %d/%d: loss %.4f, val %s %.4f%s (%.1fs)",
-            data.fold,
-            epoch + 1,
-            tc.epochs,
-            loss,
-            data.metric,
-            score,
-            " *" if improved else "",
-            time.time() - t0,
-        )
-    if state["bad_epochs"] >= tc.patience:
-        log.info("fold %d: early stop, no improvement for %d epochs", data.fold, tc.patience)
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"fold {run.data.fold}: {out_of_memory_advice(tc.batch_size, tc.grad_accum_steps)}"
+        ) from None
 
+
+def end_epoch(run: FoldRun, loss: float, t0: float) -> None:
+    """Score the epoch on the validation clips, keep the weights in ``best.pt`` when they improve the
+    best score (or count a bad epoch), record it in the history and checkpoint ``last.pt``."""
+    data, state, epoch = run.data, run.state, run.state.epoch
+    scores = evaluate(run.engine.eval_model, run.cache, data, run.cfg, run.device, ctx=run.ctx)
+    score = fold_score(data, scores)
+    improved = score > state.best_score
+    if improved:
+        state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+        if run.ctx.is_main:
+            weights = run.engine.eval_model.state_dict()
+            save_checkpoint(run.best_path, {"model": weights, "epoch": epoch, "score": score})
+    else:
+        state.bad_epochs += 1
+    state.history.append(
+        {
+            "epoch": epoch,
+            "loss": loss,
+            "score": score,
+            "lr": run.optimizer.param_groups[-1]["lr"],  # the head's
+            "seconds": round(time.time() - t0, 2),
+        }
+    )
+    state.epoch = epoch + 1
+    run.save_last()
+    log.info(
+        "fold %d epoch %d/%d: loss %.4f, val %s %.4f%s (%.1fs)",
+        data.fold,
+        epoch + 1,
+        run.cfg.train.epochs,
+        loss,
+        data.metric,
+        score,
+        " *" if improved else "",
+        time.time() - t0,
+    )
+
+
+def finish_fold(run: FoldRun, started: float) -> dict:
+    """Predict the validation (out-of-fold) and test clips with the best weights; write them and
+    ``done.json``, and drop ``last.pt``. Every rank returns the fold's summary."""
+    data, ctx, device, model, state = run.data, run.ctx, run.device, run.model, run.state
+    done_path = run.fold_dir / "done.json"
     ctx.barrier()  # best.pt is complete before any rank reads it
-    model.load_state_dict(load_checkpoint(best_path, device)["model"])
-    oof = evaluate(model, cache, data, cfg, device, ctx=ctx)
-    test = evaluate(model, cache, data, cfg, device, ids=data.test_ids, ctx=ctx) if data.test_ids else None
+    model.load_state_dict(load_checkpoint(run.best_path, device)["model"])
+    oof = evaluate(model, run.cache, data, run.cfg, device, ctx=ctx)
+    test = (
+        evaluate(model, run.cache, data, run.cfg, device, ids=data.test_ids, ctx=ctx)
+        if data.test_ids
+        else None
+    )
     if not ctx.is_main:
         ctx.barrier()  # wait for rank 0 to write the fold's files
         return json.loads(done_path.read_text())
-    write_predictions(fold_dir / "oof.parquet", data.val_ids, data.classes, oof)
+    write_predictions(run.fold_dir / "oof.parquet", data.val_ids, data.classes, oof)
     if test is not None:
-        write_predictions(fold_dir / "test.parquet", data.test_ids, data.classes, test)
+        write_predictions(run.fold_dir / "test.parquet", data.test_ids, data.classes, test)
     summary = {
         "fold": data.fold,
         "metric": data.metric,
         "score": fold_score(data, oof),
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"],
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
         "n_train": len(data.train_ids),
         "n_val": len(data.val_ids),
         "n_val_scored": int(data.val_scored.sum()),
         "input_norm": {"mean": model.norm_mean, "std": model.norm_std},
-        "seed": tc.seed,
-        "precision": engine.precision,
+        "seed": run.cfg.train.seed,
+        "precision": run.engine.precision,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "seconds": round(time.time() - started, 1),
-        "history": state["history"],
+        "history": state.history,
     }
     summary["processes"] = ctx.world if ctx.ddp else 1
     atomic_write_json(done_path, summary)
-    last_path.unlink(missing_ok=True)  # the best weights are kept; the resume state is no longer needed
+    run.last_path.unlink(missing_ok=True)  # the best weights are kept; the resume state is no longer needed
     ctx.barrier()
     log.info(
         "fold %d: done, best %s %.4f at epoch %d",
         data.fold,
         data.metric,
         summary["score"],
-        state["best_epoch"] + 1,
+        state.best_epoch + 1,
     )
     return summary
 
 
-def resume_state(model, optimizer, scheduler, engine, state: dict, partial: dict | None = None) -> dict:
+def resume_state(
+    model, optimizer, scheduler, engine, state: FoldState, partial: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Everything a killed fold needs to continue: weights, optimizer, schedule, engine, progress."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "engine": engine.state_dict(),
-        "state": {**state, "partial": partial} if partial else state,
+        "state": state.as_checkpoint(partial),
     }
-
-
-def loader_workers(configured: int | None, device: torch.device) -> int:
-    if configured is not None:
-        return configured
-    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, ctx: DistContext) -> list[list[int]]:
-    """This rank's index batches of one epoch, in order: a seeded permutation, so a resumed epoch can
-    start at any batch and still see exactly what the uninterrupted epoch would have seen."""
-    if ctx.ddp:
-        sampler = DistributedSampler(range(n), ctx.world, ctx.rank, shuffle=True, seed=seed, drop_last=True)
-        sampler.set_epoch(epoch)
-        indices, size = list(sampler), batch_size // ctx.world
-    else:
-        indices, size = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist(), batch_size
-    batches = [indices[i : i + size] for i in range(0, len(indices), size)]
-    if n >= batch_size:
-        batches = [b for b in batches if len(b) == size]  # drop the last partial batch
-    return batches
-
-
-def _train_one_epoch(
-    engine: StepEngine,
-    dataset,
-    cfg,
-    fold,
-    epoch,
-    device,
-    ctx: DistContext = SINGLE,
-    partial: dict | None = None,
-    save_partial: Callable[[dict], None] | None = None,
-) -> float:
-    """One epoch; ``partial`` resumes it mid-way, ``save_partial`` is called every
-    ``train.checkpoint_every_steps`` optimizer steps with what a resume needs."""
-    tc = cfg.train
-    model = engine.model
-    mask_where, mask_fill = resolve_specaugment(tc.specaugment, model.backbone)
-    model.train()
-    dataset.set_epoch(epoch)
-    batches = epoch_batches(len(dataset), tc.batch_size, epoch_seed(tc.seed, fold, epoch), epoch, ctx)
-    start = partial["batch"] if partial else 0
-    workers = loader_workers(tc.num_workers, device)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=batches[start:],
-        num_workers=workers,
-        prefetch_factor=4 if workers else None,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(epoch_seed(tc.seed, fold, epoch)),  # not the global RNG
-    )
-    rank = ctx.rank if ctx.ddp else 0  # ranks see different data: give each its own masks and dropout
-    aug = torch.Generator().manual_seed(epoch_seed(tc.seed + rank, fold, epoch, AUGMENT_STREAM))
-    # dropout draws from the global generator: reseeding it per epoch makes a resumed epoch identical
-    torch.manual_seed(epoch_seed(tc.seed + rank, fold, epoch, DROPOUT_STREAM))
-    total, count = 0.0, 0
-    if partial:
-        total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
-    bar = tqdm(
-        loader, desc=f"fold {fold} epoch {epoch + 1}", leave=False, disable=None, unit="batch", initial=start
-    )
-    for step, (x, y, w) in enumerate(bar, start=start):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        w = w.to(device, non_blocking=True)
-        with torch.no_grad():
-            x = model.logmel(x)  # wave cache: the log-mel is computed here, on the training device
-        keep = spec_mask(x, tc.specaugment, aug)
-        if mask_where == "input":
-            x = apply_mask(x, keep, mask_fill)
-        if tc.mixup_alpha > 0 and torch.rand(1, generator=aug).item() < tc.mixup_prob:
-            x, y, w = mixup(x, y, w, tc.mixup_alpha, aug)
-        with engine.autocast():
-            logits = (
-                engine.forward_model(x) if mask_where == "input" else engine.forward_model(x, spec_keep=keep)
-            )
-        loss = weighted_bce(logits.float(), y, w)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"fold {fold}: loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good "
-                "checkpoint is kept. Lower train.lr, set train.grad_clip_norm, or check the features for NaN"
-            )
-        stepped = engine.backward(loss)
-        total += loss.item() * x.shape[0]
-        count += x.shape[0]
-        bar.set_postfix(loss=f"{total / count:.4f}")
-        every = tc.checkpoint_every_steps
-        remaining = len(batches) - step - 1
-        if save_partial and every and stepped and remaining and (engine.steps_taken % every == 0):
-            own = rank_progress(total, count, aug, device)
-            ranks = ctx.gather(own) if ctx.ddp else [own]  # all DDP ranks reach this step together
-            save_partial({"epoch": epoch, "batch": step + 1, "ranks": ranks})
-    engine.flush()
-    return total / max(count, 1)

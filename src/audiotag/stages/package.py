@@ -1,4 +1,4 @@
-"""A self-contained folder for a Kaggle offline inference notebook, and the inference it runs.
+"""The ``audiotag package`` stage: a self-contained folder for a Kaggle offline inference notebook.
 
 ``build_package`` writes::
 
@@ -11,49 +11,33 @@
       members/<run>/        config.yaml, run.json, metrics.json, fold<k>/{best.pt,done.json}
 
 Upload OUT_DIR as a Kaggle dataset, attach it and the competition data to a notebook, and run
-``!python /kaggle/input/<dataset>/inference.py``. :func:`run_inference` then computes the log-mel of
-every clip of the sample submission found under ``/kaggle/input/<slug>/`` with the members' own
-front-ends (through the same feature cache code as ``prepare``), predicts with every fold of every
-member using the sliding windows of training's evaluation, averages the folds of each member, blends
-the members as the ensemble did, and writes ``submission.csv`` after validating it against the sample.
+``!python /kaggle/input/<dataset>/inference.py``, which calls ``audiotag.inference.inference_main``
+(see ``audiotag/inference.py`` for what it computes).
 
 This module is imported by the CLI, so it imports torch and the models only inside the functions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
-import sys
-import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.errors import ConfigError, DataError
+from audiotag.inference import FORMAT_VERSION, MANIFEST, STACKER_DATA
 
 if TYPE_CHECKING:
     from audiotag.competitions import Competition
     from audiotag.config import EnsembleConfig
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "bundle.json"
-FORMAT_VERSION = 1
-SAMPLE = "sample_submission.csv"
-STACKER_DATA = "stacker_train.npz"
-
-
-# --------------------------------------------------------------------------- building
 
 
 @dataclass
@@ -283,7 +267,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--scores", type=Path, help="also write the blended scores (parquet)")
     args = parser.parse_args(argv)
-    from audiotag.package import inference_main
+    from audiotag.inference import inference_main
 
     return inference_main(BUNDLE, args)
 
@@ -291,193 +275,3 @@ def main(argv=None):
 if __name__ == "__main__":
     sys.exit(main())
 '''
-
-
-# --------------------------------------------------------------------------- inference
-
-
-REQUIRED_MODULES = ("torch", "numpy", "pandas", "pyarrow", "scipy", "soundfile", "soxr", "pydantic", "yaml")
-
-
-def check_modules(names: Sequence[str] = REQUIRED_MODULES) -> None:
-    import importlib.util
-
-    missing = [name for name in names if importlib.util.find_spec(name) is None]
-    if missing:
-        raise DataError(
-            f"python package(s) {', '.join(missing)} not installed; attach their wheels as a Kaggle dataset "
-            "and `pip install --no-index --find-links /kaggle/input/<wheels> ...` first"
-        )
-
-
-def find_test_audio(input_dir: Path, fnames: Sequence[str]) -> dict[str, Path]:
-    """Where each clip of the sample submission is under ``input_dir`` (a folder named *test* wins)."""
-    wanted = set(fnames)
-    found: dict[str, Path] = {}
-    for path in sorted(input_dir.rglob("*")):
-        if path.name not in wanted or not path.is_file():
-            continue
-        previous = found.get(path.name)
-        in_test = "test" in path.parent.name.lower()
-        if previous is None or (in_test and "test" not in previous.parent.name.lower()):
-            found[path.name] = path
-    missing = [f for f in fnames if f not in found]
-    if missing:
-        raise DataError(
-            f"{len(missing)} clip(s) of {input_dir / SAMPLE} have no audio file under {input_dir}, e.g. "
-            f"{missing[:5]}; pass --input with the competition's data folder"
-        )
-    return found
-
-
-@dataclass(frozen=True)
-class BundleCompetition:
-    """What the submission writer needs of a competition, read from bundle.json and the input folder."""
-
-    name: str
-    classes: list[str]
-    submission_kind: str
-    sample_submission_path: Path
-
-
-def combine_members(
-    fold_predictions: list[list[np.ndarray]], spec: dict[str, Any], bundle: Path
-) -> np.ndarray:
-    """The ensemble's test rule: each member's folds averaged by the blend rule, then the weighted
-    blend; or, for a stacker, the stacker refitted on the shipped OOF data and applied to the members'
-    fold-averaged test logits."""
-    stacking = spec.get("stacking")
-    if stacking is not None:
-        from audiotag.stacking import logit_features, make_stacker
-
-        data = np.load(bundle / stacking["file"])
-        n_folds = len(fold_predictions[0])
-        if any(len(folds) != n_folds for folds in fold_predictions):
-            raise DataError("stacking needs the same number of folds in every member")
-        test_features = np.mean(
-            [logit_features([folds[k] for folds in fold_predictions]) for k in range(n_folds)], axis=0
-        )
-        fit_predict = make_stacker(
-            stacking["kind"], c=stacking["c"], hidden=stacking["hidden"], seed=stacking["seed"]
-        )
-        return fit_predict(data["features"], data["truth"], test_features)
-    from audiotag.blend import BlendRule, normalise_weights
-
-    rule = BlendRule(spec["method"], spec.get("power") or 2.0)
-    space = np.stack([rule.fold_average(folds) for folds in fold_predictions])
-    weights = normalise_weights(np.asarray(spec["weights"]), space.shape[0], space.shape[2])
-    return rule.combine(space, weights)
-
-
-def predict_member(
-    member_dir: Path, folds: Sequence[int], cache: Any, clip_ids: list[str], n_classes: int, device: Any
-) -> list[np.ndarray]:
-    """Each fold's scores of one member: its best.pt over sliding windows, as training evaluated."""
-    from audiotag.config import InputNorm, load_experiment
-    from audiotag.models.registry import build_model
-    from audiotag.train.checkpoint import load_checkpoint
-    from audiotag.train.loop import crop_frames, predict_for
-
-    cfg = load_experiment(member_dir / "config.yaml")
-    window = crop_frames(cfg)
-    parts = []
-    for fold in folds:
-        fold_dir = member_dir / f"fold{fold}"
-        done = json.loads((fold_dir / "done.json").read_text())
-        norm = InputNorm(**done["input_norm"]) if cfg.model.input_norm == "dataset" else None
-        model = build_model(cfg.model, cfg.features.n_mels, n_classes, window, norm, cfg.features)
-        model.load_state_dict(load_checkpoint(fold_dir / "best.pt", device)["model"])
-        model = model.to(device)
-        parts.append(predict_for(model, cache, clip_ids, cfg, device))
-        log.info("inference: %s fold %d done", member_dir.name, fold)
-    return parts
-
-
-def run_inference(
-    bundle: Path,
-    input_dir: Path,
-    output: Path,
-    work_dir: Path | None = None,
-    workers: int | None = None,
-    device: str = "auto",
-    scores_path: Path | None = None,
-) -> Path:
-    """Write the submission for the test clips in ``input_dir`` with the package in ``bundle``."""
-    import torch
-
-    from audiotag.config import AudioRules, load_experiment
-    from audiotag.data.cache import FeatureCache, build_cache
-    from audiotag.predictions import write_predictions
-    from audiotag.submission import build_submission, write_submission
-
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    if manifest.get("format") != FORMAT_VERSION:
-        raise DataError(
-            f"{bundle / MANIFEST}: package format {manifest.get('format')} is not {FORMAT_VERSION}"
-        )
-    sample_path = input_dir / SAMPLE
-    if not sample_path.is_file():
-        raise DataError(f"{sample_path} not found; pass --input with the competition's data folder")
-    fnames = pd.read_csv(sample_path, dtype={"fname": str}, keep_default_na=False)["fname"].tolist()
-    audio = find_test_audio(input_dir, fnames)
-    clips = pd.DataFrame({"clip_id": fnames, "path": [str(audio[f]) for f in fnames], "split": "test"})
-    torch_device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    )
-    classes = list(manifest["classes"])
-    log.info(
-        "inference: %d test clips from %s, %d member(s), on %s (code: %s)",
-        len(fnames),
-        input_dir,
-        len(manifest["members"]),
-        torch_device,
-        Path(__file__).resolve().parent,
-    )
-    with contextlib.ExitStack() as stack:
-        if work_dir is None:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audiotag-")))
-        else:
-            work = Path(work_dir)
-        caches: dict[tuple[str, AudioRules], FeatureCache] = {}
-        predictions = []
-        for member in manifest["members"]:
-            member_dir = bundle / "members" / member["name"]
-            member_cfg = load_experiment(member_dir / "config.yaml")
-            features, rules = member_cfg.features, member_cfg.competition.audio_rules
-            key = (features.key(), rules)
-            if key not in caches:  # the member's own audio rules, as its training cache had
-                caches[key] = FeatureCache(build_cache(clips, work, features, workers=workers, rules=rules))
-            cache = caches[key]
-            predictions.append(
-                predict_member(member_dir, member["folds"], cache, fnames, len(classes), torch_device)
-            )
-        blended = combine_members(predictions, manifest["blend"], bundle)
-    comp = BundleCompetition(manifest["competition"], classes, manifest["submission_kind"], sample_path)
-    as_comp = cast("Competition", comp)  # the submission writer reads only these four attributes
-    if scores_path is not None:
-        write_predictions(scores_path, fnames, classes, blended)
-    return write_submission(as_comp, build_submission(as_comp, fnames, blended), output)
-
-
-def inference_main(bundle: Path, args: Any) -> int:
-    """The body of the packaged ``inference.py``: logging, checks, and one-line errors."""
-    from audiotag.errors import AudiotagError
-    from audiotag.log import setup_logging
-
-    setup_logging(bool(os.environ.get("AUDIOTAG_VERBOSE")))
-    try:
-        check_modules()
-        out = run_inference(
-            bundle,
-            args.input,
-            args.output,
-            args.work,
-            args.workers,
-            args.device,
-            getattr(args, "scores", None),
-        )
-    except AudiotagError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"submission: {out}")
-    return 0

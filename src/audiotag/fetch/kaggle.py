@@ -1,4 +1,5 @@
-"""The ``kaggle`` package's API client, shared by the data download and ``audiotag submit``.
+"""Kaggle: the ``kaggle`` package's API client (shared with ``audiotag submit``), and
+:func:`kaggle_download`, which fetches a competition's files with it.
 
 The ``kaggle`` package authenticates when it is imported, prints its own help and, in older versions,
 exits when it finds no credentials, so it is imported only inside :func:`client_class`, with its
@@ -11,6 +12,10 @@ Credential values never reach our output: the client's own printing is discarded
 (:func:`quiet_client`) and every message built here is passed through :func:`redact`. Callers that
 need another exception type (the download raises :class:`~audiotag.errors.DataError`) re-raise the
 message.
+
+:func:`kaggle_download` fetches a competition's archive with the client, checks it, and extracts it
+with :func:`audiotag.fetch.extract.extract_zip`; its failures are raised as :class:`DataError`.
+Credentials are never printed or logged.
 """
 
 from __future__ import annotations
@@ -19,12 +24,21 @@ import contextlib
 import io
 import logging
 import os
+import re
+import shutil
 import socket
+import sys
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from audiotag.errors import AudiotagError
+from audiotag.atomic import fsync_dir
+from audiotag.errors import AudiotagError, ConfigError, DataError
+from audiotag.fetch.extract import extract_zip
+from audiotag.fetch.http import human_size, locked
+
+log = logging.getLogger(__name__)
 
 ApiFactory = Callable[[], Any]
 
@@ -231,3 +245,70 @@ def explain(
         detail = error_detail(exc, secrets)
         msg = f"could not {doing} Kaggle competition {slug!r} ({what}: {detail}){_also(alternative, '; ')}"
     return error(redact(msg, secrets))
+
+
+# --------------------------------------------------------------------------- the competition download
+
+KaggleApiFactory = ApiFactory
+KAGGLE_API_FACTORY: KaggleApiFactory = default_api  # tests put a fake here
+
+
+def kaggle_download(slug: str, dest_dir: Path, *, api_factory: KaggleApiFactory | None = None) -> Path:
+    """Download a competition's data with the Kaggle API into ``dest_dir``, extract it there, and return
+    ``dest_dir``.
+
+    The archive is fetched into a hidden staging folder (where the client keeps its own resume state),
+    checked to be a readable zip, renamed to ``dest_dir/<slug>.zip`` and extracted with
+    :func:`extract_zip`. An archive already in place is not downloaded again. Failures become one-line
+    errors saying what to do: no credentials, wrong credentials (401), rules not accepted (403), no
+    such competition (404). ``api_factory`` builds the client (default: the official ``KaggleApi``).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", slug):
+        raise ConfigError(f"Kaggle competition slug {slug!r} is not valid (letters, digits, '-', '_', '.')")
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    archive = dest_dir / f"{slug}.zip"
+    with locked(dest_dir / f".{slug}.kaggle.lock", f"waiting for another download of {slug}"):
+        if archive.is_file() and zipfile.is_zipfile(archive):
+            log.info("%s is already downloaded; skipping the Kaggle download", archive)
+        else:
+            if archive.exists():
+                raise DataError(f"{archive} is not a readable zip; move it away and run again")
+            _kaggle_fetch(slug, dest_dir, archive, api_factory or KAGGLE_API_FACTORY)
+    extract_zip(archive, dest_dir)
+    return dest_dir
+
+
+def _kaggle_fetch(slug: str, dest_dir: Path, archive: Path, factory: KaggleApiFactory) -> None:
+    by_hand = (
+        f"download the data by hand from https://www.kaggle.com/competitions/{slug}/data into {dest_dir}"
+    )
+    try:
+        api = authenticated_api(factory, alternative=by_hand)
+    except KaggleError as exc:  # a download failure is a DataError, whatever the cause
+        raise DataError(str(exc)) from None
+    secrets = secrets_of(api)
+    staging = dest_dir / f".kaggle-{slug}"
+    staging.mkdir(exist_ok=True)
+    log.info("downloading the data of Kaggle competition %s into %s", slug, dest_dir)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the client's messages must not mix with our output
+            api.competition_download_files(slug, path=str(staging), force=False, quiet=False)
+    except (Exception, SystemExit) as exc:
+        doing, slug_from = "download the data of", "the slug in the competition config"
+        error = explain(exc, slug, secrets, doing=doing, slug_from=slug_from, alternative=by_hand)
+        raise DataError(str(error)) from None
+    got = sorted(p for p in staging.iterdir() if p.is_file() and not p.name.startswith("."))
+    zips = [p for p in got if p.suffix == ".zip"]
+    if len(zips) != 1:
+        raise DataError(
+            f"the Kaggle download of {slug!r} left {[p.name for p in got]} in {staging}, expected one .zip; "
+            "check the folder and run again"
+        )
+    if not zipfile.is_zipfile(zips[0]):
+        zips[0].unlink()
+        raise DataError(f"the Kaggle download of {slug!r} is not a readable zip (deleted); run again")
+    os.replace(zips[0], archive)
+    fsync_dir(dest_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("downloaded %s (%s)", archive, human_size(archive.stat().st_size))

@@ -1,0 +1,70 @@
+"""An experiment: a competition, a front-end, a model of any registered family, training settings.
+
+Composed from the YAML groups by ``load_experiment`` (``audiotag.config`` has the machinery). It
+sits above ``models`` because the ``model`` section is validated against the config schema of the
+family it names, and the families live with their code (``models/<family>.py``, collected by
+``models/registry.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from audiotag.config import (
+    AUTO_FEATURES,
+    CompetitionConfig,
+    FeatureConfig,
+    StrictModel,
+    TrainConfig,
+    apply_overrides,
+    load_group,
+    read_yaml,
+    resolve_groups,
+    validate,
+)
+from audiotag.errors import ConfigError
+from audiotag.models.registry import families
+
+DEFAULT_FAMILY = "cnn"
+
+ModelConfig = Annotated[
+    Union[tuple(f.config for f in families().values())],  # noqa: UP007 (a union built at run time)
+    Field(discriminator="name"),
+]
+
+
+class ExperimentConfig(StrictModel):
+    name: str
+    competition: CompetitionConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelConfig = Field(default_factory=families()[DEFAULT_FAMILY].config)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    raw = read_yaml(path)
+    raw.setdefault("name", path.stem)
+    tree = apply_overrides(resolve_groups(raw), overrides or [])
+    tree = resolve_groups(tree)  # an override may name another group file
+    if tree.get("features") == AUTO_FEATURES:
+        tree["features"] = load_group("features", checkpoint_features(tree.get("model")))
+    return validate(ExperimentConfig, tree, str(path))
+
+
+def checkpoint_features(model: Any) -> str:
+    """For ``features: auto``: the front-end config the model's pretrained checkpoint was trained with."""
+    from audiotag.models.pretrained import KNOWN
+
+    pretrained = model.get("pretrained") if isinstance(model, dict) else None
+    entry = KNOWN.get(str(pretrained)) if pretrained else None
+    if entry is None or entry.features is None:
+        raise ConfigError(
+            f"features: auto takes the front-end of model.pretrained, but {pretrained!r} is not a checkpoint "
+            f"with a known front-end; name a features config instead (configs/features/), or one of: "
+            f"{', '.join(sorted(k for k, v in KNOWN.items() if v.features))}"
+        )
+    return entry.features

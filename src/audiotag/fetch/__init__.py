@@ -1,0 +1,17 @@
+"""Getting files onto the disk: one module per host or format.
+
+- :mod:`~audiotag.fetch.http`: :func:`download` over HTTP with resume (``Range`` guarded by
+  ``If-Range``), retries, size/MD5/SHA-256 checks, ``.part`` files, locks and stamps, and the small
+  helpers the other modules share (progress bars, free-space check, offline mode, ``human_size``).
+- :mod:`~audiotag.fetch.zenodo`: the files of a Zenodo record, from its JSON listing.
+- :mod:`~audiotag.fetch.splitzip`: joining an Info-ZIP split archive (``x.z01 ... x.zip``) into one zip.
+- :mod:`~audiotag.fetch.extract`: safe zip extraction (zip-slip refused, atomic, recorded when done).
+- :mod:`~audiotag.fetch.kaggle`: the Kaggle API client (credentials, redaction, errors) and the
+  download of a competition's files.
+- :mod:`~audiotag.fetch.weights`: pretrained weights files: the :class:`Checkpoint` record, the
+  cache, downloads and verification (published hashes, or trust on first use).
+
+These modules import only :mod:`audiotag.errors`, :mod:`audiotag.atomic`, :mod:`audiotag.paths`,
+:mod:`audiotag.log` and each other: what needs a higher layer (reading a state dict with torch)
+comes in as an argument.
+"""

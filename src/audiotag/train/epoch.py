@@ -1,0 +1,164 @@
+"""One training epoch: seeded batches, SpecAugment, mixup, weighted BCE, and mid-epoch checkpoints.
+
+Every random draw comes from generators seeded by (seed, fold, epoch), so a resumed epoch continues
+exactly as the uninterrupted one would have on the same device; ``rank_progress`` is what a
+mid-epoch checkpoint keeps of each process so that it can.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from audiotag.data.augment import apply_mask, mixup, resolve_specaugment, spec_mask
+from audiotag.data.dataset import CropDataset
+from audiotag.errors import TrainingError
+from audiotag.experiment import ExperimentConfig
+from audiotag.train.distributed import SINGLE, DistContext
+from audiotag.train.engine import StepEngine
+from audiotag.train.losses import weighted_bce
+
+# What a seed is for, so that the streams of one (seed, fold) never coincide.
+EPOCH_STREAM, INIT_STREAM, CROP_STREAM, DROPOUT_STREAM, AUGMENT_STREAM = 0, 1, 2, 3, 4
+
+
+def rank_progress(total: float, count: int, aug: torch.Generator, device: torch.device) -> dict:
+    """What one process needs to continue an epoch exactly: its loss sums and its random states.
+
+    Dropout draws from the global generator of the device it runs on, so a GPU's is saved too.
+    """
+    return {
+        "total": total,
+        "count": count,
+        "aug_state": aug.get_state(),
+        "rng_state": torch.get_rng_state(),
+        "cuda_rng_state": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_rank_progress(
+    partial: dict, rank: int, n_procs: int, aug: torch.Generator, device: torch.device
+) -> tuple[float, int]:
+    """Set this process's random states from a mid-epoch checkpoint; its (loss total, count).
+
+    Each of the ``n_procs`` DDP ranks gets its own states back; the epoch's batches are split among
+    the ranks, so it must go on with as many processes as it was saved by. Checkpoints written before
+    states were kept per rank hold one set, used by a single process.
+    """
+    ranks = partial.get("ranks") or [partial]
+    if len(ranks) != n_procs:
+        raise TrainingError(
+            f"the mid-epoch checkpoint was written by {len(ranks)} training process(es), this run has "
+            f"{n_procs}: resume with --gpus {len(ranks)}, or delete the fold's last.pt to restart the fold"
+        )
+    own = ranks[rank]
+    aug.set_state(own["aug_state"])
+    torch.set_rng_state(own["rng_state"])
+    if own.get("cuda_rng_state") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(own["cuda_rng_state"], device)
+    return own["total"], own["count"]
+
+
+def epoch_seed(seed: int, fold: int, epoch: int, stream: int = EPOCH_STREAM) -> int:
+    entropy = [seed % 2**32, fold, stream, epoch]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def loader_workers(configured: int | None, device: torch.device) -> int:
+    if configured is not None:
+        return configured
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, ctx: DistContext) -> list[list[int]]:
+    """This rank's index batches of one epoch, in order: a seeded permutation, so a resumed epoch can
+    start at any batch and still see exactly what the uninterrupted epoch would have seen."""
+    if ctx.ddp:
+        sampler = DistributedSampler(range(n), ctx.world, ctx.rank, shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        indices, size = list(sampler), batch_size // ctx.world
+    else:
+        indices, size = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist(), batch_size
+    batches = [indices[i : i + size] for i in range(0, len(indices), size)]
+    if n >= batch_size:
+        batches = [b for b in batches if len(b) == size]  # drop the last partial batch
+    return batches
+
+
+def train_one_epoch(
+    engine: StepEngine,
+    dataset: CropDataset,
+    cfg: ExperimentConfig,
+    fold: int,
+    epoch: int,
+    device: torch.device,
+    ctx: DistContext = SINGLE,
+    partial: dict | None = None,
+    save_partial: Callable[[dict], None] | None = None,
+) -> float:
+    """One epoch; ``partial`` resumes it mid-way, ``save_partial`` is called every
+    ``train.checkpoint_every_steps`` optimizer steps with what a resume needs."""
+    tc = cfg.train
+    model = engine.model
+    mask_where, mask_fill = resolve_specaugment(tc.specaugment, model.backbone)
+    model.train()
+    dataset.set_epoch(epoch)
+    batches = epoch_batches(len(dataset), tc.batch_size, epoch_seed(tc.seed, fold, epoch), epoch, ctx)
+    start = partial["batch"] if partial else 0
+    workers = loader_workers(tc.num_workers, device)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches[start:],
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(epoch_seed(tc.seed, fold, epoch)),  # not the global RNG
+    )
+    rank = ctx.rank if ctx.ddp else 0  # ranks see different data: give each its own masks and dropout
+    aug = torch.Generator().manual_seed(epoch_seed(tc.seed + rank, fold, epoch, AUGMENT_STREAM))
+    # dropout draws from the global generator: reseeding it per epoch makes a resumed epoch identical
+    torch.manual_seed(epoch_seed(tc.seed + rank, fold, epoch, DROPOUT_STREAM))
+    total, count = 0.0, 0
+    if partial:
+        total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
+    bar = tqdm(
+        loader, desc=f"fold {fold} epoch {epoch + 1}", leave=False, disable=None, unit="batch", initial=start
+    )
+    for step, (x, y, w) in enumerate(bar, start=start):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        w = w.to(device, non_blocking=True)
+        with torch.no_grad():
+            x = model.logmel(x)  # wave cache: the log-mel is computed here, on the training device
+        keep = spec_mask(x, tc.specaugment, aug)
+        if mask_where == "input":
+            x = apply_mask(x, keep, mask_fill)
+        if tc.mixup_alpha > 0 and torch.rand(1, generator=aug).item() < tc.mixup_prob:
+            x, y, w = mixup(x, y, w, tc.mixup_alpha, aug)
+        with engine.autocast():
+            logits = (
+                engine.forward_model(x) if mask_where == "input" else engine.forward_model(x, spec_keep=keep)
+            )
+        loss = weighted_bce(logits.float(), y, w)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"fold {fold}: loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good "
+                "checkpoint is kept. Lower train.lr, set train.grad_clip_norm, or check the features for NaN"
+            )
+        stepped = engine.backward(loss)
+        total += loss.item() * x.shape[0]
+        count += x.shape[0]
+        bar.set_postfix(loss=f"{total / count:.4f}")
+        every = tc.checkpoint_every_steps
+        remaining = len(batches) - step - 1
+        if save_partial and every and stepped and remaining and (engine.steps_taken % every == 0):
+            own = rank_progress(total, count, aug, device)
+            ranks = ctx.gather(own) if ctx.ddp else [own]  # all DDP ranks reach this step together
+            save_partial({"epoch": epoch, "batch": step + 1, "ranks": ranks})
+    engine.flush()
+    return total / max(count, 1)
