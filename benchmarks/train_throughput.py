@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from audiotag.config import FeatureConfig, TrainConfig, load_group, validate
+from audiotag.config import FeatureConfig, TrainConfig
+from audiotag.config_files import load_group, validate
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache

@@ -9,7 +9,8 @@ import timm
 import torch
 from timm.models.deit import VisionTransformerDistilled
 
-from audiotag.config import FeatureConfig, InputNorm, read_yaml
+from audiotag.config import FeatureConfig, InputNorm
+from audiotag.config_files import read_yaml
 from audiotag.errors import ConfigError
 from audiotag.models.ast import (
     AST_MEAN,

@@ -398,7 +398,7 @@ def test_changed_audio_rules_in_the_config_rebuild_the_cache(
 ) -> None:
     """``competition.audio_rules`` reach the cache through ``prepare``: a shorter ``max_seconds`` rebuilds
     it with exactly the longer clips flagged ``cut``; the clip table and folds are left as they are."""
-    from audiotag.config import configs_root
+    from audiotag.config_files import configs_root
     from audiotag.experiment import load_experiment
     from audiotag.stages.prepare import prepare
     from tests.conftest import TINY_DEMO

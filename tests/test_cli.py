@@ -27,3 +27,11 @@ def test_a_command_is_not_a_stage(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):  # a command's own parser: `weights` needs an action
         cli.main(["weights"])
     assert "audiotag weights" in capsys.readouterr().err
+
+
+def test_set_values_go_to_the_experiment_or_with_their_prefix_to_the_ensemble() -> None:
+    from audiotag.cli import split_overrides
+
+    experiment, ensemble = split_overrides(["train.epochs=3", "ensemble.method=geometric", "model=cnn14"])
+    assert experiment == ["train.epochs=3", "model=cnn14"]
+    assert ensemble == ["method=geometric"]

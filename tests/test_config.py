@@ -5,14 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from audiotag.config import (
-    AudioRules,
-    FeatureConfig,
-    apply_overrides,
-    configs_root,
-    load_competition,
-    load_ensemble,
-)
+from audiotag.config import AudioRules, FeatureConfig, load_competition, load_ensemble
+from audiotag.config_files import apply_overrides, configs_root
 from audiotag.errors import ConfigError
 from audiotag.experiment import ExperimentConfig, load_experiment
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import FeatureConfig, SpecAugmentConfig, load_group, validate
+from audiotag.config import FeatureConfig, SpecAugmentConfig
+from audiotag.config_files import load_group, validate
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.dataset import CropDataset, fit_length, iter_window_batches, silence_value, window_starts
 from audiotag.data.features import compute_logmel

@@ -88,7 +88,7 @@ def test_changed_config_is_refused_for_an_existing_run(workspace: Path, capsys) 
 
 
 def test_a_setting_added_after_a_run_started_counts_as_unchanged_at_its_default() -> None:
-    from audiotag.config import configs_root
+    from audiotag.config_files import configs_root
     from audiotag.experiment import load_experiment
     from audiotag.stages.train import changed_settings, result_settings
 
@@ -114,8 +114,10 @@ def test_bad_input_gives_clear_errors(workspace: Path, capsys) -> None:
     assert "nosuch" in capsys.readouterr().err
     assert run_cli(["fly"]) == 2
     assert "unknown stage" in capsys.readouterr().err
-    assert run_cli(tiny_args("ensemble")) == 2  # --set applies to the ensemble config when it runs alone
-    assert "train: unknown key" in capsys.readouterr().err
+    assert run_cli(tiny_args("ensemble")) == 2  # experiment --set values mean nothing to `ensemble` alone
+    assert "the ensemble stage alone reads no experiment" in capsys.readouterr().err
+    assert run_cli(["ensemble", "--set", "ensemble.nosuch=1"]) == 2  # ensemble.KEY: the ensemble config
+    assert "nosuch: unknown key" in capsys.readouterr().err
     assert run_cli(["ensemble", "-c", "demo"]) == 2  # nothing trained yet
     err = capsys.readouterr().err
     assert "'cnn_small'" in err and "./run.sh train" in err

@@ -16,8 +16,10 @@ from audiotag.blend import scaled_ranks
 from audiotag.cli import main
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import file_sha256
-from audiotag.config import EnsembleConfig, configs_root, load_competition, load_ensemble
-from audiotag.ensemble import Member, ScoreLine, run_ensemble
+from audiotag.config import EnsembleConfig, load_competition, load_ensemble
+from audiotag.config_files import configs_root
+from audiotag.ensemble import ScoreLine, run_ensemble
+from audiotag.ensemble_members import Member
 from audiotag.errors import ConfigError, DataError
 from audiotag.fold_scores import FoldScores
 from audiotag.predictions import read_predictions, write_predictions

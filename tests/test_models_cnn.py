@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotag.config import load_group, validate
+from audiotag.config_files import load_group, validate
 from audiotag.errors import ConfigError
 from audiotag.models.cnn14 import CnnConfig, convert_aisfx, convert_panns
 from audiotag.models.loading import load_converted

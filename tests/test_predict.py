@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import FeatureConfig, load_group, validate
+from audiotag.config import FeatureConfig
+from audiotag.config_files import load_group, validate
 from audiotag.data.dataset import window_starts
 from audiotag.data.features import compute_logmel
 from audiotag.errors import AudiotagError

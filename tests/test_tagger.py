@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from audiotag.cli import main
-from audiotag.config import InputNorm, configs_root
+from audiotag.config import InputNorm
+from audiotag.config_files import configs_root
 from audiotag.errors import ConfigError
 from audiotag.experiment import load_experiment
 from audiotag.models.cnn14 import CnnConfig

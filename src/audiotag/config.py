@@ -1,9 +1,8 @@
-"""Typed configuration: YAML files under ``configs/`` composed into one validated tree.
+"""The typed configuration schemas: competition, front-end, the settings every model shares,
+training and ensembles (each model family's own schema lives with the family, ``models/*.py``).
 
-An experiment file names one file from each group (``competition: demo`` reads
-``configs/competitions/demo.yaml``), or gives a mapping with ``base: <name>`` plus keys to change.
-Command-line overrides (``--set train.epochs=3``) are applied to the composed tree before
-validation, so every error names the full key path and what is allowed there.
+Files are read, composed and overridden by ``audiotag.config_files``; ``load_ensemble`` and
+``load_competition`` here validate such a tree against its schema.
 """
 
 from __future__ import annotations
@@ -13,28 +12,20 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from audiotag.errors import ConfigError
+from audiotag.config_files import apply_overrides, load_group, read_yaml, resolve_groups, validate
 
 M = TypeVar("M", bound="BaseModel")
 
 FEATURE_CODE_VERSION = 1  # bump when the log-mel computation changes, so old caches are not reused
-AUTO_FEATURES = "auto"  # `features: auto`: the pretrained checkpoint's own front-end
-GROUPS = {
-    "competition": "competitions",
-    "features": "features",
-    "model": "models",
-}
 
 
 class StrictModel(BaseModel):
@@ -438,188 +429,6 @@ class EnsembleConfig(StrictModel):
         return per_class
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-def configs_root() -> Path:
-    """The repository's ``configs/`` folder (overridable with AUDIOTAG_CONFIGS)."""
-    import os
-
-    env = os.environ.get("AUDIOTAG_CONFIGS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs"
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
-    return data
-
-
-def available(group_dir: str, root: Path | None = None) -> list[str]:
-    base = (root or configs_root()) / group_dir
-    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
-
-
-def load_group(group: str, name: str, root: Path | None = None) -> dict[str, Any]:
-    group_dir = GROUPS[group]
-    path = (root or configs_root()) / group_dir / f"{name}.yaml"
-    if not path.is_file():
-        choices = ", ".join(available(group_dir, root)) or "(none)"
-        raise ConfigError(f"{group}: no config named {name!r} in configs/{group_dir}/; available: {choices}")
-    return read_yaml(path)
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def resolve_groups(raw: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
-    """Replace group references (``model: cnn_small`` or ``{base: cnn_small, ...}``) by their content."""
-    out = dict(raw)
-    for group in GROUPS:
-        value = out.get(group)
-        if group == "features" and value == AUTO_FEATURES:
-            continue  # resolved from model.pretrained once overrides are applied
-        if isinstance(value, str):
-            out[group] = load_group(group, value, root)
-        elif isinstance(value, dict) and "base" in value:
-            rest = {k: v for k, v in value.items() if k != "base"}
-            out[group] = deep_merge(load_group(group, str(value["base"]), root), rest)
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. train.epochs=3")
-    key, value = text.split("=", 1)
-    path = [p for p in key.strip().split(".") if p]
-    if not path:
-        raise ConfigError(f"override {text!r}: empty key")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return path, parsed
-
-
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    tree = json.loads(json.dumps(tree))  # deep copy of plain data
-    for text in overrides:
-        path, value = parse_override(text)
-        node = tree
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                where = ".".join(path[: i + 1])
-                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
-            node = child
-        node[path[-1]] = value
-    return tree
-
-
-def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for err in exc.errors():
-        shown, _ = _walk(model, [str(p) for p in err["loc"]])
-        where = ".".join(shown) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            _, parent = _walk(model, [str(p) for p in err["loc"]][:-1])
-            allowed = sorted(getattr(parent, "model_fields", {}))
-            hint = f"unknown key; allowed keys here: {', '.join(allowed)}" if allowed else "unknown key"
-            lines.append(f"  {where}: {hint}")
-        else:
-            got = err.get("input")
-            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {where}: {err['msg']}{got_text}")
-    return "\n".join(lines)
-
-
-def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
-    """Follow an error location through the config models: (path to show, model reached or None).
-
-    Pydantic puts the tag of a union member into the location (``model.cnn.channels``); the tag is
-    followed but not shown, since it is not a key the user wrote.
-    """
-    shown: list[str] = []
-    current: Any = model
-    for part in loc:
-        if current is None:
-            shown.append(part)
-            continue
-        if part.isdigit():
-            shown.append(part)
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is not None:
-            shown.append(part)
-            current = _model_of(field.annotation)
-            continue
-        member = next((m for m in _union_members(current) if _tag(m) == part), None)
-        if member is not None:
-            current = member
-            continue
-        shown.append(part)
-        current = None
-    return shown, current
-
-
-def _union_members(annotation: Any) -> list[type[BaseModel]]:
-    return [
-        a
-        for a in getattr(annotation, "__args__", ()) or ()
-        if isinstance(a, type) and issubclass(a, BaseModel)
-    ]
-
-
-def _tag(member: type[BaseModel]) -> str | None:
-    field = member.model_fields.get("name")
-    return field.default if field is not None and isinstance(field.default, str) else None
-
-
-def _model_of(annotation: Any) -> Any:
-    """The config model (or union of models) a field holds, else None."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    metadata_origin = getattr(annotation, "__origin__", None)
-    if metadata_origin is not None and getattr(annotation, "__metadata__", None) is not None:
-        return _model_of(metadata_origin)  # Annotated[Union[...], Field(discriminator=...)]
-    members = _union_members(annotation)
-    if len(members) > 1:
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def validate(model: type[M], tree: dict[str, Any], source: str) -> M:
-    try:
-        return model.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, model, source)) from None
-
-
 def load_ensemble(path: str | Path, overrides: list[str] | None = None) -> EnsembleConfig:
     path = Path(path)
     raw = read_yaml(path)
@@ -631,12 +440,3 @@ def load_ensemble(path: str | Path, overrides: list[str] | None = None) -> Ensem
 def load_competition(name: str, overrides: list[str] | None = None) -> CompetitionConfig:
     tree = apply_overrides(load_group("competition", name), overrides or [])
     return validate(CompetitionConfig, tree, f"configs/competitions/{name}.yaml")
-
-
-def config_hash(cfg: BaseModel) -> str:
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha1(blob).hexdigest()[:12]
-
-
-def dump_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

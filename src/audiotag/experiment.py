@@ -13,12 +13,9 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
-from audiotag.config import (
+from audiotag.config import CompetitionConfig, FeatureConfig, StrictModel, TrainConfig
+from audiotag.config_files import (
     AUTO_FEATURES,
-    CompetitionConfig,
-    FeatureConfig,
-    StrictModel,
-    TrainConfig,
     apply_overrides,
     load_group,
     read_yaml,

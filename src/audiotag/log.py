@@ -1,9 +1,12 @@
-"""Project-wide logging set-up: one format, INFO by default, quiet third-party loggers."""
+"""Project-wide logging set-up (one format, INFO by default, quiet third-party loggers) and the
+console results are printed to."""
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from rich.console import Console
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -29,3 +32,9 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("matplotlib", "numba", "PIL", "urllib3", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def output_console(width: int = 120) -> Console:
+    """The console for results: piped into a file or a log, a wide table rather than a folded one."""
+    console = Console(stderr=False)
+    return console if console.is_terminal else Console(stderr=False, width=max(console.width, width))

@@ -195,7 +195,7 @@ def blend_oof(comp: Any, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray
     and weights (the blend, not a stacker)."""
     from audiotag.blend import BlendRule, normalise_weights
     from audiotag.data.meta import read_meta
-    from audiotag.ensemble import align, check_members, load_member, scored_rows
+    from audiotag.ensemble_members import align, check_members, load_member, scored_rows
 
     names = list(report.get("members") or {})
     if not names:

@@ -16,7 +16,8 @@ from functools import cache
 import torch
 
 import audiotag.models
-from audiotag.config import FeatureConfig, InputNorm, ModelBase, load_group, validate
+from audiotag.config import FeatureConfig, InputNorm, ModelBase
+from audiotag.config_files import load_group, validate
 from audiotag.errors import ConfigError
 from audiotag.models.family import Family
 from audiotag.models.loading import LoadReport, load_converted

@@ -17,14 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiotag.config import (
-    FeatureConfig,
-    InputNorm,
-    ModelBase,
-    configs_root,
-    load_group,
-    validate,
-)
+from audiotag.config import FeatureConfig, InputNorm, ModelBase
+from audiotag.config_files import configs_root, load_group, validate
 from audiotag.data.audio import load_audio
 from audiotag.data.dataset import fit_length, silence_value
 from audiotag.data.features import compute_logmel

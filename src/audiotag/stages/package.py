@@ -121,7 +121,7 @@ def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.nd
     """The stacker's training set exactly as the ensemble stage builds it: the members' OOF logits
     and the truth of the scored clips. Shipped so inference refits the same (seeded) stacker."""
     from audiotag.data.meta import read_meta
-    from audiotag.ensemble import align, check_members, load_member, scored_rows
+    from audiotag.ensemble_members import align, check_members, load_member, scored_rows
     from audiotag.stacking import logit_features
 
     members = [load_member(comp, name) for name in cfg.members]
@@ -134,7 +134,7 @@ def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.nd
 def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -> Path:
     """Write the inference folder for ensemble ``cfg`` into ``out_dir`` (replacing an earlier package)."""
     from audiotag.competitions import get_competition
-    from audiotag.config import dump_yaml
+    from audiotag.config_files import dump_yaml
     from audiotag.paths import submissions_root
     from audiotag.stages.train import code_version
 

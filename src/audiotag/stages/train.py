@@ -25,7 +25,7 @@ from audiotag import metrics
 from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import file_sha256, load_folds
-from audiotag.config import dump_yaml
+from audiotag.config_files import dump_yaml
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.errors import ConfigError
 from audiotag.experiment import ExperimentConfig
