@@ -77,3 +77,17 @@ def load_fixture(name: str) -> dict[str, np.ndarray]:
 def fixture_state(fixture: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """The seeded state dict a fixture was made with, in the official key layout."""
     return seeded_state(unpack_shapes(fixture), int(fixture["seed"]))
+
+
+def max_diff(ours: torch.Tensor | np.ndarray, official: np.ndarray) -> float:
+    """Largest absolute difference of two arrays of the same shape, computed in float64."""
+    ours = ours.detach().cpu().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours)
+    assert ours.shape == official.shape, (ours.shape, official.shape)
+    return float(np.abs(ours.astype(np.float64) - official.astype(np.float64)).max())
+
+
+def assert_close(ours: torch.Tensor, official: np.ndarray, atol: float, rtol: float, what: str) -> None:
+    """``max|ours - official| <= atol + rtol * max|official|``, naming ``what`` and both numbers."""
+    bound = atol + rtol * float(np.abs(official).max())
+    diff = max_diff(ours, official)
+    assert diff <= bound, f"{what}: max abs difference {diff:.3g} > {bound:.3g}"

@@ -47,7 +47,7 @@ from audiotag.data.features import make_extractor
 from audiotag.models.ast import AstBackbone, AstConfig
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.models.tagger import Tagger
-from tests.golden_weights import fixture_state, load_fixture
+from tests.golden_weights import fixture_state, load_fixture, max_diff
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = ["ast_audioset_t256", "ast_deit_t256"]
@@ -72,12 +72,6 @@ def our_logmel(fixture: dict[str, np.ndarray]) -> np.ndarray:
     assert frames.shape[1] == int(fixture["n_frames"])
     length = int(fixture["target_length"])
     return np.stack([fit_length(f, length, 0, "constant", silence_value(cfg)) for f in frames])
-
-
-def max_diff(a: np.ndarray | torch.Tensor, b: np.ndarray) -> float:
-    a = a.detach().numpy() if isinstance(a, torch.Tensor) else a
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
 def write_checkpoint(fixture: dict[str, np.ndarray], folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:

@@ -42,7 +42,7 @@ from audiotag.models.heads import pool_time
 from audiotag.models.pretrained import lookup
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.models.tagger import Tagger
-from tests.golden_weights import fixture_state, load_fixture
+from tests.golden_weights import assert_close, fixture_state, load_fixture, max_diff
 
 DIMS = (512, 1024, 2048)
 N_CLASSES = 5
@@ -86,16 +86,6 @@ def seeded_checkpoint(fixture: dict[str, np.ndarray], tmp_path: Path, dim: int) 
     path = tmp_path / f"AudioNTT2020-BYOLA-64x96d{dim}.pth"
     torch.save(fixture_state(fixture), path)
     return path
-
-
-def max_diff(ours: torch.Tensor | np.ndarray, official: np.ndarray) -> float:
-    return float(np.abs(np.asarray(ours, dtype=np.float64) - official).max())
-
-
-def assert_close(ours: torch.Tensor, official: np.ndarray, atol: float, rtol: float, what: str) -> None:
-    bound = atol + rtol * float(np.abs(official).max())
-    diff = max_diff(ours.numpy(), official)
-    assert diff <= bound, f"{what}: max abs difference {diff:.3g} > {bound:.3g}"
 
 
 def our_logmel(fixture: dict[str, np.ndarray]) -> np.ndarray:

@@ -28,7 +28,7 @@ from audiotag.config_files import load_group, validate
 from audiotag.data.features import compute_logmel
 from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.registry import build_model, load_pretrained
-from tests.golden_weights import fixture_state, load_fixture
+from tests.golden_weights import assert_close, fixture_state, load_fixture, max_diff
 
 CASES = {  # fixture: (model config, front-end)
     "panns_cnn14_32k": ("cnn14", "panns_32k"),
@@ -72,16 +72,6 @@ def loaded_model(fixture: dict[str, np.ndarray], name: str, path: Path, **change
     report = load_pretrained(tagger, cfg, features_config(front_end))
     assert report is not None and not report.missing and not report.adapted
     return tagger.eval()
-
-
-def max_diff(ours: torch.Tensor | np.ndarray, official: np.ndarray) -> float:
-    return float(np.abs(np.asarray(ours, dtype=np.float64) - official).max())
-
-
-def assert_close(ours: torch.Tensor, official: np.ndarray, atol: float, rtol: float, what: str) -> None:
-    bound = atol + rtol * float(np.abs(official).max())
-    diff = max_diff(ours.numpy(), official)
-    assert diff <= bound, f"{what}: max abs difference {diff:.3g} > {bound:.3g}"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
