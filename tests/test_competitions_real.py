@@ -324,7 +324,7 @@ def folder_zip(folder: Path, prefix: str = "") -> dict[str, bytes]:
 def test_fsd2018_kaggle_table_flags_empty_test_wavs(tmp_path: Path, caplog) -> None:
     comp = make("fsd2018", tmp_path / "ws")
     fake_fsd2018_kaggle(comp.raw_dir)
-    assert comp.layout() == "kaggle"
+    assert comp.source_found() == "kaggle"
     with caplog.at_level(logging.WARNING):
         table = comp.parse_clip_table()
     assert list(table.columns[:8]) == [
@@ -431,8 +431,8 @@ def test_data_dir_is_used_in_place_and_checked(tmp_path: Path, fake_downloads) -
     with pytest.raises(DataError) as err:
         comp.obtain()
     text = str(err.value)
-    assert "kaggle layout lacks sample_submission.csv, audio_test/" in text
-    assert "zenodo layout lacks FSDKaggle2018.meta/train_post_competition.csv" in text
+    assert "the kaggle files lack sample_submission.csv, audio_test/" in text
+    assert "the zenodo files lack FSDKaggle2018.meta/train_post_competition.csv" in text
     assert "--data-dir" in text and fake.calls == []
 
 
@@ -482,7 +482,8 @@ def test_fsd2018_obtain_from_zenodo(tmp_path: Path, fake_downloads) -> None:
         url.startswith("https://zenodo.org/records/2552860/")
         for *_, url in (c for c in fake.calls if c[0] == "download")
     )
-    assert comp.layout() == "zenodo" and len(comp.parse_clip_table()) == len(TRAIN_2018) + len(SCORED_2018)
+    assert comp.source_found() == "zenodo"
+    assert len(comp.parse_clip_table()) == len(TRAIN_2018) + len(SCORED_2018)
 
 
 def test_source_must_be_one_the_competition_has(tmp_path: Path) -> None:

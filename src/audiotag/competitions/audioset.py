@@ -184,7 +184,7 @@ class AudioSet(FileCompetition):
     def missing_report_path(self) -> Path:
         return self.dir / MISSING_REPORT
 
-    def expected_files(self, layout: str) -> list[str]:
+    def expected_files(self, source: str) -> list[str]:
         return self.needed_csvs()
 
     # -------------------------------------------------------------- obtain

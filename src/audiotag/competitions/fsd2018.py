@@ -57,7 +57,7 @@ CLASSES = (
 # Header-only wavs (0 samples) in the Kaggle test set, known since the competition.
 KNOWN_EMPTY = frozenset({"0b0427e2.wav", "6ea0099f.wav", "b39975f5.wav"})
 
-LAYOUTS = {
+SOURCE_FILES = {
     "kaggle": {"train_csv": "train.csv", "train_audio": "audio_train", "test_audio": "audio_test"},
     "zenodo": {
         "train_csv": TRAIN_POST,
@@ -80,9 +80,9 @@ class Fsd2018(FileCompetition):
     def classes(self) -> list[str]:
         return list(CLASSES)
 
-    def expected_files(self, layout: str) -> list[str]:
-        files = LAYOUTS[layout]
-        tests = "sample_submission.csv" if layout == "kaggle" else TEST_POST
+    def expected_files(self, source: str) -> list[str]:
+        files = SOURCE_FILES[source]
+        tests = "sample_submission.csv" if source == "kaggle" else TEST_POST
         return [files["train_csv"], tests, files["train_audio"] + "/", files["test_audio"] + "/"]
 
     def download(self, source: str) -> None:
@@ -98,8 +98,8 @@ class Fsd2018(FileCompetition):
     # -------------------------------------------------------------- clip table
 
     def parse_clip_table(self) -> pd.DataFrame:
-        layout = self.layout()
-        files = LAYOUTS[layout]
+        source = self.source_found()
+        files = SOURCE_FILES[source]
         train_path = self.raw_dir / files["train_csv"]
         train = read_csv(train_path, ["fname", "label", "manually_verified"])
         labels = [[label.strip()] for label in train["label"]]
@@ -108,7 +108,7 @@ class Fsd2018(FileCompetition):
         if bad_flag.any():
             row = int(bad_flag.to_numpy().nonzero()[0][0])
             raise DataError(f"{train_path}: line {row + 2}: manually_verified must be 0 or 1")
-        test_path = self.raw_dir / ("sample_submission.csv" if layout == "kaggle" else TEST_POST)
+        test_path = self.raw_dir / ("sample_submission.csv" if source == "kaggle" else TEST_POST)
         test_ids = read_csv(test_path, ["fname"])["fname"].tolist()
         overlap = sorted(set(test_ids) & set(train["fname"]))
         if overlap:
@@ -127,7 +127,7 @@ class Fsd2018(FileCompetition):
             }
         )
         table = self._with_audio(table)
-        if layout == "zenodo":
+        if source == "zenodo":
             write_sample_submission(self.dir / "sample_submission.csv", test_ids, None)
         return table
 

@@ -106,19 +106,19 @@ class Fsd2019(FileCompetition):
             )
         return subsets
 
-    def _train_files(self, layout: str, subset: str) -> tuple[str, str]:
-        """(label CSV, audio folder) of one training subset in one layout."""
-        if layout == "kaggle":
+    def _train_files(self, source: str, subset: str) -> tuple[str, str]:
+        """(label CSV, audio folder) of one training subset in the files of one source."""
+        if source == "kaggle":
             return f"train_{subset}.csv", f"train_{subset}"
         return f"{META}/train_{subset}_post_competition.csv", f"FSDKaggle2019.audio_train_{subset}"
 
-    def expected_files(self, layout: str) -> list[str]:
-        if layout == "kaggle":
+    def expected_files(self, source: str) -> list[str]:
+        if source == "kaggle":
             files = ["sample_submission.csv", "test/"]
         else:
             files = [TEST_POST, VOCABULARY, "FSDKaggle2019.audio_test/"]
         for subset in self.subsets:
-            label_csv, folder = self._train_files(layout, subset)
+            label_csv, folder = self._train_files(source, subset)
             files += [label_csv, folder + "/"]
         return files
 
@@ -142,12 +142,12 @@ class Fsd2019(FileCompetition):
     # -------------------------------------------------------------- clip table
 
     def parse_clip_table(self) -> pd.DataFrame:
-        layout = self.layout()
-        self._check_vocabulary(layout)
-        parts = [self._subset_rows(layout, subset) for subset in self.subsets]
-        test_path = self.raw_dir / ("sample_submission.csv" if layout == "kaggle" else TEST_POST)
+        source = self.source_found()
+        self._check_vocabulary(source)
+        parts = [self._subset_rows(source, subset) for subset in self.subsets]
+        test_path = self.raw_dir / ("sample_submission.csv" if source == "kaggle" else TEST_POST)
         test_ids = read_csv(test_path, ["fname"])["fname"].tolist()
-        test_folder = "test" if layout == "kaggle" else "FSDKaggle2019.audio_test"
+        test_folder = "test" if source == "kaggle" else "FSDKaggle2019.audio_test"
         parts.append(
             pd.DataFrame(
                 {
@@ -173,12 +173,12 @@ class Fsd2019(FileCompetition):
             for c, s in zip(table["clip_id"], table["subset"], strict=True)
         ]
         issues = [issue or ("empty" if d == 0 else "") for issue, d in zip(issues, durations, strict=True)]
-        if layout == "zenodo":
+        if source == "zenodo":
             write_sample_submission(self.dir / "sample_submission.csv", test_ids, CLASSES)
         return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
 
-    def _subset_rows(self, layout: str, subset: str) -> pd.DataFrame:
-        label_csv, folder = self._train_files(layout, subset)
+    def _subset_rows(self, source: str, subset: str) -> pd.DataFrame:
+        label_csv, folder = self._train_files(source, subset)
         path = self.raw_dir / label_csv
         df = read_csv(path, ["fname", "labels"])
         labels = [split_labels(s) for s in df["labels"]]
@@ -194,9 +194,9 @@ class Fsd2019(FileCompetition):
             }
         )
 
-    def _check_vocabulary(self, layout: str) -> None:
+    def _check_vocabulary(self, source: str) -> None:
         """The files' class list must be ours, in our order (sample submission) or as a set (vocabulary)."""
-        if layout == "kaggle":
+        if source == "kaggle":
             path = self.raw_dir / "sample_submission.csv"
             columns = [c for c in pd.read_csv(path, nrows=0).columns if c != "fname"]
             if columns != list(CLASSES):

@@ -75,14 +75,14 @@ class Fsd50k(FileCompetition):
             self._classes = names
         return self._classes
 
-    def expected_files(self, layout: str) -> list[str]:
+    def expected_files(self, source: str) -> list[str]:
         return [DEV_CSV, EVAL_CSV, VOCABULARY, f"{DEV_AUDIO}/", f"{EVAL_AUDIO}/"]
 
     def download(self, source: str) -> None:
         self.zenodo_fetch(ZENODO_RECORD, _wanted)
 
     def parse_clip_table(self) -> pd.DataFrame:
-        self.layout()
+        self.source_found()
         vocabulary = set(self.classes)
         dev_path = self.raw_dir / DEV_CSV
         dev = read_csv(dev_path, ["fname", "labels", "split"])

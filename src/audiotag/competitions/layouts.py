@@ -337,31 +337,31 @@ class FileCompetition(Competition):
         except ValueError:
             return str(path if path.is_absolute() else path.resolve())
 
-    # -------------------------------------------------------------- layouts
+    # -------------------------------------------------------------- sources
 
-    def expected_files(self, layout: str) -> list[str]:
-        """Paths under ``raw_dir`` a complete ``layout`` has; a trailing ``/`` marks a folder."""
+    def expected_files(self, source: str) -> list[str]:
+        """Paths under ``raw_dir`` the complete files of ``source`` have; a trailing ``/`` marks a folder."""
         raise NotImplementedError
 
-    def missing_files(self, layout: str) -> list[str]:
+    def missing_files(self, source: str) -> list[str]:
         missing = []
-        for rel in self.expected_files(layout):
+        for rel in self.expected_files(source):
             path = self.raw_dir / rel
             ok = path.is_dir() if rel.endswith("/") else path.is_file()
             if not ok:
                 missing.append(rel)
         return missing
 
-    def layout(self) -> str:
-        """The complete layout found in ``raw_dir`` (the configured source first), else a DataError
-        listing what each layout lacks."""
+    def source_found(self) -> str:
+        """The source (kaggle, zenodo) whose complete set of files is in ``raw_dir``, the configured
+        source first, else a DataError listing what each source's files lack."""
         order = [self.source, *[s for s in self.sources if s != self.source]]
         missing = {name: self.missing_files(name) for name in order}
         for name in order:
             if not missing[name]:
                 return name
         where = f"--data-dir {self.raw_dir}" if self.data_dir is not None else str(self.raw_dir)
-        lacks = "; ".join(f"{name} layout lacks {', '.join(missing[name])}" for name in order)
+        lacks = "; ".join(f"the {name} files lack {', '.join(missing[name])}" for name in order)
         hint = (
             "point --data-dir at the folder that holds these files"
             if self.data_dir is not None
@@ -376,16 +376,16 @@ class FileCompetition(Competition):
         if self.data_dir is not None:
             if not self.data_dir.is_dir():
                 raise DataError(f"--data-dir {self.data_dir}: no such folder")
-            layout = self.layout()
-            log.info("%s: using the %s layout in place from %s", self.name, layout, self.data_dir)
+            found = self.source_found()
+            log.info("%s: using the %s files in place from %s", self.name, found, self.data_dir)
             return
         if any(not self.missing_files(name) for name in self.sources):
-            log.info("%s: raw data present in %s (%s layout)", self.name, self.raw_dir, self.layout())
+            log.info("%s: raw data present in %s (%s files)", self.name, self.raw_dir, self.source_found())
             return
         self.raw_dir.mkdir(parents=True, exist_ok=True)
         log.info("%s: downloading from %s into %s", self.name, source, self.raw_dir)
         self.download(source)
-        self.layout()  # raises, listing what the download did not provide
+        self.source_found()  # raises, listing what the download did not provide
 
     def download(self, source: str) -> None:
         raise NotImplementedError
