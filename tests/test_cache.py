@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -466,3 +467,73 @@ def test_workers_reuse_freed_buffers_instead_of_faulting_them_in_again() -> None
     default, kept = faults("default"), faults("keep")
     assert default > 30 * 1000  # by default at least one buffer a round comes fresh from the kernel
     assert kept < 15 << 8  # the first round's 15 MB (3840 pages) does; later rounds reuse it
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC once ``budget`` writes have gone through."""
+
+    def __init__(self, f: object, budget: int) -> None:
+        self.f, self.budget = f, budget
+
+    def write(self, data: bytes) -> int:
+        if self.budget <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.budget -= 1
+        return self.f.write(data)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.f, name)
+
+
+def test_full_disk_is_a_data_error_and_a_rerun_resumes(
+    built: tuple[Path, pd.DataFrame, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    root, clips, clean_dir = built
+    comp = copy_competition(root, tmp_path)
+    init = cache_mod._Writer.__init__
+
+    def init_on_a_small_disk(self: cache_mod._Writer, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.frames = FullDisk(self.frames, budget=5)  # type: ignore[assignment]
+
+    monkeypatch.setattr(cache_mod._Writer, "__init__", init_on_a_small_disk)
+    with pytest.raises(DataError) as err:
+        build_cache(clips, comp, CFG, workers=1)
+    final = cache_dir_for(comp, CFG)
+    staging = final.with_name(final.name + ".partial")
+    message = str(err.value)
+    assert message.startswith(
+        f"the disk is full: no space left on the device while writing the feature cache in {staging}; "
+        "it needs about "
+    )
+    assert f"mels x 2 bytes, estimated from the 6 of {N_CLIPS} clips written)" in message
+    assert f" x {CFG.n_mels} mels x 2 bytes" in message and "free now" in message
+    assert "the step resumes" in message and not final.exists()
+
+    monkeypatch.setattr(cache_mod._Writer, "__init__", init)
+    with caplog.at_level(logging.INFO, logger="audiotag.data.cache_build"):
+        resumed = build_cache(clips, comp, CFG, workers=1)
+    assert "resuming after 5 clips" in caplog.text
+    for name in ("frames.f16", "index.parquet"):
+        assert (resumed / name).read_bytes() == (clean_dir / name).read_bytes(), name
+
+
+def test_full_disk_while_finishing_the_cache(
+    built: tuple[Path, pd.DataFrame, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, clips, clean_dir = built
+    comp = copy_competition(root, tmp_path)
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_mod, "atomic_path", no_space)  # writes the index, in _finish
+    full = r"the disk is full: .* writing the feature cache in .*\.partial; it needs"
+    with pytest.raises(DataError, match=full):
+        build_cache(clips, comp, CFG, workers=1)
+    monkeypatch.undo()
+    resumed = build_cache(clips, comp, CFG, workers=1)
+    assert (resumed / "frames.f16").read_bytes() == (clean_dir / "frames.f16").read_bytes()

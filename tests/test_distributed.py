@@ -93,7 +93,7 @@ def test_ddp_run_killed_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
         mtime = last.stat().st_mtime_ns if last.exists() else 0
         if mtime != seen:
             seen = mtime
-            partial = torch.load(last, weights_only=False)["state"].get("partial")
+            partial = torch.load(last, weights_only=True)["state"].get("partial")
             if partial:  # the first one: the fold is far from done
                 break
         time.sleep(0.02)

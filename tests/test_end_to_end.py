@@ -142,7 +142,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "done.json").exists()
-    stopped_at = len(torch.load(run_dir / "last.pt", weights_only=False)["state"]["history"])
+    stopped_at = len(torch.load(run_dir / "last.pt", weights_only=True)["state"]["history"])
     assert stopped_at < 4
 
     resumed = subprocess.run(args, env=subprocess_env(killed_ws), capture_output=True, text=True, check=True)

@@ -127,10 +127,10 @@ def test_nan_loss_stops_naming_fold_and_epoch_and_keeps_the_last_good_checkpoint
     assert "fold 0: loss became nan at epoch 2" in err and "train.lr" in err
     fold = workspace / "competition/demo/runs/cnn_small/fold0"
     assert len(scored) == 1 and not (fold / "done.json").exists()
-    last = torch.load(fold / "last.pt", weights_only=False)["state"]
+    last = torch.load(fold / "last.pt", weights_only=True)["state"]
     assert last["epoch"] == 1 and "partial" not in last and len(last["history"]) == 1
     assert torch.isfinite(torch.tensor(last["history"][0]["loss"]))
-    best = torch.load(fold / "best.pt", weights_only=False)
+    best = torch.load(fold / "best.pt", weights_only=True)
     assert best["epoch"] == 0 and best["score"] == pytest.approx(scored[0])
 
 
@@ -162,7 +162,7 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, monkeypatch) -> No
     with pytest.raises(Killed):
         main(tiny_args("prepare", "train", extra=extra))
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    saved = torch.load(fold / "last.pt", weights_only=False)["state"]
+    saved = torch.load(fold / "last.pt", weights_only=True)["state"]
     assert saved["epoch"] == 1 and saved["partial"]["batch"] == 2
     assert main(tiny_args("prepare", "train", extra=extra)) == 0
     clean = workspace("clean")

@@ -388,3 +388,24 @@ def test_log_appends_are_whole_lines_under_concurrency(tmp_path: Path) -> None:
     assert len(kaggle_submit.read_log(path)) == 150
     kaggle_submit.append_jsonl(path, {"worker": 10, "i": 0})
     assert kaggle_submit.read_log(path)[-1] == {"worker": 10, "i": 0}
+
+
+def test_a_report_that_does_not_describe_the_csv_is_not_logged_with_it(tmp_path: Path, caplog) -> None:
+    """An ensemble run killed between its report and its CSV leaves a pair that disagrees: the CV in
+    the report is not this CSV's, so the submission is logged without it."""
+    import hashlib
+    import json as json_mod
+    import logging
+
+    from audiotag.kaggle_submit import read_report
+
+    csv = tmp_path / "demo.csv"
+    csv.write_text("fname,label\na.wav,x\n")
+    report = {"cv": 0.9, "submission_sha256": hashlib.sha256(b"another csv").hexdigest()}
+    csv.with_suffix(".json").write_text(json_mod.dumps(report))
+    with caplog.at_level(logging.WARNING):
+        assert read_report(csv) is None
+    assert "is not the submission its report" in caplog.text
+    report["submission_sha256"] = hashlib.sha256(csv.read_bytes()).hexdigest()
+    csv.with_suffix(".json").write_text(json_mod.dumps(report))
+    assert read_report(csv) == report

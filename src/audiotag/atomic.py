@@ -1,6 +1,10 @@
 """Atomic file writes: write to a temporary file in the same folder, then rename.
 
-A killed process leaves either the old file or the new one, never half of one.
+A killed process leaves either the old file or the new one, never half of one. The file gets the
+mode a plain ``open(target, "w")`` gives a new file, ``0o666`` less the umask (``0o644`` under the usual
+``0o022``), not the ``0o600`` of the temporary file ``mkstemp`` makes, which would hide submissions,
+reports, checkpoints and packages from the other users of a shared machine. (A file left ``0o600`` by
+an earlier version gets the plain mode when it is written again.)
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, plain_mode())
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -33,6 +40,22 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode() -> int:
+    """The permission bits ``open(path, "w")`` gives a new file: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

@@ -114,17 +114,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="initialise the model from this checkpoint file (same as --set model.pretrained=PATH)",
     )
-    parser.add_argument("--workers", type=int, help="processes for the feature cache (default: all cores)")
+    parser.add_argument(
+        "--workers",
+        type=worker_count,
+        metavar="N",
+        help="processes for the feature cache, 1 or more (default: all cores)",
+    )
+    add_data_dir_argument(parser)
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def worker_count(text: str) -> int:
+    """``--workers N``: a whole number, 1 or more (leave the option out for all cores)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of processes, 1 or more, got {text!r} "
+            "(leave --workers out to use all cores)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{value} is not allowed: the feature cache needs 1 or more processes "
+            "(leave --workers out to use all cores)"
+        )
+    return value
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser, purpose: str = "") -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
         metavar="PATH",
         help="use the competition's files in place from PATH, without download or copy "
         "(e.g. /kaggle/input/freesound-audio-tagging; for audioset: your audio folder); "
-        "same as --set competition.data_dir=PATH",
+        f"same as --set competition.data_dir=PATH{purpose}",
     )
-    parser.add_argument("--verbose", "-v", action="store_true")
-    return parser
 
 
 def data_dir_overrides(args: argparse.Namespace) -> list[str]:
@@ -149,6 +175,10 @@ def build_submit_parser() -> argparse.ArgumentParser:
         "--competition", "-c", help="competition name (default: from the report beside FILE, or its folder)"
     )
     parser.add_argument("--slug", help="Kaggle competition slug (default: the competition's own)")
+    add_data_dir_argument(
+        parser,
+        "; give it when the data was prepared with --data-dir: its sample submission is the one checked",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -156,7 +186,10 @@ def build_submit_parser() -> argparse.ArgumentParser:
 def run_submit(args: argparse.Namespace) -> None:
     from audiotag.kaggle_submit import log_path, submit_file
 
-    record = submit_file(args.file, args.message, competition=args.competition, slug=args.slug)
+    overrides = [o.removeprefix("competition.") for o in data_dir_overrides(args)]
+    record = submit_file(
+        args.file, args.message, competition=args.competition, slug=args.slug, overrides=overrides
+    )
     console = output_console()
     cv = f"CV {record.metric} {record.cv:.4f}" if record.cv is not None else "no CV report"
     members = " + ".join(record.members) or "-"

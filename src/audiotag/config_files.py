@@ -3,8 +3,10 @@
 An experiment file names one file from each group (``competition: demo`` reads
 ``configs/competitions/demo.yaml``), or gives a mapping with ``base: <name>`` plus keys to change.
 Command-line overrides (``--set train.epochs=3``) are applied to the composed tree before
-validation, so every error names the full key path and what is allowed there. The schemas the trees
-are validated against live in ``audiotag.config`` (and the model families' modules).
+validation, so every error names the full key path and what is allowed there, and where the value
+came from: an error under a key a ``--set`` wrote names that override, not the experiment file.
+The schemas the trees are validated against live in ``audiotag.config`` (and the model families'
+modules).
 """
 
 from __future__ import annotations
@@ -27,6 +29,24 @@ GROUPS = {
     "features": "features",
     "model": "models",
 }
+
+
+class OverriddenTree(dict):  # type: ignore[type-arg]
+    """A config tree that remembers the ``--set`` overrides written into it (key path, text), so a
+    validation error can name the override rather than the file; :func:`resolve_groups` keeps it."""
+
+    overrides: tuple[tuple[tuple[str, ...], str], ...] = ()
+
+
+Applied = tuple[tuple[tuple[str, ...], str], ...]  # (key path, override text) of each --set
+
+
+def _with_overrides(tree: dict[str, Any], overrides: Applied) -> dict[str, Any]:
+    if not overrides:
+        return tree
+    out = OverriddenTree(tree)
+    out.overrides = overrides
+    return out
 
 
 def configs_root() -> Path:
@@ -81,7 +101,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_groups(raw: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
     """Replace group references (``model: cnn_small`` or ``{base: cnn_small, ...}``) by their content."""
-    out = dict(raw)
+    out = _with_overrides(dict(raw), getattr(raw, "overrides", ()))
     for group in GROUPS:
         value = out.get(group)
         if group == "features" and value == AUTO_FEATURES:
@@ -109,9 +129,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The tree with each ``KEY.PATH=VALUE`` applied; the result remembers them (``OverriddenTree``)."""
+    applied = tuple(getattr(tree, "overrides", ()))
     tree = json.loads(json.dumps(tree))  # deep copy of plain data
     for text in overrides:
         path, value = parse_override(text)
+        applied += ((tuple(path), text),)
         node = tree
         for i, part in enumerate(path[:-1]):
             child = node.get(part)
@@ -122,11 +145,19 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override {text!r}: {where} is a value, not a section")
             node = child
         node[path[-1]] = value
-    return tree
+    return _with_overrides(tree, applied)
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
+def format_validation_error(
+    exc: ValidationError,
+    model: type[BaseModel],
+    source: str,
+    overrides: tuple[tuple[tuple[str, ...], str], ...] = (),
+) -> str:
+    """One line per error with its key path; an error under a key that a ``--set`` override wrote
+    (or over one, for a check of a whole section) names the override instead of ``source``."""
+    lines = []
+    from_file = False
     for err in exc.errors():
         shown, _ = _walk(model, [str(p) for p in err["loc"]])
         where = ".".join(shown) or "(top level)"
@@ -134,12 +165,26 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
             _, parent = _walk(model, [str(p) for p in err["loc"]][:-1])
             allowed = sorted(getattr(parent, "model_fields", {}))
             hint = f"unknown key; allowed keys here: {', '.join(allowed)}" if allowed else "unknown key"
-            lines.append(f"  {where}: {hint}")
+            line = f"  {where}: {hint}"
         else:
             got = err.get("input")
             got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {where}: {err['msg']}{got_text}")
-    return "\n".join(lines)
+            line = f"  {where}: {err['msg']}{got_text}"
+        blamed = _overrides_at(tuple(shown), overrides)
+        if blamed:
+            line += " (from " + ", ".join(f"--set {text}" for text in blamed) + ")"
+        else:
+            from_file = True
+        lines.append(line)
+    header = f"{source}: invalid configuration" if from_file else f"invalid --set override (over {source})"
+    return "\n".join([header, *lines])
+
+
+def _overrides_at(shown: tuple[str, ...], overrides: tuple[tuple[tuple[str, ...], str], ...]) -> list[str]:
+    """The override texts that wrote the key at ``shown``, a key inside it, or the section holding it."""
+    if not shown:
+        return []
+    return [text for path, text in overrides if path[: len(shown)] == shown or shown[: len(path)] == path]
 
 
 def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
@@ -205,7 +250,8 @@ def validate(model: type[M], tree: dict[str, Any], source: str) -> M:
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, model, source)) from None
+        overrides = getattr(tree, "overrides", ())
+        raise ConfigError(format_validation_error(exc, model, source, overrides)) from None
 
 
 def config_hash(cfg: BaseModel) -> str:

@@ -49,7 +49,7 @@ from audiotag.ensemble_members import (
 from audiotag.fold_scores import FoldScores, fold_mean, fold_std
 from audiotag.paths import submissions_root
 from audiotag.stacking import logit_features, make_stacker, nested_predictions
-from audiotag.submission import build_submission, write_submission
+from audiotag.submission import build_submission, sha256_hex, submission_bytes, write_submission_bytes
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,8 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         final_scores = blend.nested if blend.nested is not None else blend.in_sample
 
     path = submissions_root() / comp.name / f"{cfg.name}.csv"
-    write_submission(comp, build_submission(comp, test_ids, final_test), path)
+    submission = build_submission(comp, test_ids, final_test)
+    csv_bytes = submission_bytes(comp, submission)  # validated; written after the report (see below)
     test_score = comp.score_test(test_ids, final_test)
     result = EnsembleResult(
         metric=comp.metric,
@@ -305,6 +306,10 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         "gain_over_best_member": result.gain,
         "test_score": test_score,
         "submission": str(path),
+        "submission_sha256": sha256_hex(csv_bytes),
     }
+    # The report first, then the CSV: a run killed between the two leaves a report whose
+    # submission_sha256 does not match the CSV beside it, which every reader checks (submission.py).
     atomic_write_json(path.with_suffix(".json"), result.report)
+    write_submission_bytes(path, csv_bytes, len(submission))
     return result

@@ -120,7 +120,7 @@ def predict_member(
     from audiotag.config import InputNorm
     from audiotag.experiment import load_experiment
     from audiotag.models.registry import build_model
-    from audiotag.train.checkpoint import load_checkpoint
+    from audiotag.train.checkpoint import load_checkpoint, verify_best
     from audiotag.train.loop import crop_frames, predict_for
 
     cfg = load_experiment(member_dir / "config.yaml")
@@ -131,7 +131,12 @@ def predict_member(
         done = json.loads((fold_dir / "done.json").read_text())
         norm = InputNorm(**done["input_norm"]) if cfg.model.input_norm == "dataset" else None
         model = build_model(cfg.model, cfg.features.n_mels, n_classes, window, norm, cfg.features)
-        model.load_state_dict(load_checkpoint(fold_dir / "best.pt", device)["model"])
+        remedy = (
+            f"the package's copy is damaged: build the package again (./run.sh package); if the run's own "
+            f"fold{fold}/best.pt fails the same check, delete that fold folder to retrain the fold"
+        )
+        verify_best(fold_dir / "best.pt", done, remedy)
+        model.load_state_dict(load_checkpoint(fold_dir / "best.pt", device, remedy)["model"])
         model = model.to(device)
         parts.append(predict_for(model, cache, clip_ids, cfg, device))
         log.info("inference: %s fold %d done", member_dir.name, fold)

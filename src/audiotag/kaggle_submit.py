@@ -51,6 +51,7 @@ from audiotag.fetch.kaggle import CompetitionNotFound as CompetitionNotFound
 from audiotag.fetch.kaggle import MissingCredentials as MissingCredentials
 from audiotag.fetch.kaggle import RulesNotAccepted as RulesNotAccepted
 from audiotag.paths import submissions_root
+from audiotag.submission import report_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,12 @@ def read_report(csv_path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         log.warning("%s: unreadable report; the submission is logged without its CV", path)
         return None
-    return report if isinstance(report, dict) else None
+    if not isinstance(report, dict):
+        return None
+    if problem := report_mismatch(csv_path, report):  # an ensemble run killed between its two files
+        log.warning("%s; the submission is logged without its CV", problem)
+        return None
+    return report
 
 
 def infer_competition(path: Path, report: dict[str, Any] | None) -> str:
@@ -222,8 +228,12 @@ def submit_file(
     slug: str | None = None,
     factory: ApiFactory | None = None,
     log_file: Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> SubmissionRecord:
-    """Validate ``path``, submit it to Kaggle with ``message``, log it, and return the log record."""
+    """Validate ``path``, submit it to Kaggle with ``message``, log it, and return the log record.
+
+    ``overrides`` change the competition config (``data_dir=PATH`` for a competition whose files are
+    used in place: its own sample submission is then the one the file is checked against)."""
     from audiotag.competitions import get_competition
     from audiotag.config import load_competition
 
@@ -236,9 +246,22 @@ def submit_file(
         raise ConfigError("-m MESSAGE: give the submission a description (Kaggle shows it beside the score)")
     report = read_report(path)
     name = competition or infer_competition(path, report)
-    comp = get_competition(load_competition(name))
+    comp = get_competition(load_competition(name, list(overrides)))
     if report and report.get("competition") not in (None, comp.name):
         raise ConfigError(f"{path}: its report says competition {report['competition']!r}, not {comp.name!r}")
+    sample = comp.sample_submission_path
+    if not sample.is_file():
+        used_in_place = getattr(comp, "data_dir", None) is not None
+        raise DataError(
+            f"{sample}: the {comp.name} sample submission, needed to check {path}, is not there; "
+            + (
+                "--data-dir must be the folder that holds the competition's sample_submission.csv"
+                if used_in_place
+                else "if the data was prepared in place, pass the same --data-dir PATH to submit; "
+                "else run `./run.sh prepare` first"
+            )
+            + "; nothing was submitted"
+        )
     validate_file(comp, path)
     slug = slug or kaggle_slug(comp)
     if slug is None:

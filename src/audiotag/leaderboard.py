@@ -28,6 +28,7 @@ from rich.table import Table
 from audiotag import kaggle_submit
 from audiotag.atomic import atomic_write_text
 from audiotag.paths import submissions_root
+from audiotag.submission import report_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,11 @@ def build_leaderboard(
     for report_path in sorted(sub_dir.glob("*.json")) if sub_dir.is_dir() else []:
         report = _read_json(report_path)
         if report is None or "blend" not in report:
+            continue
+        problem = report_mismatch(report_path.with_suffix(".csv"), report)
+        if problem:  # a report that does not describe the CSV beside it says nothing about it
+            log.warning("%s; its report is left out (run ./run.sh ensemble again)", problem)
+            notes.append(f"{report_path.name} left out: it does not match {report_path.stem}.csv")
             continue
         csv_path = str(report_path.with_suffix(".csv").resolve())
         reports[csv_path] = report

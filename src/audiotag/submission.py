@@ -1,8 +1,17 @@
 """Submission CSVs in each competition's exact format, validated against the sample submission
-before anything is written; the file appears whole or not at all."""
+before anything is written; the file appears whole or not at all.
+
+The ensemble stage writes two files that belong together, ``<name>.csv`` and its report
+``<name>.json``. They cannot be renamed into place as one, so the report records the SHA-256 of the
+CSV it describes (``submission_sha256``) and is written *first*: a run killed between the two renames
+leaves a new report beside the old CSV, and every reader (the leaderboard, ``submit``'s log, ``package``)
+checks the pair with :func:`report_mismatch` and does not use a report that does not describe the CSV
+beside it. Reports from before the hash was recorded are used unchecked.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audiotag.atomic import atomic_write_text
+from audiotag.atomic import atomic_write_bytes
 from audiotag.competitions import Competition
 from audiotag.errors import DataError
 from audiotag.metrics import top_k
@@ -73,8 +82,46 @@ def validate_submission(comp: Competition, sub: pd.DataFrame) -> None:
         raise DataError(f"submission scores outside [0, 1]: min {values.min()}, max {values.max()}")
 
 
-def write_submission(comp: Competition, sub: pd.DataFrame, path: Path) -> Path:
+def submission_bytes(comp: Competition, sub: pd.DataFrame) -> bytes:
+    """The CSV file's bytes, after validating ``sub`` against the sample."""
     validate_submission(comp, sub)
-    atomic_write_text(path, sub.to_csv(index=False, float_format="%.6f"))
-    log.info("submission: wrote %s (%d rows)", path, len(sub))
+    return sub.to_csv(index=False, float_format="%.6f").encode("utf-8")
+
+
+def write_submission(comp: Competition, sub: pd.DataFrame, path: Path) -> Path:
+    write_submission_bytes(path, submission_bytes(comp, sub), len(sub))
     return path
+
+
+def write_submission_bytes(path: Path, data: bytes, rows: int) -> None:
+    atomic_write_bytes(path, data)
+    log.info("submission: wrote %s (%d rows)", path, rows)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def report_mismatch(csv_path: Path, report: dict) -> str | None:
+    """Why the ensemble report ``report`` does not describe the submission CSV at ``csv_path`` (None when
+    it does, or when the report predates ``submission_sha256`` and cannot tell)."""
+    expected = report.get("submission_sha256")
+    if not expected:
+        return None
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        return f"{csv_path}, the submission its report describes, is missing"
+    if sha256_hex(csv_path.read_bytes()) != expected:
+        return (
+            f"{csv_path} is not the submission its report {csv_path.with_suffix('.json')} describes "
+            "(SHA-256 differs: the ensemble run that wrote them was interrupted between the two files, "
+            "or one was changed)"
+        )
+    return None
+
+
+def check_report(csv_path: Path, report: dict) -> None:
+    """:func:`report_mismatch` as a :class:`DataError` that says to run the ensemble again."""
+    problem = report_mismatch(csv_path, report)
+    if problem:
+        raise DataError(f"{problem}; run ./run.sh ensemble again to write both")

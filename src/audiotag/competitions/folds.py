@@ -3,6 +3,12 @@
 Single-label competitions use StratifiedKFold on (label, verified); multi-label ones use
 MultilabelStratifiedKFold on the label matrix plus one column per subset, so every fold gets its
 share of each class and of curated/noisy clips.
+
+StratifiedKFold needs one stratum with at least ``n_folds`` clips: the largest (label, verified)
+group must hold ``n_folds`` clips or more, else the folds are refused with that group and its count.
+Two processes preparing at once (two terminals, the ranks of a job) take an OS file lock (flock,
+released when its process dies) around the check and the write: the second waits and then reuses
+the first's fold file.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from sklearn.model_selection import StratifiedKFold
 from audiotag.atomic import atomic_write_text
 from audiotag.competitions.base import Competition
 from audiotag.errors import DataError
+from audiotag.fetch.http import locked
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,16 @@ def folds_path(comp: Competition) -> Path:
 
 def assign_folds(comp: Competition, train: pd.DataFrame) -> np.ndarray:
     n_folds, seed = comp.cfg.n_folds, comp.cfg.fold_seed
+    if len(train) == 0:
+        raise DataError(
+            f"{comp.name}: no training clips to draw folds from; check the training CSV files"
+            + (f" and competition.subsets {comp.cfg.subsets}" if comp.cfg.subsets is not None else "")
+        )
+    if len(train) < n_folds:
+        raise DataError(
+            f"{comp.name}: {len(train)} training clip(s) cannot fill {n_folds} folds; lower "
+            f"competition.n_folds to {max(2, len(train))} or less, or add clips"
+        )
     index = np.zeros(len(train))
     folds = np.full(len(train), -1, dtype=np.int64)
     if comp.task == "single_label":
@@ -37,7 +54,17 @@ def assign_folds(comp: Competition, train: pd.DataFrame) -> np.ndarray:
         strata = [f"{labels[0]}|{verified}" for labels, verified in pairs]
         counts = pd.Series(strata).value_counts()
         if counts.max() < n_folds:
-            raise DataError(f"too few clips ({len(train)}) for {n_folds} folds; lower competition.n_folds")
+            largest = str(counts.index[0]).replace("|", ", verified=")
+            fix = (
+                f"lower competition.n_folds to {counts.max()}"
+                if counts.max() >= 2
+                else f"add clips so that one (label, verified) group has {n_folds}"
+            )
+            raise DataError(
+                f"cannot draw {n_folds} stratified folds: the largest (label, verified) group must have "
+                f"at least {n_folds} clips (competition.n_folds), and the largest, ({largest}), has "
+                f"{counts.max()} ({len(train)} training clips in {len(counts)} groups); {fix}"
+            )
         # A label with a rare stratum (fewer clips than folds) is stratified by label alone.
         rare = {s.split("|")[0] for s in strata if counts[s] < n_folds}
         strata = [s.split("|")[0] if s.split("|")[0] in rare else s for s in strata]
@@ -54,9 +81,18 @@ def assign_folds(comp: Competition, train: pd.DataFrame) -> np.ndarray:
 
 
 def ensure_folds(comp: Competition, table: pd.DataFrame) -> Path:
-    """Write the fold file if it does not exist; check an existing one still covers the clips."""
+    """Write the fold file if it does not exist; check an existing one still covers the clips.
+
+    The check and the write hold an exclusive lock on ``.<fold file>.lock`` beside it, so a second
+    process waits for the first and then reuses its file instead of racing it."""
     path = folds_path(comp)
     train = comp.training_clips(table)
+    lock = path.with_name(f".{path.name}.lock")
+    with locked(lock, waiting=f"folds: another process is writing {path.name}; waiting for it"):
+        return _ensure_folds(comp, train, path)
+
+
+def _ensure_folds(comp: Competition, train: pd.DataFrame, path: Path) -> Path:
     if path.is_file():
         existing = load_folds(path)
         if set(existing["clip_id"]) != set(train["clip_id"]):

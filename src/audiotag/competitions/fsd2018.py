@@ -25,12 +25,10 @@ import pandas as pd
 
 from audiotag.competitions.layouts import (
     AUDIO_ISSUE,
-    NOT_FOUND,
     FileCompetition,
     check_labels,
-    missing_audio_error,
-    probe_audio,
     read_csv,
+    require_rows,
     write_sample_submission,
 )
 from audiotag.errors import AudiotagError, DataError
@@ -102,6 +100,7 @@ class Fsd2018(FileCompetition):
         files = SOURCE_FILES[source]
         train_path = self.raw_dir / files["train_csv"]
         train = read_csv(train_path, ["fname", "label", "manually_verified"])
+        require_rows(train, train_path)
         labels = [[label.strip()] for label in train["label"]]
         check_labels(labels, set(CLASSES), train_path, multi=False)
         bad_flag = ~train["manually_verified"].isin(["0", "1"])
@@ -117,8 +116,8 @@ class Fsd2018(FileCompetition):
             {
                 "clip_id": [*train["fname"], *test_ids],
                 "path": [
-                    *(self.rel(self.raw_dir / files["train_audio"] / f) for f in train["fname"]),
-                    *(self.rel(self.raw_dir / files["test_audio"] / f) for f in test_ids),
+                    *self.audio_paths(files["train_audio"], train["fname"], train_path),
+                    *self.audio_paths(files["test_audio"], test_ids, test_path),
                 ],
                 "split": ["train"] * len(train) + ["test"] * len(test_ids),
                 "subset": ["train"] * len(train) + ["test"] * len(test_ids),
@@ -132,16 +131,13 @@ class Fsd2018(FileCompetition):
         return table
 
     def _with_audio(self, table: pd.DataFrame) -> pd.DataFrame:
-        paths = table["path"].tolist()
-        durations, rates, errors = probe_audio(paths, self.dir)
-        issues = []
+        durations, rates, issues = self.probe(table["path"].tolist())
         for i, clip_id in enumerate(table["clip_id"]):
-            if clip_id in KNOWN_EMPTY and errors[i] and errors[i] != NOT_FOUND:
-                errors[i], durations[i] = "", 0.0  # a header-only file some decoders refuse: still empty
-            issues.append("empty" if not errors[i] and durations[i] == 0 else "")
-        if any(errors):
-            raise missing_audio_error(paths, errors, self.dir)
-        flagged = [c for c, issue in zip(table["clip_id"], issues, strict=True) if issue]
+            if clip_id in KNOWN_EMPTY and issues[i]:
+                issues[i] = "empty"  # a header-only file some decoders refuse: still empty
+            elif not issues[i] and durations[i] == 0:
+                issues[i] = "empty"
+        flagged = [c for c, issue in zip(table["clip_id"], issues, strict=True) if issue == "empty"]
         if flagged:
             log.warning(
                 "fsd2018: %d empty audio file(s) (%s) flagged audio_issue=empty; they keep their "

@@ -38,8 +38,6 @@ from audiotag.competitions.layouts import (
     FileCompetition,
     check_labels,
     first_duplicate,
-    missing_audio_error,
-    probe_audio,
     read_csv,
     read_vocabulary,
     split_labels,
@@ -145,6 +143,12 @@ class Fsd2019(FileCompetition):
         source = self.source_found()
         self._check_vocabulary(source)
         parts = [self._subset_rows(source, subset) for subset in self.subsets]
+        if not sum(len(part) for part in parts):
+            names = ", ".join(self._train_files(source, subset)[0] for subset in self.subsets)
+            raise DataError(
+                f"{self.raw_dir}: no training clips: {names} have a header and no rows; restore the "
+                "complete files (re-download the data, or point --data-dir at the complete folder)"
+            )
         test_path = self.raw_dir / ("sample_submission.csv" if source == "kaggle" else TEST_POST)
         test_ids = read_csv(test_path, ["fname"])["fname"].tolist()
         test_folder = "test" if source == "kaggle" else "FSDKaggle2019.audio_test"
@@ -152,7 +156,7 @@ class Fsd2019(FileCompetition):
             pd.DataFrame(
                 {
                     "clip_id": test_ids,
-                    "path": [self.rel(self.raw_dir / test_folder / f) for f in test_ids],
+                    "path": self.audio_paths(test_folder, test_ids, test_path),
                     "split": "test",
                     "subset": "test",
                     "labels": [[] for _ in test_ids],
@@ -164,15 +168,15 @@ class Fsd2019(FileCompetition):
         row = first_duplicate(table["clip_id"])
         if row is not None:
             raise DataError(f"{self.raw_dir}: clip {table['clip_id'].iloc[row]!r} appears in two subsets")
-        paths = table["path"].tolist()
-        durations, rates, errors = probe_audio(paths, self.dir)
-        if any(errors):
-            raise missing_audio_error(paths, errors, self.dir)
+        durations, rates, probed = self.probe(table["path"].tolist())
         issues = [
             KNOWN_ISSUES.get(c, "") if s == "curated" else ""
             for c, s in zip(table["clip_id"], table["subset"], strict=True)
         ]
-        issues = [issue or ("empty" if d == 0 else "") for issue, d in zip(issues, durations, strict=True)]
+        issues = [
+            issue or found or ("empty" if d == 0 else "")
+            for issue, found, d in zip(issues, probed, durations, strict=True)
+        ]
         if source == "zenodo":
             write_sample_submission(self.dir / "sample_submission.csv", test_ids, CLASSES)
         return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
@@ -186,7 +190,7 @@ class Fsd2019(FileCompetition):
         return pd.DataFrame(
             {
                 "clip_id": df["fname"],
-                "path": [self.rel(self.raw_dir / folder / f) for f in df["fname"]],
+                "path": self.audio_paths(folder, df["fname"], path),
                 "split": "train",
                 "subset": subset,
                 "labels": labels,

@@ -29,10 +29,9 @@ from audiotag.competitions.layouts import (
     AUDIO_ISSUE,
     FileCompetition,
     check_labels,
-    missing_audio_error,
-    probe_audio,
     read_csv,
     read_vocabulary,
+    require_rows,
     split_labels,
     write_sample_submission,
 )
@@ -86,6 +85,7 @@ class Fsd50k(FileCompetition):
         vocabulary = set(self.classes)
         dev_path = self.raw_dir / DEV_CSV
         dev = read_csv(dev_path, ["fname", "labels", "split"])
+        require_rows(dev, dev_path)
         dev_labels = [split_labels(s) for s in dev["labels"]]
         check_labels(dev_labels, vocabulary, dev_path, multi=True)
         bad = ~dev["split"].isin(["train", "val"])
@@ -103,8 +103,8 @@ class Fsd50k(FileCompetition):
             {
                 "clip_id": [*dev["fname"], *truth["clip_id"]],
                 "path": [
-                    *(self.rel(self.raw_dir / DEV_AUDIO / f"{f}.wav") for f in dev["fname"]),
-                    *(self.rel(self.raw_dir / EVAL_AUDIO / f"{f}.wav") for f in truth["clip_id"]),
+                    *self.audio_paths(DEV_AUDIO, dev["fname"], dev_path, ".wav"),
+                    *self.audio_paths(EVAL_AUDIO, truth["clip_id"], self.raw_dir / EVAL_CSV, ".wav"),
                 ],
                 "split": ["train"] * n_dev + ["test"] * n_eval,
                 "subset": [*dev["split"], *(["eval"] * n_eval)],
@@ -112,11 +112,8 @@ class Fsd50k(FileCompetition):
                 "verified": True,
             }
         )
-        paths = table["path"].tolist()
-        durations, rates, errors = probe_audio(paths, self.dir)
-        if any(errors):
-            raise missing_audio_error(paths, errors, self.dir)
-        issues = ["empty" if d == 0 else "" for d in durations]
+        durations, rates, probed = self.probe(table["path"].tolist())
+        issues = [found or ("empty" if d == 0 else "") for found, d in zip(probed, durations, strict=True)]
         write_sample_submission(self.dir / "sample_submission.csv", truth["clip_id"].tolist(), self.classes)
         return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
 

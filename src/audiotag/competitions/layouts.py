@@ -3,12 +3,26 @@ the real competitions (:class:`FileCompetition`: published layouts, download, ``
 
 The demo competitions are written in the Kaggle layouts so that one code path reads both.
 Errors name the CSV file and its line (header = line 1) so the user can find the bad row.
+
+Clip names (``fname``) must stay inside their audio folder (:func:`audio_paths`): a name that is
+absolute, or that has a ``..`` part, is refused with its file and line before any file is opened.
+The check is on the name as written, so a symbolic link the user placed inside the folder on purpose
+(a plain relative name such as ``a.wav`` -> ``/elsewhere/a.wav``) is followed and allowed; a name that
+climbs out of the folder is not, wherever it would land.
+
+Audio files are probed from their headers while the table is parsed (:func:`probe_clips`): a missing
+file stops the parse (the data folder is incomplete or the wrong one), while a file that exists but
+cannot be used (0 bytes, not audio, unreadable, a link loop) follows the written rules of
+``audiotag.data.audio``: it is kept in the table with ``audio_issue`` set ("empty" or "undecodable")
+and a warning, and the feature cache then skips it (a training clip) or zero-fills it (a test clip)
+and lists it in its ``report.csv``.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import re
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -16,10 +30,10 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pandas as pd
-import soundfile as sf
 
 from audiotag.atomic import atomic_write_text
 from audiotag.competitions.base import Competition
+from audiotag.data.audio import MISSING, UnusableAudio, audio_info
 from audiotag.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -42,6 +56,51 @@ def read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
     return df
 
 
+def require_rows(df: pd.DataFrame, path: Path, what: str = "training clips") -> None:
+    """Refuse a table without rows (a header-only CSV) before anything is written from it."""
+    if len(df) == 0:
+        raise DataError(
+            f"{path}: no {what}: the file has a header and no rows; restore the complete file "
+            "(re-download the data, or point --data-dir at the complete competition folder)"
+        )
+
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def audio_paths(
+    folder: Path, fnames: Iterable[str], csv_path: Path, suffix: str = "", first_line: int = 2
+) -> list[Path]:
+    """``folder / (fname + suffix)`` for each fname of ``csv_path`` (row i on line ``first_line + i``).
+
+    A name that would leave ``folder`` is refused before anything is opened: an absolute path, a
+    Windows drive or a ``..`` part (``../../x.wav``, ``a/../../x.wav``); an empty name is refused
+    too. The rule is on the name as written: a symbolic link inside the folder named by a plain
+    relative name is the user's choice and is followed.
+    """
+    out = []
+    for i, fname in enumerate(fnames):
+        name = f"{fname}{suffix}"
+        parts = re.split(r"[\\/]", name)
+        if not fname.strip():
+            raise DataError(
+                f"{csv_path}: line {first_line + i}: empty fname; every row must name its audio file"
+            )
+        why = ""
+        if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
+            why = "is an absolute path"
+        elif ".." in parts:
+            why = "has a '..' part"
+        if why:
+            raise DataError(
+                f"{csv_path}: line {first_line + i}: fname {fname!r} leaves the audio folder "
+                f"{folder.name}/ ({why}); a clip must be named by its path inside {folder}, without "
+                "'..' or a leading '/'; fix the row (a symbolic link placed inside the folder is followed)"
+            )
+        out.append(folder / name)
+    return out
+
+
 def check_labels(labels: list[list[str]], vocabulary: set[str], path: Path, multi: bool) -> None:
     for row, names in enumerate(labels):
         if not names:
@@ -57,30 +116,17 @@ def check_labels(labels: list[list[str]], vocabulary: set[str], path: Path, mult
 
 
 def with_audio_info(table: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Add duration and sample_rate from each file's header; a missing file is an error naming it."""
-    durations, rates, missing = [], [], []
-    for rel in table["path"]:
-        path = root / rel
-        try:
-            info = sf.info(str(path))
-        except Exception:
-            missing.append(rel)
-            durations.append(float("nan"))
-            rates.append(0)
-            continue
-        durations.append(info.frames / info.samplerate)
-        rates.append(info.samplerate)
-    if missing:
-        head = ", ".join(missing[:5])
-        raise DataError(
-            f"{len(missing)} audio file(s) listed in the CSVs are missing or unreadable under {root}: "
-            f"{head}{' ...' if len(missing) > 5 else ''}; re-run `./run.sh prepare` or check the download"
-        )
-    return table.assign(duration=durations, sample_rate=rates)
+    """Add duration and sample_rate from each file's header (:func:`probe_clips`): a missing file is
+    an error naming it; an unusable one gets an ``audio_issue`` column (added only when one has)."""
+    durations, rates, issues = probe_clips(table["path"].tolist(), root, str(root))
+    table = table.assign(duration=durations, sample_rate=rates)
+    return table.assign(**{AUDIO_ISSUE: issues}) if any(issues) else table
 
 
 def _test_rows(raw_dir: Path, audio_folder: str) -> pd.DataFrame:
-    sample = read_csv(raw_dir / "sample_submission.csv", ["fname"])
+    path = raw_dir / "sample_submission.csv"
+    sample = read_csv(path, ["fname"])
+    audio_paths(raw_dir / audio_folder, sample["fname"], path)
     return pd.DataFrame(
         {
             "clip_id": sample["fname"],
@@ -97,6 +143,8 @@ def read_fsd2018_layout(raw_dir: Path, vocabulary: set[str]) -> pd.DataFrame:
     """train.csv (fname,label,manually_verified), audio_train/, audio_test/, sample_submission.csv."""
     path = raw_dir / "train.csv"
     train = read_csv(path, ["fname", "label", "manually_verified"])
+    require_rows(train, path)
+    audio_paths(raw_dir / "audio_train", train["fname"], path)
     labels = [[label.strip()] for label in train["label"]]
     check_labels(labels, vocabulary, path, multi=False)
     bad_flag = ~train["manually_verified"].isin(["0", "1"])
@@ -123,6 +171,7 @@ def read_fsd2019_layout(raw_dir: Path, vocabulary: set[str], subsets: Iterable[s
     for subset in subsets:
         path = raw_dir / f"train_{subset}.csv"
         df = read_csv(path, ["fname", "labels"])
+        audio_paths(raw_dir / f"train_{subset}", df["fname"], path)
         labels = [[x.strip() for x in s.split(",") if x.strip()] for s in df["labels"]]
         check_labels(labels, vocabulary, path, multi=True)
         parts.append(
@@ -137,6 +186,9 @@ def read_fsd2019_layout(raw_dir: Path, vocabulary: set[str], subsets: Iterable[s
                 }
             )
         )
+    if not sum(len(p) for p in parts):
+        names = ", ".join(f"train_{s}.csv" for s in subsets)
+        raise DataError(f"{raw_dir}: no training clips in {names}: the files have a header and no rows")
     table = pd.concat([*parts, _test_rows(raw_dir, "test")], ignore_index=True)
     dup = table["clip_id"].duplicated()
     if dup.any():
@@ -156,7 +208,7 @@ def sample_submission_classes(raw_dir: Path) -> list[str]:
 # (Kaggle's or Zenodo's), fetched into ``<competition>/raw/`` or used in place from ``data_dir``.
 
 AUDIO_ISSUE = "audio_issue"  # extra clip-table column: "" when fine, else a short word ("empty", "silent")
-NOT_FOUND = "file not found"
+NOT_FOUND = "file not found"  # probe_audio's error for a missing file
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")  # what libsndfile decodes
 
 
@@ -182,32 +234,96 @@ def download_api() -> Any:
 
 
 def probe_audio(paths: Sequence[str], root: Path) -> tuple[list[float], list[int], list[str]]:
-    """Duration (s), sample rate and error ("" when readable) of each file, from its header only."""
+    """Duration (s), sample rate and error ("" when readable) of each file, from its header only;
+    the error of a missing file is ``NOT_FOUND``, of another unusable one the rules' reason."""
     durations: list[float] = []
     rates: list[int] = []
     errors: list[str] = []
     for rel in paths:
-        path = root / rel
         try:
-            info = sf.info(str(path))
-        except Exception as exc:  # libsndfile reports missing and corrupt files with varying types
+            duration, rate = audio_info(root / rel)
+        except UnusableAudio as exc:
             durations.append(float("nan"))
             rates.append(0)
-            errors.append(NOT_FOUND if not path.exists() else (str(exc).strip() or type(exc).__name__))
+            errors.append(NOT_FOUND if exc.kind == MISSING else exc.detail)
             continue
-        durations.append(info.frames / info.samplerate if info.samplerate else 0.0)
-        rates.append(int(info.samplerate))
+        durations.append(duration)
+        rates.append(rate)
         errors.append("")
     return durations, rates, errors
 
 
-def missing_audio_error(paths: Sequence[str], errors: Sequence[str], root: Path) -> DataError:
+def probe_clips(
+    paths: Sequence[str], root: Path, where: str, hint: str | None = None
+) -> tuple[list[float], list[int], list[str]]:
+    """Duration (s), sample rate and ``audio_issue`` of each clip, from its header only.
+
+    A missing file (or a link to nothing) is an error that names every one, under ``where`` (the
+    folder the user knows: ``--data-dir PATH`` or the workspace's raw/). A file that exists but cannot
+    be used follows the rules of ``audiotag.data.audio``: duration 0, issue ``empty`` (0 bytes) or
+    ``undecodable`` (not audio, unreadable, a link loop), and one warning listing them; the feature
+    cache then skips such a training clip or zero-fills such a test clip, listed in ``report.csv``.
+    """
+    durations: list[float] = []
+    rates: list[int] = []
+    issues: list[str] = []
+    missing: list[str] = []
+    unusable: list[str] = []
+    for rel in paths:
+        try:
+            duration, rate = audio_info(root / rel)
+        except UnusableAudio as exc:
+            if exc.kind == MISSING:
+                missing.append(f"{_shown(rel, root, where)} ({exc.detail.removeprefix('audio ')})")
+            else:
+                unusable.append(f"{_shown(rel, root, where)} ({exc.kind}: {exc.detail})")
+            durations.append(0.0)
+            rates.append(0)
+            issues.append(exc.kind)
+            continue
+        durations.append(duration)
+        rates.append(rate)
+        issues.append("")
+    if missing:
+        raise DataError(
+            f"{len(missing)} audio file(s) listed in the CSVs are missing under {where}: "
+            f"{_head(missing)}; {hint or PREPARE_HINT}"
+        )
+    if unusable:
+        log.warning(
+            "%d audio file(s) under %s cannot be used: %s; they stay in the clip table (audio_issue), "
+            "the feature cache skips such training clips and zero-fills such test clips (report.csv)",
+            len(unusable),
+            where,
+            _head(unusable),
+        )
+    return durations, rates, issues
+
+
+PREPARE_HINT = "re-run `./run.sh prepare`, or check the download"
+
+
+def _head(items: Sequence[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (" ..." if len(items) > n else "")
+
+
+def _shown(rel: str, root: Path, where: str) -> str:
+    """``rel`` (relative to ``root``, or absolute) shown relative to the folder ``where`` names."""
+    path = root / rel
+    folder = Path(where.removeprefix("--data-dir "))
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return str(rel)
+
+
+def missing_audio_error(
+    paths: Sequence[str], errors: Sequence[str], root: Path, where: str | None = None
+) -> DataError:
     bad = [f"{p} ({e})" for p, e in zip(paths, errors, strict=True) if e]
-    head = ", ".join(bad[:5])
     return DataError(
-        f"{len(bad)} audio file(s) listed in the CSVs are missing or unreadable under {root}: "
-        f"{head}{' ...' if len(bad) > 5 else ''}; re-run `./run.sh prepare`, or check the download "
-        "or the --data-dir folder"
+        f"{len(bad)} audio file(s) listed in the CSVs are missing or unreadable under {where or root}: "
+        f"{_head(bad)}; re-run `./run.sh prepare`, or check the download or the --data-dir folder"
     )
 
 
@@ -329,6 +445,26 @@ class FileCompetition(Competition):
                 f"competition.source: {self.name} is published on {', '.join(self.sources)}, not {source!r}"
             )
         return source
+
+    @property
+    def audio_location(self) -> str:
+        """The data folder as the user gave it: ``--data-dir PATH`` when used in place, else raw/."""
+        return f"--data-dir {self.data_dir}" if self.data_dir is not None else str(self.raw_dir)
+
+    def probe(self, paths: Sequence[str]) -> tuple[list[float], list[int], list[str]]:
+        """:func:`probe_clips` with this competition's data folder named in its messages."""
+        hint = (
+            "check that --data-dir points at the complete competition folder (the files listed in its "
+            "CSVs must all be there)"
+            if self.data_dir is not None
+            else "re-run `./run.sh prepare` to fetch the data again, or pass --data-dir PATH"
+        )
+        return probe_clips(paths, self.dir, self.audio_location, hint)
+
+    def audio_paths(self, folder: str, fnames: Iterable[str], csv_path: Path, suffix: str = "") -> list[str]:
+        """Clip-table paths of ``fnames`` (``csv_path``'s rows) in ``raw_dir / folder``, refusing a
+        name that leaves the folder (:func:`audio_paths`)."""
+        return [self.rel(p) for p in audio_paths(self.raw_dir / folder, fnames, csv_path, suffix)]
 
     def rel(self, path: Path) -> str:
         """``path`` as stored in the clip table: relative to the competition folder when inside it."""

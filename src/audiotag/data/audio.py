@@ -15,9 +15,11 @@ in the clip's status). The limits are settable per competition under ``competiti
 the YAML config (e.g. ``--set competition.audio_rules.max_seconds=30``); ``prepare`` passes them to
 the cache, whose clip-list hash includes them, so changing one rebuilds the feature cache:
 
-- missing file, or one that cannot be opened or decoded, or whose header declares frames of which
-  none decode, or whose sample rate is outside ``min_rate``-``max_rate`` (1 kHz-768 kHz): unusable
-  (``missing``/``undecodable``);
+- missing file (or a symbolic link whose target is missing), or one that cannot be opened or decoded,
+  or whose header declares frames of which none decode, or whose sample rate is outside
+  ``min_rate``-``max_rate`` (1 kHz-768 kHz): unusable (``missing``/``undecodable``); a file this
+  user may not read, or a symbolic link loop, is ``undecodable`` with a reason that says so and what
+  to do (not libsndfile's "System error");
 - 0 bytes or 0 samples: unusable (``empty``);
 - more than ``max_nonfinite`` (1 %) of the samples NaN or infinite: unusable (``undecodable``);
 - at most ``max_nonfinite`` NaN/inf samples: kept, those samples set to 0, flag ``nonfinite``;
@@ -40,7 +42,10 @@ are present), so a truncated Ogg file is either kept unflagged or, when its head
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +57,11 @@ from audiotag.config import AudioRules
 from audiotag.errors import DataError
 
 FIX_HINT = "check the file or re-download the data (`./run.sh prepare`)"
+PERMISSION_HINT = (
+    "make it readable for this user (chmod a+r FILE, and a+x on its folders) or copy the data to a "
+    "folder you can read"
+)
+LOOP_HINT = "replace the link with the audio file, or with a link that ends at the real file"
 
 MISSING, EMPTY, UNDECODABLE = "missing", "empty", "undecodable"
 FLAGS = ("truncated", "cut", "nonfinite", "silent", "upsampled")  # in the order a status lists them
@@ -67,8 +77,8 @@ DEFAULT_RULES = AudioRules()
 class UnusableAudio(DataError):
     """A file the rules cannot turn into a wave; ``kind`` is missing, empty or undecodable."""
 
-    def __init__(self, path: Path | str, kind: str, detail: str) -> None:
-        super().__init__(f"{path}: {detail}; {FIX_HINT}")
+    def __init__(self, path: Path | str, kind: str, detail: str, hint: str = FIX_HINT) -> None:
+        super().__init__(f"{path}: {detail}; {hint}")
         self.path = str(path)
         self.kind = kind
         self.detail = detail
@@ -101,10 +111,7 @@ def decode(path: Path | str, target_sr: int, rules: AudioRules = DEFAULT_RULES) 
     Raises ``UnusableAudio`` (a ``DataError`` naming the file) for a file that cannot be used.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UnusableAudio(path, MISSING, "audio file not found")
-    if path.stat().st_size == 0:
-        raise UnusableAudio(path, EMPTY, "audio file is empty (0 bytes)")
+    _check_file(path)
     with _open(path) as f:
         rate, channels, declared, fmt = int(f.samplerate), int(f.channels), int(f.frames), f.format
         if not rules.min_rate <= rate <= rules.max_rate:
@@ -171,19 +178,73 @@ def load_audio(path: Path | str, target_sr: int, rules: AudioRules = DEFAULT_RUL
 
 
 def audio_info(path: Path | str) -> tuple[float, int]:
-    """(duration in seconds, sample rate) from the file header, without decoding."""
+    """(duration in seconds, sample rate) from the file header, without decoding.
+
+    Raises ``UnusableAudio`` (a ``DataError``) with the rules' kind: ``missing`` (no such file, or a
+    link to nothing), ``empty`` (0 bytes) or ``undecodable`` (not audio, unreadable, a link loop).
+    A header that declares 0 frames is not an error here: its duration is 0.
+    """
+    path = Path(path)
+    _check_file(path)
     try:
         info = sf.info(str(path))
     except Exception as exc:  # libsndfile reports missing and corrupt files with varying exception types
-        raise DataError(f"{path}: cannot read audio header ({_reason(exc)}); {FIX_HINT}") from None
-    return info.frames / info.samplerate, int(info.samplerate)
+        raise _open_failure(path, exc, "cannot read audio header") from None
+    return (info.frames / info.samplerate if info.samplerate else 0.0), int(info.samplerate)
+
+
+def _check_file(path: Path) -> None:
+    """Refuse, with the rules' kind and a reason that says what to do, a path that is no readable file:
+    missing, a dangling or looping symbolic link, a folder, or 0 bytes."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            target = os.readlink(path)
+            raise UnusableAudio(
+                path,
+                MISSING,
+                f"symbolic link to {target!r}, which does not exist",
+                "point the link at the audio file or replace it with the file",
+            ) from None
+        raise UnusableAudio(path, MISSING, "audio file not found") from None
+    except OSError as exc:
+        raise _os_failure(path, exc) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise UnusableAudio(path, MISSING, f"audio file not found ({kind} has this name)")
+    if st.st_size == 0:
+        raise UnusableAudio(path, EMPTY, "audio file is empty (0 bytes)")
+
+
+def _os_failure(path: Path, exc: OSError) -> UnusableAudio:
+    """An operating-system error on ``path`` as an unusable clip that names the cause."""
+    if exc.errno == errno.ELOOP:
+        return UnusableAudio(
+            path, UNDECODABLE, "symbolic link loop (the link leads back to itself)", LOOP_HINT
+        )
+    if isinstance(exc, PermissionError):
+        return UnusableAudio(
+            path, UNDECODABLE, "permission denied (this user cannot read it)", PERMISSION_HINT
+        )
+    return UnusableAudio(path, UNDECODABLE, f"cannot be read ({exc.strerror or _reason(exc)})")
+
+
+def _open_failure(path: Path, exc: Exception, doing: str) -> UnusableAudio:
+    """Why libsndfile could not open ``path``: its message (e.g. "Format not recognised"), unless the
+    operating system refuses the file, which libsndfile reports only as "System error"."""
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as os_exc:
+        return _os_failure(path, os_exc)
+    return UnusableAudio(path, UNDECODABLE, f"{doing} ({_reason(exc)})")
 
 
 def _open(path: Path) -> sf.SoundFile:
     try:
         return sf.SoundFile(str(path))
     except Exception as exc:  # see audio_info
-        raise UnusableAudio(path, UNDECODABLE, f"cannot decode audio ({_reason(exc)})") from None
+        raise _open_failure(path, exc, "cannot decode audio") from None
 
 
 def _read_mono(f: sf.SoundFile, n_frames: int, channels: int, block: int) -> tuple[np.ndarray, str | None]:

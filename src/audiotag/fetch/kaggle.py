@@ -9,7 +9,9 @@ failed call into one :class:`KaggleError` line that says what to do: missing or 
 no such competition (404), rate limits (429), Kaggle's own failures (5xx) and the network.
 
 Credential values never reach our output: the client's own printing is discarded while it runs
-(:func:`quiet_client`) and every message built here is passed through :func:`redact`. Callers that
+(:func:`quiet_client`) and every message built here is passed through :func:`redact`, which removes
+the key and the access token, the base64 of ``username:key`` and any ``Basic``/``Bearer`` header
+value (a server's error may echo the request's ``Authorization`` header). Callers that
 need another exception type (the download raises :class:`~audiotag.errors.DataError`) re-raise the
 message.
 
@@ -20,8 +22,10 @@ Credentials are never printed or logged.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import json
 import logging
 import os
 import re
@@ -93,26 +97,88 @@ def default_api() -> Any:
 def credential_sources() -> list[str]:
     """Where Kaggle credentials are (variable and file names only, never values)."""
     found = [v for v in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY") if os.environ.get(v)]
-    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    folder = config_dir()
     for name in ("kaggle.json", "access_token", "access_token.txt", "credentials.json"):
         if (folder / name).is_file():
             found.append(str(folder / name))
     return found
 
 
+def config_dir() -> Path:
+    return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+
+
+def _file_token(path: Path) -> str:
+    """An access-token file's contents (small files only), for scrubbing."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if path.is_file() and path.stat().st_size < 10_000:
+            return path.read_text().strip()
+    return ""
+
+
 def secrets_of(api: Any = None) -> list[str]:
-    """Credential values to scrub from any text we show or store, longest first."""
-    values = [os.environ.get(v, "") for v in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
+    """Credential values to scrub from any text we show or store, longest first: the key and the
+    access token (from the variables, the client's config and the token files), and the base64 of
+    ``username:key`` that an ``Authorization: Basic`` header carries (see also :func:`redact`)."""
+    users = [os.environ.get("KAGGLE_USERNAME", "")]
+    keys = [os.environ.get(v, "") for v in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")]
     config = getattr(api, "config_values", None)
     if isinstance(config, dict):
-        values += [str(config.get(k) or "") for k in ("key", "token")]
-    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+        keys += [str(config.get(k) or "") for k in ("key", "token")]
+        users.append(str(config.get("username") or ""))
+    folder = config_dir()
+    keys += [_file_token(folder / name) for name in ("access_token", "access_token.txt")]
+    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+        legacy = json.loads((folder / "kaggle.json").read_text())
+        if isinstance(legacy, dict):
+            keys.append(str(legacy.get("key") or ""))
+            users.append(str(legacy.get("username") or ""))
+    keys = [k for k in keys if len(k) >= 4]
+    values = set(keys)
+    for user in {u for u in users if u}:
+        for key in keys:
+            pair = f"{user}:{key}".encode()
+            values.add(base64.b64encode(pair).decode())
+            values.add(base64.urlsafe_b64encode(pair).decode())
+    for key in keys:
+        values.add(base64.b64encode(key.encode()).decode())
+    return sorted(values, key=len, reverse=True)
+
+
+# the value of an Authorization (or Proxy-Authorization) header in any echo of a request, whoever's
+AUTH_VALUE = re.compile(r"\b(Basic|Bearer|BASIC|BEARER|basic|bearer)(\s+|%20|\+)[A-Za-z0-9+/=._~%-]{8,}")
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` without credentials: each value in ``secrets``, and any ``Basic``/``Bearer`` header value."""
     for secret in secrets:
         text = text.replace(secret, "***")
-    return text
+    return AUTH_VALUE.sub(lambda m: f"{m.group(1)} ***", text)
+
+
+def kaggle_json_problem() -> str | None:
+    """What is wrong with ``kaggle.json`` when the client ignores it (it skips a file it cannot read
+    silently): not JSON, not an object, or no username/key (that the variables do not supply either).
+    Never quotes the file's values."""
+    path = config_dir() / "kaggle.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        return f"{path} is not a text file"
+    except json.JSONDecodeError as exc:  # its message gives the position only, never the text
+        return f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror or type(exc).__name__})"
+    if not isinstance(data, dict):
+        return f'{path} does not hold a JSON object like {{"username": "...", "key": "..."}}'
+    env = {"username": "KAGGLE_USERNAME", "key": "KAGGLE_KEY"}
+    missing = [k for k in ("username", "key") if not data.get(k) and not os.environ.get(env[k])]
+    if missing:
+        names = " and ".join(repr(k) for k in missing)
+        return f'{path} has no {names} (it must hold {{"username": "...", "key": "..."}})'
+    return None
 
 
 @contextlib.contextmanager
@@ -183,9 +249,18 @@ def authenticated_api(factory: ApiFactory | None = None, *, alternative: str = "
             )
         elif status is not None and status != 401:
             msg = f"Kaggle answered HTTP {status} while signing in; try again"
-        elif sources or status == 401:
+        elif status == 401:
             error = MissingCredentials
             msg = f"Kaggle did not accept the credentials in {', '.join(sources) or '?'}; {TOKEN_HELP}"
+        elif problem := kaggle_json_problem():
+            error = MissingCredentials
+            msg = f"{problem}; nothing was sent to Kaggle. Fix the file, or {TOKEN_HELP}"
+        elif sources:
+            error = MissingCredentials
+            msg = (
+                f"the Kaggle client found no usable credentials in {', '.join(sources)} (nothing was sent "
+                f"to Kaggle); {TOKEN_HELP}"
+            )
         else:
             error = MissingCredentials
             msg = f"no Kaggle credentials found; {TOKEN_HELP}"

@@ -48,7 +48,10 @@ class PackagedMember:
 
 
 def member_folds(run_dir: Path) -> list[int]:
-    """The folds of a complete run, each with best.pt and done.json; refuses an unfinished run."""
+    """The folds of a complete run, each with best.pt and done.json; refuses an unfinished run and a
+    best.pt that differs from the size and SHA-256 its done.json recorded."""
+    from audiotag.train.checkpoint import verify_best
+
     name = run_dir.name
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
@@ -61,6 +64,8 @@ def member_folds(run_dir: Path) -> list[int]:
         for file in ("best.pt", "done.json"):
             if not (run_dir / f"fold{fold}" / file).is_file():
                 raise DataError(f"ensemble member {name!r}: {run_dir / f'fold{fold}' / file} is missing")
+        done = json.loads((run_dir / f"fold{fold}" / "done.json").read_text())
+        verify_best(run_dir / f"fold{fold}" / "best.pt", done)  # size and SHA-256 recorded when it finished
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"ensemble member {name!r}: {run_dir / 'config.yaml'} is missing")
     return folds
@@ -80,13 +85,17 @@ def _default_slug(comp: Competition) -> str:
 
 
 def ensemble_report(path: Path, cfg: EnsembleConfig) -> dict[str, Any]:
-    """The ensemble stage's report for ``cfg``: it holds the weights the blend chose on OOF."""
+    """The ensemble stage's report for ``cfg``: it holds the weights the blend chose on OOF. Refused
+    when it does not describe the submission CSV beside it (an interrupted ensemble run)."""
+    from audiotag.submission import check_report
+
     if not path.is_file():
         raise DataError(
             f"{path} not found: run the ensemble first (./run.sh ensemble --config <its yaml>), so the "
             "package blends with the weights it chose"
         )
     report = json.loads(path.read_text())
+    check_report(path.with_suffix(".csv"), report)  # the report and the CSV beside it are one ensemble run
     if sorted(report.get("members") or {}) != sorted(cfg.members) or report.get("method") != cfg.method:
         raise DataError(
             f"{path} was written for other members or another method than ensemble {cfg.name!r} now has; "

@@ -4,7 +4,15 @@ its output is already up to date, so ``prepare`` can be re-run at any time.
 The cache applies the audio rules of ``data/audio.py``, with the limits of ``competition.audio_rules``:
 training clips with unusable audio are skipped (``Prepared.skipped``; training must leave them out),
 test clips are zero-filled and kept.
-The cache logs its summary (clips per status, size on disk) every time ``prepare`` runs."""
+The cache logs its summary (clips per status, size on disk) every time ``prepare`` runs.
+
+"Up to date" is decided by content, not by modification times (``cp -p``, ``rsync -a`` and ``tar``
+keep old mtimes): the clip table's stamp holds the SHA-256 of every raw CSV file, and the cache's
+clip-list hash a fingerprint of every audio file (``data/cache_build.py``). Two processes preparing
+one competition at once take turns: the raw data, the clip table and the folds are made under a file lock
+(``<competition>/prepare.lock``), the cache under its own; the second process waits for the first
+(and says so) and then finds everything up to date. A full disk stops with a ``DataError`` naming
+the folder and the space the step needs; a rerun resumes."""
 
 from __future__ import annotations
 
@@ -20,8 +28,9 @@ from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
 from audiotag.config import CompetitionConfig, FeatureConfig
-from audiotag.data.cache_build import build_cache
+from audiotag.data.cache_build import build_cache, disk_full_as_error
 from audiotag.data.cache_reader import REPORT, FeatureCache
+from audiotag.data.locks import file_lock
 from audiotag.data.meta import read_meta
 
 log = logging.getLogger(__name__)
@@ -47,27 +56,54 @@ def table_fingerprint(comp: Competition) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def sources_fingerprint(sources: list[Path]) -> str:
+    """SHA-256 over the names and contents of the raw CSV files (their mtimes do not count)."""
+    digest = hashlib.sha256()
+    for path in sorted(sources, key=lambda p: (p.name, str(p))):
+        digest.update(f"\n{path.name}\t".encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_stamp(path: Path) -> dict:
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
 def clip_table(comp: Competition) -> pd.DataFrame:
-    """Read ``meta.parquet``, rebuilding it when missing, older than the raw CSV files, or built
-    under other competition settings (e.g. ``subsets`` now includes the noisy set)."""
+    """Read ``meta.parquet``, rebuilding it when missing, when the raw CSV files' contents changed
+    (whatever their mtimes), or when built under other competition settings (e.g. ``subsets`` now
+    includes the noisy set)."""
     data_dir = Path(comp.cfg.data_dir) if comp.cfg.data_dir else None
     sources = list(comp.raw_dir.glob("*.csv")) + (list(data_dir.glob("*.csv")) if data_dir else [])
     stamp_path = comp.meta_path.with_suffix(".json")
     fingerprint = table_fingerprint(comp)
+    csv_hash = sources_fingerprint(sources)
     if comp.meta_path.is_file():
-        newest = max((p.stat().st_mtime for p in sources), default=0.0)
-        stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
-        if comp.meta_path.stat().st_mtime >= newest and stamp.get("fingerprint") == fingerprint:
+        stamp = read_stamp(stamp_path)
+        if stamp.get("fingerprint") == fingerprint and stamp.get("sources_sha256") == csv_hash:
             log.info("clip table: %s up to date", comp.meta_path)
             return read_meta(comp.meta_path)
         if stamp.get("fingerprint") != fingerprint:
             log.info(
                 "clip table: competition settings changed since %s was built; rebuilding", comp.meta_path
             )
+        else:
+            log.info(
+                "clip table: the contents of the raw CSV files changed since %s was built; rebuilding",
+                comp.meta_path,
+            )
     table = comp.parse_clip_table()
-    with atomic_path(comp.meta_path, suffix=".parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    atomic_write_json(stamp_path, {"fingerprint": fingerprint, "clips": len(table)})
+    with disk_full_as_error(comp.meta_path.parent, "the clip table", lambda: _table_bytes(table)):
+        with atomic_path(comp.meta_path, suffix=".parquet") as tmp:
+            table.to_parquet(tmp, index=False)
+        stamp = {"fingerprint": fingerprint, "sources_sha256": csv_hash, "clips": len(table)}
+        atomic_write_json(stamp_path, stamp)
     counts = table.groupby(["split", "subset"]).size().to_dict()
     log.info(
         "clip table: wrote %s (%s)", comp.meta_path, ", ".join(f"{k[1]}: {v}" for k, v in counts.items())
@@ -78,15 +114,23 @@ def clip_table(comp: Competition) -> pd.DataFrame:
 def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: int | None = None) -> Prepared:
     comp = get_competition(competition)
     log.info("prepare: competition %s in %s", comp.name, comp.dir)
-    comp.obtain()
-    table = clip_table(comp)
-    folds = ensure_folds(comp, table)
+    waiting = f"prepare: {comp.dir} is being prepared by another process (raw data, clip table, folds)"
+    with file_lock(comp.dir / "prepare.lock", "preparing the raw data, clip table and folds", waiting):
+        comp.obtain()
+        table = clip_table(comp)
+        with disk_full_as_error(comp.dir, "the fold file", lambda: _table_bytes(table[["clip_id"]])):
+            folds = ensure_folds(comp, table)
     columns = [c for c in ("clip_id", "path", "split", "audio_issue") if c in table.columns]
     cache_dir = build_cache(
         table[columns], comp.dir, features, workers=workers, rules=competition.audio_rules
     )
     skipped = report_cache(cache_dir)
     return Prepared(comp, table, folds, cache_dir, skipped)
+
+
+def _table_bytes(table: pd.DataFrame) -> int:
+    """A generous estimate of the bytes a table takes written out (its size in memory, twice)."""
+    return 2 * int(table.memory_usage(deep=True).sum())
 
 
 def report_cache(cache_dir: Path) -> frozenset[str]:

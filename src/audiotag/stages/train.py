@@ -3,15 +3,22 @@
 A run directory describes itself: the resolved config, its hash, the feature key, the fold file and
 its SHA-256, and the code version are written before any fold starts. Starting a run again with a
 different config is refused (the numbers in it would no longer match its config).
+
+One process trains a run folder at a time: ``train`` claims it with an OS file lock on
+``runs/<name>/owner.lock`` (released by the kernel when the process dies, so a killed run never
+blocks the next one), which records the owner's pid, host and start time. A second ``train`` on the
+same run folder is refused with those, instead of both writing the same checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +34,8 @@ from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import file_sha256, load_folds
 from audiotag.config_files import dump_yaml
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.errors import ConfigError
+from audiotag.data.locks import Busy, describe_owner, file_lock
+from audiotag.errors import ConfigError, TrainingError
 from audiotag.experiment import ExperimentConfig
 from audiotag.fold_scores import FoldScores
 from audiotag.models.registry import check_pretrained
@@ -159,6 +167,25 @@ def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prep
     )
 
 
+OWNER_LOCK = "owner.lock"
+
+
+@contextlib.contextmanager
+def claim_run(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder for this process; TrainingError naming the owner when another holds it."""
+    try:
+        with file_lock(run_dir / OWNER_LOCK, f"train {run_dir.name}", wait=False) as died:
+            if died:
+                log.info("train: run %s: its previous owner, %s, is gone", run_dir.name, describe_owner(died))
+            yield
+    except Busy as busy:
+        raise TrainingError(
+            f"run {run_dir.name!r} in {run_dir} is being trained by {describe_owner(busy.owner)}; two "
+            "processes on one run folder would overwrite each other's checkpoints. Wait for it to finish "
+            "(or stop it), or give this one its own run with --run-name NAME"
+        ) from None
+
+
 def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
     comp = prepared.competition
     train = comp.training_clips(prepared.table).merge(load_folds(prepared.folds_path), on="clip_id")
@@ -216,6 +243,12 @@ def train_experiment(
     comp = prepared.competition
     run_dir = comp.dir / "runs" / (run_name or cfg.name)
     check_pretrained(cfg.model, cfg.features)
+    with claim_run(run_dir) if ctx.is_main else contextlib.nullcontext():
+        return _train_run(cfg, prepared, run_dir, ctx)
+
+
+def _train_run(cfg: ExperimentConfig, prepared: Prepared, run_dir: Path, ctx: DistContext) -> RunResult:
+    comp = prepared.competition
     if ctx.is_main:
         check_or_write_run_info(run_dir, cfg, prepared)
     ctx.barrier()

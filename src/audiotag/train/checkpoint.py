@@ -1,28 +1,178 @@
-"""Checkpoints written atomically, so a run killed at any moment resumes from the last whole one."""
+"""Checkpoints written atomically, so a run killed at any moment resumes from the last whole one.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a pickle can run code when it is loaded,
+and ``last.pt``/``best.pt`` come from run folders and packages that others may have touched. What
+training saves is tensors (weights, optimiser moments, the CPU/GPU/augmentation RNG states as
+ByteTensors) and plain Python numbers, strings, lists and dicts (progress, history, the schedule's
+and the grad scaler's state), all of which the weights-only unpickler accepts as they are, so
+:data:`RESUME_GLOBALS` (what it allows beyond that) is empty; anything else in the pickle is refused
+with a :class:`DataError` naming the file.
+
+``done.json`` records the size and SHA-256 of the fold's ``best.pt`` (:func:`file_record`), and
+:func:`verify_best` checks them wherever a finished fold's weights are used: a rerun that skips the
+fold, ``package``, and the package's inference.
+
+A full disk while saving (``torch.save`` reports it as ``basic_ios::clear: iostream error`` or a
+``PytorchStreamWriter`` failure, plain writes as ``OSError(ENOSPC)``) becomes a :class:`TrainingError`
+saying so (:func:`disk_full_guard`); the atomic write leaves the previous file in place.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import logging
+import pickle
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from audiotag.atomic import atomic_path
-from audiotag.errors import DataError
+from audiotag.errors import DataError, TrainingError
 
 log = logging.getLogger(__name__)
 
+# Globals the weights-only unpickler may build besides tensors and plain Python values: none is needed
+# by what ``resume_state`` and ``best.pt`` hold (see the module docstring).
+RESUME_GLOBALS: list[Any] = []
+
+RESTART = "delete it to restart this fold"
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
+    with disk_full_guard(path, lambda: state_bytes(state)), atomic_path(path, suffix=".pt") as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", remedy: str = RESTART
+) -> dict[str, Any]:
+    """The checkpoint at ``path``, read weights-only; ``remedy`` ends the error message."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(RESUME_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            raise DataError(
+                f"{path}: refused to load: the checkpoint holds {_unsafe_globals(path)}, which a "
+                "checkpoint written by audiotag train never holds and which could run code when loaded "
+                f"(the file was altered or comes from elsewhere); {remedy}"
+            ) from None
+        raise DataError(f"{path}: checkpoint cannot be read ({exc}); {remedy}") from None
     except Exception as exc:
+        raise DataError(f"{path}: checkpoint cannot be read ({exc}); {remedy}") from None
+
+
+def _unsafe_globals(path: Path) -> str:
+    """The globals the pickle would build that are not allowed, for the message."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        names = []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in RESUME_GLOBALS}
+    names = [n for n in names if n not in allowed]
+    return (
+        f"objects other than tensors and plain values ({', '.join(names[:5])})"
+        if names
+        else ("objects other than tensors and plain values")
+    )
+
+
+# --------------------------------------------------------------------------- best.pt of a finished fold
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What ``done.json`` keeps of ``best.pt``: its size and SHA-256."""
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def verify_best(best: Path, done: dict[str, Any], remedy: str | None = None) -> None:
+    """Check ``best`` against the record in its fold's ``done.json`` (``done["best_pt"]``); a
+    :class:`DataError` naming the file when it is missing or differs. A done.json from before the
+    record was kept is accepted with a warning."""
+    fold_dir = best.parent
+    remedy = remedy or f"delete the fold folder {fold_dir} to retrain the fold"
+    if not best.is_file():
         raise DataError(
-            f"{path}: checkpoint cannot be read ({exc}); delete it to restart this fold"
+            f"{best} is missing although {fold_dir / 'done.json'} says the fold is done; {remedy}"
+        )
+    record = done.get("best_pt")
+    if not isinstance(record, dict) or "sha256" not in record:
+        log.warning(
+            "%s: done.json records no size or SHA-256 of best.pt (written by an older version); the "
+            "weights are used unchecked",
+            fold_dir,
+        )
+        return
+    size = best.stat().st_size
+    if size != record.get("size"):
+        problem = f"{size} bytes, done.json recorded {record.get('size')}"
+    elif file_sha256(best) != record["sha256"]:
+        problem = "its SHA-256 differs from the one done.json recorded"
+    else:
+        return
+    raise DataError(f"{best} is corrupt or was replaced after the fold finished ({problem}); {remedy}")
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+def state_bytes(obj: Any) -> int:
+    """Roughly what ``torch.save`` writes for ``obj``: the bytes of its tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for lack of space (or quota)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    # torch.save's C++ writer loses errno: these are how a full disk reads from it
+    markers = ("iostream error", "PytorchStreamWriter failed writing", "file write failed")
+    return isinstance(exc, RuntimeError) and any(marker in text for marker in markers)
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
+
+
+@contextlib.contextmanager
+def disk_full_guard(path: Path, needed: Any = None) -> Iterator[None]:
+    """Turn a full disk while writing ``path`` into a :class:`TrainingError` saying where and about how
+    much is needed (``needed``: bytes, or a callable giving them, called only then)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not is_disk_full(exc):
+            raise
+        size = needed() if callable(needed) else needed
+        need = f" (it needs about {_megabytes(size)})" if size else ""
+        try:
+            free = f", {_megabytes(shutil.disk_usage(path.parent).free)} free there"
+        except OSError:
+            free = ""
+        raise TrainingError(
+            f"the disk is full: {path} could not be written{need}{free}; the previous file is kept "
+            f"(the last good checkpoint too). Free space on the disk of {path.parent} and run train "
+            "again: it resumes from the last checkpoint"
         ) from None

@@ -31,7 +31,13 @@ from audiotag.errors import TrainingError
 from audiotag.experiment import ExperimentConfig
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.predictions import write_predictions
-from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
+from audiotag.train.checkpoint import (
+    disk_full_guard,
+    file_record,
+    load_checkpoint,
+    save_checkpoint,
+    verify_best,
+)
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine, configure_determinism, out_of_memory_advice
 from audiotag.train.epoch import CROP_STREAM, INIT_STREAM, epoch_seed, train_one_epoch
@@ -211,6 +217,7 @@ def train_fold(
     done_path = fold_dir / "done.json"
     if done_path.is_file():
         summary = json.loads(done_path.read_text())
+        verify_best(fold_dir / "best.pt", summary)  # a corrupt best.pt surfaces here, not when packaged
         log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, summary["score"])
         return summary
     run = build_fold(cfg, cache, data, fold_dir, device, ctx)
@@ -368,9 +375,11 @@ def finish_fold(run: FoldRun, started: float) -> dict:
     if not ctx.is_main:
         ctx.barrier()  # wait for rank 0 to write the fold's files
         return json.loads(done_path.read_text())
-    write_predictions(run.fold_dir / "oof.parquet", data.val_ids, data.classes, oof)
-    if test is not None:
-        write_predictions(run.fold_dir / "test.parquet", data.test_ids, data.classes, test)
+    for name, ids, scores in (("oof", data.val_ids, oof), ("test", data.test_ids, test)):
+        if scores is not None:
+            path = run.fold_dir / f"{name}.parquet"
+            with disk_full_guard(path, scores.nbytes):
+                write_predictions(path, ids, data.classes, scores)
     summary = {
         "fold": data.fold,
         "metric": data.metric,
@@ -389,7 +398,9 @@ def finish_fold(run: FoldRun, started: float) -> dict:
         "history": state.history,
     }
     summary["processes"] = ctx.world if ctx.ddp else 1
-    atomic_write_json(done_path, summary)
+    summary["best_pt"] = file_record(run.best_path)  # checked wherever the finished fold's weights are used
+    with disk_full_guard(done_path):
+        atomic_write_json(done_path, summary)
     run.last_path.unlink(missing_ok=True)  # the best weights are kept; the resume state is no longer needed
     ctx.barrier()
     log.info(

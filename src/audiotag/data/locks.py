@@ -1,0 +1,106 @@
+"""Inter-process locks on files: an OS lock (POSIX ``flock``) that dies with its process.
+
+The kernel releases a ``flock`` when the process that holds it exits, however it exits (SIGKILL
+included), so a lock is never left stale. While held, the lock file records its owner (pid, host,
+start time) as one JSON object, so another process can say whom it waits for or why it refuses.
+A lock file is never deleted (deleting one that another process is about to lock would let two
+processes hold "the" lock); it is emptied when released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking
+    fcntl = None  # type: ignore[assignment]
+
+
+class Busy(Exception):
+    """The lock is held by another process; ``owner`` is what it recorded (may be empty)."""
+
+    def __init__(self, path: Path, owner: dict[str, Any]) -> None:
+        super().__init__(f"{path} is locked by {describe_owner(owner)}")
+        self.path = path
+        self.owner = owner
+
+
+def read_owner(path: Path) -> dict[str, Any]:
+    """The owner recorded in a lock file; {} when none is recorded (or the file is unreadable)."""
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_owner(owner: dict[str, Any]) -> str:
+    if not owner:
+        return "another process"
+    return (
+        f"process {owner.get('pid', '?')} on host {owner.get('host', '?')} "
+        f"(started {owner.get('started', '?')}{', ' + str(owner['what']) if owner.get('what') else ''})"
+    )
+
+
+def _record_owner(handle: IO[str], what: str) -> dict[str, Any]:
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "what": what,
+    }
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(owner) + "\n")
+    handle.flush()
+    return owner
+
+
+def _release(handle: IO[str]) -> None:
+    with contextlib.suppress(OSError):
+        handle.seek(0)
+        handle.truncate()
+        handle.flush()
+    fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str = "", waiting: str = "", wait: bool = True) -> Iterator[dict[str, Any]]:
+    """Hold an exclusive lock on ``path`` for the block; yield the owner the previous holder left.
+
+    When another process holds it: with ``wait``, log ``waiting`` followed by that owner and block
+    until it is released; without, raise ``Busy``. ``what`` is recorded as the owner's activity. The
+    yielded dict is the owner record left by a holder that died without releasing (empty otherwise):
+    its lock is gone with it, and the caller may mention it.
+    """
+    if fcntl is None:
+        yield {}
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = read_owner(path)
+            if not wait:
+                raise Busy(path, owner) from None
+            log.info("%s: held by %s; waiting for it", waiting or f"{path} is locked", describe_owner(owner))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        left = read_owner(path)  # non-empty only when the previous holder died holding it
+        _record_owner(handle, what)
+        try:
+            yield left
+        finally:
+            _release(handle)

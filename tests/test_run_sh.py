@@ -1,0 +1,135 @@
+"""run.sh refuses an environment (AUDIOTAG_VENV) whose audiotag package is another checkout's.
+
+Each test builds a fake environment: ``bin/python`` is a shell script that answers run.sh's package
+check with a chosen folder, records pip calls instead of running them, and otherwise runs the real
+interpreter; the install stamp is current, so run.sh installs nothing. Offline, well under a second each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+FAKE_PYTHON = """#!/bin/sh
+# the package check: run.sh's `python -c '...find_spec("audiotag")...'`
+if [ "$1" = "-c" ]; then
+  case "$2" in *audiotag*) [ -f "{venv}/package" ] && cat "{venv}/package"; exit 0 ;; esac
+fi
+# pip: recorded; `pip install -e .` installs the current folder's package
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+  echo "$*" >>"{venv}/pip.log"
+  case "$*" in *"-e ."*) echo "$(pwd -P)/src/audiotag" >"{venv}/package" ;; esac
+  exit 0
+fi
+exec "{python}" "$@"
+"""
+
+
+def stamp() -> str:
+    """What run.sh writes to ``$VENV/.audiotag-installed`` once the environment is installed."""
+    text = b"".join((REPO / name).read_bytes() for name in REPO_INPUTS)
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+REPO_INPUTS = ("requirements.lock", "requirements-nodeps.lock", "pyproject.toml")
+HERE = (REPO / "src" / "audiotag").resolve()
+
+
+def fake_venv(root: Path, package: Path | None, current_stamp: bool = True) -> Path:
+    venv = root / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(FAKE_PYTHON.format(venv=venv, python=sys.executable))
+    python.chmod(0o755)
+    (venv / ".audiotag-installed").write_text((stamp() if current_stamp else "0" * 16) + "\n")
+    if package is not None:
+        (venv / "package").write_text(f"{package}\n")
+    return venv
+
+
+def run_sh(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AUDIOTAG_VENV": str(venv)}
+    return subprocess.run(
+        ["bash", str(REPO / "run.sh"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def pip_calls(venv: Path) -> list[str]:
+    log = venv / "pip.log"
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+@pytest.mark.parametrize("current_stamp", [True, False], ids=["installed", "stale-stamp"])
+def test_another_checkouts_environment_is_refused(tmp_path: Path, current_stamp: bool) -> None:
+    other = tmp_path / "other-clone" / "src" / "audiotag"
+    venv = fake_venv(tmp_path, other, current_stamp)
+    result = run_sh(venv, "test", "--version")
+    assert result.returncode == 2
+    assert "pytest" not in result.stdout  # nothing ran
+    err = result.stderr
+    assert f"the environment {venv} runs another checkout's code" in err
+    assert str(other) in err and str(HERE) in err
+    assert f'"{venv}/bin/python" -m pip install --no-deps -e "{REPO.resolve()}"' in err
+    assert "AUDIOTAG_VENV" in err
+    assert pip_calls(venv) == []  # refused before installing anything into the other clone's venv
+
+
+def test_this_checkouts_environment_runs(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, HERE)
+    result = run_sh(venv, "test", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pytest ")
+    assert result.stderr == ""
+    assert pip_calls(venv) == []
+
+
+def test_an_environment_without_audiotag_gets_this_checkout(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, None)
+    result = run_sh(venv, "test", "--version")
+    assert result.returncode == 0, result.stderr
+    assert "has no audiotag package; installing this checkout" in result.stderr
+    assert result.stdout.startswith("pytest ")
+    assert len(pip_calls(venv)) == 1 and pip_calls(venv)[0].endswith("--no-deps -e .")
+
+
+@pytest.mark.parametrize("elsewhere", [True, False], ids=["other-clone-first", "this-checkout"])
+def test_the_check_itself_with_the_real_interpreter(tmp_path: Path, elsewhere: bool) -> None:
+    """run.sh's own package check, run by the real interpreter: PYTHONPATH puts another clone's
+    audiotag first, or nothing does and the editable install of this checkout answers."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    (venv / ".audiotag-installed").write_text(stamp() + "\n")
+    other = tmp_path / "other-clone" / "src"
+    (other / "audiotag").mkdir(parents=True)
+    (other / "audiotag" / "__init__.py").write_text("raise SystemExit('the other clone ran')\n")
+    env = {**os.environ, "AUDIOTAG_VENV": str(venv)}
+    env.pop("PYTHONPATH", None)
+    if elsewhere:
+        env["PYTHONPATH"] = str(other)
+    result = subprocess.run(
+        ["bash", str(REPO / "run.sh"), "test", "--version"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if elsewhere:
+        assert result.returncode == 2
+        assert (
+            f"its audiotag package is\n  {(other / 'audiotag').resolve()}\nnot this checkout's"
+            in result.stderr
+        )
+        assert "the other clone ran" not in result.stderr  # located, not imported
+    else:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("pytest ")
