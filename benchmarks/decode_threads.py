@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from audiotag.data.audio import decode
-from audiotag.data.cache_build import keep_freed_memory
+from audiotag.data.cache_compute import keep_freed_memory
 
 
 def main() -> None:

@@ -199,7 +199,7 @@ def run_method(method: str, paths: list[str], preset: str, workdir: str) -> dict
             pool.map(_librosa_task, [(p, preset) for p in paths], chunksize=_chunksize(len(paths)))
             seconds = time.perf_counter() - start
     elif method == "ours-1":
-        from audiotag.data.cache_build import compute_clip, prepare_compute_process
+        from audiotag.data.cache_compute import compute_clip, prepare_compute_process
         from audiotag.data.features import make_extractor
 
         prepare_compute_process()  # as the cache's workers do: one torch thread, malloc keeps freed memory
@@ -212,7 +212,7 @@ def run_method(method: str, paths: list[str], preset: str, workdir: str) -> dict
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     elif method == "ours-2":
         from audiotag.data.audio import DEFAULT_RULES
-        from audiotag.data.cache_build import _compute_parallel
+        from audiotag.data.cache_compute import _compute_parallel
 
         start = time.perf_counter()  # the pool's fork server imports torch and the cache module once
         list(_compute_parallel([(paths[0], False)], cfg, DEFAULT_RULES, 1))

@@ -18,7 +18,7 @@ from audiotag.data.audio import (
     decode,
     load_audio,
 )
-from audiotag.data.cache_build import compute_clip
+from audiotag.data.cache_compute import compute_clip
 from audiotag.data.cache_reader import SKIPPED, ZERO_FILLED
 from audiotag.data.features import make_extractor, n_frames
 from audiotag.errors import DataError

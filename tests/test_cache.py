@@ -22,6 +22,7 @@ import soundfile as sf
 
 from audiotag.config import AudioRules, FeatureConfig
 from audiotag.data import cache_build as cache_mod
+from audiotag.data import cache_compute
 from audiotag.data.audio import load_audio
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache, cache_dir_for
@@ -219,7 +220,7 @@ def test_interrupted_build_resumes(
     comp = copy_competition(root, tmp_path)
     append = cache_mod._Writer.append
 
-    def append_then_stop(self: cache_mod._Writer, result: cache_mod.ClipResult) -> None:
+    def append_then_stop(self: cache_mod._Writer, result: cache_compute.ClipResult) -> None:
         if self.n_done == 5:
             raise KeyboardInterrupt
         append(self, result)
@@ -241,11 +242,11 @@ def test_interrupted_build_resumes(
     assert pd.read_parquet(final / "index.parquet").equals(pd.read_parquet(clean_dir / "index.parquet"))
 
 
-def crash_on_marker(tasks: list[tuple[str, bool]]) -> list[cache_mod.ClipResult]:
+def crash_on_marker(tasks: list[tuple[str, bool]]) -> list[cache_compute.ClipResult]:
     """A worker function that dies like a crashing decoder on any file named *crash*."""
     if any("crash" in Path(path).name for path, _ in tasks):
         os._exit(3)
-    return cache_mod._worker_chunk(tasks)
+    return cache_compute._worker_chunk(tasks)
 
 
 def test_a_crashing_worker_is_contained(built: tuple[Path, pd.DataFrame, Path]) -> None:
@@ -254,7 +255,7 @@ def test_a_crashing_worker_is_contained(built: tuple[Path, pd.DataFrame, Path]) 
     tasks = [(str(root / "audio" / f"clip{i:02d}.wav"), False) for i in range(N_CLIPS)]
     tasks[4] = (str(root / "audio/crash_train.wav"), False)
     tasks[9] = (str(root / "audio/crash_test.wav"), True)
-    results = list(cache_mod._compute_parallel(tasks, CFG, AudioRules(), 2, run_chunk=crash_on_marker))
+    results = list(cache_compute._compute_parallel(tasks, CFG, AudioRules(), 2, run_chunk=crash_on_marker))
     assert [r.status for r in results] == ["ok"] * 4 + ["skipped"] + ["ok"] * 4 + ["zero_filled"] + ["ok"] * 2
     assert results[4].reason == results[9].reason == "undecodable: decoding it crashed the worker process"
     for i, result in enumerate(results):
@@ -272,10 +273,10 @@ def test_build_streams_in_bounded_memory(tmp_path: Path, monkeypatch: pytest.Mon
         sf.write(str(tmp_path / f"audio/{i:04d}.wav"), rng.uniform(-0.5, 0.5, n_samples), 16000)
     clips = pd.DataFrame({"clip_id": [f"{i:04d}" for i in range(n_clips)]})
     clips["path"] = "audio/" + clips["clip_id"] + ".wav"
-    monkeypatch.setattr(cache_mod, "CHUNKS_PER_WORKER", 1)  # 2 workers x 1 chunk x 16 clips in flight
+    monkeypatch.setattr(cache_compute, "CHUNKS_PER_WORKER", 1)  # 2 workers x 1 chunk x 16 clips in flight
     append = cache_mod._Writer.append
 
-    def slow_append(self: cache_mod._Writer, result: cache_mod.ClipResult) -> None:
+    def slow_append(self: cache_mod._Writer, result: cache_compute.ClipResult) -> None:
         time.sleep(0.002)  # a slow disk: without a bound, the workers' results would pile up
         append(self, result)
 
@@ -387,7 +388,7 @@ def test_staging_for_other_clips_is_discarded(tmp_path: Path) -> None:
 
 
 def test_workers_that_cannot_start_are_not_blamed_on_the_clips() -> None:
-    from audiotag.data.cache_build import check_workers_start
+    from audiotag.data.cache_compute import check_workers_start
 
     check_workers_start((CFG.model_dump_json(), {}))  # a healthy pool passes
     with pytest.raises(DataError, match="__name__ == '__main__'"):
@@ -447,7 +448,7 @@ FAULTS_SCRIPT = """
 import resource, sys
 import numpy as np
 if sys.argv[1] == "keep":
-    from audiotag.data.cache_build import keep_freed_memory
+    from audiotag.data.cache_compute import keep_freed_memory
     assert keep_freed_memory()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(30):  # a clip's buffers: a 44.1 kHz STFT alone is about 5 MB

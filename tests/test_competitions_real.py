@@ -21,6 +21,7 @@ from audiotag.cli import main
 from audiotag.competitions import get_competition, layouts
 from audiotag.competitions.audioset import candidate_stems
 from audiotag.competitions.base import warn_about_rules
+from audiotag.competitions.folds import ensure_folds, load_folds
 from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
 from audiotag.competitions.fsd2019 import CLASSES as CLASSES_2019
 from audiotag.config import CompetitionConfig
@@ -92,12 +93,13 @@ def fake_fsd2018_kaggle(root: Path, empty: bool = True, train=TRAIN_2018, test=T
     return root
 
 
-def fake_fsd2018_zenodo(root: Path) -> Path:
+def fake_fsd2018_zenodo(root: Path, freesound_ids: list[int] | None = None) -> Path:
     meta = root / "FSDKaggle2018.meta"
+    ids = freesound_ids or [2000 + i for i in range(len(TRAIN_2018))]
     write_csv(
         meta / "train_post_competition.csv",
         ["fname", "label", "manually_verified", "freesound_id", "license"],
-        [[*r, 2000 + i, "Creative Commons 0"] for i, r in enumerate(TRAIN_2018)],
+        [[*r, ids[i], "Creative Commons 0"] for i, r in enumerate(TRAIN_2018)],
     )
     write_csv(
         meta / "test_post_competition_scoring_clips.csv",
@@ -375,6 +377,52 @@ def test_fsd2018_zenodo_layout(tmp_path: Path) -> None:
     sample = pd.read_csv(comp.sample_submission_path)
     assert comp.sample_submission_path == comp.dir / "sample_submission.csv"
     assert list(sample.columns) == ["fname", "label"] and sample["fname"].tolist() == test["clip_id"].tolist()
+
+
+# Clips cut from one Freesound recording share its freesound_id: 7 recordings for the 10 clips.
+SHARED_IDS_2018 = [2000, 2000, 2001, 2002, 2002, 2002, 2003, 2004, 2005, 2006]
+
+
+def test_fsd2018_zenodo_groups_by_freesound_id(tmp_path: Path, caplog) -> None:
+    comp = make("fsd2018", tmp_path / "ws", source="zenodo", n_folds=2)
+    fake_fsd2018_zenodo(comp.raw_dir, SHARED_IDS_2018)
+    with caplog.at_level(logging.INFO):
+        table = comp.parse_clip_table()
+    train, test = table[table["split"] == "train"], table[table["split"] == "test"]
+    assert train["group"].tolist() == [str(i) for i in SHARED_IDS_2018]
+    assert test["group"].isna().all()
+    assert "grouped by freesound_id: 7 groups; 5 clip(s) share a group with another clip; the largest, " in (
+        caplog.text
+    )
+    assert "'2002', has 3 clip(s)" in caplog.text
+    table.to_parquet(tmp_path / "meta.parquet", index=False)  # the column survives the clip table file
+    table = pd.read_parquet(tmp_path / "meta.parquet")
+    path = ensure_folds(comp, table)
+    assert path.name == "k2-seed42-all-grouped.csv"
+    folds = load_folds(path).merge(train, on="clip_id")
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    assert sorted(folds["fold"].unique()) == [0, 1]
+
+
+def test_fsd2018_kaggle_layout_has_no_groups(tmp_path: Path, caplog) -> None:
+    comp = make("fsd2018", tmp_path / "ws", n_folds=2)
+    fake_fsd2018_kaggle(comp.raw_dir)
+    with caplog.at_level(logging.INFO):
+        table = comp.parse_clip_table()
+    assert "group" not in table.columns
+    assert "train.csv has no freesound_id column, so the folds are not grouped" in caplog.text
+    assert ensure_folds(comp, table).name == "k2-seed42-all.csv"
+
+
+def test_fsd2018_zenodo_empty_freesound_id_is_named(tmp_path: Path) -> None:
+    comp = make("fsd2018", tmp_path / "ws", source="zenodo")
+    fake_fsd2018_zenodo(comp.raw_dir)
+    path = comp.raw_dir / "FSDKaggle2018.meta" / "train_post_competition.csv"
+    df = pd.read_csv(path, dtype=str)
+    df.loc[4, "freesound_id"] = ""
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"train_post_competition\.csv: line 6: empty freesound_id"):
+        comp.parse_clip_table()
 
 
 @pytest.mark.parametrize(

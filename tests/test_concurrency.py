@@ -18,6 +18,7 @@ import pytest
 
 from audiotag.cli import main
 from audiotag.data import cache_build as cache_mod
+from audiotag.data import cache_compute
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache, cache_dir_for
 from audiotag.errors import TrainingError
@@ -102,7 +103,7 @@ def interrupted_partial(
     clips = write_clips(root)
     append = cache_mod._Writer.append
 
-    def append_then_stop(self: cache_mod._Writer, result: cache_mod.ClipResult) -> None:
+    def append_then_stop(self: cache_mod._Writer, result: cache_compute.ClipResult) -> None:
         if self.n_done == stop_at:
             raise KeyboardInterrupt
         append(self, result)

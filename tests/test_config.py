@@ -202,3 +202,15 @@ def test_audio_rules_do_not_change_the_clip_table_fingerprint() -> None:
     base = table_fingerprint(get_competition(load_competition("demo")))
     changed = load_competition("demo", ["audio_rules.max_seconds=5", "audio_rules.silence_peak=0.1"])
     assert table_fingerprint(get_competition(changed)) == base
+
+
+def test_the_table_format_version_enters_the_clip_table_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables written by code with other parsing rules (e.g. before CSV names were confined to the
+    audio folder) are rebuilt, not reused."""
+    from audiotag.competitions import get_competition
+    from audiotag.stages import prepare
+
+    comp = get_competition(load_competition("demo"))
+    now = prepare.table_fingerprint(comp)
+    monkeypatch.setattr(prepare, "TABLE_FORMAT", prepare.TABLE_FORMAT - 1)
+    assert prepare.table_fingerprint(comp) != now

@@ -15,9 +15,9 @@ from audiotag import ensemble, metrics
 from audiotag.blend import scaled_ranks
 from audiotag.cli import main
 from audiotag.competitions import Competition, get_competition
-from audiotag.competitions.folds import file_sha256
 from audiotag.config import EnsembleConfig, load_competition, load_ensemble
 from audiotag.config_files import configs_root
+from audiotag.digests import file_sha256
 from audiotag.ensemble import ScoreLine, run_ensemble
 from audiotag.ensemble_members import Member
 from audiotag.errors import ConfigError, DataError

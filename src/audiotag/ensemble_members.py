@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from audiotag.competitions import Competition
-from audiotag.competitions.folds import file_sha256, load_folds
+from audiotag.competitions.folds import load_folds
+from audiotag.digests import file_sha256
 from audiotag.errors import DataError
 from audiotag.fold_scores import FoldScores
 

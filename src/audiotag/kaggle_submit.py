@@ -19,7 +19,6 @@ HTTP server (``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes it call ``http://localho
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from audiotag.digests import file_sha256
 from audiotag.errors import ConfigError, DataError
 from audiotag.fetch import kaggle as kaggle_client
 
@@ -144,14 +144,6 @@ class SubmissionRecord:
     ensemble: str | None = None
     reply: str = ""
     ref: str | None = None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_report(csv_path: Path) -> dict[str, Any] | None:

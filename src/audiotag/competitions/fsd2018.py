@@ -14,15 +14,21 @@ space-separated class names. Two published layouts, both read here:
 Facts from the dataset's README (FSDKaggle2018.doc, stored copy read with the search tool). The three
 known empty test wavs of the Kaggle release keep their submission row and are flagged
 ``audio_issue = "empty"`` in the clip table (duration 0); they cannot be decoded into features.
+
+Groups: the Zenodo ``train_post_competition.csv`` names each clip's ``freesound_id`` (the Freesound
+recording it was cut from); it becomes the clip table's ``group`` column, so the CV folds never put
+clips of one recording on both sides. Kaggle's ``train.csv`` has no such column: no groups there.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from audiotag.competitions.folds import GROUP, describe_groups
 from audiotag.competitions.layouts import (
     AUDIO_ISSUE,
     FileCompetition,
@@ -126,9 +132,29 @@ class Fsd2018(FileCompetition):
             }
         )
         table = self._with_audio(table)
+        table = self._with_groups(table, train, train_path)
         if source == "zenodo":
             write_sample_submission(self.dir / "sample_submission.csv", test_ids, None)
         return table
+
+    def _with_groups(self, table: pd.DataFrame, train: pd.DataFrame, train_path: Path) -> pd.DataFrame:
+        """``group`` = freesound_id for the training clips when the training CSV has it (Zenodo)."""
+        if "freesound_id" not in train.columns:
+            log.info(
+                "fsd2018: %s has no freesound_id column, so the folds are not grouped by Freesound "
+                "recording (the Zenodo layout, --set competition.source=zenodo, has it)",
+                train_path.name,
+            )
+            return table
+        ids = train["freesound_id"].str.strip()
+        blank = ids == ""
+        if blank.any():
+            row = int(blank.to_numpy().nonzero()[0][0])
+            raise DataError(f"{train_path}: line {row + 2}: empty freesound_id")
+        n_test = len(table) - len(train)
+        groups = pd.Series([*ids, *([None] * n_test)], dtype=object)
+        log.info("fsd2018: training clips grouped by freesound_id: %s", describe_groups(ids))
+        return table.assign(**{GROUP: groups.to_numpy()})
 
     def _with_audio(self, table: pd.DataFrame) -> pd.DataFrame:
         durations, rates, issues = self.probe(table["path"].tolist())

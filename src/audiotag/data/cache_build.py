@@ -15,8 +15,7 @@ streams: worker processes decode and compute clips in chunks, at most ``4 * work
 flight, and the parent appends each clip's frames to ``frames.f16`` and one JSON line to
 ``clips.jsonl`` as they arrive, so memory does not grow with the dataset. Now and then it records
 ``progress.json`` after an fsync, so a killed build resumes from the last record. A worker process
-that dies (a decoder that crashes) is replaced; the clips it held are retried one at a time in a
-fresh process, and a clip that kills that one too is treated as undecodable.
+that dies (a decoder that crashes) is replaced (``data/cache_compute.py`` computes the clips).
 
 Several processes may build one cache at once (two ``prepare``, or two ``train --folds`` started
 together): the build holds an OS file lock (``<cache_dir>.lock``, ``data/locks.py``), so the second
@@ -41,33 +40,33 @@ bytes) and what is free; what was written is kept, and a rerun resumes.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
-import itertools
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.config import AudioRules, FeatureConfig
-from audiotag.data.audio import DEFAULT_RULES, UNDECODABLE, UnusableAudio, decode
+from audiotag.data.audio import DEFAULT_RULES
+from audiotag.data.cache_compute import (
+    ClipResult,
+    Task,
+    _compute_here,
+    _compute_parallel,
+)
 from audiotag.data.cache_reader import (
     DTYPE,
     FRAMES,
@@ -85,7 +84,6 @@ from audiotag.data.cache_reader import (
     read_manifest,
     summary_text,
 )
-from audiotag.data.features import compute_logmel, make_extractor
 from audiotag.data.locks import file_lock
 from audiotag.errors import DataError
 
@@ -94,78 +92,8 @@ log = logging.getLogger(__name__)
 PROGRESS = "progress.json"
 RECORDS = "clips.jsonl"
 CHECKPOINT_EVERY = 256  # clips between fsync + progress record
-CHUNKS_PER_WORKER = 4  # chunks in flight per worker: keeps workers busy, bounds the parent's memory
 SAMPLE_BYTES = 64 * 1024  # each of the three samples of an audio file hashed into its fingerprint
 FINGERPRINT_THREADS = 8  # files fingerprinted at once (reading them is I/O: threads overlap the waits)
-
-# ----------------------------------------------------------------------------- one clip
-
-
-class ClipResult(NamedTuple):
-    """What the cache stores for one clip; ``frames`` is None for a skipped clip."""
-
-    frames: np.ndarray | None  # (n_frames, n_mels) float16
-    status: str
-    reason: str
-    source_rate: int
-    seconds: float
-
-    def record(self) -> dict[str, Any]:
-        n = -1 if self.frames is None else int(self.frames.shape[0])
-        return {
-            "n": n,
-            "status": self.status,
-            "reason": self.reason,
-            "sr": self.source_rate,
-            "sec": self.seconds,
-        }
-
-
-def compute_clip(
-    path: str,
-    is_test: bool,
-    cfg: FeatureConfig,
-    extractor: torch.nn.Module,
-    rules: AudioRules = DEFAULT_RULES,
-) -> ClipResult:
-    """Decode one file and compute its float16 log-mel, applying the audio rules; never raises.
-
-    This is the function the cache's workers run (one thread each: see ``_compute_here``).
-    """
-    try:
-        decoded = decode(path, cfg.sample_rate, rules)
-        frames = _features(decoded.wave, path, cfg, extractor)
-        return ClipResult(
-            frames, decoded.status, decoded.reason, decoded.source_rate, round(decoded.seconds, 4)
-        )
-    except UnusableAudio as exc:
-        kind, detail = exc.kind, exc.detail
-    except Exception as exc:  # a decoder or front-end failure on odd input: the same rule as undecodable
-        kind, detail = UNDECODABLE, f"feature extraction failed ({type(exc).__name__}: {exc})"
-    return unusable_result(is_test, kind, detail, cfg, extractor, rules)
-
-
-def unusable_result(
-    is_test: bool, kind: str, detail: str, cfg: FeatureConfig, extractor: torch.nn.Module, rules: AudioRules
-) -> ClipResult:
-    """A training clip is skipped; a test clip becomes ``rules.fill_seconds`` of zeros."""
-    reason = f"{kind}: {detail}"
-    if not is_test:
-        return ClipResult(None, SKIPPED, reason, 0, 0.0)
-    zeros = np.zeros(max(1, round(rules.fill_seconds * cfg.sample_rate)), dtype=np.float32)
-    return ClipResult(_features(zeros, "zeros", cfg, extractor), ZERO_FILLED, reason, 0, 0.0)
-
-
-def _features(wave: np.ndarray, path: str, cfg: FeatureConfig, extractor: torch.nn.Module) -> np.ndarray:
-    if cfg.cache == "wave":  # the model's front-end computes the log-mel on the training device
-        frames = np.asarray(wave, dtype=DTYPE)[:, None]
-    else:
-        frames = compute_logmel(wave, cfg, extractor).astype(DTYPE)
-    if not np.isfinite(frames).all():  # e.g. float samples so large that their power overflows
-        peak = float(np.max(np.abs(wave))) if wave.size else 0.0
-        raise UnusableAudio(path, UNDECODABLE, f"log-mel is not finite (sample peak {peak:.3g})")
-    return frames
-
 
 # ----------------------------------------------------------------------------- building
 
@@ -566,9 +494,6 @@ def _checkpoint_quietly(writer: _Writer) -> None:
         log.warning("feature cache: could not record progress (%s); a rerun resumes from further back", exc)
 
 
-Task = tuple[str, bool]  # (absolute path, is a test clip)
-
-
 def _compute(
     tasks: Iterable[Task], n_tasks: int, cfg: FeatureConfig, rules: AudioRules, workers: int
 ) -> Iterator[ClipResult]:
@@ -577,173 +502,6 @@ def _compute(
         yield from _compute_here(tasks, cfg, rules)
     else:
         yield from _compute_parallel(tasks, cfg, rules, workers, n_tasks=n_tasks)
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed buffers of up to 32 MB for reuse; True where it applies.
-
-    By default glibc hands large freed blocks back to the kernel, so the next clip's equally large
-    buffers (a 44.1 kHz STFT is about 5 MB) are page-faulted and zeroed again: measured, that was
-    over half of a clip's log-mel time. Kept memory is bounded by the largest clip's working set.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
-
-
-def prepare_compute_process() -> None:
-    """Settings for a process that computes clips: one torch thread and see ``keep_freed_memory``.
-
-    One clip's STFT is far too small for intra-op threads, which only add overhead (a lot of it when
-    the cores are busy).
-    """
-    torch.set_num_threads(1)
-    keep_freed_memory()
-
-
-def _compute_here(tasks: Iterable[Task], cfg: FeatureConfig, rules: AudioRules) -> Iterator[ClipResult]:
-    threads = torch.get_num_threads()  # restored afterwards: this is the caller's own process
-    prepare_compute_process()
-    try:
-        extractor = make_extractor(cfg)
-        yield from (compute_clip(path, is_test, cfg, extractor, rules) for path, is_test in tasks)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _pool(workers: int, init_args: tuple[str, dict[str, Any]]) -> ProcessPoolExecutor:
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        # Workers fork from a server that has imported torch and this module once, so a pool starts in
-        # a fraction of a second instead of each worker importing torch (seconds on a busy machine).
-        ctx.set_forkserver_preload(["__main__", __name__])
-    else:
-        ctx = mp.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args)
-
-
-def _compute_parallel(
-    tasks: Iterable[Task],
-    cfg: FeatureConfig,
-    rules: AudioRules,
-    workers: int,
-    run_chunk: Callable[[list[Task]], list[ClipResult]] | None = None,
-    n_tasks: int | None = None,
-) -> Iterator[ClipResult]:
-    """Results in task order from a process pool with a bounded number of chunks in flight.
-
-    ``n_tasks`` sizes the chunks when ``tasks`` is an iterator; ``run_chunk`` replaces the worker
-    function (tests use it to kill a worker).
-    """
-    run_chunk = run_chunk or _worker_chunk
-    init_args = (cfg.model_dump_json(), rules.as_dict())
-    if n_tasks is None:
-        tasks = list(tasks)
-        n_tasks = len(tasks)
-    chunksize = max(1, min(16, n_tasks // (workers * 8)))
-    remaining = iter(tasks)
-    chunks = iter(lambda: list(itertools.islice(remaining, chunksize)), [])
-    ahead = workers * CHUNKS_PER_WORKER
-    pool = _pool(workers, init_args)
-    pending: deque[tuple[list[Task], Future[list[ClipResult]]]] = deque()
-    try:
-        while True:
-            for chunk in itertools.islice(chunks, ahead - len(pending)):
-                pending.append((chunk, pool.submit(run_chunk, chunk)))
-            if not pending:
-                return
-            chunk, future = pending.popleft()
-            try:
-                results = future.result()
-            except BrokenProcessPool:
-                log.warning("feature cache: a worker process died; retrying its clips one at a time")
-                pool.shutdown(wait=True, cancel_futures=True)
-                check_workers_start(init_args)  # a pool that cannot work at all must not blame the clips
-                lost: list[Task] = []  # tasks of failed chunks, run together in one process
-                pending.appendleft((chunk, future))
-                for tried, outcome in pending:
-                    if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
-                        yield from _isolated(lost, cfg, rules, run_chunk, init_args)
-                        lost = []
-                        yield from outcome.result()
-                    else:
-                        lost += tried
-                yield from _isolated(lost, cfg, rules, run_chunk, init_args)
-                pending.clear()
-                pool = _pool(workers, init_args)
-            else:
-                yield from results
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _canary() -> bool:
-    return True
-
-
-def check_workers_start(init_args: tuple[str, dict[str, Any]]) -> None:
-    """Raise when fresh worker processes die before doing any work (then no clip is to blame)."""
-    pool = _pool(1, init_args)
-    try:
-        pool.submit(_canary).result()
-    except BrokenProcessPool:
-        raise DataError(
-            "feature cache: worker processes die before doing any work, so no clip can be blamed. If "
-            "you call audiotag from a script of your own, put that code under `if __name__ == "
-            "'__main__':` (worker processes import your script), or build with one process (--workers 1)"
-        ) from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _isolated(
-    tasks: list[Task],
-    cfg: FeatureConfig,
-    rules: AudioRules,
-    run_chunk: Callable[[list[Task]], list[ClipResult]],
-    init_args: tuple[str, dict[str, Any]],
-) -> Iterator[ClipResult]:
-    """The tasks in turn in one fresh process; a task that kills it counts as undecodable."""
-    i = 0
-    while i < len(tasks):
-        pool = _pool(1, init_args)
-        try:
-            futures = [pool.submit(run_chunk, [task]) for task in tasks[i:]]
-            for future in futures:
-                path, is_test = tasks[i]
-                i += 1
-                try:
-                    yield future.result()[0]
-                except BrokenProcessPool:
-                    log.warning("feature cache: %s crashed the worker process; treated as undecodable", path)
-                    detail = "decoding it crashed the worker process"
-                    yield unusable_result(is_test, UNDECODABLE, detail, cfg, make_extractor(cfg), rules)
-                    break
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-_worker_state: dict[str, Any] = {}
-
-
-def _init_worker(cfg_json: str, rules: dict[str, Any]) -> None:
-    prepare_compute_process()
-    cfg = FeatureConfig.model_validate_json(cfg_json)
-    _worker_state.update(cfg=cfg, extractor=make_extractor(cfg), rules=AudioRules(**rules))
-
-
-def _worker_chunk(tasks: list[Task]) -> list[ClipResult]:
-    state = _worker_state
-    return [
-        compute_clip(path, is_test, state["cfg"], state["extractor"], state["rules"])
-        for path, is_test in tasks
-    ]
 
 
 def _finish(

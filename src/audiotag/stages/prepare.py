@@ -51,8 +51,15 @@ class Prepared:
 TABLE_NEUTRAL = {"n_folds", "fold_seed", "default_experiment", "default_ensemble", "rules", "audio_rules"}
 
 
+# Bump when the parsing rules change what a table holds (2: CSV names confined to the audio folder,
+# unusable files kept with their audio_issue; 3: FSDKaggle2018's freesound_id as the clips' group),
+# so tables built by older code are rebuilt.
+TABLE_FORMAT = 3
+
+
 def table_fingerprint(comp: Competition) -> str:
     settings = comp.cfg.model_dump(mode="json", exclude=TABLE_NEUTRAL)
+    settings["table_format"] = TABLE_FORMAT
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 

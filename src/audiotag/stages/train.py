@@ -31,10 +31,11 @@ import audiotag
 from audiotag import metrics
 from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.competitions.base import warn_about_rules
-from audiotag.competitions.folds import file_sha256, load_folds
+from audiotag.competitions.folds import load_folds
 from audiotag.config_files import dump_yaml
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.locks import Busy, describe_owner, file_lock
+from audiotag.digests import file_sha256
 from audiotag.errors import ConfigError, TrainingError
 from audiotag.experiment import ExperimentConfig
 from audiotag.fold_scores import FoldScores

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import pickle
 import shutil
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from audiotag.atomic import atomic_path
+from audiotag.digests import file_sha256
 from audiotag.errors import DataError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,6 @@ def _unsafe_globals(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- best.pt of a finished fold
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_record(path: Path) -> dict[str, Any]:
