@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+        help="override an experiment value, e.g. --set train.epochs=3, or an ensemble value with the "
+        "ensemble. prefix, e.g. --set ensemble.method=geometric (repeatable)",
     )
     parser.add_argument("--folds", help="comma-separated folds to train, e.g. 0,1")
     parser.add_argument("--run-name", help="name of the run folder (default: the experiment's name)")
