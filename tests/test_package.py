@@ -137,3 +137,21 @@ def test_test_audio_is_found_by_name_and_missing_clips_are_named(tmp_path: Path)
     assert found["a.wav"].parent.name == "audio_test"
     with pytest.raises(DataError, match=r"1 clip\(s\).*c\.wav"):
         find_test_audio(tmp_path, ["a.wav", "c.wav"])
+
+
+def test_the_bundle_writes_as_many_labels_as_the_competition_asks(tmp_path: Path) -> None:
+    """A table competition with top_k_labels k=2: the bundle's manifest carries k, its submission
+    writer uses it (bundles written before it was recorded: 3, as every known competition)."""
+    import numpy as np
+
+    from audiotag.inference import BundleCompetition
+    from audiotag.submission import build_submission
+
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("fname,label\na.wav,x\nb.wav,x\n")
+    scores = np.array([[0.1, 0.9, 0.5, 0.2], [0.8, 0.1, 0.3, 0.7]])
+    comp = BundleCompetition("birds", ["w", "x", "y", "z"], "top3_labels", sample, label_count=2)
+    sub = build_submission(comp, ["a.wav", "b.wav"], scores)
+    assert sub["label"].tolist() == ["x y", "w z"]
+    old = BundleCompetition("birds", ["w", "x", "y", "z"], "top3_labels", sample)
+    assert build_submission(old, ["a.wav", "b.wav"], scores)["label"].tolist() == ["x y z", "w z y"]

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from audiotag.config import EnsembleConfig, load_competition, load_ensemble
-from audiotag.config_files import configs_root, read_yaml
+from audiotag.config_files import configs_root, is_yaml_path, read_yaml
 from audiotag.errors import AudiotagError, ConfigError
 from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.log import output_console, setup_logging
@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stages = ", ".join(stage_names())
     parser.add_argument("stages", nargs="+", metavar="STAGE", help=f"one or more of: {stages}")
-    parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
+    parser.add_argument(
+        "--competition",
+        "-c",
+        default="demo",
+        help="competition name, or the path of a competition YAML (kind: table) (default: demo)",
+    )
     parser.add_argument("--config", type=Path, help="experiment or ensemble YAML file")
     parser.add_argument(
         "--set",
@@ -286,9 +291,22 @@ def is_ensemble_file(path: Path) -> bool:
     return "members" in read_yaml(path)
 
 
+TABLE_DEFAULTS = {"experiment": "table/cnn_small", "ensemble": "table"}  # for kind: table without defaults
+
+
+def table_competition(competition: str | None) -> str | None:
+    """The ``-c`` value (a YAML path made absolute) when it names a ``kind: table`` competition: its
+    experiment and ensemble files are generic and get this competition swapped in; else None."""
+    if not competition or load_competition(competition).kind != "table":
+        return None
+    return str(Path(competition).expanduser().resolve()) if is_yaml_path(competition) else competition
+
+
 def default_config(competition: str, kind: str) -> Path:
     comp = load_competition(competition)
     name = comp.default_experiment if kind == "experiment" else comp.default_ensemble
+    if not name and comp.kind == "table":
+        name = TABLE_DEFAULTS[kind]
     if not name:
         raise ConfigError(
             f"competition {competition!r} names no default_{kind}; pass --config configs/"
@@ -323,8 +341,9 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         if not weights.is_file():
             raise ConfigError(f"--weights {args.weights}: no such file")
         overrides.append(f"model.pretrained={json.dumps(str(weights.resolve()))}")
-    cfg = load_experiment(path, overrides)
-    if args.config is None and cfg.competition.name != args.competition:
+    table = table_competition(args.competition) if args.config is None else None
+    cfg = load_experiment(path, overrides, competition=table)
+    if args.config is None and table is None and cfg.competition.name != args.competition:
         raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
     return cfg
 
@@ -336,11 +355,19 @@ def ensemble_config(args: argparse.Namespace, exp: ExperimentConfig | None) -> E
             f"--set {experiment_overrides[0]}: the ensemble stage alone reads no experiment; an ensemble "
             f"setting is written --set {ENSEMBLE_PREFIX}{experiment_overrides[0]}"
         )
+    table = None
     if args.config and is_ensemble_file(args.config):
         path = args.config
     else:
-        path = default_config(exp.competition.name if exp else args.competition, "ensemble")
-    return load_ensemble(path, overrides + data_dir_overrides(args))
+        table = table_competition(args.competition)
+        if table is None and exp is not None and exp.competition.kind == "table":
+            raise ConfigError(
+                f"competition {exp.competition.name!r} (kind: table): the ensemble stage needs -c with its "
+                "YAML (name or path), or an ensemble --config"
+            )
+        name = args.competition if table or exp is None else exp.competition.name
+        path = default_config(name, "ensemble")
+    return load_ensemble(path, overrides + data_dir_overrides(args), competition=table)
 
 
 def print_run(console: Console, result) -> None:

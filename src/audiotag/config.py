@@ -109,8 +109,77 @@ class AudioRules(StrictModel):
         return self.model_dump()
 
 
+TABLE_METRICS = ("map3", "lwlrap", "map")  # the names of audiotag.metrics.METRICS (a test keeps them equal)
+TABLE_FIELDS = (
+    "train_csv",
+    "audio_dir",
+    "test_dir",
+    "sample_submission",
+    "group_column",
+    "fold_column",
+    "verified_column",
+    "classes",
+    "metric",
+    "submission",
+)  # only meaningful with kind: table; refused without it
+
+
+class TableSubmission(StrictModel):
+    """The submission format of a ``kind: table`` competition."""
+
+    kind: Literal["top_k_labels", "scores"] = Field(
+        description="top_k_labels: fname,label with the k best class names space-separated; "
+        "scores: fname plus one score column per class, in vocabulary order"
+    )
+    k: int = Field(3, ge=1, le=20, description="labels per row (top_k_labels)")
+
+
 class CompetitionConfig(StrictModel):
-    name: str = Field(description="competition module: demo, demo2019, fsd2018, fsd2019, fsd50k, audioset")
+    name: str = Field(
+        description="competition module: demo, demo2019, fsd2018, fsd2019, fsd50k, audioset; with kind: "
+        "table, any name (the workspace folder competition/<name>/)"
+    )
+    kind: Literal["table"] | None = Field(
+        None,
+        description="table: your own dataset, described by this YAML alone (a CSV of files and labels, "
+        "competitions/table.py); null: the competition module named by name",
+    )
+    train_csv: str | None = Field(None, description="table: the training CSV, relative to data_dir")
+    audio_dir: str | None = Field(
+        None, description="table: folder of the training audio, relative to data_dir"
+    )
+    test_dir: str | None = Field(
+        None,
+        description="table: folder of the test audio, relative to data_dir: every audio file in it, or "
+        "the files of sample_submission when given",
+    )
+    sample_submission: str | None = Field(
+        None, description="table: sample submission CSV (column fname first), relative to data_dir"
+    )
+    file_column: str = Field("fname", description="table: CSV column naming each clip's file in audio_dir")
+    label_column: str = Field("label", description="table: CSV column holding the label(s)")
+    group_column: str | None = Field(
+        None, description="table: CSV column of groups (clips of one group never straddle folds)"
+    )
+    fold_column: str | None = Field(
+        None, description="table: CSV column of predefined folds (n_folds of them)"
+    )
+    verified_column: str | None = Field(
+        None, description="table: CSV column 0/1 (or true/false) marking trusted labels; null: all trusted"
+    )
+    multi_label: bool = Field(False, description="table: clips may have several labels")
+    label_separator: Literal[",", ";", " "] = Field(
+        ",", description="table: separator between the labels of one clip (multi_label)"
+    )
+    classes: list[str] | None = Field(
+        None,
+        description="table: the class vocabulary, in score order; null: the sorted training labels, "
+        "saved in competition/<name>/vocabulary.json at the first prepare and fixed from then on",
+    )
+    metric: Literal["map3", "lwlrap", "map"] | None = Field(
+        None, description="table: map3 (single-label only), lwlrap or map (mean average precision)"
+    )
+    submission: TableSubmission | None = Field(None, description="table: the submission format")
     n_folds: int = Field(5, ge=2, le=20)
     fold_seed: int = 42
     subsets: list[str] | None = Field(
@@ -136,6 +205,40 @@ class CompetitionConfig(StrictModel):
     default_ensemble: str | None = Field(
         None, description="ensemble under configs/ensembles/ that ensemble uses without --config"
     )
+
+    @model_validator(mode="after")
+    def _table(self) -> CompetitionConfig:
+        if self.kind is None:
+            given = [f for f in TABLE_FIELDS if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only meaningful with kind: table")
+            return self
+        missing = [f for f in ("train_csv", "audio_dir", "metric", "submission") if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"kind: table needs {', '.join(missing)}")
+        if self.metric == "map3" and self.multi_label:
+            raise ValueError(
+                "metric map3 scores one true label per clip; multi_label data needs lwlrap or map"
+            )
+        if self.classes is not None:
+            if not self.classes:
+                raise ValueError("classes: empty; list the class names, or leave it out")
+            repeated = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            bad = [c for c in self.classes if not c.strip() or c != c.strip() or self.label_separator in c]
+            if repeated or bad:
+                raise ValueError(
+                    f"classes: repeated {repeated}, blank or containing the separator "
+                    f"{self.label_separator!r}: {bad}"
+                )
+            if self.submission and self.submission.kind == "top_k_labels" and " " in "".join(self.classes):
+                raise ValueError("classes: top_k_labels separates labels by spaces; a class name has one")
+            if (
+                self.submission
+                and self.submission.kind == "top_k_labels"
+                and self.submission.k > len(self.classes)
+            ):
+                raise ValueError(f"submission.k {self.submission.k} exceeds the {len(self.classes)} classes")
+        return self
 
 
 class FeatureConfig(StrictModel):
@@ -429,14 +532,20 @@ class EnsembleConfig(StrictModel):
         return per_class
 
 
-def load_ensemble(path: str | Path, overrides: list[str] | None = None) -> EnsembleConfig:
+def load_ensemble(
+    path: str | Path, overrides: list[str] | None = None, competition: str | None = None
+) -> EnsembleConfig:
+    """``competition``: a competition config (name or YAML path) replacing the file's (kind: table)."""
     path = Path(path)
     raw = read_yaml(path)
     raw.setdefault("name", path.stem)
+    if competition is not None:
+        raw["competition"] = competition
     tree = resolve_groups(apply_overrides(resolve_groups(raw), overrides or []))
     return validate(EnsembleConfig, tree, str(path))
 
 
 def load_competition(name: str, overrides: list[str] | None = None) -> CompetitionConfig:
     tree = apply_overrides(load_group("competition", name), overrides or [])
-    return validate(CompetitionConfig, tree, f"configs/competitions/{name}.yaml")
+    source = name if name.endswith((".yaml", ".yml")) else f"configs/competitions/{name}.yaml"
+    return validate(CompetitionConfig, tree, source)

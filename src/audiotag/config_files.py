@@ -80,8 +80,15 @@ def available(group_dir: str, root: Path | None = None) -> list[str]:
     return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
 
 
+def is_yaml_path(name: str) -> bool:
+    """A group given as a file path (``-c ~/data/birds.yaml``) rather than a name under configs/."""
+    return name.endswith((".yaml", ".yml"))
+
+
 def load_group(group: str, name: str, root: Path | None = None) -> dict[str, Any]:
     group_dir = GROUPS[group]
+    if group == "competition" and is_yaml_path(name):
+        return read_yaml(Path(name).expanduser())
     path = (root or configs_root()) / group_dir / f"{name}.yaml"
     if not path.is_file():
         choices = ", ".join(available(group_dir, root)) or "(none)"

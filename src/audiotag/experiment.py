@@ -41,10 +41,15 @@ class ExperimentConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_experiment(
+    path: str | Path, overrides: list[str] | None = None, competition: str | None = None
+) -> ExperimentConfig:
+    """``competition``: a competition config (name or YAML path) replacing the file's (kind: table)."""
     path = Path(path)
     raw = read_yaml(path)
     raw.setdefault("name", path.stem)
+    if competition is not None:
+        raw["competition"] = competition
     tree = apply_overrides(resolve_groups(raw), overrides or [])
     tree = resolve_groups(tree)  # an override may name another group file
     if tree.get("features") == AUTO_FEATURES:

@@ -82,6 +82,7 @@ class BundleCompetition:
     classes: list[str]
     submission_kind: str
     sample_submission_path: Path
+    label_count: int = 3  # labels per row of a top-k submission (bundles before it was recorded: 3)
 
 
 def combine_members(
@@ -204,7 +205,13 @@ def run_inference(
                 predict_member(member_dir, member["folds"], cache, fnames, len(classes), torch_device)
             )
         blended = combine_members(predictions, manifest["blend"], bundle)
-    comp = BundleCompetition(manifest["competition"], classes, manifest["submission_kind"], sample_path)
+    comp = BundleCompetition(
+        manifest["competition"],
+        classes,
+        manifest["submission_kind"],
+        sample_path,
+        int(manifest.get("label_count", 3)),
+    )
     as_comp = cast("Competition", comp)  # the submission writer reads only these four attributes
     if scores_path is not None:
         write_predictions(scores_path, fnames, classes, blended)

@@ -35,7 +35,8 @@ def read_sample(comp: Competition) -> pd.DataFrame:
 
 
 def build_submission(comp: Competition, clip_ids: Sequence[str], scores: np.ndarray) -> pd.DataFrame:
-    """Rows in the sample submission's order; top-3 labels or the score table, per the competition."""
+    """Rows in the sample submission's order; top-k labels (``comp.label_count``, 3 unless a table
+    competition says) or the score table, per the competition."""
     sample = read_sample(comp)
     position = {c: i for i, c in enumerate(clip_ids)}
     missing = [f for f in sample["fname"] if f not in position]
@@ -47,7 +48,7 @@ def build_submission(comp: Competition, clip_ids: Sequence[str], scores: np.ndar
     ordered = scores[[position[f] for f in sample["fname"]]]
     classes = np.asarray(comp.classes)
     if comp.submission_kind == "top3_labels":
-        labels = [" ".join(row) for row in classes[top_k(ordered, 3)]]
+        labels = [" ".join(row) for row in classes[top_k(ordered, comp.label_count)]]
         return pd.DataFrame({"fname": sample["fname"], "label": labels})
     columns = [c for c in sample.columns if c != "fname"]
     unknown = sorted(set(columns) ^ set(comp.classes))
@@ -72,7 +73,11 @@ def validate_submission(comp: Competition, sub: pd.DataFrame) -> None:
         vocabulary = set(comp.classes)
         for row, text in enumerate(sub["label"]):
             names = str(text).split(" ")
-            if not 1 <= len(names) <= 3 or len(set(names)) != len(names) or not set(names) <= vocabulary:
+            if (
+                not 1 <= len(names) <= comp.label_count
+                or len(set(names)) != len(names)
+                or not set(names) <= vocabulary
+            ):
                 raise DataError(f"submission row {row + 1} ({sub['fname'].iloc[row]}): bad labels {text!r}")
         return
     values = sub.drop(columns="fname").to_numpy(dtype=np.float64)

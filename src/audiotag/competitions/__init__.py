@@ -24,6 +24,10 @@ def competition_names() -> list[str]:
 
 
 def get_competition(cfg: CompetitionConfig, root: Path | None = None) -> Competition:
+    if cfg.kind == "table":
+        from audiotag.competitions.table import TableCompetition
+
+        return TableCompetition(cfg, root)
     registry = _registry()
     if cfg.name not in registry:
         raise ConfigError(

@@ -54,6 +54,7 @@ class Competition(abc.ABC):
     task: ClassVar[Task]
     metric: ClassVar[str]
     submission_kind: ClassVar[SubmissionKind]
+    label_count: int = 3  # labels per row of a "top3_labels" submission (a kind: table competition sets k)
 
     def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
         self.cfg = cfg

@@ -188,6 +188,7 @@ def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -
             "metric": comp.metric,
             "task": comp.task,
             "submission_kind": comp.submission_kind,
+            "label_count": comp.label_count,
             "classes": list(comp.classes),
             "ensemble": {"name": cfg.name, "cv": (report.get("cv") or report.get("blend") or {}).get("mean")},
             "blend": spec,

@@ -27,7 +27,7 @@ import pandas as pd
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
-from audiotag.config import CompetitionConfig, FeatureConfig
+from audiotag.config import TABLE_FIELDS, CompetitionConfig, FeatureConfig
 from audiotag.data.cache_build import build_cache, disk_full_as_error
 from audiotag.data.cache_reader import REPORT, FeatureCache
 from audiotag.data.locks import file_lock
@@ -59,6 +59,11 @@ TABLE_FORMAT = 3
 
 def table_fingerprint(comp: Competition) -> str:
     settings = comp.cfg.model_dump(mode="json", exclude=TABLE_NEUTRAL)
+    if comp.cfg.kind is None:  # the kind: table keys, absent before they existed: same fingerprint as then
+        defaults = CompetitionConfig.model_fields
+        for key in ("kind", "file_column", "label_column", "multi_label", "label_separator", *TABLE_FIELDS):
+            if settings.get(key) == defaults[key].default:
+                settings.pop(key, None)
     settings["table_format"] = TABLE_FORMAT
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
