@@ -5,7 +5,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from scipy.stats import norm
-from sklearn.metrics import average_precision_score, label_ranking_average_precision_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    label_ranking_average_precision_score,
+    roc_auc_score,
+)
 
 from audiotag import metrics
 
@@ -97,6 +102,31 @@ def test_map3_matches_kaggle_mapk(seed: int, ties: bool) -> None:
     labels = rng.integers(0, 8, 200)
     expected = kaggle_mapk([[int(y)] for y in labels], [python_top_k(row, 3) for row in scores], k=3)
     assert metrics.map_at_k(labels, scores) == pytest.approx(expected, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def test_accuracy_hand_worked_with_ties() -> None:
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.3, 0.3, 0.4]])
+    # a tie goes to the lower class index: row 1 predicts 0 (right), row 2 predicts 0 (wrong)
+    assert metrics.accuracy(np.array([1, 0, 1, 0]), scores) == 0.5
+    one_hot = np.eye(3, dtype=np.int64)[[1, 0, 1, 0]]
+    assert metrics.score("accuracy", one_hot, scores) == 0.5
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("ties", [False, True])
+def test_accuracy_matches_sklearn(seed: int, ties: bool) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.random((200, 8))
+    if ties:
+        scores = np.round(scores, 1)
+    labels = rng.integers(0, 8, 200)
+    predicted = [python_top_k(row, 1)[0] for row in scores]
+    expected = accuracy_score(labels, predicted)
+    assert metrics.accuracy(labels, scores) == pytest.approx(expected, rel=1e-15)
+    assert metrics.accuracy(labels, scores) == pytest.approx(metrics.map_at_k(labels, scores, k=1), rel=1e-15)
 
 
 # --------------------------------------------------------------------------- lwlrap
@@ -225,7 +255,7 @@ def test_d_prime() -> None:
 
 
 def test_metrics_registry_and_dispatch() -> None:
-    assert set(metrics.METRICS) == {"map3", "lwlrap", "map"}
+    assert set(metrics.METRICS) == {"map3", "lwlrap", "map", "accuracy"}
     truth, scores = random_multilabel(0, ties=True)
     assert metrics.score("lwlrap", truth, scores) == metrics.lwlrap(truth, scores)
     assert metrics.score("map", truth, scores) == metrics.mean_average_precision(truth, scores).value
@@ -237,7 +267,8 @@ def test_metrics_registry_and_dispatch() -> None:
     [lambda: metrics.score("f1", np.ones((1, 2)), np.ones((1, 2))), lambda: metrics.higher_is_better("f1")],
 )
 def test_unknown_metric_lists_allowed_names(call: Callable[[], object]) -> None:
-    with pytest.raises(ValueError, match=r"unknown metric 'f1'; allowed: 'lwlrap', 'map', 'map3'"):
+    allowed = r"allowed: 'accuracy', 'lwlrap', 'map', 'map3'"
+    with pytest.raises(ValueError, match=rf"unknown metric 'f1'; {allowed}"):
         call()
 
 
@@ -314,9 +345,10 @@ def test_map_without_any_positive() -> None:
         (np.array([], dtype=int), np.zeros((0, 3)), r"empty input"),
     ],
 )
-def test_single_label_input_errors(truth: np.ndarray, scores: np.ndarray, message: str) -> None:
+@pytest.mark.parametrize("fn", [metrics.map_at_k, metrics.accuracy])
+def test_single_label_input_errors(fn: Callable, truth: np.ndarray, scores: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        metrics.map_at_k(truth, scores)
+        fn(truth, scores)
 
 
 @pytest.mark.parametrize(

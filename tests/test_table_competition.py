@@ -191,7 +191,8 @@ def test_name_leaving_the_audio_folder_is_refused(data: Path) -> None:
     ("changes", "message"),
     [
         ({"metric": "map3"}, "multi_label data needs lwlrap or map"),
-        ({"metric": "accuracy"}, "metric"),
+        ({"metric": "accuracy"}, "metric accuracy scores one true label per clip"),
+        ({"metric": "f1"}, "metric"),
         ({"submission": None}, "kind: table needs submission"),
         ({"classes": ["a", "a"]}, "repeated"),
         ({"label_separator": "|"}, "label_separator"),
@@ -212,3 +213,25 @@ def test_table_metrics_are_the_metrics_module_s() -> None:
     from audiotag.metrics import METRICS
 
     assert set(TABLE_METRICS) == set(METRICS)
+
+
+@pytest.mark.slow
+def test_no_test_set_end_to_end(data: Path, workspace: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """test_dir left out: prepare and train report CV per fold; the ensemble reports CV, writes no CSV."""
+    path = make_dataset(data, multi=False)
+    spec = yaml.safe_load(path.read_text())
+    for key in ("test_dir", "sample_submission"):
+        spec.pop(key)
+    spec |= {"name": "bytest_notest", "metric": "accuracy"}
+    path.write_text(yaml.safe_dump(spec))
+    caplog.set_level("INFO")
+    assert main(args(path, "prepare", "train", "ensemble")) == 0
+    meta = pd.read_parquet(workspace / "competition" / "bytest_notest" / "meta.parquet")
+    assert (meta["split"] == "train").all() and len(meta) == 24
+    out = workspace / "submissions" / "bytest_notest"
+    assert not list(out.glob("*.csv"))
+    report = json.loads((out / "table.json").read_text())
+    assert report["submission"] is None and report["test_score"] is None
+    assert set(report["cv"]["folds"]) == {"0", "1", "2"} and 0 <= report["cv"]["mean"] <= 1
+    assert report["metric"] == "accuracy" and report["submission_sha256"] is None
+    assert "no test set" in caplog.text and "no submission written" in caplog.text

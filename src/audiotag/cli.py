@@ -414,7 +414,7 @@ def print_ensemble(console: Console, result) -> None:
         f"submitted {result.submitted}: CV {result.mean:.4f} ± {result.std:.4f}, "
         f"{result.gain:+.4f} over the best member ({result.best_member})"
     )
-    console.print(f"submission: {result.submission}")
+    console.print(f"submission: {result.submission or 'none (the competition has no test set)'}")
     if result.test_score is not None:
         console.print(f"test {result.metric} (hidden demo labels): [bold]{result.test_score:.4f}[/bold]")
 

@@ -109,7 +109,8 @@ class AudioRules(StrictModel):
         return self.model_dump()
 
 
-TABLE_METRICS = ("map3", "lwlrap", "map")  # the names of audiotag.metrics.METRICS (a test keeps them equal)
+# the names of audiotag.metrics.METRICS (a test keeps them equal)
+TABLE_METRICS = ("map3", "lwlrap", "map", "accuracy")
 TABLE_FIELDS = (
     "train_csv",
     "audio_dir",
@@ -121,6 +122,7 @@ TABLE_FIELDS = (
     "classes",
     "metric",
     "submission",
+    "download",
 )  # only meaningful with kind: table; refused without it
 
 
@@ -132,6 +134,31 @@ class TableSubmission(StrictModel):
         "scores: fname plus one score column per class, in vocabulary order"
     )
     k: int = Field(3, ge=1, le=20, description="labels per row (top_k_labels)")
+
+
+class TableDownload(StrictModel):
+    """Where ``prepare`` fetches a ``kind: table`` dataset from when no data_dir is given: a zip archive
+    whose top-level ``folder`` holds train_csv and the audio (as a GitHub archive does)."""
+
+    url: str = Field(description="the zip archive's URL (http or https)", pattern=r"^https?://\S+$")
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="the archive's SHA-256 (64 lowercase hex digits); null: not checked (the log records "
+        "the SHA-256 of the first download)",
+    )
+    folder: str = Field(
+        description="the archive's top-level folder, used as data_dir once extracted into "
+        "competition/<name>/raw/",
+        pattern=r"^[^/\\]+$",
+    )
+
+    @field_validator("folder")
+    @classmethod
+    def _plain_folder(cls, folder: str) -> str:
+        if folder in (".", "..") or folder != folder.strip():
+            raise ValueError(f"folder: a plain folder name, got {folder!r}")
+        return folder
 
 
 class CompetitionConfig(StrictModel):
@@ -176,10 +203,16 @@ class CompetitionConfig(StrictModel):
         description="table: the class vocabulary, in score order; null: the sorted training labels, "
         "saved in competition/<name>/vocabulary.json at the first prepare and fixed from then on",
     )
-    metric: Literal["map3", "lwlrap", "map"] | None = Field(
-        None, description="table: map3 (single-label only), lwlrap or map (mean average precision)"
+    metric: Literal["map3", "lwlrap", "map", "accuracy"] | None = Field(
+        None,
+        description="table: map3 or accuracy (single-label only), lwlrap or map (mean average precision)",
     )
     submission: TableSubmission | None = Field(None, description="table: the submission format")
+    download: TableDownload | None = Field(
+        None,
+        description="table: a zip archive prepare downloads and extracts into competition/<name>/raw/ "
+        "when no data_dir is given and the files are missing",
+    )
     n_folds: int = Field(5, ge=2, le=20)
     fold_seed: int = 42
     subsets: list[str] | None = Field(
@@ -216,9 +249,9 @@ class CompetitionConfig(StrictModel):
         missing = [f for f in ("train_csv", "audio_dir", "metric", "submission") if getattr(self, f) is None]
         if missing:
             raise ValueError(f"kind: table needs {', '.join(missing)}")
-        if self.metric == "map3" and self.multi_label:
+        if self.metric in ("map3", "accuracy") and self.multi_label:
             raise ValueError(
-                "metric map3 scores one true label per clip; multi_label data needs lwlrap or map"
+                f"metric {self.metric} scores one true label per clip; multi_label data needs lwlrap or map"
             )
         if self.classes is not None:
             if not self.classes:

@@ -74,7 +74,7 @@ class EnsembleResult(FoldScores):
     metric: str
     members: list[Member]
     fold_scores: dict[int, float]
-    submission: Path
+    submission: Path | None  # None: the competition has no test set, nothing was written
     test_score: float | None = None
     report: dict[str, Any] = field(default_factory=dict)
     lines: list[ScoreLine] = field(default_factory=list)
@@ -214,13 +214,18 @@ def score_lines(
 
 def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     comp = get_competition(cfg.competition)
-    members = [load_member(comp, name) for name in cfg.members]
+    # no test clips in the clip table (a kind: table competition without test_dir): the runs wrote no
+    # test.parquet and the ensemble writes no submission. Without a clip table yet, the members are
+    # read first so that their error (nothing trained) is the one shown.
+    has_test = not comp.meta_path.is_file() or bool((read_meta(comp.meta_path)["split"] == "test").any())
+    members = [load_member(comp, name, with_test=has_test) for name in cfg.members]
+    meta = read_meta(comp.meta_path)
     check_members(members, cfg.min_oof_overlap)
     overlap = oof_overlap(members)
     oof_ids, test_ids = align(members)
     names = [m.name for m in members]
     folds = members[0].oof_folds
-    truth, scored = scored_rows(comp, read_meta(comp.meta_path), oof_ids, folds)
+    truth, scored = scored_rows(comp, meta, oof_ids, folds)
     scorer = OofScorer(comp.metric, truth[scored], folds[scored])
     for m in members:
         m.fold_scores = scorer.fold_scores(m.oof[scored])
@@ -236,14 +241,17 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         final_scores = blend.nested if blend.nested is not None else blend.in_sample
 
     path = submissions_root() / comp.name / f"{cfg.name}.csv"
-    submission = build_submission(comp, test_ids, final_test)
-    csv_bytes = submission_bytes(comp, submission)  # validated; written after the report (see below)
-    test_score = comp.score_test(test_ids, final_test)
+    csv_bytes: bytes | None = None
+    test_score: float | None = None
+    if has_test:
+        submission = build_submission(comp, test_ids, final_test)
+        csv_bytes = submission_bytes(comp, submission)  # validated; written after the report (see below)
+        test_score = comp.score_test(test_ids, final_test)
     result = EnsembleResult(
         metric=comp.metric,
         members=members,
         fold_scores=final_scores,
-        submission=path,
+        submission=path if has_test else None,
         test_score=test_score,
         lines=score_lines(cfg, members, blend, stacked, overlap),
         weights=_weights_by_member(names, blend.weights),
@@ -259,7 +267,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         "cv_kind": "in-sample (weights fit on all OOF)" if blend.searched else "fixed weights",
         "gain_over_best_member": fold_mean(blend.in_sample) - best.mean,
         "nested": None,
-        "test_score": comp.score_test(test_ids, blend.test),
+        "test_score": comp.score_test(test_ids, blend.test) if has_test else None,
     }
     if blend.weights.ndim == 2:
         report_blend["weights_per_class"] = {
@@ -305,11 +313,18 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         "cv": _cv(final_scores),
         "gain_over_best_member": result.gain,
         "test_score": test_score,
-        "submission": str(path),
-        "submission_sha256": sha256_hex(csv_bytes),
+        "submission": str(path) if has_test else None,
+        "submission_sha256": sha256_hex(csv_bytes) if csv_bytes is not None else None,
     }
     # The report first, then the CSV: a run killed between the two leaves a report whose
     # submission_sha256 does not match the CSV beside it, which every reader checks (submission.py).
     atomic_write_json(path.with_suffix(".json"), result.report)
+    if csv_bytes is None:
+        log.info(
+            "%s: no test set (the competition has no test clips): CV reported in %s, no submission written",
+            comp.name,
+            path.with_suffix(".json"),
+        )
+        return result
     write_submission_bytes(path, csv_bytes, len(submission))
     return result

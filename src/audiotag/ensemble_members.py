@@ -72,8 +72,10 @@ def read_member_predictions(path: Path, classes: list[str], member: str) -> tupl
     return ids, df[classes].to_numpy(dtype=np.float64)
 
 
-def load_member(comp: Competition, name: str) -> Member:
-    """Read a finished run: every fold's OOF and test predictions, with the fold each OOF row was in."""
+def load_member(comp: Competition, name: str, with_test: bool = True) -> Member:
+    """Read a finished run: every fold's OOF and test predictions, with the fold each OOF row was in.
+    ``with_test=False`` (a competition without test clips, whose runs write no test.parquet): no test
+    predictions, each fold's an empty (0, n_classes) array."""
     run_dir = comp.dir / "runs" / name
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
@@ -93,6 +95,10 @@ def load_member(comp: Competition, name: str) -> Member:
         oof_ids += ids
         oof_parts.append(scores)
         oof_folds.append(np.full(len(ids), fold, dtype=np.int64))
+        if not with_test:
+            test_ids = []
+            test_folds.append(np.zeros((0, len(comp.classes))))
+            continue
         ids, scores = read_member_predictions(fold_dir / "test.parquet", comp.classes, name)
         if test_ids is None:
             test_ids = ids

@@ -2,10 +2,11 @@
 
 Notation: ``scores`` is an (n_clips, n_classes) array of real, finite scores (higher = more likely);
 ``truth`` is a binary (n_clips, n_classes) matrix of the same shape, or, for the single-label metric
-MAP@k, an integer array (n_clips,) of class indices. Every function checks its inputs and raises
+MAP@k and accuracy, an integer array (n_clips,) of class indices. Every function checks its inputs and raises
 ValueError naming what is wrong.
 
 - ``map_at_k``: MAP@3 of Freesound General-Purpose Audio Tagging 2018.
+- ``accuracy``: share of single-label clips whose top-scored class is the true one (ESC-50).
 - ``lwlrap`` / ``per_class_lwlrap``: label-weighted label-ranking average precision of Freesound
   Audio Tagging 2019.
 - ``average_precision_per_class`` / ``mean_average_precision``: per-class AP and its macro mean
@@ -28,6 +29,7 @@ from scipy.stats import norm, rankdata
 __all__ = [
     "METRICS",
     "MAPResult",
+    "accuracy",
     "average_precision_per_class",
     "d_prime",
     "higher_is_better",
@@ -212,6 +214,22 @@ def map_at_k(truth: np.ndarray, scores: np.ndarray, k: int = 3) -> float:
     return float(np.mean(np.where(hits.any(axis=1), 1.0 / (rank + 1.0), 0.0)))
 
 
+def accuracy(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Top-1 accuracy for single-label clips: the share of clips whose best-scored class is the true one.
+
+    With ``p_i = top_k(scores, 1)[i, 0]`` (ties broken by the lower class index, as in the submission)
+    and ``y_i`` the true class of clip i::
+
+        accuracy = (1/n) * sum_i [p_i == y_i]
+
+    equal to ``map_at_k(truth, scores, k=1)`` and to ``sklearn.metrics.accuracy_score(y, p)``.
+    ``truth`` is an integer array (n_clips,) of class indices or a binary (n_clips, n_classes) matrix
+    with exactly one positive per row.
+    """
+    labels, scores = _check_single_label_truth(truth, scores)
+    return float(np.mean(top_k(scores, 1)[:, 0] == labels))
+
+
 # --------------------------------------------------------------------------- lwlrap (FSDKaggle2019)
 
 
@@ -356,6 +374,7 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "map3": partial(map_at_k, k=3),
     "lwlrap": lwlrap,
     "map": _map_value,
+    "accuracy": accuracy,
 }
 
 
@@ -366,8 +385,8 @@ def _check_name(metric: str) -> None:
 
 
 def score(metric: str, truth: np.ndarray, scores: np.ndarray) -> float:
-    """``METRICS[metric](truth, scores)``. For "map3", ``truth`` may be class indices (n_clips,) or a
-    binary (n_clips, n_classes) matrix with one positive per row."""
+    """``METRICS[metric](truth, scores)``. For "map3" and "accuracy", ``truth`` may be class indices
+    (n_clips,) or a binary (n_clips, n_classes) matrix with one positive per row."""
     _check_name(metric)
     return METRICS[metric](truth, scores)
 

@@ -1,8 +1,11 @@
 """Your own dataset, described by a competition YAML alone (``kind: table``): a CSV of files and labels.
 
-The YAML names the folder (``data_dir``, used in place, or ``--data-dir``), the training CSV
+The YAML names the folder (``data_dir``, used in place, or ``--data-dir``; or ``download``: a zip
+archive fetched into ``competition/<name>/raw/`` and extracted there when no data_dir is given and the
+files are missing, its top-level ``folder`` then used as the data folder), the training CSV
 (``train_csv``) and its audio folder (``audio_dir``), the test audio (``test_dir``: every audio file in
-it, or the files of ``sample_submission`` when given), the CSV's columns (``file_column``,
+it, or the files of ``sample_submission`` when given; left out: no test set, the runs and the ensemble
+report CV only and no submission is written), the CSV's columns (``file_column``,
 ``label_column``, optional ``group_column``, ``fold_column``, ``verified_column``), how labels are
 written (``multi_label``, ``label_separator``), the metric and the submission format. The readers are
 the shared ones of :mod:`audiotag.competitions.layouts` (names confined to their folder, headers probed,
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -27,6 +31,7 @@ from audiotag.competitions.folds import FOLD, GROUP, describe_groups
 from audiotag.competitions.layouts import (
     AUDIO_SUFFIXES,
     FileCompetition,
+    download_api,
     read_csv,
     require_rows,
     write_sample_submission,
@@ -78,16 +83,42 @@ class TableCompetition(FileCompetition):
             files.append(cfg.sample_submission)
         return files
 
+    @property
+    def raw_dir(self) -> Path:
+        """data_dir when given; else, with ``download``, the archive's folder extracted into raw/."""
+        if self.data_dir is None and self.cfg.download is not None:
+            return self.dir / "raw" / self.cfg.download.folder
+        return super().raw_dir
+
     def obtain(self) -> None:
-        if self.data_dir is None:
+        if self.data_dir is None and self.cfg.download is None:
             raise ConfigError(
                 f"competition {self.name} (kind: table) has no data_dir: set data_dir in its YAML or pass "
                 "--data-dir PATH (the folder holding train_csv and the audio)"
             )
-        super().obtain()
+        if self.data_dir is None and self.cfg.download is not None and self.missing_files(self.source):
+            log.info("%s: downloading %s into %s", self.name, self.cfg.download.url, self.dir / "raw")
+            self.download(self.source)
+        super().obtain()  # in place from data_dir, or the files in raw_dir (checked complete)
 
-    def download(self, source: str) -> None:  # pragma: no cover - obtain never downloads a table
-        raise DataError(f"{self.name}: a kind: table competition is used in place from its data_dir")
+    def download(self, source: str) -> None:
+        """The ``download`` archive into raw/, extracted there; its top folder becomes raw_dir."""
+        spec = self.cfg.download
+        if spec is None:  # pragma: no cover - obtain refuses a table without data_dir or download
+            raise DataError(f"{self.name}: a kind: table competition without download is used in place")
+        api = download_api()
+        dest = self.dir / "raw"
+        filename = PurePosixPath(urlsplit(spec.url).path).name
+        if not filename.endswith(".zip"):
+            raise ConfigError(f"competition.download.url: {spec.url} does not name a .zip archive")
+        archive = Path(api.download(api.RemoteFile(spec.url, filename, sha256=spec.sha256), dest))
+        files = [Path(f) for f in api.extract_zip(archive, dest) or []]
+        tops = sorted({f.relative_to(dest).parts[0] for f in files if len(f.relative_to(dest).parts) > 1})
+        if spec.folder not in tops:
+            raise DataError(
+                f"{archive}: has no top-level folder {spec.folder!r} (found {tops}); set "
+                "competition.download.folder to the archive's folder"
+            )
 
     # -------------------------------------------------------------- vocabulary
 

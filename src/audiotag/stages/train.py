@@ -189,7 +189,10 @@ def claim_run(run_dir: Path) -> Iterator[None]:
 
 def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
     comp = prepared.competition
-    train = comp.training_clips(prepared.table).merge(load_folds(prepared.folds_path), on="clip_id")
+    clips = comp.training_clips(prepared.table)
+    # the fold file is the truth: a clip table's own "fold" column (predefined folds, as given) goes
+    clips = clips.drop(columns="fold", errors="ignore")
+    train = clips.merge(load_folds(prepared.folds_path), on="clip_id")
     if prepared.skipped:
         dropped = train["clip_id"].isin(prepared.skipped)
         if dropped.any():
