@@ -24,7 +24,7 @@ import csv
 import logging
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -239,18 +239,22 @@ def probe_audio(paths: Sequence[str], root: Path) -> tuple[list[float], list[int
     durations: list[float] = []
     rates: list[int] = []
     errors: list[str] = []
+    for _, duration, rate, exc in _headers(paths, root):
+        durations.append(float("nan") if exc else duration)
+        rates.append(rate)
+        errors.append("" if exc is None else NOT_FOUND if exc.kind == MISSING else exc.detail)
+    return durations, rates, errors
+
+
+def _headers(paths: Sequence[str], root: Path) -> Iterator[tuple[str, float, int, UnusableAudio | None]]:
+    """``(path, duration, rate, None)`` per readable file, ``(path, 0.0, 0, why)`` per unusable one."""
     for rel in paths:
         try:
             duration, rate = audio_info(root / rel)
         except UnusableAudio as exc:
-            durations.append(float("nan"))
-            rates.append(0)
-            errors.append(NOT_FOUND if exc.kind == MISSING else exc.detail)
+            yield rel, 0.0, 0, exc
             continue
-        durations.append(duration)
-        rates.append(rate)
-        errors.append("")
-    return durations, rates, errors
+        yield rel, duration, rate, None
 
 
 def probe_clips(
@@ -269,21 +273,14 @@ def probe_clips(
     issues: list[str] = []
     missing: list[str] = []
     unusable: list[str] = []
-    for rel in paths:
-        try:
-            duration, rate = audio_info(root / rel)
-        except UnusableAudio as exc:
-            if exc.kind == MISSING:
-                missing.append(f"{_shown(rel, root, where)} ({exc.detail.removeprefix('audio ')})")
-            else:
-                unusable.append(f"{_shown(rel, root, where)} ({exc.kind}: {exc.detail})")
-            durations.append(0.0)
-            rates.append(0)
-            issues.append(exc.kind)
-            continue
+    for rel, duration, rate, exc in _headers(paths, root):
         durations.append(duration)
         rates.append(rate)
-        issues.append("")
+        issues.append("" if exc is None else exc.kind)
+        if exc is not None and exc.kind == MISSING:
+            missing.append(f"{_shown(rel, root, where)} ({exc.detail.removeprefix('audio ')})")
+        elif exc is not None:
+            unusable.append(f"{_shown(rel, root, where)} ({exc.kind}: {exc.detail})")
     if missing:
         raise DataError(
             f"{len(missing)} audio file(s) listed in the CSVs are missing under {where}: "
