@@ -9,15 +9,39 @@ from audiotag import cli
 
 def test_help_lists_every_command_with_its_line_grouped() -> None:
     text = cli.build_parser().format_help()
-    stages_at = text.index("pipeline stages")
-    others_at = text.index("other commands")
+    headings = {group: text.find(title) for group, title in cli.GROUPS.items()}
+    used = {command.section for command in cli.COMMANDS.values()}
+    assert all(headings[group] >= 0 for group in used)
     for name, command in cli.COMMANDS.items():
         line = f"  {name} "
         at = text.index(line)
         assert command.help in text[at : at + 120], name
-        assert (stages_at < at < others_at) if command.stage else (at > others_at), name
-    assert cli.stage_names() == ["prepare", "train", "ensemble"]
-    assert {"weights", "submit", "leaderboard", "package"} <= set(cli.COMMANDS)
+        # under its own heading: after it, before the next heading shown
+        after = [h for h in headings.values() if h > headings[command.section]]
+        assert headings[command.section] < at < min(after, default=len(text)), name
+    assert cli.stage_names()[:3] == ["prepare", "train", "ensemble"]
+    assert {"weights", "submit", "leaderboard", "package", "report"} <= set(cli.COMMANDS)
+    assert cli.COMMANDS["report"].section == "results" and cli.COMMANDS["weights"].section == "data"
+
+
+def test_a_command_without_a_group_is_listed_under_other_commands() -> None:
+    assert cli.Command("x", cli.build_parser, print).section == "other"
+    assert cli.Command("x", cli.build_parser, print, group="no such group").section == "other"
+    assert cli.Command("x", cli.build_parser, print, stage=True, group="results").section == "pipeline"
+
+
+@pytest.mark.slow  # parses every command's --help through main(), as the shell would
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_command_has_its_own_help(
+    name: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("AUDIOTAG_QUIET", "TQDM_DISABLE"):  # what --quiet sets, restored afterwards
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([name, "--help", "--quiet"])  # --quiet is global: any command takes it
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: audiotag") and (cli.COMMANDS[name].stage or f"audiotag {name}" in out)
 
 
 @pytest.mark.slow  # calls audiotag.cli.main (fails fast, but the rule is simple)

@@ -255,7 +255,8 @@ def test_d_prime() -> None:
 
 
 def test_metrics_registry_and_dispatch() -> None:
-    assert set(metrics.METRICS) == {"map3", "lwlrap", "map", "accuracy"}
+    names = {"map3", "lwlrap", "map", "accuracy", "macro_f1", "macro_f1@0.5", "roc_auc"}
+    assert set(metrics.METRICS) == names
     truth, scores = random_multilabel(0, ties=True)
     assert metrics.score("lwlrap", truth, scores) == metrics.lwlrap(truth, scores)
     assert metrics.score("map", truth, scores) == metrics.mean_average_precision(truth, scores).value
@@ -267,7 +268,7 @@ def test_metrics_registry_and_dispatch() -> None:
     [lambda: metrics.score("f1", np.ones((1, 2)), np.ones((1, 2))), lambda: metrics.higher_is_better("f1")],
 )
 def test_unknown_metric_lists_allowed_names(call: Callable[[], object]) -> None:
-    allowed = r"allowed: 'accuracy', 'lwlrap', 'map', 'map3'"
+    allowed = r"allowed: 'accuracy', 'lwlrap', 'macro_f1', 'macro_f1@0\.5', 'map', 'map3', 'roc_auc'"
     with pytest.raises(ValueError, match=rf"unknown metric 'f1'; {allowed}"):
         call()
 

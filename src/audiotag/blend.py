@@ -40,6 +40,7 @@ from scipy.special import softmax
 from scipy.stats import rankdata
 
 from audiotag import metrics
+from audiotag.log import progress
 
 __all__ = [
     "BlendRule",
@@ -306,7 +307,7 @@ def _per_class_weights(
     n_classes = space.shape[2]
     weights = np.repeat(start[:, None], n_classes, axis=1)
     current = weighted_sum(space, weights)
-    for c in range(n_classes):
+    for c in progress(range(n_classes), desc="per-class weights", unit="class"):
         column = space[:, :, c]
 
         def score_column(w: np.ndarray, c: int = c, column: np.ndarray = column) -> float:

@@ -25,7 +25,10 @@ from audiotag.config import EnsembleConfig, load_competition, load_ensemble
 from audiotag.config_files import configs_root, is_yaml_path, read_yaml
 from audiotag.errors import AudiotagError, ConfigError
 from audiotag.experiment import ExperimentConfig, load_experiment
-from audiotag.log import output_console, setup_logging
+from audiotag.log import output_console, set_quiet, setup_logging
+from audiotag.stages.embed import build_embed_parser, run_embed
+from audiotag.stages.new_competition import build_new_competition_parser, run_new_competition
+from audiotag.stages.pretrain import build_pretrain_parser, run_pretrain
 from audiotag.stages.weights import build_weights_parser, run_weights
 from audiotag.train.distributed import (
     PARALLEL_MODES,
@@ -51,6 +54,7 @@ examples:
   audiotag weights verify cnn14 --audio clips/         top AudioSet labels + embedding stats: the real model?
   audiotag submit submissions/demo/demo.csv -m "cnn"   validate, submit to Kaggle, log it
   audiotag leaderboard --plots --html lb.html          every run and submission by CV (and pictures)
+  audiotag report -c demo -o report.html               all results in one HTML page (opens from a file)
   audiotag package -c fsd2018 kaggle_bundle/           code + weights + inference.py for Kaggle
 
 --config names an experiment (prepare, train) or an ensemble (ensemble), told apart by the file.
@@ -59,18 +63,24 @@ experiment; --set ensemble.KEY=VALUE changes the ensemble, whatever the stages g
 """
 
 
+# The headings of ``audiotag --help``, in order; a command's ``group`` names one (stages: "pipeline").
+GROUPS = {
+    "pipeline": "pipeline stages (chain them, e.g. audiotag prepare train ensemble):",
+    "data": "data and weights (one at a time: audiotag COMMAND [--help]):",
+    "results": "results and submission (one at a time: audiotag COMMAND [--help]):",
+    "other": "other commands (one at a time: audiotag COMMAND [--help]):",
+}
+
+
 def command_list() -> str:
-    """The commands of ``COMMANDS`` with their one line each: pipeline stages, then the others."""
+    """The commands of ``COMMANDS`` with their one line each, under their group's heading."""
     width = max(map(len, COMMANDS)) + 2
-    groups = (
-        ("pipeline stages (chain them, e.g. audiotag prepare train ensemble):", True),
-        ("other commands (one at a time: audiotag COMMAND [--help]):", False),
-    )
     lines = []
-    for title, stage in groups:
-        lines.append(title)
-        lines += [f"  {name:<{width}}{c.help}" for name, c in COMMANDS.items() if c.stage == stage]
-    return "\n".join(lines)
+    for group, title in GROUPS.items():
+        members = [f"  {name:<{width}}{c.help}" for name, c in COMMANDS.items() if c.section == group]
+        if members:
+            lines += [title, *members, ""]
+    return "\n".join(lines).rstrip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--competition",
         "-c",
         default="demo",
-        help="competition name, or the path of a competition YAML (kind: table) (default: demo)",
+        help="competition name, or the path of a competition YAML (kind: table or folders) (default: demo)",
     )
     parser.add_argument("--config", type=Path, help="experiment or ensemble YAML file")
     parser.add_argument(
@@ -128,7 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_dir_argument(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument(QUIET, action="store_true", help=QUIET_HELP)
     return parser
+
+
+QUIET = "--quiet"
+QUIET_HELP = (
+    "no progress bars, for logs (INFO lines kept: one per step or epoch, with ETAs); any command, "
+    "any position; also AUDIOTAG_QUIET=1. Bars are off anyway when stderr is not a terminal"
+)
 
 
 def worker_count(text: str) -> int:
@@ -248,6 +266,36 @@ def run_leaderboard(args: argparse.Namespace) -> None:
             console.print(f"plot: {path}", soft_wrap=True)
 
 
+def build_report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag report",
+        description="Write one self-contained HTML page of a competition's results (opens from a file, "
+        "no network): the leaderboard (sortable), CV vs LB, each ensemble's CV, weights, nested CV, "
+        "per-class AP against its best member and confusion matrix, each run's learning curves and "
+        "config against its experiment file, and the clip statistics with the unusable-audio report.",
+    )
+    parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
+    parser.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="default: submissions/<competition>/report.html"
+    )
+    parser.add_argument(
+        "--ensemble", metavar="NAME", help="only this ensemble and its members' runs (leaderboard: all)"
+    )
+    parser.add_argument(
+        "--lb", action="store_true", help="read the public/private LB of logged submissions from Kaggle"
+    )
+    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from audiotag.stages.report import write_report
+
+    path = write_report(args.competition, args.output, with_lb=args.lb, ensemble=args.ensemble)
+    output_console().print(f"report: {path}", soft_wrap=True)
+
+
 def build_package_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audiotag package",
@@ -277,8 +325,9 @@ def run_package(args: argparse.Namespace) -> None:
         path = Path(args.ensemble)
     else:
         path = configs_root() / "ensembles" / f"{args.ensemble}.yaml"
-    cfg = load_ensemble(path)
-    if args.competition and cfg.competition.name != args.competition:
+    table = table_competition(args.competition)  # a kind: table YAML goes into the generic ensemble
+    cfg = load_ensemble(path, competition=table)
+    if args.competition and table is None and cfg.competition.name != args.competition:
         raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
     out = build_package(cfg, args.out_dir, slug=args.slug)
     Console(stderr=False).print(
@@ -291,13 +340,13 @@ def is_ensemble_file(path: Path) -> bool:
     return "members" in read_yaml(path)
 
 
-TABLE_DEFAULTS = {"experiment": "table/cnn_small", "ensemble": "table"}  # for kind: table without defaults
+TABLE_DEFAULTS = {"experiment": "table/cnn_small", "ensemble": "table"}  # kind: table/folders, no defaults
 
 
 def table_competition(competition: str | None) -> str | None:
     """The ``-c`` value (a YAML path made absolute) when it names a ``kind: table`` competition: its
     experiment and ensemble files are generic and get this competition swapped in; else None."""
-    if not competition or load_competition(competition).kind != "table":
+    if not competition or load_competition(competition).kind is None:  # kind: table or folders
         return None
     return str(Path(competition).expanduser().resolve()) if is_yaml_path(competition) else competition
 
@@ -305,7 +354,7 @@ def table_competition(competition: str | None) -> str | None:
 def default_config(competition: str, kind: str) -> Path:
     comp = load_competition(competition)
     name = comp.default_experiment if kind == "experiment" else comp.default_ensemble
-    if not name and comp.kind == "table":
+    if not name and comp.kind is not None:
         name = TABLE_DEFAULTS[kind]
     if not name:
         raise ConfigError(
@@ -360,10 +409,10 @@ def ensemble_config(args: argparse.Namespace, exp: ExperimentConfig | None) -> E
         path = args.config
     else:
         table = table_competition(args.competition)
-        if table is None and exp is not None and exp.competition.kind == "table":
+        if table is None and exp is not None and exp.competition.kind is not None:
             raise ConfigError(
-                f"competition {exp.competition.name!r} (kind: table): the ensemble stage needs -c with its "
-                "YAML (name or path), or an ensemble --config"
+                f"competition {exp.competition.name!r} (kind: {exp.competition.kind}): the ensemble stage "
+                "needs -c with its YAML (name or path), or an ensemble --config"
             )
         name = args.competition if table or exp is None else exp.competition.name
         path = default_config(name, "ensemble")
@@ -381,7 +430,7 @@ def print_run(console: Console, result) -> None:
     if result.test_score is not None:
         n = len(result.fold_scores)
         console.print(
-            f"test {result.metric} of the {n}-fold mean (hidden demo labels): {result.test_score:.4f}"
+            f"test {result.metric} of the {n}-fold mean (hidden test labels): {result.test_score:.4f}"
         )
 
 
@@ -416,7 +465,7 @@ def print_ensemble(console: Console, result) -> None:
     )
     console.print(f"submission: {result.submission or 'none (the competition has no test set)'}")
     if result.test_score is not None:
-        console.print(f"test {result.metric} (hidden demo labels): [bold]{result.test_score:.4f}[/bold]")
+        console.print(f"test {result.metric} (hidden test labels): [bold]{result.test_score:.4f}[/bold]")
 
 
 @dataclass
@@ -453,7 +502,24 @@ def run_ensemble_stage(pipe: Pipeline) -> None:
     from audiotag.ensemble import run_ensemble
 
     if pipe.ctx.is_main:
-        print_ensemble(pipe.console, run_ensemble(ensemble_config(pipe.args, pipe.exp)))
+        cfg = ensemble_config(pipe.args, pipe.exp)
+        print_ensemble(pipe.console, run_ensemble(cfg))
+        report_beside_submission(pipe.console, cfg)
+
+
+def report_beside_submission(console: Console, cfg: EnsembleConfig) -> None:
+    """The HTML report, written by the ensemble stage as ``<ensemble>.report.html`` beside the CSV; a
+    report that cannot be written is a warning, not a failed stage (the submission is already there)."""
+    from audiotag.stages.report import write_report
+
+    try:
+        path = write_report(cfg.competition.name, ensemble=cfg.name)
+    except AudiotagError as exc:
+        log.warning(
+            "the HTML report was not written: %s (try ./run.sh report -c %s)", exc, cfg.competition.name
+        )
+        return
+    console.print(f"report: {path}", soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -466,6 +532,14 @@ class Command:
     run: Callable[[Any], None]
     stage: bool = False
     needs_experiment: bool = False  # a stage that reads the experiment config
+    group: str | None = None  # a key of GROUPS; None: "pipeline" for a stage, else "other"
+
+    @property
+    def section(self) -> str:
+        """The ``audiotag --help`` group this command is listed under."""
+        if self.stage:
+            return "pipeline"
+        return self.group if self.group in GROUPS else "other"
 
 
 COMMANDS: dict[str, Command] = {
@@ -493,19 +567,49 @@ COMMANDS: dict[str, Command] = {
         "pretrained checkpoints: list, fetch (download + verify) or verify on audio",
         build_weights_parser,
         run_weights,
+        group="data",
+    ),
+    "embed": Command(
+        "clip embeddings of a frozen pretrained model, fusing its layers (cached; linear_probe uses them)",
+        build_embed_parser,
+        run_embed,
+        group="data",
+    ),
+    "pretrain": Command(
+        "self-supervised pretraining of an encoder on unlabeled audio (BYOL-A; a killed run resumes)",
+        build_pretrain_parser,
+        run_pretrain,
+        group="data",
+    ),
+    "new-competition": Command(
+        "guess a competition YAML from a data folder (CSV of files and labels, or class folders)",
+        build_new_competition_parser,
+        run_new_competition,
+        group="data",
     ),
     "submit": Command(
-        "validate a submission CSV, submit it to Kaggle and log it", build_submit_parser, run_submit
+        "validate a submission CSV, submit it to Kaggle and log it",
+        build_submit_parser,
+        run_submit,
+        group="results",
     ),
     "leaderboard": Command(
         "every run, blend and submission by CV (LB from Kaggle; --plots, --csv, --html)",
         build_leaderboard_parser,
         run_leaderboard,
+        group="results",
+    ),
+    "report": Command(
+        "one self-contained HTML page: leaderboard, curves, per-class AP, confusion, clips",
+        build_report_parser,
+        run_report,
+        group="results",
     ),
     "package": Command(
         "a Kaggle offline inference bundle: code, weights and inference.py",
         build_package_parser,
         run_package,
+        group="results",
     ),
 }
 
@@ -548,12 +652,15 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = COMMANDS.get(argv[0]) if argv else None
+    given = [a for a in argv if a != QUIET]  # --quiet is global: any command, any position
+    command = COMMANDS.get(given[0]) if given else None
     if command is not None and not command.stage:
-        args, action = command.parser().parse_args(argv[1:]), command.run
+        args, action = command.parser().parse_args(given[1:]), command.run
     else:  # stages, or options before them: the pipeline
-        args, action = build_parser().parse_args(argv), run
+        args, action = build_parser().parse_args(given), run
     args.argv = argv
+    if QUIET in argv:
+        set_quiet()
     setup_logging(args.verbose)
     try:
         action(args)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import string
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -110,7 +112,12 @@ class AudioRules(StrictModel):
 
 
 # the names of audiotag.metrics.METRICS (a test keeps them equal)
-TABLE_METRICS = ("map3", "lwlrap", "map", "accuracy")
+TABLE_METRICS = ("map3", "lwlrap", "map", "accuracy", "macro_f1", "macro_f1@0.5", "roc_auc")
+MULTILABEL_F1 = "macro_f1@0.5"  # what `metric: macro_f1` of multi_label data is scored as (0.5 threshold)
+MetricName = Literal["map3", "lwlrap", "map", "accuracy", "macro_f1", "macro_f1@0.5", "roc_auc"]
+SINGLE_LABEL_METRICS = ("map3", "accuracy")  # one true label per clip: refused with multi_label
+FOLDERS_FIELDS = ("exclude", "validation_list", "testing_list", "group_pattern")  # kind: folders only
+FOLDERS_REFUSED = ("train_csv", "group_column", "fold_column", "verified_column")  # table keys, not folders'
 TABLE_FIELDS = (
     "train_csv",
     "audio_dir",
@@ -123,24 +130,67 @@ TABLE_FIELDS = (
     "metric",
     "submission",
     "download",
-)  # only meaningful with kind: table; refused without it
+    "noisy_subsets",
+    "file_template",
+    "start_column",
+    "end_column",
+    "id_column",
+    *FOLDERS_FIELDS,
+)  # only meaningful with kind: table (or folders); refused without it
+TABLE_LAYOUT_FIELDS = ("noisy_subsets", "file_template", "start_column", "end_column", "id_column")
+
+
+def template_fields(template: str) -> list[str]:
+    """The CSV columns a ``file_template`` such as ``fold{fold}/{slice_file_name}`` names, in order.
+
+    Only plain ``{column}`` fields: no positional ``{}``, attribute, index, conversion or format spec
+    (the values are the CSV's text as written)."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"file_template {template!r}: {exc} (write a literal brace as {{{{ or }}}})"
+        ) from None
+    fields = [name for _, name, _, _ in parts if name is not None]
+    odd = [
+        name
+        for _, name, spec, conversion in parts
+        if name is not None and (not name.strip() or any(c in name for c in ".[]") or spec or conversion)
+    ]
+    if odd or not fields or any(name.isdigit() for name in fields):
+        raise ValueError(
+            f"file_template {template!r}: name CSV columns as plain {{column}} fields (at least one; "
+            "no {}, {0}, {a.b}, {a[0]}, {a!r} or {a:03d})"
+        )
+    return fields
 
 
 class TableSubmission(StrictModel):
     """The submission format of a ``kind: table`` competition."""
 
-    kind: Literal["top_k_labels", "scores"] = Field(
-        description="top_k_labels: fname,label with the k best class names space-separated; "
-        "scores: fname plus one score column per class, in vocabulary order"
+    kind: Literal["top_k_labels", "scores", "sample_columns"] = Field(
+        description="top_k_labels: id,label with the k best class names space-separated; "
+        "scores: id plus one score column per class, in vocabulary order; sample_columns: exactly the "
+        "columns of sample_submission (its id column, its class columns in its order; needs it)"
     )
     k: int = Field(3, ge=1, le=20, description="labels per row (top_k_labels)")
+    id_column: str = Field(
+        "fname",
+        min_length=1,
+        description="the id column of sample_submission and of the written submission (test file names)",
+    )
 
 
 class TableDownload(StrictModel):
-    """Where ``prepare`` fetches a ``kind: table`` dataset from when no data_dir is given: a zip archive
-    whose top-level ``folder`` holds train_csv and the audio (as a GitHub archive does)."""
+    """Where ``prepare`` fetches a ``kind: table`` or ``kind: folders`` dataset from when no data_dir is
+    given: a zip or tar archive (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``)
+    whose top-level ``folder`` holds the data (as a GitHub archive does), or ``folder: "."`` (or null)
+    for an archive whose files lie at its root (Speech Commands)."""
 
-    url: str = Field(description="the zip archive's URL (http or https)", pattern=r"^https?://\S+$")
+    url: str = Field(
+        description="the archive's URL (http or https), its format told by the name's suffix",
+        pattern=r"^https?://\S+$",
+    )
     sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{64}$",
@@ -148,16 +198,19 @@ class TableDownload(StrictModel):
         "the SHA-256 of the first download)",
     )
     folder: str = Field(
+        ".",
         description="the archive's top-level folder, used as data_dir once extracted into "
-        "competition/<name>/raw/",
+        "competition/<name>/raw/; '.' or null: the archive has no top folder, raw/ itself is data_dir",
         pattern=r"^[^/\\]+$",
     )
 
-    @field_validator("folder")
+    @field_validator("folder", mode="before")
     @classmethod
-    def _plain_folder(cls, folder: str) -> str:
-        if folder in (".", "..") or folder != folder.strip():
-            raise ValueError(f"folder: a plain folder name, got {folder!r}")
+    def _plain_folder(cls, folder: object) -> object:
+        if folder is None:
+            return "."
+        if isinstance(folder, str) and (folder == ".." or folder != folder.strip()):
+            raise ValueError(f"folder: a plain folder name (or '.' for none), got {folder!r}")
         return folder
 
 
@@ -166,14 +219,21 @@ class CompetitionConfig(StrictModel):
         description="competition module: demo, demo2019, fsd2018, fsd2019, fsd50k, audioset; with kind: "
         "table, any name (the workspace folder competition/<name>/)"
     )
-    kind: Literal["table"] | None = Field(
+    kind: Literal["table", "folders"] | None = Field(
         None,
         description="table: your own dataset, described by this YAML alone (a CSV of files and labels, "
-        "competitions/table.py); null: the competition module named by name",
+        "competitions/table.py); folders: one sub-folder of audio per class (competitions/folders.py); "
+        "null: the competition module named by name",
     )
-    train_csv: str | None = Field(None, description="table: the training CSV, relative to data_dir")
-    audio_dir: str | None = Field(
-        None, description="table: folder of the training audio, relative to data_dir"
+    train_csv: str | dict[str, str] | None = Field(
+        None,
+        description="table: the training CSV, relative to data_dir (subset 'train'), or a mapping "
+        "{subset: CSV} (e.g. {curated: train_curated.csv, noisy: train_noisy.csv})",
+    )
+    audio_dir: str | dict[str, str] | None = Field(
+        None,
+        description="table: folder of the training audio, relative to data_dir; with a train_csv "
+        "mapping, one folder for all or a mapping with the same subsets",
     )
     test_dir: str | None = Field(
         None,
@@ -192,7 +252,30 @@ class CompetitionConfig(StrictModel):
         None, description="table: CSV column of predefined folds (n_folds of them)"
     )
     verified_column: str | None = Field(
-        None, description="table: CSV column 0/1 (or true/false) marking trusted labels; null: all trusted"
+        None,
+        description="table: CSV column 0/1 (or true/false) marking trusted labels; where a CSV lacks it, "
+        "its rows are trusted unless their subset is in noisy_subsets; null: that rule alone",
+    )
+    noisy_subsets: list[str] | None = Field(
+        None,
+        description="table: subsets of train_csv whose labels are untrusted (verified false: weighted by "
+        "train.unverified_weight, not scored), unless their CSV has verified_column",
+    )
+    file_template: str | None = Field(
+        None,
+        description="table: each clip's path inside audio_dir from its CSV row, e.g. "
+        "'fold{fold}/{slice_file_name}'; null: the file_column's value",
+    )
+    start_column: str | None = Field(
+        None, description="table: CSV column of each clip's start in its file (seconds); with end_column"
+    )
+    end_column: str | None = Field(
+        None, description="table: CSV column of each clip's end in its file (seconds); with start_column"
+    )
+    id_column: str | None = Field(
+        None,
+        description="table: CSV column of unique clip ids; null: the file_column's value, or "
+        "'<file>@<start>-<end>' with start_column/end_column",
     )
     multi_label: bool = Field(False, description="table: clips may have several labels")
     label_separator: Literal[",", ";", " "] = Field(
@@ -203,15 +286,35 @@ class CompetitionConfig(StrictModel):
         description="table: the class vocabulary, in score order; null: the sorted training labels, "
         "saved in competition/<name>/vocabulary.json at the first prepare and fixed from then on",
     )
-    metric: Literal["map3", "lwlrap", "map", "accuracy"] | None = Field(
+    metric: MetricName | None = Field(
         None,
-        description="table: map3 or accuracy (single-label only), lwlrap or map (mean average precision)",
+        description="table: map3 or accuracy (single-label only), lwlrap, map (mean average precision), "
+        "macro_f1 (single-label: of the top class; multi-label: scores >= 0.5, becoming macro_f1@0.5) or "
+        "roc_auc (macro over classes)",
     )
     submission: TableSubmission | None = Field(None, description="table: the submission format")
     download: TableDownload | None = Field(
         None,
-        description="table: a zip archive prepare downloads and extracts into competition/<name>/raw/ "
-        "when no data_dir is given and the files are missing",
+        description="table, folders: a zip or tar archive prepare downloads and extracts into "
+        "competition/<name>/raw/ when no data_dir is given and the files are missing",
+    )
+    exclude: list[str] | None = Field(
+        None, description="folders: sub-folders of audio_dir that are no class (e.g. _background_noise_)"
+    )
+    validation_list: str | None = Field(
+        None,
+        description="folders: text file (relative to data_dir) of validation clips, one path relative to "
+        "audio_dir a line; recorded as their subset 'validation' and cross-validated with the rest",
+    )
+    testing_list: str | None = Field(
+        None,
+        description="folders: text file of test clips (paths relative to audio_dir): the test split, "
+        "its labels (the folders) kept to report a test score; null: no labelled test split",
+    )
+    group_pattern: str | None = Field(
+        None,
+        description="folders: regex searched in each file name; its first group (or the match) is the "
+        "clip's group, e.g. '^(.+?)_nohash_' for Speech Commands speakers (never straddling folds)",
     )
     n_folds: int = Field(5, ge=2, le=20)
     fold_seed: int = 42
@@ -239,19 +342,42 @@ class CompetitionConfig(StrictModel):
         None, description="ensemble under configs/ensembles/ that ensemble uses without --config"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _multilabel_f1(cls, data: Any) -> Any:
+        """``metric: macro_f1`` of multi-label data is F1 at a 0.5 threshold, named macro_f1@0.5 so the
+        name in every score table and run says which F1 it is."""
+        if isinstance(data, dict) and data.get("metric") == "macro_f1" and data.get("multi_label") is True:
+            return {**data, "metric": MULTILABEL_F1}
+        return data
+
     @model_validator(mode="after")
     def _table(self) -> CompetitionConfig:
+        folders_keys = [f for f in FOLDERS_FIELDS if getattr(self, f) is not None]
         if self.kind is None:
             given = [f for f in TABLE_FIELDS if getattr(self, f) is not None]
             if given:
-                raise ValueError(f"{', '.join(given)}: only meaningful with kind: table")
+                kinds = "folders" if set(given) <= set(FOLDERS_FIELDS) else "table or folders"
+                raise ValueError(f"{', '.join(given)}: only meaningful with kind: {kinds}")
             return self
-        missing = [f for f in ("train_csv", "audio_dir", "metric", "submission") if getattr(self, f) is None]
+        if self.kind == "folders":
+            self._folders()
+        elif folders_keys:
+            raise ValueError(f"{', '.join(folders_keys)}: only meaningful with kind: folders")
+        self._table_layout()
+        needed = ("train_csv",) if self.kind == "table" else ()
+        missing = [f for f in (*needed, "audio_dir", "metric", "submission") if getattr(self, f) is None]
         if missing:
-            raise ValueError(f"kind: table needs {', '.join(missing)}")
-        if self.metric in ("map3", "accuracy") and self.multi_label:
+            raise ValueError(f"kind: {self.kind} needs {', '.join(missing)}")
+        if self.metric in SINGLE_LABEL_METRICS and self.multi_label:
             raise ValueError(
-                f"metric {self.metric} scores one true label per clip; multi_label data needs lwlrap or map"
+                f"metric {self.metric} scores one true label per clip; multi_label data needs lwlrap or map "
+                "(or macro_f1, at a 0.5 threshold, or roc_auc)"
+            )
+        if self.metric == MULTILABEL_F1 and not self.multi_label:
+            raise ValueError(
+                f"metric {MULTILABEL_F1} thresholds multi-label scores; single-label data uses macro_f1 "
+                "(the F1 of each clip's top class)"
             )
         if self.classes is not None:
             if not self.classes:
@@ -272,6 +398,77 @@ class CompetitionConfig(StrictModel):
             ):
                 raise ValueError(f"submission.k {self.submission.k} exceeds the {len(self.classes)} classes")
         return self
+
+    def _table_layout(self) -> None:
+        """The checks of the table's subsets, file template, segments and sample_columns submission."""
+        given = [f for f in TABLE_LAYOUT_FIELDS if getattr(self, f) is not None]
+        if self.kind != "table":
+            if given or isinstance(self.audio_dir, dict):
+                what = ", ".join(given) or "audio_dir as a mapping"
+                raise ValueError(f"{what}: only meaningful with kind: table")
+            return
+        csvs, folders = self.train_csv, self.audio_dir
+        if isinstance(csvs, dict):
+            bad = [s for s in csvs if not s.strip() or s != s.strip() or s == "test"]
+            if not csvs or bad:
+                raise ValueError(
+                    f"train_csv: a mapping {{subset: CSV}} with at least one subset, named without blanks "
+                    f"and not 'test' (the test clips' subset); got {list(csvs)}"
+                )
+            if isinstance(folders, dict) and set(folders) != set(csvs):
+                raise ValueError(
+                    f"audio_dir: its subsets {sorted(folders)} differ from train_csv's {sorted(csvs)}; give "
+                    "one folder per subset of train_csv, or one folder for all"
+                )
+        elif isinstance(folders, dict):
+            raise ValueError(
+                "audio_dir: a mapping {subset: folder} needs train_csv as a mapping {subset: CSV}"
+            )
+        names = list(csvs) if isinstance(csvs, dict) else ["train"]
+        for key, chosen in (("noisy_subsets", self.noisy_subsets), ("subsets", self.subsets)):
+            unknown = sorted(set(chosen or []) - set(names))
+            if unknown or chosen == []:
+                raise ValueError(
+                    f"{key}: {unknown or 'empty'}; the subsets of train_csv are {names}: choose among them"
+                )
+        if (self.start_column is None) != (self.end_column is None):
+            raise ValueError("start_column and end_column go together: give both (seconds), or neither")
+        if self.file_template is not None:
+            template_fields(self.file_template)
+        sample_columns = self.submission is not None and self.submission.kind == "sample_columns"
+        if sample_columns and not self.sample_submission:
+            raise ValueError(
+                "submission.kind sample_columns writes the columns of sample_submission: set "
+                "sample_submission (or use kind: scores, columns in vocabulary order)"
+            )
+
+    def _folders(self) -> None:
+        """The checks of ``kind: folders``: one label per clip (its folder), no CSV keys, a usable regex."""
+        table_keys = [f for f in FOLDERS_REFUSED if getattr(self, f) is not None]
+        if table_keys:
+            raise ValueError(
+                f"{', '.join(table_keys)}: kind: folders has no CSV (the class is the folder, groups come "
+                "from group_pattern); use kind: table for a CSV"
+            )
+        if self.multi_label:
+            raise ValueError("multi_label: kind: folders gives each clip one label (its folder)")
+        if self.group_pattern is not None:
+            try:
+                groups = re.compile(self.group_pattern).groups
+            except re.error as exc:
+                raise ValueError(f"group_pattern {self.group_pattern!r}: not a valid regex ({exc})") from None
+            if groups > 1:
+                raise ValueError(
+                    f"group_pattern {self.group_pattern!r}: {groups} capture groups; use one (the group) or "
+                    "none (the whole match), and (?:...) for the others"
+                )
+        if self.validation_list and self.validation_list == self.testing_list:
+            raise ValueError("validation_list and testing_list name the same file")
+        if self.testing_list and (self.test_dir or self.sample_submission):
+            raise ValueError(
+                "testing_list and test_dir both define the test split; keep one (leave testing_list out "
+                "to train on its clips and submit for test_dir)"
+            )
 
 
 class FeatureConfig(StrictModel):
@@ -480,6 +677,11 @@ class TrainConfig(StrictModel):
         None, ge=0, description="DataLoader workers; null = up to 8 on a GPU, 0 on the CPU (no core to spare)"
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = all cores")
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers (train/trackers.py): tensorboard (event files in the run folder), "
+        "mlflow, wandb (optional packages); [] = none",
+    )
 
 
 class EnsembleConfig(StrictModel):

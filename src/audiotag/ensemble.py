@@ -47,6 +47,7 @@ from audiotag.ensemble_members import (
     scored_rows,
 )
 from audiotag.fold_scores import FoldScores, fold_mean, fold_std
+from audiotag.log import progress
 from audiotag.paths import submissions_root
 from audiotag.stacking import logit_features, make_stacker, nested_predictions
 from audiotag.submission import build_submission, sha256_hex, submission_bytes, write_submission_bytes
@@ -127,8 +128,12 @@ def fit_blend(
     # OOF in blend space, scored clips only: for rank, ranks within each fold's scored clips.
     space = np.stack([rule.forward(m.oof[scored], scorer.folds) for m in members])
 
+    searched = cfg.weights == "search" and len(members) > 1
+    fits = int(searched) * (1 + (len(scorer.fold_ids) if cfg.nested_cv else 0))
+    bar = progress(total=fits, desc="weight search", unit="fit")
+
     def fit_weights(space_part: np.ndarray, scorer_part: OofScorer) -> np.ndarray:
-        return search_weights(
+        weights = search_weights(
             space_part,
             rule,
             scorer_part,
@@ -136,8 +141,9 @@ def fit_blend(
             iterations=cfg.iterations,
             per_class=cfg.per_class,
         )
+        bar.update()
+        return weights
 
-    searched = cfg.weights == "search" and len(members) > 1
     if isinstance(cfg.weights, dict):
         weights = normalise_weights(np.array([cfg.weights[m.name] for m in members]), len(members))
     elif searched:
@@ -155,6 +161,7 @@ def fit_blend(
     if searched and cfg.nested_cv:
         log.info("ensemble: nested CV of the weight search (%d folds)", len(scorer.fold_ids))
         nested, nested_weights = nested_weight_cv(space, scorer, fit_weights, rule)
+    bar.close()
     test_space = np.stack([rule.fold_average(m.test_folds) for m in members])
     return BlendOutcome(
         weights=weights,

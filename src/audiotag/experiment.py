@@ -23,12 +23,15 @@ from audiotag.config_files import (
     validate,
 )
 from audiotag.errors import ConfigError
+from audiotag.models.encoder_file import read_encoder_info
+from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.registry import families
 
 DEFAULT_FAMILY = "cnn"
 
+# every family's schema, and the linear probe on frozen embeddings (models/probe.py)
 ModelConfig = Annotated[
-    Union[tuple(f.config for f in families().values())],  # noqa: UP007 (a union built at run time)
+    Union[(*(f.config for f in families().values()), LinearProbeConfig)],  # a union built at run time
     Field(discriminator="name"),
 ]
 
@@ -53,8 +56,20 @@ def load_experiment(
     tree = apply_overrides(resolve_groups(raw), overrides or [])
     tree = resolve_groups(tree)  # an override may name another group file
     if tree.get("features") == AUTO_FEATURES:
-        tree["features"] = load_group("features", checkpoint_features(tree.get("model")))
+        tree["features"] = auto_features(tree.get("model"))
     return validate(ExperimentConfig, tree, str(path))
+
+
+def auto_features(model: Any) -> dict[str, Any]:
+    """``features: auto``: the front-end an encoder file written by ``pretrain`` records (a path in
+    model.pretrained, or a linear probe's embedding.weights), else the weights table's."""
+    weights = model.get("pretrained") if isinstance(model, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("embedding"), dict):
+        weights = model["embedding"].get("weights")
+    info = read_encoder_info(weights) if isinstance(weights, str) and weights else None
+    if info is not None:
+        return info.features.model_dump(mode="json")
+    return load_group("features", checkpoint_features(model))
 
 
 def checkpoint_features(model: Any) -> str:
@@ -62,6 +77,8 @@ def checkpoint_features(model: Any) -> str:
     from audiotag.models.pretrained import KNOWN
 
     pretrained = model.get("pretrained") if isinstance(model, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("embedding"), dict):  # linear_probe
+        pretrained = model["embedding"].get("weights")
     entry = KNOWN.get(str(pretrained)) if pretrained else None
     if entry is None or entry.features is None:
         raise ConfigError(

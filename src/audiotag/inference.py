@@ -83,6 +83,7 @@ class BundleCompetition:
     submission_kind: str
     sample_submission_path: Path
     label_count: int = 3  # labels per row of a top-k submission (bundles before it was recorded: 3)
+    id_column: str = "fname"  # the sample's id column (bundles before it was recorded: fname)
 
 
 def combine_members(
@@ -171,7 +172,11 @@ def run_inference(
     sample_path = input_dir / SAMPLE
     if not sample_path.is_file():
         raise DataError(f"{sample_path} not found; pass --input with the competition's data folder")
-    fnames = pd.read_csv(sample_path, dtype={"fname": str}, keep_default_na=False)["fname"].tolist()
+    id_column = str(manifest.get("id_column", "fname"))
+    sample = pd.read_csv(sample_path, dtype={id_column: str}, keep_default_na=False)
+    if id_column not in sample.columns:
+        raise DataError(f"{sample_path}: no id column {id_column!r} (columns {list(sample.columns)[:5]})")
+    fnames = sample[id_column].tolist()
     audio = find_test_audio(input_dir, fnames)
     clips = pd.DataFrame({"clip_id": fnames, "path": [str(audio[f]) for f in fnames], "split": "test"})
     torch_device = torch.device(
@@ -211,8 +216,9 @@ def run_inference(
         manifest["submission_kind"],
         sample_path,
         int(manifest.get("label_count", 3)),
+        id_column,
     )
-    as_comp = cast("Competition", comp)  # the submission writer reads only these four attributes
+    as_comp = cast("Competition", comp)  # the submission writer reads only these attributes
     if scores_path is not None:
         write_predictions(scores_path, fnames, classes, blended)
     return write_submission(as_comp, build_submission(as_comp, fnames, blended), output)

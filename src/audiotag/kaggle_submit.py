@@ -184,14 +184,15 @@ def kaggle_slug(comp: Any) -> str | None:
 
 def validate_file(comp: Any, path: Path) -> pd.DataFrame:
     """Read ``path`` and run the submission checks on it; a bad file is refused before any upload."""
-    from audiotag.submission import validate_submission
+    from audiotag.submission import id_column, validate_submission
 
+    key = id_column(comp)
     try:
-        sub = pd.read_csv(path, dtype={"fname": str}, keep_default_na=False)
+        sub = pd.read_csv(path, dtype={key: str}, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc}); nothing was submitted") from None
-    if "fname" not in sub.columns:
-        raise DataError(f"{path}: no fname column; nothing was submitted")
+    if key not in sub.columns:
+        raise DataError(f"{path}: no {key} column; nothing was submitted")
     try:
         validate_submission(comp, sub)
     except DataError as exc:

@@ -11,7 +11,9 @@ ValueError naming what is wrong.
   Audio Tagging 2019.
 - ``average_precision_per_class`` / ``mean_average_precision``: per-class AP and its macro mean
   (AudioSet-style mAP).
-- ``roc_auc_per_class`` / ``d_prime``.
+- ``roc_auc_per_class`` / ``macro_roc_auc`` / ``d_prime``: ROC AUC per class, its macro mean, d'.
+- ``f1_per_class`` / ``macro_f1`` (single-label: the top-scored class is the prediction) and
+  ``macro_f1_multilabel`` (multi-label: every class scored >= 0.5 is predicted).
 
 ``METRICS`` maps the metric names used in configs to ``f(truth, scores) -> float``; ``score`` dispatches.
 """
@@ -32,8 +34,12 @@ __all__ = [
     "accuracy",
     "average_precision_per_class",
     "d_prime",
+    "f1_per_class",
     "higher_is_better",
     "lwlrap",
+    "macro_f1",
+    "macro_f1_multilabel",
+    "macro_roc_auc",
     "map_at_k",
     "mean_average_precision",
     "per_class_lwlrap",
@@ -363,6 +369,89 @@ def d_prime(auc: float | np.ndarray) -> float | np.ndarray:
     return float(result) if result.ndim == 0 else result
 
 
+def macro_roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Macro ROC AUC: the mean of ``roc_auc_per_class`` over the classes it defines::
+
+        roc_auc = mean of AUC_c over the classes c with at least one positive and one negative clip
+
+    equal to ``sklearn.metrics.roc_auc_score(truth, scores, average="macro")`` when every class has
+    both (scikit-learn refuses otherwise; here such classes are skipped, as mAP skips classes without
+    positives, since a small validation fold may lack a class). For single-label data ``truth`` is the
+    one-hot matrix, so this is the one-vs-rest macro AUC. ValueError when no class has both.
+    """
+    per_class = roc_auc_per_class(truth, scores)
+    defined = ~np.isnan(per_class)
+    if not defined.any():
+        raise ValueError(
+            f"roc_auc needs a class with both a positive and a negative clip; truth of shape "
+            f"{np.shape(truth)} has none"
+        )
+    return float(np.mean(per_class[defined]))
+
+
+# --------------------------------------------------------------------------- F1
+
+
+MULTILABEL_THRESHOLD = 0.5
+
+
+def f1_per_class(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """F1 of each class (column) from binary ``truth`` and binary ``predicted`` of one shape::
+
+        F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c),   0 when the class is neither true nor predicted
+
+    (scikit-learn's ``f1_score(..., average=None, zero_division=0)``).
+    """
+    truth = _as_bool(np.asarray(truth))
+    predicted = _as_bool(np.asarray(predicted))
+    if truth.shape != predicted.shape or truth.ndim != 2:
+        raise ValueError(
+            f"truth and predicted must be 2-D of one shape, got {truth.shape} and {predicted.shape}"
+        )
+    tp = (truth & predicted).sum(axis=0)
+    wrong = (truth ^ predicted).sum(axis=0)  # FP + FN
+    denominator = 2 * tp + wrong
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+
+
+def macro_f1(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Macro F1 for single-label clips, the prediction of each clip being its top-scored class::
+
+        p_i = top_k(scores, 1)[i, 0]            (ties: the lower class index, as in the submission)
+        macro_f1 = (1/C) * sum_c F1_c,   F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)   (0 if undefined)
+
+    over all C classes (columns of ``scores``), equal to ``sklearn.metrics.f1_score(y, p,
+    labels=range(C), average="macro", zero_division=0)``. ``truth`` is an integer array (n_clips,) or
+    a one-hot (n_clips, n_classes) matrix; a row with several positives is refused (multi-label data
+    is scored by ``macro_f1_multilabel``, which the config picks for ``metric: macro_f1`` there).
+    """
+    labels, scores = _check_single_label_truth(truth, scores)
+    n_classes = scores.shape[1]
+    predicted = np.eye(n_classes, dtype=bool)[top_k(scores, 1)[:, 0]]
+    return float(np.mean(f1_per_class(np.eye(n_classes, dtype=bool)[labels], predicted)))
+
+
+def macro_f1_multilabel(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Macro F1 for multi-label clips, every class scored at least 0.5 being predicted::
+
+        predicted_ic = [s_ic >= 0.5]
+        macro_f1 = (1/C) * sum_c F1_c,   F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)   (0 if undefined)
+
+    equal to ``sklearn.metrics.f1_score(truth, scores >= 0.5, average="macro", zero_division=0)``.
+    The threshold assumes probabilities (the models' sigmoid outputs): scores outside [0, 1] are
+    refused, as a threshold of 0.5 on them would mean nothing.
+    """
+    truth, scores = _check_binary_truth(truth, scores)
+    outside = (scores < 0) | (scores > 1)
+    if outside.any():
+        row, col = _first_index(outside)
+        raise ValueError(
+            f"macro_f1 of multi-label data thresholds probabilities at {MULTILABEL_THRESHOLD}; scores must "
+            f"lie in [0, 1], got {scores[row, col]:g} at row {row}, column {col}"
+        )
+    return float(np.mean(f1_per_class(truth, scores >= MULTILABEL_THRESHOLD)))
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -375,6 +464,9 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "lwlrap": lwlrap,
     "map": _map_value,
     "accuracy": accuracy,
+    "macro_f1": macro_f1,
+    "macro_f1@0.5": macro_f1_multilabel,  # what ``metric: macro_f1`` of multi-label data becomes (config)
+    "roc_auc": macro_roc_auc,
 }
 
 
@@ -385,8 +477,8 @@ def _check_name(metric: str) -> None:
 
 
 def score(metric: str, truth: np.ndarray, scores: np.ndarray) -> float:
-    """``METRICS[metric](truth, scores)``. For "map3" and "accuracy", ``truth`` may be class indices
-    (n_clips,) or a binary (n_clips, n_classes) matrix with one positive per row."""
+    """``METRICS[metric](truth, scores)``. For "map3", "accuracy" and "macro_f1", ``truth`` may be class
+    indices (n_clips,) or a binary (n_clips, n_classes) matrix with one positive per row."""
     _check_name(metric)
     return METRICS[metric](truth, scores)
 

@@ -193,6 +193,14 @@ def run_oof(comp: Any, run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
 def blend_oof(comp: Any, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The blended OOF predictions of an ensemble report on the scored clips, with the report's rule
     and weights (the blend, not a stacker)."""
+    truth, blended, _ = blend_oof_members(comp, report)
+    return truth, blended
+
+
+def blend_oof_members(
+    comp: Any, report: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``blend_oof``'s (truth, blend), and each member's OOF predictions on the same clips."""
     from audiotag.blend import BlendRule, normalise_weights
     from audiotag.data.meta import read_meta
     from audiotag.ensemble_members import align, check_members, load_member, scored_rows
@@ -200,7 +208,7 @@ def blend_oof(comp: Any, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray
     names = list(report.get("members") or {})
     if not names:
         raise DataError(f"ensemble report {report.get('name')!r} lists no members")
-    members = [load_member(comp, name) for name in names]
+    members = [load_member(comp, name, with_test=False) for name in names]  # OOF is all it needs
     check_members(members, min_oof_overlap=0.0)  # the ensemble stage accepted these members already
     oof_ids, _ = align(members)
     folds = members[0].oof_folds
@@ -214,7 +222,7 @@ def blend_oof(comp: Any, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray
     else:
         weights = np.array([(blend.get("weights") or {}).get(n, 1.0) for n in names], dtype=np.float64)
     weights = normalise_weights(weights, len(names), len(comp.classes))
-    return truth[scored], rule.combine(space, weights)
+    return truth[scored], rule.combine(space, weights), {m.name: m.oof[scored] for m in members}
 
 
 # --------------------------------------------------------------------------- files

@@ -27,60 +27,93 @@ from audiotag.metrics import top_k
 log = logging.getLogger(__name__)
 
 
+def id_column(comp: Competition) -> str:
+    """The id column of the competition's sample submission (``fname`` unless a table sets another)."""
+    return getattr(comp, "id_column", "fname")
+
+
 def read_sample(comp: Competition) -> pd.DataFrame:
     path = comp.sample_submission_path
     if not path.is_file():
         raise DataError(f"{path}: sample submission not found; run `./run.sh prepare` first")
-    return pd.read_csv(path, dtype={"fname": str}, keep_default_na=False)
+    key = id_column(comp)
+    sample = pd.read_csv(path, dtype={key: str}, keep_default_na=False)
+    if key not in sample.columns:
+        raise DataError(
+            f"{path}: no id column {key!r} (columns {list(sample.columns)[:5]}); name the sample's id column "
+            "in competition.submission.id_column"
+        )
+    return sample
+
+
+def class_columns(comp: Competition, sample: pd.DataFrame) -> list[str]:
+    """The sample's score columns in its order; refused, naming the missing and the extra ones, unless
+    they are the vocabulary (as a set)."""
+    columns = [c for c in sample.columns if c != id_column(comp)]
+    missing = [c for c in comp.classes if c not in columns]
+    extra = [c for c in columns if c not in set(comp.classes)]
+    if missing or extra:
+        raise DataError(
+            f"{comp.sample_submission_path}: the class columns differ from the {len(comp.classes)} "
+            f"classes of the vocabulary: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, extra "
+            f"{extra[:5]}{' ...' if len(extra) > 5 else ''}"
+        )
+    return columns
 
 
 def build_submission(comp: Competition, clip_ids: Sequence[str], scores: np.ndarray) -> pd.DataFrame:
     """Rows in the sample submission's order; top-k labels (``comp.label_count``, 3 unless a table
-    competition says) or the score table, per the competition."""
+    competition says) in the sample's label column, or the scores in the sample's columns and order
+    (``scores`` and ``sample_columns``)."""
     sample = read_sample(comp)
+    key = id_column(comp)
     position = {c: i for i, c in enumerate(clip_ids)}
-    missing = [f for f in sample["fname"] if f not in position]
+    missing = [f for f in sample[key] if f not in position]
     if missing:
         raise DataError(
             f"{len(missing)} clip(s) of the sample submission have no prediction (e.g. {missing[:3]}); "
             "re-run train so every fold predicts the test set"
         )
-    ordered = scores[[position[f] for f in sample["fname"]]]
+    ordered = scores[[position[f] for f in sample[key]]]
     classes = np.asarray(comp.classes)
     if comp.submission_kind == "top3_labels":
         labels = [" ".join(row) for row in classes[top_k(ordered, comp.label_count)]]
-        return pd.DataFrame({"fname": sample["fname"], "label": labels})
-    columns = [c for c in sample.columns if c != "fname"]
-    unknown = sorted(set(columns) ^ set(comp.classes))
-    if unknown:
-        raise DataError(
-            f"{comp.sample_submission_path}: class columns differ from the vocabulary: {unknown[:5]}"
-        )
+        others = [c for c in sample.columns if c != key]
+        label = others[0] if len(others) == 1 else "label"
+        return pd.DataFrame({key: sample[key], label: labels})
     index = {c: i for i, c in enumerate(comp.classes)}
+    columns = class_columns(comp, sample)
     table = pd.DataFrame(ordered[:, [index[c] for c in columns]], columns=columns)
-    table.insert(0, "fname", sample["fname"].to_numpy())
+    table.insert(list(sample.columns).index(key), key, sample[key].to_numpy())
     return table
 
 
 def validate_submission(comp: Competition, sub: pd.DataFrame) -> None:
     """Refuse a submission whose ids, order, columns or values do not match the sample's."""
     sample = read_sample(comp)
+    key = id_column(comp)
     if list(sub.columns) != list(sample.columns):
-        raise DataError(f"submission columns {list(sub.columns)[:5]}... differ from the sample's")
-    if len(sub) != len(sample) or not (sub["fname"].to_numpy() == sample["fname"].to_numpy()).all():
+        raise DataError(
+            f"submission columns {list(sub.columns)[:5]}... differ from the sample's "
+            f"{list(sample.columns)[:5]}..."
+        )
+    if len(sub) != len(sample) or not (sub[key].to_numpy() == sample[key].to_numpy()).all():
         raise DataError("submission ids or their order differ from the sample submission's")
     if comp.submission_kind == "top3_labels":
         vocabulary = set(comp.classes)
-        for row, text in enumerate(sub["label"]):
+        labels = sub.drop(columns=key)
+        if labels.shape[1] != 1:
+            raise DataError(f"a top-k submission has one label column beside {key}; got {list(labels)}")
+        for row, text in enumerate(labels.iloc[:, 0]):
             names = str(text).split(" ")
             if (
                 not 1 <= len(names) <= comp.label_count
                 or len(set(names)) != len(names)
                 or not set(names) <= vocabulary
             ):
-                raise DataError(f"submission row {row + 1} ({sub['fname'].iloc[row]}): bad labels {text!r}")
+                raise DataError(f"submission row {row + 1} ({sub[key].iloc[row]}): bad labels {text!r}")
         return
-    values = sub.drop(columns="fname").to_numpy(dtype=np.float64)
+    values = sub.drop(columns=key).to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
         raise DataError("submission holds NaN or infinite scores")
     if values.min() < 0 or values.max() > 1:

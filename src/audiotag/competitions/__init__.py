@@ -28,6 +28,10 @@ def get_competition(cfg: CompetitionConfig, root: Path | None = None) -> Competi
         from audiotag.competitions.table import TableCompetition
 
         return TableCompetition(cfg, root)
+    if cfg.kind == "folders":
+        from audiotag.competitions.folders import FoldersCompetition
+
+        return FoldersCompetition(cfg, root)
     registry = _registry()
     if cfg.name not in registry:
         raise ConfigError(

@@ -19,7 +19,7 @@ from audiotag.errors import DataError
 from audiotag.paths import competition_dir
 
 Task = Literal["single_label", "multi_label"]
-SubmissionKind = Literal["top3_labels", "scores"]
+SubmissionKind = Literal["top3_labels", "scores", "sample_columns"]
 
 CLIP_COLUMNS = ["clip_id", "path", "split", "subset", "labels", "verified", "duration", "sample_rate"]
 
@@ -55,6 +55,7 @@ class Competition(abc.ABC):
     metric: ClassVar[str]
     submission_kind: ClassVar[SubmissionKind]
     label_count: int = 3  # labels per row of a "top3_labels" submission (a kind: table competition sets k)
+    id_column: str = "fname"  # the id column of the sample and the written submission (a table may set it)
 
     def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
         self.cfg = cfg
@@ -88,6 +89,12 @@ class Competition(abc.ABC):
     def test_truth(self) -> pd.DataFrame | None:
         """Test labels (clip_id, labels) when the competition knows them; None otherwise."""
         return None
+
+    def table_sources(self) -> list[Path]:
+        """The raw files whose contents decide the clip table (``prepare`` rebuilds ``meta.parquet`` when
+        one changes): by default the CSV files at the top of raw_dir and of data_dir."""
+        data_dir = Path(self.cfg.data_dir) if self.cfg.data_dir else None
+        return list(self.raw_dir.glob("*.csv")) + (list(data_dir.glob("*.csv")) if data_dir else [])
 
     # ------------------------------------------------------------------ helpers shared by stages
 

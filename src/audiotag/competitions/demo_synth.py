@@ -31,11 +31,11 @@ import numpy as np
 import soundfile as sf
 from scipy import fft as sp_fft
 from scipy import signal as sp_signal
-from tqdm import tqdm
 
 from audiotag.atomic import atomic_write_text
 from audiotag.config import DemoGeneratorConfig
 from audiotag.errors import DataError
+from audiotag.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +524,7 @@ def _render(clips: Sequence[ClipPlan], stage: Path, cfg: DemoGeneratorConfig, la
         (stage / folder).mkdir(parents=True, exist_ok=True)
     total = sum(c.duration for c in clips)
     log.info("synthesising %d clips (%.0f s of audio at %d Hz)", len(clips), total, cfg.sample_rate)
-    for clip in tqdm(clips, desc="demo clips", unit="clip", leave=False, disable=None):
+    for clip in progress(clips, desc="demo clips", unit="clip"):
         rng = _seeded(cfg.seed, layout, 1, clip.index)
         audio = mix_clip(list(clip.labels), clip.duration, cfg.sample_rate, rng)
         _write_wav(stage / clip.folder / clip.fname, audio, cfg.sample_rate)

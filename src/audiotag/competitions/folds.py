@@ -20,6 +20,14 @@ takes its group's fold. Grouped fold files are named ``...-grouped.csv`` so that
 written before the groups existed is never reused. Without a ``group`` column (or with one that is
 empty for every training clip) the folds are exactly the ungrouped ones above.
 
+Classes with fewer clips than folds are warned about, each named with its count and the remedy
+(lower ``competition.n_folds``, or drop the class's rows), not refused: some folds then validate none
+of the class's clips, and a fold holding a class's only clip trains without it, but nothing is wrong
+with the folds or the scores (accuracy, MAP@3, lwlrap and mAP are defined without the class), and
+long-tailed datasets (and the small test datasets here) have such classes. sklearn's own warning
+about them is replaced by ours. Grouped folds warn likewise about classes found in fewer groups than
+folds (the stronger condition), so the clip-count warning is not repeated there.
+
 Predefined folds. When the table has a ``fold`` column (ESC-50's 1-5, UrbanSound8K's 1-10), it is
 used as given, renumbered 0..k-1 in sorted order, written to ``k{n}-predefined-{subsets}.csv``;
 ``competition.n_folds`` must equal k.
@@ -94,8 +102,11 @@ def assign_folds(comp: Competition, train: pd.DataFrame) -> np.ndarray:
         subsets = pd.get_dummies(train["subset"]).to_numpy(dtype=np.float32)
         splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(index, np.concatenate([y, subsets], axis=1))
-    for fold, (_, val_idx) in enumerate(splits):
-        folds[val_idx] = fold
+    warn_rare_classes(comp, train, n_folds)
+    with warnings.catch_warnings():  # reported above in our words
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, val_idx) in enumerate(splits):
+            folds[val_idx] = fold
     return folds
 
 
@@ -186,6 +197,30 @@ def _warn_thin_classes(labels: list[list[str]], groups: np.ndarray, n_folds: int
             ", ".join(f"{name} ({count} group{'s' if count > 1 else ''})" for count, name in thin[:10])
             + (", ..." if len(thin) > 10 else ""),
         )
+
+
+def warn_rare_classes(comp: Competition, train: pd.DataFrame, n_folds: int) -> list[str]:
+    """Warn, naming them with their clip counts, about classes with fewer training clips than folds;
+    their names (see the module docstring for why this warns and does not refuse)."""
+    counts: dict[str, int] = {}
+    for labels in train["labels"]:
+        for name in labels:
+            counts[name] = counts.get(name, 0) + 1
+    rare = sorted((count, name) for name, count in counts.items() if count < n_folds)
+    if rare:
+        lowest = rare[0][0]
+        lower = f"lower competition.n_folds to {lowest} or less, or " if lowest >= 2 else ""
+        log.warning(
+            "folds: %d class(es) have fewer training clips than the %d folds, so some folds validate none "
+            "of their clips (and a fold holding a class's only clip trains without it): %s; to avoid it, "
+            "%sdrop those classes' rows (or add clips)",
+            len(rare),
+            n_folds,
+            ", ".join(f"{name} ({count} clip{'s' if count > 1 else ''})" for count, name in rare[:10])
+            + (", ..." if len(rare) > 10 else ""),
+            lower,
+        )
+    return [name for _, name in rare]
 
 
 def single_label_strata(train: pd.DataFrame, n_folds: int) -> list[str]:

@@ -217,8 +217,8 @@ FETCH_API: Any = None  # tests put a stand-in here (an object with the attribute
 
 def download_api() -> Any:
     """What the competitions fetch with (``RemoteFile``, ``download``, ``zenodo_files``,
-    ``join_split_zip``, ``extract_zip``, ``kaggle_download``), from the :mod:`audiotag.fetch` modules
-    imported on first use, or ``FETCH_API`` where a test put one."""
+    ``join_split_zip``, ``extract_zip``, ``extract_tar``, ``kaggle_download``), from the
+    :mod:`audiotag.fetch` modules imported on first use, or ``FETCH_API`` where a test put one."""
     if FETCH_API is not None:
         return FETCH_API
     from audiotag.fetch import extract, http, kaggle, splitzip, zenodo
@@ -229,6 +229,7 @@ def download_api() -> Any:
         zenodo_files=zenodo.zenodo_files,
         join_split_zip=splitzip.join_split_zip,
         extract_zip=extract.extract_zip,
+        extract_tar=extract.extract_tar,
         kaggle_download=kaggle.kaggle_download,
     )
 

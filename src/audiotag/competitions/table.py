@@ -11,38 +11,41 @@ written (``multi_label``, ``label_separator``), the metric and the submission fo
 the shared ones of :mod:`audiotag.competitions.layouts` (names confined to their folder, headers probed,
 the audio rules).
 
+Beyond one CSV (:mod:`audiotag.competitions.table_reading` reads the rows): ``train_csv`` may map
+subsets to CSVs (curated + noisy, ``noisy_subsets`` untrusted, ``subsets`` choosing some),
+``file_template`` builds each file's path from the row (``fold{fold}/{slice_file_name}``),
+``start_column``/``end_column`` make each row a segment of its file (the clip table's ``start`` and
+``end``; the feature cache decodes only that stretch), and ``id_column`` names the clips. The
+submission's id column is ``submission.id_column``; ``submission.kind: sample_columns`` writes
+exactly the sample submission's columns (checked against the vocabulary at prepare).
+
 The vocabulary is ``classes`` when given (a label outside it is an error naming file, line and
 label); otherwise the sorted set of training labels, written to ``competition/<name>/vocabulary.json``
-at the first prepare and fixed from then on: a later label outside it is an error naming the row,
-never a silent new score column (delete the file to start over, with new runs).
+at the first prepare and fixed from then on (:mod:`audiotag.competitions.vocabulary`): a later label
+outside it is an error naming the row, never a silent new score column (delete the file to start
+over, with new runs).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+import math
+from pathlib import Path
 
 import pandas as pd
 
 from audiotag.atomic import atomic_write_text
+from audiotag.competitions.archive import fetch_archive
 from audiotag.competitions.folds import FOLD, GROUP, describe_groups
-from audiotag.competitions.layouts import (
-    AUDIO_SUFFIXES,
-    FileCompetition,
-    download_api,
-    read_csv,
-    require_rows,
-    write_sample_submission,
-)
+from audiotag.competitions.layouts import AUDIO_ISSUE, AUDIO_SUFFIXES, FileCompetition, audio_paths
+from audiotag.competitions.table_reading import chosen_subsets, read_rows, read_table_csv, segment_overruns
+from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary
 from audiotag.config import CompetitionConfig
 from audiotag.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-VOCABULARY = "vocabulary.json"
-TRUE_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+SUBMISSION_KINDS = {"top_k_labels": "top3_labels", "scores": "scores", "sample_columns": "sample_columns"}
 
 
 class TableCompetition(FileCompetition):
@@ -58,8 +61,10 @@ class TableCompetition(FileCompetition):
         self.task = "multi_label" if cfg.multi_label else "single_label"  # type: ignore[misc]
         self.metric = cfg.metric or ""  # type: ignore[misc]
         assert cfg.submission is not None  # CompetitionConfig checks it for kind: table
-        self.submission_kind = "top3_labels" if cfg.submission.kind == "top_k_labels" else "scores"  # type: ignore[misc]
+        self.submission_kind = SUBMISSION_KINDS[cfg.submission.kind]  # type: ignore[misc]
         self.label_count = cfg.submission.k
+        self.id_column = cfg.submission.id_column
+        self.vocabulary = Vocabulary(self.dir / VOCABULARY, cfg.classes, cfg.name)
 
     # -------------------------------------------------------------- where the files are
 
@@ -67,21 +72,17 @@ class TableCompetition(FileCompetition):
     def source(self) -> str:
         return "table"
 
-    @property
-    def vocabulary_path(self) -> Path:
-        return self.dir / VOCABULARY
-
     def _file(self, rel: str) -> Path:
         return self.raw_dir / rel
 
     def expected_files(self, source: str) -> list[str]:
         cfg = self.cfg
-        files = [str(cfg.train_csv), f"{cfg.audio_dir}/"]
+        files = [name for s in chosen_subsets(cfg) for name in (s.csv, f"{s.audio_dir}/")]
         if cfg.test_dir:
             files.append(f"{cfg.test_dir}/")
         if cfg.sample_submission:
             files.append(cfg.sample_submission)
-        return files
+        return list(dict.fromkeys(files))
 
     @property
     def raw_dir(self) -> Path:
@@ -102,122 +103,36 @@ class TableCompetition(FileCompetition):
         super().obtain()  # in place from data_dir, or the files in raw_dir (checked complete)
 
     def download(self, source: str) -> None:
-        """The ``download`` archive into raw/, extracted there; its top folder becomes raw_dir."""
+        """The ``download`` archive (zip or tar) into raw/, extracted there; its top ``folder`` (or raw/
+        itself, ``folder: "."``) becomes raw_dir (:mod:`audiotag.competitions.archive`)."""
         spec = self.cfg.download
         if spec is None:  # pragma: no cover - obtain refuses a table without data_dir or download
             raise DataError(f"{self.name}: a kind: table competition without download is used in place")
-        api = download_api()
-        dest = self.dir / "raw"
-        filename = PurePosixPath(urlsplit(spec.url).path).name
-        if not filename.endswith(".zip"):
-            raise ConfigError(f"competition.download.url: {spec.url} does not name a .zip archive")
-        archive = Path(api.download(api.RemoteFile(spec.url, filename, sha256=spec.sha256), dest))
-        files = [Path(f) for f in api.extract_zip(archive, dest) or []]
-        tops = sorted({f.relative_to(dest).parts[0] for f in files if len(f.relative_to(dest).parts) > 1})
-        if spec.folder not in tops:
-            raise DataError(
-                f"{archive}: has no top-level folder {spec.folder!r} (found {tops}); set "
-                "competition.download.folder to the archive's folder"
-            )
+        fetch_archive(spec, self.dir / "raw")
 
     # -------------------------------------------------------------- vocabulary
 
     @property
+    def vocabulary_path(self) -> Path:
+        return self.vocabulary.path
+
+    @property
     def classes(self) -> list[str]:
-        if self.cfg.classes is not None:
-            return list(self.cfg.classes)
-        saved = self._saved_vocabulary()
-        if saved is None:
-            raise DataError(
-                f"{self.vocabulary_path}: no vocabulary yet; run `./run.sh prepare -c ...` first (it is "
-                "the sorted set of training labels, fixed at the first prepare)"
-            )
-        return saved
+        return self.vocabulary.classes
 
-    def _saved_vocabulary(self) -> list[str] | None:
-        if not self.vocabulary_path.is_file():
-            return None
-        try:
-            data = json.loads(self.vocabulary_path.read_text())
-        except ValueError as exc:
-            raise DataError(f"{self.vocabulary_path}: not valid JSON ({exc}); delete it to rebuild") from None
-        classes = data.get("classes") if isinstance(data, dict) else None
-        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or not classes:
-            raise DataError(f'{self.vocabulary_path}: expected {{"classes": [names]}}; delete it to rebuild')
-        return classes
-
-    def _vocabulary(self, labels: list[list[str]], path: Path) -> list[str]:
-        """The explicit classes, the saved vocabulary, or (first prepare) the training labels, saved."""
-        cfg = self.cfg
-        if cfg.classes is not None:
-            self._check(labels, set(cfg.classes), path, "the classes listed in the competition YAML")
-            return list(cfg.classes)
-        saved = self._saved_vocabulary()
-        if saved is not None:
-            self._check(
-                labels,
-                set(saved),
-                path,
-                f"the vocabulary saved at the first prepare ({self.vocabulary_path}; runs and caches "
-                "use it: delete it and the runs to start over with a new vocabulary)",
-            )
-            return saved
-        vocabulary = sorted({name for names in labels for name in names})
-        if cfg.submission is not None and cfg.submission.kind == "top_k_labels":
-            spaced = [c for c in vocabulary if " " in c]
-            if spaced:
-                raise DataError(
-                    f"{path}: label {spaced[0]!r} has a space, but top_k_labels separates labels by spaces"
-                )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.vocabulary_path, json.dumps({"classes": vocabulary}, indent=1) + "\n")
-        log.info(
-            "%s: vocabulary of %d classes written to %s", self.name, len(vocabulary), self.vocabulary_path
-        )
-        return vocabulary
-
-    @staticmethod
-    def _check(labels: list[list[str]], vocabulary: set[str], path: Path, what: str) -> None:
-        for row, names in enumerate(labels):
-            bad = [n for n in names if n not in vocabulary]
-            if bad:
-                raise DataError(f"{path}: line {row + 2}: label {bad[0]!r} is not in {what}")
-
-    # -------------------------------------------------------------- clip table
-
-    def _labels(self, texts: pd.Series, path: Path) -> list[list[str]]:
-        sep = self.cfg.label_separator
-        out = []
-        for row, text in enumerate(texts):
-            names = (
-                [x.strip() for x in text.split(sep) if x.strip()] if self.cfg.multi_label else [text.strip()]
-            )
-            if not names or not all(names):
-                raise DataError(f"{path}: line {row + 2}: no label")
-            if len(set(names)) != len(names):
-                raise DataError(f"{path}: line {row + 2}: label repeated in {text!r}")
-            out.append(names)
-        return out
-
-    def _verified(self, train: pd.DataFrame, path: Path) -> list[bool]:
-        column = self.cfg.verified_column
-        if column is None:
-            return [True] * len(train)
-        out = []
-        for row, text in enumerate(train[column]):
-            flag = TRUE_FLAGS.get(text.strip().lower())
-            if flag is None:
-                raise DataError(f"{path}: line {row + 2}: {column} must be 0/1 or true/false, got {text!r}")
-            out.append(flag)
-        return out
+    # -------------------------------------------------------------- test clips and the sample
 
     def _test_ids(self) -> tuple[list[str], Path | None]:
         """Test clip names (relative to test_dir) and the CSV that listed them (None: the folder's files)."""
         cfg = self.cfg
         if cfg.sample_submission:
             path = self._file(cfg.sample_submission)
-            sample = read_csv(path, ["fname"])
-            return sample["fname"].tolist(), path
+            ids = read_table_csv(path, [self.id_column], "sample_submission")[self.id_column]
+            dup = ids.duplicated()
+            if dup.any():
+                row = int(dup.to_numpy().nonzero()[0][0])
+                raise DataError(f"{path}: line {row + 2}: {self.id_column} {ids.iloc[row]!r} listed twice")
+            return ids.tolist(), path
         if not cfg.test_dir:
             return [], None
         folder = self._file(cfg.test_dir)
@@ -230,75 +145,172 @@ class TableCompetition(FileCompetition):
             raise DataError(f"{folder}: test_dir holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
         return names, None
 
-    def parse_clip_table(self) -> pd.DataFrame:
-        cfg = self.cfg
-        self.source_found()
-        path = self._file(str(cfg.train_csv))
-        columns = [cfg.file_column, cfg.label_column]
-        columns += [c for c in (cfg.group_column, cfg.fold_column, cfg.verified_column) if c]
-        train = read_csv(path, columns)
-        require_rows(train, path)
-        dup = train[cfg.file_column].duplicated()
-        if dup.any():
-            row = int(dup.to_numpy().nonzero()[0][0])
-            raise DataError(f"{path}: line {row + 2}: file {train[cfg.file_column].iloc[row]!r} listed twice")
-        labels = self._labels(train[cfg.label_column], path)
-        vocabulary = self._vocabulary(labels, path)
-        top_k = cfg.submission is not None and cfg.submission.kind == "top_k_labels"
-        if top_k and cfg.submission is not None and cfg.submission.k > len(vocabulary):
-            raise DataError(f"submission.k {cfg.submission.k} exceeds the {len(vocabulary)} classes")
-        verified = self._verified(train, path)
-        test_ids, test_csv = self._test_ids()
-        if test_ids and not cfg.test_dir:
-            raise ConfigError(
-                "competition.test_dir: sample_submission is given, but not the test audio folder"
+    def _check_sample_header(self, vocabulary: list[str]) -> None:
+        """A given sample submission's header must be what the submission format writes: for
+        sample_columns its class columns are the vocabulary (any order), else the id column comes first
+        and then one label column (top_k_labels) or the classes in vocabulary order (scores)."""
+        if not self.cfg.sample_submission:
+            return
+        path = self._file(self.cfg.sample_submission)
+        header = list(read_table_csv(path, [self.id_column], "sample_submission").columns)
+        others = [c for c in header if c != self.id_column]
+        if self.submission_kind == "sample_columns":
+            missing = [c for c in vocabulary if c not in others]
+            extra = [c for c in others if c not in set(vocabulary)]
+            if missing or extra:
+                raise DataError(
+                    f"{path}: line 1: the class columns must be the {len(vocabulary)} classes of the "
+                    f"vocabulary, in any order; missing {_head(missing)}, extra {_head(extra)}; fix "
+                    "competition.classes (or the training labels) or the sample's header"
+                )
+            return
+        if header[0] != self.id_column:
+            raise DataError(
+                f"{path}: line 1: the id column {self.id_column!r} must come first (columns "
+                f"{_head(header)}); use submission.kind sample_columns to keep the sample's order"
             )
-        overlap = sorted(set(test_ids) & set(train[cfg.file_column]))
-        if overlap:
-            raise DataError(f"test clip {overlap[0]!r} is also a training clip in {path}")
-        train_paths = self.audio_paths(str(cfg.audio_dir), train[cfg.file_column], path)
-        test_paths = (
-            self.audio_paths(str(cfg.test_dir), test_ids, test_csv or self._file(str(cfg.test_dir)))
-            if test_ids
-            else []
-        )
-        n_test = len(test_ids)
-        table = pd.DataFrame(
-            {
-                "clip_id": [*train[cfg.file_column], *test_ids],
-                "path": [*train_paths, *test_paths],
-                "split": ["train"] * len(train) + ["test"] * n_test,
-                "subset": ["train"] * len(train) + ["test"] * n_test,
-                "labels": [*labels, *([] for _ in range(n_test))],
-                "verified": [*verified, *([False] * n_test)],
-            }
-        )
-        durations, rates, issues = self.probe(table["path"].tolist())
-        table = table.assign(duration=durations, sample_rate=rates)
-        if any(issues):
-            table = table.assign(audio_issue=issues)
-        for source, target in ((cfg.group_column, GROUP), (cfg.fold_column, FOLD)):
-            if source:
-                values = train[source].str.strip()
-                blank = values == ""
-                if blank.any():
-                    row = int(blank.to_numpy().nonzero()[0][0])
-                    raise DataError(f"{path}: line {row + 2}: empty {source}")
-                table[target] = pd.Series([*values, *([None] * n_test)], dtype=object).to_numpy()
-        if cfg.group_column:
-            log.info(
-                "%s: training clips grouped by %s: %s",
-                self.name,
-                cfg.group_column,
-                describe_groups(train[cfg.group_column].str.strip()),
+        if self.submission_kind == "top3_labels" and len(others) != 1:
+            raise DataError(
+                f"{path}: line 1: top_k_labels writes {self.id_column} and one label column, the sample "
+                f"has {_head(header)}; for score columns use submission.kind scores or sample_columns"
             )
-        if not cfg.sample_submission:
-            classes = None if self.submission_kind == "top3_labels" else vocabulary
-            write_sample_submission(self.dir / "sample_submission.csv", test_ids, classes)
-        return table
+        if self.submission_kind == "scores" and others != vocabulary:
+            raise DataError(
+                f"{path}: line 1: submission.kind scores writes one column per class in vocabulary order "
+                f"({_head(vocabulary)}), the sample has {_head(others)}; use submission.kind sample_columns "
+                "to follow the sample's columns"
+            )
+
+    def _write_sample(self, test_ids: list[str], vocabulary: list[str]) -> None:
+        """The sample submission of a competition without one: id + label, or id + the class columns."""
+        key = self.id_column
+        if self.submission_kind == "top3_labels":
+            sample = pd.DataFrame({key: test_ids, "label": ""})
+        else:
+            sample = pd.DataFrame(0.0, index=range(len(test_ids)), columns=vocabulary)
+            sample.insert(0, key, test_ids)
+        atomic_write_text(self.dir / "sample_submission.csv", sample.to_csv(index=False))
 
     @property
     def sample_submission_path(self) -> Path:
         if self.cfg.sample_submission:
             return self._file(self.cfg.sample_submission)
         return self.dir / "sample_submission.csv"
+
+    # -------------------------------------------------------------- clip table
+
+    def table_sources(self) -> list[Path]:
+        """The top-level CSVs, and the training CSVs and sample submission wherever they are."""
+        sources = super().table_sources()
+        named = [self._file(s.csv) for s in chosen_subsets(self.cfg)]
+        if self.cfg.sample_submission:
+            named.append(self._file(self.cfg.sample_submission))
+        return sources + [p for p in dict.fromkeys(named) if p not in sources and p.is_file()]
+
+    def parse_clip_table(self) -> pd.DataFrame:
+        cfg = self.cfg
+        self.source_found()
+        rows = read_rows(cfg, chosen_subsets(cfg), self.raw_dir)
+        csvs, lines = rows["csv"].tolist(), rows["line"].tolist()
+        vocabulary = self.vocabulary.fix(
+            rows["labels"].tolist(),
+            lambda i: f"{csvs[i]}: line {lines[i]}",
+            no_spaces=self.submission_kind == "top3_labels",
+        )
+        if self.submission_kind == "top3_labels" and self.label_count > len(vocabulary):
+            raise DataError(
+                f"competition.submission.k {self.label_count} exceeds the {len(vocabulary)} classes; lower it"
+            )
+        self._check_sample_header(vocabulary)
+        test_ids, test_csv = self._test_ids()
+        if test_ids and not cfg.test_dir:
+            raise ConfigError(
+                "competition.test_dir: sample_submission is given, but not the test audio folder"
+            )
+        overlap = rows.index[rows["clip_id"].isin(set(test_ids))]
+        if len(overlap):
+            row = rows.loc[overlap[0]]
+            raise DataError(
+                f"{row['csv']}: line {row['line']}: {row['clip_id']!r} is also a test clip "
+                f"({test_csv or cfg.test_dir}); a clip is either trained on or tested"
+            )
+        train_paths = [
+            self.rel(path)
+            for _, part in rows.groupby("subset", sort=False)  # each subset's rows: its CSV's lines 2, 3, ...
+            for path in audio_paths(
+                self._file(part["audio_dir"].iloc[0]), part["file"], Path(part["csv"].iloc[0])
+            )
+        ]
+        test_paths = (
+            self.audio_paths(str(cfg.test_dir), test_ids, test_csv or self._file(str(cfg.test_dir)))
+            if test_ids
+            else []
+        )
+        durations, rates, issues = self._probe_files([*train_paths, *test_paths])
+        overruns = segment_overruns(rows, durations[: len(rows)], issues[: len(rows)])
+        if overruns:
+            raise DataError(
+                f"{len(overruns)} segment(s) end past their audio file's end: {'; '.join(overruns[:3])}"
+                f"{' ...' if len(overruns) > 3 else ''}; fix {cfg.start_column}/{cfg.end_column} of those "
+                "rows (or the files)"
+            )
+        n_test = len(test_ids)
+        segments = cfg.start_column is not None
+        if segments:  # a segment's duration is its own; an unusable file keeps the probe's 0
+            durations[: len(rows)] = [
+                0.0 if issue else end - start
+                for start, end, issue in zip(rows["start"], rows["end"], issues[: len(rows)], strict=True)
+            ]
+        table = pd.DataFrame(
+            {
+                "clip_id": [*rows["clip_id"], *test_ids],
+                "path": [*train_paths, *test_paths],
+                "split": ["train"] * len(rows) + ["test"] * n_test,
+                "subset": [*rows["subset"], *(["test"] * n_test)],
+                "labels": [*rows["labels"], *([] for _ in range(n_test))],
+                "verified": [*rows["verified"], *([False] * n_test)],
+                "duration": durations,
+                "sample_rate": rates,
+            }
+        )
+        if any(issues):
+            table[AUDIO_ISSUE] = issues
+        if segments:
+            table["start"] = [*rows["start"], *([math.nan] * n_test)]
+            table["end"] = [*rows["end"], *([math.nan] * n_test)]
+        for column, source in ((GROUP, cfg.group_column), (FOLD, cfg.fold_column)):
+            if source:
+                table[column] = pd.Series([*rows[column], *([None] * n_test)], dtype=object).to_numpy()
+        if cfg.group_column:
+            log.info(
+                "%s: training clips grouped by %s: %s",
+                self.name,
+                cfg.group_column,
+                describe_groups(rows[GROUP]),
+            )
+        self._log_subsets(rows)
+        if not cfg.sample_submission:
+            self._write_sample(test_ids, vocabulary)
+        return table
+
+    def _probe_files(self, paths: list[str]) -> tuple[list[float], list[int], list[str]]:
+        """:meth:`probe` once per file (segments share their file), as one value per path."""
+        unique = list(dict.fromkeys(paths))
+        found = dict(zip(unique, zip(*self.probe(unique), strict=True), strict=True))
+        durations, rates, issues = (list(column) for column in zip(*(found[p] for p in paths), strict=True))
+        return durations, rates, issues
+
+    def _log_subsets(self, rows: pd.DataFrame) -> None:
+        if rows["subset"].nunique() > 1 or not rows["verified"].all():
+            counts = rows.groupby("subset", sort=False)["verified"].agg(["size", "sum"])
+            log.info(
+                "%s: training subsets %s",
+                self.name,
+                ", ".join(
+                    f"{name}: {int(n)} clips ({int(v)} verified)" for name, (n, v) in counts.iterrows()
+                ),
+            )
+
+
+def _head(items: list[str], n: int = 5) -> str:
+    return f"{items[:n]}{' ...' if len(items) > n else ''}"

@@ -33,7 +33,10 @@ the cache, whose clip-list hash includes them, so changing one rebuilds the feat
   Nyquist frequency);
 - any other sample rate (8 kHz, 11.025 kHz, 96 kHz, ...): resampled with soxr, no flag; the cache
   index keeps the source rate;
-- several channels: their mean, no flag.
+- several channels: their mean, no flag;
+- a segment of the file (``start``/``end`` seconds: a table's ``start_column``/``end_column``): only
+  its frames are decoded (a seek, then resampling of the segment) and the rules above apply to the
+  segment; one that starts at or after the file's end: unusable (``empty``).
 
 An Ogg file cut short cannot be told from a shorter complete one (libsndfile measures the pages that
 are present), so a truncated Ogg file is either kept unflagged or, when its header pages are cut,
@@ -105,8 +108,20 @@ class Decoded:
         return "; ".join(self.notes)
 
 
-def decode(path: Path | str, target_sr: int, rules: AudioRules = DEFAULT_RULES) -> Decoded:
+def decode(
+    path: Path | str,
+    target_sr: int,
+    rules: AudioRules = DEFAULT_RULES,
+    start: float | None = None,
+    end: float | None = None,
+) -> Decoded:
     """Decode ``path`` to mono float32 at ``target_sr`` following the rules in the module docstring.
+
+    ``start``/``end`` (seconds; None: the file's beginning / end) decode only that segment: the
+    frames ``round(start * rate)`` to ``round(end * rate)`` at the file's own rate, then resampled, so
+    the wave is the file's resampled wave over that stretch up to the resampler's edges. The rules
+    apply to the segment: its length against ``max_seconds`` (cut), frames missing at its end
+    (truncated), its peak (silent); a segment that starts at or after the file's end is ``empty``.
 
     Raises ``UnusableAudio`` (a ``DataError`` naming the file) for a file that cannot be used.
     """
@@ -118,23 +133,35 @@ def decode(path: Path | str, target_sr: int, rules: AudioRules = DEFAULT_RULES) 
             raise UnusableAudio(path, UNDECODABLE, f"implausible sample rate {rate} Hz in the header")
         if fmt in ("WAV", "WAVEX"):  # libsndfile shortens a cut WAV silently; the chunk size does not
             declared = max(declared, _wav_declared_frames(path) or 0)
+        first = 0 if start is None else max(0, round(start * rate))
+        span = (declared if end is None else round(end * rate)) - first
+        segment = "" if start is None and end is None else f"segment {start or 0:g}-{_end_text(end)} s: "
+        if segment and declared and (first >= declared or span <= 0):
+            raise UnusableAudio(
+                path, EMPTY, f"{segment}no samples in it (the file is {declared / rate:.3f} s long)"
+            )
         limit = int(rules.max_seconds * rate)
-        wanted = min(declared, limit)
+        wanted = min(span, limit)
+        _seek(f, first, path, segment)
         wave, error = _read_mono(f, wanted, channels, _BLOCK)
     if error is not None:  # the block the error happened in is lost: read again in small blocks
         with _open(path) as f:
+            _seek(f, first, path, segment)
             wave, error = _read_mono(f, wanted, channels, _SALVAGE_BLOCK)
     flags: dict[str, str] = {}
     if wave.size == 0:
         if declared == 0:
             raise UnusableAudio(path, EMPTY, "audio file is empty (0 samples)")
         why = f" ({error})" if error else ""
-        raise UnusableAudio(path, UNDECODABLE, f"header declares {declared} frames but none decode{why}")
+        raise UnusableAudio(
+            path, UNDECODABLE, f"{segment}header declares {declared} frames but none decode{why}"
+        )
     if wanted - wave.size > rules.truncation_slack:
         why = f"; decoder: {error}" if error else ""
-        flags["truncated"] = f"decoded {wave.size} of {wanted} frames the header declares{why}"
-    if declared > limit and wave.size == limit:
-        flags["cut"] = f"{declared / rate:.1f} s long, cut to the first {rules.max_seconds:g} s"
+        where = "the segment spans" if segment else "the header declares"
+        flags["truncated"] = f"{segment}decoded {wave.size} of {wanted} frames {where}{why}"
+    if span > limit and wave.size == limit:
+        flags["cut"] = f"{segment}{span / rate:.1f} s long, cut to the first {rules.max_seconds:g} s"
     seconds = wave.size / rate
     top, bottom = float(wave.max()), float(wave.min())  # NaN and inf propagate: one pass in the usual case
     if not (math.isfinite(top) and math.isfinite(bottom)):
@@ -167,6 +194,22 @@ def decode(path: Path | str, target_sr: int, rules: AudioRules = DEFAULT_RULES) 
         flags=tuple(ordered),
         notes=tuple(f"{flag}: {flags[flag]}" for flag in ordered),
     )
+
+
+def _end_text(end: float | None) -> str:
+    return "end" if end is None else f"{end:g}"
+
+
+def _seek(f: sf.SoundFile, frame: int, path: Path, segment: str) -> None:
+    """Move to ``frame`` (a segment's first); a file that cannot seek there is undecodable."""
+    if frame == 0:
+        return
+    try:
+        f.seek(frame)
+    except Exception as exc:  # libsndfile refuses a seek past the frames it can reach
+        raise UnusableAudio(
+            path, UNDECODABLE, f"{segment}cannot seek to frame {frame} ({_reason(exc)})"
+        ) from None
 
 
 def load_audio(path: Path | str, target_sr: int, rules: AudioRules = DEFAULT_RULES) -> np.ndarray:

@@ -56,7 +56,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.config import AudioRules, FeatureConfig
@@ -86,6 +85,7 @@ from audiotag.data.cache_reader import (
 )
 from audiotag.data.locks import file_lock
 from audiotag.errors import DataError
+from audiotag.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,11 @@ def build_cache(
     """Compute the log-mel cache of ``clips`` (clip_id, path relative to ``competition_dir``).
 
     Optional columns: ``split`` (``"test"`` clips are zero-filled instead of skipped when their audio
-    is unusable; a table without it is treated as training clips) and ``audio_issue`` (a known
-    problem, copied into the report). Returns the cache folder at once when it is complete for exactly
-    these clips and rules; otherwise builds it, resuming an interrupted build of the same clips.
+    is unusable; a table without it is treated as training clips), ``audio_issue`` (a known
+    problem, copied into the report) and ``start``/``end`` (seconds: the clip is that segment of its
+    file, decoded alone; NaN or absent: the whole file). Returns the cache folder at once when it is
+    complete for exactly these clips and rules; otherwise builds it, resuming an interrupted build of
+    the same clips.
     """
     order = _clip_order(clips)
     final = cache_dir_for(competition_dir, cfg)
@@ -225,6 +227,8 @@ def _clip_order(clips: pd.DataFrame) -> pd.DataFrame:
     order["split"] = clips["split"].astype(str) if "split" in clips.columns else "train"
     issues = clips["audio_issue"] if "audio_issue" in clips.columns else pd.Series("", index=clips.index)
     order["audio_issue"] = issues.fillna("").astype(str)
+    for column in ("start", "end"):
+        order[column] = clips[column].astype(float) if column in clips.columns else np.nan
     order = order.sort_values("clip_id", kind="stable")
     dupes = order["clip_id"][order["clip_id"].duplicated()].unique()
     if len(dupes):
@@ -233,14 +237,24 @@ def _clip_order(clips: pd.DataFrame) -> pd.DataFrame:
 
 
 def _order_hash(order: pd.DataFrame, cfg: FeatureConfig, rules: AudioRules, root: Path) -> str:
-    """Everything that decides the cached tensors: settings, rules, and each clip's id, path, split and
-    audio fingerprint."""
+    """Everything that decides the cached tensors: settings, rules, and each clip's id, path, split,
+    audio fingerprint and segment (only where it has one, so whole-file clips hash as they always did)."""
     digest = hashlib.sha1(cfg.key().encode())
     digest.update(json.dumps(rules.as_dict(), sort_keys=True).encode())
     prints = audio_fingerprints([root / rel for rel in order["path"]])
-    for clip_id, path, split, fp in zip(order["clip_id"], order["path"], order["split"], prints, strict=True):
-        digest.update(f"\n{clip_id}\t{path}\t{int(split == 'test')}\t{fp}".encode())
+    rows = zip(order["clip_id"], order["path"], order["split"], prints, _segments(order), strict=True)
+    for clip_id, path, split, fp, (start, end) in rows:
+        segment = "" if start is None and end is None else f"\t{start!r}\t{end!r}"
+        digest.update(f"\n{clip_id}\t{path}\t{int(split == 'test')}\t{fp}{segment}".encode())
     return digest.hexdigest()
+
+
+def _segments(order: pd.DataFrame) -> list[tuple[float | None, float | None]]:
+    """Each clip's (start, end) in seconds, None where it has none."""
+    return [
+        (None if np.isnan(a) else float(a), None if np.isnan(b) else float(b))
+        for a, b in zip(order["start"], order["end"], strict=True)
+    ]
 
 
 def audio_fingerprint(path: Path) -> str:
@@ -464,14 +478,15 @@ def _fill(
 ) -> None:
     writer = _Writer(staging, clips_hash, n_done, order, cfg.cache_width)
     # made one at a time as the workers take them: the task list is never held in memory whole
+    rest = order.iloc[n_done:]
     tasks = (
-        (str(root / rel), split == "test")
-        for rel, split in zip(order["path"][n_done:], order["split"][n_done:], strict=True)
+        Task(str(root / rel), split == "test", start, end)
+        for rel, split, (start, end) in zip(rest["path"], rest["split"], _segments(rest), strict=True)
     )
     results = _compute(tasks, len(order) - n_done, cfg, rules, workers)
     counts: Counter[str] = Counter()
     try:
-        with tqdm(total=len(order), initial=n_done, unit="clip", desc="log-mel cache") as bar:
+        with progress(total=len(order), initial=n_done, unit="clip", desc="log-mel cache") as bar:
             for result in results:
                 writer.append(result)
                 if result.status != OK:

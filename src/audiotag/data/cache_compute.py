@@ -1,11 +1,11 @@
 """Computing the log-mel of clips for the feature cache: one clip, or many in worker processes.
 
-``compute_clip`` decodes one file under the audio rules (``data/audio.py``) and returns its frames or
-why it cannot be used. ``_compute_parallel`` runs chunks of clips in a pool of worker processes
-(forkserver), at most ``CHUNKS_PER_WORKER`` chunks per worker in flight, and yields the results in
-order. A worker process that dies (a decoder that crashes) is replaced; the clips it held are retried
-one at a time in a fresh process, and a clip that kills that one too is treated as undecodable.
-Workers keep freed memory (``keep_freed_memory``): page faults were half the log-mel time.
+``compute_clip`` decodes one file (or a segment of it) under the audio rules (``data/audio.py``) and
+returns its frames or why it cannot be used. ``_compute_parallel`` runs chunks of clips in a pool of
+worker processes (forkserver), at most ``CHUNKS_PER_WORKER`` chunks per worker in flight, and yields
+the results in order. A worker process that dies (a decoder that crashes) is replaced; the clips it
+held are retried one at a time in a fresh process, and a clip that kills that one too is treated as
+undecodable. Workers keep freed memory (``keep_freed_memory``): page faults were half the log-mel time.
 """
 
 from __future__ import annotations
@@ -37,7 +37,15 @@ from audiotag.errors import DataError
 log = logging.getLogger(__name__)
 
 CHUNKS_PER_WORKER = 4  # chunks in flight per worker: keeps workers busy, bounds the parent's memory
-Task = tuple[str, bool]  # (absolute path, is a test clip)
+
+
+class Task(NamedTuple):
+    """One clip to compute; a plain ``(path, is_test)`` tuple is a whole file (``Task(*t)`` reads both)."""
+
+    path: str  # absolute
+    is_test: bool
+    start: float | None = None  # the segment of the file, in seconds (None: its beginning / its end)
+    end: float | None = None
 
 
 class ClipResult(NamedTuple):
@@ -66,13 +74,16 @@ def compute_clip(
     cfg: FeatureConfig,
     extractor: torch.nn.Module,
     rules: AudioRules = DEFAULT_RULES,
+    start: float | None = None,
+    end: float | None = None,
 ) -> ClipResult:
-    """Decode one file and compute its float16 log-mel, applying the audio rules; never raises.
+    """Decode one file (or its segment ``start``-``end`` seconds) and compute its float16 log-mel,
+    applying the audio rules; never raises.
 
     This is the function the cache's workers run (one thread each: see ``_compute_here``).
     """
     try:
-        decoded = decode(path, cfg.sample_rate, rules)
+        decoded = decode(path, cfg.sample_rate, rules, start, end)
         frames = _features(decoded.wave, path, cfg, extractor)
         return ClipResult(
             frames, decoded.status, decoded.reason, decoded.source_rate, round(decoded.seconds, 4)
@@ -139,7 +150,7 @@ def _compute_here(tasks: Iterable[Task], cfg: FeatureConfig, rules: AudioRules) 
     prepare_compute_process()
     try:
         extractor = make_extractor(cfg)
-        yield from (compute_clip(path, is_test, cfg, extractor, rules) for path, is_test in tasks)
+        yield from (_run(Task(*task), cfg, extractor, rules) for task in tasks)
     finally:
         torch.set_num_threads(threads)
 
@@ -243,7 +254,7 @@ def _isolated(
         try:
             futures = [pool.submit(run_chunk, [task]) for task in tasks[i:]]
             for future in futures:
-                path, is_test = tasks[i]
+                path, is_test = tasks[i][:2]
                 i += 1
                 try:
                     yield future.result()[0]
@@ -267,7 +278,8 @@ def _init_worker(cfg_json: str, rules: dict[str, Any]) -> None:
 
 def _worker_chunk(tasks: list[Task]) -> list[ClipResult]:
     state = _worker_state
-    return [
-        compute_clip(path, is_test, state["cfg"], state["extractor"], state["rules"])
-        for path, is_test in tasks
-    ]
+    return [_run(Task(*task), state["cfg"], state["extractor"], state["rules"]) for task in tasks]
+
+
+def _run(task: Task, cfg: FeatureConfig, extractor: torch.nn.Module, rules: AudioRules) -> ClipResult:
+    return compute_clip(task.path, task.is_test, cfg, extractor, rules, task.start, task.end)

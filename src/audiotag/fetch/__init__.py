@@ -5,7 +5,8 @@
   helpers the other modules share (progress bars, free-space check, offline mode, ``human_size``).
 - :mod:`~audiotag.fetch.zenodo`: the files of a Zenodo record, from its JSON listing.
 - :mod:`~audiotag.fetch.splitzip`: joining an Info-ZIP split archive (``x.z01 ... x.zip``) into one zip.
-- :mod:`~audiotag.fetch.extract`: safe zip extraction (zip-slip refused, atomic, recorded when done).
+- :mod:`~audiotag.fetch.extract`: safe zip and tar extraction (zip-slip and links refused, atomic, recorded
+  when done).
 - :mod:`~audiotag.fetch.kaggle`: the Kaggle API client (credentials, redaction, errors) and the
   download of a competition's files.
 - :mod:`~audiotag.fetch.weights`: pretrained weights files: the :class:`Checkpoint` record, the

@@ -1,15 +1,18 @@
-"""Safe zip extraction: :func:`extract_zip` refuses entries that would land outside the target folder
-before it writes anything, extracts into a hidden folder beside the target and moves the result into
-place, and records a finished extraction so a second call returns at once.
+"""Safe archive extraction: :func:`extract_zip` and :func:`extract_tar` (plain, gzip, bzip2, xz) refuse
+entries that would land outside the target folder (and links, devices) before anything reaches it,
+extract into a hidden folder beside the target and move the result into place, and record a finished
+extraction so a second call returns at once. :func:`extract_archive` picks one by the file's suffix.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
 import stat
+import tarfile
 import tempfile
 import zipfile
 import zlib
@@ -166,3 +169,187 @@ def _extract_all(zf: zipfile.ZipFile, archive: Path, infos: list[zipfile.ZipInfo
                         "download the archive again"
                     ) from None
             bar.update(1)
+
+
+# --------------------------------------------------------------------------- tar archives
+
+TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar")
+ARCHIVE_SUFFIXES = (".zip", *TAR_SUFFIXES)
+
+
+def archive_format(name: str) -> str | None:
+    """ "zip" or "tar" from a file name's suffix (``.zip``; ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``,
+    ``.tar.xz``), else None."""
+    lower = name.lower()
+    if lower.endswith(".zip"):
+        return "zip"
+    return "tar" if lower.endswith(TAR_SUFFIXES) else None
+
+
+def extract_archive(archive: Path, dest_dir: Path) -> list[Path]:
+    """:func:`extract_zip` or :func:`extract_tar`, chosen by the archive's suffix."""
+    kind = archive_format(Path(archive).name)
+    if kind == "zip":
+        return extract_zip(archive, dest_dir)
+    if kind == "tar":
+        return extract_tar(archive, dest_dir)
+    raise DataError(
+        f"{archive}: not an archive this tool extracts (by its name: {', '.join(ARCHIVE_SUFFIXES)})"
+    )
+
+
+def _tar_name(member: tarfile.TarInfo) -> str:
+    """The member's path with ``./`` prefixes and trailing slashes removed ("" for the root itself)."""
+    parts = [p for p in member.name.replace("\\", "/").split("/") if p not in ("", ".")]
+    name = "/".join(parts)
+    return "/" + name if member.name.startswith("/") else name
+
+
+def _tar_unsafe_reason(member: tarfile.TarInfo, name: str, root: str, files: set[str]) -> str | None:
+    """Why writing this member under ``root`` would be unsafe (None when it is fine). ``files`` holds
+    the regular files met so far, the only targets a hard link may name."""
+    raw = member.name
+    if "\x00" in raw:
+        return "its name holds a NUL byte"
+    norm = raw.replace("\\", "/")
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
+        return "it is an absolute path"
+    if ".." in norm.split("/"):
+        return "it climbs out of the folder with '..'"
+    target = os.path.normpath(os.path.join(root, name))
+    if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
+        return f"it would be written to {target}"
+    if member.issym():
+        return f"it is a symbolic link (to {member.linkname!r})"
+    if member.islnk():
+        link = _tar_name(tarfile.TarInfo(member.linkname))
+        if link not in files:
+            return f"it is a hard link to {member.linkname!r}, which is not a file extracted before it"
+        return None
+    if member.ischr() or member.isblk() or member.isfifo():
+        return "it is a device or FIFO, not a file"
+    if not (member.isreg() or member.isdir()):
+        return f"it is of an unsupported tar type {member.type!r}"
+    return None
+
+
+def _tar_done(marker: Path, archive: Path, dest_dir: Path) -> list[Path] | None:
+    stamp = read_stamp(marker)
+    if not stamp or stamp.get("archive") != file_id(archive) or not isinstance(stamp.get("files"), list):
+        return None
+    files = [dest_dir / name for name in stamp["files"]]
+    return files if all(p.exists() for p in files) else None
+
+
+def extract_tar(archive: Path, dest_dir: Path) -> list[Path]:
+    """Extract a tar archive (plain, gzip, bzip2 or xz) into ``dest_dir``; return the extracted files.
+
+    The same guarantees as :func:`extract_zip`, in one streaming pass (a ``.tar.gz`` cannot be listed
+    without decompressing it): every member is checked as it comes and written into a hidden folder
+    inside ``dest_dir``; a member whose path would leave ``dest_dir`` (``..``, an absolute path), a
+    symbolic link, a device or FIFO, or a hard link to anything but a file extracted before it is
+    refused by name, the hidden folder deleted, and nothing lands in ``dest_dir``. Only when the whole
+    archive has been read is each top-level item renamed into place (merged file by file where it
+    already exists), so a killed extraction leaves no half folder and is redone next time. File modes
+    and owners of the archive are not applied (plain files, created with the umask). Idempotent: a
+    finished extraction is recorded in ``dest_dir/.<archive>.extracted`` (the archive's size and time
+    and the list of files) and skipped while the files are still there.
+    """
+    archive, dest_dir = Path(archive), Path(dest_dir)
+    if not archive.is_file():
+        raise DataError(f"{archive} does not exist; download it first")
+    marker = dest_dir / f".{archive.name}.extracted"
+    done = _tar_done(marker, archive, dest_dir)
+    if done is not None:
+        log.info("%s is already extracted into %s; skipping", archive.name, dest_dir)
+        return done
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with locked(
+        dest_dir / f".{archive.name}.extract.lock", f"waiting for another extraction of {archive.name}"
+    ):
+        done = _tar_done(marker, archive, dest_dir)  # done by another process meanwhile
+        if done is not None:
+            return done
+        for stale in dest_dir.glob(f".{archive.name}.extracting-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed extraction
+        tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.extracting-", dir=dest_dir))
+        try:
+            names = _extract_tar_members(archive, dest_dir, tmp)
+            for child in sorted(tmp.iterdir()):
+                _move_into(child, dest_dir / child.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        fsync_dir(dest_dir)
+        atomic_write_json(marker, {"archive": file_id(archive), "files": names})
+    log.info("extracted %d file(s) from %s into %s", len(names), archive.name, dest_dir)
+    return [dest_dir / name for name in names]
+
+
+def _extract_tar_members(archive: Path, dest_dir: Path, tmp: Path) -> list[str]:
+    """Check and write every member into ``tmp``; the regular files' names, in archive order."""
+    root = os.path.abspath(dest_dir)
+    files: dict[str, None] = {}  # an ordered set
+    with (
+        open(archive, "rb") as raw,
+        progress_bar(archive.stat().st_size, f"extracting {archive.name}") as bar,
+    ):
+        try:
+            with tarfile.open(fileobj=raw, mode="r:*") as tf:
+                for member in tf:
+                    _extract_tar_member(tf, member, archive, dest_dir, root, tmp, files)
+                    bar.update(raw.tell() - bar.n)
+        except tarfile.ReadError as exc:
+            if not files:
+                raise DataError(
+                    f"{archive} is not a readable tar archive ({exc}); download it again"
+                ) from None
+            raise _corrupted(archive, exc) from None
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise DataError(
+                    f"extracting {archive.name} into {dest_dir}: the disk is full; nothing was "
+                    "extracted; free some space or point the workspace elsewhere (AUDIOTAG_WORKSPACE)"
+                ) from None
+            raise _corrupted(archive, exc) from None
+    return list(files)
+
+
+def _corrupted(archive: Path, exc: BaseException) -> DataError:
+    return DataError(
+        f"{archive}: the archive is truncated or corrupted ({type(exc).__name__}: {exc}); nothing was "
+        "extracted; delete it and download it again"
+    )
+
+
+def _extract_tar_member(
+    tf: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    archive: Path,
+    dest_dir: Path,
+    root: str,
+    tmp: Path,
+    files: dict[str, None],
+) -> None:
+    name = _tar_name(member)
+    reason = _tar_unsafe_reason(member, name, root, set(files) if member.islnk() else set())
+    if reason is not None:
+        raise DataError(
+            f"{archive}: refusing to extract entry {member.name!r} into {dest_dir}: {reason}. Nothing was "
+            "extracted; the archive is damaged or malicious: get it from the official source"
+        )
+    if not name:  # the archive's root folder itself ("./")
+        return
+    target = tmp / name
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if member.islnk():  # a second name for a file already extracted: a copy, never a link
+        shutil.copyfile(tmp / _tar_name(tarfile.TarInfo(member.linkname)), target)
+    else:
+        source = tf.extractfile(member)
+        if source is None:  # pragma: no cover - isreg() members always have data
+            raise _corrupted(archive, ValueError(f"no data for {member.name!r}"))
+        with source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, CHUNK)
+    files[name] = None

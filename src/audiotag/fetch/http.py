@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +38,7 @@ from tqdm import tqdm
 
 from audiotag.atomic import atomic_write_json, fsync_dir
 from audiotag.errors import ConfigError, DataError
+from audiotag.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,13 @@ def _discard_part(part: Path) -> None:
 def progress_bar(total: int | None, desc: str, unit: str = "B", initial: int = 0) -> tqdm:
     """The progress bar every long step shows (hidden when stderr is not a terminal)."""
     scaled = unit == "B"
-    return tqdm(
+    return progress(
         total=total,
         initial=initial,
         unit=unit,
         unit_scale=scaled,
         unit_divisor=1024 if scaled else 1000,
         desc=desc,
-        disable=None,
-        file=sys.stderr,
-        leave=False,
     )
 
 

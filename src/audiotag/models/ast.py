@@ -194,6 +194,10 @@ class AstBackbone(nn.Module):
         return torch.cat([self.pos_embed[:, :N_PREFIX], patches], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.blocks(self.input_tokens(x)))
+
+    def input_tokens(self, x: Tensor) -> Tensor:
+        """The tokens the first block takes: prefix tokens and patches, positions added."""
         if x.shape[-1] != self.n_mels:
             raise ValueError(f"ast: built for {self.n_mels} mel bins, got input with {x.shape[-1]}")
         if x.shape[1] < PATCH:
@@ -205,8 +209,7 @@ class AstBackbone(nn.Module):
         prefix = torch.cat(
             [self.cls_token.expand(batch, -1, -1), self.dist_token.expand(batch, -1, -1)], dim=1
         )
-        tokens = torch.cat([prefix, tokens], dim=1) + self.positions(cols)
-        return self.norm(self.blocks(tokens))
+        return torch.cat([prefix, tokens], dim=1) + self.positions(cols)
 
     def prepare_checkpoint(self, converted: Converted) -> Converted:
         """Give the converted checkpoint's positional-embedding resamplers this model's patch grid."""
@@ -215,6 +218,29 @@ class AstBackbone(nn.Module):
             for a in converted.adapters
         ]
         return Converted(dict(converted.state), list(converted.ignored), adapters)
+
+
+def ast_block_embeddings(backbone: AstBackbone, x: Tensor, layers: list[int]) -> dict[int, Tensor]:
+    """One vector per input and chosen block (1-based), as AST-Fusion forms them.
+
+    nttcslab/composing-general-audio-repr ``to_evar/evar/ar_ast_ext.py`` (``AR_AST_Fusion``, blocks
+    ``[4, 11]`` counted from 0, i.e. 5 and 12): each chosen block's output goes through the final
+    LayerNorm ``norm``, then the class and distillation tokens are averaged (as AST's head does).
+    Returns {block: (batch, 1, dim)}: one frame, there is nothing to pool over time; and under key 0
+    what ``backbone(x)`` returns when the last block was among them.
+    """
+    tokens = backbone.input_tokens(x)
+    out: dict[int, Tensor] = {}
+    for index, block in enumerate(backbone.blocks):
+        if index >= max(layers):
+            break
+        tokens = block(tokens)
+        if index + 1 in layers:
+            normed = backbone.norm(tokens)
+            out[index + 1] = normed[:, :N_PREFIX].mean(dim=1, keepdim=True)
+            if index + 1 == len(backbone.blocks):
+                out[0] = normed
+    return out
 
 
 def build_backbone(cfg: AstConfig, n_mels: int, frames: int) -> nn.Module:

@@ -76,6 +76,48 @@ def build_backbone(cfg: ByolaConfig, n_mels: int, frames: int) -> nn.Module:
     return AudioNTT2020(n_mels=n_mels, d=cfg.dim)
 
 
+BYOLA_LAYERS = 5  # conv1, conv2, conv3, fc1, fc2 (the embedding), as AudioNTT2020Task6X counts them
+
+
+def byola_layer_frames(encoder: AudioNTT2020, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Frame-wise features of the chosen layers (1-based), as BYOL-A's own layered encoder forms them.
+
+    nttcslab/byol-a ``byol_a/models.py`` ``AudioNTT2020Task6X.forward(layered=True)``: layers 1-3 are
+    the conv blocks' outputs (after max pooling), each frame's channel x mel values flattened
+    channel-major and brought to the final frame count ``frames // 8`` by averaging adjoining
+    frames (an odd count first averages its last two frames into one); layer 4 is ``fc.0`` + ReLU,
+    layer 5 the whole ``fc`` (the embedding's frames). Unlike the official code, conv features
+    shorter than ``d`` are not zero-padded to ``d`` (constant columns carry nothing). Returns
+    {layer: (batch, frames // 8, dim)}, and under key 0 what ``encoder(x)`` returns (layer 5's
+    frames); log-mel ``x`` is (batch, frames, mels), already normalised.
+    """
+    target = x.shape[1] // 8
+    h = x.transpose(1, 2).unsqueeze(1)  # (batch, 1, mel, time)
+    out: dict[int, torch.Tensor] = {}
+    for block in range(3):
+        h = encoder.features[4 * block : 4 * block + 4](h)
+        if block + 1 in layers:
+            batch, channels, mels, frames = h.shape
+            out[block + 1] = _halve_to(h.permute(0, 3, 1, 2).reshape(batch, frames, channels * mels), target)
+    seq = h.permute(0, 3, 2, 1).flatten(2)  # (batch, time, mel * ch), as ``forward``
+    fc1 = encoder.fc[:2](seq)
+    if 4 in layers:
+        out[4] = fc1
+    out[0] = encoder.fc[2:](fc1)
+    if 5 in layers:
+        out[5] = out[0]
+    return out
+
+
+def _halve_to(v: torch.Tensor, target: int) -> torch.Tensor:
+    """Average adjoining frames until ``target`` remain (Task6X's ``reshape_conv_feature``)."""
+    while v.shape[1] > target:
+        if v.shape[1] % 2 == 1:
+            v = torch.cat([v[:, :-2], v[:, -2:].mean(1, keepdim=True)], dim=1)
+        v = v.reshape(v.shape[0], v.shape[1] // 2, 2, v.shape[2]).mean(2)
+    return v
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

@@ -11,6 +11,7 @@ smoothing over time (``time_smoothing`` is the detection variants' step, off by 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -117,15 +118,61 @@ class CnnBackbone(nn.Module):
             x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # normalise each mel bin
         if spec_keep is not None:
             x = x.masked_fill(~spec_keep.unsqueeze(1), 0.0)
-        blocks = self.blocks
-        for i, block in enumerate(blocks):
-            last = i == len(blocks) - 1
-            x = block(x, (1, 1) if last and not self.cfg.pool_last else self.pool, self.cfg.pool_type)
-            x = F.dropout(x, p=self.cfg.block_dropout, training=self.training)
-        x = x.mean(dim=3)  # over frequency -> (batch, channels, frames)
+        x = self.block_maps(x)[-1].mean(dim=3)  # over frequency -> (batch, channels, frames)
         if self.cfg.time_smoothing:
             x = F.max_pool1d(x, 3, stride=1, padding=1) + F.avg_pool1d(x, 3, stride=1, padding=1)
         return x.transpose(1, 2)
+
+    def block_pools(self) -> list[tuple[int, int]]:
+        """The (time, freq) pooling after each block (1, 1 for CNN14's last)."""
+        n = len(self.cfg.channels)
+        return [(1, 1) if i == n - 1 and not self.cfg.pool_last else self.pool for i in range(n)]
+
+    def block_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's output (batch, channels, frames', mels'), after its pooling and dropout;
+        ``x`` is the (batch, 1, frames, mels) image after ``bn0``."""
+        maps = []
+        for block, pool in zip(self.blocks, self.block_pools(), strict=True):
+            x = block(x, pool, self.cfg.pool_type)
+            x = F.dropout(x, p=self.cfg.block_dropout, training=self.training)
+            maps.append(x)
+        return maps
+
+
+def fused_block_frames(backbone: CnnBackbone, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Frame-wise features of the chosen blocks (1-based), as CNN14-Fusion forms them.
+
+    Niizumi et al. 2022 (nttcslab/composing-general-audio-repr, ``to_gp_cnn14.patch``,
+    ``GeneralPurposeCnn14.encode_frames``): each block's output (batch, C, T_i, F_i) is max-pooled
+    over time, without overlap, down to the last block's frame rate (kernel (T_i / T_last, 1)), then
+    each frame's C x F values are flattened channel-major (``reshape_along_time``). Returns
+    {block: (batch, T_last, C * F_i)}, and under key 0 what ``backbone(x)`` returns (computed on the
+    way); log-mel ``x`` is (batch, frames, mels), already normalised.
+    """
+    image = x.unsqueeze(1)
+    if backbone.bn0 is not None:
+        image = backbone.bn0(image.transpose(1, 3)).transpose(1, 3)
+    maps = backbone.block_maps(image)
+    time_pools = [pool[0] for pool in backbone.block_pools()]
+    frames_last = maps[-1].shape[2]
+    seq = maps[-1].mean(dim=3)
+    if backbone.cfg.time_smoothing:
+        seq = F.max_pool1d(seq, 3, stride=1, padding=1) + F.avg_pool1d(seq, 3, stride=1, padding=1)
+    out: dict[int, torch.Tensor] = {0: seq.transpose(1, 2)}
+    for layer in layers:
+        fmap = maps[layer - 1]
+        ratio = math.prod(time_pools[layer:])  # the time pooling still ahead of this block
+        if ratio > 1:
+            fmap = F.max_pool2d(fmap, kernel_size=(ratio, 1))
+        fmap = fmap[:, :, :frames_last]
+        batch, channels, frames, bins = fmap.shape
+        out[layer] = fmap.transpose(2, 3).reshape(batch, channels * bins, frames).transpose(1, 2)
+    return out
+
+
+def cnn_min_frames(backbone: CnnBackbone) -> int:
+    """Input frames the last block needs to keep one frame."""
+    return math.prod(pool[0] for pool in backbone.block_pools())
 
 
 def build_backbone(cfg: CnnConfig, n_mels: int, frames: int) -> nn.Module:

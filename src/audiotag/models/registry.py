@@ -19,6 +19,7 @@ import audiotag.models
 from audiotag.config import FeatureConfig, InputNorm, ModelBase
 from audiotag.config_files import load_group, validate
 from audiotag.errors import ConfigError
+from audiotag.models.encoder_file import check_recorded_frontend
 from audiotag.models.family import Family
 from audiotag.models.loading import LoadReport, load_converted
 from audiotag.models.tagger import Tagger, build_head
@@ -99,9 +100,11 @@ def check_pretrained(cfg: ModelBase, features: FeatureConfig, offline: bool | No
         return
     from audiotag.models.pretrained import resolve
 
-    _, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
+    path, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
     if entry is not None and entry.features is not None:
         check_frontend(features, entry.features, entry.name)
+    if entry is None:  # a file: an encoder written by `pretrain` records its front-end
+        check_recorded_frontend(path, features)
 
 
 def load_pretrained(
@@ -116,6 +119,8 @@ def load_pretrained(
     path, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
     if entry is not None and entry.features is not None:
         check_frontend(features, entry.features, entry.name)
+    if entry is None:
+        check_recorded_frontend(path, features)
     state = read_state_dict(path, allow=entry.pickle_globals) if entry is not None else read_state_dict(path)
     family = family_of(cfg.name)
     layout = entry.layout if entry is not None else family.layout_of(list(state))

@@ -189,6 +189,7 @@ def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -
             "task": comp.task,
             "submission_kind": comp.submission_kind,
             "label_count": comp.label_count,
+            "id_column": comp.id_column,
             "classes": list(comp.classes),
             "ensemble": {"name": cfg.name, "cv": (report.get("cv") or report.get("blend") or {}).get("mean")},
             "blend": spec,

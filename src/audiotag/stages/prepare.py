@@ -91,8 +91,7 @@ def clip_table(comp: Competition) -> pd.DataFrame:
     """Read ``meta.parquet``, rebuilding it when missing, when the raw CSV files' contents changed
     (whatever their mtimes), or when built under other competition settings (e.g. ``subsets`` now
     includes the noisy set)."""
-    data_dir = Path(comp.cfg.data_dir) if comp.cfg.data_dir else None
-    sources = list(comp.raw_dir.glob("*.csv")) + (list(data_dir.glob("*.csv")) if data_dir else [])
+    sources = comp.table_sources()
     stamp_path = comp.meta_path.with_suffix(".json")
     fingerprint = table_fingerprint(comp)
     csv_hash = sources_fingerprint(sources)
@@ -132,7 +131,8 @@ def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: in
         table = clip_table(comp)
         with disk_full_as_error(comp.dir, "the fold file", lambda: _table_bytes(table[["clip_id"]])):
             folds = ensure_folds(comp, table)
-    columns = [c for c in ("clip_id", "path", "split", "audio_issue") if c in table.columns]
+    cache_columns = ("clip_id", "path", "split", "audio_issue", "start", "end")  # start/end: segments
+    columns = [c for c in cache_columns if c in table.columns]
     cache_dir = build_cache(
         table[columns], comp.dir, features, workers=workers, rules=competition.audio_rules
     )

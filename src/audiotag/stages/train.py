@@ -39,6 +39,7 @@ from audiotag.digests import file_sha256
 from audiotag.errors import ConfigError, TrainingError
 from audiotag.experiment import ExperimentConfig
 from audiotag.fold_scores import FoldScores
+from audiotag.models.probe import PROBE
 from audiotag.models.registry import check_pretrained
 from audiotag.paths import REPO_ROOT
 from audiotag.predictions import read_predictions, write_predictions
@@ -57,6 +58,7 @@ RUNTIME_KEYS = {
     "train.compile",
     "train.channels_last",
     "train.checkpoint_every_steps",
+    "train.loggers",  # where the numbers are reported, not what they are
     "competition.data_dir",  # the same files may move
 }
 
@@ -232,6 +234,10 @@ def train_experiment(
     ctx: DistContext = SINGLE,
 ) -> RunResult:
     """Train the run's folds. Under torchrun: DDP on every fold, or folds shared out among processes."""
+    if cfg.model.name == PROBE:  # linear evaluation on frozen embeddings
+        from audiotag.stages.probe import train_probe
+
+        return train_probe(cfg, run_name, workers, ctx)
     if ctx.is_main:
         warn_about_rules(cfg.competition, cfg.model.pretrained)
     if ctx.ddp and cfg.train.batch_size % ctx.world:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from audiotag.data.augment import apply_mask, mixup, resolve_specaugment, spec_mask
 from audiotag.data.dataset import CropDataset
 from audiotag.errors import TrainingError
 from audiotag.experiment import ExperimentConfig
+from audiotag.log import progress
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine
 from audiotag.train.losses import weighted_bce
@@ -126,8 +126,8 @@ def train_one_epoch(
     total, count = 0.0, 0
     if partial:
         total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
-    bar = tqdm(
-        loader, desc=f"fold {fold} epoch {epoch + 1}", leave=False, disable=None, unit="batch", initial=start
+    bar = progress(
+        loader, desc=f"fold {fold} epoch {epoch + 1}", unit="batch", initial=start, total=len(batches)
     )
     for step, (x, y, w) in enumerate(bar, start=start):
         x = x.to(device, non_blocking=True)

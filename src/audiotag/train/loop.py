@@ -29,6 +29,7 @@ from audiotag.data.features import scale_rule
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.errors import TrainingError
 from audiotag.experiment import ExperimentConfig
+from audiotag.log import human_duration
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.predictions import write_predictions
 from audiotag.train.checkpoint import (
@@ -43,6 +44,7 @@ from audiotag.train.engine import StepEngine, configure_determinism, out_of_memo
 from audiotag.train.epoch import CROP_STREAM, INIT_STREAM, epoch_seed, train_one_epoch
 from audiotag.train.predict import predict_clips
 from audiotag.train.schedule import make_scheduler
+from audiotag.train.trackers import Trackers, open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +186,7 @@ class FoldRun:
     engine: StepEngine
     dataset: CropDataset
     state: FoldState = field(default_factory=FoldState)
+    trackers: Trackers = field(default_factory=Trackers)  # train.loggers (rank 0 only)
 
     @property
     def last_path(self) -> Path:
@@ -222,15 +225,19 @@ def train_fold(
         return summary
     run = build_fold(cfg, cache, data, fold_dir, device, ctx)
     resume(run)
+    run.trackers = open_trackers(cfg, fold_dir, data.fold, ctx)
     started = time.time()
     tc = cfg.train
-    while run.state.running(tc.epochs, tc.patience):
-        t0 = time.time()
-        loss = run_epoch(run)
-        end_epoch(run, loss, t0)
-    if run.state.bad_epochs >= tc.patience:
-        log.info("fold %d: early stop, no improvement for %d epochs", data.fold, tc.patience)
-    return finish_fold(run, started)
+    try:
+        while run.state.running(tc.epochs, tc.patience):
+            t0 = time.time()
+            loss = run_epoch(run)
+            end_epoch(run, loss, t0)
+        if run.state.bad_epochs >= tc.patience:
+            log.info("fold %d: early stop, no improvement for %d epochs", data.fold, tc.patience)
+        return finish_fold(run, started)
+    finally:
+        run.trackers.close()
 
 
 def build_fold(
@@ -345,9 +352,19 @@ def end_epoch(run: FoldRun, loss: float, t0: float) -> None:
         }
     )
     state.epoch = epoch + 1
+    run.trackers.log_epoch(
+        epoch + 1,
+        {
+            "train/loss": loss,
+            f"val/{data.metric}": score,
+            f"best/{data.metric}": state.best_score,
+            "lr": state.history[-1]["lr"],
+            "epoch_seconds": state.history[-1]["seconds"],
+        },
+    )
     run.save_last()
     log.info(
-        "fold %d epoch %d/%d: loss %.4f, val %s %.4f%s (%.1fs)",
+        "fold %d epoch %d/%d: loss %.4f, val %s %.4f%s (%.1fs%s)",
         data.fold,
         epoch + 1,
         run.cfg.train.epochs,
@@ -356,7 +373,18 @@ def end_epoch(run: FoldRun, loss: float, t0: float) -> None:
         score,
         " *" if improved else "",
         time.time() - t0,
+        fold_eta(state, run.cfg.train.epochs),
     )
+
+
+def fold_eta(state: FoldState, epochs: int) -> str:
+    """``; fold ETA <= 1m05s``: the remaining epochs at the mean epoch time so far (early stopping
+    may end the fold sooner); nothing after the last epoch."""
+    remaining = epochs - state.epoch
+    if remaining <= 0 or not state.history:
+        return ""
+    mean = float(np.mean([h["seconds"] for h in state.history]))
+    return f"; fold ETA <= {human_duration(mean * remaining)}"
 
 
 def finish_fold(run: FoldRun, started: float) -> dict:
@@ -398,6 +426,8 @@ def finish_fold(run: FoldRun, started: float) -> dict:
         "history": state.history,
     }
     summary["processes"] = ctx.world if ctx.ddp else 1
+    mask = data.val_scored
+    run.trackers.log_per_class(state.best_epoch + 1, data.classes, data.val_targets[mask], oof[mask])
     summary["best_pt"] = file_record(run.best_path)  # checked wherever the finished fold's weights are used
     with disk_full_guard(done_path):
         atomic_write_json(done_path, summary)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from audiotag.data.dataset import iter_window_batches
+from audiotag.log import progress
 
 
 @torch.inference_mode()
@@ -51,7 +52,9 @@ def _predict_once(
     out: np.ndarray | None = None
     counts = np.zeros(len(clip_ids))
     batches = iter_window_batches(cache, clip_ids, window, hop, batch_size, pad_mode, fill, shift=shift)
+    bar = progress(total=len(clip_ids), desc="predict", unit="clip")
     for owners, windows in batches:
+        bar.update(max(0, int(owners.max()) + 1 - bar.n))  # clips come in order: the highest one seen
         x = torch.from_numpy(windows).to(device)
         logits = model(x + offset if offset else x)
         probs = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
@@ -63,6 +66,7 @@ def _predict_once(
             np.add.at(counts, owners, 1)
         else:
             np.maximum.at(out, owners, probs)
+    bar.close()
     if out is None:
         raise ValueError("no clips to predict")
     if aggregate == "mean":

@@ -1,0 +1,293 @@
+"""Frozen representations: any backbone of the weights table as a clip encoder, with layer fusion.
+
+A :class:`Representation` is a pretrained tagger used frozen (eval mode, no gradients). It turns a
+batch of log-mel windows into one vector per window for each chosen *layer*; layers named together
+are concatenated by the caller (``audiotag.embedding_cache``), in network order, into one clip
+embedding: the layer fusion of Niizumi et al., "Composing General Audio Representation by Fusing
+Multilayer Features of a Pre-trained Model" (EUSIPCO 2022, arXiv 2205.08138).
+
+Layers are named ``"1"`` .. ``"N"`` (1-based, network order) and ``"embedding"`` (the model's own
+clip embedding: ``head.embedding`` on the backbone's output, e.g. PANNs' ``fc1``, aisfx's max over
+time of the frequency-averaged last block, AST's averaged class tokens). CNN14's ``embedding`` is
+the baseline the paper compares with: EVAR's ``AR_Cnn14`` runs ``Cnn14_Decoupled`` (daisukelab/
+sound-clf-pytorch ``for_evar/cnn14_decoupled.py``): frequency mean, max + mean over time, ``fc1`` +
+ReLU. What a numbered layer is:
+
+- **PANNs-style CNNs** (``cnn14.py``: CNN14/10/6, aisfx): conv block ``i``'s output after its
+  pooling. Formed as ``GeneralPurposeCnn14.encode_frames`` forms it (confirmed in
+  nttcslab/composing-general-audio-repr ``to_gp_cnn14.patch``): non-overlapping max pooling over
+  time down to the last block's frame rate (kernels 16, 8, 4, 2, 1, 1 for CNN14's blocks 1-6), then
+  each frame's channels x frequency bins flattened channel-major (``reshape_along_time``), layers
+  concatenated (``torch.hstack``) and pooled over time by max + mean (``mean_max_pooling``: the sum
+  of the two). CNN14 at 64 mels: block 3 is 256 x 8 = 2048 values a frame, block 6 2048 x 2 =
+  4096, 6144 together, as the example in the patch prints. The paper's CNN14-Fusion#3#6 is
+  ``layers: [3, 6]``; that repository's ``to_evar/config/cnn14_fusion.yaml`` also sets
+  ``temporal_pooling_type: mean_max``. The same rule applied to other CNNs (aisfx's 4 blocks, CNN10)
+  is our extension: the paper only fuses CNN14 (and VGGish).
+- **AST** (``ast.py``): transformer block ``i``'s tokens through the final LayerNorm, class and
+  distillation tokens averaged, one vector per window: ``AR_AST_Fusion.forward`` in
+  ``to_evar/evar/ar_ast_ext.py`` (``ast_layers: [4, 11]`` in ``to_evar/config/ast_fusion.yaml``,
+  counted from 0, so blocks 5 and 12 here). There is no pooling over time inside a window.
+- **BYOL-A** (``byola.py``): layers 1-3 the conv blocks, 4 ``fc.0`` + ReLU, 5 the whole ``fc`` (the
+  embedding's frames), as nttcslab/byol-a ``byol_a/models.py`` ``AudioNTT2020Task6X`` forms them
+  (conv features flattened channel-major and halved to ``frames // 8`` by averaging adjoining
+  frames), pooled by max + mean over time as ``AudioNTT2020.forward`` pools (and as
+  nttcslab/eval-audio-repr ``config/byola.yaml`` sets, ``temporal_pooling_type: mean_max``). We
+  do not zero-pad the narrower conv features to ``d`` as Task6X does (constant columns).
+- **timm CNNs**: ``"embedding"`` only.
+
+Sources read: the authors' code (above) and the paper's abstract (ar5iv 2205.08138: "(1) calculating
+feature vectors along the time frame from middle/late layer outputs, and (2) fusing them"; index
+term "global pooling"); the body of the paper could not be read here, so nothing above rests on it.
+Not confirmed: that the paper's tables used eval mode (EVAR, which runs the code, calls ``eval()``;
+we assume it), and how EVAR pads clips shorter than a task's unit length. Ours: a clip up to
+``window_seconds`` long is encoded whole at its own length (a clip shorter than the model's total
+time stride is wrap-padded to it); a longer one in windows of ``window_seconds`` every
+``hop_fraction`` of a window, the last aligned to the clip's end (as evaluation slides them,
+``data/dataset.py``), each window pooled as above and the window vectors averaged: EVAR instead
+feeds a task's clips whole, cut or padded to one length per task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from audiotag.config import FeatureConfig, InputNorm, ModelBase, StrictModel
+from audiotag.config_files import deep_merge, load_group, validate
+from audiotag.errors import ConfigError
+from audiotag.models.ast import ast_block_embeddings
+from audiotag.models.byola import BYOLA_LAYERS, byola_layer_frames
+from audiotag.models.cnn14 import cnn_min_frames, fused_block_frames
+from audiotag.models.registry import build_model, family_of, load_pretrained
+
+log = logging.getLogger(__name__)
+
+EMBEDDING = "embedding"  # the model's own clip embedding
+LayerSpec = list[int | Literal["embedding"]] | Literal["default", "all"]
+
+
+class EmbeddingConfig(StrictModel):
+    """Which frozen model embeds the clips, and which of its layers."""
+
+    weights: str | None = Field(
+        None,
+        description="a name from `./run.sh weights list` (e.g. aisfx, cnn14_16k, ast_audioset, byola2048) "
+        "or a checkpoint file; null = random weights (seeded: a baseline)",
+    )
+    model: str | dict[str, Any] | None = Field(
+        None,
+        description="model config: a name under configs/models/ or the settings inline; null = the "
+        "architecture the weights-table entry names",
+    )
+    layers: LayerSpec = Field(
+        "default",
+        description="1-based layers to fuse, and/or 'embedding' (the model's own clip embedding); "
+        "default: CNN14 blocks [3, 6], AST blocks [5, 12], the embedding otherwise; all: every layer",
+    )
+    window_seconds: float = Field(10.0, gt=0, description="longer clips are embedded in windows this long")
+    hop_fraction: float = Field(0.5, gt=0, le=1, description="window hop, as a fraction of the window")
+    batch_size: int = Field(16, ge=1, description="windows per forward pass")
+    seed: int = Field(0, description="seed of random weights (weights: null)")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, layers: LayerSpec) -> LayerSpec:
+        if isinstance(layers, list):
+            if not layers:
+                raise ValueError("name at least one layer, or use default / all")
+            bad = [layer for layer in layers if isinstance(layer, int) and layer < 1]
+            if bad:
+                raise ValueError(f"layers count from 1 (block 1 is the first); got {bad}")
+            if len(set(map(str, layers))) != len(layers):
+                raise ValueError(f"each layer once; got {layers}")
+        return layers
+
+
+def weights_entry(cfg: EmbeddingConfig) -> Any:
+    """The weights-table entry of ``cfg.weights``, or None (a file path, or random weights)."""
+    from audiotag.models.pretrained import KNOWN
+
+    return KNOWN.get(cfg.weights) if cfg.weights else None
+
+
+def embedding_features(cfg: EmbeddingConfig) -> str | None:
+    """The front-end (configs/features/ name) the weights were trained with, when the table knows it."""
+    entry = weights_entry(cfg)
+    return entry.features if entry is not None else None
+
+
+def model_config(cfg: EmbeddingConfig) -> ModelBase:
+    """The model's config, validated against its family's schema, with ``pretrained`` set to the weights."""
+    spec = cfg.model
+    if spec is None:
+        entry = weights_entry(cfg)
+        if entry is None:
+            raise ConfigError(
+                f"embedding.model: needed for weights {cfg.weights!r} (not a weights-table name); name a "
+                "config under configs/models/ or give the model settings inline"
+            )
+        spec = entry.model
+    if isinstance(spec, str):
+        tree = load_group("model", spec)
+    elif "base" in spec:
+        tree = deep_merge(
+            load_group("model", str(spec["base"])), {k: v for k, v in spec.items() if k != "base"}
+        )
+    else:
+        tree = dict(spec)
+    tree["pretrained"] = cfg.weights
+    if "name" not in tree:
+        raise ConfigError(f"embedding.model: {spec!r} has no name (the model family)")
+    family = family_of(str(tree["name"]))
+    source = f"configs/models/{spec}.yaml" if isinstance(spec, str) else "embedding.model"
+    return validate(family.config, tree, source)
+
+
+# How the numbered layers of each family are computed: (backbone, log-mel, layers) -> frames per layer.
+FrameFn = Callable[[Any, torch.Tensor, list[int]], dict[int, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    n_layers: Callable[[Any], int]  # model config -> how many numbered layers
+    defaults: Callable[[Any], list[str]]  # model config -> the paper's default layers
+    frames: FrameFn
+    pool: str  # "mean+max": max + mean over time (CNN14-Fusion, BYOL-A); "mean": AST's one frame
+    min_frames: Callable[[Any], int]  # backbone -> input frames it needs at least
+
+
+RULES: dict[str, LayerRule] = {
+    "cnn": LayerRule(
+        lambda cfg: len(cfg.channels),
+        lambda cfg: ["3", "6"] if len(cfg.channels) == 6 else [EMBEDDING],  # CNN14-Fusion#3#6
+        fused_block_frames,
+        "mean+max",
+        cnn_min_frames,
+    ),
+    "ast": LayerRule(
+        lambda cfg: cfg.depth,
+        lambda cfg: ["5", "12"] if cfg.depth == 12 else [EMBEDDING],  # AST-Fusion (blocks 4, 11 from 0)
+        ast_block_embeddings,
+        "mean",
+        lambda backbone: 1,  # AstBackbone pads inputs shorter than one patch itself
+    ),
+    "byola": LayerRule(
+        lambda cfg: BYOLA_LAYERS,
+        lambda cfg: [str(BYOLA_LAYERS)],  # the BYOL-A embedding's frames
+        byola_layer_frames,
+        "mean+max",
+        lambda backbone: 8,
+    ),
+}
+
+
+def available_layers(model_cfg: ModelBase) -> list[str]:
+    """Every layer a model offers, in network order (numbered layers, then its own embedding)."""
+    rule = RULES.get(model_cfg.name)  # type: ignore[attr-defined]
+    n = rule.n_layers(model_cfg) if rule is not None else 0
+    return [str(i) for i in range(1, n + 1)] + [EMBEDDING]
+
+
+def resolve_layers(model_cfg: ModelBase, spec: LayerSpec) -> list[str]:
+    """Layer names in network order for ``default``, ``all`` or a list; ConfigError for unknown ones."""
+    offered = available_layers(model_cfg)
+    if spec == "all":
+        return offered
+    rule = RULES.get(model_cfg.name)  # type: ignore[attr-defined]
+    if spec == "default":
+        names = rule.defaults(model_cfg) if rule is not None else [EMBEDDING]
+    else:
+        names = [str(layer) for layer in spec]
+    unknown = [n for n in names if n not in offered]
+    if unknown:
+        raise ConfigError(
+            f"embedding.layers: {unknown} not offered by this {model_cfg.name!r} model; it has "  # type: ignore[attr-defined]
+            f"{', '.join(offered)}"
+        )
+    return sorted(names, key=layer_order)
+
+
+def pool_time(frames: torch.Tensor, how: str) -> torch.Tensor:
+    """(batch, frames, dim) -> (batch, dim): max + mean over time (``mean_max_pooling``), or the mean."""
+    if how == "mean+max":
+        return frames.amax(dim=1) + frames.mean(dim=1)
+    return frames.mean(dim=1)
+
+
+def layer_order(name: str) -> tuple[int, int]:
+    """Network order: numbered layers by number, the model's embedding last."""
+    return (1, 0) if name == EMBEDDING else (0, int(name))
+
+
+class Representation:
+    """A frozen pretrained model that embeds log-mel windows, layer by layer."""
+
+    def __init__(
+        self,
+        cfg: EmbeddingConfig,
+        features: FeatureConfig,
+        input_norm: InputNorm | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.features = features
+        self.model_cfg = model_config(cfg)
+        self.device = torch.device(device)
+        frames = max(1, round(cfg.window_seconds * features.frames_per_second))
+        torch.manual_seed(cfg.seed)
+        tagger = build_model(self.model_cfg, features.n_mels, 1, frames, input_norm, features)
+        if cfg.weights is not None:
+            load_pretrained(tagger, self.model_cfg, features)
+        self.tagger = tagger.eval().to(self.device)
+        for param in self.tagger.parameters():
+            param.requires_grad_(False)
+        self.rule = RULES.get(self.model_cfg.name)  # type: ignore[attr-defined]
+
+    @property
+    def min_frames(self) -> int:
+        """Log-mel frames an input needs at least (the backbone's total time stride)."""
+        return self.rule.min_frames(self.tagger.backbone) if self.rule is not None else 32
+
+    @property
+    def min_rows(self) -> int:
+        """Cached rows an input needs at least (frames, or samples for a wave cache)."""
+        if self.features.cache == "wave":
+            return self.min_frames * self.features.hop_length
+        return self.min_frames
+
+    @torch.inference_mode()
+    def encode(self, windows: torch.Tensor, layers: list[str]) -> dict[str, np.ndarray]:
+        """{layer: (batch, dim) float32} for a batch of cached windows (batch, rows, width)."""
+        tagger = self.tagger
+        x = tagger.logmel(windows.to(self.device).float())
+        if tagger.norm_mean != 0.0 or tagger.norm_std != 1.0:
+            x = (x - tagger.norm_mean) / tagger.norm_std
+        out: dict[str, torch.Tensor] = {}
+        numbered = [int(n) for n in layers if n != EMBEDDING]
+        backbone_out = None
+        if numbered:
+            assert self.rule is not None  # resolve_layers refuses numbered layers without a rule
+            for layer, frames in self.rule.frames(tagger.backbone, x, numbered).items():
+                if layer == 0:  # the backbone's own output, computed on the way: not run again
+                    backbone_out = frames
+                    continue
+                if frames.shape[1] == 0:
+                    raise ValueError(f"layer {layer}: input of {x.shape[1]} frames leaves no frame")
+                out[str(layer)] = pool_time(frames, self.rule.pool)
+        if EMBEDDING in layers:
+            if backbone_out is None:
+                backbone_out = tagger.backbone(x)
+            out[EMBEDDING] = tagger.head.embedding(backbone_out)  # type: ignore[operator]
+        return {name: out[name].float().cpu().numpy() for name in layers}
+
+    def layer_dims(self, layers: list[str]) -> dict[str, int]:
+        """Values per layer, from one forward pass on a silent input of the minimum length."""
+        dummy = torch.zeros(1, self.min_rows, self.features.cache_width)
+        return {name: int(v.shape[1]) for name, v in self.encode(dummy, layers).items()}

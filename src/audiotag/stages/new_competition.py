@@ -1,0 +1,90 @@
+"""``audiotag new-competition NAME --from DIR [-o PATH] [--force]``: a competition YAML guessed from a data
+folder (:mod:`audiotag.competitions.guess`), written for the user to review, with what was guessed and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+
+from audiotag.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def build_new_competition_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag new-competition",
+        description="Inspect a data folder, guess its layout (a CSV of files and labels: kind: table; one "
+        "sub-folder per class: kind: folders) and write a competition YAML with a comment on every guess, "
+        "for you to review before `audiotag prepare -c PATH`.",
+    )
+    parser.add_argument(
+        "name", metavar="NAME", help="the competition's name (its workspace competition/NAME/)"
+    )
+    parser.add_argument(
+        "--from", dest="source", type=Path, required=True, metavar="DIR", help="the data folder"
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="PATH",
+        help="where to write (default: configs/competitions/NAME.yaml)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def new_competition(
+    name: str, source: Path, output: Path | None = None, force: bool = False
+) -> tuple[Path, list[str]]:
+    """Guess the YAML of the data in ``source``, write it to ``output`` (atomically, never over an existing
+    file unless ``force``) after checking it with the config loader; the path and the reasons."""
+    from audiotag.atomic import atomic_write_text
+    from audiotag.competitions.guess import guess_competition, render_yaml
+    from audiotag.config import load_competition
+    from audiotag.config_files import configs_root
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(
+            f"NAME {name!r}: a plain name (letters, digits, _ or -), the workspace folder's name"
+        )
+    path = output if output is not None else configs_root() / "competitions" / f"{name}.yaml"
+    path = path.expanduser()
+    if path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(
+            f"-o {path}: end the name in .yaml (-c tells a competition YAML from a name by that suffix)"
+        )
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it, or -o another path")
+    guess = guess_competition(name, source)
+    command = f"audiotag new-competition {name} --from {source}"
+    text = render_yaml(guess, command)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    try:
+        load_competition(str(path.resolve()))
+    except ConfigError as exc:  # a guess the schema refuses: keep the file, say what to fix
+        raise ConfigError(f"{path}: written, but the guess needs a fix: {exc}") from None
+    log.info("new-competition: wrote %s", path)
+    return path, guess.reasons
+
+
+def run_new_competition(args: argparse.Namespace) -> None:
+    from audiotag.log import output_console
+
+    path, reasons = new_competition(args.name, args.source, args.output, args.force)
+    console = output_console()
+    console.print(f"guessed from {args.source}:", soft_wrap=True)
+    for reason in reasons:
+        console.print(f"  {reason}", soft_wrap=True, markup=False)
+    console.print(
+        f"wrote {path}: review it (every guess has a comment), then\n"
+        f"  ./run.sh prepare train ensemble -c {path}",
+        soft_wrap=True,
+        markup=False,
+    )

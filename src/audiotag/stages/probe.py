@@ -1,0 +1,129 @@
+"""The train stage for ``model: {name: linear_probe, ...}``: linear evaluation, fold by fold.
+
+``./run.sh train --config configs/experiments/<comp>/probe_*.yaml`` comes here from
+``stages/train.py``. Like any run: the run folder is claimed, described (``run.json``, the resolved
+``config.yaml``) and refused if its config changed; each fold writes ``oof.parquet``,
+``test.parquet`` and ``done.json`` (skipped when done); the run's ``oof.parquet``, ``test.parquet``
+and ``metrics.json`` follow (``collect_run``), so that ``ensemble`` and ``leaderboard`` take it as any
+other member. The embeddings come from the embedding cache, built first when missing
+(``stages/embed.py``); the classifier is ``audiotag.train.probe``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audiotag.competitions.base import warn_about_rules
+from audiotag.embedding_cache import EmbeddingCache
+from audiotag.errors import ConfigError
+from audiotag.experiment import ExperimentConfig
+from audiotag.models.probe import LinearProbeConfig
+from audiotag.stages.embed import embed_prepared, pick_device
+from audiotag.stages.prepare import Prepared, prepare
+from audiotag.stages.train import RunResult, check_or_write_run_info, claim_run, collect_run, fold_data
+from audiotag.train.distributed import SINGLE, DistContext
+from audiotag.train.loop import FoldData, fold_score
+from audiotag.train.probe import ProbeFold, fit_fold, read_done, write_fold
+
+log = logging.getLogger(__name__)
+
+
+def train_probe(
+    cfg: ExperimentConfig, run_name: str | None = None, workers: int | None = None, ctx: DistContext = SINGLE
+) -> RunResult:
+    probe = cfg.model
+    assert isinstance(probe, LinearProbeConfig)
+    if ctx.world > 1:
+        raise ConfigError("model linear_probe runs in one process; leave out --gpus")
+    warn_about_rules(cfg.competition, probe.pretrained)
+    prepared = prepare(cfg.competition, cfg.features, workers=workers)
+    comp = prepared.competition
+    run_dir = comp.dir / "runs" / (run_name or cfg.name)
+    n_folds = comp.cfg.n_folds
+    folds = cfg.train.folds if cfg.train.folds is not None else list(range(n_folds))
+    bad = [f for f in folds if not 0 <= f < n_folds]
+    if bad:
+        raise ConfigError(f"train.folds: {bad} out of range; this competition has folds 0..{n_folds - 1}")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    with claim_run(run_dir):
+        check_or_write_run_info(run_dir, cfg, prepared)
+        device = pick_device(cfg.train.device)
+        embeddings, layers = embed_prepared(prepared, probe.embedding, cfg.features, device)
+        log.info(
+            "train: linear probe %s on %s (%s values a clip), folds %s",
+            run_dir,
+            ", ".join(f"layer {n}" for n in layers),
+            sum(embeddings.dims[n] for n in layers),
+            folds,
+        )
+        for fold in folds:
+            data = fold_data(prepared, cfg, fold)
+            probe_one_fold(cfg, prepared, embeddings, layers, data, run_dir / f"fold{fold}")
+        return collect_run(run_dir, comp.classes, comp.metric, n_folds, prepared)
+
+
+def probe_one_fold(
+    cfg: ExperimentConfig,
+    prepared: Prepared,
+    embeddings: EmbeddingCache,
+    layers: list[str],
+    data: FoldData,
+    fold_dir: Path,
+) -> dict:
+    done = read_done(fold_dir)
+    if done is not None:
+        log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, done["score"])
+        return done
+    probe = cfg.model
+    assert isinstance(probe, LinearProbeConfig)
+    started = time.time()
+    table = prepared.table.set_index("clip_id")
+    train_rows = table.loc[data.train_ids]
+    groups = None
+    if "group" in table.columns and train_rows["group"].notna().any():
+        own = train_rows.index.to_series(index=train_rows.index)  # a clip without a group is its own
+        groups = train_rows["group"].astype(str).where(train_rows["group"].notna(), own).to_numpy()
+    fold = ProbeFold(
+        fold=data.fold,
+        x_train=embeddings.matrix(layers, data.train_ids),
+        y_train=data.train_targets.astype(np.float64),
+        w_train=np.asarray(data.train_weights, dtype=np.float64),
+        verified_train=train_rows["verified"].to_numpy(bool),
+        groups_train=groups,
+        x_val=embeddings.matrix(layers, data.val_ids),
+        x_test=embeddings.matrix(layers, data.test_ids),
+    )
+    single = prepared.competition.task != "multi_label"
+    outcome = fit_fold(probe, fold, data.metric, single, cfg.train.seed)
+    score = fold_score(data, outcome.val_scores)
+    summary = {
+        "fold": data.fold,
+        "metric": data.metric,
+        "score": score,
+        "n_train": len(data.train_ids),
+        "n_val": len(data.val_ids),
+        "n_val_scored": int(data.val_scored.sum()),
+        "seed": cfg.train.seed,
+        "device": "cpu",
+        "gpu": None,
+        "seconds": round(time.time() - started, 1),
+        "embeddings": str(embeddings.folder),
+        "layers": layers,
+        "dims": sum(embeddings.dims[n] for n in layers),
+    }
+    summary = write_fold(fold_dir, outcome, summary, data.val_ids, data.test_ids, data.classes)
+    log.info(
+        "fold %d: done, %s %.4f (C=%g chosen on the training clips; inner CV %s)",
+        data.fold,
+        data.metric,
+        score,
+        outcome.c,
+        ", ".join(f"{c:g}: {s:.4f}" for c, s in outcome.inner_scores.items()) or "-",
+    )
+    return summary

@@ -1,0 +1,47 @@
+"""The report stage: one self-contained HTML page of a competition's results, written atomically.
+
+``audiotag report -c COMP [-o FILE]`` writes ``submissions/<comp>/report.html`` by default; the
+ensemble stage writes ``submissions/<comp>/<ensemble>.report.html`` beside its submission. Facts are
+collected by ``report_data``, drawn by ``report_figures`` and assembled by ``report_html``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from audiotag.atomic import atomic_write_text
+from audiotag.paths import submissions_root
+from audiotag.report_data import collect
+from audiotag.report_figures import make_figures
+from audiotag.report_html import render
+
+log = logging.getLogger(__name__)
+
+
+def default_report_path(competition: str, ensemble: str | None = None) -> Path:
+    name = f"{ensemble}.report.html" if ensemble else "report.html"
+    return submissions_root() / competition / name
+
+
+def write_report(
+    competition: str, out: Path | None = None, with_lb: bool = False, ensemble: str | None = None
+) -> Path:
+    """Collect, draw and write the report of ``competition``; its path. ``with_lb``: read the public
+    and private LB scores of logged submissions from Kaggle (credentials needed). ``ensemble``: that
+    ensemble's report (its section and its members' runs; the leaderboard is whole)."""
+    started = time.time()
+    data = collect(competition, with_lb=with_lb, ensemble=ensemble)
+    log.info(
+        "report %s: %d run(s), %d ensemble report(s); drawing the figures",
+        competition,
+        len(data.runs),
+        len(data.blends),
+    )
+    page = render(data, make_figures(data))
+    path = Path(out) if out is not None else default_report_path(data.competition, ensemble)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, page)
+    log.info("report %s: %s (%.0f kB, %.1fs)", competition, path, len(page) / 1024, time.time() - started)
+    return path

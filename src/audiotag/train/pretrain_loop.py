@@ -1,0 +1,312 @@
+"""BYOL-A pretraining: epochs of unit batches, two augmented views, online and target networks.
+
+Per step (nttcslab/byol-a v2 ``train_v2.py``): the units are pre-normalised with the pretraining
+set's mean and std, each gets two views (``data/byola_augment.py``: mixup with past units, random
+resize crop, random linear fader; then both views post-normalised together), the online network
+predicts the target network's projection of the other view (``models/byol.py``), Adam steps
+through the shared step engine (``train/engine.py``: AMP, clipping, DDP, compile), and the target
+follows the online network by EMA after every step.
+
+Resuming. ``last.pt`` is written after every epoch (and every ``checkpoint_every_steps`` steps
+within one): online and target weights, optimiser, schedule, engine, the mixup memory of every
+process, the progress, and, within an epoch, every process's random states and loss sums. Batch
+order, unit crops, augmentation draws and dropout come from generators seeded by (seed, epoch) and
+saved mid-epoch, so a run killed anywhere resumes to the same weights as an uninterrupted one
+(same device and number of processes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from audiotag.config import InputNorm
+from audiotag.data.byola_augment import ByolaAugment
+from audiotag.data.units import UnitDataset
+from audiotag.errors import TrainingError
+from audiotag.log import progress
+from audiotag.models.byol import (
+    Branch,
+    OnlineNetwork,
+    byol_loss,
+    ema_update,
+    make_target,
+    target_projections,
+)
+from audiotag.models.byola import build_backbone
+from audiotag.models.registry import load_pretrained
+from audiotag.models.tagger import Tagger
+from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
+from audiotag.train.distributed import SINGLE, DistContext
+from audiotag.train.engine import StepEngine, configure_determinism
+from audiotag.train.epoch import (
+    AUGMENT_STREAM,
+    CROP_STREAM,
+    DROPOUT_STREAM,
+    INIT_STREAM,
+    epoch_batches,
+    epoch_seed,
+    loader_workers,
+    rank_progress,
+    restore_rank_progress,
+)
+from audiotag.train.pretrain_config import PretrainConfig
+from audiotag.train.schedule import make_scheduler
+
+log = logging.getLogger(__name__)
+
+RESTART = "delete it to restart the pretraining from scratch"
+
+
+@dataclass
+class PretrainState:
+    """Progress; ``last.pt`` keeps it under ``"state"``."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, Any] | None = None  # mid-epoch progress: epoch, batch, ranks
+
+    def take_partial(self) -> dict[str, Any] | None:
+        partial, self.partial = self.partial, None
+        return partial if partial and partial["epoch"] == self.epoch else None
+
+    def as_checkpoint(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        saved: dict[str, Any] = {"epoch": self.epoch, "history": self.history}
+        if partial:
+            saved["partial"] = partial
+        return saved
+
+
+@dataclass
+class Pretrainer:
+    """Everything one pretraining run holds."""
+
+    cfg: PretrainConfig
+    out_dir: Path
+    device: torch.device
+    ctx: DistContext
+    norm: InputNorm
+    dataset: UnitDataset
+    online: OnlineNetwork
+    target: Branch
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    engine: StepEngine
+    augment: ByolaAugment
+    state: PretrainState = field(default_factory=PretrainState)
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return self.online.encoder
+
+    def save_last(self, partial: dict[str, Any] | None = None) -> None:
+        """``last.pt`` (written by rank 0; every rank must call it, as the mixup memories are gathered)."""
+        memory = self.augment.memory.state_dict()
+        memories = self.ctx.gather(memory) if self.ctx.world > 1 else [memory]
+        if not self.ctx.is_main:
+            return
+        payload = {
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "engine": self.engine.state_dict(),
+            "memory": memories,
+            "state": self.state.as_checkpoint(partial),
+        }
+        save_checkpoint(self.last_path, payload)
+
+
+def steps_per_epoch(n_units: int, batch_size: int) -> int:
+    return max(1, n_units // batch_size)
+
+
+def build(
+    cfg: PretrainConfig,
+    cache,
+    keys: list[str],
+    norm: InputNorm,
+    out_dir: Path,
+    device: torch.device,
+    ctx: DistContext = SINGLE,
+) -> Pretrainer:
+    """The networks (initialised from ``model.pretrained`` unless ``last.pt`` will replace them),
+    optimiser, schedule, step engine, unit dataset and augmentation of a run."""
+    if len(keys) < 2:
+        raise TrainingError(f"pretraining needs at least 2 clips (BatchNorm on batches); got {len(keys)}")
+    torch.manual_seed(epoch_seed(cfg.seed, 0, 0, INIT_STREAM))
+    dataset = UnitDataset(
+        cache, keys, cfg.features, cfg.unit_seconds, epoch_seed(cfg.seed, 0, 0, CROP_STREAM)
+    )
+    encoder = build_backbone(cfg.model, cfg.features.n_mels, dataset.unit)
+    if cfg.model.pretrained is not None and not (out_dir / "last.pt").is_file():
+        load_pretrained(Tagger(encoder, torch.nn.Identity()), cfg.model, cfg.features)
+    online = OnlineNetwork(encoder, cfg.projection_dim, cfg.projection_hidden).to(device)
+    target = make_target(online)
+    configure_determinism(cfg.deterministic, device)
+    optimizer = torch.optim.Adam(
+        online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None
+    )
+    per_epoch = steps_per_epoch(len(keys), cfg.batch_size)
+    cosine = cfg.lr_schedule == "cosine"
+    scheduler = make_scheduler(
+        optimizer,
+        warmup_steps=round(cfg.warmup_epochs * per_epoch) if cosine else 0,
+        total_steps=cfg.epochs * per_epoch,
+        min_ratio=cfg.min_lr_ratio if cosine else 1.0,  # 1.0: the constant rate of the official code
+    )
+    engine = StepEngine(online, optimizer, scheduler, cfg.engine_settings(), device, ddp=ctx.ddp)
+    return Pretrainer(
+        cfg,
+        out_dir,
+        device,
+        ctx,
+        norm,
+        dataset,
+        online,
+        target,
+        optimizer,
+        scheduler,
+        engine,
+        ByolaAugment(cfg.augment),
+    )
+
+
+def resume(run: Pretrainer) -> None:
+    """Continue from ``last.pt`` when a killed run left one."""
+    if not run.last_path.is_file():
+        return
+    ckpt = load_checkpoint(run.last_path, run.device, remedy=RESTART)
+    run.online.load_state_dict(ckpt["online"])
+    run.target.load_state_dict(ckpt["target"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.engine.load_state_dict(ckpt["engine"])
+    saved = ckpt["state"]
+    run.state = PretrainState(int(saved["epoch"]), list(saved["history"]), saved.get("partial"))
+    memories = ckpt["memory"]
+    n_procs = run.ctx.world if run.ctx.ddp else 1
+    if len(memories) != n_procs:
+        log.warning(
+            "pretrain: last.pt was written by %d process(es), this run has %d: the mixup memories are "
+            "shared out again, so the run no longer matches an uninterrupted one exactly",
+            len(memories),
+            n_procs,
+        )
+    rank = run.ctx.rank if run.ctx.ddp else 0
+    run.augment.memory.load_state_dict(memories[rank % len(memories)], run.device)
+    at = f", batch {run.state.partial['batch'] + 1}" if run.state.partial else ""
+    log.info("pretrain: resuming from %s at epoch %d%s", run.last_path, run.state.epoch + 1, at)
+
+
+def run_epoch(run: Pretrainer) -> tuple[float, int]:
+    """Train one epoch (the rest of it after a mid-epoch checkpoint): (mean loss, units seen by all
+    processes in this call)."""
+    cfg, ctx, device, epoch = run.cfg, run.ctx, run.device, run.state.epoch
+    run.online.train()
+    run.target.train()  # as the official: BatchNorm on batch statistics, dropout on
+    run.dataset.set_epoch(epoch)
+    batches = epoch_batches(len(run.dataset), cfg.batch_size, epoch_seed(cfg.seed, 0, epoch), epoch, ctx)
+    partial = run.state.take_partial()
+    start = partial["batch"] if partial else 0
+    workers = loader_workers(cfg.num_workers, device)
+    loader = DataLoader(
+        run.dataset,
+        batch_sampler=batches[start:],
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, epoch)),  # not the global RNG
+    )
+    rank = ctx.rank if ctx.ddp else 0
+    aug = torch.Generator().manual_seed(epoch_seed(cfg.seed + rank, 0, epoch, AUGMENT_STREAM))
+    torch.manual_seed(epoch_seed(cfg.seed + rank, 0, epoch, DROPOUT_STREAM))  # dropout draws from it
+    total, count = 0.0, 0
+    if partial:
+        total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
+    seen = 0
+    mean, std = run.norm.mean, run.norm.std
+    bar = progress(
+        loader, desc=f"pretrain epoch {epoch + 1}", unit="batch", initial=start, total=len(batches)
+    )
+    for step, units in enumerate(bar, start=start):
+        with torch.no_grad():
+            x = (units.to(device, non_blocking=True) - mean) / std  # pre-normalisation
+            first, second = (v.transpose(1, 2).contiguous() for v in run.augment.views(x, aug))
+        with run.engine.autocast():
+            predictions = run.engine.forward_model(first, second)
+            projections = target_projections(run.target, first, second)
+        loss = byol_loss(predictions, projections)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"pretrain: loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good "
+                "checkpoint is kept. Lower lr, set grad_clip_norm, or check the features for NaN"
+            )
+        if run.engine.backward(loss):
+            ema_update(run.target, run.online.branch, cfg.ema_decay)
+        total += loss.item() * x.shape[0]
+        count += x.shape[0]
+        seen += x.shape[0]
+        bar.set_postfix(loss=f"{total / count:.4f}")
+        every, remaining = cfg.checkpoint_every_steps, len(batches) - step - 1
+        if every and remaining and run.engine.steps_taken % every == 0:
+            own = rank_progress(total, count, aug, device)
+            ranks = ctx.gather(own) if ctx.ddp else [own]
+            run.save_last({"epoch": epoch, "batch": step + 1, "ranks": ranks})
+    run.engine.flush()
+    if ctx.ddp:
+        totals = ctx.gather((total, count, seen))
+        total, count, seen = (sum(t[i] for t in totals) for i in range(3))
+    return total / max(count, 1), int(seen)
+
+
+def end_epoch(run: Pretrainer, loss: float, seen: int, seconds: float) -> None:
+    state = run.state
+    rate = seen / seconds if seconds > 0 else math.nan
+    state.history.append(
+        {
+            "epoch": state.epoch,
+            "loss": loss,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 2),
+            "clips_per_second": round(rate, 2),
+        }
+    )
+    state.epoch += 1
+    run.save_last()
+    log.info(
+        "pretrain epoch %d/%d: loss %.4f (%.1fs, %.1f clips/s)",
+        state.epoch,
+        run.cfg.epochs,
+        loss,
+        seconds,
+        rate,
+    )
+
+
+def pretrain(run: Pretrainer) -> Pretrainer:
+    """Resume if a ``last.pt`` exists, then train until ``epochs``; the caller writes the encoder."""
+    resume(run)
+    while run.state.epoch < run.cfg.epochs:
+        started = time.time()
+        try:
+            loss, seen = run_epoch(run)
+        except torch.OutOfMemoryError:
+            half = max(2, run.cfg.batch_size // 2)
+            raise TrainingError(
+                f"pretrain: the GPU ran out of memory at batch_size={run.cfg.batch_size}; try --set "
+                f"batch_size={half}, or precision=bf16"
+            ) from None
+        end_epoch(run, loss, seen, time.time() - started)
+    return run
