@@ -18,6 +18,7 @@ import pytest
 from audiotag import kaggle_submit
 from audiotag.cli import main
 from audiotag.competitions import layouts
+from audiotag.competitions.demo import CLASSES as DEMO_CLASSES
 from audiotag.competitions.folds import assign_folds, load_folds
 from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
 from audiotag.config_files import configs_root
@@ -26,7 +27,15 @@ from audiotag.data.audio import UnusableAudio, decode
 from audiotag.errors import ConfigError, DataError
 from audiotag.experiment import load_experiment
 from tests.conftest import REPO
-from tests.test_competitions_real import TEST_2018, fake_fsd2018_kaggle, make, wav, write_csv
+from tests.test_competitions_real import (
+    TEST_2018,
+    TRAIN_2018,
+    fake_fsd2018_kaggle,
+    fake_fsd2019_kaggle,
+    make,
+    wav,
+    write_csv,
+)
 from tests.test_submit import SLUG, FakeApi
 
 DEMO = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
@@ -36,6 +45,15 @@ def set_fname(csv_path: Path, row: int, fname: str) -> None:
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     df.loc[row, "fname"] = fname
     df.to_csv(csv_path, index=False)
+
+
+def demo_of(root: Path, **fake: object):
+    """The demo competition with the small fake FSDKaggle2018 layout in its raw/, labelled with the
+    demo's classes (the demo reads that layout)."""
+    comp = make("demo", root)
+    train = [(fname, DEMO_CLASSES[i % len(DEMO_CLASSES)], v) for i, (fname, _, v) in enumerate(TRAIN_2018)]
+    fake_fsd2018_kaggle(comp.raw_dir, train=train, **fake)
+    return comp
 
 
 def record_opens(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
@@ -86,13 +104,12 @@ def test_fname_leaving_the_folder_is_refused_in_the_demo_layout_and_with_data_di
     comp = make("fsd2018", tmp_path / "ws", data_dir=str(data))
     with pytest.raises(DataError, match=r"train\.csv: line 4: fname '\.\./audio_test/00063640\.wav' leaves"):
         comp.parse_clip_table()
-    raw = tmp_path / "demo" / "raw"
-    fake_fsd2018_kaggle(raw)
-    set_fname(raw / "train.csv", 0, "../../x.wav")
+    demo = demo_of(tmp_path / "demo")
+    set_fname(demo.raw_dir / "train.csv", 0, "../../x.wav")
     with pytest.raises(
         DataError, match=r"train\.csv: line 2: fname '\.\./\.\./x\.wav' leaves the audio folder"
     ):
-        layouts.read_fsd2018_layout(raw, set(CLASSES_2018))
+        demo.parse_clip_table()
 
 
 def test_a_symlink_placed_inside_the_folder_is_followed(tmp_path: Path) -> None:
@@ -137,16 +154,12 @@ def test_unusable_files_are_flagged_in_the_clip_table_not_fatal(tmp_path: Path, 
 
 
 def test_demo_layout_flags_unusable_files_too(tmp_path: Path) -> None:
-    raw = tmp_path / "demo" / "raw"
-    fake_fsd2018_kaggle(raw, empty=False, test=TEST_2018[:3])
-    (raw / "audio_train" / "001ca53d.wav").write_text("junk")
-    table = layouts.read_fsd2018_layout(raw, set(CLASSES_2018)).set_index("clip_id")
+    demo = demo_of(tmp_path / "demo", empty=False, test=TEST_2018[:3])
+    (demo.raw_dir / "audio_train" / "001ca53d.wav").write_text("junk")
+    table = demo.parse_clip_table().set_index("clip_id")
     assert table.loc["001ca53d.wav", "audio_issue"] == "undecodable"
-    clean = tmp_path / "clean" / "raw"
-    fake_fsd2018_kaggle(clean, empty=False, test=TEST_2018[:3])
-    assert (
-        "audio_issue" not in layouts.read_fsd2018_layout(clean, set(CLASSES_2018)).columns
-    )  # demo unchanged
+    clean = demo_of(tmp_path / "clean", empty=False, test=TEST_2018[:3])
+    assert "audio_issue" not in clean.parse_clip_table().columns  # demo unchanged
 
 
 def test_prepare_skips_unusable_train_files_and_zero_fills_test_files(workspace: Path) -> None:
@@ -188,13 +201,18 @@ def test_header_only_train_csv_is_refused_before_anything_is_written(workspace: 
 
 
 def test_header_only_train_csv_in_the_demo_layouts(tmp_path: Path) -> None:
-    raw = tmp_path / "raw"
-    write_csv(raw / "train.csv", ["fname", "label", "manually_verified"], [])
-    with pytest.raises(DataError, match=r"train\.csv: no training clips"):
-        layouts.read_fsd2018_layout(raw, set(CLASSES_2018))
-    write_csv(raw / "train_curated.csv", ["fname", "labels"], [])
-    with pytest.raises(DataError, match=r"no training clips in train_curated\.csv"):
-        layouts.read_fsd2019_layout(raw, set(CLASSES_2018), ["curated"])
+    demo = demo_of(tmp_path / "demo")
+    write_csv(demo.raw_dir / "train.csv", ["fname", "label", "manually_verified"], [])
+    with pytest.raises(DataError, match=r"train\.csv: no training clips: the file has a header and no rows"):
+        demo.parse_clip_table()
+    demo2019 = make("demo2019", tmp_path / "demo2019")
+    fake_fsd2019_kaggle(demo2019.raw_dir, columns=DEMO_CLASSES)
+    for subset in ("curated", "noisy"):  # the demo reads both subsets
+        write_csv(demo2019.raw_dir / f"train_{subset}.csv", ["fname", "labels"], [])
+    with pytest.raises(
+        DataError, match=r"train_curated\.csv, .*train_noisy\.csv: no training clips: the files have a header"
+    ):
+        demo2019.parse_clip_table()
 
 
 # ----------------------------------------------------------------------------- 4. messages

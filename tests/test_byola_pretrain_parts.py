@@ -247,3 +247,21 @@ def test_encoder_file_records_and_refuses_another_front_end(tmp_path: Path) -> N
     plain = tmp_path / "plain.pt"
     torch.save(encoder.state_dict(), plain)
     assert read_encoder_info(plain) is None and check_recorded_frontend(plain, other) is None
+
+
+def test_pretrain_config_defaults_are_the_official_recipe_and_errors_name_the_key() -> None:
+    from audiotag.config_files import configs_root
+    from audiotag.stages.pretrain import load_pretrain_config
+
+    path = configs_root() / "pretrain" / "byola.yaml"
+    cfg = load_pretrain_config(path, competition="demo")
+    assert cfg.name == "byola2048" and cfg.features == BYOLA_FEATURES  # name: <method><dim>
+    official = {"projection_dim": 256, "projection_hidden": 4096, "ema_decay": 0.99, "batch_size": 256}
+    assert {k: getattr(cfg, k) for k in official} == official and (cfg.lr, cfg.epochs) == (3e-4, 100)
+    assert (cfg.augment.mixup_ratio, cfg.augment.fader_gain, cfg.unit_seconds) == (0.2, 1.0, 0.95)
+    with pytest.raises(ConfigError, match="nothing to pretrain on"):
+        load_pretrain_config(path)
+    with pytest.raises(ConfigError, match=r"features.cache: pretraining reads log-mel"):
+        load_pretrain_config(path, ["features.cache=wave"], competition="demo")
+    with pytest.raises(ConfigError, match=r"model.dim.*--set model.dim=500"):
+        load_pretrain_config(path, ["model.dim=500"], competition="demo")

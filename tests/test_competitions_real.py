@@ -430,16 +430,19 @@ def test_fsd2018_zenodo_empty_freesound_id_is_named(tmp_path: Path) -> None:
     [
         (
             lambda df: df.assign(label=df["label"].where(df.index != 3, "Kazoo")),
-            r"train\.csv: line 5: unknown label",
+            r"train\.csv: line 5: label 'Kazoo' is not in the 41 FSDKaggle2018 classes",
         ),
-        (lambda df: pd.concat([df, df.iloc[[1]]]), r"train\.csv: line 12: duplicate fname '001ca53d\.wav'"),
+        (
+            lambda df: pd.concat([df, df.iloc[[1]]]),
+            r"train\.csv: line 12: file '001ca53d\.wav' listed twice \(also .*train\.csv: line 3\)",
+        ),
         (
             lambda df: df.drop(columns="manually_verified"),
-            r"train\.csv: missing column\(s\) \['manually_verified'\]",
+            r"train\.csv: missing column\(s\) \['manually_verified'\]; found .*; restore the published file",
         ),
         (
-            lambda df: df.assign(manually_verified="yes"),
-            r"train\.csv: line 2: manually_verified must be 0 or 1",
+            lambda df: df.assign(manually_verified="2"),  # 0/1 (or true/false, yes/no: the table rules)
+            r"train\.csv: line 2: manually_verified must be 0/1 or true/false, got '2'",
         ),
     ],
 )
@@ -479,7 +482,7 @@ def test_data_dir_is_used_in_place_and_checked(tmp_path: Path, fake_downloads) -
     with pytest.raises(DataError) as err:
         comp.obtain()
     text = str(err.value)
-    assert "the kaggle files lack sample_submission.csv, audio_test/" in text
+    assert "the kaggle files lack audio_test/, sample_submission.csv" in text
     assert "the zenodo files lack FSDKaggle2018.meta/train_post_competition.csv" in text
     assert "--data-dir" in text and fake.calls == []
 
@@ -584,10 +587,16 @@ def test_fsd2019_bad_rows(tmp_path: Path) -> None:
     fake_fsd2019_kaggle(comp.raw_dir)
     path = comp.raw_dir / "train_noisy.csv"
     write_csv(path, ["fname", "labels"], [["00097e21.wav", "Bark"], ["000b6cfb.wav", "Motorcycle,Kazoo"]])
-    with pytest.raises(DataError, match=r"train_noisy\.csv: line 3: unknown label\(s\) \['Kazoo'\]"):
+    with pytest.raises(
+        DataError, match=r"train_noisy\.csv: line 3: label 'Kazoo' is not in the 80 FSDKaggle2019 classes"
+    ):
         comp.parse_clip_table()
     write_csv(path, ["fname", "labels"], [["0006ae4e.wav", "Bark"]])
-    with pytest.raises(DataError, match=r"clip '0006ae4e\.wav' appears in two subsets"):
+    with pytest.raises(
+        DataError,
+        match=r"train_noisy\.csv: line 2: file '0006ae4e\.wav' listed twice "
+        r"\(also .*train_curated\.csv: line 2\); a clip belongs to one subset",
+    ):
         comp.parse_clip_table()
 
 

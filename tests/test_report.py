@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from audiotag.cli import main
 from audiotag.config_files import configs_root, dump_yaml
@@ -155,6 +156,27 @@ def test_the_ensemble_stage_writes_the_report_beside_its_submission(demo: Path) 
     assert "<td>cnn_seed1</td>" in page  # (pair_stack came last: every run was trained by then)
 
 
+@pytest.mark.slow
+def test_with_lb_scores_the_report_plots_cv_against_lb(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiotag import kaggle_submit
+    from tests.test_leaderboard import SLUG, FakeKaggle, log_submission
+
+    log_submission(demo, "pair_rank", "11", "rank blend")
+    log_submission(demo, "demo", "12", "single cnn")
+    answers = [
+        {"ref": 11, "file_name": "pair_rank.csv", "description": "rank blend", "public_score": "0.5"},
+        {"ref": 12, "file_name": "demo.csv", "description": "single cnn", "public_score": "0.25"},
+    ]
+    fake = FakeKaggle(answers)
+    monkeypatch.setattr(kaggle_submit, "API_FACTORY", lambda: fake)
+    out = demo / "lb.html"
+    assert main(["report", "-c", "demo", "--lb", "--ensemble", "pair_rank", "-o", str(out)]) == 0
+    page = out.read_text()
+    assert fake.asked == [SLUG]
+    assert 'alt="CV vs public LB (map3) of the submissions with a LB score"' in page
+    assert '<td class="num" data-sort="0.5">0.50000</td>' in page  # the LB column, sortable by value
+
+
 def test_the_console_check_sees_a_script_error(tmp_path: Path) -> None:
     """The browser check can fail: a page with a script error shows up in the console lines."""
     page = tmp_path / "broken.html"
@@ -174,6 +196,11 @@ def test_config_diff_names_what_set_changed(tmp_path: Path) -> None:
 
     (run_dir / "config.yaml").write_text(dump_yaml(load_experiment(CNN_SMALL)))
     assert config_diff(run_dir, "demo").rows == []
+    # a run from before a setting existed: missing at its default is no difference, else it is
+    older = load_experiment(CNN_SMALL).model_dump(mode="json")
+    del older["train"]["loggers"], older["train"]["epochs"]  # the file sets epochs: 12, default 30
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(older))
+    assert config_diff(run_dir, "demo").rows == [("train.epochs", "12", "—")]
     (run_dir / "config.yaml").write_text(dump_yaml(cfg).replace("name: cnn_small", "name: gone"))
     diff = config_diff(run_dir, "demo")
     assert diff.experiment_file is None and "gone.yaml not found" in diff.note

@@ -30,6 +30,8 @@ import numpy as np
 from scipy import signal as sp_signal
 from tqdm import tqdm
 
+from audiotag.errors import DataError
+
 from .common import (
     DATA,
     TRUTH,
@@ -179,7 +181,7 @@ def render(bank: SoundFont, clip: Clip, seed: int, split: str, index: int) -> np
                 stem[at : at + take] += wave[:take]
         rms = np.sqrt(np.mean(stem**2))
         if rms == 0:
-            raise RuntimeError(
+            raise DataError(
                 f"{bank.path}: program {part.instrument.program} ({part.instrument.label}) rendered silence"
             )
         mix += stem / rms * 10.0 ** (part.level_db / 20.0)

@@ -28,6 +28,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from audiotag.errors import DataError
+
 from .common import (
     DATA,
     FULL,
@@ -91,7 +93,7 @@ def espeak_info(espeak: str) -> tuple[str, Path]:
     version = re.search(r"(\d+\.\d+\S*)", out)
     data = re.search(r"Data at:\s*(\S.*)$", out.strip(), flags=re.MULTILINE)
     if data is None:
-        raise RuntimeError(f"{espeak} --version does not say where its data is: {out.strip()!r}")
+        raise DataError(f"{espeak} --version does not say where its data is: {out.strip()!r}")
     return (version.group(1) if version else "unknown"), Path(data.group(1).strip())
 
 
@@ -101,7 +103,7 @@ def voice_variants(data: Path) -> list[str]:
     names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
     names = [n for n in names if re.fullmatch(r"[A-Za-z0-9_-]+", n)]
     if len(names) < 6:
-        raise RuntimeError(f"{folder}: {len(names)} voice variants; expected the ~100 of espeak-ng-data")
+        raise DataError(f"{folder}: {len(names)} voice variants; expected the ~100 of espeak-ng-data")
     return names
 
 
@@ -111,7 +113,7 @@ def accents(espeak: str) -> list[str]:
     have = {parts[1] for parts in (line.split() for line in out.splitlines()[1:]) if len(parts) > 1}
     found = [a for a in ACCENTS if a in have or (a == "en" and "en-gb" in have)]
     if len(found) < 4:
-        raise RuntimeError(f"espeak-ng knows only {found} of the English accents {list(ACCENTS)}")
+        raise DataError(f"espeak-ng knows only {found} of the English accents {list(ACCENTS)}")
     return found
 
 
@@ -159,12 +161,12 @@ def speak(espeak: str, clip: Clip, tmp: Path) -> np.ndarray:
     command = [espeak, "-v", f"{clip.accent}+{clip.variant}", "-s", str(clip.rate_wpm), "-p", str(clip.pitch)]
     result = subprocess.run([*command, "-w", str(target), clip.word], capture_output=True, text=True)
     if result.returncode != 0 or not target.is_file():
-        raise RuntimeError(f"{' '.join(command)} {clip.word!r} failed: {result.stderr.strip()}")
+        raise DataError(f"{' '.join(command)} {clip.word!r} failed: {result.stderr.strip()}")
     wave, rate = sf.read(target, dtype="float32")
     if rate != RATE:
-        raise RuntimeError(f"espeak-ng wrote {rate} Hz, expected {RATE}")
+        raise DataError(f"espeak-ng wrote {rate} Hz, expected {RATE}")
     if not np.any(wave):
-        raise RuntimeError(f"espeak-ng said nothing for {' '.join(command)} {clip.word!r}")
+        raise DataError(f"espeak-ng said nothing for {' '.join(command)} {clip.word!r}")
     return wave
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from audiotag.config_files import configs_root
 from audiotag.data.cache_reader import OK, REPORT
@@ -130,6 +132,18 @@ def _shown(value: Any) -> str:
 _MISSING = object()
 
 
+def schema_default(cfg: BaseModel, key: str) -> Any:
+    """The JSON value of the schema default of the dotted ``key`` in ``cfg`` (``_MISSING`` if none)."""
+    *parents, name = key.split(".")
+    node: Any = cfg
+    for part in parents:
+        node = getattr(node, part, None)
+    field_info = type(node).model_fields.get(name) if isinstance(node, BaseModel) else None
+    if field_info is None or field_info.is_required():
+        return _MISSING
+    return to_jsonable_python(field_info.get_default(call_default_factory=True))
+
+
 def config_diff(run_dir: Path, competition: str) -> ConfigDiff:
     """The run's ``config.yaml`` against its experiment file as that file loads today (no overrides):
     what ``--set`` (or ``--folds``, ``--weights``) changed, and defaults changed since the run."""
@@ -148,14 +162,16 @@ def config_diff(run_dir: Path, competition: str) -> ConfigDiff:
             "(a file given by path, or renamed since): nothing to compare with",
         )
     try:
-        table = None if (run_cfg.get("competition") or {}).get("kind") != "table" else competition
-        file_cfg = load_experiment(path, competition=table).model_dump(mode="json")
+        table = None if (run_cfg.get("competition") or {}).get("kind") is None else competition
+        loaded = load_experiment(path, competition=table)
     except AudiotagError as exc:
         return ConfigDiff(path, note=f"{path} does not load today: {exc}")
-    theirs, ours = flatten(file_cfg), flatten(run_cfg)
+    theirs, ours = flatten(loaded.model_dump(mode="json")), flatten(run_cfg)
     rows = []
     for key in sorted(set(theirs) | set(ours)):
         a, b = theirs.get(key, _MISSING), ours.get(key, _MISSING)
+        if b is _MISSING and a == schema_default(loaded, key):
+            continue  # a setting added since the run, at its default: what the run's code did
         if key != "name" and a != b:
             rows.append((key, _shown(a), _shown(b)))
     note = "" if rows else "the run used the experiment file exactly as it loads today"

@@ -1,34 +1,41 @@
 """The self-made demo competitions: synthesised offline from a seed, in the Kaggle layouts.
 
 ``demo`` mirrors FSDKaggle2018 (single label, MAP@3, top-3 label submission); ``demo2019`` mirrors
-FSDKaggle2019 (curated + noisy, multi-label, lwlrap, score-table submission). Both keep the true test
-labels in ``hidden/test_truth.csv``, outside the Kaggle layout, so the pipeline can report a test score.
+FSDKaggle2019 (curated + noisy, multi-label, lwlrap, score-table submission). Their files are read as
+those competitions' Kaggle layouts (the same ``LAYOUTS`` settings, with the demo's classes); both keep
+the true test labels in ``hidden/test_truth.csv``, outside the Kaggle layout, so the pipeline can
+report a test score.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
-from audiotag.competitions import demo_synth
-from audiotag.competitions.base import Competition
-from audiotag.competitions.layouts import read_csv, read_fsd2018_layout, read_fsd2019_layout
+from audiotag.competitions import demo_synth, fsd2018, fsd2019
+from audiotag.competitions.layouts import probe_clips
+from audiotag.competitions.table import TableLayout
 from audiotag.config import DemoGeneratorConfig
 
 log = logging.getLogger(__name__)
 
+CLASSES = sorted(demo_synth.CLASSES)
+LAYOUTS_2018 = {"kaggle": {**fsd2018.LAYOUTS["kaggle"], "classes": CLASSES}}
+LAYOUTS_2019 = {"kaggle": {**fsd2019.LAYOUTS["kaggle"], "classes": CLASSES}}  # both subsets always read
 
-class _DemoBase(Competition):
-    label_column: str
+
+class _DemoBase(TableLayout):
+    classes_described = f"the {len(CLASSES)} demo classes"
+    sources = ("kaggle",)
+    default_source = "kaggle"
 
     @property
-    def classes(self) -> list[str]:
-        return sorted(demo_synth.CLASSES)
+    def raw_dir(self) -> Path:
+        return self.dir / "raw"  # synthesised there; a data_dir is not the demo's
 
     @property
-    def truth_path(self) -> Path:
+    def hidden_truth(self) -> Path:
         return self.dir / "hidden" / "test_truth.csv"
 
     @property
@@ -36,46 +43,35 @@ class _DemoBase(Competition):
         return self.cfg.generator or DemoGeneratorConfig()
 
     def obtain(self) -> None:
-        if self.raw_dir.is_dir() and any(self.raw_dir.iterdir()) and self.truth_path.is_file():
+        if self.raw_dir.is_dir() and any(self.raw_dir.iterdir()) and self.hidden_truth.is_file():
             log.info("%s: raw data present in %s", self.name, self.raw_dir)
             return
         log.info("%s: synthesising the demo competition into %s", self.name, self.raw_dir)
-        self._generate(self.raw_dir, self.truth_path, self.generator)
+        self._generate(self.raw_dir, self.hidden_truth, self.generator)
 
     def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
         raise NotImplementedError
 
-    def test_truth(self) -> pd.DataFrame | None:
-        if not self.truth_path.is_file():
-            return None
-        df = read_csv(self.truth_path, ["fname", self.label_column])
-        labels = [[x for x in s.replace(" ", ",").split(",") if x] for s in df[self.label_column]]
-        return pd.DataFrame({"clip_id": df["fname"], "labels": labels})
+    def probe(self, paths: Sequence[str]) -> tuple[list[float], list[int], list[str]]:
+        hint = f"delete {self.raw_dir} and re-run `./run.sh prepare` to synthesise the demo again"
+        return probe_clips(paths, self.dir, str(self.raw_dir), hint)
+
+    def truth_path(self) -> Path | None:
+        """The test labels the generator kept apart (read like the layout's training labels)."""
+        return self.hidden_truth if self.hidden_truth.is_file() else None
 
 
 class Demo(_DemoBase):
     name = "demo"
-    task = "single_label"
-    metric = "map3"
-    submission_kind = "top3_labels"
-    label_column = "label"
+    LAYOUTS = LAYOUTS_2018
 
     def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
         demo_synth.generate_fsd2018_layout(raw_dir, truth_path, cfg)
 
-    def parse_clip_table(self) -> pd.DataFrame:
-        return read_fsd2018_layout(self.raw_dir, set(self.classes))
-
 
 class Demo2019(_DemoBase):
     name = "demo2019"
-    task = "multi_label"
-    metric = "lwlrap"
-    submission_kind = "scores"
-    label_column = "labels"
+    LAYOUTS = LAYOUTS_2019
 
     def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
         demo_synth.generate_fsd2019_layout(raw_dir, truth_path, cfg)
-
-    def parse_clip_table(self) -> pd.DataFrame:
-        return read_fsd2019_layout(self.raw_dir, set(self.classes), ["curated", "noisy"])

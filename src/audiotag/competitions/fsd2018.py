@@ -18,26 +18,24 @@ known empty test wavs of the Kaggle release keep their submission row and are fl
 Groups: the Zenodo ``train_post_competition.csv`` names each clip's ``freesound_id`` (the Freesound
 recording it was cut from); it becomes the clip table's ``group`` column, so the CV folds never put
 clips of one recording on both sides. Kaggle's ``train.csv`` has no such column: no groups there.
+
+Both layouts are tables of one shape, read by the ``kind: table`` machinery
+(:class:`audiotag.competitions.table.TableLayout`) from the settings in ``LAYOUTS``; this module adds
+the downloads, the known empty wavs and the test score on the scored clips only.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from audiotag.competitions.folds import GROUP, describe_groups
-from audiotag.competitions.layouts import (
-    AUDIO_ISSUE,
-    FileCompetition,
-    check_labels,
-    read_csv,
-    require_rows,
-    write_sample_submission,
-)
-from audiotag.errors import AudiotagError, DataError
+from audiotag.competitions.folds import GROUP
+from audiotag.competitions.table import TableLayout
+from audiotag.competitions.table_reading import PUBLISHED_REMEDY
+from audiotag.errors import AudiotagError
 
 log = logging.getLogger(__name__)
 
@@ -61,33 +59,41 @@ CLASSES = (
 # Header-only wavs (0 samples) in the Kaggle test set, known since the competition.
 KNOWN_EMPTY = frozenset({"0b0427e2.wav", "6ea0099f.wav", "b39975f5.wav"})
 
-SOURCE_FILES = {
-    "kaggle": {"train_csv": "train.csv", "train_audio": "audio_train", "test_audio": "audio_test"},
-    "zenodo": {
+# What both layouts share (the keys of a kind: table YAML).
+TABLE: dict[str, Any] = {
+    "file_column": "fname",
+    "label_column": "label",
+    "verified_column": "manually_verified",
+    "classes": list(CLASSES),
+    "metric": "map3",
+    "submission": {"kind": "top_k_labels", "k": 3},
+}
+LAYOUTS = {
+    "kaggle": {
+        **TABLE,
+        "train_csv": "train.csv",
+        "audio_dir": "audio_train",
+        "test_dir": "audio_test",
+        "sample_submission": "sample_submission.csv",
+    },
+    "zenodo": {  # the test clips: the rows of TEST_POST (the truth file); a sample submission is written
+        **TABLE,
         "train_csv": TRAIN_POST,
-        "train_audio": "FSDKaggle2018.audio_train",
-        "test_audio": "FSDKaggle2018.audio_test",
+        "audio_dir": "FSDKaggle2018.audio_train",
+        "test_dir": "FSDKaggle2018.audio_test",
+        "group_column": "freesound_id",
     },
 }
 
 
-class Fsd2018(FileCompetition):
+class Fsd2018(TableLayout):
     name = "fsd2018"
-    task = "single_label"
-    metric = "map3"
-    submission_kind = "top3_labels"
+    LAYOUTS = LAYOUTS
+    classes_described = f"the {len(CLASSES)} FSDKaggle2018 classes"
+    columns_remedy = PUBLISHED_REMEDY
     truth_file = TEST_POST
     default_source = "kaggle"
     sources = ("kaggle", "zenodo")
-
-    @property
-    def classes(self) -> list[str]:
-        return list(CLASSES)
-
-    def expected_files(self, source: str) -> list[str]:
-        files = SOURCE_FILES[source]
-        tests = "sample_submission.csv" if source == "kaggle" else TEST_POST
-        return [files["train_csv"], tests, files["train_audio"] + "/", files["test_audio"] + "/"]
 
     def download(self, source: str) -> None:
         if source == "kaggle":
@@ -99,70 +105,22 @@ class Fsd2018(FileCompetition):
         else:
             self.zenodo_fetch(ZENODO_RECORD, lambda name: name in ZENODO_ZIPS)
 
-    # -------------------------------------------------------------- clip table
-
     def parse_clip_table(self) -> pd.DataFrame:
-        source = self.source_found()
-        files = SOURCE_FILES[source]
-        train_path = self.raw_dir / files["train_csv"]
-        train = read_csv(train_path, ["fname", "label", "manually_verified"])
-        require_rows(train, train_path)
-        labels = [[label.strip()] for label in train["label"]]
-        check_labels(labels, set(CLASSES), train_path, multi=False)
-        bad_flag = ~train["manually_verified"].isin(["0", "1"])
-        if bad_flag.any():
-            row = int(bad_flag.to_numpy().nonzero()[0][0])
-            raise DataError(f"{train_path}: line {row + 2}: manually_verified must be 0 or 1")
-        test_path = self.raw_dir / ("sample_submission.csv" if source == "kaggle" else TEST_POST)
-        test_ids = read_csv(test_path, ["fname"])["fname"].tolist()
-        overlap = sorted(set(test_ids) & set(train["fname"]))
-        if overlap:
-            raise DataError(f"{test_path}: clip {overlap[0]!r} is also in {train_path.name}")
-        table = pd.DataFrame(
-            {
-                "clip_id": [*train["fname"], *test_ids],
-                "path": [
-                    *self.audio_paths(files["train_audio"], train["fname"], train_path),
-                    *self.audio_paths(files["test_audio"], test_ids, test_path),
-                ],
-                "split": ["train"] * len(train) + ["test"] * len(test_ids),
-                "subset": ["train"] * len(train) + ["test"] * len(test_ids),
-                "labels": [*labels, *([] for _ in test_ids)],
-                "verified": [*(train["manually_verified"] == "1"), *([False] * len(test_ids))],
-            }
-        )
-        table = self._with_audio(table)
-        table = self._with_groups(table, train, train_path)
-        if source == "zenodo":
-            write_sample_submission(self.dir / "sample_submission.csv", test_ids, None)
+        table = super().parse_clip_table()
+        if GROUP not in table.columns:
+            log.info(
+                "fsd2018: train.csv has no freesound_id column, so the folds are not grouped by Freesound "
+                "recording (the Zenodo layout, --set competition.source=zenodo, has it)"
+            )
         return table
 
-    def _with_groups(self, table: pd.DataFrame, train: pd.DataFrame, train_path: Path) -> pd.DataFrame:
-        """``group`` = freesound_id for the training clips when the training CSV has it (Zenodo)."""
-        if "freesound_id" not in train.columns:
-            log.info(
-                "fsd2018: %s has no freesound_id column, so the folds are not grouped by Freesound "
-                "recording (the Zenodo layout, --set competition.source=zenodo, has it)",
-                train_path.name,
-            )
-            return table
-        ids = train["freesound_id"].str.strip()
-        blank = ids == ""
-        if blank.any():
-            row = int(blank.to_numpy().nonzero()[0][0])
-            raise DataError(f"{train_path}: line {row + 2}: empty freesound_id")
-        n_test = len(table) - len(train)
-        groups = pd.Series([*ids, *([None] * n_test)], dtype=object)
-        log.info("fsd2018: training clips grouped by freesound_id: %s", describe_groups(ids))
-        return table.assign(**{GROUP: groups.to_numpy()})
-
-    def _with_audio(self, table: pd.DataFrame) -> pd.DataFrame:
-        durations, rates, issues = self.probe(table["path"].tolist())
-        for i, clip_id in enumerate(table["clip_id"]):
-            if clip_id in KNOWN_EMPTY and issues[i]:
-                issues[i] = "empty"  # a header-only file some decoders refuse: still empty
-            elif not issues[i] and durations[i] == 0:
-                issues[i] = "empty"
+    def audio_issues(self, table: pd.DataFrame, probed: list[str]) -> list[str]:
+        """Every clip's issue ("" when fine): a header of 0 frames is "empty", and so is a known empty
+        test wav that a decoder refuses outright."""
+        issues = [
+            "empty" if (issue and clip in KNOWN_EMPTY) or (not issue and duration == 0) else issue
+            for clip, issue, duration in zip(table["clip_id"], probed, table["duration"], strict=True)
+        ]
         flagged = [c for c, issue in zip(table["clip_id"], issues, strict=True) if issue == "empty"]
         if flagged:
             log.warning(
@@ -171,22 +129,7 @@ class Fsd2018(FileCompetition):
                 len(flagged),
                 ", ".join(flagged[:5]),
             )
-        return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
-
-    # -------------------------------------------------------------- test labels
-
-    def test_truth(self) -> pd.DataFrame | None:
-        """Labels of the 1,600 scored test clips (Public and Private leaderboard), when present."""
-        path = self.truth_path()
-        if path is None:
-            return None
-        df = read_csv(path, ["fname", "label"])
-        labels = [[label.strip()] for label in df["label"]]
-        check_labels(labels, set(CLASSES), path, multi=False)
-        out = pd.DataFrame({"clip_id": df["fname"], "labels": labels})
-        if "usage" in df.columns:
-            out["usage"] = df["usage"].to_numpy()
-        return out
+        return issues
 
     def score_test(self, test_ids: list[str], scores: np.ndarray) -> float | None:
         """MAP@3 on the test clips that have public labels: in the Kaggle layout, the 1,600 scored

@@ -25,24 +25,22 @@ Layouts:
 Known problems (FSDKaggle2019 README): curated ``1d44b0bd.wav`` contains no signal
 (``audio_issue = "silent"``); five curated clips carry a wrong label from a renaming bug
 (``audio_issue = "mislabeled"``). Both stay in the table; the flag lets a run drop them.
+Both layouts are tables of one shape, read by the ``kind: table`` machinery
+(:class:`audiotag.competitions.table.TableLayout`) from the settings in ``LAYOUTS``; this module adds
+the downloads, the known problems and the check of the files' class list against ours.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pandas as pd
 
-from audiotag.competitions.layouts import (
-    AUDIO_ISSUE,
-    FileCompetition,
-    check_labels,
-    first_duplicate,
-    read_csv,
-    read_vocabulary,
-    split_labels,
-    write_sample_submission,
-)
+from audiotag.competitions.layouts import read_vocabulary
+from audiotag.competitions.table import TableLayout
+from audiotag.competitions.table_reading import PUBLISHED_REMEDY
+from audiotag.config import CompetitionConfig
 from audiotag.errors import AudiotagError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -80,19 +78,42 @@ KNOWN_ISSUES = {
     ),
 }
 
+# What both layouts share (the keys of a kind: table YAML).
+TABLE: dict[str, Any] = {
+    "file_column": "fname",
+    "label_column": "labels",
+    "multi_label": True,
+    "label_separator": ",",
+    "noisy_subsets": ["noisy"],
+    "classes": list(CLASSES),
+    "metric": "lwlrap",
+    "submission": {"kind": "scores"},
+}
+LAYOUTS = {
+    "kaggle": {
+        **TABLE,
+        "train_csv": {s: f"train_{s}.csv" for s in SUBSETS},
+        "audio_dir": {s: f"train_{s}" for s in SUBSETS},
+        "test_dir": "test",
+        "sample_submission": "sample_submission.csv",
+    },
+    "zenodo": {  # the test clips: the rows of TEST_POST (the truth file); a sample submission is written
+        **TABLE,
+        "train_csv": {s: f"{META}/train_{s}_post_competition.csv" for s in SUBSETS},
+        "audio_dir": {s: f"FSDKaggle2019.audio_train_{s}" for s in SUBSETS},
+        "test_dir": "FSDKaggle2019.audio_test",
+    },
+}
 
-class Fsd2019(FileCompetition):
+
+class Fsd2019(TableLayout):
     name = "fsd2019"
-    task = "multi_label"
-    metric = "lwlrap"
-    submission_kind = "scores"
+    LAYOUTS = LAYOUTS
+    classes_described = f"the {len(CLASSES)} FSDKaggle2019 classes"
+    columns_remedy = PUBLISHED_REMEDY
     truth_file = TEST_POST
     default_source = "kaggle"
     sources = ("kaggle", "zenodo")
-
-    @property
-    def classes(self) -> list[str]:
-        return list(CLASSES)
 
     @property
     def subsets(self) -> list[str]:
@@ -104,21 +125,12 @@ class Fsd2019(FileCompetition):
             )
         return subsets
 
-    def _train_files(self, source: str, subset: str) -> tuple[str, str]:
-        """(label CSV, audio folder) of one training subset in the files of one source."""
-        if source == "kaggle":
-            return f"train_{subset}.csv", f"train_{subset}"
-        return f"{META}/train_{subset}_post_competition.csv", f"FSDKaggle2019.audio_train_{subset}"
+    def layout(self, source: str) -> CompetitionConfig:
+        """Only the configured subsets are read (the noisy audio is neither needed nor cached otherwise)."""
+        return super().layout(source).model_copy(update={"subsets": self.subsets})
 
     def expected_files(self, source: str) -> list[str]:
-        if source == "kaggle":
-            files = ["sample_submission.csv", "test/"]
-        else:
-            files = [TEST_POST, VOCABULARY, "FSDKaggle2019.audio_test/"]
-        for subset in self.subsets:
-            label_csv, folder = self._train_files(source, subset)
-            files += [label_csv, folder + "/"]
-        return files
+        return [*super().expected_files(source), *([VOCABULARY] if source == "zenodo" else [])]
 
     def download(self, source: str) -> None:
         if source == "kaggle":
@@ -137,72 +149,11 @@ class Fsd2019(FileCompetition):
 
         self.zenodo_fetch(ZENODO_RECORD, select)
 
-    # -------------------------------------------------------------- clip table
-
-    def parse_clip_table(self) -> pd.DataFrame:
-        source = self.source_found()
-        self._check_vocabulary(source)
-        parts = [self._subset_rows(source, subset) for subset in self.subsets]
-        if not sum(len(part) for part in parts):
-            names = ", ".join(self._train_files(source, subset)[0] for subset in self.subsets)
-            raise DataError(
-                f"{self.raw_dir}: no training clips: {names} have a header and no rows; restore the "
-                "complete files (re-download the data, or point --data-dir at the complete folder)"
-            )
-        test_path = self.raw_dir / ("sample_submission.csv" if source == "kaggle" else TEST_POST)
-        test_ids = read_csv(test_path, ["fname"])["fname"].tolist()
-        test_folder = "test" if source == "kaggle" else "FSDKaggle2019.audio_test"
-        parts.append(
-            pd.DataFrame(
-                {
-                    "clip_id": test_ids,
-                    "path": self.audio_paths(test_folder, test_ids, test_path),
-                    "split": "test",
-                    "subset": "test",
-                    "labels": [[] for _ in test_ids],
-                    "verified": False,
-                }
-            )
-        )
-        table = pd.concat(parts, ignore_index=True)
-        row = first_duplicate(table["clip_id"])
-        if row is not None:
-            raise DataError(f"{self.raw_dir}: clip {table['clip_id'].iloc[row]!r} appears in two subsets")
-        durations, rates, probed = self.probe(table["path"].tolist())
-        issues = [
-            KNOWN_ISSUES.get(c, "") if s == "curated" else ""
-            for c, s in zip(table["clip_id"], table["subset"], strict=True)
-        ]
-        issues = [
-            issue or found or ("empty" if d == 0 else "")
-            for issue, found, d in zip(issues, probed, durations, strict=True)
-        ]
-        if source == "zenodo":
-            write_sample_submission(self.dir / "sample_submission.csv", test_ids, CLASSES)
-        return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
-
-    def _subset_rows(self, source: str, subset: str) -> pd.DataFrame:
-        label_csv, folder = self._train_files(source, subset)
-        path = self.raw_dir / label_csv
-        df = read_csv(path, ["fname", "labels"])
-        labels = [split_labels(s) for s in df["labels"]]
-        check_labels(labels, set(CLASSES), path, multi=True)
-        return pd.DataFrame(
-            {
-                "clip_id": df["fname"],
-                "path": self.audio_paths(folder, df["fname"], path),
-                "split": "train",
-                "subset": subset,
-                "labels": labels,
-                "verified": subset == "curated",
-            }
-        )
-
-    def _check_vocabulary(self, source: str) -> None:
+    def check_sample_header(self, layout: CompetitionConfig, vocabulary: list[str]) -> None:
         """The files' class list must be ours, in our order (sample submission) or as a set (vocabulary)."""
-        if source == "kaggle":
-            path = self.raw_dir / "sample_submission.csv"
-            columns = [c for c in pd.read_csv(path, nrows=0).columns if c != "fname"]
+        if layout.sample_submission:
+            path = self.raw_dir / layout.sample_submission
+            columns = [c for c in pd.read_csv(path, nrows=0).columns if c != self.id_column]
             if columns != list(CLASSES):
                 diff = sorted(set(columns) ^ set(CLASSES))
                 detail = f"differ in {diff[:5]}" if diff else "are in another order"
@@ -218,17 +169,14 @@ class Fsd2019(FileCompetition):
                 f"{path}: the vocabulary ({len(names)} classes) differs from ours, e.g. {diff[:5]}"
             )
 
-    # -------------------------------------------------------------- test labels
-
-    def test_truth(self) -> pd.DataFrame | None:
-        """Labels of the full test set (4,481 clips; ``usage`` Public/Private), when present."""
-        path = self.truth_path()
-        if path is None:
-            return None
-        df = read_csv(path, ["fname", "labels"])
-        labels = [split_labels(s) for s in df["labels"]]
-        check_labels(labels, set(CLASSES), path, multi=True)
-        out = pd.DataFrame({"clip_id": df["fname"], "labels": labels})
-        if "usage" in df.columns:
-            out["usage"] = df["usage"].to_numpy()
-        return out
+    def audio_issues(self, table: pd.DataFrame, probed: list[str]) -> list[str]:
+        """Every clip's issue ("" when fine): the README's known problems of curated clips first, then
+        the probe's, and "empty" for a header of 0 frames."""
+        known = [
+            KNOWN_ISSUES.get(clip, "") if subset == "curated" else ""
+            for clip, subset in zip(table["clip_id"], table["subset"], strict=True)
+        ]
+        return [
+            issue or found or ("empty" if duration == 0 else "")
+            for issue, found, duration in zip(known, probed, table["duration"], strict=True)
+        ]

@@ -1,7 +1,6 @@
-"""Readers for the Kaggle file layouts of the Freesound competitions, and the shared machinery of
-the real competitions (:class:`FileCompetition`: published layouts, download, ``data_dir``).
+"""The shared machinery of the real competitions (:class:`FileCompetition`: published layouts,
+download, ``data_dir``) and the readers they share (CSV files, clip names, audio headers).
 
-The demo competitions are written in the Kaggle layouts so that one code path reads both.
 Errors name the CSV file and its line (header = line 1) so the user can find the bad row.
 
 Clip names (``fname``) must stay inside their audio folder (:func:`audio_paths`): a name that is
@@ -113,93 +112,6 @@ def check_labels(labels: list[list[str]], vocabulary: set[str], path: Path, mult
                 f"{path}: line {row + 2}: unknown label(s) {bad}; "
                 f"the vocabulary has {len(vocabulary)} classes"
             )
-
-
-def with_audio_info(table: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Add duration and sample_rate from each file's header (:func:`probe_clips`): a missing file is
-    an error naming it; an unusable one gets an ``audio_issue`` column (added only when one has)."""
-    durations, rates, issues = probe_clips(table["path"].tolist(), root, str(root))
-    table = table.assign(duration=durations, sample_rate=rates)
-    return table.assign(**{AUDIO_ISSUE: issues}) if any(issues) else table
-
-
-def _test_rows(raw_dir: Path, audio_folder: str) -> pd.DataFrame:
-    path = raw_dir / "sample_submission.csv"
-    sample = read_csv(path, ["fname"])
-    audio_paths(raw_dir / audio_folder, sample["fname"], path)
-    return pd.DataFrame(
-        {
-            "clip_id": sample["fname"],
-            "path": [f"raw/{audio_folder}/{f}" for f in sample["fname"]],
-            "split": "test",
-            "subset": "test",
-            "labels": [[] for _ in range(len(sample))],
-            "verified": False,
-        }
-    )
-
-
-def read_fsd2018_layout(raw_dir: Path, vocabulary: set[str]) -> pd.DataFrame:
-    """train.csv (fname,label,manually_verified), audio_train/, audio_test/, sample_submission.csv."""
-    path = raw_dir / "train.csv"
-    train = read_csv(path, ["fname", "label", "manually_verified"])
-    require_rows(train, path)
-    audio_paths(raw_dir / "audio_train", train["fname"], path)
-    labels = [[label.strip()] for label in train["label"]]
-    check_labels(labels, vocabulary, path, multi=False)
-    bad_flag = ~train["manually_verified"].isin(["0", "1"])
-    if bad_flag.any():
-        row = int(bad_flag.to_numpy().nonzero()[0][0])
-        raise DataError(f"{path}: line {row + 2}: manually_verified must be 0 or 1")
-    rows = pd.DataFrame(
-        {
-            "clip_id": train["fname"],
-            "path": [f"raw/audio_train/{f}" for f in train["fname"]],
-            "split": "train",
-            "subset": "train",
-            "labels": labels,
-            "verified": train["manually_verified"] == "1",
-        }
-    )
-    table = pd.concat([rows, _test_rows(raw_dir, "audio_test")], ignore_index=True)
-    return with_audio_info(table, raw_dir.parent)
-
-
-def read_fsd2019_layout(raw_dir: Path, vocabulary: set[str], subsets: Iterable[str]) -> pd.DataFrame:
-    """train_curated.csv / train_noisy.csv (fname,labels comma-separated), their folders, test/."""
-    parts = []
-    for subset in subsets:
-        path = raw_dir / f"train_{subset}.csv"
-        df = read_csv(path, ["fname", "labels"])
-        audio_paths(raw_dir / f"train_{subset}", df["fname"], path)
-        labels = [[x.strip() for x in s.split(",") if x.strip()] for s in df["labels"]]
-        check_labels(labels, vocabulary, path, multi=True)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "clip_id": df["fname"],
-                    "path": [f"raw/train_{subset}/{f}" for f in df["fname"]],
-                    "split": "train",
-                    "subset": subset,
-                    "labels": labels,
-                    "verified": subset == "curated",
-                }
-            )
-        )
-    if not sum(len(p) for p in parts):
-        names = ", ".join(f"train_{s}.csv" for s in subsets)
-        raise DataError(f"{raw_dir}: no training clips in {names}: the files have a header and no rows")
-    table = pd.concat([*parts, _test_rows(raw_dir, "test")], ignore_index=True)
-    dup = table["clip_id"].duplicated()
-    if dup.any():
-        raise DataError(f"{raw_dir}: clip {table['clip_id'][dup].iloc[0]!r} appears in two subsets")
-    return with_audio_info(table, raw_dir.parent)
-
-
-def sample_submission_classes(raw_dir: Path) -> list[str]:
-    """Class columns of a scores-style sample submission, in the file's order."""
-    header = pd.read_csv(raw_dir / "sample_submission.csv", nrows=0).columns.tolist()
-    return [c for c in header if c != "fname"]
 
 
 # ----------------------------------------------------------------------------- real competitions
@@ -315,16 +227,6 @@ def _shown(rel: str, root: Path, where: str) -> str:
         return str(rel)
 
 
-def missing_audio_error(
-    paths: Sequence[str], errors: Sequence[str], root: Path, where: str | None = None
-) -> DataError:
-    bad = [f"{p} ({e})" for p, e in zip(paths, errors, strict=True) if e]
-    return DataError(
-        f"{len(bad)} audio file(s) listed in the CSVs are missing or unreadable under {where or root}: "
-        f"{_head(bad)}; re-run `./run.sh prepare`, or check the download or the --data-dir folder"
-    )
-
-
 def split_labels(text: str) -> list[str]:
     """``"Bark,Walk_and_footsteps"`` -> ``["Bark", "Walk_and_footsteps"]`` (blanks dropped)."""
     return [x.strip() for x in text.split(",") if x.strip()]
@@ -355,12 +257,6 @@ def read_vocabulary(path: Path) -> list[tuple[int, str, str]]:
     if len(set(indices)) != len(indices):
         raise DataError(f"{path}: an index is listed twice")
     return rows
-
-
-def first_duplicate(values: pd.Series) -> int | None:
-    """Row index of the first value seen before, else None."""
-    dup = values.duplicated(keep="first").to_numpy()
-    return int(dup.nonzero()[0][0]) if dup.any() else None
 
 
 def unpack_target(archive: Path, dest: Path) -> Path:

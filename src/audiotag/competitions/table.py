@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pandas as pd
 
@@ -38,8 +39,15 @@ from audiotag.atomic import atomic_write_text
 from audiotag.competitions.archive import fetch_archive
 from audiotag.competitions.folds import FOLD, GROUP, describe_groups
 from audiotag.competitions.layouts import AUDIO_ISSUE, AUDIO_SUFFIXES, FileCompetition, audio_paths
-from audiotag.competitions.table_reading import chosen_subsets, read_rows, read_table_csv, segment_overruns
-from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary
+from audiotag.competitions.table_reading import (
+    COLUMNS_REMEDY,
+    chosen_subsets,
+    parse_labels,
+    read_rows,
+    read_table_csv,
+    segment_overruns,
+)
+from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary, check_labels, csv_line
 from audiotag.config import CompetitionConfig
 from audiotag.errors import ConfigError, DataError
 
@@ -48,67 +56,52 @@ log = logging.getLogger(__name__)
 SUBMISSION_KINDS = {"top_k_labels": "top3_labels", "scores": "scores", "sample_columns": "sample_columns"}
 
 
-class TableCompetition(FileCompetition):
-    """A tagging dataset given as a CSV table and folders of audio, used in place."""
+class TableLayout(FileCompetition):
+    """A clip table read from training CSVs and folders of audio, plus a list of test clips: the parsing
+    shared by ``kind: table`` (:class:`TableCompetition`, settings from the YAML) and the competitions
+    whose published layouts have that shape (FSDKaggle2018, FSDKaggle2019 and their demos), which
+    declare the settings of each source's files as data in ``LAYOUTS`` (the keys of ``kind: table``).
 
-    name = "table"  # the instance's name is the YAML's (set in __init__)
-    sources = ("table",)
-    default_source = "table"
+    A subclass may add what its dataset knows beyond the table (:meth:`audio_issues`,
+    :meth:`check_sample_header`); the task, metric, submission format and vocabulary come from its layout.
+    """
+
+    LAYOUTS: ClassVar[dict[str, dict[str, Any]]] = {}  # source -> kind: table settings of its files
+    classes_described: ClassVar[str] = "the classes listed in the competition YAML"  # for messages
+    columns_remedy: ClassVar[str] = COLUMNS_REMEDY  # what to do about a CSV that lacks a column
 
     def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
         super().__init__(cfg, root)
-        self.name = cfg.name  # type: ignore[misc]
-        self.task = "multi_label" if cfg.multi_label else "single_label"  # type: ignore[misc]
-        self.metric = cfg.metric or ""  # type: ignore[misc]
-        assert cfg.submission is not None  # CompetitionConfig checks it for kind: table
-        self.submission_kind = SUBMISSION_KINDS[cfg.submission.kind]  # type: ignore[misc]
-        self.label_count = cfg.submission.k
-        self.id_column = cfg.submission.id_column
-        self.vocabulary = Vocabulary(self.dir / VOCABULARY, cfg.classes, cfg.name)
+        spec = self.layout(self.default_source)
+        self.task = "multi_label" if spec.multi_label else "single_label"  # type: ignore[misc]
+        self.metric = spec.metric or ""  # type: ignore[misc]
+        assert spec.submission is not None  # CompetitionConfig checks it for kind: table
+        self.submission_kind = SUBMISSION_KINDS[spec.submission.kind]  # type: ignore[misc]
+        self.label_count = spec.submission.k
+        self.id_column = spec.submission.id_column
+        self.vocabulary = Vocabulary(self.dir / VOCABULARY, spec.classes, self.name, self.classes_described)
 
-    # -------------------------------------------------------------- where the files are
-
-    @property
-    def source(self) -> str:
-        return "table"
+    def layout(self, source: str) -> CompetitionConfig:
+        """The table settings of the files of ``source``: ``LAYOUTS[source]``, checked as ``kind: table``."""
+        return CompetitionConfig.model_validate({"name": self.name, "kind": "table", **self.LAYOUTS[source]})
 
     def _file(self, rel: str) -> Path:
         return self.raw_dir / rel
 
+    def test_list(self, layout: CompetitionConfig) -> str | None:
+        """The CSV whose id column lists the test clips: the sample submission, else the test-label file
+        (the Zenodo layouts list their test clips there); None: every audio file in test_dir."""
+        return layout.sample_submission or self.truth_file
+
     def expected_files(self, source: str) -> list[str]:
-        cfg = self.cfg
-        files = [name for s in chosen_subsets(cfg) for name in (s.csv, f"{s.audio_dir}/")]
-        if cfg.test_dir:
-            files.append(f"{cfg.test_dir}/")
-        if cfg.sample_submission:
-            files.append(cfg.sample_submission)
+        layout = self.layout(source)
+        files = [name for s in chosen_subsets(layout) for name in (s.csv, f"{s.audio_dir}/")]
+        if layout.test_dir:
+            files.append(f"{layout.test_dir}/")
+        listed = self.test_list(layout)
+        if listed:
+            files.append(listed)
         return list(dict.fromkeys(files))
-
-    @property
-    def raw_dir(self) -> Path:
-        """data_dir when given; else, with ``download``, the archive's folder extracted into raw/."""
-        if self.data_dir is None and self.cfg.download is not None:
-            return self.dir / "raw" / self.cfg.download.folder
-        return super().raw_dir
-
-    def obtain(self) -> None:
-        if self.data_dir is None and self.cfg.download is None:
-            raise ConfigError(
-                f"competition {self.name} (kind: table) has no data_dir: set data_dir in its YAML or pass "
-                "--data-dir PATH (the folder holding train_csv and the audio)"
-            )
-        if self.data_dir is None and self.cfg.download is not None and self.missing_files(self.source):
-            log.info("%s: downloading %s into %s", self.name, self.cfg.download.url, self.dir / "raw")
-            self.download(self.source)
-        super().obtain()  # in place from data_dir, or the files in raw_dir (checked complete)
-
-    def download(self, source: str) -> None:
-        """The ``download`` archive (zip or tar) into raw/, extracted there; its top ``folder`` (or raw/
-        itself, ``folder: "."``) becomes raw_dir (:mod:`audiotag.competitions.archive`)."""
-        spec = self.cfg.download
-        if spec is None:  # pragma: no cover - obtain refuses a table without data_dir or download
-            raise DataError(f"{self.name}: a kind: table competition without download is used in place")
-        fetch_archive(spec, self.dir / "raw")
 
     # -------------------------------------------------------------- vocabulary
 
@@ -122,20 +115,16 @@ class TableCompetition(FileCompetition):
 
     # -------------------------------------------------------------- test clips and the sample
 
-    def _test_ids(self) -> tuple[list[str], Path | None]:
+    def _test_ids(self, layout: CompetitionConfig) -> tuple[list[str], Path | None]:
         """Test clip names (relative to test_dir) and the CSV that listed them (None: the folder's files)."""
-        cfg = self.cfg
-        if cfg.sample_submission:
-            path = self._file(cfg.sample_submission)
-            ids = read_table_csv(path, [self.id_column], "sample_submission")[self.id_column]
-            dup = ids.duplicated()
-            if dup.any():
-                row = int(dup.to_numpy().nonzero()[0][0])
-                raise DataError(f"{path}: line {row + 2}: {self.id_column} {ids.iloc[row]!r} listed twice")
-            return ids.tolist(), path
-        if not cfg.test_dir:
+        listed = self.test_list(layout)
+        if listed:
+            path = self._file(listed)
+            ids = read_table_csv(path, [self.id_column], "sample_submission", self.columns_remedy)
+            return _unique(ids[self.id_column], path, self.id_column), path
+        if not layout.test_dir:
             return [], None
-        folder = self._file(cfg.test_dir)
+        folder = self._file(layout.test_dir)
         names = sorted(
             p.relative_to(folder).as_posix()
             for p in folder.rglob("*")
@@ -145,14 +134,16 @@ class TableCompetition(FileCompetition):
             raise DataError(f"{folder}: test_dir holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
         return names, None
 
-    def _check_sample_header(self, vocabulary: list[str]) -> None:
+    def check_sample_header(self, layout: CompetitionConfig, vocabulary: list[str]) -> None:
         """A given sample submission's header must be what the submission format writes: for
         sample_columns its class columns are the vocabulary (any order), else the id column comes first
         and then one label column (top_k_labels) or the classes in vocabulary order (scores)."""
-        if not self.cfg.sample_submission:
+        if not layout.sample_submission:
             return
-        path = self._file(self.cfg.sample_submission)
-        header = list(read_table_csv(path, [self.id_column], "sample_submission").columns)
+        path = self._file(layout.sample_submission)
+        header = list(
+            read_table_csv(path, [self.id_column], "sample_submission", self.columns_remedy).columns
+        )
         others = [c for c in header if c != self.id_column]
         if self.submission_kind == "sample_columns":
             missing = [c for c in vocabulary if c not in others]
@@ -191,26 +182,36 @@ class TableCompetition(FileCompetition):
             sample.insert(0, key, test_ids)
         atomic_write_text(self.dir / "sample_submission.csv", sample.to_csv(index=False))
 
-    @property
-    def sample_submission_path(self) -> Path:
-        if self.cfg.sample_submission:
-            return self._file(self.cfg.sample_submission)
-        return self.dir / "sample_submission.csv"
+    def test_truth(self) -> pd.DataFrame | None:
+        """Labels of the test clips from ``truth_file`` (id and label columns as in the training CSVs;
+        ``usage`` kept where given, e.g. Public/Private), when the data folder has it."""
+        path = self.truth_path()
+        if path is None:
+            return None
+        layout = self.layout(self.source)
+        df = read_table_csv(path, [self.id_column, layout.label_column], "truth_file", self.columns_remedy)
+        labels = parse_labels(layout, df[layout.label_column], path)
+        check_labels(labels, set(self.classes), csv_line(path), self.classes_described)
+        out = pd.DataFrame({"clip_id": _unique(df[self.id_column], path, self.id_column), "labels": labels})
+        if "usage" in df.columns:
+            out["usage"] = df["usage"].to_numpy()
+        return out
 
     # -------------------------------------------------------------- clip table
 
     def table_sources(self) -> list[Path]:
-        """The top-level CSVs, and the training CSVs and sample submission wherever they are."""
+        """The top-level CSVs, and the training CSVs and the test list wherever they are."""
         sources = super().table_sources()
-        named = [self._file(s.csv) for s in chosen_subsets(self.cfg)]
-        if self.cfg.sample_submission:
-            named.append(self._file(self.cfg.sample_submission))
+        layout = self.layout(self.source_found())
+        named = [self._file(s.csv) for s in chosen_subsets(layout)]
+        listed = self.test_list(layout)
+        if listed:
+            named.append(self._file(listed))
         return sources + [p for p in dict.fromkeys(named) if p not in sources and p.is_file()]
 
     def parse_clip_table(self) -> pd.DataFrame:
-        cfg = self.cfg
-        self.source_found()
-        rows = read_rows(cfg, chosen_subsets(cfg), self.raw_dir)
+        cfg = self.layout(self.source_found())
+        rows = read_rows(cfg, chosen_subsets(cfg), self.raw_dir, self.columns_remedy)
         csvs, lines = rows["csv"].tolist(), rows["line"].tolist()
         vocabulary = self.vocabulary.fix(
             rows["labels"].tolist(),
@@ -221,8 +222,8 @@ class TableCompetition(FileCompetition):
             raise DataError(
                 f"competition.submission.k {self.label_count} exceeds the {len(vocabulary)} classes; lower it"
             )
-        self._check_sample_header(vocabulary)
-        test_ids, test_csv = self._test_ids()
+        self.check_sample_header(cfg, vocabulary)
+        test_ids, test_csv = self._test_ids(cfg)
         if test_ids and not cfg.test_dir:
             raise ConfigError(
                 "competition.test_dir: sample_submission is given, but not the test audio folder"
@@ -273,8 +274,9 @@ class TableCompetition(FileCompetition):
                 "sample_rate": rates,
             }
         )
-        if any(issues):
-            table[AUDIO_ISSUE] = issues
+        audio_issues = self.audio_issues(table, issues)
+        if audio_issues is not None:
+            table[AUDIO_ISSUE] = audio_issues
         if segments:
             table["start"] = [*rows["start"], *([math.nan] * n_test)]
             table["end"] = [*rows["end"], *([math.nan] * n_test)]
@@ -293,6 +295,11 @@ class TableCompetition(FileCompetition):
             self._write_sample(test_ids, vocabulary)
         return table
 
+    def audio_issues(self, table: pd.DataFrame, probed: list[str]) -> list[str] | None:
+        """The ``audio_issue`` column from the header probe's findings (``probed``), or None for no column:
+        here the probe's, only where a clip has one; a dataset may add what its documentation knows."""
+        return probed if any(probed) else None
+
     def _probe_files(self, paths: list[str]) -> tuple[list[float], list[int], list[str]]:
         """:meth:`probe` once per file (segments share their file), as one value per path."""
         unique = list(dict.fromkeys(paths))
@@ -310,6 +317,68 @@ class TableCompetition(FileCompetition):
                     f"{name}: {int(n)} clips ({int(v)} verified)" for name, (n, v) in counts.iterrows()
                 ),
             )
+
+
+class TableCompetition(TableLayout):
+    """A tagging dataset given as a CSV table and folders of audio, used in place: the YAML is its layout."""
+
+    name = "table"  # the instance's name is the YAML's (set in __init__)
+    sources = ("table",)
+    default_source = "table"
+
+    def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
+        self.name = cfg.name  # type: ignore[misc]
+        super().__init__(cfg, root)
+
+    def layout(self, source: str) -> CompetitionConfig:
+        return self.cfg
+
+    # -------------------------------------------------------------- where the files are
+
+    @property
+    def source(self) -> str:
+        return "table"
+
+    @property
+    def raw_dir(self) -> Path:
+        """data_dir when given; else, with ``download``, the archive's folder extracted into raw/."""
+        if self.data_dir is None and self.cfg.download is not None:
+            return self.dir / "raw" / self.cfg.download.folder
+        return super().raw_dir
+
+    def obtain(self) -> None:
+        if self.data_dir is None and self.cfg.download is None:
+            raise ConfigError(
+                f"competition {self.name} (kind: table) has no data_dir: set data_dir in its YAML or pass "
+                "--data-dir PATH (the folder holding train_csv and the audio)"
+            )
+        if self.data_dir is None and self.cfg.download is not None and self.missing_files(self.source):
+            log.info("%s: downloading %s into %s", self.name, self.cfg.download.url, self.dir / "raw")
+            self.download(self.source)
+        super().obtain()  # in place from data_dir, or the files in raw_dir (checked complete)
+
+    def download(self, source: str) -> None:
+        """The ``download`` archive (zip or tar) into raw/, extracted there; its top ``folder`` (or raw/
+        itself, ``folder: "."``) becomes raw_dir (:mod:`audiotag.competitions.archive`)."""
+        spec = self.cfg.download
+        if spec is None:  # pragma: no cover - obtain refuses a table without data_dir or download
+            raise DataError(f"{self.name}: a kind: table competition without download is used in place")
+        fetch_archive(spec, self.dir / "raw")
+
+    @property
+    def sample_submission_path(self) -> Path:
+        if self.cfg.sample_submission:
+            return self._file(self.cfg.sample_submission)
+        return self.dir / "sample_submission.csv"
+
+
+def _unique(ids: pd.Series, path: Path, column: str) -> list[str]:
+    """``ids`` (rows of ``path`` from line 2) as a list, refusing one listed twice."""
+    dup = ids.duplicated()
+    if dup.any():
+        row = int(dup.to_numpy().nonzero()[0][0])
+        raise DataError(f"{path}: line {row + 2}: {column} {ids.iloc[row]!r} listed twice")
+    return ids.tolist()
 
 
 def _head(items: list[str], n: int = 5) -> str:

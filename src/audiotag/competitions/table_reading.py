@@ -28,6 +28,14 @@ import pandas as pd
 from audiotag.config import CompetitionConfig, template_fields
 from audiotag.errors import DataError
 
+# The remedy for a CSV that lacks a column, where the column names come from the competition YAML.
+COLUMNS_REMEDY = (
+    "fix the column names in the competition YAML (file_column, label_column, ...) or the CSV header"
+)
+# The remedy for a published dataset's CSV that lacks a column (the Freesound layouts).
+PUBLISHED_REMEDY = (
+    "restore the published file (re-download the data, or point --data-dir at the complete folder)"
+)
 TRUE_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 SEGMENT_SLACK = 0.01  # seconds a segment may end past its file's header length (rounding in the CSV)
 
@@ -53,8 +61,10 @@ def chosen_subsets(cfg: CompetitionConfig) -> list[Subset]:
     return [s for s in all_subsets(cfg) if cfg.subsets is None or s.name in cfg.subsets]
 
 
-def read_table_csv(path: Path, required: list[str], setting: str) -> pd.DataFrame:
-    """A CSV as text (nothing converted), refused when it lacks a ``required`` column."""
+def read_table_csv(
+    path: Path, required: list[str], setting: str, remedy: str = COLUMNS_REMEDY
+) -> pd.DataFrame:
+    """A CSV as text (nothing converted), refused (saying ``remedy``) when it lacks a ``required`` column."""
     if not path.is_file():
         raise DataError(f"{path}: file not found; check competition.{setting} and the data folder")
     try:
@@ -63,10 +73,7 @@ def read_table_csv(path: Path, required: list[str], setting: str) -> pd.DataFram
         raise DataError(f"{path}: cannot be parsed as CSV ({exc})") from None
     missing = [c for c in dict.fromkeys(required) if c not in df.columns]
     if missing:
-        raise DataError(
-            f"{path}: missing column(s) {missing}; found {list(df.columns)}; fix the column names in the "
-            "competition YAML (file_column, label_column, ...) or the CSV header"
-        )
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}; {remedy}")
     return df
 
 
@@ -81,18 +88,21 @@ def required_columns(cfg: CompetitionConfig) -> list[str]:
     return list(dict.fromkeys(columns))
 
 
-def read_rows(cfg: CompetitionConfig, subsets: list[Subset], data_dir: Path) -> pd.DataFrame:
+def read_rows(
+    cfg: CompetitionConfig, subsets: list[Subset], data_dir: Path, remedy: str = COLUMNS_REMEDY
+) -> pd.DataFrame:
     """One row per training clip of ``subsets``: clip_id, file, subset, labels, verified, group, fold,
-    start, end (NaN without segments), and the CSV and line it came from."""
+    start, end (NaN without segments), and the CSV and line it came from. ``remedy``: what to do about
+    a missing column."""
     frames: list[pd.DataFrame] = []
     has_verified: list[bool] = []
     for subset in subsets:
         path = data_dir / subset.csv
         setting = "train_csv" if len(subsets) == 1 and subset.name == "train" else f"train_csv.{subset.name}"
-        df = read_table_csv(path, required_columns(cfg), setting)
+        df = read_table_csv(path, required_columns(cfg), setting, remedy)
         has_verified.append(cfg.verified_column in df.columns)
         if cfg.verified_column and len(subsets) == 1 and not has_verified[-1]:
-            read_table_csv(path, [cfg.verified_column], setting)  # raises, naming the column
+            read_table_csv(path, [cfg.verified_column], setting, remedy)  # raises, naming the column
         frames.append(_subset_rows(cfg, subset, df, path))
     if cfg.verified_column and not any(has_verified):
         names = ", ".join(str(data_dir / s.csv) for s in subsets)
@@ -103,9 +113,11 @@ def read_rows(cfg: CompetitionConfig, subsets: list[Subset], data_dir: Path) -> 
     rows = pd.concat(frames, ignore_index=True)
     if rows.empty:
         names = ", ".join(str(data_dir / s.csv) for s in subsets)
+        files = "the file has" if len(subsets) == 1 else "the files have"
         raise DataError(
-            f"{names}: no training clips: the file(s) have a header and no rows; restore the complete "
-            "files (re-download the data, or point --data-dir at the complete folder)"
+            f"{names}: no training clips: {files} a header and no rows; restore the complete "
+            f"file{'s' if len(subsets) > 1 else ''} (re-download the data, or point --data-dir at the "
+            "complete folder)"
         )
     _refuse_repeated_ids(rows, cfg)
     return rows
@@ -131,7 +143,7 @@ def _subset_rows(cfg: CompetitionConfig, subset: Subset, df: pd.DataFrame, path:
             "file": files,
             "audio_dir": subset.audio_dir,
             "subset": subset.name,
-            "labels": _labels(cfg, df[cfg.label_column], path),
+            "labels": parse_labels(cfg, df[cfg.label_column], path),
             "verified": _verified(cfg, subset, df, path),
             "group": _text_column(df, cfg.group_column, path) if cfg.group_column else None,
             "fold": _text_column(df, cfg.fold_column, path) if cfg.fold_column else None,
@@ -152,7 +164,9 @@ def _text_column(df: pd.DataFrame, column: str, path: Path) -> list[str]:
     return values.tolist()
 
 
-def _labels(cfg: CompetitionConfig, texts: pd.Series, path: Path) -> list[list[str]]:
+def parse_labels(cfg: CompetitionConfig, texts: pd.Series, path: Path) -> list[list[str]]:
+    """Each row's labels (``texts``, rows of ``path`` from line 2): one, or ``label_separator``-separated
+    with ``multi_label``; a row without a label, or with one twice, is refused."""
     out = []
     for row, text in enumerate(texts):
         if cfg.multi_label:

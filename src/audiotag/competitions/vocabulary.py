@@ -26,10 +26,17 @@ Where = Callable[[int], str]  # the place (file and line, folder) of the i-th la
 class Vocabulary:
     """The explicit ``classes``, or the vocabulary fixed at the first prepare in ``path``."""
 
-    def __init__(self, path: Path, explicit: Sequence[str] | None, owner: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        explicit: Sequence[str] | None,
+        owner: str,
+        described: str = "the classes listed in the competition YAML",
+    ) -> None:
         self.path = path
         self.explicit = list(explicit) if explicit is not None else None
         self.owner = owner  # the competition's name, for the log
+        self.described = described  # what the explicit classes are, for messages
 
     @property
     def classes(self) -> list[str]:
@@ -65,7 +72,7 @@ class Vocabulary:
         by spaces).
         """
         if self.explicit is not None:
-            check_labels(labels, set(self.explicit), where, "the classes listed in the competition YAML")
+            check_labels(labels, set(self.explicit), where, self.described)
             return list(self.explicit)
         saved = self.saved()
         if saved is not None:

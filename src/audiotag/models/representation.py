@@ -244,7 +244,15 @@ class Representation:
         torch.manual_seed(cfg.seed)
         tagger = build_model(self.model_cfg, features.n_mels, 1, frames, input_norm, features)
         if cfg.weights is not None:
-            load_pretrained(tagger, self.model_cfg, features)
+            report = load_pretrained(tagger, self.model_cfg, features)
+            unloaded = [k for k in (report.missing if report else []) if k.startswith("head.fc1.")]
+            if unloaded:
+                log.warning(
+                    "embedding: %s holds no %s; layer 'embedding' passes through that randomly "
+                    "initialised layer (numbered layers are not affected)",
+                    cfg.weights,
+                    ", ".join(unloaded),
+                )
         self.tagger = tagger.eval().to(self.device)
         for param in self.tagger.parameters():
             param.requires_grad_(False)

@@ -153,10 +153,18 @@ def check_settings(out_dir: Path, cfg: PretrainConfig) -> bool:
 
 
 def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) -> None:
-    """``pretrain.json`` and ``config.yaml`` at the start; a rerun with other settings is refused."""
-    if check_settings(out_dir, cfg):
-        return
+    """``pretrain.json`` and ``config.yaml`` at the start; a rerun with other settings, or on clips
+    that changed since (other files, or other audio in them), is refused."""
     info_path = out_dir / "pretrain.json"
+    if check_settings(out_dir, cfg):
+        saved = json.loads(info_path.read_text()).get("clips_sha1")
+        if saved is not None and saved != sources.fingerprint():
+            raise ConfigError(
+                f"pretrain {out_dir.name!r} in {out_dir} was started on other clips ({sources.describe()} "
+                "now): the audio or the clip list changed. Give this run its own --name, or delete the "
+                "folder to start over"
+            )
+        return
     settings = settings_of(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
@@ -166,6 +174,7 @@ def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) ->
             "name": cfg.name,
             "settings": settings,
             "sources": sources.counts,
+            "clips_sha1": sources.fingerprint(),
             "feature_key": cfg.features.key(),
             "code_version": code_version(),
             "torch": torch.__version__,
@@ -233,6 +242,7 @@ def run_pretrain_stage(
     check_settings(out_dir, cfg)
     done = finished(out_dir)
     if done is not None:
+        (out_dir / "last.pt").unlink(missing_ok=True)  # a run killed between done.json and this cleanup
         log.info(
             "pretrain: %s is already done (loss %.4f); its encoder: %s",
             out_dir,

@@ -46,6 +46,13 @@ class Sources:
     def describe(self) -> str:
         return ", ".join(f"{n} clips from {name}" for name, n in self.counts.items())
 
+    def fingerprint(self) -> str:
+        """SHA-1 of the clip list and each cache's clip-list hash (its audio files and settings)."""
+        digest = hashlib.sha1("\n".join(self.keys).encode())
+        for cache in self.caches.caches:
+            digest.update(str(cache.manifest.get("clips_hash", "")).encode())
+        return digest.hexdigest()
+
 
 def competition_clips(cfg: PretrainConfig, workers: int | None) -> tuple[FeatureCache, list[str], str]:
     """The competition's cache (prepared first) and its clips of the configured splits."""

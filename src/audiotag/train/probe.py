@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -327,8 +326,3 @@ def write_fold(
 def read_done(fold_dir: Path) -> dict[str, Any] | None:
     path = fold_dir / "done.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.time()
-    return fn(), round(time.time() - started, 1)
