@@ -235,3 +235,17 @@ def test_no_test_set_end_to_end(data: Path, workspace: Path, caplog: pytest.LogC
     assert set(report["cv"]["folds"]) == {"0", "1", "2"} and 0 <= report["cv"]["mean"] <= 1
     assert report["metric"] == "accuracy" and report["submission_sha256"] is None
     assert "no test set" in caplog.text and "no submission written" in caplog.text
+
+
+def test_a_label_written_twice_in_a_row_is_kept_once_with_a_warning(
+    data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = make_dataset(data, multi=True)
+    train = pd.read_csv(data / "train.csv")
+    train.loc[3, "tags"] = "blip;zorp;blip"
+    train.to_csv(data / "train.csv", index=False)
+    comp = _comp(path)
+    with caplog.at_level("WARNING"):
+        table = comp.parse_clip_table()
+    assert list(table.loc[table["clip_id"] == train.loc[3, "file"], "labels"].iloc[0]) == ["blip", "zorp"]
+    assert "1 row(s) name a label twice (first: line 5)" in caplog.text

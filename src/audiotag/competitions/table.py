@@ -24,6 +24,10 @@ label); otherwise the sorted set of training labels, written to ``competition/<n
 at the first prepare and fixed from then on (:mod:`audiotag.competitions.vocabulary`): a later label
 outside it is an error naming the row, never a silent new score column (delete the file to start
 over, with new runs).
+
+The parsing is :class:`TableLayout`'s, shared with the competitions whose published files have this
+shape: FSDKaggle2018, FSDKaggle2019 and their demos declare each source's layout as these same keys
+(``LAYOUTS`` in their modules) and add only what their data needs beyond a table.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ Every error names the CSV file and its line (header = line 1) and what to change
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ import pandas as pd
 
 from audiotag.config import CompetitionConfig, template_fields
 from audiotag.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # The remedy for a CSV that lacks a column, where the column names come from the competition YAML.
 COLUMNS_REMEDY = (
@@ -166,8 +169,10 @@ def _text_column(df: pd.DataFrame, column: str, path: Path) -> list[str]:
 
 def parse_labels(cfg: CompetitionConfig, texts: pd.Series, path: Path) -> list[list[str]]:
     """Each row's labels (``texts``, rows of ``path`` from line 2): one, or ``label_separator``-separated
-    with ``multi_label``; a row without a label, or with one twice, is refused."""
+    with ``multi_label``; a row without a label is refused, a label written twice in one row is kept once
+    (with a warning: the real FSDKaggle2019 CSVs could not be checked for such rows offline)."""
     out = []
+    repeated: list[int] = []
     for row, text in enumerate(texts):
         if cfg.multi_label:
             names = [x.strip() for x in text.split(cfg.label_separator) if x.strip()]
@@ -176,8 +181,16 @@ def parse_labels(cfg: CompetitionConfig, texts: pd.Series, path: Path) -> list[l
         if not names or not all(names):
             raise DataError(f"{path}: line {row + 2}: no label in {cfg.label_column}")
         if len(set(names)) != len(names):
-            raise DataError(f"{path}: line {row + 2}: label repeated in {text!r}")
+            repeated.append(row + 2)
+            names = list(dict.fromkeys(names))
         out.append(names)
+    if repeated:
+        log.warning(
+            "%s: %d row(s) name a label twice (first: line %d); each label is kept once",
+            path,
+            len(repeated),
+            repeated[0],
+        )
     return out
 
 
