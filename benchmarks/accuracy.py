@@ -35,6 +35,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -294,8 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     for line in goals(rows):
         console.print(line)
     if args.write:
-        command = "nice -n 10 .venv/bin/python benchmarks/accuracy.py " + " ".join(argv or sys.argv[1:])
-        append_results(RESULTS, markdown(rows, command.strip(), len(cores), args.note, prepare_minutes))
+        niceness = os.nice(0)
+        prefix = [
+            *(["nice", "-n", str(niceness)] if niceness else []),
+            ".venv/bin/python",
+            "benchmarks/accuracy.py",
+        ]
+        command = shlex.join([*prefix, *(sys.argv[1:] if argv is None else argv)])
+        append_results(RESULTS, markdown(rows, command, len(cores), args.note, prepare_minutes))
         console.print(f"appended to {RESULTS}")
     return 0
 

@@ -61,6 +61,9 @@ def test_one_csv_with_groups_and_its_own_id_column(tmp_path: Path, workspace: Pa
     _groups_kept_whole(_fold_file(comp_dir, "k3-seed42-all-grouped.csv"), meta)
     report = json.loads((workspace / "submissions" / "own_grouped" / "table.json").read_text())
     assert report["metric"] == "accuracy" and 0 <= report["cv"]["mean"] <= 1
+    # the ensemble stage's HTML report, for a competition given by a YAML path
+    page = (workspace / "submissions" / "own_grouped" / "table.report.html").read_text()
+    assert "<table" in page and "own_grouped" in page
     # the Kaggle package reads and writes the same id column and reproduces the submission
     assert main(["package", "-c", str(path), str(tmp_path / "bundle")]) == 0
     assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["id_column"] == "clip"

@@ -23,7 +23,8 @@ from audiotag.leaderboard import run_row
 from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.registry import build_model
 from audiotag.paths import REPO_ROOT
-from tests.conftest import TINY_DEMO, tiny_args
+from tests import demo_workspace
+from tests.conftest import TINY_DEMO
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +57,13 @@ def panns_checkpoint(path: Path) -> Path:
     return path
 
 
-def test_embed_probe_and_ensemble_with_a_fine_tuned_member(workspace: Path, tmp_path: Path) -> None:
-    assert main(tiny_args("prepare", "train")) == 0  # the fine-tuned member: cnn_small
+def test_embed_probe_and_ensemble_with_a_fine_tuned_member(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the tiny demo with a fine-tuned member, cnn_small (built once per test session, copied here)
+    workspace = demo_workspace.copy_to(
+        demo_workspace.trained_base(tmp_path_factory), tmp_path / "ws", monkeypatch
+    )
     weights = panns_checkpoint(tmp_path / "frozen_cnn.pth")
     comp_yaml = tiny_competition_yaml(tmp_path)
     embed = ["embed", "-c", str(comp_yaml), "--model", str(weights), "--arch", "cnn_small"]

@@ -139,7 +139,7 @@ def test_the_report_renders_in_chromium_with_its_table_and_figures(demo: Path, t
     shots.mkdir(exist_ok=True)
     shot = shots / "report.png"
     shot.unlink(missing_ok=True)
-    result = browse(out, f"--screenshot={shot}", "--window-size=1400,2600", "--hide-scrollbars")
+    result = browse(out, f"--screenshot={shot}", "--window-size=1400,7000", "--hide-scrollbars")
     assert result.returncode == 0 and console_lines(result) == [], result.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"report screenshot: {shot}")

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import signal as sp_signal
-from tqdm import tqdm
 
 from audiotag.errors import DataError
+from audiotag.log import progress
 
 from .common import (
     DATA,
@@ -209,7 +209,7 @@ def generate(out: Path, seed: int, size: Size = DEFAULT_SIZE) -> dict:
         data = folder / DATA
         for split, (audio, clips) in splits.items():
             bank = SoundFont(LIBRARIES[split][0])
-            for index, clip in enumerate(tqdm(clips, desc=f"{NAME} {audio}", unit="clip", leave=False)):
+            for index, clip in enumerate(progress(clips, desc=f"{NAME} {audio}", unit="clip")):
                 write_wav(data / audio / clip.fname, render(bank, clip, seed, split, index), RATE)
         train, test = splits["train"][1], splits["test"][1]
         write_csv(

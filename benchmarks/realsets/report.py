@@ -14,11 +14,10 @@ from rich.table import Table
 from audiotag.atomic import atomic_write_text
 
 SECTION = "## Accuracy on the real-audio check sets (`benchmarks/accuracy.py`)"
-SECTION_INTRO = (
-    "Sets made by `benchmarks/realsets/` (see `benchmarks/README.md`); the anchor is log-mel mean + std "
-    "and logistic regression; the goal of issue 16 is the best recipe's test score at least halfway "
-    "from the anchor's to 1.0. Newest block last."
-)
+SECTION_INTRO = """\
+Sets made by `benchmarks/realsets/` (see `benchmarks/README.md`); the anchor is log-mel mean + std
+and logistic regression; the goal of issue 16 is the best recipe's test score at least halfway
+from the anchor's to 1.0. Newest block last."""
 
 
 @dataclass

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
 from audiotag.errors import DataError
+from audiotag.log import progress
 
 from .common import (
     DATA,
@@ -193,7 +193,7 @@ def generate(out: Path, seed: int, size: Size = DEFAULT_SIZE) -> dict:
     with staged(out) as folder, tempfile.TemporaryDirectory() as tmp:
         data = folder / DATA
         for split, clips, audio in ((TRAIN, train, "audio_train"), (TEST, test, "audio_test")):
-            for index, clip in enumerate(tqdm(clips, desc=f"{NAME} {audio}", unit="clip", leave=False)):
+            for index, clip in enumerate(progress(clips, desc=f"{NAME} {audio}", unit="clip")):
                 write_wav(
                     data / audio / clip.fname, render(espeak, clip, seed, split, index, Path(tmp)), RATE
                 )

@@ -513,7 +513,7 @@ def report_beside_submission(console: Console, cfg: EnsembleConfig) -> None:
     from audiotag.stages.report import write_report
 
     try:
-        path = write_report(cfg.competition.name, ensemble=cfg.name)
+        path = write_report(cfg.competition, ensemble=cfg.name)
     except AudiotagError as exc:
         log.warning(
             "the HTML report was not written: %s (try ./run.sh report -c %s)", exc, cfg.competition.name

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from audiotag import kaggle_submit
 from audiotag.atomic import atomic_write_text
+from audiotag.config import CompetitionConfig
 from audiotag.paths import submissions_root
 from audiotag.submission import report_mismatch
 
@@ -243,17 +244,19 @@ def attach_lb(
 
 
 def build_leaderboard(
-    competition: str,
+    competition: str | CompetitionConfig,
     with_lb: bool = True,
     factory: kaggle_submit.ApiFactory | None = None,
     log_file: Path | None = None,
 ) -> Leaderboard:
-    """Collect every run, blend and logged submission of ``competition`` into one table."""
+    """Collect every run, blend and logged submission of ``competition`` (a name, a YAML path or the
+    loaded config) into one table."""
     from audiotag import metrics
     from audiotag.competitions import get_competition
     from audiotag.config import load_competition
 
-    comp = get_competition(load_competition(competition))
+    cfg = competition if isinstance(competition, CompetitionConfig) else load_competition(competition)
+    comp = get_competition(cfg)
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     runs_dir = comp.dir / "runs"

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from audiotag.config import CompetitionConfig
 from audiotag.config_files import configs_root
 from audiotag.data.cache_reader import OK, REPORT
 from audiotag.data.meta import read_meta
@@ -282,14 +283,17 @@ def collect_clips(comp: Any, runs: list[RunFacts], notes: list[str]) -> ClipFact
 # --------------------------------------------------------------------------- all of it
 
 
-def collect(competition: str, with_lb: bool = False, ensemble: str | None = None) -> ReportData:
+def collect(
+    competition: str | CompetitionConfig, with_lb: bool = False, ensemble: str | None = None
+) -> ReportData:
     """Everything the report of ``competition`` shows. ``with_lb``: ask Kaggle for LB scores.
     ``ensemble``: only that ensemble and its members' runs (the leaderboard keeps every row)."""
     from audiotag.competitions import get_competition
     from audiotag.config import load_competition
 
-    comp = get_competition(load_competition(competition))
-    board = build_leaderboard(competition, with_lb=with_lb)
+    cfg = competition if isinstance(competition, CompetitionConfig) else load_competition(competition)
+    comp = get_competition(cfg)
+    board = build_leaderboard(cfg, with_lb=with_lb)
     notes = list(board.notes)
     reports = blend_reports(comp.name, notes)
     runs = collect_runs(comp, board)

@@ -261,7 +261,7 @@ def run_block(data: ReportData, figs: ReportFigures, run: RunFacts) -> str:
     body = f'<h3 id="run-{esc(run.name)}">{esc(run.name)}</h3>'
     body += figure(figs.learning_curves.get(run.name), f"learning curves of {run.name}, every fold")
     if not run.histories:
-        body += notes(["no finished fold yet"])
+        body += notes(["no per-epoch history: no fold has finished, or the run trains no epochs"])
     diff = run.config_diff
     where = f" against {diff.experiment_file}" if diff.experiment_file else ""
     body += f"<p>config{esc(where)}:</p>"

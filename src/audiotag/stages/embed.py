@@ -138,6 +138,10 @@ def run_embed(args: argparse.Namespace) -> None:
     weights = args.model
     if Path(weights).expanduser().is_file():
         weights = str(Path(weights).expanduser().resolve())
+    else:
+        from audiotag.models.pretrained import lookup
+
+        lookup(weights)  # an unknown name: ConfigError listing the known ones
     cfg = EmbeddingConfig(
         weights=weights,
         model=args.arch,

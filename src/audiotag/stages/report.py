@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from audiotag.atomic import atomic_write_text
+from audiotag.config import CompetitionConfig
 from audiotag.paths import submissions_root
 from audiotag.report_data import collect
 from audiotag.report_figures import make_figures
@@ -26,16 +27,20 @@ def default_report_path(competition: str, ensemble: str | None = None) -> Path:
 
 
 def write_report(
-    competition: str, out: Path | None = None, with_lb: bool = False, ensemble: str | None = None
+    competition: str | CompetitionConfig,
+    out: Path | None = None,
+    with_lb: bool = False,
+    ensemble: str | None = None,
 ) -> Path:
     """Collect, draw and write the report of ``competition``; its path. ``with_lb``: read the public
     and private LB scores of logged submissions from Kaggle (credentials needed). ``ensemble``: that
     ensemble's report (its section and its members' runs; the leaderboard is whole)."""
     started = time.time()
     data = collect(competition, with_lb=with_lb, ensemble=ensemble)
+    name = data.competition
     log.info(
         "report %s: %d run(s), %d ensemble report(s); drawing the figures",
-        competition,
+        name,
         len(data.runs),
         len(data.blends),
     )
@@ -43,5 +48,5 @@ def write_report(
     path = Path(out) if out is not None else default_report_path(data.competition, ensemble)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, page)
-    log.info("report %s: %s (%.0f kB, %.1fs)", competition, path, len(page) / 1024, time.time() - started)
+    log.info("report %s: %s (%.0f kB, %.1fs)", name, path, len(page) / 1024, time.time() - started)
     return path
