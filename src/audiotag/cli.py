@@ -29,6 +29,7 @@ from audiotag.log import output_console, set_quiet, setup_logging
 from audiotag.stages.embed import build_embed_parser, run_embed
 from audiotag.stages.new_competition import build_new_competition_parser, run_new_competition
 from audiotag.stages.pretrain import build_pretrain_parser, run_pretrain
+from audiotag.stages.tune import build_tune_parser
 from audiotag.stages.weights import build_weights_parser, run_weights
 from audiotag.train.distributed import (
     PARALLEL_MODES,
@@ -46,6 +47,7 @@ examples:
   audiotag prepare train ensemble                      the demo competition, end to end
   audiotag train --config configs/experiments/demo/cnn_small.yaml --folds 0,1
   audiotag train --set train.epochs=3 --run-name quick
+  audiotag tune -c demo --trials 8                     Optuna search on fold 0; the best as a YAML
   audiotag ensemble --config configs/ensembles/demo.yaml
   audiotag prepare -c fsd2018 --data-dir /kaggle/input/freesound-audio-tagging   files used in place
   audiotag weights list                                pretrained checkpoints, and which are cached
@@ -66,6 +68,7 @@ experiment; --set ensemble.KEY=VALUE changes the ensemble, whatever the stages g
 # The headings of ``audiotag --help``, in order; a command's ``group`` names one (stages: "pipeline").
 GROUPS = {
     "pipeline": "pipeline stages (chain them, e.g. audiotag prepare train ensemble):",
+    "search": "hyperparameter search (its own --config: audiotag tune [--help]):",
     "data": "data and weights (one at a time: audiotag COMMAND [--help]):",
     "results": "results and submission (one at a time: audiotag COMMAND [--help]):",
     "other": "other commands (one at a time: audiotag COMMAND [--help]):",
@@ -507,6 +510,13 @@ def run_ensemble_stage(pipe: Pipeline) -> None:
         report_beside_submission(pipe.console, cfg)
 
 
+def run_tune(args: argparse.Namespace) -> None:
+    from audiotag.stages.tune import run_tune as tune
+
+    competition = args.competition
+    tune(args, lambda: default_config(competition, "experiment"), table_competition(competition))
+
+
 def report_beside_submission(console: Console, cfg: EnsembleConfig) -> None:
     """The HTML report, written by the ensemble stage as ``<ensemble>.report.html`` beside the CSV; a
     report that cannot be written is a warning, not a failed stage (the submission is already there)."""
@@ -562,6 +572,12 @@ COMMANDS: dict[str, Command] = {
         build_parser,
         run_ensemble_stage,
         stage=True,
+    ),
+    "tune": Command(
+        "hyperparameter search (Optuna, pruned per epoch) on a fold or two; the best trial as a YAML",
+        build_tune_parser,
+        run_tune,
+        group="search",
     ),
     "weights": Command(
         "pretrained checkpoints: list, fetch (download + verify) or verify on audio",

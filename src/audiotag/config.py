@@ -629,6 +629,30 @@ class SpecAugmentConfig(StrictModel):
     )
 
 
+class LossConfig(StrictModel):
+    """A training loss (``train/losses.py`` has the formulas and where each comes from)."""
+
+    name: Literal["bce", "lq", "bootstrap_soft", "lsep"] = Field(
+        "bce",
+        description="bce; lq: per-class generalised cross-entropy (1 - p_t^q)/q; bootstrap_soft: BCE "
+        "against beta*y + (1-beta)*p; lsep: log-sum-exp pairwise ranking",
+    )
+    q: float = Field(0.7, gt=0, le=1, description="lq: q -> 0 is BCE, q = 1 is the MAE of p_t")
+    beta: float = Field(0.7, ge=0, le=1, description="bootstrap_soft: weight of the given labels (1: BCE)")
+
+
+class PseudoLabelConfig(StrictModel):
+    """Unverified (noisy) training clips relabelled from a finished run's fold models, fold-safely."""
+
+    from_run: str = Field(min_length=1, description="the teacher: a run name under competition/<name>/runs/")
+    mode: Literal["soft", "replace", "filter"] = Field(
+        "soft",
+        description="soft: the teacher's scores as targets; replace: its labels (scores >= threshold, else "
+        "its top class); filter: keep the given labels the teacher scores >= threshold, drop clips left bare",
+    )
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
 class TrainConfig(StrictModel):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -645,6 +669,16 @@ class TrainConfig(StrictModel):
     mixup_alpha: float = Field(0.4, ge=0, description="Beta(alpha, alpha); 0 disables mixup")
     mixup_prob: float = Field(0.5, ge=0, le=1)
     specaugment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig)
+    wave_augment: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="audiomentations transforms on each training crop of a wave cache, in order: "
+        "[{name: Gain, min_gain_db: -6, max_gain_db: 6, p: 0.5}, ...] (data/wave_augment.py); [] = none",
+    )
+    spec_augment_lib: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="albumentations transforms on each training crop's log-mel, in order: "
+        "[{name: CoarseDropout, ...}, ...] (data/spec_augment_lib.py: image scale in dB); [] = none",
+    )
     patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
     eval_hop_fraction: float = Field(0.5, gt=0, le=1)
     eval_aggregate: Literal["mean", "max"] = "mean"
@@ -654,7 +688,21 @@ class TrainConfig(StrictModel):
     tta_gains_db: list[float] = Field(
         default_factory=list, description="test-time augmentation: also score the clip at these gains (dB)"
     )
-    unverified_weight: float = Field(1.0, ge=0, description="loss weight of unverified/noisy clips")
+    unverified_weight: float = Field(
+        1.0, ge=0, description="loss weight of unverified/noisy clips (of subsets not in subset_weights)"
+    )
+    subset_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="loss weight of every clip of a subset, e.g. {curated: 1.0, noisy: 0.5}; replaces "
+        "unverified_weight for the subsets named; 0 leaves the subset out of training (still validated)",
+    )
+    loss: LossConfig = Field(default_factory=LossConfig)
+    noisy_loss: LossConfig | None = Field(
+        None, description="the loss of unverified (noisy) clips; null: train.loss, as for the others"
+    )
+    pseudo_labels: PseudoLabelConfig | None = Field(
+        None, description="relabel the unverified training clips from another run's fold models"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="auto: bf16 on GPUs that have it, fp16 with loss scaling on older ones, fp32 on CPU",
@@ -682,6 +730,14 @@ class TrainConfig(StrictModel):
         description="experiment trackers (train/trackers.py): tensorboard (event files in the run folder), "
         "mlflow, wandb (optional packages); [] = none",
     )
+
+    @field_validator("subset_weights")
+    @classmethod
+    def _subset_weights_valid(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in weights.items() if not 0 <= v < float("inf")}
+        if bad:
+            raise ValueError(f"weights must be finite numbers >= 0; got {bad}")
+        return weights
 
 
 class EnsembleConfig(StrictModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from audiotag.config import CompetitionConfig, FeatureConfig, StrictModel, TrainConfig
 from audiotag.config_files import (
@@ -22,6 +22,7 @@ from audiotag.config_files import (
     resolve_groups,
     validate,
 )
+from audiotag.data.augment_specs import check_augmentations
 from audiotag.errors import ConfigError
 from audiotag.models.encoder_file import read_encoder_info
 from audiotag.models.probe import LinearProbeConfig
@@ -42,6 +43,14 @@ class ExperimentConfig(StrictModel):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: ModelConfig = Field(default_factory=families()[DEFAULT_FAMILY].config)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("train")
+    @classmethod
+    def _augmentations_fit(cls, train: TrainConfig, info: ValidationInfo) -> TrainConfig:
+        features = info.data.get("features")
+        if features is not None and (train.wave_augment or train.spec_augment_lib):
+            check_augmentations(train.wave_augment, train.spec_augment_lib, features, train.crop_seconds)
+        return train
 
 
 def load_experiment(

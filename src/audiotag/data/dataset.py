@@ -6,7 +6,7 @@ Clips are stored unpadded; a clip shorter than the crop is padded here, either b
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,8 @@ def fit_length(
 
 
 class CropDataset(Dataset):
-    """Random fixed-length crops of training clips with their target vectors and loss weights.
+    """Random fixed-length crops of training clips with their target vectors and loss weights (one
+    value a clip, or a row of them, one per loss: ``train/losses.py``'s ``training_loss``).
 
     The random state comes from ``(seed, epoch, index)`` so an epoch is reproducible whatever the
     number of workers, and a resumed run sees the same crops as an uninterrupted one.
@@ -53,6 +54,7 @@ class CropDataset(Dataset):
         pad_mode: str,
         fill: float,
         seed: int,
+        wave_augment: Callable[[np.ndarray, list[int], str], np.ndarray] | None = None,
     ) -> None:
         self.cache = cache
         self.clip_ids = list(clip_ids)
@@ -63,6 +65,7 @@ class CropDataset(Dataset):
         self.fill = fill
         self.seed = seed
         self.epoch = 0
+        self.wave_augment = wave_augment  # (wave, entropy, clip_id) -> wave: data/wave_augment.py
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -77,6 +80,8 @@ class CropDataset(Dataset):
         start = int(rng.integers(0, n - self.crop_frames + 1)) if n > self.crop_frames else 0
         offset = int(rng.integers(0, self.crop_frames - n + 1)) if n < self.crop_frames else 0
         x = fit_length(frames, self.crop_frames, start, self.pad_mode, self.fill, offset)
+        if self.wave_augment is not None:  # a wave crop (samples, 1); seeded apart from the crop's draws
+            x = self.wave_augment(x[:, 0], [self.seed, self.epoch, i, 1], self.clip_ids[i])[:, None]
         return torch.from_numpy(x), torch.from_numpy(self.targets[i]), torch.tensor(self.weights[i])
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
@@ -32,6 +33,7 @@ from audiotag import metrics
 from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import load_folds
+from audiotag.config import TrainConfig
 from audiotag.config_files import dump_yaml
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.locks import Busy, describe_owner, file_lock
@@ -44,7 +46,14 @@ from audiotag.models.registry import check_pretrained
 from audiotag.paths import REPO_ROOT
 from audiotag.predictions import read_predictions, write_predictions
 from audiotag.stages.prepare import Prepared, prepare
+from audiotag.stages.pseudo_labels import (
+    check_teacher,
+    model_predictor,
+    with_pseudo_labels,
+    write_pseudo_labels,
+)
 from audiotag.train.distributed import SINGLE, DistContext, device_for
+from audiotag.train.hooks import EpochHook
 from audiotag.train.loop import FoldData, train_fold
 
 log = logging.getLogger(__name__)
@@ -206,8 +215,9 @@ def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
             )
             train = train[~dropped].reset_index(drop=True)
     targets = comp.label_matrix(train["labels"])
-    weights = np.where(train["verified"], 1.0, cfg.train.unverified_weight)
+    weights = clip_weights(train, cfg.train)
     is_val = (train["fold"] == fold).to_numpy()
+    in_training = ~is_val & (weights > 0)  # weight 0: out of training, still validated
     scored = train["verified"].to_numpy()[is_val]
     if not scored.any():
         log.warning("fold %d: no verified clip in validation, scoring on all of them", fold)
@@ -217,14 +227,56 @@ def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
         fold=fold,
         classes=comp.classes,
         metric=comp.metric,
-        train_ids=train["clip_id"][~is_val].tolist(),
-        train_targets=targets[~is_val],
-        train_weights=weights[~is_val],
+        train_ids=train["clip_id"][in_training].tolist(),
+        train_targets=targets[in_training],
+        train_weights=weights[in_training],
         val_ids=train["clip_id"][is_val].tolist(),
         val_targets=targets[is_val],
         val_scored=scored.astype(bool),
         test_ids=test["clip_id"].tolist(),
+        train_verified=train["verified"].to_numpy(bool)[in_training],
     )
+
+
+def fold_inputs(prepared: Prepared, cfg: ExperimentConfig, fold: int, run_dir: Path) -> FoldData:
+    """The fold's clips and targets, its unverified clips relabelled when ``train.pseudo_labels`` asks."""
+    data = fold_data(prepared, cfg, fold)
+    spec, fold_dir = cfg.train.pseudo_labels, run_dir / f"fold{fold}"
+    if spec is None or (fold_dir / "done.json").is_file():  # a finished fold is not trained again
+        return data
+    return with_pseudo_labels(data, spec, fold_dir, prepared.competition.task != "multi_label")
+
+
+def check_train_inputs(cfg: ExperimentConfig, prepared: Prepared, run_dir: Path) -> None:
+    """Refuse ``train.subset_weights`` naming no subset of the clips, and a pseudo-label teacher that
+    cannot serve every fold to train (missing, unfinished, or trained on the fold's validation clips)."""
+    weights = clip_weights(prepared.competition.training_clips(prepared.table), cfg.train)
+    unweighted = int((weights == 0).sum())
+    if unweighted:
+        log.info("train: %d clip(s) of loss weight 0 left out of training, still validated", unweighted)
+    spec = cfg.train.pseudo_labels
+    if spec is not None:
+        n_folds = prepared.competition.cfg.n_folds
+        folds = [f for f in (cfg.train.folds or range(n_folds)) if 0 <= f < n_folds]
+        check_teacher(spec, prepared, run_dir, [fold_data(prepared, cfg, fold) for fold in folds])
+
+
+def clip_weights(train: pd.DataFrame, tc: TrainConfig) -> np.ndarray:
+    """Each clip's loss weight: its subset's in ``train.subset_weights``, else 1 for a verified clip and
+    ``train.unverified_weight`` for the others. A name that is no subset of the clips is refused."""
+    known = sorted(train["subset"].unique())
+    unknown = sorted(set(tc.subset_weights) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"train.subset_weights: {unknown} not among the subsets of this run's training clips {known}; "
+            "name only those (competition.subsets chooses which subsets are read)"
+        )
+    weights = np.where(train["verified"], 1.0, tc.unverified_weight)
+    for subset, weight in tc.subset_weights.items():
+        weights = np.where(train["subset"] == subset, weight, weights)
+    if not (weights > 0).any():
+        raise ConfigError("train.subset_weights / train.unverified_weight: every training clip weighs 0")
+    return weights
 
 
 def train_experiment(
@@ -232,10 +284,23 @@ def train_experiment(
     run_name: str | None = None,
     workers: int | None = None,
     ctx: DistContext = SINGLE,
+    run_dir: Path | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> RunResult:
-    """Train the run's folds. Under torchrun: DDP on every fold, or folds shared out among processes."""
+    """Train the run's folds. Under torchrun: DDP on every fold, or folds shared out among processes.
+
+    ``run_dir``: the run folder (default ``runs/<run_name or cfg.name>``; a tune trial's is elsewhere);
+    ``on_epoch``: told each epoch's validation score (``train/hooks.py``; the tune pruner).
+    """
     if cfg.model.name == PROBE:  # linear evaluation on frozen embeddings
         from audiotag.stages.probe import train_probe
+
+        tc = cfg.train
+        if tc.loss.name != "bce" or tc.noisy_loss is not None or tc.pseudo_labels is not None:
+            raise ConfigError(
+                "model linear_probe fits a logistic regression: train.loss, train.noisy_loss and "
+                "train.pseudo_labels do not apply to it; leave them out (train.subset_weights does apply)"
+            )
 
         return train_probe(cfg, run_name, workers, ctx)
     if ctx.is_main:
@@ -251,15 +316,22 @@ def train_experiment(
     if not ctx.is_main:  # everything is up to date now: this only reads
         prepared = prepare(cfg.competition, cfg.features, workers=workers)
     comp = prepared.competition
-    run_dir = comp.dir / "runs" / (run_name or cfg.name)
+    run_dir = run_dir or comp.dir / "runs" / (run_name or cfg.name)
     check_pretrained(cfg.model, cfg.features)
     with claim_run(run_dir) if ctx.is_main else contextlib.nullcontext():
-        return _train_run(cfg, prepared, run_dir, ctx)
+        return _train_run(cfg, prepared, run_dir, ctx, on_epoch)
 
 
-def _train_run(cfg: ExperimentConfig, prepared: Prepared, run_dir: Path, ctx: DistContext) -> RunResult:
+def _train_run(
+    cfg: ExperimentConfig,
+    prepared: Prepared,
+    run_dir: Path,
+    ctx: DistContext,
+    on_epoch: EpochHook | None = None,
+) -> RunResult:
     comp = prepared.competition
     if ctx.is_main:
+        check_train_inputs(cfg, prepared, run_dir)  # before run.json records settings the data refuses
         check_or_write_run_info(run_dir, cfg, prepared)
     ctx.barrier()
     if cfg.train.threads:
@@ -272,13 +344,21 @@ def _train_run(cfg: ExperimentConfig, prepared: Prepared, run_dir: Path, ctx: Di
         raise ConfigError(f"train.folds: {bad} out of range; this competition has folds 0..{n_folds - 1}")
     cache = FeatureCache(prepared.cache_dir)
     log.info("train: run %s on %s, folds %s, %s threads", run_dir, device, folds, torch.get_num_threads())
+    if cfg.train.pseudo_labels is not None:  # teacher fold k scores fold k's noisy clips, once
+        if ctx.is_main:
+            inputs = [fold_data(prepared, cfg, fold) for fold in folds]
+            predictor = model_predictor(cfg, prepared, device)
+            write_pseudo_labels(cfg.train.pseudo_labels, prepared, run_dir, inputs, predictor)
+        ctx.barrier()
     if ctx.world > 1 and not ctx.ddp:  # one fold per process, each process writes its own folds
         for fold in folds[ctx.rank :: ctx.world]:
-            train_fold(cfg, cache, fold_data(prepared, cfg, fold), run_dir / f"fold{fold}", device)
+            data = fold_inputs(prepared, cfg, fold, run_dir)
+            train_fold(cfg, cache, data, run_dir / f"fold{fold}", device, on_epoch=on_epoch)
         ctx.barrier()
     else:
         for fold in folds:
-            train_fold(cfg, cache, fold_data(prepared, cfg, fold), run_dir / f"fold{fold}", device, ctx)
+            data = fold_inputs(prepared, cfg, fold, run_dir)
+            train_fold(cfg, cache, data, run_dir / f"fold{fold}", device, ctx, on_epoch)
     if not ctx.is_main:
         return RunResult(run_dir.name, run_dir, comp.metric, {}, False)
     return collect_run(run_dir, comp.classes, comp.metric, n_folds, prepared)

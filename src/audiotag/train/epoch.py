@@ -1,4 +1,4 @@
-"""One training epoch: seeded batches, SpecAugment, mixup, weighted BCE, and mid-epoch checkpoints.
+"""One training epoch: seeded batches, SpecAugment, mixup, the weighted loss, and mid-epoch checkpoints.
 
 Every random draw comes from generators seeded by (seed, fold, epoch), so a resumed epoch continues
 exactly as the uninterrupted one would have on the same device; ``rank_progress`` is what a
@@ -16,15 +16,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from audiotag.data.augment import apply_mask, mixup, resolve_specaugment, spec_mask
 from audiotag.data.dataset import CropDataset
+from audiotag.data.spec_augment_lib import SpecAugmentLib
 from audiotag.errors import TrainingError
 from audiotag.experiment import ExperimentConfig
 from audiotag.log import progress
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine
-from audiotag.train.losses import weighted_bce
+from audiotag.train.losses import training_loss
 
 # What a seed is for, so that the streams of one (seed, fold) never coincide.
 EPOCH_STREAM, INIT_STREAM, CROP_STREAM, DROPOUT_STREAM, AUGMENT_STREAM = 0, 1, 2, 3, 4
+SPEC_LIB_STREAM = 5  # train.spec_augment_lib's per-clip draws
 
 
 def rank_progress(total: float, count: int, aug: torch.Generator, device: torch.device) -> dict:
@@ -106,6 +108,7 @@ def train_one_epoch(
     tc = cfg.train
     model = engine.model
     mask_where, mask_fill = resolve_specaugment(tc.specaugment, model.backbone)
+    spec_lib = SpecAugmentLib(tc.spec_augment_lib, cfg.features) if tc.spec_augment_lib else None
     model.train()
     dataset.set_epoch(epoch)
     batches = epoch_batches(len(dataset), tc.batch_size, epoch_seed(tc.seed, fold, epoch), epoch, ctx)
@@ -135,6 +138,8 @@ def train_one_epoch(
         w = w.to(device, non_blocking=True)
         with torch.no_grad():
             x = model.logmel(x)  # wave cache: the log-mel is computed here, on the training device
+        if spec_lib is not None:  # per clip, seeded by (seed, fold, epoch, clip index): resumes exactly
+            x = spec_lib.batch(x, [[tc.seed, fold, SPEC_LIB_STREAM, epoch, i] for i in batches[step]])
         keep = spec_mask(x, tc.specaugment, aug)
         if mask_where == "input":
             x = apply_mask(x, keep, mask_fill)
@@ -144,7 +149,7 @@ def train_one_epoch(
             logits = (
                 engine.forward_model(x) if mask_where == "input" else engine.forward_model(x, spec_keep=keep)
             )
-        loss = weighted_bce(logits.float(), y, w)
+        loss = training_loss(logits.float(), y, w, tc.loss, tc.noisy_loss)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"fold {fold}: loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good "

@@ -27,6 +27,7 @@ from audiotag.atomic import atomic_write_json
 from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.data.features import scale_rule
 from audiotag.data.norm_stats import dataset_norm
+from audiotag.data.wave_augment import fold_wave_augment
 from audiotag.errors import TrainingError
 from audiotag.experiment import ExperimentConfig
 from audiotag.log import human_duration
@@ -42,6 +43,8 @@ from audiotag.train.checkpoint import (
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine, configure_determinism, out_of_memory_advice
 from audiotag.train.epoch import CROP_STREAM, INIT_STREAM, epoch_seed, train_one_epoch
+from audiotag.train.hooks import EpochHook, EpochResult, replay_history
+from audiotag.train.losses import split_weights
 from audiotag.train.predict import predict_clips
 from audiotag.train.schedule import make_scheduler
 from audiotag.train.trackers import Trackers, open_trackers
@@ -61,6 +64,7 @@ class FoldData:
     val_targets: np.ndarray
     val_scored: np.ndarray  # boolean mask: which validation clips the CV score uses
     test_ids: list[str]
+    train_verified: np.ndarray | None = None  # boolean mask of the training clips; None: all verified
 
 
 def crop_frames(cfg: ExperimentConfig) -> int:
@@ -187,6 +191,7 @@ class FoldRun:
     dataset: CropDataset
     state: FoldState = field(default_factory=FoldState)
     trackers: Trackers = field(default_factory=Trackers)  # train.loggers (rank 0 only)
+    on_epoch: EpochHook | None = None  # told each epoch's score (train/hooks.py); may raise to stop
 
     @property
     def last_path(self) -> Path:
@@ -212,19 +217,24 @@ def train_fold(
     fold_dir: Path,
     device: torch.device,
     ctx: DistContext = SINGLE,
+    on_epoch: EpochHook | None = None,
 ) -> dict:
     """Train one fold (or resume it) and write best.pt, oof.parquet, test.parquet and done.json.
 
-    With DDP (``ctx.ddp``) every rank runs this together; only rank 0 writes files.
+    With DDP (``ctx.ddp``) every rank runs this together; only rank 0 writes files. ``on_epoch`` is
+    told every epoch's score, those done before a resume first (``train/hooks.py``).
     """
     done_path = fold_dir / "done.json"
     if done_path.is_file():
         summary = json.loads(done_path.read_text())
         verify_best(fold_dir / "best.pt", summary)  # a corrupt best.pt surfaces here, not when packaged
         log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, summary["score"])
+        replay_history(on_epoch, data.fold, cfg.train.epochs, summary["history"])
         return summary
     run = build_fold(cfg, cache, data, fold_dir, device, ctx)
     resume(run)
+    replay_history(on_epoch, data.fold, cfg.train.epochs, run.state.history)
+    run.on_epoch = on_epoch
     run.trackers = open_trackers(cfg, fold_dir, data.fold, ctx)
     started = time.time()
     tc = cfg.train
@@ -278,15 +288,22 @@ def build_fold(
         min_ratio=tc.min_lr_ratio,
     )
     engine = StepEngine(model, optimizer, scheduler, tc, device, ddp=ctx.ddp)
+    weights = data.train_weights
+    if tc.noisy_loss is not None:  # one weight column per loss: train.loss, train.noisy_loss
+        verified = np.ones(len(weights), bool) if data.train_verified is None else data.train_verified
+        weights = split_weights(weights, verified)
     dataset = CropDataset(
         cache,
         data.train_ids,
         data.train_targets,
-        data.train_weights,
+        weights,
         crop_rows(cfg),
         tc.pad_mode,
         silence_value(cfg.features),
         seed=epoch_seed(tc.seed, data.fold, 0, CROP_STREAM),
+        wave_augment=fold_wave_augment(
+            tc.wave_augment, cfg.features.sample_rate, cache, data.train_ids, data.train_verified, data.fold
+        ),
     )
     return FoldRun(cfg, cache, data, fold_dir, device, ctx, model, optimizer, scheduler, engine, dataset)
 
@@ -375,6 +392,8 @@ def end_epoch(run: FoldRun, loss: float, t0: float) -> None:
         time.time() - t0,
         fold_eta(state, run.cfg.train.epochs),
     )
+    if run.on_epoch is not None:
+        run.on_epoch(EpochResult(data.fold, epoch, run.cfg.train.epochs, score, state.best_score))
 
 
 def fold_eta(state: FoldState, epochs: int) -> str:

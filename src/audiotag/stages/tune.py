@@ -1,0 +1,278 @@
+"""The tune command: a hyperparameter search over an experiment, on one or two folds, with pruning.
+
+``audiotag tune -c COMP [--config TUNE] [--set KEY=VALUE] [--trials N]`` reads a tune config
+(``configs/tune/default.yaml``; ``train/tune_config.py``), composes the base experiment (the config's
+``experiment``, else the competition's default; ``--set KEY=VALUE`` changes it, ``--set
+tune.KEY=VALUE`` the tune config), checks the search space against it, and runs the study
+(``train/tune_study.py``) in ``competition/<comp>/tune/<name>/``:
+
+- ``study.sqlite3``: the Optuna study (every trial, its parameters, per-epoch scores and state);
+  running the same command again continues it: finished trials are kept, a trial killed mid-way is
+  run again from its checkpoint, and ``n_trials`` (``--trials``) counts finished trials in all;
+- ``trials/trial-NNNN/``: each trial's run folder (the layout of ``runs/<name>/``: run.json,
+  config.yaml, fold folders). Trials live here, not under ``runs/``, so the leaderboard, ensembles
+  and report show only real runs;
+- ``tune.json``: the base experiment's settings, folds and space; a rerun with others is refused;
+- ``<name>_tuned.yaml``: the base experiment file with the best trial's values written in (it loads
+  like any experiment: ``./run.sh train --config`` it on every fold); ours, rewritten at each call;
+  copying it into ``configs/experiments/<comp>/`` is left to the user (the command is printed);
+- ``history.png``, ``epochs.png``, ``importances.png``: pictures of the search (``train/tune_plots.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audiotag.atomic import atomic_write_json
+from audiotag.competitions import get_competition
+from audiotag.config_files import configs_root, is_yaml_path
+from audiotag.data.locks import Busy, describe_owner, file_lock
+from audiotag.errors import ConfigError, TrainingError
+from audiotag.experiment import ExperimentConfig, load_experiment
+from audiotag.log import output_console
+from audiotag.models.probe import PROBE
+from audiotag.stages.train import RUNTIME_KEYS, result_settings, train_experiment
+from audiotag.stages.tune_yaml import write_tuned_yaml
+from audiotag.train.hooks import EpochHook
+from audiotag.train.tune_config import (
+    Categorical,
+    FloatRange,
+    IntRange,
+    TuneConfig,
+    check_space,
+    load_tune_config,
+    tune_config_path,
+)
+
+log = logging.getLogger(__name__)
+
+TUNE_PREFIX = "tune."  # --set tune.KEY=VALUE: the tune config; any other key: the base experiment
+FIXED_KEYS = ("name", "competition", *sorted(RUNTIME_KEYS))  # never searched
+
+
+@dataclass
+class TuneSetup:
+    """Everything a study needs: its config, the base experiment and where the study lives."""
+
+    cfg: TuneConfig
+    name: str
+    experiment_path: Path
+    base_overrides: list[str]  # --set for the experiment (and --data-dir)
+    table: str | None  # a kind: table/folders competition swapped into the experiment
+    base: ExperimentConfig
+    tune_dir: Path
+
+    def load(self, overrides: list[str]) -> ExperimentConfig:
+        """The base experiment with ``overrides`` on top: how every trial's config is built."""
+        return load_experiment(self.experiment_path, self.base_overrides + overrides, competition=self.table)
+
+    def trial_config(self, params: list[str]) -> ExperimentConfig:
+        return self.load([f"train.folds={json.dumps(self.cfg.folds)}", *params])
+
+    def stride(self) -> int:
+        """Epochs between the steps of two folds in the pruner's numbering: the most any trial runs."""
+        epochs = [self.base.train.epochs]
+        dist = self.cfg.space.get("train.epochs")
+        if isinstance(dist, IntRange | FloatRange):
+            epochs.append(int(dist.high))
+        elif isinstance(dist, Categorical):
+            epochs += [int(c) for c in dist.choices if isinstance(c, int | float)]
+        return max(epochs)
+
+
+def experiment_file(name: str) -> Path:
+    """``configs/experiments/<name>.yaml``, or the path itself when it ends in .yaml/.yml."""
+    if is_yaml_path(name):
+        return Path(name).expanduser()
+    path = configs_root() / "experiments" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"experiment {name!r}: no configs/experiments/{name}.yaml (or give a YAML path)")
+    return path
+
+
+def setup_tune(
+    args: argparse.Namespace, default_experiment: Callable[[], Path], table: str | None
+) -> TuneSetup:
+    experiment_overrides = [o for o in args.overrides if not o.startswith(TUNE_PREFIX)]
+    tune_overrides = [o.removeprefix(TUNE_PREFIX) for o in args.overrides if o.startswith(TUNE_PREFIX)]
+    if args.trials is not None:
+        tune_overrides.append(f"n_trials={args.trials}")
+    if args.timeout is not None:
+        tune_overrides.append(f"timeout_minutes={args.timeout}")
+    if args.folds:
+        try:
+            folds = [int(f) for f in args.folds.split(",") if f.strip()]
+        except ValueError:
+            raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
+        tune_overrides.append(f"folds={folds}")
+    tune_path = tune_config_path(args.config)
+    cfg = load_tune_config(tune_path, tune_overrides)
+    experiment = args.experiment or cfg.experiment
+    path = experiment_file(experiment) if experiment else default_experiment()
+    if args.data_dir is not None:
+        data_dir = Path(args.data_dir).expanduser().resolve()
+        if not data_dir.is_dir():
+            raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+        experiment_overrides.append(f"competition.data_dir={json.dumps(str(data_dir))}")
+    searched = sorted({o.split("=", 1)[0].strip() for o in experiment_overrides} & set(cfg.space))
+    if searched:
+        raise ConfigError(
+            f"--set {searched[0]}: that setting is searched (space of {tune_path}); take it out of the "
+            "space, or leave the --set out"
+        )
+    base = load_experiment(path, experiment_overrides, competition=table)
+    if table is None and base.competition.name != args.competition:
+        raise ConfigError(f"{path}: is for competition {base.competition.name!r}, not {args.competition!r}")
+    if base.model.name == PROBE:
+        raise ConfigError(f"{path}: tune trains networks epoch by epoch; a {PROBE} experiment has no epochs")
+    comp = get_competition(base.competition)
+    bad = [f for f in cfg.folds if not 0 <= f < comp.cfg.n_folds]
+    if bad:
+        raise ConfigError(
+            f"tune folds {bad}: out of range; competition {comp.name} has 0..{comp.cfg.n_folds - 1}"
+        )
+    name = args.name or cfg.name or base.name
+    setup = TuneSetup(cfg, name, path, experiment_overrides, table, base, comp.dir / "tune" / name)
+    check_space(cfg.space, setup.load, str(tune_path), FIXED_KEYS)
+    return setup
+
+
+def tune_settings(setup: TuneSetup) -> dict[str, Any]:
+    """What the study's trials depend on; ``tune.json`` keeps it and a rerun must match it."""
+    settings = {k: v for k, v in result_settings(setup.base).items() if k != "name"}
+    return {
+        "experiment": settings,
+        "folds": setup.cfg.folds,
+        "space": {k: v.model_dump(mode="json") for k, v in setup.cfg.space.items()},
+    }
+
+
+def check_or_write_tune_info(setup: TuneSetup) -> None:
+    path = setup.tune_dir / "tune.json"
+    now = tune_settings(setup)
+    if path.is_file():
+        saved = json.loads(path.read_text())["settings"]
+        changed = [k for k in now if saved.get(k) != now[k]]
+        if "experiment" in changed:
+            old, new = saved["experiment"], now["experiment"]
+            keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            changed = [f"experiment {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:6]] + [
+                c for c in changed if c != "experiment"
+            ]
+        if changed:
+            raise ConfigError(
+                f"tune {setup.name!r} in {setup.tune_dir} was started with other settings "
+                f"({'; '.join(changed)}); its trials would not compare. Give this search its own "
+                "--name NAME, or delete the folder to start over"
+            )
+        return
+    setup.tune_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        path, {"name": setup.name, "experiment_file": str(setup.experiment_path), "settings": now}
+    )
+
+
+@contextlib.contextmanager
+def claim_study(tune_dir: Path) -> Iterator[None]:
+    """One process per study: a second is refused with the owner's pid, host and start time."""
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with file_lock(tune_dir / "owner.lock", f"tune {tune_dir.name}", wait=False):
+            yield
+    except Busy as busy:
+        raise TrainingError(
+            f"tune {tune_dir.name!r} in {tune_dir} is being run by {describe_owner(busy.owner)}; wait for it "
+            "(or stop it), or give this search its own --name NAME"
+        ) from None
+
+
+def run_tune(args: argparse.Namespace, default_experiment: Callable[[], Path], table: str | None) -> None:
+    """``audiotag tune``: set up, run the study, write the tuned experiment and the plots."""
+    from audiotag.train.tune_plots import write_search_plots
+    from audiotag.train.tune_study import best_trial, open_study, run_study, trial_counts
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
+    setup = setup_tune(args, default_experiment, table)
+    metric = get_competition(setup.base.competition).metric
+
+    def train_trial(params: list[str], run_dir: Path, hook: EpochHook) -> float:
+        cfg = setup.trial_config(params)
+        return train_experiment(cfg, workers=args.workers, run_dir=run_dir, on_epoch=hook).mean
+
+    with claim_study(setup.tune_dir):
+        check_or_write_tune_info(setup)
+        study = open_study(setup.tune_dir, setup.name, setup.cfg)
+        log.info(
+            "tune: study %s in %s: %s on folds %s, %d trials, pruner %s",
+            setup.name,
+            setup.tune_dir,
+            setup.experiment_path,
+            setup.cfg.folds,
+            setup.cfg.n_trials,
+            setup.cfg.pruner.kind,
+        )
+        run_study(study, setup.cfg, setup.tune_dir, train_trial, setup.stride())
+        best = best_trial(study)
+        console = output_console()
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(trial_counts(study).items()))
+        console.print(f"tune {setup.name}: {counts} ({setup.tune_dir / 'study.sqlite3'})", soft_wrap=True)
+        for path in write_search_plots(study, setup.tune_dir, metric):
+            console.print(f"plot: {path}", soft_wrap=True)
+        if best is None:
+            console.print("no trial completed yet: no tuned experiment written")
+            return
+        out = write_tuned_yaml(setup, best, metric)
+        console.print(
+            f"best: trial #{best.number}, CV {metric} {best.value:.4f} on folds {setup.cfg.folds}\n"
+            f"tuned experiment: {out}\n"
+            f"train it on every fold: ./run.sh train --config {out}\n"
+            f"keep it: cp {out} {configs_root() / 'experiments' / setup.base.competition.name}/",
+            soft_wrap=True,
+        )
+
+
+def build_tune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag tune",
+        description="Hyperparameter search (Optuna, TPE + pruning after every epoch) over an experiment "
+        "on one or two folds. The study lives in competition/<comp>/tune/<name>/ (SQLite): the same "
+        "command continues it. Writes the best trial as an experiment YAML, and plots of the search.",
+    )
+    parser.add_argument(
+        "--competition", "-c", default="demo", help="competition name or YAML path (default: demo)"
+    )
+    parser.add_argument(
+        "--config", help="tune config: a name under configs/tune/ or a YAML path (default: default)"
+    )
+    parser.add_argument(
+        "--experiment",
+        help="base experiment: a name under configs/experiments/ (demo/cnn_small) or a YAML path "
+        "(default: the tune config's, else the competition's default)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the base experiment, e.g. --set train.epochs=8, or the tune config with the tune. "
+        "prefix, e.g. --set tune.pruner.kind=successive_halving (repeatable)",
+    )
+    parser.add_argument("--trials", type=int, metavar="N", help="finished trials to reach (tune.n_trials)")
+    parser.add_argument("--timeout", type=float, metavar="MINUTES", help="start no trial after this long")
+    parser.add_argument("--folds", help="comma-separated folds each trial trains (tune.folds; default 0)")
+    parser.add_argument("--name", help="the study's name and folder (default: the base experiment's name)")
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="processes for the feature cache (default: all cores)"
+    )
+    parser.add_argument("--data-dir", type=Path, metavar="PATH", help="the competition's files in place")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser

@@ -1,0 +1,96 @@
+"""The tuned experiment file: the base experiment YAML with the best trial's values written in.
+
+The base file keeps its shape (group names such as ``model: cnn_small`` stay names; a tuned key under
+one becomes ``model: {base: cnn_small, dropout: 0.3}``), the ``--set`` changes the search ran with
+are written in too, and a header says where the values came from. After writing, the file is loaded
+with the experiment loader and compared with the best trial's own config: a difference is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from audiotag.atomic import atomic_write_text
+from audiotag.config_files import GROUPS, parse_override, read_yaml
+from audiotag.errors import ConfigError
+from audiotag.experiment import load_experiment
+from audiotag.stages.train import result_settings
+from audiotag.train.tune_config import param_override, setting_at
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from audiotag.stages.tune import TuneSetup
+
+log = logging.getLogger(__name__)
+
+
+def with_setting(tree: dict[str, Any], path: list[str], value: Any, source: str) -> None:
+    """Write ``value`` at ``path`` of a raw experiment tree; a group named by a string there
+    (``model: cnn_small``) becomes ``{base: cnn_small}`` first, as the loader reads it."""
+    node = tree
+    for depth, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str) and depth == 0 and part in GROUPS:
+            child = node[part] = {"base": child}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{source}: {'.'.join(path[: depth + 1])} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def tuned_tree(setup: TuneSetup, params: dict[str, Any], name: str) -> dict[str, Any]:
+    raw = {"name": name, **read_yaml(setup.experiment_path)}
+    raw["name"] = name
+    if setup.table is not None:
+        raw["competition"] = setup.table
+    source = str(setup.experiment_path)
+    for text in setup.base_overrides:
+        path, value = parse_override(text)
+        with_setting(raw, path, value, source)
+    for key, value in params.items():
+        with_setting(raw, key.split("."), value, source)
+    return raw
+
+
+def header(setup: TuneSetup, best: FrozenTrial, metric: str, out: Path) -> str:
+    base = setup.base.model_dump(mode="json")
+    changes = []
+    for key, value in best.params.items():
+        _, before = setting_at(base, key)
+        shown = f"{value:.6g}" if isinstance(value, float) else repr(value)
+        changes.append(f"#   {key}: {before!r} -> {shown}")
+    lines = [
+        f"# Tuned by `audiotag tune` (study {setup.name}, {setup.tune_dir}): trial #{best.number},",
+        f"# CV {metric} {best.value:.4f} on folds {setup.cfg.folds}. Base: {setup.experiment_path}",
+        *(f"#   --set {o}" for o in setup.base_overrides),
+        "# Searched values, base -> best:",
+        *changes,
+        f"# Train it on every fold: ./run.sh train --config {out}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_tuned_yaml(setup: TuneSetup, best: FrozenTrial, metric: str) -> Path:
+    """``<tune dir>/<name>_tuned.yaml`` (ours: rewritten at every call), checked by loading it."""
+    out = setup.tune_dir / f"{setup.name}_tuned.yaml"
+    tree = tuned_tree(setup, dict(best.params), out.stem)
+    text = header(setup, best, metric, out) + yaml.safe_dump(tree, sort_keys=False, width=100)
+    atomic_write_text(out, text)
+    written = result_settings(load_experiment(out))
+    trial = result_settings(setup.trial_config([param_override(k, v) for k, v in best.params.items()]))
+    differ = sorted(k for k in set(written) | set(trial) if k != "name" and written.get(k) != trial.get(k))
+    if differ:
+        log.warning(
+            "tune: %s differs from trial #%d's config at %s; check it before training",
+            out,
+            best.number,
+            ", ".join(f"{k} ({written.get(k)!r} vs {trial.get(k)!r})" for k in differ[:6]),
+        )
+    return out
