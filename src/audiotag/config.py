@@ -135,9 +135,17 @@ TABLE_FIELDS = (
     "start_column",
     "end_column",
     "id_column",
+    "test_labels",
     *FOLDERS_FIELDS,
 )  # only meaningful with kind: table (or folders); refused without it
-TABLE_LAYOUT_FIELDS = ("noisy_subsets", "file_template", "start_column", "end_column", "id_column")
+TABLE_LAYOUT_FIELDS = (
+    "noisy_subsets",
+    "file_template",
+    "start_column",
+    "end_column",
+    "id_column",
+    "test_labels",
+)
 
 
 def template_fields(template: str) -> list[str]:
@@ -242,6 +250,11 @@ class CompetitionConfig(StrictModel):
     )
     sample_submission: str | None = Field(
         None, description="table: sample submission CSV (column fname first), relative to data_dir"
+    )
+    test_labels: str | None = Field(
+        None,
+        description="table: CSV of the test clips' labels (file_column and label_column as in train_csv), "
+        "relative to data_dir or absolute; train and ensemble then report a test score; null: none",
     )
     file_column: str = Field("fname", description="table: CSV column naming each clip's file in audio_dir")
     label_column: str = Field("label", description="table: CSV column holding the label(s)")
@@ -431,6 +444,8 @@ class CompetitionConfig(StrictModel):
                 raise ValueError(
                     f"{key}: {unknown or 'empty'}; the subsets of train_csv are {names}: choose among them"
                 )
+        if self.test_labels is not None and not self.test_dir:
+            raise ValueError("test_labels: labels of test clips need the test audio folder test_dir")
         if (self.start_column is None) != (self.end_column is None):
             raise ValueError("start_column and end_column go together: give both (seconds), or neither")
         if self.file_template is not None:

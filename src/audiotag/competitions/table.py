@@ -5,7 +5,8 @@ archive fetched into ``competition/<name>/raw/`` and extracted there when no dat
 files are missing, its top-level ``folder`` then used as the data folder), the training CSV
 (``train_csv``) and its audio folder (``audio_dir``), the test audio (``test_dir``: every audio file in
 it, or the files of ``sample_submission`` when given; left out: no test set, the runs and the ensemble
-report CV only and no submission is written), the CSV's columns (``file_column``,
+report CV only and no submission is written; ``test_labels``: a CSV of the test clips' labels, checked
+at prepare, from which train and ensemble report a test score beside the CV), the CSV's columns (``file_column``,
 ``label_column``, optional ``group_column``, ``fold_column``, ``verified_column``), how labels are
 written (``multi_label``, ``label_separator``), the metric and the submission format. The readers are
 the shared ones of :mod:`audiotag.competitions.layouts` (names confined to their folder, headers probed,
@@ -187,16 +188,23 @@ class TableLayout(FileCompetition):
         atomic_write_text(self.dir / "sample_submission.csv", sample.to_csv(index=False))
 
     def test_truth(self) -> pd.DataFrame | None:
-        """Labels of the test clips from ``truth_file`` (id and label columns as in the training CSVs;
-        ``usage`` kept where given, e.g. Public/Private), when the data folder has it."""
+        """Labels of the test clips from :meth:`truth_path` (``truth_file``, or a table's ``test_labels``):
+        the clip in the training CSVs' ``file_column`` (else the submission's id column), its labels in
+        their ``label_column``, written as there; ``usage`` kept where given (e.g. Public/Private)."""
         path = self.truth_path()
         if path is None:
             return None
         layout = self.layout(self.source)
-        df = read_table_csv(path, [self.id_column, layout.label_column], "truth_file", self.columns_remedy)
+        df = read_table_csv(path, [layout.label_column], "test_labels", self.columns_remedy)
+        key = layout.file_column if layout.file_column in df.columns else self.id_column
+        if key not in df.columns:
+            raise DataError(
+                f"{path}: no column {layout.file_column!r} (file_column) or {self.id_column!r} naming the "
+                f"test clips; found {list(df.columns)}; {self.columns_remedy}"
+            )
         labels = parse_labels(layout, df[layout.label_column], path)
         check_labels(labels, set(self.classes), csv_line(path), self.classes_described)
-        out = pd.DataFrame({"clip_id": _unique(df[self.id_column], path, self.id_column), "labels": labels})
+        out = pd.DataFrame({"clip_id": _unique(df[key], path, key), "labels": labels})
         if "usage" in df.columns:
             out["usage"] = df["usage"].to_numpy()
         return out
@@ -337,6 +345,18 @@ class TableCompetition(TableLayout):
     def layout(self, source: str) -> CompetitionConfig:
         return self.cfg
 
+    def truth_path(self) -> Path | None:
+        """``test_labels``, relative to the data folder (or absolute); None when not given."""
+        if self.cfg.test_labels is None:
+            return None
+        path = self.raw_dir / Path(self.cfg.test_labels).expanduser()  # an absolute path stays itself
+        if not path.is_file():
+            raise DataError(
+                f"{path}: file not found; competition.test_labels names the CSV of the test clips' labels "
+                "(relative to the data folder, or absolute): fix the path, or leave test_labels out"
+            )
+        return path
+
     # -------------------------------------------------------------- where the files are
 
     @property
@@ -387,3 +407,27 @@ def _unique(ids: pd.Series, path: Path, column: str) -> list[str]:
 
 def _head(items: list[str], n: int = 5) -> str:
     return f"{items[:n]}{' ...' if len(items) > n else ''}"
+
+
+def check_test_labels(comp: TableLayout, table: pd.DataFrame) -> None:
+    """Refuse (at prepare, before any training) test labels that lack a test clip of ``table``."""
+    truth = comp.test_truth()
+    if truth is None:
+        return
+    path = comp.truth_path()
+    test_ids = table.loc[table["split"] == "test", "clip_id"]
+    missing = sorted(set(test_ids) - set(truth["clip_id"]))
+    if missing:
+        raise DataError(
+            f"{path}: no labels for {len(missing)} of the {len(test_ids)} test clips, e.g. "
+            f"{_head(missing, 3)}; give every test clip a row (the test_dir files, or the sample "
+            "submission's ids), or leave test_labels out"
+        )
+    extra = len(set(truth["clip_id"]) - set(test_ids))
+    log.info(
+        "%s: test labels of %d clips from %s%s: train and ensemble report a test score",
+        comp.name,
+        len(test_ids),
+        path,
+        f" ({extra} row(s) naming no test clip ignored)" if extra else "",
+    )

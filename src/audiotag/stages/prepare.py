@@ -27,6 +27,7 @@ import pandas as pd
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
+from audiotag.competitions.table import TableLayout, check_test_labels
 from audiotag.config import TABLE_FIELDS, CompetitionConfig, FeatureConfig
 from audiotag.data.cache_build import build_cache, disk_full_as_error
 from audiotag.data.cache_reader import REPORT, FeatureCache
@@ -48,7 +49,16 @@ class Prepared:
 # Competition settings that do not change which clips the table holds or how they are labelled.
 # ``audio_rules`` decide how each clip's audio is decoded: they enter the feature cache's clip-list
 # hash (a change rebuilds the cache), not the clip table, which is read from the CSV files.
-TABLE_NEUTRAL = {"n_folds", "fold_seed", "default_experiment", "default_ensemble", "rules", "audio_rules"}
+# ``test_labels`` are read when a run is scored, never into the table.
+TABLE_NEUTRAL = {
+    "n_folds",
+    "fold_seed",
+    "default_experiment",
+    "default_ensemble",
+    "rules",
+    "audio_rules",
+    "test_labels",
+}
 
 
 # Bump when the parsing rules change what a table holds (2: CSV names confined to the audio folder,
@@ -131,6 +141,8 @@ def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: in
         table = clip_table(comp)
         with disk_full_as_error(comp.dir, "the fold file", lambda: _table_bytes(table[["clip_id"]])):
             folds = ensure_folds(comp, table)
+        if isinstance(comp, TableLayout) and competition.test_labels:
+            check_test_labels(comp, table)  # before any training: a run is scored on them at its end
     cache_columns = ("clip_id", "path", "split", "audio_issue", "start", "end")  # start/end: segments
     columns = [c for c in cache_columns if c in table.columns]
     cache_dir = build_cache(
