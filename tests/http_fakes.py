@@ -60,3 +60,14 @@ def running_server(handler: type[BaseHTTPRequestHandler], state: Any = None) -> 
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+class ArchiveHandler(BaseHTTPRequestHandler):
+    """Serves ``server.state["data"]`` (with Range support) and counts requests in ``state["hits"]``."""
+
+    def do_GET(self) -> None:
+        self.server.state["hits"] += 1  # type: ignore[attr-defined]
+        serve_bytes(self, self.server.state["data"])  # type: ignore[attr-defined]
+
+    def log_message(self, *args: object) -> None:
+        pass

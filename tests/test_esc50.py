@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import zipfile
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import soundfile as sf
 from audiotag.cli import main
 from audiotag.config import load_competition
 from audiotag.errors import ConfigError
-from tests.http_fakes import running_server, serve_bytes
+from tests.http_fakes import ArchiveHandler, running_server
 
 RATE = 16000
 CATEGORIES = {"dog": 0, "rain": 10, "siren": 42}  # ESC-50 names and targets
@@ -56,15 +55,6 @@ def esc50_zip() -> tuple[bytes, pd.DataFrame]:
     return buf.getvalue(), meta
 
 
-class _Archive(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.state["hits"] += 1  # type: ignore[attr-defined]
-        serve_bytes(self, self.server.state["data"])  # type: ignore[attr-defined]
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def archive() -> tuple[bytes, pd.DataFrame]:
     return esc50_zip()
@@ -91,7 +81,7 @@ def test_prepare_downloads_extracts_and_keeps_the_given_folds(
 ) -> None:
     data, meta = archive
     state = {"data": data, "hits": 0}
-    with running_server(_Archive, state) as base:
+    with running_server(ArchiveHandler, state) as base:
         url = f"{base}/karolpiczak/ESC-50/archive/master.zip"
         sha = hashlib.sha256(data).hexdigest()
         assert main(_args(url, "prepare", extra=(f"competition.download.sha256='{sha}'",))) == 0
@@ -115,7 +105,7 @@ def test_wrong_sha256_is_refused_and_data_dir_skips_the_download(
 ) -> None:
     data, _ = archive
     state = {"data": data, "hits": 0}
-    with running_server(_Archive, state) as base:
+    with running_server(ArchiveHandler, state) as base:
         url = f"{base}/master.zip"
         assert main(_args(url, "prepare", extra=("competition.download.sha256='" + "0" * 64 + "'",))) != 0
         assert "master.zip" in (err := capsys.readouterr().err) and "refused" in err and state["hits"] == 1
@@ -134,7 +124,7 @@ def test_train_one_epoch_reports_accuracy_per_given_fold(
 ) -> None:
     data, _ = archive
     tiny = ("model.channels=[8,16]", "model.embedding_dim=16", "train.epochs=1", "train.batch_size=16")
-    with running_server(_Archive, {"data": data, "hits": 0}) as base:
+    with running_server(ArchiveHandler, {"data": data, "hits": 0}) as base:
         assert main(_args(f"{base}/master.zip", "prepare", "train", "ensemble", extra=tiny)) == 0
     runs = list((workspace / "competition" / "esc50" / "runs").glob("*/metrics.json"))
     (metrics,) = [json.loads(p.read_text()) for p in runs]

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import tarfile
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
@@ -17,18 +16,9 @@ import pytest
 from audiotag.cli import main
 from audiotag.config import load_competition
 from tests.folders_fakes import speech_layout
-from tests.http_fakes import running_server, serve_bytes
+from tests.http_fakes import ArchiveHandler, running_server
 
 WORDS = {"yes": 400.0, "no": 900.0, "up": 2500.0}  # three of the 35, with the YAML-boolean names
-
-
-class _Archive(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.state["hits"] += 1  # type: ignore[attr-defined]
-        serve_bytes(self, self.server.state["data"])  # type: ignore[attr-defined]
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def _args(url: str, *extra: str) -> list[str]:
@@ -58,7 +48,7 @@ def test_prepare_downloads_the_tar_gz_and_uses_its_root(workspace: Path) -> None
     data = layout.tar_gz()
     state = {"data": data, "hits": 0}
     sha = hashlib.sha256(data).hexdigest()
-    with running_server(_Archive, state) as base:
+    with running_server(ArchiveHandler, state) as base:
         url = f"{base}/data/speech_commands_v0.02.tar.gz"
         assert main(_args(url, f"competition.download.sha256='{sha}'")) == 0
         assert state["hits"] == 1
@@ -81,7 +71,7 @@ def test_prepare_downloads_the_tar_gz_and_uses_its_root(workspace: Path) -> None
 
 def test_wrong_sha256_is_refused_before_extraction(workspace: Path, capsys: pytest.CaptureFixture) -> None:
     state = {"data": speech_layout(WORDS).tar_gz(), "hits": 0}
-    with running_server(_Archive, state) as base:
+    with running_server(ArchiveHandler, state) as base:
         url = f"{base}/speech_commands_v0.02.tar.gz"
         assert main(_args(url, "competition.download.sha256='" + "0" * 64 + "'")) != 0
     assert "refused" in capsys.readouterr().err
@@ -110,7 +100,7 @@ def test_table_competition_downloads_a_tar_gz_with_a_top_folder(
         "n_folds": 3,
     }
     state = {"data": buf.getvalue(), "hits": 0}
-    with running_server(_Archive, state) as base:
+    with running_server(ArchiveHandler, state) as base:
         spec["download"] = {"url": f"{base}/mydata-1.0.tgz", "folder": "mydata-1.0"}
         path = tmp_path / "tartable.yaml"
         path.write_text(json.dumps(spec))

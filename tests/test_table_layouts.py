@@ -5,7 +5,6 @@ The datasets are those of tests/own_data_layouts.py; nothing here trains."""
 from __future__ import annotations
 
 import logging
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +18,7 @@ from audiotag.competitions.table import TableCompetition
 from audiotag.config import load_competition
 from audiotag.errors import ConfigError, DataError
 from audiotag.stages.prepare import clip_table
-from tests.http_fakes import running_server, serve_bytes
+from tests.http_fakes import ArchiveHandler, running_server
 from tests.own_data_layouts import (
     CLASSES,
     SAMPLE_ORDER,
@@ -332,15 +331,6 @@ def test_classes_with_fewer_clips_than_folds_are_named_in_a_warning(
 # ----------------------------------------------------------------------------- UrbanSound8K's own config
 
 
-class _Archive(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.state["hits"] += 1  # type: ignore[attr-defined]
-        serve_bytes(self, self.server.state["data"])  # type: ignore[attr-defined]
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_urbansound8k_config_is_ten_given_folds_grouped_by_recording() -> None:
     cfg = load_competition("urbansound8k")
     assert (cfg.kind, cfg.metric, cfg.multi_label, cfg.test_dir, cfg.n_folds) == (
@@ -358,7 +348,7 @@ def test_urbansound8k_config_is_ten_given_folds_grouped_by_recording() -> None:
 
 def test_urbansound8k_downloads_and_extracts_its_tar_gz(workspace: Path) -> None:
     state = {"data": urbansound8k_tar_gz(), "hits": 0}
-    with running_server(_Archive, state) as base:
+    with running_server(ArchiveHandler, state) as base:
         args = ["prepare", "-c", "urbansound8k", "--workers", "1"]
         args += ["--set", f"competition.download.url={base}/records/1203745/files/UrbanSound8K.tar.gz"]
         assert main(args) == 0

@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.config import FeatureConfig, InputNorm
@@ -52,6 +51,7 @@ from audiotag.data.locks import file_lock
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.digests import file_sha256
 from audiotag.errors import DataError
+from audiotag.log import progress
 from audiotag.models.representation import (
     EmbeddingConfig,
     LayerSpec,
@@ -372,7 +372,7 @@ def _fill(
     writer = _Writer(staging, key, dims, n_done)
     vectors = clip_vectors(cache, clip_ids[n_done:], rep, list(dims), plan)
     try:
-        with tqdm(total=len(clip_ids), initial=n_done, unit="clip", desc="embeddings") as bar:
+        with progress(total=len(clip_ids), initial=n_done, unit="clip", desc="embeddings") as bar:
             for clip in vectors:
                 writer.append(clip)
                 bar.update()
