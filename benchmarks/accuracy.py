@@ -7,13 +7,14 @@ folds, feature cache) in a workspace of its own, then score
   ``logmel_16k_64`` front-end, read from the same feature cache), standardised, and scikit-learn's
   LogisticRegression (one-vs-rest for multi-label sets); one model per fold on the run's fold file,
   CV = the mean of the fold scores, test = the metric of the fold models' mean test prediction,
-  the same protocol as a run;
+  the same protocol as a run (scored by the competition, which reads the set's hidden test labels
+  through its YAML's ``test_labels``);
 - each **recipe** (an experiment YAML; default: ``configs/experiments/table/cnn_small.yaml``, what a
   ``kind: table`` competition trains by default): ``python -m audiotag prepare train`` in a
   subprocess pinned to ``--cores`` cores (``train.threads`` and ``--workers`` set to match), its
-  run folder removed first so that every figure is a fresh run; CV from the run's ``metrics.json``
-  (the mean of the fold scores), test from its ``test.parquet`` (the mean of the fold models) against
-  the set's hidden test labels.
+  run folder removed first so that every figure is a fresh run; CV and test from the run's own
+  ``metrics.json`` (the mean of the fold scores; the fold models' mean test prediction scored on the
+  set's hidden test labels, which the set's YAML names as ``test_labels``).
 
 It prints one table (dataset, recipe, CV, test, minutes) and, per set, the goal of issue 16: the best
 recipe's test score at least halfway from the anchor's to a perfect score. With ``--write`` it
@@ -44,7 +45,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
 from rich.console import Console
 
@@ -62,7 +62,6 @@ from audiotag.config import CompetitionConfig, FeatureConfig, load_competition  
 from audiotag.config_files import load_group  # noqa: E402
 from audiotag.experiment import load_experiment  # noqa: E402
 from audiotag.log import setup_logging  # noqa: E402
-from audiotag.predictions import read_predictions  # noqa: E402
 from audiotag.stages.prepare import Prepared, prepare  # noqa: E402
 
 log = logging.getLogger("accuracy")
@@ -87,26 +86,6 @@ def competition_config(real: realsets.RealSet, overrides: list[str]) -> Competit
     )
 
 
-def test_truth(real: realsets.RealSet, cfg: CompetitionConfig) -> pd.DataFrame:
-    """The hidden test labels as (clip_id, labels) rows."""
-    truth = pd.read_csv(real.truth, dtype=str, keep_default_na=False)
-    texts = truth[cfg.label_column]
-    labels = [
-        [x.strip() for x in t.split(cfg.label_separator) if x.strip()] if cfg.multi_label else [t.strip()]
-        for t in texts
-    ]
-    return pd.DataFrame({"clip_id": truth[cfg.file_column], "labels": labels})
-
-
-def score_test(prepared: Prepared, truth: pd.DataFrame, ids: list[str], scores: np.ndarray) -> float:
-    comp = prepared.competition
-    labels = truth.set_index("clip_id")["labels"]
-    missing = sorted(set(ids) - set(labels.index))
-    if missing:
-        raise RuntimeError(f"the hidden test labels lack {len(missing)} clip(s), e.g. {missing[:3]}")
-    return metrics.score(comp.metric, comp.label_matrix(labels.loc[ids]), scores)
-
-
 # ----------------------------------------------------------------------------- the anchor
 
 
@@ -129,7 +108,7 @@ def anchor_model(multi_label: bool):
     return make_pipeline(StandardScaler(), OneVsRestClassifier(classifier) if multi_label else classifier)
 
 
-def run_anchor(prepared: Prepared, truth: pd.DataFrame) -> tuple[float, float]:
+def run_anchor(prepared: Prepared) -> tuple[float, float]:
     """CV (mean of the fold scores) and test score of the log-mel statistics + logistic regression."""
     from audiotag.data.cache_reader import FeatureCache
 
@@ -157,8 +136,8 @@ def run_anchor(prepared: Prepared, truth: pd.DataFrame) -> tuple[float, float]:
             predict = lambda m, data: _spread(m, data, y.shape[1])  # noqa: E731
         fold_scores.append(metrics.score(comp.metric, y[held], predict(model, x[held])))
         test_parts.append(predict(model, x_test))
-    test = score_test(prepared, truth, test_ids, np.mean(test_parts, axis=0)) if test_ids else float("nan")
-    return float(np.mean(fold_scores)), test
+    test = comp.score_test(test_ids, np.mean(test_parts, axis=0)) if test_ids else None
+    return float(np.mean(fold_scores)), float("nan") if test is None else test
 
 
 def _spread(model, x: np.ndarray, n_classes: int) -> np.ndarray:
@@ -193,8 +172,8 @@ def derived_recipe(recipe: Path, real: realsets.RealSet, folder: Path) -> Path:
 
 def run_recipe(
     recipe: Path, real: realsets.RealSet, ws: Path, cores: list[int], overrides: list[str], logs: Path
-) -> tuple[float, float, Path]:
-    """Train the recipe on the set in a subprocess; (CV, minutes, run folder)."""
+) -> tuple[float, float, float]:
+    """Train the recipe on the set in a subprocess; (CV, test, minutes) from its ``metrics.json``."""
     config = derived_recipe(recipe, real, ws / "recipes")
     exp = load_experiment(config, overrides)  # fails here, before training, on a bad recipe or override
     run_dir = ws / exp.competition.name / "runs" / recipe.stem
@@ -225,7 +204,8 @@ def run_recipe(
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); end of {log_path}:\n{tail}")
     report = json.loads((run_dir / "metrics.json").read_text())
-    return float(report["mean"]), minutes, run_dir
+    test = report.get("test_score")
+    return float(report["mean"]), float("nan") if test is None else float(test), minutes
 
 
 # ----------------------------------------------------------------------------- main
@@ -277,16 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         features = FeatureConfig.model_validate(load_group("features", ANCHOR_FEATURES))
         prepared = prepare(cfg, features, workers=len(cores))
         prepare_minutes[name] = (time.perf_counter() - start) / 60
-        truth = test_truth(real, cfg)
         if not args.no_anchor:
             start = time.perf_counter()
-            cv, test = run_anchor(prepared, truth)
+            cv, test = run_anchor(prepared)
             rows.append(Row(name, "anchor", cfg.metric or "", cv, test, (time.perf_counter() - start) / 60))
             log.info("%s / anchor: CV %.4f, test %.4f", name, cv, test)
         for recipe in args.recipes:
-            cv, minutes, run_dir = run_recipe(recipe, real, ws, cores, run_overrides, args.work / "logs")
-            ids, scores = read_predictions(run_dir / "test.parquet", prepared.competition.classes)
-            test = score_test(prepared, truth, ids, scores)
+            cv, test, minutes = run_recipe(recipe, real, ws, cores, run_overrides, args.work / "logs")
             rows.append(Row(name, recipe.stem, cfg.metric or "", cv, test, minutes))
             log.info("%s / %s: CV %.4f, test %.4f, %.1f min", name, recipe.stem, cv, test, minutes)
     if args.generate_only:

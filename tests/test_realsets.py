@@ -82,6 +82,10 @@ def test_layout_parses_as_its_competition(
     assert (table["duration"] > 0.3).all() and (table["sample_rate"] == 22050).all()
     truth_labels = {c for text in truth.iloc[:, 1] for c in text.split(",")}
     assert truth_labels <= set(comp.classes)
+    # the YAML's test_labels give the competition the same labels: runs report their own test score
+    known = comp.test_truth()
+    assert known is not None and known["clip_id"].tolist() == truth["fname"].tolist()
+    assert [",".join(labels) for labels in known["labels"]] == truth.iloc[:, 1].tolist()
 
 
 def test_spoken_words_test_voices_are_unseen(made: dict) -> None:

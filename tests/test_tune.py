@@ -29,7 +29,7 @@ from audiotag.train.tune_config import (
     param_override,
     tune_config_path,
 )
-from audiotag.train.tune_study import open_study, retry_interrupted, run_study
+from audiotag.train.tune_study import PruningReporter, open_study, retry_interrupted, run_study
 from tests.conftest import PYTHON, TINY_DEMO, subprocess_env
 
 CNN_SMALL = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
@@ -157,6 +157,30 @@ def test_the_pruner_stops_a_clearly_bad_trial_through_the_epoch_hook(
     assert [t.value for t in study.trials[:2]] == [0.82, 0.85]
     assert epochs_run[0] == epochs_run[1] == 6 and epochs_run[2] == stopped_after  # of 6
     assert study.trials[2].intermediate_values == dict(enumerate([0.02, 0.03][:stopped_after]))
+
+
+class AlwaysPrune:
+    """A stand-in for an Optuna trial whose pruner always says stop."""
+
+    def __init__(self) -> None:
+        self.reported: dict[int, float] = {}
+
+    def report(self, value: float, step: int) -> None:
+        self.reported[step] = value
+
+    def should_prune(self) -> bool:
+        return True
+
+
+def test_the_reporter_numbers_steps_by_fold_and_never_prunes_a_trained_trial() -> None:
+    trial = AlwaysPrune()
+    reporter = PruningReporter(trial, folds=[3, 1], stride=10)  # type: ignore[arg-type]
+    with pytest.raises(optuna.TrialPruned):
+        reporter(EpochResult(fold=3, epoch=7, epochs=8, score=0.2, best_score=0.4))  # a fold remains
+    with pytest.raises(optuna.TrialPruned):
+        reporter(EpochResult(fold=1, epoch=2, epochs=8, score=0.1, best_score=0.3))
+    reporter(EpochResult(fold=1, epoch=7, epochs=8, score=0.5, best_score=0.5))  # all trained: kept
+    assert trial.reported == {7: 0.4, 12: 0.3, 17: 0.5}
 
 
 def test_a_trial_left_running_is_marked_failed_and_enqueued_again_once(tmp_path: Path) -> None:

@@ -143,7 +143,8 @@ def suggest(trial: optuna.Trial, key: str, dist: Distribution) -> Any:
 class PruningReporter:
     """The epoch hook of one trial: reports the fold's best score so far as the intermediate value at
     step ``position of the fold * stride + epoch`` (``stride`` >= any trial's epochs, so a step means
-    the same fold and epoch in every trial), and stops the trial when the pruner says so."""
+    the same fold and epoch in every trial), and stops the trial when the pruner says so; never after
+    the last epoch of the last fold, when stopping saves nothing and the trial's score is known."""
 
     trial: optuna.Trial
     folds: list[int]
@@ -152,7 +153,8 @@ class PruningReporter:
     def __call__(self, result: EpochResult) -> None:
         step = self.folds.index(result.fold) * self.stride + result.epoch
         self.trial.report(result.best_score, step)
-        if self.trial.should_prune():
+        trained = result.fold == self.folds[-1] and result.epoch + 1 >= result.epochs
+        if not trained and self.trial.should_prune():
             raise optuna.TrialPruned(
                 f"fold {result.fold} epoch {result.epoch + 1}: best {result.best_score:.4f}, behind others"
             )
