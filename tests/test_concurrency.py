@@ -253,3 +253,27 @@ def test_train_command_refuses_a_run_folder_in_use(
     err = capsys.readouterr().err
     assert f"run 'cnn_small' in {run_dir} is being trained by process {holder.pid} on host" in err
     assert not (run_dir / "fold0").exists() and not (run_dir / "run.json").exists()
+
+
+def test_claim_folder_refuses_a_second_holder_and_leaves_the_block_s_own_errors_alone(tmp_path: Path) -> None:
+    from audiotag.data.locks import Busy, claim_folder, file_lock
+
+    def refusal(owner: str) -> Exception:
+        return TrainingError(f"held by {owner}")
+
+    folder = tmp_path / "study"
+    with claim_folder(folder, "tune study", refusal):
+        assert (folder / "owner.lock").is_file()
+        held = rf"held by process {os.getpid()} on host .*tune study"
+        with pytest.raises(TrainingError, match=held), claim_folder(folder, "tune study", refusal):
+            pass
+        # a Busy from another lock inside the block is that lock's, not a refusal of this folder
+        with (
+            file_lock(tmp_path / "other.lock", "other"),
+            pytest.raises(Busy),
+            claim_folder(tmp_path / "free", "x", refusal),
+            file_lock(tmp_path / "other.lock", "other", wait=False),
+        ):
+            pass
+    with claim_folder(folder, "tune study", refusal):  # released: claimed again
+        pass

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -104,3 +104,20 @@ def file_lock(path: Path, what: str = "", waiting: str = "", wait: bool = True) 
             yield left
         finally:
             _release(handle)
+
+
+@contextlib.contextmanager
+def claim_folder(
+    folder: Path, what: str, refusal: Callable[[str], Exception], lock_name: str = "owner.lock"
+) -> Iterator[dict[str, Any]]:
+    """Hold ``folder`` for this process (``folder/owner.lock``, created with the folder); yield the
+    owner record a dead previous holder left. When another process holds it, raise
+    ``refusal(description of that owner)``. Only taking the lock is guarded: a ``Busy`` raised by the
+    block itself is not mistaken for this folder's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            left = stack.enter_context(file_lock(folder / lock_name, what, wait=False))
+        except Busy as busy:
+            raise refusal(describe_owner(busy.owner)) from None
+        yield left

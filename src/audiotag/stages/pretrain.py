@@ -46,7 +46,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ from audiotag.config_files import (
     resolve_groups,
     validate,
 )
-from audiotag.data.locks import Busy, describe_owner, file_lock
+from audiotag.data.locks import claim_folder
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.errors import ConfigError, TrainingError
 from audiotag.log import output_console
@@ -183,18 +182,15 @@ def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) ->
     )
 
 
-@contextlib.contextmanager
-def claim(out_dir: Path) -> Iterator[None]:
+def claim(out_dir: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
     """Hold the output folder for this process (an OS lock that dies with it)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with file_lock(out_dir / "owner.lock", f"pretrain {out_dir.name}", wait=False):
-            yield
-    except Busy as busy:
-        raise TrainingError(
-            f"{out_dir} is being pretrained by {describe_owner(busy.owner)}; wait for it, or give this "
-            "run its own --name"
-        ) from None
+    return claim_folder(
+        out_dir,
+        f"pretrain {out_dir.name}",
+        lambda owner: TrainingError(
+            f"{out_dir} is being pretrained by {owner}; wait for it, or give this run its own --name"
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- the run

@@ -36,7 +36,7 @@ from audiotag.competitions.folds import load_folds
 from audiotag.config import TrainConfig
 from audiotag.config_files import dump_yaml
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.data.locks import Busy, describe_owner, file_lock
+from audiotag.data.locks import claim_folder, describe_owner
 from audiotag.digests import file_sha256
 from audiotag.errors import ConfigError, TrainingError
 from audiotag.experiment import ExperimentConfig
@@ -185,17 +185,18 @@ OWNER_LOCK = "owner.lock"
 @contextlib.contextmanager
 def claim_run(run_dir: Path) -> Iterator[None]:
     """Hold the run folder for this process; TrainingError naming the owner when another holds it."""
-    try:
-        with file_lock(run_dir / OWNER_LOCK, f"train {run_dir.name}", wait=False) as died:
-            if died:
-                log.info("train: run %s: its previous owner, %s, is gone", run_dir.name, describe_owner(died))
-            yield
-    except Busy as busy:
-        raise TrainingError(
-            f"run {run_dir.name!r} in {run_dir} is being trained by {describe_owner(busy.owner)}; two "
-            "processes on one run folder would overwrite each other's checkpoints. Wait for it to finish "
-            "(or stop it), or give this one its own run with --run-name NAME"
-        ) from None
+
+    def refusal(owner: str) -> TrainingError:
+        return TrainingError(
+            f"run {run_dir.name!r} in {run_dir} is being trained by {owner}; two processes on one run "
+            "folder would overwrite each other's checkpoints. Wait for it to finish (or stop it), or give "
+            "this one its own run with --run-name NAME"
+        )
+
+    with claim_folder(run_dir, f"train {run_dir.name}", refusal, OWNER_LOCK) as died:
+        if died:
+            log.info("train: run %s: its previous owner, %s, is gone", run_dir.name, describe_owner(died))
+        yield
 
 
 def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:

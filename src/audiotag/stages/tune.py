@@ -25,7 +25,7 @@ import argparse
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 from audiotag.atomic import atomic_write_json
 from audiotag.competitions import get_competition
 from audiotag.config_files import configs_root, is_yaml_path
-from audiotag.data.locks import Busy, describe_owner, file_lock
+from audiotag.data.locks import claim_folder
 from audiotag.errors import ConfigError, TrainingError
 from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.log import output_console
@@ -179,18 +179,16 @@ def check_or_write_tune_info(setup: TuneSetup) -> None:
     )
 
 
-@contextlib.contextmanager
-def claim_study(tune_dir: Path) -> Iterator[None]:
+def claim_study(tune_dir: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
     """One process per study: a second is refused with the owner's pid, host and start time."""
-    tune_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with file_lock(tune_dir / "owner.lock", f"tune {tune_dir.name}", wait=False):
-            yield
-    except Busy as busy:
-        raise TrainingError(
-            f"tune {tune_dir.name!r} in {tune_dir} is being run by {describe_owner(busy.owner)}; wait for it "
-            "(or stop it), or give this search its own --name NAME"
-        ) from None
+    return claim_folder(
+        tune_dir,
+        f"tune {tune_dir.name}",
+        lambda owner: TrainingError(
+            f"tune {tune_dir.name!r} in {tune_dir} is being run by {owner}; wait for it (or stop it), or "
+            "give this search its own --name NAME"
+        ),
+    )
 
 
 def run_tune(args: argparse.Namespace, default_experiment: Callable[[], Path], table: str | None) -> None:
