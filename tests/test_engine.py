@@ -109,19 +109,19 @@ def test_nan_loss_stops_naming_fold_and_epoch_and_keeps_the_last_good_checkpoint
 ) -> None:
     """The loss turns NaN in the second epoch: training stops with a message naming the fold and the
     epoch, and the first epoch's checkpoints are left to resume from (no done.json)."""
-    real_bce, real_score = epoch_mod.weighted_bce, loop.fold_score
+    real_loss, real_score = epoch_mod.training_loss, loop.fold_score
     scored: list[float] = []
 
     def score_and_count(data, scores):
         scored.append(real_score(data, scores))
         return scored[-1]
 
-    def bce_nan_after_first_epoch(logits, y, w):
-        loss = real_bce(logits, y, w)
+    def bce_nan_after_first_epoch(logits, y, w, *specs):
+        loss = real_loss(logits, y, w, *specs)
         return loss * float("nan") if scored else loss
 
     monkeypatch.setattr(loop, "fold_score", score_and_count)
-    monkeypatch.setattr(epoch_mod, "weighted_bce", bce_nan_after_first_epoch)
+    monkeypatch.setattr(epoch_mod, "training_loss", bce_nan_after_first_epoch)
     assert main(tiny_args("prepare", "train", extra=["train.folds=[0]", "train.epochs=3"])) == 2
     err = capsys.readouterr().err
     assert "fold 0: loss became nan at epoch 2" in err and "train.lr" in err
