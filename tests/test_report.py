@@ -21,7 +21,7 @@ from audiotag.config_files import configs_root, dump_yaml
 from audiotag.experiment import load_experiment
 from audiotag.leaderboard import build_leaderboard
 from audiotag.report_data import config_diff
-from audiotag.report_figures import class_counts
+from audiotag.report_figures import class_counts, durations_figure
 from audiotag.report_html import table
 from tests import demo_workspace
 
@@ -227,3 +227,12 @@ def test_tables_escape_their_text_and_sort_numbers_by_value() -> None:
     assert "<td>&lt;b&gt;x&lt;/b&gt;</td>" in html and "<b>x" not in html
     assert '<td class="num" data-sort="0.5">0.5000 ± 0.0100</td>' in html
     assert '<td class="num"></td>' in html and '<tr class="run">' in html
+
+
+@pytest.mark.parametrize("durations", [[0.5, 0.5, 0.5], [0.5, 0.5 + 1e-15, 0.5], [0.3, 2.0, 9.5]])
+def test_the_durations_histogram_draws_equal_and_nearly_equal_durations(durations: list[float]) -> None:
+    table = pd.DataFrame({"duration": durations, "split": ["train", "train", "test"]})
+    fig = durations_figure(table)
+    assert fig is not None
+    bars = [p for p in fig.axes[0].patches]
+    assert sum(p.get_height() for p in bars) == len(durations)

@@ -311,7 +311,7 @@ def test_one_group_only_is_refused(tmp_path: Path) -> None:
         ensure_folds(comp, comp.parse_clip_table())
 
 
-def test_classes_with_fewer_clips_than_folds_are_named_in_a_warning(
+def test_classes_with_fewer_clips_than_folds_are_refused_or_with_warn_named_in_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = grouped_single_label(tmp_path / "data")
@@ -321,6 +321,9 @@ def test_classes_with_fewer_clips_than_folds_are_named_in_a_warning(
         csv, index=False
     )
     comp = comp_of(path, group_column=None, n_folds=3)
+    with pytest.raises(DataError, match=r"1 class\(es\) have fewer training clips than the 3 folds: whirr "):
+        ensure_folds(comp, comp.parse_clip_table())
+    comp = comp_of(path, group_column=None, n_folds=3, rare_classes="warn")
     with caplog.at_level(logging.WARNING):
         folds = load_folds(ensure_folds(comp, comp.parse_clip_table()))
     assert "1 class(es) have fewer training clips than the 3 folds" in caplog.text

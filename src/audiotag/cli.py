@@ -524,9 +524,12 @@ def report_beside_submission(console: Console, cfg: EnsembleConfig) -> None:
 
     try:
         path = write_report(cfg.competition, ensemble=cfg.name)
-    except AudiotagError as exc:
+    except Exception as exc:  # the report is an extra: any failure of it leaves the stage done
         log.warning(
-            "the HTML report was not written: %s (try ./run.sh report -c %s)", exc, cfg.competition.name
+            "the HTML report was not written: %s: %s (try ./run.sh report -c %s)",
+            type(exc).__name__,
+            exc,
+            cfg.competition.name,
         )
         return
     console.print(f"report: {path}", soft_wrap=True)

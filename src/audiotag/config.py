@@ -330,6 +330,12 @@ class CompetitionConfig(StrictModel):
         "clip's group, e.g. '^(.+?)_nohash_' for Speech Commands speakers (never straddling folds)",
     )
     n_folds: int = Field(5, ge=2, le=20)
+    rare_classes: Literal["error", "warn"] | None = Field(
+        None,
+        description="a class with fewer training clips than n_folds: error (the default for kind: table "
+        "and folders, your own data) or warn (the default for the known competitions, whose long tails "
+        "are known); some folds then validate none of its clips",
+    )
     fold_seed: int = 42
     subsets: list[str] | None = Field(
         None, description="training subsets to use (e.g. [curated] for 2019 layouts); null = all"
@@ -669,6 +675,17 @@ class PseudoLabelConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    auto: bool = Field(
+        False,
+        description="derive the crop, batch size, epochs, warm-up, patience, mixup, SpecAugment widths and "
+        "head_bias from the data (train/auto_recipe.py) where this config does not set them; printed, "
+        "saved in the run folder (auto_recipe.json) and reused when the run resumes",
+    )
+    head_bias: Literal["default", "prior"] = Field(
+        "default",
+        description="prior: the classifier's bias starts at each class's log-odds in the training fold "
+        "(BCE then starts at the prior's loss); default: the layer's own initialisation",
+    )
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -73,8 +73,11 @@ def durations_figure(table: pd.DataFrame) -> Figure | None:
         return None
     fig = new_figure(7, 3.2)
     ax = fig.subplots()
-    durations = table["duration"].astype(float)
-    bins = np.histogram_bin_edges(durations.dropna(), bins=40)
+    durations = table["duration"].astype(float).dropna()
+    lo, hi = float(durations.min()), float(durations.max())
+    if hi - lo < 1e-3:  # one duration (cut segments, fixed-length clips): one visible bar around it
+        lo, hi = lo - 0.05, hi + 0.05
+    bins = np.linspace(lo, hi, 41)
     for split, part in table.groupby("split", sort=True):
         ax.hist(part["duration"].astype(float).dropna(), bins=bins, alpha=0.6, label=f"{split} ({len(part)})")
     ax.set(xlabel="duration (s)", ylabel="clips", title="clip durations")

@@ -20,8 +20,9 @@ takes its group's fold. Grouped fold files are named ``...-grouped.csv`` so that
 written before the groups existed is never reused. Without a ``group`` column (or with one that is
 empty for every training clip) the folds are exactly the ungrouped ones above.
 
-Classes with fewer clips than folds are warned about, each named with its count and the remedy
-(lower ``competition.n_folds``, or drop the class's rows), not refused: some folds then validate none
+Classes with fewer clips than folds are refused for your own data (``kind: table`` / ``folders``),
+each named with its count and the remedy; ``competition.rare_classes: warn`` (the default of the
+known competitions) warns instead: some folds then validate none
 of the class's clips, and a fold holding a class's only clip trains without it, but nothing is wrong
 with the folds or the scores (accuracy, MAP@3, lwlrap and mAP are defined without the class), and
 long-tailed datasets (and the small test datasets here) have such classes. sklearn's own warning
@@ -210,14 +211,23 @@ def warn_rare_classes(comp: Competition, train: pd.DataFrame, n_folds: int) -> l
     if rare:
         lowest = rare[0][0]
         lower = f"lower competition.n_folds to {lowest} or less, or " if lowest >= 2 else ""
+        named = ", ".join(f"{name} ({count} clip{'s' if count > 1 else ''})" for count, name in rare[:10])
+        named += ", ..." if len(rare) > 10 else ""
+        cfg = getattr(comp, "cfg", None)
+        policy = getattr(cfg, "rare_classes", None) or ("error" if getattr(cfg, "kind", None) else "warn")
+        if policy == "error":
+            raise DataError(
+                f"{comp.name}: {len(rare)} class(es) have fewer training clips than the {n_folds} folds: "
+                f"{named}; {lower}drop those classes' rows (or add clips), or set "
+                "competition.rare_classes: warn to train with folds that validate none of their clips"
+            )
         log.warning(
             "folds: %d class(es) have fewer training clips than the %d folds, so some folds validate none "
             "of their clips (and a fold holding a class's only clip trains without it): %s; to avoid it, "
             "%sdrop those classes' rows (or add clips)",
             len(rare),
             n_folds,
-            ", ".join(f"{name} ({count} clip{'s' if count > 1 else ''})" for count, name in rare[:10])
-            + (", ..." if len(rare) > 10 else ""),
+            named,
             lower,
         )
     return [name for _, name in rare]
