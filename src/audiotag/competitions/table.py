@@ -6,11 +6,11 @@ files are missing, its top-level ``folder`` then used as the data folder), the t
 (``train_csv``) and its audio folder (``audio_dir``), the test audio (``test_dir``: every audio file in
 it, or the files of ``sample_submission`` when given; left out: no test set, the runs and the ensemble
 report CV only and no submission is written; ``test_labels``: a CSV of the test clips' labels, checked
-at prepare, from which train and ensemble report a test score beside the CV), the CSV's columns (``file_column``,
-``label_column``, optional ``group_column``, ``fold_column``, ``verified_column``), how labels are
-written (``multi_label``, ``label_separator``), the metric and the submission format. The readers are
-the shared ones of :mod:`audiotag.competitions.layouts` (names confined to their folder, headers probed,
-the audio rules).
+at prepare, from which train and ensemble report a test score beside the CV), the CSV's columns
+(``file_column``, ``label_column``, optional ``group_column``, ``fold_column``, ``verified_column``),
+how labels are written (``multi_label``, ``label_separator``), the metric and the submission format.
+The readers are the shared ones of :mod:`audiotag.competitions.layouts` (names confined to their folder,
+headers probed, the audio rules).
 
 Beyond one CSV (:mod:`audiotag.competitions.table_reading` reads the rows): ``train_csv`` may map
 subsets to CSVs (curated + noisy, ``noisy_subsets`` untrusted, ``subsets`` choosing some),

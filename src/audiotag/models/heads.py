@@ -7,6 +7,7 @@ where a head has a pretrained counterpart: ``fc1`` is PANNs' embedding layer.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,3 +104,18 @@ class TokenHead(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = F.dropout(self.norm(self.embedding(tokens)), p=self.dropout, training=self.training)
         return self.fc(x)
+
+
+def set_prior_bias(head: nn.Module, targets: np.ndarray) -> np.ndarray:
+    """Start each class's logit at its log-odds in ``targets`` (n_clips, n_classes), clipped to half a
+    clip from 0 and 1 (a class absent from the fold keeps a finite bias); returns the biases.
+
+    The bias is that of the layer the logits come out of: ``cla`` of the attention head (whose clip
+    logit, with zero weights, is that bias), else ``fc``."""
+    n = max(1, len(targets))
+    prior = np.clip(np.asarray(targets, dtype=np.float64).mean(axis=0), 0.5 / n, 1 - 0.5 / n)
+    bias = np.log(prior / (1 - prior))
+    layer = head.cla if isinstance(head, AttentionHead) else head.fc
+    with torch.no_grad():
+        layer.bias.copy_(torch.from_numpy(bias).to(layer.bias.dtype))
+    return bias

@@ -45,6 +45,7 @@ from audiotag.models.probe import PROBE
 from audiotag.models.registry import check_pretrained
 from audiotag.paths import REPO_ROOT
 from audiotag.predictions import read_predictions, write_predictions
+from audiotag.stages.auto_settings import resolve_auto
 from audiotag.stages.prepare import Prepared, prepare
 from audiotag.stages.pseudo_labels import (
     check_teacher,
@@ -331,6 +332,8 @@ def _train_run(
     on_epoch: EpochHook | None = None,
 ) -> RunResult:
     comp = prepared.competition
+    if cfg.train.auto:  # derived at the run's first start, saved in it, reused (stages/auto_settings.py)
+        cfg = resolve_auto(cfg, prepared, run_dir, device_for(ctx, cfg.train.device), ctx)
     if ctx.is_main:
         check_train_inputs(cfg, prepared, run_dir)  # before run.json records settings the data refuses
         check_or_write_run_info(run_dir, cfg, prepared)

@@ -31,6 +31,7 @@ from audiotag.data.wave_augment import fold_wave_augment
 from audiotag.errors import TrainingError
 from audiotag.experiment import ExperimentConfig
 from audiotag.log import human_duration
+from audiotag.models.heads import set_prior_bias
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.predictions import write_predictions
 from audiotag.train.checkpoint import (
@@ -268,6 +269,8 @@ def build_fold(
     )
     n_classes = len(data.classes)
     model = build_model(cfg.model, cfg.features.n_mels, n_classes, crop_frames(cfg), norm, cfg.features)
+    if tc.head_bias == "prior":  # before pretrained weights, which keep a head they bring
+        set_prior_bias(model.head, data.train_targets)
     if not (fold_dir / "last.pt").is_file():
         load_pretrained(model, cfg.model, cfg.features)
     model = model.to(device)
