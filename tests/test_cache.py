@@ -11,8 +11,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -263,30 +261,50 @@ def test_a_crashing_worker_is_contained(built: tuple[Path, pd.DataFrame, Path]) 
             np.testing.assert_array_equal(result.frames, reference.get(f"clip{i:02d}"))
 
 
-def test_build_streams_in_bounded_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The parent holds a few chunks of results at a time, however many clips there are."""
-    cfg = FeatureConfig(hop_length=160, n_mels=128)
+BOUNDED_BUILD = """
+    import sys, time, tracemalloc
+    from pathlib import Path
+    import pandas as pd
+    from audiotag.config import FeatureConfig
+    from audiotag.data import cache_build as cache_mod, cache_compute
+
+    root, n_clips = Path(sys.argv[1]), int(sys.argv[2])
+    clips = pd.DataFrame({"clip_id": [f"{i:04d}" for i in range(n_clips)]})
+    clips["path"] = "audio/" + clips["clip_id"] + ".wav"
+    cache_compute.CHUNKS_PER_WORKER = 1  # 2 workers x 1 chunk x 16 clips in flight
+    append = cache_mod._Writer.append
+
+    def slow_append(self, result):
+        time.sleep(0.002)  # a slow disk: without a bound, the workers' results would pile up
+        append(self, result)
+
+    cache_mod._Writer.append = slow_append
+    tracemalloc.start()
+    cache_dir = cache_mod.build_cache(clips, root, FeatureConfig(hop_length=160, n_mels=128), workers=2)
+    print(tracemalloc.get_traced_memory()[1], cache_dir)
+"""
+
+
+def test_build_streams_in_bounded_memory(tmp_path: Path) -> None:
+    """The parent holds a few chunks of results at a time, however many clips there are. Measured in a
+    fresh interpreter: tracemalloc counts every thread's allocations, and threads left by earlier tests
+    in this process (loggers, bars) would be counted too."""
     n_clips, n_samples = 400, 8000
     (tmp_path / "audio").mkdir()
     rng = np.random.default_rng(0)
     for i in range(n_clips):
         sf.write(str(tmp_path / f"audio/{i:04d}.wav"), rng.uniform(-0.5, 0.5, n_samples), 16000)
-    clips = pd.DataFrame({"clip_id": [f"{i:04d}" for i in range(n_clips)]})
-    clips["path"] = "audio/" + clips["clip_id"] + ".wav"
-    monkeypatch.setattr(cache_compute, "CHUNKS_PER_WORKER", 1)  # 2 workers x 1 chunk x 16 clips in flight
-    append = cache_mod._Writer.append
-
-    def slow_append(self: cache_mod._Writer, result: cache_compute.ClipResult) -> None:
-        time.sleep(0.002)  # a slow disk: without a bound, the workers' results would pile up
-        append(self, result)
-
-    monkeypatch.setattr(cache_mod._Writer, "append", slow_append)
-    tracemalloc.start()
-    try:
-        cache_dir = build_cache(clips, tmp_path, cfg, workers=2)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    script = tmp_path / "bounded.py"
+    script.write_text(textwrap.dedent(BOUNDED_BUILD))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(n_clips)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_text, cache_text = proc.stdout.split()[-2:]
+    peak, cache_dir = int(peak_text), Path(cache_text)
     total = (cache_dir / "frames.f16").stat().st_size
     per_clip = total // n_clips
     assert total > 5_000_000 and len(FeatureCache(cache_dir)) == n_clips
