@@ -230,7 +230,8 @@ def train_fold(
         summary = json.loads(done_path.read_text())
         verify_best(fold_dir / "best.pt", summary)  # a corrupt best.pt surfaces here, not when packaged
         log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, summary["score"])
-        replay_history(on_epoch, data.fold, cfg.train.epochs, summary["history"])
+        if on_epoch is not None:  # the hook needs the config; a plain rerun does not
+            replay_history(on_epoch, data.fold, cfg.train.epochs, summary["history"])
         return summary
     run = build_fold(cfg, cache, data, fold_dir, device, ctx)
     resume(run)
