@@ -16,6 +16,10 @@ folds, feature cache) in a workspace of its own, then score
   ``metrics.json`` (the mean of the fold scores; the fold models' mean test prediction scored on the
   set's hidden test labels, which the set's YAML names as ``test_labels``).
 
+- with ``--ensemble``, the **ensemble** of the recipes' runs (``python -m audiotag ensemble``: mean
+  blend, weights searched on OOF predictions only): CV = its nested CV (weights fit on the other
+  folds), test = the blend's test prediction scored the same way.
+
 It prints one table (dataset, recipe, CV, test, minutes) and, per set, the goal of issue 16: the best
 recipe's test score at least halfway from the anchor's to a perfect score. With ``--write`` it
 appends a dated block to the accuracy section of ``benchmarks/RESULTS.md``.
@@ -24,6 +28,8 @@ appends a dated block to the accuracy section of ``benchmarks/RESULTS.md``.
     .venv/bin/python benchmarks/accuracy.py --sets spoken_words --recipes \
         configs/experiments/table/cnn_small.yaml my_recipe.yaml
     .venv/bin/python benchmarks/accuracy.py --tiny --set train.epochs=1  # a smoke run: tiny sets, 2 folds
+    .venv/bin/python benchmarks/accuracy.py --recipes configs/experiments/table/cnn_small_auto.yaml \
+        configs/experiments/table/probe_aisfx.yaml --ensemble     # two members and their blend
 
 Minutes are wall-clock minutes of ``prepare train`` for a recipe (the cache is then already built,
 so mostly training) and of the fitting for the anchor, on ``--cores`` cores (2 by default: the
@@ -208,6 +214,48 @@ def run_recipe(
     return float(report["mean"]), float("nan") if test is None else float(test), minutes
 
 
+def run_ensemble(
+    recipes: list[Path], real: realsets.RealSet, ws: Path, cores: list[int], logs: Path
+) -> tuple[str, float, float, float]:
+    """Blend the recipes' runs with the ensemble stage; (row name, nested CV, test, minutes)."""
+    members = [r.stem for r in recipes]
+    name = "ensemble(" + "+".join(members) + ")"
+    config = ws / "recipes" / "ensemble.yaml"
+    spec = {
+        "name": "accuracy_ensemble",
+        "competition": str(real.yaml.resolve()),
+        "members": members,
+        "method": "mean",
+        "weights": "search",
+        "search": "hill_climb",
+        "nested_cv": True,
+    }
+    config.write_text(yaml.safe_dump(spec, sort_keys=False))
+    command = [sys.executable, "-m", "audiotag", "ensemble", "--config", str(config)]
+    command += ["--data-dir", str(real.data_dir)]
+    env = {**os.environ, "AUDIOTAG_WORKSPACE": str(ws), "AUDIOTAG_SUBMISSIONS": str(ws / "submissions")}
+    log_path = logs / f"{real.name}-ensemble.log"
+    start = time.perf_counter()
+    with log_path.open("w") as out:
+        done = subprocess.run(
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: os.sched_setaffinity(0, cores),
+            check=False,
+        )
+    minutes = (time.perf_counter() - start) / 60
+    if done.returncode != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); end of {log_path}:\n{tail}")
+    comp = load_competition(str(real.yaml))
+    report = json.loads((ws / "submissions" / comp.name / "accuracy_ensemble.json").read_text())
+    test = report.get("test_score")
+    return name, float(report["cv"]["mean"]), float("nan") if test is None else float(test), minutes
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -216,6 +264,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sets", nargs="+", choices=list(realsets.SETS), default=list(realsets.SETS))
     parser.add_argument("--recipes", nargs="+", type=Path, default=[DEFAULT_RECIPE], metavar="YAML")
     parser.add_argument("--no-anchor", action="store_true", help="leave the anchor out")
+    parser.add_argument(
+        "--ensemble", action="store_true", help="also blend the recipes' runs (two recipes or more)"
+    )
     parser.add_argument("--seed", type=int, default=2026, help="the sets' seed (default 2026)")
     parser.add_argument(
         "--work", type=Path, default=REPO / "competition" / "_realsets", help="sets, workspaces"
@@ -236,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(False)
     console = Console()
     cores = cpu_set(args.cores)
+    if args.ensemble and len(args.recipes) < 2:
+        raise SystemExit("--ensemble: give two recipes or more (--recipes A.yaml B.yaml)")
     missing = [r for r in args.recipes if not r.is_file()]
     if missing:
         raise SystemExit(f"--recipes: no such file {missing[0]}")
@@ -266,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             cv, test, minutes = run_recipe(recipe, real, ws, cores, run_overrides, args.work / "logs")
             rows.append(Row(name, recipe.stem, cfg.metric or "", cv, test, minutes))
             log.info("%s / %s: CV %.4f, test %.4f, %.1f min", name, recipe.stem, cv, test, minutes)
+        if args.ensemble:
+            row, cv, test, minutes = run_ensemble(args.recipes, real, ws, cores, args.work / "logs")
+            rows.append(Row(name, row, cfg.metric or "", cv, test, minutes))
+            log.info("%s / %s: nested CV %.4f, test %.4f", name, row, cv, test)
     if args.generate_only:
         return 0
     console.print(render_table(rows))

@@ -59,3 +59,82 @@ def test_set_values_go_to_the_experiment_or_with_their_prefix_to_the_ensemble() 
     experiment, ensemble = split_overrides(["train.epochs=3", "ensemble.method=geometric", "model=cnn14"])
     assert experiment == ["train.epochs=3", "model=cnn14"]
     assert ensemble == ["method=geometric"]
+
+
+def demo_with_extras(tmp_path, extras: list[str]):
+    import yaml
+
+    from audiotag.config_files import configs_root
+
+    raw = yaml.safe_load((configs_root() / "competitions" / "demo.yaml").read_text())
+    raw["default_extra_experiments"] = extras
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_default_extra_experiments_follow_the_default_one_with_the_shared_settings_only(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --config the pipeline also runs the competition's extra experiments: --folds and
+    competition.* settings reach them, an experiment --set does not (it may not even exist there)."""
+    from audiotag.config import load_competition
+
+    path = demo_with_extras(tmp_path, ["demo/probe_aisfx"])
+    monkeypatch.setattr(cli, "load_competition", lambda name: load_competition(str(path)))
+    argv = ["train", "-c", "demo", "--folds", "0,2", "--set", "train.epochs=2"]
+    argv += ["--set", "competition.n_folds=4"]
+    args = cli.build_parser().parse_args(argv)
+    extras = cli.extra_experiment_configs(args)
+    assert [e.name for e in extras] == ["probe_aisfx"]
+    assert extras[0].train.folds == [0, 2] and extras[0].competition.n_folds == 4
+    assert extras[0].model.name == "linear_probe"
+    main = cli.experiment_config(args)
+    assert main.train.epochs == 2 and main.train.folds == [0, 2]
+    assert extras[0].train.epochs != 2
+    config = "configs/experiments/demo/cnn_small.yaml"
+    with_config = cli.build_parser().parse_args([*argv, "--config", config])
+    assert cli.extra_experiment_configs(with_config) == []
+
+
+def test_a_missing_extra_experiment_is_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiotag.config import load_competition
+    from audiotag.errors import ConfigError
+
+    path = demo_with_extras(tmp_path, ["demo/no_such_probe"])
+    monkeypatch.setattr(cli, "load_competition", lambda name: load_competition(str(path)))
+    args = cli.build_parser().parse_args(["train", "-c", "demo"])
+    with pytest.raises(ConfigError, match="no_such_probe"):
+        cli.extra_experiment_configs(args)
+
+
+def test_the_pipeline_runs_each_experiment_stage_for_every_experiment_then_the_ensemble_once(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from audiotag.config import load_competition
+
+    path = demo_with_extras(tmp_path, ["demo/probe_aisfx"])
+    monkeypatch.setattr(cli, "load_competition", lambda name: load_competition(str(path)))
+    calls: list[tuple[str, str | None, str | None]] = []
+
+    def recorder(stage: str):
+        def record(pipe) -> None:
+            run_name = pipe.args.run_name if pipe.exp is pipe.main_exp else None
+            calls.append((stage, pipe.exp.name if pipe.exp else None, run_name))
+
+        return record
+
+    for stage in ("prepare", "train", "ensemble"):
+        monkeypatch.setitem(cli.COMMANDS, stage, replace(cli.COMMANDS[stage], run=recorder(stage)))
+    args = cli.build_parser().parse_args(["prepare", "train", "ensemble", "-c", "demo", "--run-name", "mine"])
+    args.argv = []
+    cli.run(args)
+    assert calls == [
+        ("prepare", "cnn_small", "mine"),
+        ("prepare", "probe_aisfx", None),
+        ("train", "cnn_small", "mine"),
+        ("train", "probe_aisfx", None),
+        ("ensemble", "cnn_small", "mine"),
+    ]

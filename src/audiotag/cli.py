@@ -344,6 +344,7 @@ def is_ensemble_file(path: Path) -> bool:
 
 
 TABLE_DEFAULTS = {"experiment": "table/cnn_small", "ensemble": "table"}  # kind: table/folders, no defaults
+TABLE_EXTRA_EXPERIMENTS: list[str] = []  # what a table/folders competition naming no defaults also trains
 
 
 def table_competition(competition: str | None) -> str | None:
@@ -378,16 +379,46 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     return experiment, ensemble
 
 
+def folds_overrides(args: argparse.Namespace) -> list[str]:
+    if not args.folds:
+        return []
+    try:
+        folds = [int(f) for f in args.folds.split(",") if f.strip()]
+    except ValueError:
+        raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
+    return [f"train.folds={folds}"]
+
+
+def extra_experiment_configs(args: argparse.Namespace) -> list[ExperimentConfig]:
+    """The competition's ``default_extra_experiments`` (none with ``--config``): trained after the
+    default experiment as members of the default ensemble. Of the command line, ``--folds``,
+    ``--data-dir`` and ``competition.*`` settings apply to them (the folds must match the default
+    experiment's for the blend); ``--set`` of other keys, ``--weights`` and ``--run-name`` do not."""
+    if args.config is not None or not args.competition:
+        return []
+    comp = load_competition(args.competition)
+    names = comp.default_extra_experiments
+    if not names and comp.default_experiment is None and comp.kind is not None:
+        names = TABLE_EXTRA_EXPERIMENTS
+    shared = [o for o in split_overrides(args.overrides)[0] if o.startswith("competition.")]
+    shared += data_dir_overrides(args) + folds_overrides(args)
+    table = table_competition(args.competition)
+    configs = []
+    for name in names:
+        path = configs_root() / "experiments" / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"competition {comp.name!r}: default_extra_experiments: {path} not found")
+        cfg = load_experiment(path, shared, competition=table)
+        if table is None and cfg.competition.name != comp.name:
+            raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {comp.name!r}")
+        configs.append(cfg)
+    return configs
+
+
 def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     path = args.config if args.config and not is_ensemble_file(args.config) else None
     path = path or default_config(args.competition, "experiment")
-    overrides = split_overrides(args.overrides)[0] + data_dir_overrides(args)
-    if args.folds:
-        try:
-            folds = [int(f) for f in args.folds.split(",") if f.strip()]
-        except ValueError:
-            raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
-        overrides.append(f"train.folds={folds}")
+    overrides = split_overrides(args.overrides)[0] + data_dir_overrides(args) + folds_overrides(args)
     if args.weights:
         weights = Path(args.weights).expanduser()
         if not weights.is_file():
@@ -477,9 +508,10 @@ class Pipeline:
 
     args: argparse.Namespace
     stages: list[str]
-    exp: ExperimentConfig | None
+    exp: ExperimentConfig | None  # the experiment a stage runs now
     ctx: DistContext
     console: Console
+    main_exp: ExperimentConfig | None = None  # --config's or the default one; --run-name names its run
 
 
 def run_prepare(pipe: Pipeline) -> None:
@@ -496,7 +528,8 @@ def run_train(pipe: Pipeline) -> None:
 
     assert pipe.exp is not None
     args = pipe.args
-    result = train_experiment(pipe.exp, run_name=args.run_name, workers=args.workers, ctx=pipe.ctx)
+    run_name = args.run_name if pipe.exp is pipe.main_exp else None
+    result = train_experiment(pipe.exp, run_name=run_name, workers=args.workers, ctx=pipe.ctx)
     if pipe.ctx.is_main:
         print_run(pipe.console, result)
 
@@ -650,7 +683,9 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(stage_names())}")
     stages = [s for s in stage_names() if s in args.stages]  # always in pipeline order
     console = output_console()
-    exp = experiment_config(args) if any(COMMANDS[s].needs_experiment for s in stages) else None
+    needs_experiment = any(COMMANDS[s].needs_experiment for s in stages)
+    exp = experiment_config(args) if needs_experiment else None
+    extras = extra_experiment_configs(args) if needs_experiment else []
     if args.gpus < 1:
         raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")
     if args.gpus > 1 and not launched_by_torchrun():
@@ -658,12 +693,17 @@ def run(args: argparse.Namespace) -> None:
     ctx = setup(args.parallel)
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0 reports
-    pipe = Pipeline(args, stages, exp, ctx, console)
+    pipe = Pipeline(args, stages, exp, ctx, console, main_exp=exp)
     try:
         for stage in stages:
             started = time.time()
             log.info("stage %s: starting", stage)
-            COMMANDS[stage].run(pipe)
+            for current in [exp, *extras] if COMMANDS[stage].needs_experiment else [exp]:
+                if extras and current is not None:
+                    log.info("stage %s: experiment %s", stage, current.name)
+                pipe.exp = current
+                COMMANDS[stage].run(pipe)
+            pipe.exp = exp
             log.info("stage %s: done in %.1fs", stage, time.time() - started)
     finally:
         teardown()

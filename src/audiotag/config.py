@@ -360,6 +360,12 @@ class CompetitionConfig(StrictModel):
     default_ensemble: str | None = Field(
         None, description="ensemble under configs/ensembles/ that ensemble uses without --config"
     )
+    default_extra_experiments: list[str] = Field(
+        default_factory=list,
+        description="experiments under configs/experiments/ that prepare/train also run without --config, "
+        "after default_experiment, as members of the default ensemble (e.g. a linear probe); --set and "
+        "--run-name apply to default_experiment only, --folds, --data-dir and competition.* to all",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -55,6 +55,7 @@ TABLE_NEUTRAL = {
     "fold_seed",
     "default_experiment",
     "default_ensemble",
+    "default_extra_experiments",
     "rules",
     "audio_rules",
     "test_labels",
