@@ -215,14 +215,40 @@ def test_a_continued_study_does_not_draw_its_first_trials_again(tmp_path: Path, 
             "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
         }
     )
+    seen: list[list[str]] = []
 
     def constant(overrides: list[str], run_dir: Path, hook) -> float:
+        seen.append(overrides)
         return 0.5
 
     for n_trials in (2, 4):  # two calls, as two processes would run them
         assert run_study(open_study(tmp_path, "s", cfg), cfg, tmp_path, constant, 1, n_trials) == 2
-    values = [t.params["train.lr"] for t in open_study(tmp_path, "s", cfg).trials]
-    assert len(values) == len(set(values)) == 4
+    trials = open_study(tmp_path, "s", cfg).trials
+    assert trials[0].user_attrs == {"baseline": True, "run_dir": "trial-0000"} and trials[0].params == {}
+    assert seen[0] == []  # the baseline: the base experiment unchanged
+    values = [t.params["train.lr"] for t in trials[1:]]
+    assert len(values) == len(set(values)) == 3
+
+
+def test_the_baseline_trial_can_be_left_out_and_is_retried_as_a_baseline(tmp_path: Path) -> None:
+    space = {"train.lr": {"type": "categorical", "choices": [1e-3, 2e-3]}}
+    cfg = TuneConfig.model_validate({"n_trials": 1, "baseline_first": False, "space": space})
+    assert run_study(open_study(tmp_path / "a", "s", cfg), cfg, tmp_path / "a", lambda o, r, h: 0.5, 1) == 1
+    assert "train.lr" in open_study(tmp_path / "a", "s", cfg).trials[0].params
+
+    cfg = TuneConfig.model_validate({"n_trials": 2, "space": space})
+    study = open_study(tmp_path / "b", "s", cfg)
+
+    def killed(overrides: list[str], run_dir: Path, hook) -> float:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, cfg, tmp_path / "b", killed, 1)
+    seen: list[list[str]] = []
+    run_study(open_study(tmp_path / "b", "s", cfg), cfg, tmp_path / "b", lambda o, r, h: seen.append(o) or 0.5, 1)
+    assert seen[0] == []  # the retried baseline runs the base experiment again, not a drawn trial
+    trials = open_study(tmp_path / "b", "s", cfg).trials
+    assert trials[1].user_attrs["baseline"] and trials[1].user_attrs["retry_of"] == 0
 
 
 def test_a_trial_stopped_by_ctrl_c_is_run_again_from_its_folder(tmp_path: Path) -> None:
@@ -303,7 +329,9 @@ def test_tiny_tune_writes_a_loadable_yaml_and_a_rerun_continues(workspace: Path)
     best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     tuned = load_experiment(tune_dir / "cnn_small_tuned.yaml")
     assert tuned.name == "cnn_small_tuned"
-    assert tuned.train.lr == best.params["train.lr"] and tuned.model.dropout == best.params["model.dropout"]
+    if best.params:  # else the baseline won: the tuned file is the base experiment (checked below)
+        assert tuned.train.lr == best.params["train.lr"]
+        assert tuned.model.dropout == best.params["model.dropout"]
     trial_cfg = load_experiment(tune_dir / "trials" / f"trial-{best.number:04d}" / "config.yaml")
     got, want = result_settings(tuned), result_settings(trial_cfg)
     assert {k: v for k, v in got.items() if k != "name"} == {k: v for k, v in want.items() if k != "name"}

@@ -71,7 +71,7 @@ def header(setup: TuneSetup, best: FrozenTrial, metric: str, out: Path) -> str:
         f"# CV {metric} {best.value:.4f} on folds {setup.cfg.folds}. Base: {setup.experiment_path}",
         *(f"#   --set {o}" for o in setup.base_overrides),
         "# Searched values, base -> best:",
-        *changes,
+        *(changes or ["#   none: the best trial is the base experiment as it is (the baseline trial)"]),
         f"# Train it on every fold: ./run.sh train --config {out}",
     ]
     return "\n".join(lines) + "\n"

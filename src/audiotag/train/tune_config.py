@@ -128,6 +128,11 @@ class TuneConfig(StrictModel):
     max_retries: int = Field(
         2, ge=0, description="times a trial killed mid-way is run again (from its last checkpoint)"
     )
+    baseline_first: bool = Field(
+        True,
+        description="the study's first trial runs the base experiment unchanged (train.auto's values "
+        "included), so the tuned experiment is never worse than the base on the tuned folds",
+    )
     keep_weights: bool = Field(
         False, description="keep finished trials' .pt files (false: only their scores and predictions)"
     )

@@ -45,6 +45,7 @@ STORAGE_FILE = "study.sqlite3"
 TRIALS_DIR = "trials"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RUN_DIR, RETRY_OF, RETRIES, INTERRUPTED = "run_dir", "retry_of", "retries", "interrupted"  # user attrs
+BASELINE = "baseline"  # user attr: the trial runs the base experiment as it is (no value of the space)
 
 # overrides of the trial, its run folder, the pruning hook -> the value to maximise
 TrainTrial = Callable[[list[str], Path, EpochHook], float]
@@ -93,6 +94,16 @@ def open_study(tune_dir: Path, name: str, cfg: TuneConfig) -> optuna.Study:
     return study
 
 
+def enqueue_baseline(study: optuna.Study) -> bool:
+    """A new study's first trial: the base experiment as it is (its own or ``train.auto``'s values),
+    so the best trial is never worse than the base on the tuned folds. False when the study has
+    trials already."""
+    if study.get_trials(deepcopy=False):
+        return False
+    study.enqueue_trial({}, user_attrs={BASELINE: True})
+    return True
+
+
 def trial_dir_name(number: int) -> str:
     return f"trial-{number:04d}"
 
@@ -122,6 +133,8 @@ def retry_interrupted(study: optuna.Study, max_retries: int) -> list[int]:
             )
         else:
             attrs = {RUN_DIR: run_dir, RETRY_OF: trial.number, RETRIES: retries + 1}
+            if trial.user_attrs.get(BASELINE):
+                attrs[BASELINE] = True
             study.enqueue_trial(dict(trial.params), user_attrs=attrs)  # before the FAIL: a kill between
             again.append(trial.number)  # the two leaves it RUNNING, and the next start finds it retried
             log.info("tune: trial #%d was stopped mid-way; running it again from %s", trial.number, run_dir)
@@ -170,6 +183,8 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def describe(params: dict[str, Any]) -> str:
+    if not params:
+        return "the base experiment as it is"
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
@@ -191,6 +206,8 @@ def run_study(
     timeout; the number of trials this call ran. Trials that raise an AudiotagError are FAIL and the
     search goes on; any other error stops it."""
     target = n_trials or cfg.n_trials
+    if cfg.baseline_first and enqueue_baseline(study):
+        log.info("tune: trial #0 is the base experiment as it is (baseline_first)")
     retry_interrupted(study, cfg.max_retries)
     remaining = target - len(finished(study))
     if remaining <= 0:
@@ -198,7 +215,8 @@ def run_study(
         return 0
 
     def objective(trial: optuna.Trial) -> float:
-        params = {key: suggest(trial, key, dist) for key, dist in cfg.space.items()}
+        baseline = bool(trial.user_attrs.get(BASELINE))
+        params = {} if baseline else {key: suggest(trial, key, dist) for key, dist in cfg.space.items()}
         run_name = trial.user_attrs.get(RUN_DIR) or trial_dir_name(trial.number)
         trial.set_user_attr(RUN_DIR, run_name)
         run_dir = tune_dir / TRIALS_DIR / run_name
