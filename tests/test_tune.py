@@ -245,7 +245,8 @@ def test_the_baseline_trial_can_be_left_out_and_is_retried_as_a_baseline(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         run_study(study, cfg, tmp_path / "b", killed, 1)
     seen: list[list[str]] = []
-    run_study(open_study(tmp_path / "b", "s", cfg), cfg, tmp_path / "b", lambda o, r, h: seen.append(o) or 0.5, 1)
+    again = open_study(tmp_path / "b", "s", cfg)
+    run_study(again, cfg, tmp_path / "b", lambda o, r, h: seen.append(o) or 0.5, 1)
     assert seen[0] == []  # the retried baseline runs the base experiment again, not a drawn trial
     trials = open_study(tmp_path / "b", "s", cfg).trials
     assert trials[1].user_attrs["baseline"] and trials[1].user_attrs["retry_of"] == 0
