@@ -73,6 +73,9 @@ def test_the_shipped_tune_configs_fit_the_default_demo_experiment() -> None:
     for name in ("default", "quick"):
         cfg = load_tune_config(tune_config_path(name))
         check_space(cfg.space, load_cnn_small, name, FIXED_KEYS)  # no error
+    small = load_tune_config(tune_config_path("small_data"))
+    base = configs_root() / "experiments" / f"{small.experiment}.yaml"
+    check_space(small.space, lambda overrides: load_experiment(base, overrides), "small_data", FIXED_KEYS)
 
 
 @pytest.mark.parametrize(
