@@ -155,3 +155,16 @@ def test_the_bundle_writes_as_many_labels_as_the_competition_asks(tmp_path: Path
     assert sub["label"].tolist() == ["x y", "w z"]
     old = BundleCompetition("birds", ["w", "x", "y", "z"], "top3_labels", sample)
     assert build_submission(old, ["a.wav", "b.wav"], scores)["label"].tolist() == ["x y z", "w z y"]
+
+
+def test_a_linear_probe_member_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from audiotag.errors import DataError
+    from audiotag.stages.package import member_folds
+
+    run_dir = tmp_path / "probe_aisfx"
+    (run_dir / "fold0").mkdir(parents=True)
+    (run_dir / "metrics.json").write_text('{"folds": {"0": 0.5}}')
+    (run_dir / "config.yaml").write_text("name: probe_aisfx\nmodel:\n  name: linear_probe\n")
+    (run_dir / "fold0" / "done.json").write_text("{}")
+    with pytest.raises(DataError, match="'probe_aisfx' is a linear probe.*fine-tuned runs"):
+        member_folds(run_dir)

@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from audiotag.atomic import atomic_write_json, atomic_write_text
+from audiotag.config_files import read_yaml
 from audiotag.errors import ConfigError, DataError
 from audiotag.inference import FORMAT_VERSION, MANIFEST, STACKER_DATA
+from audiotag.models.probe import PROBE
 
 if TYPE_CHECKING:
     from audiotag.competitions import Competition
@@ -60,6 +62,13 @@ def member_folds(run_dir: Path) -> list[int]:
             f"folds (finish it with ./run.sh train, run name {name!r})"
         )
     folds = sorted(int(k) for k in json.loads(metrics_path.read_text())["folds"])
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file() and read_yaml(config_path).get("model", {}).get("name") == PROBE:
+        raise DataError(
+            f"ensemble member {name!r} is a linear probe (a frozen embedding and a logistic regression "
+            "fit in memory): a package holds fine-tuned networks only, so far; package an ensemble "
+            "config whose members are fine-tuned runs (--ensemble PATH)"
+        )
     for fold in folds:
         for file in ("best.pt", "done.json"):
             if not (run_dir / f"fold{fold}" / file).is_file():
