@@ -166,5 +166,5 @@ def test_a_linear_probe_member_is_refused_with_the_reason(tmp_path: Path) -> Non
     (run_dir / "metrics.json").write_text('{"folds": {"0": 0.5}}')
     (run_dir / "config.yaml").write_text("name: probe_aisfx\nmodel:\n  name: linear_probe\n")
     (run_dir / "fold0" / "done.json").write_text("{}")
-    with pytest.raises(DataError, match="'probe_aisfx' is a linear probe.*fine-tuned runs"):
+    with pytest.raises(DataError, match=r"'probe_aisfx' is a linear probe.*fine-tuned runs"):
         member_folds(run_dir)
