@@ -26,9 +26,9 @@ appends a dated block to the accuracy section of ``benchmarks/RESULTS.md``.
 
     .venv/bin/python benchmarks/accuracy.py --write                    # every set, the default recipe
     .venv/bin/python benchmarks/accuracy.py --sets spoken_words --recipes \
-        configs/experiments/table/cnn_small.yaml my_recipe.yaml
+        configs/experiments/table/cnn_small_fixed.yaml my_recipe.yaml
     .venv/bin/python benchmarks/accuracy.py --tiny --set train.epochs=1  # a smoke run: tiny sets, 2 folds
-    .venv/bin/python benchmarks/accuracy.py --recipes configs/experiments/table/cnn_small_auto.yaml \
+    .venv/bin/python benchmarks/accuracy.py --recipes configs/experiments/table/cnn_small.yaml \
         configs/experiments/table/probe_aisfx.yaml --ensemble     # two members and their blend
 
 Minutes are wall-clock minutes of ``prepare train`` for a recipe (the cache is then already built,

@@ -19,8 +19,8 @@ from audiotag.stages.auto_settings import AUTO_FILE, explicit_keys, measure_mode
 from audiotag.stages.prepare import prepare
 from tests.test_table_competition import args, make_dataset
 
-TABLE_RECIPE = "configs/experiments/table/cnn_small.yaml"
-AUTO_RECIPE = "configs/experiments/table/cnn_small_auto.yaml"
+TABLE_RECIPE = "configs/experiments/table/cnn_small_fixed.yaml"
+AUTO_RECIPE = "configs/experiments/table/cnn_small.yaml"
 
 
 @pytest.fixture

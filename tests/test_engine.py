@@ -30,8 +30,14 @@ def bce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(model(x), y)
 
 
-def test_precision_choice() -> None:
+def test_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from audiotag.train import engine
+
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
     assert resolve_precision("auto", CPU) == "fp32"
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", CPU) == "bf16"
+    assert resolve_precision("fp32", CPU) == "fp32"
     assert resolve_precision("bf16", CPU) == "bf16"
     with pytest.raises(TrainingError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", CPU)

@@ -743,7 +743,8 @@ class TrainConfig(StrictModel):
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 on GPUs that have it, fp16 with loss scaling on older ones, fp32 on CPU",
+        description="auto: bf16 on GPUs that have it, fp16 with loss scaling on older ones; on a CPU bf16 "
+        "where it has bf16 instructions (AVX512-BF16, AMX), else fp32",
     )
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     checkpoint_every_steps: int | None = Field(

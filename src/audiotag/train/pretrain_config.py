@@ -66,7 +66,8 @@ class PretrainConfig(StrictModel):
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="auto: bf16 on GPUs that have it, fp16 with loss scaling on older ones, fp32 on CPU",
+        description="auto: bf16 on GPUs that have it, fp16 with loss scaling on older ones; on a CPU bf16 "
+        "where it has bf16 instructions (AVX512-BF16, AMX), else fp32",
     )
     grad_clip_norm: float | None = Field(None, gt=0, description="clip the global gradient norm; null = off")
     compile: bool = Field(False, description="torch.compile the online network")
