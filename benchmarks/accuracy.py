@@ -176,6 +176,28 @@ def derived_recipe(recipe: Path, real: realsets.RealSet, folder: Path) -> Path:
     return target
 
 
+def run_logged(command: list[str], env: dict[str, str], cores: list[int], log_path: Path) -> float:
+    """Run ``command`` from the repository pinned to ``cores``, output to ``log_path``; its minutes.
+    A failure raises with the end of the log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log_path.open("w") as out:
+        done = subprocess.run(
+            command,
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: os.sched_setaffinity(0, cores),
+            check=False,
+        )
+    minutes = (time.perf_counter() - start) / 60
+    if done.returncode != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); end of {log_path}:\n{tail}")
+    return minutes
+
+
 def run_recipe(
     recipe: Path, real: realsets.RealSet, ws: Path, cores: list[int], overrides: list[str], logs: Path
 ) -> tuple[float, float, float]:
@@ -190,25 +212,9 @@ def run_recipe(
     command += ["--set", f"train.threads={len(cores)}"]
     for item in overrides:
         command += ["--set", item]
-    env = {**os.environ, "AUDIOTAG_WORKSPACE": str(ws)}
     log_path = logs / f"{real.name}-{recipe.stem}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s / %s: training (log: %s)", real.name, recipe.stem, log_path)
-    start = time.perf_counter()
-    with log_path.open("w") as out:
-        done = subprocess.run(
-            command,
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, cores),
-            check=False,
-        )
-    minutes = (time.perf_counter() - start) / 60
-    if done.returncode != 0:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); end of {log_path}:\n{tail}")
+    minutes = run_logged(command, {"AUDIOTAG_WORKSPACE": str(ws)}, cores, log_path)
     report = json.loads((run_dir / "metrics.json").read_text())
     test = report.get("test_score")
     return float(report["mean"]), float("nan") if test is None else float(test), minutes
@@ -233,23 +239,8 @@ def run_ensemble(
     config.write_text(yaml.safe_dump(spec, sort_keys=False))
     command = [sys.executable, "-m", "audiotag", "ensemble", "--config", str(config)]
     command += ["--data-dir", str(real.data_dir)]
-    env = {**os.environ, "AUDIOTAG_WORKSPACE": str(ws), "AUDIOTAG_SUBMISSIONS": str(ws / "submissions")}
-    log_path = logs / f"{real.name}-ensemble.log"
-    start = time.perf_counter()
-    with log_path.open("w") as out:
-        done = subprocess.run(
-            command,
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, cores),
-            check=False,
-        )
-    minutes = (time.perf_counter() - start) / 60
-    if done.returncode != 0:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); end of {log_path}:\n{tail}")
+    env = {"AUDIOTAG_WORKSPACE": str(ws), "AUDIOTAG_SUBMISSIONS": str(ws / "submissions")}
+    minutes = run_logged(command, env, cores, logs / f"{real.name}-ensemble.log")
     comp = load_competition(str(real.yaml))
     report = json.loads((ws / "submissions" / comp.name / "accuracy_ensemble.json").read_text())
     test = report.get("test_score")
