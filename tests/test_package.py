@@ -157,7 +157,8 @@ def test_the_bundle_writes_as_many_labels_as_the_competition_asks(tmp_path: Path
     assert build_submission(old, ["a.wav", "b.wav"], scores)["label"].tolist() == ["x y z", "w z y"]
 
 
-def test_a_linear_probe_member_is_refused_with_the_reason(tmp_path: Path) -> None:
+def test_a_linear_probe_fold_without_its_saved_probe_is_refused_with_the_remedy(tmp_path: Path) -> None:
+    """A probe run fitted before probes saved ``probe.npz`` (test_package_probe.py: packaging one)."""
     from audiotag.errors import DataError
     from audiotag.stages.package import member_folds
 
@@ -166,5 +167,5 @@ def test_a_linear_probe_member_is_refused_with_the_reason(tmp_path: Path) -> Non
     (run_dir / "metrics.json").write_text('{"folds": {"0": 0.5}}')
     (run_dir / "config.yaml").write_text("name: probe_aisfx\nmodel:\n  name: linear_probe\n")
     (run_dir / "fold0" / "done.json").write_text("{}")
-    with pytest.raises(DataError, match=r"'probe_aisfx' is a linear probe.*fine-tuned runs"):
+    with pytest.raises(DataError, match=r"'probe_aisfx'.*probe\.npz is missing.*train again"):
         member_folds(run_dir)

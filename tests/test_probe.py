@@ -37,6 +37,7 @@ class IdEmbeddings:
             self.rows[clip_id] = np.concatenate([[i * ID_SCALE], signal + rng.normal(0, 1, dim)])
         self.dims = {"1": dim + 1}
         self.folder = Path("fake-embeddings")
+        self.manifest = {"identity": {"fake": True}}  # what probe.npz records of the embeddings
 
     def matrix(self, layers: list[str], clip_ids: list[str]) -> np.ndarray:
         return np.stack([self.rows[c] for c in clip_ids])
@@ -94,6 +95,7 @@ def test_the_outer_validation_clips_never_reach_the_choice_of_c(
     class IdKeepingScaler:  # standardises, but leaves column 0 (the clip's id) readable
         def __init__(self, scaler) -> None:
             self.scaler = scaler
+            self.mean_, self.scale_ = scaler.mean_, scaler.scale_  # what probe.npz keeps
 
         def transform(self, x: np.ndarray) -> np.ndarray:
             out = self.scaler.transform(x)

@@ -303,7 +303,8 @@ def build_package_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audiotag package",
         description="Build a folder for a Kaggle offline inference notebook: our code, the members' "
-        "best.pt of every fold with their configs, the ensemble config and inference.py.",
+        "best.pt of every fold with their configs (a linear probe: each fold's probe.npz and its frozen "
+        "model's weights file), the ensemble config and inference.py.",
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (replaced if ours)")
     parser.add_argument(

@@ -161,6 +161,50 @@ def plan_embeddings(
     return EmbeddingPlan(cfg, features, norm, window, hop, identity)
 
 
+def recorded_plan(cfg: EmbeddingConfig, features: FeatureConfig, identity: dict[str, Any]) -> EmbeddingPlan:
+    """The plan of a cache whose manifest recorded ``identity`` (a linear probe's ``probe.npz``
+    keeps it): the model's settings, input normalisation and windows come from the record, so no
+    training clip, weights lookup or ``configs/`` folder is needed (a package's inference)."""
+    if identity.get("format") != EMBED_FORMAT:
+        raise DataError(
+            f"the embeddings were computed by embedding format {identity.get('format')!r}, this code "
+            f"computes format {EMBED_FORMAT}; train the probe again"
+        )
+    if identity.get("features") != features.key():
+        raise DataError(
+            f"the embeddings were computed on features {identity.get('features')!r}, not on the "
+            f"configured front-end {features.name!r} ({features.key()})"
+        )
+    norm = identity.get("input_norm")
+    input_norm = None if norm is None else InputNorm(mean=float(norm[0]), std=float(norm[1]))
+    resolved = cfg.model_copy(update={"model": dict(identity["model"])})  # the settings, not a name
+    return EmbeddingPlan(
+        resolved, features, input_norm, int(identity["window_rows"]), int(identity["hop_rows"]), identity
+    )
+
+
+def embed_clips(
+    plan: EmbeddingPlan,
+    layers: Sequence[str],
+    cache: FeatureCache,
+    clip_ids: Sequence[str],
+    device: torch.device | str = "cpu",
+    weights_file: Path | None = None,
+) -> np.ndarray:
+    """(n_clips, dim) float32: the clips' vectors as an embedding cache holds them (``clip_vectors``),
+    the layers concatenated in the given order as :meth:`EmbeddingCache.matrix` does; computed now,
+    nothing written. ``weights_file``: a checked copy of the weights (a package's)."""
+    rep = Representation(plan.cfg, plan.features, plan.input_norm, device, weights_file=weights_file)
+    layers = list(layers)
+    rows = [
+        np.concatenate([vectors[name] for name in layers])
+        for vectors in clip_vectors(cache, clip_ids, rep, layers, plan)
+    ]
+    if not rows:
+        return np.zeros((0, sum(rep.layer_dims(layers).values())), dtype=DTYPE)
+    return np.stack(rows).astype(DTYPE, copy=False)
+
+
 # ----------------------------------------------------------------------------- reading
 
 

@@ -4,7 +4,10 @@
 ``/kaggle/input/<slug>/`` with the members' own front-ends (through the same feature cache code as
 ``prepare``), predicts with every fold of every member using the sliding windows of training's
 evaluation, averages the folds of each member, blends the members as the ensemble did, and writes
-``submission.csv`` after validating it against the sample.
+``submission.csv`` after validating it against the sample. A linear-probe member embeds the clips
+with its frozen model as its run's embedding cache did (``embedding_cache.embed_clips``: the same
+windows, layers and input normalisation, the weights file shipped in ``weights/``), then each fold's
+``probe.npz`` standardises and classifies them (:func:`predict_probe_member`).
 
 The package's layout (``bundle.json``, ``members/``, ``stacker_train.npz``) is written by
 ``stages/package.py``; the names both sides use are defined here. This module runs from the package's
@@ -38,6 +41,10 @@ MANIFEST = "bundle.json"
 FORMAT_VERSION = 1
 SAMPLE = "sample_submission.csv"
 STACKER_DATA = "stacker_train.npz"
+WEIGHTS_DIR = "weights"  # a linear probe's frozen embedding model: its weights file
+NETWORK = "network"  # a member's kind in bundle.json: a fine-tuned network, best.pt per fold
+PROBE_MEMBER = "probe"  # a linear probe on frozen embeddings, probe.npz per fold
+REBUILD = "the package's copy is damaged: build the package again (./run.sh package)"
 
 
 REQUIRED_MODULES = ("torch", "numpy", "pandas", "pyarrow", "scipy", "soundfile", "soxr", "pydantic", "yaml")
@@ -145,6 +152,75 @@ def predict_member(
     return parts
 
 
+def bundled_weights(bundle: Path, member: dict[str, Any]) -> Path | None:
+    """A probe member's weights file in the bundle, checked against the size and SHA-256 bundle.json
+    recorded; None for random weights."""
+    from audiotag.digests import file_sha256
+
+    record = member.get("embedding_weights")
+    if record is None:
+        return None
+    path = bundle / str(record["file"])
+    if not path.is_file():
+        raise DataError(f"{path} not found (member {member['name']!r}'s embedding weights); {REBUILD}")
+    if path.stat().st_size != record.get("size") or file_sha256(path) != record.get("sha256"):
+        raise DataError(
+            f"{path} differs from the size and SHA-256 {bundle / MANIFEST} recorded for it; {REBUILD}"
+        )
+    return path
+
+
+def predict_probe_member(
+    bundle: Path,
+    member: dict[str, Any],
+    features: Any,
+    cache: Any,
+    clip_ids: list[str],
+    classes: list[str],
+    device: Any,
+    embedded: dict[str, np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """Each fold's scores of a linear-probe member: the clips embedded as the run's embedding cache
+    embedded them (the model, weights, front-end ``features``, input normalisation, windows and layers
+    that each fold's ``probe.npz`` recorded), then the fold's standardiser and classifier. ``embedded``
+    keeps embeddings computed for one member for the next that asks for the same ones."""
+    from audiotag.embedding_cache import embed_clips, recorded_plan
+    from audiotag.models.probe_head import load_probe
+    from audiotag.models.representation import EmbeddingConfig
+
+    embedded = {} if embedded is None else embedded
+    member_dir = bundle / "members" / member["name"]
+    weights = bundled_weights(bundle, member)
+    shipped = (member.get("embedding_weights") or {}).get("sha256")
+    parts = []
+    for fold in member["folds"]:
+        fold_dir = member_dir / f"fold{fold}"
+        probe = load_probe(fold_dir, REBUILD)
+        if probe.spec.get("classes") != classes:
+            raise DataError(
+                f"{fold_dir / 'probe.npz'}: fitted for other classes than {bundle / MANIFEST} lists"
+            )
+        spec = probe.embedding
+        identity = dict(spec["identity"])
+        if not str(identity.get("weights")).startswith("random-") and identity.get("weights") != shipped:
+            raise DataError(
+                f"{fold_dir / 'probe.npz'}: fitted on embeddings of weights with SHA-256 "
+                f"{identity.get('weights')}, but the package ships {shipped}; {REBUILD}"
+            )
+        key = json.dumps(
+            [{k: v for k, v in identity.items() if k != "clips"}, spec["layers"]], sort_keys=True
+        )
+        if key not in embedded:
+            plan = recorded_plan(EmbeddingConfig.model_validate(spec["config"]), features, identity)
+            embedded[key] = embed_clips(plan, probe.layers, cache, clip_ids, device, weights)
+            log.info(
+                "inference: %s embedded %d clips (layers %s)", member["name"], len(clip_ids), spec["layers"]
+            )
+        parts.append(probe.predict(embedded[key]))
+        log.info("inference: %s fold %d done", member["name"], fold)
+    return parts
+
+
 def run_inference(
     bundle: Path,
     input_dir: Path,
@@ -197,6 +273,7 @@ def run_inference(
         else:
             work = Path(work_dir)
         caches: dict[tuple[str, AudioRules], FeatureCache] = {}
+        embedded: dict[str, np.ndarray] = {}  # probe members' embeddings of the test clips
         predictions = []
         for member in manifest["members"]:
             member_dir = bundle / "members" / member["name"]
@@ -206,9 +283,16 @@ def run_inference(
             if key not in caches:  # the member's own audio rules, as its training cache had
                 caches[key] = FeatureCache(build_cache(clips, work, features, workers=workers, rules=rules))
             cache = caches[key]
-            predictions.append(
-                predict_member(member_dir, member["folds"], cache, fnames, len(classes), torch_device)
-            )
+            if member.get("kind", NETWORK) == PROBE_MEMBER:
+                predictions.append(
+                    predict_probe_member(
+                        bundle, member, features, cache, fnames, classes, torch_device, embedded
+                    )
+                )
+            else:
+                predictions.append(
+                    predict_member(member_dir, member["folds"], cache, fnames, len(classes), torch_device)
+                )
         blended = combine_members(predictions, manifest["blend"], bundle)
     comp = BundleCompetition(
         manifest["competition"],

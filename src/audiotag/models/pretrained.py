@@ -288,6 +288,14 @@ def resolve(
     )
 
 
+def entry_of(spec: str, arch: str | None = None) -> Checkpoint | None:
+    """The table (or timm) entry a weights name refers to, without fetching or checking any file;
+    None for a file path (a package's inference reads its own copy of the file with the entry)."""
+    if spec in KNOWN or spec == IMAGENET or (spec.startswith(TIMM_PREFIX) and not Path(spec).is_file()):
+        return lookup(spec, arch)
+    return None
+
+
 def _numpy_safe_globals() -> list[Any]:
     """NumPy arrays, scalars and dtypes: plain data that training checkpoints often carry (PANNs'
     sampler state, aisfx's dataset table). Listed under both module names (numpy 1 and 2)."""

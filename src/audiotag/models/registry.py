@@ -12,6 +12,7 @@ import importlib
 import logging
 import pkgutil
 from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -108,19 +109,28 @@ def check_pretrained(cfg: ModelBase, features: FeatureConfig, offline: bool | No
 
 
 def load_pretrained(
-    model: Tagger, cfg: ModelBase, features: FeatureConfig, offline: bool | None = None
+    model: Tagger,
+    cfg: ModelBase,
+    features: FeatureConfig,
+    offline: bool | None = None,
+    weights_file: Path | None = None,
 ) -> LoadReport | None:
     """Initialise ``model`` from ``cfg.pretrained``: a weights-table name, ``imagenet`` or
-    ``timm/<arch>[.<tag>]`` (timm models), or a file path."""
+    ``timm/<arch>[.<tag>]`` (timm models), or a file path. ``weights_file``: a copy of that file at
+    hand (a package's, checked by its caller), read in place of resolving the name; the front-end
+    checks were made when the run was trained and are not repeated."""
     if cfg.pretrained is None:
         return None
-    from audiotag.models.pretrained import read_state_dict, resolve
+    from audiotag.models.pretrained import entry_of, read_state_dict, resolve
 
-    path, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
-    if entry is not None and entry.features is not None:
-        check_frontend(features, entry.features, entry.name)
-    if entry is None:
-        check_recorded_frontend(path, features)
+    if weights_file is not None:
+        path, entry = Path(weights_file), entry_of(cfg.pretrained, weights_arch(cfg))
+    else:
+        path, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
+        if entry is not None and entry.features is not None:
+            check_frontend(features, entry.features, entry.name)
+        if entry is None:
+            check_recorded_frontend(path, features)
     state = read_state_dict(path, allow=entry.pickle_globals) if entry is not None else read_state_dict(path)
     family = family_of(cfg.name)
     layout = entry.layout if entry is not None else family.layout_of(list(state))

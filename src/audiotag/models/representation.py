@@ -53,6 +53,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -235,7 +236,9 @@ class Representation:
         features: FeatureConfig,
         input_norm: InputNorm | None = None,
         device: torch.device | str = "cpu",
+        weights_file: Path | None = None,
     ) -> None:
+        """``weights_file``: a checked copy of ``cfg.weights``'s file to read (a package's)."""
         self.cfg = cfg
         self.features = features
         self.model_cfg = model_config(cfg)
@@ -244,7 +247,7 @@ class Representation:
         torch.manual_seed(cfg.seed)
         tagger = build_model(self.model_cfg, features.n_mels, 1, frames, input_norm, features)
         if cfg.weights is not None:
-            report = load_pretrained(tagger, self.model_cfg, features)
+            report = load_pretrained(tagger, self.model_cfg, features, weights_file=weights_file)
             unloaded = [k for k in (report.missing if report else []) if k.startswith("head.fc1.")]
             if unloaded:
                 log.warning(

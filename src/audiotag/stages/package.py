@@ -9,6 +9,8 @@
       ensemble.yaml         the resolved ensemble config (and ensemble_report.json, its CV, when known)
       code/audiotag/        our package source, imported from here (no pip install, no internet)
       members/<run>/        config.yaml, run.json, metrics.json, fold<k>/{best.pt,done.json}
+                            (a linear probe: fold<k>/{probe.npz,done.json}, the fitted probe)
+      weights/              a linear probe's frozen embedding model: its weights file (once per file)
 
 Upload OUT_DIR as a Kaggle dataset, attach it and the competition data to a notebook, and run
 ``!python /kaggle/input/<dataset>/inference.py``, which calls ``audiotag.inference.inference_main``
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,8 +35,9 @@ import numpy as np
 from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.config_files import read_yaml
 from audiotag.errors import ConfigError, DataError
-from audiotag.inference import FORMAT_VERSION, MANIFEST, STACKER_DATA
+from audiotag.inference import FORMAT_VERSION, MANIFEST, NETWORK, PROBE_MEMBER, STACKER_DATA, WEIGHTS_DIR
 from audiotag.models.probe import PROBE
+from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, read_probe, verify_probe
 
 if TYPE_CHECKING:
     from audiotag.competitions import Competition
@@ -47,11 +51,19 @@ class PackagedMember:
     name: str
     folds: list[int]
     cv: float | None
+    kind: str = NETWORK  # NETWORK (best.pt per fold) or PROBE_MEMBER (probe.npz per fold)
+    weights: dict[str, Any] | None = None  # a probe's embedding weights in the bundle: file, size, sha256
+
+
+def is_probe_run(run_dir: Path) -> bool:
+    config_path = run_dir / "config.yaml"
+    return config_path.is_file() and read_yaml(config_path).get("model", {}).get("name") == PROBE
 
 
 def member_folds(run_dir: Path) -> list[int]:
-    """The folds of a complete run, each with best.pt and done.json; refuses an unfinished run and a
-    best.pt that differs from the size and SHA-256 its done.json recorded."""
+    """The folds of a complete run, each with best.pt (a linear probe: probe.npz) and done.json;
+    refuses an unfinished run and a best.pt or probe.npz that differs from the size and SHA-256 its
+    done.json recorded."""
     from audiotag.train.checkpoint import verify_best
 
     name = run_dir.name
@@ -62,22 +74,74 @@ def member_folds(run_dir: Path) -> list[int]:
             f"folds (finish it with ./run.sh train, run name {name!r})"
         )
     folds = sorted(int(k) for k in json.loads(metrics_path.read_text())["folds"])
-    config_path = run_dir / "config.yaml"
-    if config_path.is_file() and read_yaml(config_path).get("model", {}).get("name") == PROBE:
-        raise DataError(
-            f"ensemble member {name!r} is a linear probe (a frozen embedding and a logistic regression "
-            "fit in memory): a package holds fine-tuned networks only, so far; package an ensemble "
-            "config whose members are fine-tuned runs (--ensemble PATH)"
-        )
+    probe = is_probe_run(run_dir)
     for fold in folds:
-        for file in ("best.pt", "done.json"):
-            if not (run_dir / f"fold{fold}" / file).is_file():
-                raise DataError(f"ensemble member {name!r}: {run_dir / f'fold{fold}' / file} is missing")
-        done = json.loads((run_dir / f"fold{fold}" / "done.json").read_text())
-        verify_best(run_dir / f"fold{fold}" / "best.pt", done)  # size and SHA-256 recorded when it finished
+        fold_dir = run_dir / f"fold{fold}"
+        if not (fold_dir / "done.json").is_file():
+            raise DataError(f"ensemble member {name!r}: {fold_dir / 'done.json'} is missing")
+        done = json.loads((fold_dir / "done.json").read_text())
+        if probe:
+            if not (fold_dir / PROBE_FILE).is_file() and PROBE_RECORD not in done:
+                raise DataError(
+                    f"ensemble member {name!r}: {fold_dir / PROBE_FILE} is missing: the fold was fitted "
+                    "before linear probes saved their fitted classifier; delete the run's fold folders "
+                    f"(or {run_dir}) and run ./run.sh train again (run name {name!r}) to refit them"
+                )
+            verify_probe(fold_dir / PROBE_FILE, done)  # size and SHA-256 recorded when it finished
+        else:
+            if not (fold_dir / "best.pt").is_file():
+                raise DataError(f"ensemble member {name!r}: {fold_dir / 'best.pt'} is missing")
+            verify_best(fold_dir / "best.pt", done)  # size and SHA-256 recorded when it finished
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"ensemble member {name!r}: {run_dir / 'config.yaml'} is missing")
     return folds
+
+
+def probe_weights(run_dir: Path, folds: list[int]) -> tuple[Path, str] | None:
+    """The weights file of a linear-probe member's frozen model (None: random weights), resolved as
+    the embedding cache resolves it (a weights-table name: fetched or found in its installed package,
+    and verified; else a file path), and refused unless it is the file every fold's embeddings were
+    computed with (the SHA-256 each probe.npz recorded). Returned with the weights' name."""
+    from audiotag.digests import file_sha256
+    from audiotag.models.pretrained import resolve
+    from audiotag.models.registry import weights_arch
+    from audiotag.models.representation import EmbeddingConfig, model_config
+
+    path: Path | None = None
+    sha256 = name = None
+    for fold in folds:
+        probe = read_probe(run_dir / f"fold{fold}" / PROBE_FILE)
+        embedding = probe.embedding
+        cfg = EmbeddingConfig.model_validate(embedding.get("config") or {})
+        recorded = str((embedding.get("identity") or {}).get("weights"))
+        if cfg.weights is None:
+            continue
+        if path is None:
+            path, entry = resolve(cfg.weights, arch=weights_arch(model_config(cfg)))
+            sha256, name = file_sha256(path), entry.name if entry is not None else path.stem
+        if recorded != sha256:
+            raise DataError(
+                f"ensemble member {run_dir.name!r}: fold {fold}'s embeddings were computed with weights of "
+                f"SHA-256 {recorded}, but {cfg.weights!r} is now {path} (SHA-256 {sha256}); delete the "
+                f"run's fold folders and train it again (./run.sh train, run name {run_dir.name!r})"
+            )
+    return None if path is None or name is None else (path, name)
+
+
+def _ship_weights(source: Path, name: str, bundle: Path) -> dict[str, Any]:
+    """Copy a frozen model's weights file into ``bundle/weights/`` (once per file), checked."""
+    from audiotag.digests import file_sha256
+
+    sha256 = file_sha256(source)
+    label = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("._") or "weights"
+    relative = Path(WEIGHTS_DIR) / f"{label}-{sha256[:12]}{source.suffix}"
+    dest = bundle / relative
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest)
+        if file_sha256(dest) != sha256:
+            raise DataError(f"{dest}: the copy of {source} differs from it; check the disk and package again")
+    return {"file": relative.as_posix(), "size": dest.stat().st_size, "sha256": sha256}
 
 
 def _copy_code(dest: Path) -> None:
@@ -177,12 +241,21 @@ def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -
             for file in ("config.yaml", "run.json", "metrics.json"):
                 if (run_dir / file).is_file():
                     shutil.copy2(run_dir / file, dest / file)
+            probe = is_probe_run(run_dir)
             for fold in folds[name]:
                 (dest / f"fold{fold}").mkdir()
-                for file in ("best.pt", "done.json"):
+                for file in (PROBE_FILE if probe else "best.pt", "done.json"):
                     shutil.copy2(run_dir / f"fold{fold}" / file, dest / f"fold{fold}" / file)
+                if probe:  # the copy, checked against the record it travels with
+                    done = json.loads((dest / f"fold{fold}" / "done.json").read_text())
+                    verify_probe(dest / f"fold{fold}" / PROBE_FILE, done, "check the disk and package again")
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            members.append(PackagedMember(name, folds[name], metrics.get("mean")))
+            member = PackagedMember(name, folds[name], metrics.get("mean"))
+            if probe:
+                weights = probe_weights(run_dir, folds[name])
+                member.kind = PROBE_MEMBER
+                member.weights = None if weights is None else _ship_weights(*weights, staging)
+            members.append(member)
         shutil.copy2(report_path, staging / "ensemble_report.json")
         atomic_write_text(staging / "ensemble.yaml", dump_yaml(cfg))
         spec = blend_spec(cfg, report, list(comp.classes))
@@ -202,7 +275,11 @@ def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -
             "classes": list(comp.classes),
             "ensemble": {"name": cfg.name, "cv": (report.get("cv") or report.get("blend") or {}).get("mean")},
             "blend": spec,
-            "members": [{"name": m.name, "folds": m.folds, "cv": m.cv} for m in members],
+            "members": [
+                {"name": m.name, "folds": m.folds, "cv": m.cv, "kind": m.kind}
+                | ({"embedding_weights": m.weights} if m.kind == PROBE_MEMBER else {})
+                for m in members
+            ],
             "code_version": code_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -227,8 +304,17 @@ def blend_text(spec: dict[str, Any]) -> str:
     return f"{spec['method']}{power} with weights {spec['weights']}"
 
 
+def member_line(member: dict[str, Any]) -> str:
+    line = f"- `{member['name']}`: folds {member['folds']}, CV {member['cv']}"
+    if member.get("kind") == PROBE_MEMBER:
+        weights = member.get("embedding_weights")
+        frozen = f"`{weights['file']}`" if weights else "random weights"
+        line += f" (linear probe on the embeddings of {frozen})"
+    return line
+
+
 def readme(manifest: dict[str, Any]) -> str:
-    members = "\n".join(f"- `{m['name']}`: folds {m['folds']}, CV {m['cv']}" for m in manifest["members"])
+    members = "\n".join(member_line(m) for m in manifest["members"])
     slug = manifest["slug"]
     title = f"{manifest['competition']} / ensemble `{manifest['ensemble']['name']}`"
     return f"""# audiotag inference package: {title}
@@ -258,7 +344,8 @@ INFERENCE_SCRIPT = '''#!/usr/bin/env python
 
 Written by `audiotag package`. Reads the test audio listed in the competition's sample submission,
 predicts with every fold of every member in members/, blends them as the ensemble did, and writes the
-submission CSV. Needs no internet: the code is in code/, the weights in members/.
+submission CSV. Needs no internet: the code is in code/, the weights in members/ (and a linear
+probe's frozen embedding model in weights/).
 """
 
 import argparse

@@ -3,7 +3,8 @@
 ``./run.sh train --config configs/experiments/<comp>/probe_*.yaml`` comes here from
 ``stages/train.py``. Like any run: the run folder is claimed, described (``run.json``, the resolved
 ``config.yaml``) and refused if its config changed; each fold writes ``oof.parquet``,
-``test.parquet`` and ``done.json`` (skipped when done); the run's ``oof.parquet``, ``test.parquet``
+``test.parquet``, ``probe.npz`` (the fitted probe, which ``package`` ships) and ``done.json``
+(skipped when done); the run's ``oof.parquet``, ``test.parquet``
 and ``metrics.json`` follow (``collect_run``), so that ``ensemble`` and ``leaderboard`` take it as any
 other member. The embeddings come from the embedding cache, built first when missing
 (``stages/embed.py``); the classifier is ``audiotag.train.probe``'s.
@@ -23,6 +24,7 @@ from audiotag.embedding_cache import EmbeddingCache
 from audiotag.errors import ConfigError
 from audiotag.experiment import ExperimentConfig
 from audiotag.models.probe import LinearProbeConfig
+from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, verify_probe
 from audiotag.stages.embed import embed_prepared, pick_device
 from audiotag.stages.prepare import Prepared, prepare
 from audiotag.stages.train import RunResult, check_or_write_run_info, claim_run, collect_run, fold_data
@@ -79,6 +81,16 @@ def probe_one_fold(
     done = read_done(fold_dir)
     if done is not None:
         log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, done["score"])
+        if PROBE_RECORD in done:  # a corrupt probe.npz surfaces here, not when packaged
+            verify_probe(fold_dir / PROBE_FILE, done)
+        else:
+            log.warning(
+                "fold %d: finished before probe runs saved their fitted classifier (no %s), so `package` "
+                "cannot ship this run; delete %s and train again to refit it",
+                data.fold,
+                PROBE_FILE,
+                fold_dir,
+            )
         return done
     probe = cfg.model
     assert isinstance(probe, LinearProbeConfig)
@@ -117,7 +129,15 @@ def probe_one_fold(
         "layers": layers,
         "dims": sum(embeddings.dims[n] for n in layers),
     }
-    summary = write_fold(fold_dir, outcome, summary, data.val_ids, data.test_ids, data.classes)
+    embedding = {
+        "config": probe.embedding.model_dump(mode="json"),
+        "identity": embeddings.manifest["identity"],  # what the vectors depend on (embedding_cache.py)
+        "layers": layers,
+        "dims": {name: embeddings.dims[name] for name in layers},
+    }
+    summary = write_fold(
+        fold_dir, outcome, summary, data.val_ids, data.test_ids, data.classes, embedding=embedding
+    )
     log.info(
         "fold %d: done, %s %.4f (C=%g chosen on the training clips; inner CV %s)",
         data.fold,

@@ -19,6 +19,10 @@ stratified by class (single-label) or by label set (multi-label), groups kept wh
 competition has them, scored by the competition metric on the inner validation clips that are
 verified. Ties go to the smaller ``C`` (stronger regularisation). The chosen ``C`` is then fitted on
 all of the fold's training clips, which predict its validation (OOF) and test clips.
+
+Each fitted classifier also carries its parameters (:class:`Fitted`); the fold's final one is saved,
+with the standardiser and the embedding it expects, as ``fold<k>/probe.npz``
+(``models/probe_head.py``), which ``package`` ships and the package's inference predicts with.
 """
 
 from __future__ import annotations
@@ -42,12 +46,26 @@ from sklearn.preprocessing import StandardScaler
 
 from audiotag import metrics
 from audiotag.atomic import atomic_write_json
+from audiotag.digests import file_sha256
 from audiotag.models.probe import LinearProbeConfig
+from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, ProbeHead, ProbeModel, save_probe
 from audiotag.predictions import write_predictions
 
 log = logging.getLogger(__name__)
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # standardised embeddings -> scores (n, n_classes)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted classifier: called on standardised rows, it predicts; ``head`` holds its parameters
+    as ``probe.npz`` keeps them (``models/probe_head.py``), which predict the same scores."""
+
+    predictor: Predictor
+    head: ProbeHead
+
+    def __call__(self, xs: np.ndarray) -> np.ndarray:
+        return self.predictor(xs)
 
 
 @dataclass
@@ -81,23 +99,32 @@ def _place(proba: np.ndarray, present: np.ndarray, n_classes: int) -> np.ndarray
 
 def _fit_logreg_path(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, grid: list[float], cfg: LinearProbeConfig, seed: int
-) -> list[Predictor]:
+) -> list[Fitted]:
     labels = y.argmax(axis=1)
     n_classes = y.shape[1]
     present = np.unique(labels)
     if len(present) < 2:  # one class: nothing to learn; it gets the whole probability
+        head = ProbeHead("constant", n_classes, present[:1].astype(np.int64))
         return [
-            lambda xs, c=present[0]: _place(np.ones((len(xs), 1)), np.array([c]), n_classes) for _ in grid
+            Fitted(lambda xs, c=present[0]: _place(np.ones((len(xs), 1)), np.array([c]), n_classes), head)
+            for _ in grid
         ]
     est = LogisticRegression(max_iter=cfg.max_iter, warm_start=True, random_state=seed)
-    out: list[Predictor] = []
+    out: list[Fitted] = []
     for c in grid:  # ascending: each fit starts from the last (warm start)
         est.set_params(C=c)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             est.fit(x, labels, sample_weight=w)
         frozen = copy.deepcopy(est)
-        out.append(lambda xs, e=frozen: _place(e.predict_proba(xs), e.classes_, n_classes))
+        head = ProbeHead(
+            "binary" if len(frozen.classes_) == 2 else "softmax",  # as predict_proba forms its scores
+            n_classes,
+            np.asarray(frozen.classes_, dtype=np.int64),
+            [frozen.coef_.copy()],
+            [np.asarray(frozen.intercept_).copy()],
+        )
+        out.append(Fitted(lambda xs, e=frozen: _place(e.predict_proba(xs), e.classes_, n_classes), head))
     return out
 
 
@@ -115,14 +142,14 @@ def _torch_objective(
 
 def _fit_linear_bce_path(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, grid: list[float], cfg: LinearProbeConfig, seed: int
-) -> list[Predictor]:
+) -> list[Fitted]:
     """One-vs-rest logistic regression of every class at once: a linear layer, BCE, full-batch L-BFGS."""
     torch.manual_seed(seed)
     xt, yt, wt = (torch.as_tensor(a, dtype=torch.float64) for a in (x, y, w))
     layer = torch.nn.Linear(x.shape[1], y.shape[1], dtype=torch.float64)
     torch.nn.init.zeros_(layer.weight)
     torch.nn.init.zeros_(layer.bias)
-    out: list[Predictor] = []
+    out: list[Fitted] = []
     for c in grid:  # ascending, warm-started
         l2 = 1.0 / (2.0 * c * float(wt.sum()))
         opt = torch.optim.LBFGS(
@@ -143,13 +170,14 @@ def _fit_linear_bce_path(
 
         opt.step(closure)
         weight, bias = layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy()
-        out.append(lambda xs, a=weight, b=bias: 1.0 / (1.0 + np.exp(-(xs @ a.T + b))))
+        head = ProbeHead("sigmoid", y.shape[1], np.arange(y.shape[1]), [weight], [bias])
+        out.append(Fitted(lambda xs, a=weight, b=bias: 1.0 / (1.0 + np.exp(-(xs @ a.T + b))), head))
     return out
 
 
 def _fit_mlp(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, cfg: LinearProbeConfig, single: bool, seed: int
-) -> Predictor:
+) -> Fitted:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     xt, yt, wt = (torch.as_tensor(a, dtype=torch.float32) for a in (x, y, w))
@@ -173,7 +201,15 @@ def _fit_mlp(
             probs = torch.softmax(logits, dim=1) if single else torch.sigmoid(logits)
         return probs.double().numpy()
 
-    return predict
+    first, last = model[0], model[2]
+    head = ProbeHead(
+        "mlp_softmax" if single else "mlp_sigmoid",
+        y.shape[1],
+        np.arange(y.shape[1]),
+        [layer.weight.detach().numpy().copy() for layer in (first, last)],
+        [layer.bias.detach().numpy().copy() for layer in (first, last)],
+    )
+    return Fitted(predict, head)
 
 
 def fit_path(
@@ -184,7 +220,7 @@ def fit_path(
     cfg: LinearProbeConfig,
     single: bool,
     seed: int,
-) -> list[Predictor]:
+) -> list[Fitted]:
     """One fitted classifier per ``C`` of ``grid`` (ascending) on standardised rows ``x``."""
     if cfg.head == "mlp":
         return [_fit_mlp(x, y, w, c, cfg, single, seed) for c in grid]
@@ -274,6 +310,7 @@ class FoldOutcome:
     val_scores: np.ndarray
     test_scores: np.ndarray | None
     scaler: StandardScaler
+    model: ProbeModel  # what probe.npz keeps: the standardiser and the fitted head
 
 
 def fit_fold(cfg: LinearProbeConfig, fold: ProbeFold, metric: str, single: bool, seed: int) -> FoldOutcome:
@@ -295,7 +332,13 @@ def fit_fold(cfg: LinearProbeConfig, fold: ProbeFold, metric: str, single: bool,
     )
     val = predict(predictor, scaler.transform(fold.x_val))
     test = predict(predictor, scaler.transform(fold.x_test)) if len(fold.x_test) else None
-    return FoldOutcome(c, inner, val, test, scaler)
+    model = ProbeModel(
+        np.asarray(scaler.mean_).copy(),
+        np.asarray(scaler.scale_).copy(),
+        predictor.head,
+        {"c": c, "input_dtype": str(np.asarray(fold.x_train).dtype)},
+    )
+    return FoldOutcome(c, inner, val, test, scaler, model)
 
 
 def write_fold(
@@ -305,18 +348,26 @@ def write_fold(
     val_ids: list[str],
     test_ids: list[str],
     classes: list[str],
+    embedding: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``oof.parquet``, ``test.parquet`` and, last, ``done.json`` (what marks the fold finished)."""
+    """``oof.parquet``, ``test.parquet``, ``probe.npz`` (the fitted probe, with ``embedding``: what
+    the embeddings were computed with, see ``models/probe_head.py``) and, last, ``done.json`` (what
+    marks the fold finished; it records the size and SHA-256 of ``probe.npz``)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(fold_dir / "oof.parquet", val_ids, classes, outcome.val_scores)
     if outcome.test_scores is not None:
         write_predictions(fold_dir / "test.parquet", test_ids, classes, outcome.test_scores)
+    model = outcome.model
+    model.spec = {**model.spec, "classes": list(classes), "embedding": embedding or {}}
+    probe_path = fold_dir / PROBE_FILE
+    save_probe(probe_path, model)
     summary = {
         **summary,
         "probe": {
             "c": outcome.c,
             "inner_scores": {f"{c:g}": s for c, s in outcome.inner_scores.items()},
         },
+        PROBE_RECORD: {"size": probe_path.stat().st_size, "sha256": file_sha256(probe_path)},
         "history": [],
     }
     atomic_write_json(fold_dir / "done.json", summary)
