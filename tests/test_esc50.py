@@ -126,7 +126,8 @@ def test_train_one_epoch_reports_accuracy_per_given_fold(
     tiny = ("model.channels=[8,16]", "model.embedding_dim=16", "train.epochs=1", "train.batch_size=16")
     with running_server(ArchiveHandler, {"data": data, "hits": 0}) as base:
         assert main(_args(f"{base}/master.zip", "prepare", "train", "ensemble", extra=tiny)) == 0
-    runs = list((workspace / "competition" / "esc50" / "runs").glob("*/metrics.json"))
-    (metrics,) = [json.loads(p.read_text()) for p in runs]
-    assert sorted(int(f) for f in metrics["folds"]) == [0, 1, 2, 3, 4]
+    runs = {p.parent.name: p for p in (workspace / "competition" / "esc50" / "runs").glob("*/metrics.json")}
+    assert sorted(runs) == ["cnn_small", "probe_aisfx"]  # the default experiment and the extra member
+    for path in runs.values():  # both on the five given folds
+        assert sorted(int(f) for f in json.loads(path.read_text())["folds"]) == [0, 1, 2, 3, 4]
     assert not list((workspace / "submissions" / "esc50").glob("*.csv"))

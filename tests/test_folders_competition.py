@@ -207,9 +207,11 @@ def test_prepare_train_ensemble_reports_cv_and_test_score(
     speakers = folds.assign(speaker=folds["clip_id"].map(layout.speaker))
     assert (speakers.groupby("speaker")["fold"].nunique() == 1).all()  # no speaker straddles folds
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
-    (run_metrics,) = [json.loads(p.read_text()) for p in comp_dir.glob("runs/*/metrics.json")]
-    assert 0.0 <= run_metrics["test_score"] <= 1.0
-    assert f"{run_metrics['test_score']:.4f}" in out
+    runs = {p.parent.name: json.loads(p.read_text()) for p in comp_dir.glob("runs/*/metrics.json")}
+    assert sorted(runs) == ["cnn_small", "probe_aisfx"]  # the default experiment and the extra member
+    for run_metrics in runs.values():
+        assert 0.0 <= run_metrics["test_score"] <= 1.0
+        assert f"{run_metrics['test_score']:.4f}" in out
     (submission,) = (workspace / "submissions" / "words").glob("*.csv")
     sub = pd.read_csv(submission)
     assert list(sub.columns) == ["fname", *sorted(WORDS)] and sorted(sub["fname"]) == sorted(layout.testing)

@@ -133,7 +133,8 @@ def test_train_and_ensemble_report_the_test_score(
     assert main(args(path, "prepare", "train", "ensemble")) == 0
     out = capsys.readouterr().out
     assert "test map3 of the 3-fold mean (hidden test labels):" in out
-    (run_dir,) = (comp.dir / "runs").iterdir()
+    assert sorted(p.name for p in (comp.dir / "runs").iterdir()) == ["cnn_small", "probe_aisfx"]
+    run_dir = comp.dir / "runs" / "cnn_small"
     run_metrics = json.loads((run_dir / "metrics.json").read_text())
     # the run's score, recomputed here from its fold-mean test predictions by MAP@3's definition
     ids, scores = read_predictions(run_dir / "test.parquet", comp.classes)
@@ -146,6 +147,15 @@ def test_train_and_ensemble_report_the_test_score(
         ]
     )
     assert run_metrics["test_score"] == pytest.approx(expected)
-    report = json.loads((workspace / "submissions" / comp.name / "table.json").read_text())
-    assert report["test_score"] == pytest.approx(expected)  # one member: the blend is the run
     assert f"{expected:.4f}" in out
+    # the blend's: its top-2 submission plus the one class left is its full ranking of the 3 classes
+    report = json.loads((workspace / "submissions" / comp.name / "table.json").read_text())
+    sub = pd.read_csv(workspace / "submissions" / comp.name / "table.csv", dtype=str)
+    label_column = [c for c in sub.columns if c != sub.columns[0]][0]
+    blended = []
+    for clip, text in zip(sub.iloc[:, 0], sub[label_column], strict=True):
+        top = text.split()
+        top += [c for c in comp.classes if c not in top]
+        blended.append(1.0 / (top.index(truth[clip]) + 1))
+    assert report["test_score"] == pytest.approx(np.mean(blended))
+    assert f"{report['test_score']:.4f}" in out
