@@ -151,7 +151,7 @@ def test_train_and_ensemble_report_the_test_score(
     # the blend's: its top-2 submission plus the one class left is its full ranking of the 3 classes
     report = json.loads((workspace / "submissions" / comp.name / "table.json").read_text())
     sub = pd.read_csv(workspace / "submissions" / comp.name / "table.csv", dtype=str)
-    label_column = [c for c in sub.columns if c != sub.columns[0]][0]
+    label_column = next(c for c in sub.columns if c != sub.columns[0])
     blended = []
     for clip, text in zip(sub.iloc[:, 0], sub[label_column], strict=True):
         top = text.split()
