@@ -23,6 +23,36 @@ def demo(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: 
     return demo_workspace.copy_to(demo_workspace.trained_base(tmp_path_factory), tmp_path / "ws", monkeypatch)
 
 
+def run_bundle(
+    out: Path, demo: Path, python_flags: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """The bundle's inference.py run alone on the demo's raw folder, as on Kaggle: the process, the
+    submission CSV and the scores file it was asked to write."""
+    sub_path, scores_path = demo / "inference" / "submission.csv", demo / "inference" / "scores.parquet"
+    raw = demo / "competition" / "demo" / "raw"
+    options = [
+        "--input",
+        raw,
+        "--output",
+        sub_path,
+        "--workers",
+        1,
+        "--device",
+        "cpu",
+        "--scores",
+        scores_path,
+    ]
+    proc = subprocess.run(
+        [PYTHON, *python_flags, str(out / "inference.py"), *map(str, options)],
+        capture_output=True,
+        text=True,
+        cwd=demo,
+        env=env,
+        timeout=300,
+    )
+    return proc, sub_path, scores_path
+
+
 def top3(labels: pd.Series) -> list[list[str]]:
     return [str(x).split(" ") for x in labels]
 
@@ -44,27 +74,7 @@ def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsy
     assert not list(out.rglob("__pycache__"))
 
     # the packaged script, alone: its own copy of the code, the demo's raw folder as /kaggle/input/<slug>
-    sub_path, scores_path = demo / "inference" / "submission.csv", demo / "inference" / "scores.parquet"
-    raw = demo / "competition" / "demo" / "raw"
-    options = [
-        "--input",
-        raw,
-        "--output",
-        sub_path,
-        "--workers",
-        1,
-        "--device",
-        "cpu",
-        "--scores",
-        scores_path,
-    ]
-    proc = subprocess.run(
-        [PYTHON, "-I", str(out / "inference.py"), *map(str, options)],
-        capture_output=True,
-        text=True,
-        cwd=demo,
-        timeout=300,
-    )
+    proc, sub_path, scores_path = run_bundle(out, demo, ["-I"])
     assert proc.returncode == 0, proc.stderr
     assert f"code: {out / 'code' / 'audiotag'}" in proc.stderr
     ours = pd.read_csv(sub_path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ from audiotag.predictions import read_predictions
 from audiotag.stages.package import member_folds
 from audiotag.train.probe import ProbeFold, fit_fold, write_fold
 from tests import demo_workspace
-from tests.conftest import PYTHON, REPO, TINY_DEMO
+from tests.conftest import REPO, TINY_DEMO
+from tests.test_package import run_bundle
 
 CLASSES = ["a", "b", "c", "d"]
 EMBEDDING = {"config": {"weights": "aisfx"}, "identity": {"weights": "x"}, "layers": ["embedding"]}
@@ -185,28 +185,7 @@ def test_a_bundle_with_an_aisfx_probe_reproduces_the_ensemble_offline(
         "AUDIOTAG_CACHE": str(tmp_path / "empty_cache"),
         "AUDIOTAG_OFFLINE": "1",
     }
-    sub_path, scores_path = demo / "inference" / "submission.csv", demo / "inference" / "scores.parquet"
-    raw = demo / "competition" / "demo" / "raw"
-    options = [
-        "--input",
-        raw,
-        "--output",
-        sub_path,
-        "--workers",
-        1,
-        "--device",
-        "cpu",
-        "--scores",
-        scores_path,
-    ]
-    proc = subprocess.run(
-        [PYTHON, "-s", "-P", str(out / "inference.py"), *map(str, options)],
-        capture_output=True,
-        text=True,
-        cwd=demo,
-        env=env,
-        timeout=300,
-    )
+    proc, sub_path, scores_path = run_bundle(out, demo, ["-s", "-P"], env)
     assert proc.returncode == 0, proc.stderr
     assert "probe_aisfx embedded" in proc.stderr
 

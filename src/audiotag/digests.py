@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from audiotag.errors import DataError
 
 
 def file_sha256(path: Path) -> str:
@@ -14,3 +18,16 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_recorded_file(path: Path, record: Mapping[str, Any], remedy: str) -> None:
+    """Raise DataError naming ``path`` when its size or SHA-256 differs from ``record`` (the
+    ``{"size", "sha256"}`` a ``done.json`` wrote when the fold finished)."""
+    size = path.stat().st_size
+    if size != record.get("size"):
+        problem = f"{size} bytes, done.json recorded {record.get('size')}"
+    elif file_sha256(path) != record["sha256"]:
+        problem = "its SHA-256 differs from the one done.json recorded"
+    else:
+        return
+    raise DataError(f"{path} is corrupt or was replaced after the fold finished ({problem}); {remedy}")

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from audiotag.atomic import atomic_path
-from audiotag.digests import file_sha256
+from audiotag.digests import check_recorded_file
 from audiotag.errors import DataError
 
 PROBE_FILE = "probe.npz"
@@ -227,14 +227,7 @@ def verify_probe(path: Path, done: dict[str, Any], remedy: str | None = None) ->
             f"{fold_dir / 'done.json'} records no size or SHA-256 of {path.name}, so {path} cannot be "
             f"trusted; {remedy}"
         )
-    size = path.stat().st_size
-    if size != record.get("size"):
-        problem = f"{size} bytes, done.json recorded {record.get('size')}"
-    elif file_sha256(path) != record["sha256"]:
-        problem = "its SHA-256 differs from the one done.json recorded"
-    else:
-        return
-    raise DataError(f"{path} is corrupt or was replaced after the fold finished ({problem}); {remedy}")
+    check_recorded_file(path, record, remedy)
 
 
 def load_probe(fold_dir: Path, remedy: str | None = None) -> ProbeModel:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from audiotag.atomic import atomic_path
-from audiotag.digests import file_sha256
+from audiotag.digests import check_recorded_file, file_sha256
 from audiotag.errors import DataError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -108,14 +108,7 @@ def verify_best(best: Path, done: dict[str, Any], remedy: str | None = None) -> 
             fold_dir,
         )
         return
-    size = best.stat().st_size
-    if size != record.get("size"):
-        problem = f"{size} bytes, done.json recorded {record.get('size')}"
-    elif file_sha256(best) != record["sha256"]:
-        problem = "its SHA-256 differs from the one done.json recorded"
-    else:
-        return
-    raise DataError(f"{best} is corrupt or was replaced after the fold finished ({problem}); {remedy}")
+    check_recorded_file(best, record, remedy)
 
 
 # --------------------------------------------------------------------------- a full disk
