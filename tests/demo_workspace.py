@@ -1,7 +1,8 @@
 """One trained tiny-demo workspace per test session, copied into each test that needs one.
 
-Built once (about 25 s on 2 cores): prepare, train ``cnn_small`` (3 folds, 2 epochs), train a second
-member ``cnn_seed1`` (1 epoch, another seed), and run three ensembles: the demo's default (one member),
+Built once (about 25 s on 2 cores): prepare, train the demo's default members ``cnn_small`` (3 folds,
+2 epochs) and ``probe_aisfx`` (a linear probe on aisfx's frozen embedding), train a second CNN
+``cnn_seed1`` (1 epoch, another seed), and run three ensembles: the demo's default (the two default members),
 ``pair_rank`` (both members, rank blend with searched weights) and ``pair_stack`` (a logreg stacker).
 """
 

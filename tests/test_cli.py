@@ -128,13 +128,18 @@ def test_the_pipeline_runs_each_experiment_stage_for_every_experiment_then_the_e
 
     for stage in ("prepare", "train", "ensemble"):
         monkeypatch.setitem(cli.COMMANDS, stage, replace(cli.COMMANDS[stage], run=recorder(stage)))
-    args = cli.build_parser().parse_args(["prepare", "train", "ensemble", "-c", "demo", "--run-name", "mine"])
+    args = cli.build_parser().parse_args(["prepare", "train", "ensemble", "-c", "demo"])
     args.argv = []
     cli.run(args)
     assert calls == [
-        ("prepare", "cnn_small", "mine"),
+        ("prepare", "cnn_small", None),
         ("prepare", "probe_aisfx", None),
-        ("train", "cnn_small", "mine"),
+        ("train", "cnn_small", None),
         ("train", "probe_aisfx", None),
-        ("ensemble", "cnn_small", "mine"),
+        ("ensemble", "cnn_small", None),
     ]
+    calls.clear()  # a run of one's own (--run-name) is the default experiment alone
+    args = cli.build_parser().parse_args(["prepare", "train", "-c", "demo", "--run-name", "mine"])
+    args.argv = []
+    cli.run(args)
+    assert calls == [("prepare", "cnn_small", "mine"), ("train", "cnn_small", "mine")]

@@ -181,14 +181,18 @@ def test_two_prepare_commands_on_a_fresh_workspace(tmp_path: Path) -> None:
     both = "\n".join(outputs)
     assert both.count("synthesising the demo competition") == 1, both
     assert both.count("clip table: wrote") == 1 and both.count("folds: wrote") == 1, both
-    assert both.count("feature cache: wrote") == 1, both
     comp = tmp_path / "competition" / "demo"
     table = pd.read_parquet(comp / "meta.parquet")
-    (cache_dir,) = (p for p in (comp / "cache").iterdir() if p.is_dir())
-    cache = FeatureCache(cache_dir)
-    assert len(cache) == len(table)
-    for clip_id, rel in zip(table["clip_id"], table["path"], strict=True):
-        np.testing.assert_array_equal(cache.get(clip_id), expected(comp, rel, cache.config))
+    # The demo's default members read two caches (the CNN's log-mel and aisfx's front end).
+    cache_dirs = sorted(p for p in (comp / "cache").iterdir() if p.is_dir())
+    assert len(cache_dirs) == 2, cache_dirs
+    assert both.count("feature cache: wrote") == len(cache_dirs), both
+    for cache_dir in cache_dirs:
+        assert both.count(f"feature cache: wrote {cache_dir} ") == 1, both
+        cache = FeatureCache(cache_dir)
+        assert len(cache) == len(table)
+        for clip_id, rel in zip(table["clip_id"], table["path"], strict=True):
+            np.testing.assert_array_equal(cache.get(clip_id), expected(comp, rel, cache.config))
 
 
 # Claims the run folder argv[1] as ``train`` does (the same lock file and owner record; this imports

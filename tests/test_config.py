@@ -94,7 +94,7 @@ def test_feature_validation_and_key() -> None:
 
 def test_ensemble_config() -> None:
     cfg = load_ensemble(configs_root() / "ensembles" / "demo.yaml")
-    assert cfg.members == ["cnn_small"] and cfg.competition.name == "demo"
+    assert cfg.members == ["cnn_small", "probe_aisfx"] and cfg.competition.name == "demo"
     with pytest.raises(ConfigError, match="method"):
         load_ensemble(configs_root() / "ensembles" / "demo.yaml", ["method=median"])
 

@@ -31,7 +31,8 @@ def test_demo_end_to_end(workspace: Path, capsys: pytest.CaptureFixture[str]) ->
         assert (comp_dir / "raw" / name).exists()
     meta = pd.read_parquet(comp_dir / "meta.parquet")
     assert set(meta["split"]) == {"train", "test"}
-    assert len(list((comp_dir / "cache").glob("*/manifest.json"))) == 1
+    caches = sorted(p.parent.name.split("-")[0] for p in (comp_dir / "cache").glob("*/manifest.json"))
+    assert caches == ["aisfx_44k_96", "logmel_16k_64"]  # the CNN's front-end and the probe's
     # train: every fold done, run-level files written
     run = comp_dir / "runs" / "cnn_small"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -48,7 +49,11 @@ def test_demo_end_to_end(workspace: Path, capsys: pytest.CaptureFixture[str]) ->
     assert all(len(label.split(" ")) == 3 for label in sub["label"])
     for text in ("fold", "mean ± std", "submission:", "test map3 (hidden", "test map3 of the 3-fold mean"):
         assert text in out
-    assert metrics["test_score"] == pytest.approx(report["test_score"])  # one member: same predictions
+    # the default ensemble: the CNN and the probe on aisfx's frozen embedding, blended
+    assert sorted(report["members"]) == ["cnn_small", "probe_aisfx"]
+    probe = json.loads((comp_dir / "runs" / "probe_aisfx" / "metrics.json").read_text())
+    assert sorted(probe["folds"]) == ["0", "1", "2"]
+    assert "over the best member" in out
     assert 0.0 <= report["test_score"] <= 1.0
 
 

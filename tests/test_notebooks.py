@@ -59,7 +59,8 @@ def outputs(notebook: nbformat.NotebookNode) -> tuple[str, int]:
 @pytest.mark.slow  # the demo workspace is trained through the CLI
 def test_eda_notebook_runs_on_the_demo(demo: Path) -> None:
     text, images = outputs(run_notebook(NOTEBOOKS / "eda.ipynb", demo))
-    assert "demo: 112 clips" in text and "verified share overall" in text and "cache: logmel_16k_64-" in text
+    assert "demo: 112 clips" in text and "verified share overall" in text
+    assert "cache: aisfx_44k_96-" in text or "cache: logmel_16k_64-" in text  # the default members' caches
     assert images >= 4  # class counts, durations, verified share, log-mel images
 
 
@@ -67,12 +68,9 @@ def test_eda_notebook_runs_on_the_demo(demo: Path) -> None:
 def test_results_notebook_runs_on_the_demo(demo: Path) -> None:
     text, images = outputs(run_notebook(NOTEBOOKS / "results.ipynb", demo))
     runs = demo / "competition" / "demo" / "runs"
-    cv = {
-        name: json.loads((runs / name / "metrics.json").read_text())["mean"]
-        for name in ("cnn_small", "cnn_seed1")
-    }
-    best = max(cv, key=cv.__getitem__)  # of two tiny runs, whichever the numerics favour
+    cv = {path.parent.name: json.loads(path.read_text())["mean"] for path in runs.glob("*/metrics.json")}
+    best = max(cv, key=cv.__getitem__)  # of the tiny runs, whichever the numerics favour
     assert f"best run: {best} (CV map3 {cv[best]:.4f})" in text
     assert "cnn_small" in text and "cnn_seed1" in text and "pair_rank" in text
-    # learning curves, per-class AP and confusion of the best run, per-class AP of 3 blends
-    assert images >= 6
+    # learning curves (a probe has none), per-class AP and confusion of the best run, AP of 3 blends
+    assert images >= (5 if best == "probe_aisfx" else 6)

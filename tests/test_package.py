@@ -64,7 +64,7 @@ def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsy
     assert "inference.py" in capsys.readouterr().out
     manifest = json.loads((out / "bundle.json").read_text())
     assert manifest["competition"] == "demo" and manifest["submission_kind"] == "top3_labels"
-    assert [m["name"] for m in manifest["members"]] == ["cnn_small"]
+    assert [m["name"] for m in manifest["members"]] == ["cnn_small", "probe_aisfx"]  # the demo's default
     assert manifest["members"][0]["folds"] == [0, 1, 2]
     for fold in range(3):
         assert (out / "members" / "cnn_small" / f"fold{fold}" / "best.pt").is_file()
@@ -81,14 +81,17 @@ def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsy
     theirs = pd.read_csv(demo / "submissions" / "demo" / "demo.csv")
     assert ours["fname"].tolist() == theirs["fname"].tolist()
     assert top3(ours["label"]) == top3(theirs["label"])
-    # the scores match the run's own fold-mean test predictions (one member, mean blend)
+    # the scores match the runs' own fold-mean test predictions, blended with the ensemble's weights
     classes = json.loads((out / "bundle.json").read_text())["classes"]
     ids, scores = read_predictions(scores_path, classes)
-    run_ids, run_scores = read_predictions(
-        demo / "competition" / "demo" / "runs" / "cnn_small" / "test.parquet", classes
-    )
-    order = [run_ids.index(i) for i in ids]
-    np.testing.assert_allclose(scores, run_scores[order], atol=1e-4)
+    weights = json.loads((demo / "submissions" / "demo" / "demo.json").read_text())["blend"]["weights"]
+    expected = np.zeros_like(scores)
+    for name, weight in weights.items():
+        run_ids, run_scores = read_predictions(
+            demo / "competition" / "demo" / "runs" / name / "test.parquet", classes
+        )
+        expected += weight * run_scores[[run_ids.index(i) for i in ids]]
+    np.testing.assert_allclose(scores, expected / sum(weights.values()), atol=1e-4)
 
 
 @pytest.mark.slow

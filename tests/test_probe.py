@@ -193,6 +193,35 @@ def test_multilabel_linear_bce_equals_sklearn_one_vs_rest(c: float) -> None:
     np.testing.assert_allclose(ours(x), sklearn, atol=2e-5)
 
 
+@pytest.mark.parametrize("single", [False, True])
+def test_more_values_than_clips_fits_in_the_row_space_as_the_full_fit_would(single: bool) -> None:
+    """A fused embedding wider than the clips count is fitted on its row space: same scores as
+    scikit-learn's fit on all the columns, and the saved head (full-width weights) agrees too."""
+    x, y, w = fixed_problem(n=40, d=120, k=3)
+    assert probe.row_space_basis(x) is not None and probe.row_space_basis(x[:, :30]) is None
+    if single:
+        y = np.eye(3)[y.argmax(axis=1)]
+    cfg = LinearProbeConfig(embedding=EmbeddingConfig(weights="aisfx"), max_iter=2000)
+    (ours,) = probe.fit_path(x, y, w, [0.05], cfg, single=single, seed=0)
+    assert ours.head.weights[0].shape == (3, 120)
+    if single:
+        ref = LogisticRegression(C=0.05, tol=1e-10, max_iter=10000).fit(x, y.argmax(axis=1), sample_weight=w)
+        expected = ref.predict_proba(x)
+    else:
+        expected = np.stack(
+            [
+                LogisticRegression(C=0.05, tol=1e-10, max_iter=10000)
+                .fit(x, y[:, j], sample_weight=w)
+                .predict_proba(x)[:, 1]
+                for j in range(y.shape[1])
+            ],
+            axis=1,
+        )
+    x_new = np.random.default_rng(5).normal(size=(7, 120))
+    np.testing.assert_allclose(ours(x), expected, atol=2e-4)
+    np.testing.assert_allclose(ours.head(x_new), ours(x_new), atol=1e-10)
+
+
 def test_single_label_logistic_regression_scores_every_class() -> None:
     x, y, w = fixed_problem(k=4)
     labels = y.argmax(axis=1)

@@ -67,11 +67,12 @@ def test_embed_probe_and_ensemble_with_a_fine_tuned_member(
     weights = panns_checkpoint(tmp_path / "frozen_cnn.pth")
     comp_yaml = tiny_competition_yaml(tmp_path)
     embed = ["embed", "-c", str(comp_yaml), "--model", str(weights), "--arch", "cnn_small"]
+    demo = workspace / "competition" / "demo"
+    before = {p.name for p in (demo / "embeddings").iterdir() if p.is_dir()}  # the default probe's
     assert (
         main([*embed, "--features", FRONT_END, "--layers", "all", "--workers", "1", "--device", "cpu"]) == 0
     )
-    demo = workspace / "competition" / "demo"
-    (folder,) = (p for p in (demo / "embeddings").iterdir() if p.is_dir())
+    (folder,) = (p for p in (demo / "embeddings").iterdir() if p.is_dir() and p.name not in before)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["complete"] and manifest["layers"] == ["1", "2", "3", "4", "embedding"]
     assert manifest["dims"] == {"1": 16 * 32, "2": 32 * 16, "3": 64 * 8, "4": 128 * 4, "embedding": 128}
@@ -88,7 +89,7 @@ def test_embed_probe_and_ensemble_with_a_fine_tuned_member(
     for item in COMPETITION:
         args += ["--set", item]
     assert main(args) == 0
-    assert [p.name for p in (demo / "embeddings").iterdir() if p.is_dir()] == [folder.name]  # reused
+    assert {p.name for p in (demo / "embeddings").iterdir() if p.is_dir()} == before | {folder.name}  # reused
     run = demo / "runs" / "probe_frozen"
     metrics = json.loads((run / "metrics.json").read_text())
     assert sorted(metrics["folds"]) == ["0", "1", "2"] and 0 < metrics["mean"] <= 1

@@ -148,7 +148,8 @@ def test_the_report_renders_in_chromium_with_its_table_and_figures(demo: Path, t
 @pytest.mark.slow
 def test_the_ensemble_stage_writes_the_report_beside_its_submission(demo: Path) -> None:
     """Each ensemble's own report: its section and its members' runs; the leaderboard has every row."""
-    for blend, members in (("demo", ["cnn_small"]), ("pair_rank", list(RUNS)), ("pair_stack", list(RUNS))):
+    default = ["cnn_small", "probe_aisfx"]  # the demo's default ensemble
+    for blend, members in (("demo", default), ("pair_rank", list(RUNS)), ("pair_stack", list(RUNS))):
         page = (demo / "submissions" / "demo" / f"{blend}.report.html").read_text()
         assert re.findall(r'<section id="ensemble-([^"]+)"', page) == [blend]
         assert sorted(re.findall(r'<h3 id="run-([^"]+)"', page)) == sorted(members)

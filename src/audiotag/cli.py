@@ -394,11 +394,12 @@ def folds_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def extra_experiment_configs(args: argparse.Namespace) -> list[ExperimentConfig]:
-    """The competition's ``default_extra_experiments`` (none with ``--config``): trained after the
-    default experiment as members of the default ensemble. Of the command line, ``--folds``,
-    ``--data-dir`` and ``competition.*`` settings apply to them (the folds must match the default
-    experiment's for the blend); ``--set`` of other keys, ``--weights`` and ``--run-name`` do not."""
-    if args.config is not None or not args.competition:
+    """The competition's ``default_extra_experiments``: trained after the default experiment as
+    members of the default ensemble. None with ``--config`` or ``--run-name`` (a run of one's own
+    is one experiment). Of the command line, ``--folds``, ``--data-dir`` and ``competition.*``
+    settings apply to them (the folds must match the default experiment's for the blend); ``--set``
+    of other keys and ``--weights`` do not."""
+    if args.config is not None or not args.competition or getattr(args, "run_name", None):
         return []
     comp = load_competition(args.competition)
     names = comp.default_extra_experiments

@@ -40,8 +40,14 @@ def train_probe(
 ) -> RunResult:
     probe = cfg.model
     assert isinstance(probe, LinearProbeConfig)
-    if ctx.world > 1:
-        raise ConfigError("model linear_probe runs in one process; leave out --gpus")
+    if ctx.world > 1:  # under --gpus N (e.g. a default extra member): one process fits, the others wait
+        result = train_probe(cfg, run_name, workers) if ctx.is_main else None
+        ctx.barrier()
+        if result is not None:
+            return result
+        comp = prepare(cfg.competition, cfg.features, workers=workers).competition  # up to date: reads only
+        name = run_name or cfg.name
+        return RunResult(name, comp.dir / "runs" / name, comp.metric, {}, False)
     warn_about_rules(cfg.competition, probe.pretrained)
     prepared = prepare(cfg.competition, cfg.features, workers=workers)
     comp = prepared.competition

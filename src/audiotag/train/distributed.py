@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from audiotag.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PARALLEL_MODES = ("ddp", "folds")
+BARRIER_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ def setup(mode: str) -> DistContext:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        # Rank 0 alone builds caches and fits linear probes while the others wait at a barrier: allow
+        # that hours, not the default half hour (ten minutes with NCCL).
+        dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
     ctx = DistContext(dist.get_rank(), dist.get_world_size(), local_rank, mode)
     log.info("process %d of %d (%s, local rank %d)", ctx.rank + 1, ctx.world, mode, local_rank)
     return ctx

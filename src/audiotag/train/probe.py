@@ -212,6 +212,33 @@ def _fit_mlp(
     return Fitted(predict, head)
 
 
+def row_space_basis(x: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis ``V`` (d, r) of the span of ``x``'s rows, when there are fewer rows than
+    columns (a fused embedding of thousands of values on a few hundred clips); else None.
+
+    An L2-penalised linear model's optimum lies in that span (the loss gradient is a combination of
+    the rows, the penalty pulls towards 0), and so does every L-BFGS iterate started at 0. Fitting
+    ``z = x V`` (r columns) and mapping the weights back as ``W_z V^T`` is therefore the same fit, as
+    ``||W_z V^T|| = ||W_z||``, at r/d of the cost: on 400 clips of a 9216-value fusion, 23x fewer.
+    """
+    n, d = x.shape
+    if n >= d:
+        return None
+    _, singular, vt = np.linalg.svd(x, full_matrices=False)
+    keep = singular > singular[0] * d * np.finfo(np.float64).eps
+    return np.ascontiguousarray(vt[keep].T) if keep.any() else None
+
+
+def _in_full_space(fitted: Fitted, basis: np.ndarray) -> Fitted:
+    """A classifier fitted on ``x @ basis``, as one on ``x``."""
+    head = fitted.head
+    if head.output == "constant":
+        full = head
+    else:
+        full = ProbeHead(head.output, head.n_classes, head.present, [head.weights[0] @ basis.T], head.biases)
+    return Fitted(lambda xs, p=fitted.predictor: p(np.asarray(xs) @ basis), full)
+
+
 def fit_path(
     x: np.ndarray,
     y: np.ndarray,
@@ -224,6 +251,10 @@ def fit_path(
     """One fitted classifier per ``C`` of ``grid`` (ascending) on standardised rows ``x``."""
     if cfg.head == "mlp":
         return [_fit_mlp(x, y, w, c, cfg, single, seed) for c in grid]
+    basis = row_space_basis(x)
+    if basis is not None:
+        reduced = np.asarray(x, dtype=np.float64) @ basis
+        return [_in_full_space(f, basis) for f in fit_path(reduced, y, w, grid, cfg, single, seed)]
     if single:
         return _fit_logreg_path(x, y, w, grid, cfg, seed)
     return _fit_linear_bce_path(x, y, w, grid, cfg, seed)
