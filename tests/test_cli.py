@@ -61,6 +61,16 @@ def test_set_values_go_to_the_experiment_or_with_their_prefix_to_the_ensemble() 
     assert ensemble == ["method=geometric"]
 
 
+def use_competition_file(monkeypatch: pytest.MonkeyPatch, path) -> None:
+    """``cli.load_competition`` of any name reads ``path`` instead (command-line settings still apply)."""
+    from audiotag.config import load_competition
+
+    def load(_: str, overrides: list[str] | None = None):
+        return load_competition(str(path), overrides)
+
+    monkeypatch.setattr(cli, "load_competition", load)
+
+
 def demo_with_extras(tmp_path, extras: list[str]):
     import yaml
 
@@ -78,10 +88,9 @@ def test_default_extra_experiments_follow_the_default_one_with_the_shared_settin
 ) -> None:
     """Without --config the pipeline also runs the competition's extra experiments: --folds and
     competition.* settings reach them, an experiment --set does not (it may not even exist there)."""
-    from audiotag.config import load_competition
 
     path = demo_with_extras(tmp_path, ["demo/probe_aisfx"])
-    monkeypatch.setattr(cli, "load_competition", lambda name: load_competition(str(path)))
+    use_competition_file(monkeypatch, path)
     argv = ["train", "-c", "demo", "--folds", "0,2", "--set", "train.epochs=2"]
     argv += ["--set", "competition.n_folds=4"]
     args = cli.build_parser().parse_args(argv)
@@ -97,12 +106,28 @@ def test_default_extra_experiments_follow_the_default_one_with_the_shared_settin
     assert cli.extra_experiment_configs(with_config) == []
 
 
+def test_an_empty_extra_list_on_the_command_line_trains_the_default_experiment_alone(tmp_path) -> None:
+    """The demo's own extras and the table default (TABLE_EXTRA_EXPERIMENTS) both yield to
+    ``--set competition.default_extra_experiments=[]``; the main experiment still loads with it."""
+    from tests.test_table_competition import make_dataset
+
+    off = ["--set", "competition.default_extra_experiments=[]"]
+    demo = cli.build_parser().parse_args(["train", "-c", "demo"])
+    assert [e.name for e in cli.extra_experiment_configs(demo)] == ["probe_aisfx"]
+    demo_off = cli.build_parser().parse_args(["train", "-c", "demo", *off])
+    assert cli.extra_experiment_configs(demo_off) == []
+    assert cli.experiment_config(demo_off).competition.default_extra_experiments == []
+    table = str(make_dataset(tmp_path, multi=False))
+    on = cli.build_parser().parse_args(["train", "-c", table])
+    assert [e.name for e in cli.extra_experiment_configs(on)] == ["probe_aisfx"]
+    assert cli.extra_experiment_configs(cli.build_parser().parse_args(["train", "-c", table, *off])) == []
+
+
 def test_a_missing_extra_experiment_is_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from audiotag.config import load_competition
     from audiotag.errors import ConfigError
 
     path = demo_with_extras(tmp_path, ["demo/no_such_probe"])
-    monkeypatch.setattr(cli, "load_competition", lambda name: load_competition(str(path)))
+    use_competition_file(monkeypatch, path)
     args = cli.build_parser().parse_args(["train", "-c", "demo"])
     with pytest.raises(ConfigError, match="no_such_probe"):
         cli.extra_experiment_configs(args)
@@ -113,10 +138,8 @@ def test_the_pipeline_runs_each_experiment_stage_for_every_experiment_then_the_e
 ) -> None:
     from dataclasses import replace
 
-    from audiotag.config import load_competition
-
     path = demo_with_extras(tmp_path, ["demo/probe_aisfx"])
-    monkeypatch.setattr(cli, "load_competition", lambda name: load_competition(str(path)))
+    use_competition_file(monkeypatch, path)
     calls: list[tuple[str, str | None, str | None]] = []
 
     def recorder(stage: str):

@@ -396,16 +396,17 @@ def folds_overrides(args: argparse.Namespace) -> list[str]:
 def extra_experiment_configs(args: argparse.Namespace) -> list[ExperimentConfig]:
     """The competition's ``default_extra_experiments``: trained after the default experiment as
     members of the default ensemble. None with ``--config`` or ``--run-name`` (a run of one's own
-    is one experiment). Of the command line, ``--folds``, ``--data-dir`` and ``competition.*``
-    settings apply to them (the folds must match the default experiment's for the blend); ``--set``
-    of other keys and ``--weights`` do not."""
+    is one experiment) or ``--set competition.default_extra_experiments=[]``. Of the command line,
+    ``--folds``, ``--data-dir`` and ``competition.*`` settings apply to them (the folds must match
+    the default experiment's for the blend); ``--set`` of other keys and ``--weights`` do not."""
     if args.config is not None or not args.competition or getattr(args, "run_name", None):
         return []
-    comp = load_competition(args.competition)
-    names = comp.default_extra_experiments
-    if not names and comp.default_experiment is None and comp.kind is not None:
-        names = TABLE_EXTRA_EXPERIMENTS
     shared = [o for o in split_overrides(args.overrides)[0] if o.startswith("competition.")]
+    comp = load_competition(args.competition, [o.removeprefix("competition.") for o in shared])
+    names = comp.default_extra_experiments
+    given = any(o.split("=", 1)[0].strip() == "competition.default_extra_experiments" for o in shared)
+    if not names and not given and comp.default_experiment is None and comp.kind is not None:
+        names = TABLE_EXTRA_EXPERIMENTS  # `--set competition.default_extra_experiments=[]`: none
     shared += data_dir_overrides(args) + folds_overrides(args)
     table = table_competition(args.competition)
     configs = []
