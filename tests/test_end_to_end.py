@@ -111,6 +111,31 @@ def test_a_setting_added_after_a_run_started_counts_as_unchanged_at_its_default(
     assert changed_settings({**saved, "train.lr": 1.0}, result_settings(cfg), cfg) == ["train.lr"]
 
 
+def test_what_else_the_pipeline_runs_is_not_part_of_a_run_s_config() -> None:
+    """A demo run made before the demo had extra members (its run.json records the default experiment
+    and ensemble, not the extras), or with the extras switched off, stays the same run."""
+    from audiotag.config_files import configs_root
+    from audiotag.experiment import load_experiment
+    from audiotag.stages.train import changed_settings, result_settings
+
+    cfg = load_experiment(configs_root() / "experiments" / "demo" / "cnn_small.yaml")
+    assert cfg.competition.default_extra_experiments == ["demo/probe_aisfx"]
+    settings = result_settings(cfg)
+    assert not any(k.startswith("competition.default_") for k in settings)
+    older = {
+        **settings,
+        "competition.default_experiment": "demo/cnn_small",
+        "competition.default_ensemble": "demo",
+    }
+    assert changed_settings(older, settings, cfg) == []
+    alone = load_experiment(
+        configs_root() / "experiments" / "demo" / "cnn_small.yaml",
+        ["competition.default_extra_experiments=[]"],
+    )
+    assert changed_settings(settings, result_settings(alone), alone) == []
+    assert changed_settings({**settings, "train.lr": 1.0}, settings, cfg) == ["train.lr"]
+
+
 @pytest.mark.slow
 def test_bad_input_gives_clear_errors(workspace: Path, capsys) -> None:
     assert run_cli(["train", "--set", "train.epoch=3"]) == 2

@@ -346,8 +346,8 @@ def is_ensemble_file(path: Path) -> bool:
 
 TABLE_DEFAULTS = {"experiment": "table/cnn_small", "ensemble": "table"}  # kind: table/folders, no defaults
 # What a table/folders competition naming no defaults also trains, for the default ensemble: the linear
-# probe on aisfx's frozen embedding (about a minute on a CPU; on the real-audio check sets the blend
-# gained +0.09 nested CV over the adaptive CNN on instruments, -0.005 on spoken words: RESULTS.md).
+# probe on aisfx's frozen blocks 2 + 4 (minutes on a CPU; on the real-audio check sets the blend gained
+# +0.185 nested CV over the adaptive CNN on instruments, +0.028 on spoken words: RESULTS.md).
 TABLE_EXTRA_EXPERIMENTS: list[str] = ["table/probe_aisfx"]
 
 

@@ -222,6 +222,11 @@ class TableDownload(StrictModel):
         return folder
 
 
+# Competition keys that choose what the pipeline runs when no --config is given, not what a run or the
+# clip table computes (stages/train.py RUNTIME_KEYS, stages/prepare.py TABLE_NEUTRAL).
+PIPELINE_DEFAULT_KEYS = ("default_experiment", "default_ensemble", "default_extra_experiments")
+
+
 class CompetitionConfig(StrictModel):
     name: str = Field(
         description="competition module: demo, demo2019, fsd2018, fsd2019, fsd50k, audioset; with kind: "
@@ -362,9 +367,9 @@ class CompetitionConfig(StrictModel):
     )
     default_extra_experiments: list[str] = Field(
         default_factory=list,
-        description="experiments under configs/experiments/ that prepare/train also run without --config, "
-        "after default_experiment, as members of the default ensemble (e.g. a linear probe); --set and "
-        "--run-name apply to default_experiment only, --folds, --data-dir and competition.* to all",
+        description="experiments under configs/experiments/ that prepare/train also run without --config "
+        "or --run-name, after default_experiment, as members of the default ensemble (e.g. a linear probe); "
+        "--set applies to default_experiment only, --folds, --data-dir and competition.* to all",
     )
 
     @model_validator(mode="before")

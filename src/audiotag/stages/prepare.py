@@ -28,7 +28,7 @@ from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
 from audiotag.competitions.table import TableLayout, check_test_labels
-from audiotag.config import TABLE_FIELDS, CompetitionConfig, FeatureConfig
+from audiotag.config import PIPELINE_DEFAULT_KEYS, TABLE_FIELDS, CompetitionConfig, FeatureConfig
 from audiotag.data.cache_build import build_cache, disk_full_as_error
 from audiotag.data.cache_reader import REPORT, FeatureCache
 from audiotag.data.locks import file_lock
@@ -53,9 +53,7 @@ class Prepared:
 TABLE_NEUTRAL = {
     "n_folds",
     "fold_seed",
-    "default_experiment",
-    "default_ensemble",
-    "default_extra_experiments",
+    *PIPELINE_DEFAULT_KEYS,
     "rules",
     "audio_rules",
     "test_labels",

@@ -33,7 +33,7 @@ from audiotag import metrics
 from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import load_folds
-from audiotag.config import TrainConfig
+from audiotag.config import PIPELINE_DEFAULT_KEYS, TrainConfig
 from audiotag.config_files import dump_yaml
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.locks import claim_folder, describe_owner
@@ -70,6 +70,7 @@ RUNTIME_KEYS = {
     "train.checkpoint_every_steps",
     "train.loggers",  # where the numbers are reported, not what they are
     "competition.data_dir",  # the same files may move
+    *(f"competition.{key}" for key in PIPELINE_DEFAULT_KEYS),  # what else the pipeline runs
 }
 
 
@@ -125,6 +126,8 @@ def changed_settings(
     """
     changed = []
     for key in sorted(set(saved) | set(settings)):
+        if key in RUNTIME_KEYS:  # recorded by older code before the key stopped counting
+            continue
         if key not in saved and settings[key] == setting_default(cfg, key):
             continue
         if saved.get(key) != settings.get(key):

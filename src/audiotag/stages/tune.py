@@ -159,6 +159,8 @@ def check_or_write_tune_info(setup: TuneSetup) -> None:
     now = tune_settings(setup)
     if path.is_file():
         saved = json.loads(path.read_text())["settings"]
+        if isinstance(saved.get("experiment"), dict):  # older code recorded keys that no longer count
+            saved["experiment"] = {k: v for k, v in saved["experiment"].items() if k not in RUNTIME_KEYS}
         changed = [k for k in now if saved.get(k) != now[k]]
         if "experiment" in changed:
             old, new = saved["experiment"], now["experiment"]
