@@ -1,0 +1,213 @@
+"""Issue 14's GPU measurements in one run: training throughput and memory (CNN14, AST), the data
+pipeline's headroom, bf16 against fp32 on the golden fixtures, the feature cache built with the GPU,
+and exact resume on CUDA.
+
+Every result is one JSON line in ``OUT/gpu_suite.jsonl``, written as soon as it is measured, so a run
+stopped by its time limit still returns what it measured; ``OUT/gpu_suite.log`` holds the full
+output. Sections run in order of priority, each skipped once the time budget is spent.
+
+    python benchmarks/gpu_suite.py --out $OUT --budget 540           # on the GPU machine
+    .venv/bin/python benchmarks/gpu_suite.py --out /tmp/suite --smoke   # here: every section, tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path[:0] = [str(BENCH), str(REPO)]
+
+RESUME_TESTS = [
+    "tests/test_end_to_end.py::test_killed_run_resumes_and_matches_uninterrupted",
+    "tests/test_engine.py::test_mid_epoch_checkpoint_resumes_exactly",
+]
+
+
+# compile last: it is the slowest to start and the first to go when time runs short
+MODEL_VARIANTS = {
+    "cnn14": [
+        "fp32",
+        "bf16",
+        "bf16_cl",
+        "wave_bf16_cl",
+        "bf16_cl_ddp",
+        "bf16_cl_compile",
+        "wave_bf16_cl_compile",
+    ],
+    "ast_base": ["fp32", "bf16", "wave_bf16_cl", "bf16_cl_ddp", "bf16_cl_compile"],
+}
+
+
+class Suite:
+    def __init__(self, out: Path, budget: float) -> None:
+        self.out = out
+        self.start = time.monotonic()
+        self.budget = budget
+        out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(out / "gpu_suite.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def deadline(self, share: float) -> float:
+        """time.monotonic() at which ``share`` of the budget is spent."""
+        return self.start + share * self.budget
+
+    def emit(self, section: str, row: dict) -> None:
+        row = {"section": section, "t": round(self.elapsed(), 1), **row}
+        self.jsonl.write(json.dumps(row, default=str) + "\n")
+        self.jsonl.flush()
+        print(json.dumps(row, default=str), flush=True)
+
+    def section(self, name: str, until: float, body: Callable[[], None]) -> None:
+        """Run ``body`` unless the budget share ``until`` is already spent; errors become rows."""
+        if time.monotonic() > self.deadline(until):
+            self.emit(name, {"skipped": f"time budget ({self.elapsed():.0f} s spent)"})
+            return
+        started = time.monotonic()
+        self.emit(name, {"status": "start"})
+        try:
+            body()
+        except Exception as exc:
+            self.emit(
+                name, {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
+            )
+        self.emit(name, {"status": "end", "seconds": round(time.monotonic() - started, 1)})
+
+
+def environment(suite: Suite, device: torch.device) -> None:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            sms=props.multi_processor_count,
+        )
+        smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+        info["nvidia_smi"] = smi.stdout.strip()
+    suite.emit("environment", info)
+
+
+def throughput(
+    suite: Suite, device: torch.device, model: str, variants: list[str] | None, args, until: float
+) -> None:
+    import train_throughput as tt
+
+    ns = argparse.Namespace(
+        clips=args.clips, clip_seconds=args.clip_seconds, steps=args.steps, warmup=args.warmup,
+        compile_warmup=args.compile_warmup,
+    )  # fmt: skip
+    variants = variants or list(tt.VARIANTS)
+    tt.run(
+        device,
+        [model],
+        variants,
+        ns,
+        out=lambda r: suite.emit(f"train {model}", r),
+        deadline=suite.deadline(until),
+    )
+
+
+def golden(suite: Suite, device: torch.device) -> None:
+    import gpu_golden
+
+    gpu_golden.run(str(device), out=lambda r: suite.emit("golden bf16", r))
+
+
+def features(suite: Suite, device: torch.device, clips: int) -> None:
+    import gpu_features
+
+    gpu_features.run(str(device), clips, out=lambda r: suite.emit("feature cache", r))
+
+
+def resume(suite: Suite, timeout: float) -> None:
+    """The killed-then-resumed runs of the test suite, on this machine's device (CUDA when present)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *RESUME_TESTS]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        rc, output = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, output = (
+            "timeout",
+            (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else str(exc.stdout),
+        )
+    suite.emit("exact resume", {
+        "tests": RESUME_TESTS, "returncode": rc, "seconds": round(time.monotonic() - started, 1),
+        "cuda": torch.cuda.is_available(), "output_tail": output[-3000:],
+    })  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu_suite")))
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds for the whole suite")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on a CPU")
+    parser.add_argument("--sections", nargs="+", default=["train", "golden", "features", "resume"])
+    parser.add_argument("--models", nargs="+", default=["cnn14", "ast_base"])
+    parser.add_argument("--variants", nargs="+", default=None)
+    parser.add_argument("--clips", type=int, default=256)
+    parser.add_argument("--clip-seconds", type=float, default=11.0)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--compile-warmup", type=int, default=2)
+    parser.add_argument("--feature-clips", type=int, default=400)
+    args = parser.parse_args()
+    if args.smoke:
+        args.models, args.clips, args.clip_seconds, args.steps, args.warmup = ["cnn_small"], 24, 3.0, 2, 1
+        args.compile_warmup, args.feature_clips = 1, 40
+        args.variants = args.variants or ["fp32", "bf16", "wave_bf16_cl", "bf16_cl_ddp"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    suite = Suite(args.out, args.budget)
+    environment(suite, device)
+    # (section, share of the budget by which it must start, share by which its last variant must start)
+    if "train" in args.sections:
+        for i, model in enumerate(args.models):
+            start_by, until = (0.2, 0.33) if i == 0 else (0.42, 0.62)
+            variants = args.variants or MODEL_VARIANTS.get(model)
+            suite.section(
+                f"train {model}",
+                start_by,
+                lambda m=model, v=variants, u=until: throughput(suite, device, m, v, args, u),
+            )
+    if "golden" in args.sections:
+        suite.section("golden bf16", 0.7, lambda: golden(suite, device))
+    if "features" in args.sections:
+        suite.section("feature cache", 0.78, lambda: features(suite, device, args.feature_clips))
+    if "resume" in args.sections:
+        left = max(30.0, args.budget - suite.elapsed())
+        suite.section("exact resume", 0.86, lambda: resume(suite, left))
+    suite.emit("suite", {"status": "done", "seconds": round(suite.elapsed(), 1)})
+
+
+if __name__ == "__main__":
+    main()
