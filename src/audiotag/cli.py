@@ -139,12 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes for the feature cache, 1 or more (default: all cores)",
     )
+    parser.add_argument(
+        "--cache-device",
+        choices=CACHE_DEVICES,
+        help="prepare: build the feature cache with --workers threads decoding in this process and the "
+        "log-mel computed on this device (same cache; faster with a GPU), instead of worker processes. "
+        "A decoder that crashes then stops the build (rerun to resume from where it stopped)",
+    )
     add_data_dir_argument(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     parser.add_argument(QUIET, action="store_true", help=QUIET_HELP)
     return parser
 
 
+CACHE_DEVICES = ("cuda", "cpu")
 QUIET = "--quiet"
 QUIET_HELP = (
     "no progress bars, for logs (INFO lines kept: one per step or epoch, with ETAs); any command, "
@@ -525,7 +533,8 @@ def run_prepare(pipe: Pipeline) -> None:
 
     assert pipe.exp is not None
     if pipe.ctx.is_main:
-        prepare(pipe.exp.competition, pipe.exp.features, workers=pipe.args.workers)
+        args = pipe.args
+        prepare(pipe.exp.competition, pipe.exp.features, workers=args.workers, cache_device=args.cache_device)
     pipe.ctx.barrier()
 
 

@@ -16,6 +16,10 @@ flight, and the parent appends each clip's frames to ``frames.f16`` and one JSON
 ``clips.jsonl`` as they arrive, so memory does not grow with the dataset. Now and then it records
 ``progress.json`` after an fsync, so a killed build resumes from the last record. A worker process
 that dies (a decoder that crashes) is replaced (``data/cache_compute.py`` computes the clips).
+With ``device`` set (``prepare --cache-device cuda|cpu``) the clips are instead decoded in threads of
+this process and their log-mel computed on that device in this process: the same cache (byte-equal
+on the CPU; the clip-list hash does not depend on it), faster with a GPU, but a decoder that crashes
+stops the build (a rerun resumes).
 
 Several processes may build one cache at once (two ``prepare``, or two ``train --folds`` started
 together): the build holds an OS file lock (``<cache_dir>.lock``, ``data/locks.py``), so the second
@@ -65,6 +69,7 @@ from audiotag.data.cache_compute import (
     Task,
     _compute_here,
     _compute_parallel,
+    _compute_threads,
 )
 from audiotag.data.cache_reader import (
     DTYPE,
@@ -84,7 +89,7 @@ from audiotag.data.cache_reader import (
     summary_text,
 )
 from audiotag.data.locks import file_lock
-from audiotag.errors import DataError
+from audiotag.errors import ConfigError, DataError
 from audiotag.log import progress
 
 log = logging.getLogger(__name__)
@@ -104,6 +109,7 @@ def build_cache(
     cfg: FeatureConfig,
     workers: int | None = None,
     rules: AudioRules = DEFAULT_RULES,
+    device: str | None = None,
 ) -> Path:
     """Compute the log-mel cache of ``clips`` (clip_id, path relative to ``competition_dir``).
 
@@ -113,7 +119,12 @@ def build_cache(
     file, decoded alone; NaN or absent: the whole file). Returns the cache folder at once when it is
     complete for exactly these clips and rules; otherwise builds it, resuming an interrupted build of
     the same clips.
+
+    ``device`` None computes in ``workers`` processes; ``"cuda"`` or ``"cpu"`` (the threads design:
+    ``workers`` threads decode, the log-mel is computed on that device in this process) gives the same
+    cache but loses the processes' crash isolation: a crashing decoder stops the build.
     """
+    device = check_cache_device(device)
     order = _clip_order(clips)
     final = cache_dir_for(competition_dir, cfg)
     clips_hash = _order_hash(order, cfg, rules, Path(competition_dir))
@@ -132,20 +143,50 @@ def build_cache(
         staging = final.with_name(final.name + ".partial")
         n_done = _resume_point(staging, clips_hash, order, cfg.cache_width)
         workers = _n_workers(workers, len(order) - n_done)
+        how = (
+            f"{workers} worker process(es)"
+            if device is None
+            else f"{workers} decoding thread(s), log-mel on {device} in this process (no crash isolation)"
+        )
         log.info(
-            "feature cache: %d clips, %d worker(s), %s -> %s",
+            "feature cache: %d clips, %s, %s -> %s",
             len(order),
-            workers,
+            how,
             f"resuming after {n_done} clips" if n_done else "from scratch",
             final,
         )
-        _fill(staging, order, n_done, Path(competition_dir), cfg, rules, workers, clips_hash)
+        _fill(staging, order, n_done, Path(competition_dir), cfg, rules, workers, clips_hash, device)
         with disk_full_as_error(staging, "the feature cache", _cache_bytes_needed(staging, order, cfg)):
             _finish(staging, final, order, cfg, rules, clips_hash)
     manifest = read_manifest(final)
     log.info("feature cache: wrote %s in %.1f s", final, time.monotonic() - start)
     log.log(_summary_level(manifest), "feature cache: %s", summary_text(final, manifest))
     return final
+
+
+def check_cache_device(device: str | None) -> str | None:
+    """``device`` checked for the threads design (``--cache-device``): None, ``cpu``, ``cuda[:N]``."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--cache-device {device!r}: expected cpu or cuda (or cuda:N)") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--cache-device {device!r}: expected cpu or cuda (or cuda:N)")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--cache-device {device}: no CUDA GPU is available to this process; use "
+                "--cache-device cpu, or leave the option out to build the cache in worker processes"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--cache-device {device}: there are only {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return str(parsed)
 
 
 def _log_up_to_date(final: Path, what: str) -> None:
@@ -475,6 +516,7 @@ def _fill(
     rules: AudioRules,
     workers: int,
     clips_hash: str,
+    device: str | None = None,
 ) -> None:
     writer = _Writer(staging, clips_hash, n_done, order, cfg.cache_width)
     # made one at a time as the workers take them: the task list is never held in memory whole
@@ -483,7 +525,7 @@ def _fill(
         Task(str(root / rel), split == "test", start, end)
         for rel, split, (start, end) in zip(rest["path"], rest["split"], _segments(rest), strict=True)
     )
-    results = _compute(tasks, len(order) - n_done, cfg, rules, workers)
+    results = _compute(tasks, len(order) - n_done, cfg, rules, workers, device)
     counts: Counter[str] = Counter()
     try:
         with progress(total=len(order), initial=n_done, unit="clip", desc="log-mel cache") as bar:
@@ -510,10 +552,18 @@ def _checkpoint_quietly(writer: _Writer) -> None:
 
 
 def _compute(
-    tasks: Iterable[Task], n_tasks: int, cfg: FeatureConfig, rules: AudioRules, workers: int
+    tasks: Iterable[Task],
+    n_tasks: int,
+    cfg: FeatureConfig,
+    rules: AudioRules,
+    workers: int,
+    device: str | None = None,
 ) -> Iterator[ClipResult]:
-    """The result of each task, in order."""
-    if workers <= 1:
+    """The result of each task, in order: in ``workers`` processes, or with ``device`` set in
+    ``workers`` decoding threads and the log-mel on that device (``_compute_threads``)."""
+    if device is not None:
+        yield from _compute_threads(tasks, cfg, rules, workers, device)
+    elif workers <= 1:
         yield from _compute_here(tasks, cfg, rules)
     else:
         yield from _compute_parallel(tasks, cfg, rules, workers, n_tasks=n_tasks)

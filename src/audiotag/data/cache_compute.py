@@ -6,6 +6,12 @@ worker processes (forkserver), at most ``CHUNKS_PER_WORKER`` chunks per worker i
 the results in order. A worker process that dies (a decoder that crashes) is replaced; the clips it
 held are retried one at a time in a fresh process, and a clip that kills that one too is treated as
 undecodable. Workers keep freed memory (``keep_freed_memory``): page faults were half the log-mel time.
+
+``_compute_threads`` is the opt-in alternative (``build_cache(..., device=...)``): threads of this
+process decode and resample (soundfile and soxr release the GIL) and the calling thread computes the
+log-mel on ``device`` (a GPU, or the CPU), so no wave crosses a process boundary. The results are
+the same as the pool's (byte-equal on the CPU), but a decoder that crashes kills the whole process
+(a rerun resumes from the last progress record).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import multiprocessing as mp
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 
 from audiotag.config import AudioRules, FeatureConfig
-from audiotag.data.audio import DEFAULT_RULES, UNDECODABLE, UnusableAudio, decode
+from audiotag.data.audio import DEFAULT_RULES, UNDECODABLE, Decoded, UnusableAudio, decode
 from audiotag.data.cache_reader import (
     DTYPE,
     SKIPPED,
@@ -37,6 +43,7 @@ from audiotag.errors import DataError
 log = logging.getLogger(__name__)
 
 CHUNKS_PER_WORKER = 4  # chunks in flight per worker: keeps workers busy, bounds the parent's memory
+CLIPS_PER_THREAD = 4  # decoded clips in flight per decoding thread (threads design)
 
 
 class Task(NamedTuple):
@@ -80,19 +87,55 @@ def compute_clip(
     """Decode one file (or its segment ``start``-``end`` seconds) and compute its float16 log-mel,
     applying the audio rules; never raises.
 
-    This is the function the cache's workers run (one thread each: see ``_compute_here``).
+    This is the function the cache's workers run (one thread each: see ``_compute_here``); the threads
+    design (``_compute_threads``) runs its two halves, ``decode_clip`` and ``clip_result``, in two threads.
     """
+    return clip_result(decode_clip(path, cfg, rules, start, end), path, is_test, cfg, extractor, rules)
+
+
+class Failure(NamedTuple):
+    """Why a clip cannot be used: ``kind`` (missing, empty, undecodable) and the detail."""
+
+    kind: str
+    detail: str
+
+
+def decode_clip(
+    path: str, cfg: FeatureConfig, rules: AudioRules, start: float | None = None, end: float | None = None
+) -> Decoded | Failure:
+    """The first half of ``compute_clip``: the decoded clip, or why it is unusable; never raises."""
     try:
-        decoded = decode(path, cfg.sample_rate, rules, start, end)
-        frames = _features(decoded.wave, path, cfg, extractor)
-        return ClipResult(
-            frames, decoded.status, decoded.reason, decoded.source_rate, round(decoded.seconds, 4)
-        )
-    except UnusableAudio as exc:
-        kind, detail = exc.kind, exc.detail
-    except Exception as exc:  # a decoder or front-end failure on odd input: the same rule as undecodable
-        kind, detail = UNDECODABLE, f"feature extraction failed ({type(exc).__name__}: {exc})"
-    return unusable_result(is_test, kind, detail, cfg, extractor, rules)
+        return decode(path, cfg.sample_rate, rules, start, end)
+    except Exception as exc:
+        return _failure(exc)
+
+
+def clip_result(
+    decoded: Decoded | Failure,
+    path: str,
+    is_test: bool,
+    cfg: FeatureConfig,
+    extractor: torch.nn.Module,
+    rules: AudioRules,
+) -> ClipResult:
+    """The second half of ``compute_clip``: the clip's frames (on the extractor's device) or the
+    result of unusable audio; never raises."""
+    if not isinstance(decoded, Failure):
+        try:
+            frames = _features(decoded.wave, path, cfg, extractor)
+            return ClipResult(
+                frames, decoded.status, decoded.reason, decoded.source_rate, round(decoded.seconds, 4)
+            )
+        except Exception as exc:
+            decoded = _failure(exc)
+    return unusable_result(is_test, decoded.kind, decoded.detail, cfg, extractor, rules)
+
+
+def _failure(exc: Exception) -> Failure:
+    if isinstance(exc, UnusableAudio):
+        return Failure(exc.kind, exc.detail)
+    # a decoder or front-end failure on odd input: the same rule as undecodable
+    return Failure(UNDECODABLE, f"feature extraction failed ({type(exc).__name__}: {exc})")
 
 
 def unusable_result(
@@ -153,6 +196,44 @@ def _compute_here(tasks: Iterable[Task], cfg: FeatureConfig, rules: AudioRules) 
         yield from (_run(Task(*task), cfg, extractor, rules) for task in tasks)
     finally:
         torch.set_num_threads(threads)
+
+
+def _compute_threads(
+    tasks: Iterable[Task], cfg: FeatureConfig, rules: AudioRules, threads: int, device: str | torch.device
+) -> Iterator[ClipResult]:
+    """Results in task order: ``threads`` threads decode (at most ``CLIPS_PER_THREAD`` clips each in
+    flight), and this thread computes each clip's log-mel with an extractor on ``device``.
+
+    A wave cache needs no log-mel: its float16 samples are made in the decoding threads. On the CPU
+    this thread computes with one torch thread, as a pool worker does (the caller's count is restored).
+    """
+    torch_threads = torch.get_num_threads()
+    prepare_compute_process()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="audiotag-decode")
+    try:
+        extractor = make_extractor(cfg).to(device)
+        wave = cfg.cache == "wave"
+        remaining = (Task(*task) for task in tasks)
+        ahead = threads * CLIPS_PER_THREAD
+        pending: deque[tuple[Task, Future[Decoded | Failure | ClipResult]]] = deque()
+        while True:
+            for task in itertools.islice(remaining, ahead - len(pending)):
+                if wave:  # no device work: the whole clip in the decoding thread
+                    future = pool.submit(_run, task, cfg, extractor, rules)
+                else:
+                    future = pool.submit(decode_clip, task.path, cfg, rules, task.start, task.end)
+                pending.append((task, future))
+            if not pending:
+                return
+            task, future = pending.popleft()
+            done = future.result()  # never raises: decode_clip and _run catch everything
+            if isinstance(done, ClipResult):
+                yield done
+            else:
+                yield clip_result(done, task.path, task.is_test, cfg, extractor, rules)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(torch_threads)
 
 
 def _pool(workers: int, init_args: tuple[str, dict[str, Any]]) -> ProcessPoolExecutor:

@@ -29,7 +29,7 @@ from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
 from audiotag.competitions.table import TableLayout, check_test_labels
 from audiotag.config import PIPELINE_DEFAULT_KEYS, TABLE_FIELDS, CompetitionConfig, FeatureConfig
-from audiotag.data.cache_build import build_cache, disk_full_as_error
+from audiotag.data.cache_build import build_cache, check_cache_device, disk_full_as_error
 from audiotag.data.cache_reader import REPORT, FeatureCache
 from audiotag.data.locks import file_lock
 from audiotag.data.meta import read_meta
@@ -131,7 +131,15 @@ def clip_table(comp: Competition) -> pd.DataFrame:
     return table
 
 
-def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: int | None = None) -> Prepared:
+def prepare(
+    competition: CompetitionConfig,
+    features: FeatureConfig,
+    workers: int | None = None,
+    cache_device: str | None = None,
+) -> Prepared:
+    """Raw data, clip table, folds and feature cache; ``cache_device`` (``--cache-device``): build the
+    cache with decoding threads and the log-mel on that device (``build_cache``'s ``device``)."""
+    check_cache_device(cache_device)  # before the raw data: a wrong option fails at once
     comp = get_competition(competition)
     log.info("prepare: competition %s in %s", comp.name, comp.dir)
     waiting = f"prepare: {comp.dir} is being prepared by another process (raw data, clip table, folds)"
@@ -145,7 +153,12 @@ def prepare(competition: CompetitionConfig, features: FeatureConfig, workers: in
     cache_columns = ("clip_id", "path", "split", "audio_issue", "start", "end")  # start/end: segments
     columns = [c for c in cache_columns if c in table.columns]
     cache_dir = build_cache(
-        table[columns], comp.dir, features, workers=workers, rules=competition.audio_rules
+        table[columns],
+        comp.dir,
+        features,
+        workers=workers,
+        rules=competition.audio_rules,
+        device=cache_device,
     )
     skipped = report_cache(cache_dir)
     return Prepared(comp, table, folds, cache_dir, skipped)
