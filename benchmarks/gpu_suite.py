@@ -165,6 +165,15 @@ def resume(suite: Suite, timeout: float) -> None:
     })  # fmt: skip
 
 
+def model_variants(args: argparse.Namespace, model: str) -> list[str] | None:
+    """``--model-variants MODEL=a,b`` for that model, else ``--variants``, else MODEL_VARIANTS."""
+    for item in args.model_variants:
+        name, _, listed = item.partition("=")
+        if name == model:
+            return listed.split(",")
+    return args.variants or MODEL_VARIANTS.get(model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,6 +184,7 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=["train", "golden", "features", "resume"])
     parser.add_argument("--models", nargs="+", default=["cnn14", "ast_base"])
     parser.add_argument("--variants", nargs="+", default=None)
+    parser.add_argument("--model-variants", nargs="+", default=[], help="MODEL=variant,variant ...")
     parser.add_argument("--clips", type=int, default=256)
     parser.add_argument("--clip-seconds", type=float, default=11.0)
     parser.add_argument("--steps", type=int, default=15)
@@ -189,23 +199,24 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     suite = Suite(args.out, args.budget)
     environment(suite, device)
-    # (section, share of the budget by which it must start, share by which its last variant must start)
-    if "train" in args.sections:
-        for i, model in enumerate(args.models):
-            start_by, until = (0.2, 0.3) if i == 0 else (0.38, 0.56)
-            variants = args.variants or MODEL_VARIANTS.get(model)
-            suite.section(
-                f"train {model}",
-                start_by,
-                lambda m=model, v=variants, u=until: throughput(suite, device, m, v, args, u),
-            )
-    if "golden" in args.sections:
-        suite.section("golden bf16", 0.66, lambda: golden(suite, device))
-    if "features" in args.sections:
-        suite.section("feature cache", 0.74, lambda: features(suite, device, args.feature_clips))
-    if "resume" in args.sections:
-        left = max(60.0, args.budget + 15 - suite.elapsed())
-        suite.section("exact resume", 0.8, lambda: resume(suite, left))
+    # each section's share of the budget by which it must start (train: and its last variant)
+    for section in args.sections:  # in the order given
+        if section == "train":
+            for i, model in enumerate(args.models):
+                start_by, until = (0.2, 0.3) if i == 0 else (0.38, 0.56)
+                variants = model_variants(args, model)
+                suite.section(
+                    f"train {model}",
+                    start_by,
+                    lambda m=model, v=variants, u=until: throughput(suite, device, m, v, args, u),
+                )
+        elif section == "golden":
+            suite.section("golden bf16", 0.66, lambda: golden(suite, device))
+        elif section == "features":
+            suite.section("feature cache", 0.74, lambda: features(suite, device, args.feature_clips))
+        elif section == "resume":
+            left = max(60.0, args.budget + 15 - suite.elapsed())
+            suite.section("exact resume", 0.8, lambda t=left: resume(suite, t))
     suite.emit("suite", {"status": "done", "seconds": round(suite.elapsed(), 1)})
 
 

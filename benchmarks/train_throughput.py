@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import socket
 import tempfile
@@ -80,6 +81,7 @@ class Variant:
     channels_last: bool = False
     compile: bool = False
     ddp: bool = False
+    batch: int | None = None  # None: the model's Setup batch
 
 
 VARIANTS = {
@@ -90,6 +92,8 @@ VARIANTS = {
     "wave_bf16_cl": Variant("wave cache, bf16 + channels-last", "wave", "bf16", channels_last=True),
     "wave_bf16_cl_compile": Variant("wave cache, bf16 + channels-last + compile", "wave", "bf16", True, True),
     "bf16_cl_ddp": Variant("bf16 + channels-last, DDP (1 process)", "logmel", "bf16", True, ddp=True),
+    "bf16_compile_b24": Variant("bf16 + compile, batch 24", "logmel", "bf16", compile=True, batch=24),
+    "bf16_compile_b48": Variant("bf16 + compile, batch 48", "logmel", "bf16", compile=True, batch=48),
 }
 CPU_VARIANTS = ["fp32", "bf16", "wave_bf16_cl"]
 
@@ -165,10 +169,17 @@ def sync(device: torch.device) -> None:
 def timed_with_peak(
     batches: Iterator, step: Callable, steps: int, warmup: int, device
 ) -> tuple[float, float]:
-    """``timed``'s samples/s and the GPU's peak memory in GiB over the same steps (NaN on the CPU)."""
+    """``timed``'s samples/s and the GPU's peak memory in GiB over the timed steps (NaN on the CPU).
+
+    The peak is reset after the warm-up: cuDNN's autotuner tries algorithms with large workspaces
+    in the first steps (71 GiB for CNN14 on an H100, sized to the free memory), a transient that
+    the steady state does not need."""
+    for _ in range(warmup):
+        step(next(batches))
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rate = timed(batches, step, steps, warmup, device)
+    rate = timed(batches, step, steps, 0, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return rate, peak
 
@@ -237,6 +248,8 @@ def crop_loader(data: Data, kind: str, device: torch.device, workers: int) -> Da
 
 
 def bench_ours(model_name: str, data: Data, variant: Variant, device: torch.device, args) -> dict:
+    if variant.batch:
+        data = dataclasses.replace(data, setup=dataclasses.replace(data.setup, batch=variant.batch))
     features = data.features[variant.cache]
     tc = TrainConfig(
         batch_size=data.setup.batch, precision=variant.precision, compile=variant.compile,
@@ -258,6 +271,7 @@ def bench_ours(model_name: str, data: Data, variant: Variant, device: torch.devi
 
         def step(batch) -> int:
             x, y, w = (t.to(device, non_blocking=True) for t in batch)
+            x = x.float()  # crops travel as float16, as in the training loop
             with torch.no_grad():
                 x = model.logmel(x)  # wave cache: log-mel on the device
             x = spec_augment(x, tc.specaugment, gen)  # at the input for both loops: same work, same place
@@ -272,6 +286,7 @@ def bench_ours(model_name: str, data: Data, variant: Variant, device: torch.devi
         started = time.perf_counter()
         rate, peak = timed_with_peak(forever(loader), step, args.steps, warmup, device)
     return {
+        "batch": data.setup.batch,
         "samples_per_s": rate,
         "peak_gib": peak,
         "seconds": time.perf_counter() - started,

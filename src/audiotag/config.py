@@ -759,7 +759,11 @@ class TrainConfig(StrictModel):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="keep an EMA of the weights (e.g. 0.999) and evaluate it; null = off"
     )
-    channels_last: bool = Field(False, description="channels-last memory format (faster CNNs on GPUs)")
+    channels_last: bool | None = Field(
+        None,
+        description="channels-last memory format; null = on for a GPU (CNN14 in bf16 on an H100: 1.46x "
+        "the samples/s), off on the CPU",
+    )
     compile: bool = Field(False, description="torch.compile the model")
     deterministic: bool = Field(False, description="deterministic kernels (slower); seeds are always set")
     folds: list[int] | None = Field(None, description="folds to train; null = all")

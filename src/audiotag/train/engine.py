@@ -41,6 +41,11 @@ def cpu_has_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def uses_channels_last(tc: TrainConfig, device: torch.device) -> bool:
+    """``train.channels_last``, where null means on for a GPU and off on the CPU."""
+    return tc.channels_last if tc.channels_last is not None else device.type == "cuda"
+
+
 def configure_determinism(deterministic: bool, device: torch.device) -> None:
     """Deterministic kernels on request; otherwise let cuDNN pick the fastest convolution."""
     torch.use_deterministic_algorithms(deterministic, warn_only=False)

@@ -133,7 +133,7 @@ def train_one_epoch(
         loader, desc=f"fold {fold} epoch {epoch + 1}", unit="batch", initial=start, total=len(batches)
     )
     for step, (x, y, w) in enumerate(bar, start=start):
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True).float()  # crops travel as float16 (data/dataset.py)
         y = y.to(device, non_blocking=True)
         w = w.to(device, non_blocking=True)
         with torch.no_grad():

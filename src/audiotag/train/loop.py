@@ -42,7 +42,12 @@ from audiotag.train.checkpoint import (
     verify_best,
 )
 from audiotag.train.distributed import SINGLE, DistContext
-from audiotag.train.engine import StepEngine, configure_determinism, out_of_memory_advice
+from audiotag.train.engine import (
+    StepEngine,
+    configure_determinism,
+    out_of_memory_advice,
+    uses_channels_last,
+)
 from audiotag.train.epoch import CROP_STREAM, INIT_STREAM, epoch_seed, train_one_epoch
 from audiotag.train.hooks import EpochHook, EpochResult, replay_history
 from audiotag.train.losses import split_weights
@@ -275,7 +280,7 @@ def build_fold(
     if not (fold_dir / "last.pt").is_file():
         load_pretrained(model, cfg.model, cfg.features)
     model = model.to(device)
-    if tc.channels_last:
+    if uses_channels_last(tc, device):
         model = model.to(memory_format=torch.channels_last)
     configure_determinism(tc.deterministic, device)
     fused = device.type == "cuda"
