@@ -3,6 +3,7 @@ damaged ``.partial`` is rebuilt rather than resumed, and one run folder is train
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -281,3 +282,73 @@ def test_claim_folder_refuses_a_second_holder_and_leaves_the_block_s_own_errors_
             pass
     with claim_folder(folder, "tune study", refusal):  # released: claimed again
         pass
+
+
+# Claims the run folder, then forks a child that outlives it (as a DataLoader worker outlives a
+# training process killed by SIGKILL, for a few seconds): the child shares the lock.
+RUN_HOLDER_WITH_WORKER = """
+    import os, sys, time
+    from pathlib import Path
+    from audiotag.data.locks import file_lock
+
+    run_dir, linger = Path(sys.argv[1]), float(sys.argv[2])
+    with file_lock(run_dir / "owner.lock", f"train {run_dir.name}", wait=False):
+        if os.fork() == 0:
+            time.sleep(linger)
+            os._exit(0)
+        print("claimed", flush=True)
+        time.sleep(120)
+"""
+
+
+def hold_run_with_worker(run_dir: Path, tmp_path: Path, linger: float) -> subprocess.Popen[str]:
+    script = tmp_path / "hold_run_with_worker.py"
+    script.write_text(textwrap.dedent(RUN_HOLDER_WITH_WORKER))
+    holder = subprocess.Popen(
+        [PYTHON, str(script), str(run_dir), str(linger)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "claimed"
+    return holder
+
+
+def test_a_killed_run_whose_worker_lingers_is_waited_for_not_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGKILL a run whose forked worker still holds the lock: the rerun waits for the worker, then
+    claims the folder and hears that the previous owner is gone (seen on an H100 machine, where the
+    rerun was refused in the name of the dead process)."""
+    run_dir = tmp_path / "runs" / "cnn_small"
+    holder = hold_run_with_worker(run_dir, tmp_path, linger=1.5)
+    kill(holder)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO), claim_run(run_dir):
+        assert json.loads((run_dir / OWNER_LOCK).read_text())["pid"] == os.getpid()
+    assert time.monotonic() - started > 0.5  # it did wait for the worker
+    assert f"its owner, process {holder.pid} (train cnn_small), has exited; waiting up to" in caplog.text
+    assert f"its previous owner, process {holder.pid} on host" in caplog.text
+
+
+def test_a_dead_run_s_worker_that_stays_is_named_in_the_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiotag.data import locks
+
+    monkeypatch.setattr(locks, "HEIRS_WAIT_SECONDS", 0.3)
+    run_dir = tmp_path / "runs" / "cnn_small"
+    holder = hold_run_with_worker(run_dir, tmp_path, linger=20)
+    kill(holder)
+    try:
+        with pytest.raises(TrainingError) as err, claim_run(run_dir):
+            pytest.fail("claimed a run folder that a live worker still locks")
+        assert f"process {holder.pid} on host" in str(err.value)
+        assert "that process has exited, but processes it started still hold the lock" in str(err.value)
+    finally:
+        # the worker is the only other process holding the lock file open
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            with contextlib.suppress(OSError):
+                if (
+                    str(run_dir / OWNER_LOCK)
+                    in {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+                    and pid != os.getpid()
+                ):
+                    os.kill(pid, signal.SIGKILL)

@@ -5,6 +5,12 @@ included), so a lock is never left stale. While held, the lock file records its 
 start time) as one JSON object, so another process can say whom it waits for or why it refuses.
 A lock file is never deleted (deleting one that another process is about to lock would let two
 processes hold "the" lock); it is emptied when released.
+
+A ``flock`` belongs to the open file, which forked children share: a data-loader worker forked by a
+training run holds the run's lock too, and outlives a parent killed by SIGKILL (or the OOM killer)
+by a few seconds. Measured on an H100 machine: the rerun that followed at once was refused, naming
+the dead process. So when the recorded owner has exited, the lock is waited for (up to
+``HEIRS_WAIT_SECONDS``) instead of refused.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ try:
     import fcntl
 except ImportError:  # not POSIX: no locking
     fcntl = None  # type: ignore[assignment]
+
+
+HEIRS_WAIT_SECONDS = 60.0  # how long the children of a dead owner may keep its lock
 
 
 class Busy(Exception):
@@ -48,10 +57,53 @@ def read_owner(path: Path) -> dict[str, Any]:
 def describe_owner(owner: dict[str, Any]) -> str:
     if not owner:
         return "another process"
+    gone = (
+        "; that process has exited, but processes it started still hold the lock: stop them"
+        if owner_is_gone(owner)
+        else ""
+    )
     return (
         f"process {owner.get('pid', '?')} on host {owner.get('host', '?')} "
-        f"(started {owner.get('started', '?')}{', ' + str(owner['what']) if owner.get('what') else ''})"
+        f"(started {owner.get('started', '?')}{', ' + str(owner['what']) if owner.get('what') else ''}{gone})"
     )
+
+
+def owner_is_gone(owner: dict[str, Any]) -> bool:
+    """Whether the recorded owner ran on this host and has exited (a zombie counts as exited)."""
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's process: alive
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == "Z"
+
+
+def _wait_for_heirs(handle: IO[str], path: Path, owner: dict[str, Any], waiting: str) -> bool:
+    """Take the lock once the dead owner's children let it go; False after ``HEIRS_WAIT_SECONDS``."""
+    log.info(
+        "%s: its owner, %s, has exited; waiting up to %.0f s for the processes it started (e.g. "
+        "data-loader workers) to exit",
+        waiting or f"{path} is locked",
+        f"process {owner.get('pid')} ({owner.get('what') or 'no activity recorded'})",
+        HEIRS_WAIT_SECONDS,
+    )
+    deadline = time.monotonic() + HEIRS_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        return True
+    return False
 
 
 def _record_owner(handle: IO[str], what: str) -> dict[str, Any]:
@@ -94,10 +146,15 @@ def file_lock(path: Path, what: str = "", waiting: str = "", wait: bool = True) 
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = read_owner(path)
-            if not wait:
+            if owner_is_gone(owner) and _wait_for_heirs(handle, path, owner, waiting):
+                pass
+            elif not wait:
                 raise Busy(path, owner) from None
-            log.info("%s: held by %s; waiting for it", waiting or f"{path} is locked", describe_owner(owner))
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            else:
+                log.info(
+                    "%s: held by %s; waiting for it", waiting or f"{path} is locked", describe_owner(owner)
+                )
+                fcntl.flock(handle, fcntl.LOCK_EX)
         left = read_owner(path)  # non-empty only when the previous holder died holding it
         _record_owner(handle, what)
         try:
