@@ -159,7 +159,9 @@ def test_cuda_without_a_gpu_is_a_clear_error(
         build_cache(clips, root, CFG, device="tpu")
 
 
-def test_the_cli_flag_reaches_build_cache(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_flag_reaches_build_cache(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import audiotag.stages.prepare as prepare_mod
 
     seen: dict[str, Any] = {}
@@ -171,6 +173,11 @@ def test_the_cli_flag_reaches_build_cache(workspace: Path, monkeypatch: pytest.M
     assert cli.main(["prepare", "--workers", "3", "--cache-device", "cpu", "--quiet"]) in (0, None)
     assert seen == {"workers": 3, "cache_device": "cpu"}
     assert "--cache-device {cuda,cpu}" in cli.build_parser().format_help()
+    # a stage list without prepare would ignore it: refused, naming the command that uses it
+    seen.clear()
+    assert cli.main(["train", "--cache-device", "cpu", "--quiet"]) == 2
+    assert not seen
+    assert "run `./run.sh prepare train --cache-device cpu`" in capsys.readouterr().err
 
 
 def test_prepare_hands_the_device_to_build_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

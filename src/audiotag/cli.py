@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-device",
         choices=CACHE_DEVICES,
-        help="prepare: build the feature cache with --workers threads decoding in this process and the "
+        help="prepare (only): build the feature cache with --workers threads decoding in this process and the "
         "log-mel computed on this device (same cache; faster with a GPU), instead of worker processes. "
         "A decoder that crashes then stops the build (rerun to resume from where it stopped)",
     )
@@ -697,6 +697,11 @@ def run(args: argparse.Namespace) -> None:
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(stage_names())}")
     stages = [s for s in stage_names() if s in args.stages]  # always in pipeline order
+    if getattr(args, "cache_device", None) and "prepare" not in stages:
+        raise ConfigError(
+            f"--cache-device applies to the prepare stage, which `{' '.join(stages)}` does not run: "
+            f"run `./run.sh prepare {' '.join(stages)} --cache-device {args.cache_device}`"
+        )
     console = output_console()
     needs_experiment = any(COMMANDS[s].needs_experiment for s in stages)
     exp = experiment_config(args) if needs_experiment else None
