@@ -201,7 +201,7 @@ def test_two_prepare_commands_on_a_fresh_workspace(tmp_path: Path) -> None:
 RUN_HOLDER = """
     import sys, time
     from pathlib import Path
-    from audiotag.data.locks import file_lock
+    from audiotag.locks import file_lock
 
     run_dir = Path(sys.argv[1])
     with file_lock(run_dir / "owner.lock", f"train {run_dir.name}", wait=False):
@@ -261,7 +261,7 @@ def test_train_command_refuses_a_run_folder_in_use(
 
 
 def test_claim_folder_refuses_a_second_holder_and_leaves_the_block_s_own_errors_alone(tmp_path: Path) -> None:
-    from audiotag.data.locks import Busy, claim_folder, file_lock
+    from audiotag.locks import Busy, claim_folder, file_lock
 
     def refusal(owner: str) -> Exception:
         return TrainingError(f"held by {owner}")
@@ -289,7 +289,7 @@ def test_claim_folder_refuses_a_second_holder_and_leaves_the_block_s_own_errors_
 RUN_HOLDER_WITH_WORKER = """
     import os, sys, time
     from pathlib import Path
-    from audiotag.data.locks import file_lock
+    from audiotag.locks import file_lock
 
     run_dir, linger = Path(sys.argv[1]), float(sys.argv[2])
     with file_lock(run_dir / "owner.lock", f"train {run_dir.name}", wait=False):
@@ -331,7 +331,7 @@ def test_a_killed_run_whose_worker_lingers_is_waited_for_not_refused(
 def test_a_dead_run_s_worker_that_stays_is_named_in_the_refusal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audiotag.data import locks
+    from audiotag import locks
 
     monkeypatch.setattr(locks, "HEIRS_WAIT_SECONDS", 0.3)
     run_dir = tmp_path / "runs" / "cnn_small"

@@ -142,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-device",
         choices=CACHE_DEVICES,
-        help="prepare (only): build the feature cache with --workers threads decoding in this process and the "
-        "log-mel computed on this device (same cache; faster with a GPU), instead of worker processes. "
-        "A decoder that crashes then stops the build (rerun to resume from where it stopped)",
+        help="prepare (only): build the feature cache with --workers threads decoding in this process "
+        "and the log-mel computed on this device (same cache), instead of worker processes; measured "
+        "on an H100 machine: faster per core, slower on 16 cores (benchmarks/RESULTS.md). A decoder "
+        "that crashes then stops the build (rerun to resume from where it stopped)",
     )
     add_data_dir_argument(parser)
     parser.add_argument("--verbose", "-v", action="store_true")

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from audiotag.atomic import atomic_write_json, fsync_dir
 from audiotag.errors import ConfigError, DataError
+from audiotag.locks import file_lock
 from audiotag.log import progress
 
 log = logging.getLogger(__name__)
@@ -111,28 +112,13 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
 
 @contextlib.contextmanager
 def locked(lock_file: Path, waiting: str = "") -> Iterator[None]:
-    """Hold an exclusive advisory lock (POSIX flock) on ``lock_file`` for the block.
-
-    Several processes (e.g. the ranks of one torchrun job) may ask for the same file at once: one
-    does the work, the others wait and then find it done. ``waiting`` is logged when the lock is busy.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
+    """Hold an exclusive lock on ``lock_file`` for the block (``audiotag.locks.file_lock``: it dies
+    with its process and records its owner). Several processes (e.g. the ranks of one torchrun job)
+    may ask for the same file at once: one does the work, the others wait and then find it done.
+    ``waiting`` is logged, with the holder, when the lock is busy."""
+    what = f"working on {lock_file.name.removeprefix('.').removesuffix('.lock')}"
+    with file_lock(lock_file, what, waiting):
         yield
-        return
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting:
-                log.info("%s", waiting)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- checks

@@ -31,8 +31,8 @@ from audiotag.competitions.table import TableLayout, check_test_labels
 from audiotag.config import PIPELINE_DEFAULT_KEYS, TABLE_FIELDS, CompetitionConfig, FeatureConfig
 from audiotag.data.cache_build import build_cache, check_cache_device, disk_full_as_error
 from audiotag.data.cache_reader import REPORT, FeatureCache
-from audiotag.data.locks import file_lock
 from audiotag.data.meta import read_meta
+from audiotag.locks import file_lock
 
 log = logging.getLogger(__name__)
 

@@ -64,9 +64,9 @@ from audiotag.config_files import (
     resolve_groups,
     validate,
 )
-from audiotag.data.locks import claim_folder
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.errors import ConfigError, TrainingError
+from audiotag.locks import claim_folder
 from audiotag.log import output_console
 from audiotag.models.encoder_file import encoder_payload
 from audiotag.paths import workspace_root

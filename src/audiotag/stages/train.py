@@ -36,11 +36,11 @@ from audiotag.competitions.folds import load_folds
 from audiotag.config import PIPELINE_DEFAULT_KEYS, TrainConfig
 from audiotag.config_files import dump_yaml
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.data.locks import claim_folder, describe_owner
 from audiotag.digests import file_sha256
 from audiotag.errors import ConfigError, TrainingError
 from audiotag.experiment import ExperimentConfig
 from audiotag.fold_scores import FoldScores
+from audiotag.locks import claim_folder, describe_owner
 from audiotag.models.probe import PROBE
 from audiotag.models.registry import check_pretrained
 from audiotag.paths import REPO_ROOT

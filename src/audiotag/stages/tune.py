@@ -33,9 +33,9 @@ from typing import Any
 from audiotag.atomic import atomic_write_json
 from audiotag.competitions import get_competition
 from audiotag.config_files import configs_root, is_yaml_path
-from audiotag.data.locks import claim_folder
 from audiotag.errors import ConfigError, TrainingError
 from audiotag.experiment import ExperimentConfig, load_experiment
+from audiotag.locks import claim_folder
 from audiotag.log import output_console
 from audiotag.models.probe import PROBE
 from audiotag.stages.train import RUNTIME_KEYS, result_settings, train_experiment
