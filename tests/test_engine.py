@@ -14,7 +14,7 @@ from audiotag.config import TrainConfig
 from audiotag.errors import TrainingError
 from audiotag.train import epoch as epoch_mod
 from audiotag.train import loop
-from audiotag.train.engine import StepEngine, out_of_memory_advice, resolve_precision
+from audiotag.train.engine import StepEngine, out_of_memory_advice, resolve_precision, uses_channels_last
 from tests.conftest import tiny_args
 
 CPU = torch.device("cpu")
@@ -199,3 +199,28 @@ def test_mid_epoch_random_states_are_kept_per_rank() -> None:
         assert epoch_mod.restore_rank_progress(older, 0, 1, torch.Generator(), cpu) == (1.0, 11)
         with pytest.raises(TrainingError, match=r"written by 2 training process.*resume with --gpus 2"):
             epoch_mod.restore_rank_progress(partial, 0, 1, torch.Generator(), cpu)
+
+
+def test_channels_last_is_on_for_a_gpu_unless_set() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert uses_channels_last(TrainConfig(), cuda) and not uses_channels_last(TrainConfig(), cpu)
+    assert not uses_channels_last(TrainConfig(channels_last=False), cuda)
+    assert uses_channels_last(TrainConfig(channels_last=True), cpu)
+
+
+def test_training_crops_travel_as_float16_and_are_widened_exactly() -> None:
+    import numpy as np
+
+    from audiotag.data.dataset import CropDataset
+
+    frames = (np.arange(40 * 3, dtype=np.float32).reshape(40, 3) / 7).astype(np.float16)
+
+    class Cache:
+        def get(self, clip_id: str) -> np.ndarray:
+            return frames
+
+    dataset = CropDataset(Cache(), ["a"], np.ones((1, 2)), np.ones(1), 16, "wrap", 0.0, seed=0)
+    x, _, _ = dataset[0]
+    assert x.dtype == torch.float16 and x.shape == (16, 3)
+    start = int(np.flatnonzero((frames == x.numpy()[0]).all(axis=1))[0])
+    np.testing.assert_array_equal(x.float().numpy(), frames[start : start + 16].astype(np.float32))
