@@ -140,3 +140,40 @@ def test_batch_size_must_split_across_processes() -> None:
     cfg = load_experiment(Path("configs/experiments/demo/cnn_small.yaml"))  # batch 32
     with pytest.raises(ConfigError, match="multiple of the 3 processes"):
         train_experiment(cfg, ctx=DistContext(rank=0, world=3, local_rank=0, mode="ddp"))
+
+
+@pytest.mark.slow
+def test_ddp_student_takes_each_fold_s_pseudo_labels_from_rank_0(tmp_path: Path) -> None:
+    """A pseudo-labelled student under ``--gpus 2``: rank 0 scores each fold's noisy clips with the
+    teacher's same fold, once, and both ranks train on those labels (the same as one process writes)."""
+    import numpy as np
+
+    from audiotag.data.cache_reader import FeatureCache
+    from audiotag.inference import predict_member
+    from audiotag.predictions import read_predictions
+    from audiotag.stages.pseudo_labels import SCORES_FILE
+
+    def train(run: str, *settings: str, gpus: int = 1) -> None:
+        extra = ["train.epochs=1", "train.batch_size=8", *settings]
+        args = [PYTHON, "-m", "audiotag", *tiny_args("train", competition="demo2019", extra=extra)]
+        args += ["--folds", "0,1", "--run-name", run, "--gpus", str(gpus)]
+        proc = subprocess.run(args, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    student = ["train.pseudo_labels={from_run: teacher, mode: soft}", "train.subset_weights={noisy: 0.5}"]
+    train("teacher", "train.subset_weights={noisy: 0}")
+    train("student", *student)
+    train("student_ddp", *student, gpus=2)
+    runs = tmp_path / "competition" / "demo2019" / "runs"
+    cache = FeatureCache(Path(json.loads((runs / "teacher" / "run.json").read_text())["cache_dir"]))
+    for fold in (0, 1):
+        fold_dir = runs / "student_ddp" / f"fold{fold}"
+        assert json.loads((fold_dir / "done.json").read_text())["processes"] == 2
+        record = json.loads((fold_dir / "pseudo_labels.json").read_text())
+        assert record["teacher"] == "teacher" and record["teacher_fold"] == fold
+        classes = pd.read_parquet(fold_dir / "oof.parquet").columns[1:].tolist()
+        ids, scores = read_predictions(fold_dir / SCORES_FILE, classes)
+        own = predict_member(runs / "teacher", [fold], cache, ids, len(classes), torch.device("cpu"))[0]
+        assert np.allclose(scores, own, atol=1e-6)
+        single_ids, single = read_predictions(runs / "student" / f"fold{fold}" / SCORES_FILE, classes)
+        assert list(single_ids) == list(ids) and np.allclose(scores, single, atol=1e-6)
