@@ -54,7 +54,7 @@ def test_a_command_is_not_a_stage(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_set_values_go_to_the_experiment_or_with_their_prefix_to_the_ensemble() -> None:
-    from audiotag.cli import split_overrides
+    from audiotag.cli_args import split_overrides
 
     experiment, ensemble = split_overrides(["train.epochs=3", "ensemble.method=geometric", "model=cnn14"])
     assert experiment == ["train.epochs=3", "model=cnn14"]
@@ -62,13 +62,16 @@ def test_set_values_go_to_the_experiment_or_with_their_prefix_to_the_ensemble() 
 
 
 def use_competition_file(monkeypatch: pytest.MonkeyPatch, path) -> None:
-    """``cli.load_competition`` of any name reads ``path`` instead (command-line settings still apply)."""
+    """``load_competition`` of any name, as the command line's configs resolve it, reads ``path``
+    instead (command-line settings still apply)."""
     from audiotag.config import load_competition
 
     def load(_: str, overrides: list[str] | None = None):
         return load_competition(str(path), overrides)
 
-    monkeypatch.setattr(cli, "load_competition", load)
+    from audiotag import cli_configs
+
+    monkeypatch.setattr(cli_configs, "load_competition", load)
 
 
 def demo_with_extras(tmp_path, extras: list[str]):

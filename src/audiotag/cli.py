@@ -9,7 +9,6 @@ the table, grouped.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -21,10 +20,33 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from audiotag.config import EnsembleConfig, load_competition, load_ensemble
-from audiotag.config_files import configs_root, is_yaml_path, read_yaml
+from audiotag.cli_args import (
+    CACHE_DEVICES,
+    QUIET,
+    QUIET_HELP,
+    add_data_dir_argument,
+    worker_count,
+)
+from audiotag.cli_commands import (
+    build_leaderboard_parser,
+    build_package_parser,
+    build_report_parser,
+    build_submit_parser,
+    run_leaderboard,
+    run_package,
+    run_report,
+    run_submit,
+)
+from audiotag.cli_configs import (
+    default_config,
+    ensemble_config,
+    experiment_config,
+    extra_experiment_configs,
+    table_competition,
+)
+from audiotag.config import EnsembleConfig
 from audiotag.errors import AudiotagError, ConfigError
-from audiotag.experiment import ExperimentConfig, load_experiment
+from audiotag.experiment import ExperimentConfig
 from audiotag.log import output_console, set_quiet, setup_logging
 from audiotag.stages.embed import build_embed_parser, run_embed
 from audiotag.stages.new_competition import build_new_competition_parser, run_new_competition
@@ -151,321 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true")
     parser.add_argument(QUIET, action="store_true", help=QUIET_HELP)
     return parser
-
-
-CACHE_DEVICES = ("cuda", "cpu")
-QUIET = "--quiet"
-QUIET_HELP = (
-    "no progress bars, for logs (INFO lines kept: one per step or epoch, with ETAs); any command, "
-    "any position; also AUDIOTAG_QUIET=1. Bars are off anyway when stderr is not a terminal"
-)
-
-
-def worker_count(text: str) -> int:
-    """``--workers N``: a whole number, 1 or more (leave the option out for all cores)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number of processes, 1 or more, got {text!r} "
-            "(leave --workers out to use all cores)"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"{value} is not allowed: the feature cache needs 1 or more processes "
-            "(leave --workers out to use all cores)"
-        )
-    return value
-
-
-def add_data_dir_argument(parser: argparse.ArgumentParser, purpose: str = "") -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        metavar="PATH",
-        help="use the competition's files in place from PATH, without download or copy "
-        "(e.g. /kaggle/input/freesound-audio-tagging; for audioset: your audio folder); "
-        f"same as --set competition.data_dir=PATH{purpose}",
-    )
-
-
-def data_dir_overrides(args: argparse.Namespace) -> list[str]:
-    """``--data-dir PATH`` as a ``competition.data_dir`` override (absolute path), after checking PATH."""
-    if getattr(args, "data_dir", None) is None:
-        return []
-    path = Path(args.data_dir).expanduser().resolve()
-    if not path.is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
-    return [f"competition.data_dir={json.dumps(str(path))}"]
-
-
-def build_submit_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audiotag submit",
-        description="Validate a submission CSV against the competition's sample submission, submit it "
-        "through the Kaggle API and record it in submissions/log.jsonl (with its CV and members).",
-    )
-    parser.add_argument("file", type=Path, metavar="FILE", help="e.g. submissions/fsd2018/cnn14.csv")
-    parser.add_argument("--message", "-m", required=True, help="the description Kaggle shows")
-    parser.add_argument(
-        "--competition", "-c", help="competition name (default: from the report beside FILE, or its folder)"
-    )
-    parser.add_argument("--slug", help="Kaggle competition slug (default: the competition's own)")
-    add_data_dir_argument(
-        parser,
-        "; give it when the data was prepared with --data-dir: its sample submission is the one checked",
-    )
-    parser.add_argument("--verbose", "-v", action="store_true")
-    return parser
-
-
-def run_submit(args: argparse.Namespace) -> None:
-    from audiotag.kaggle_submit import log_path, submit_file
-
-    overrides = [o.removeprefix("competition.") for o in data_dir_overrides(args)]
-    record = submit_file(
-        args.file, args.message, competition=args.competition, slug=args.slug, overrides=overrides
-    )
-    console = output_console()
-    cv = f"CV {record.metric} {record.cv:.4f}" if record.cv is not None else "no CV report"
-    members = " + ".join(record.members) or "-"
-    console.print(
-        f"submitted {args.file} to {record.slug}: {record.reply or 'ok'} (ref {record.ref or '?'})",
-        soft_wrap=True,
-    )
-    console.print(
-        f"{cv}; members: {members}; sha256 {record.sha256[:16]}…; logged in {log_path()}", soft_wrap=True
-    )
-
-
-def build_leaderboard_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audiotag leaderboard",
-        description="Every run (CV per fold, mean ± std, time, device) and every blend or submission "
-        "(CV, public/private LB from the Kaggle API when credentials exist), sorted by CV.",
-    )
-    parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
-    parser.add_argument("--csv", type=Path, metavar="PATH", help="also write the table as CSV")
-    parser.add_argument("--html", type=Path, metavar="PATH", help="also write the table as HTML")
-    parser.add_argument(
-        "--plots",
-        action="store_true",
-        help="draw PNGs: learning curves, per-class AP and confusion matrix of each run and blend "
-        "(in its folder), CV vs LB (submissions/<competition>/cv_vs_lb.png)",
-    )
-    parser.add_argument("--no-lb", action="store_true", help="do not ask Kaggle for the LB scores")
-    parser.add_argument("--verbose", "-v", action="store_true")
-    return parser
-
-
-def run_leaderboard(args: argparse.Namespace) -> None:
-    from audiotag.leaderboard import build_leaderboard, print_leaderboard, write_csv, write_html
-
-    console = output_console(220)
-    board = build_leaderboard(args.competition, with_lb=not args.no_lb)
-    print_leaderboard(console, board)
-    if args.csv:
-        console.print(f"csv: {write_csv(board, args.csv)}", soft_wrap=True)
-    if args.html:
-        console.print(f"html: {write_html(board, args.html)}", soft_wrap=True)
-    if args.plots:
-        from audiotag.competitions import get_competition
-        from audiotag.paths import submissions_root
-        from audiotag.plots import plot_all
-
-        comp = get_competition(load_competition(board.competition))
-        for path in plot_all(comp, board.rows, submissions_root() / comp.name):
-            console.print(f"plot: {path}", soft_wrap=True)
-
-
-def build_report_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audiotag report",
-        description="Write one self-contained HTML page of a competition's results (opens from a file, "
-        "no network): the leaderboard (sortable), CV vs LB, each ensemble's CV, weights, nested CV, "
-        "per-class AP against its best member and confusion matrix, each run's learning curves and "
-        "config against its experiment file, and the clip statistics with the unusable-audio report.",
-    )
-    parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
-    parser.add_argument(
-        "--output", "-o", type=Path, metavar="FILE", help="default: submissions/<competition>/report.html"
-    )
-    parser.add_argument(
-        "--ensemble", metavar="NAME", help="only this ensemble and its members' runs (leaderboard: all)"
-    )
-    parser.add_argument(
-        "--lb", action="store_true", help="read the public/private LB of logged submissions from Kaggle"
-    )
-    parser.add_argument("--verbose", "-v", action="store_true")
-    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
-    return parser
-
-
-def run_report(args: argparse.Namespace) -> None:
-    from audiotag.stages.report import write_report
-
-    path = write_report(args.competition, args.output, with_lb=args.lb, ensemble=args.ensemble)
-    output_console().print(f"report: {path}", soft_wrap=True)
-
-
-def build_package_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audiotag package",
-        description="Build a folder for a Kaggle offline inference notebook: our code, the members' "
-        "best.pt of every fold with their configs (a linear probe: each fold's probe.npz and its frozen "
-        "model's weights file), the ensemble config and inference.py.",
-    )
-    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (replaced if ours)")
-    parser.add_argument(
-        "--competition", "-c", help="competition name (default: the ensemble config's, else demo)"
-    )
-    parser.add_argument(
-        "--ensemble",
-        metavar="NAME",
-        help="ensemble config: a name under configs/ensembles/ or a YAML path (default: the competition's)",
-    )
-    parser.add_argument("--slug", help="Kaggle slug of the data folder /kaggle/input/<slug> (default: own)")
-    parser.add_argument("--verbose", "-v", action="store_true")
-    return parser
-
-
-def run_package(args: argparse.Namespace) -> None:
-    from audiotag.stages.package import build_package
-
-    if args.ensemble is None:
-        path = default_config(args.competition or "demo", "ensemble")
-    elif Path(args.ensemble).suffix in (".yaml", ".yml"):
-        path = Path(args.ensemble)
-    else:
-        path = configs_root() / "ensembles" / f"{args.ensemble}.yaml"
-    table = table_competition(args.competition)  # a kind: table YAML goes into the generic ensemble
-    cfg = load_ensemble(path, competition=table)
-    if args.competition and table is None and cfg.competition.name != args.competition:
-        raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
-    out = build_package(cfg, args.out_dir, slug=args.slug)
-    Console(stderr=False).print(
-        f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})",
-        soft_wrap=True,
-    )
-
-
-def is_ensemble_file(path: Path) -> bool:
-    return "members" in read_yaml(path)
-
-
-TABLE_DEFAULTS = {"experiment": "table/cnn_small", "ensemble": "table"}  # kind: table/folders, no defaults
-# What a table/folders competition naming no defaults also trains, for the default ensemble: the linear
-# probe on aisfx's frozen blocks 2 + 4 (minutes on a CPU; on the real-audio check sets the blend gained
-# +0.185 nested CV over the adaptive CNN on instruments, +0.028 on spoken words: RESULTS.md).
-TABLE_EXTRA_EXPERIMENTS: list[str] = ["table/probe_aisfx"]
-
-
-def table_competition(competition: str | None) -> str | None:
-    """The ``-c`` value (a YAML path made absolute) when it names a ``kind: table`` competition: its
-    experiment and ensemble files are generic and get this competition swapped in; else None."""
-    if not competition or load_competition(competition).kind is None:  # kind: table or folders
-        return None
-    return str(Path(competition).expanduser().resolve()) if is_yaml_path(competition) else competition
-
-
-def default_config(competition: str, kind: str) -> Path:
-    comp = load_competition(competition)
-    name = comp.default_experiment if kind == "experiment" else comp.default_ensemble
-    if not name and comp.kind is not None:
-        name = TABLE_DEFAULTS[kind]
-    if not name:
-        raise ConfigError(
-            f"competition {competition!r} names no default_{kind}; pass --config configs/"
-            f"{'experiments' if kind == 'experiment' else 'ensembles'}/..."
-        )
-    folder = "experiments" if kind == "experiment" else "ensembles"
-    return configs_root() / folder / f"{name}.yaml"
-
-
-ENSEMBLE_PREFIX = "ensemble."  # --set ensemble.KEY=VALUE: the ensemble config; any other key: the experiment
-
-
-def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """``--set`` values for the experiment, and for the ensemble (``ensemble.`` prefix removed)."""
-    experiment = [o for o in overrides if not o.startswith(ENSEMBLE_PREFIX)]
-    ensemble = [o.removeprefix(ENSEMBLE_PREFIX) for o in overrides if o.startswith(ENSEMBLE_PREFIX)]
-    return experiment, ensemble
-
-
-def folds_overrides(args: argparse.Namespace) -> list[str]:
-    if not args.folds:
-        return []
-    try:
-        folds = [int(f) for f in args.folds.split(",") if f.strip()]
-    except ValueError:
-        raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
-    return [f"train.folds={folds}"]
-
-
-def extra_experiment_configs(args: argparse.Namespace) -> list[ExperimentConfig]:
-    """The competition's ``default_extra_experiments``: trained after the default experiment as
-    members of the default ensemble. None with ``--config`` or ``--run-name`` (a run of one's own
-    is one experiment) or ``--set competition.default_extra_experiments=[]``. Of the command line,
-    ``--folds``, ``--data-dir`` and ``competition.*`` settings apply to them (the folds must match
-    the default experiment's for the blend); ``--set`` of other keys and ``--weights`` do not."""
-    if args.config is not None or not args.competition or getattr(args, "run_name", None):
-        return []
-    shared = [o for o in split_overrides(args.overrides)[0] if o.startswith("competition.")]
-    comp = load_competition(args.competition, [o.removeprefix("competition.") for o in shared])
-    names = comp.default_extra_experiments
-    given = any(o.split("=", 1)[0].strip() == "competition.default_extra_experiments" for o in shared)
-    if not names and not given and comp.default_experiment is None and comp.kind is not None:
-        names = TABLE_EXTRA_EXPERIMENTS  # `--set competition.default_extra_experiments=[]`: none
-    shared += data_dir_overrides(args) + folds_overrides(args)
-    table = table_competition(args.competition)
-    configs = []
-    for name in names:
-        path = configs_root() / "experiments" / f"{name}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"competition {comp.name!r}: default_extra_experiments: {path} not found")
-        cfg = load_experiment(path, shared, competition=table)
-        if table is None and cfg.competition.name != comp.name:
-            raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {comp.name!r}")
-        configs.append(cfg)
-    return configs
-
-
-def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
-    path = args.config if args.config and not is_ensemble_file(args.config) else None
-    path = path or default_config(args.competition, "experiment")
-    overrides = split_overrides(args.overrides)[0] + data_dir_overrides(args) + folds_overrides(args)
-    if args.weights:
-        weights = Path(args.weights).expanduser()
-        if not weights.is_file():
-            raise ConfigError(f"--weights {args.weights}: no such file")
-        overrides.append(f"model.pretrained={json.dumps(str(weights.resolve()))}")
-    table = table_competition(args.competition) if args.config is None else None
-    cfg = load_experiment(path, overrides, competition=table)
-    if args.config is None and table is None and cfg.competition.name != args.competition:
-        raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
-    return cfg
-
-
-def ensemble_config(args: argparse.Namespace, exp: ExperimentConfig | None) -> EnsembleConfig:
-    experiment_overrides, overrides = split_overrides(args.overrides)
-    if exp is None and experiment_overrides:  # `ensemble` alone reads no experiment
-        raise ConfigError(
-            f"--set {experiment_overrides[0]}: the ensemble stage alone reads no experiment; an ensemble "
-            f"setting is written --set {ENSEMBLE_PREFIX}{experiment_overrides[0]}"
-        )
-    table = None
-    if args.config and is_ensemble_file(args.config):
-        path = args.config
-    else:
-        table = table_competition(args.competition)
-        if table is None and exp is not None and exp.competition.kind is not None:
-            raise ConfigError(
-                f"competition {exp.competition.name!r} (kind: {exp.competition.kind}): the ensemble stage "
-                "needs -c with its YAML (name or path), or an ensemble --config"
-            )
-        name = args.competition if table or exp is None else exp.competition.name
-        path = default_config(name, "ensemble")
-    return load_ensemble(path, overrides + data_dir_overrides(args), competition=table)
 
 
 def print_run(console: Console, result) -> None:

@@ -1,0 +1,75 @@
+"""Command-line arguments shared by the commands: worker counts, ``--data-dir``, ``--folds``,
+``--quiet`` and the ``--set`` split between an experiment and an ensemble."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from audiotag.errors import ConfigError
+
+CACHE_DEVICES = ("cuda", "cpu")
+QUIET = "--quiet"
+QUIET_HELP = (
+    "no progress bars, for logs (INFO lines kept: one per step or epoch, with ETAs); any command, "
+    "any position; also AUDIOTAG_QUIET=1. Bars are off anyway when stderr is not a terminal"
+)
+
+
+def worker_count(text: str) -> int:
+    """``--workers N``: a whole number, 1 or more (leave the option out for all cores)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of processes, 1 or more, got {text!r} "
+            "(leave --workers out to use all cores)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{value} is not allowed: the feature cache needs 1 or more processes "
+            "(leave --workers out to use all cores)"
+        )
+    return value
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="PATH",
+        help="use the competition's files in place from PATH, without download or copy "
+        "(e.g. /kaggle/input/freesound-audio-tagging; for audioset: your audio folder); "
+        f"same as --set competition.data_dir=PATH{purpose}",
+    )
+
+
+def data_dir_overrides(args: argparse.Namespace) -> list[str]:
+    """``--data-dir PATH`` as a ``competition.data_dir`` override (absolute path), after checking PATH."""
+    if getattr(args, "data_dir", None) is None:
+        return []
+    path = Path(args.data_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+    return [f"competition.data_dir={json.dumps(str(path))}"]
+
+
+ENSEMBLE_PREFIX = "ensemble."  # --set ensemble.KEY=VALUE: the ensemble config; any other key: the experiment
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """``--set`` values for the experiment, and for the ensemble (``ensemble.`` prefix removed)."""
+    experiment = [o for o in overrides if not o.startswith(ENSEMBLE_PREFIX)]
+    ensemble = [o.removeprefix(ENSEMBLE_PREFIX) for o in overrides if o.startswith(ENSEMBLE_PREFIX)]
+    return experiment, ensemble
+
+
+def folds_overrides(args: argparse.Namespace) -> list[str]:
+    if not args.folds:
+        return []
+    try:
+        folds = [int(f) for f in args.folds.split(",") if f.strip()]
+    except ValueError:
+        raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
+    return [f"train.folds={folds}"]

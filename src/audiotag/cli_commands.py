@@ -1,0 +1,166 @@
+"""The commands that run alone and report: ``submit``, ``leaderboard``, ``report`` and ``package``
+(each a parser and a runner, listed in ``cli.COMMANDS``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from audiotag.cli_args import QUIET_HELP, add_data_dir_argument, data_dir_overrides
+from audiotag.cli_configs import default_config, table_competition
+from audiotag.config import load_competition, load_ensemble
+from audiotag.config_files import configs_root
+from audiotag.errors import ConfigError
+from audiotag.log import output_console
+
+
+def build_submit_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag submit",
+        description="Validate a submission CSV against the competition's sample submission, submit it "
+        "through the Kaggle API and record it in submissions/log.jsonl (with its CV and members).",
+    )
+    parser.add_argument("file", type=Path, metavar="FILE", help="e.g. submissions/fsd2018/cnn14.csv")
+    parser.add_argument("--message", "-m", required=True, help="the description Kaggle shows")
+    parser.add_argument(
+        "--competition", "-c", help="competition name (default: from the report beside FILE, or its folder)"
+    )
+    parser.add_argument("--slug", help="Kaggle competition slug (default: the competition's own)")
+    add_data_dir_argument(
+        parser,
+        "; give it when the data was prepared with --data-dir: its sample submission is the one checked",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def run_submit(args: argparse.Namespace) -> None:
+    from audiotag.kaggle_submit import log_path, submit_file
+
+    overrides = [o.removeprefix("competition.") for o in data_dir_overrides(args)]
+    record = submit_file(
+        args.file, args.message, competition=args.competition, slug=args.slug, overrides=overrides
+    )
+    console = output_console()
+    cv = f"CV {record.metric} {record.cv:.4f}" if record.cv is not None else "no CV report"
+    members = " + ".join(record.members) or "-"
+    console.print(
+        f"submitted {args.file} to {record.slug}: {record.reply or 'ok'} (ref {record.ref or '?'})",
+        soft_wrap=True,
+    )
+    console.print(
+        f"{cv}; members: {members}; sha256 {record.sha256[:16]}…; logged in {log_path()}", soft_wrap=True
+    )
+
+
+def build_leaderboard_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag leaderboard",
+        description="Every run (CV per fold, mean ± std, time, device) and every blend or submission "
+        "(CV, public/private LB from the Kaggle API when credentials exist), sorted by CV.",
+    )
+    parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
+    parser.add_argument("--csv", type=Path, metavar="PATH", help="also write the table as CSV")
+    parser.add_argument("--html", type=Path, metavar="PATH", help="also write the table as HTML")
+    parser.add_argument(
+        "--plots",
+        action="store_true",
+        help="draw PNGs: learning curves, per-class AP and confusion matrix of each run and blend "
+        "(in its folder), CV vs LB (submissions/<competition>/cv_vs_lb.png)",
+    )
+    parser.add_argument("--no-lb", action="store_true", help="do not ask Kaggle for the LB scores")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def run_leaderboard(args: argparse.Namespace) -> None:
+    from audiotag.leaderboard import build_leaderboard, print_leaderboard, write_csv, write_html
+
+    console = output_console(220)
+    board = build_leaderboard(args.competition, with_lb=not args.no_lb)
+    print_leaderboard(console, board)
+    if args.csv:
+        console.print(f"csv: {write_csv(board, args.csv)}", soft_wrap=True)
+    if args.html:
+        console.print(f"html: {write_html(board, args.html)}", soft_wrap=True)
+    if args.plots:
+        from audiotag.competitions import get_competition
+        from audiotag.paths import submissions_root
+        from audiotag.plots import plot_all
+
+        comp = get_competition(load_competition(board.competition))
+        for path in plot_all(comp, board.rows, submissions_root() / comp.name):
+            console.print(f"plot: {path}", soft_wrap=True)
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag report",
+        description="Write one self-contained HTML page of a competition's results (opens from a file, "
+        "no network): the leaderboard (sortable), CV vs LB, each ensemble's CV, weights, nested CV, "
+        "per-class AP against its best member and confusion matrix, each run's learning curves and "
+        "config against its experiment file, and the clip statistics with the unusable-audio report.",
+    )
+    parser.add_argument("--competition", "-c", default="demo", help="competition name (default: demo)")
+    parser.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="default: submissions/<competition>/report.html"
+    )
+    parser.add_argument(
+        "--ensemble", metavar="NAME", help="only this ensemble and its members' runs (leaderboard: all)"
+    )
+    parser.add_argument(
+        "--lb", action="store_true", help="read the public/private LB of logged submissions from Kaggle"
+    )
+    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from audiotag.stages.report import write_report
+
+    path = write_report(args.competition, args.output, with_lb=args.lb, ensemble=args.ensemble)
+    output_console().print(f"report: {path}", soft_wrap=True)
+
+
+def build_package_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag package",
+        description="Build a folder for a Kaggle offline inference notebook: our code, the members' "
+        "best.pt of every fold with their configs (a linear probe: each fold's probe.npz and its frozen "
+        "model's weights file), the ensemble config and inference.py.",
+    )
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (replaced if ours)")
+    parser.add_argument(
+        "--competition", "-c", help="competition name (default: the ensemble config's, else demo)"
+    )
+    parser.add_argument(
+        "--ensemble",
+        metavar="NAME",
+        help="ensemble config: a name under configs/ensembles/ or a YAML path (default: the competition's)",
+    )
+    parser.add_argument("--slug", help="Kaggle slug of the data folder /kaggle/input/<slug> (default: own)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def run_package(args: argparse.Namespace) -> None:
+    from audiotag.stages.package import build_package
+
+    if args.ensemble is None:
+        path = default_config(args.competition or "demo", "ensemble")
+    elif Path(args.ensemble).suffix in (".yaml", ".yml"):
+        path = Path(args.ensemble)
+    else:
+        path = configs_root() / "ensembles" / f"{args.ensemble}.yaml"
+    table = table_competition(args.competition)  # a kind: table YAML goes into the generic ensemble
+    cfg = load_ensemble(path, competition=table)
+    if args.competition and table is None and cfg.competition.name != args.competition:
+        raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
+    out = build_package(cfg, args.out_dir, slug=args.slug)
+    Console(stderr=False).print(
+        f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})",
+        soft_wrap=True,
+    )
