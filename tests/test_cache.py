@@ -208,12 +208,15 @@ def test_no_usable_clip_is_an_error(tmp_path: Path) -> None:
     assert not final.exists() and not final.with_name(final.name + ".partial").exists()
 
 
+@pytest.mark.parametrize("device", [None, "cpu"], ids=["worker processes", "threads (--cache-device cpu)"])
 def test_interrupted_build_resumes(
     built: tuple[Path, pd.DataFrame, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    device: str | None,
 ) -> None:
+    """Stopped after 5 clips, then run again (the threads design resuming too): the same cache."""
     root, clips, clean_dir = built
     comp = copy_competition(root, tmp_path)
     append = cache_mod._Writer.append
@@ -225,7 +228,7 @@ def test_interrupted_build_resumes(
 
     monkeypatch.setattr(cache_mod._Writer, "append", append_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        build_cache(clips, comp, CFG, workers=2)
+        build_cache(clips, comp, CFG, workers=2, device=device)
     final = cache_dir_for(comp, CFG)
     staging = final.with_name(final.name + ".partial")
     assert not final.exists()
@@ -233,7 +236,7 @@ def test_interrupted_build_resumes(
 
     monkeypatch.setattr(cache_mod._Writer, "append", append)
     with caplog.at_level(logging.INFO, logger="audiotag.data.cache_build"):
-        build_cache(clips, comp, CFG, workers=1)
+        build_cache(clips, comp, CFG, workers=1 if device is None else 2, device=device)
     assert "resuming after 5 clips" in caplog.text
     assert not staging.exists()
     assert (final / "frames.f16").read_bytes() == (clean_dir / "frames.f16").read_bytes()
@@ -442,9 +445,8 @@ def test_changed_audio_rules_in_the_config_rebuild_the_cache(
     long_clips = set(full.index[full["seconds"] > 1.5])
     assert 0 < len(long_clips) < len(full)
     comp_dir = cache_dir.parents[1]
-    table_and_folds = {
-        p: p.stat().st_mtime_ns for p in [comp_dir / "meta.parquet", *comp_dir.glob("folds/*")]
-    }
+    fold_files = [p for p in comp_dir.glob("folds/*") if p.suffix != ".lock"]  # a lock records its holder
+    table_and_folds = {p: p.stat().st_mtime_ns for p in [comp_dir / "meta.parquet", *fold_files]}
 
     caplog.set_level(logging.INFO)
     cut_dir, cut, short = run("competition.audio_rules.max_seconds=1.5")

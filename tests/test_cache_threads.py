@@ -17,10 +17,9 @@ import torch
 
 from audiotag import cli
 from audiotag.config import AudioRules, FeatureConfig
-from audiotag.data import cache_build as cache_mod
 from audiotag.data import cache_compute
 from audiotag.data.cache_build import build_cache
-from audiotag.data.cache_reader import FeatureCache, cache_dir_for
+from audiotag.data.cache_reader import FeatureCache
 from audiotag.errors import ConfigError
 from tests.test_cache import CFG, N_CLIPS, copy_competition, write_clips
 
@@ -86,37 +85,6 @@ def test_wave_cache_through_threads(tmp_path: Path) -> None:
     comp = copy_competition(tmp_path / "a", tmp_path / "b")
     got = build_cache(clips, comp, cfg, workers=3, device="cpu")
     assert_same_cache(got, want)
-
-
-def test_an_interrupted_threads_build_resumes(
-    reference: tuple[Path, pd.DataFrame, Path],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    root, clips, want = reference
-    comp = copy_competition(root, tmp_path)
-    append = cache_mod._Writer.append
-
-    def append_then_stop(self: cache_mod._Writer, result: cache_compute.ClipResult) -> None:
-        if self.n_done == 5:
-            raise KeyboardInterrupt
-        append(self, result)
-
-    monkeypatch.setattr(cache_mod._Writer, "append", append_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        build_cache(clips, comp, CFG, workers=2, device="cpu")
-    final = cache_dir_for(comp, CFG)
-    staging = final.with_name(final.name + ".partial")
-    assert not final.exists()
-    assert json.loads((staging / "progress.json").read_text())["n_done"] == 5
-
-    monkeypatch.setattr(cache_mod._Writer, "append", append)
-    with caplog.at_level(logging.INFO, logger="audiotag.data.cache_build"):
-        build_cache(clips, comp, CFG, workers=2, device="cpu")
-    assert "resuming after 5 clips" in caplog.text
-    assert not staging.exists()
-    assert_same_cache(final, want)
 
 
 def test_threads_keep_task_order_and_bound_what_is_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
