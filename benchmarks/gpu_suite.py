@@ -143,7 +143,7 @@ def features(suite: Suite, device: torch.device, clips: int) -> None:
 
 def resume(suite: Suite, timeout: float) -> None:
     """The killed-then-resumed runs of the test suite, on this machine's device (CUDA when present)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *RESUME_TESTS]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *RESUME_TESTS]  # each runs
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")]),

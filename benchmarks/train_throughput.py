@@ -82,6 +82,7 @@ class Variant:
     compile: bool = False
     ddp: bool = False
     batch: int | None = None  # None: the model's Setup batch
+    workers: int | None = None  # loader processes; None: the training loop's default (up to 8 on a GPU)
 
 
 VARIANTS = {
@@ -92,6 +93,9 @@ VARIANTS = {
     "wave_bf16_cl": Variant("wave cache, bf16 + channels-last", "wave", "bf16", channels_last=True),
     "wave_bf16_cl_compile": Variant("wave cache, bf16 + channels-last + compile", "wave", "bf16", True, True),
     "bf16_cl_ddp": Variant("bf16 + channels-last, DDP (1 process)", "logmel", "bf16", True, ddp=True),
+    "wave_bf16_cl_w14": Variant(
+        "wave cache, bf16 + channels-last, 14 loader workers", "wave", "bf16", True, workers=14
+    ),
     "bf16_compile_b24": Variant("bf16 + compile, batch 24", "logmel", "bf16", compile=True, batch=24),
     "bf16_compile_b48": Variant("bf16 + compile, batch 48", "logmel", "bf16", compile=True, batch=48),
 }
@@ -265,7 +269,7 @@ def bench_ours(model_name: str, data: Data, variant: Variant, device: torch.devi
         engine = StepEngine(
             model, optimizer, make_scheduler(optimizer, 0, 10**6, 0.01), tc, device, variant.ddp
         )
-        loader = crop_loader(data, variant.cache, device, loader_workers(None, device))
+        loader = crop_loader(data, variant.cache, device, loader_workers(variant.workers, device))
         gen = torch.Generator().manual_seed(0)
         model.train()
 
