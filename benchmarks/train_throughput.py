@@ -83,6 +83,7 @@ class Variant:
     ddp: bool = False
     batch: int | None = None  # None: the model's Setup batch
     workers: int | None = None  # loader processes; None: the training loop's default (up to 8 on a GPU)
+    compile_mode: str = "default"
 
 
 VARIANTS = {
@@ -95,6 +96,13 @@ VARIANTS = {
     "bf16_cl_ddp": Variant("bf16 + channels-last, DDP (1 process)", "logmel", "bf16", True, ddp=True),
     "wave_bf16_cl_w14": Variant(
         "wave cache, bf16 + channels-last, 14 loader workers", "wave", "bf16", True, workers=14
+    ),
+    "bf16_compile_ro": Variant(
+        "bf16 + compile (reduce-overhead: CUDA graphs)",
+        "logmel",
+        "bf16",
+        compile=True,
+        compile_mode="reduce-overhead",
     ),
     "bf16_compile_b24": Variant("bf16 + compile, batch 24", "logmel", "bf16", compile=True, batch=24),
     "bf16_compile_b48": Variant("bf16 + compile, batch 48", "logmel", "bf16", compile=True, batch=48),
@@ -257,7 +265,7 @@ def bench_ours(model_name: str, data: Data, variant: Variant, device: torch.devi
     features = data.features[variant.cache]
     tc = TrainConfig(
         batch_size=data.setup.batch, precision=variant.precision, compile=variant.compile,
-        channels_last=variant.channels_last,
+        channels_last=variant.channels_last, compile_mode=variant.compile_mode,
     )  # fmt: skip
     frames = data.frames("logmel")
     model = build_model(model_config(model_name), features.n_mels, N_CLASSES, frames, features=features)

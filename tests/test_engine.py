@@ -224,3 +224,22 @@ def test_training_crops_travel_as_float16_and_are_widened_exactly() -> None:
     assert x.dtype == torch.float16 and x.shape == (16, 3)
     start = int(np.flatnonzero((frames == x.numpy()[0]).all(axis=1))[0])
     np.testing.assert_array_equal(x.float().numpy(), frames[start : start + 16].astype(np.float32))
+
+
+def test_compile_passes_its_mode_to_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict] = []
+
+    def fake_compile(module: nn.Module, **kwargs) -> nn.Module:
+        seen.append(kwargs)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    cpu = torch.device("cpu")
+    StepEngine(model, optimizer, scheduler, TrainConfig(), cpu)
+    assert seen == []  # compile is off by default
+    StepEngine(model, optimizer, scheduler, TrainConfig(compile=True), cpu)
+    StepEngine(model, optimizer, scheduler, TrainConfig(compile=True, compile_mode="reduce-overhead"), cpu)
+    assert seen == [{"mode": "default"}, {"mode": "reduce-overhead"}]

@@ -66,6 +66,7 @@ RUNTIME_KEYS = {
     "train.num_workers",
     "train.threads",
     "train.compile",
+    "train.compile_mode",
     "train.channels_last",
     "train.checkpoint_every_steps",
     "train.loggers",  # where the numbers are reported, not what they are

@@ -90,7 +90,9 @@ class StepEngine:
         if ddp:  # gradients are averaged across processes in backward()
             ids = [device.index] if device.type == "cuda" else None
             forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.forward_model: nn.Module = torch.compile(forward) if tc.compile else forward
+        self.forward_model: nn.Module = (
+            torch.compile(forward, mode=tc.compile_mode) if tc.compile else forward
+        )
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
