@@ -198,18 +198,13 @@ def byola_case(name: str, tmp: Path) -> Case:
 def aisfx_case(name: str, tmp: Path) -> Case:
     if importlib.util.find_spec("aisfx") is None:
         raise Skip("the aisfx package is not installed (requirements-nodeps.lock): its weights ship in it")
-    from audiotag.config import FeatureConfig
-    from audiotag.config_files import load_group, validate
     from audiotag.data.features import compute_logmel
-    from audiotag.models.cnn14 import CnnConfig
-    from audiotag.models.registry import build_model, load_pretrained
+    from tests import test_golden_aisfx as t
     from tests.golden_weights import load_fixture
 
     fixture = load_fixture(name)
-    features = validate(FeatureConfig, load_group("features", "aisfx_44k_96"), "aisfx_44k_96")
-    cfg = validate(CnnConfig, {**load_group("model", "aisfx"), "pretrained": "aisfx"}, "aisfx")
-    model = build_model(cfg, features.n_mels, 10, frames=100)  # as tests/test_golden_aisfx.py's ``ours``
-    report = load_pretrained(model, cfg, features)
+    features = t.aisfx_features()
+    model, report = t.aisfx_model(features)
     assert report is not None and all(k.startswith("head.") for k in report.missing)
     logmel = np.stack([compute_logmel(w, features) for w in fixture["wave"]])
 
@@ -227,21 +222,11 @@ def aisfx_case(name: str, tmp: Path) -> Case:
 
 
 def timm_case(name: str, tmp: Path) -> Case:
-    from safetensors.torch import save_file
-
-    from audiotag.config import FeatureConfig
-    from audiotag.models.registry import build_model, load_pretrained
-    from audiotag.models.timm_cnn import TimmConfig
-    from tests.golden_weights import fixture_state, load_fixture
+    from tests import test_golden_timm as t
+    from tests.golden_weights import load_fixture
 
     fixture = load_fixture(name)
-    path = tmp / f"{name}.safetensors"
-    save_file(fixture_state(fixture), str(path))
-    cfg = TimmConfig(arch=str(fixture["arch"]), pretrained=str(path))
-    image = torch.from_numpy(fixture["input"])  # (batch, 1, mels, frames)
-    n_mels, frames = image.shape[2:]
-    model = build_model(cfg, n_mels=n_mels, n_classes=5, frames=frames)
-    report = load_pretrained(model, cfg, FeatureConfig(n_mels=n_mels))
+    model, report, image = t.loaded_timm(fixture, tmp / f"{name}.safetensors")
     assert report is not None and report.adapted and not report.unexpected
 
     def forward(m: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -50,16 +50,26 @@ def fixture() -> dict[str, np.ndarray]:
     return load_fixture("aisfx_real")
 
 
+def aisfx_features() -> FeatureConfig:
+    return validate(FeatureConfig, load_group("features", "aisfx_44k_96"), "aisfx_44k_96")
+
+
+def aisfx_model(features: FeatureConfig):
+    """Our aisfx tagger with the wheel's weights through ``load_pretrained``, and the load report
+    (benchmarks/gpu_golden.py builds it the same way)."""
+    cfg = validate(CnnConfig, {**load_group("model", "aisfx"), "pretrained": "aisfx"}, "aisfx")
+    model = build_model(cfg, features.n_mels, 10, frames=100)
+    return model, load_pretrained(model, cfg, features)
+
+
 @pytest.fixture(scope="module")
 def features() -> FeatureConfig:
-    return validate(FeatureConfig, load_group("features", "aisfx_44k_96"), "aisfx_44k_96")
+    return aisfx_features()
 
 
 @pytest.fixture(scope="module")
 def ours(features: FeatureConfig):
-    cfg = validate(CnnConfig, {**load_group("model", "aisfx"), "pretrained": "aisfx"}, "aisfx")
-    model = build_model(cfg, features.n_mels, 10, frames=100)
-    report = load_pretrained(model, cfg, features)
+    model, report = aisfx_model(features)
     assert report is not None and set(report.loaded) == {
         k for k in model.state_dict() if k.startswith("backbone.")
     }

@@ -36,20 +36,25 @@ ARCHS = ("efficientnet_b0", "resnet18")
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
+def loaded_timm(fixture: dict, path: Path):
+    """The fixture's seeded weights saved as a timm ``.safetensors`` file at ``path`` and loaded into
+    our tagger through ``load_pretrained``: the model, the load report and the fixture's input image
+    (benchmarks/gpu_golden.py builds it the same way)."""
+    save_file(fixture_state(fixture), str(path))
+    cfg = TimmConfig(arch=str(fixture["arch"]), pretrained=str(path))
+    image = torch.from_numpy(fixture["input"])  # (batch, 1, mels, frames)
+    n_mels, frames = image.shape[2:]
+    model = build_model(cfg, n_mels=n_mels, n_classes=5, frames=frames)
+    return model, load_pretrained(model, cfg, FeatureConfig(n_mels=n_mels)), image
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @torch.no_grad()
 def test_our_mono_stem_model_matches_timms_own(arch: str, tmp_path: Path) -> None:
     fixture = load_fixture(f"timm_{arch}")
     assert str(fixture["arch"]) == arch
     state = fixture_state(fixture)
-    path = tmp_path / "model.safetensors"
-    save_file(state, str(path))
-
-    cfg = TimmConfig(arch=arch, pretrained=str(path))
-    image = torch.from_numpy(fixture["input"])  # (batch, 1, mels, frames)
-    n_mels, frames = image.shape[2:]
-    model = build_model(cfg, n_mels=n_mels, n_classes=5, frames=frames)
-    report = load_pretrained(model, cfg, FeatureConfig(n_mels=n_mels))
+    model, report, image = loaded_timm(fixture, tmp_path / "model.safetensors")
     stem = str(fixture["stem_key"])
     assert (
         report is not None
