@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,18 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AUDIOTAG_WORKSPACE", str(tmp_path / "competition"))
     monkeypatch.setenv("AUDIOTAG_SUBMISSIONS", str(tmp_path / "submissions"))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A folder for one test module's shared files, removed once the module's tests are done.
+
+    With ``tmp_path_retention_policy = "failed"`` (pyproject) this keeps the suite's disk use near its
+    largest module's rather than the sum of all of them: several write full-size checkpoints (300+ MB).
+    """
+    folder = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def subprocess_env(tmp_path: Path) -> dict[str, str]:

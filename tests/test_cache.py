@@ -51,8 +51,9 @@ def write_clips(root: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, Path]:
-    root = tmp_path_factory.mktemp("competition")
+def built(module_tmp: Path) -> tuple[Path, pd.DataFrame, Path]:
+    root = module_tmp / "competition"
+    root.mkdir()
     clips = write_clips(root)
     return root, clips, build_cache(clips, root, CFG, workers=2)
 

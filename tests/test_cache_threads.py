@@ -38,9 +38,10 @@ def problem_clips(root: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, Path]:
+def reference(module_tmp: Path) -> tuple[Path, pd.DataFrame, Path]:
     """The cache built the default way, by the worker processes."""
-    root = tmp_path_factory.mktemp("competition")
+    root = module_tmp / "competition"
+    root.mkdir()
     clips = problem_clips(root)
     return root, clips, build_cache(clips, root, CFG, workers=2)
 

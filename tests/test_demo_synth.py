@@ -48,13 +48,13 @@ def _generate(root: Path, layout: str, cfg: DemoGeneratorConfig = TINY) -> tuple
 
 
 @pytest.fixture(scope="module")
-def layout2018(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return _generate(tmp_path_factory.mktemp("demo2018"), "2018")
+def layout2018(module_tmp: Path) -> tuple[Path, Path]:
+    return _generate(module_tmp / "demo2018", "2018")
 
 
 @pytest.fixture(scope="module")
-def layout2019(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return _generate(tmp_path_factory.mktemp("demo2019"), "2019")
+def layout2019(module_tmp: Path) -> tuple[Path, Path]:
+    return _generate(module_tmp / "demo2019", "2019")
 
 
 def _header(path: Path) -> list[str]:

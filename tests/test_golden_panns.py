@@ -58,10 +58,9 @@ def official_checkpoint(fixture: dict[str, np.ndarray], path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def checkpoints(module_tmp: Path) -> dict[str, Path]:
     """Each fixture's seeded weights as an official checkpoint file, written once per module."""
-    folder = tmp_path_factory.mktemp("panns")
-    return {name: official_checkpoint(load_fixture(name), folder / f"{name}.pth") for name in CASES}
+    return {name: official_checkpoint(load_fixture(name), module_tmp / f"{name}.pth") for name in CASES}
 
 
 def loaded_model(fixture: dict[str, np.ndarray], name: str, path: Path, **changes) -> torch.nn.Module:

@@ -15,15 +15,15 @@ TINY = DemoGeneratorConfig(train_per_class=3, test_per_class=1, max_duration=1.0
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    comp = get_competition(CompetitionConfig(name="demo", generator=TINY), tmp_path_factory.mktemp("demo"))
+def demo(module_tmp: Path):
+    comp = get_competition(CompetitionConfig(name="demo", generator=TINY), module_tmp / "demo")
     comp.obtain()
     return comp
 
 
 @pytest.fixture(scope="module")
-def demo2019(tmp_path_factory: pytest.TempPathFactory):
-    comp = get_competition(CompetitionConfig(name="demo2019", generator=TINY), tmp_path_factory.mktemp("d19"))
+def demo2019(module_tmp: Path):
+    comp = get_competition(CompetitionConfig(name="demo2019", generator=TINY), module_tmp / "d19")
     comp.obtain()
     return comp
 

@@ -38,9 +38,9 @@ def sources_or_skip(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, realsets.RealSet]:
+def made(module_tmp: Path) -> dict[str, realsets.RealSet]:
     """Each set whose packages are installed, generated once at the tiny size."""
-    root = tmp_path_factory.mktemp("realsets")
+    root = module_tmp / "realsets"
     out = {}
     for name in realsets.SETS:
         try:
