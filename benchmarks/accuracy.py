@@ -283,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     missing = [r for r in args.recipes if not r.is_file()]
     if missing:
         raise SystemExit(f"--recipes: no such file {missing[0]}")
+    partial = [o for o in args.overrides if o.split("=", 1)[0].strip() == "train.folds"]
+    if partial:
+        raise SystemExit(
+            f"--set {partial[0]}: the table scores whole runs (CV over every fold, the test from the "
+            "folds' mean), and a run of some folds writes no metrics.json; train those folds with "
+            "`./run.sh train --set train.folds=[...]` instead, which prints their CV and test score"
+        )
     fold_overrides = ["n_folds=2"] if args.tiny else []
     run_overrides = [*args.overrides, *(["competition.n_folds=2"] if args.tiny else [])]
     rows: list[Row] = []

@@ -15,21 +15,18 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from pathlib import Path
 
 import audiomentations as A
 import numpy as np
 import pandas as pd
+from probe_set import add_set_arguments, load_probe_set
 
 from audiotag.config import FeatureConfig
-from audiotag.config_files import load_group, validate
 from audiotag.data.audio import decode
-from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.features import compute_logmel, make_extractor
-from audiotag.embedding_cache import EmbeddingPlan, embed_clips, plan_embeddings
+from audiotag.embedding_cache import EmbeddingPlan, embed_clips
 from audiotag.metrics import lwlrap
 from audiotag.models.probe import LinearProbeConfig
-from audiotag.models.representation import EmbeddingConfig
 from audiotag.train.probe import fit_path, standardise
 
 C_GRID = [0.001, 0.01, 0.1, 1.0, 10.0]
@@ -77,41 +74,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--set-dir", type=Path, required=True, help="the set (holds hidden/test_truth.csv)")
-    parser.add_argument("--comp-dir", type=Path, required=True, help="its prepared competition folder")
+    add_set_arguments(parser)
     parser.add_argument("--copies", type=int, default=3)
-    parser.add_argument("--layers", default="2,4", help="aisfx layers to fuse, comma-separated, or all")
     args = parser.parse_args()
-    layer_spec = "all" if args.layers == "all" else [int(x) for x in args.layers.split(",")]
-
-    meta = pd.read_parquet(args.comp_dir / "meta.parquet")
-    train = meta[meta["split"] == "train"].reset_index(drop=True)
-    classes = sorted({c for labels in train["labels"] for c in labels})
-    truth = pd.read_csv(args.set_dir / "hidden" / "test_truth.csv")
-    test = meta[meta["split"] == "test"].set_index("clip_id").loc[truth["fname"]].reset_index()
-
-    def one_hot(rows: list) -> np.ndarray:
-        y = np.zeros((len(rows), len(classes)))
-        for i, labels in enumerate(rows):
-            y[i, [classes.index(c) for c in labels]] = 1
-        return y
-
-    y_train, y_test = one_hot(list(train["labels"])), one_hot([s.split(",") for s in truth["labels"]])
-    features = validate(FeatureConfig, load_group("features", "aisfx_44k_96"), "aisfx_44k_96")
-    cache = FeatureCache(next(p for p in (args.comp_dir / "cache").glob("aisfx_44k_96-*") if p.is_dir()))
-    cfg = EmbeddingConfig(weights="aisfx", layers=layer_spec)
-    plan = plan_embeddings(cfg, features, cache, train["clip_id"].tolist())
-    layers = plan.layers()
+    data = load_probe_set(args.set_dir, args.comp_dir, args.layers)
+    x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
     started = time.time()
-    x_train = embed_clips(plan, layers, cache, train["clip_id"].tolist())
-    x_test = embed_clips(plan, layers, cache, test["clip_id"].tolist())
-    print(
-        f"embeddings {x_train.shape} train, {x_test.shape} test in {time.time() - started:.0f} s", flush=True
-    )
-    started = time.time()
-    x_aug = augmented_copies(train, args.copies, features, plan, layers)
+    x_aug = augmented_copies(data.train, args.copies, data.features, data.plan, data.layers)
     print(f"augmented copies {x_aug.shape} in {time.time() - started:.0f} s", flush=True)
-    probe = LinearProbeConfig(embedding=cfg, c_grid=C_GRID)
+    probe = LinearProbeConfig(embedding=data.embedding, c_grid=C_GRID)
     runs = {
         "training clips": (x_train, y_train),
         f"training clips + {args.copies} augmented copies": (

@@ -21,18 +21,12 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from probe_set import add_set_arguments, load_probe_set
 
-from audiotag.config import FeatureConfig
-from audiotag.config_files import load_group, validate
-from audiotag.data.cache_reader import FeatureCache
-from audiotag.embedding_cache import embed_clips, plan_embeddings
 from audiotag.metrics import lwlrap
 from audiotag.models.probe import LinearProbeConfig
-from audiotag.models.representation import EmbeddingConfig
 from audiotag.train.probe import fit_path, standardise
 
 C_GRID = [0.01, 0.1, 1.0, 10.0]
@@ -79,39 +73,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--set-dir", type=Path, required=True, help="the set (holds hidden/test_truth.csv)")
-    parser.add_argument("--comp-dir", type=Path, required=True, help="its prepared competition folder")
-    parser.add_argument("--layers", default="2,4", help="aisfx layers to fuse, comma-separated, or all")
+    add_set_arguments(parser)
     parser.add_argument("--rounds", type=int, default=2, help="self-training refits")
     parser.add_argument("--pl-weight", type=float, default=0.5, help="a test clip's weight in a refit")
     parser.add_argument("--hard", action="store_true", help="hard pseudo-labels instead of the soft scores")
     args = parser.parse_args()
-    layer_spec = "all" if args.layers == "all" else [int(x) for x in args.layers.split(",")]
-
-    meta = pd.read_parquet(args.comp_dir / "meta.parquet")
-    train = meta[meta["split"] == "train"].reset_index(drop=True)
-    classes = sorted({c for labels in train["labels"] for c in labels})
-    truth = pd.read_csv(args.set_dir / "hidden" / "test_truth.csv")
-    test = meta[meta["split"] == "test"].set_index("clip_id").loc[truth["fname"]].reset_index()
-
-    def one_hot(rows: list) -> np.ndarray:
-        y = np.zeros((len(rows), len(classes)))
-        for i, labels in enumerate(rows):
-            y[i, [classes.index(c) for c in labels]] = 1
-        return y
-
-    y_train, y_test = one_hot(list(train["labels"])), one_hot([s.split(",") for s in truth["labels"]])
-    features = validate(FeatureConfig, load_group("features", "aisfx_44k_96"), "aisfx_44k_96")
-    cache = FeatureCache(next(p for p in (args.comp_dir / "cache").glob("aisfx_44k_96-*") if p.is_dir()))
-    cfg = EmbeddingConfig(weights="aisfx", layers=layer_spec)
-    plan = plan_embeddings(cfg, features, cache, train["clip_id"].tolist())
-    layers = plan.layers()
-    started = time.time()
-    x_train = embed_clips(plan, layers, cache, train["clip_id"].tolist())
-    x_test = embed_clips(plan, layers, cache, test["clip_id"].tolist())
-    took = time.time() - started
-    print(f"embeddings {x_train.shape} train, {x_test.shape} test in {took:.0f} s", flush=True)
-    probe = LinearProbeConfig(embedding=cfg, c_grid=C_GRID)
+    data = load_probe_set(args.set_dir, args.comp_dir, args.layers)
+    x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
+    probe = LinearProbeConfig(embedding=data.embedding, c_grid=C_GRID)
     for own in (False, True):
         on_train, on_test = scalers(x_train, x_test, own)
         xs, xt = on_train(x_train), on_test(x_test)

@@ -251,3 +251,12 @@ def test_results_block_goes_into_its_own_section(tmp_path: Path) -> None:
     text = path.read_text()
     assert text.index("### second") < text.index("### third") < text.index("## Later section")
     assert text.endswith("## Later section\n\nalso kept\n")
+
+
+def test_accuracy_refuses_a_run_of_some_folds() -> None:
+    """``--set train.folds=[0]`` would train for minutes and then find no metrics.json: refused first."""
+    import accuracy
+
+    recipe = REPO / "configs" / "experiments" / "table" / "probe_aisfx.yaml"
+    with pytest.raises(SystemExit, match=r"train\.folds=\[0\].*whole runs"):
+        accuracy.main(["--set", "train.folds=[0]", "--recipes", str(recipe), "--work", "/nonexistent"])
