@@ -19,7 +19,7 @@ import time
 import audiomentations as A
 import numpy as np
 import pandas as pd
-from probe_set import add_set_arguments, load_probe_set
+from probe_set import add_set_arguments, by_c, load_probe_set
 
 from audiotag.config import FeatureConfig
 from audiotag.data.audio import decode
@@ -94,10 +94,7 @@ def main() -> None:
         scaler = standardise(x)
         fits = fit_path(scaler.transform(x), y, np.ones(len(x)), probe.c_grid, probe, False, 0)
         scores = [lwlrap(y_test, fitted(scaler.transform(x_test))) for fitted in fits]
-        print(
-            f"{name}: test lwlrap "
-            + ", ".join(f"C={c:g} {s:.4f}" for c, s in zip(probe.c_grid, scores, strict=True))
-        )
+        print(f"{name}: test lwlrap " + by_c(probe.c_grid, scores))
 
 
 if __name__ == "__main__":

@@ -75,3 +75,8 @@ def load_probe_set(set_dir: Path, comp_dir: Path, layers: str) -> ProbeSet:
         plan,
         names,
     )
+
+
+def by_c(grid: list[float], scores: list[float]) -> str:
+    """One score per C of the grid, as the studies print them: ``C=0.01 0.5164, C=0.1 0.5299``."""
+    return ", ".join(f"C={c:g} {s:.4f}" for c, s in zip(grid, scores, strict=True))

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from probe_set import add_set_arguments, load_probe_set
+from probe_set import add_set_arguments, by_c, load_probe_set
 
 from audiotag.metrics import lwlrap
 from audiotag.models.probe import LinearProbeConfig
@@ -87,7 +87,7 @@ def main() -> None:
         name = "own scaler" if own else "train scaler"
         fits = fit_path(xs, y_train, np.ones(len(xs)), C_GRID, probe, False, 0)
         plain = [lwlrap(y_test, fitted(xt)) for fitted in fits]
-        print(f"{name}: " + ", ".join(f"C={c:g} {s:.4f}" for c, s in zip(C_GRID, plain, strict=True)))
+        print(f"{name}: {by_c(C_GRID, plain)}")
         started = time.time()
         selfish = [
             lwlrap(y_test, self_trained(xs, y_train, xt, c, probe, args.rounds, args.pl_weight, args.hard))
@@ -96,7 +96,7 @@ def main() -> None:
         kind = "hard" if args.hard else "soft"
         print(
             f"{name} + self-training ({kind}, {args.rounds} rounds, weight {args.pl_weight:g}): "
-            + ", ".join(f"C={c:g} {s:.4f}" for c, s in zip(C_GRID, selfish, strict=True))
+            + by_c(C_GRID, selfish)
             + f" ({time.time() - started:.0f} s)",
             flush=True,
         )
