@@ -92,6 +92,12 @@ class FeatureConfig(StrictModel):
         description="logmel: torch STFT + mel (PANNs, BYOL-A, aisfx); kaldi_fbank: Kaldi fbank (AST)",
     )
     sample_rate: int = Field(16000, gt=0)
+    resampler: Literal["soxr_hq", "sinc"] = Field(
+        "soxr_hq",
+        description="how clips at other rates are resampled: soxr_hq (soxr's HQ on the CPU, as librosa) or "
+        "sinc (the same filter recipe in torch, run on the device that computes the log-mel: with "
+        "prepare --cache-device cuda the CPU only decodes); a cache built with sinc has its own key",
+    )
     n_fft: int = Field(512, gt=0)
     win_length: int | None = Field(None, gt=0)
     hop_length: int = Field(320, gt=0)
@@ -152,8 +158,9 @@ class FeatureConfig(StrictModel):
         settings["fmax"] = self.fmax or self.sample_rate / 2
         settings["win_length"] = self.win_length or self.n_fft
         settings["code_version"] = FEATURE_CODE_VERSION
-        if settings["center_pad"] == "reflect":  # added later: the default keeps existing cache keys
-            del settings["center_pad"]
+        for field, default in (("center_pad", "reflect"), ("resampler", "soxr_hq")):
+            if settings[field] == default:  # added later: the default keeps existing cache keys
+                del settings[field]
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:10]
 

@@ -32,7 +32,8 @@ the cache, whose clip-list hash includes them, so changing one rebuilds the feat
 - sample rate below the front-end's: resampled, flag ``upsampled`` (no content above the source's
   Nyquist frequency);
 - any other sample rate (8 kHz, 11.025 kHz, 96 kHz, ...): resampled with soxr, no flag; the cache
-  index keeps the source rate;
+  index keeps the source rate (``features.resampler: sinc`` resamples with ``data/resample.py``
+  instead, on the device that computes the log-mel);
 - several channels: their mean, no flag;
 - a segment of the file (``start``/``end`` seconds: a table's ``start_column``/``end_column``): only
   its frames are decoded (a seek, then resampling of the segment) and the rules above apply to the
@@ -97,6 +98,7 @@ class Decoded:
     seconds: float  # decoded length at the source rate, after any cut
     flags: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # one human-readable line per flag
+    rate: int = 0  # the wave's sample rate: the target rate, or the source's when not resampled
 
     @property
     def status(self) -> str:
@@ -114,8 +116,12 @@ def decode(
     rules: AudioRules = DEFAULT_RULES,
     start: float | None = None,
     end: float | None = None,
+    resample: bool = True,
 ) -> Decoded:
     """Decode ``path`` to mono float32 at ``target_sr`` following the rules in the module docstring.
+
+    ``resample=False`` leaves the wave at the file's own rate (``Decoded.rate``) for a resampler that
+    runs elsewhere (``data/resample.py`` on the log-mel's device); the rules and flags are the same.
 
     ``start``/``end`` (seconds; None: the file's beginning / end) decode only that segment: the
     frames ``round(start * rate)`` to ``round(end * rate)`` at the file's own rate, then resampled, so
@@ -183,12 +189,13 @@ def decode(
         flags["silent"] = f"peak amplitude {peak:.3g}"
     if rate < target_sr:
         flags["upsampled"] = f"source rate {rate} Hz: no content above {rate // 2} Hz"
-    if rate != target_sr:
+    if rate != target_sr and resample:
         wave = soxr.resample(wave, rate, target_sr, quality="HQ")
     ordered = [flag for flag in FLAGS if flag in flags]
     return Decoded(
         wave=np.ascontiguousarray(wave, dtype=np.float32),
         source_rate=rate,
+        rate=target_sr if resample else rate,
         channels=channels,
         seconds=seconds,
         flags=tuple(ordered),

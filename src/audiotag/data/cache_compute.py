@@ -9,9 +9,10 @@ undecodable. Workers keep freed memory (``keep_freed_memory``): page faults were
 
 ``_compute_threads`` is the opt-in alternative (``build_cache(..., device=...)``): threads of this
 process decode and resample (soundfile and soxr release the GIL) and the calling thread computes the
-log-mel on ``device`` (a GPU, or the CPU), so no wave crosses a process boundary. The results are
-the same as the pool's (byte-equal on the CPU), but a decoder that crashes kills the whole process
-(a rerun resumes from the last progress record).
+log-mel on ``device`` (a GPU, or the CPU), so no wave crosses a process boundary. With
+``features.resampler: sinc`` the threads only decode: the calling thread resamples on ``device`` too.
+The results are the same as the pool's (byte-equal on the CPU), but a decoder that crashes kills the
+whole process (a rerun resumes from the last progress record).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from audiotag.data.cache_reader import (
     ZERO_FILLED,
 )
 from audiotag.data.features import compute_logmel, make_extractor
+from audiotag.data.resample import resample
 from audiotag.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ def decode_clip(
 ) -> Decoded | Failure:
     """The first half of ``compute_clip``: the decoded clip, or why it is unusable; never raises."""
     try:
-        return decode(path, cfg.sample_rate, rules, start, end)
+        return decode(path, cfg.sample_rate, rules, start, end, resample=cfg.resampler == "soxr_hq")
     except Exception as exc:
         return _failure(exc)
 
@@ -122,7 +124,7 @@ def clip_result(
     result of unusable audio; never raises."""
     if not isinstance(decoded, Failure):
         try:
-            frames = _features(decoded.wave, path, cfg, extractor)
+            frames = _features(decoded.wave, decoded.rate, path, cfg, extractor)
             return ClipResult(
                 frames, decoded.status, decoded.reason, decoded.source_rate, round(decoded.seconds, 4)
             )
@@ -146,14 +148,28 @@ def unusable_result(
     if not is_test:
         return ClipResult(None, SKIPPED, reason, 0, 0.0)
     zeros = np.zeros(max(1, round(rules.fill_seconds * cfg.sample_rate)), dtype=np.float32)
-    return ClipResult(_features(zeros, "zeros", cfg, extractor), ZERO_FILLED, reason, 0, 0.0)
+    frames = _features(zeros, cfg.sample_rate, "zeros", cfg, extractor)
+    return ClipResult(frames, ZERO_FILLED, reason, 0, 0.0)
 
 
-def _features(wave: np.ndarray, path: str, cfg: FeatureConfig, extractor: torch.nn.Module) -> np.ndarray:
+def _features(
+    wave: np.ndarray, rate: int, path: str, cfg: FeatureConfig, extractor: torch.nn.Module
+) -> np.ndarray:
+    if rate != cfg.sample_rate:  # features.resampler: sinc, on the extractor's device
+        with torch.inference_mode():
+            device = next(iter(extractor.buffers())).device
+            resampled = resample(torch.from_numpy(wave).to(device), rate, cfg.sample_rate)
+            if cfg.cache == "wave":
+                return _checked(resampled.to(torch.float16).cpu().numpy()[:, None], wave, path)
+            return _checked(extractor(resampled[None])[0].to(torch.float16).cpu().numpy(), wave, path)
     if cfg.cache == "wave":  # the model's front-end computes the log-mel on the training device
         frames = np.asarray(wave, dtype=DTYPE)[:, None]
     else:
         frames = compute_logmel(wave, cfg, extractor).astype(DTYPE)
+    return _checked(frames, wave, path)
+
+
+def _checked(frames: np.ndarray, wave: np.ndarray, path: str) -> np.ndarray:
     if not np.isfinite(frames).all():  # e.g. float samples so large that their power overflows
         peak = float(np.max(np.abs(wave))) if wave.size else 0.0
         raise UnusableAudio(path, UNDECODABLE, f"log-mel is not finite (sample peak {peak:.3g})")
@@ -212,13 +228,15 @@ def _compute_threads(
     pool = ThreadPoolExecutor(threads, thread_name_prefix="audiotag-decode")
     try:
         extractor = make_extractor(cfg).to(device)
-        wave = cfg.cache == "wave"
+        # a wave cache needs no log-mel: the whole clip in the decoding thread, unless the resampling
+        # is this thread's (features.resampler: sinc, on the device)
+        wave = cfg.cache == "wave" and cfg.resampler == "soxr_hq"
         remaining = (Task(*task) for task in tasks)
         ahead = threads * CLIPS_PER_THREAD
         pending: deque[tuple[Task, Future[Decoded | Failure | ClipResult]]] = deque()
         while True:
             for task in itertools.islice(remaining, ahead - len(pending)):
-                if wave:  # no device work: the whole clip in the decoding thread
+                if wave:
                     future = pool.submit(_run, task, cfg, extractor, rules)
                 else:
                     future = pool.submit(decode_clip, task.path, cfg, rules, task.start, task.end)
