@@ -15,7 +15,11 @@ each the median clips/s of ``--passes`` passes after one untimed warm-up pass:
   (end to end: fingerprints, writing the cache, index and report; the fork server is started in the
   warm-up pass);
 - threads: ``build_cache(..., device=DEVICE)`` with N decoding threads (N = the usable cores, 2 and
-  1: one decoding thread and the log-mel thread are 2 cores without any scaling).
+  1: one decoding thread and the log-mel thread are 2 cores without any scaling), once per
+  ``--resamplers`` value: ``soxr_hq`` resamples in the decoding threads, ``sinc``
+  (``data/resample.py``) on DEVICE with the log-mel, so the threads only decode; before the sinc
+  rows, the CPU time of decoding alone (one thread, no resampling) is printed: the CPU's share of
+  a clip in that design.
 
 ``ratio_vs_librosa`` is clips/s over librosa's; ``cores_used`` counts the workers, or the decoding
 threads plus the thread that computes the log-mel (at most the usable cores); ``per_core_ratio`` is
@@ -23,8 +27,8 @@ the ratio divided by ``cores_used`` and ``ratio_at_2_cores`` the ratio scaled to
 (ratio x 2 / cores_used: the issue's goal is >= 5x there). ``cpu_s_per_clip`` is this process's CPU
 time per clip (all its threads; not measurable for the pool, whose workers are not our children) and
 ``cores_busy`` that CPU time over the wall time.
-At the end the last caches are compared with the pool's: byte-equal on the CPU; on a GPU (cuFFT)
-the largest difference in dB is printed.
+At the end the last caches are compared with the pool's: byte-equal on the CPU with soxr_hq; on a GPU
+(cuFFT), or with sinc (another resampler), the largest difference in dB is printed.
 """
 
 from __future__ import annotations
@@ -113,8 +117,13 @@ def run(
     threads: list[int] | None = None,
     passes: int = 3,
     workdir: Path | None = None,
+    resamplers: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure every row (see the module docstring); ``out(row)`` is called after each one."""
+    """Measure every row (see the module docstring); ``out(row)`` is called after each one.
+
+    ``resamplers``: the threads rows' ``features.resampler`` values (default: soxr_hq, and sinc too
+    on a GPU; sinc on the CPU is a slow conv1d, not meant for speed there).
+    """
     import soundfile as sf
 
     from audiotag.data.cache_build import build_cache, check_cache_device
@@ -126,6 +135,7 @@ def run(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = check_cache_device(device) or "cpu"
     cfg = _features()
+    resamplers = resamplers or (["soxr_hq", "sinc"] if device.startswith("cuda") else ["soxr_hq"])
     cores = usable_cores()
     threads = sorted({t for t in (threads or [cores, 2, 1]) if t >= 1}, reverse=True)
     rows: list[dict[str, Any]] = []
@@ -174,10 +184,10 @@ def run(
             rate, cpu = _time_passes(librosa_pass, passes, n_clips, "cpu")
         emit("librosa, 1 process", 1, 1, rate, cpu, how)
 
-        def build(name: str, **kwargs: Any) -> Callable[[int], None]:
+        def build(name: str, features: Any = cfg, **kwargs: Any) -> Callable[[int], None]:
             def one_pass(i: int) -> None:
                 folder = root / f"{name}-{i}"
-                build_cache(clips, folder, cfg, **kwargs)
+                build_cache(clips, folder, features, **kwargs)
                 _sync(device)
                 if i < passes - 1:  # the last one is kept for the comparison
                     shutil.rmtree(folder)
@@ -188,21 +198,46 @@ def run(
         rate, _ = _time_passes(build("pool", workers=cores), passes, n_clips, "cpu")
         emit("build_cache, worker processes", cores, cores, rate, None, "crash-isolated (default)")
 
-        # (c) the threads design
-        for n in threads:
-            name = f"threads{n}"
-            rate, cpu = _time_passes(build(name, workers=n, device=device), passes, n_clips, device)
-            note = f"log-mel on {device}; {cpu * rate:.1f} cores busy (measured)"
-            emit(f"build_cache, threads + {device}", n, min(cores, n + 1), rate, cpu, note)
+        # (c) the decoding threads' share per clip when the resampling is the device's (sinc)
+        if "sinc" in resamplers:
+            from audiotag.data.audio import decode
+
+            def decode_pass(i: int) -> None:
+                for p in paths if i >= 0 else paths[:4]:
+                    decode(p, cfg.sample_rate, resample=False)
+
+            rate, cpu = _time_passes(decode_pass, passes, n_clips, "cpu")
+            print(
+                f"decoding alone, no resampling (the CPU's share with sinc): {cpu * 1000:.2f} ms CPU a clip"
+            )
+            if out is not None:
+                out({"path": "decode only, 1 thread", "cpu_s_per_clip": round(cpu, 5), "clips_per_s": rate})
+
+        # (d) the threads design, per resampler
+        for resampler in resamplers:
+            rcfg = cfg.model_copy(update={"resampler": resampler})
+            for n in threads:
+                name = f"threads{n}-{resampler}"
+                one = build(name, workers=n, device=device, features=rcfg)
+                rate, cpu = _time_passes(one, passes, n_clips, device)
+                note = f"{resampler}; log-mel on {device}; {cpu * rate:.1f} cores busy (measured)"
+                emit(f"build_cache, threads + {device}", n, min(cores, n + 1), rate, cpu, note)
 
         reference = cache_dir_for(root / f"pool-{passes - 1}", cfg) / "frames.f16"
         want = np.fromfile(reference, dtype=np.float16).astype(np.float32)
-        for n in threads:
-            got_path = cache_dir_for(root / f"threads{n}-{passes - 1}", cfg) / "frames.f16"
-            same = got_path.read_bytes() == reference.read_bytes()
-            got = np.fromfile(got_path, dtype=np.float16).astype(np.float32)
-            diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("nan")
-            print(f"threads {n} on {device} vs the pool's cache: byte-equal {same}, max |diff| {diff:.3g} dB")
+        for resampler in resamplers:
+            rcfg = cfg.model_copy(update={"resampler": resampler})
+            for n in threads:
+                got_path = cache_dir_for(root / f"threads{n}-{resampler}-{passes - 1}", rcfg) / "frames.f16"
+                same = got_path.read_bytes() == reference.read_bytes()
+                got = np.fromfile(got_path, dtype=np.float16).astype(np.float32)
+                if got.shape == want.shape:
+                    diff = np.abs(got - want)
+                    big = float(np.mean(diff > 0.1))
+                    text = f"max |diff| {float(diff.max()):.3g} dB, {big:.2%} of values over 0.1 dB"
+                else:
+                    text = f"shapes differ ({got.shape} vs {want.shape})"
+                print(f"threads {n}, {resampler}, on {device} vs the pool's cache: byte-equal {same}, {text}")
     threaded = [r for r in rows if r["path"].startswith("build_cache, threads")]
     best = max(threaded, key=lambda r: r["ratio_at_2_cores"])
     verdict = "met" if best["ratio_at_2_cores"] >= GOAL else "not met"
@@ -230,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, nargs="+", help="decoding threads per threads row (default: all cores, 2, 1)"
     )
     parser.add_argument("--passes", type=int, default=3, help="timed passes per row (the median is reported)")
+    parser.add_argument(
+        "--resamplers",
+        nargs="+",
+        choices=["soxr_hq", "sinc"],
+        help="features.resampler of the threads rows (default: soxr_hq, and sinc on a GPU)",
+    )
     parser.add_argument("--jsonl", type=Path, help="append each row to this file as one JSON line")
     args = parser.parse_args(argv)
 
@@ -252,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             with open(args.jsonl, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
 
-    run(args.device, args.clips, write, args.threads, args.passes)
+    run(args.device, args.clips, write, args.threads, args.passes, resamplers=args.resamplers)
 
 
 if __name__ == "__main__":

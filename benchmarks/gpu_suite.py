@@ -135,10 +135,10 @@ def golden(suite: Suite, device: torch.device) -> None:
     gpu_golden.run(str(device), out=lambda r: suite.emit("golden bf16", r))
 
 
-def features(suite: Suite, device: torch.device, clips: int) -> None:
+def features(suite: Suite, device: torch.device, clips: int, resamplers: list[str] | None) -> None:
     import gpu_features
 
-    gpu_features.run(str(device), clips, out=lambda r: suite.emit("feature cache", r))
+    gpu_features.run(str(device), clips, out=lambda r: suite.emit("feature cache", r), resamplers=resamplers)
 
 
 def resume(suite: Suite, timeout: float) -> None:
@@ -191,11 +191,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--compile-warmup", type=int, default=2)
     parser.add_argument("--feature-clips", type=int, default=400)
+    parser.add_argument(
+        "--feature-resamplers", nargs="+", default=None, help="gpu_features.py's --resamplers"
+    )
     parser.add_argument("--resume-timeout", type=float, default=300.0, help="seconds for the resume tests")
     args = parser.parse_args()
     if args.smoke:
         args.models, args.clips, args.clip_seconds, args.steps, args.warmup = ["cnn_small"], 24, 3.0, 2, 1
         args.compile_warmup, args.feature_clips = 1, 40
+        args.feature_resamplers = args.feature_resamplers or ["soxr_hq", "sinc"]
         args.variants = args.variants or ["fp32", "bf16", "wave_bf16_cl", "bf16_cl_ddp"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     suite = Suite(args.out, args.budget)
@@ -214,7 +218,11 @@ def main() -> None:
         elif section == "golden":
             suite.section("golden bf16", 0.66, lambda: golden(suite, device))
         elif section == "features":
-            suite.section("feature cache", 0.74, lambda: features(suite, device, args.feature_clips))
+            suite.section(
+                "feature cache",
+                0.74,
+                lambda: features(suite, device, args.feature_clips, args.feature_resamplers),
+            )
         elif section == "resume":
             left = min(args.resume_timeout, max(60.0, args.budget + 15 - suite.elapsed()))
             suite.section("exact resume", 0.8, lambda t=left: resume(suite, t))

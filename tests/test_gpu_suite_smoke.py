@@ -30,4 +30,6 @@ def test_gpu_suite_smoke_run_streams_every_section(tmp_path: Path) -> None:
     golden = [r for r in rows if r["section"] == "golden bf16" and r.get("pass") is not None]
     assert golden and all(r["pass"] for r in golden)
     assert [r for r in rows if r["section"] == "feature cache" and r.get("clips_per_s", 0) > 0]
+    threads = [r.get("note", "") for r in rows if r.get("path", "").startswith("build_cache, threads")]
+    assert {note.split(";")[0] for note in threads} == {"soxr_hq", "sinc"}
     assert rows[-1]["section"] == "suite" and rows[-1]["status"] == "done"
