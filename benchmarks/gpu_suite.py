@@ -4,7 +4,9 @@ and exact resume on CUDA.
 
 Every result is one JSON line in ``OUT/gpu_suite.jsonl``, written as soon as it is measured, so a run
 stopped by its time limit still returns what it measured; ``OUT/gpu_suite.log`` holds the full
-output. Sections run in order of priority, each skipped once the time budget is spent.
+output. Sections run in the order given (``--sections``); each is skipped when less than its
+minimum time (``MIN_SECONDS``) plus that of the sections after it is left of ``--budget``, and the
+models of ``train`` share what the later sections leave (see ``limits``).
 
     python benchmarks/gpu_suite.py --out $OUT --budget 560           # on the GPU machine
     .venv/bin/python benchmarks/gpu_suite.py --out /tmp/suite --smoke   # here: every section, tiny
@@ -35,6 +37,9 @@ RESUME_TESTS = [
 ]
 
 
+# the least time a section needs to be worth starting (seconds)
+MIN_SECONDS = {"train": 60.0, "golden": 40.0, "features": 60.0, "resume": 60.0}
+
 # compile last: it is the slowest to start and the first to go when time runs short
 MODEL_VARIANTS = {
     "cnn14": [
@@ -61,9 +66,9 @@ class Suite:
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def deadline(self, share: float) -> float:
-        """time.monotonic() at which ``share`` of the budget is spent."""
-        return self.start + share * self.budget
+    def end(self) -> float:
+        """time.monotonic() at which the budget is spent."""
+        return self.start + self.budget
 
     def emit(self, section: str, row: dict) -> None:
         row = {"section": section, "t": round(self.elapsed(), 1), **row}
@@ -71,9 +76,9 @@ class Suite:
         self.jsonl.flush()
         print(json.dumps(row, default=str), flush=True)
 
-    def section(self, name: str, until: float, body: Callable[[], None]) -> None:
-        """Run ``body`` unless the budget share ``until`` is already spent; errors become rows."""
-        if time.monotonic() > self.deadline(until):
+    def section(self, name: str, start_by: float, body: Callable[[], None]) -> None:
+        """Run ``body`` unless time.monotonic() is past ``start_by``; errors become rows."""
+        if time.monotonic() > start_by:
             self.emit(name, {"skipped": f"time budget ({self.elapsed():.0f} s spent)"})
             return
         started = time.monotonic()
@@ -125,7 +130,7 @@ def throughput(
         variants,
         ns,
         out=lambda r: suite.emit(f"train {model}", r),
-        deadline=suite.deadline(until),
+        deadline=until,
     )
 
 
@@ -165,6 +170,35 @@ def resume(suite: Suite, timeout: float) -> None:
     })  # fmt: skip
 
 
+def schedule(sections: list[str], models: list[str]) -> list[tuple[str, str, str | None]]:
+    """(name, kind, model) per section in the order given; ``train`` is one section per model."""
+    names = {"golden": "golden bf16", "features": "feature cache", "resume": "exact resume"}
+    plan: list[tuple[str, str, str | None]] = []
+    for section in sections:
+        if section == "train":
+            plan += [(f"train {m}", "train", m) for m in models]
+        else:
+            plan.append((names[section], section, None))
+    return plan
+
+
+def limits(plan: list[tuple[str, str, str | None]], i: int, now: float, end: float) -> tuple[float, float]:
+    """(start by, until) for section ``i`` of ``plan`` at time ``now``, the budget ending at ``end``.
+
+    It must start while its own ``MIN_SECONDS`` and those of the sections after it are left, and end
+    (a training section: start its last variant) before the later ones are owed their minimum; the
+    models of ``train`` share equally what the other later sections leave.
+    """
+    kind = plan[i][1]
+    later = [k for _, k, _ in plan[i + 1 :]]
+    until = end - sum(MIN_SECONDS[k] for k in later)
+    start_by = until - MIN_SECONDS[kind]
+    if kind == "train":
+        others = sum(MIN_SECONDS[k] for k in later if k != "train")
+        until = min(until, now + (end - others - now) / (1 + later.count("train")))
+    return start_by, until
+
+
 def model_variants(args: argparse.Namespace, model: str) -> list[str] | None:
     """``--model-variants MODEL=a,b`` for that model, else ``--variants``, else MODEL_VARIANTS."""
     for item in args.model_variants:
@@ -181,7 +215,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu_suite")))
     parser.add_argument("--budget", type=float, default=560.0, help="seconds for the whole suite")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on a CPU")
-    parser.add_argument("--sections", nargs="+", default=["train", "golden", "features", "resume"])
+    parser.add_argument(
+        "--sections", nargs="+", choices=list(MIN_SECONDS), default=["train", "golden", "features", "resume"]
+    )
     parser.add_argument("--models", nargs="+", default=["cnn14", "ast_base"])
     parser.add_argument("--variants", nargs="+", default=None)
     parser.add_argument("--model-variants", nargs="+", default=[], help="MODEL=variant,variant ...")
@@ -204,28 +240,23 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     suite = Suite(args.out, args.budget)
     environment(suite, device)
-    # each section's share of the budget by which it must start (train: and its last variant)
-    for section in args.sections:  # in the order given
-        if section == "train":
-            for i, model in enumerate(args.models):
-                start_by, until = (0.2, 0.3) if i == 0 else (0.38, 0.56)
-                variants = model_variants(args, model)
-                suite.section(
-                    f"train {model}",
-                    start_by,
-                    lambda m=model, v=variants, u=until: throughput(suite, device, m, v, args, u),
-                )
-        elif section == "golden":
-            suite.section("golden bf16", 0.66, lambda: golden(suite, device))
-        elif section == "features":
+    plan = schedule(args.sections, args.models)
+    for i, (name, kind, model) in enumerate(plan):
+        start_by, until = limits(plan, i, time.monotonic(), suite.end())
+        if kind == "train":
+            variants = model_variants(args, model)
             suite.section(
-                "feature cache",
-                0.74,
-                lambda: features(suite, device, args.feature_clips, args.feature_resamplers),
+                name, start_by, lambda m=model, v=variants, u=until: throughput(suite, device, m, v, args, u)
             )
-        elif section == "resume":
-            left = min(args.resume_timeout, max(60.0, args.budget + 15 - suite.elapsed()))
-            suite.section("exact resume", 0.8, lambda t=left: resume(suite, t))
+        elif kind == "golden":
+            suite.section(name, start_by, lambda: golden(suite, device))
+        elif kind == "features":
+            suite.section(
+                name, start_by, lambda: features(suite, device, args.feature_clips, args.feature_resamplers)
+            )
+        else:
+            left = min(args.resume_timeout, max(MIN_SECONDS["resume"], until - time.monotonic()))
+            suite.section(name, start_by, lambda t=left: resume(suite, t))
     suite.emit("suite", {"status": "done", "seconds": round(suite.elapsed(), 1)})
 
 

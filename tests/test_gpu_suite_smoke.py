@@ -33,3 +33,26 @@ def test_gpu_suite_smoke_run_streams_every_section(tmp_path: Path) -> None:
     threads = [r.get("note", "") for r in rows if r.get("path", "").startswith("build_cache, threads")]
     assert {note.split(";")[0] for note in threads} == {"soxr_hq", "sinc"}
     assert rows[-1]["section"] == "suite" and rows[-1]["status"] == "done"
+
+
+def test_the_suite_budget_keeps_each_later_section_its_minimum() -> None:
+    """Any order of --sections: a section starts only while it and the later ones fit, and the
+    models of ``train`` share what the later sections leave (the GPU run had resume first)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_suite as g
+
+    plan = g.schedule(["resume", "train", "features"], ["cnn14", "ast_base"])
+    assert [kind for _, kind, _ in plan] == ["resume", "train", "train", "features"]
+    mins = g.MIN_SECONDS
+    end = 420.0
+    start_by, until = g.limits(plan, 0, 0.0, end)
+    assert until == end - 2 * mins["train"] - mins["features"] and start_by == until - mins["resume"]
+    # resume took 150 s: the two models share the 420 - 150 - 60 s left before the feature section
+    _, cnn_until = g.limits(plan, 1, 150.0, end)
+    assert cnn_until == 150.0 + (end - mins["features"] - 150.0) / 2
+    start_by, ast_until = g.limits(plan, 2, cnn_until, end)
+    assert ast_until == end - mins["features"] and start_by == ast_until - mins["train"]
+    start_by, until = g.limits(plan, 3, ast_until, end)
+    assert (start_by, until) == (end - mins["features"], end)

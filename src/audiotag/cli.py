@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="prepare (only): build the feature cache with --workers threads decoding in this process "
         "and the log-mel computed on this device (same cache), instead of worker processes; measured "
         "on an H100 machine: faster per core, slower on 16 cores (benchmarks/RESULTS.md). A decoder "
-        "that crashes then stops the build (rerun to resume from where it stopped)",
+        "that crashes then stops the build (rerun to resume from where it stopped). With --set "
+        "features.resampler=sinc the device resamples too, so the threads only decode (a cache of its own)",
     )
     add_data_dir_argument(parser)
     parser.add_argument("--verbose", "-v", action="store_true")

@@ -146,8 +146,13 @@ def build_cache(
         how = (
             f"{workers} worker process(es)"
             if device is None
-            else f"{workers} decoding thread(s), log-mel on {device} in this process (no crash isolation)"
+            else f"{workers} decoding thread(s), {_device_work(cfg, device)} (no crash isolation)"
         )
+        if device is not None and device.startswith("cuda") and cfg.resampler == "soxr_hq":
+            log.info(
+                "feature cache: soxr resamples on the CPU in the decoding threads; with --set "
+                "features.resampler=sinc the GPU resamples too (a cache of its own, within 0.1 dB)"
+            )
         log.info(
             "feature cache: %d clips, %s, %s -> %s",
             len(order),
@@ -162,6 +167,15 @@ def build_cache(
     log.info("feature cache: wrote %s in %.1f s", final, time.monotonic() - start)
     log.log(_summary_level(manifest), "feature cache: %s", summary_text(final, manifest))
     return final
+
+
+def _device_work(cfg: FeatureConfig, device: str) -> str:
+    """What the threads design computes on ``device`` in this process, for the log."""
+    if cfg.resampler == "sinc":
+        return f"resampling{' and log-mel' if cfg.cache == 'logmel' else ''} on {device} in this process"
+    if cfg.cache == "wave":
+        return "the float16 wave in the threads"
+    return f"log-mel on {device} in this process"
 
 
 def check_cache_device(device: str | None) -> str | None:
