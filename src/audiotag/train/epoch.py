@@ -24,6 +24,9 @@ from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine
 from audiotag.train.losses import training_loss
 
+READ_EVERY = 20  # steps between reading the loss back from the device (LossTally)
+TRAIN_HINT = "Lower train.lr, set train.grad_clip_norm"
+
 # What a seed is for, so that the streams of one (seed, fold) never coincide.
 EPOCH_STREAM, INIT_STREAM, CROP_STREAM, DROPOUT_STREAM, AUGMENT_STREAM = 0, 1, 2, 3, 4
 SPEC_LIB_STREAM = 5  # train.spec_augment_lib's per-clip draws
@@ -129,6 +132,7 @@ def train_one_epoch(
     total, count = 0.0, 0
     if partial:
         total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
+    tally = LossTally(total, count, device)
     bar = progress(
         loader, desc=f"fold {fold} epoch {epoch + 1}", unit="batch", initial=start, total=len(batches)
     )
@@ -150,20 +154,55 @@ def train_one_epoch(
                 engine.forward_model(x) if mask_where == "input" else engine.forward_model(x, spec_keep=keep)
             )
         loss = training_loss(logits.float(), y, w, tc.loss, tc.noisy_loss)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"fold {fold}: loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good "
-                "checkpoint is kept. Lower train.lr, set train.grad_clip_norm, or check the features for NaN"
-            )
+        tally.add(loss, x.shape[0], step)
         stepped = engine.backward(loss)
-        total += loss.item() * x.shape[0]
-        count += x.shape[0]
-        bar.set_postfix(loss=f"{total / count:.4f}")
         every = tc.checkpoint_every_steps
         remaining = len(batches) - step - 1
         if save_partial and every and stepped and remaining and (engine.steps_taken % every == 0):
+            total, count = tally.read(
+                f"fold {fold}", epoch
+            )  # a non-finite loss stops before anything is saved
             own = rank_progress(total, count, aug, device)
             ranks = ctx.gather(own) if ctx.ddp else [own]  # all DDP ranks reach this step together
             save_partial({"epoch": epoch, "batch": step + 1, "ranks": ranks})
+        elif (step + 1 - start) % READ_EVERY == 0:
+            total, count = tally.read(f"fold {fold}", epoch)
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+    total, count = tally.read(f"fold {fold}", epoch)
     engine.flush()
     return total / max(count, 1)
+
+
+class LossTally:
+    """The epoch's loss sum, kept on the training device and read back every ``READ_EVERY`` steps.
+
+    Reading a GPU's loss each step (``loss.item()``) makes the CPU wait for the GPU to finish the
+    step, so it cannot queue the next one meanwhile. The sum is float64, as Python's float was. A
+    non-finite loss is remembered (its first step and value) and raised at the next read, which
+    comes before any checkpoint is written: the weights it reached are never saved.
+    """
+
+    def __init__(self, total: float, count: int, device: torch.device, hint: str = TRAIN_HINT) -> None:
+        self.hint = hint
+        self.total = torch.tensor(total, dtype=torch.float64, device=device)
+        self.count = count
+        self.bad_step = torch.tensor(-1, dtype=torch.long, device=device)
+        self.bad_value = torch.tensor(0.0, dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, n: int, step: int) -> None:
+        value = loss.detach().double()
+        first = ~torch.isfinite(value) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_value = torch.where(first, value, self.bad_value)
+        self.total += value * n
+        self.count += n
+
+    def read(self, who: str, epoch: int) -> tuple[float, int]:
+        """(loss sum, samples) so far; TrainingError naming ``who`` when a loss was not finite."""
+        bad_step = int(self.bad_step)
+        if bad_step >= 0:
+            raise TrainingError(
+                f"{who}: loss became {float(self.bad_value)} at epoch {epoch + 1}, step {bad_step}; the last "
+                f"good checkpoint is kept. {self.hint}, or check the features for NaN"
+            )
+        return float(self.total), self.count

@@ -51,6 +51,8 @@ from audiotag.train.epoch import (
     CROP_STREAM,
     DROPOUT_STREAM,
     INIT_STREAM,
+    READ_EVERY,
+    LossTally,
     epoch_batches,
     epoch_seed,
     loader_workers,
@@ -235,6 +237,7 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
     total, count = 0.0, 0
     if partial:
         total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
+    tally = LossTally(total, count, device, hint="Lower lr, set grad_clip_norm")
     seen = 0
     mean, std = run.norm.mean, run.norm.std
     bar = progress(
@@ -248,22 +251,20 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
             predictions = run.engine.forward_model(first, second)
             projections = target_projections(run.target, first, second)
         loss = byol_loss(predictions, projections)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"pretrain: loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good "
-                "checkpoint is kept. Lower lr, set grad_clip_norm, or check the features for NaN"
-            )
+        tally.add(loss, x.shape[0], step)  # read back every few steps: see LossTally
         if run.engine.backward(loss):
             ema_update(run.target, run.online.branch, cfg.ema_decay)
-        total += loss.item() * x.shape[0]
-        count += x.shape[0]
         seen += x.shape[0]
-        bar.set_postfix(loss=f"{total / count:.4f}")
         every, remaining = cfg.checkpoint_every_steps, len(batches) - step - 1
         if every and remaining and run.engine.steps_taken % every == 0:
+            total, count = tally.read("pretrain", epoch)  # a non-finite loss stops before the save
             own = rank_progress(total, count, aug, device)
             ranks = ctx.gather(own) if ctx.ddp else [own]
             run.save_last({"epoch": epoch, "batch": step + 1, "ranks": ranks})
+        elif (step + 1 - start) % READ_EVERY == 0:
+            total, count = tally.read("pretrain", epoch)
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+    total, count = tally.read("pretrain", epoch)
     run.engine.flush()
     if ctx.ddp:
         totals = ctx.gather((total, count, seen))
