@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from audiotag.config_files import load_group, validate
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.dataset import CropDataset, fit_length, iter_window_batches, silence_value, window_starts
 from audiotag.data.features import compute_logmel
+from audiotag.train.epoch import EpochLoader
 from audiotag.train.schedule import warmup_cosine
 
 
@@ -162,3 +164,44 @@ def test_specaugment_goes_after_bn0_with_zeros_for_panns_cnns() -> None:
     panns(x, spec_keep=keep)
     masked = seen["x"][:, 0]  # (batch, frames, mels) after bn0
     assert (masked[~keep] == 0).all() and (masked[keep] != 0).all()
+
+
+class PidCrops(CropDataset):
+    """A crop dataset whose items also say which process made them."""
+
+    def __getitem__(self, item):  # type: ignore[override]
+        x, y, w = super().__getitem__(item)
+        return x, y, w, torch.tensor(os.getpid())
+
+
+def test_epoch_loader_keeps_its_workers_and_gives_each_epoch_its_own_crops() -> None:
+    """The fold's one DataLoader (train/epoch.py): the workers start once, and every epoch's batches
+    are what the dataset gives for that epoch in this process (the workers never see set_epoch)."""
+    cache = DictCache({name: frames(40 + 7 * k) for k, name in enumerate("abcdef")})
+    ds = PidCrops(cache, list("abcdef"), np.eye(6), np.ones(6), 8, "constant", -100.0, seed=5)
+    loader = EpochLoader(ds, 2, torch.device("cpu"), seed=0)
+    batches = [[4, 1], [0, 5], [3, 2]]
+    pids = set()
+    try:
+        for epoch, start in ((0, 0), (1, 0), (2, 1)):  # epoch 2 resumes at its second batch
+            got = list(loader.epoch(epoch, batches[start:]))
+            assert len(got) == len(batches) - start
+            ds.set_epoch(epoch)
+            for (x, _, _, pid), batch in zip(got, batches[start:], strict=True):
+                assert torch.equal(x, torch.stack([ds[i][0] for i in batch]))
+                pids.update(pid.tolist())
+        assert len(pids) == 2 and os.getpid() not in pids  # the same two workers throughout
+    finally:
+        loader.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        loader.epoch(3, batches)
+    ds.set_epoch(0)
+    assert torch.equal(ds[(2, 3)][0], _crop_at(ds, 2, 3))  # (epoch, i) is the epoch's crop of clip i
+
+
+def _crop_at(ds: CropDataset, epoch: int, i: int) -> torch.Tensor:
+    ds.set_epoch(epoch)
+    try:
+        return ds[i][0]
+    finally:
+        ds.set_epoch(0)

@@ -84,8 +84,11 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.clip_ids)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clip ``item``'s crop in the epoch set by ``set_epoch``, or ``(epoch, i)``: clip ``i`` in that
+        epoch (how ``train/epoch.py``'s ``EpochLoader`` tells its long-lived workers the epoch)."""
+        epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
+        rng = np.random.default_rng([self.seed, epoch, i])
         frames = self.cache.get(self.clip_ids[i])
         n = frames.shape[0]
         start = int(rng.integers(0, n - self.crop_frames + 1)) if n > self.crop_frames else 0
@@ -93,7 +96,7 @@ class CropDataset(Dataset):
         dtype = np.float32 if self.wave_augment is not None else np.float16
         x = fit_length(frames, self.crop_frames, start, self.pad_mode, self.fill, offset, dtype)
         if self.wave_augment is not None:  # a wave crop (samples, 1); seeded apart from the crop's draws
-            x = self.wave_augment(x[:, 0], [self.seed, self.epoch, i, 1], self.clip_ids[i])[:, None]
+            x = self.wave_augment(x[:, 0], [self.seed, epoch, i, 1], self.clip_ids[i])[:, None]
         return torch.from_numpy(x), torch.from_numpy(self.targets[i]), torch.tensor(self.weights[i])
 
 

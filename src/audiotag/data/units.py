@@ -65,8 +65,10 @@ class UnitDataset(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+    def __getitem__(self, item: int | tuple[int, int]) -> torch.Tensor:
+        """Clip ``item``'s unit in the epoch set by ``set_epoch``, or ``(epoch, i)`` (``EpochLoader``)."""
+        epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
+        rng = np.random.default_rng([self.seed, epoch, i])
         frames = self.cache.get(self.keys[i])
         unit = unit_of(frames, self.unit, self.fill, rng, self.edges, self.unit_samples)
         return torch.from_numpy(np.ascontiguousarray(unit.T, dtype=np.float32))

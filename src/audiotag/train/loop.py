@@ -48,7 +48,14 @@ from audiotag.train.engine import (
     out_of_memory_advice,
     uses_channels_last,
 )
-from audiotag.train.epoch import CROP_STREAM, INIT_STREAM, epoch_seed, train_one_epoch
+from audiotag.train.epoch import (
+    CROP_STREAM,
+    INIT_STREAM,
+    EpochLoader,
+    epoch_seed,
+    fold_loader,
+    train_one_epoch,
+)
 from audiotag.train.hooks import EpochHook, EpochResult, replay_history
 from audiotag.train.losses import split_weights
 from audiotag.train.predict import predict_clips
@@ -196,6 +203,7 @@ class FoldRun:
     engine: StepEngine
     dataset: CropDataset
     state: FoldState = field(default_factory=FoldState)
+    loader: EpochLoader | None = None  # made at the first epoch, closed when the fold ends
     trackers: Trackers = field(default_factory=Trackers)  # train.loggers (rank 0 only)
     on_epoch: EpochHook | None = None  # told each epoch's score (train/hooks.py); may raise to stop
 
@@ -252,8 +260,12 @@ def train_fold(
             end_epoch(run, loss, t0)
         if run.state.bad_epochs >= tc.patience:
             log.info("fold %d: early stop, no improvement for %d epochs", data.fold, tc.patience)
+        if run.loader is not None:  # the workers' memory is free before the fold's predictions
+            run.loader.close()
         return finish_fold(run, started)
     finally:
+        if run.loader is not None:
+            run.loader.close()
         run.trackers.close()
 
 
@@ -336,6 +348,8 @@ def run_epoch(run: FoldRun) -> float:
     """Train one epoch (the rest of it, after a mid-epoch checkpoint); its mean training loss."""
     tc, state = run.cfg.train, run.state
     run.model.set_backbone_trainable(state.epoch >= tc.freeze_backbone_epochs)
+    if run.loader is None:
+        run.loader = fold_loader(run.dataset, run.cfg, run.data.fold, run.device)
     try:
         return train_one_epoch(
             run.engine,
@@ -347,6 +361,7 @@ def run_epoch(run: FoldRun) -> float:
             run.ctx,
             state.take_partial(),
             run.save_last,
+            run.loader,
         )
     except torch.OutOfMemoryError:
         raise TrainingError(

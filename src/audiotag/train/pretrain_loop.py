@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from audiotag.config import InputNorm
 from audiotag.data.byola_augment import ByolaAugment
@@ -52,6 +51,7 @@ from audiotag.train.epoch import (
     DROPOUT_STREAM,
     INIT_STREAM,
     READ_EVERY,
+    EpochLoader,
     LossTally,
     epoch_batches,
     epoch_seed,
@@ -103,6 +103,7 @@ class Pretrainer:
     engine: StepEngine
     augment: ByolaAugment
     state: PretrainState = field(default_factory=PretrainState)
+    loader: EpochLoader | None = None  # made at the first epoch, closed when pretraining ends
 
     @property
     def last_path(self) -> Path:
@@ -222,15 +223,9 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
     batches = epoch_batches(len(run.dataset), cfg.batch_size, epoch_seed(cfg.seed, 0, epoch), epoch, ctx)
     partial = run.state.take_partial()
     start = partial["batch"] if partial else 0
-    workers = loader_workers(cfg.num_workers, device)
-    loader = DataLoader(
-        run.dataset,
-        batch_sampler=batches[start:],
-        num_workers=workers,
-        prefetch_factor=4 if workers else None,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, epoch)),  # not the global RNG
-    )
+    if run.loader is None:  # one for every epoch: its workers start once
+        workers = loader_workers(cfg.num_workers, device)
+        run.loader = EpochLoader(run.dataset, workers, device, epoch_seed(cfg.seed, 0, 0))
     rank = ctx.rank if ctx.ddp else 0
     aug = torch.Generator().manual_seed(epoch_seed(cfg.seed + rank, 0, epoch, AUGMENT_STREAM))
     torch.manual_seed(epoch_seed(cfg.seed + rank, 0, epoch, DROPOUT_STREAM))  # dropout draws from it
@@ -241,7 +236,11 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
     seen = 0
     mean, std = run.norm.mean, run.norm.std
     bar = progress(
-        loader, desc=f"pretrain epoch {epoch + 1}", unit="batch", initial=start, total=len(batches)
+        run.loader.epoch(epoch, batches[start:]),
+        desc=f"pretrain epoch {epoch + 1}",
+        unit="batch",
+        initial=start,
+        total=len(batches),
     )
     for step, units in enumerate(bar, start=start):
         with torch.no_grad():
@@ -299,15 +298,19 @@ def end_epoch(run: Pretrainer, loss: float, seen: int, seconds: float) -> None:
 def pretrain(run: Pretrainer) -> Pretrainer:
     """Resume if a ``last.pt`` exists, then train until ``epochs``; the caller writes the encoder."""
     resume(run)
-    while run.state.epoch < run.cfg.epochs:
-        started = time.time()
-        try:
-            loss, seen = run_epoch(run)
-        except torch.OutOfMemoryError:
-            half = max(2, run.cfg.batch_size // 2)
-            raise TrainingError(
-                f"pretrain: the GPU ran out of memory at batch_size={run.cfg.batch_size}; try --set "
-                f"batch_size={half}, or precision=bf16"
-            ) from None
-        end_epoch(run, loss, seen, time.time() - started)
+    try:
+        while run.state.epoch < run.cfg.epochs:
+            started = time.time()
+            try:
+                loss, seen = run_epoch(run)
+            except torch.OutOfMemoryError:
+                half = max(2, run.cfg.batch_size // 2)
+                raise TrainingError(
+                    f"pretrain: the GPU ran out of memory at batch_size={run.cfg.batch_size}; try --set "
+                    f"batch_size={half}, or precision=bf16"
+                ) from None
+            end_epoch(run, loss, seen, time.time() - started)
+    finally:
+        if run.loader is not None:
+            run.loader.close()
     return run
