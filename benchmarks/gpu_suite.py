@@ -236,7 +236,7 @@ def main() -> None:
         args.models, args.clips, args.clip_seconds, args.steps, args.warmup = ["cnn_small"], 24, 3.0, 2, 1
         args.compile_warmup, args.feature_clips = 1, 40
         args.feature_resamplers = args.feature_resamplers or ["soxr_hq", "sinc"]
-        args.variants = args.variants or ["fp32", "bf16", "wave_bf16_cl", "bf16_cl_ddp"]
+        args.variants = args.variants or ["fp32", "bf16", "wave_bf16_cl", "bf16_cl_ddp", "bf16_cl_loop"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     suite = Suite(args.out, args.budget)
     environment(suite, device)

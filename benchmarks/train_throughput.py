@@ -3,7 +3,9 @@
 Ours: random crops read from the memory-mapped cache by DataLoader workers (pinned memory, the
 training loop's default worker count), SpecAugment and mixup batched on the device, fused AdamW, and
 per variant: fp32 or bf16 autocast, channels-last, torch.compile, the wave cache (log-mel computed
-on the device) or the log-mel cache, and DDP in a one-process group (the wrapper's overhead).
+on the device) or the log-mel cache, and DDP in a one-process group (the wrapper's overhead). The
+``_loop`` variants time the product's own epochs (``train_one_epoch``) instead of this script's step,
+so any gap between the two is the loop's overhead.
 Official-style (the PANNs/AST repositories' recipe): each item's log-mel computed on the CPU from the
 waveform inside the dataset, plain fp32, Adam. Both train the same model on the same synthetic clips.
 
@@ -84,6 +86,7 @@ class Variant:
     batch: int | None = None  # None: the model's Setup batch
     workers: int | None = None  # loader processes; None: the training loop's default (up to 8 on a GPU)
     compile_mode: str = "default"
+    loop: bool = False  # the product's own epochs (train_one_epoch), not this script's step
 
 
 VARIANTS = {
@@ -104,10 +107,13 @@ VARIANTS = {
         compile=True,
         compile_mode="reduce-overhead",
     ),
+    "bf16_cl_loop": Variant(
+        "bf16 + channels-last, the training loop's own epochs", "logmel", "bf16", True, loop=True
+    ),
     "bf16_compile_b24": Variant("bf16 + compile, batch 24", "logmel", "bf16", compile=True, batch=24),
     "bf16_compile_b48": Variant("bf16 + compile, batch 48", "logmel", "bf16", compile=True, batch=48),
 }
-CPU_VARIANTS = ["fp32", "bf16", "wave_bf16_cl"]
+CPU_VARIANTS = ["fp32", "bf16", "wave_bf16_cl", "bf16_cl_loop"]
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (SXM parts; sparsity not counted).
 DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -325,6 +331,60 @@ def forward_flops(model: torch.nn.Module, data: Data, device: torch.device) -> f
     return float(counter.get_total_flops())
 
 
+def bench_loop(model_name: str, data: Data, variant: Variant, device: torch.device, args) -> dict:
+    """The product's training loop, ``train_one_epoch`` with its fold ``EpochLoader``, over whole
+    epochs of the synthetic clips: everything ``bench_ours`` leaves out (the loss read back every
+    few steps, the progress bar, SpecAugment and mixup as configured, the loader's epoch changes)."""
+    from audiotag.config import load_competition
+    from audiotag.experiment import ExperimentConfig
+    from audiotag.train.epoch import fold_loader, train_one_epoch
+
+    features = data.features[variant.cache]
+    tc = TrainConfig(
+        batch_size=data.setup.batch, precision=variant.precision, compile=variant.compile,
+        channels_last=variant.channels_last, compile_mode=variant.compile_mode, num_workers=variant.workers,
+    )  # fmt: skip
+    cfg = ExperimentConfig(
+        name="bench", competition=load_competition("demo"), features=features,
+        model=model_config(model_name), train=tc,
+    )  # fmt: skip
+    model = build_model(cfg.model, features.n_mels, N_CLASSES, data.frames("logmel"), features=features)
+    model = model.to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.param_groups(1e-4, 1.0, 0.01), fused=device.type == "cuda" or None)
+    engine = StepEngine(model, optimizer, make_scheduler(optimizer, 0, 10**6, 0.01), tc, device, False)
+    dataset = crop_loader(data, variant.cache, device, 0).dataset
+    loader = fold_loader(dataset, cfg, 0, device)
+    per_epoch = len(dataset) // tc.batch_size
+    warm_epochs = -(-(args.warmup + (args.compile_warmup if variant.compile else 0)) // per_epoch)
+    timed_epochs = max(1, -(-args.steps // per_epoch))
+    try:
+        for epoch in range(warm_epochs):
+            train_one_epoch(engine, dataset, cfg, 0, epoch, device, loader=loader)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        for epoch in range(warm_epochs, warm_epochs + timed_epochs):
+            train_one_epoch(engine, dataset, cfg, 0, epoch, device, loader=loader)
+        sync(device)
+        seconds = time.perf_counter() - started
+    finally:
+        loader.close()
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {
+        "batch": tc.batch_size,
+        "samples_per_s": timed_epochs * per_epoch * tc.batch_size / seconds,
+        "peak_gib": peak,
+        "seconds": seconds,
+        "epochs_timed": timed_epochs,
+        "forward_gflop_per_sample": forward_flops(model, data, device) / 1e9
+        if tc.precision == "bf16"
+        else None,
+    }
+
+
 def bench_official(model_name: str, data: Data, device: torch.device, args) -> dict:
     features = data.features["logmel"]
     model = build_model(model_config(model_name), features.n_mels, N_CLASSES, data.frames("logmel")).to(
@@ -436,7 +496,8 @@ def run(
                     emit({**base, "variant": variant.label, "skipped": "time budget"})
                     continue
                 try:
-                    ours = bench_ours(model_name, data, variant, device, args)
+                    bench = bench_loop if variant.loop else bench_ours
+                    ours = bench(model_name, data, variant, device, args)
                 except Exception as exc:  # one failing variant must not hide the others
                     emit({**base, "variant": variant.label, "error": f"{type(exc).__name__}: {exc}"[:500]})
                     continue
