@@ -91,14 +91,20 @@ def resample(wave: Tensor, old_rate: int, new_rate: int) -> Tensor:
     if out_len == 0:
         y = x.new_zeros(x.shape[0], 0)
         return y[0] if squeeze else y
-    plan = _polyphase(old_rate, new_rate)
+    plan = _polyphase_on(old_rate, new_rate, str(x.device))
     y = _direct(x, old_rate, new_rate, out_len) if plan is None else _apply_polyphase(x, plan, out_len)
     return y[0] if squeeze else y
 
 
+@lru_cache(maxsize=16)
+def _polyphase_on(old_rate: int, new_rate: int, device: str) -> tuple[Tensor, int, int, int] | None:
+    """``_polyphase``'s plan with its kernel on ``device``: copied there once, not every clip."""
+    plan = _polyphase(old_rate, new_rate)
+    return None if plan is None else (plan[0].to(device), *plan[1:])
+
+
 def _apply_polyphase(x: Tensor, plan: tuple[Tensor, int, int, int], out_len: int) -> Tensor:
     kernel, up, down, reach = plan
-    kernel = kernel.to(x.device)
     blocks = -(-out_len // up)  # blocks of `down` input samples needed for out_len outputs
     needed = (blocks - 1) * down + kernel.shape[-1]
     right = max(0, needed - reach - x.shape[-1])
