@@ -78,6 +78,12 @@ def test_features_auto_takes_the_checkpoints_front_end() -> None:
     assert cfg.features.name == "aisfx_44k_96" and cfg.features.n_mels == 96
     with pytest.raises(ConfigError, match="features: auto"):
         load_experiment(exp, ["model.pretrained=null"])
+    # --set features.KEY=VALUE changes one setting of the resolved front-end, whatever the order
+    tuned = load_experiment(exp, ["features.resampler=sinc", "train.epochs=3"])
+    assert tuned.features.resampler == "sinc" and tuned.features.n_mels == 96 and tuned.train.epochs == 3
+    assert tuned.features.model_copy(update={"resampler": "soxr_hq"}) == cfg.features
+    with pytest.raises(ConfigError, match=r"features\.resampler=linear"):
+        load_experiment(exp, ["features.resampler=linear"])  # the error names the override
 
 
 @pytest.mark.slow

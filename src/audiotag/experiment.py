@@ -62,10 +62,16 @@ def load_experiment(
     raw.setdefault("name", path.stem)
     if competition is not None:
         raw["competition"] = competition
-    tree = apply_overrides(resolve_groups(raw), overrides or [])
+    # `features.KEY=VALUE` waits until `features: auto` is resolved (it needs the final model), so it
+    # can change one setting of the checkpoint's own front-end (e.g. features.resampler=sinc)
+    overrides = overrides or []
+    of_features = [o for o in overrides if o.strip().startswith("features.")]
+    rest = [o for o in overrides if o not in of_features]
+    tree = apply_overrides(resolve_groups(raw), rest)
     tree = resolve_groups(tree)  # an override may name another group file
     if tree.get("features") == AUTO_FEATURES:
         tree["features"] = auto_features(tree.get("model"))
+    tree = apply_overrides(tree, of_features)
     return validate(ExperimentConfig, tree, str(path))
 
 
