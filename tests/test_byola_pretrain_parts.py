@@ -244,6 +244,10 @@ def test_encoder_file_records_and_refuses_another_front_end(tmp_path: Path) -> N
     other = BYOLA_FEATURES.model_copy(update={"fmax": 8000.0})
     with pytest.raises(ConfigError, match=re.escape("fmax: 8000.0 (encoder: 7800.0)")):
         check_recorded_frontend(path, other)
+    sinc = BYOLA_FEATURES.model_copy(update={"resampler": "sinc"})  # within 0.1 dB: accepted
+    assert check_recorded_frontend(path, sinc) is not None
+    with pytest.raises(ConfigError, match=r"\(fmax: 8000\.0 \(encoder: 7800\.0\)\)"):  # only fmax named
+        check_recorded_frontend(path, other.model_copy(update={"resampler": "sinc"}))
     plain = tmp_path / "plain.pt"
     torch.save(encoder.state_dict(), plain)
     assert read_encoder_info(plain) is None and check_recorded_frontend(plain, other) is None

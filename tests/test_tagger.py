@@ -82,6 +82,11 @@ def test_features_auto_takes_the_checkpoints_front_end() -> None:
     tuned = load_experiment(exp, ["features.resampler=sinc", "train.epochs=3"])
     assert tuned.features.resampler == "sinc" and tuned.features.n_mels == 96 and tuned.train.epochs == 3
     assert tuned.features.model_copy(update={"resampler": "soxr_hq"}) == cfg.features
+    from audiotag.models.registry import check_frontend
+
+    check_frontend(tuned.features, "aisfx_44k_96", "aisfx")  # another resampler: the same inputs
+    with pytest.raises(ConfigError, match=r"differ \(n_mels: 64 \(checkpoint: 96\)\)"):
+        check_frontend(tuned.features.model_copy(update={"n_mels": 64}), "aisfx_44k_96", "aisfx")
     with pytest.raises(ConfigError, match=r"features\.resampler=linear"):
         load_experiment(exp, ["features.resampler=linear"])  # the error names the override
 

@@ -167,6 +167,20 @@ class FeatureConfig(StrictModel):
     def cache_name(self) -> str:
         return f"{self.name}-{self.key()}"
 
+    def frontend_differences(self, other: FeatureConfig) -> dict[str, tuple[Any, Any]]:
+        """Settings (but the name) where ``other`` gives a model other inputs: ``(ours, theirs)`` each.
+
+        The resampler is not one: soxr and sinc give log-mels within 0.1 dB (tests/test_resample.py),
+        so a checkpoint trained on one accepts a cache built with the other.
+        """
+        if self.model_copy(update={"resampler": other.resampler}).key() == other.key():
+            return {}
+        ours, theirs = (
+            self.model_dump(exclude={"name", "resampler"}),
+            other.model_dump(exclude={"name", "resampler"}),
+        )
+        return {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+
 
 class InputNorm(StrictModel):
     """``(x - mean) / std`` applied to the log-mel before the backbone (the checkpoint's own recipe)."""

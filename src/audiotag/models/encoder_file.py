@@ -93,10 +93,10 @@ def read_encoder_info(path: str | os.PathLike[str]) -> EncoderInfo | None:
 def check_recorded_frontend(path: str | os.PathLike[str], features: FeatureConfig) -> EncoderInfo | None:
     """Refuse ``features`` that differ from the front-end an encoder file was trained on."""
     info = read_encoder_info(path)
-    if info is None or info.features.key() == features.key():
+    differences = {} if info is None else features.frontend_differences(info.features)
+    if info is None or not differences:
         return info
-    ours, theirs = features.model_dump(exclude={"name"}), info.features.model_dump(exclude={"name"})
-    diff = "; ".join(f"{k}: {ours[k]!r} (encoder: {theirs[k]!r})" for k in ours if ours[k] != theirs[k])
+    diff = "; ".join(f"{k}: {a!r} (encoder: {b!r})" for k, (a, b) in differences.items())
     raise ConfigError(
         f"features: {path} was pretrained on the front-end {info.features.name!r}, but the configured "
         f"features differ ({diff}). Use `features: {info.features.name}` (or `features: auto`), so the "

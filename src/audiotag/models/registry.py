@@ -78,10 +78,10 @@ def check_frontend(features: FeatureConfig, expected_name: str, checkpoint: str)
     expected = validate(
         FeatureConfig, load_group("features", expected_name), f"configs/features/{expected_name}"
     )
-    if expected.key() == features.key():
+    differences = features.frontend_differences(expected)
+    if not differences:
         return
-    ours, theirs = features.model_dump(exclude={"name"}), expected.model_dump(exclude={"name"})
-    diff = "; ".join(f"{k}: {ours[k]!r} (checkpoint: {theirs[k]!r})" for k in ours if ours[k] != theirs[k])
+    diff = "; ".join(f"{k}: {a!r} (checkpoint: {b!r})" for k, (a, b) in differences.items())
     raise ConfigError(
         f"features: {checkpoint} was trained on the front-end configs/features/{expected_name}.yaml, but "
         f"the configured features differ ({diff}). Use `features: {expected_name}` (or `features: auto`) "
