@@ -79,6 +79,12 @@ def test_features_auto_takes_the_checkpoints_front_end() -> None:
     with pytest.raises(ConfigError, match="features: auto"):
         load_experiment(exp, ["model.pretrained=null"])
     # --set features.KEY=VALUE changes one setting of the resolved front-end, whatever the order
+    for order in (
+        ["features=panns_32k", "features.fmax=12000"],
+        ["features.fmax=12000", "features=panns_32k"],
+    ):
+        other = load_experiment(exp, order)  # a whole group, then one of its settings, in either order
+        assert other.features.name == "panns_32k" and other.features.fmax == 12000
     tuned = load_experiment(exp, ["features.resampler=sinc", "train.epochs=3"])
     assert tuned.features.resampler == "sinc" and tuned.features.n_mels == 96 and tuned.train.epochs == 3
     assert tuned.features.model_copy(update={"resampler": "soxr_hq"}) == cfg.features

@@ -71,7 +71,7 @@ def load_experiment(
     tree = resolve_groups(tree)  # an override may name another group file
     if tree.get("features") == AUTO_FEATURES:
         tree["features"] = auto_features(tree.get("model"))
-    tree = apply_overrides(tree, of_features)
+    tree = resolve_groups(apply_overrides(tree, of_features))
     return validate(ExperimentConfig, tree, str(path))
 
 
