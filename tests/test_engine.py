@@ -275,3 +275,18 @@ def test_the_epoch_reads_the_loss_back_only_every_few_steps(workspace: Path, mon
     assert main(tiny_args("prepare", "train", extra=extra)) == 0
     steps = reads[-1] // 8
     assert steps > 6 and reads == [8 * s for s in range(3, steps, 3)] + [8 * steps]
+
+
+def test_an_epoch_without_the_folds_loader_makes_and_stops_its_own(workspace: Path, monkeypatch) -> None:
+    closed: list[int] = []
+    real_close = epoch_mod.EpochLoader.close
+
+    def counted_close(self) -> None:
+        closed.append(1)
+        real_close(self)
+
+    monkeypatch.setattr(loop, "fold_loader", lambda *args: None)  # run_epoch passes no loader
+    monkeypatch.setattr(epoch_mod.EpochLoader, "close", counted_close)
+    extra = ["train.folds=[0]", "train.epochs=2", "train.batch_size=8", "train.num_workers=1"]
+    assert main(tiny_args("prepare", "train", extra=extra)) == 0
+    assert len(closed) == 2  # one loader an epoch, each stopped when its epoch ended

@@ -164,6 +164,14 @@ def train_one_epoch(
     """One epoch; ``partial`` resumes it mid-way, ``save_partial`` is called every
     ``train.checkpoint_every_steps`` optimizer steps with what a resume needs. ``loader``: the
     fold's ``EpochLoader`` (one for this epoch alone when None)."""
+    if loader is None:  # one for this epoch alone, stopped however the epoch ends
+        loader = fold_loader(dataset, cfg, fold, device)
+        try:
+            return train_one_epoch(
+                engine, dataset, cfg, fold, epoch, device, ctx, partial, save_partial, loader
+            )
+        finally:
+            loader.close()
     tc = cfg.train
     model = engine.model
     mask_where, mask_fill = resolve_specaugment(tc.specaugment, model.backbone)
@@ -172,9 +180,6 @@ def train_one_epoch(
     dataset.set_epoch(epoch)
     batches = epoch_batches(len(dataset), tc.batch_size, epoch_seed(tc.seed, fold, epoch), epoch, ctx)
     start = partial["batch"] if partial else 0
-    own_loader = loader is None
-    if loader is None:
-        loader = fold_loader(dataset, cfg, fold, device)
     rank = ctx.rank if ctx.ddp else 0  # ranks see different data: give each its own masks and dropout
     aug = torch.Generator().manual_seed(epoch_seed(tc.seed + rank, fold, epoch, AUGMENT_STREAM))
     # dropout draws from the global generator: reseeding it per epoch makes a resumed epoch identical
@@ -224,8 +229,6 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
     total, count = tally.read(f"fold {fold}", epoch)
     engine.flush()
-    if own_loader:
-        loader.close()
     return total / max(count, 1)
 
 
