@@ -159,17 +159,12 @@ def _features(
         with torch.inference_mode():
             device = next(iter(extractor.buffers())).device
             resampled = resample(torch.from_numpy(wave).to(device), rate, cfg.sample_rate)
-            if cfg.cache == "wave":
-                return _checked(resampled.to(torch.float16).cpu().numpy()[:, None], wave, path)
-            return _checked(extractor(resampled[None])[0].to(torch.float16).cpu().numpy(), wave, path)
-    if cfg.cache == "wave":  # the model's front-end computes the log-mel on the training device
+            out = resampled[:, None] if cfg.cache == "wave" else extractor(resampled[None])[0]
+            frames = out.to(torch.float16).cpu().numpy()
+    elif cfg.cache == "wave":  # the model's front-end computes the log-mel on the training device
         frames = np.asarray(wave, dtype=DTYPE)[:, None]
     else:
         frames = compute_logmel(wave, cfg, extractor).astype(DTYPE)
-    return _checked(frames, wave, path)
-
-
-def _checked(frames: np.ndarray, wave: np.ndarray, path: str) -> np.ndarray:
     if not np.isfinite(frames).all():  # e.g. float samples so large that their power overflows
         peak = float(np.max(np.abs(wave))) if wave.size else 0.0
         raise UnusableAudio(path, UNDECODABLE, f"log-mel is not finite (sample peak {peak:.3g})")
