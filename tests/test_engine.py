@@ -247,17 +247,18 @@ def test_compile_passes_its_mode_to_torch_compile(monkeypatch: pytest.MonkeyPatc
 
 def test_loss_tally_sums_like_python_floats_and_reports_the_first_non_finite_step() -> None:
     losses = [0.7310585786, 0.1234567, 2.5, 1e-8]
-    tally = epoch_mod.LossTally(1.5, 3, torch.device("cpu"))  # resumed mid-epoch: 3 samples, sum 1.5
+    # resumed mid-epoch: 3 samples, sum 1.5
+    tally = epoch_mod.LossTally("fold 2", 3, 1.5, 3, torch.device("cpu"))
     want = 1.5
     for step, value in enumerate(losses):
         loss = torch.tensor(value, dtype=torch.float32)
         tally.add(loss, 8, step)
         want += loss.item() * 8  # what the loop summed before the tally
-    assert tally.read("fold 0", 0) == (want, 3 + 8 * len(losses))  # exactly: float64 on the device too
+    assert tally.read() == (want, 3 + 8 * len(losses))  # exactly: float64 on the device too
     tally.add(torch.tensor(float("inf")), 8, 4)
     tally.add(torch.tensor(float("nan")), 8, 5)
     with pytest.raises(TrainingError, match=r"fold 2: loss became inf at epoch 4, step 4; .*train\.lr"):
-        tally.read("fold 2", 3)
+        tally.read()
 
 
 def test_the_epoch_reads_the_loss_back_only_every_few_steps(workspace: Path, monkeypatch) -> None:
@@ -265,9 +266,9 @@ def test_the_epoch_reads_the_loss_back_only_every_few_steps(workspace: Path, mon
     reads: list[int] = []
     real_read = epoch_mod.LossTally.read
 
-    def counted(self, who: str, epoch: int):
+    def counted(self):
         reads.append(self.count)
-        return real_read(self, who, epoch)
+        return real_read(self)
 
     monkeypatch.setattr(epoch_mod.LossTally, "read", counted)
     monkeypatch.setattr(epoch_mod, "READ_EVERY", 3)

@@ -187,7 +187,7 @@ def train_one_epoch(
     total, count = 0.0, 0
     if partial:
         total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
-    tally = LossTally(total, count, device)
+    tally = LossTally(f"fold {fold}", epoch, total, count, device)
     bar = progress(
         loader.epoch(epoch, batches[start:]),
         desc=f"fold {fold} epoch {epoch + 1}",
@@ -218,33 +218,34 @@ def train_one_epoch(
         every = tc.checkpoint_every_steps
         remaining = len(batches) - step - 1
         if save_partial and every and stepped and remaining and (engine.steps_taken % every == 0):
-            total, count = tally.read(
-                f"fold {fold}", epoch
-            )  # a non-finite loss stops before anything is saved
+            total, count = tally.read()  # a non-finite loss stops before anything is saved
             own = rank_progress(total, count, aug, device)
             ranks = ctx.gather(own) if ctx.ddp else [own]  # all DDP ranks reach this step together
             save_partial({"epoch": epoch, "batch": step + 1, "ranks": ranks})
-        elif (step + 1 - start) % READ_EVERY == 0:
-            total, count = tally.read(f"fold {fold}", epoch)
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-    total, count = tally.read(f"fold {fold}", epoch)
+        elif tally.due:
+            bar.set_postfix(loss=tally.mean_text())
+    total, count = tally.read()
     engine.flush()
     return total / max(count, 1)
 
 
 class LossTally:
-    """The epoch's loss sum, kept on the training device and read back every ``READ_EVERY`` steps.
+    """One epoch's loss sum, kept on the training device and read back every ``READ_EVERY`` steps.
 
     Reading a GPU's loss each step (``loss.item()``) makes the CPU wait for the GPU to finish the
     step, so it cannot queue the next one meanwhile. The sum is float64, as Python's float was. A
     non-finite loss is remembered (its first step and value) and raised at the next read, which
-    comes before any checkpoint is written: the weights it reached are never saved.
+    comes before any checkpoint is written: the weights it reached are never saved. ``who`` and
+    ``epoch`` name the run and epoch in that error; ``total``/``count`` resume a partial epoch.
     """
 
-    def __init__(self, total: float, count: int, device: torch.device, hint: str = TRAIN_HINT) -> None:
-        self.hint = hint
+    def __init__(
+        self, who: str, epoch: int, total: float, count: int, device: torch.device, hint: str = TRAIN_HINT
+    ) -> None:
+        self.who, self.epoch, self.hint = who, epoch, hint
         self.total = torch.tensor(total, dtype=torch.float64, device=device)
         self.count = count
+        self.added = 0  # steps added by this tally (a resumed epoch's earlier steps not counted)
         self.bad_step = torch.tensor(-1, dtype=torch.long, device=device)
         self.bad_value = torch.tensor(0.0, dtype=torch.float64, device=device)
 
@@ -255,13 +256,24 @@ class LossTally:
         self.bad_value = torch.where(first, value, self.bad_value)
         self.total += value * n
         self.count += n
+        self.added += 1
 
-    def read(self, who: str, epoch: int) -> tuple[float, int]:
-        """(loss sum, samples) so far; TrainingError naming ``who`` when a loss was not finite."""
+    @property
+    def due(self) -> bool:
+        """Whether the step just added is one after which the loss is read back (every READ_EVERY)."""
+        return self.added % READ_EVERY == 0
+
+    def read(self) -> tuple[float, int]:
+        """(loss sum, samples) so far; TrainingError when a loss was not finite."""
         bad_step = int(self.bad_step)
         if bad_step >= 0:
             raise TrainingError(
-                f"{who}: loss became {float(self.bad_value)} at epoch {epoch + 1}, step {bad_step}; the last "
-                f"good checkpoint is kept. {self.hint}, or check the features for NaN"
+                f"{self.who}: loss became {float(self.bad_value)} at epoch {self.epoch + 1}, step "
+                f"{bad_step}; the last good checkpoint is kept. {self.hint}, or check the features for NaN"
             )
         return float(self.total), self.count
+
+    def mean_text(self) -> str:
+        """The mean loss so far for the progress bar (a read: it raises like ``read``)."""
+        total, count = self.read()
+        return f"{total / max(count, 1):.4f}"

@@ -50,7 +50,6 @@ from audiotag.train.epoch import (
     CROP_STREAM,
     DROPOUT_STREAM,
     INIT_STREAM,
-    READ_EVERY,
     EpochLoader,
     LossTally,
     epoch_batches,
@@ -232,7 +231,7 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
     total, count = 0.0, 0
     if partial:
         total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
-    tally = LossTally(total, count, device, hint="Lower lr, set grad_clip_norm")
+    tally = LossTally("pretrain", epoch, total, count, device, hint="Lower lr, set grad_clip_norm")
     seen = 0
     mean, std = run.norm.mean, run.norm.std
     bar = progress(
@@ -256,14 +255,13 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
         seen += x.shape[0]
         every, remaining = cfg.checkpoint_every_steps, len(batches) - step - 1
         if every and remaining and run.engine.steps_taken % every == 0:
-            total, count = tally.read("pretrain", epoch)  # a non-finite loss stops before the save
+            total, count = tally.read()  # a non-finite loss stops before the save
             own = rank_progress(total, count, aug, device)
             ranks = ctx.gather(own) if ctx.ddp else [own]
             run.save_last({"epoch": epoch, "batch": step + 1, "ranks": ranks})
-        elif (step + 1 - start) % READ_EVERY == 0:
-            total, count = tally.read("pretrain", epoch)
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-    total, count = tally.read("pretrain", epoch)
+        elif tally.due:
+            bar.set_postfix(loss=tally.mean_text())
+    total, count = tally.read()
     run.engine.flush()
     if ctx.ddp:
         totals = ctx.gather((total, count, seen))
