@@ -104,7 +104,9 @@ class EpochLoader:
     epoch as ``(epoch, i)``. ``close`` stops the workers.
     """
 
-    def __init__(self, dataset: Dataset, workers: int, device: torch.device, seed: int) -> None:
+    def __init__(self, dataset: Dataset, num_workers: int | None, device: torch.device, seed: int) -> None:
+        """``num_workers``: a ``train.num_workers`` setting (None: ``loader_workers``'s default)."""
+        workers = loader_workers(num_workers, device)
         self._batches: list[list[tuple[int, int]]] = []
         self.loader: DataLoader | None = DataLoader(
             dataset,
@@ -132,8 +134,7 @@ class EpochLoader:
 
 def fold_loader(dataset: Dataset, cfg: ExperimentConfig, fold: int, device: torch.device) -> EpochLoader:
     """The ``EpochLoader`` of a fold's training crops, with ``train.num_workers`` workers."""
-    workers = loader_workers(cfg.train.num_workers, device)
-    return EpochLoader(dataset, workers, device, epoch_seed(cfg.train.seed, fold, 0))
+    return EpochLoader(dataset, cfg.train.num_workers, device, epoch_seed(cfg.train.seed, fold, 0))
 
 
 class _Batches(Sampler):

@@ -54,7 +54,6 @@ from audiotag.train.epoch import (
     LossTally,
     epoch_batches,
     epoch_seed,
-    loader_workers,
     rank_progress,
     restore_rank_progress,
 )
@@ -223,8 +222,7 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
     partial = run.state.take_partial()
     start = partial["batch"] if partial else 0
     if run.loader is None:  # one for every epoch: its workers start once
-        workers = loader_workers(cfg.num_workers, device)
-        run.loader = EpochLoader(run.dataset, workers, device, epoch_seed(cfg.seed, 0, 0))
+        run.loader = EpochLoader(run.dataset, cfg.num_workers, device, epoch_seed(cfg.seed, 0, 0))
     rank = ctx.rank if ctx.ddp else 0
     aug = torch.Generator().manual_seed(epoch_seed(cfg.seed + rank, 0, epoch, AUGMENT_STREAM))
     torch.manual_seed(epoch_seed(cfg.seed + rank, 0, epoch, DROPOUT_STREAM))  # dropout draws from it
