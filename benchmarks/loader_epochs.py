@@ -49,7 +49,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPU cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="audiotag-loader-") as tmp:
         data = tt.prepare_data("cnn14", Path(tmp), args.clips, 11.0, {"logmel"})
-        dataset = tt.crop_loader(data, "logmel", torch.device("cpu"), 0).dataset
+        dataset = tt.crop_dataset(data, "logmel")
         batch = data.setup.batch
         batches = [list(range(i, i + batch)) for i in range(0, len(dataset) - batch + 1, batch)]
         print(f"{len(dataset)} clips, {len(batches)} batches of {batch} an epoch, {args.epochs} epochs")

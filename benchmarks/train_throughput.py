@@ -251,27 +251,32 @@ def prepare_data(model_name: str, root: Path, clips: int, clip_seconds: float, k
     return Data(setup, features, caches, folder, table["clip_id"].tolist())
 
 
-def crop_loader(data: Data, kind: str, device: torch.device, workers: int) -> DataLoader:
-    """The training loop's loader: crops from the cache, pinned memory on a GPU, prefetch 4."""
+def crop_dataset(data: Data, kind: str) -> CropDataset:
+    """The training crops of the synthetic clips from the ``kind`` cache, with random targets."""
     targets = (np.random.default_rng(1).random((len(data.ids), N_CLASSES)) > 0.9).astype(np.float32)
-    dataset = CropDataset(
+    return CropDataset(
         data.caches[kind], data.ids, targets, np.ones(len(data.ids)), data.frames(kind), "wrap",
         silence_value(data.features[kind]), 0,
     )  # fmt: skip
+
+
+def crop_loader(data: Data, kind: str, device: torch.device, workers: int) -> DataLoader:
+    """The training loop's loader: crops from the cache, pinned memory on a GPU, prefetch 4."""
     return DataLoader(
-        dataset, data.setup.batch, shuffle=True, drop_last=True, num_workers=workers,
+        crop_dataset(data, kind), data.setup.batch, shuffle=True, drop_last=True, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
     )  # fmt: skip
 
 
-def bench_ours(model_name: str, data: Data, variant: Variant, device: torch.device, args) -> dict:
+def training_setup(model_name: str, data: Data, variant: Variant, device: torch.device) -> tuple:
+    """(data with the variant's batch, its train config, the model on ``device``, its optimiser)."""
     if variant.batch:
         data = dataclasses.replace(data, setup=dataclasses.replace(data.setup, batch=variant.batch))
     features = data.features[variant.cache]
     tc = TrainConfig(
         batch_size=data.setup.batch, precision=variant.precision, compile=variant.compile,
-        channels_last=variant.channels_last, compile_mode=variant.compile_mode,
+        channels_last=variant.channels_last, compile_mode=variant.compile_mode, num_workers=variant.workers,
     )  # fmt: skip
     frames = data.frames("logmel")
     model = build_model(model_config(model_name), features.n_mels, N_CLASSES, frames, features=features)
@@ -279,6 +284,11 @@ def bench_ours(model_name: str, data: Data, variant: Variant, device: torch.devi
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.param_groups(1e-4, 1.0, 0.01), fused=device.type == "cuda" or None)
+    return data, tc, model, optimizer
+
+
+def bench_ours(model_name: str, data: Data, variant: Variant, device: torch.device, args) -> dict:
+    data, tc, model, optimizer = training_setup(model_name, data, variant, device)
     with one_process_group(device) if variant.ddp else contextlib.nullcontext():
         engine = StepEngine(
             model, optimizer, make_scheduler(optimizer, 0, 10**6, 0.01), tc, device, variant.ddp
@@ -339,22 +349,13 @@ def bench_loop(model_name: str, data: Data, variant: Variant, device: torch.devi
     from audiotag.experiment import ExperimentConfig
     from audiotag.train.epoch import fold_loader, train_one_epoch
 
-    features = data.features[variant.cache]
-    tc = TrainConfig(
-        batch_size=data.setup.batch, precision=variant.precision, compile=variant.compile,
-        channels_last=variant.channels_last, compile_mode=variant.compile_mode, num_workers=variant.workers,
-    )  # fmt: skip
+    data, tc, model, optimizer = training_setup(model_name, data, variant, device)
     cfg = ExperimentConfig(
-        name="bench", competition=load_competition("demo"), features=features,
+        name="bench", competition=load_competition("demo"), features=data.features[variant.cache],
         model=model_config(model_name), train=tc,
     )  # fmt: skip
-    model = build_model(cfg.model, features.n_mels, N_CLASSES, data.frames("logmel"), features=features)
-    model = model.to(device)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.param_groups(1e-4, 1.0, 0.01), fused=device.type == "cuda" or None)
     engine = StepEngine(model, optimizer, make_scheduler(optimizer, 0, 10**6, 0.01), tc, device, False)
-    dataset = crop_loader(data, variant.cache, device, 0).dataset
+    dataset = crop_dataset(data, variant.cache)
     loader = fold_loader(dataset, cfg, 0, device)
     per_epoch = len(dataset) // tc.batch_size
     warm_epochs = -(-(args.warmup + (args.compile_warmup if variant.compile else 0)) // per_epoch)
