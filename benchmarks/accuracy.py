@@ -62,12 +62,12 @@ import realsets  # noqa: E402
 from realsets.common import TINY  # noqa: E402
 from realsets.report import Row, append_results, goals, markdown, render_table  # noqa: E402
 
-from audiotag import metrics  # noqa: E402
 from audiotag.competitions.folds import load_folds  # noqa: E402
-from audiotag.config import CompetitionConfig, FeatureConfig, load_competition  # noqa: E402
-from audiotag.config_files import load_group  # noqa: E402
+from audiotag.config.files import load_group  # noqa: E402
+from audiotag.config.schema import CompetitionConfig, FeatureConfig, load_competition  # noqa: E402
+from audiotag.core.log import setup_logging  # noqa: E402
 from audiotag.experiment import load_experiment  # noqa: E402
-from audiotag.log import setup_logging  # noqa: E402
+from audiotag.scoring import metrics  # noqa: E402
 from audiotag.stages.prepare import Prepared, prepare  # noqa: E402
 
 log = logging.getLogger("accuracy")

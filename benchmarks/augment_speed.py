@@ -108,13 +108,13 @@ def main() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     sys.path.insert(0, str(REPO / "src"))
 
+    from audiotag.core.log import setup_logging
     from audiotag.data.cache_reader import FeatureCache
     from audiotag.data.dataset import CropDataset, fit_length, silence_value
     from audiotag.data.features import make_extractor
     from audiotag.data.spec_augment_lib import SpecAugmentLib
     from audiotag.data.wave_augment import fold_wave_augment
     from audiotag.experiment import load_experiment
-    from audiotag.log import setup_logging
     from audiotag.models.registry import build_model
     from audiotag.stages.prepare import prepare
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import pandas as pd
 
-    from audiotag.config import FeatureConfig
+    from audiotag.config.schema import FeatureConfig
     from audiotag.data.cache_build import build_cache
     from audiotag.data.cache_reader import FeatureCache, disk_bytes
 

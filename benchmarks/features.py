@@ -89,7 +89,7 @@ def find_audio(folder: Path, n_clips: int) -> list[Path]:
 
 
 def _feature_config(preset: str):
-    from audiotag.config import FeatureConfig
+    from audiotag.config.schema import FeatureConfig
 
     return FeatureConfig(**PRESETS[preset])
 

@@ -66,8 +66,8 @@ def usable_cores() -> int:
 
 
 def _features() -> Any:
-    from audiotag.config import FeatureConfig
-    from audiotag.config_files import load_group, validate
+    from audiotag.config.files import load_group, validate
+    from audiotag.config.schema import FeatureConfig
 
     cfg = validate(FeatureConfig, load_group("features", FEATURES), FEATURES)
     preset = PRESETS[LIBROSA_PRESET]

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from probe_set import add_set_arguments, by_c, load_probe_set
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
 from audiotag.data.audio import decode
 from audiotag.data.features import compute_logmel, make_extractor
-from audiotag.embedding_cache import EmbeddingPlan, embed_clips
-from audiotag.metrics import lwlrap
+from audiotag.models.embedding_cache import EmbeddingPlan, embed_clips
 from audiotag.models.probe import LinearProbeConfig
+from audiotag.scoring.metrics import lwlrap
 from audiotag.train.probe import fit_path, standardise
 
 C_GRID = [0.001, 0.01, 0.1, 1.0, 10.0]

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audiotag.config import FeatureConfig
-from audiotag.config_files import load_group, validate
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import FeatureConfig
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.embedding_cache import EmbeddingPlan, embed_clips, plan_embeddings
+from audiotag.models.embedding_cache import EmbeddingPlan, embed_clips, plan_embeddings
 from audiotag.models.representation import EmbeddingConfig
 
 FEATURES = "aisfx_44k_96"

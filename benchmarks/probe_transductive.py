@@ -25,8 +25,8 @@ from collections.abc import Callable
 import numpy as np
 from probe_set import add_set_arguments, by_c, load_probe_set
 
-from audiotag.metrics import lwlrap
 from audiotag.models.probe import LinearProbeConfig
+from audiotag.scoring.metrics import lwlrap
 from audiotag.train.probe import fit_path, standardise
 
 C_GRID = [0.01, 0.1, 1.0, 10.0]

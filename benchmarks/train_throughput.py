@@ -41,8 +41,8 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from audiotag.config import FeatureConfig, TrainConfig
-from audiotag.config_files import load_group, validate
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import FeatureConfig, TrainConfig
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache
@@ -345,7 +345,7 @@ def bench_loop(model_name: str, data: Data, variant: Variant, device: torch.devi
     """The product's training loop, ``train_one_epoch`` with its fold ``EpochLoader``, over whole
     epochs of the synthetic clips: everything ``bench_ours`` leaves out (the loss read back every
     few steps, the progress bar, SpecAugment and mixup as configured, the loader's epoch changes)."""
-    from audiotag.config import load_competition
+    from audiotag.config.schema import load_competition
     from audiotag.experiment import ExperimentConfig
     from audiotag.train.epoch import fold_loader, train_one_epoch
 

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from audiotag.competitions import get_competition
-from audiotag.config import load_competition
+from audiotag.config.schema import load_competition
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.meta import read_meta
 

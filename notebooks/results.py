@@ -29,11 +29,11 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import display
 
-from audiotag import plots
 from audiotag.competitions import get_competition
-from audiotag.config import load_competition
-from audiotag.leaderboard import build_leaderboard
-from audiotag.paths import submissions_root
+from audiotag.config.schema import load_competition
+from audiotag.core.paths import submissions_root
+from audiotag.reports import plots
+from audiotag.reports.leaderboard import build_leaderboard
 
 COMPETITION = os.environ.get("AUDIOTAG_COMPETITION", "demo")
 comp = get_competition(load_competition(COMPETITION))

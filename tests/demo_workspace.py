@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from audiotag.cli import main
+from audiotag.cli.main import main
 from tests.conftest import tiny_args
 
 ENSEMBLES = {

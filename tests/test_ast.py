@@ -9,9 +9,9 @@ import timm
 import torch
 from timm.models.deit import VisionTransformerDistilled
 
-from audiotag.config import FeatureConfig, InputNorm
-from audiotag.config_files import read_yaml
-from audiotag.errors import ConfigError
+from audiotag.config.files import read_yaml
+from audiotag.config.schema import FeatureConfig, InputNorm
+from audiotag.core.errors import ConfigError
 from audiotag.models.ast import (
     AST_MEAN,
     AST_STD,

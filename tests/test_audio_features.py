@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
+from audiotag.core.errors import DataError
 from audiotag.data.audio import audio_info, load_audio
 from audiotag.data.features import LogMel, compute_logmel, mel_filterbank, mel_groups, n_frames, reflect_pad
-from audiotag.errors import DataError
 
 CONFIGS = [
     FeatureConfig(),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiotag.config import AudioRules, FeatureConfig
+from audiotag.config.schema import AudioRules, FeatureConfig
+from audiotag.core.errors import DataError
 from audiotag.data.audio import (
     EMPTY,
     MISSING,
@@ -21,7 +22,6 @@ from audiotag.data.audio import (
 from audiotag.data.cache_compute import compute_clip
 from audiotag.data.cache_reader import SKIPPED, ZERO_FILLED
 from audiotag.data.features import make_extractor, n_frames
-from audiotag.errors import DataError
 
 SR = 16000
 

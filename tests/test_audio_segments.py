@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiotag.config import AudioRules, FeatureConfig
+from audiotag.config.schema import AudioRules, FeatureConfig
 from audiotag.data.audio import EMPTY, UnusableAudio, decode
 from audiotag.data.cache_build import _clip_order, _order_hash, build_cache
 from audiotag.data.cache_reader import FeatureCache, read_manifest

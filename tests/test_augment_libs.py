@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.cli import main
-from audiotag.config import FeatureConfig
+from audiotag.cli.main import main
+from audiotag.config.schema import FeatureConfig
+from audiotag.core.errors import ConfigError
 from audiotag.data.dataset import CropDataset
 from audiotag.data.spec_augment_lib import IMAGE_DB, SpecAugmentLib, image_scale
 from audiotag.data.wave_augment import WaveAugment, fold_wave_augment, seeded_globals
-from audiotag.errors import ConfigError
 from audiotag.experiment import load_experiment
 from tests.conftest import REPO, tiny_args
 

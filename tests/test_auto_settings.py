@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from audiotag.cli import main
-from audiotag.config import load_competition
+from audiotag.cli.main import main
+from audiotag.config.schema import load_competition
 from audiotag.experiment import load_experiment
 from audiotag.models.registry import build_model
 from audiotag.stages import auto_settings

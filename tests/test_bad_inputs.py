@@ -15,17 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audiotag import kaggle_submit
-from audiotag.cli import main
+from audiotag.cli.main import main
 from audiotag.competitions import layouts
 from audiotag.competitions.demo import CLASSES as DEMO_CLASSES
 from audiotag.competitions.folds import assign_folds, load_folds
 from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
-from audiotag.config_files import configs_root
+from audiotag.config.files import configs_root
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.data import audio
 from audiotag.data.audio import UnusableAudio, decode
-from audiotag.errors import ConfigError, DataError
 from audiotag.experiment import load_experiment
+from audiotag.fetch import kaggle as fetch_kaggle
 from tests.conftest import REPO
 from tests.test_competitions_real import (
     TEST_2018,
@@ -319,7 +319,7 @@ def test_submit_validates_against_the_data_dir_sample(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(workspace / "no-kaggle"))
     api = FakeApi(reply={"message": "Successfully submitted", "ref": 9})
-    monkeypatch.setattr(kaggle_submit, "API_FACTORY", lambda: api)
+    monkeypatch.setattr(fetch_kaggle, "KAGGLE_API_FACTORY", lambda: api)
     data = workspace / "kaggle-input"
     write_csv(data / "sample_submission.csv", ["fname", "label"], [[f, ""] for f in TEST_2018])
     sub = workspace / "submissions" / "fsd2018" / "blend.csv"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from audiotag.blend import (
+from audiotag.scoring.blend import (
     BlendRule,
     OofScorer,
     hill_climb,
@@ -16,7 +16,7 @@ from audiotag.blend import (
     scaled_ranks,
     search_weights,
 )
-from audiotag.stacking import logit_features, make_stacker, nested_predictions
+from audiotag.scoring.stacking import logit_features, make_stacker, nested_predictions
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotag.errors import ConfigError
+from audiotag.core.errors import ConfigError
 from audiotag.models.byola import CONVERTERS, AudioNTT2020, ByolaConfig, build_backbone, convert_byola
 from audiotag.models.heads import LinearHead
 from audiotag.models.loading import load_converted

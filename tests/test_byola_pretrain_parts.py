@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import FeatureConfig, InputNorm
-from audiotag.config_files import load_group
+from audiotag.config.files import load_group
+from audiotag.config.schema import FeatureConfig, InputNorm
+from audiotag.core.errors import ConfigError
 from audiotag.data.byola_augment import (
     EPS,
     ByolaAugment,
@@ -26,7 +27,6 @@ from audiotag.data.byola_augment import (
     random_resize_crop,
 )
 from audiotag.data.units import CacheSet, UnitDataset, unit_frames
-from audiotag.errors import ConfigError
 from audiotag.models.byol import OnlineNetwork, byol_loss, ema_update, make_target, regression_loss
 from audiotag.models.byola import AudioNTT2020
 from audiotag.models.encoder_file import check_recorded_frontend, encoder_payload, read_encoder_info
@@ -254,7 +254,7 @@ def test_encoder_file_records_and_refuses_another_front_end(tmp_path: Path) -> N
 
 
 def test_pretrain_config_defaults_are_the_official_recipe_and_errors_name_the_key() -> None:
-    from audiotag.config_files import configs_root
+    from audiotag.config.files import configs_root
     from audiotag.stages.pretrain import load_pretrain_config
 
     path = configs_root() / "pretrain" / "byola.yaml"

@@ -18,14 +18,14 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiotag.config import AudioRules, FeatureConfig
+from audiotag.config.schema import AudioRules, FeatureConfig
+from audiotag.core.errors import DataError
 from audiotag.data import cache_build as cache_mod
 from audiotag.data import cache_compute
 from audiotag.data.audio import load_audio
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache, cache_dir_for
 from audiotag.data.features import compute_logmel, n_frames
-from audiotag.errors import DataError
 from audiotag.stages.prepare import report_cache
 
 CFG = FeatureConfig()
@@ -269,7 +269,7 @@ BOUNDED_BUILD = """
     import sys, time, tracemalloc
     from pathlib import Path
     import pandas as pd
-    from audiotag.config import FeatureConfig
+    from audiotag.config.schema import FeatureConfig
     from audiotag.data import cache_build as cache_mod, cache_compute
 
     append = cache_mod._Writer.append
@@ -324,7 +324,7 @@ KILLED_BUILD = """
     import os, signal, sys
     from pathlib import Path
     import pandas as pd
-    from audiotag.config import FeatureConfig
+    from audiotag.config.schema import FeatureConfig
     from audiotag.data import cache_build as cache
 
     cache.CHECKPOINT_EVERY = 3
@@ -426,7 +426,7 @@ def test_changed_audio_rules_in_the_config_rebuild_the_cache(
 ) -> None:
     """``competition.audio_rules`` reach the cache through ``prepare``: a shorter ``max_seconds`` rebuilds
     it with exactly the longer clips flagged ``cut``; the clip table and folds are left as they are."""
-    from audiotag.config_files import configs_root
+    from audiotag.config.files import configs_root
     from audiotag.experiment import load_experiment
     from audiotag.stages.prepare import prepare
     from tests.conftest import TINY_DEMO

@@ -15,12 +15,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiotag import cli
-from audiotag.config import AudioRules, FeatureConfig
+from audiotag.cli import main as cli
+from audiotag.config.schema import AudioRules, FeatureConfig
+from audiotag.core.errors import ConfigError
 from audiotag.data import cache_compute
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.errors import ConfigError
 from tests.test_cache import CFG, N_CLIPS, copy_competition, write_clips
 
 CACHE_FILES = ("frames.f16", "index.parquet", "report.csv")

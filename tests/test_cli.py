@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from audiotag import cli
+from audiotag.cli import main as cli
 
 
 def test_help_lists_every_command_with_its_line_grouped() -> None:
@@ -44,7 +44,7 @@ def test_every_command_has_its_own_help(
     assert out.startswith("usage: audiotag") and (cli.COMMANDS[name].stage or f"audiotag {name}" in out)
 
 
-@pytest.mark.slow  # calls audiotag.cli.main (fails fast, but the rule is simple)
+@pytest.mark.slow  # calls audiotag.cli.main.main (fails fast, but the rule is simple)
 def test_a_command_is_not_a_stage(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["prepare", "package"]) == 2
     assert "package is a command of its own" in capsys.readouterr().err
@@ -54,7 +54,7 @@ def test_a_command_is_not_a_stage(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_set_values_go_to_the_experiment_or_with_their_prefix_to_the_ensemble() -> None:
-    from audiotag.cli_args import split_overrides
+    from audiotag.cli.args import split_overrides
 
     experiment, ensemble = split_overrides(["train.epochs=3", "ensemble.method=geometric", "model=cnn14"])
     assert experiment == ["train.epochs=3", "model=cnn14"]
@@ -64,12 +64,12 @@ def test_set_values_go_to_the_experiment_or_with_their_prefix_to_the_ensemble() 
 def use_competition_file(monkeypatch: pytest.MonkeyPatch, path) -> None:
     """``load_competition`` of any name, as the command line's configs resolve it, reads ``path``
     instead (command-line settings still apply)."""
-    from audiotag.config import load_competition
+    from audiotag.config.schema import load_competition
 
     def load(_: str, overrides: list[str] | None = None):
         return load_competition(str(path), overrides)
 
-    from audiotag import cli_configs
+    from audiotag.cli import configs as cli_configs
 
     monkeypatch.setattr(cli_configs, "load_competition", load)
 
@@ -77,7 +77,7 @@ def use_competition_file(monkeypatch: pytest.MonkeyPatch, path) -> None:
 def demo_with_extras(tmp_path, extras: list[str]):
     import yaml
 
-    from audiotag.config_files import configs_root
+    from audiotag.config.files import configs_root
 
     raw = yaml.safe_load((configs_root() / "competitions" / "demo.yaml").read_text())
     raw["default_extra_experiments"] = extras
@@ -127,7 +127,7 @@ def test_an_empty_extra_list_on_the_command_line_trains_the_default_experiment_a
 
 
 def test_a_missing_extra_experiment_is_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from audiotag.errors import ConfigError
+    from audiotag.core.errors import ConfigError
 
     path = demo_with_extras(tmp_path, ["demo/no_such_probe"])
     use_competition_file(monkeypatch, path)

@@ -17,15 +17,15 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiotag.cli import main
+from audiotag.cli.main import main
 from audiotag.competitions import get_competition, layouts
 from audiotag.competitions.audioset import candidate_stems
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import ensure_folds, load_folds
 from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
 from audiotag.competitions.fsd2019 import CLASSES as CLASSES_2019
-from audiotag.config import CompetitionConfig
-from audiotag.errors import ConfigError, DataError
+from audiotag.config.schema import CompetitionConfig
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]

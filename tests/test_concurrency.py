@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audiotag.cli import main
+from audiotag.cli.main import main
+from audiotag.core.errors import TrainingError
 from audiotag.data import cache_build as cache_mod
 from audiotag.data import cache_compute
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache, cache_dir_for
-from audiotag.errors import TrainingError
 from audiotag.stages.train import OWNER_LOCK, claim_run
 from tests.conftest import PYTHON, TINY_DEMO, subprocess_env, tiny_args
 from tests.test_cache import CFG, N_CLIPS, expected, write_clips
@@ -33,7 +33,7 @@ RACING_BUILD = """
     import logging, sys, time
     from pathlib import Path
     import pandas as pd
-    from audiotag.config import FeatureConfig
+    from audiotag.config.schema import FeatureConfig
     from audiotag.data import cache_build as cache
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -201,7 +201,7 @@ def test_two_prepare_commands_on_a_fresh_workspace(tmp_path: Path) -> None:
 RUN_HOLDER = """
     import sys, time
     from pathlib import Path
-    from audiotag.locks import file_lock
+    from audiotag.core.locks import file_lock
 
     run_dir = Path(sys.argv[1])
     with file_lock(run_dir / "owner.lock", f"train {run_dir.name}", wait=False):
@@ -261,7 +261,7 @@ def test_train_command_refuses_a_run_folder_in_use(
 
 
 def test_claim_folder_refuses_a_second_holder_and_leaves_the_block_s_own_errors_alone(tmp_path: Path) -> None:
-    from audiotag.locks import Busy, claim_folder, file_lock
+    from audiotag.core.locks import Busy, claim_folder, file_lock
 
     def refusal(owner: str) -> Exception:
         return TrainingError(f"held by {owner}")
@@ -289,7 +289,7 @@ def test_claim_folder_refuses_a_second_holder_and_leaves_the_block_s_own_errors_
 RUN_HOLDER_WITH_WORKER = """
     import os, sys, time
     from pathlib import Path
-    from audiotag.locks import file_lock
+    from audiotag.core.locks import file_lock
 
     run_dir, linger = Path(sys.argv[1]), float(sys.argv[2])
     with file_lock(run_dir / "owner.lock", f"train {run_dir.name}", wait=False):
@@ -331,7 +331,7 @@ def test_a_killed_run_whose_worker_lingers_is_waited_for_not_refused(
 def test_a_dead_run_s_worker_that_stays_is_named_in_the_refusal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audiotag import locks
+    from audiotag.core import locks
 
     monkeypatch.setattr(locks, "HEIRS_WAIT_SECONDS", 0.3)
     run_dir = tmp_path / "runs" / "cnn_small"

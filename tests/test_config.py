@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from audiotag.config import AudioRules, FeatureConfig, load_competition, load_ensemble
-from audiotag.config_files import apply_overrides, configs_root
-from audiotag.errors import ConfigError
+from audiotag.config.files import apply_overrides, configs_root
+from audiotag.config.schema import AudioRules, FeatureConfig, load_competition, load_ensemble
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import ExperimentConfig, load_experiment
 
 DEMO = configs_root() / "experiments" / "demo" / "cnn_small.yaml"

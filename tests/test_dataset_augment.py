@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import FeatureConfig, SpecAugmentConfig
-from audiotag.config_files import load_group, validate
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import FeatureConfig, SpecAugmentConfig
 from audiotag.data.augment import mixup, spec_augment
 from audiotag.data.dataset import CropDataset, fit_length, iter_window_batches, silence_value, window_starts
 from audiotag.data.features import compute_logmel
@@ -136,8 +136,8 @@ def test_spec_augment_zero_fill() -> None:
 
 def test_specaugment_goes_after_bn0_with_zeros_for_panns_cnns() -> None:
     """As official PANNs training: bn0, then SpecAugment filling with 0 (after_norm), by default."""
+    from audiotag.core.errors import ConfigError
     from audiotag.data.augment import resolve_specaugment, spec_mask
-    from audiotag.errors import ConfigError
     from audiotag.models.cnn14 import CnnConfig
     from audiotag.models.registry import build_model
 

@@ -22,8 +22,8 @@ from audiotag.competitions.demo_synth import (
     plan_fsd2019,
     synthesize_event,
 )
-from audiotag.config import DemoGeneratorConfig
-from audiotag.errors import DataError
+from audiotag.config.schema import DemoGeneratorConfig
+from audiotag.core.errors import DataError
 
 TINY = DemoGeneratorConfig(seed=7, train_per_class=3, test_per_class=2, max_duration=2.0)
 FNAME = re.compile(r"^[0-9a-f]{8}\.wav$")

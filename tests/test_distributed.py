@@ -132,7 +132,7 @@ def test_ddp_run_killed_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
 
 
 def test_batch_size_must_split_across_processes() -> None:
-    from audiotag.errors import ConfigError
+    from audiotag.core.errors import ConfigError
     from audiotag.experiment import load_experiment
     from audiotag.stages.train import train_experiment
     from audiotag.train.distributed import DistContext
@@ -149,8 +149,8 @@ def test_ddp_student_takes_each_fold_s_pseudo_labels_from_rank_0(tmp_path: Path)
     import numpy as np
 
     from audiotag.data.cache_reader import FeatureCache
-    from audiotag.inference import predict_member
-    from audiotag.predictions import read_predictions
+    from audiotag.kaggle.inference import predict_member
+    from audiotag.scoring.predictions import read_predictions
     from audiotag.stages.pseudo_labels import SCORES_FILE
 
     def train(run: str, *settings: str, gpus: int = 1) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audiotag.errors import ConfigError, DataError
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import extract as fetch_extract
 from audiotag.fetch import http as fetch_http
 from audiotag.fetch import kaggle as fetch_kaggle

@@ -1,4 +1,4 @@
-"""The embedding cache (audiotag/embedding_cache.py): contents, key, reuse, kill and resume.
+"""The embedding cache (audiotag/models/embedding_cache.py): contents, key, reuse, kill and resume.
 
 A small hand-written feature cache (clips of 5 to 70 frames) and a tiny random CNN keep it fast.
 """
@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-import audiotag.embedding_cache as ec
-from audiotag.config import FeatureConfig
+import audiotag.models.embedding_cache as ec
+from audiotag.config.schema import FeatureConfig
+from audiotag.core.errors import DataError
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.errors import DataError
 from audiotag.models.representation import EmbeddingConfig, Representation
 
 FEATURES = FeatureConfig(sample_rate=16000, hop_length=320, n_mels=16, fmin=50.0)  # 50 frames/s
@@ -200,7 +200,7 @@ def test_a_killed_build_leaves_no_cache_and_resumes(
     staging = folder.with_name(folder.name + ".partial")
     progress = json.loads((staging / "progress.json").read_text())
     assert progress["n_done"] >= 2
-    with caplog.at_level(logging.INFO, logger="audiotag.embedding_cache"):
+    with caplog.at_level(logging.INFO, logger="audiotag.models.embedding_cache"):
         resumed, windows = counted_build(cache, root, monkeypatch)
     assert f"resuming after {progress['n_done']} clips" in caplog.text
     assert windows < all_windows  # the clips kept were not embedded again
@@ -220,7 +220,7 @@ def test_partial_files_are_cut_back_or_rebuilt(
     interrupted_build(cache, tmp_path / "emb", monkeypatch, after=6)
     with open(staging / "1.f32", "ab") as f:
         f.write(b"\x01\x02\x03")
-    with caplog.at_level(logging.INFO, logger="audiotag.embedding_cache"):
+    with caplog.at_level(logging.INFO, logger="audiotag.models.embedding_cache"):
         same_contents(build(cache, tmp_path / "emb"), fresh)
     assert "resuming after" in caplog.text
 
@@ -231,7 +231,7 @@ def test_partial_files_are_cut_back_or_rebuilt(
     data = bytearray((staging2 / "2.f32").read_bytes())
     data[0] ^= 0xFF
     (staging2 / "2.f32").write_bytes(bytes(data))
-    with caplog.at_level(logging.INFO, logger="audiotag.embedding_cache"):
+    with caplog.at_level(logging.INFO, logger="audiotag.models.embedding_cache"):
         same_contents(build(cache, tmp_path / "emb2"), fresh)
     assert "does not match its progress record; starting over" in caplog.text
 

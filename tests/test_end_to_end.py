@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from audiotag.cli import main
+from audiotag.cli.main import main
 from tests.conftest import PYTHON, TINY_DEMO, subprocess_env, tiny_args
 
 
@@ -93,7 +93,7 @@ def test_changed_config_is_refused_for_an_existing_run(workspace: Path, capsys) 
 
 
 def test_a_setting_added_after_a_run_started_counts_as_unchanged_at_its_default() -> None:
-    from audiotag.config_files import configs_root
+    from audiotag.config.files import configs_root
     from audiotag.experiment import load_experiment
     from audiotag.stages.train import changed_settings, result_settings
 
@@ -114,7 +114,7 @@ def test_a_setting_added_after_a_run_started_counts_as_unchanged_at_its_default(
 def test_what_else_the_pipeline_runs_is_not_part_of_a_run_s_config() -> None:
     """A demo run made before the demo had extra members (its run.json records the default experiment
     and ensemble, not the extras), or with the extras switched off, stays the same run."""
-    from audiotag.config_files import configs_root
+    from audiotag.config.files import configs_root
     from audiotag.experiment import load_experiment
     from audiotag.stages.train import changed_settings, result_settings
 
@@ -216,7 +216,7 @@ def test_unusable_train_audio_is_left_out_of_training(workspace: Path, caplog) -
 @pytest.mark.slow
 def test_clip_table_follows_the_competition_settings(workspace: Path, caplog) -> None:
     from audiotag.competitions import get_competition
-    from audiotag.config import load_competition
+    from audiotag.config.schema import load_competition
     from audiotag.stages.prepare import clip_table, table_fingerprint
 
     assert run_cli(tiny_args("prepare")) == 0

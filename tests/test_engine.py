@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from audiotag.cli import main
-from audiotag.config import TrainConfig
-from audiotag.errors import TrainingError
+from audiotag.cli.main import main
+from audiotag.config.schema import TrainConfig
+from audiotag.core.errors import TrainingError
 from audiotag.train import epoch as epoch_mod
 from audiotag.train import loop
 from audiotag.train.engine import StepEngine, out_of_memory_advice, resolve_precision, uses_channels_last

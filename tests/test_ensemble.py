@@ -11,18 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audiotag import ensemble, metrics
-from audiotag.blend import scaled_ranks
-from audiotag.cli import main
+from audiotag.cli.main import main
 from audiotag.competitions import Competition, get_competition
-from audiotag.config import EnsembleConfig, load_competition, load_ensemble
-from audiotag.config_files import configs_root
-from audiotag.digests import file_sha256
-from audiotag.ensemble import ScoreLine, run_ensemble
-from audiotag.ensemble_members import Member
-from audiotag.errors import ConfigError, DataError
-from audiotag.fold_scores import FoldScores
-from audiotag.predictions import read_predictions, write_predictions
+from audiotag.config.files import configs_root
+from audiotag.config.schema import EnsembleConfig, load_competition, load_ensemble
+from audiotag.core.digests import file_sha256
+from audiotag.core.errors import ConfigError, DataError
+from audiotag.ensemble import runner as ensemble
+from audiotag.ensemble.members import Member
+from audiotag.ensemble.runner import ScoreLine, run_ensemble
+from audiotag.scoring import metrics
+from audiotag.scoring.blend import scaled_ranks
+from audiotag.scoring.fold_scores import FoldScores
+from audiotag.scoring.predictions import read_predictions, write_predictions
 from tests.conftest import tiny_args
 
 # --------------------------------------------------------------------------- a hand-made workspace
@@ -253,7 +254,7 @@ def test_per_class_scipy_search_and_mlp_stacking(workspace: Path) -> None:
 
 
 def _map_at_3(truth: np.ndarray, scores: np.ndarray) -> float:
-    """MAP@3 of single-label rows, written out with numpy (independent of audiotag.metrics)."""
+    """MAP@3 of single-label rows, written out with numpy (independent of audiotag.scoring.metrics)."""
     top3 = np.argsort(-scores, axis=1)[:, :3]
     hits = top3 == truth.argmax(axis=1)[:, None]
     return float((hits / np.arange(1, 4)).sum(axis=1).mean())
@@ -270,7 +271,7 @@ def test_members_with_different_oof_clips_are_scored_and_blended_on_the_common_c
     fc = fake_competition("demo")
     write_run(fc, "a", 1.0, seed=1)
     write_run(fc, "b", 0.8, seed=2, oof_ids=fc.train_ids[1:])  # tr000 (verified, scored) missing
-    caplog.set_level(logging.WARNING, logger="audiotag.ensemble")
+    caplog.set_level(logging.WARNING, logger="audiotag.ensemble.runner")
     result = run_ensemble(ensemble_config(workspace, "demo", ["a", "b"], weights="equal"))
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -315,7 +316,7 @@ def test_members_with_different_oof_clips_are_scored_and_blended_on_the_common_c
 
     from rich.console import Console
 
-    from audiotag.cli import print_ensemble
+    from audiotag.cli.main import print_ensemble
 
     console = Console(record=True, width=200)
     print_ensemble(console, result)

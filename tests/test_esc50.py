@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from audiotag.cli import main
-from audiotag.config import load_competition
-from audiotag.errors import ConfigError
+from audiotag.cli.main import main
+from audiotag.config.schema import load_competition
+from audiotag.core.errors import ConfigError
 from tests.http_fakes import ArchiveHandler, running_server
 
 RATE = 16000

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from audiotag.errors import DataError
+from audiotag.core.errors import DataError
 from audiotag.fetch.extract import archive_format, extract_archive, extract_tar
 
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from audiotag.cli import main
+from audiotag.cli.main import main
 from audiotag.competitions import get_competition
 from audiotag.competitions.folders import FoldersCompetition
-from audiotag.config import load_competition
-from audiotag.errors import AudiotagError, ConfigError, DataError
+from audiotag.config.schema import load_competition
+from audiotag.core.errors import AudiotagError, ConfigError, DataError
 from audiotag.stages.prepare import clip_table
 from tests.folders_fakes import WORDS, SpeechLayout, speech_layout, wav_bytes
 

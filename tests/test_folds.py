@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from audiotag.competitions.folds import ensure_folds, folds_path, load_folds
-from audiotag.errors import DataError
+from audiotag.core.errors import DataError
 from tests.fakes import FakeMulti, FakeSingle, make
 
 

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import FeatureConfig
-from audiotag.config_files import load_group, validate
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import FeatureConfig
 from audiotag.data.features import LogMel, compute_logmel
 from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.registry import build_model, load_pretrained

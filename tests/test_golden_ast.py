@@ -40,8 +40,8 @@ import pytest
 import torch
 from torch import nn
 
-from audiotag.config import FeatureConfig
-from audiotag.config_files import read_yaml
+from audiotag.config.files import read_yaml
+from audiotag.config.schema import FeatureConfig
 from audiotag.data.dataset import fit_length, silence_value
 from audiotag.data.features import make_extractor
 from audiotag.models.ast import AstBackbone, AstConfig

@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import FeatureConfig, InputNorm, NormStatsConfig
-from audiotag.config_files import load_group, validate
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import FeatureConfig, InputNorm, NormStatsConfig
 from audiotag.data import norm_stats
 from audiotag.data.features import compute_logmel, make_extractor
 from audiotag.fetch.weights import cached_path

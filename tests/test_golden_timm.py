@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.models.timm_cnn import TimmConfig
 from tests.golden_weights import fixture_state, load_fixture

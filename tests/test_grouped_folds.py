@@ -14,7 +14,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import StratifiedKFold
 
 from audiotag.competitions.folds import assign_folds, ensure_folds, folds_path, load_folds
-from audiotag.errors import DataError
+from audiotag.core.errors import DataError
 from tests.fakes import FakeMulti, FakeSingle, make
 
 CLASSES = [f"class_{c}" for c in "abcdefgh"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
 from audiotag.data.kaldi_fbank import FLOAT32_EPS, KaldiFbank, kaldi_mel_banks, kaldi_n_frames
 
 SR = 16000

@@ -32,7 +32,7 @@ def test_an_upward_import_breaks_it(tmp_path: Path) -> None:
     skip = shutil.ignore_patterns("*.egg-info", "__pycache__")
     shutil.copytree(REPO / "src", tmp_path / "src", ignore=skip)
     shutil.copy(REPO / "pyproject.toml", tmp_path)
-    config = tmp_path / "src/audiotag/config.py"
+    config = tmp_path / "src/audiotag/config/schema.py"
     config.write_text(config.read_text() + "\nfrom audiotag.models import registry  # noqa\n")
     result = lint(tmp_path)
     assert result.returncode != 0

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from audiotag.competitions import get_competition
-from audiotag.config import CompetitionConfig, DemoGeneratorConfig
-from audiotag.errors import DataError
+from audiotag.config.schema import CompetitionConfig, DemoGeneratorConfig
+from audiotag.core.errors import DataError
 
 TINY = DemoGeneratorConfig(train_per_class=3, test_per_class=1, max_duration=1.0)
 

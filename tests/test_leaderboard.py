@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audiotag import kaggle_submit
-from audiotag.cli import main
-from audiotag.leaderboard import build_leaderboard
-from audiotag.plots import cv_vs_lb_figure, learning_curves_figure
+from audiotag.cli.main import main
+from audiotag.core import jsonl
+from audiotag.fetch import kaggle as fetch_kaggle
+from audiotag.reports.leaderboard import build_leaderboard
+from audiotag.reports.plots import cv_vs_lb_figure, learning_curves_figure
 from tests import demo_workspace
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -47,7 +48,7 @@ class FakeKaggle:
 def log_submission(ws: Path, name: str, ref: str, message: str) -> None:
     csv = ws / "submissions" / "demo" / f"{name}.csv"
     report = json.loads(csv.with_suffix(".json").read_text())
-    kaggle_submit.append_jsonl(
+    jsonl.append_jsonl(
         ws / "submissions" / "log.jsonl",
         {
             "time": "2026-01-02T03:04:05+0000",
@@ -87,7 +88,7 @@ def test_leaderboard_table_files_lb_and_plots(demo: Path, monkeypatch: pytest.Mo
             {"ref": 99, "file_name": "other.csv", "description": "made elsewhere", "public_score": "0.1"},
         ]
     )
-    monkeypatch.setattr(kaggle_submit, "API_FACTORY", lambda: fake)
+    monkeypatch.setattr(fetch_kaggle, "KAGGLE_API_FACTORY", lambda: fake)
     csv_path, html_path = demo / "lb.csv", demo / "lb.html"
     args = ["leaderboard", "-c", "demo", "--csv", str(csv_path), "--html", str(html_path), "--plots"]
     assert main(args) == 0
@@ -150,7 +151,7 @@ def test_without_credentials_the_lb_is_blank_with_a_note(
         from kaggle.api.kaggle_api_extended import KaggleApi
     monkeypatch.setattr(KaggleApi, "config_dir", str(home / ".kaggle"))  # fixed at first import
     monkeypatch.setattr(KaggleApi, "config", str(home / ".kaggle" / "kaggle.json"))
-    monkeypatch.setattr(kaggle_submit, "API_FACTORY", kaggle_submit.default_api)  # the real client
+    monkeypatch.setattr(fetch_kaggle, "KAGGLE_API_FACTORY", fetch_kaggle.default_api)  # the real client
     log_submission(demo, "demo", "12", "single cnn")
     board = build_leaderboard("demo")
     assert any("no Kaggle credentials" in note for note in board.notes)

@@ -12,7 +12,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from audiotag import metrics
+from audiotag.scoring import metrics
 
 SEEDS = range(4)
 

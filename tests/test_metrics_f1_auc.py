@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from audiotag import metrics
-from audiotag.config import TABLE_METRICS, CompetitionConfig
-from audiotag.errors import ConfigError
+from audiotag.config.schema import TABLE_METRICS, CompetitionConfig
+from audiotag.core.errors import ConfigError
+from audiotag.scoring import metrics
 
 RNG_SEEDS = range(6)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotag.config_files import load_group, validate
-from audiotag.errors import ConfigError
+from audiotag.config.files import load_group, validate
+from audiotag.core.errors import ConfigError
 from audiotag.models.cnn14 import CnnConfig, convert_aisfx, convert_panns
 from audiotag.models.loading import load_converted
 from audiotag.models.registry import build_model, load_pretrained
@@ -119,7 +119,7 @@ def aisfx_checkpoint() -> Path:
 
 
 def validate_features(name: str):
-    from audiotag.config import FeatureConfig
+    from audiotag.config.schema import FeatureConfig
 
     return validate(FeatureConfig, load_group("features", name), name)
 

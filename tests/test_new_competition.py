@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from audiotag.cli import main
-from audiotag.config import CompetitionConfig, load_competition
+from audiotag.cli.main import main
+from audiotag.config.schema import CompetitionConfig, load_competition
 from tests.folders_fakes import speech_layout
 
 AUDIO = b"RIFF....WAVE"  # the guesser reads names, not audio

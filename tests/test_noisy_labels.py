@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-from audiotag.config import LossConfig, PseudoLabelConfig, TrainConfig
+from audiotag.config.schema import LossConfig, PseudoLabelConfig, TrainConfig
+from audiotag.core.digests import file_sha256
+from audiotag.core.errors import ConfigError
 from audiotag.data.augment import mixup
-from audiotag.digests import file_sha256
-from audiotag.errors import ConfigError
-from audiotag.predictions import read_predictions
+from audiotag.scoring.predictions import read_predictions
 from audiotag.stages.prepare import Prepared
 from audiotag.stages.pseudo_labels import (
     SCORES_FILE,
@@ -397,9 +397,9 @@ def test_a_linear_probe_refuses_the_losses_and_pseudo_labels_it_cannot_use() -> 
 
 @pytest.mark.slow
 def test_teacher_then_pseudo_labelled_student_on_the_2019_demo(workspace: Path, capsys) -> None:
-    from audiotag.cli import main
+    from audiotag.cli.main import main
     from audiotag.data.cache_reader import FeatureCache
-    from audiotag.inference import predict_member
+    from audiotag.kaggle.inference import predict_member
     from tests.conftest import tiny_args
 
     def train(run: str, *settings: str) -> int:

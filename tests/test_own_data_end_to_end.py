@@ -1,4 +1,4 @@
-"""Your own data, end to end: ``prepare train ensemble`` through ``audiotag.cli.main`` on four made-up
+"""Your own data, end to end: ``prepare train ensemble`` through ``audiotag.cli.main.main`` on four made-up
 ``kind: table`` layouts (tests/own_data_layouts.py): one CSV with groups, curated + noisy subsets with
 a ``sample_columns`` submission, UrbanSound8K's layout (the shipped YAML, ``--data-dir``), and a table
 of segments. Each checks the submission's columns and order and that no group straddles folds."""
@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score
 
-from audiotag.cli import main
+from audiotag.cli.main import main
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.inference import run_inference
+from audiotag.kaggle.inference import run_inference
 from tests.own_data_layouts import (
     CLASSES,
     SAMPLE_ORDER,

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audiotag.cli import main
-from audiotag.errors import DataError
-from audiotag.inference import find_test_audio, run_inference
-from audiotag.predictions import read_predictions
+from audiotag.cli.main import main
+from audiotag.core.errors import DataError
+from audiotag.kaggle.inference import find_test_audio, run_inference
+from audiotag.scoring.predictions import read_predictions
 from tests import demo_workspace
 from tests.conftest import PYTHON
 
@@ -157,8 +157,8 @@ def test_the_bundle_writes_as_many_labels_as_the_competition_asks(tmp_path: Path
     writer uses it (bundles written before it was recorded: 3, as every known competition)."""
     import numpy as np
 
-    from audiotag.inference import BundleCompetition
-    from audiotag.submission import build_submission
+    from audiotag.competitions.submission import build_submission
+    from audiotag.kaggle.inference import BundleCompetition
 
     sample = tmp_path / "sample_submission.csv"
     sample.write_text("fname,label\na.wav,x\nb.wav,x\n")
@@ -172,7 +172,7 @@ def test_the_bundle_writes_as_many_labels_as_the_competition_asks(tmp_path: Path
 
 def test_a_linear_probe_fold_without_its_saved_probe_is_refused_with_the_remedy(tmp_path: Path) -> None:
     """A probe run fitted before probes saved ``probe.npz`` (test_package_probe.py: packaging one)."""
-    from audiotag.errors import DataError
+    from audiotag.core.errors import DataError
     from audiotag.stages.package import member_folds
 
     run_dir = tmp_path / "probe_aisfx"

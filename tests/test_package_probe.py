@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audiotag.cli import main
-from audiotag.errors import DataError
-from audiotag.inference import combine_members
+from audiotag.cli.main import main
+from audiotag.core.errors import DataError
+from audiotag.kaggle.inference import combine_members
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, load_probe, read_probe
 from audiotag.models.representation import EmbeddingConfig
-from audiotag.predictions import read_predictions
+from audiotag.scoring.predictions import read_predictions
 from audiotag.stages.package import member_folds
 from audiotag.train.probe import ProbeFold, fit_fold, write_fold
 from tests import demo_workspace

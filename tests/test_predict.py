@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.config import FeatureConfig
-from audiotag.config_files import load_group, validate
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import FeatureConfig
+from audiotag.core.errors import AudiotagError
 from audiotag.data.dataset import window_starts
 from audiotag.data.features import compute_logmel
-from audiotag.errors import AudiotagError
 from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.registry import build_model
 from audiotag.train.loop import gain_offset

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiotag.cli import main
-from audiotag.config_files import configs_root
-from audiotag.errors import ConfigError
+from audiotag.cli.main import main
+from audiotag.config.files import configs_root
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import load_experiment
 from audiotag.models.byola import ByolaConfig
 from audiotag.models.encoder_file import read_encoder_info

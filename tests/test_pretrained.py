@@ -26,9 +26,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from audiotag.cli import main
-from audiotag.config import FeatureConfig
-from audiotag.errors import ConfigError, DataError
+from audiotag.cli.main import main
+from audiotag.config.schema import FeatureConfig
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import http as fetch_http
 from audiotag.fetch import weights as fetch_weights
 from audiotag.fetch.weights import Checkpoint

@@ -11,11 +11,11 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import audiotag.train.probe as probe
-from audiotag.config import CompetitionConfig, FeatureConfig, TrainConfig
+from audiotag.config.schema import CompetitionConfig, FeatureConfig, TrainConfig
+from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.representation import EmbeddingConfig
-from audiotag.paths import REPO_ROOT
 from audiotag.stages.prepare import Prepared
 from audiotag.stages.probe import probe_one_fold
 from audiotag.stages.train import fold_data

@@ -16,13 +16,13 @@ import pytest
 import torch
 import yaml
 
-from audiotag.cli import main
-from audiotag.config import FeatureConfig
-from audiotag.config_files import load_group, validate
-from audiotag.leaderboard import run_row
+from audiotag.cli.main import main
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import FeatureConfig
+from audiotag.core.paths import REPO_ROOT
 from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.registry import build_model
-from audiotag.paths import REPO_ROOT
+from audiotag.reports.leaderboard import run_row
 from tests import demo_workspace
 from tests.conftest import TINY_DEMO
 

@@ -1,4 +1,4 @@
-"""Progress bars (``audiotag.log.progress``): on a terminal only, never under ``--quiet``; the fold's
+"""Progress bars (``audiotag.core.log.progress``): on a terminal only, never under ``--quiet``; the fold's
 ETA in the epoch log line."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from audiotag import log as audiotag_log
-from audiotag.cli import main
-from audiotag.log import human_duration, progress, set_quiet
+from audiotag.cli.main import main
+from audiotag.core import log as audiotag_log
+from audiotag.core.log import human_duration, progress, set_quiet
 from audiotag.train.loop import FoldState, fold_eta
 
 

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from audiotag.competitions import get_competition
-from audiotag.config import load_competition
-from audiotag.errors import DataError
+from audiotag.config.schema import load_competition
+from audiotag.core.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

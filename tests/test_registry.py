@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from audiotag.config import ModelBase
+from audiotag.config.schema import ModelBase
 from audiotag.models.family import Family
 
 
@@ -63,7 +63,7 @@ def test_the_experiment_schema_takes_every_family() -> None:
 
 
 def test_heads_are_checked_once_for_every_family() -> None:
-    from audiotag.errors import ConfigError
+    from audiotag.core.errors import ConfigError
     from audiotag.experiment import load_experiment
 
     demo = Path(__file__).parents[1] / "configs/experiments/demo/cnn_small.yaml"

@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from audiotag.cli import main
-from audiotag.config_files import configs_root, dump_yaml
+from audiotag.cli.main import main
+from audiotag.config.files import configs_root, dump_yaml
 from audiotag.experiment import load_experiment
-from audiotag.leaderboard import build_leaderboard
-from audiotag.report_data import config_diff
-from audiotag.report_figures import class_counts, durations_figure
-from audiotag.report_html import table
+from audiotag.reports.data import config_diff
+from audiotag.reports.figures import class_counts, durations_figure
+from audiotag.reports.html import table
+from audiotag.reports.leaderboard import build_leaderboard
 from tests import demo_workspace
 
 CNN_SMALL = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
@@ -159,7 +159,7 @@ def test_the_ensemble_stage_writes_the_report_beside_its_submission(demo: Path) 
 
 @pytest.mark.slow
 def test_with_lb_scores_the_report_plots_cv_against_lb(demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from audiotag import kaggle_submit
+    from audiotag.fetch import kaggle as fetch_kaggle
     from tests.test_leaderboard import SLUG, FakeKaggle, log_submission
 
     log_submission(demo, "pair_rank", "11", "rank blend")
@@ -169,7 +169,7 @@ def test_with_lb_scores_the_report_plots_cv_against_lb(demo: Path, monkeypatch: 
         {"ref": 12, "file_name": "demo.csv", "description": "single cnn", "public_score": "0.25"},
     ]
     fake = FakeKaggle(answers)
-    monkeypatch.setattr(kaggle_submit, "API_FACTORY", lambda: fake)
+    monkeypatch.setattr(fetch_kaggle, "KAGGLE_API_FACTORY", lambda: fake)
     out = demo / "lb.html"
     assert main(["report", "-c", "demo", "--lb", "--ensemble", "pair_rank", "-o", str(out)]) == 0
     page = out.read_text()

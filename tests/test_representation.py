@@ -20,9 +20,9 @@ import pytest
 import torch
 from torch import nn
 
-from audiotag.config import FeatureConfig, InputNorm
-from audiotag.config_files import load_group, validate
-from audiotag.errors import ConfigError
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import FeatureConfig, InputNorm
+from audiotag.core.errors import ConfigError
 from audiotag.models.ast import AstBackbone
 from audiotag.models.loading import load_converted
 from audiotag.models.registry import family_of

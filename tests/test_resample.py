@@ -12,7 +12,7 @@ import pytest
 import soxr
 import torch
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
 from audiotag.data import resample as rs
 from audiotag.data.audio import decode
 from audiotag.data.cache_build import build_cache

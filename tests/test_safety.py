@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-from audiotag import atomic
-from audiotag.cli import main
-from audiotag.config import TrainConfig
-from audiotag.errors import DataError, TrainingError
+from audiotag.cli.main import main
+from audiotag.config.schema import TrainConfig
+from audiotag.core import atomic
+from audiotag.core.errors import DataError, TrainingError
 from audiotag.train import checkpoint, loop
 from audiotag.train.checkpoint import file_record, load_checkpoint, save_checkpoint
 from audiotag.train.engine import StepEngine
@@ -154,7 +154,7 @@ def test_a_done_json_without_the_record_is_accepted_with_a_warning(tmp_path: Pat
 
 @pytest.mark.slow
 def test_package_and_inference_refuse_a_corrupt_best_pt(demo: Path, capsys) -> None:
-    from audiotag.inference import run_inference
+    from audiotag.kaggle.inference import run_inference
 
     fold1 = demo / "competition" / "demo" / "runs" / "cnn_small" / "fold1"
     assert (
@@ -260,9 +260,9 @@ class Killed(BaseException):
 def test_a_kill_between_the_report_and_the_csv_is_detected_by_every_reader(
     demo: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    from audiotag import ensemble
-    from audiotag.leaderboard import build_leaderboard
-    from audiotag.submission import report_mismatch, sha256_hex
+    from audiotag.competitions.submission import report_mismatch, sha256_hex
+    from audiotag.ensemble import runner as ensemble
+    from audiotag.reports.leaderboard import build_leaderboard
 
     subs = demo / "submissions" / "demo"
     report = json.loads((subs / "pair_stack.json").read_text())
@@ -299,7 +299,7 @@ def test_a_kill_between_the_report_and_the_csv_is_detected_by_every_reader(
 
 
 def test_a_report_without_a_hash_is_used_as_before(tmp_path: Path) -> None:
-    from audiotag.submission import check_report, report_mismatch
+    from audiotag.competitions.submission import check_report, report_mismatch
 
     csv = tmp_path / "a.csv"
     csv.write_text("fname,label\n")

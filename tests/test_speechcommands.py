@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from audiotag.cli import main
-from audiotag.config import load_competition
+from audiotag.cli.main import main
+from audiotag.config.schema import load_competition
 from tests.folders_fakes import speech_layout
 from tests.http_fakes import ArchiveHandler, running_server
 

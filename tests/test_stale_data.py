@@ -14,11 +14,11 @@ import pytest
 import soundfile as sf
 
 from audiotag.competitions import Competition, get_competition
-from audiotag.config_files import configs_root
+from audiotag.config.files import configs_root
+from audiotag.core.errors import DataError
 from audiotag.data import cache_build as cache_mod
 from audiotag.data.cache_build import audio_fingerprint, build_cache
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.errors import DataError
 from audiotag.experiment import load_experiment
 from audiotag.stages.prepare import clip_table
 from tests.conftest import TINY_DEMO

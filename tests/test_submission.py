@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audiotag.errors import DataError
-from audiotag.submission import build_submission, validate_submission, write_submission
+from audiotag.competitions.submission import build_submission, validate_submission, write_submission
+from audiotag.core.errors import DataError
 from tests.fakes import FakeMulti, FakeSingle, make, write_sample
 
 IDS = ["c.wav", "a.wav", "b.wav"]

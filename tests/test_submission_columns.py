@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audiotag.errors import DataError
-from audiotag.kaggle_submit import validate_file
-from audiotag.submission import build_submission, validate_submission, write_submission
+from audiotag.competitions.submission import build_submission, validate_submission, write_submission
+from audiotag.core.errors import DataError
+from audiotag.kaggle.submit import validate_file
 from tests.fakes import FakeMulti, FakeSingle, make
 
 IDS = ["c.wav", "a.wav", "b.wav"]

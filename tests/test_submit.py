@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
-from audiotag import kaggle_submit
-from audiotag.cli import main
+from audiotag.cli.main import main
 from audiotag.competitions.demo_synth import CLASSES
+from audiotag.core import jsonl
+from audiotag.fetch import kaggle as fetch_kaggle
+from audiotag.kaggle import submit as kaggle_submit
 from tests.http_fakes import running_server
 
 SECRET = "s3cr3t-kaggle-key-0123456789"
@@ -111,7 +113,7 @@ def kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KaggleSt
         monkeypatch.setattr(KaggleApi, "config_dir", str(home / ".kaggle"))
         monkeypatch.setattr(KaggleApi, "config", str(home / ".kaggle" / "kaggle.json"))
         monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.LOCAL, stub.url)
-        monkeypatch.setattr(kaggle_submit, "API_FACTORY", kaggle_submit.default_api)
+        monkeypatch.setattr(fetch_kaggle, "KAGGLE_API_FACTORY", fetch_kaggle.default_api)
         yield stub
 
 
@@ -287,18 +289,18 @@ def test_scores_are_read_back_through_the_client(kaggle: KaggleStub, caplog) -> 
         },
         {"ref": 4243, "fileName": "b.csv", "description": "pending", "status": "PENDING"},
     ]
-    scores = kaggle_submit.fetch_scores(SLUG)
+    scores = fetch_kaggle.fetch_scores(SLUG)
     assert [(s.ref, s.public, s.private, s.status) for s in scores] == [
         ("4242", pytest.approx(0.81234), pytest.approx(0.79), "COMPLETE"),
         ("4243", None, None, "PENDING"),
     ]
     assert kaggle.calls[0][0] == "ListSubmissions" and kaggle.calls[0][1]["competitionName"] == SLUG
     kaggle.errors["ListSubmissions"] = (403, "Forbidden")
-    with pytest.raises(kaggle_submit.RulesNotAccepted, match="list the submissions of"):
-        kaggle_submit.fetch_scores(SLUG)
+    with pytest.raises(fetch_kaggle.RulesNotAccepted, match="list the submissions of"):
+        fetch_kaggle.fetch_scores(SLUG)
     kaggle.errors["ListSubmissions"] = (429, "Too Many Requests")  # rate-limited, not the daily cap
-    with pytest.raises(kaggle_submit.KaggleError, match="rate-limiting") as info:
-        kaggle_submit.fetch_scores(SLUG)
+    with pytest.raises(fetch_kaggle.KaggleError, match="rate-limiting") as info:
+        fetch_kaggle.fetch_scores(SLUG)
     assert not isinstance(info.value, kaggle_submit.SubmissionLimit)
     assert_no_secret(caplog.text)
 
@@ -341,25 +343,25 @@ def test_fake_client_success_and_errors(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(workspace / "no-kaggle"))
     api = FakeApi(reply={"message": "Successfully submitted", "ref": 7})
-    monkeypatch.setattr(kaggle_submit, "API_FACTORY", lambda: api)
+    monkeypatch.setattr(fetch_kaggle, "KAGGLE_API_FACTORY", lambda: api)
     record = kaggle_submit.submit_file(submission, "fake", slug=SLUG)
     assert api.submitted == [(str(submission), "fake", SLUG)]
     assert record.ref == "7" and record.cv == pytest.approx(0.8123)
     assert json.loads(log_file(workspace).read_text())["ref"] == "7"
 
     cases = [
-        (FakeApi(error=HTTPFailure(403, "rules")), kaggle_submit.RulesNotAccepted),
-        (FakeApi(error=HTTPFailure(404, "nope")), kaggle_submit.CompetitionNotFound),
+        (FakeApi(error=HTTPFailure(403, "rules")), fetch_kaggle.RulesNotAccepted),
+        (FakeApi(error=HTTPFailure(404, "nope")), fetch_kaggle.CompetitionNotFound),
         (FakeApi(error=HTTPFailure(429, "slow down")), kaggle_submit.SubmissionLimit),
         (
             FakeApi(error=HTTPFailure(400, f"daily submission limit; key {SECRET}")),
             kaggle_submit.SubmissionLimit,
         ),
-        (FakeApi(reply={"message": "Could not submit to competition"}), kaggle_submit.KaggleError),
-        (FakeApi(authenticated=False), kaggle_submit.MissingCredentials),
+        (FakeApi(reply={"message": "Could not submit to competition"}), fetch_kaggle.KaggleError),
+        (FakeApi(authenticated=False), fetch_kaggle.MissingCredentials),
     ]
     for fake, error in cases:
-        monkeypatch.setattr(kaggle_submit, "API_FACTORY", lambda fake=fake: fake)
+        monkeypatch.setattr(fetch_kaggle, "KAGGLE_API_FACTORY", lambda fake=fake: fake)
         with pytest.raises(error) as info:
             kaggle_submit.submit_file(submission, "fake", slug=SLUG)
         assert_no_secret(str(info.value))
@@ -373,21 +375,21 @@ def test_log_appends_are_whole_lines_under_concurrency(tmp_path: Path) -> None:
 
     def writer(worker: int) -> None:
         for i in range(25):
-            kaggle_submit.append_jsonl(path, {"worker": worker, "i": i, "pad": "x" * 2000})
+            jsonl.append_jsonl(path, {"worker": worker, "i": i, "pad": "x" * 2000})
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    records = kaggle_submit.read_log(path)
+    records = jsonl.read_jsonl(path)
     assert len(records) == 150 and all(r["pad"] == "x" * 2000 for r in records)
     # a torn last line (a crash mid-write) is skipped, not fatal
     with open(path, "a") as f:
         f.write('{"worker": 9, "i"')
-    assert len(kaggle_submit.read_log(path)) == 150
-    kaggle_submit.append_jsonl(path, {"worker": 10, "i": 0})
-    assert kaggle_submit.read_log(path)[-1] == {"worker": 10, "i": 0}
+    assert len(jsonl.read_jsonl(path)) == 150
+    jsonl.append_jsonl(path, {"worker": 10, "i": 0})
+    assert jsonl.read_jsonl(path)[-1] == {"worker": 10, "i": 0}
 
 
 def test_a_report_that_does_not_describe_the_csv_is_not_logged_with_it(tmp_path: Path, caplog) -> None:
@@ -397,7 +399,7 @@ def test_a_report_that_does_not_describe_the_csv_is_not_logged_with_it(tmp_path:
     import json as json_mod
     import logging
 
-    from audiotag.kaggle_submit import read_report
+    from audiotag.kaggle.submit import read_report
 
     csv = tmp_path / "demo.csv"
     csv.write_text("fname,label\na.wav,x\n")

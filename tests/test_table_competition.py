@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import yaml
 
-from audiotag.cli import main
+from audiotag.cli.main import main
 from audiotag.competitions import get_competition
-from audiotag.config import TABLE_METRICS, load_competition
-from audiotag.errors import AudiotagError, ConfigError
+from audiotag.config.schema import TABLE_METRICS, load_competition
+from audiotag.core.errors import AudiotagError, ConfigError
 
 CLASSES = ["zorp", "blip", "whirr"]  # made up, deliberately not sorted
 RATE = 16000
@@ -210,7 +210,7 @@ def test_table_keys_need_kind_table() -> None:
 
 
 def test_table_metrics_are_the_metrics_module_s() -> None:
-    from audiotag.metrics import METRICS
+    from audiotag.scoring.metrics import METRICS
 
     assert set(TABLE_METRICS) == set(METRICS)
 

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from audiotag.cli import main
+from audiotag.cli.main import main
 from audiotag.competitions import get_competition
 from audiotag.competitions.folds import ensure_folds, load_folds
 from audiotag.competitions.table import TableCompetition
-from audiotag.config import load_competition
-from audiotag.errors import ConfigError, DataError
+from audiotag.config.schema import load_competition
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.stages.prepare import clip_table
 from tests.http_fakes import ArchiveHandler, running_server
 from tests.own_data_layouts import (

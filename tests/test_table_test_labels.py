@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from audiotag.cli import main
+from audiotag.cli.main import main
 from audiotag.competitions import get_competition
-from audiotag.config import load_competition
-from audiotag.errors import AudiotagError, ConfigError, DataError
-from audiotag.predictions import read_predictions
+from audiotag.config.schema import load_competition
+from audiotag.core.errors import AudiotagError, ConfigError, DataError
+from audiotag.scoring.predictions import read_predictions
 from audiotag.stages.prepare import table_fingerprint
 from tests.test_table_competition import CLASSES, args, make_dataset
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from audiotag.cli import main
-from audiotag.config import InputNorm
-from audiotag.config_files import configs_root
-from audiotag.errors import ConfigError
+from audiotag.cli.main import main
+from audiotag.config.files import configs_root
+from audiotag.config.schema import InputNorm
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import load_experiment
 from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.loading import Converted, load_converted
@@ -119,7 +119,7 @@ def test_training_from_a_checkpoint_file(workspace: Path, tmp_path: Path, caplog
 
 
 def test_dataset_input_norm_is_the_training_folds_statistics() -> None:
-    from audiotag.config import FeatureConfig, NormStatsConfig
+    from audiotag.config.schema import FeatureConfig, NormStatsConfig
     from audiotag.data.norm_stats import dataset_norm
 
     clips = {"a": np.full((4, 3), 1.0), "b": np.full((2, 3), 4.0), "held-out": np.full((9, 3), 99.0)}

@@ -9,8 +9,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from audiotag.config import FeatureConfig
-from audiotag.errors import ConfigError
+from audiotag.config.schema import FeatureConfig
+from audiotag.core.errors import ConfigError
 from audiotag.fetch import weights as fetch_weights
 from audiotag.models import pretrained
 from audiotag.models.loading import load_converted

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from audiotag.config_files import configs_root
-from audiotag.errors import ConfigError
+from audiotag.config.files import configs_root
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import load_experiment
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.trackers import Trackers, open_trackers

@@ -15,9 +15,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from audiotag.cli import main
-from audiotag.config_files import configs_root, parse_override
-from audiotag.errors import ConfigError
+from audiotag.cli.main import main
+from audiotag.config.files import configs_root, parse_override
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import load_experiment
 from audiotag.stages.train import result_settings
 from audiotag.stages.tune import FIXED_KEYS

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from audiotag.cli import main
-from audiotag.config import FeatureConfig
+from audiotag.cli.main import main
+from audiotag.config.schema import FeatureConfig
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.features import compute_logmel
 from audiotag.models.cnn14 import CnnConfig

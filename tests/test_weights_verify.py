@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiotag.cli import main
-from audiotag.errors import DataError
+from audiotag.cli.main import main
+from audiotag.core.errors import DataError
 from audiotag.models import verify
 from tests.golden_weights import fixture_state, load_fixture
 

@@ -25,8 +25,8 @@ import numpy as np
 import soundfile as sf
 from scipy import signal as sp_signal
 
-from audiotag.atomic import atomic_write_text
-from audiotag.errors import DataError
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from scipy import signal as sp_signal
 
-from audiotag.errors import DataError
-from audiotag.log import progress
+from audiotag.core.errors import DataError
+from audiotag.core.log import progress
 
 from .common import (
     DATA,

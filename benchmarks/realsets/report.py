@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from audiotag.atomic import atomic_write_text
+from audiotag.core.atomic import atomic_write_text
 
 SECTION = "## Accuracy on the real-audio check sets (`benchmarks/accuracy.py`)"
 SECTION_INTRO = """\

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiotag.errors import DataError
+from audiotag.core.errors import DataError
 
 # Generator operators (SoundFont 2.04, section 8.1.2) this renderer uses.
 START_OFFSET, END_OFFSET, LOOP_START_OFFSET, LOOP_END_OFFSET = 0, 1, 2, 3

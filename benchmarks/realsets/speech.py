@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from audiotag.errors import DataError
-from audiotag.log import progress
+from audiotag.core.errors import DataError
+from audiotag.core.log import progress
 
 from .common import (
     DATA,

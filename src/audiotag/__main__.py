@@ -1,3 +1,3 @@
-from audiotag.cli import main
+from audiotag.cli.main import main
 
 raise SystemExit(main())

@@ -1,6 +1,6 @@
 """An experiment: a competition, a front-end, a model of any registered family, training settings.
 
-Composed from the YAML groups by ``load_experiment`` (``audiotag.config`` has the machinery). It
+Composed from the YAML groups by ``load_experiment`` (``audiotag.config.schema`` has the machinery). It
 sits above ``models`` because the ``model`` section is validated against the config schema of the
 family it names, and the families live with their code (``models/<family>.py``, collected by
 ``models/registry.py``).
@@ -13,8 +13,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from audiotag.config import CompetitionConfig, FeatureConfig, StrictModel, TrainConfig
-from audiotag.config_files import (
+from audiotag.config.files import (
     AUTO_FEATURES,
     apply_overrides,
     load_group,
@@ -22,8 +21,9 @@ from audiotag.config_files import (
     resolve_groups,
     validate,
 )
+from audiotag.config.schema import CompetitionConfig, FeatureConfig, StrictModel, TrainConfig
+from audiotag.core.errors import ConfigError
 from audiotag.data.augment_specs import check_augmentations
-from audiotag.errors import ConfigError
 from audiotag.models.encoder_file import read_encoder_info
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.registry import families

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from audiotag.competitions.base import Competition
-from audiotag.config import CompetitionConfig
-from audiotag.errors import ConfigError
+from audiotag.config.schema import CompetitionConfig
+from audiotag.core.errors import ConfigError
 
 
 def _registry() -> dict[str, type[Competition]]:

@@ -13,8 +13,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from audiotag.competitions.layouts import download_api
-from audiotag.config import TableDownload
-from audiotag.errors import ConfigError, DataError
+from audiotag.config.schema import TableDownload
+from audiotag.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.atomic import atomic_write_text
 from audiotag.competitions.layouts import (
     AUDIO_ISSUE,
     AUDIO_SUFFIXES,
@@ -52,7 +51,8 @@ from audiotag.competitions.layouts import (
     probe_audio,
     write_sample_submission,
 )
-from audiotag.errors import ConfigError, DataError
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import ClassVar, Literal
 import numpy as np
 import pandas as pd
 
-from audiotag.config import CompetitionConfig
-from audiotag.errors import DataError
-from audiotag.paths import competition_dir
+from audiotag.config.schema import CompetitionConfig
+from audiotag.core.errors import DataError
+from audiotag.core.paths import competition_dir
 
 Task = Literal["single_label", "multi_label"]
 SubmissionKind = Literal["top3_labels", "scores", "sample_columns"]
@@ -107,7 +107,7 @@ class Competition(abc.ABC):
         missing = sorted(set(test_ids) - set(labels.index))
         if missing:
             raise DataError(f"test truth lacks {len(missing)} clip(s), e.g. {missing[:3]}")
-        from audiotag import metrics
+        from audiotag.scoring import metrics
 
         return metrics.score(self.metric, self.label_matrix(labels.loc[test_ids]), scores)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from audiotag.competitions import demo_synth, fsd2018, fsd2019
 from audiotag.competitions.layouts import probe_clips
 from audiotag.competitions.table import TableLayout
-from audiotag.config import DemoGeneratorConfig
+from audiotag.config.schema import DemoGeneratorConfig
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ import soundfile as sf
 from scipy import fft as sp_fft
 from scipy import signal as sp_signal
 
-from audiotag.atomic import atomic_write_text
-from audiotag.config import DemoGeneratorConfig
-from audiotag.errors import DataError
-from audiotag.log import progress
+from audiotag.config.schema import DemoGeneratorConfig
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.errors import DataError
+from audiotag.core.log import progress
 
 log = logging.getLogger(__name__)
 

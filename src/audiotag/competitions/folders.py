@@ -39,13 +39,13 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from audiotag.atomic import atomic_write_text
 from audiotag.competitions.archive import archive_data_dir, fetch_archive
 from audiotag.competitions.folds import GROUP, describe_groups
 from audiotag.competitions.layouts import AUDIO_SUFFIXES, FileCompetition, read_csv
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary
-from audiotag.config import CompetitionConfig
-from audiotag.errors import ConfigError, DataError
+from audiotag.config.schema import CompetitionConfig
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from audiotag.atomic import atomic_write_text
 from audiotag.competitions.base import Competition
-from audiotag.errors import DataError
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.errors import DataError
 from audiotag.fetch.http import locked
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ import pandas as pd
 from audiotag.competitions.folds import GROUP
 from audiotag.competitions.table import TableLayout
 from audiotag.competitions.table_reading import PUBLISHED_REMEDY
-from audiotag.errors import AudiotagError
+from audiotag.core.errors import AudiotagError
 
 log = logging.getLogger(__name__)
 

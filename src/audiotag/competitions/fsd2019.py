@@ -40,8 +40,8 @@ import pandas as pd
 from audiotag.competitions.layouts import read_vocabulary
 from audiotag.competitions.table import TableLayout
 from audiotag.competitions.table_reading import PUBLISHED_REMEDY
-from audiotag.config import CompetitionConfig
-from audiotag.errors import AudiotagError, ConfigError, DataError
+from audiotag.config.schema import CompetitionConfig
+from audiotag.core.errors import AudiotagError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

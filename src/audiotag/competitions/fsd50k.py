@@ -35,7 +35,7 @@ from audiotag.competitions.layouts import (
     split_labels,
     write_sample_submission,
 )
-from audiotag.errors import DataError
+from audiotag.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from audiotag.competitions.layouts import AUDIO_SUFFIXES
-from audiotag.errors import DataError
+from audiotag.core.errors import DataError
 
 LABEL_NAMES = {"label", "labels", "class", "classes", "category", "class_name", "classname", "tags", "tag"}
 LABEL_NAMES |= {"word", "scene_label", "primary_label", "target_name", "species"}

@@ -30,10 +30,10 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from audiotag.atomic import atomic_write_text
 from audiotag.competitions.base import Competition
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.data.audio import MISSING, UnusableAudio, audio_info
-from audiotag.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

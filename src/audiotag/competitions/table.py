@@ -40,7 +40,6 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from audiotag.atomic import atomic_write_text
 from audiotag.competitions.archive import fetch_archive
 from audiotag.competitions.folds import FOLD, GROUP, describe_groups
 from audiotag.competitions.layouts import AUDIO_ISSUE, AUDIO_SUFFIXES, FileCompetition, audio_paths
@@ -53,8 +52,9 @@ from audiotag.competitions.table_reading import (
     segment_overruns,
 )
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary, check_labels, csv_line
-from audiotag.config import CompetitionConfig
-from audiotag.errors import ConfigError, DataError
+from audiotag.config.schema import CompetitionConfig
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.config import CompetitionConfig, template_fields
-from audiotag.errors import DataError
+from audiotag.config.schema import CompetitionConfig, template_fields
+from audiotag.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from audiotag.atomic import atomic_write_text
-from audiotag.errors import DataError
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

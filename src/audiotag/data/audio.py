@@ -10,7 +10,7 @@ Problem files are handled by written rules rather than by a crash or a silently 
 training clip and zero-fills an unusable test clip (``fill_seconds``, 1 s, of zeros), so that every
 test clip still gets a submission row; each case is listed with its reason in the cache's ``report.csv``.
 
-Rules (limits are fields of ``audiotag.config.AudioRules``, defaults in parentheses; a flag is listed
+Rules (limits are fields of ``audiotag.config.schema.AudioRules``, defaults in parentheses; a flag is listed
 in the clip's status). The limits are settable per competition under ``competition.audio_rules`` in
 the YAML config (e.g. ``--set competition.audio_rules.max_seconds=30``); ``prepare`` passes them to
 the cache, whose clip-list hash includes them, so changing one rebuilds the feature cache:
@@ -57,8 +57,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from audiotag.config import AudioRules
-from audiotag.errors import DataError
+from audiotag.config.schema import AudioRules
+from audiotag.core.errors import DataError
 
 FIX_HINT = "check the file or re-download the data (`./run.sh prepare`)"
 PERMISSION_HINT = (

@@ -6,8 +6,8 @@ import torch
 from scipy.stats import beta
 from torch import nn
 
-from audiotag.config import SpecAugmentConfig
-from audiotag.errors import ConfigError
+from audiotag.config.schema import SpecAugmentConfig
+from audiotag.core.errors import ConfigError
 
 
 def spec_mask(x: torch.Tensor, cfg: SpecAugmentConfig, generator: torch.Generator) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from audiotag.config import StrictModel
+from audiotag.config.schema import StrictModel
 
 EPS = torch.finfo(torch.float32).eps
 

@@ -22,7 +22,7 @@ on the CPU; the clip-list hash does not depend on it), faster with a GPU, but a 
 stops the build (a rerun resumes).
 
 Several processes may build one cache at once (two ``prepare``, or two ``train --folds`` started
-together): the build holds an OS file lock (``<cache_dir>.lock``, ``audiotag/locks.py``), so the second
+together): the build holds an OS file lock (``<cache_dir>.lock``, ``audiotag/core/locks.py``), so the second
 process logs that it waits for the first, then finds the cache complete and uses it. Each line of
 ``clips.jsonl`` records its clip's id, first frame and a hash of its frames, and a resumed build
 checks every recorded clip against the frames on disk: a damaged ``.partial`` is rebuilt from the
@@ -61,8 +61,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audiotag.atomic import atomic_path, atomic_write_json
-from audiotag.config import AudioRules, FeatureConfig
+from audiotag.config.schema import AudioRules, FeatureConfig
+from audiotag.core.atomic import atomic_path, atomic_write_json
+from audiotag.core.errors import ConfigError, DataError
+from audiotag.core.locks import file_lock
+from audiotag.core.log import progress
 from audiotag.data.audio import DEFAULT_RULES
 from audiotag.data.cache_compute import (
     ClipResult,
@@ -88,9 +91,6 @@ from audiotag.data.cache_reader import (
     read_manifest,
     summary_text,
 )
-from audiotag.errors import ConfigError, DataError
-from audiotag.locks import file_lock
-from audiotag.log import progress
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from audiotag.config import AudioRules, FeatureConfig
+from audiotag.config.schema import AudioRules, FeatureConfig
+from audiotag.core.errors import DataError
 from audiotag.data.audio import DEFAULT_RULES, UNDECODABLE, Decoded, UnusableAudio, decode
 from audiotag.data.cache_reader import (
     DTYPE,
@@ -40,7 +41,6 @@ from audiotag.data.cache_reader import (
 )
 from audiotag.data.features import compute_logmel, make_extractor
 from audiotag.data.resample import resample
-from audiotag.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
+from audiotag.core.errors import DataError
 from audiotag.data.audio import FLAGS
-from audiotag.errors import DataError
 
 FRAMES = "frames.f16"
 INDEX = "index.parquet"

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
 from audiotag.data.features import scale_rule
 
 

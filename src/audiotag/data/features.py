@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
 
 # Slaney mel scale: linear below 1 kHz, logarithmic above (librosa's default, htk=False).
 _SLANEY_F_SP = 200.0 / 3

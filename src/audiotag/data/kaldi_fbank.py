@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)  # Kaldi's log floor (torch.finfo(float32).eps)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.errors import DataError
+from audiotag.core.errors import DataError
 
 
 def read_meta(path: Path) -> pd.DataFrame:

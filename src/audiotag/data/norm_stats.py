@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from audiotag.config import FeatureConfig, InputNorm, NormStatsConfig
+from audiotag.config.schema import FeatureConfig, InputNorm, NormStatsConfig
 from audiotag.data.dataset import silence_value
 from audiotag.data.features import frames_of, make_window
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
 from audiotag.data.augment_specs import (
     check_parameters,
     construct,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from audiotag.config import FeatureConfig
+from audiotag.config.schema import FeatureConfig
 from audiotag.data.dataset import silence_value
 from audiotag.data.features import frames_of
 from audiotag.data.norm_stats import EdgeModel, unit_of

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from audiotag.core.errors import ConfigError
 from audiotag.data.augment_specs import (
     check_parameters,
     construct,
@@ -43,7 +44,6 @@ from audiotag.data.augment_specs import (
     init_parameters,
     transform_class,
 )
-from audiotag.errors import ConfigError
 
 KEY = "train.wave_augment"
 NOISE_SOURCES = ("competition", "noisy")

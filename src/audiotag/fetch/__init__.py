@@ -7,12 +7,11 @@
 - :mod:`~audiotag.fetch.splitzip`: joining an Info-ZIP split archive (``x.z01 ... x.zip``) into one zip.
 - :mod:`~audiotag.fetch.extract`: safe zip and tar extraction (zip-slip and links refused, atomic, recorded
   when done).
-- :mod:`~audiotag.fetch.kaggle`: the Kaggle API client (credentials, redaction, errors) and the
-  download of a competition's files.
+- :mod:`~audiotag.fetch.kaggle`: the Kaggle API client (credentials, redaction, errors), the
+  download of a competition's files and the scores of this account's submissions.
 - :mod:`~audiotag.fetch.weights`: pretrained weights files: the :class:`Checkpoint` record, the
   cache, downloads and verification (published hashes, or trust on first use).
 
-These modules import only :mod:`audiotag.errors`, :mod:`audiotag.atomic`, :mod:`audiotag.paths`,
-:mod:`audiotag.log` and each other: what needs a higher layer (reading a state dict with torch)
-comes in as an argument.
+These modules import only :mod:`audiotag.core` and each other: what needs a higher layer (reading a
+state dict with torch) comes in as an argument.
 """

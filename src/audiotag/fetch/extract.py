@@ -18,8 +18,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from audiotag.atomic import atomic_write_json, fsync_dir
-from audiotag.errors import DataError
+from audiotag.core.atomic import atomic_write_json, fsync_dir
+from audiotag.core.errors import DataError
 from audiotag.fetch.http import CHUNK, check_free_space, file_id, locked, progress_bar, read_stamp
 
 log = logging.getLogger(__name__)

@@ -36,10 +36,10 @@ from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
-from audiotag.atomic import atomic_write_json, fsync_dir
-from audiotag.errors import ConfigError, DataError
-from audiotag.locks import file_lock
-from audiotag.log import progress
+from audiotag.core.atomic import atomic_write_json, fsync_dir
+from audiotag.core.errors import ConfigError, DataError
+from audiotag.core.locks import file_lock
+from audiotag.core.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
 
 @contextlib.contextmanager
 def locked(lock_file: Path, waiting: str = "") -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_file`` for the block (``audiotag.locks.file_lock``: it dies
+    """Hold an exclusive lock on ``lock_file`` for the block (``audiotag.core.locks.file_lock``: it dies
     with its process and records its owner). Several processes (e.g. the ranks of one torchrun job)
     may ask for the same file at once: one does the work, the others wait and then find it done.
     ``waiting`` is logged, with the holder, when the lock is busy."""

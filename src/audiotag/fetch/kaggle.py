@@ -12,7 +12,7 @@ Credential values never reach our output: the client's own printing is discarded
 (:func:`quiet_client`) and every message built here is passed through :func:`redact`, which removes
 the key and the access token, the base64 of ``username:key`` and any ``Basic``/``Bearer`` header
 value (a server's error may echo the request's ``Authorization`` header). Callers that
-need another exception type (the download raises :class:`~audiotag.errors.DataError`) re-raise the
+need another exception type (the download raises :class:`~audiotag.core.errors.DataError`) re-raise the
 message.
 
 :func:`kaggle_download` fetches a competition's archive with the client, checks it, and extracts it
@@ -34,11 +34,12 @@ import socket
 import sys
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audiotag.atomic import fsync_dir
-from audiotag.errors import AudiotagError, ConfigError, DataError
+from audiotag.core.atomic import fsync_dir
+from audiotag.core.errors import AudiotagError, ConfigError, DataError
 from audiotag.fetch.extract import extract_zip
 from audiotag.fetch.http import human_size, locked
 
@@ -320,6 +321,60 @@ def explain(
         detail = error_detail(exc, secrets)
         msg = f"could not {doing} Kaggle competition {slug!r} ({what}: {detail}){_also(alternative, '; ')}"
     return error(redact(msg, secrets))
+
+
+# --------------------------------------------------------------------------- reading scores back
+
+
+@dataclass
+class KaggleScore:
+    ref: str
+    file_name: str
+    description: str
+    date: str
+    status: str
+    public: float | None
+    private: float | None
+
+
+def as_score(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if out == out else None  # NaN -> None
+
+
+def fetch_scores(slug: str, factory: ApiFactory | None = None) -> list[KaggleScore]:
+    """This account's submissions to ``slug`` with their public and private scores."""
+    api = authenticated_api(factory or KAGGLE_API_FACTORY)
+    secrets = secrets_of(api)
+    try:
+        with quiet_client():
+            items = api.competition_submissions(slug, page_size=100) or []
+    except (Exception, SystemExit) as exc:
+        raise explain(exc, slug, secrets, doing="list the submissions of", slug_from="-c/--slug") from None
+
+    def get(item: Any, key: str) -> Any:
+        return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
+
+    scores = []
+    for item in items:
+        if item is None:
+            continue
+        status = get(item, "status")
+        scores.append(
+            KaggleScore(
+                ref=str(get(item, "ref") or ""),
+                file_name=str(get(item, "file_name") or ""),
+                description=str(get(item, "description") or ""),
+                date=str(get(item, "date") or ""),
+                status=str(getattr(status, "name", status) or ""),
+                public=as_score(get(item, "public_score")),
+                private=as_score(get(item, "private_score")),
+            )
+        )
+    return scores
 
 
 # --------------------------------------------------------------------------- the competition download

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audiotag.atomic import atomic_path, atomic_write_json
-from audiotag.errors import DataError
+from audiotag.core.atomic import atomic_path, atomic_write_json
+from audiotag.core.errors import DataError
 from audiotag.fetch.http import CHUNK, check_free_space, file_id, human_size, progress_bar, read_stamp
 
 log = logging.getLogger(__name__)

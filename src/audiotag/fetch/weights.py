@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from audiotag.atomic import atomic_write_json
-from audiotag.errors import DataError
+from audiotag.core.atomic import atomic_write_json
+from audiotag.core.errors import DataError
 from audiotag.fetch import http
 from audiotag.fetch.http import (
     HEX32,

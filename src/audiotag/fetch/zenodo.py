@@ -15,7 +15,7 @@ import urllib.request
 from http.client import HTTPException
 from typing import Any
 
-from audiotag.errors import ConfigError, DataError
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import http
 from audiotag.fetch.http import (
     HEX32,

@@ -38,8 +38,8 @@ from pydantic import Field, model_validator
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from audiotag.config import ModelBase
-from audiotag.errors import ConfigError
+from audiotag.config.schema import ModelBase
+from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import Family
 from audiotag.models.loading import Converted, Converter, rgb_to_mono

@@ -16,8 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from audiotag.config import ModelBase
-from audiotag.errors import ConfigError
+from audiotag.config.schema import ModelBase
+from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import Family
 from audiotag.models.loading import Converted, Converter

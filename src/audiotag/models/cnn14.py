@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from audiotag.config import ModelBase
+from audiotag.config.schema import ModelBase
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import Family
 from audiotag.models.loading import Converted, Converter

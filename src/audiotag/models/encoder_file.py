@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from audiotag.config import FeatureConfig, InputNorm
-from audiotag.errors import ConfigError
+from audiotag.config.schema import FeatureConfig, InputNorm
+from audiotag.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from audiotag.config import ModelBase
+from audiotag.config.schema import ModelBase
 from audiotag.models.loading import Converter
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from audiotag.errors import ConfigError
+from audiotag.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from audiotag.errors import ConfigError, DataError
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import weights
 from audiotag.fetch.weights import HF_ENDPOINT, PICKLE_ALLOWANCES, Checkpoint
 from audiotag.models.registry import families

@@ -2,7 +2,7 @@
 
 Only the config schema lives here, so that ``audiotag.experiment`` can put it in the experiment's
 ``model`` union beside the trainable families; the embeddings are computed by
-``audiotag.embedding_cache`` and the classifier is fitted fold by fold by ``audiotag.train.probe``.
+``audiotag.models.embedding_cache`` and the classifier is fitted fold by fold by ``audiotag.train.probe``.
 ``./run.sh train --config configs/experiments/<comp>/probe_*.yaml`` runs it like any experiment and
 writes the same OOF/test predictions, ``metrics.json`` and leaderboard row.
 """
@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from audiotag.config import StrictModel
+from audiotag.config.schema import StrictModel
 from audiotag.models.representation import EmbeddingConfig
 
 PROBE = "linear_probe"

@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from audiotag.atomic import atomic_path
-from audiotag.digests import check_recorded_file
-from audiotag.errors import DataError
+from audiotag.core.atomic import atomic_path
+from audiotag.core.digests import check_recorded_file
+from audiotag.core.errors import DataError
 
 PROBE_FILE = "probe.npz"
 PROBE_RECORD = "probe_npz"  # the key of done.json that records the file's size and SHA-256

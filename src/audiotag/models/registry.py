@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 import audiotag.models
-from audiotag.config import FeatureConfig, InputNorm, ModelBase
-from audiotag.config_files import load_group, validate
-from audiotag.errors import ConfigError
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import FeatureConfig, InputNorm, ModelBase
+from audiotag.core.errors import ConfigError
 from audiotag.models.encoder_file import check_recorded_frontend
 from audiotag.models.family import Family
 from audiotag.models.loading import LoadReport, load_converted

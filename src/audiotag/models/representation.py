@@ -2,7 +2,7 @@
 
 A :class:`Representation` is a pretrained tagger used frozen (eval mode, no gradients). It turns a
 batch of log-mel windows into one vector per window for each chosen *layer*; layers named together
-are concatenated by the caller (``audiotag.embedding_cache``), in network order, into one clip
+are concatenated by the caller (``audiotag.models.embedding_cache``), in network order, into one clip
 embedding: the layer fusion of Niizumi et al., "Composing General Audio Representation by Fusing
 Multilayer Features of a Pre-trained Model" (EUSIPCO 2022, arXiv 2205.08138).
 
@@ -60,9 +60,9 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from audiotag.config import FeatureConfig, InputNorm, ModelBase, StrictModel
-from audiotag.config_files import deep_merge, load_group, validate
-from audiotag.errors import ConfigError
+from audiotag.config.files import deep_merge, load_group, validate
+from audiotag.config.schema import FeatureConfig, InputNorm, ModelBase, StrictModel
+from audiotag.core.errors import ConfigError
 from audiotag.models.ast import ast_block_embeddings
 from audiotag.models.byola import BYOLA_LAYERS, byola_layer_frames
 from audiotag.models.cnn14 import cnn_min_frames, fused_block_frames

@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from audiotag.config import InputNorm, ModelBase
+from audiotag.config.schema import InputNorm, ModelBase
 from audiotag.models.heads import AttentionHead, LinearHead, TokenHead
 
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from audiotag.config import ModelBase
-from audiotag.errors import ConfigError
+from audiotag.config.schema import ModelBase
+from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import Family
 from audiotag.models.loading import Adapter, Converted, Converter, rgb_to_mono

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiotag.config import FeatureConfig, InputNorm, ModelBase
-from audiotag.config_files import configs_root, load_group, validate
+from audiotag.config.files import configs_root, load_group, validate
+from audiotag.config.schema import FeatureConfig, InputNorm, ModelBase
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.data.audio import load_audio
 from audiotag.data.dataset import fit_length, silence_value
 from audiotag.data.features import compute_logmel
-from audiotag.errors import ConfigError, DataError
 from audiotag.models.registry import build_model, family_of, load_pretrained
 
 AUDIOSET_CLASSES = 527

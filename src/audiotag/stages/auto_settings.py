@@ -26,9 +26,9 @@ import psutil
 import torch
 from pydantic import BaseModel
 
-from audiotag.atomic import atomic_write_json
-from audiotag.config import InputNorm
-from audiotag.errors import ConfigError
+from audiotag.config.schema import InputNorm
+from audiotag.core.atomic import atomic_write_json
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import ExperimentConfig
 from audiotag.models.registry import build_model
 from audiotag.stages.prepare import Prepared

@@ -3,7 +3,7 @@
 ``./run.sh embed -c COMP --model NAME [--layers 3,6 | all | default]`` runs the weights-table model
 ``NAME`` (its own architecture and front-end; ``--features`` for weights that have none) over the
 feature cache of ``COMP`` (built first if missing) and stores the embeddings in
-``competition/COMP/embeddings/`` (``audiotag.embedding_cache``). A ``linear_probe`` experiment
+``competition/COMP/embeddings/`` (``audiotag.models.embedding_cache``). A ``linear_probe`` experiment
 computes or reuses the same cache itself (:func:`embed_prepared`).
 """
 
@@ -15,12 +15,17 @@ from pathlib import Path
 
 import torch
 
-from audiotag.config import CompetitionConfig, FeatureConfig, load_competition
-from audiotag.config_files import load_group, validate
+from audiotag.config.files import load_group, validate
+from audiotag.config.schema import CompetitionConfig, FeatureConfig, load_competition
+from audiotag.core.errors import ConfigError
+from audiotag.core.log import output_console
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.embedding_cache import EmbeddingCache, embeddings_root, ensure_embeddings, plan_embeddings
-from audiotag.errors import ConfigError
-from audiotag.log import output_console
+from audiotag.models.embedding_cache import (
+    EmbeddingCache,
+    embeddings_root,
+    ensure_embeddings,
+    plan_embeddings,
+)
 from audiotag.models.representation import EmbeddingConfig, LayerSpec, embedding_features
 from audiotag.stages.prepare import Prepared, prepare
 

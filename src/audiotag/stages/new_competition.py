@@ -9,7 +9,7 @@ import logging
 import re
 from pathlib import Path
 
-from audiotag.errors import ConfigError
+from audiotag.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,10 @@ def new_competition(
 ) -> tuple[Path, list[str]]:
     """Guess the YAML of the data in ``source``, write it to ``output`` (atomically, never over an existing
     file unless ``force``) after checking it with the config loader; the path and the reasons."""
-    from audiotag.atomic import atomic_write_text
     from audiotag.competitions.guess import guess_competition, render_yaml
-    from audiotag.config import load_competition
-    from audiotag.config_files import configs_root
+    from audiotag.config.files import configs_root
+    from audiotag.config.schema import load_competition
+    from audiotag.core.atomic import atomic_write_text
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ConfigError(
@@ -75,7 +75,7 @@ def new_competition(
 
 
 def run_new_competition(args: argparse.Namespace) -> None:
-    from audiotag.log import output_console
+    from audiotag.core.log import output_console
 
     path, reasons = new_competition(args.name, args.source, args.output, args.force)
     console = output_console()

@@ -13,8 +13,8 @@
       weights/              a linear probe's frozen embedding model: its weights file (once per file)
 
 Upload OUT_DIR as a Kaggle dataset, attach it and the competition data to a notebook, and run
-``!python /kaggle/input/<dataset>/inference.py``, which calls ``audiotag.inference.inference_main``
-(see ``audiotag/inference.py`` for what it computes).
+``!python /kaggle/input/<dataset>/inference.py``, which calls ``audiotag.kaggle.inference.inference_main``
+(see ``audiotag/kaggle/inference.py`` for what it computes).
 
 This module is imported by the CLI, so it imports torch and the models only inside the functions.
 """
@@ -32,16 +32,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audiotag.atomic import atomic_write_json, atomic_write_text
-from audiotag.config_files import read_yaml
-from audiotag.errors import ConfigError, DataError
-from audiotag.inference import FORMAT_VERSION, MANIFEST, NETWORK, PROBE_MEMBER, STACKER_DATA, WEIGHTS_DIR
+from audiotag.config.files import read_yaml
+from audiotag.core.atomic import atomic_write_json, atomic_write_text
+from audiotag.core.errors import ConfigError, DataError
+from audiotag.kaggle.inference import (
+    FORMAT_VERSION,
+    MANIFEST,
+    NETWORK,
+    PROBE_MEMBER,
+    STACKER_DATA,
+    WEIGHTS_DIR,
+)
 from audiotag.models.probe import PROBE
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, read_probe, verify_probe
 
 if TYPE_CHECKING:
     from audiotag.competitions import Competition
-    from audiotag.config import EnsembleConfig
+    from audiotag.config.schema import EnsembleConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +109,7 @@ def probe_weights(run_dir: Path, folds: list[int]) -> tuple[Path, str] | None:
     the embedding cache resolves it (a weights-table name: fetched or found in its installed package,
     and verified; else a file path), and refused unless it is the file every fold's embeddings were
     computed with (the SHA-256 each probe.npz recorded). Returned with the weights' name."""
-    from audiotag.digests import file_sha256
+    from audiotag.core.digests import file_sha256
     from audiotag.models.pretrained import resolve
     from audiotag.models.registry import weights_arch
     from audiotag.models.representation import EmbeddingConfig, model_config
@@ -130,7 +137,7 @@ def probe_weights(run_dir: Path, folds: list[int]) -> tuple[Path, str] | None:
 
 def _ship_weights(source: Path, name: str, bundle: Path) -> dict[str, Any]:
     """Copy a frozen model's weights file into ``bundle/weights/`` (once per file), checked."""
-    from audiotag.digests import file_sha256
+    from audiotag.core.digests import file_sha256
 
     sha256 = file_sha256(source)
     label = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("._") or "weights"
@@ -152,7 +159,7 @@ def _copy_code(dest: Path) -> None:
 
 
 def _default_slug(comp: Competition) -> str:
-    from audiotag.kaggle_submit import kaggle_slug
+    from audiotag.kaggle.submit import kaggle_slug
 
     return kaggle_slug(comp) or comp.name
 
@@ -160,7 +167,7 @@ def _default_slug(comp: Competition) -> str:
 def ensemble_report(path: Path, cfg: EnsembleConfig) -> dict[str, Any]:
     """The ensemble stage's report for ``cfg``: it holds the weights the blend chose on OOF. Refused
     when it does not describe the submission CSV beside it (an interrupted ensemble run)."""
-    from audiotag.submission import check_report
+    from audiotag.competitions.submission import check_report
 
     if not path.is_file():
         raise DataError(
@@ -203,8 +210,8 @@ def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.nd
     """The stacker's training set exactly as the ensemble stage builds it: the members' OOF logits
     and the truth of the scored clips. Shipped so inference refits the same (seeded) stacker."""
     from audiotag.data.meta import read_meta
-    from audiotag.ensemble_members import align, check_members, load_member, scored_rows
-    from audiotag.stacking import logit_features
+    from audiotag.ensemble.members import align, check_members, load_member, scored_rows
+    from audiotag.scoring.stacking import logit_features
 
     members = [load_member(comp, name) for name in cfg.members]
     check_members(members, cfg.min_oof_overlap)
@@ -216,8 +223,8 @@ def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.nd
 def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -> Path:
     """Write the inference folder for ensemble ``cfg`` into ``out_dir`` (replacing an earlier package)."""
     from audiotag.competitions import get_competition
-    from audiotag.config_files import dump_yaml
-    from audiotag.paths import submissions_root
+    from audiotag.config.files import dump_yaml
+    from audiotag.core.paths import submissions_root
     from audiotag.stages.train import code_version
 
     comp = get_competition(cfg.competition)
@@ -374,7 +381,7 @@ def main(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--scores", type=Path, help="also write the blended scores (parquet)")
     args = parser.parse_args(argv)
-    from audiotag.inference import inference_main
+    from audiotag.kaggle.inference import inference_main
 
     return inference_main(BUNDLE, args)
 

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.atomic import atomic_path, atomic_write_json
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
 from audiotag.competitions.table import TableLayout, check_test_labels
-from audiotag.config import PIPELINE_DEFAULT_KEYS, TABLE_FIELDS, CompetitionConfig, FeatureConfig
+from audiotag.config.schema import PIPELINE_DEFAULT_KEYS, TABLE_FIELDS, CompetitionConfig, FeatureConfig
+from audiotag.core.atomic import atomic_path, atomic_write_json
+from audiotag.core.locks import file_lock
 from audiotag.data.cache_build import build_cache, check_cache_device, disk_full_as_error
 from audiotag.data.cache_reader import REPORT, FeatureCache
 from audiotag.data.meta import read_meta
-from audiotag.locks import file_lock
 
 log = logging.getLogger(__name__)
 

@@ -53,10 +53,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.competitions import get_competition
-from audiotag.config import InputNorm
-from audiotag.config_files import (
+from audiotag.config.files import (
     apply_overrides,
     configs_root,
     dump_yaml,
@@ -64,12 +62,14 @@ from audiotag.config_files import (
     resolve_groups,
     validate,
 )
+from audiotag.config.schema import InputNorm
+from audiotag.core.atomic import atomic_write_json, atomic_write_text
+from audiotag.core.errors import ConfigError, TrainingError
+from audiotag.core.locks import claim_folder
+from audiotag.core.log import output_console
+from audiotag.core.paths import workspace_root
 from audiotag.data.norm_stats import dataset_norm
-from audiotag.errors import ConfigError, TrainingError
-from audiotag.locks import claim_folder
-from audiotag.log import output_console
 from audiotag.models.encoder_file import encoder_payload
-from audiotag.paths import workspace_root
 from audiotag.stages.pretrain_data import Sources, gather_sources
 from audiotag.stages.train import code_version, flatten, setting_default
 from audiotag.train.checkpoint import disk_full_guard, file_record, save_checkpoint

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.atomic import atomic_write_json
 from audiotag.competitions.layouts import AUDIO_SUFFIXES
-from audiotag.config import AudioRules
+from audiotag.config.schema import AudioRules
+from audiotag.core.atomic import atomic_write_json
+from audiotag.core.errors import ConfigError, DataError
+from audiotag.core.paths import workspace_root
 from audiotag.data.audio import DEFAULT_RULES
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import ZERO_FILLED, FeatureCache
 from audiotag.data.units import CacheSet
-from audiotag.errors import ConfigError, DataError
-from audiotag.paths import workspace_root
 from audiotag.stages.prepare import prepare
 from audiotag.train.pretrain_config import PretrainConfig
 

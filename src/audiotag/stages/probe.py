@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from audiotag.competitions.base import warn_about_rules
-from audiotag.embedding_cache import EmbeddingCache
-from audiotag.errors import ConfigError
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import ExperimentConfig
+from audiotag.models.embedding_cache import EmbeddingCache
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, verify_probe
 from audiotag.stages.embed import embed_prepared, pick_device

@@ -48,16 +48,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from audiotag.atomic import atomic_write_json
 from audiotag.competitions.folds import load_folds
-from audiotag.config import PseudoLabelConfig
+from audiotag.config.schema import PseudoLabelConfig
+from audiotag.core.atomic import atomic_write_json
+from audiotag.core.digests import file_sha256
+from audiotag.core.errors import ConfigError, DataError
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.digests import file_sha256
-from audiotag.errors import ConfigError, DataError
 from audiotag.experiment import ExperimentConfig, load_experiment
-from audiotag.inference import predict_member
+from audiotag.kaggle.inference import predict_member
 from audiotag.models.probe import PROBE
-from audiotag.predictions import read_predictions, write_predictions
+from audiotag.scoring.predictions import read_predictions, write_predictions
 from audiotag.stages.prepare import Prepared, prepare
 from audiotag.train.loop import FoldData
 

@@ -11,12 +11,12 @@ import logging
 import time
 from pathlib import Path
 
-from audiotag.atomic import atomic_write_text
-from audiotag.config import CompetitionConfig
-from audiotag.paths import submissions_root
-from audiotag.report_data import collect
-from audiotag.report_figures import make_figures
-from audiotag.report_html import render
+from audiotag.config.schema import CompetitionConfig
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.paths import submissions_root
+from audiotag.reports.data import collect
+from audiotag.reports.figures import make_figures
+from audiotag.reports.html import render
 
 log = logging.getLogger(__name__)
 

@@ -29,22 +29,22 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 import audiotag
-from audiotag import metrics
-from audiotag.atomic import atomic_write_json, atomic_write_text
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import load_folds
-from audiotag.config import PIPELINE_DEFAULT_KEYS, TrainConfig
-from audiotag.config_files import dump_yaml
+from audiotag.config.files import dump_yaml
+from audiotag.config.schema import PIPELINE_DEFAULT_KEYS, TrainConfig
+from audiotag.core.atomic import atomic_write_json, atomic_write_text
+from audiotag.core.digests import file_sha256
+from audiotag.core.errors import ConfigError, TrainingError
+from audiotag.core.locks import claim_folder, describe_owner
+from audiotag.core.paths import REPO_ROOT
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.digests import file_sha256
-from audiotag.errors import ConfigError, TrainingError
 from audiotag.experiment import ExperimentConfig
-from audiotag.fold_scores import FoldScores
-from audiotag.locks import claim_folder, describe_owner
 from audiotag.models.probe import PROBE
 from audiotag.models.registry import check_pretrained
-from audiotag.paths import REPO_ROOT
-from audiotag.predictions import read_predictions, write_predictions
+from audiotag.scoring import metrics
+from audiotag.scoring.fold_scores import FoldScores
+from audiotag.scoring.predictions import read_predictions, write_predictions
 from audiotag.stages.auto_settings import resolve_auto
 from audiotag.stages.prepare import Prepared, prepare
 from audiotag.stages.pseudo_labels import (

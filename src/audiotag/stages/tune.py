@@ -16,7 +16,7 @@ tune.KEY=VALUE`` the tune config), checks the search space against it, and runs 
 - ``<name>_tuned.yaml``: the base experiment file with the best trial's values written in (it loads
   like any experiment: ``./run.sh train --config`` it on every fold); ours, rewritten at each call;
   copying it into ``configs/experiments/<comp>/`` is left to the user (the command is printed);
-- ``history.png``, ``epochs.png``, ``importances.png``: pictures of the search (``train/tune_plots.py``).
+- ``history.png``, ``epochs.png``, ``importances.png``: pictures of the search (``reports/tune_plots.py``).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audiotag.atomic import atomic_write_json
 from audiotag.competitions import get_competition
-from audiotag.config_files import configs_root, is_yaml_path
-from audiotag.errors import ConfigError, TrainingError
+from audiotag.config.files import configs_root, is_yaml_path
+from audiotag.core.atomic import atomic_write_json
+from audiotag.core.errors import ConfigError, TrainingError
+from audiotag.core.locks import claim_folder
+from audiotag.core.log import output_console
 from audiotag.experiment import ExperimentConfig, load_experiment
-from audiotag.locks import claim_folder
-from audiotag.log import output_console
 from audiotag.models.probe import PROBE
 from audiotag.stages.train import RUNTIME_KEYS, result_settings, train_experiment
 from audiotag.stages.tune_yaml import write_tuned_yaml
@@ -195,7 +195,7 @@ def claim_study(tune_dir: Path) -> contextlib.AbstractContextManager[dict[str, A
 
 def run_tune(args: argparse.Namespace, default_experiment: Callable[[], Path], table: str | None) -> None:
     """``audiotag tune``: set up, run the study, write the tuned experiment and the plots."""
-    from audiotag.train.tune_plots import write_search_plots
+    from audiotag.reports.tune_plots import write_search_plots
     from audiotag.train.tune_study import best_trial, open_study, run_study, trial_counts
 
     if args.workers is not None and args.workers < 1:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from audiotag.atomic import atomic_write_text
-from audiotag.config_files import GROUPS, parse_override, read_yaml
-from audiotag.errors import ConfigError
+from audiotag.config.files import GROUPS, parse_override, read_yaml
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import load_experiment
 from audiotag.stages.train import result_settings
 from audiotag.train.tune_config import param_override, setting_at

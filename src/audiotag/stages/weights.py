@@ -12,8 +12,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from audiotag.errors import ConfigError
-from audiotag.log import output_console
+from audiotag.core.errors import ConfigError
+from audiotag.core.log import output_console
 
 
 def build_weights_parser() -> argparse.ArgumentParser:

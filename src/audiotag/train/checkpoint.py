@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from audiotag.atomic import atomic_path
-from audiotag.digests import check_recorded_file, file_sha256
-from audiotag.errors import DataError, TrainingError
+from audiotag.core.atomic import atomic_path
+from audiotag.core.digests import check_recorded_file, file_sha256
+from audiotag.core.errors import DataError, TrainingError
 
 log = logging.getLogger(__name__)
 

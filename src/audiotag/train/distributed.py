@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from audiotag.errors import ConfigError
+from audiotag.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

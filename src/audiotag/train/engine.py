@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from audiotag.config import TrainConfig
-from audiotag.errors import TrainingError
+from audiotag.config.schema import TrainConfig
+from audiotag.core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 

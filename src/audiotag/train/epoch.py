@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from audiotag.core.errors import TrainingError
+from audiotag.core.log import progress
 from audiotag.data.augment import apply_mask, mixup, resolve_specaugment, spec_mask
 from audiotag.data.dataset import CropDataset
 from audiotag.data.spec_augment_lib import SpecAugmentLib
-from audiotag.errors import TrainingError
 from audiotag.experiment import ExperimentConfig
-from audiotag.log import progress
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine
 from audiotag.train.losses import training_loss

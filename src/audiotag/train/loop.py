@@ -22,18 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiotag import metrics
-from audiotag.atomic import atomic_write_json
+from audiotag.core.atomic import atomic_write_json
+from audiotag.core.errors import TrainingError
+from audiotag.core.log import human_duration
 from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.data.features import scale_rule
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.data.wave_augment import fold_wave_augment
-from audiotag.errors import TrainingError
 from audiotag.experiment import ExperimentConfig
-from audiotag.log import human_duration
 from audiotag.models.heads import set_prior_bias
 from audiotag.models.registry import build_model, load_pretrained
-from audiotag.predictions import write_predictions
+from audiotag.scoring import metrics
+from audiotag.scoring.predictions import write_predictions
 from audiotag.train.checkpoint import (
     disk_full_guard,
     file_record,

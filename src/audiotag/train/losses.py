@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from audiotag.config import LossConfig
+from audiotag.config.schema import LossConfig
 
 BCE = LossConfig()
 

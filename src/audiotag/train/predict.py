@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from audiotag.core.log import progress
 from audiotag.data.dataset import iter_window_batches
-from audiotag.log import progress
 
 
 @torch.inference_mode()

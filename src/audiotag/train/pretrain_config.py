@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from audiotag.config import (
+from audiotag.config.schema import (
     CompetitionConfig,
     FeatureConfig,
     NormStatsConfig,

@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from audiotag.config import InputNorm
+from audiotag.config.schema import InputNorm
+from audiotag.core.errors import TrainingError
+from audiotag.core.log import progress
 from audiotag.data.byola_augment import ByolaAugment
 from audiotag.data.units import UnitDataset
-from audiotag.errors import TrainingError
-from audiotag.log import progress
 from audiotag.models.byol import (
     Branch,
     OnlineNetwork,

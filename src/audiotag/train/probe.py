@@ -44,12 +44,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from audiotag import metrics
-from audiotag.atomic import atomic_write_json
-from audiotag.digests import file_sha256
+from audiotag.core.atomic import atomic_write_json
+from audiotag.core.digests import file_sha256
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, ProbeHead, ProbeModel, save_probe
-from audiotag.predictions import write_predictions
+from audiotag.scoring import metrics
+from audiotag.scoring.predictions import write_predictions
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from audiotag.config_files import dump_yaml
-from audiotag.errors import ConfigError
+from audiotag.config.files import dump_yaml
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import ExperimentConfig
 from audiotag.train.distributed import DistContext
 
@@ -189,7 +189,7 @@ class Trackers:
         """Each class's AP of ``scores`` against ``truth`` (classes without positives left out)."""
         if not self.trackers:
             return {}
-        from audiotag.metrics import average_precision_per_class
+        from audiotag.scoring.metrics import average_precision_per_class
 
         ap = average_precision_per_class(truth, scores)
         values = {name: float(v) for name, v in zip(classes, ap, strict=True) if not np.isnan(v)}

@@ -19,9 +19,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from audiotag.config import StrictModel
-from audiotag.config_files import apply_overrides, configs_root, read_yaml, validate
-from audiotag.errors import ConfigError
+from audiotag.config.files import apply_overrides, configs_root, read_yaml, validate
+from audiotag.config.schema import StrictModel
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import ExperimentConfig
 
 DEFAULT_TUNE = "default"

@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from audiotag.errors import AudiotagError
+from audiotag.core.errors import AudiotagError
 from audiotag.train.hooks import EpochHook, EpochResult
 from audiotag.train.tune_config import (
     Categorical,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from audiotag.errors import DataError
+from audiotag.core.errors import DataError
 
 
 def file_sha256(path: Path) -> str:

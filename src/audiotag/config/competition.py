@@ -1,6 +1,6 @@
 """The competition's schema: what a competition config names (its data, metric, task, folds,
 subsets, submission format, audio rules), with the fields a ``kind: table`` or ``folders`` competition
-adds; ``audiotag.config`` re-exports every name here."""
+adds; ``audiotag.config.schema`` re-exports every name here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from audiotag.config_base import StrictModel
+from audiotag.config.base import StrictModel
 
 
 class DemoGeneratorConfig(StrictModel):
@@ -90,7 +90,7 @@ class AudioRules(StrictModel):
         return self.model_dump()
 
 
-# the names of audiotag.metrics.METRICS (a test keeps them equal)
+# the names of audiotag.scoring.metrics.METRICS (a test keeps them equal)
 TABLE_METRICS = ("map3", "lwlrap", "map", "accuracy", "macro_f1", "macro_f1@0.5", "roc_auc")
 MULTILABEL_F1 = "macro_f1@0.5"  # what `metric: macro_f1` of multi_label data is scored as (0.5 threshold)
 MetricName = Literal["map3", "lwlrap", "map", "accuracy", "macro_f1", "macro_f1@0.5", "roc_auc"]

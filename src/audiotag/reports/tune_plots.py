@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from audiotag.plots import save
+from audiotag.reports.plots import save
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from audiotag.atomic import atomic_path
-from audiotag.errors import DataError
+from audiotag.core.atomic import atomic_path
+from audiotag.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def learning_curves_figure(run_dir: Path, metric: str = "score") -> Figure | Non
 
 def per_class_ap_figure(classes: Sequence[str], truth: np.ndarray, scores: np.ndarray, title: str) -> Figure:
     """Horizontal bars of each class's average precision, best first; classes without positives greyed."""
-    from audiotag.metrics import average_precision_per_class
+    from audiotag.scoring.metrics import average_precision_per_class
 
     ap = average_precision_per_class(truth, scores)
     order = np.argsort(np.nan_to_num(ap, nan=-1.0))  # ascending: barh draws bottom-up, so best on top
@@ -181,7 +181,7 @@ def oof_truth(comp: Any, clip_ids: list[str], scores: np.ndarray) -> tuple[np.nd
 
 
 def run_oof(comp: Any, run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    from audiotag.predictions import read_predictions
+    from audiotag.scoring.predictions import read_predictions
 
     path = Path(run_dir) / "oof.parquet"
     if not path.is_file():
@@ -201,9 +201,9 @@ def blend_oof_members(
     comp: Any, report: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """``blend_oof``'s (truth, blend), and each member's OOF predictions on the same clips."""
-    from audiotag.blend import BlendRule, normalise_weights
     from audiotag.data.meta import read_meta
-    from audiotag.ensemble_members import align, check_members, load_member, scored_rows
+    from audiotag.ensemble.members import align, check_members, load_member, scored_rows
+    from audiotag.scoring.blend import BlendRule, normalise_weights
 
     names = list(report.get("members") or {})
     if not names:

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audiotag.leaderboard import display_rows, fold_key, human_seconds
-from audiotag.metrics import average_precision_per_class
-from audiotag.report_data import UNUSABLE_ROWS, BlendFacts, ClipFacts, ReportData, RunFacts, finite
-from audiotag.report_figures import ReportFigures, class_counts
+from audiotag.reports.data import UNUSABLE_ROWS, BlendFacts, ClipFacts, ReportData, RunFacts, finite
+from audiotag.reports.figures import ReportFigures, class_counts
+from audiotag.reports.leaderboard import display_rows, fold_key, human_seconds
+from audiotag.scoring.metrics import average_precision_per_class
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0 2em 3em; color: #222; }

@@ -39,8 +39,8 @@ from scipy.optimize import minimize
 from scipy.special import softmax
 from scipy.stats import rankdata
 
-from audiotag import metrics
-from audiotag.log import progress
+from audiotag.core.log import progress
+from audiotag.scoring import metrics
 
 __all__ = [
     "BlendRule",

@@ -1,4 +1,4 @@
-"""The report's figures, drawn from :class:`~audiotag.report_data.ReportData` and returned as PNG data
+"""The report's figures, drawn from :class:`~audiotag.reports.data.ReportData` and returned as PNG data
 URIs that the page inlines (no file beside it, no network).
 
 The run and blend pictures are ``plots``' own (learning curves, per-class AP, confusion, CV vs LB);
@@ -17,15 +17,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from audiotag.metrics import average_precision_per_class
-from audiotag.plots import (
+from audiotag.reports.data import Predictions, ReportData
+from audiotag.reports.plots import (
     confusion_figure,
     cv_vs_lb_figure,
     learning_curves_figure,
     new_figure,
     per_class_ap_figure,
 )
-from audiotag.report_data import Predictions, ReportData
+from audiotag.scoring.metrics import average_precision_per_class
 
 LABELLED_CLASSES = 60  # more classes than this: a scatter (AP) or an unlabelled profile (counts)
 

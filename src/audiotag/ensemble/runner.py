@@ -32,12 +32,19 @@ from typing import Any
 
 import numpy as np
 
-from audiotag.atomic import atomic_write_json
-from audiotag.blend import BlendRule, OofScorer, nested_weight_cv, normalise_weights, search_weights
 from audiotag.competitions import get_competition
-from audiotag.config import EnsembleConfig
+from audiotag.competitions.submission import (
+    build_submission,
+    sha256_hex,
+    submission_bytes,
+    write_submission_bytes,
+)
+from audiotag.config.schema import EnsembleConfig
+from audiotag.core.atomic import atomic_write_json
+from audiotag.core.log import progress
+from audiotag.core.paths import submissions_root
 from audiotag.data.meta import read_meta
-from audiotag.ensemble_members import (
+from audiotag.ensemble.members import (
     Member,
     OofOverlap,
     align,
@@ -46,11 +53,9 @@ from audiotag.ensemble_members import (
     oof_overlap,
     scored_rows,
 )
-from audiotag.fold_scores import FoldScores, fold_mean, fold_std
-from audiotag.log import progress
-from audiotag.paths import submissions_root
-from audiotag.stacking import logit_features, make_stacker, nested_predictions
-from audiotag.submission import build_submission, sha256_hex, submission_bytes, write_submission_bytes
+from audiotag.scoring.blend import BlendRule, OofScorer, nested_weight_cv, normalise_weights, search_weights
+from audiotag.scoring.fold_scores import FoldScores, fold_mean, fold_std
+from audiotag.scoring.stacking import logit_features, make_stacker, nested_predictions
 
 log = logging.getLogger(__name__)
 

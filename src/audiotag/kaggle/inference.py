@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pandas as pd
 
-from audiotag.errors import DataError
+from audiotag.core.errors import DataError
 
 if TYPE_CHECKING:
     from audiotag.competitions import Competition
@@ -101,7 +101,7 @@ def combine_members(
     fold-averaged test logits."""
     stacking = spec.get("stacking")
     if stacking is not None:
-        from audiotag.stacking import logit_features, make_stacker
+        from audiotag.scoring.stacking import logit_features, make_stacker
 
         data = np.load(bundle / stacking["file"])
         n_folds = len(fold_predictions[0])
@@ -114,7 +114,7 @@ def combine_members(
             stacking["kind"], c=stacking["c"], hidden=stacking["hidden"], seed=stacking["seed"]
         )
         return fit_predict(data["features"], data["truth"], test_features)
-    from audiotag.blend import BlendRule, normalise_weights
+    from audiotag.scoring.blend import BlendRule, normalise_weights
 
     rule = BlendRule(spec["method"], spec.get("power") or 2.0)
     space = np.stack([rule.fold_average(folds) for folds in fold_predictions])
@@ -126,7 +126,7 @@ def predict_member(
     member_dir: Path, folds: Sequence[int], cache: Any, clip_ids: list[str], n_classes: int, device: Any
 ) -> list[np.ndarray]:
     """Each fold's scores of one member: its best.pt over sliding windows, as training evaluated."""
-    from audiotag.config import InputNorm
+    from audiotag.config.schema import InputNorm
     from audiotag.experiment import load_experiment
     from audiotag.models.registry import build_model
     from audiotag.train.checkpoint import load_checkpoint, verify_best
@@ -155,7 +155,7 @@ def predict_member(
 def bundled_weights(bundle: Path, member: dict[str, Any]) -> Path | None:
     """A probe member's weights file in the bundle, checked against the size and SHA-256 bundle.json
     recorded; None for random weights."""
-    from audiotag.digests import file_sha256
+    from audiotag.core.digests import file_sha256
 
     record = member.get("embedding_weights")
     if record is None:
@@ -184,7 +184,7 @@ def predict_probe_member(
     embedded them (the model, weights, front-end ``features``, input normalisation, windows and layers
     that each fold's ``probe.npz`` recorded), then the fold's standardiser and classifier. ``embedded``
     keeps embeddings computed for one member for the next that asks for the same ones."""
-    from audiotag.embedding_cache import embed_clips, recorded_plan
+    from audiotag.models.embedding_cache import embed_clips, recorded_plan
     from audiotag.models.probe_head import load_probe
     from audiotag.models.representation import EmbeddingConfig
 
@@ -233,12 +233,12 @@ def run_inference(
     """Write the submission for the test clips in ``input_dir`` with the package in ``bundle``."""
     import torch
 
-    from audiotag.config import AudioRules
+    from audiotag.competitions.submission import build_submission, write_submission
+    from audiotag.config.schema import AudioRules
     from audiotag.data.cache_build import build_cache
     from audiotag.data.cache_reader import FeatureCache
     from audiotag.experiment import load_experiment
-    from audiotag.predictions import write_predictions
-    from audiotag.submission import build_submission, write_submission
+    from audiotag.scoring.predictions import write_predictions
 
     manifest = json.loads((bundle / MANIFEST).read_text())
     if manifest.get("format") != FORMAT_VERSION:
@@ -265,7 +265,7 @@ def run_inference(
         input_dir,
         len(manifest["members"]),
         torch_device,
-        Path(__file__).resolve().parent,
+        Path(__file__).resolve().parents[1],
     )
     with contextlib.ExitStack() as stack:
         if work_dir is None:
@@ -310,8 +310,8 @@ def run_inference(
 
 def inference_main(bundle: Path, args: Any) -> int:
     """The body of the packaged ``inference.py``: logging, checks, and one-line errors."""
-    from audiotag.errors import AudiotagError
-    from audiotag.log import setup_logging
+    from audiotag.core.errors import AudiotagError
+    from audiotag.core.log import setup_logging
 
     setup_logging(bool(os.environ.get("AUDIOTAG_VERBOSE")))
     try:

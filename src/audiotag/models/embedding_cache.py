@@ -43,15 +43,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from audiotag.atomic import atomic_path, atomic_write_json
-from audiotag.config import FeatureConfig, InputNorm
+from audiotag.config.schema import FeatureConfig, InputNorm
+from audiotag.core.atomic import atomic_path, atomic_write_json
+from audiotag.core.digests import file_sha256
+from audiotag.core.errors import DataError
+from audiotag.core.locks import file_lock
+from audiotag.core.log import progress
 from audiotag.data.cache_reader import FeatureCache, read_json_object
 from audiotag.data.dataset import fit_length, window_starts
 from audiotag.data.norm_stats import dataset_norm
-from audiotag.digests import file_sha256
-from audiotag.errors import DataError
-from audiotag.locks import file_lock
-from audiotag.log import progress
 from audiotag.models.representation import (
     EmbeddingConfig,
     LayerSpec,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def workspace_root() -> Path:
@@ -15,6 +15,11 @@ def workspace_root() -> Path:
 
 def submissions_root() -> Path:
     return Path(os.environ.get("AUDIOTAG_SUBMISSIONS", REPO_ROOT / "submissions"))
+
+
+def submission_log() -> Path:
+    """The JSON-lines log of every Kaggle submission (written by ``submit``, read by the leaderboard)."""
+    return submissions_root() / "log.jsonl"
 
 
 def competition_dir(name: str) -> Path:

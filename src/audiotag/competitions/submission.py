@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audiotag.atomic import atomic_write_bytes
 from audiotag.competitions import Competition
-from audiotag.errors import DataError
-from audiotag.metrics import top_k
+from audiotag.core.atomic import atomic_write_bytes
+from audiotag.core.errors import DataError
+from audiotag.scoring.metrics import top_k
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ An experiment file names one file from each group (``competition: demo`` reads
 Command-line overrides (``--set train.epochs=3``) are applied to the composed tree before
 validation, so every error names the full key path and what is allowed there, and where the value
 came from: an error under a key a ``--set`` wrote names that override, not the experiment file.
-The schemas the trees are validated against live in ``audiotag.config`` (and the model families'
+The schemas the trees are validated against live in ``audiotag.config.schema`` (and the model families'
 modules).
 """
 
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from audiotag.errors import ConfigError
+from audiotag.core.errors import ConfigError
 
 M = TypeVar("M", bound="BaseModel")
 
@@ -56,7 +56,7 @@ def configs_root() -> Path:
     env = os.environ.get("AUDIOTAG_CONFIGS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs"
+    return Path(__file__).resolve().parents[3] / "configs"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

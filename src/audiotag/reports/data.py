@@ -28,15 +28,15 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from audiotag.config import CompetitionConfig
-from audiotag.config_files import configs_root
+from audiotag.competitions.submission import report_mismatch
+from audiotag.config.files import configs_root
+from audiotag.config.schema import CompetitionConfig
+from audiotag.core.errors import AudiotagError
+from audiotag.core.paths import submissions_root
 from audiotag.data.cache_reader import OK, REPORT
 from audiotag.data.meta import read_meta
-from audiotag.errors import AudiotagError
-from audiotag.leaderboard import Leaderboard, build_leaderboard
-from audiotag.paths import submissions_root
-from audiotag.plots import blend_oof_members, fold_histories, run_oof
-from audiotag.submission import report_mismatch
+from audiotag.reports.leaderboard import Leaderboard, build_leaderboard
+from audiotag.reports.plots import blend_oof_members, fold_histories, run_oof
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def collect(
     """Everything the report of ``competition`` shows. ``with_lb``: ask Kaggle for LB scores.
     ``ensemble``: only that ensemble and its members' runs (the leaderboard keeps every row)."""
     from audiotag.competitions import get_competition
-    from audiotag.config import load_competition
+    from audiotag.config.schema import load_competition
 
     cfg = competition if isinstance(competition, CompetitionConfig) else load_competition(competition)
     comp = get_competition(cfg)

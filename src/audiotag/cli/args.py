@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from audiotag.errors import ConfigError
+from audiotag.core.errors import ConfigError
 
 CACHE_DEVICES = ("cuda", "cpu")
 QUIET = "--quiet"

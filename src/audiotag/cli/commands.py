@@ -8,12 +8,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from audiotag.cli_args import QUIET_HELP, add_data_dir_argument, data_dir_overrides
-from audiotag.cli_configs import default_config, table_competition
-from audiotag.config import load_competition, load_ensemble
-from audiotag.config_files import configs_root
-from audiotag.errors import ConfigError
-from audiotag.log import output_console
+from audiotag.cli.args import QUIET_HELP, add_data_dir_argument, data_dir_overrides
+from audiotag.cli.configs import default_config, table_competition
+from audiotag.config.files import configs_root
+from audiotag.config.schema import load_competition, load_ensemble
+from audiotag.core.errors import ConfigError
+from audiotag.core.log import output_console
 
 
 def build_submit_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,8 @@ def build_submit_parser() -> argparse.ArgumentParser:
 
 
 def run_submit(args: argparse.Namespace) -> None:
-    from audiotag.kaggle_submit import log_path, submit_file
+    from audiotag.core.paths import submission_log
+    from audiotag.kaggle.submit import submit_file
 
     overrides = [o.removeprefix("competition.") for o in data_dir_overrides(args)]
     record = submit_file(
@@ -51,7 +52,8 @@ def run_submit(args: argparse.Namespace) -> None:
         soft_wrap=True,
     )
     console.print(
-        f"{cv}; members: {members}; sha256 {record.sha256[:16]}…; logged in {log_path()}", soft_wrap=True
+        f"{cv}; members: {members}; sha256 {record.sha256[:16]}…; logged in {submission_log()}",
+        soft_wrap=True,
     )
 
 
@@ -76,7 +78,7 @@ def build_leaderboard_parser() -> argparse.ArgumentParser:
 
 
 def run_leaderboard(args: argparse.Namespace) -> None:
-    from audiotag.leaderboard import build_leaderboard, print_leaderboard, write_csv, write_html
+    from audiotag.reports.leaderboard import build_leaderboard, print_leaderboard, write_csv, write_html
 
     console = output_console(220)
     board = build_leaderboard(args.competition, with_lb=not args.no_lb)
@@ -87,8 +89,8 @@ def run_leaderboard(args: argparse.Namespace) -> None:
         console.print(f"html: {write_html(board, args.html)}", soft_wrap=True)
     if args.plots:
         from audiotag.competitions import get_competition
-        from audiotag.paths import submissions_root
-        from audiotag.plots import plot_all
+        from audiotag.core.paths import submissions_root
+        from audiotag.reports.plots import plot_all
 
         comp = get_competition(load_competition(board.competition))
         for path in plot_all(comp, board.rows, submissions_root() / comp.name):

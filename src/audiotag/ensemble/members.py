@@ -20,9 +20,9 @@ import pandas as pd
 
 from audiotag.competitions import Competition
 from audiotag.competitions.folds import load_folds
-from audiotag.digests import file_sha256
-from audiotag.errors import DataError
-from audiotag.fold_scores import FoldScores
+from audiotag.core.digests import file_sha256
+from audiotag.core.errors import DataError
+from audiotag.scoring.fold_scores import FoldScores
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from audiotag import kaggle_submit
-from audiotag.atomic import atomic_write_text
-from audiotag.config import CompetitionConfig
-from audiotag.paths import submissions_root
-from audiotag.submission import report_mismatch
+from audiotag.competitions.submission import report_mismatch
+from audiotag.config.schema import CompetitionConfig
+from audiotag.core.atomic import atomic_write_text
+from audiotag.core.jsonl import read_jsonl
+from audiotag.core.paths import submission_log, submissions_root
+from audiotag.fetch import kaggle as kaggle_client
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,8 @@ def submission_row(entry: dict[str, Any], report: dict[str, Any] | None) -> dict
 
 
 def match_score(
-    entry: dict[str, Any], scores: list[kaggle_submit.KaggleScore]
-) -> kaggle_submit.KaggleScore | None:
+    entry: dict[str, Any], scores: list[kaggle_client.KaggleScore]
+) -> kaggle_client.KaggleScore | None:
     """The Kaggle submission of a log entry: by ref, else by file name and description."""
     ref = str(entry.get("ref") or "")
     if ref:
@@ -215,20 +216,20 @@ def attach_lb(
     entries: list[dict[str, Any]],
     slugs: list[str],
     notes: list[str],
-    factory: kaggle_submit.ApiFactory | None,
+    factory: kaggle_client.ApiFactory | None,
 ) -> None:
     """Fill public_lb/private_lb of submission rows from the Kaggle API; a note when that is impossible."""
-    fetched: dict[str, list[kaggle_submit.KaggleScore]] = {}
+    fetched: dict[str, list[kaggle_client.KaggleScore]] = {}
     for slug in slugs:
         try:
-            fetched[slug] = kaggle_submit.fetch_scores(slug, factory)
-        except kaggle_submit.MissingCredentials:
+            fetched[slug] = kaggle_client.fetch_scores(slug, factory)
+        except kaggle_client.MissingCredentials:
             notes.append(
                 "public/private LB are blank: no Kaggle credentials (set KAGGLE_API_TOKEN or "
                 "~/.kaggle/kaggle.json to read them back)"
             )
             return
-        except kaggle_submit.KaggleError as exc:
+        except kaggle_client.KaggleError as exc:
             notes.append(f"public/private LB of {slug} are blank: {exc}")
     for row, entry in zip(rows, entries, strict=True):
         scores = fetched.get(str(entry.get("slug")))
@@ -246,14 +247,14 @@ def attach_lb(
 def build_leaderboard(
     competition: str | CompetitionConfig,
     with_lb: bool = True,
-    factory: kaggle_submit.ApiFactory | None = None,
+    factory: kaggle_client.ApiFactory | None = None,
     log_file: Path | None = None,
 ) -> Leaderboard:
     """Collect every run, blend and logged submission of ``competition`` (a name, a YAML path or the
     loaded config) into one table."""
-    from audiotag import metrics
     from audiotag.competitions import get_competition
-    from audiotag.config import load_competition
+    from audiotag.config.schema import load_competition
+    from audiotag.scoring import metrics
 
     cfg = competition if isinstance(competition, CompetitionConfig) else load_competition(competition)
     comp = get_competition(cfg)
@@ -266,7 +267,7 @@ def build_leaderboard(
                 rows.append(run_row(run_dir))
     if not rows:
         notes.append(f"no runs in {runs_dir} yet (./run.sh train -c {comp.name})")
-    entries = [e for e in kaggle_submit.read_log(log_file) if e.get("competition") == comp.name]
+    entries = [e for e in read_jsonl(log_file or submission_log()) if e.get("competition") == comp.name]
     submitted = {str(e.get("file")) for e in entries}
     sub_dir = submissions_root() / comp.name
     reports: dict[str, dict[str, Any]] = {}

@@ -4,7 +4,7 @@
 ensemble stage applies before it writes one), sends it through the ``kaggle`` package's API, and
 appends one JSON line to ``submissions/log.jsonl``: time, competition, Kaggle slug, file, SHA-256, the
 CV of the blend and its members (from the report ``<name>.json`` the ensemble stage wrote beside the
-CSV), the message and Kaggle's reply. ``read_log`` reads it back for the leaderboard.
+CSV), the message and Kaggle's reply. ``audiotag.core.jsonl.read_jsonl`` reads it back for the leaderboard.
 
 The client is built, signed in and its failures explained by :mod:`audiotag.fetch.kaggle` (shared with
 the competition download); every failure is one :class:`KaggleError` line that says what to do, and the
@@ -12,16 +12,14 @@ daily submission limit is recognised here (:func:`explain`). Credential values n
 or the log: the client's own printing is discarded and every message built from its errors and
 replies is redacted.
 
-``API_FACTORY`` builds the client; tests replace it with a fake, or point the real client at a local
-HTTP server (``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes it call ``http://localhost``).
+``audiotag.fetch.kaggle.KAGGLE_API_FACTORY`` builds the client; tests replace it with a fake, or
+point the real client at a local HTTP server (``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes it call ``http://localhost``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -32,15 +30,17 @@ from typing import Any
 
 import pandas as pd
 
-from audiotag.digests import file_sha256
-from audiotag.errors import ConfigError, DataError
+from audiotag.competitions.submission import report_mismatch
+from audiotag.core.digests import file_sha256
+from audiotag.core.errors import ConfigError, DataError
+from audiotag.core.jsonl import append_jsonl
+from audiotag.core.paths import submission_log
 from audiotag.fetch import kaggle as kaggle_client
 
 # callers and tests use these as kaggle_submit.<name>; those not used here are re-exported (X as X)
 from audiotag.fetch.kaggle import (
     ApiFactory,
     KaggleError,
-    default_api,
     error_detail,
     http_status,
     quiet_client,
@@ -50,17 +50,11 @@ from audiotag.fetch.kaggle import (
 from audiotag.fetch.kaggle import CompetitionNotFound as CompetitionNotFound
 from audiotag.fetch.kaggle import MissingCredentials as MissingCredentials
 from audiotag.fetch.kaggle import RulesNotAccepted as RulesNotAccepted
-from audiotag.paths import submissions_root
-from audiotag.submission import report_mismatch
 
 log = logging.getLogger(__name__)
 
-LOG_NAME = "log.jsonl"
-
 UPLOAD_FAILED = "Could not submit to competition"  # the client's reply when the file upload failed
 LIMIT_PATTERN = re.compile(r"daily|allowance|submission limit|too many submissions|limit reached", re.I)
-
-API_FACTORY: ApiFactory = default_api  # tests put a fake here
 
 
 class SubmissionLimit(KaggleError):
@@ -80,50 +74,6 @@ def explain(exc: BaseException, slug: str, secrets: Sequence[str], doing: str = 
             "resets (00:00 UTC)"
         )
     return kaggle_client.explain(exc, slug, secrets, doing=doing, slug_from="-c/--slug")
-
-
-# --------------------------------------------------------------------------- the log
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one line atomically: one ``write`` with O_APPEND under an exclusive lock, then fsync.
-
-    A torn last line left by a crash is closed first, so it can never swallow this record."""
-    line = (json.dumps(record, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        view = memoryview(line)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def log_path() -> Path:
-    return submissions_root() / LOG_NAME
-
-
-def read_log(path: Path | None = None) -> list[dict[str, Any]]:
-    """Every logged submission, oldest first; a torn last line (a crash mid-write) is skipped."""
-    path = path or log_path()
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s: line %d is not valid JSON; skipped", path, number)
-    return records
 
 
 # --------------------------------------------------------------------------- submitting
@@ -184,7 +134,7 @@ def kaggle_slug(comp: Any) -> str | None:
 
 def validate_file(comp: Any, path: Path) -> pd.DataFrame:
     """Read ``path`` and run the submission checks on it; a bad file is refused before any upload."""
-    from audiotag.submission import id_column, validate_submission
+    from audiotag.competitions.submission import id_column, validate_submission
 
     key = id_column(comp)
     try:
@@ -228,7 +178,7 @@ def submit_file(
     ``overrides`` change the competition config (``data_dir=PATH`` for a competition whose files are
     used in place: its own sample submission is then the one the file is checked against)."""
     from audiotag.competitions import get_competition
-    from audiotag.config import load_competition
+    from audiotag.config.schema import load_competition
 
     path = Path(path)
     if not path.is_file():
@@ -275,7 +225,7 @@ def submit_file(
         members=sorted((report or {}).get("members") or {}),
         ensemble=(report or {}).get("name"),
     )
-    api = kaggle_client.authenticated_api(factory or API_FACTORY)
+    api = kaggle_client.authenticated_api(factory or kaggle_client.KAGGLE_API_FACTORY)
     secrets = secrets_of(api)
     log.info("submitting %s (sha256 %s…) to Kaggle competition %s", path, record.sha256[:12], slug)
     try:
@@ -290,59 +240,5 @@ def submit_file(
     if text.startswith(UPLOAD_FAILED):
         raise KaggleError(f"the upload of {path} to Kaggle failed ({text}); nothing was logged; run again")
     record.reply, record.ref = text, ref
-    append_jsonl(log_file or log_path(), asdict(record))
+    append_jsonl(log_file or submission_log(), asdict(record))
     return record
-
-
-# --------------------------------------------------------------------------- reading scores back
-
-
-@dataclass
-class KaggleScore:
-    ref: str
-    file_name: str
-    description: str
-    date: str
-    status: str
-    public: float | None
-    private: float | None
-
-
-def as_score(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if out == out else None  # NaN -> None
-
-
-def fetch_scores(slug: str, factory: ApiFactory | None = None) -> list[KaggleScore]:
-    """This account's submissions to ``slug`` with their public and private scores."""
-    api = kaggle_client.authenticated_api(factory or API_FACTORY)
-    secrets = secrets_of(api)
-    try:
-        with quiet_client():
-            items = api.competition_submissions(slug, page_size=100) or []
-    except (Exception, SystemExit) as exc:
-        raise explain(exc, slug, secrets, doing="list the submissions of") from None
-
-    def get(item: Any, key: str) -> Any:
-        return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
-
-    scores = []
-    for item in items:
-        if item is None:
-            continue
-        status = get(item, "status")
-        scores.append(
-            KaggleScore(
-                ref=str(get(item, "ref") or ""),
-                file_name=str(get(item, "file_name") or ""),
-                description=str(get(item, "description") or ""),
-                date=str(get(item, "date") or ""),
-                status=str(getattr(status, "name", status) or ""),
-                public=as_score(get(item, "public_score")),
-                private=as_score(get(item, "private_score")),
-            )
-        )
-    return scores

@@ -20,14 +20,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from audiotag.cli_args import (
+from audiotag.cli.args import (
     CACHE_DEVICES,
     QUIET,
     QUIET_HELP,
     add_data_dir_argument,
     worker_count,
 )
-from audiotag.cli_commands import (
+from audiotag.cli.commands import (
     build_leaderboard_parser,
     build_package_parser,
     build_report_parser,
@@ -37,17 +37,17 @@ from audiotag.cli_commands import (
     run_report,
     run_submit,
 )
-from audiotag.cli_configs import (
+from audiotag.cli.configs import (
     default_config,
     ensemble_config,
     experiment_config,
     extra_experiment_configs,
     table_competition,
 )
-from audiotag.config import EnsembleConfig
-from audiotag.errors import AudiotagError, ConfigError
+from audiotag.config.schema import EnsembleConfig
+from audiotag.core.errors import AudiotagError, ConfigError
+from audiotag.core.log import output_console, set_quiet, setup_logging
 from audiotag.experiment import ExperimentConfig
-from audiotag.log import output_console, set_quiet, setup_logging
 from audiotag.stages.embed import build_embed_parser, run_embed
 from audiotag.stages.new_competition import build_new_competition_parser, run_new_competition
 from audiotag.stages.pretrain import build_pretrain_parser, run_pretrain
@@ -259,7 +259,7 @@ def run_train(pipe: Pipeline) -> None:
 
 
 def run_ensemble_stage(pipe: Pipeline) -> None:
-    from audiotag.ensemble import run_ensemble
+    from audiotag.ensemble.runner import run_ensemble
 
     if pipe.ctx.is_main:
         cfg = ensemble_config(pipe.args, pipe.exp)

@@ -8,10 +8,10 @@ import argparse
 import json
 from pathlib import Path
 
-from audiotag.cli_args import ENSEMBLE_PREFIX, data_dir_overrides, folds_overrides, split_overrides
-from audiotag.config import EnsembleConfig, load_competition, load_ensemble
-from audiotag.config_files import configs_root, is_yaml_path, read_yaml
-from audiotag.errors import ConfigError
+from audiotag.cli.args import ENSEMBLE_PREFIX, data_dir_overrides, folds_overrides, split_overrides
+from audiotag.config.files import configs_root, is_yaml_path, read_yaml
+from audiotag.config.schema import EnsembleConfig, load_competition, load_ensemble
+from audiotag.core.errors import ConfigError
 from audiotag.experiment import ExperimentConfig, load_experiment
 
 

@@ -2,7 +2,7 @@
 training and ensembles (each model family's own schema lives with the family, ``models/*.py``; the
 competition's lives in ``config_competition`` and is re-exported here, as is ``StrictModel``).
 
-Files are read, composed and overridden by ``audiotag.config_files``; ``load_ensemble`` and
+Files are read, composed and overridden by ``audiotag.config.files``; ``load_ensemble`` and
 ``load_competition`` here validate such a tree against its schema.
 """
 
@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from audiotag.config_base import StrictModel
-from audiotag.config_competition import (
+from audiotag.config.base import StrictModel
+from audiotag.config.competition import (
     FOLDERS_FIELDS,
     FOLDERS_REFUSED,
     MULTILABEL_F1,
@@ -39,7 +39,7 @@ from audiotag.config_competition import (
     TableSubmission,
     template_fields,
 )
-from audiotag.config_files import apply_overrides, load_group, read_yaml, resolve_groups, validate
+from audiotag.config.files import apply_overrides, load_group, read_yaml, resolve_groups, validate
 
 # the competition schema (config_competition) and the base (config_base) are part of this module's API
 __all__ = [

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audiotag.atomic import atomic_path
-from audiotag.errors import DataError
+from audiotag.core.atomic import atomic_path
+from audiotag.core.errors import DataError
 
 
 def write_predictions(
