@@ -7,16 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from audiotag.scoring.blend import (
-    BlendRule,
-    OofScorer,
-    hill_climb,
-    nested_weight_cv,
-    normalise_weights,
-    scaled_ranks,
-    search_weights,
-)
-from audiotag.scoring.stacking import logit_features, make_stacker, nested_predictions
+from audiotag.scoring.blend import BlendRule, OofScorer, normalise_weights, scaled_ranks
+from audiotag.scoring.stacking import Stacker, logit_features, nested_predictions
+from audiotag.scoring.weight_search import hill_climb, nested_weight_cv, search_weights
 
 
 @dataclass
@@ -233,7 +226,7 @@ def test_stackers_learn_from_informative_members(kind: str) -> None:
     scorer = OofScorer("map3", data.truth, data.folds)
     features = logit_features(data.members)
     assert features.shape == (240, 12)
-    fit_predict = make_stacker(kind, c=1.0, hidden=16, seed=0)  # type: ignore[arg-type]
+    fit_predict = Stacker(kind, c=1.0, hidden=16, seed=0).fit_predict
     held_out = nested_predictions(features, data.truth, data.folds, fit_predict)
     assert held_out.min() >= 0 and held_out.max() <= 1
     assert scorer(held_out) > 0.8  # chance is about 0.52 for 4 classes
@@ -243,5 +236,5 @@ def test_logreg_stacker_handles_a_class_without_positives() -> None:
     rng = np.random.default_rng(1)
     truth = np.zeros((30, 3))
     truth[np.arange(30), rng.integers(0, 2, 30)] = 1.0  # class 2 never occurs
-    out = make_stacker("logreg")(rng.normal(size=(30, 6)), truth, rng.normal(size=(5, 6)))
+    out = Stacker("logreg").fit_predict(rng.normal(size=(30, 6)), truth, rng.normal(size=(5, 6)))
     assert out.shape == (5, 3) and (out[:, 2] == 0).all()

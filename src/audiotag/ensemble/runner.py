@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from audiotag.competitions import get_competition
+from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.submission import (
     build_submission,
     sha256_hex,
@@ -53,9 +53,11 @@ from audiotag.ensemble.members import (
     oof_overlap,
     scored_rows,
 )
-from audiotag.scoring.blend import BlendRule, OofScorer, nested_weight_cv, normalise_weights, search_weights
+from audiotag.scoring.blend import BlendRule, OofScorer
+from audiotag.scoring.fitted_blend import Blend, FittedBlend, member_weights
 from audiotag.scoring.fold_scores import FoldScores, fold_mean, fold_std
-from audiotag.scoring.stacking import logit_features, make_stacker, nested_predictions
+from audiotag.scoring.stacking import Stacker, logit_features, nested_predictions
+from audiotag.scoring.weight_search import nested_weight_cv
 
 log = logging.getLogger(__name__)
 
@@ -102,79 +104,66 @@ TEST_FOLD_AVERAGE = {
 }
 
 
-def _weights_by_member(names: list[str], weights: np.ndarray) -> dict[str, float]:
-    """Each member's weight (its mean over classes when weights are per class), exact: the package and
-    the plots re-blend with these numbers."""
-    values = weights if weights.ndim == 1 else weights.mean(axis=1)
-    return {name: float(w) for name, w in zip(names, values, strict=True)}
-
-
 def _cv(scores: dict[int, float]) -> dict[str, Any]:
     return {"folds": scores, "mean": fold_mean(scores), "std": fold_std(scores)}
 
 
 @dataclass
 class BlendOutcome:
-    """The chosen weights, the blend's CV with them (in-sample), the nested CV of the search when
-    weights were searched, and the blend applied to the test predictions."""
+    """The fitted blend, its CV (in-sample), the nested CV of the search when weights were searched
+    (with the weights fitted for each fold), and the blend applied to the test predictions."""
 
-    weights: np.ndarray
+    fitted: FittedBlend
     searched: bool
     in_sample: dict[int, float]
     nested: dict[int, float] | None
-    nested_weights: dict[int, np.ndarray]
+    nested_weights: dict[int, np.ndarray]  # on the simplex
     test: np.ndarray
 
 
-def fit_blend(
-    cfg: EnsembleConfig, members: list[Member], scored: np.ndarray, scorer: OofScorer
-) -> BlendOutcome:
+def blend_of(cfg: EnsembleConfig) -> Blend:
     rule = BlendRule(cfg.method, cfg.power)
-    # OOF in blend space, scored clips only: for rank, ranks within each fold's scored clips.
-    space = np.stack([rule.forward(m.oof[scored], scorer.folds) for m in members])
+    return Blend(rule, cfg.weights, cfg.search, cfg.iterations, cfg.per_class)
 
-    searched = cfg.weights == "search" and len(members) > 1
+
+def fit_blend(
+    cfg: EnsembleConfig, members: list[Member], scored: np.ndarray, scorer: OofScorer, classes: list[str]
+) -> BlendOutcome:
+    blend = blend_of(cfg)
+    names = [m.name for m in members]
+    # OOF in blend space, scored clips only: for rank, ranks within each fold's scored clips.
+    space = np.stack([blend.rule.forward(m.oof[scored], scorer.folds) for m in members])
+    searched = blend.searches(len(members))
     fits = int(searched) * (1 + (len(scorer.fold_ids) if cfg.nested_cv else 0))
     bar = progress(total=fits, desc="weight search", unit="fit")
-
-    def fit_weights(space_part: np.ndarray, scorer_part: OofScorer) -> np.ndarray:
-        weights = search_weights(
-            space_part,
-            rule,
-            scorer_part,
-            search=cfg.search,
-            iterations=cfg.iterations,
-            per_class=cfg.per_class,
-        )
-        bar.update()
-        return weights
-
-    if isinstance(cfg.weights, dict):
-        weights = normalise_weights(np.array([cfg.weights[m.name] for m in members]), len(members))
-    elif searched:
+    if searched:
         log.info("ensemble: searching %s weights (%s) on OOF predictions", cfg.method, cfg.search)
         if cfg.per_class:
-            n_classes = space.shape[2]
             log.info(
                 "ensemble: per-class search: about %d metric evaluations per fit",
-                n_classes * cfg.iterations * len(members),
+                space.shape[2] * cfg.iterations * len(members),
             )
-        weights = fit_weights(space, scorer)
-    else:
-        weights = np.full(len(members), 1.0 / len(members))
+    fitted = blend.fit(names, space, scorer, classes)
+    if searched:
+        bar.update()
     nested, nested_weights = None, {}
     if searched and cfg.nested_cv:
         log.info("ensemble: nested CV of the weight search (%d folds)", len(scorer.fold_ids))
-        nested, nested_weights = nested_weight_cv(space, scorer, fit_weights, rule)
+
+        def fit_weights(space_part: np.ndarray, scorer_part: OofScorer) -> np.ndarray:
+            weights = blend.fit(names, space_part, scorer_part, classes).normalised
+            bar.update()
+            return weights
+
+        nested, nested_weights = nested_weight_cv(space, scorer, fit_weights, blend.rule)
     bar.close()
-    test_space = np.stack([rule.fold_average(m.test_folds) for m in members])
     return BlendOutcome(
-        weights=weights,
+        fitted=fitted,
         searched=searched,
-        in_sample=scorer.fold_scores(rule.combine(space, weights)),
+        in_sample=scorer.fold_scores(fitted.combine(space)),
         nested=nested,
         nested_weights=nested_weights,
-        test=rule.combine(test_space, weights),
+        test=fitted.apply([m.test_folds for m in members]),
     )
 
 
@@ -184,14 +173,14 @@ def fit_stacking(
     """(nested CV fold scores, test predictions of the stacker fitted on all scored OOF clips)."""
     assert cfg.stacking is not None
     log.info("ensemble: %s stacker, nested CV over %d folds", cfg.stacking, len(scorer.fold_ids))
-    fit_predict = make_stacker(cfg.stacking, c=cfg.stacking_c, hidden=cfg.stacking_hidden, seed=cfg.seed)
+    stacker = Stacker(cfg.stacking, c=cfg.stacking_c, hidden=cfg.stacking_hidden, seed=cfg.seed)
     features = logit_features([m.oof[scored] for m in members])
-    fold_scores = scorer.fold_scores(nested_predictions(features, scorer.truth, scorer.folds, fit_predict))
+    held_out = nested_predictions(features, scorer.truth, scorer.folds, stacker.fit_predict)
     n_folds = len(members[0].test_folds)
     test_features = np.mean(
         [logit_features([m.test_folds[k] for m in members]) for k in range(n_folds)], axis=0
     )
-    return fold_scores, fit_predict(features, scorer.truth, test_features)
+    return scorer.fold_scores(held_out), stacker.fit(features, scorer.truth).apply(test_features)
 
 
 def _member_note(overlap: OofOverlap | None, name: str) -> str:
@@ -224,29 +213,84 @@ def score_lines(
     return lines
 
 
+@dataclass
+class Scored:
+    """The members aligned on their common OOF clips, and what every CV number is computed on."""
+
+    members: list[Member]
+    overlap: OofOverlap
+    oof_ids: list[str]
+    test_ids: list[str]
+    scored: np.ndarray
+    scorer: OofScorer
+
+    @property
+    def best(self) -> Member:
+        return max(self.members, key=lambda m: m.mean)
+
+
+def score_members(comp: Competition, cfg: EnsembleConfig, has_test: bool) -> Scored:
+    """Read, check and align the members, and score each on the common scored OOF clips."""
+    members = [load_member(comp, name, with_test=has_test) for name in cfg.members]
+    meta = read_meta(comp.meta_path)
+    check_members(members, cfg.min_oof_overlap)
+    overlap = oof_overlap(members)
+    oof_ids, test_ids = align(members)
+    folds = members[0].oof_folds
+    truth, scored = scored_rows(comp, meta, oof_ids, folds)
+    scorer = OofScorer(comp.metric, truth[scored], folds[scored])
+    for m in members:
+        m.fold_scores = scorer.fold_scores(m.oof[scored])
+    return Scored(members, overlap, oof_ids, test_ids, scored, scorer)
+
+
+def blend_report(comp: Competition, data: Scored, blend: BlendOutcome, has_test: bool) -> dict[str, Any]:
+    """The report's ``blend`` section: its CV, weights, nested CV and test score."""
+    best, recorded, names = data.best, blend.fitted.to_json(), blend.fitted.members
+    report: dict[str, Any] = {
+        **_cv(blend.in_sample),
+        "weights": recorded["weights"],
+        "cv_kind": "in-sample (weights fit on all OOF)" if blend.searched else "fixed weights",
+        "gain_over_best_member": fold_mean(blend.in_sample) - best.mean,
+        "nested": None,
+        "test_score": comp.score_test(data.test_ids, blend.test) if has_test else None,
+    }
+    if blend.fitted.per_class:
+        report["weights_per_class"] = recorded["weights_per_class"]
+    if blend.nested is not None:
+        report["nested"] = {
+            **_cv(blend.nested),
+            "weights": {k: member_weights(names, w) for k, w in blend.nested_weights.items()},
+            "gain_over_best_member": fold_mean(blend.nested) - best.mean,
+            "optimism": fold_mean(blend.in_sample) - fold_mean(blend.nested),
+        }
+    return report
+
+
+def stacking_report(
+    cfg: EnsembleConfig, stacked: dict[int, float], best: Member, test_score: float | None
+) -> dict[str, Any]:
+    return {
+        "kind": cfg.stacking,
+        **_cv(stacked),
+        "cv_kind": "nested (stacker fit on the other folds)",
+        "gain_over_best_member": fold_mean(stacked) - best.mean,
+        "test_score": test_score,
+    }
+
+
 def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     comp = get_competition(cfg.competition)
     # no test clips in the clip table (a kind: table competition without test_dir): the runs wrote no
     # test.parquet and the ensemble writes no submission. Without a clip table yet, the members are
     # read first so that their error (nothing trained) is the one shown.
     has_test = not comp.meta_path.is_file() or bool((read_meta(comp.meta_path)["split"] == "test").any())
-    members = [load_member(comp, name, with_test=has_test) for name in cfg.members]
-    meta = read_meta(comp.meta_path)
-    check_members(members, cfg.min_oof_overlap)
-    overlap = oof_overlap(members)
-    oof_ids, test_ids = align(members)
-    names = [m.name for m in members]
-    folds = members[0].oof_folds
-    truth, scored = scored_rows(comp, meta, oof_ids, folds)
-    scorer = OofScorer(comp.metric, truth[scored], folds[scored])
-    for m in members:
-        m.fold_scores = scorer.fold_scores(m.oof[scored])
-    best = max(members, key=lambda m: m.mean)
-
-    blend = fit_blend(cfg, members, scored, scorer)
+    data = score_members(comp, cfg, has_test)
+    members, overlap, best = data.members, data.overlap, data.best
+    blend = fit_blend(cfg, members, data.scored, data.scorer, list(comp.classes))
     stacked: dict[int, float] | None = None
     if cfg.stacking is not None:
-        stacked, final_test = fit_stacking(cfg, members, scored, scorer)
+        stacked, final_test = fit_stacking(cfg, members, data.scored, data.scorer)
         final_scores, submitted = stacked, "stacking"
     else:
         final_test, submitted = blend.test, "blend"
@@ -256,9 +300,9 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     csv_bytes: bytes | None = None
     test_score: float | None = None
     if has_test:
-        submission = build_submission(comp, test_ids, final_test)
+        submission = build_submission(comp, data.test_ids, final_test)
         csv_bytes = submission_bytes(comp, submission)  # validated; written after the report (see below)
-        test_score = comp.score_test(test_ids, final_test)
+        test_score = comp.score_test(data.test_ids, final_test)
     result = EnsembleResult(
         metric=comp.metric,
         members=members,
@@ -266,61 +310,31 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         submission=path if has_test else None,
         test_score=test_score,
         lines=score_lines(cfg, members, blend, stacked, overlap),
-        weights=_weights_by_member(names, blend.weights),
+        weights=blend.fitted.member_weights(),
         submitted=submitted,
         best_member=best.name,
         gain=fold_mean(final_scores) - best.mean,
         oof_left_out={name: len(ids) for name, ids in overlap.dropped.items()},
     )
-
-    report_blend: dict[str, Any] = {
-        **_cv(blend.in_sample),
-        "weights": result.weights,
-        "cv_kind": "in-sample (weights fit on all OOF)" if blend.searched else "fixed weights",
-        "gain_over_best_member": fold_mean(blend.in_sample) - best.mean,
-        "nested": None,
-        "test_score": comp.score_test(test_ids, blend.test) if has_test else None,
-    }
-    if blend.weights.ndim == 2:
-        report_blend["weights_per_class"] = {
-            name: dict(zip(comp.classes, map(float, row), strict=True))
-            for name, row in zip(names, blend.weights, strict=True)
-        }
-    if blend.nested is not None:
-        report_blend["nested"] = {
-            **_cv(blend.nested),
-            "weights": {k: _weights_by_member(names, w) for k, w in blend.nested_weights.items()},
-            "gain_over_best_member": fold_mean(blend.nested) - best.mean,
-            "optimism": fold_mean(blend.in_sample) - fold_mean(blend.nested),
-        }
-    report_stacking = None
-    if stacked is not None:
-        report_stacking = {
-            "kind": cfg.stacking,
-            **_cv(stacked),
-            "cv_kind": "nested (stacker fit on the other folds)",
-            "gain_over_best_member": fold_mean(stacked) - best.mean,
-            "test_score": test_score,
-        }
     result.report = {
         "name": cfg.name,
         "competition": comp.name,
         "metric": comp.metric,
         "method": cfg.method,
-        "power": cfg.power if cfg.method == "power" else None,
+        "power": blend.fitted.to_json()["power"],
         "test_fold_average": TEST_FOLD_AVERAGE[cfg.method],
         "weights_mode": cfg.weights if isinstance(cfg.weights, str) else "fixed",
         "search": cfg.search if blend.searched else None,
         "per_class": cfg.per_class,
-        "n_scored_clips": int(scored.sum()),
-        "n_oof_clips": len(oof_ids),
+        "n_scored_clips": int(data.scored.sum()),
+        "n_oof_clips": len(data.oof_ids),
         "n_oof_clips_any_member": overlap.n_union,
         "oof_clips_left_out": overlap.dropped,
         "folds_file": members[0].folds_file,
         "members": {m.name: _cv(m.fold_scores) for m in members},
         "best_member": {"name": best.name, "mean": best.mean},
-        "blend": report_blend,
-        "stacking": report_stacking,
+        "blend": blend_report(comp, data, blend, has_test),
+        "stacking": None if stacked is None else stacking_report(cfg, stacked, best, test_score),
         "submitted": submitted,
         "cv": _cv(final_scores),
         "gain_over_best_member": result.gain,

@@ -101,7 +101,7 @@ def combine_members(
     fold-averaged test logits."""
     stacking = spec.get("stacking")
     if stacking is not None:
-        from audiotag.scoring.stacking import logit_features, make_stacker
+        from audiotag.scoring.stacking import Stacker, logit_features
 
         data = np.load(bundle / stacking["file"])
         n_folds = len(fold_predictions[0])
@@ -110,16 +110,11 @@ def combine_members(
         test_features = np.mean(
             [logit_features([folds[k] for folds in fold_predictions]) for k in range(n_folds)], axis=0
         )
-        fit_predict = make_stacker(
-            stacking["kind"], c=stacking["c"], hidden=stacking["hidden"], seed=stacking["seed"]
-        )
-        return fit_predict(data["features"], data["truth"], test_features)
-    from audiotag.scoring.blend import BlendRule, normalise_weights
+        return Stacker.from_json(stacking).fit(data["features"], data["truth"]).apply(test_features)
+    from audiotag.scoring.fitted_blend import FittedBlend
 
-    rule = BlendRule(spec["method"], spec.get("power") or 2.0)
-    space = np.stack([rule.fold_average(folds) for folds in fold_predictions])
-    weights = normalise_weights(np.asarray(spec["weights"]), space.shape[0], space.shape[2])
-    return rule.combine(space, weights)
+    members = [f"member {i}" for i in range(len(fold_predictions))]  # bundle.json lists them in this order
+    return FittedBlend.from_spec(spec, members).apply(fold_predictions)
 
 
 def predict_member(

@@ -203,7 +203,7 @@ def blend_oof_members(
     """``blend_oof``'s (truth, blend), and each member's OOF predictions on the same clips."""
     from audiotag.data.meta import read_meta
     from audiotag.ensemble.members import align, check_members, load_member, scored_rows
-    from audiotag.scoring.blend import BlendRule, normalise_weights
+    from audiotag.scoring.fitted_blend import FittedBlend
 
     names = list(report.get("members") or {})
     if not names:
@@ -213,16 +213,9 @@ def blend_oof_members(
     oof_ids, _ = align(members)
     folds = members[0].oof_folds
     truth, scored = scored_rows(comp, read_meta(comp.meta_path), oof_ids, folds)
-    blend = report.get("blend") or {}
-    rule = BlendRule(str(report.get("method", "mean")), float(report.get("power") or 2.0))
-    space = np.stack([rule.forward(m.oof[scored], folds[scored]) for m in members])
-    per_class = blend.get("weights_per_class")
-    if per_class:
-        weights = np.array([[per_class[n][c] for c in comp.classes] for n in names], dtype=np.float64)
-    else:
-        weights = np.array([(blend.get("weights") or {}).get(n, 1.0) for n in names], dtype=np.float64)
-    weights = normalise_weights(weights, len(names), len(comp.classes))
-    return truth[scored], rule.combine(space, weights), {m.name: m.oof[scored] for m in members}
+    fitted = FittedBlend.from_json(report, comp.classes, names)
+    space = np.stack([fitted.rule.forward(m.oof[scored], folds[scored]) for m in members])
+    return truth[scored], fitted.combine(space), {m.name: m.oof[scored] for m in members}
 
 
 # --------------------------------------------------------------------------- files

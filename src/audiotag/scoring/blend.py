@@ -21,44 +21,25 @@ fold models by the same rule (``BlendRule.fold_average``): the mean over folds o
 model's test predictions; for ``rank`` each fold model's test predictions are ranked over all test
 clips, then the ranks are averaged over the fold models.
 
-The weight search (``search_weights``) maximises the competition metric of the blend on OOF
-predictions only (``OofScorer``: the mean of the per-fold scores on the scored clips), either with
-Caruana's greedy ensemble selection with replacement (``hill_climb``) or with Nelder-Mead on a softmax
-parametrisation of the simplex (``scipy``). ``nested_weight_cv`` measures the search honestly: weights
-fitted on the other folds, scored on the held-out fold.
+``OofScorer`` is what a blend is measured by: the mean of the per-fold scores on the scored OOF clips.
+The weight searches are in ``weight_search``; a fitted blend (rule, members, weights) is
+``fitted_blend.FittedBlend``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import softmax
 from scipy.stats import rankdata
 
-from audiotag.core.log import progress
 from audiotag.scoring import metrics
 
-__all__ = [
-    "BlendRule",
-    "OofScorer",
-    "hill_climb",
-    "nested_weight_cv",
-    "normalise_weights",
-    "scaled_ranks",
-    "search_weights",
-    "weighted_sum",
-]
+__all__ = ["METHODS", "BlendRule", "OofScorer", "normalise_weights", "scaled_ranks", "weighted_sum"]
 
-Method = Literal["mean", "geometric", "power", "rank"]
-SearchKind = Literal["scipy", "hill_climb"]
-METHODS: tuple[str, ...] = ("mean", "geometric", "power", "rank")
+METHODS: tuple[str, ...] = ("mean", "geometric", "power", "rank")  # the blend rules, as configs name them
 LOG_FLOOR = 1e-7  # probabilities are clipped to [LOG_FLOOR, 1] before a log or a negative power
-_IMPROVEMENT = 1e-12  # a step must beat the best score by more than this to count as better
-_SIMPLEX_STEP = 1.0  # Nelder-Mead's initial simplex: one unit in softmax-logit space per member
 
 
 # --------------------------------------------------------------------------- blend rules
@@ -115,7 +96,7 @@ def weighted_sum(space: np.ndarray, weights: np.ndarray) -> np.ndarray:
 class BlendRule:
     """One of ``METHODS``; ``power`` is the exponent q of the power mean (not 0: use ``geometric``)."""
 
-    method: Method = "mean"
+    method: str = "mean"
     power: float = 2.0
 
     def __post_init__(self) -> None:
@@ -211,181 +192,3 @@ class OofScorer:
     def select(self, keep: np.ndarray) -> OofScorer:
         """The scorer of the rows where ``keep`` (n,) is true."""
         return OofScorer(self.metric, self.truth[keep], self.folds[keep])
-
-
-# --------------------------------------------------------------------------- weight search
-
-ScoreFn = Callable[[np.ndarray], float]
-
-
-def hill_climb(space: np.ndarray, score_space: ScoreFn, iterations: int) -> np.ndarray:
-    """Caruana's greedy ensemble selection with replacement; returns member counts (M,).
-
-    Start from the best single member; at every one of ``iterations`` steps add (again, if it is
-    already in) the member whose addition gives the best score, even when that lowers the score.
-    The counts of the best-scoring step are returned (so the result never scores below the best
-    member); ties go to the earlier step and the lower member index. ``score_space`` scores a matrix
-    in blend space.
-    """
-    n_members = space.shape[0]
-    singles = [score_space(space[m]) for m in range(n_members)]
-    counts = np.zeros(n_members, dtype=np.int64)
-    counts[int(np.argmax(singles))] = 1
-    running = space[int(np.argmax(singles))].copy()
-    best_counts, best_score = counts.copy(), max(singles)
-    for _ in range(iterations if n_members > 1 else 0):
-        total = counts.sum() + 1
-        candidates = [score_space((running + space[m]) / total) for m in range(n_members)]
-        pick = int(np.argmax(candidates))
-        counts[pick] += 1
-        running += space[pick]
-        if candidates[pick] > best_score + _IMPROVEMENT:
-            best_counts, best_score = counts.copy(), candidates[pick]
-    return best_counts
-
-
-def _nelder_mead(score_weights: ScoreFn, starts: list[np.ndarray], iterations: int) -> np.ndarray:
-    """Maximise ``score_weights(w)`` over the simplex with Nelder-Mead on w = softmax(z), from each
-    start (weights), then drop members whose removal does not lower the score."""
-    n_members = len(starts[0])
-    best_w, best_score = starts[0], -np.inf
-    for start in starts:
-        z0 = np.log(start + 1e-3)
-        simplex = z0 + _SIMPLEX_STEP * np.vstack([np.zeros(n_members), np.eye(n_members)])
-        result = minimize(
-            lambda z: -score_weights(softmax(z)),
-            z0,
-            method="Nelder-Mead",
-            options={"maxiter": iterations, "initial_simplex": simplex, "xatol": 1e-3, "fatol": 1e-9},
-        )
-        for candidate in (softmax(result.x), start):
-            score = score_weights(candidate)
-            if score > best_score + _IMPROVEMENT:
-                best_w, best_score = candidate, score
-    return _prune(best_w, score_weights, best_score)
-
-
-def _prune(weights: np.ndarray, score_weights: ScoreFn, score: float) -> np.ndarray:
-    """Zero the smallest weights one at a time while that does not lower the score."""
-    weights = weights.copy()
-    changed = True
-    while changed:
-        changed = False
-        for m in np.argsort(weights):
-            if weights[m] == 0 or np.count_nonzero(weights) == 1:
-                continue
-            trial = weights.copy()
-            trial[m] = 0.0
-            trial /= trial.sum()
-            trial_score = score_weights(trial)
-            if trial_score >= score - _IMPROVEMENT:
-                weights, score, changed = trial, max(score, trial_score), True
-                break
-    return weights
-
-
-def _global_weights(
-    space: np.ndarray, score_space: ScoreFn, search: SearchKind, iterations: int
-) -> np.ndarray:
-    n_members = space.shape[0]
-    if n_members == 1:
-        return np.ones(1)
-    if search == "hill_climb":
-        counts = hill_climb(space, score_space, iterations)
-        return counts / counts.sum()
-    singles = [score_space(space[m]) for m in range(n_members)]
-    best_single = np.eye(n_members)[int(np.argmax(singles))]
-    starts = [np.full(n_members, 1.0 / n_members), best_single]
-    return _nelder_mead(lambda w: score_space(weighted_sum(space, w)), starts, iterations)
-
-
-def _per_class_weights(
-    space: np.ndarray, score_space: ScoreFn, search: SearchKind, iterations: int, start: np.ndarray
-) -> np.ndarray:
-    """Refine global weights class by class (one pass, classes in order), each class's weights
-    searched with the metric of the whole blend while the other classes keep theirs."""
-    n_classes = space.shape[2]
-    weights = np.repeat(start[:, None], n_classes, axis=1)
-    current = weighted_sum(space, weights)
-    for c in progress(range(n_classes), desc="per-class weights", unit="class"):
-        column = space[:, :, c]
-
-        def score_column(w: np.ndarray, c: int = c, column: np.ndarray = column) -> float:
-            trial = current.copy()
-            trial[:, c] = np.tensordot(w, column, axes=1)
-            return score_space(trial)
-
-        if search == "hill_climb":
-            found = _hill_climb_column(score_column, start, iterations)
-        else:
-            found = _nelder_mead(score_column, [start], iterations)
-        weights[:, c] = found
-        current[:, c] = np.tensordot(found, column, axes=1)
-    return weights
-
-
-def _hill_climb_column(score_weights: ScoreFn, start: np.ndarray, iterations: int) -> np.ndarray:
-    """Hill climbing for one class: from the global weights (as counts over their common
-    denominator, at most 1000), add one member at a time and keep the best-scoring step."""
-    counts = _as_counts(start)
-    best, best_score = counts / counts.sum(), score_weights(counts / counts.sum())
-    for _ in range(iterations):
-        candidates = []
-        for m in range(len(counts)):
-            trial = counts.copy()
-            trial[m] += 1
-            candidates.append(score_weights(trial / trial.sum()))
-        pick = int(np.argmax(candidates))
-        counts[pick] += 1
-        if candidates[pick] > best_score + _IMPROVEMENT:
-            best, best_score = counts / counts.sum(), candidates[pick]
-    return best
-
-
-def _as_counts(weights: np.ndarray) -> np.ndarray:
-    for denominator in range(1, 1001):
-        counts = np.round(weights * denominator)
-        if np.allclose(counts / denominator, weights, atol=1e-9) and counts.sum() > 0:
-            return counts
-    return np.round(weights * 1000) + (weights > 0)
-
-
-def search_weights(
-    space: np.ndarray,
-    rule: BlendRule,
-    scorer: OofScorer,
-    *,
-    search: SearchKind = "hill_climb",
-    iterations: int = 100,
-    per_class: bool = False,
-) -> np.ndarray:
-    """Blend weights that maximise ``scorer`` on OOF predictions ``space`` (M, n, C, in blend space).
-
-    Returns (M,) weights, or (M, C) when ``per_class``: the global weights, then refined class by class.
-    Every column lies on the simplex, and the blend's score is never below the best single member's.
-    """
-    if space.ndim != 3 or space.shape[1:] != scorer.truth.shape:
-        raise ValueError(f"space {space.shape} must be (members, {', '.join(map(str, scorer.truth.shape))})")
-
-    def score_space(x: np.ndarray) -> float:
-        return scorer(rule.inverse(x))
-
-    weights = _global_weights(space, score_space, search, iterations)
-    if per_class:
-        weights = _per_class_weights(space, score_space, search, iterations, weights)
-    return normalise_weights(weights, space.shape[0], space.shape[2])
-
-
-def nested_weight_cv(
-    space: np.ndarray, scorer: OofScorer, fit: Callable[[np.ndarray, OofScorer], np.ndarray], rule: BlendRule
-) -> tuple[dict[int, float], dict[int, np.ndarray]]:
-    """Honest CV of a weight search: for every fold k, ``fit`` weights on the other folds' OOF rows and
-    score the blend on fold k. Returns the per-fold scores and the weights fitted for each fold."""
-    scores: dict[int, float] = {}
-    fitted: dict[int, np.ndarray] = {}
-    for fold in scorer.fold_ids:
-        held_out = scorer.folds == fold
-        weights = fit(space[:, ~held_out], scorer.select(~held_out))
-        fitted[fold] = weights
-        scores[fold] = scorer.select(held_out).fold_scores(rule.combine(space[:, held_out], weights))[fold]
-    return scores, fitted

@@ -26,7 +26,7 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,24 +186,18 @@ def ensemble_report(path: Path, cfg: EnsembleConfig) -> dict[str, Any]:
 
 def blend_spec(cfg: EnsembleConfig, report: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """How to combine the members' test predictions, as the ensemble stage did: rule, weights, stacker."""
-    blend = report.get("blend") or {}
-    per_class = blend.get("weights_per_class")
-    if per_class:
-        weights: list[Any] = [[float(per_class[m][c]) for c in classes] for m in cfg.members]
-    elif blend.get("weights"):
-        weights = [float(blend["weights"][m]) for m in cfg.members]
-    else:  # a report from before weights were recorded: equal weights
-        weights = [1.0] * len(cfg.members)
+    from audiotag.scoring.blend import BlendRule
+    from audiotag.scoring.fitted_blend import FittedBlend
+    from audiotag.scoring.stacking import Stacker
+
+    fitted = FittedBlend.from_json(report, classes, cfg.members)
+    # the rule as the config has it (ensemble_report checked the method; bundle.json records its power)
+    spec = replace(fitted, rule=BlendRule(cfg.method, cfg.power)).to_spec()
     stacking = None
     if cfg.stacking is not None:
-        stacking = {
-            "kind": cfg.stacking,
-            "c": cfg.stacking_c,
-            "hidden": cfg.stacking_hidden,
-            "seed": cfg.seed,
-            "file": STACKER_DATA,
-        }
-    return {"method": cfg.method, "power": cfg.power, "weights": weights, "stacking": stacking}
+        stacker = Stacker(cfg.stacking, c=cfg.stacking_c, hidden=cfg.stacking_hidden, seed=cfg.seed)
+        stacking = {**stacker.to_json(), "file": STACKER_DATA}
+    return {**spec, "stacking": stacking}
 
 
 def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.ndarray, np.ndarray]:
