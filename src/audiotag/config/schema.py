@@ -40,6 +40,9 @@ from audiotag.config.competition import (
     template_fields,
 )
 from audiotag.config.files import apply_overrides, load_group, read_yaml, resolve_groups, validate
+from audiotag.scoring.blend import METHODS
+from audiotag.scoring.stacking import STACKERS
+from audiotag.scoring.weight_search import WEIGHT_SEARCHES
 
 # the competition schema (config_competition) and the base (config_base) are part of this module's API
 __all__ = [
@@ -393,13 +396,19 @@ class TrainConfig(StrictModel):
         return weights
 
 
+# the allowed values are the registries' names: a new blend rule, weight search or stacker is one entry there
+BlendMethod = Literal[METHODS]  # type: ignore[valid-type]
+WeightSearchName = Literal[tuple(WEIGHT_SEARCHES)]  # type: ignore[valid-type]
+StackerKind = Literal[tuple(STACKERS)]  # type: ignore[valid-type]
+
+
 class EnsembleConfig(StrictModel):
     """Blend (and optionally stack) finished runs; weights are searched on OOF predictions only."""
 
     name: str
     competition: CompetitionConfig
     members: list[str] = Field(min_length=1, description="run names under competition/<name>/runs/")
-    method: Literal["mean", "geometric", "power", "rank"] = Field(
+    method: BlendMethod = Field(
         "mean",
         description="weighted arithmetic mean, geometric mean, power mean (exponent `power`) or rank "
         "average (per-class ranks in [0, 1]); test predictions are fold-averaged by the same rule",
@@ -408,7 +417,7 @@ class EnsembleConfig(StrictModel):
     weights: Literal["search", "equal"] | dict[str, float] = Field(
         "search", description="search (on OOF), equal, or a mapping {run name: weight >= 0}"
     )
-    search: Literal["hill_climb", "scipy"] = Field(
+    search: WeightSearchName = Field(
         "hill_climb",
         description="hill_climb: Caruana greedy selection with replacement from the best member; "
         "scipy: Nelder-Mead on softmax weights",
@@ -418,7 +427,7 @@ class EnsembleConfig(StrictModel):
     nested_cv: bool = Field(
         True, description="also measure the weight search by nested CV (weights fit on the other folds)"
     )
-    stacking: Literal["logreg", "mlp"] | None = Field(
+    stacking: StackerKind | None = Field(
         None, description="fit a stacker on the members' OOF predictions and submit its test predictions"
     )
     stacking_c: float = Field(1.0, gt=0, description="inverse L2 strength of the logreg stacker")
