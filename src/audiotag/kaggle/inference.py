@@ -216,6 +216,58 @@ def predict_probe_member(
     return parts
 
 
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise DataError(
+            f"{bundle / MANIFEST}: package format {manifest.get('format')} is not {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def read_sample(input_dir: Path, id_column: str) -> list[str]:
+    """The clip ids of the sample submission in ``input_dir``."""
+    sample_path = input_dir / SAMPLE
+    if not sample_path.is_file():
+        raise DataError(f"{sample_path} not found; pass --input with the competition's data folder")
+    sample = pd.read_csv(sample_path, dtype={id_column: str}, keep_default_na=False)
+    if id_column not in sample.columns:
+        raise DataError(f"{sample_path}: no id column {id_column!r} (columns {list(sample.columns)[:5]})")
+    return sample[id_column].tolist()
+
+
+def predict_members(
+    bundle: Path, manifest: dict[str, Any], clips: pd.DataFrame, work: Path, workers: int | None, device: Any
+) -> list[list[np.ndarray]]:
+    """Every member's fold predictions of ``clips``, each member's features computed with its own
+    front-end and audio rules (a cache shared by the members that have the same)."""
+    from audiotag.config.schema import AudioRules
+    from audiotag.data.cache_build import build_cache
+    from audiotag.data.cache_reader import FeatureCache
+    from audiotag.experiment import load_experiment
+
+    fnames, classes = clips["clip_id"].tolist(), list(manifest["classes"])
+    caches: dict[tuple[str, AudioRules], FeatureCache] = {}
+    embedded: dict[str, np.ndarray] = {}  # probe members' embeddings of the test clips
+    predictions = []
+    for member in manifest["members"]:
+        member_dir = bundle / "members" / member["name"]
+        member_cfg = load_experiment(member_dir / "config.yaml")
+        features, rules = member_cfg.features, member_cfg.competition.audio_rules
+        key = (features.key(), rules)
+        if key not in caches:  # the member's own audio rules, as its training cache had
+            caches[key] = FeatureCache(build_cache(clips, work, features, workers=workers, rules=rules))
+        cache = caches[key]
+        if member.get("kind", NETWORK) == PROBE_MEMBER:
+            predictions.append(
+                predict_probe_member(bundle, member, features, cache, fnames, classes, device, embedded)
+            )
+        else:
+            folds = member["folds"]
+            predictions.append(predict_member(member_dir, folds, cache, fnames, len(classes), device))
+    return predictions
+
+
 def run_inference(
     bundle: Path,
     input_dir: Path,
@@ -229,25 +281,11 @@ def run_inference(
     import torch
 
     from audiotag.competitions.submission import build_submission, write_submission
-    from audiotag.config.schema import AudioRules
-    from audiotag.data.cache_build import build_cache
-    from audiotag.data.cache_reader import FeatureCache
-    from audiotag.experiment import load_experiment
     from audiotag.scoring.predictions import write_predictions
 
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    if manifest.get("format") != FORMAT_VERSION:
-        raise DataError(
-            f"{bundle / MANIFEST}: package format {manifest.get('format')} is not {FORMAT_VERSION}"
-        )
-    sample_path = input_dir / SAMPLE
-    if not sample_path.is_file():
-        raise DataError(f"{sample_path} not found; pass --input with the competition's data folder")
+    manifest = read_manifest(bundle)
     id_column = str(manifest.get("id_column", "fname"))
-    sample = pd.read_csv(sample_path, dtype={id_column: str}, keep_default_na=False)
-    if id_column not in sample.columns:
-        raise DataError(f"{sample_path}: no id column {id_column!r} (columns {list(sample.columns)[:5]})")
-    fnames = sample[id_column].tolist()
+    fnames = read_sample(input_dir, id_column)
     audio = find_test_audio(input_dir, fnames)
     clips = pd.DataFrame({"clip_id": fnames, "path": [str(audio[f]) for f in fnames], "split": "test"})
     torch_device = torch.device(
@@ -267,33 +305,13 @@ def run_inference(
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audiotag-")))
         else:
             work = Path(work_dir)
-        caches: dict[tuple[str, AudioRules], FeatureCache] = {}
-        embedded: dict[str, np.ndarray] = {}  # probe members' embeddings of the test clips
-        predictions = []
-        for member in manifest["members"]:
-            member_dir = bundle / "members" / member["name"]
-            member_cfg = load_experiment(member_dir / "config.yaml")
-            features, rules = member_cfg.features, member_cfg.competition.audio_rules
-            key = (features.key(), rules)
-            if key not in caches:  # the member's own audio rules, as its training cache had
-                caches[key] = FeatureCache(build_cache(clips, work, features, workers=workers, rules=rules))
-            cache = caches[key]
-            if member.get("kind", NETWORK) == PROBE_MEMBER:
-                predictions.append(
-                    predict_probe_member(
-                        bundle, member, features, cache, fnames, classes, torch_device, embedded
-                    )
-                )
-            else:
-                predictions.append(
-                    predict_member(member_dir, member["folds"], cache, fnames, len(classes), torch_device)
-                )
+        predictions = predict_members(bundle, manifest, clips, work, workers, torch_device)
         blended = combine_members(predictions, manifest["blend"], bundle)
     comp = BundleCompetition(
         manifest["competition"],
         classes,
         manifest["submission_kind"],
-        sample_path,
+        input_dir / SAMPLE,
         int(manifest.get("label_count", 3)),
         id_column,
     )
