@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from audiotag.config.base import StrictModel
+from audiotag.scoring.metrics import METRICS
 
 
 class DemoGeneratorConfig(StrictModel):
@@ -90,10 +91,9 @@ class AudioRules(StrictModel):
         return self.model_dump()
 
 
-# the names of audiotag.scoring.metrics.METRICS (a test keeps them equal)
-TABLE_METRICS = ("map3", "lwlrap", "map", "accuracy", "macro_f1", "macro_f1@0.5", "roc_auc")
+TABLE_METRICS = tuple(METRICS)  # the metric names a config may name: the scoring registry's
 MULTILABEL_F1 = "macro_f1@0.5"  # what `metric: macro_f1` of multi_label data is scored as (0.5 threshold)
-MetricName = Literal["map3", "lwlrap", "map", "accuracy", "macro_f1", "macro_f1@0.5", "roc_auc"]
+MetricName = Literal[TABLE_METRICS]  # type: ignore[valid-type]
 SINGLE_LABEL_METRICS = ("map3", "accuracy")  # one true label per clip: refused with multi_label
 FOLDERS_FIELDS = ("exclude", "validation_list", "testing_list", "group_pattern")  # kind: folders only
 FOLDERS_REFUSED = ("train_csv", "group_column", "fold_column", "verified_column")  # table keys, not folders'
