@@ -40,9 +40,9 @@ from audiotag.config.competition import (
     template_fields,
 )
 from audiotag.config.files import apply_overrides, load_group, read_yaml, resolve_groups, validate
-from audiotag.scoring.blend import METHODS
-from audiotag.scoring.stacking import STACKERS
-from audiotag.scoring.weight_search import WEIGHT_SEARCHES
+from audiotag.scoring.blend import BlendMethod
+from audiotag.scoring.stacking import StackerKind
+from audiotag.scoring.weight_search import WeightSearchName
 
 # the competition schema (config_competition) and the base (config_base) are part of this module's API
 __all__ = [
@@ -394,12 +394,6 @@ class TrainConfig(StrictModel):
         if bad:
             raise ValueError(f"weights must be finite numbers >= 0; got {bad}")
         return weights
-
-
-# the allowed values are the registries' names: a new blend rule, weight search or stacker is one entry there
-BlendMethod = Literal[METHODS]  # type: ignore[valid-type]
-WeightSearchName = Literal[tuple(WEIGHT_SEARCHES)]  # type: ignore[valid-type]
-StackerKind = Literal[tuple(STACKERS)]  # type: ignore[valid-type]
 
 
 class EnsembleConfig(StrictModel):

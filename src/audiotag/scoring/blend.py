@@ -30,15 +30,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-from scipy.stats import rankdata
 
 from audiotag.scoring import metrics
 
-__all__ = ["METHODS", "BlendRule", "OofScorer", "normalise_weights", "scaled_ranks", "weighted_sum"]
+__all__ = [
+    "METHODS",
+    "BlendMethod",
+    "BlendRule",
+    "OofScorer",
+    "normalise_weights",
+    "scaled_ranks",
+    "weighted_sum",
+]
 
 METHODS: tuple[str, ...] = ("mean", "geometric", "power", "rank")  # the blend rules, as configs name them
+BlendMethod = Literal[METHODS]  # type: ignore[valid-type]  # the config schema's allowed values
 LOG_FLOOR = 1e-7  # probabilities are clipped to [LOG_FLOOR, 1] before a log or a negative power
 
 
@@ -52,6 +61,8 @@ def scaled_ranks(scores: np.ndarray, groups: np.ndarray | None = None) -> np.nda
     ``(rank - 1) / (n - 1)`` with tied scores sharing their average rank; a group of one row gets 0.5.
     ``groups`` (n,) holds a group label per row; None ranks all rows together.
     """
+    from scipy.stats import rankdata  # here: the config schema reads METHODS without loading scipy
+
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D (n_clips, n_classes), got shape {scores.shape}")

@@ -16,6 +16,8 @@ ValueError naming what is wrong.
   ``macro_f1_multilabel`` (multi-label: every class scored >= 0.5 is predicted).
 
 ``METRICS`` maps the metric names used in configs to ``f(truth, scores) -> float``; ``score`` dispatches.
+The config schema takes its allowed metric names from ``METRICS``, so scipy is imported only where a
+function uses it: reading a config (every CLI command) does not load scipy.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-from scipy.stats import norm, rankdata
 
 __all__ = [
     "METRICS",
@@ -346,6 +347,8 @@ def roc_auc_per_class(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
     computed from average ranks as ``(sum of positive ranks - P (P + 1) / 2) / (P * N)``.
     NaN for a class with no positive (P = 0) or no negative (N = 0).
     """
+    from scipy.stats import rankdata
+
     truth, scores = _check_binary_truth(truth, scores)
     n_pos = truth.sum(axis=0)
     n_neg = truth.shape[0] - n_pos
@@ -361,6 +364,8 @@ def d_prime(auc: float | np.ndarray) -> float | np.ndarray:
 
     AUC 0.5 gives 0, AUC 1 gives +inf; NaN stays NaN. A float in, a float out; an array in, an array out.
     """
+    from scipy.stats import norm
+
     values = np.asarray(auc, dtype=np.float64)
     outside = ~np.isnan(values) & ((values < 0) | (values > 1))
     if outside.any():

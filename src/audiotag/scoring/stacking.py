@@ -20,11 +20,19 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["STACKERS", "FitPredict", "FittedStacker", "Stacker", "logit_features", "nested_predictions"]
+__all__ = [
+    "STACKERS",
+    "FitPredict",
+    "FittedStacker",
+    "Stacker",
+    "StackerKind",
+    "logit_features",
+    "nested_predictions",
+]
 
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 """``fit_predict(X_train, Y_train, X_predict) -> scores (len(X_predict), C)`` in [0, 1]."""
@@ -87,6 +95,7 @@ STACKERS: dict[str, Callable[[Stacker, np.ndarray, np.ndarray], Predict]] = {
     "logreg": _fit_logreg,
     "mlp": _fit_mlp,
 }
+StackerKind = Literal[tuple(STACKERS)]  # type: ignore[valid-type]  # the config schema's allowed values
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import softmax
 
 from audiotag.core.log import progress
 from audiotag.scoring.blend import BlendRule, OofScorer, normalise_weights, weighted_sum
@@ -22,6 +21,7 @@ from audiotag.scoring.blend import BlendRule, OofScorer, normalise_weights, weig
 __all__ = [
     "WEIGHT_SEARCHES",
     "WeightSearch",
+    "WeightSearchName",
     "hill_climb",
     "nested_weight_cv",
     "search_weights",
@@ -93,6 +93,9 @@ def _as_counts(weights: np.ndarray) -> np.ndarray:
 def _nelder_mead(score_weights: ScoreFn, starts: list[np.ndarray], iterations: int) -> np.ndarray:
     """Maximise ``score_weights(w)`` over the simplex with Nelder-Mead on w = softmax(z), from each
     start (weights), then drop members whose removal does not lower the score."""
+    from scipy.optimize import minimize  # here: the config schema reads WEIGHT_SEARCHES without scipy
+    from scipy.special import softmax
+
     n_members = len(starts[0])
     best_w, best_score = starts[0], -np.inf
     for start in starts:
@@ -157,6 +160,7 @@ WEIGHT_SEARCHES: dict[str, WeightSearch] = {
     "hill_climb": WeightSearch(_hill_climb_members, _hill_climb_column),
     "scipy": WeightSearch(_nelder_mead_members, _nelder_mead_column),
 }
+WeightSearchName = Literal[tuple(WEIGHT_SEARCHES)]  # type: ignore[valid-type]  # the config's allowed values
 
 
 def _per_class_weights(
