@@ -66,7 +66,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.models.ast import ast_block_embeddings
 from audiotag.models.byola import BYOLA_LAYERS, byola_layer_frames
 from audiotag.models.cnn14 import cnn_min_frames, fused_block_frames
-from audiotag.models.registry import build_model, family_of, load_pretrained
+from audiotag.models.registry import build_model, family_of, load_pretrained, weights_table
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,7 @@ class EmbeddingConfig(StrictModel):
 
 def weights_entry(cfg: EmbeddingConfig) -> Any:
     """The weights-table entry of ``cfg.weights``, or None (a file path, or random weights)."""
-    from audiotag.models.pretrained import KNOWN
-
-    return KNOWN.get(cfg.weights) if cfg.weights else None
+    return weights_table().get(cfg.weights) if cfg.weights else None
 
 
 def embedding_features(cfg: EmbeddingConfig) -> str | None:

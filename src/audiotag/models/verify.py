@@ -23,7 +23,7 @@ from audiotag.core.errors import ConfigError, DataError
 from audiotag.data.audio import load_audio
 from audiotag.data.dataset import fit_length, silence_value
 from audiotag.data.features import compute_logmel
-from audiotag.models.registry import build_model, family_of, load_pretrained
+from audiotag.models.registry import build_model, family_of, load_pretrained, lookup
 
 AUDIOSET_CLASSES = 527
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -68,8 +68,6 @@ def audio_clips(folder: Path, sample_rate: int, max_clips: int) -> dict[str, np.
 
 
 def model_and_features(name: str, weights: Path | None) -> tuple[ModelBase, FeatureConfig, str]:
-    from audiotag.models.pretrained import lookup
-
     ckpt = lookup(name)
     if (configs_root() / "models" / f"{ckpt.model}.yaml").is_file():
         raw = load_group("model", ckpt.model)
