@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from audiotag.config.schema import ModelBase
 from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
-from audiotag.models.family import Family
+from audiotag.models.family import EMBEDDING, Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter, rgb_to_mono
 
 
@@ -343,4 +343,21 @@ CHECKPOINTS = (
 )
 
 
-FAMILY = Family(AstConfig, build_backbone, CONVERTERS, detect_layout, checkpoints=CHECKPOINTS)
+AUDIOSET_FRAMES = 1024  # AST's AudioSet input: 10.24 s of fbank frames, zero-padded
+
+
+def default_layers(cfg: AstConfig) -> list[str]:
+    """AST-Fusion's blocks 5 and 12 (4 and 11 counted from 0) of a 12-block AST; else the embedding."""
+    return ["5", "12"] if cfg.depth == 12 else [EMBEDDING]
+
+
+FAMILY = Family(
+    AstConfig,
+    build_backbone,
+    CONVERTERS,
+    detect_layout,
+    checkpoints=CHECKPOINTS,
+    layers=Layers(lambda cfg: cfg.depth, default_layers, ast_block_embeddings, "mean"),
+    min_frames=lambda backbone: 1,  # AstBackbone pads inputs shorter than one patch itself
+    verification=Verification(audioset_layouts=frozenset({"ast"}), input_frames=AUDIOSET_FRAMES),
+)

@@ -19,7 +19,7 @@ from torch import nn
 from audiotag.config.schema import ModelBase
 from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
-from audiotag.models.family import Family
+from audiotag.models.family import Family, Layers
 from audiotag.models.loading import Converted, Converter
 
 
@@ -231,4 +231,12 @@ CHECKPOINTS = (
 )
 
 
-FAMILY = Family(ByolaConfig, build_backbone, CONVERTERS, checkpoints=CHECKPOINTS)
+FAMILY = Family(
+    ByolaConfig,
+    build_backbone,
+    CONVERTERS,
+    checkpoints=CHECKPOINTS,
+    # the default: layer 5, the BYOL-A embedding's frames
+    layers=Layers(lambda cfg: BYOLA_LAYERS, lambda cfg: [str(BYOLA_LAYERS)], byola_layer_frames, "mean+max"),
+    min_frames=lambda backbone: 8,
+)

@@ -21,7 +21,7 @@ from torch import nn
 
 from audiotag.config.schema import ModelBase
 from audiotag.fetch.weights import Checkpoint
-from audiotag.models.family import Family
+from audiotag.models.family import EMBEDDING, Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter
 
 
@@ -308,4 +308,18 @@ CHECKPOINTS = (
 )
 
 
-FAMILY = Family(CnnConfig, build_backbone, CONVERTERS, detect_layout, checkpoints=CHECKPOINTS)
+def default_layers(cfg: CnnConfig) -> list[str]:
+    """CNN14-Fusion#3#6 for six blocks (Niizumi et al. 2022); the model's own embedding otherwise."""
+    return ["3", "6"] if len(cfg.channels) == 6 else [EMBEDDING]
+
+
+FAMILY = Family(
+    CnnConfig,
+    build_backbone,
+    CONVERTERS,
+    detect_layout,
+    checkpoints=CHECKPOINTS,
+    layers=Layers(lambda cfg: len(cfg.channels), default_layers, fused_block_frames, "mean+max"),
+    min_frames=cnn_min_frames,
+    verification=Verification(audioset_layouts=frozenset({"panns"})),
+)

@@ -11,7 +11,7 @@ clip embedding: ``head.embedding`` on the backbone's output, e.g. PANNs' ``fc1``
 time of the frequency-averaged last block, AST's averaged class tokens). CNN14's ``embedding`` is
 the baseline the paper compares with: EVAR's ``AR_Cnn14`` runs ``Cnn14_Decoupled`` (daisukelab/
 sound-clf-pytorch ``for_evar/cnn14_decoupled.py``): frequency mean, max + mean over time, ``fc1`` +
-ReLU. What a numbered layer is:
+ReLU. What a numbered layer is (each family module declares its own: ``FAMILY.layers``):
 
 - **PANNs-style CNNs** (``cnn14.py``: CNN14/10/6, aisfx): conv block ``i``'s output after its
   pooling. Formed as ``GeneralPurposeCnn14.encode_frames`` forms it (confirmed in
@@ -51,8 +51,6 @@ feeds a task's clips whole, cut or padded to one length per task.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,14 +61,12 @@ from pydantic import Field, field_validator
 from audiotag.config.files import deep_merge, load_group, validate
 from audiotag.config.schema import FeatureConfig, InputNorm, ModelBase, StrictModel
 from audiotag.core.errors import ConfigError
-from audiotag.models.ast import ast_block_embeddings
-from audiotag.models.byola import BYOLA_LAYERS, byola_layer_frames
-from audiotag.models.cnn14 import cnn_min_frames, fused_block_frames
+from audiotag.models.family import EMBEDDING
+from audiotag.models.heads import pool_time
 from audiotag.models.registry import build_model, family_of, load_pretrained, weights_table
 
 log = logging.getLogger(__name__)
 
-EMBEDDING = "embedding"  # the model's own clip embedding
 LayerSpec = list[int | Literal["embedding"]] | Literal["default", "all"]
 
 
@@ -149,48 +145,10 @@ def model_config(cfg: EmbeddingConfig) -> ModelBase:
     return validate(family.config, tree, source)
 
 
-# How the numbered layers of each family are computed: (backbone, log-mel, layers) -> frames per layer.
-FrameFn = Callable[[Any, torch.Tensor, list[int]], dict[int, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class LayerRule:
-    n_layers: Callable[[Any], int]  # model config -> how many numbered layers
-    defaults: Callable[[Any], list[str]]  # model config -> the paper's default layers
-    frames: FrameFn
-    pool: str  # "mean+max": max + mean over time (CNN14-Fusion, BYOL-A); "mean": AST's one frame
-    min_frames: Callable[[Any], int]  # backbone -> input frames it needs at least
-
-
-RULES: dict[str, LayerRule] = {
-    "cnn": LayerRule(
-        lambda cfg: len(cfg.channels),
-        lambda cfg: ["3", "6"] if len(cfg.channels) == 6 else [EMBEDDING],  # CNN14-Fusion#3#6
-        fused_block_frames,
-        "mean+max",
-        cnn_min_frames,
-    ),
-    "ast": LayerRule(
-        lambda cfg: cfg.depth,
-        lambda cfg: ["5", "12"] if cfg.depth == 12 else [EMBEDDING],  # AST-Fusion (blocks 4, 11 from 0)
-        ast_block_embeddings,
-        "mean",
-        lambda backbone: 1,  # AstBackbone pads inputs shorter than one patch itself
-    ),
-    "byola": LayerRule(
-        lambda cfg: BYOLA_LAYERS,
-        lambda cfg: [str(BYOLA_LAYERS)],  # the BYOL-A embedding's frames
-        byola_layer_frames,
-        "mean+max",
-        lambda backbone: 8,
-    ),
-}
-
-
 def available_layers(model_cfg: ModelBase) -> list[str]:
     """Every layer a model offers, in network order (numbered layers, then its own embedding)."""
-    rule = RULES.get(model_cfg.name)  # type: ignore[attr-defined]
-    n = rule.n_layers(model_cfg) if rule is not None else 0
+    layers = family_of(model_cfg.name).layers  # type: ignore[attr-defined]
+    n = layers.count(model_cfg) if layers is not None else 0
     return [str(i) for i in range(1, n + 1)] + [EMBEDDING]
 
 
@@ -199,9 +157,9 @@ def resolve_layers(model_cfg: ModelBase, spec: LayerSpec) -> list[str]:
     offered = available_layers(model_cfg)
     if spec == "all":
         return offered
-    rule = RULES.get(model_cfg.name)  # type: ignore[attr-defined]
+    layers = family_of(model_cfg.name).layers  # type: ignore[attr-defined]
     if spec == "default":
-        names = rule.defaults(model_cfg) if rule is not None else [EMBEDDING]
+        names = layers.defaults(model_cfg) if layers is not None else [EMBEDDING]
     else:
         names = [str(layer) for layer in spec]
     unknown = [n for n in names if n not in offered]
@@ -211,13 +169,6 @@ def resolve_layers(model_cfg: ModelBase, spec: LayerSpec) -> list[str]:
             f"{', '.join(offered)}"
         )
     return sorted(names, key=layer_order)
-
-
-def pool_time(frames: torch.Tensor, how: str) -> torch.Tensor:
-    """(batch, frames, dim) -> (batch, dim): max + mean over time (``mean_max_pooling``), or the mean."""
-    if how == "mean+max":
-        return frames.amax(dim=1) + frames.mean(dim=1)
-    return frames.mean(dim=1)
 
 
 def layer_order(name: str) -> tuple[int, int]:
@@ -257,12 +208,12 @@ class Representation:
         self.tagger = tagger.eval().to(self.device)
         for param in self.tagger.parameters():
             param.requires_grad_(False)
-        self.rule = RULES.get(self.model_cfg.name)  # type: ignore[attr-defined]
+        self.family = family_of(self.model_cfg.name)  # type: ignore[attr-defined]
 
     @property
     def min_frames(self) -> int:
         """Log-mel frames an input needs at least (the backbone's total time stride)."""
-        return self.rule.min_frames(self.tagger.backbone) if self.rule is not None else 32
+        return self.family.min_frames(self.tagger.backbone)
 
     @property
     def min_rows(self) -> int:
@@ -282,14 +233,15 @@ class Representation:
         numbered = [int(n) for n in layers if n != EMBEDDING]
         backbone_out = None
         if numbered:
-            assert self.rule is not None  # resolve_layers refuses numbered layers without a rule
-            for layer, frames in self.rule.frames(tagger.backbone, x, numbered).items():
+            rule = self.family.layers
+            assert rule is not None  # resolve_layers refuses numbered layers of a family without them
+            for layer, frames in rule.frames(tagger.backbone, x, numbered).items():
                 if layer == 0:  # the backbone's own output, computed on the way: not run again
                     backbone_out = frames
                     continue
                 if frames.shape[1] == 0:
                     raise ValueError(f"layer {layer}: input of {x.shape[1]} frames leaves no frame")
-                out[str(layer)] = pool_time(frames, self.rule.pool)
+                out[str(layer)] = pool_time(frames, rule.pool)
         if EMBEDDING in layers:
             if backbone_out is None:
                 backbone_out = tagger.backbone(x)

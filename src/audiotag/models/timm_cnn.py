@@ -28,7 +28,7 @@ from torch import nn
 from audiotag.config.schema import ModelBase
 from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
-from audiotag.models.family import Family
+from audiotag.models.family import Family, Verification
 from audiotag.models.loading import Adapter, Converted, Converter, rgb_to_mono
 
 
@@ -231,4 +231,12 @@ CHECKPOINTS = (
 )
 
 
-FAMILY = Family(TimmConfig, build_backbone, CONVERTERS, weights_arch=weights_arch, checkpoints=CHECKPOINTS)
+FAMILY = Family(
+    TimmConfig,
+    build_backbone,
+    CONVERTERS,
+    weights_arch=weights_arch,
+    checkpoints=CHECKPOINTS,
+    # timm/<arch>.<tag> entries name the arch, not a configs/models/ file
+    verification=Verification(settings_of=lambda arch: {"name": "timm", "arch": arch}),
+)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,11 +24,10 @@ from audiotag.core.errors import ConfigError, DataError
 from audiotag.data.audio import load_audio
 from audiotag.data.dataset import fit_length, silence_value
 from audiotag.data.features import compute_logmel
-from audiotag.models.registry import build_model, family_of, load_pretrained, lookup
+from audiotag.models.registry import build_model, families, family_of, load_pretrained, lookup
 
 AUDIOSET_CLASSES = 527
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-AST_FRAMES = 1024  # AST's AudioSet input: 10.24 s of fbank frames, zero-padded
 
 
 @dataclass
@@ -71,13 +71,25 @@ def model_and_features(name: str, weights: Path | None) -> tuple[ModelBase, Feat
     ckpt = lookup(name)
     if (configs_root() / "models" / f"{ckpt.model}.yaml").is_file():
         raw = load_group("model", ckpt.model)
-    else:  # timm/<arch>.<tag> entries name the arch
-        raw = {"name": "timm", "arch": ckpt.model}
+    else:
+        raw = entry_settings(ckpt.layout, ckpt.model)
     raw["pretrained"] = str(weights) if weights else ckpt.name
     cfg = validate(family_of(raw["name"]).config, raw, f"model {ckpt.model}")
     features_name = ckpt.features or "logmel_16k_64"
     features = validate(FeatureConfig, load_group("features", features_name), f"features {features_name}")
     return cfg, features, ckpt.layout
+
+
+def entry_settings(layout: str, model: str) -> dict[str, Any]:
+    """The model settings of an entry whose ``model`` names no configs/models/ file, from the family
+    that takes its layout (timm/<arch>.<tag> entries name the arch)."""
+    for family in families().values():
+        settings_of = family.verification.settings_of
+        if layout in family.converters and settings_of is not None:
+            return settings_of(model)
+    raise ConfigError(
+        f"weights verify: no configs/models/{model}.yaml and no family builds a {layout!r} model"
+    )
 
 
 def run_checkpoint(
@@ -91,13 +103,13 @@ def run_checkpoint(
     cfg, features, layout = model_and_features(name, weights)
     clips = clips if clips is not None else synthetic_clips(features.sample_rate)
     logmels = {k: compute_logmel(np.asarray(v, np.float32), features) for k, v in clips.items()}
-    is_ast = cfg.name == "ast"
-    n_classes = AUDIOSET_CLASSES if layout in ("panns", "ast") else 1
+    rules = family_of(cfg.name).verification
+    n_classes = AUDIOSET_CLASSES if layout in rules.audioset_layouts else 1
     norm = None
     if cfg.input_norm == "dataset":  # BYOL-A: statistics of these clips stand in for a training set
         values = np.concatenate([m.ravel() for m in logmels.values()])
         norm = InputNorm(mean=float(values.mean()), std=float(max(values.std(), 1e-6)))
-    frames = AST_FRAMES if is_ast else max(m.shape[0] for m in logmels.values())
+    frames = rules.input_frames or max(m.shape[0] for m in logmels.values())
     model = build_model(cfg, features.n_mels, n_classes, frames=frames, input_norm=norm)
     report = load_pretrained(model, cfg, features, offline=offline)
     if report is None:
@@ -116,8 +128,8 @@ def run_checkpoint(
     results = []
     with torch.no_grad():
         for clip, logmel in logmels.items():
-            if is_ast:
-                logmel = fit_length(logmel, AST_FRAMES, 0, "constant", silence_value(features))
+            if rules.input_frames is not None:
+                logmel = fit_length(logmel, rules.input_frames, 0, "constant", silence_value(features))
             x = torch.from_numpy(np.ascontiguousarray(logmel, np.float32))[None]
             normed = (x - model.norm_mean) / model.norm_std
             embedding = model.head.embedding(model.backbone(normed))[0].numpy()
