@@ -238,5 +238,5 @@ FAMILY = Family(
     checkpoints=CHECKPOINTS,
     # the default: layer 5, the BYOL-A embedding's frames
     layers=Layers(lambda cfg: BYOLA_LAYERS, lambda cfg: [str(BYOLA_LAYERS)], byola_layer_frames, "mean+max"),
-    min_frames=lambda backbone: 8,
+    min_frames=lambda backbone: 8,  # three 2x2 max poolings over time
 )
