@@ -343,21 +343,12 @@ CHECKPOINTS = (
 )
 
 
-AUDIOSET_FRAMES = 1024  # AST's AudioSet input: 10.24 s of fbank frames, zero-padded
-
-
-def default_layers(cfg: AstConfig) -> list[str]:
-    """AST-Fusion's blocks 5 and 12 (4 and 11 counted from 0) of a 12-block AST; else the embedding."""
-    return ["5", "12"] if cfg.depth == 12 else [EMBEDDING]
-
-
+# default layers: AST-Fusion's blocks 5 and 12 (4 and 11 counted from 0) of a 12-block AST
+LAYERS = Layers(
+    lambda c: c.depth, lambda c: ["5", "12"] if c.depth == 12 else [EMBEDDING], ast_block_embeddings, "mean"
+)
+# AudioSet input: 1024 frames (10.24 s, zero-padded); min_frames 1: AstBackbone pads short inputs itself
+VERIFY = Verification(audioset_layouts=frozenset({"ast"}), input_frames=1024)
 FAMILY = Family(
-    AstConfig,
-    build_backbone,
-    CONVERTERS,
-    detect_layout,
-    checkpoints=CHECKPOINTS,
-    layers=Layers(lambda cfg: cfg.depth, default_layers, ast_block_embeddings, "mean"),
-    min_frames=lambda backbone: 1,  # AstBackbone pads inputs shorter than one patch itself
-    verification=Verification(audioset_layouts=frozenset({"ast"}), input_frames=AUDIOSET_FRAMES),
+    AstConfig, build_backbone, CONVERTERS, detect_layout, CHECKPOINTS, LAYERS, lambda b: 1, VERIFY
 )

@@ -3,11 +3,9 @@
 A family module (``models/cnn14.py``, ``models/ast.py``, ...) defines its config schema (a
 ``ModelBase`` subclass whose ``name`` literal is what ``model.name`` selects), ``build_backbone``,
 its checkpoint converters (checkpoint key layout -> converter to our key names), how to recognise the
-layout of a checkpoint given by path, its rows of the weights table, the numbered layers it offers as
-a frozen representation (``embed``, linear probes), the input frames its backbone needs at least, and
-how ``weights verify`` runs its checkpoints; then it declares ``FAMILY = Family(...)``.
-``models/registry.py`` finds every module of this package that has a ``FAMILY`` and collects them:
-nothing else needs editing.
+layout of a checkpoint given by path, its rows of the weights table, its layers as a frozen
+representation (``embed``) and how ``weights verify`` runs it; then it declares ``FAMILY = Family(...)``.
+``models/registry.py`` finds every module of this package that has a ``FAMILY``: nothing else needs editing.
 """
 
 from __future__ import annotations
@@ -24,15 +22,14 @@ from audiotag.models.loading import Converter
 
 EMBEDDING = "embedding"  # the layer name of a model's own clip embedding (``head.embedding``)
 
-# (backbone, normalised log-mel (batch, frames, mels), 1-based layers) -> {layer: (batch, frames', dim)},
-# and under key 0 the backbone's own output when it was computed on the way
+# (backbone, normalised log-mel, 1-based layers) -> {layer: (batch, frames', dim)}, and under key 0
+# the backbone's own output when it was computed on the way
 FrameFn = Callable[[Any, torch.Tensor, list[int]], dict[int, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Layers:
-    """The numbered layers (1-based, network order) a family offers as frozen representations; see
-    ``models/representation.py`` for what each family's layers are."""
+    """The numbered layers (1-based, network order) a family offers as frozen representations."""
 
     count: Callable[[Any], int]  # model config -> how many numbered layers
     defaults: Callable[[Any], list[str]]  # model config -> the layers ``layers: default`` fuses
@@ -50,11 +47,6 @@ class Verification:
     settings_of: Callable[[str], dict[str, Any]] | None = None
 
 
-def stride_unknown(backbone: nn.Module) -> int:
-    """The input frames of a backbone that declares no total time stride: 32, a CNN's usual one."""
-    return 32
-
-
 @dataclass(frozen=True)
 class Family:
     config: type[ModelBase]  # its ``name`` field's literal is the family's name
@@ -62,10 +54,11 @@ class Family:
     converters: Mapping[str, Converter]  # checkpoint key layout -> converter
     detect_layout: Callable[[Sequence[str]], str] | None = None  # for a checkpoint given by path
     checkpoints: Sequence[Any] = field(default_factory=tuple)  # its rows of the weights table
-    weights_arch: Callable[[Any], str | None] | None = None  # timm arch that imagenet/timm/ names refer to
     layers: Layers | None = None  # None: the model's own embedding only
-    min_frames: Callable[[Any], int] = stride_unknown  # backbone -> input frames it needs at least
+    # backbone -> input frames it needs at least (its total time stride; 32, a CNN's usual one, if unknown)
+    min_frames: Callable[[Any], int] = lambda backbone: 32
     verification: Verification = field(default_factory=Verification)
+    weights_arch: Callable[[Any], str | None] | None = None  # timm arch that imagenet/timm/ names refer to
 
     def __post_init__(self) -> None:
         for ckpt in self.checkpoints:

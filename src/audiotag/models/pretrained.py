@@ -23,7 +23,7 @@ import logging
 import os
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,14 +101,13 @@ def _safe_alternative(filename: str) -> str:
     return filename[: -len(".bin")] + ".safetensors" if filename.endswith(".bin") else filename
 
 
-def timm_checkpoint(name: str, curated: Iterable[Checkpoint] = ()) -> Checkpoint:
+def timm_checkpoint(name: str, curated: Collection[Checkpoint] = ()) -> Checkpoint:
     """The entry for ``timm/<arch>[.<tag>]``, built from the installed timm's ``pretrained_cfg``.
 
     Source: the HF hub repo ``hf_hub_id`` (its ``hf_hub_filename``, else ``model.safetensors``;
     a ``.bin`` name is replaced by its safetensors alternative, which timm also tries first), else
     the cfg's ``url``. The size and SHA-256 are not published: the first download's SHA-256 is
-    recorded. A ``curated`` entry (of the weights table) for the same file (``efficientnet_b0``) is
-    returned instead.
+    recorded. A ``curated`` (weights-table) entry for the same file is returned instead.
     """
     registry = _timm_registry()
     version = getattr(importlib.import_module("timm"), "__version__", "?")
@@ -183,11 +182,10 @@ def timm_checkpoint(name: str, curated: Iterable[Checkpoint] = ()) -> Checkpoint
     )
 
 
-def timm_catalogue(pattern: str, curated: Iterable[Checkpoint] = ()) -> list[tuple[Checkpoint, bool]]:
+def timm_catalogue(pattern: str, curated: Collection[Checkpoint] = ()) -> list[tuple[Checkpoint, bool]]:
     """timm's pretrained weights whose ``<arch>.<tag>`` matches the glob ``pattern`` (with or without
     ``timm/``), as entries, each with whether it is its arch's default; unusable ones are skipped.
     ``curated``: as :func:`timm_checkpoint`'s."""
-    curated = tuple(curated)
     registry = _timm_registry()
     names = registry.list_pretrained(pattern.removeprefix(TIMM_PREFIX))
     defaults: dict[str, str] = {}

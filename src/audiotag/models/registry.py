@@ -1,14 +1,9 @@
-"""The model families, collected: the weights table and its names, building a tagger from its config,
-and loading pretrained weights into it.
+"""The model families, collected, and their weights table; build a tagger and load pretrained weights.
 
 Every module of ``audiotag.models`` that declares ``FAMILY = Family(...)`` (see ``models/family.py``)
-is a family: its config schema, ``build_backbone``, checkpoint converters, layout detection,
-weights-table rows, layers and verification rules. ``families()`` finds them by scanning this
-package, so adding a family is adding its module (and its YAML under ``configs/models/``).
-
-The weights table (``weights_table()``) is every family's rows; :func:`lookup` and :func:`resolve`
-turn a table name, ``timm/<arch>[.<tag>]`` or ``imagenet`` into its entry and verified local file
-(downloads, timm's catalogue and the reading of tensors are :mod:`audiotag.models.pretrained`).
+is a family. ``families()`` finds them by scanning this package, so adding a family is adding its
+module (and its YAML under ``configs/models/``). ``weights_table()`` is every family's checkpoints;
+:func:`resolve` turns their names (and timm's) into verified local files.
 """
 
 from __future__ import annotations
@@ -132,12 +127,6 @@ def resolve(
     )
 
 
-def entry_of(spec: str, arch: str | None = None) -> Checkpoint | None:
-    """The table (or timm) entry a weights name refers to, without fetching or checking any file;
-    None for a file path (a package's inference reads its own copy of the file with the entry)."""
-    return lookup(spec, arch) if _is_name(spec) else None
-
-
 def build_model(
     cfg: ModelBase,
     n_mels: int,
@@ -209,7 +198,9 @@ def load_pretrained(
     if cfg.pretrained is None:
         return None
     if weights_file is not None:
-        path, entry = Path(weights_file), entry_of(cfg.pretrained, weights_arch(cfg))
+        # a package's copy of the file: the entry of its name, without fetching or checking any file
+        entry = lookup(cfg.pretrained, weights_arch(cfg)) if _is_name(cfg.pretrained) else None
+        path = Path(weights_file)
     else:
         path, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
         if entry is not None and entry.features is not None:

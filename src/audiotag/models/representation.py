@@ -11,30 +11,10 @@ clip embedding: ``head.embedding`` on the backbone's output, e.g. PANNs' ``fc1``
 time of the frequency-averaged last block, AST's averaged class tokens). CNN14's ``embedding`` is
 the baseline the paper compares with: EVAR's ``AR_Cnn14`` runs ``Cnn14_Decoupled`` (daisukelab/
 sound-clf-pytorch ``for_evar/cnn14_decoupled.py``): frequency mean, max + mean over time, ``fc1`` +
-ReLU. What a numbered layer is (each family module declares its own: ``FAMILY.layers``):
-
-- **PANNs-style CNNs** (``cnn14.py``: CNN14/10/6, aisfx): conv block ``i``'s output after its
-  pooling. Formed as ``GeneralPurposeCnn14.encode_frames`` forms it (confirmed in
-  nttcslab/composing-general-audio-repr ``to_gp_cnn14.patch``): non-overlapping max pooling over
-  time down to the last block's frame rate (kernels 16, 8, 4, 2, 1, 1 for CNN14's blocks 1-6), then
-  each frame's channels x frequency bins flattened channel-major (``reshape_along_time``), layers
-  concatenated (``torch.hstack``) and pooled over time by max + mean (``mean_max_pooling``: the sum
-  of the two). CNN14 at 64 mels: block 3 is 256 x 8 = 2048 values a frame, block 6 2048 x 2 =
-  4096, 6144 together, as the example in the patch prints. The paper's CNN14-Fusion#3#6 is
-  ``layers: [3, 6]``; that repository's ``to_evar/config/cnn14_fusion.yaml`` also sets
-  ``temporal_pooling_type: mean_max``. The same rule applied to other CNNs (aisfx's 4 blocks, CNN10)
-  is our extension: the paper only fuses CNN14 (and VGGish).
-- **AST** (``ast.py``): transformer block ``i``'s tokens through the final LayerNorm, class and
-  distillation tokens averaged, one vector per window: ``AR_AST_Fusion.forward`` in
-  ``to_evar/evar/ar_ast_ext.py`` (``ast_layers: [4, 11]`` in ``to_evar/config/ast_fusion.yaml``,
-  counted from 0, so blocks 5 and 12 here). There is no pooling over time inside a window.
-- **BYOL-A** (``byola.py``): layers 1-3 the conv blocks, 4 ``fc.0`` + ReLU, 5 the whole ``fc`` (the
-  embedding's frames), as nttcslab/byol-a ``byol_a/models.py`` ``AudioNTT2020Task6X`` forms them
-  (conv features flattened channel-major and halved to ``frames // 8`` by averaging adjoining
-  frames), pooled by max + mean over time as ``AudioNTT2020.forward`` pools (and as
-  nttcslab/eval-audio-repr ``config/byola.yaml`` sets, ``temporal_pooling_type: mean_max``). We
-  do not zero-pad the narrower conv features to ``d`` as Task6X does (constant columns).
-- **timm CNNs**: ``"embedding"`` only.
+ReLU. What a numbered layer is, each family declares in its module (``FAMILY.layers``, see
+``models/family.py``): the conv blocks of PANNs-style CNNs (``cnn14.py``: ``fused_block_frames``),
+AST's transformer blocks (``ast.py``: ``ast_block_embeddings``), BYOL-A's conv blocks and MLP layers
+(``byola.py``: ``byola_layer_frames``); timm CNNs offer ``"embedding"`` only.
 
 Sources read: the authors' code (above) and the paper's abstract (ar5iv 2205.08138: "(1) calculating
 feature vectors along the time frame from middle/late layer outputs, and (2) fusing them"; index

@@ -203,11 +203,6 @@ def timm_converter(arch: str) -> Converter:
 CONVERTERS: dict[str, Converter] = {"timm": convert_timm}
 
 
-def weights_arch(cfg: TimmConfig) -> str:
-    """The timm architecture that ``pretrained: imagenet`` and ``timm/<arch>`` names refer to."""
-    return cfg.arch
-
-
 # The weights table's rows of this family (`./run.sh weights list`).
 _IMAGENET_LICENSE = "Apache-2.0*"  # * as timm lists it; see the note
 
@@ -231,12 +226,14 @@ CHECKPOINTS = (
 )
 
 
+# imagenet and timm/<arch> names refer to model.arch; timm/<arch>.<tag> table entries name the arch
+VERIFY = Verification(settings_of=lambda arch: {"name": "timm", "arch": arch})
 FAMILY = Family(
     TimmConfig,
     build_backbone,
     CONVERTERS,
-    weights_arch=weights_arch,
-    checkpoints=CHECKPOINTS,
-    # timm/<arch>.<tag> entries name the arch, not a configs/models/ file
-    verification=Verification(settings_of=lambda arch: {"name": "timm", "arch": arch}),
+    None,
+    CHECKPOINTS,
+    verification=VERIFY,
+    weights_arch=lambda c: c.arch,
 )

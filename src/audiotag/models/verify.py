@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -71,25 +70,16 @@ def model_and_features(name: str, weights: Path | None) -> tuple[ModelBase, Feat
     ckpt = lookup(name)
     if (configs_root() / "models" / f"{ckpt.model}.yaml").is_file():
         raw = load_group("model", ckpt.model)
-    else:
-        raw = entry_settings(ckpt.layout, ckpt.model)
+    else:  # timm/<arch>.<tag> entries name the arch: the family that takes the layout makes the settings
+        settings_of = [f.verification.settings_of for f in families().values() if ckpt.layout in f.converters]
+        if not settings_of or settings_of[0] is None:
+            raise ConfigError(f"weights verify: no model config for {ckpt.name}")
+        raw = settings_of[0](ckpt.model)
     raw["pretrained"] = str(weights) if weights else ckpt.name
     cfg = validate(family_of(raw["name"]).config, raw, f"model {ckpt.model}")
     features_name = ckpt.features or "logmel_16k_64"
     features = validate(FeatureConfig, load_group("features", features_name), f"features {features_name}")
     return cfg, features, ckpt.layout
-
-
-def entry_settings(layout: str, model: str) -> dict[str, Any]:
-    """The model settings of an entry whose ``model`` names no configs/models/ file, from the family
-    that takes its layout (timm/<arch>.<tag> entries name the arch)."""
-    for family in families().values():
-        settings_of = family.verification.settings_of
-        if layout in family.converters and settings_of is not None:
-            return settings_of(model)
-    raise ConfigError(
-        f"weights verify: no configs/models/{model}.yaml and no family builds a {layout!r} model"
-    )
 
 
 def run_checkpoint(
