@@ -39,8 +39,7 @@ from audiotag.data.features import compute_logmel, make_extractor
 from audiotag.fetch.weights import cached_path
 from audiotag.models.byola import ByolaConfig
 from audiotag.models.heads import pool_time
-from audiotag.models.pretrained import lookup
-from audiotag.models.registry import build_model, load_pretrained
+from audiotag.models.registry import build_model, load_pretrained, lookup
 from audiotag.models.tagger import Tagger
 from tests.golden_weights import assert_close, fixture_state, load_fixture, max_diff
 

@@ -132,7 +132,9 @@ ENSEMBLE = "competition: demo\nmembers: [cnn_small, probe_aisfx]\nmethod: mean\n
 def test_a_bundle_with_an_aisfx_probe_reproduces_the_ensemble_offline(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audiotag.models.pretrained import KNOWN
+    from audiotag.models.registry import weights_table
+
+    KNOWN = weights_table()
 
     # The demo's default training already made the aisfx probe member (a default extra experiment).
     demo = demo_workspace.copy_to(demo_workspace.trained_base(tmp_path_factory), tmp_path / "ws", monkeypatch)

@@ -36,10 +36,20 @@ from audiotag.models import pretrained
 from audiotag.models.ast import AstConfig
 from audiotag.models.cnn14 import CONVERTERS, CnnConfig, build_backbone
 from audiotag.models.family import Family
-from audiotag.models.pretrained import KNOWN, fetch, lookup, read_state_dict, resolve
-from audiotag.models.registry import build_model, check_pretrained, families, load_pretrained
+from audiotag.models.pretrained import fetch, read_state_dict
+from audiotag.models.registry import (
+    build_model,
+    check_pretrained,
+    families,
+    load_pretrained,
+    lookup,
+    resolve,
+    weights_table,
+)
 from audiotag.models.timm_cnn import TimmConfig
 from tests.http_fakes import running_server, serve_bytes
+
+KNOWN = weights_table()
 
 
 def _checkpoint_bytes() -> bytes:

@@ -93,3 +93,52 @@ def test_a_new_family_is_one_module(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[0] == "['ast', 'byola', 'cnn', 'timm', 'toy'] ToyConfig (2, 3)"
+
+
+TOY_LAYERED = (
+    TOY_FAMILY.replace('"toy"', '"toy_layered"')
+    .replace("import Family", "import Family, Layers")
+    .replace(
+        "FAMILY = Family(ToyConfig, lambda cfg, n_mels, frames: ToyBackbone(cfg, n_mels), {})",
+        textwrap.dedent(
+            """
+            def toy_frames(backbone, x, layers):
+                return {1: x, 0: backbone(x)}  # layer 1: the log-mel frames themselves
+
+
+            FAMILY = Family(
+                ToyConfig,
+                lambda cfg, n_mels, frames: ToyBackbone(cfg, n_mels),
+                {},
+                layers=Layers(lambda cfg: 1, lambda cfg: ["1"], toy_frames, "mean"),
+                min_frames=lambda backbone: 2,
+            )
+            """
+        ),
+    )
+)
+
+
+def test_a_new_family_declares_its_own_layers(tmp_path: Path) -> None:
+    """A family module that declares its layers and minimum input is embeddable layer by layer, with
+    no central table edited."""
+    (tmp_path / "toy_layered.py").write_text(TOY_LAYERED)
+    script = textwrap.dedent(
+        f"""
+        import audiotag.models
+        audiotag.models.__path__.append({str(tmp_path)!r})
+        from audiotag.config.files import load_group, validate
+        from audiotag.config.schema import FeatureConfig
+        from audiotag.models.representation import (
+            EmbeddingConfig, Representation, available_layers, resolve_layers
+        )
+        features = validate(FeatureConfig, load_group("features", "logmel_16k_64"), "logmel_16k_64")
+        rep = Representation(EmbeddingConfig(model={{"name": "toy_layered", "width": 5}}), features)
+        print(
+            available_layers(rep.model_cfg), resolve_layers(rep.model_cfg, "default"), rep.min_frames,
+            rep.layer_dims(["1"]),
+        )
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == "['1', 'embedding'] ['1'] 2 {'1': 64}"

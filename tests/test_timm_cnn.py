@@ -14,7 +14,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.fetch import weights as fetch_weights
 from audiotag.models import pretrained
 from audiotag.models.loading import load_converted
-from audiotag.models.registry import build_model, check_pretrained, load_pretrained
+from audiotag.models.registry import build_model, check_pretrained, load_pretrained, lookup
 from audiotag.models.tagger import Tagger, build_head
 from audiotag.models.timm_cnn import (
     CONVERTERS,
@@ -149,7 +149,7 @@ def test_imagenet_weights_from_the_cache_offline(tmp_path: Path, monkeypatch: py
     """A timm file copied into the cache by hand is found by name offline, recorded, converted, loaded."""
     arch = "test_efficientnet"  # a tiny timm arch with pretrained weights (timm/test_efficientnet.r160_in1k)
     state = imagenet_state(arch)
-    ckpt = pretrained.lookup("imagenet", arch)
+    ckpt = lookup("imagenet", arch)
     assert ckpt.name == f"timm/{arch}.r160_in1k" and ckpt.layout == "timm"
     save_file(state, str(tmp_path / ckpt.filename))
     monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path))

@@ -26,7 +26,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.data.augment_specs import check_augmentations
 from audiotag.models.encoder_file import read_encoder_info
 from audiotag.models.probe import LinearProbeConfig
-from audiotag.models.registry import families
+from audiotag.models.registry import families, weights_table
 
 DEFAULT_FAMILY = "cnn"
 
@@ -89,16 +89,15 @@ def auto_features(model: Any) -> dict[str, Any]:
 
 def checkpoint_features(model: Any) -> str:
     """For ``features: auto``: the front-end config the model's pretrained checkpoint was trained with."""
-    from audiotag.models.pretrained import KNOWN
-
+    known = weights_table()
     pretrained = model.get("pretrained") if isinstance(model, dict) else None
     if isinstance(model, dict) and isinstance(model.get("embedding"), dict):  # linear_probe
         pretrained = model["embedding"].get("weights")
-    entry = KNOWN.get(str(pretrained)) if pretrained else None
+    entry = known.get(str(pretrained)) if pretrained else None
     if entry is None or entry.features is None:
         raise ConfigError(
             f"features: auto takes the front-end of model.pretrained, but {pretrained!r} is not a checkpoint "
             f"with a known front-end; name a features config instead (configs/features/), or one of: "
-            f"{', '.join(sorted(k for k, v in KNOWN.items() if v.features))}"
+            f"{', '.join(sorted(k for k, v in known.items() if v.features))}"
         )
     return entry.features

@@ -1,8 +1,8 @@
 """Pretrained weights files: the record type, the cache, downloads and verification.
 
 A :class:`Checkpoint` describes one official file (URL or PyPI package, size, hashes, licence); the
-weights table itself (``KNOWN``), timm's catalogue and the reading of tensors live in
-:mod:`audiotag.models.pretrained`. :func:`fetch` downloads a file into the cache with resume, a
+weights table is :func:`audiotag.models.registry.weights_table`, timm's catalogue and the reading of
+tensors :mod:`audiotag.models.pretrained`'s. :func:`fetch` downloads a file into the cache with resume, a
 progress bar and size/checksum checks (the transfer itself is :mod:`audiotag.fetch.http`'s).
 
 Verification. A download is written to ``<file>.part`` and renamed into place only after its size,

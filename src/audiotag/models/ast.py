@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from audiotag.config.schema import ModelBase
 from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
-from audiotag.models.family import Family
+from audiotag.models.family import EMBEDDING, Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter, rgb_to_mono
 
 
@@ -343,4 +343,12 @@ CHECKPOINTS = (
 )
 
 
-FAMILY = Family(AstConfig, build_backbone, CONVERTERS, detect_layout, checkpoints=CHECKPOINTS)
+# default layers: AST-Fusion's blocks 5 and 12 (4 and 11 counted from 0) of a 12-block AST
+LAYERS = Layers(
+    lambda c: c.depth, lambda c: ["5", "12"] if c.depth == 12 else [EMBEDDING], ast_block_embeddings, "mean"
+)
+# AudioSet input: 1024 frames (10.24 s, zero-padded); min_frames 1: AstBackbone pads short inputs itself
+VERIFY = Verification(audioset_layouts=frozenset({"ast"}), input_frames=1024)
+FAMILY = Family(
+    AstConfig, build_backbone, CONVERTERS, detect_layout, CHECKPOINTS, LAYERS, lambda b: 1, VERIFY
+)

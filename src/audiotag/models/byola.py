@@ -19,7 +19,7 @@ from torch import nn
 from audiotag.config.schema import ModelBase
 from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
-from audiotag.models.family import Family
+from audiotag.models.family import Family, Layers
 from audiotag.models.loading import Converted, Converter
 
 
@@ -86,8 +86,10 @@ def byola_layer_frames(encoder: AudioNTT2020, x: torch.Tensor, layers: list[int]
     the conv blocks' outputs (after max pooling), each frame's channel x mel values flattened
     channel-major and brought to the final frame count ``frames // 8`` by averaging adjoining
     frames (an odd count first averages its last two frames into one); layer 4 is ``fc.0`` + ReLU,
-    layer 5 the whole ``fc`` (the embedding's frames). Unlike the official code, conv features
-    shorter than ``d`` are not zero-padded to ``d`` (constant columns carry nothing). Returns
+    layer 5 the whole ``fc`` (the embedding's frames); pooled by max + mean over time as
+    ``AudioNTT2020.forward`` pools (eval-audio-repr ``config/byola.yaml``: ``mean_max``). Unlike the
+    official code, conv features shorter than ``d`` are not zero-padded to ``d`` (constant columns
+    carry nothing). Returns
     {layer: (batch, frames // 8, dim)}, and under key 0 what ``encoder(x)`` returns (layer 5's
     frames); log-mel ``x`` is (batch, frames, mels), already normalised.
     """
@@ -231,4 +233,6 @@ CHECKPOINTS = (
 )
 
 
-FAMILY = Family(ByolaConfig, build_backbone, CONVERTERS, checkpoints=CHECKPOINTS)
+# default layer: 5, the BYOL-A embedding's frames; three 2x2 max poolings need 8 input frames
+LAYERS = Layers(lambda cfg: BYOLA_LAYERS, lambda cfg: [str(BYOLA_LAYERS)], byola_layer_frames, "mean+max")
+FAMILY = Family(ByolaConfig, build_backbone, CONVERTERS, None, CHECKPOINTS, LAYERS, lambda b: 8)

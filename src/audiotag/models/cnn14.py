@@ -21,7 +21,7 @@ from torch import nn
 
 from audiotag.config.schema import ModelBase
 from audiotag.fetch.weights import Checkpoint
-from audiotag.models.family import Family
+from audiotag.models.family import EMBEDDING, Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter
 
 
@@ -147,7 +147,12 @@ def fused_block_frames(backbone: CnnBackbone, x: torch.Tensor, layers: list[int]
     over time, without overlap, down to the last block's frame rate (kernel (T_i / T_last, 1)), then
     each frame's C x F values are flattened channel-major (``reshape_along_time``). Returns
     {block: (batch, T_last, C * F_i)}, and under key 0 what ``backbone(x)`` returns (computed on the
-    way); log-mel ``x`` is (batch, frames, mels), already normalised.
+    way); log-mel ``x`` is (batch, frames, mels), already normalised. The time kernels are 16, 8, 4,
+    2, 1, 1 for CNN14's blocks 1-6; at 64 mels block 3 gives 256 x 8 = 2048 values a frame, block 6
+    2048 x 2 = 4096, 6144 together, as the patch's example prints. Fused layers are concatenated
+    and pooled by max + mean over time (``mean_max_pooling``; ``to_evar/config/cnn14_fusion.yaml``:
+    ``temporal_pooling_type: mean_max``). The paper fuses CNN14 only (CNN14-Fusion#3#6, our default
+    ``layers: [3, 6]``); the same rule on other CNNs (aisfx, CNN10) is our extension.
     """
     image = x.unsqueeze(1)
     if backbone.bn0 is not None:
@@ -308,4 +313,14 @@ CHECKPOINTS = (
 )
 
 
-FAMILY = Family(CnnConfig, build_backbone, CONVERTERS, detect_layout, checkpoints=CHECKPOINTS)
+# default layers: CNN14-Fusion#3#6 for six blocks, the model's own embedding otherwise
+LAYERS = Layers(
+    lambda cfg: len(cfg.channels),
+    lambda cfg: ["3", "6"] if len(cfg.channels) == 6 else [EMBEDDING],
+    fused_block_frames,
+    "mean+max",
+)
+VERIFY = Verification(audioset_layouts=frozenset({"panns"}))
+FAMILY = Family(
+    CnnConfig, build_backbone, CONVERTERS, detect_layout, CHECKPOINTS, LAYERS, cnn_min_frames, VERIFY
+)

@@ -98,7 +98,7 @@ def weights_identity(cfg: EmbeddingConfig, arch: str | None = None) -> str:
     """The SHA-256 of the weights file (a table name is fetched and verified first), or the seed."""
     if cfg.weights is None:
         return f"random-seed{cfg.seed}"
-    from audiotag.models.pretrained import resolve
+    from audiotag.models.registry import resolve
 
     path, _ = resolve(cfg.weights, arch=arch)
     return weights_sha256(path)

@@ -3,9 +3,9 @@
 A family module (``models/cnn14.py``, ``models/ast.py``, ...) defines its config schema (a
 ``ModelBase`` subclass whose ``name`` literal is what ``model.name`` selects), ``build_backbone``,
 its checkpoint converters (checkpoint key layout -> converter to our key names), how to recognise the
-layout of a checkpoint given by path, and its rows of the weights table; then it declares
-``FAMILY = Family(...)``. ``models/registry.py`` finds every module of this package that has a
-``FAMILY`` and collects them: nothing else needs editing.
+layout of a checkpoint given by path, its rows of the weights table, its layers as a frozen
+representation (``embed``) and how ``weights verify`` runs it; then it declares ``FAMILY = Family(...)``.
+``models/registry.py`` finds every module of this package that has a ``FAMILY``: nothing else needs editing.
 """
 
 from __future__ import annotations
@@ -14,10 +14,37 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from audiotag.config.schema import ModelBase
 from audiotag.models.loading import Converter
+
+EMBEDDING = "embedding"  # the layer name of a model's own clip embedding (``head.embedding``)
+
+# (backbone, normalised log-mel, 1-based layers) -> {layer: (batch, frames', dim)}, and under key 0
+# the backbone's own output when it was computed on the way
+FrameFn = Callable[[Any, torch.Tensor, list[int]], dict[int, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The numbered layers (1-based, network order) a family offers as frozen representations."""
+
+    count: Callable[[Any], int]  # model config -> how many numbered layers
+    defaults: Callable[[Any], list[str]]  # model config -> the layers ``layers: default`` fuses
+    frames: FrameFn
+    pool: str  # over time: "mean+max" (max + mean, CNN14-Fusion, BYOL-A) or "mean"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How ``weights verify`` runs the family's checkpoints."""
+
+    audioset_layouts: frozenset[str] = frozenset()  # layouts whose files carry AudioSet's 527-class head
+    input_frames: int | None = None  # the fixed input length its checkpoints take (clips cut or padded)
+    # model settings for an entry whose ``model`` names no configs/models/ file (timm/<arch> entries)
+    settings_of: Callable[[str], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -27,6 +54,10 @@ class Family:
     converters: Mapping[str, Converter]  # checkpoint key layout -> converter
     detect_layout: Callable[[Sequence[str]], str] | None = None  # for a checkpoint given by path
     checkpoints: Sequence[Any] = field(default_factory=tuple)  # its rows of the weights table
+    layers: Layers | None = None  # None: the model's own embedding only
+    # backbone -> input frames it needs at least (its total time stride; 32, a CNN's usual one, if unknown)
+    min_frames: Callable[[Any], int] = lambda backbone: 32
+    verification: Verification = field(default_factory=Verification)
     weights_arch: Callable[[Any], str | None] | None = None  # timm arch that imagenet/timm/ names refer to
 
     def __post_init__(self) -> None:

@@ -1,11 +1,10 @@
-"""Pretrained checkpoints: the weights table, timm's catalogue, and how their tensors are read.
+"""Pretrained checkpoint files: timm's catalogue, downloads, and how their tensors are read.
 
-``KNOWN`` is the weights table: one :class:`~audiotag.fetch.weights.Checkpoint` per official file,
-with the front-end it was trained with (a file in ``configs/features/``) and the architecture that
-takes it (a file in ``configs/models/``). ``resolve`` turns a table name or a file path into a local
-file; ``read_state_dict`` reads its tensors without executing pickled code. The cache, downloads and
+The weights table (one :class:`~audiotag.fetch.weights.Checkpoint` per official file, declared by
+the family modules) and the lookup of its names are :mod:`audiotag.models.registry`'s;
+``read_state_dict`` reads a file's tensors without executing pickled code. The cache, downloads and
 verification (size, MD5, SHA-256, trust on first use, offline mode) are :mod:`audiotag.fetch.weights`;
-:func:`fetch` here adds the table lookup and this module's state-dict reader to it.
+:func:`fetch` here adds this module's state-dict reader to it.
 
 timm. Beyond the table, every timm architecture with pretrained weights is available by name:
 ``timm/<arch>.<tag>`` (``timm/<arch>`` = timm's default tag), or ``imagenet`` for the default weights
@@ -24,7 +23,7 @@ import logging
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ import torch
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import weights
 from audiotag.fetch.weights import HF_ENDPOINT, PICKLE_ALLOWANCES, Checkpoint
-from audiotag.models.registry import families
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +39,6 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 HF_SAFE_FILENAME = "model.safetensors"  # what timm's hub loader tries first in every HF repo
 IMAGENET = "imagenet"  # model.pretrained: timm's default weights for model.arch
 TIMM_PREFIX = "timm/"  # timm/<arch>[.<tag>]: the weights of one timm pretrained_cfg
-
-# The weights table: every family module's rows (``CHECKPOINTS`` in models/<family>.py).
-KNOWN: dict[str, Checkpoint] = {c.name: c for f in families().values() for c in f.checkpoints}
-
-
-# --------------------------------------------------------------------------- lookup
-
-
-def lookup(name: str, arch: str | None = None) -> Checkpoint:
-    """A table entry, or a timm entry (``timm/<arch>[.<tag>]``, or ``imagenet`` with ``arch``)."""
-    if name in KNOWN:
-        return KNOWN[name]
-    if name == IMAGENET or name.startswith(TIMM_PREFIX):
-        return timm_checkpoint(timm_name(name, arch))
-    raise ConfigError(
-        f"unknown weights {name!r}; known: {', '.join(sorted(KNOWN))}; any timm architecture: "
-        f"{TIMM_PREFIX}<arch>[.<tag>], or {IMAGENET!r} for the default weights of a timm model's model.arch"
-    )
-
 
 # --------------------------------------------------------------------------- timm's own weights
 
@@ -122,13 +101,13 @@ def _safe_alternative(filename: str) -> str:
     return filename[: -len(".bin")] + ".safetensors" if filename.endswith(".bin") else filename
 
 
-def timm_checkpoint(name: str) -> Checkpoint:
+def timm_checkpoint(name: str, curated: Collection[Checkpoint] = ()) -> Checkpoint:
     """The entry for ``timm/<arch>[.<tag>]``, built from the installed timm's ``pretrained_cfg``.
 
     Source: the HF hub repo ``hf_hub_id`` (its ``hf_hub_filename``, else ``model.safetensors``;
     a ``.bin`` name is replaced by its safetensors alternative, which timm also tries first), else
     the cfg's ``url``. The size and SHA-256 are not published: the first download's SHA-256 is
-    recorded. A curated table entry for the same file (``efficientnet_b0``) is returned instead.
+    recorded. A ``curated`` (weights-table) entry for the same file is returned instead.
     """
     registry = _timm_registry()
     version = getattr(importlib.import_module("timm"), "__version__", "?")
@@ -180,7 +159,7 @@ def timm_checkpoint(name: str) -> Checkpoint:
             "state dict yourself and pass it with --weights PATH"
         )
     filename = f"{tagged}{'@' + revision[:12] if revision else ''}{suffix}"
-    for known in KNOWN.values():
+    for known in curated:
         if known.layout == "timm" and known.filename == filename:
             return known
     licence = pretrained_cfg.license or "unknown"
@@ -203,9 +182,10 @@ def timm_checkpoint(name: str) -> Checkpoint:
     )
 
 
-def timm_catalogue(pattern: str) -> list[tuple[Checkpoint, bool]]:
+def timm_catalogue(pattern: str, curated: Collection[Checkpoint] = ()) -> list[tuple[Checkpoint, bool]]:
     """timm's pretrained weights whose ``<arch>.<tag>`` matches the glob ``pattern`` (with or without
-    ``timm/``), as entries, each with whether it is its arch's default; unusable ones are skipped."""
+    ``timm/``), as entries, each with whether it is its arch's default; unusable ones are skipped.
+    ``curated``: as :func:`timm_checkpoint`'s."""
     registry = _timm_registry()
     names = registry.list_pretrained(pattern.removeprefix(TIMM_PREFIX))
     defaults: dict[str, str] = {}
@@ -216,7 +196,7 @@ def timm_catalogue(pattern: str) -> list[tuple[Checkpoint, bool]]:
             cfg = registry.get_pretrained_cfg(arch)
             defaults[arch] = cfg.tag if cfg is not None else ""
         try:
-            out.append((timm_checkpoint(TIMM_PREFIX + model_name), tag == defaults[arch]))
+            out.append((timm_checkpoint(TIMM_PREFIX + model_name, curated), tag == defaults[arch]))
         except ConfigError:
             continue
     return out
@@ -226,74 +206,25 @@ def timm_catalogue(pattern: str) -> list[tuple[Checkpoint, bool]]:
 
 
 def fetch(
-    name: str | Checkpoint,
+    ckpt: Checkpoint,
     cache_dir: str | os.PathLike[str] | None = None,
     offline: bool | None = None,
     *,
     force: bool = False,
     retries: int | None = None,
 ) -> Path:
-    """The local path of a checkpoint (an entry, or a table or timm/<arch> name), downloading and
-    verifying it first when it is not cached: :func:`audiotag.fetch.weights.fetch`, with a first
-    download that nothing published can check read by :func:`read_state_dict`.
+    """The local path of a checkpoint entry, downloading and verifying it first when it is not cached:
+    :func:`audiotag.fetch.weights.fetch`, with a first download that nothing published can check read
+    by :func:`read_state_dict`.
 
     ``force`` downloads again even when a cached copy exists; the cached copy is replaced only when
     the new one passes every check. ``retries``: reconnections after a dropped transfer (each
     resumes where the last stopped); default :data:`audiotag.fetch.http.RETRIES`.
     """
-    ckpt = lookup(name) if isinstance(name, str) else name  # a str: a table or timm/<arch> name
     return weights.fetch(ckpt, cache_dir, offline, force=force, retries=retries, read_weights=read_state_dict)
 
 
-# --------------------------------------------------------------------------- resolve and read
-
-
-_ANNOUNCED: set[tuple[str, Path]] = set()
-
-
-def resolve(
-    spec: str,
-    cache_dir: str | os.PathLike[str] | None = None,
-    offline: bool | None = None,
-    *,
-    arch: str | None = None,
-) -> tuple[Path, Checkpoint | None]:
-    """A weights name -> (its verified local file, its entry); a file path -> (path, None).
-
-    Names: the table's, ``timm/<arch>[.<tag>]``, and ``imagenet`` (timm's default weights of
-    ``arch``, the ``model.arch`` of a timm model; ``arch`` is also checked against a timm/ name).
-    """
-    path = Path(spec).expanduser()
-    if spec in KNOWN or spec == IMAGENET or (spec.startswith(TIMM_PREFIX) and not path.is_file()):
-        ckpt = lookup(spec, arch)
-        if ckpt.name != spec:
-            log.info("model.pretrained %s: %s", spec, ckpt.name)
-        local = fetch(ckpt, cache_dir, offline)
-        if (ckpt.name, local) not in _ANNOUNCED:  # checked before a run starts, then loaded per fold
-            _ANNOUNCED.add((ckpt.name, local))
-            log.info(
-                "pretrained weights %s: %s (licence %s; %s)", ckpt.name, local, ckpt.license, ckpt.source
-            )
-        return local, ckpt
-    if path.is_file():
-        return path, None
-    what = (
-        "is a folder, not a checkpoint file"
-        if path.exists()
-        else "is neither a known name nor an existing file"
-    )
-    raise ConfigError(
-        f"weights {spec!r} {what}; known names: {', '.join(sorted(KNOWN))}, {IMAGENET} and "
-        f"{TIMM_PREFIX}<arch>[.<tag>] (timm models)"
-    )
-
-
-def entry_of(spec: str, arch: str | None = None) -> Checkpoint | None:
-    """The table (or timm) entry a weights name refers to, without fetching or checking any file;
-    None for a file path (a package's inference reads its own copy of the file with the entry)."""
-    if spec in KNOWN or spec == IMAGENET or (spec.startswith(TIMM_PREFIX) and not Path(spec).is_file()):
-        return lookup(spec, arch)
-    return None
+# --------------------------------------------------------------------------- read
 
 
 def _numpy_safe_globals() -> list[Any]:

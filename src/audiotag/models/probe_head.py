@@ -48,7 +48,6 @@ from audiotag.core.errors import DataError
 PROBE_FILE = "probe.npz"
 PROBE_RECORD = "probe_npz"  # the key of done.json that records the file's size and SHA-256
 PROBE_FORMAT = 1
-OUTPUTS = ("softmax", "binary", "sigmoid", "mlp_softmax", "mlp_sigmoid", "constant")
 N_LAYERS = {"softmax": 1, "binary": 1, "sigmoid": 1, "mlp_softmax": 2, "mlp_sigmoid": 2, "constant": 0}
 
 

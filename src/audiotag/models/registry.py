@@ -1,15 +1,16 @@
-"""The model families, collected; build a tagger from its config and load pretrained weights.
+"""The model families, collected, and their weights table; build a tagger and load pretrained weights.
 
 Every module of ``audiotag.models`` that declares ``FAMILY = Family(...)`` (see ``models/family.py``)
-is a family: its config schema, ``build_backbone``, checkpoint converters, layout detection and
-weights-table rows. ``families()`` finds them by scanning this package, so adding a family is adding
-its module (and its YAML under ``configs/models/``).
+is a family. ``families()`` finds them by scanning this package, so adding a family is adding its
+module (and its YAML under ``configs/models/``). ``weights_table()`` is every family's checkpoints;
+:func:`resolve` turns their names (and timm's) into verified local files.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
 from functools import cache
 from pathlib import Path
@@ -20,9 +21,18 @@ import audiotag.models
 from audiotag.config.files import load_group, validate
 from audiotag.config.schema import FeatureConfig, InputNorm, ModelBase
 from audiotag.core.errors import ConfigError
+from audiotag.fetch.weights import Checkpoint
 from audiotag.models.encoder_file import check_recorded_frontend
 from audiotag.models.family import Family
 from audiotag.models.loading import LoadReport, load_converted
+from audiotag.models.pretrained import (
+    IMAGENET,
+    TIMM_PREFIX,
+    fetch,
+    read_state_dict,
+    timm_checkpoint,
+    timm_name,
+)
 from audiotag.models.tagger import Tagger, build_head
 
 log = logging.getLogger(__name__)
@@ -47,6 +57,74 @@ def family_of(name: str) -> Family:
     if name not in known:
         raise ConfigError(f"model.name: unknown model {name!r}; known: {', '.join(sorted(known))}")
     return known[name]
+
+
+@cache
+def weights_table() -> dict[str, Checkpoint]:
+    """The weights table (`./run.sh weights list`): every family's checkpoints, by name."""
+    return {c.name: c for f in families().values() for c in f.checkpoints}
+
+
+def lookup(name: str, arch: str | None = None) -> Checkpoint:
+    """A table entry, or a timm entry (``timm/<arch>[.<tag>]``, or ``imagenet`` with ``arch``)."""
+    known = weights_table()
+    if name in known:
+        return known[name]
+    if name == IMAGENET or name.startswith(TIMM_PREFIX):
+        return timm_checkpoint(timm_name(name, arch), curated=known.values())
+    raise ConfigError(
+        f"unknown weights {name!r}; known: {', '.join(sorted(known))}; any timm architecture: "
+        f"{TIMM_PREFIX}<arch>[.<tag>], or {IMAGENET!r} for the default weights of a timm model's model.arch"
+    )
+
+
+def _is_name(spec: str) -> bool:
+    """A table, timm/ or imagenet name rather than a file path (a file named timm/... is a file)."""
+    return (
+        spec in weights_table()
+        or spec == IMAGENET
+        or (spec.startswith(TIMM_PREFIX) and not Path(spec).expanduser().is_file())
+    )
+
+
+_ANNOUNCED: set[tuple[str, Path]] = set()
+
+
+def resolve(
+    spec: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
+    *,
+    arch: str | None = None,
+) -> tuple[Path, Checkpoint | None]:
+    """A weights name -> (its verified local file, its entry); a file path -> (path, None).
+
+    Names: the table's, ``timm/<arch>[.<tag>]``, and ``imagenet`` (timm's default weights of
+    ``arch``, the ``model.arch`` of a timm model; ``arch`` is also checked against a timm/ name).
+    """
+    path = Path(spec).expanduser()
+    if _is_name(spec):
+        ckpt = lookup(spec, arch)
+        if ckpt.name != spec:
+            log.info("model.pretrained %s: %s", spec, ckpt.name)
+        local = fetch(ckpt, cache_dir, offline)
+        if (ckpt.name, local) not in _ANNOUNCED:  # checked before a run starts, then loaded per fold
+            _ANNOUNCED.add((ckpt.name, local))
+            log.info(
+                "pretrained weights %s: %s (licence %s; %s)", ckpt.name, local, ckpt.license, ckpt.source
+            )
+        return local, ckpt
+    if path.is_file():
+        return path, None
+    what = (
+        "is a folder, not a checkpoint file"
+        if path.exists()
+        else "is neither a known name nor an existing file"
+    )
+    raise ConfigError(
+        f"weights {spec!r} {what}; known names: {', '.join(sorted(weights_table()))}, {IMAGENET} and "
+        f"{TIMM_PREFIX}<arch>[.<tag>] (timm models)"
+    )
 
 
 def build_model(
@@ -99,8 +177,6 @@ def check_pretrained(cfg: ModelBase, features: FeatureConfig, offline: bool | No
     """Fail early (before a run folder is written) when the pretrained weights are unusable."""
     if cfg.pretrained is None:
         return
-    from audiotag.models.pretrained import resolve
-
     path, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
     if entry is not None and entry.features is not None:
         check_frontend(features, entry.features, entry.name)
@@ -121,10 +197,10 @@ def load_pretrained(
     checks were made when the run was trained and are not repeated."""
     if cfg.pretrained is None:
         return None
-    from audiotag.models.pretrained import entry_of, read_state_dict, resolve
-
     if weights_file is not None:
-        path, entry = Path(weights_file), entry_of(cfg.pretrained, weights_arch(cfg))
+        # a package's copy of the file: the entry of its name, without fetching or checking any file
+        entry = lookup(cfg.pretrained, weights_arch(cfg)) if _is_name(cfg.pretrained) else None
+        path = Path(weights_file)
     else:
         path, entry = resolve(cfg.pretrained, offline=offline, arch=weights_arch(cfg))
         if entry is not None and entry.features is not None:

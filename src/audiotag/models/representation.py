@@ -11,30 +11,10 @@ clip embedding: ``head.embedding`` on the backbone's output, e.g. PANNs' ``fc1``
 time of the frequency-averaged last block, AST's averaged class tokens). CNN14's ``embedding`` is
 the baseline the paper compares with: EVAR's ``AR_Cnn14`` runs ``Cnn14_Decoupled`` (daisukelab/
 sound-clf-pytorch ``for_evar/cnn14_decoupled.py``): frequency mean, max + mean over time, ``fc1`` +
-ReLU. What a numbered layer is:
-
-- **PANNs-style CNNs** (``cnn14.py``: CNN14/10/6, aisfx): conv block ``i``'s output after its
-  pooling. Formed as ``GeneralPurposeCnn14.encode_frames`` forms it (confirmed in
-  nttcslab/composing-general-audio-repr ``to_gp_cnn14.patch``): non-overlapping max pooling over
-  time down to the last block's frame rate (kernels 16, 8, 4, 2, 1, 1 for CNN14's blocks 1-6), then
-  each frame's channels x frequency bins flattened channel-major (``reshape_along_time``), layers
-  concatenated (``torch.hstack``) and pooled over time by max + mean (``mean_max_pooling``: the sum
-  of the two). CNN14 at 64 mels: block 3 is 256 x 8 = 2048 values a frame, block 6 2048 x 2 =
-  4096, 6144 together, as the example in the patch prints. The paper's CNN14-Fusion#3#6 is
-  ``layers: [3, 6]``; that repository's ``to_evar/config/cnn14_fusion.yaml`` also sets
-  ``temporal_pooling_type: mean_max``. The same rule applied to other CNNs (aisfx's 4 blocks, CNN10)
-  is our extension: the paper only fuses CNN14 (and VGGish).
-- **AST** (``ast.py``): transformer block ``i``'s tokens through the final LayerNorm, class and
-  distillation tokens averaged, one vector per window: ``AR_AST_Fusion.forward`` in
-  ``to_evar/evar/ar_ast_ext.py`` (``ast_layers: [4, 11]`` in ``to_evar/config/ast_fusion.yaml``,
-  counted from 0, so blocks 5 and 12 here). There is no pooling over time inside a window.
-- **BYOL-A** (``byola.py``): layers 1-3 the conv blocks, 4 ``fc.0`` + ReLU, 5 the whole ``fc`` (the
-  embedding's frames), as nttcslab/byol-a ``byol_a/models.py`` ``AudioNTT2020Task6X`` forms them
-  (conv features flattened channel-major and halved to ``frames // 8`` by averaging adjoining
-  frames), pooled by max + mean over time as ``AudioNTT2020.forward`` pools (and as
-  nttcslab/eval-audio-repr ``config/byola.yaml`` sets, ``temporal_pooling_type: mean_max``). We
-  do not zero-pad the narrower conv features to ``d`` as Task6X does (constant columns).
-- **timm CNNs**: ``"embedding"`` only.
+ReLU. What a numbered layer is, each family declares in its module (``FAMILY.layers``, see
+``models/family.py``): the conv blocks of PANNs-style CNNs (``cnn14.py``: ``fused_block_frames``),
+AST's transformer blocks (``ast.py``: ``ast_block_embeddings``), BYOL-A's conv blocks and MLP layers
+(``byola.py``: ``byola_layer_frames``); timm CNNs offer ``"embedding"`` only.
 
 Sources read: the authors' code (above) and the paper's abstract (ar5iv 2205.08138: "(1) calculating
 feature vectors along the time frame from middle/late layer outputs, and (2) fusing them"; index
@@ -51,8 +31,6 @@ feeds a task's clips whole, cut or padded to one length per task.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,14 +41,12 @@ from pydantic import Field, field_validator
 from audiotag.config.files import deep_merge, load_group, validate
 from audiotag.config.schema import FeatureConfig, InputNorm, ModelBase, StrictModel
 from audiotag.core.errors import ConfigError
-from audiotag.models.ast import ast_block_embeddings
-from audiotag.models.byola import BYOLA_LAYERS, byola_layer_frames
-from audiotag.models.cnn14 import cnn_min_frames, fused_block_frames
-from audiotag.models.registry import build_model, family_of, load_pretrained
+from audiotag.models.family import EMBEDDING
+from audiotag.models.heads import pool_time
+from audiotag.models.registry import build_model, family_of, load_pretrained, weights_table
 
 log = logging.getLogger(__name__)
 
-EMBEDDING = "embedding"  # the model's own clip embedding
 LayerSpec = list[int | Literal["embedding"]] | Literal["default", "all"]
 
 
@@ -113,9 +89,7 @@ class EmbeddingConfig(StrictModel):
 
 def weights_entry(cfg: EmbeddingConfig) -> Any:
     """The weights-table entry of ``cfg.weights``, or None (a file path, or random weights)."""
-    from audiotag.models.pretrained import KNOWN
-
-    return KNOWN.get(cfg.weights) if cfg.weights else None
+    return weights_table().get(cfg.weights) if cfg.weights else None
 
 
 def embedding_features(cfg: EmbeddingConfig) -> str | None:
@@ -151,48 +125,10 @@ def model_config(cfg: EmbeddingConfig) -> ModelBase:
     return validate(family.config, tree, source)
 
 
-# How the numbered layers of each family are computed: (backbone, log-mel, layers) -> frames per layer.
-FrameFn = Callable[[Any, torch.Tensor, list[int]], dict[int, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class LayerRule:
-    n_layers: Callable[[Any], int]  # model config -> how many numbered layers
-    defaults: Callable[[Any], list[str]]  # model config -> the paper's default layers
-    frames: FrameFn
-    pool: str  # "mean+max": max + mean over time (CNN14-Fusion, BYOL-A); "mean": AST's one frame
-    min_frames: Callable[[Any], int]  # backbone -> input frames it needs at least
-
-
-RULES: dict[str, LayerRule] = {
-    "cnn": LayerRule(
-        lambda cfg: len(cfg.channels),
-        lambda cfg: ["3", "6"] if len(cfg.channels) == 6 else [EMBEDDING],  # CNN14-Fusion#3#6
-        fused_block_frames,
-        "mean+max",
-        cnn_min_frames,
-    ),
-    "ast": LayerRule(
-        lambda cfg: cfg.depth,
-        lambda cfg: ["5", "12"] if cfg.depth == 12 else [EMBEDDING],  # AST-Fusion (blocks 4, 11 from 0)
-        ast_block_embeddings,
-        "mean",
-        lambda backbone: 1,  # AstBackbone pads inputs shorter than one patch itself
-    ),
-    "byola": LayerRule(
-        lambda cfg: BYOLA_LAYERS,
-        lambda cfg: [str(BYOLA_LAYERS)],  # the BYOL-A embedding's frames
-        byola_layer_frames,
-        "mean+max",
-        lambda backbone: 8,
-    ),
-}
-
-
 def available_layers(model_cfg: ModelBase) -> list[str]:
     """Every layer a model offers, in network order (numbered layers, then its own embedding)."""
-    rule = RULES.get(model_cfg.name)  # type: ignore[attr-defined]
-    n = rule.n_layers(model_cfg) if rule is not None else 0
+    layers = family_of(model_cfg.name).layers  # type: ignore[attr-defined]
+    n = layers.count(model_cfg) if layers is not None else 0
     return [str(i) for i in range(1, n + 1)] + [EMBEDDING]
 
 
@@ -201,9 +137,9 @@ def resolve_layers(model_cfg: ModelBase, spec: LayerSpec) -> list[str]:
     offered = available_layers(model_cfg)
     if spec == "all":
         return offered
-    rule = RULES.get(model_cfg.name)  # type: ignore[attr-defined]
+    layers = family_of(model_cfg.name).layers  # type: ignore[attr-defined]
     if spec == "default":
-        names = rule.defaults(model_cfg) if rule is not None else [EMBEDDING]
+        names = layers.defaults(model_cfg) if layers is not None else [EMBEDDING]
     else:
         names = [str(layer) for layer in spec]
     unknown = [n for n in names if n not in offered]
@@ -213,13 +149,6 @@ def resolve_layers(model_cfg: ModelBase, spec: LayerSpec) -> list[str]:
             f"{', '.join(offered)}"
         )
     return sorted(names, key=layer_order)
-
-
-def pool_time(frames: torch.Tensor, how: str) -> torch.Tensor:
-    """(batch, frames, dim) -> (batch, dim): max + mean over time (``mean_max_pooling``), or the mean."""
-    if how == "mean+max":
-        return frames.amax(dim=1) + frames.mean(dim=1)
-    return frames.mean(dim=1)
 
 
 def layer_order(name: str) -> tuple[int, int]:
@@ -259,12 +188,12 @@ class Representation:
         self.tagger = tagger.eval().to(self.device)
         for param in self.tagger.parameters():
             param.requires_grad_(False)
-        self.rule = RULES.get(self.model_cfg.name)  # type: ignore[attr-defined]
+        self.family = family_of(self.model_cfg.name)  # type: ignore[attr-defined]
 
     @property
     def min_frames(self) -> int:
         """Log-mel frames an input needs at least (the backbone's total time stride)."""
-        return self.rule.min_frames(self.tagger.backbone) if self.rule is not None else 32
+        return self.family.min_frames(self.tagger.backbone)
 
     @property
     def min_rows(self) -> int:
@@ -284,14 +213,15 @@ class Representation:
         numbered = [int(n) for n in layers if n != EMBEDDING]
         backbone_out = None
         if numbered:
-            assert self.rule is not None  # resolve_layers refuses numbered layers without a rule
-            for layer, frames in self.rule.frames(tagger.backbone, x, numbered).items():
+            rule = self.family.layers
+            assert rule is not None  # resolve_layers refuses numbered layers of a family without them
+            for layer, frames in rule.frames(tagger.backbone, x, numbered).items():
                 if layer == 0:  # the backbone's own output, computed on the way: not run again
                     backbone_out = frames
                     continue
                 if frames.shape[1] == 0:
                     raise ValueError(f"layer {layer}: input of {x.shape[1]} frames leaves no frame")
-                out[str(layer)] = pool_time(frames, self.rule.pool)
+                out[str(layer)] = pool_time(frames, rule.pool)
         if EMBEDDING in layers:
             if backbone_out is None:
                 backbone_out = tagger.backbone(x)

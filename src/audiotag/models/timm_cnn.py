@@ -28,7 +28,7 @@ from torch import nn
 from audiotag.config.schema import ModelBase
 from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
-from audiotag.models.family import Family
+from audiotag.models.family import Family, Verification
 from audiotag.models.loading import Adapter, Converted, Converter, rgb_to_mono
 
 
@@ -203,11 +203,6 @@ def timm_converter(arch: str) -> Converter:
 CONVERTERS: dict[str, Converter] = {"timm": convert_timm}
 
 
-def weights_arch(cfg: TimmConfig) -> str:
-    """The timm architecture that ``pretrained: imagenet`` and ``timm/<arch>`` names refer to."""
-    return cfg.arch
-
-
 # The weights table's rows of this family (`./run.sh weights list`).
 _IMAGENET_LICENSE = "Apache-2.0*"  # * as timm lists it; see the note
 
@@ -231,4 +226,14 @@ CHECKPOINTS = (
 )
 
 
-FAMILY = Family(TimmConfig, build_backbone, CONVERTERS, weights_arch=weights_arch, checkpoints=CHECKPOINTS)
+# imagenet and timm/<arch> names refer to model.arch; timm/<arch>.<tag> table entries name the arch
+VERIFY = Verification(settings_of=lambda arch: {"name": "timm", "arch": arch})
+FAMILY = Family(
+    TimmConfig,
+    build_backbone,
+    CONVERTERS,
+    None,
+    CHECKPOINTS,
+    verification=VERIFY,
+    weights_arch=lambda c: c.arch,
+)

@@ -23,11 +23,10 @@ from audiotag.core.errors import ConfigError, DataError
 from audiotag.data.audio import load_audio
 from audiotag.data.dataset import fit_length, silence_value
 from audiotag.data.features import compute_logmel
-from audiotag.models.registry import build_model, family_of, load_pretrained
+from audiotag.models.registry import build_model, families, family_of, load_pretrained, lookup
 
 AUDIOSET_CLASSES = 527
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-AST_FRAMES = 1024  # AST's AudioSet input: 10.24 s of fbank frames, zero-padded
 
 
 @dataclass
@@ -68,13 +67,14 @@ def audio_clips(folder: Path, sample_rate: int, max_clips: int) -> dict[str, np.
 
 
 def model_and_features(name: str, weights: Path | None) -> tuple[ModelBase, FeatureConfig, str]:
-    from audiotag.models.pretrained import lookup
-
     ckpt = lookup(name)
     if (configs_root() / "models" / f"{ckpt.model}.yaml").is_file():
         raw = load_group("model", ckpt.model)
-    else:  # timm/<arch>.<tag> entries name the arch
-        raw = {"name": "timm", "arch": ckpt.model}
+    else:  # timm/<arch>.<tag> entries name the arch: the family that takes the layout makes the settings
+        settings_of = [f.verification.settings_of for f in families().values() if ckpt.layout in f.converters]
+        if not settings_of or settings_of[0] is None:
+            raise ConfigError(f"weights verify: no model config for {ckpt.name}")
+        raw = settings_of[0](ckpt.model)
     raw["pretrained"] = str(weights) if weights else ckpt.name
     cfg = validate(family_of(raw["name"]).config, raw, f"model {ckpt.model}")
     features_name = ckpt.features or "logmel_16k_64"
@@ -93,13 +93,13 @@ def run_checkpoint(
     cfg, features, layout = model_and_features(name, weights)
     clips = clips if clips is not None else synthetic_clips(features.sample_rate)
     logmels = {k: compute_logmel(np.asarray(v, np.float32), features) for k, v in clips.items()}
-    is_ast = cfg.name == "ast"
-    n_classes = AUDIOSET_CLASSES if layout in ("panns", "ast") else 1
+    rules = family_of(cfg.name).verification
+    n_classes = AUDIOSET_CLASSES if layout in rules.audioset_layouts else 1
     norm = None
     if cfg.input_norm == "dataset":  # BYOL-A: statistics of these clips stand in for a training set
         values = np.concatenate([m.ravel() for m in logmels.values()])
         norm = InputNorm(mean=float(values.mean()), std=float(max(values.std(), 1e-6)))
-    frames = AST_FRAMES if is_ast else max(m.shape[0] for m in logmels.values())
+    frames = rules.input_frames or max(m.shape[0] for m in logmels.values())
     model = build_model(cfg, features.n_mels, n_classes, frames=frames, input_norm=norm)
     report = load_pretrained(model, cfg, features, offline=offline)
     if report is None:
@@ -118,8 +118,8 @@ def run_checkpoint(
     results = []
     with torch.no_grad():
         for clip, logmel in logmels.items():
-            if is_ast:
-                logmel = fit_length(logmel, AST_FRAMES, 0, "constant", silence_value(features))
+            if rules.input_frames is not None:
+                logmel = fit_length(logmel, rules.input_frames, 0, "constant", silence_value(features))
             x = torch.from_numpy(np.ascontiguousarray(logmel, np.float32))[None]
             normed = (x - model.norm_mean) / model.norm_std
             embedding = model.head.embedding(model.backbone(normed))[0].numpy()

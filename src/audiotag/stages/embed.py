@@ -144,7 +144,7 @@ def run_embed(args: argparse.Namespace) -> None:
     if Path(weights).expanduser().is_file():
         weights = str(Path(weights).expanduser().resolve())
     else:
-        from audiotag.models.pretrained import lookup
+        from audiotag.models.registry import lookup
 
         lookup(weights)  # an unknown name: ConfigError listing the known ones
     cfg = EmbeddingConfig(

@@ -110,8 +110,7 @@ def probe_weights(run_dir: Path, folds: list[int]) -> tuple[Path, str] | None:
     and verified; else a file path), and refused unless it is the file every fold's embeddings were
     computed with (the SHA-256 each probe.npz recorded). Returned with the weights' name."""
     from audiotag.core.digests import file_sha256
-    from audiotag.models.pretrained import resolve
-    from audiotag.models.registry import weights_arch
+    from audiotag.models.registry import resolve, weights_arch
     from audiotag.models.representation import EmbeddingConfig, model_config
 
     path: Path | None = None

@@ -71,7 +71,7 @@ def build_weights_parser() -> argparse.ArgumentParser:
 def run_weights(args: argparse.Namespace) -> None:
     from audiotag.fetch import weights as weights_cache
     from audiotag.fetch.http import human_size
-    from audiotag.models import pretrained
+    from audiotag.models import pretrained, registry
 
     console = output_console()
     if args.action == "list" and args.timm:
@@ -88,7 +88,7 @@ def run_weights(args: argparse.Namespace) -> None:
         table = Table(title="pretrained weights", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ("name", "layout", "size", "licence", "front-end", "cached"):
             table.add_column(column, no_wrap=True, justify="right" if column == "size" else "left")
-        for ckpt in pretrained.KNOWN.values():
+        for ckpt in registry.weights_table().values():
             table.add_row(
                 ckpt.name,
                 ckpt.layout,
@@ -102,7 +102,7 @@ def run_weights(args: argparse.Namespace) -> None:
     if args.action == "verify":
         _verify_weights(console, args)
         return
-    entries = [pretrained.lookup(name) for name in args.names]  # all checked before the first download
+    entries = [registry.lookup(name) for name in args.names]  # all checked before the first download
     for ckpt in entries:
         path = pretrained.fetch(ckpt, args.weights_dir, force=args.force)
         console.print(f"{ckpt.name}: {path} (licence {ckpt.license})")
@@ -137,9 +137,9 @@ def _verify_weights(console: Console, args: argparse.Namespace) -> None:
 
 def _list_timm_weights(console: Console, pattern: str, weights_dir: Path | None) -> None:
     from audiotag.fetch import weights as weights_cache
-    from audiotag.models import pretrained
+    from audiotag.models import pretrained, registry
 
-    found = pretrained.timm_catalogue(pattern)
+    found = pretrained.timm_catalogue(pattern, curated=registry.weights_table().values())
     if not found:
         raise ConfigError(
             f"weights list --timm {pattern!r}: no timm weights match; patterns are globs over "
