@@ -74,7 +74,7 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> None:
 def read_json_object(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``; None when the file is missing, unreadable or not an object."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
