@@ -17,8 +17,9 @@ from audiotag.competitions import Competition, get_competition
 from audiotag.config.files import configs_root
 from audiotag.core.errors import DataError
 from audiotag.data import cache_build as cache_mod
-from audiotag.data.cache_build import audio_fingerprint, build_cache
+from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache
+from audiotag.data.fingerprint import audio_fingerprint
 from audiotag.experiment import load_experiment
 from audiotag.stages.prepare import clip_table
 from tests.conftest import TINY_DEMO

@@ -169,22 +169,7 @@ def decode(
     if span > limit and wave.size == limit:
         flags["cut"] = f"{segment}{span / rate:.1f} s long, cut to the first {rules.max_seconds:g} s"
     seconds = wave.size / rate
-    top, bottom = float(wave.max()), float(wave.min())  # NaN and inf propagate: one pass in the usual case
-    if not (math.isfinite(top) and math.isfinite(bottom)):
-        bad = ~np.isfinite(wave)
-        n_bad = int(np.count_nonzero(bad))
-        share = n_bad / wave.size
-        if share > rules.max_nonfinite:
-            raise UnusableAudio(
-                path,
-                UNDECODABLE,
-                f"{n_bad} of {wave.size} samples are NaN or infinite ({share:.1%}, above the "
-                f"{rules.max_nonfinite:.0%} limit)",
-            )
-        wave[bad] = 0.0
-        flags["nonfinite"] = f"{n_bad} NaN/inf sample(s) set to 0"
-        top, bottom = float(wave.max()), float(wave.min())
-    peak = max(top, -bottom)
+    peak = _peak(wave, path, rules, flags)
     if peak < rules.silence_peak:
         flags["silent"] = f"peak amplitude {peak:.3g}"
     if rate < target_sr:
@@ -201,6 +186,27 @@ def decode(
         flags=tuple(ordered),
         notes=tuple(f"{flag}: {flags[flag]}" for flag in ordered),
     )
+
+
+def _peak(wave: np.ndarray, path: Path, rules: AudioRules, flags: dict[str, str]) -> float:
+    """The wave's peak amplitude, its NaN/inf samples set to 0 first (flagged ``nonfinite``);
+    UnusableAudio when more than ``rules.max_nonfinite`` of them are."""
+    top, bottom = float(wave.max()), float(wave.min())  # NaN and inf propagate: one pass in the usual case
+    if not (math.isfinite(top) and math.isfinite(bottom)):
+        bad = ~np.isfinite(wave)
+        n_bad = int(np.count_nonzero(bad))
+        share = n_bad / wave.size
+        if share > rules.max_nonfinite:
+            raise UnusableAudio(
+                path,
+                UNDECODABLE,
+                f"{n_bad} of {wave.size} samples are NaN or infinite ({share:.1%}, above the "
+                f"{rules.max_nonfinite:.0%} limit)",
+            )
+        wave[bad] = 0.0
+        flags["nonfinite"] = f"{n_bad} NaN/inf sample(s) set to 0"
+        top, bottom = float(wave.max()), float(wave.min())
+    return max(top, -bottom)
 
 
 def _end_text(end: float | None) -> str:

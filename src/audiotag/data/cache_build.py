@@ -44,7 +44,6 @@ bytes) and what is free; what was written is kept, and a rerun resumes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -53,7 +52,6 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,10 +60,17 @@ import numpy as np
 import pandas as pd
 
 from audiotag.config.schema import AudioRules, FeatureConfig
-from audiotag.core.atomic import atomic_path, atomic_write_json
+from audiotag.core.atomic import atomic_path
+from audiotag.core.disk_full import disk_full_as_error, size_text
 from audiotag.core.errors import ConfigError, DataError
-from audiotag.core.locks import file_lock
 from audiotag.core.log import progress
+from audiotag.core.staged import (
+    StagedWriter,
+    appending,
+    build_lock,
+    publish,
+    staging_folder,
+)
 from audiotag.data.audio import DEFAULT_RULES
 from audiotag.data.cache_compute import (
     ClipResult,
@@ -78,7 +83,6 @@ from audiotag.data.cache_reader import (
     DTYPE,
     FRAMES,
     INDEX,
-    MANIFEST,
     OK,
     PREPARE_HINT,
     REPORT,
@@ -87,18 +91,15 @@ from audiotag.data.cache_reader import (
     STATUS_ORDER,
     ZERO_FILLED,
     cache_dir_for,
-    read_json_object,
     read_manifest,
     summary_text,
 )
+from audiotag.data.cache_resume import RECORDS, frames_hash, read_records, resume_point
+from audiotag.data.fingerprint import audio_fingerprints
 
 log = logging.getLogger(__name__)
 
-PROGRESS = "progress.json"
-RECORDS = "clips.jsonl"
 CHECKPOINT_EVERY = 256  # clips between fsync + progress record
-SAMPLE_BYTES = 64 * 1024  # each of the three samples of an audio file hashed into its fingerprint
-FINGERPRINT_THREADS = 8  # files fingerprinted at once (reading them is I/O: threads overlap the waits)
 
 # ----------------------------------------------------------------------------- building
 
@@ -131,17 +132,16 @@ def build_cache(
     if _is_up_to_date(final, clips_hash):
         _log_up_to_date(final, "up to date")
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
     waiting = f"feature cache: {final} is being built by another process"
-    with file_lock(final.with_name(final.name + ".lock"), f"building {final.name}", waiting) as died:
+    with build_lock(final, f"building {final.name}", waiting) as died:
         if _is_up_to_date(final, clips_hash):  # the process we waited for built it
             _log_up_to_date(final, "built by another process meanwhile; using it")
             return final
         if died:
             log.info("feature cache: the build by pid %s stopped without finishing", died.get("pid", "?"))
         start = time.monotonic()
-        staging = final.with_name(final.name + ".partial")
-        n_done = _resume_point(staging, clips_hash, order, cfg.cache_width)
+        staging = staging_folder(final)
+        n_done = resume_point(staging, clips_hash, order, cfg.cache_width)
         workers = _n_workers(workers, len(order) - n_done)
         how = (
             f"{workers} worker process(es)"
@@ -208,56 +208,11 @@ def _log_up_to_date(final: Path, what: str) -> None:
     log.log(_summary_level(manifest), "feature cache: %s %s: %s", final, what, summary_text(final, manifest))
 
 
-# ----------------------------------------------------------------------------- a full disk
-
-
-@contextlib.contextmanager
-def disk_full_as_error(folder: Path, what: str, needed: Callable[[], int | str | None]) -> Iterator[None]:
-    """Turn ENOSPC while writing ``what`` into ``folder`` into a DataError naming the space needed.
-
-    ``needed`` is called only when the disk is full: bytes the step needs (or a text saying so).
-    """
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        raise DataError(disk_full_message(folder, what, needed())) from None
-
-
-def disk_full_message(folder: Path, what: str, needed: int | str | None) -> str:
-    free = ""
-    with contextlib.suppress(OSError):
-        free = f"; {_size_text(shutil.disk_usage(_existing(folder)).free)} free now"
-    if isinstance(needed, int):
-        needed = f"about {_size_text(needed)}"
-    need = f"; it needs {needed}" if needed else ""
-    return (
-        f"the disk is full: no space left on the device while writing {what} in {folder}{need}{free}. "
-        "Free some space there (or point AUDIOTAG_WORKSPACE at a bigger disk) and run the same command "
-        "again: what was written is kept and the step resumes"
-    )
-
-
-def _existing(folder: Path) -> Path:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
-
-def _size_text(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def _cache_bytes_needed(staging: Path, order: pd.DataFrame, cfg: FeatureConfig) -> Callable[[], str | None]:
     """The cache's size, estimated from the clips written so far: frames x mels x 2 bytes."""
 
     def estimate() -> str | None:
-        records = _read_records(staging / RECORDS) or []
+        records = read_records(staging / RECORDS) or []
         frames = [max(int(r.get("n", -1)), 0) for r in records]
         return _estimate_text(sum(frames), len(frames), len(order), cfg.cache_width)
 
@@ -269,7 +224,7 @@ def _estimate_text(frames_done: int, clips_done: int, n_clips: int, width: int) 
         return None
     total = round(frames_done / clips_done * n_clips)
     return (
-        f"about {_size_text(total * width * DTYPE.itemsize)} in all ({total} frames x {width} mels x "
+        f"about {size_text(total * width * DTYPE.itemsize)} in all ({total} frames x {width} mels x "
         f"{DTYPE.itemsize} bytes, estimated from the {clips_done} of {n_clips} clips written)"
     )
 
@@ -312,33 +267,6 @@ def _segments(order: pd.DataFrame) -> list[tuple[float | None, float | None]]:
     ]
 
 
-def audio_fingerprint(path: Path) -> str:
-    """``size:mtime_ns:hash`` of an audio file, the hash over its first, middle and last 64 KiB (the
-    whole file when it is smaller than three samples); ``missing`` when it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            size = st.st_size
-            if size <= 3 * SAMPLE_BYTES:
-                data = f.read()
-            else:
-                parts = []
-                for at in (0, size // 2 - SAMPLE_BYTES // 2, size - SAMPLE_BYTES):
-                    f.seek(at)
-                    parts.append(f.read(SAMPLE_BYTES))
-                data = b"".join(parts)
-    except OSError:
-        return "missing"
-    return f"{size}:{st.st_mtime_ns}:{hashlib.blake2b(data, digest_size=12).hexdigest()}"
-
-
-def audio_fingerprints(paths: list[Path]) -> list[str]:
-    if len(paths) < 64:
-        return [audio_fingerprint(p) for p in paths]
-    with ThreadPoolExecutor(FINGERPRINT_THREADS) as pool:
-        return list(pool.map(audio_fingerprint, paths, chunksize=32))
-
-
 def _is_up_to_date(cache_dir: Path, clips_hash: str) -> bool:
     try:
         manifest = read_manifest(cache_dir)
@@ -358,101 +286,7 @@ def _n_workers(workers: int | None, n_todo: int) -> int:
     return max(1, min(workers, n_todo))
 
 
-def _resume_point(staging: Path, clips_hash: str, order: pd.DataFrame, n_mels: int) -> int:
-    """Clips already in ``staging`` for this clip list; the files are cut back to that point.
-
-    Every recorded clip is checked against the clip list and the frames on disk (id, first frame,
-    frame count and hash); the build resumes after the last clip before the first one that fails.
-    """
-    progress = read_json_object(staging / PROGRESS)
-    if progress and progress.get("order_hash") == clips_hash:
-        n_done, n_bytes = int(progress.get("n_done", -1)), int(progress.get("bytes", -1))
-        records_bytes = int(progress.get("records_bytes", -1))
-        if _truncate(staging / RECORDS, records_bytes) and _truncate(staging / FRAMES, n_bytes):
-            records = _read_records(staging / RECORDS)
-            if records is not None and len(records) == n_done:
-                good, problem = _verified_prefix(staging, records, order, n_mels, n_bytes)
-                if good == n_done:
-                    return n_done
-                log.warning(
-                    "feature cache: %s is damaged: %s; keeping the %d clip(s) before it, rebuilding the rest",
-                    staging,
-                    problem,
-                    good,
-                )
-                if good:
-                    return _cut_back(staging, records[:good], n_mels)
-        log.warning("feature cache: %s is inconsistent with its progress record; starting over", staging)
-    elif staging.exists():
-        log.info("feature cache: %s is from other clips or settings; starting over", staging)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    (staging / FRAMES).touch()
-    (staging / RECORDS).touch()
-    return 0
-
-
-def _verified_prefix(
-    staging: Path, records: list[dict[str, Any]], order: pd.DataFrame, n_mels: int, n_bytes: int
-) -> tuple[int, str]:
-    """How many leading records match the clip list and the frames on disk, and what fails after them."""
-    row_bytes = n_mels * DTYPE.itemsize
-    offset = 0
-    with open(staging / FRAMES, "rb") as f:
-        for i, record in enumerate(records):
-            try:
-                clip_id, first, n = str(record["id"]), int(record["off"]), int(record["n"])
-                digest = record["h"]
-            except (KeyError, TypeError, ValueError):
-                return i, f"record {i} lacks its clip id, offset or hash"
-            if i >= len(order) or clip_id != order["clip_id"].iat[i]:
-                expected = order["clip_id"].iat[i] if i < len(order) else "nothing"
-                return i, f"record {i} is clip {clip_id!r}, the clip list has {expected!r} there"
-            if first != offset:
-                return i, f"clip {clip_id!r} is recorded at frame {first}, its frames start at {offset}"
-            size = max(n, 0) * row_bytes
-            if (offset * row_bytes) + size > n_bytes:
-                return i, f"clip {clip_id!r} runs past the end of {FRAMES}"
-            if _frames_hash(f.read(size)) != digest:
-                return i, f"the frames of clip {clip_id!r} do not match their recorded hash"
-            offset += max(n, 0)
-    return len(records), ""
-
-
-def _frames_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=12).hexdigest()
-
-
-def _cut_back(staging: Path, records: list[dict[str, Any]], n_mels: int) -> int:
-    """Keep the first ``records`` only (files cut and progress re-recorded); their count."""
-    lines = b"".join((json.dumps(r, separators=(",", ":")) + "\n").encode() for r in records)
-    with open(staging / RECORDS, "r+b") as f:
-        f.write(lines)
-        f.truncate(len(lines))
-    n_bytes = sum(max(int(r["n"]), 0) for r in records) * n_mels * DTYPE.itemsize
-    os.truncate(staging / FRAMES, n_bytes)
-    progress = read_json_object(staging / PROGRESS) or {}
-    progress.update(n_done=len(records), bytes=n_bytes, records_bytes=len(lines))
-    atomic_write_json(staging / PROGRESS, progress)
-    return len(records)
-
-
-def _truncate(path: Path, size: int) -> bool:
-    if size < 0 or not path.is_file() or path.stat().st_size < size:
-        return False
-    os.truncate(path, size)
-    return True
-
-
-def _read_records(path: Path) -> list[dict[str, Any]] | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
-    except (OSError, ValueError):
-        return None
-
-
-class _Writer:
+class _Writer(StagedWriter):
     """Appends clips to the staging files and records progress after an fsync.
 
     Each record carries the clip's id, its first frame and the hash of its frames, which a resumed
@@ -460,7 +294,7 @@ class _Writer:
     """
 
     def __init__(self, staging: Path, clips_hash: str, n_done: int, order: pd.DataFrame, width: int) -> None:
-        self.staging = staging
+        super().__init__(staging, (FRAMES, RECORDS))
         self.clips_hash = clips_hash
         self.n_done = n_done
         self.clip_ids = order["clip_id"]
@@ -469,8 +303,7 @@ class _Writer:
         self.n_frames = self.bytes // (width * DTYPE.itemsize)
         self.frames_done_here, self.clips_done_here = 0, 0  # for the size estimate of a full disk
         self.records_bytes = os.path.getsize(staging / RECORDS)
-        self.frames = open(staging / FRAMES, "ab")  # noqa: SIM115 - closed in close()
-        self.records = open(staging / RECORDS, "ab")  # noqa: SIM115
+        self.frames, self.records = self.files[FRAMES], self.files[RECORDS]
 
     def append(self, result: ClipResult) -> None:
         n = 0 if result.frames is None else int(result.frames.shape[0])
@@ -480,7 +313,7 @@ class _Writer:
             record = {
                 "id": str(self.clip_ids.iat[self.n_done]),
                 "off": self.n_frames,
-                "h": _frames_hash(data),
+                "h": frames_hash(data),
                 **result.record(),
             }
             line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
@@ -504,21 +337,13 @@ class _Writer:
         with disk_full_as_error(self.staging, "the feature cache", lambda: self._estimate(0)):
             self.record_progress()
 
-    def record_progress(self) -> None:
-        for f in (self.frames, self.records):
-            f.flush()
-            os.fsync(f.fileno())
-        progress = {
+    def progress(self) -> dict[str, Any]:
+        return {
             "order_hash": self.clips_hash,
             "n_done": self.n_done,
             "bytes": self.bytes,
             "records_bytes": self.records_bytes,
         }
-        atomic_write_json(self.staging / PROGRESS, progress)
-
-    def close(self) -> None:
-        self.frames.close()
-        self.records.close()
 
 
 def _fill(
@@ -541,28 +366,18 @@ def _fill(
     )
     results = _compute(tasks, len(order) - n_done, cfg, rules, workers, device)
     counts: Counter[str] = Counter()
-    try:
-        with progress(total=len(order), initial=n_done, unit="clip", desc="log-mel cache") as bar:
-            for result in results:
-                writer.append(result)
-                if result.status != OK:
-                    counts.update(result.status.split(","))
-                    bar.set_postfix({k: counts[k] for k in STATUS_ORDER if counts[k]}, refresh=False)
-                bar.update()
-        writer.checkpoint()
-    except BaseException:
-        _checkpoint_quietly(writer)
-        raise
-    finally:
-        results.close()  # stops the worker pool at once on error
-        writer.close()
-
-
-def _checkpoint_quietly(writer: _Writer) -> None:
-    try:
-        writer.record_progress()
-    except (OSError, ValueError) as exc:  # ValueError: a file closed by a failed flush
-        log.warning("feature cache: could not record progress (%s); a rerun resumes from further back", exc)
+    # closing(results) stops the worker pool at once on error, after the last progress record
+    with (
+        contextlib.closing(results),
+        appending(writer, "feature cache", log),
+        progress(total=len(order), initial=n_done, unit="clip", desc="log-mel cache") as bar,
+    ):
+        for result in results:
+            writer.append(result)
+            if result.status != OK:
+                counts.update(result.status.split(","))
+                bar.set_postfix({k: counts[k] for k in STATUS_ORDER if counts[k]}, refresh=False)
+            bar.update()
 
 
 def _compute(
@@ -586,7 +401,7 @@ def _compute(
 def _finish(
     staging: Path, final: Path, order: pd.DataFrame, cfg: FeatureConfig, rules: AudioRules, clips_hash: str
 ) -> None:
-    records = _read_records(staging / RECORDS)
+    records = read_records(staging / RECORDS)
     if (
         records is None
         or len(records) != len(order)
@@ -648,12 +463,7 @@ def _finish(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "complete": True,
     }
-    atomic_write_json(staging / MANIFEST, manifest)
-    (staging / PROGRESS).unlink()
-    (staging / RECORDS).unlink()
-    if final.exists():
-        shutil.rmtree(final)  # incomplete, or built for another clip list
-    os.replace(staging, final)
+    publish(staging, final, manifest, scratch=(RECORDS,))
 
 
 def _summary_level(manifest: dict[str, Any]) -> int:

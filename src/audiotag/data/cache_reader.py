@@ -18,7 +18,6 @@ test clip is zero-filled instead (status ``zero_filled``). Counts per status are
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from audiotag.config.schema import FeatureConfig
+from audiotag.core.atomic import read_json_object
 from audiotag.core.errors import DataError
 from audiotag.data.audio import FLAGS
 
@@ -43,15 +43,6 @@ REPORT_COLUMNS = ["clip_id", "path", "split", "status", "reason", "audio_issue"]
 
 def cache_dir_for(competition_dir: Path, cfg: FeatureConfig) -> Path:
     return Path(competition_dir) / "cache" / cfg.cache_name()
-
-
-def read_json_object(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when the file is missing, unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def read_manifest(cache_dir: Path) -> dict[str, Any]:

@@ -18,9 +18,9 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from audiotag.core.atomic import atomic_write_json, fsync_dir
+from audiotag.core.atomic import atomic_write_json, fsync_dir, read_json_object
 from audiotag.core.errors import DataError
-from audiotag.fetch.http import CHUNK, check_free_space, file_id, locked, progress_bar, read_stamp
+from audiotag.fetch.http import CHUNK, check_free_space, file_id, locked, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _move_into(src: Path, dst: Path) -> None:
 
 
 def _extraction_done(marker: Path, archive: Path, wanted: list[str], files: list[Path]) -> bool:
-    stamp = read_stamp(marker)
+    stamp = read_json_object(marker)
     if not stamp or stamp.get("archive") != file_id(archive):
         return False
     members = stamp.get("members")
@@ -128,7 +128,7 @@ def extract_zip(archive: Path, dest_dir: Path, *, members: list[str] | None = No
                 shutil.rmtree(tmp, ignore_errors=True)
             fsync_dir(dest_dir)
             recorded: str | list[str] = "all" if members is None else wanted
-            previous = read_stamp(marker)
+            previous = read_json_object(marker)
             if members is not None and previous and previous.get("archive") == file_id(archive):
                 before = previous.get("members")
                 recorded = "all" if before == "all" else sorted(set(wanted) | set(before or []))
@@ -234,7 +234,7 @@ def _tar_unsafe_reason(member: tarfile.TarInfo, name: str, root: str, files: set
 
 
 def _tar_done(marker: Path, archive: Path, dest_dir: Path) -> list[Path] | None:
-    stamp = read_stamp(marker)
+    stamp = read_json_object(marker)
     if not stamp or stamp.get("archive") != file_id(archive) or not isinstance(stamp.get("files"), list):
         return None
     files = [dest_dir / name for name in stamp["files"]]

@@ -495,11 +495,3 @@ def download(
 def file_id(path: Path) -> list[Any]:
     st = path.stat()
     return [path.name, st.st_size, st.st_mtime_ns]
-
-
-def read_stamp(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

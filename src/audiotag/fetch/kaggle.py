@@ -331,7 +331,6 @@ class KaggleScore:
     ref: str
     file_name: str
     description: str
-    date: str
     status: str
     public: float | None
     private: float | None
@@ -368,7 +367,6 @@ def fetch_scores(slug: str, factory: ApiFactory | None = None) -> list[KaggleSco
                 ref=str(get(item, "ref") or ""),
                 file_name=str(get(item, "file_name") or ""),
                 description=str(get(item, "description") or ""),
-                date=str(get(item, "date") or ""),
                 status=str(getattr(status, "name", status) or ""),
                 public=as_score(get(item, "public_score")),
                 private=as_score(get(item, "private_score")),

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audiotag.core.atomic import atomic_path, atomic_write_json
+from audiotag.core.atomic import atomic_path, atomic_write_json, read_json_object
 from audiotag.core.errors import DataError
-from audiotag.fetch.http import CHUNK, check_free_space, file_id, human_size, progress_bar, read_stamp
+from audiotag.fetch.http import CHUNK, check_free_space, file_id, human_size, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ def join_split_zip(parts: list[Path], out: Path, *, verify_crc: bool = False) ->
     out = Path(out)
     stamp_file = out.with_name(f".{out.name}.joined")
     ident = [file_id(p) for p in ordered]
-    stamp = read_stamp(stamp_file)
+    stamp = read_json_object(stamp_file)
     if out.is_file() and stamp and stamp.get("parts") == ident and stamp.get("size") == out.stat().st_size:
         log.info("%s is already joined from %d parts; skipping", out, len(ordered))
         return out
@@ -296,20 +296,7 @@ def join_split_zip(parts: list[Path], out: Path, *, verify_crc: bool = False) ->
                         f"{ordered[z64_disk]}: the zip64 end record is damaged; download it again"
                     )
                 cd_disk, n_total, cd_size, cd_off = rec[5], rec[7], rec[8], rec[9]
-        if total_disks != len(ordered):
-            last_path = ordered[-1]
-            if total_disks > len(ordered):
-                names = [f"{last_path.stem}.z{i:02d}" for i in range(1, total_disks)]
-                given = {p.name.lower() for p in ordered}
-                missing = [n for n in names if n.lower() not in given] or names[len(ordered) - 1 :]
-                raise DataError(
-                    f"split archive {last_path.name} has {total_disks} parts but {len(ordered)} were given; "
-                    f"missing: {', '.join(missing)} (download into {last_path.parent} and run again)"
-                )
-            raise DataError(
-                f"split archive {last_path.name} has {total_disks} part(s) but {len(ordered)} were given; "
-                "pass only the parts of this archive"
-            )
+        _check_part_count(ordered, total_disks)
         entries = _read_central(src, cd_disk, cd_off, cd_size, n_total)
         cd_position = src.position(cd_disk, cd_off)
         _check_layout(src, entries, cd_disk, cd_position)
@@ -340,6 +327,25 @@ def join_split_zip(parts: list[Path], out: Path, *, verify_crc: bool = False) ->
         atomic_write_json(stamp_file, {"parts": ident, "size": out.stat().st_size})
     log.info("joined %s (%s, %d entries)", out, human_size(out.stat().st_size), len(entries))
     return out
+
+
+def _check_part_count(ordered: list[Path], total_disks: int) -> None:
+    """DataError naming the missing parts (or the extra ones) when the archive has another count."""
+    if total_disks == len(ordered):
+        return
+    last_path = ordered[-1]
+    if total_disks > len(ordered):
+        names = [f"{last_path.stem}.z{i:02d}" for i in range(1, total_disks)]
+        given = {p.name.lower() for p in ordered}
+        missing = [n for n in names if n.lower() not in given] or names[len(ordered) - 1 :]
+        raise DataError(
+            f"split archive {last_path.name} has {total_disks} parts but {len(ordered)} were given; "
+            f"missing: {', '.join(missing)} (download into {last_path.parent} and run again)"
+        )
+    raise DataError(
+        f"split archive {last_path.name} has {total_disks} part(s) but {len(ordered)} were given; "
+        "pass only the parts of this archive"
+    )
 
 
 def _write_end(

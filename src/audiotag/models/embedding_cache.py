@@ -15,9 +15,9 @@ front-end, the windows, the data or the layers never reads a stale cache. A cach
 layers than asked for serves them too (``./run.sh embed --layers all`` once, then any fusion): it is
 found by its identity alone (``base_key`` in the manifest).
 
-Atomic and resumable, like the feature cache: built in ``<folder>.partial/``, which is renamed into
-place only when complete, under an OS file lock (``<folder>.lock``) so that two processes never
-build one cache at once. Every ``CHECKPOINT_EVERY`` clips the layer files are fsync'ed and
+Atomic and resumable, like the feature cache (both are staged append stores, ``core/staged.py``):
+built in ``<folder>.partial/``, which is renamed into place only when complete, under an OS file
+lock (``<folder>.lock``) so that two processes never build one cache at once. Every ``CHECKPOINT_EVERY`` clips the layer files are fsync'ed and
 ``progress.json`` records the clips done with a hash of each file's contents so far; a killed build
 resumes from the last record (the files are cut back to it, and a file whose contents no longer
 match its hash starts the build over).
@@ -25,13 +25,10 @@ match its hash starts the build over).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,12 +41,23 @@ import pandas as pd
 import torch
 
 from audiotag.config.schema import FeatureConfig, InputNorm
-from audiotag.core.atomic import atomic_path, atomic_write_json
+from audiotag.core.atomic import atomic_path, read_json_object
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import DataError
-from audiotag.core.locks import file_lock
 from audiotag.core.log import progress
-from audiotag.data.cache_reader import FeatureCache, read_json_object
+from audiotag.core.staged import (
+    MANIFEST,
+    StagedWriter,
+    appending,
+    build_lock,
+    cut_to,
+    publish,
+    read_progress,
+    running_hash,
+    staging_folder,
+    start_over,
+)
+from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.dataset import fit_length, window_starts
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.models.representation import (
@@ -65,8 +73,6 @@ log = logging.getLogger(__name__)
 EMBED_FORMAT = 1  # bump when the computation of the vectors changes, so old caches are not reused
 DTYPE = np.dtype("<f4")
 INDEX = "index.parquet"
-MANIFEST = "manifest.json"
-PROGRESS = "progress.json"
 CHECKPOINT_EVERY = 64  # clips between fsync + progress record
 EMBED_HINT = "run ./run.sh embed (or the probe's train) to (re)build it"
 
@@ -293,9 +299,8 @@ def ensure_embeddings(
         log.info("embeddings: %s up to date (layers %s)", found, ", ".join(layers))
         return found
     final = root / plan.folder_name(layers)
-    root.mkdir(parents=True, exist_ok=True)
     waiting = f"embeddings: {final} is being built by another process"
-    with file_lock(final.with_name(final.name + ".lock"), f"embedding {final.name}", waiting):
+    with build_lock(final, f"embedding {final.name}", waiting):
         found = find_embeddings(root, plan, layers)
         if found is not None:
             log.info("embeddings: %s built by another process meanwhile; using it", found)
@@ -303,7 +308,7 @@ def ensure_embeddings(
         start = time.monotonic()
         rep = Representation(plan.cfg, plan.features, plan.input_norm, device)
         dims = rep.layer_dims(layers)
-        staging = final.with_name(final.name + ".partial")
+        staging = staging_folder(final)
         key = final.name
         clip_ids = cache.clip_ids
         n_done = _resume_point(staging, key, dims)
@@ -321,62 +326,44 @@ def ensure_embeddings(
     return final
 
 
-def _running_hash(path: Path, n_bytes: int | None = None) -> Any:
-    """A blake2b hash object fed with the first ``n_bytes`` of ``path`` (all of it by default)."""
-    digest = hashlib.blake2b(digest_size=12)
-    remaining = path.stat().st_size if n_bytes is None else n_bytes
-    with open(path, "rb") as f:
-        while remaining > 0:
-            block = f.read(min(1 << 20, remaining))
-            if not block:
-                break
-            digest.update(block)
-            remaining -= len(block)
-    return digest
-
-
 def _resume_point(staging: Path, key: str, dims: dict[str, int]) -> int:
     """Clips already in ``staging`` for this key (the layer files are cut back to them), else 0
     with a fresh staging folder."""
-    progress = read_json_object(staging / PROGRESS)
+    progress = read_progress(staging)
     if progress and progress.get("key") == key and progress.get("dims") == dims:
         n_done = int(progress.get("n_done", -1))
         hashes = progress.get("hashes") or {}
         good = n_done >= 0
         for layer, dim in dims.items():
             path, size = layer_file(staging, layer), n_done * dim * DTYPE.itemsize
-            if not good or not path.is_file() or path.stat().st_size < size:
+            if not good or not cut_to(path, size):
                 good = False
                 break
-            os.truncate(path, size)
-            if _running_hash(path, size).hexdigest() != hashes.get(layer):
+            if running_hash(path, size).hexdigest() != hashes.get(layer):
                 good = False
         if good:
             return n_done
         log.warning("embeddings: %s does not match its progress record; starting over", staging)
     elif staging.exists():
         log.info("embeddings: %s is from another build; starting over", staging)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for layer in dims:
-        layer_file(staging, layer).touch()
-    return 0
+    return start_over(staging, (layer_file(staging, layer).name for layer in dims))
 
 
-class _Writer:
+class _Writer(StagedWriter):
     """Appends clip vectors to the layer files; fsyncs and records progress now and then."""
 
     def __init__(self, staging: Path, key: str, dims: dict[str, int], n_done: int) -> None:
-        self.staging, self.key, self.dims, self.n_done = staging, key, dims, n_done
-        self.files = {layer: open(layer_file(staging, layer), "ab") for layer in dims}  # noqa: SIM115
+        super().__init__(staging, (layer_file(staging, layer).name for layer in dims))
+        self.key, self.dims, self.n_done = key, dims, n_done
+        self.layers = dict(zip(dims, self.files.values(), strict=True))
         # the running hashes continue from the contents kept (those of a resumed build)
-        self.hashes = {layer: _running_hash(layer_file(staging, layer)) for layer in dims}
+        self.hashes = {layer: running_hash(layer_file(staging, layer)) for layer in dims}
 
     def append(self, vectors: dict[str, np.ndarray]) -> None:
         """One clip's vectors; the hashes and count move only once every file has them (bytes of a
         clip cut short by an interrupt are cut off on resume)."""
-        data = {layer: np.ascontiguousarray(vectors[layer], dtype=DTYPE).tobytes() for layer in self.files}
-        for layer, f in self.files.items():
+        data = {layer: np.ascontiguousarray(vectors[layer], dtype=DTYPE).tobytes() for layer in self.layers}
+        for layer, f in self.layers.items():
             f.write(data[layer])
         for layer, digest in self.hashes.items():
             digest.update(data[layer])
@@ -384,23 +371,13 @@ class _Writer:
         if self.n_done % CHECKPOINT_EVERY == 0:
             self.checkpoint()
 
-    def checkpoint(self) -> None:
-        for f in self.files.values():
-            f.flush()
-            os.fsync(f.fileno())
-        atomic_write_json(
-            self.staging / PROGRESS,
-            {
-                "key": self.key,
-                "n_done": self.n_done,
-                "dims": self.dims,
-                "hashes": {layer: h.hexdigest() for layer, h in self.hashes.items()},
-            },
-        )
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+    def progress(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "n_done": self.n_done,
+            "dims": self.dims,
+            "hashes": {layer: h.hexdigest() for layer, h in self.hashes.items()},
+        }
 
 
 def _fill(
@@ -415,18 +392,13 @@ def _fill(
 ) -> None:
     writer = _Writer(staging, key, dims, n_done)
     vectors = clip_vectors(cache, clip_ids[n_done:], rep, list(dims), plan)
-    try:
-        with progress(total=len(clip_ids), initial=n_done, unit="clip", desc="embeddings") as bar:
-            for clip in vectors:
-                writer.append(clip)
-                bar.update()
-        writer.checkpoint()
-    except BaseException:
-        with contextlib.suppress(OSError, ValueError):
-            writer.checkpoint()  # what was appended is whole: a rerun resumes after it
-        raise
-    finally:
-        writer.close()
+    with (
+        appending(writer),
+        progress(total=len(clip_ids), initial=n_done, unit="clip", desc="embeddings") as bar,
+    ):
+        for clip in vectors:
+            writer.append(clip)
+            bar.update()
 
 
 def clip_windows(frames: np.ndarray, plan: EmbeddingPlan, min_rows: int) -> list[np.ndarray]:
@@ -509,8 +481,4 @@ def _finish(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "complete": True,
     }
-    atomic_write_json(staging / MANIFEST, manifest)
-    (staging / PROGRESS).unlink(missing_ok=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    publish(staging, final, manifest)

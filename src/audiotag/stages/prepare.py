@@ -29,8 +29,9 @@ from audiotag.competitions.folds import ensure_folds
 from audiotag.competitions.table import TableLayout, check_test_labels
 from audiotag.config.schema import PIPELINE_DEFAULT_KEYS, TABLE_FIELDS, CompetitionConfig, FeatureConfig
 from audiotag.core.atomic import atomic_path, atomic_write_json
+from audiotag.core.disk_full import disk_full_as_error
 from audiotag.core.locks import file_lock
-from audiotag.data.cache_build import build_cache, check_cache_device, disk_full_as_error
+from audiotag.data.cache_build import build_cache, check_cache_device
 from audiotag.data.cache_reader import REPORT, FeatureCache
 from audiotag.data.meta import read_meta
 
