@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from audiotag.cli.main import main
-from audiotag.competitions import get_competition, layouts
+from audiotag.competitions import file_formats, get_competition
 from audiotag.competitions.audioset import candidate_stems
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import ensure_folds, load_folds
@@ -295,7 +295,7 @@ class FakeDownloads:
 def fake_downloads(monkeypatch: pytest.MonkeyPatch):
     def install(fake: FakeDownloads) -> FakeDownloads:
         module = fake.module()
-        monkeypatch.setattr(layouts, "FETCH_API", module)
+        monkeypatch.setattr(file_formats, "FETCH_API", module)
         return fake
 
     return install

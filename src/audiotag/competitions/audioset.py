@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.competitions.layouts import (
+from audiotag.competitions.file_formats import (
     AUDIO_ISSUE,
     AUDIO_SUFFIXES,
     FileCompetition,

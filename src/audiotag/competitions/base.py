@@ -80,7 +80,7 @@ class Competition(abc.ABC):
 
     @abc.abstractmethod
     def parse_clip_table(self) -> pd.DataFrame:
-        """Parse the raw layout into the normalised clip table (columns ``CLIP_COLUMNS``)."""
+        """Parse the raw files into the normalised clip table (columns ``CLIP_COLUMNS``)."""
 
     @property
     def sample_submission_path(self) -> Path:

@@ -1,4 +1,4 @@
-"""Offline, deterministic synthesis of the demo competitions in the exact Kaggle file layouts.
+"""Offline, deterministic synthesis of the demo competitions in the exact Kaggle file formats.
 
 Every class is a *time-frequency pattern*, not a pitch: carrier and centre frequencies are drawn from
 wide, overlapping ranges, so the long-term average spectrum cannot tell the classes apart; what does
@@ -6,10 +6,10 @@ is the structure over time (up vs down sweeps, AM vs FM, harmonics vs pure tone,
 swells, pips, two alternating pitches, plinks, ...). Rates, depths, onsets and envelopes are drawn
 per clip, and rates are raised on short clips so that at least one cycle of the pattern fits.
 
-Two writers produce the FSDKaggle2018 layout (single label, ``manually_verified`` flag, label noise
-on unverified clips) and the FSDKaggle2019 layout (multi-label, curated + noisy subsets). Both are
+Two writers produce the FSDKaggle2018 file format (single label, ``manually_verified`` flag, label noise
+on unverified clips) and the FSDKaggle2019 file format (multi-label, curated + noisy subsets). Both are
 pure functions of ``DemoGeneratorConfig``: the plan (names, labels, durations) comes from one seeded
-generator, each clip's audio from its own ``_seeded(seed, layout, 1, index)``, so the same seed
+generator, each clip's audio from its own ``_seeded(seed, file_format, 1, index)``, so the same seed
 gives byte-identical files. Everything is written into ``<raw_dir>.partial`` and renamed onto
 ``raw_dir`` at the end, so a killed run never leaves a half-written competition behind.
 """
@@ -369,9 +369,9 @@ def mix_clip(
 
 @dataclass(frozen=True)
 class ClipPlan:
-    """One clip of a demo layout, before any audio exists."""
+    """One clip of a demo file format, before any audio exists."""
 
-    index: int  # seeds the clip's audio: _seeded(seed, layout, 1, index)
+    index: int  # seeds the clip's audio: _seeded(seed, file_format, 1, index)
     fname: str
     subset: str  # 2018: train / test; 2019: curated / noisy / test
     folder: str  # audio folder inside raw_dir
@@ -519,13 +519,13 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
     sf.write(str(path), pcm, sr, subtype="PCM_16", format="WAV")
 
 
-def _render(clips: Sequence[ClipPlan], stage: Path, cfg: DemoGeneratorConfig, layout: int) -> None:
+def _render(clips: Sequence[ClipPlan], stage: Path, cfg: DemoGeneratorConfig, file_format: int) -> None:
     for folder in dict.fromkeys(c.folder for c in clips):
         (stage / folder).mkdir(parents=True, exist_ok=True)
     total = sum(c.duration for c in clips)
     log.info("synthesising %d clips (%.0f s of audio at %d Hz)", len(clips), total, cfg.sample_rate)
     for clip in progress(clips, desc="demo clips", unit="clip"):
-        rng = _seeded(cfg.seed, layout, 1, clip.index)
+        rng = _seeded(cfg.seed, file_format, 1, clip.index)
         audio = mix_clip(list(clip.labels), clip.duration, cfg.sample_rate, rng)
         _write_wav(stage / clip.folder / clip.fname, audio, cfg.sample_rate)
 
@@ -555,14 +555,14 @@ def _join(labels: Sequence[str]) -> str:
     return ",".join(sorted(labels))
 
 
-def generate_fsd2018_layout(raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
-    """FSDKaggle2018 layout: train.csv, audio_train/, audio_test/, sample_submission.csv (+ hidden truth)."""
+def generate_fsd2018_files(raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
+    """FSDKaggle2018 files: train.csv, audio_train/, audio_test/, sample_submission.csv (+ hidden truth)."""
     raw_dir, truth_path = Path(raw_dir), Path(truth_path)
     clips = plan_fsd2018(cfg)
     train = [c for c in clips if c.subset == "train"]
     test = [c for c in clips if c.subset == "test"]
     log.info(
-        "demo (2018 layout): %d classes, %d train + %d test clips -> %s",
+        "demo (2018 file format): %d classes, %d train + %d test clips -> %s",
         len(CLASSES),
         len(train),
         len(test),
@@ -576,16 +576,16 @@ def generate_fsd2018_layout(raw_dir: Path, truth_path: Path, cfg: DemoGeneratorC
         sample = [(c.fname, placeholder) for c in test]
         _write_csv(stage / "sample_submission.csv", ["fname", "label"], sample)
         atomic_write_text(truth_path, _csv_text(["fname", "label"], [(c.fname, c.labels[0]) for c in test]))
-    log.info("demo (2018 layout) written to %s; test truth in %s", raw_dir, truth_path)
+    log.info("demo (2018 file format) written to %s; test truth in %s", raw_dir, truth_path)
 
 
-def generate_fsd2019_layout(raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
-    """FSDKaggle2019 layout: train_curated/noisy .csv and folders, test/, sample_submission.csv."""
+def generate_fsd2019_files(raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
+    """FSDKaggle2019 files: train_curated/noisy .csv and folders, test/, sample_submission.csv."""
     raw_dir, truth_path = Path(raw_dir), Path(truth_path)
     clips = plan_fsd2019(cfg)
     by_subset = {s: [c for c in clips if c.subset == s] for s in ("curated", "noisy", "test")}
     log.info(
-        "demo (2019 layout): %d classes, %d curated + %d noisy + %d test clips -> %s",
+        "demo (2019 file format): %d classes, %d curated + %d noisy + %d test clips -> %s",
         len(CLASSES),
         *(len(v) for v in by_subset.values()),
         raw_dir,
@@ -600,4 +600,4 @@ def generate_fsd2019_layout(raw_dir: Path, truth_path: Path, cfg: DemoGeneratorC
         _write_csv(stage / "sample_submission.csv", ["fname", *classes], sample)
         truth = [(c.fname, _join(c.labels)) for c in by_subset["test"]]
         atomic_write_text(truth_path, _csv_text(["fname", "labels"], truth))
-    log.info("demo (2019 layout) written to %s; test truth in %s", raw_dir, truth_path)
+    log.info("demo (2019 file format) written to %s; test truth in %s", raw_dir, truth_path)

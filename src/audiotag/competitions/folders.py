@@ -40,8 +40,8 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from audiotag.competitions.archive import archive_data_dir, fetch_archive
+from audiotag.competitions.file_formats import AUDIO_SUFFIXES, FileCompetition, read_csv
 from audiotag.competitions.folds import GROUP, describe_groups
-from audiotag.competitions.layouts import AUDIO_SUFFIXES, FileCompetition, read_csv
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.atomic import atomic_write_text

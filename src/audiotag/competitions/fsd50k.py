@@ -25,7 +25,7 @@ import logging
 
 import pandas as pd
 
-from audiotag.competitions.layouts import (
+from audiotag.competitions.file_formats import (
     AUDIO_ISSUE,
     FileCompetition,
     check_labels,

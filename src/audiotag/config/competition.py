@@ -322,7 +322,7 @@ class CompetitionConfig(StrictModel):
     )
     fold_seed: int = 42
     subsets: list[str] | None = Field(
-        None, description="training subsets to use (e.g. [curated] for 2019 layouts); null = all"
+        None, description="training subsets to use (e.g. [curated] for 2019 file formats); null = all"
     )
     generator: DemoGeneratorConfig | None = None
     data_dir: str | None = Field(

@@ -26,7 +26,7 @@ import pandas as pd
 
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
-from audiotag.competitions.table import TableLayout, check_test_labels
+from audiotag.competitions.table import TableFormat, check_test_labels
 from audiotag.config.schema import PIPELINE_DEFAULT_KEYS, TABLE_FIELDS, CompetitionConfig, FeatureConfig
 from audiotag.core.atomic import atomic_path, atomic_write_json
 from audiotag.core.locks import file_lock
@@ -148,7 +148,7 @@ def prepare(
         table = clip_table(comp)
         with disk_full_as_error(comp.dir, "the fold file", lambda: _table_bytes(table[["clip_id"]])):
             folds = ensure_folds(comp, table)
-        if isinstance(comp, TableLayout) and competition.test_labels:
+        if isinstance(comp, TableFormat) and competition.test_labels:
             check_test_labels(comp, table)  # before any training: a run is scored on them at its end
     cache_columns = ("clip_id", "path", "split", "audio_issue", "start", "end")  # start/end: segments
     columns = [c for c in cache_columns if c in table.columns]
