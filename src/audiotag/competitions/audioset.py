@@ -380,3 +380,6 @@ class AudioSet(FileCompetition):
         return pd.DataFrame(
             {"clip_id": [s.clip_id for s in segments], "labels": [s.labels for s in segments]}
         )
+
+
+COMPETITIONS = (AudioSet,)

@@ -51,6 +51,7 @@ class Competition(abc.ABC):
     """One competition: subclasses set the class attributes and implement the three methods."""
 
     name: ClassVar[str]
+    kind: ClassVar[str | None] = None  # the config kind this class serves; None: the config named name
     task: ClassVar[Task]
     metric: ClassVar[str]
     submission_kind: ClassVar[SubmissionKind]

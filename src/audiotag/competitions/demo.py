@@ -77,3 +77,6 @@ class Demo2019(_DemoBase):
 
     def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
         demo_synth.generate_fsd2019_files(raw_dir, truth_path, cfg)
+
+
+COMPETITIONS = (Demo, Demo2019)

@@ -65,6 +65,7 @@ class FoldersCompetition(FileCompetition):
     """A single-label dataset given as one folder of audio per class, used in place."""
 
     name = "folders"  # the instance's name is the YAML's (set in __init__)
+    kind = "folders"  # serves every config of kind: folders
     task = "single_label"
     sources = ("folders",)
     default_source = "folders"
@@ -362,3 +363,6 @@ class FoldersCompetition(FileCompetition):
         if self.cfg.sample_submission:
             return self.raw_dir / self.cfg.sample_submission
         return self.dir / "sample_submission.csv"
+
+
+COMPETITIONS = (FoldersCompetition,)

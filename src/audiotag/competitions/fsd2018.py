@@ -147,3 +147,6 @@ class Fsd2018(TableFormat):
                 "fsd2018: test MAP@3 on the %d of %d test clips that were scored", len(keep), len(test_ids)
             )
         return super().score_test([test_ids[i] for i in keep], np.asarray(scores)[keep])
+
+
+COMPETITIONS = (Fsd2018,)

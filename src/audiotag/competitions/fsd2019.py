@@ -180,3 +180,6 @@ class Fsd2019(TableFormat):
             issue or found or ("empty" if duration == 0 else "")
             for issue, found, duration in zip(known, probed, table["duration"], strict=True)
         ]
+
+
+COMPETITIONS = (Fsd2019,)

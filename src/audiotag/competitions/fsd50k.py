@@ -129,3 +129,6 @@ class Fsd50k(FileCompetition):
         if not (self.raw_dir / EVAL_CSV).is_file():
             return None
         return self._eval_truth()
+
+
+COMPETITIONS = (Fsd50k,)

@@ -339,6 +339,7 @@ class TableCompetition(TableFormat):
     format."""
 
     name = "table"  # the instance's name is the YAML's (set in __init__)
+    kind = "table"  # serves every config of kind: table
     sources = ("table",)
     default_source = "table"
 
@@ -435,3 +436,6 @@ def check_test_labels(comp: TableFormat, table: pd.DataFrame) -> None:
         path,
         f" ({extra} row(s) naming no test clip ignored)" if extra else "",
     )
+
+
+COMPETITIONS = (TableCompetition,)
