@@ -52,7 +52,7 @@ from audiotag.competitions.table_reading import (
     segment_overruns,
 )
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary, check_labels, csv_line
-from audiotag.config.schema import CompetitionConfig
+from audiotag.config.schema import CompetitionConfig, TableCompetitionConfig
 from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import ConfigError, DataError
 
@@ -89,7 +89,7 @@ class TableFormat(FileCompetition):
 
     def file_format(self, source: str) -> CompetitionConfig:
         """The table settings of ``source``'s files: ``FILE_FORMATS[source]``, checked as ``kind: table``."""
-        return CompetitionConfig.model_validate(
+        return TableCompetitionConfig.model_validate(
             {"name": self.name, "kind": "table", **self.FILE_FORMATS[source]}
         )
 
@@ -238,18 +238,7 @@ class TableFormat(FileCompetition):
                 f"competition.submission.k {self.label_count} exceeds the {len(vocabulary)} classes; lower it"
             )
         self.check_sample_header(cfg, vocabulary)
-        test_ids, test_csv = self._test_ids(cfg)
-        if test_ids and not cfg.test_dir:
-            raise ConfigError(
-                "competition.test_dir: sample_submission is given, but not the test audio folder"
-            )
-        overlap = rows.index[rows["clip_id"].isin(set(test_ids))]
-        if len(overlap):
-            row = rows.loc[overlap[0]]
-            raise DataError(
-                f"{row['csv']}: line {row['line']}: {row['clip_id']!r} is also a test clip "
-                f"({test_csv or cfg.test_dir}); a clip is either trained on or tested"
-            )
+        test_ids, test_csv = self._test_clips(cfg, rows)
         train_paths = [
             self.rel(path)
             for _, part in rows.groupby("subset", sort=False)  # each subset's rows: its CSV's lines 2, 3, ...
@@ -309,6 +298,22 @@ class TableFormat(FileCompetition):
         if not cfg.sample_submission:
             self._write_sample(test_ids, vocabulary)
         return table
+
+    def _test_clips(self, cfg: CompetitionConfig, rows: pd.DataFrame) -> tuple[list[str], Path | None]:
+        """The test clip ids and the CSV listing them (None: test_dir's files); none a training clip."""
+        test_ids, test_csv = self._test_ids(cfg)
+        if test_ids and not cfg.test_dir:
+            raise ConfigError(
+                "competition.test_dir: sample_submission is given, but not the test audio folder"
+            )
+        overlap = rows.index[rows["clip_id"].isin(set(test_ids))]
+        if len(overlap):
+            row = rows.loc[overlap[0]]
+            raise DataError(
+                f"{row['csv']}: line {row['line']}: {row['clip_id']!r} is also a test clip "
+                f"({test_csv or cfg.test_dir}); a clip is either trained on or tested"
+            )
+        return test_ids, test_csv
 
     def audio_issues(self, table: pd.DataFrame, probed: list[str]) -> list[str] | None:
         """The ``audio_issue`` column from the header probe's findings (``probed``), or None for no column:

@@ -1,6 +1,7 @@
 """The typed configuration schemas: competition, front-end, the settings every model shares,
 training and ensembles (each model family's own schema lives with the family, ``models/*.py``; the
-competition's lives in ``config_competition`` and is re-exported here, as is ``StrictModel``).
+competition's, a union by kind, lives in ``config/competition.py`` and its parts in
+``config/competition_parts.py``, re-exported here, as is ``StrictModel``).
 
 Files are read, composed and overridden by ``audiotag.config.files``; ``load_ensemble`` and
 ``load_competition`` here validate such a tree against its schema.
@@ -16,6 +17,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import (
     BaseModel,
     Field,
+    TypeAdapter,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -23,34 +26,38 @@ from pydantic import (
 
 from audiotag.config.base import StrictModel
 from audiotag.config.competition import (
-    FOLDERS_FIELDS,
-    FOLDERS_REFUSED,
     MULTILABEL_F1,
-    PIPELINE_DEFAULT_KEYS,
+    CompetitionConfig,
+    FoldersCompetitionConfig,
+    NamedCompetitionConfig,
+    TableCompetitionConfig,
+    keys_not_affecting,
+)
+from audiotag.config.competition_parts import (
     SINGLE_LABEL_METRICS,
-    TABLE_FIELDS,
-    TABLE_LAYOUT_FIELDS,
     TABLE_METRICS,
     AudioRules,
-    CompetitionConfig,
     CompetitionRules,
     DemoGeneratorConfig,
     TableDownload,
     TableSubmission,
     template_fields,
 )
-from audiotag.config.files import apply_overrides, load_group, read_yaml, resolve_groups, validate
+from audiotag.config.files import (
+    apply_overrides,
+    format_validation_error,
+    load_group,
+    read_yaml,
+    resolve_groups,
+    validate,
+)
+from audiotag.core.errors import ConfigError
 
 # the competition schema (config_competition) and the base (config_base) are part of this module's API
 __all__ = [
     "FEATURE_CODE_VERSION",
-    "FOLDERS_FIELDS",
-    "FOLDERS_REFUSED",
     "MULTILABEL_F1",
-    "PIPELINE_DEFAULT_KEYS",
     "SINGLE_LABEL_METRICS",
-    "TABLE_FIELDS",
-    "TABLE_LAYOUT_FIELDS",
     "TABLE_METRICS",
     "AudioRules",
     "CompetitionConfig",
@@ -58,16 +65,20 @@ __all__ = [
     "DemoGeneratorConfig",
     "EnsembleConfig",
     "FeatureConfig",
+    "FoldersCompetitionConfig",
     "InputNorm",
     "LossConfig",
     "ModelBase",
+    "NamedCompetitionConfig",
     "NormStatsConfig",
     "PseudoLabelConfig",
     "SpecAugmentConfig",
     "StrictModel",
+    "TableCompetitionConfig",
     "TableDownload",
     "TableSubmission",
     "TrainConfig",
+    "keys_not_affecting",
     "load_competition",
     "load_ensemble",
     "template_fields",
@@ -492,4 +503,8 @@ def load_ensemble(
 def load_competition(name: str, overrides: list[str] | None = None) -> CompetitionConfig:
     tree = apply_overrides(load_group("competition", name), overrides or [])
     source = name if name.endswith((".yaml", ".yml")) else f"configs/competitions/{name}.yaml"
-    return validate(CompetitionConfig, tree, source)
+    try:
+        return TypeAdapter(CompetitionConfig).validate_python(tree)
+    except ValidationError as exc:
+        message = format_validation_error(exc, CompetitionConfig, source, getattr(tree, "overrides", ()))
+        raise ConfigError(message) from None
