@@ -13,14 +13,12 @@ import soundfile as sf
 from scipy import signal
 
 from audiotag.competitions import demo_synth
+from audiotag.competitions.demo_sounds import CLASSES, mix_clip, synthesize_event
 from audiotag.competitions.demo_synth import (
-    CLASSES,
     generate_fsd2018_files,
     generate_fsd2019_files,
-    mix_clip,
     plan_fsd2018,
     plan_fsd2019,
-    synthesize_event,
 )
 from audiotag.config.schema import DemoGeneratorConfig
 from audiotag.core.errors import DataError

@@ -13,14 +13,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from audiotag.competitions import demo_synth, fsd2018, fsd2019
+from audiotag.competitions import demo_sounds, demo_synth, fsd2018, fsd2019
 from audiotag.competitions.file_formats import probe_clips
 from audiotag.competitions.table import TableFormat
 from audiotag.config.schema import DemoGeneratorConfig
 
 log = logging.getLogger(__name__)
 
-CLASSES = sorted(demo_synth.CLASSES)
+CLASSES = sorted(demo_sounds.CLASSES)
 FILE_FORMATS_2018 = {"kaggle": {**fsd2018.FILE_FORMATS["kaggle"], "classes": CLASSES}}
 FILE_FORMATS_2019 = {
     "kaggle": {**fsd2019.FILE_FORMATS["kaggle"], "classes": CLASSES}
