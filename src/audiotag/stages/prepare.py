@@ -32,7 +32,7 @@ from audiotag.core.atomic import atomic_path, atomic_write_json
 from audiotag.core.locks import file_lock
 from audiotag.data.cache_build import build_cache, check_cache_device, disk_full_as_error
 from audiotag.data.cache_reader import REPORT, FeatureCache
-from audiotag.data.meta import read_meta
+from audiotag.data.meta import read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def clip_table(comp: Competition) -> pd.DataFrame:
     table = comp.parse_clip_table()
     with disk_full_as_error(comp.meta_path.parent, "the clip table", lambda: _table_bytes(table)):
         with atomic_path(comp.meta_path, suffix=".parquet") as tmp:
-            table.to_parquet(tmp, index=False)
+            write_meta(table, tmp)
         stamp = {"fingerprint": fingerprint, "sources_sha256": csv_hash, "clips": len(table)}
         atomic_write_json(stamp_path, stamp)
     counts = table.groupby(["split", "subset"]).size().to_dict()
