@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from audiotag.competitions.base import Competition
-from audiotag.config.schema import NamedCompetitionConfig
+from audiotag.config.competition import NamedCompetitionConfig
 
 
 class FakeSingle(Competition):

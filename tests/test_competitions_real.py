@@ -24,7 +24,7 @@ from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import ensure_folds, load_folds
 from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
 from audiotag.competitions.fsd2019 import CLASSES as CLASSES_2019
-from audiotag.config.schema import NamedCompetitionConfig
+from audiotag.config.competition import NamedCompetitionConfig
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.experiment import load_experiment
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from audiotag.config.schema import TABLE_METRICS, TableCompetitionConfig
+from audiotag.config.competition import TableCompetitionConfig
+from audiotag.config.schema import TABLE_METRICS
 from audiotag.core.errors import ConfigError
 from audiotag.scoring import metrics
 

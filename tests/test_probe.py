@@ -11,7 +11,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import audiotag.train.probe as probe
-from audiotag.config.schema import FeatureConfig, NamedCompetitionConfig, TrainConfig
+from audiotag.config.competition import NamedCompetitionConfig
+from audiotag.config.schema import FeatureConfig, TrainConfig
 from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.models.probe import LinearProbeConfig

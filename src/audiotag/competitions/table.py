@@ -52,7 +52,8 @@ from audiotag.competitions.table_reading import (
     segment_overruns,
 )
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary, check_labels, csv_line
-from audiotag.config.schema import CompetitionConfig, TableCompetitionConfig
+from audiotag.config.competition import TableCompetitionConfig
+from audiotag.config.schema import CompetitionConfig
 from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import ConfigError, DataError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, Tag, ValidationError
+from pydantic import BaseModel, Tag, TypeAdapter, ValidationError
 
 from audiotag.core.errors import ConfigError
 
@@ -257,9 +257,10 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-def validate(model: type[M], tree: dict[str, Any], source: str) -> M:
+def validate(model: type[M] | Any, tree: dict[str, Any], source: str) -> M:
+    """``tree`` validated as ``model``: a config model or a union of them (the competition kinds)."""
     try:
-        return model.model_validate(tree)
+        return TypeAdapter(model).validate_python(tree)
     except ValidationError as exc:
         overrides = getattr(tree, "overrides", ())
         raise ConfigError(format_validation_error(exc, model, source, overrides)) from None

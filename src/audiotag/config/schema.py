@@ -17,22 +17,13 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import (
     BaseModel,
     Field,
-    TypeAdapter,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from audiotag.config.base import StrictModel
-from audiotag.config.competition import (
-    MULTILABEL_F1,
-    CompetitionConfig,
-    FoldersCompetitionConfig,
-    NamedCompetitionConfig,
-    TableCompetitionConfig,
-    keys_not_affecting,
-)
+from audiotag.config.competition import MULTILABEL_F1, CompetitionConfig
 from audiotag.config.competition_parts import (
     SINGLE_LABEL_METRICS,
     TABLE_METRICS,
@@ -43,17 +34,9 @@ from audiotag.config.competition_parts import (
     TableSubmission,
     template_fields,
 )
-from audiotag.config.files import (
-    apply_overrides,
-    format_validation_error,
-    load_group,
-    read_yaml,
-    resolve_groups,
-    validate,
-)
-from audiotag.core.errors import ConfigError
+from audiotag.config.files import apply_overrides, load_group, read_yaml, resolve_groups, validate
 
-# the competition schema (config_competition) and the base (config_base) are part of this module's API
+# the competition schema (config/competition*.py) and the base (config/base.py) are part of this API
 __all__ = [
     "FEATURE_CODE_VERSION",
     "MULTILABEL_F1",
@@ -65,20 +48,16 @@ __all__ = [
     "DemoGeneratorConfig",
     "EnsembleConfig",
     "FeatureConfig",
-    "FoldersCompetitionConfig",
     "InputNorm",
     "LossConfig",
     "ModelBase",
-    "NamedCompetitionConfig",
     "NormStatsConfig",
     "PseudoLabelConfig",
     "SpecAugmentConfig",
     "StrictModel",
-    "TableCompetitionConfig",
     "TableDownload",
     "TableSubmission",
     "TrainConfig",
-    "keys_not_affecting",
     "load_competition",
     "load_ensemble",
     "template_fields",
@@ -503,8 +482,4 @@ def load_ensemble(
 def load_competition(name: str, overrides: list[str] | None = None) -> CompetitionConfig:
     tree = apply_overrides(load_group("competition", name), overrides or [])
     source = name if name.endswith((".yaml", ".yml")) else f"configs/competitions/{name}.yaml"
-    try:
-        return TypeAdapter(CompetitionConfig).validate_python(tree)
-    except ValidationError as exc:
-        message = format_validation_error(exc, CompetitionConfig, source, getattr(tree, "overrides", ()))
-        raise ConfigError(message) from None
+    return validate(CompetitionConfig, tree, source)

@@ -27,7 +27,8 @@ import pandas as pd
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
 from audiotag.competitions.table import TableCompetition, check_test_labels
-from audiotag.config.schema import CompetitionConfig, FeatureConfig, keys_not_affecting
+from audiotag.config.competition import keys_not_affecting
+from audiotag.config.schema import CompetitionConfig, FeatureConfig
 from audiotag.core.atomic import atomic_path, atomic_write_json
 from audiotag.core.locks import file_lock
 from audiotag.data.cache_build import build_cache, check_cache_device, disk_full_as_error

@@ -31,8 +31,9 @@ from pydantic_core import to_jsonable_python
 import audiotag
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import load_folds
+from audiotag.config.competition import keys_not_affecting
 from audiotag.config.files import dump_yaml
-from audiotag.config.schema import TrainConfig, keys_not_affecting
+from audiotag.config.schema import TrainConfig
 from audiotag.core.atomic import atomic_write_json, atomic_write_text
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError, TrainingError
