@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from audiotag.competitions.base import Competition
-from audiotag.config.schema import CompetitionConfig
+from audiotag.config.competition import NamedCompetitionConfig
 
 
 class FakeSingle(Competition):
@@ -66,7 +66,7 @@ class FakeMulti(FakeSingle):
 
 
 def make(cls: type[FakeSingle], root: Path, **cfg) -> FakeSingle:
-    return cls(CompetitionConfig(name=cls.name, **cfg), root)
+    return cls(NamedCompetitionConfig(name=cls.name, **cfg), root)
 
 
 def write_sample(comp: Competition, ids: list[str]) -> None:

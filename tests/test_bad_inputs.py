@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from audiotag.cli.main import main
-from audiotag.competitions import layouts
+from audiotag.competitions import file_formats
 from audiotag.competitions.demo import CLASSES as DEMO_CLASSES
 from audiotag.competitions.folds import assign_folds, load_folds
 from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
@@ -59,13 +59,13 @@ def demo_of(root: Path, **fake: object):
 def record_opens(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Every audio header the clip-table probe reads."""
     opened: list[Path] = []
-    real = layouts.audio_info
+    real = file_formats.audio_info
 
     def spy(path):
         opened.append(Path(path))
         return real(path)
 
-    monkeypatch.setattr(layouts, "audio_info", spy)
+    monkeypatch.setattr(file_formats, "audio_info", spy)
     return opened
 
 

@@ -18,13 +18,13 @@ import pytest
 import soundfile as sf
 
 from audiotag.cli.main import main
-from audiotag.competitions import get_competition, layouts
+from audiotag.competitions import file_formats, get_competition
 from audiotag.competitions.audioset import candidate_stems
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import ensure_folds, load_folds
 from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
 from audiotag.competitions.fsd2019 import CLASSES as CLASSES_2019
-from audiotag.config.schema import CompetitionConfig
+from audiotag.config.competition import NamedCompetitionConfig
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.experiment import load_experiment
 
@@ -49,7 +49,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
 
 
 def make(name: str, root: Path, **cfg: object):
-    return get_competition(CompetitionConfig(name=name, **cfg), root)
+    return get_competition(NamedCompetitionConfig(name=name, **cfg), root)
 
 
 # ----------------------------------------------------------------------------- fake datasets
@@ -295,7 +295,7 @@ class FakeDownloads:
 def fake_downloads(monkeypatch: pytest.MonkeyPatch):
     def install(fake: FakeDownloads) -> FakeDownloads:
         module = fake.module()
-        monkeypatch.setattr(layouts, "FETCH_API", module)
+        monkeypatch.setattr(file_formats, "FETCH_API", module)
         return fake
 
     return install

@@ -13,14 +13,12 @@ import soundfile as sf
 from scipy import signal
 
 from audiotag.competitions import demo_synth
+from audiotag.competitions.demo_sounds import CLASSES, mix_clip, synthesize_event
 from audiotag.competitions.demo_synth import (
-    CLASSES,
-    generate_fsd2018_layout,
-    generate_fsd2019_layout,
-    mix_clip,
+    generate_fsd2018_files,
+    generate_fsd2019_files,
     plan_fsd2018,
     plan_fsd2019,
-    synthesize_event,
 )
 from audiotag.config.schema import DemoGeneratorConfig
 from audiotag.core.errors import DataError
@@ -42,7 +40,7 @@ TONAL = [
 
 def _generate(root: Path, layout: str, cfg: DemoGeneratorConfig = TINY) -> tuple[Path, Path]:
     raw, truth = root / "raw", root / "hidden" / "test_truth.csv"
-    writer = generate_fsd2018_layout if layout == "2018" else generate_fsd2019_layout
+    writer = generate_fsd2018_files if layout == "2018" else generate_fsd2019_files
     writer(raw, truth, cfg)
     return raw, truth
 
@@ -284,7 +282,7 @@ def test_existing_raw_dir_is_left_untouched(tmp_path: Path) -> None:
     raw.mkdir()
     (raw / "keep.txt").write_text("mine")
     with pytest.raises(DataError, match="exists"):
-        generate_fsd2018_layout(raw, tmp_path / "truth.csv", TINY)
+        generate_fsd2018_files(raw, tmp_path / "truth.csv", TINY)
     assert [p.name for p in raw.iterdir()] == ["keep.txt"]
     assert (raw / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "truth.csv").exists()
@@ -298,7 +296,7 @@ def test_leftover_partial_is_replaced_and_empty_raw_dir_accepted(tmp_path: Path)
     partial = tmp_path / "raw.partial"
     (partial / "audio_train").mkdir(parents=True)
     (partial / "audio_train" / "stale.wav").write_bytes(b"junk")
-    generate_fsd2019_layout(raw, tmp_path / "truth.csv", cfg)
+    generate_fsd2019_files(raw, tmp_path / "truth.csv", cfg)
     assert not partial.exists()
     assert not (raw / "audio_train").exists()
     assert (raw / "train_curated.csv").is_file()
@@ -310,6 +308,6 @@ def test_failure_leaves_no_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(demo_synth, "_write_wav", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        generate_fsd2018_layout(tmp_path / "raw", tmp_path / "truth.csv", TINY)
+        generate_fsd2018_files(tmp_path / "raw", tmp_path / "truth.csv", TINY)
     assert not (tmp_path / "raw").exists()
     assert not (tmp_path / "raw.partial").exists()

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from audiotag.competitions import get_competition
-from audiotag.config.schema import CompetitionConfig, DemoGeneratorConfig
+from audiotag.config.competition import NamedCompetitionConfig
+from audiotag.config.schema import DemoGeneratorConfig
 from audiotag.core.errors import DataError
 
 TINY = DemoGeneratorConfig(train_per_class=3, test_per_class=1, max_duration=1.0)
@@ -16,14 +17,14 @@ TINY = DemoGeneratorConfig(train_per_class=3, test_per_class=1, max_duration=1.0
 
 @pytest.fixture(scope="module")
 def demo(module_tmp: Path):
-    comp = get_competition(CompetitionConfig(name="demo", generator=TINY), module_tmp / "demo")
+    comp = get_competition(NamedCompetitionConfig(name="demo", generator=TINY), module_tmp / "demo")
     comp.obtain()
     return comp
 
 
 @pytest.fixture(scope="module")
 def demo2019(module_tmp: Path):
-    comp = get_competition(CompetitionConfig(name="demo2019", generator=TINY), module_tmp / "d19")
+    comp = get_competition(NamedCompetitionConfig(name="demo2019", generator=TINY), module_tmp / "d19")
     comp.obtain()
     return comp
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from audiotag.config.schema import TABLE_METRICS, CompetitionConfig
+from audiotag.config.competition import TableCompetitionConfig
+from audiotag.config.schema import TABLE_METRICS
 from audiotag.core.errors import ConfigError
 from audiotag.scoring import metrics
 
@@ -103,10 +104,10 @@ def test_new_metrics_are_higher_is_better_and_known_to_the_config() -> None:
     assert set(TABLE_METRICS) == set(metrics.METRICS)
 
 
-def _table(**changes: object) -> CompetitionConfig:
+def _table(**changes: object) -> TableCompetitionConfig:
     base: dict = {"name": "t", "kind": "table", "train_csv": "a.csv", "audio_dir": "audio"}
     base |= {"metric": "macro_f1", "submission": {"kind": "scores"}}
-    return CompetitionConfig(**(base | changes))
+    return TableCompetitionConfig(**(base | changes))
 
 
 def test_config_names_the_f1_the_data_gets() -> None:

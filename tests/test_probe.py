@@ -11,7 +11,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 import audiotag.train.probe as probe
-from audiotag.config.schema import CompetitionConfig, FeatureConfig, TrainConfig
+from audiotag.config.competition import NamedCompetitionConfig
+from audiotag.config.schema import FeatureConfig, TrainConfig
 from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.models.probe import LinearProbeConfig
@@ -61,7 +62,7 @@ def prepared_fake(cls, tmp_path: Path) -> Prepared:
 def experiment(probe_cfg: LinearProbeConfig, comp_name: str) -> ExperimentConfig:
     return ExperimentConfig(
         name="probe_test",
-        competition=CompetitionConfig(name=comp_name, n_folds=4),
+        competition=NamedCompetitionConfig(name=comp_name, n_folds=4),
         features=FeatureConfig(),
         model=probe_cfg,
         train=TrainConfig(unverified_weight=0.5),

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from audiotag.cli.main import main
-from audiotag.competitions.demo_synth import CLASSES
+from audiotag.competitions.demo_sounds import CLASSES
 from audiotag.core import jsonl
 from audiotag.fetch import kaggle as fetch_kaggle
 from audiotag.kaggle import submit as kaggle_submit

@@ -1,7 +1,16 @@
-"""Competition modules and the lookup from a config's ``name`` to its class."""
+"""Competition modules and the lookup from a config's ``name`` (or ``kind``) to its class.
+
+Every module of this package that declares ``COMPETITIONS = (SomeCompetition, ...)`` registers those
+classes: a class with a ``kind`` (``table``, ``folders``) serves every config of that kind, the others
+the config whose ``name`` is theirs. Adding a competition is adding its module (and its YAML under
+``configs/competitions/``).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from functools import cache
 from pathlib import Path
 
 from audiotag.competitions.base import Competition
@@ -9,30 +18,29 @@ from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import ConfigError
 
 
-def _registry() -> dict[str, type[Competition]]:
-    from audiotag.competitions.audioset import AudioSet
-    from audiotag.competitions.demo import Demo, Demo2019
-    from audiotag.competitions.fsd50k import Fsd50k
-    from audiotag.competitions.fsd2018 import Fsd2018
-    from audiotag.competitions.fsd2019 import Fsd2019
-
-    return {cls.name: cls for cls in (Demo, Demo2019, Fsd2018, Fsd2019, Fsd50k, AudioSet)}
+@cache
+def _registry() -> dict[str | None, dict[str, type[Competition]]]:
+    """``{kind: {name: class}}``: the named competitions under None, a kind's class under its kind."""
+    found: dict[str | None, dict[str, type[Competition]]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for cls in getattr(module, "COMPETITIONS", ()):
+            by_name = found.setdefault(cls.kind, {})
+            if cls.name in by_name:
+                raise RuntimeError(f"competition {cls.name!r} is declared twice ({module.__name__})")
+            by_name[cls.name] = cls
+    return found
 
 
 def competition_names() -> list[str]:
-    return sorted(_registry())
+    return sorted(_registry().get(None, {}))
 
 
 def get_competition(cfg: CompetitionConfig, root: Path | None = None) -> Competition:
-    if cfg.kind == "table":
-        from audiotag.competitions.table import TableCompetition
-
-        return TableCompetition(cfg, root)
-    if cfg.kind == "folders":
-        from audiotag.competitions.folders import FoldersCompetition
-
-        return FoldersCompetition(cfg, root)
-    registry = _registry()
+    if cfg.kind is not None:
+        (cls,) = _registry()[cfg.kind].values()
+        return cls(cfg, root)
+    registry = _registry().get(None, {})
     if cfg.name not in registry:
         raise ConfigError(
             f"competition.name: unknown competition {cfg.name!r}; known: {', '.join(sorted(registry))}"

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from audiotag.competitions.layouts import download_api
+from audiotag.competitions.file_formats import download_api
 from audiotag.config.schema import TableDownload
 from audiotag.core.errors import ConfigError, DataError
 

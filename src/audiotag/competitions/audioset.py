@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.competitions.layouts import (
+from audiotag.competitions.file_formats import (
     AUDIO_ISSUE,
     AUDIO_SUFFIXES,
     FileCompetition,
@@ -380,3 +380,6 @@ class AudioSet(FileCompetition):
         return pd.DataFrame(
             {"clip_id": [s.clip_id for s in segments], "labels": [s.labels for s in segments]}
         )
+
+
+COMPETITIONS = (AudioSet,)

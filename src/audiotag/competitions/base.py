@@ -21,8 +21,6 @@ from audiotag.core.paths import competition_dir
 Task = Literal["single_label", "multi_label"]
 SubmissionKind = Literal["top3_labels", "scores", "sample_columns"]
 
-CLIP_COLUMNS = ["clip_id", "path", "split", "subset", "labels", "verified", "duration", "sample_rate"]
-
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +49,7 @@ class Competition(abc.ABC):
     """One competition: subclasses set the class attributes and implement the three methods."""
 
     name: ClassVar[str]
+    kind: ClassVar[str | None] = None  # the config kind this class serves; None: the config named name
     task: ClassVar[Task]
     metric: ClassVar[str]
     submission_kind: ClassVar[SubmissionKind]
@@ -80,7 +79,7 @@ class Competition(abc.ABC):
 
     @abc.abstractmethod
     def parse_clip_table(self) -> pd.DataFrame:
-        """Parse the raw layout into the normalised clip table (columns ``CLIP_COLUMNS``)."""
+        """Parse the raw files into the normalised clip table (its schema: ``audiotag.data.meta``)."""
 
     @property
     def sample_submission_path(self) -> Path:

@@ -1,9 +1,9 @@
-"""The self-made demo competitions: synthesised offline from a seed, in the Kaggle layouts.
+"""The self-made demo competitions: synthesised offline from a seed, in the Kaggle file formats.
 
 ``demo`` mirrors FSDKaggle2018 (single label, MAP@3, top-3 label submission); ``demo2019`` mirrors
 FSDKaggle2019 (curated + noisy, multi-label, lwlrap, score-table submission). Their files are read as
-those competitions' Kaggle layouts (the same ``LAYOUTS`` settings, with the demo's classes); both keep
-the true test labels in ``hidden/test_truth.csv``, outside the Kaggle layout, so the pipeline can
+those competitions' Kaggle file formats (the same ``FILE_FORMATS`` settings, with the demo's classes);
+both keep the true test labels in ``hidden/test_truth.csv``, outside the Kaggle files, so the pipeline can
 report a test score.
 """
 
@@ -13,19 +13,21 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from audiotag.competitions import demo_synth, fsd2018, fsd2019
-from audiotag.competitions.layouts import probe_clips
-from audiotag.competitions.table import TableLayout
+from audiotag.competitions import demo_sounds, demo_synth, fsd2018, fsd2019
+from audiotag.competitions.file_formats import probe_clips
+from audiotag.competitions.table import TableFormat
 from audiotag.config.schema import DemoGeneratorConfig
 
 log = logging.getLogger(__name__)
 
-CLASSES = sorted(demo_synth.CLASSES)
-LAYOUTS_2018 = {"kaggle": {**fsd2018.LAYOUTS["kaggle"], "classes": CLASSES}}
-LAYOUTS_2019 = {"kaggle": {**fsd2019.LAYOUTS["kaggle"], "classes": CLASSES}}  # both subsets always read
+CLASSES = sorted(demo_sounds.CLASSES)
+FILE_FORMATS_2018 = {"kaggle": {**fsd2018.FILE_FORMATS["kaggle"], "classes": CLASSES}}
+FILE_FORMATS_2019 = {
+    "kaggle": {**fsd2019.FILE_FORMATS["kaggle"], "classes": CLASSES}
+}  # both subsets always read
 
 
-class _DemoBase(TableLayout):
+class _DemoBase(TableFormat):
     classes_described = f"the {len(CLASSES)} demo classes"
     sources = ("kaggle",)
     default_source = "kaggle"
@@ -57,21 +59,24 @@ class _DemoBase(TableLayout):
         return probe_clips(paths, self.dir, str(self.raw_dir), hint)
 
     def truth_path(self) -> Path | None:
-        """The test labels the generator kept apart (read like the layout's training labels)."""
+        """The test labels the generator kept apart (read like the file format's training labels)."""
         return self.hidden_truth if self.hidden_truth.is_file() else None
 
 
 class Demo(_DemoBase):
     name = "demo"
-    LAYOUTS = LAYOUTS_2018
+    FILE_FORMATS = FILE_FORMATS_2018
 
     def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
-        demo_synth.generate_fsd2018_layout(raw_dir, truth_path, cfg)
+        demo_synth.generate_fsd2018_files(raw_dir, truth_path, cfg)
 
 
 class Demo2019(_DemoBase):
     name = "demo2019"
-    LAYOUTS = LAYOUTS_2019
+    FILE_FORMATS = FILE_FORMATS_2019
 
     def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
-        demo_synth.generate_fsd2019_layout(raw_dir, truth_path, cfg)
+        demo_synth.generate_fsd2019_files(raw_dir, truth_path, cfg)
+
+
+COMPETITIONS = (Demo, Demo2019)

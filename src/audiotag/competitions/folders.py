@@ -40,8 +40,8 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from audiotag.competitions.archive import archive_data_dir, fetch_archive
+from audiotag.competitions.file_formats import AUDIO_SUFFIXES, FileCompetition, read_csv
 from audiotag.competitions.folds import GROUP, describe_groups
-from audiotag.competitions.layouts import AUDIO_SUFFIXES, FileCompetition, read_csv
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.atomic import atomic_write_text
@@ -65,6 +65,7 @@ class FoldersCompetition(FileCompetition):
     """A single-label dataset given as one folder of audio per class, used in place."""
 
     name = "folders"  # the instance's name is the YAML's (set in __init__)
+    kind = "folders"  # serves every config of kind: folders
     task = "single_label"
     sources = ("folders",)
     default_source = "folders"
@@ -316,23 +317,7 @@ class FoldersCompetition(FileCompetition):
         if any(issues):
             table = table.assign(audio_issue=issues)
         if cfg.group_pattern:
-            groups = self._groups(train)
-            table[GROUP] = pd.Series([*groups, *([None] * n_test)], dtype=object).to_numpy()
-            log.info(
-                "%s: training clips grouped by group_pattern: %s",
-                self.name,
-                describe_groups(pd.Series(groups)),
-            )
-            if testing:
-                shared = sorted(set(self._groups(testing)) & set(groups))
-                if shared:
-                    log.warning(
-                        "%s: %d group(s) have clips in both the training clips and testing_list (e.g. %r); "
-                        "the test score is then optimistic",
-                        self.name,
-                        len(shared),
-                        shared[0],
-                    )
+            self._add_groups(table, train, testing, n_test)
         log.info(
             "%s: %d classes, %d training clips (%d of validation_list), %d test clips",
             self.name,
@@ -346,6 +331,24 @@ class FoldersCompetition(FileCompetition):
                 test_ids, None if self.submission_kind == "top3_labels" else vocabulary
             )
         return table
+
+    def _add_groups(self, table: pd.DataFrame, train: list[str], testing: list[str], n_test: int) -> None:
+        """The training clips' groups (by group_pattern) as the table's group column; a warning where a
+        group also has clips in testing_list."""
+        groups = self._groups(train)
+        table[GROUP] = pd.Series([*groups, *([None] * n_test)], dtype=object).to_numpy()
+        log.info(
+            "%s: training clips grouped by group_pattern: %s", self.name, describe_groups(pd.Series(groups))
+        )
+        shared = sorted(set(self._groups(testing)) & set(groups)) if testing else []
+        if shared:
+            log.warning(
+                "%s: %d group(s) have clips in both the training clips and testing_list (e.g. %r); "
+                "the test score is then optimistic",
+                self.name,
+                len(shared),
+                shared[0],
+            )
 
     def _write_sample_submission(self, clip_ids: list[str], classes: list[str] | None) -> None:
         """``<id>,label`` (top-k labels) or ``<id>`` + one score column per class, for the test clips."""
@@ -362,3 +365,6 @@ class FoldersCompetition(FileCompetition):
         if self.cfg.sample_submission:
             return self.raw_dir / self.cfg.sample_submission
         return self.dir / "sample_submission.csv"
+
+
+COMPETITIONS = (FoldersCompetition,)

@@ -1,7 +1,7 @@
 """Freesound General-Purpose Audio Tagging Challenge (Kaggle 2018, DCASE 2018 Task 2): FSDKaggle2018.
 
 41 AudioSet classes, one label per clip, MAP@3, submission ``fname,label`` with up to three
-space-separated class names. Two published layouts, both read here:
+space-separated class names. Two published file formats, both read here:
 
 - Kaggle (``freesound-audio-tagging``): ``train.csv`` (fname,label,manually_verified),
   ``sample_submission.csv`` (fname,label; 9,400 test clips, of which only 1,600 were scored, the rest
@@ -19,8 +19,8 @@ Groups: the Zenodo ``train_post_competition.csv`` names each clip's ``freesound_
 recording it was cut from); it becomes the clip table's ``group`` column, so the CV folds never put
 clips of one recording on both sides. Kaggle's ``train.csv`` has no such column: no groups there.
 
-Both layouts are tables of one shape, read by the ``kind: table`` machinery
-(:class:`audiotag.competitions.table.TableLayout`) from the settings in ``LAYOUTS``; this module adds
+Both file formats are tables of one shape, read by the ``kind: table`` machinery
+(:class:`audiotag.competitions.table.TableFormat`) from the settings in ``FILE_FORMATS``; this module adds
 the downloads, the known empty wavs and the test score on the scored clips only.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from audiotag.competitions.folds import GROUP
-from audiotag.competitions.table import TableLayout
+from audiotag.competitions.table import TableFormat
 from audiotag.competitions.table_reading import PUBLISHED_REMEDY
 from audiotag.core.errors import AudiotagError
 
@@ -59,7 +59,7 @@ CLASSES = (
 # Header-only wavs (0 samples) in the Kaggle test set, known since the competition.
 KNOWN_EMPTY = frozenset({"0b0427e2.wav", "6ea0099f.wav", "b39975f5.wav"})
 
-# What both layouts share (the keys of a kind: table YAML).
+# What both file formats share (the keys of a kind: table YAML).
 TABLE: dict[str, Any] = {
     "file_column": "fname",
     "label_column": "label",
@@ -68,7 +68,7 @@ TABLE: dict[str, Any] = {
     "metric": "map3",
     "submission": {"kind": "top_k_labels", "k": 3},
 }
-LAYOUTS = {
+FILE_FORMATS = {
     "kaggle": {
         **TABLE,
         "train_csv": "train.csv",
@@ -86,9 +86,9 @@ LAYOUTS = {
 }
 
 
-class Fsd2018(TableLayout):
+class Fsd2018(TableFormat):
     name = "fsd2018"
-    LAYOUTS = LAYOUTS
+    FILE_FORMATS = FILE_FORMATS
     classes_described = f"the {len(CLASSES)} FSDKaggle2018 classes"
     columns_remedy = PUBLISHED_REMEDY
     truth_file = TEST_POST
@@ -132,7 +132,7 @@ class Fsd2018(TableLayout):
         return issues
 
     def score_test(self, test_ids: list[str], scores: np.ndarray) -> float | None:
-        """MAP@3 on the test clips that have public labels: in the Kaggle layout, the 1,600 scored
+        """MAP@3 on the test clips that have public labels: in the Kaggle file format, the 1,600 scored
         clips among the 9,400 (the others were never scored)."""
         truth = self.test_truth()
         if truth is None:
@@ -147,3 +147,6 @@ class Fsd2018(TableLayout):
                 "fsd2018: test MAP@3 on the %d of %d test clips that were scored", len(keep), len(test_ids)
             )
         return super().score_test([test_ids[i] for i in keep], np.asarray(scores)[keep])
+
+
+COMPETITIONS = (Fsd2018,)

@@ -25,8 +25,8 @@ Layouts:
 Known problems (FSDKaggle2019 README): curated ``1d44b0bd.wav`` contains no signal
 (``audio_issue = "silent"``); five curated clips carry a wrong label from a renaming bug
 (``audio_issue = "mislabeled"``). Both stay in the table; the flag lets a run drop them.
-Both layouts are tables of one shape, read by the ``kind: table`` machinery
-(:class:`audiotag.competitions.table.TableLayout`) from the settings in ``LAYOUTS``; this module adds
+Both file formats are tables of one shape, read by the ``kind: table`` machinery
+(:class:`audiotag.competitions.table.TableFormat`) from the settings in ``FILE_FORMATS``; this module adds
 the downloads, the known problems and the check of the files' class list against ours.
 """
 
@@ -37,8 +37,8 @@ from typing import Any
 
 import pandas as pd
 
-from audiotag.competitions.layouts import read_vocabulary
-from audiotag.competitions.table import TableLayout
+from audiotag.competitions.file_formats import read_vocabulary
+from audiotag.competitions.table import TableFormat
 from audiotag.competitions.table_reading import PUBLISHED_REMEDY
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import AudiotagError, ConfigError, DataError
@@ -78,7 +78,7 @@ KNOWN_ISSUES = {
     ),
 }
 
-# What both layouts share (the keys of a kind: table YAML).
+# What both file formats share (the keys of a kind: table YAML).
 TABLE: dict[str, Any] = {
     "file_column": "fname",
     "label_column": "labels",
@@ -89,7 +89,7 @@ TABLE: dict[str, Any] = {
     "metric": "lwlrap",
     "submission": {"kind": "scores"},
 }
-LAYOUTS = {
+FILE_FORMATS = {
     "kaggle": {
         **TABLE,
         "train_csv": {s: f"train_{s}.csv" for s in SUBSETS},
@@ -106,9 +106,9 @@ LAYOUTS = {
 }
 
 
-class Fsd2019(TableLayout):
+class Fsd2019(TableFormat):
     name = "fsd2019"
-    LAYOUTS = LAYOUTS
+    FILE_FORMATS = FILE_FORMATS
     classes_described = f"the {len(CLASSES)} FSDKaggle2019 classes"
     columns_remedy = PUBLISHED_REMEDY
     truth_file = TEST_POST
@@ -125,9 +125,9 @@ class Fsd2019(TableLayout):
             )
         return subsets
 
-    def layout(self, source: str) -> CompetitionConfig:
+    def file_format(self, source: str) -> CompetitionConfig:
         """Only the configured subsets are read (the noisy audio is neither needed nor cached otherwise)."""
-        return super().layout(source).model_copy(update={"subsets": self.subsets})
+        return super().file_format(source).model_copy(update={"subsets": self.subsets})
 
     def expected_files(self, source: str) -> list[str]:
         return [*super().expected_files(source), *([VOCABULARY] if source == "zenodo" else [])]
@@ -149,10 +149,10 @@ class Fsd2019(TableLayout):
 
         self.zenodo_fetch(ZENODO_RECORD, select)
 
-    def check_sample_header(self, layout: CompetitionConfig, vocabulary: list[str]) -> None:
+    def check_sample_header(self, file_format: CompetitionConfig, vocabulary: list[str]) -> None:
         """The files' class list must be ours, in our order (sample submission) or as a set (vocabulary)."""
-        if layout.sample_submission:
-            path = self.raw_dir / layout.sample_submission
+        if file_format.sample_submission:
+            path = self.raw_dir / file_format.sample_submission
             columns = [c for c in pd.read_csv(path, nrows=0).columns if c != self.id_column]
             if columns != list(CLASSES):
                 diff = sorted(set(columns) ^ set(CLASSES))
@@ -180,3 +180,6 @@ class Fsd2019(TableLayout):
             issue or found or ("empty" if duration == 0 else "")
             for issue, found, duration in zip(known, probed, table["duration"], strict=True)
         ]
+
+
+COMPETITIONS = (Fsd2019,)

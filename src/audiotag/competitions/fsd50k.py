@@ -25,7 +25,7 @@ import logging
 
 import pandas as pd
 
-from audiotag.competitions.layouts import (
+from audiotag.competitions.file_formats import (
     AUDIO_ISSUE,
     FileCompetition,
     check_labels,
@@ -129,3 +129,6 @@ class Fsd50k(FileCompetition):
         if not (self.raw_dir / EVAL_CSV).is_file():
             return None
         return self._eval_truth()
+
+
+COMPETITIONS = (Fsd50k,)

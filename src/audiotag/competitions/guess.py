@@ -1,6 +1,6 @@
 """Guess a competition YAML from a data folder (``./run.sh new-competition NAME --from DIR``).
 
-Two layouts are recognised, tried in this order:
+Two file formats are recognised, tried in this order:
 
 - ``kind: table``: a CSV (at most two folders deep; ``sample_submission*.csv`` aside) with a column of
   audio file names that exist under some folder (the file column: the most rows found; the folder
@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from audiotag.competitions.layouts import AUDIO_SUFFIXES
+from audiotag.competitions.file_formats import AUDIO_SUFFIXES
 from audiotag.core.errors import DataError
 
 LABEL_NAMES = {"label", "labels", "class", "classes", "category", "class_name", "classname", "tags", "tag"}

@@ -9,7 +9,7 @@ report CV only and no submission is written; ``test_labels``: a CSV of the test 
 at prepare, from which train and ensemble report a test score beside the CV), the CSV's columns
 (``file_column``, ``label_column``, optional ``group_column``, ``fold_column``, ``verified_column``),
 how labels are written (``multi_label``, ``label_separator``), the metric and the submission format.
-The readers are the shared ones of :mod:`audiotag.competitions.layouts` (names confined to their folder,
+The readers are the shared ones of :mod:`audiotag.competitions.file_formats` (names confined to their folder,
 headers probed, the audio rules).
 
 Beyond one CSV (:mod:`audiotag.competitions.table_reading` reads the rows): ``train_csv`` may map
@@ -26,9 +26,9 @@ at the first prepare and fixed from then on (:mod:`audiotag.competitions.vocabul
 outside it is an error naming the row, never a silent new score column (delete the file to start
 over, with new runs).
 
-The parsing is :class:`TableLayout`'s, shared with the competitions whose published files have this
-shape: FSDKaggle2018, FSDKaggle2019 and their demos declare each source's layout as these same keys
-(``LAYOUTS`` in their modules) and add only what their data needs beyond a table.
+The parsing is :class:`TableFormat`'s, shared with the competitions whose published files have this
+shape: FSDKaggle2018, FSDKaggle2019 and their demos declare each source's file format as these same keys
+(``FILE_FORMATS`` in their modules) and add only what their data needs beyond a table.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from audiotag.competitions.archive import fetch_archive
+from audiotag.competitions.file_formats import AUDIO_ISSUE, AUDIO_SUFFIXES, FileCompetition, audio_paths
 from audiotag.competitions.folds import FOLD, GROUP, describe_groups
-from audiotag.competitions.layouts import AUDIO_ISSUE, AUDIO_SUFFIXES, FileCompetition, audio_paths
 from audiotag.competitions.table_reading import (
     COLUMNS_REMEDY,
     chosen_subsets,
@@ -52,6 +52,7 @@ from audiotag.competitions.table_reading import (
     segment_overruns,
 )
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary, check_labels, csv_line
+from audiotag.config.competition import TableCompetitionConfig
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import ConfigError, DataError
@@ -61,23 +62,24 @@ log = logging.getLogger(__name__)
 SUBMISSION_KINDS = {"top_k_labels": "top3_labels", "scores": "scores", "sample_columns": "sample_columns"}
 
 
-class TableLayout(FileCompetition):
+class TableFormat(FileCompetition):
     """A clip table read from training CSVs and folders of audio, plus a list of test clips: the parsing
     shared by ``kind: table`` (:class:`TableCompetition`, settings from the YAML) and the competitions
-    whose published layouts have that shape (FSDKaggle2018, FSDKaggle2019 and their demos), which
-    declare the settings of each source's files as data in ``LAYOUTS`` (the keys of ``kind: table``).
+    whose published file formats have that shape (FSDKaggle2018, FSDKaggle2019 and their demos), which
+    declare the settings of each source's files as data in ``FILE_FORMATS`` (the keys of ``kind: table``).
 
     A subclass may add what its dataset knows beyond the table (:meth:`audio_issues`,
-    :meth:`check_sample_header`); the task, metric, submission format and vocabulary come from its layout.
+    :meth:`check_sample_header`); the task, metric, submission format and vocabulary come from its
+    file format.
     """
 
-    LAYOUTS: ClassVar[dict[str, dict[str, Any]]] = {}  # source -> kind: table settings of its files
+    FILE_FORMATS: ClassVar[dict[str, dict[str, Any]]] = {}  # source -> kind: table settings of its files
     classes_described: ClassVar[str] = "the classes listed in the competition YAML"  # for messages
     columns_remedy: ClassVar[str] = COLUMNS_REMEDY  # what to do about a CSV that lacks a column
 
     def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
         super().__init__(cfg, root)
-        spec = self.layout(self.default_source)
+        spec = self.file_format(self.default_source)
         self.task = "multi_label" if spec.multi_label else "single_label"  # type: ignore[misc]
         self.metric = spec.metric or ""  # type: ignore[misc]
         assert spec.submission is not None  # CompetitionConfig checks it for kind: table
@@ -86,24 +88,26 @@ class TableLayout(FileCompetition):
         self.id_column = spec.submission.id_column
         self.vocabulary = Vocabulary(self.dir / VOCABULARY, spec.classes, self.name, self.classes_described)
 
-    def layout(self, source: str) -> CompetitionConfig:
-        """The table settings of the files of ``source``: ``LAYOUTS[source]``, checked as ``kind: table``."""
-        return CompetitionConfig.model_validate({"name": self.name, "kind": "table", **self.LAYOUTS[source]})
+    def file_format(self, source: str) -> CompetitionConfig:
+        """The table settings of ``source``'s files: ``FILE_FORMATS[source]``, checked as ``kind: table``."""
+        return TableCompetitionConfig.model_validate(
+            {"name": self.name, "kind": "table", **self.FILE_FORMATS[source]}
+        )
 
     def _file(self, rel: str) -> Path:
         return self.raw_dir / rel
 
-    def test_list(self, layout: CompetitionConfig) -> str | None:
+    def test_list(self, file_format: CompetitionConfig) -> str | None:
         """The CSV whose id column lists the test clips: the sample submission, else the test-label file
-        (the Zenodo layouts list their test clips there); None: every audio file in test_dir."""
-        return layout.sample_submission or self.truth_file
+        (the Zenodo file formats list their test clips there); None: every audio file in test_dir."""
+        return file_format.sample_submission or self.truth_file
 
     def expected_files(self, source: str) -> list[str]:
-        layout = self.layout(source)
-        files = [name for s in chosen_subsets(layout) for name in (s.csv, f"{s.audio_dir}/")]
-        if layout.test_dir:
-            files.append(f"{layout.test_dir}/")
-        listed = self.test_list(layout)
+        file_format = self.file_format(source)
+        files = [name for s in chosen_subsets(file_format) for name in (s.csv, f"{s.audio_dir}/")]
+        if file_format.test_dir:
+            files.append(f"{file_format.test_dir}/")
+        listed = self.test_list(file_format)
         if listed:
             files.append(listed)
         return list(dict.fromkeys(files))
@@ -120,16 +124,16 @@ class TableLayout(FileCompetition):
 
     # -------------------------------------------------------------- test clips and the sample
 
-    def _test_ids(self, layout: CompetitionConfig) -> tuple[list[str], Path | None]:
+    def _test_ids(self, file_format: CompetitionConfig) -> tuple[list[str], Path | None]:
         """Test clip names (relative to test_dir) and the CSV that listed them (None: the folder's files)."""
-        listed = self.test_list(layout)
+        listed = self.test_list(file_format)
         if listed:
             path = self._file(listed)
             ids = read_table_csv(path, [self.id_column], "sample_submission", self.columns_remedy)
             return _unique(ids[self.id_column], path, self.id_column), path
-        if not layout.test_dir:
+        if not file_format.test_dir:
             return [], None
-        folder = self._file(layout.test_dir)
+        folder = self._file(file_format.test_dir)
         names = sorted(
             p.relative_to(folder).as_posix()
             for p in folder.rglob("*")
@@ -139,13 +143,13 @@ class TableLayout(FileCompetition):
             raise DataError(f"{folder}: test_dir holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
         return names, None
 
-    def check_sample_header(self, layout: CompetitionConfig, vocabulary: list[str]) -> None:
+    def check_sample_header(self, file_format: CompetitionConfig, vocabulary: list[str]) -> None:
         """A given sample submission's header must be what the submission format writes: for
         sample_columns its class columns are the vocabulary (any order), else the id column comes first
         and then one label column (top_k_labels) or the classes in vocabulary order (scores)."""
-        if not layout.sample_submission:
+        if not file_format.sample_submission:
             return
-        path = self._file(layout.sample_submission)
+        path = self._file(file_format.sample_submission)
         header = list(
             read_table_csv(path, [self.id_column], "sample_submission", self.columns_remedy).columns
         )
@@ -194,15 +198,15 @@ class TableLayout(FileCompetition):
         path = self.truth_path()
         if path is None:
             return None
-        layout = self.layout(self.source)
-        df = read_table_csv(path, [layout.label_column], "test_labels", self.columns_remedy)
-        key = layout.file_column if layout.file_column in df.columns else self.id_column
+        file_format = self.file_format(self.source)
+        df = read_table_csv(path, [file_format.label_column], "test_labels", self.columns_remedy)
+        key = file_format.file_column if file_format.file_column in df.columns else self.id_column
         if key not in df.columns:
             raise DataError(
-                f"{path}: no column {layout.file_column!r} (file_column) or {self.id_column!r} naming the "
-                f"test clips; found {list(df.columns)}; {self.columns_remedy}"
+                f"{path}: no column {file_format.file_column!r} (file_column) or {self.id_column!r} "
+                f"naming the test clips; found {list(df.columns)}; {self.columns_remedy}"
             )
-        labels = parse_labels(layout, df[layout.label_column], path)
+        labels = parse_labels(file_format, df[file_format.label_column], path)
         check_labels(labels, set(self.classes), csv_line(path), self.classes_described)
         out = pd.DataFrame({"clip_id": _unique(df[key], path, key), "labels": labels})
         if "usage" in df.columns:
@@ -214,15 +218,15 @@ class TableLayout(FileCompetition):
     def table_sources(self) -> list[Path]:
         """The top-level CSVs, and the training CSVs and the test list wherever they are."""
         sources = super().table_sources()
-        layout = self.layout(self.source_found())
-        named = [self._file(s.csv) for s in chosen_subsets(layout)]
-        listed = self.test_list(layout)
+        file_format = self.file_format(self.source_found())
+        named = [self._file(s.csv) for s in chosen_subsets(file_format)]
+        listed = self.test_list(file_format)
         if listed:
             named.append(self._file(listed))
         return sources + [p for p in dict.fromkeys(named) if p not in sources and p.is_file()]
 
     def parse_clip_table(self) -> pd.DataFrame:
-        cfg = self.layout(self.source_found())
+        cfg = self.file_format(self.source_found())
         rows = read_rows(cfg, chosen_subsets(cfg), self.raw_dir, self.columns_remedy)
         csvs, lines = rows["csv"].tolist(), rows["line"].tolist()
         vocabulary = self.vocabulary.fix(
@@ -235,18 +239,7 @@ class TableLayout(FileCompetition):
                 f"competition.submission.k {self.label_count} exceeds the {len(vocabulary)} classes; lower it"
             )
         self.check_sample_header(cfg, vocabulary)
-        test_ids, test_csv = self._test_ids(cfg)
-        if test_ids and not cfg.test_dir:
-            raise ConfigError(
-                "competition.test_dir: sample_submission is given, but not the test audio folder"
-            )
-        overlap = rows.index[rows["clip_id"].isin(set(test_ids))]
-        if len(overlap):
-            row = rows.loc[overlap[0]]
-            raise DataError(
-                f"{row['csv']}: line {row['line']}: {row['clip_id']!r} is also a test clip "
-                f"({test_csv or cfg.test_dir}); a clip is either trained on or tested"
-            )
+        test_ids, test_csv = self._test_clips(cfg, rows)
         train_paths = [
             self.rel(path)
             for _, part in rows.groupby("subset", sort=False)  # each subset's rows: its CSV's lines 2, 3, ...
@@ -307,6 +300,22 @@ class TableLayout(FileCompetition):
             self._write_sample(test_ids, vocabulary)
         return table
 
+    def _test_clips(self, cfg: CompetitionConfig, rows: pd.DataFrame) -> tuple[list[str], Path | None]:
+        """The test clip ids and the CSV listing them (None: test_dir's files); none a training clip."""
+        test_ids, test_csv = self._test_ids(cfg)
+        if test_ids and not cfg.test_dir:
+            raise ConfigError(
+                "competition.test_dir: sample_submission is given, but not the test audio folder"
+            )
+        overlap = rows.index[rows["clip_id"].isin(set(test_ids))]
+        if len(overlap):
+            row = rows.loc[overlap[0]]
+            raise DataError(
+                f"{row['csv']}: line {row['line']}: {row['clip_id']!r} is also a test clip "
+                f"({test_csv or cfg.test_dir}); a clip is either trained on or tested"
+            )
+        return test_ids, test_csv
+
     def audio_issues(self, table: pd.DataFrame, probed: list[str]) -> list[str] | None:
         """The ``audio_issue`` column from the header probe's findings (``probed``), or None for no column:
         here the probe's, only where a clip has one; a dataset may add what its documentation knows."""
@@ -331,10 +340,12 @@ class TableLayout(FileCompetition):
             )
 
 
-class TableCompetition(TableLayout):
-    """A tagging dataset given as a CSV table and folders of audio, used in place: the YAML is its layout."""
+class TableCompetition(TableFormat):
+    """A tagging dataset given as a CSV table and folders of audio, used in place: the YAML is its file
+    format."""
 
     name = "table"  # the instance's name is the YAML's (set in __init__)
+    kind = "table"  # serves every config of kind: table
     sources = ("table",)
     default_source = "table"
 
@@ -342,7 +353,7 @@ class TableCompetition(TableLayout):
         self.name = cfg.name  # type: ignore[misc]
         super().__init__(cfg, root)
 
-    def layout(self, source: str) -> CompetitionConfig:
+    def file_format(self, source: str) -> CompetitionConfig:
         return self.cfg
 
     def truth_path(self) -> Path | None:
@@ -409,7 +420,7 @@ def _head(items: list[str], n: int = 5) -> str:
     return f"{items[:n]}{' ...' if len(items) > n else ''}"
 
 
-def check_test_labels(comp: TableLayout, table: pd.DataFrame) -> None:
+def check_test_labels(comp: TableFormat, table: pd.DataFrame) -> None:
     """Refuse (at prepare, before any training) test labels that lack a test clip of ``table``."""
     truth = comp.test_truth()
     if truth is None:
@@ -431,3 +442,6 @@ def check_test_labels(comp: TableLayout, table: pd.DataFrame) -> None:
         path,
         f" ({extra} row(s) naming no test clip ignored)" if extra else "",
     )
+
+
+COMPETITIONS = (TableCompetition,)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 COLUMNS_REMEDY = (
     "fix the column names in the competition YAML (file_column, label_column, ...) or the CSV header"
 )
-# The remedy for a published dataset's CSV that lacks a column (the Freesound layouts).
+# The remedy for a published dataset's CSV that lacks a column (the Freesound file formats).
 PUBLISHED_REMEDY = (
     "restore the published file (re-download the data, or point --data-dir at the complete folder)"
 )

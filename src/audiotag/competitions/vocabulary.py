@@ -1,7 +1,7 @@
 """The class vocabulary of a competition described by its YAML alone (``kind: table``, ``kind: folders``),
-or by a table layout with a fixed class list (the Freesound competitions).
+or by a table file format with a fixed class list (the Freesound competitions).
 
-It is the YAML's (or the layout's) ``classes`` when given (a label outside it is an error naming where
+It is the YAML's (or the file format's) ``classes`` when given (a label outside it is an error naming where
 it was found); otherwise the sorted set of training labels, written to
 ``competition/<name>/vocabulary.json`` at the first prepare and fixed from then on: a later label
 outside it is an error naming where it was found, never a silent new score column (delete the file,

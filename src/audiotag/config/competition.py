@@ -1,355 +1,294 @@
-"""The competition's schema: what a competition config names (its data, metric, task, folds,
-subsets, submission format, audio rules), with the fields a ``kind: table`` or ``folders`` competition
-adds; ``audiotag.config.schema`` re-exports every name here."""
+"""The competition's schema, a union by ``kind``: a competition module named by ``name`` (no kind),
+``kind: table`` (your own CSV, ``competitions/table.py``) or ``kind: folders`` (one folder of audio per
+class, ``competitions/folders.py``).
+
+Every key is declared once, in :class:`CompetitionKeys`, with its :class:`Scope`: the kinds that have
+it and what its value decides (the clip table, the feature cache, a run's results, or nothing the
+pipeline computes). Each kind's config takes the keys of its kind; a key of another kind is refused
+by name unless it holds its default (as every saved config writes them all). Dumps keep every key, in
+this order, so saved configs, config hashes and table fingerprints are those of the single flat
+schema this replaced. The parts (rules, submission, download, ...) are ``config/competition_parts.py``.
+"""
 
 from __future__ import annotations
 
 import re
-import string
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
-
-from audiotag.config.base import StrictModel
-from audiotag.scoring.metrics import METRICS
-
-
-class DemoGeneratorConfig(StrictModel):
-    """How the self-made demo competition is synthesised (deterministic for a given seed)."""
-
-    seed: int = 2026
-    train_per_class: int = Field(60, ge=2)
-    test_per_class: int = Field(20, ge=1)
-    min_duration: float = Field(0.3, gt=0)
-    max_duration: float = Field(10.0, gt=0)
-    verified_fraction: float = Field(0.5, ge=0, le=1)
-    label_noise: float = Field(0.3, ge=0, le=1)
-    sample_rate: int = 44100
-
-    @model_validator(mode="after")
-    def _durations(self) -> DemoGeneratorConfig:
-        if self.min_duration > self.max_duration:
-            raise ValueError("min_duration must not exceed max_duration")
-        return self
-
-
-class CompetitionRules(StrictModel):
-    """What the competition's rules allowed; the train stage warns when an experiment breaks them."""
-
-    pretrained_allowed: bool = Field(True, description="pretrained weights were allowed")
-    external_data_allowed: bool = Field(True, description="data outside the competition's files was allowed")
-
-
-class AudioRules(StrictModel):
-    """How problem audio is handled when the feature cache is built (the rules of ``data/audio.py``).
-
-    ``competition.audio_rules`` in the config; the decoder takes this object as it is. The values
-    enter the cache's clip-list hash, so changing one rebuilds the feature cache (not the clip table
-    or the folds). Frozen (hashable), so caches can be keyed by it.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_seconds: float = Field(
-        600.0, gt=0, allow_inf_nan=False, description="keep the first max_seconds of a longer clip (flag cut)"
-    )
-    max_nonfinite: float = Field(
-        0.01,
-        ge=0,
-        le=1,
-        allow_inf_nan=False,
-        description="share of NaN/inf samples above which a clip is unusable; up to it they are set to 0",
-    )
-    silence_peak: float = Field(
-        1e-5,
-        ge=0,
-        le=1,
-        allow_inf_nan=False,
-        description="peak amplitude below which a clip is flagged silent",
-    )
-    fill_seconds: float = Field(
-        1.0, gt=0, allow_inf_nan=False, description="seconds of zeros replacing an unusable test clip"
-    )
-    truncation_slack: int = Field(
-        1024, ge=0, description="frames a decode may fall short of the header's length before it is flagged"
-    )
-    min_rate: int = Field(1000, gt=0, description="lowest plausible sample rate (Hz); below: undecodable")
-    max_rate: int = Field(768_000, gt=0, description="highest plausible sample rate (Hz); above: undecodable")
-
-    @model_validator(mode="after")
-    def _check(self) -> AudioRules:
-        if self.min_rate >= self.max_rate:
-            raise ValueError(f"min_rate ({self.min_rate}) must be below max_rate ({self.max_rate})")
-        if self.fill_seconds > self.max_seconds:
-            raise ValueError(
-                f"fill_seconds ({self.fill_seconds:g}) must not exceed max_seconds ({self.max_seconds:g}): "
-                "no cached clip is longer than max_seconds"
-            )
-        return self
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.model_dump()
-
-
-TABLE_METRICS = tuple(METRICS)  # the metric names a config may name: the scoring registry's
-MULTILABEL_F1 = "macro_f1@0.5"  # what `metric: macro_f1` of multi_label data is scored as (0.5 threshold)
-MetricName = Literal[TABLE_METRICS]  # type: ignore[valid-type]
-SINGLE_LABEL_METRICS = ("map3", "accuracy")  # one true label per clip: refused with multi_label
-FOLDERS_FIELDS = ("exclude", "validation_list", "testing_list", "group_pattern")  # kind: folders only
-FOLDERS_REFUSED = ("train_csv", "group_column", "fold_column", "verified_column")  # table keys, not folders'
-TABLE_FIELDS = (
-    "train_csv",
-    "audio_dir",
-    "test_dir",
-    "sample_submission",
-    "group_column",
-    "fold_column",
-    "verified_column",
-    "classes",
-    "metric",
-    "submission",
-    "download",
-    "noisy_subsets",
-    "file_template",
-    "start_column",
-    "end_column",
-    "id_column",
-    "test_labels",
-    *FOLDERS_FIELDS,
-)  # only meaningful with kind: table (or folders); refused without it
-TABLE_LAYOUT_FIELDS = (
-    "noisy_subsets",
-    "file_template",
-    "start_column",
-    "end_column",
-    "id_column",
-    "test_labels",
+from pydantic import (
+    Discriminator,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    Tag,
+    create_model,
+    model_serializer,
+    model_validator,
 )
 
+from audiotag.config.base import StrictModel
+from audiotag.config.competition_parts import (
+    SINGLE_LABEL_METRICS,
+    AudioRules,
+    CompetitionRules,
+    DemoGeneratorConfig,
+    MetricName,
+    TableDownload,
+    TableSubmission,
+    template_fields,
+)
 
-def template_fields(template: str) -> list[str]:
-    """The CSV columns a ``file_template`` such as ``fold{fold}/{slice_file_name}`` names, in order.
+MULTILABEL_F1 = "macro_f1@0.5"  # what `metric: macro_f1` of multi_label data is scored as (0.5 threshold)
 
-    Only plain ``{column}`` fields: no positional ``{}``, attribute, index, conversion or format spec
-    (the values are the CSV's text as written)."""
-    try:
-        parts = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(
-            f"file_template {template!r}: {exc} (write a literal brace as {{{{ or }}}})"
-        ) from None
-    fields = [name for _, name, _, _ in parts if name is not None]
-    odd = [
-        name
-        for _, name, spec, conversion in parts
-        if name is not None and (not name.strip() or any(c in name for c in ".[]") or spec or conversion)
-    ]
-    if odd or not fields or any(name.isdigit() for name in fields):
-        raise ValueError(
-            f"file_template {template!r}: name CSV columns as plain {{column}} fields (at least one; "
-            "no {}, {0}, {a.b}, {a[0]}, {a!r} or {a:03d})"
-        )
-    return fields
+Kind = Literal["named", "table", "folders"]  # "named": no kind, the competition module named by name
+Effect = Literal["table", "cache", "run"]  # the clip table, the feature cache, a run's results
 
 
-class TableSubmission(StrictModel):
-    """The submission format of a ``kind: table`` competition."""
+@dataclass(frozen=True)
+class Scope:
+    """Which kinds of competition have a key, what its value decides, and which kinds need it set."""
 
-    kind: Literal["top_k_labels", "scores", "sample_columns"] = Field(
-        description="top_k_labels: id,label with the k best class names space-separated; "
-        "scores: id plus one score column per class, in vocabulary order; sample_columns: exactly the "
-        "columns of sample_submission (its id column, its class columns in its order; needs it)"
-    )
-    k: int = Field(3, ge=1, le=20, description="labels per row (top_k_labels)")
-    id_column: str = Field(
-        "fname",
-        min_length=1,
-        description="the id column of sample_submission and of the written submission (test file names)",
-    )
+    kinds: frozenset[Kind]
+    affects: frozenset[Effect]  # empty: nothing computed (what the pipeline runs by default)
+    needed_by: frozenset[Kind] = frozenset()
 
 
-class TableDownload(StrictModel):
-    """Where ``prepare`` fetches a ``kind: table`` or ``kind: folders`` dataset from when no data_dir is
-    given: a zip or tar archive (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``)
-    whose top-level ``folder`` holds the data (as a GitHub archive does), or ``folder: "."`` (or null)
-    for an archive whose files lie at its root (Speech Commands)."""
+_ALL: frozenset[Kind] = frozenset({"named", "table", "folders"})
+_FILE_KINDS: frozenset[Kind] = frozenset({"table", "folders"})
+_TABLE_AND_RUN: frozenset[Effect] = frozenset({"table", "run"})
 
-    url: str = Field(
-        description="the archive's URL (http or https), its format told by the name's suffix",
-        pattern=r"^https?://\S+$",
-    )
-    sha256: str | None = Field(
-        None,
-        pattern=r"^[0-9a-f]{64}$",
-        description="the archive's SHA-256 (64 lowercase hex digits); null: not checked (the log records "
-        "the SHA-256 of the first download)",
-    )
-    folder: str = Field(
-        ".",
-        description="the archive's top-level folder, used as data_dir once extracted into "
-        "competition/<name>/raw/; '.' or null: the archive has no top folder, raw/ itself is data_dir",
-        pattern=r"^[^/\\]+$",
-    )
-
-    @field_validator("folder", mode="before")
-    @classmethod
-    def _plain_folder(cls, folder: object) -> object:
-        if folder is None:
-            return "."
-        if isinstance(folder, str) and (folder == ".." or folder != folder.strip()):
-            raise ValueError(f"folder: a plain folder name (or '.' for none), got {folder!r}")
-        return folder
+ANY_KIND = Scope(_ALL, _TABLE_AND_RUN)
+FILES = Scope(_FILE_KINDS, _TABLE_AND_RUN)
+FILES_NEED = Scope(_FILE_KINDS, _TABLE_AND_RUN, needed_by=_FILE_KINDS)
+TABLE = Scope(frozenset({"table"}), _TABLE_AND_RUN)
+TABLE_NEEDS = Scope(frozenset({"table"}), _TABLE_AND_RUN, needed_by=frozenset({"table"}))
+TABLE_RUN = Scope(frozenset({"table"}), frozenset({"run"}))  # read when a run is scored, not into the table
+FOLDERS = Scope(frozenset({"folders"}), _TABLE_AND_RUN)
+NAMED = Scope(frozenset({"named"}), _TABLE_AND_RUN)
+FOLDS = Scope(_ALL, frozenset({"run"}))  # the folds file, not the clip table
+WHERE = Scope(_ALL, frozenset({"table"}))  # where the files are: the same files may move under a run
+RUN = Scope(_ALL, frozenset({"run"}))
+CACHE = Scope(_ALL, frozenset({"cache", "run"}))  # how audio is decoded into the feature cache
+PIPELINE = Scope(_ALL, frozenset())  # what the pipeline runs when no --config is given
 
 
-# Competition keys that choose what the pipeline runs when no --config is given, not what a run or the
-# clip table computes (stages/train.py RUNTIME_KEYS, stages/prepare.py TABLE_NEUTRAL).
-PIPELINE_DEFAULT_KEYS = ("default_experiment", "default_ensemble", "default_extra_experiments")
+class CompetitionKeys(StrictModel):
+    """Every competition key, in the order configs are dumped; each kind's config is built from it."""
 
-
-class CompetitionConfig(StrictModel):
-    name: str = Field(
+    name: Annotated[str, ANY_KIND] = Field(
         description="competition module: demo, demo2019, fsd2018, fsd2019, fsd50k, audioset; with kind: "
         "table, any name (the workspace folder competition/<name>/)"
     )
-    kind: Literal["table", "folders"] | None = Field(
+    kind: Annotated[Literal["table", "folders"] | None, FILES] = Field(
         None,
         description="table: your own dataset, described by this YAML alone (a CSV of files and labels, "
         "competitions/table.py); folders: one sub-folder of audio per class (competitions/folders.py); "
         "null: the competition module named by name",
     )
-    train_csv: str | dict[str, str] | None = Field(
+    train_csv: Annotated[str | dict[str, str] | None, TABLE_NEEDS] = Field(
         None,
         description="table: the training CSV, relative to data_dir (subset 'train'), or a mapping "
         "{subset: CSV} (e.g. {curated: train_curated.csv, noisy: train_noisy.csv})",
     )
-    audio_dir: str | dict[str, str] | None = Field(
+    audio_dir: Annotated[str | dict[str, str] | None, FILES_NEED] = Field(
         None,
         description="table: folder of the training audio, relative to data_dir; with a train_csv "
         "mapping, one folder for all or a mapping with the same subsets",
     )
-    test_dir: str | None = Field(
+    test_dir: Annotated[str | None, FILES] = Field(
         None,
         description="table: folder of the test audio, relative to data_dir: every audio file in it, or "
         "the files of sample_submission when given",
     )
-    sample_submission: str | None = Field(
+    sample_submission: Annotated[str | None, FILES] = Field(
         None, description="table: sample submission CSV (column fname first), relative to data_dir"
     )
-    test_labels: str | None = Field(
+    test_labels: Annotated[str | None, TABLE_RUN] = Field(
         None,
         description="table: CSV of the test clips' labels (file_column and label_column as in train_csv), "
         "relative to data_dir or absolute; train and ensemble then report a test score; null: none",
     )
-    file_column: str = Field("fname", description="table: CSV column naming each clip's file in audio_dir")
-    label_column: str = Field("label", description="table: CSV column holding the label(s)")
-    group_column: str | None = Field(
+    file_column: Annotated[str, FILES] = Field(
+        "fname", description="table: CSV column naming each clip's file in audio_dir"
+    )
+    label_column: Annotated[str, FILES] = Field("label", description="table: CSV column holding the label(s)")
+    group_column: Annotated[str | None, TABLE] = Field(
         None, description="table: CSV column of groups (clips of one group never straddle folds)"
     )
-    fold_column: str | None = Field(
+    fold_column: Annotated[str | None, TABLE] = Field(
         None, description="table: CSV column of predefined folds (n_folds of them)"
     )
-    verified_column: str | None = Field(
+    verified_column: Annotated[str | None, TABLE] = Field(
         None,
         description="table: CSV column 0/1 (or true/false) marking trusted labels; where a CSV lacks it, "
         "its rows are trusted unless their subset is in noisy_subsets; null: that rule alone",
     )
-    noisy_subsets: list[str] | None = Field(
+    noisy_subsets: Annotated[list[str] | None, TABLE] = Field(
         None,
         description="table: subsets of train_csv whose labels are untrusted (verified false: weighted by "
         "train.unverified_weight, not scored), unless their CSV has verified_column",
     )
-    file_template: str | None = Field(
+    file_template: Annotated[str | None, TABLE] = Field(
         None,
         description="table: each clip's path inside audio_dir from its CSV row, e.g. "
         "'fold{fold}/{slice_file_name}'; null: the file_column's value",
     )
-    start_column: str | None = Field(
+    start_column: Annotated[str | None, TABLE] = Field(
         None, description="table: CSV column of each clip's start in its file (seconds); with end_column"
     )
-    end_column: str | None = Field(
+    end_column: Annotated[str | None, TABLE] = Field(
         None, description="table: CSV column of each clip's end in its file (seconds); with start_column"
     )
-    id_column: str | None = Field(
+    id_column: Annotated[str | None, TABLE] = Field(
         None,
         description="table: CSV column of unique clip ids; null: the file_column's value, or "
         "'<file>@<start>-<end>' with start_column/end_column",
     )
-    multi_label: bool = Field(False, description="table: clips may have several labels")
-    label_separator: Literal[",", ";", " "] = Field(
+    multi_label: Annotated[bool, FILES] = Field(False, description="table: clips may have several labels")
+    label_separator: Annotated[Literal[",", ";", " "], FILES] = Field(
         ",", description="table: separator between the labels of one clip (multi_label)"
     )
-    classes: list[str] | None = Field(
+    classes: Annotated[list[str] | None, FILES] = Field(
         None,
         description="table: the class vocabulary, in score order; null: the sorted training labels, "
         "saved in competition/<name>/vocabulary.json at the first prepare and fixed from then on",
     )
-    metric: MetricName | None = Field(
+    metric: Annotated[MetricName | None, FILES_NEED] = Field(
         None,
         description="table: map3 or accuracy (single-label only), lwlrap, map (mean average precision), "
         "macro_f1 (single-label: of the top class; multi-label: scores >= 0.5, becoming macro_f1@0.5) or "
         "roc_auc (macro over classes)",
     )
-    submission: TableSubmission | None = Field(None, description="table: the submission format")
-    download: TableDownload | None = Field(
+    submission: Annotated[TableSubmission | None, FILES_NEED] = Field(
+        None, description="table: the submission format"
+    )
+    download: Annotated[TableDownload | None, FILES] = Field(
         None,
         description="table, folders: a zip or tar archive prepare downloads and extracts into "
         "competition/<name>/raw/ when no data_dir is given and the files are missing",
     )
-    exclude: list[str] | None = Field(
+    exclude: Annotated[list[str] | None, FOLDERS] = Field(
         None, description="folders: sub-folders of audio_dir that are no class (e.g. _background_noise_)"
     )
-    validation_list: str | None = Field(
+    validation_list: Annotated[str | None, FOLDERS] = Field(
         None,
         description="folders: text file (relative to data_dir) of validation clips, one path relative to "
         "audio_dir a line; recorded as their subset 'validation' and cross-validated with the rest",
     )
-    testing_list: str | None = Field(
+    testing_list: Annotated[str | None, FOLDERS] = Field(
         None,
         description="folders: text file of test clips (paths relative to audio_dir): the test split, "
         "its labels (the folders) kept to report a test score; null: no labelled test split",
     )
-    group_pattern: str | None = Field(
+    group_pattern: Annotated[str | None, FOLDERS] = Field(
         None,
         description="folders: regex searched in each file name; its first group (or the match) is the "
         "clip's group, e.g. '^(.+?)_nohash_' for Speech Commands speakers (never straddling folds)",
     )
-    n_folds: int = Field(5, ge=2, le=20)
-    rare_classes: Literal["error", "warn"] | None = Field(
+    n_folds: Annotated[int, FOLDS] = Field(5, ge=2, le=20)
+    rare_classes: Annotated[Literal["error", "warn"] | None, ANY_KIND] = Field(
         None,
         description="a class with fewer training clips than n_folds: error (the default for kind: table "
         "and folders, your own data) or warn (the default for the known competitions, whose long tails "
         "are known); some folds then validate none of its clips",
     )
-    fold_seed: int = 42
-    subsets: list[str] | None = Field(
-        None, description="training subsets to use (e.g. [curated] for 2019 layouts); null = all"
+    fold_seed: Annotated[int, FOLDS] = 42
+    subsets: Annotated[list[str] | None, ANY_KIND] = Field(
+        None, description="training subsets to use (e.g. [curated] for 2019 file formats); null = all"
     )
-    generator: DemoGeneratorConfig | None = None
-    data_dir: str | None = Field(
+    generator: Annotated[DemoGeneratorConfig | None, NAMED] = None
+    data_dir: Annotated[str | None, WHERE] = Field(
         None,
         description="use the competition's files in place from this folder (no download, no copy), e.g. "
         "/kaggle/input/freesound-audio-tagging; for audioset: the folder holding your audio clips",
     )
-    source: Literal["kaggle", "zenodo"] | None = Field(
+    source: Annotated[Literal["kaggle", "zenodo"] | None, NAMED] = Field(
         None, description="where prepare downloads the data from; null = the competition's default"
     )
-    rules: CompetitionRules = Field(default_factory=CompetitionRules)
-    audio_rules: AudioRules = Field(
+    rules: Annotated[CompetitionRules, RUN] = Field(default_factory=CompetitionRules)
+    audio_rules: Annotated[AudioRules, CACHE] = Field(
         default_factory=AudioRules,
         description="limits of the problem-audio rules applied when the feature cache is built",
     )
-    default_experiment: str | None = Field(
+    default_experiment: Annotated[str | None, PIPELINE] = Field(
         None, description="experiment under configs/experiments/ that prepare/train use without --config"
     )
-    default_ensemble: str | None = Field(
+    default_ensemble: Annotated[str | None, PIPELINE] = Field(
         None, description="ensemble under configs/ensembles/ that ensemble uses without --config"
     )
-    default_extra_experiments: list[str] = Field(
+    default_extra_experiments: Annotated[list[str], PIPELINE] = Field(
         default_factory=list,
         description="experiments under configs/experiments/ that prepare/train also run without --config "
         "or --run-name, after default_experiment, as members of the default ensemble (e.g. a linear probe); "
         "--set applies to default_experiment only, --folds, --data-dir and competition.* to all",
     )
+
+
+def _scope(key: str) -> Scope:
+    return next(m for m in CompetitionKeys.model_fields[key].metadata if isinstance(m, Scope))
+
+
+SCOPES: dict[str, Scope] = {key: _scope(key) for key in CompetitionKeys.model_fields}
+_OFF = {key: field.default for key, field in CompetitionKeys.model_fields.items()}  # a key's default
+
+
+def keys_not_affecting(effect: Effect) -> frozenset[str]:
+    """The competition keys whose value does not change ``effect`` (e.g. a run's results)."""
+    return frozenset(key for key, scope in SCOPES.items() if effect not in scope.affects)
+
+
+def _kinds_text(kinds: set[Kind]) -> str:
+    named = ["no kind (a competition named by name)"] if "named" in kinds else []
+    files = [kind for kind in ("table", "folders") if kind in kinds]
+    return " or ".join([*([f"kind: {' or '.join(files)}"] if files else []), *named])
+
+
+class _KindChecks(StrictModel):
+    """What every kind's config does: refuse another kind's keys, dump every key."""
+
+    kind_name: ClassVar[Kind]  # the kind whose keys the config takes
+    foreign_note: ClassVar[str] = ""  # appended to the refusal of another kind's keys
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_of_the_kind(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        foreign = [key for key in data if key in SCOPES and key not in cls.model_fields]
+        wrong = [key for key in foreign if data[key] != _OFF[key]]
+        if wrong:
+            kinds = set().union(*(SCOPES[key].kinds for key in wrong)) - {cls.kind_name}
+            raise ValueError(
+                f"{', '.join(wrong)}: only meaningful with {_kinds_text(kinds)}{cls.foreign_note}"
+            )
+        return {key: value for key, value in data.items() if key not in foreign}
+
+    @model_serializer(mode="wrap")
+    def _every_key(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if not isinstance(data, dict) or info.exclude_defaults or info.exclude_none or info.exclude_unset:
+            return data
+        own, excluded = type(self).model_fields, info.exclude or ()
+        return {
+            key: data[key] if key in own else _OFF[key]
+            for key in SCOPES
+            if key in data
+            or (key not in own and key not in excluded and (info.include is None or key in info.include))
+        }
+
+
+class _NamedChecks(_KindChecks):
+    kind_name: ClassVar[Kind] = "named"
+
+    @property
+    def kind(self) -> None:
+        """A competition module has no kind."""
+        return None
+
+
+class _FileChecks(_KindChecks):
+    """The checks of ``kind: table`` and ``kind: folders``: the keys they need, metric and classes."""
 
     @model_validator(mode="before")
     @classmethod
@@ -361,79 +300,58 @@ class CompetitionConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _table(self) -> CompetitionConfig:
-        folders_keys = [f for f in FOLDERS_FIELDS if getattr(self, f) is not None]
-        if self.kind is None:
-            given = [f for f in TABLE_FIELDS if getattr(self, f) is not None]
-            if given:
-                kinds = "folders" if set(given) <= set(FOLDERS_FIELDS) else "table or folders"
-                raise ValueError(f"{', '.join(given)}: only meaningful with kind: {kinds}")
-            return self
-        if self.kind == "folders":
-            self._folders()
-        elif folders_keys:
-            raise ValueError(f"{', '.join(folders_keys)}: only meaningful with kind: folders")
-        self._table_layout()
-        needed = ("train_csv",) if self.kind == "table" else ()
-        missing = [f for f in (*needed, "audio_dir", "metric", "submission") if getattr(self, f) is None]
+    def _check(self) -> Any:
+        self.check_kind()
+        missing = [
+            key
+            for key in type(self).model_fields
+            if self.kind in SCOPES[key].needed_by and getattr(self, key) is None
+        ]
         if missing:
             raise ValueError(f"kind: {self.kind} needs {', '.join(missing)}")
-        if self.metric in SINGLE_LABEL_METRICS and self.multi_label:
-            raise ValueError(
-                f"metric {self.metric} scores one true label per clip; multi_label data needs lwlrap or map "
-                "(or macro_f1, at a 0.5 threshold, or roc_auc)"
-            )
-        if self.metric == MULTILABEL_F1 and not self.multi_label:
-            raise ValueError(
-                f"metric {MULTILABEL_F1} thresholds multi-label scores; single-label data uses macro_f1 "
-                "(the F1 of each clip's top class)"
-            )
+        _check_metric(self.metric, self.multi_label)
         if self.classes is not None:
-            if not self.classes:
-                raise ValueError("classes: empty; list the class names, or leave it out")
-            repeated = sorted({c for c in self.classes if self.classes.count(c) > 1})
-            bad = [c for c in self.classes if not c.strip() or c != c.strip() or self.label_separator in c]
-            if repeated or bad:
-                raise ValueError(
-                    f"classes: repeated {repeated}, blank or containing the separator "
-                    f"{self.label_separator!r}: {bad}"
-                )
-            if self.submission and self.submission.kind == "top_k_labels" and " " in "".join(self.classes):
-                raise ValueError("classes: top_k_labels separates labels by spaces; a class name has one")
-            if (
-                self.submission
-                and self.submission.kind == "top_k_labels"
-                and self.submission.k > len(self.classes)
-            ):
-                raise ValueError(f"submission.k {self.submission.k} exceeds the {len(self.classes)} classes")
+            _check_classes(self.classes, self.label_separator, self.submission)
         return self
 
-    def _table_layout(self) -> None:
-        """The checks of the table's subsets, file template, segments and sample_columns submission."""
-        given = [f for f in TABLE_LAYOUT_FIELDS if getattr(self, f) is not None]
-        if self.kind != "table":
-            if given or isinstance(self.audio_dir, dict):
-                what = ", ".join(given) or "audio_dir as a mapping"
-                raise ValueError(f"{what}: only meaningful with kind: table")
-            return
-        csvs, folders = self.train_csv, self.audio_dir
-        if isinstance(csvs, dict):
-            bad = [s for s in csvs if not s.strip() or s != s.strip() or s == "test"]
-            if not csvs or bad:
-                raise ValueError(
-                    f"train_csv: a mapping {{subset: CSV}} with at least one subset, named without blanks "
-                    f"and not 'test' (the test clips' subset); got {list(csvs)}"
-                )
-            if isinstance(folders, dict) and set(folders) != set(csvs):
-                raise ValueError(
-                    f"audio_dir: its subsets {sorted(folders)} differ from train_csv's {sorted(csvs)}; give "
-                    "one folder per subset of train_csv, or one folder for all"
-                )
-        elif isinstance(folders, dict):
-            raise ValueError(
-                "audio_dir: a mapping {subset: folder} needs train_csv as a mapping {subset: CSV}"
-            )
-        names = list(csvs) if isinstance(csvs, dict) else ["train"]
+    def check_kind(self) -> None:
+        """The checks of this kind alone."""
+
+
+def _check_metric(metric: str, multi_label: bool) -> None:
+    if metric in SINGLE_LABEL_METRICS and multi_label:
+        raise ValueError(
+            f"metric {metric} scores one true label per clip; multi_label data needs lwlrap or map "
+            "(or macro_f1, at a 0.5 threshold, or roc_auc)"
+        )
+    if metric == MULTILABEL_F1 and not multi_label:
+        raise ValueError(
+            f"metric {MULTILABEL_F1} thresholds multi-label scores; single-label data uses macro_f1 "
+            "(the F1 of each clip's top class)"
+        )
+
+
+def _check_classes(classes: list[str], separator: str, submission: TableSubmission) -> None:
+    if not classes:
+        raise ValueError("classes: empty; list the class names, or leave it out")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    bad = [c for c in classes if not c.strip() or c != c.strip() or separator in c]
+    if repeated or bad:
+        raise ValueError(
+            f"classes: repeated {repeated}, blank or containing the separator {separator!r}: {bad}"
+        )
+    if submission.kind == "top_k_labels" and " " in "".join(classes):
+        raise ValueError("classes: top_k_labels separates labels by spaces; a class name has one")
+    if submission.kind == "top_k_labels" and submission.k > len(classes):
+        raise ValueError(f"submission.k {submission.k} exceeds the {len(classes)} classes")
+
+
+class _TableChecks(_FileChecks):
+    kind_name: ClassVar[Kind] = "table"
+
+    def check_kind(self) -> None:
+        """The table's subsets, test labels, segments, file template and sample_columns submission."""
+        names = _check_subset_csvs(self.train_csv, self.audio_dir)
         for key, chosen in (("noisy_subsets", self.noisy_subsets), ("subsets", self.subsets)):
             unknown = sorted(set(chosen or []) - set(names))
             if unknown or chosen == []:
@@ -453,14 +371,40 @@ class CompetitionConfig(StrictModel):
                 "sample_submission (or use kind: scores, columns in vocabulary order)"
             )
 
-    def _folders(self) -> None:
-        """The checks of ``kind: folders``: one label per clip (its folder), no CSV keys, a usable regex."""
-        table_keys = [f for f in FOLDERS_REFUSED if getattr(self, f) is not None]
-        if table_keys:
+
+def _check_subset_csvs(csvs: str | dict[str, str] | None, folders: str | dict[str, str] | None) -> list[str]:
+    """The subsets of ``train_csv`` (``train`` for one CSV), its mapping and audio_dir's checked."""
+    if not isinstance(csvs, dict):
+        if isinstance(folders, dict):
             raise ValueError(
-                f"{', '.join(table_keys)}: kind: folders has no CSV (the class is the folder, groups come "
-                "from group_pattern); use kind: table for a CSV"
+                "audio_dir: a mapping {subset: folder} needs train_csv as a mapping {subset: CSV}"
             )
+        return ["train"]
+    bad = [s for s in csvs if not s.strip() or s != s.strip() or s == "test"]
+    if not csvs or bad:
+        raise ValueError(
+            f"train_csv: a mapping {{subset: CSV}} with at least one subset, named without blanks "
+            f"and not 'test' (the test clips' subset); got {list(csvs)}"
+        )
+    if isinstance(folders, dict) and set(folders) != set(csvs):
+        raise ValueError(
+            f"audio_dir: its subsets {sorted(folders)} differ from train_csv's {sorted(csvs)}; give "
+            "one folder per subset of train_csv, or one folder for all"
+        )
+    return list(csvs)
+
+
+class _FoldersChecks(_FileChecks):
+    kind_name: ClassVar[Kind] = "folders"
+    foreign_note: ClassVar[str] = (
+        "; kind: folders has no CSV (the class is the folder, groups come from group_pattern): "
+        "use kind: table for a CSV"
+    )
+
+    def check_kind(self) -> None:
+        """One label per clip (its folder), one audio folder, a usable regex, one test split."""
+        if isinstance(self.audio_dir, dict):
+            raise ValueError("audio_dir as a mapping: only meaningful with kind: table")
         if self.multi_label:
             raise ValueError("multi_label: kind: folders gives each clip one label (its folder)")
         if self.group_pattern is not None:
@@ -480,3 +424,38 @@ class CompetitionConfig(StrictModel):
                 "testing_list and test_dir both define the test split; keep one (leave testing_list out "
                 "to train on its clips and submit for test_dir)"
             )
+
+
+def _kind_config(name: str, checks: type[_KindChecks], kind: Any) -> Any:
+    """The config of one kind: the keys of ``CompetitionKeys`` its kind has, in their order."""
+    described = CompetitionKeys.model_fields["kind"]
+    fields: dict[str, Any] = {
+        key: (field.annotation, field)
+        for key, field in CompetitionKeys.model_fields.items()
+        if checks.kind_name in SCOPES[key].kinds
+    }
+    if kind is not None:
+        fields["kind"] = (kind, Field(kind.__args__[0], description=described.description))
+    return create_model(name, __base__=checks, __module__=__name__, **fields)
+
+
+NamedCompetitionConfig = _kind_config("NamedCompetitionConfig", _NamedChecks, None)
+TableCompetitionConfig = _kind_config("TableCompetitionConfig", _TableChecks, Literal["table"])
+FoldersCompetitionConfig = _kind_config("FoldersCompetitionConfig", _FoldersChecks, Literal["folders"])
+
+
+def _kind_tag(value: Any) -> str | None:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return "named" if kind is None else kind if kind in ("table", "folders") else None
+
+
+CompetitionConfig = Annotated[
+    Annotated[NamedCompetitionConfig, Tag("named")]
+    | Annotated[TableCompetitionConfig, Tag("table")]
+    | Annotated[FoldersCompetitionConfig, Tag("folders")],
+    Discriminator(
+        _kind_tag,
+        custom_error_type="kind",
+        custom_error_message="kind: Input should be 'table' or 'folders', or left out (a competition module)",
+    ),
+]

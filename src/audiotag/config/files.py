@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, TypeAdapter, ValidationError
 
 from audiotag.core.errors import ConfigError
 
@@ -201,7 +201,7 @@ def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
     followed but not shown, since it is not a key the user wrote.
     """
     shown: list[str] = []
-    current: Any = model
+    current: Any = _model_of(model)  # a model, or a union of them (the competition kinds)
     for part in loc:
         if current is None:
             shown.append(part)
@@ -214,7 +214,7 @@ def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
             shown.append(part)
             current = _model_of(field.annotation)
             continue
-        member = next((m for m in _union_members(current) if _tag(m) == part), None)
+        member = _union_members(current).get(part)
         if member is not None:
             current = member
             continue
@@ -223,15 +223,19 @@ def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
     return shown, current
 
 
-def _union_members(annotation: Any) -> list[type[BaseModel]]:
-    return [
-        a
-        for a in getattr(annotation, "__args__", ()) or ()
-        if isinstance(a, type) and issubclass(a, BaseModel)
-    ]
+def _union_members(annotation: Any) -> dict[str | None, type[BaseModel]]:
+    """The config models of a union by the tag pydantic puts in an error's location: a member's own
+    ``Tag`` (the competition kinds), else its ``name`` default (the model families)."""
+    members: dict[str | None, type[BaseModel]] = {}
+    for arg in getattr(annotation, "__args__", ()) or ():
+        member = getattr(arg, "__origin__", arg)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            tags = [m.tag for m in getattr(arg, "__metadata__", ()) if isinstance(m, Tag)]
+            members[tags[0] if tags else _name_default(member)] = member
+    return members
 
 
-def _tag(member: type[BaseModel]) -> str | None:
+def _name_default(member: type[BaseModel]) -> str | None:
     field = member.model_fields.get("name")
     return field.default if field is not None and isinstance(field.default, str) else None
 
@@ -253,9 +257,10 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-def validate(model: type[M], tree: dict[str, Any], source: str) -> M:
+def validate(model: type[M] | Any, tree: dict[str, Any], source: str) -> M:
+    """``tree`` validated as ``model``: a config model or a union of them (the competition kinds)."""
     try:
-        return model.model_validate(tree)
+        return TypeAdapter(model).validate_python(tree)
     except ValidationError as exc:
         overrides = getattr(tree, "overrides", ())
         raise ConfigError(format_validation_error(exc, model, source, overrides)) from None

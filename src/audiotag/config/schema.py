@@ -1,6 +1,7 @@
 """The typed configuration schemas: competition, front-end, the settings every model shares,
 training and ensembles (each model family's own schema lives with the family, ``models/*.py``; the
-competition's lives in ``config_competition`` and is re-exported here, as is ``StrictModel``).
+competition's, a union by kind, lives in ``config/competition.py`` and its parts in
+``config/competition_parts.py``, re-exported here, as is ``StrictModel``).
 
 Files are read, composed and overridden by ``audiotag.config.files``; ``load_ensemble`` and
 ``load_competition`` here validate such a tree against its schema.
@@ -22,17 +23,11 @@ from pydantic import (
 )
 
 from audiotag.config.base import StrictModel
-from audiotag.config.competition import (
-    FOLDERS_FIELDS,
-    FOLDERS_REFUSED,
-    MULTILABEL_F1,
-    PIPELINE_DEFAULT_KEYS,
+from audiotag.config.competition import MULTILABEL_F1, CompetitionConfig
+from audiotag.config.competition_parts import (
     SINGLE_LABEL_METRICS,
-    TABLE_FIELDS,
-    TABLE_LAYOUT_FIELDS,
     TABLE_METRICS,
     AudioRules,
-    CompetitionConfig,
     CompetitionRules,
     DemoGeneratorConfig,
     TableDownload,
@@ -44,16 +39,11 @@ from audiotag.scoring.blend import BlendMethod
 from audiotag.scoring.stacking import StackerKind
 from audiotag.scoring.weight_search import WeightSearchName
 
-# the competition schema (config_competition) and the base (config_base) are part of this module's API
+# the competition schema (config/competition*.py) and the base (config/base.py) are part of this API
 __all__ = [
     "FEATURE_CODE_VERSION",
-    "FOLDERS_FIELDS",
-    "FOLDERS_REFUSED",
     "MULTILABEL_F1",
-    "PIPELINE_DEFAULT_KEYS",
     "SINGLE_LABEL_METRICS",
-    "TABLE_FIELDS",
-    "TABLE_LAYOUT_FIELDS",
     "TABLE_METRICS",
     "AudioRules",
     "CompetitionConfig",

@@ -140,6 +140,8 @@ def schema_default(cfg: BaseModel, key: str) -> Any:
     for part in parents:
         node = getattr(node, part, None)
     field_info = type(node).model_fields.get(name) if isinstance(node, BaseModel) else None
+    if field_info is None and isinstance(node, BaseModel):  # written at its default: another kind's key
+        return node.model_dump(mode="json").get(name, _MISSING)
     if field_info is None or field_info.is_required():
         return _MISSING
     return to_jsonable_python(field_info.get_default(call_default_factory=True))
@@ -291,7 +293,7 @@ def collect(
     from audiotag.competitions import get_competition
     from audiotag.config.schema import load_competition
 
-    cfg = competition if isinstance(competition, CompetitionConfig) else load_competition(competition)
+    cfg = load_competition(competition) if isinstance(competition, str) else competition
     comp = get_competition(cfg)
     board = build_leaderboard(cfg, with_lb=with_lb)
     notes = list(board.notes)

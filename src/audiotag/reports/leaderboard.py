@@ -256,7 +256,7 @@ def build_leaderboard(
     from audiotag.config.schema import load_competition
     from audiotag.scoring import metrics
 
-    cfg = competition if isinstance(competition, CompetitionConfig) else load_competition(competition)
+    cfg = load_competition(competition) if isinstance(competition, str) else competition
     comp = get_competition(cfg)
     notes: list[str] = []
     rows: list[dict[str, Any]] = []

@@ -26,14 +26,15 @@ import pandas as pd
 
 from audiotag.competitions import Competition, get_competition
 from audiotag.competitions.folds import ensure_folds
-from audiotag.competitions.table import TableLayout, check_test_labels
-from audiotag.config.schema import PIPELINE_DEFAULT_KEYS, TABLE_FIELDS, CompetitionConfig, FeatureConfig
+from audiotag.competitions.table import TableCompetition, check_test_labels
+from audiotag.config.competition import keys_not_affecting
+from audiotag.config.schema import CompetitionConfig, FeatureConfig
 from audiotag.core.atomic import atomic_path, atomic_write_json
 from audiotag.core.disk_full import disk_full_as_error
 from audiotag.core.locks import file_lock
 from audiotag.data.cache_build import build_cache, check_cache_device
 from audiotag.data.cache_reader import REPORT, FeatureCache
-from audiotag.data.meta import read_meta
+from audiotag.data.meta import read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +48,10 @@ class Prepared:
     skipped: frozenset[str] = field(default_factory=frozenset)  # train clips absent from the cache
 
 
-# Competition settings that do not change which clips the table holds or how they are labelled.
-# ``audio_rules`` decide how each clip's audio is decoded: they enter the feature cache's clip-list
-# hash (a change rebuilds the cache), not the clip table, which is read from the CSV files.
-# ``test_labels`` are read when a run is scored, never into the table.
-TABLE_NEUTRAL = {
-    "n_folds",
-    "fold_seed",
-    *PIPELINE_DEFAULT_KEYS,
-    "rules",
-    "audio_rules",
-    "test_labels",
-}
+# Competition settings that do not change which clips the table holds or how they are labelled (each
+# key's Scope in config/competition.py says what it affects): e.g. ``audio_rules`` enter the feature
+# cache's clip-list hash, ``test_labels`` are read when a run is scored, never into the table.
+TABLE_NEUTRAL = keys_not_affecting("table")
 
 
 # Bump when the parsing rules change what a table holds (2: CSV names confined to the audio folder,
@@ -69,11 +62,8 @@ TABLE_FORMAT = 3
 
 def table_fingerprint(comp: Competition) -> str:
     settings = comp.cfg.model_dump(mode="json", exclude=TABLE_NEUTRAL)
-    if comp.cfg.kind is None:  # the kind: table keys, absent before they existed: same fingerprint as then
-        defaults = CompetitionConfig.model_fields
-        for key in ("kind", "file_column", "label_column", "multi_label", "label_separator", *TABLE_FIELDS):
-            if settings.get(key) == defaults[key].default:
-                settings.pop(key, None)
+    if comp.cfg.kind is None:  # the other kinds' keys, absent before they existed: same fingerprint as then
+        settings = {key: value for key, value in settings.items() if key in type(comp.cfg).model_fields}
     settings["table_format"] = TABLE_FORMAT
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -122,7 +112,7 @@ def clip_table(comp: Competition) -> pd.DataFrame:
     table = comp.parse_clip_table()
     with disk_full_as_error(comp.meta_path.parent, "the clip table", lambda: _table_bytes(table)):
         with atomic_path(comp.meta_path, suffix=".parquet") as tmp:
-            table.to_parquet(tmp, index=False)
+            write_meta(table, tmp)
         stamp = {"fingerprint": fingerprint, "sources_sha256": csv_hash, "clips": len(table)}
         atomic_write_json(stamp_path, stamp)
     counts = table.groupby(["split", "subset"]).size().to_dict()
@@ -149,7 +139,7 @@ def prepare(
         table = clip_table(comp)
         with disk_full_as_error(comp.dir, "the fold file", lambda: _table_bytes(table[["clip_id"]])):
             folds = ensure_folds(comp, table)
-        if isinstance(comp, TableLayout) and competition.test_labels:
+        if isinstance(comp, TableCompetition) and competition.test_labels:
             check_test_labels(comp, table)  # before any training: a run is scored on them at its end
     cache_columns = ("clip_id", "path", "split", "audio_issue", "start", "end")  # start/end: segments
     columns = [c for c in cache_columns if c in table.columns]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.competitions.layouts import AUDIO_SUFFIXES
+from audiotag.competitions.file_formats import AUDIO_SUFFIXES
 from audiotag.config.schema import AudioRules
 from audiotag.core.atomic import atomic_write_json
 from audiotag.core.errors import ConfigError, DataError

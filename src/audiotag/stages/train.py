@@ -31,8 +31,9 @@ from pydantic_core import to_jsonable_python
 import audiotag
 from audiotag.competitions.base import warn_about_rules
 from audiotag.competitions.folds import load_folds
+from audiotag.config.competition import keys_not_affecting
 from audiotag.config.files import dump_yaml
-from audiotag.config.schema import PIPELINE_DEFAULT_KEYS, TrainConfig
+from audiotag.config.schema import TrainConfig
 from audiotag.core.atomic import atomic_write_json, atomic_write_text
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError, TrainingError
@@ -70,8 +71,7 @@ RUNTIME_KEYS = {
     "train.channels_last",
     "train.checkpoint_every_steps",
     "train.loggers",  # where the numbers are reported, not what they are
-    "competition.data_dir",  # the same files may move
-    *(f"competition.{key}" for key in PIPELINE_DEFAULT_KEYS),  # what else the pipeline runs
+    *(f"competition.{key}" for key in keys_not_affecting("run")),  # where the files are, what else runs
 }
 
 
@@ -112,7 +112,9 @@ def setting_default(cfg: BaseModel, key: str) -> object:
     if not isinstance(node, BaseModel):
         return _NO_DEFAULT
     field = type(node).model_fields.get(name)
-    if field is None or field.is_required():
+    if field is None:  # a key the config writes at its default without having it (another competition kind's)
+        return node.model_dump(mode="json").get(name, _NO_DEFAULT)
+    if field.is_required():
         return _NO_DEFAULT
     return to_jsonable_python(field.get_default(call_default_factory=True))
 

@@ -1,4 +1,4 @@
-"""The shared machinery of the real competitions (:class:`FileCompetition`: published layouts,
+"""The shared machinery of the real competitions (:class:`FileCompetition`: published file formats,
 download, ``data_dir``) and the readers they share (CSV files, clip names, audio headers).
 
 Errors name the CSV file and its line (header = line 1) so the user can find the bad row.
@@ -116,7 +116,7 @@ def check_labels(labels: list[list[str]], vocabulary: set[str], path: Path, mult
 
 # ----------------------------------------------------------------------------- real competitions
 #
-# The real datasets share one shape: a few CSV files and folders of audio in a published layout
+# The real datasets share one shape: a few CSV files and folders of audio in a published file format
 # (Kaggle's or Zenodo's), fetched into ``<competition>/raw/`` or used in place from ``data_dir``.
 
 AUDIO_ISSUE = "audio_issue"  # extra clip-table column: "" when fine, else a short word ("empty", "silent")
@@ -260,7 +260,7 @@ def read_vocabulary(path: Path) -> list[tuple[int, str, str]]:
 
 
 def unpack_target(archive: Path, dest: Path) -> Path:
-    """Where to extract ``archive`` so the published layout appears under ``dest``.
+    """Where to extract ``archive`` so the published file format appears under ``dest``.
 
     An archive whose members are loose audio files at its top level (Kaggle's ``audio_train.zip``,
     ``train_curated.zip``) goes into ``dest/<archive stem>/``; everything else (a single top folder
@@ -273,7 +273,7 @@ def unpack_target(archive: Path, dest: Path) -> Path:
 
 
 def unpack_archives(archives: Iterable[Path], dest: Path) -> None:
-    """Extract each archive (and any archive found inside one) so the published layout appears in dest."""
+    """Extract each archive (and any archive found inside one) so the published files appear in dest."""
     extract_zip = download_api().extract_zip
     queue = list(archives)
     done: set[Path] = set()
@@ -299,10 +299,10 @@ def write_sample_submission(path: Path, clip_ids: Sequence[str], classes: Sequen
 
 
 class FileCompetition(Competition):
-    """A real competition: its files follow one of a few published layouts (Kaggle, Zenodo), either
+    """A real competition: its files follow one of a few published file formats (Kaggle, Zenodo), either
     downloaded into ``raw/`` by :meth:`obtain` or used in place from ``competition.data_dir``.
 
-    Subclasses list the files of each layout in :meth:`expected_files` and fetch a layout in
+    Subclasses list the files of each file format in :meth:`expected_files` and fetch a file format in
     :meth:`download`. Clip paths in the table are relative to the competition folder, or absolute
     when the files live in ``data_dir``.
     """
@@ -452,7 +452,7 @@ class FileCompetition(Competition):
 
     @property
     def sample_submission_path(self) -> Path:
-        """The competition's own sample submission when its layout has one, else one we write
+        """The competition's own sample submission when its file format has one, else one we write
         (``<competition>/sample_submission.csv``) from the test clips of the clip table."""
         own = self.raw_dir / "sample_submission.csv"
         return own if own.is_file() else self.dir / "sample_submission.csv"
