@@ -18,7 +18,8 @@ found by its identity alone (``base_key`` in the manifest).
 Atomic and resumable, like the feature cache (both are staged append stores, ``core/staged.py``):
 built in ``<folder>.partial/``, which is renamed into place only when complete, under an OS file
 lock (``<folder>.lock``) so that two processes never build one cache at once. Every
-``CHECKPOINT_EVERY`` clips the layer files are fsync'ed and ``progress.json`` records the clips done with a hash of each file's contents so far; a killed build
+``CHECKPOINT_EVERY`` clips the layer files are fsync'ed and ``progress.json`` records the clips
+done with a hash of each file's contents so far; a killed build
 resumes from the last record (the files are cut back to it, and a file whose contents no longer
 match its hash starts the build over).
 """
