@@ -238,7 +238,7 @@ class Pipeline:
 
 
 def run_prepare(pipe: Pipeline) -> None:
-    from audiotag.stages.prepare import prepare
+    from audiotag.runs.prepare import prepare
 
     assert pipe.exp is not None
     if pipe.ctx.is_main:

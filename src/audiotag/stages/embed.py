@@ -4,7 +4,7 @@
 ``NAME`` (its own architecture and front-end; ``--features`` for weights that have none) over the
 feature cache of ``COMP`` (built first if missing) and stores the embeddings in
 ``competition/COMP/embeddings/`` (``audiotag.models.embedding_cache``). A ``linear_probe`` experiment
-computes or reuses the same cache itself (:func:`embed_prepared`).
+computes or reuses the same cache itself (``runs/embeddings.py``).
 """
 
 from __future__ import annotations
@@ -19,15 +19,11 @@ from audiotag.config.files import load_group, validate
 from audiotag.config.schema import CompetitionConfig, FeatureConfig, load_competition
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
-from audiotag.data.cache_reader import FeatureCache
-from audiotag.models.embedding_cache import (
-    EmbeddingCache,
-    embeddings_root,
-    ensure_embeddings,
-    plan_embeddings,
-)
+from audiotag.models.embedding_cache import EmbeddingCache
 from audiotag.models.representation import EmbeddingConfig, LayerSpec, embedding_features
-from audiotag.stages.prepare import Prepared, prepare
+from audiotag.runs.embeddings import embed_prepared
+from audiotag.runs.prepare import prepare
+from audiotag.train.distributed import SINGLE, device_for
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +39,6 @@ def embedding_front_end(cfg: EmbeddingConfig, features: str | None = None) -> Fe
     return validate(FeatureConfig, load_group("features", name), f"configs/features/{name}.yaml")
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here")
-    return torch.device(device)
-
-
-def embed_prepared(
-    prepared: Prepared,
-    cfg: EmbeddingConfig,
-    features: FeatureConfig,
-    device: torch.device,
-    layers: LayerSpec | None = None,
-) -> tuple[EmbeddingCache, list[str]]:
-    """The embedding cache of a prepared competition (built or resumed when missing) and the layer
-    names ``layers`` (default: ``cfg.layers``) resolve to."""
-    cache = FeatureCache(prepared.cache_dir)
-    train_ids = prepared.competition.training_clips(prepared.table)["clip_id"].astype(str).tolist()
-    plan = plan_embeddings(cfg, features, cache, train_ids)
-    names = plan.layers(layers)
-    folder = ensure_embeddings(plan, names, cache, embeddings_root(prepared.competition.dir), device)
-    return EmbeddingCache(folder), names
-
-
 def embed_competition(
     competition: CompetitionConfig,
     cfg: EmbeddingConfig,
@@ -76,7 +47,7 @@ def embed_competition(
     device: torch.device | None = None,
 ) -> tuple[EmbeddingCache, list[str]]:
     prepared = prepare(competition, features, workers=workers)
-    return embed_prepared(prepared, cfg, features, device or pick_device())
+    return embed_prepared(prepared, cfg, features, device or device_for(SINGLE, "auto"))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -156,7 +127,7 @@ def run_embed(args: argparse.Namespace) -> None:
     )
     features = embedding_front_end(cfg, args.features)
     cache, layers = embed_competition(
-        load_competition(args.competition), cfg, features, args.workers, pick_device(args.device)
+        load_competition(args.competition), cfg, features, args.workers, device_for(SINGLE, args.device)
     )
     console = output_console()
     dims = " + ".join(f"{name}: {cache.dims[name]}" for name in layers)

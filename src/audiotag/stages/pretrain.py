@@ -1,7 +1,7 @@
 """The pretrain command: self-supervised pretraining of an encoder on unlabeled audio (BYOL-A).
 
 ``audiotag pretrain --method byola -c COMP [--clips train,test] [--audio DIR ...]`` pretrains the
-AudioNTT2020 encoder on a competition's cached clips and/or audio folders (``stages/pretrain_data.py``)
+AudioNTT2020 encoder on a competition's cached clips and/or audio folders (``runs/pretrain_data.py``)
 and writes ``competition/<comp>/pretrain/<name>/encoder.pt`` (``--out DIR`` elsewhere; without a
 competition ``<workspace>/_pretrain/<name>/``): the encoder in the official key layout with its
 front-end and normalisation (``models/encoder_file.py``), which ``model: {name: byola, dim: D,
@@ -70,8 +70,8 @@ from audiotag.core.log import output_console
 from audiotag.core.paths import workspace_root
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.models.encoder_file import encoder_payload
-from audiotag.stages.pretrain_data import Sources, gather_sources
-from audiotag.stages.train import code_version, flatten, setting_default
+from audiotag.runs.folder import changed_settings, code_version, describe_changes, run_settings
+from audiotag.runs.pretrain_data import Sources, gather_sources
 from audiotag.train.checkpoint import disk_full_guard, file_record, save_checkpoint
 from audiotag.train.distributed import (
     SINGLE,
@@ -128,7 +128,7 @@ def output_dir(cfg: PretrainConfig, out: Path | None = None) -> Path:
 
 
 def settings_of(cfg: PretrainConfig) -> dict[str, object]:
-    return {k: v for k, v in flatten(cfg.model_dump(mode="json")).items() if k not in RUNTIME_KEYS}
+    return run_settings(cfg, RUNTIME_KEYS)
 
 
 def check_settings(out_dir: Path, cfg: PretrainConfig) -> bool:
@@ -137,15 +137,11 @@ def check_settings(out_dir: Path, cfg: PretrainConfig) -> bool:
     if not info_path.is_file():
         return False
     saved, settings = json.loads(info_path.read_text())["settings"], settings_of(cfg)
-    changed = [
-        k
-        for k in sorted(set(saved) | set(settings))
-        if saved.get(k) != settings.get(k) and not (k not in saved and settings[k] == setting_default(cfg, k))
-    ]
+    changed = changed_settings(saved, settings, cfg, RUNTIME_KEYS)
     if changed:
-        diff = "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:8])
         raise ConfigError(
-            f"pretrain {out_dir.name!r} in {out_dir} was started with other settings ({diff}). Give "
+            f"pretrain {out_dir.name!r} in {out_dir} was started with other settings "
+            f"({describe_changes(saved, settings, changed)}). Give "
             "this one its own --name, or delete the folder to start over"
         )
     return True

@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,55 +35,19 @@ from audiotag.core.atomic import atomic_write_json
 from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder
 from audiotag.core.log import output_console
-from audiotag.experiment import ExperimentConfig, load_experiment
+from audiotag.experiment import load_experiment
 from audiotag.models.probe import PROBE
-from audiotag.stages.train import RUNTIME_KEYS, result_settings, train_experiment
-from audiotag.stages.tune_yaml import write_tuned_yaml
+from audiotag.runs.fold_training import FoldTraining
+from audiotag.runs.folder import RUNTIME_KEYS, result_settings
+from audiotag.runs.task import RunRequest
+from audiotag.runs.tune_yaml import TuneSetup, write_tuned_yaml
 from audiotag.train.hooks import EpochHook
-from audiotag.train.tune_config import (
-    Categorical,
-    FloatRange,
-    IntRange,
-    TuneConfig,
-    check_space,
-    load_tune_config,
-    tune_config_path,
-)
+from audiotag.train.tune_config import check_space, load_tune_config, tune_config_path
 
 log = logging.getLogger(__name__)
 
 TUNE_PREFIX = "tune."  # --set tune.KEY=VALUE: the tune config; any other key: the base experiment
 FIXED_KEYS = ("name", "competition", *sorted(RUNTIME_KEYS))  # never searched
-
-
-@dataclass
-class TuneSetup:
-    """Everything a study needs: its config, the base experiment and where the study lives."""
-
-    cfg: TuneConfig
-    name: str
-    experiment_path: Path
-    base_overrides: list[str]  # --set for the experiment (and --data-dir)
-    table: str | None  # a kind: table/folders competition swapped into the experiment
-    base: ExperimentConfig
-    tune_dir: Path
-
-    def load(self, overrides: list[str]) -> ExperimentConfig:
-        """The base experiment with ``overrides`` on top: how every trial's config is built."""
-        return load_experiment(self.experiment_path, self.base_overrides + overrides, competition=self.table)
-
-    def trial_config(self, params: list[str]) -> ExperimentConfig:
-        return self.load([f"train.folds={json.dumps(self.cfg.folds)}", *params])
-
-    def stride(self) -> int:
-        """Epochs between the steps of two folds in the pruner's numbering: the most any trial runs."""
-        epochs = [self.base.train.epochs]
-        dist = self.cfg.space.get("train.epochs")
-        if isinstance(dist, IntRange | FloatRange):
-            epochs.append(int(dist.high))
-        elif isinstance(dist, Categorical):
-            epochs += [int(c) for c in dist.choices if isinstance(c, int | float)]
-        return max(epochs)
 
 
 def experiment_file(name: str) -> Path:
@@ -205,7 +168,8 @@ def run_tune(args: argparse.Namespace, default_experiment: Callable[[], Path], t
 
     def train_trial(params: list[str], run_dir: Path, hook: EpochHook) -> float:
         cfg = setup.trial_config(params)
-        return train_experiment(cfg, workers=args.workers, run_dir=run_dir, on_epoch=hook).mean
+        request = RunRequest(workers=args.workers, run_dir=run_dir, on_epoch=hook)
+        return FoldTraining().train(cfg, request).mean  # a probe experiment was refused: no epochs
 
     with claim_study(setup.tune_dir):
         check_or_write_tune_info(setup)

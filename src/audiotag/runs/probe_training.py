@@ -1,13 +1,13 @@
-"""The train stage for ``model: {name: linear_probe, ...}``: linear evaluation, fold by fold.
+"""The training task of ``model: {name: linear_probe, ...}``: linear evaluation, fold by fold.
 
 ``./run.sh train --config configs/experiments/<comp>/probe_*.yaml`` comes here from
-``stages/train.py``. Like any run: the run folder is claimed, described (``run.json``, the resolved
-``config.yaml``) and refused if its config changed; each fold writes ``oof.parquet``,
-``test.parquet``, ``probe.npz`` (the fitted probe, which ``package`` ships) and ``done.json``
-(skipped when done); the run's ``oof.parquet``, ``test.parquet``
-and ``metrics.json`` follow (``collect_run``), so that ``ensemble`` and ``leaderboard`` take it as any
-other member. The embeddings come from the embedding cache, built first when missing
-(``stages/embed.py``); the classifier is ``audiotag.train.probe``'s.
+``stages/train.py`` (``runs/task.py``). Like any run: the run folder is claimed, described
+(``run.json``, the resolved ``config.yaml``) and refused if its config changed; each fold writes
+``oof.parquet``, ``test.parquet``, ``probe.npz`` (the fitted probe, which ``package`` ships) and
+``done.json`` (skipped when done); the run's ``oof.parquet``, ``test.parquet`` and ``metrics.json``
+follow (``collect_run``), so that ``ensemble`` and ``leaderboard`` take it as any other member.
+The embeddings come from the embedding cache, built first when missing (``runs/embeddings.py``);
+the classifier is ``audiotag.train.probe``'s.
 """
 
 from __future__ import annotations
@@ -25,14 +25,31 @@ from audiotag.experiment import ExperimentConfig
 from audiotag.models.embedding_cache import EmbeddingCache
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, verify_probe
-from audiotag.stages.embed import embed_prepared, pick_device
-from audiotag.stages.prepare import Prepared, prepare
-from audiotag.stages.train import RunResult, check_or_write_run_info, claim_run, collect_run, fold_data
-from audiotag.train.distributed import SINGLE, DistContext
+from audiotag.runs.embeddings import embed_prepared
+from audiotag.runs.fold_data import fold_data
+from audiotag.runs.folder import check_or_write_run_info, claim_run
+from audiotag.runs.prepare import Prepared, prepare
+from audiotag.runs.results import RunResult, collect_run
+from audiotag.runs.task import RunRequest
+from audiotag.train.distributed import SINGLE, DistContext, device_for
 from audiotag.train.loop import FoldData, fold_score
 from audiotag.train.probe import ProbeFold, fit_fold, read_done, write_fold
 
 log = logging.getLogger(__name__)
+
+
+class ProbeTraining:
+    """The ``TrainingTask`` of a linear probe: the run's ``run_dir`` and ``on_epoch`` do not apply
+    (it lives in ``runs/<name>``; it has no epochs)."""
+
+    def train(self, cfg: ExperimentConfig, request: RunRequest) -> RunResult:
+        tc = cfg.train
+        if tc.loss.name != "bce" or tc.noisy_loss is not None or tc.pseudo_labels is not None:
+            raise ConfigError(
+                "model linear_probe fits a logistic regression: train.loss, train.noisy_loss and "
+                "train.pseudo_labels do not apply to it; leave them out (train.subset_weights does apply)"
+            )
+        return train_probe(cfg, request.run_name, request.workers, request.ctx)
 
 
 def train_probe(
@@ -61,7 +78,7 @@ def train_probe(
         torch.set_num_threads(cfg.train.threads)
     with claim_run(run_dir):
         check_or_write_run_info(run_dir, cfg, prepared)
-        device = pick_device(cfg.train.device)
+        device = device_for(SINGLE, cfg.train.device)
         embeddings, layers = embed_prepared(prepared, probe.embedding, cfg.features, device)
         log.info(
             "train: linear probe %s on %s (%s values a clip), folds %s",
