@@ -20,7 +20,7 @@ from audiotag.config.schema import LossConfig, PseudoLabelConfig, TrainConfig
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError
 from audiotag.data.augment import mixup
-from audiotag.scoring.predictions import read_predictions
+from audiotag.runs.fold_data import clip_weights, fold_data
 from audiotag.runs.prepare import Prepared
 from audiotag.runs.pseudo_labels import (
     SCORES_FILE,
@@ -30,7 +30,7 @@ from audiotag.runs.pseudo_labels import (
     with_pseudo_labels,
     write_pseudo_labels,
 )
-from audiotag.runs.fold_data import clip_weights, fold_data
+from audiotag.scoring.predictions import read_predictions
 from audiotag.train.losses import (
     lq_per_clip,
     lsep_per_clip,

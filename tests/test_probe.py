@@ -16,9 +16,9 @@ from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.representation import EmbeddingConfig
+from audiotag.runs.fold_data import fold_data
 from audiotag.runs.prepare import Prepared
 from audiotag.runs.probe_training import probe_one_fold
-from audiotag.runs.fold_data import fold_data
 from tests.fakes import FakeMulti, FakeSingle, make
 
 ID_SCALE = 1e-3  # column 0 of every fake embedding: the clip's number times this (a clip's id)

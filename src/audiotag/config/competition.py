@@ -202,7 +202,7 @@ class TableDownload(StrictModel):
 
 
 # Competition keys that choose what the pipeline runs when no --config is given, not what a run or the
-# clip table computes (stages/train.py RUNTIME_KEYS, runs/prepare.py TABLE_NEUTRAL).
+# clip table computes (runs/folder.py RUNTIME_KEYS, runs/prepare.py TABLE_NEUTRAL).
 PIPELINE_DEFAULT_KEYS = ("default_experiment", "default_ensemble", "default_extra_experiments")
 
 
