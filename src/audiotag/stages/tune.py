@@ -21,11 +21,11 @@ tune.KEY=VALUE`` the tune config), checks the search space against it, and runs 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,22 @@ TUNE_PREFIX = "tune."  # --set tune.KEY=VALUE: the tune config; any other key: t
 FIXED_KEYS = ("name", "competition", *sorted(RUNTIME_KEYS))  # never searched
 
 
+@dataclass(frozen=True)
+class TuneOptions:
+    """What ``audiotag tune`` is asked: the study's inputs as given on its command line."""
+
+    competition: str = "demo"
+    config: str | None = None  # a name under configs/tune/ or a YAML path
+    experiment: str | None = None  # the base experiment (default: the tune config's, else the default)
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE; tune.KEY=VALUE: the tune config
+    trials: int | None = None
+    timeout: float | None = None  # minutes
+    folds: str | None = None  # comma-separated
+    name: str | None = None
+    workers: int | None = None
+    data_dir: Path | None = None
+
+
 def experiment_file(name: str) -> Path:
     """``configs/experiments/<name>.yaml``, or the path itself when it ends in .yaml/.yml."""
     if is_yaml_path(name):
@@ -60,29 +76,29 @@ def experiment_file(name: str) -> Path:
     return path
 
 
-def setup_tune(
-    args: argparse.Namespace, default_experiment: Callable[[], Path], table: str | None
-) -> TuneSetup:
-    experiment_overrides = [o for o in args.overrides if not o.startswith(TUNE_PREFIX)]
-    tune_overrides = [o.removeprefix(TUNE_PREFIX) for o in args.overrides if o.startswith(TUNE_PREFIX)]
-    if args.trials is not None:
-        tune_overrides.append(f"n_trials={args.trials}")
-    if args.timeout is not None:
-        tune_overrides.append(f"timeout_minutes={args.timeout}")
-    if args.folds:
+def setup_tune(options: TuneOptions, default_experiment: Callable[[], Path], table: str | None) -> TuneSetup:
+    experiment_overrides = [o for o in options.overrides if not o.startswith(TUNE_PREFIX)]
+    tune_overrides = [o.removeprefix(TUNE_PREFIX) for o in options.overrides if o.startswith(TUNE_PREFIX)]
+    if options.trials is not None:
+        tune_overrides.append(f"n_trials={options.trials}")
+    if options.timeout is not None:
+        tune_overrides.append(f"timeout_minutes={options.timeout}")
+    if options.folds:
         try:
-            folds = [int(f) for f in args.folds.split(",") if f.strip()]
+            folds = [int(f) for f in options.folds.split(",") if f.strip()]
         except ValueError:
-            raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
+            raise ConfigError(
+                f"--folds {options.folds!r}: expected comma-separated integers like 0,1"
+            ) from None
         tune_overrides.append(f"folds={folds}")
-    tune_path = tune_config_path(args.config)
+    tune_path = tune_config_path(options.config)
     cfg = load_tune_config(tune_path, tune_overrides)
-    experiment = args.experiment or cfg.experiment
+    experiment = options.experiment or cfg.experiment
     path = experiment_file(experiment) if experiment else default_experiment()
-    if args.data_dir is not None:
-        data_dir = Path(args.data_dir).expanduser().resolve()
+    if options.data_dir is not None:
+        data_dir = Path(options.data_dir).expanduser().resolve()
         if not data_dir.is_dir():
-            raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+            raise ConfigError(f"--data-dir {options.data_dir}: no such folder")
         experiment_overrides.append(f"competition.data_dir={json.dumps(str(data_dir))}")
     searched = sorted({o.split("=", 1)[0].strip() for o in experiment_overrides} & set(cfg.space))
     if searched:
@@ -91,8 +107,10 @@ def setup_tune(
             "space, or leave the --set out"
         )
     base = load_experiment(path, experiment_overrides, competition=table)
-    if table is None and base.competition.name != args.competition:
-        raise ConfigError(f"{path}: is for competition {base.competition.name!r}, not {args.competition!r}")
+    if table is None and base.competition.name != options.competition:
+        raise ConfigError(
+            f"{path}: is for competition {base.competition.name!r}, not {options.competition!r}"
+        )
     if base.model.name == PROBE:
         raise ConfigError(f"{path}: tune trains networks epoch by epoch; a {PROBE} experiment has no epochs")
     comp = get_competition(base.competition)
@@ -101,7 +119,7 @@ def setup_tune(
         raise ConfigError(
             f"tune folds {bad}: out of range; competition {comp.name} has 0..{comp.cfg.n_folds - 1}"
         )
-    name = args.name or cfg.name or base.name
+    name = options.name or cfg.name or base.name
     setup = TuneSetup(cfg, name, path, experiment_overrides, table, base, comp.dir / "tune" / name)
     check_space(cfg.space, setup.load, str(tune_path), FIXED_KEYS)
     return setup
@@ -156,19 +174,19 @@ def claim_study(tune_dir: Path) -> contextlib.AbstractContextManager[dict[str, A
     )
 
 
-def run_tune(args: argparse.Namespace, default_experiment: Callable[[], Path], table: str | None) -> None:
+def run_tune(options: TuneOptions, default_experiment: Callable[[], Path], table: str | None) -> None:
     """``audiotag tune``: set up, run the study, write the tuned experiment and the plots."""
     from audiotag.reports.tune_plots import write_search_plots
     from audiotag.train.tune_study import best_trial, open_study, run_study, trial_counts
 
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
-    setup = setup_tune(args, default_experiment, table)
+    if options.workers is not None and options.workers < 1:
+        raise ConfigError(f"--workers {options.workers}: expected 1 or more (leave it out for all cores)")
+    setup = setup_tune(options, default_experiment, table)
     metric = get_competition(setup.base.competition).metric
 
     def train_trial(params: list[str], run_dir: Path, hook: EpochHook) -> float:
         cfg = setup.trial_config(params)
-        request = RunRequest(workers=args.workers, run_dir=run_dir, on_epoch=hook)
+        request = RunRequest(workers=options.workers, run_dir=run_dir, on_epoch=hook)
         return FoldTraining().train(cfg, request).mean  # a probe experiment was refused: no epochs
 
     with claim_study(setup.tune_dir):
@@ -201,42 +219,3 @@ def run_tune(args: argparse.Namespace, default_experiment: Callable[[], Path], t
             f"keep it: cp {out} {configs_root() / 'experiments' / setup.base.competition.name}/",
             soft_wrap=True,
         )
-
-
-def build_tune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audiotag tune",
-        description="Hyperparameter search (Optuna, TPE + pruning after every epoch) over an experiment "
-        "on one or two folds. The study lives in competition/<comp>/tune/<name>/ (SQLite): the same "
-        "command continues it. Writes the best trial as an experiment YAML, and plots of the search.",
-    )
-    parser.add_argument(
-        "--competition", "-c", default="demo", help="competition name or YAML path (default: demo)"
-    )
-    parser.add_argument(
-        "--config", help="tune config: a name under configs/tune/ or a YAML path (default: default)"
-    )
-    parser.add_argument(
-        "--experiment",
-        help="base experiment: a name under configs/experiments/ (demo/cnn_small) or a YAML path "
-        "(default: the tune config's, else the competition's default)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change the base experiment, e.g. --set train.epochs=8, or the tune config with the tune. "
-        "prefix, e.g. --set tune.pruner.kind=successive_halving (repeatable)",
-    )
-    parser.add_argument("--trials", type=int, metavar="N", help="finished trials to reach (tune.n_trials)")
-    parser.add_argument("--timeout", type=float, metavar="MINUTES", help="start no trial after this long")
-    parser.add_argument("--folds", help="comma-separated folds each trial trains (tune.folds; default 0)")
-    parser.add_argument("--name", help="the study's name and folder (default: the base experiment's name)")
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="processes for the feature cache (default: all cores)"
-    )
-    parser.add_argument("--data-dir", type=Path, metavar="PATH", help="the competition's files in place")
-    parser.add_argument("--verbose", "-v", action="store_true")
-    return parser
