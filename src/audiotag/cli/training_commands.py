@@ -16,7 +16,8 @@ from audiotag.cli.configs import default_config, table_competition
 from audiotag.config.files import configs_root
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
-from audiotag.stages.pretrain import METHODS, load_pretrain_config, run_pretrain_stage
+from audiotag.runs.task import RunRequest
+from audiotag.stages.pretrain import METHODS, Pretraining, load_pretrain_config
 from audiotag.stages.tune import TuneOptions
 from audiotag.stages.tune import run_tune as tune
 from audiotag.train.distributed import launched_by_torchrun, relaunch_with_torchrun, setup, teardown
@@ -85,7 +86,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        result = run_pretrain_stage(cfg, args.out, args.workers, ctx)
+        result = Pretraining().train(cfg, RunRequest(workers=args.workers, ctx=ctx, run_dir=args.out))
     finally:
         teardown()
     if ctx.is_main:

@@ -1,20 +1,19 @@
-"""One small interface for the ways an experiment is trained into a run folder.
+"""One small interface for the ways a config is trained into its folder: ``train(cfg, request)``.
 
-The train stage picks the implementation by the experiment's config (``stages/train.py``): fold by
-fold training of a network (``runs/fold_training.py``) or the linear probe on frozen embeddings
-(``runs/probe_training.py``). Each claims its run folder, records it (``runs/folder.py``) and ends
-with the run's results (``runs/results.py``), so what follows (ensemble, leaderboard, package)
-takes any run alike.
+Three implementations: fold by fold training of a network (``runs/fold_training.py``), the linear
+probe on frozen embeddings (``runs/probe_training.py``), both ``TrainingTask[ExperimentConfig,
+RunResult]`` that the train stage picks by the experiment's config (``stages/train.py``), and
+self-supervised pretraining of an encoder (``stages/pretrain.py``, ``TrainingTask[PretrainConfig,
+PretrainResult]``). Each claims its folder, records its settings and refuses a rerun with others
+(``runs/folder.py``), and resumes what a killed process left.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from audiotag.experiment import ExperimentConfig
-from audiotag.runs.results import RunResult
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.hooks import EpochHook
 
@@ -24,14 +23,18 @@ class RunRequest:
     """Where and how a run is trained: ``run_dir`` defaults to ``runs/<run_name or cfg.name>`` (a tune
     trial's is elsewhere); ``on_epoch`` is told each epoch's validation score (``train/hooks.py``)."""
 
-    run_name: str | None = None
+    run_name: str | None = None  # (fold training and the probe)
     workers: int | None = None  # processes for the feature cache
     ctx: DistContext = SINGLE
     run_dir: Path | None = None
     on_epoch: EpochHook | None = None
 
 
-class TrainingTask(Protocol):
-    def train(self, cfg: ExperimentConfig, request: RunRequest) -> RunResult:
-        """Train (or resume, or find done) the run of ``cfg``."""
+ConfigT = TypeVar("ConfigT", contravariant=True)
+ResultT = TypeVar("ResultT", covariant=True)
+
+
+class TrainingTask(Protocol[ConfigT, ResultT]):
+    def train(self, cfg: ConfigT, request: RunRequest) -> ResultT:
+        """Train (or resume, or find done) what ``cfg`` describes."""
         ...

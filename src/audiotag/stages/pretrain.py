@@ -69,6 +69,7 @@ from audiotag.data.norm_stats import dataset_norm
 from audiotag.models.encoder_file import encoder_payload
 from audiotag.runs.folder import changed_settings, code_version, describe_changes, run_settings
 from audiotag.runs.pretrain_data import Sources, gather_sources
+from audiotag.runs.task import RunRequest
 from audiotag.train.checkpoint import disk_full_guard, file_record, save_checkpoint
 from audiotag.train.distributed import (
     SINGLE,
@@ -253,6 +254,14 @@ def run_pretrain_stage(
             check_or_write_info(out_dir, cfg, sources)
         ctx.barrier()
         return _train(cfg, sources, out_dir, ctx)
+
+
+class Pretraining:
+    """The ``TrainingTask`` of pretraining (``runs/task.py``): ``request.run_dir`` is the output folder
+    (``--out``; default ``output_dir``'s); a run name and an epoch hook do not apply."""
+
+    def train(self, cfg: PretrainConfig, request: RunRequest) -> PretrainResult:
+        return run_pretrain_stage(cfg, request.run_dir, request.workers, request.ctx)
 
 
 def _train(cfg: PretrainConfig, sources: Sources, out_dir: Path, ctx: DistContext) -> PretrainResult:

@@ -20,7 +20,7 @@ from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.hooks import EpochHook
 
 
-def training_task(cfg: ExperimentConfig) -> TrainingTask:
+def training_task(cfg: ExperimentConfig) -> TrainingTask[ExperimentConfig, RunResult]:
     """The experiment's way of training: linear evaluation for ``linear_probe``, else fold training."""
     return ProbeTraining() if cfg.model.name == PROBE else FoldTraining()
 
