@@ -20,8 +20,7 @@ from audiotag.config.schema import LossConfig, PseudoLabelConfig, TrainConfig
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError
 from audiotag.data.augment import mixup
-from audiotag.runs.fold_data import clip_weights, fold_data
-from audiotag.runs.prepare import Prepared
+from audiotag.runs.prepare import Prepared, clip_weights, fold_data
 from audiotag.runs.pseudo_labels import (
     SCORES_FILE,
     check_teacher,

@@ -16,8 +16,7 @@ from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.representation import EmbeddingConfig
-from audiotag.runs.fold_data import fold_data
-from audiotag.runs.prepare import Prepared
+from audiotag.runs.prepare import Prepared, fold_data
 from audiotag.runs.probe_training import probe_one_fold
 from tests.fakes import FakeMulti, FakeSingle, make
 

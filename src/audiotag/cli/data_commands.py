@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audiotag.cli.args import options_of
 from audiotag.models.representation import LayerSpec
+from audiotag.stages.embed import EmbedOptions
 from audiotag.stages.embed import run_embed as embed
 from audiotag.stages.new_competition import run_new_competition as new_competition
 from audiotag.stages.weights import fetch_weights, list_timm_weights, list_weights, verify_weights
@@ -136,17 +138,7 @@ def build_embed_parser() -> argparse.ArgumentParser:
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    embed(
-        args.competition,
-        args.model,
-        args.layers,
-        arch=args.arch,
-        features=args.features,
-        window_seconds=args.window_seconds,
-        batch_size=args.batch_size,
-        device=args.device,
-        workers=args.workers,
-    )
+    embed(options_of(EmbedOptions, args))
 
 
 def build_new_competition_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+from audiotag.cli.args import data_dir_overrides, options_of
 from audiotag.cli.configs import default_config, table_competition
 from audiotag.config.files import configs_root
 from audiotag.core.errors import ConfigError
@@ -65,12 +66,7 @@ def command_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"audio={json.dumps([str(Path(a).expanduser().resolve()) for a in args.audio])}")
     if args.name:
         overrides.append(f"name={json.dumps(args.name)}")
-    if args.data_dir is not None:
-        path = Path(args.data_dir).expanduser().resolve()
-        if not path.is_dir():
-            raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
-        overrides.append(f"competition.data_dir={json.dumps(str(path))}")
-    return overrides
+    return overrides + data_dir_overrides(args)
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
@@ -141,16 +137,8 @@ def build_tune_parser() -> argparse.ArgumentParser:
 
 def run_tune(args: argparse.Namespace) -> None:
     competition = args.competition
-    options = TuneOptions(
-        competition=competition,
-        config=args.config,
-        experiment=args.experiment,
-        overrides=args.overrides,
-        trials=args.trials,
-        timeout=args.timeout,
-        folds=args.folds,
-        name=args.name,
-        workers=args.workers,
-        data_dir=args.data_dir,
-    )
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
+    args.overrides = args.overrides + data_dir_overrides(args)
+    options = options_of(TuneOptions, args)
     tune(options, lambda: default_config(competition, "experiment"), table_competition(competition))

@@ -20,16 +20,14 @@ from audiotag.data.cache_reader import FeatureCache
 from audiotag.experiment import ExperimentConfig
 from audiotag.models.registry import check_pretrained
 from audiotag.runs.auto_settings import resolve_auto
-from audiotag.runs.fold_data import clip_weights, fold_data
-from audiotag.runs.folder import check_or_write_run_info, claim_run
-from audiotag.runs.prepare import Prepared, prepare
+from audiotag.runs.folder import RunResult, check_or_write_run_info, claim_run, collect_run
+from audiotag.runs.prepare import Prepared, clip_weights, fold_data, prepare, run_folds
 from audiotag.runs.pseudo_labels import (
     check_teacher,
     model_predictor,
     with_pseudo_labels,
     write_pseudo_labels,
 )
-from audiotag.runs.results import RunResult, collect_run
 from audiotag.runs.task import RunRequest
 from audiotag.train.distributed import DistContext, device_for
 from audiotag.train.hooks import EpochHook
@@ -103,10 +101,7 @@ def _train_run(
         torch.set_num_threads(cfg.train.threads)
     device = device_for(ctx, cfg.train.device)
     n_folds = comp.cfg.n_folds
-    folds = cfg.train.folds if cfg.train.folds is not None else list(range(n_folds))
-    bad = [f for f in folds if not 0 <= f < n_folds]
-    if bad:
-        raise ConfigError(f"train.folds: {bad} out of range; this competition has folds 0..{n_folds - 1}")
+    folds = run_folds(cfg, n_folds)
     cache = FeatureCache(prepared.cache_dir)
     log.info("train: run %s on %s, folds %s, %s threads", run_dir, device, folds, torch.get_num_threads())
     if cfg.train.pseudo_labels is not None:  # teacher fold k scores fold k's noisy clips, once

@@ -1,6 +1,7 @@
-"""A run folder's identity and ownership: the settings that make its numbers what they are, the
-record of them written before any work starts (``run.json``; ``pretrain.json`` for pretraining), the
-refusal of a rerun whose settings changed, and the claim of one process on the folder.
+"""A run folder: its identity (the settings that make its numbers what they are), the record of them
+written before any work starts (``run.json``; ``pretrain.json`` for pretraining), the refusal of a
+rerun whose settings changed, the claim of one process on the folder, and the run's results (fold
+scores; once every fold is done, the run's ``oof.parquet``, ``test.parquet`` and ``metrics.json``).
 
 One process trains a run folder at a time: ``claim_run`` holds it with an OS file lock on
 ``runs/<name>/owner.lock`` (released by the kernel when the process dies, so a killed run never
@@ -17,8 +18,10 @@ import platform
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
@@ -33,6 +36,9 @@ from audiotag.core.locks import claim_folder, describe_owner
 from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig
 from audiotag.runs.prepare import Prepared
+from audiotag.scoring import metrics
+from audiotag.scoring.fold_scores import FoldScores
+from audiotag.scoring.predictions import read_predictions, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +117,13 @@ def changed_settings(
     return changed
 
 
-def describe_changes(saved: dict[str, object], settings: dict[str, object], changed: list[str]) -> str:
-    """The first few changed settings, ``key: old -> new``, for a refusal."""
+def record_changes(info_path: Path, cfg: BaseModel, runtime_keys: set[str] = RUNTIME_KEYS) -> str | None:
+    """The settings of ``cfg`` that differ from those ``info_path`` recorded, the first few as ``key:
+    old -> new`` ('' when none); None when there is no record yet."""
+    if not info_path.is_file():
+        return None
+    saved, settings = json.loads(info_path.read_text())["settings"], run_settings(cfg, runtime_keys)
+    changed = changed_settings(saved, settings, cfg, runtime_keys)
     return "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:8])
 
 
@@ -134,16 +145,13 @@ def code_version() -> str:
 
 def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prepared) -> None:
     info_path = run_dir / "run.json"
-    settings = result_settings(cfg)
-    if info_path.is_file():
-        saved = json.loads(info_path.read_text())["settings"]
-        changed = changed_settings(saved, settings, cfg)
-        if changed:
-            raise ConfigError(
-                f"run {run_dir.name!r} in {run_dir} was started with a different config "
-                f"({describe_changes(saved, settings, changed)}). "
-                "Give the new config its own run with --run-name NAME, or delete the run folder to start over"
-            )
+    changes = record_changes(info_path, cfg)
+    if changes:
+        raise ConfigError(
+            f"run {run_dir.name!r} in {run_dir} was started with a different config ({changes}). "
+            "Give the new config its own run with --run-name NAME, or delete the run folder to start over"
+        )
+    if changes is not None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
@@ -151,7 +159,7 @@ def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prep
         info_path,
         {
             "name": run_dir.name,
-            "settings": settings,
+            "settings": result_settings(cfg),
             "feature_key": cfg.features.key(),
             "cache_dir": str(prepared.cache_dir),
             "folds_file": str(prepared.folds_path),
@@ -182,3 +190,71 @@ def claim_run(run_dir: Path) -> Iterator[None]:
         if died:
             log.info("train: run %s: its previous owner, %s, is gone", run_dir.name, describe_owner(died))
         yield
+
+
+@dataclass
+class RunResult(FoldScores):
+    name: str
+    dir: Path
+    metric: str
+    fold_scores: dict[int, float]
+    complete: bool
+    test_score: float | None = None  # fold-mean test predictions on known test labels (demo only)
+
+
+def collect_run(
+    run_dir: Path, classes: list[str], metric: str, n_folds: int, prepared: Prepared
+) -> RunResult:
+    """Gather fold results; when every fold is done, write run-level OOF, test and metrics files."""
+    scores: dict[int, float] = {}
+    for fold in range(n_folds):
+        done = run_dir / f"fold{fold}" / "done.json"
+        if done.is_file():
+            scores[fold] = json.loads(done.read_text())["score"]
+    complete = len(scores) == n_folds
+    comp = prepared.competition
+    result = RunResult(run_dir.name, run_dir, metric, scores, complete)
+    test_files = [run_dir / f"fold{f}" / "test.parquet" for f in sorted(scores)]
+    if test_files and all(p.is_file() for p in test_files):
+        parts = [read_predictions(p, classes) for p in test_files]
+        test_ids, fold_mean = parts[0][0], np.mean([part[1] for part in parts], axis=0)
+        result.test_score = comp.score_test(test_ids, fold_mean)
+    if not complete:
+        log.info(
+            "train: %d of %d folds done; run the remaining folds to get OOF and test files",
+            len(scores),
+            n_folds,
+        )
+        return result
+    oof_ids: list[str] = []
+    oof_parts, test_parts = [], []
+    test_ids: list[str] | None = None
+    for fold in range(n_folds):
+        ids, scores_fold = read_predictions(run_dir / f"fold{fold}" / "oof.parquet", classes)
+        oof_ids += ids
+        oof_parts.append(scores_fold)
+        test_path = run_dir / f"fold{fold}" / "test.parquet"
+        if test_path.is_file():
+            test_ids, test_fold = read_predictions(test_path, classes)
+            test_parts.append(test_fold)
+    oof = np.concatenate(oof_parts)
+    write_predictions(run_dir / "oof.parquet", oof_ids, classes, oof)
+    if test_parts and test_ids is not None:
+        write_predictions(run_dir / "test.parquet", test_ids, classes, np.mean(test_parts, axis=0))
+    table = prepared.table.set_index("clip_id").loc[oof_ids]
+    truth = comp.label_matrix(table["labels"])
+    verified = table["verified"].to_numpy()
+    pooled = metrics.score(metric, truth[verified], oof[verified]) if verified.any() else float("nan")
+    atomic_write_json(
+        run_dir / "metrics.json",
+        {
+            "metric": metric,
+            "folds": {str(k): v for k, v in scores.items()},
+            "mean": result.mean,
+            "std": result.std,
+            "oof_pooled": pooled,
+            "n_oof": len(oof_ids),
+            "test_score": result.test_score,
+        },
+    )
+    return result

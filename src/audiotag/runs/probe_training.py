@@ -6,8 +6,8 @@
 ``oof.parquet``, ``test.parquet``, ``probe.npz`` (the fitted probe, which ``package`` ships) and
 ``done.json`` (skipped when done); the run's ``oof.parquet``, ``test.parquet`` and ``metrics.json``
 follow (``collect_run``), so that ``ensemble`` and ``leaderboard`` take it as any other member.
-The embeddings come from the embedding cache, built first when missing (``runs/embeddings.py``);
-the classifier is ``audiotag.train.probe``'s.
+The embeddings come from the embedding cache, built first when missing (``embed_prepared``, which
+``embed`` runs too); the classifier is ``audiotag.train.probe``'s.
 """
 
 from __future__ import annotations
@@ -20,22 +20,44 @@ import numpy as np
 import torch
 
 from audiotag.competitions.base import warn_about_rules
+from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import ConfigError
+from audiotag.data.cache_reader import FeatureCache
 from audiotag.experiment import ExperimentConfig
-from audiotag.models.embedding_cache import EmbeddingCache
+from audiotag.models.embedding_cache import (
+    EmbeddingCache,
+    embeddings_root,
+    ensure_embeddings,
+    plan_embeddings,
+)
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, verify_probe
-from audiotag.runs.embeddings import embed_prepared
-from audiotag.runs.fold_data import fold_data
-from audiotag.runs.folder import check_or_write_run_info, claim_run
-from audiotag.runs.prepare import Prepared, prepare
-from audiotag.runs.results import RunResult, collect_run
+from audiotag.models.representation import EmbeddingConfig, LayerSpec
+from audiotag.runs.folder import RunResult, check_or_write_run_info, claim_run, collect_run
+from audiotag.runs.prepare import Prepared, fold_data, prepare, run_folds
 from audiotag.runs.task import RunRequest
 from audiotag.train.distributed import SINGLE, DistContext, device_for
 from audiotag.train.loop import FoldData, fold_score
 from audiotag.train.probe import ProbeFold, fit_fold, read_done, write_fold
 
 log = logging.getLogger(__name__)
+
+
+def embed_prepared(
+    prepared: Prepared,
+    cfg: EmbeddingConfig,
+    features: FeatureConfig,
+    device: torch.device,
+    layers: LayerSpec | None = None,
+) -> tuple[EmbeddingCache, list[str]]:
+    """The embedding cache of a prepared competition (built or resumed when missing) and the layer
+    names ``layers`` (default: ``cfg.layers``) resolve to."""
+    cache = FeatureCache(prepared.cache_dir)
+    train_ids = prepared.competition.training_clips(prepared.table)["clip_id"].astype(str).tolist()
+    plan = plan_embeddings(cfg, features, cache, train_ids)
+    names = plan.layers(layers)
+    folder = ensure_embeddings(plan, names, cache, embeddings_root(prepared.competition.dir), device)
+    return EmbeddingCache(folder), names
 
 
 class ProbeTraining:
@@ -70,10 +92,7 @@ def train_probe(
     comp = prepared.competition
     run_dir = comp.dir / "runs" / (run_name or cfg.name)
     n_folds = comp.cfg.n_folds
-    folds = cfg.train.folds if cfg.train.folds is not None else list(range(n_folds))
-    bad = [f for f in folds if not 0 <= f < n_folds]
-    if bad:
-        raise ConfigError(f"train.folds: {bad} out of range; this competition has folds 0..{n_folds - 1}")
+    folds = run_folds(cfg, n_folds)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     with claim_run(run_dir):

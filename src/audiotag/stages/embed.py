@@ -4,12 +4,13 @@
 ``NAME`` (its own architecture and front-end; ``--features`` for weights that have none) over the
 feature cache of ``COMP`` (built first if missing) and stores the embeddings in
 ``competition/COMP/embeddings/`` (``audiotag.models.embedding_cache``). A ``linear_probe`` experiment
-computes or reuses the same cache itself (``runs/embeddings.py``).
+computes or reuses the same cache itself (``runs/probe_training.py``).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,8 +21,8 @@ from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
 from audiotag.models.embedding_cache import EmbeddingCache
 from audiotag.models.representation import EmbeddingConfig, LayerSpec, embedding_features
-from audiotag.runs.embeddings import embed_prepared
 from audiotag.runs.prepare import prepare
+from audiotag.runs.probe_training import embed_prepared
 from audiotag.train.distributed import SINGLE, device_for
 
 log = logging.getLogger(__name__)
@@ -49,19 +50,25 @@ def embed_competition(
     return embed_prepared(prepared, cfg, features, device or device_for(SINGLE, "auto"))
 
 
-def run_embed(
-    competition: str,
-    weights: str,
-    layers: LayerSpec,
-    arch: str | None = None,
-    features: str | None = None,
-    window_seconds: float = 10.0,
-    batch_size: int = 16,
-    device: str = "auto",
-    workers: int | None = None,
-) -> None:
-    """``audiotag embed``: embed every clip of ``competition`` with ``weights`` (a weights-table name
-    or a checkpoint file, ``arch`` naming its model config) and say where the embeddings are."""
+@dataclass(frozen=True)
+class EmbedOptions:
+    """What ``audiotag embed`` is asked: ``model``, a weights-table name or a checkpoint file (then
+    ``arch`` names its model config), the layers to fuse, the front-end, and how to run."""
+
+    competition: str
+    model: str
+    layers: LayerSpec
+    arch: str | None = None
+    features: str | None = None
+    window_seconds: float = 10.0
+    batch_size: int = 16
+    device: str = "auto"
+    workers: int | None = None
+
+
+def run_embed(options: EmbedOptions) -> None:
+    """``audiotag embed``: embed every clip of the competition and say where the embeddings are."""
+    weights = options.model
     if Path(weights).expanduser().is_file():
         weights = str(Path(weights).expanduser().resolve())
     else:
@@ -70,14 +77,18 @@ def run_embed(
         lookup(weights)  # an unknown name: ConfigError listing the known ones
     cfg = EmbeddingConfig(
         weights=weights,
-        model=arch,
-        layers=layers,
-        window_seconds=window_seconds,
-        batch_size=batch_size,
+        model=options.arch,
+        layers=options.layers,
+        window_seconds=options.window_seconds,
+        batch_size=options.batch_size,
     )
-    front_end = embedding_front_end(cfg, features)
+    front_end = embedding_front_end(cfg, options.features)
     cache, names = embed_competition(
-        load_competition(competition), cfg, front_end, workers, device_for(SINGLE, device)
+        load_competition(options.competition),
+        cfg,
+        front_end,
+        options.workers,
+        device_for(SINGLE, options.device),
     )
     console = output_console()
     dims = " + ".join(f"{name}: {cache.dims[name]}" for name in names)

@@ -67,7 +67,7 @@ from audiotag.core.locks import claim_folder
 from audiotag.core.paths import workspace_root
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.models.encoder_file import encoder_payload
-from audiotag.runs.folder import changed_settings, code_version, describe_changes, run_settings
+from audiotag.runs.folder import code_version, record_changes, run_settings
 from audiotag.runs.pretrain_data import Sources, gather_sources
 from audiotag.runs.task import RunRequest
 from audiotag.train.checkpoint import disk_full_guard, file_record, save_checkpoint
@@ -121,24 +121,15 @@ def output_dir(cfg: PretrainConfig, out: Path | None = None) -> Path:
     return workspace_root() / "_pretrain" / cfg.name
 
 
-def settings_of(cfg: PretrainConfig) -> dict[str, object]:
-    return run_settings(cfg, RUNTIME_KEYS)
-
-
 def check_settings(out_dir: Path, cfg: PretrainConfig) -> bool:
     """Whether ``pretrain.json`` exists; a ConfigError when it was written with other settings."""
-    info_path = out_dir / "pretrain.json"
-    if not info_path.is_file():
-        return False
-    saved, settings = json.loads(info_path.read_text())["settings"], settings_of(cfg)
-    changed = changed_settings(saved, settings, cfg, RUNTIME_KEYS)
-    if changed:
+    changes = record_changes(out_dir / "pretrain.json", cfg, RUNTIME_KEYS)
+    if changes:
         raise ConfigError(
-            f"pretrain {out_dir.name!r} in {out_dir} was started with other settings "
-            f"({describe_changes(saved, settings, changed)}). Give "
+            f"pretrain {out_dir.name!r} in {out_dir} was started with other settings ({changes}). Give "
             "this one its own --name, or delete the folder to start over"
         )
-    return True
+    return changes is not None
 
 
 def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) -> None:
@@ -154,14 +145,13 @@ def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) ->
                 "folder to start over"
             )
         return
-    settings = settings_of(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
     atomic_write_json(
         info_path,
         {
             "name": cfg.name,
-            "settings": settings,
+            "settings": run_settings(cfg, RUNTIME_KEYS),
             "sources": sources.counts,
             "clips_sha1": sources.fingerprint(),
             "feature_key": cfg.features.key(),

@@ -57,13 +57,13 @@ class TuneOptions:
     competition: str = "demo"
     config: str | None = None  # a name under configs/tune/ or a YAML path
     experiment: str | None = None  # the base experiment (default: the tune config's, else the default)
-    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE; tune.KEY=VALUE: the tune config
+    # --set KEY=VALUE (and --data-dir as competition.data_dir); tune.KEY=VALUE: the tune config
+    overrides: list[str] = field(default_factory=list)
     trials: int | None = None
     timeout: float | None = None  # minutes
     folds: str | None = None  # comma-separated
     name: str | None = None
     workers: int | None = None
-    data_dir: Path | None = None
 
 
 def experiment_file(name: str) -> Path:
@@ -95,11 +95,6 @@ def setup_tune(options: TuneOptions, default_experiment: Callable[[], Path], tab
     cfg = load_tune_config(tune_path, tune_overrides)
     experiment = options.experiment or cfg.experiment
     path = experiment_file(experiment) if experiment else default_experiment()
-    if options.data_dir is not None:
-        data_dir = Path(options.data_dir).expanduser().resolve()
-        if not data_dir.is_dir():
-            raise ConfigError(f"--data-dir {options.data_dir}: no such folder")
-        experiment_overrides.append(f"competition.data_dir={json.dumps(str(data_dir))}")
     searched = sorted({o.split("=", 1)[0].strip() for o in experiment_overrides} & set(cfg.space))
     if searched:
         raise ConfigError(
@@ -179,8 +174,6 @@ def run_tune(options: TuneOptions, default_experiment: Callable[[], Path], table
     from audiotag.reports.tune_plots import write_search_plots
     from audiotag.train.tune_study import best_trial, open_study, run_study, trial_counts
 
-    if options.workers is not None and options.workers < 1:
-        raise ConfigError(f"--workers {options.workers}: expected 1 or more (leave it out for all cores)")
     setup = setup_tune(options, default_experiment, table)
     metric = get_competition(setup.base.competition).metric
 
