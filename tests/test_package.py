@@ -70,7 +70,7 @@ def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsy
         assert (out / "members" / "cnn_small" / f"fold{fold}" / "best.pt").is_file()
     assert (out / "members" / "cnn_small" / "config.yaml").is_file()
     assert (out / "ensemble.yaml").is_file() and (out / "ensemble_report.json").is_file()
-    assert (out / "code" / "audiotag" / "inference.py").is_file()
+    assert (out / "code" / "audiotag" / "kaggle" / "inference.py").is_file()
     assert not list(out.rglob("__pycache__"))
 
     # the packaged script, alone: its own copy of the code, the demo's raw folder as /kaggle/input/<slug>
