@@ -116,7 +116,7 @@ def main() -> None:
     from audiotag.data.wave_augment import fold_wave_augment
     from audiotag.experiment import load_experiment
     from audiotag.models.registry import build_model
-    from audiotag.stages.prepare import prepare
+    from audiotag.runs.prepare import prepare
 
     setup_logging()
     console = Console(width=150)

@@ -1,4 +1,4 @@
-"""``train.auto`` in a run (stages/auto_settings.py): facts from the data and the model, the user's
+"""``train.auto`` in a run (runs/auto_settings.py): facts from the data and the model, the user's
 settings kept, the derived ones saved in the run folder and read back when the run starts again."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from audiotag.cli.main import main
 from audiotag.config.schema import load_competition
 from audiotag.experiment import load_experiment
 from audiotag.models.registry import build_model
-from audiotag.stages import auto_settings
-from audiotag.stages.auto_settings import AUTO_FILE, explicit_keys, measure_model, resolve_auto
-from audiotag.stages.prepare import prepare
+from audiotag.runs import auto_settings
+from audiotag.runs.auto_settings import AUTO_FILE, explicit_keys, measure_model, resolve_auto
+from audiotag.runs.prepare import prepare
 from tests.test_table_competition import args, make_dataset
 
 TABLE_RECIPE = "configs/experiments/table/cnn_small_fixed.yaml"

@@ -163,7 +163,7 @@ def test_demo_layout_flags_unusable_files_too(tmp_path: Path) -> None:
 
 
 def test_prepare_skips_unusable_train_files_and_zero_fills_test_files(workspace: Path) -> None:
-    from audiotag.stages.prepare import prepare
+    from audiotag.runs.prepare import prepare
 
     data = fake_fsd2018_kaggle(workspace / "kaggle-input")
     spoil(data)
@@ -189,7 +189,7 @@ def test_prepare_skips_unusable_train_files_and_zero_fills_test_files(workspace:
 
 
 def test_header_only_train_csv_is_refused_before_anything_is_written(workspace: Path) -> None:
-    from audiotag.stages.prepare import prepare
+    from audiotag.runs.prepare import prepare
 
     data = fake_fsd2018_kaggle(workspace / "kaggle-input")
     (data / "train.csv").write_text("fname,label,manually_verified\n")

@@ -26,7 +26,7 @@ from audiotag.data.audio import load_audio
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache, cache_dir_for
 from audiotag.data.features import compute_logmel, n_frames
-from audiotag.stages.prepare import report_cache
+from audiotag.runs.prepare import report_cache
 
 CFG = FeatureConfig()
 N_CLIPS = 12
@@ -428,7 +428,7 @@ def test_changed_audio_rules_in_the_config_rebuild_the_cache(
     it with exactly the longer clips flagged ``cut``; the clip table and folds are left as they are."""
     from audiotag.config.files import configs_root
     from audiotag.experiment import load_experiment
-    from audiotag.stages.prepare import prepare
+    from audiotag.runs.prepare import prepare
     from tests.conftest import TINY_DEMO
 
     def run(*overrides: str) -> tuple[Path, dict, pd.DataFrame]:

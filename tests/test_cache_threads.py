@@ -131,7 +131,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(
 def test_the_cli_flag_reaches_build_cache(
     workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import audiotag.stages.prepare as prepare_mod
+    import audiotag.runs.prepare as prepare_mod
 
     seen: dict[str, Any] = {}
 
@@ -150,7 +150,7 @@ def test_the_cli_flag_reaches_build_cache(
 
 
 def test_prepare_hands_the_device_to_build_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import audiotag.stages.prepare as prepare_mod
+    import audiotag.runs.prepare as prepare_mod
 
     class Comp:
         name, dir = "fake", tmp_path

@@ -889,7 +889,7 @@ def test_cli_prepare_fsd2018_from_data_dir(workspace: Path, fake_downloads) -> N
 
 
 def test_prepare_with_empty_test_wavs_zero_fills_them(workspace: Path) -> None:
-    from audiotag.stages.prepare import prepare
+    from audiotag.runs.prepare import prepare
 
     data = fake_fsd2018_kaggle(workspace / "kaggle-input", test=TEST_2018[2:])
     cfg = load_experiment(

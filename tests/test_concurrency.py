@@ -23,7 +23,7 @@ from audiotag.data import cache_build as cache_mod
 from audiotag.data import cache_compute
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache, cache_dir_for
-from audiotag.stages.train import OWNER_LOCK, claim_run
+from audiotag.runs.folder import OWNER_LOCK, claim_run
 from tests.conftest import PYTHON, TINY_DEMO, subprocess_env, tiny_args
 from tests.test_cache import CFG, N_CLIPS, expected, write_clips
 
@@ -238,7 +238,7 @@ def test_second_train_on_one_run_folder_is_refused(tmp_path: Path, caplog: pytes
         kill(holder)
     # the holder died without releasing: its owner record is left, and does not block
     assert json.loads((run_dir / OWNER_LOCK).read_text())["pid"] == holder.pid
-    with caplog.at_level(logging.INFO, logger="audiotag.stages.train"), claim_run(run_dir):
+    with caplog.at_level(logging.INFO, logger="audiotag.runs.folder"), claim_run(run_dir):
         assert json.loads((run_dir / OWNER_LOCK).read_text())["pid"] == os.getpid()
     assert f"its previous owner, process {holder.pid} on host" in caplog.text and "is gone" in caplog.text
     assert (run_dir / OWNER_LOCK).read_text() == ""  # released: no owner recorded

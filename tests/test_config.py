@@ -197,7 +197,7 @@ def test_bad_audio_rule_names_the_key(overrides: list[str], expected: str) -> No
 def test_audio_rules_do_not_change_the_clip_table_fingerprint() -> None:
     """The rules decide the feature cache, not which clips the table holds (``TABLE_NEUTRAL``)."""
     from audiotag.competitions import get_competition
-    from audiotag.stages.prepare import table_fingerprint
+    from audiotag.runs.prepare import table_fingerprint
 
     base = table_fingerprint(get_competition(load_competition("demo")))
     changed = load_competition("demo", ["audio_rules.max_seconds=5", "audio_rules.silence_peak=0.1"])
@@ -208,7 +208,7 @@ def test_the_table_format_version_enters_the_clip_table_fingerprint(monkeypatch:
     """Tables written by code with other parsing rules (e.g. before CSV names were confined to the
     audio folder) are rebuilt, not reused."""
     from audiotag.competitions import get_competition
-    from audiotag.stages import prepare
+    from audiotag.runs import prepare
 
     comp = get_competition(load_competition("demo"))
     now = prepare.table_fingerprint(comp)

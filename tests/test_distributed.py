@@ -150,8 +150,8 @@ def test_ddp_student_takes_each_fold_s_pseudo_labels_from_rank_0(tmp_path: Path)
 
     from audiotag.data.cache_reader import FeatureCache
     from audiotag.kaggle.inference import predict_member
+    from audiotag.runs.pseudo_labels import SCORES_FILE
     from audiotag.scoring.predictions import read_predictions
-    from audiotag.stages.pseudo_labels import SCORES_FILE
 
     def train(run: str, *settings: str, gpus: int = 1) -> None:
         extra = ["train.epochs=1", "train.batch_size=8", *settings]

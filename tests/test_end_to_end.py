@@ -95,7 +95,7 @@ def test_changed_config_is_refused_for_an_existing_run(workspace: Path, capsys) 
 def test_a_setting_added_after_a_run_started_counts_as_unchanged_at_its_default() -> None:
     from audiotag.config.files import configs_root
     from audiotag.experiment import load_experiment
-    from audiotag.stages.train import changed_settings, result_settings
+    from audiotag.runs.folder import changed_settings, result_settings
 
     path = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
     cfg = load_experiment(path)
@@ -116,7 +116,7 @@ def test_what_else_the_pipeline_runs_is_not_part_of_a_run_s_config() -> None:
     and ensemble, not the extras), or with the extras switched off, stays the same run."""
     from audiotag.config.files import configs_root
     from audiotag.experiment import load_experiment
-    from audiotag.stages.train import changed_settings, result_settings
+    from audiotag.runs.folder import changed_settings, result_settings
 
     cfg = load_experiment(configs_root() / "experiments" / "demo" / "cnn_small.yaml")
     assert cfg.competition.default_extra_experiments == ["demo/probe_aisfx"]
@@ -217,7 +217,7 @@ def test_unusable_train_audio_is_left_out_of_training(workspace: Path, caplog) -
 def test_clip_table_follows_the_competition_settings(workspace: Path, caplog) -> None:
     from audiotag.competitions import get_competition
     from audiotag.config.schema import load_competition
-    from audiotag.stages.prepare import clip_table, table_fingerprint
+    from audiotag.runs.prepare import clip_table, table_fingerprint
 
     assert run_cli(tiny_args("prepare")) == 0
     tiny = [t.removeprefix("competition.") for t in TINY_DEMO if t.startswith("competition.")]

@@ -324,7 +324,7 @@ def test_members_with_different_oof_clips_are_scored_and_blended_on_the_common_c
 
 
 def test_fold_score_summaries_are_shared() -> None:
-    from audiotag.stages.train import RunResult
+    from audiotag.runs.folder import RunResult
 
     for cls in (Member, ScoreLine, RunResult, ensemble.EnsembleResult):
         assert issubclass(cls, FoldScores) and "fold_scores" in {f.name for f in fields(cls)}

@@ -15,7 +15,7 @@ from audiotag.competitions import get_competition
 from audiotag.competitions.folders import FoldersCompetition
 from audiotag.config.schema import load_competition
 from audiotag.core.errors import AudiotagError, ConfigError, DataError
-from audiotag.stages.prepare import clip_table
+from audiotag.runs.prepare import clip_table
 from tests.folders_fakes import WORDS, SpeechLayout, speech_layout, wav_bytes
 
 GROUPS = "^(.+?)_nohash_"

@@ -14,13 +14,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "audiotag"
 
-# removed by the parallel floor-plan moves; the merge empties this list
-KNOWN_PAIRS = {
-    frozenset({"audiotag.models.pretrained", "audiotag.models.registry"}),
-    frozenset({"audiotag.stages.train", "audiotag.stages.probe"}),
-    frozenset({"audiotag.stages.tune", "audiotag.stages.tune_yaml"}),
-}
-
 Graph = dict[str, set[str]]
 
 
@@ -119,23 +112,16 @@ def cycles(graph: Graph) -> list[list[str]]:
     return found
 
 
-def problems(package: Path, known_pairs: set[frozenset[str]] | None = None) -> list[str]:
-    """Every import circle under ``package`` not in ``known_pairs``, as sentences naming the modules."""
-    known_pairs = known_pairs or set()
+def problems(package: Path) -> list[str]:
+    """Every import circle under ``package``, as sentences naming the modules."""
     graph = import_graph(package)
-    found = [
-        f"{a} and {b} import each other"
-        for a, b in sorted(sorted(p) for p in mutual_pairs(graph) - known_pairs)
-    ]
-    for a, b in (sorted(p) for p in known_pairs):
-        graph.get(a, set()).discard(b)
-        graph.get(b, set()).discard(a)
+    found = [f"{a} and {b} import each other" for a, b in sorted(sorted(p) for p in mutual_pairs(graph))]
     found += [f"import circle: {' -> '.join(c)}" for c in cycles(graph) if len(c) > 2]
     return found
 
 
 def test_no_import_circles() -> None:
-    assert problems(PACKAGE, KNOWN_PAIRS) == []
+    assert problems(PACKAGE) == []
 
 
 def _planted_copy(tmp_path: Path) -> Path:
@@ -150,11 +136,11 @@ def _append(path: Path, text: str) -> None:
 
 def test_a_planted_pair_is_caught(tmp_path: Path) -> None:
     copy = _planted_copy(tmp_path)
-    assert problems(copy, KNOWN_PAIRS) == problems(PACKAGE, KNOWN_PAIRS)
+    assert problems(copy) == problems(PACKAGE)
     # core/paths imports core/atomic in a function, through a relative `from . import` of the submodule
     _append(copy / "core" / "atomic.py", "\nfrom audiotag.core import paths\n")
     _append(copy / "core" / "paths.py", "\n\ndef _planted() -> None:\n    from . import atomic\n")
-    planted = set(problems(copy, KNOWN_PAIRS)) - set(problems(PACKAGE, KNOWN_PAIRS))
+    planted = set(problems(copy)) - set(problems(PACKAGE))
     assert planted == {"audiotag.core.atomic and audiotag.core.paths import each other"}
 
 
@@ -163,5 +149,5 @@ def test_a_planted_longer_circle_is_caught(tmp_path: Path) -> None:
     _append(copy / "core" / "atomic.py", "\nimport audiotag.core.paths\n")
     _append(copy / "core" / "paths.py", "\nfrom ..core.digests import file_sha256\n")
     _append(copy / "core" / "digests.py", "\nfrom audiotag.core.atomic import atomic_path\n")
-    planted = set(problems(copy, KNOWN_PAIRS)) - set(problems(PACKAGE, KNOWN_PAIRS))
+    planted = set(problems(copy)) - set(problems(PACKAGE))
     assert planted == {"import circle: audiotag.core.atomic -> audiotag.core.digests -> audiotag.core.paths"}

@@ -20,9 +20,8 @@ from audiotag.config.schema import LossConfig, PseudoLabelConfig, TrainConfig
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError
 from audiotag.data.augment import mixup
-from audiotag.scoring.predictions import read_predictions
-from audiotag.stages.prepare import Prepared
-from audiotag.stages.pseudo_labels import (
+from audiotag.runs.prepare import Prepared, clip_weights, fold_data
+from audiotag.runs.pseudo_labels import (
     SCORES_FILE,
     check_teacher,
     leaked_clips,
@@ -30,7 +29,7 @@ from audiotag.stages.pseudo_labels import (
     with_pseudo_labels,
     write_pseudo_labels,
 )
-from audiotag.stages.train import clip_weights, fold_data
+from audiotag.scoring.predictions import read_predictions
 from audiotag.train.losses import (
     lq_per_clip,
     lsep_per_clip,

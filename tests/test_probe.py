@@ -1,4 +1,4 @@
-"""The linear probe (train/probe.py, stages/probe.py): no leak into the choice of C, and the
+"""The linear probe (train/probe.py, runs/probe_training.py): no leak into the choice of C, and the
 classifiers checked against scikit-learn."""
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.representation import EmbeddingConfig
-from audiotag.stages.prepare import Prepared
-from audiotag.stages.probe import probe_one_fold
-from audiotag.stages.train import fold_data
+from audiotag.runs.prepare import Prepared, fold_data
+from audiotag.runs.probe_training import probe_one_fold
 from tests.fakes import FakeMulti, FakeSingle, make
 
 ID_SCALE = 1e-3  # column 0 of every fake embedding: the clip's number times this (a clip's id)

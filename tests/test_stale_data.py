@@ -21,7 +21,7 @@ from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.fingerprint import audio_fingerprint
 from audiotag.experiment import load_experiment
-from audiotag.stages.prepare import clip_table
+from audiotag.runs.prepare import clip_table
 from tests.conftest import TINY_DEMO
 from tests.test_cache import CFG, expected, write_clips
 
@@ -49,14 +49,14 @@ def test_csv_replaced_by_an_older_copy_rebuilds_the_table(
     os.utime(older, ns=(day_ago, day_ago))
     os.replace(older, csv)
     assert csv.stat().st_mtime < demo.meta_path.stat().st_mtime
-    with caplog.at_level(logging.INFO, logger="audiotag.stages.prepare"):
+    with caplog.at_level(logging.INFO, logger="audiotag.runs.prepare"):
         rebuilt = clip_table(demo)
     assert "the contents of the raw CSV files changed since" in caplog.text
     assert "up to date" not in caplog.text
     assert int((rebuilt["split"] == "train").sum()) == n_train - 3
     assert len(pd.read_parquet(demo.meta_path)) == len(table) - 3
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="audiotag.stages.prepare"):
+    with caplog.at_level(logging.INFO, logger="audiotag.runs.prepare"):
         clip_table(demo)
     assert "up to date" in caplog.text  # and unchanged contents are not rebuilt again
 

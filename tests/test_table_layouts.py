@@ -17,7 +17,7 @@ from audiotag.competitions.folds import ensure_folds, load_folds
 from audiotag.competitions.table import TableCompetition
 from audiotag.config.schema import load_competition
 from audiotag.core.errors import ConfigError, DataError
-from audiotag.stages.prepare import clip_table
+from audiotag.runs.prepare import clip_table
 from tests.http_fakes import ArchiveHandler, running_server
 from tests.own_data_layouts import (
     CLASSES,

@@ -14,8 +14,8 @@ from audiotag.cli.main import main
 from audiotag.competitions import get_competition
 from audiotag.config.schema import load_competition
 from audiotag.core.errors import AudiotagError, ConfigError, DataError
+from audiotag.runs.prepare import table_fingerprint
 from audiotag.scoring.predictions import read_predictions
-from audiotag.stages.prepare import table_fingerprint
 from tests.test_table_competition import CLASSES, args, make_dataset
 
 TEST_FILES = [f"t{i}.wav" for i in range(6)]  # make_dataset's test clips: class i % 3

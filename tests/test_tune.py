@@ -19,7 +19,7 @@ from audiotag.cli.main import main
 from audiotag.config.files import configs_root, parse_override
 from audiotag.core.errors import ConfigError
 from audiotag.experiment import load_experiment
-from audiotag.stages.train import result_settings
+from audiotag.runs.folder import result_settings
 from audiotag.stages.tune import FIXED_KEYS
 from audiotag.train.hooks import EpochResult, replay_history
 from audiotag.train.tune_config import (

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
+from typing import TypeVar
 
 from audiotag.core.errors import ConfigError
+
+Options = TypeVar("Options")
 
 CACHE_DEVICES = ("cuda", "cpu")
 QUIET = "--quiet"
@@ -73,3 +77,8 @@ def folds_overrides(args: argparse.Namespace) -> list[str]:
     except ValueError:
         raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
     return [f"train.folds={folds}"]
+
+
+def options_of(kind: type[Options], args: argparse.Namespace) -> Options:
+    """The dataclass ``kind`` (a stage's typed options) filled from the parsed options of its names."""
+    return kind(**{f.name: getattr(args, f.name) for f in dataclasses.fields(kind)})  # type: ignore[arg-type]

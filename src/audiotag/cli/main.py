@@ -38,21 +38,23 @@ from audiotag.cli.commands import (
     run_submit,
 )
 from audiotag.cli.configs import (
-    default_config,
     ensemble_config,
     experiment_config,
     extra_experiment_configs,
-    table_competition,
 )
+from audiotag.cli.data_commands import (
+    build_embed_parser,
+    build_new_competition_parser,
+    build_weights_parser,
+    run_embed,
+    run_new_competition,
+    run_weights,
+)
+from audiotag.cli.training_commands import build_pretrain_parser, build_tune_parser, run_pretrain, run_tune
 from audiotag.config.schema import EnsembleConfig
 from audiotag.core.errors import AudiotagError, ConfigError
 from audiotag.core.log import output_console, set_quiet, setup_logging
 from audiotag.experiment import ExperimentConfig
-from audiotag.stages.embed import build_embed_parser, run_embed
-from audiotag.stages.new_competition import build_new_competition_parser, run_new_competition
-from audiotag.stages.pretrain import build_pretrain_parser, run_pretrain
-from audiotag.stages.tune import build_tune_parser
-from audiotag.stages.weights import build_weights_parser, run_weights
 from audiotag.train.distributed import (
     PARALLEL_MODES,
     DistContext,
@@ -238,7 +240,7 @@ class Pipeline:
 
 
 def run_prepare(pipe: Pipeline) -> None:
-    from audiotag.stages.prepare import prepare
+    from audiotag.runs.prepare import prepare
 
     assert pipe.exp is not None
     if pipe.ctx.is_main:
@@ -265,13 +267,6 @@ def run_ensemble_stage(pipe: Pipeline) -> None:
         cfg = ensemble_config(pipe.args, pipe.exp)
         print_ensemble(pipe.console, run_ensemble(cfg))
         report_beside_submission(pipe.console, cfg)
-
-
-def run_tune(args: argparse.Namespace) -> None:
-    from audiotag.stages.tune import run_tune as tune
-
-    competition = args.competition
-    tune(args, lambda: default_config(competition, "experiment"), table_competition(competition))
 
 
 def report_beside_submission(console: Console, cfg: EnsembleConfig) -> None:

@@ -4,7 +4,6 @@ folder (:mod:`audiotag.competitions.guess`), written for the user to review, wit
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from pathlib import Path
@@ -12,31 +11,6 @@ from pathlib import Path
 from audiotag.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def build_new_competition_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audiotag new-competition",
-        description="Inspect a data folder, guess its layout (a CSV of files and labels: kind: table; one "
-        "sub-folder per class: kind: folders) and write a competition YAML with a comment on every guess, "
-        "for you to review before `audiotag prepare -c PATH`.",
-    )
-    parser.add_argument(
-        "name", metavar="NAME", help="the competition's name (its workspace competition/NAME/)"
-    )
-    parser.add_argument(
-        "--from", dest="source", type=Path, required=True, metavar="DIR", help="the data folder"
-    )
-    parser.add_argument(
-        "--output",
-        "-o",
-        type=Path,
-        metavar="PATH",
-        help="where to write (default: configs/competitions/NAME.yaml)",
-    )
-    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
-    parser.add_argument("--verbose", "-v", action="store_true")
-    return parser
 
 
 def new_competition(
@@ -74,12 +48,13 @@ def new_competition(
     return path, guess.reasons
 
 
-def run_new_competition(args: argparse.Namespace) -> None:
+def run_new_competition(name: str, source: Path, output: Path | None = None, force: bool = False) -> None:
+    """``audiotag new-competition``: write the guessed YAML and say what was guessed and why."""
     from audiotag.core.log import output_console
 
-    path, reasons = new_competition(args.name, args.source, args.output, args.force)
+    path, reasons = new_competition(name, source, output, force)
     console = output_console()
-    console.print(f"guessed from {args.source}:", soft_wrap=True)
+    console.print(f"guessed from {source}:", soft_wrap=True)
     for reason in reasons:
         console.print(f"  {reason}", soft_wrap=True, markup=False)
     console.print(

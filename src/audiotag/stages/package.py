@@ -213,12 +213,36 @@ def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.nd
     return logit_features([m.oof[scored] for m in members]), truth[scored]
 
 
+def package_member(name: str, run_dir: Path, folds: list[int], staging: Path) -> PackagedMember:
+    """Copy run ``name``'s record and its folds' weights into ``staging/members/<name>``."""
+    dest = staging / "members" / name
+    dest.mkdir(parents=True)
+    for file in ("config.yaml", "run.json", "metrics.json"):
+        if (run_dir / file).is_file():
+            shutil.copy2(run_dir / file, dest / file)
+    probe = is_probe_run(run_dir)
+    for fold in folds:
+        (dest / f"fold{fold}").mkdir()
+        for file in (PROBE_FILE if probe else "best.pt", "done.json"):
+            shutil.copy2(run_dir / f"fold{fold}" / file, dest / f"fold{fold}" / file)
+        if probe:  # the copy, checked against the record it travels with
+            done = json.loads((dest / f"fold{fold}" / "done.json").read_text())
+            verify_probe(dest / f"fold{fold}" / PROBE_FILE, done, "check the disk and package again")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    member = PackagedMember(name, folds, metrics.get("mean"))
+    if probe:
+        weights = probe_weights(run_dir, folds)
+        member.kind = PROBE_MEMBER
+        member.weights = None if weights is None else _ship_weights(*weights, staging)
+    return member
+
+
 def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -> Path:
     """Write the inference folder for ensemble ``cfg`` into ``out_dir`` (replacing an earlier package)."""
     from audiotag.competitions import get_competition
     from audiotag.config.files import dump_yaml
     from audiotag.core.paths import submissions_root
-    from audiotag.stages.train import code_version
+    from audiotag.runs.folder import code_version
 
     comp = get_competition(cfg.competition)
     out_dir = Path(out_dir)
@@ -234,28 +258,7 @@ def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -
     staging.mkdir(parents=True)
     try:
         _copy_code(staging / "code")
-        members = []
-        for name, run_dir in runs.items():
-            dest = staging / "members" / name
-            dest.mkdir(parents=True)
-            for file in ("config.yaml", "run.json", "metrics.json"):
-                if (run_dir / file).is_file():
-                    shutil.copy2(run_dir / file, dest / file)
-            probe = is_probe_run(run_dir)
-            for fold in folds[name]:
-                (dest / f"fold{fold}").mkdir()
-                for file in (PROBE_FILE if probe else "best.pt", "done.json"):
-                    shutil.copy2(run_dir / f"fold{fold}" / file, dest / f"fold{fold}" / file)
-                if probe:  # the copy, checked against the record it travels with
-                    done = json.loads((dest / f"fold{fold}" / "done.json").read_text())
-                    verify_probe(dest / f"fold{fold}" / PROBE_FILE, done, "check the disk and package again")
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            member = PackagedMember(name, folds[name], metrics.get("mean"))
-            if probe:
-                weights = probe_weights(run_dir, folds[name])
-                member.kind = PROBE_MEMBER
-                member.weights = None if weights is None else _ship_weights(*weights, staging)
-            members.append(member)
+        members = [package_member(name, run_dir, folds[name], staging) for name, run_dir in runs.items()]
         shutil.copy2(report_path, staging / "ensemble_report.json")
         atomic_write_text(staging / "ensemble.yaml", dump_yaml(cfg))
         spec = blend_spec(cfg, report, list(comp.classes))

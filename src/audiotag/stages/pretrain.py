@@ -1,7 +1,7 @@
 """The pretrain command: self-supervised pretraining of an encoder on unlabeled audio (BYOL-A).
 
 ``audiotag pretrain --method byola -c COMP [--clips train,test] [--audio DIR ...]`` pretrains the
-AudioNTT2020 encoder on a competition's cached clips and/or audio folders (``stages/pretrain_data.py``)
+AudioNTT2020 encoder on a competition's cached clips and/or audio folders (``runs/pretrain_data.py``)
 and writes ``competition/<comp>/pretrain/<name>/encoder.pt`` (``--out DIR`` elsewhere; without a
 competition ``<workspace>/_pretrain/<name>/``): the encoder in the official key layout with its
 front-end and normalisation (``models/encoder_file.py``), which ``model: {name: byola, dim: D,
@@ -41,7 +41,6 @@ above are the code's.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -56,7 +55,6 @@ from torch import nn
 from audiotag.competitions import get_competition
 from audiotag.config.files import (
     apply_overrides,
-    configs_root,
     dump_yaml,
     read_yaml,
     resolve_groups,
@@ -66,21 +64,17 @@ from audiotag.config.schema import InputNorm
 from audiotag.core.atomic import atomic_write_json, atomic_write_text
 from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder
-from audiotag.core.log import output_console
 from audiotag.core.paths import workspace_root
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.models.encoder_file import encoder_payload
-from audiotag.stages.pretrain_data import Sources, gather_sources
-from audiotag.stages.train import code_version, flatten, setting_default
+from audiotag.runs.folder import code_version, record_changes, run_settings
+from audiotag.runs.pretrain_data import Sources, gather_sources
+from audiotag.runs.task import RunRequest
 from audiotag.train.checkpoint import disk_full_guard, file_record, save_checkpoint
 from audiotag.train.distributed import (
     SINGLE,
     DistContext,
     device_for,
-    launched_by_torchrun,
-    relaunch_with_torchrun,
-    setup,
-    teardown,
 )
 from audiotag.train.pretrain_config import PretrainConfig
 from audiotag.train.pretrain_loop import build, pretrain
@@ -127,28 +121,15 @@ def output_dir(cfg: PretrainConfig, out: Path | None = None) -> Path:
     return workspace_root() / "_pretrain" / cfg.name
 
 
-def settings_of(cfg: PretrainConfig) -> dict[str, object]:
-    return {k: v for k, v in flatten(cfg.model_dump(mode="json")).items() if k not in RUNTIME_KEYS}
-
-
 def check_settings(out_dir: Path, cfg: PretrainConfig) -> bool:
     """Whether ``pretrain.json`` exists; a ConfigError when it was written with other settings."""
-    info_path = out_dir / "pretrain.json"
-    if not info_path.is_file():
-        return False
-    saved, settings = json.loads(info_path.read_text())["settings"], settings_of(cfg)
-    changed = [
-        k
-        for k in sorted(set(saved) | set(settings))
-        if saved.get(k) != settings.get(k) and not (k not in saved and settings[k] == setting_default(cfg, k))
-    ]
-    if changed:
-        diff = "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:8])
+    changes = record_changes(out_dir / "pretrain.json", cfg, RUNTIME_KEYS)
+    if changes:
         raise ConfigError(
-            f"pretrain {out_dir.name!r} in {out_dir} was started with other settings ({diff}). Give "
+            f"pretrain {out_dir.name!r} in {out_dir} was started with other settings ({changes}). Give "
             "this one its own --name, or delete the folder to start over"
         )
-    return True
+    return changes is not None
 
 
 def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) -> None:
@@ -164,14 +145,13 @@ def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) ->
                 "folder to start over"
             )
         return
-    settings = settings_of(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
     atomic_write_json(
         info_path,
         {
             "name": cfg.name,
-            "settings": settings,
+            "settings": run_settings(cfg, RUNTIME_KEYS),
             "sources": sources.counts,
             "clips_sha1": sources.fingerprint(),
             "feature_key": cfg.features.key(),
@@ -266,6 +246,14 @@ def run_pretrain_stage(
         return _train(cfg, sources, out_dir, ctx)
 
 
+class Pretraining:
+    """The ``TrainingTask`` of pretraining (``runs/task.py``): ``request.run_dir`` is the output folder
+    (``--out``; default ``output_dir``'s); a run name and an epoch hook do not apply."""
+
+    def train(self, cfg: PretrainConfig, request: RunRequest) -> PretrainResult:
+        return run_pretrain_stage(cfg, request.run_dir, request.workers, request.ctx)
+
+
 def _train(cfg: PretrainConfig, sources: Sources, out_dir: Path, ctx: DistContext) -> PretrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -318,83 +306,3 @@ def _train(cfg: PretrainConfig, sources: Sources, out_dir: Path, ctx: DistContex
         log.info("pretrain: done, loss %.4f; encoder %s", history[-1]["loss"], encoder_path)
     ctx.barrier()
     return PretrainResult(out_dir, encoder_path, history, run.encoder, norm)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def build_pretrain_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audiotag pretrain",
-        description="Self-supervised pretraining of an encoder on unlabeled audio (BYOL-A): a competition's "
-        "cached clips and/or audio folders. Writes <competition>/pretrain/<name>/encoder.pt, which "
-        "model: {name: byola, dim: D, pretrained: PATH} loads. A killed run resumes.",
-    )
-    parser.add_argument("--method", choices=METHODS, default="byola", help="the recipe (default: byola)")
-    parser.add_argument("--competition", "-c", help="competition name or YAML path whose clips to use")
-    parser.add_argument("--clips", help="the competition's clips: train, test or train,test (default: train)")
-    parser.add_argument("--audio", nargs="+", type=Path, metavar="DIR", help="audio folders to use as well")
-    parser.add_argument("--config", type=Path, help="pretrain YAML (default: configs/pretrain/<method>.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a value, e.g. --set epochs=10 --set model.dim=512 (repeatable)",
-    )
-    parser.add_argument("--name", help="output folder name (default: <method><dim>, e.g. byola2048)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: see above)")
-    parser.add_argument(
-        "--gpus", type=int, default=1, metavar="N", help="N data-parallel processes (torchrun)"
-    )
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="processes for the feature cache (default: all)"
-    )
-    parser.add_argument("--data-dir", type=Path, metavar="PATH", help="the competition's files in place")
-    parser.add_argument("--verbose", "-v", action="store_true")
-    return parser
-
-
-def command_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = list(args.overrides)
-    if args.clips:
-        clips = [c.strip() for c in args.clips.split(",") if c.strip()]
-        overrides.append(f"clips={json.dumps(clips)}")
-    if args.audio:
-        overrides.append(f"audio={json.dumps([str(Path(a).expanduser().resolve()) for a in args.audio])}")
-    if args.name:
-        overrides.append(f"name={json.dumps(args.name)}")
-    if args.data_dir is not None:
-        path = Path(args.data_dir).expanduser().resolve()
-        if not path.is_dir():
-            raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
-        overrides.append(f"competition.data_dir={json.dumps(str(path))}")
-    return overrides
-
-
-def run_pretrain(args: argparse.Namespace) -> None:
-    if args.gpus < 1:
-        raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
-    path = args.config or configs_root() / "pretrain" / f"{args.method}.yaml"
-    cfg = load_pretrain_config(path, command_overrides(args), competition=args.competition)
-    if args.gpus > 1 and not launched_by_torchrun():
-        relaunch_with_torchrun(args.gpus, args.argv)
-    ctx = setup("ddp")
-    if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        result = run_pretrain_stage(cfg, args.out, args.workers, ctx)
-    finally:
-        teardown()
-    if ctx.is_main:
-        last = result.history[-1] if result.history else {}
-        output_console().print(
-            f"pretrain {cfg.name}: {len(result.history)} epochs, loss {last.get('loss', float('nan')):.4f}, "
-            f"{last.get('clips_per_second', float('nan'))} clips/s in the last epoch\n"
-            f"encoder: {result.encoder_path}\nuse it: model: {{name: byola, dim: {cfg.model.dim}, "
-            f"pretrained: {result.encoder_path}}} with features: {cfg.features.name} (or features: auto)",
-            soft_wrap=True,
-        )

@@ -21,12 +21,11 @@ tune.KEY=VALUE`` the tune config), checks the search space against it, and runs 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +35,14 @@ from audiotag.core.atomic import atomic_write_json
 from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder
 from audiotag.core.log import output_console
-from audiotag.experiment import ExperimentConfig, load_experiment
+from audiotag.experiment import load_experiment
 from audiotag.models.probe import PROBE
-from audiotag.stages.train import RUNTIME_KEYS, result_settings, train_experiment
-from audiotag.stages.tune_yaml import write_tuned_yaml
+from audiotag.runs.fold_training import FoldTraining
+from audiotag.runs.folder import RUNTIME_KEYS, result_settings
+from audiotag.runs.task import RunRequest
+from audiotag.runs.tune_yaml import TuneSetup, write_tuned_yaml
 from audiotag.train.hooks import EpochHook
-from audiotag.train.tune_config import (
-    Categorical,
-    FloatRange,
-    IntRange,
-    TuneConfig,
-    check_space,
-    load_tune_config,
-    tune_config_path,
-)
+from audiotag.train.tune_config import check_space, load_tune_config, tune_config_path
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +50,20 @@ TUNE_PREFIX = "tune."  # --set tune.KEY=VALUE: the tune config; any other key: t
 FIXED_KEYS = ("name", "competition", *sorted(RUNTIME_KEYS))  # never searched
 
 
-@dataclass
-class TuneSetup:
-    """Everything a study needs: its config, the base experiment and where the study lives."""
+@dataclass(frozen=True)
+class TuneOptions:
+    """What ``audiotag tune`` is asked: the study's inputs as given on its command line."""
 
-    cfg: TuneConfig
-    name: str
-    experiment_path: Path
-    base_overrides: list[str]  # --set for the experiment (and --data-dir)
-    table: str | None  # a kind: table/folders competition swapped into the experiment
-    base: ExperimentConfig
-    tune_dir: Path
-
-    def load(self, overrides: list[str]) -> ExperimentConfig:
-        """The base experiment with ``overrides`` on top: how every trial's config is built."""
-        return load_experiment(self.experiment_path, self.base_overrides + overrides, competition=self.table)
-
-    def trial_config(self, params: list[str]) -> ExperimentConfig:
-        return self.load([f"train.folds={json.dumps(self.cfg.folds)}", *params])
-
-    def stride(self) -> int:
-        """Epochs between the steps of two folds in the pruner's numbering: the most any trial runs."""
-        epochs = [self.base.train.epochs]
-        dist = self.cfg.space.get("train.epochs")
-        if isinstance(dist, IntRange | FloatRange):
-            epochs.append(int(dist.high))
-        elif isinstance(dist, Categorical):
-            epochs += [int(c) for c in dist.choices if isinstance(c, int | float)]
-        return max(epochs)
+    competition: str = "demo"
+    config: str | None = None  # a name under configs/tune/ or a YAML path
+    experiment: str | None = None  # the base experiment (default: the tune config's, else the default)
+    # --set KEY=VALUE (and --data-dir as competition.data_dir); tune.KEY=VALUE: the tune config
+    overrides: list[str] = field(default_factory=list)
+    trials: int | None = None
+    timeout: float | None = None  # minutes
+    folds: str | None = None  # comma-separated
+    name: str | None = None
+    workers: int | None = None
 
 
 def experiment_file(name: str) -> Path:
@@ -97,30 +76,25 @@ def experiment_file(name: str) -> Path:
     return path
 
 
-def setup_tune(
-    args: argparse.Namespace, default_experiment: Callable[[], Path], table: str | None
-) -> TuneSetup:
-    experiment_overrides = [o for o in args.overrides if not o.startswith(TUNE_PREFIX)]
-    tune_overrides = [o.removeprefix(TUNE_PREFIX) for o in args.overrides if o.startswith(TUNE_PREFIX)]
-    if args.trials is not None:
-        tune_overrides.append(f"n_trials={args.trials}")
-    if args.timeout is not None:
-        tune_overrides.append(f"timeout_minutes={args.timeout}")
-    if args.folds:
+def setup_tune(options: TuneOptions, default_experiment: Callable[[], Path], table: str | None) -> TuneSetup:
+    experiment_overrides = [o for o in options.overrides if not o.startswith(TUNE_PREFIX)]
+    tune_overrides = [o.removeprefix(TUNE_PREFIX) for o in options.overrides if o.startswith(TUNE_PREFIX)]
+    if options.trials is not None:
+        tune_overrides.append(f"n_trials={options.trials}")
+    if options.timeout is not None:
+        tune_overrides.append(f"timeout_minutes={options.timeout}")
+    if options.folds:
         try:
-            folds = [int(f) for f in args.folds.split(",") if f.strip()]
+            folds = [int(f) for f in options.folds.split(",") if f.strip()]
         except ValueError:
-            raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
+            raise ConfigError(
+                f"--folds {options.folds!r}: expected comma-separated integers like 0,1"
+            ) from None
         tune_overrides.append(f"folds={folds}")
-    tune_path = tune_config_path(args.config)
+    tune_path = tune_config_path(options.config)
     cfg = load_tune_config(tune_path, tune_overrides)
-    experiment = args.experiment or cfg.experiment
+    experiment = options.experiment or cfg.experiment
     path = experiment_file(experiment) if experiment else default_experiment()
-    if args.data_dir is not None:
-        data_dir = Path(args.data_dir).expanduser().resolve()
-        if not data_dir.is_dir():
-            raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
-        experiment_overrides.append(f"competition.data_dir={json.dumps(str(data_dir))}")
     searched = sorted({o.split("=", 1)[0].strip() for o in experiment_overrides} & set(cfg.space))
     if searched:
         raise ConfigError(
@@ -128,8 +102,10 @@ def setup_tune(
             "space, or leave the --set out"
         )
     base = load_experiment(path, experiment_overrides, competition=table)
-    if table is None and base.competition.name != args.competition:
-        raise ConfigError(f"{path}: is for competition {base.competition.name!r}, not {args.competition!r}")
+    if table is None and base.competition.name != options.competition:
+        raise ConfigError(
+            f"{path}: is for competition {base.competition.name!r}, not {options.competition!r}"
+        )
     if base.model.name == PROBE:
         raise ConfigError(f"{path}: tune trains networks epoch by epoch; a {PROBE} experiment has no epochs")
     comp = get_competition(base.competition)
@@ -138,7 +114,7 @@ def setup_tune(
         raise ConfigError(
             f"tune folds {bad}: out of range; competition {comp.name} has 0..{comp.cfg.n_folds - 1}"
         )
-    name = args.name or cfg.name or base.name
+    name = options.name or cfg.name or base.name
     setup = TuneSetup(cfg, name, path, experiment_overrides, table, base, comp.dir / "tune" / name)
     check_space(cfg.space, setup.load, str(tune_path), FIXED_KEYS)
     return setup
@@ -193,19 +169,18 @@ def claim_study(tune_dir: Path) -> contextlib.AbstractContextManager[dict[str, A
     )
 
 
-def run_tune(args: argparse.Namespace, default_experiment: Callable[[], Path], table: str | None) -> None:
+def run_tune(options: TuneOptions, default_experiment: Callable[[], Path], table: str | None) -> None:
     """``audiotag tune``: set up, run the study, write the tuned experiment and the plots."""
     from audiotag.reports.tune_plots import write_search_plots
     from audiotag.train.tune_study import best_trial, open_study, run_study, trial_counts
 
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
-    setup = setup_tune(args, default_experiment, table)
+    setup = setup_tune(options, default_experiment, table)
     metric = get_competition(setup.base.competition).metric
 
     def train_trial(params: list[str], run_dir: Path, hook: EpochHook) -> float:
         cfg = setup.trial_config(params)
-        return train_experiment(cfg, workers=args.workers, run_dir=run_dir, on_epoch=hook).mean
+        request = RunRequest(workers=options.workers, run_dir=run_dir, on_epoch=hook)
+        return FoldTraining().train(cfg, request).mean  # a probe experiment was refused: no epochs
 
     with claim_study(setup.tune_dir):
         check_or_write_tune_info(setup)
@@ -237,42 +212,3 @@ def run_tune(args: argparse.Namespace, default_experiment: Callable[[], Path], t
             f"keep it: cp {out} {configs_root() / 'experiments' / setup.base.competition.name}/",
             soft_wrap=True,
         )
-
-
-def build_tune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="audiotag tune",
-        description="Hyperparameter search (Optuna, TPE + pruning after every epoch) over an experiment "
-        "on one or two folds. The study lives in competition/<comp>/tune/<name>/ (SQLite): the same "
-        "command continues it. Writes the best trial as an experiment YAML, and plots of the search.",
-    )
-    parser.add_argument(
-        "--competition", "-c", default="demo", help="competition name or YAML path (default: demo)"
-    )
-    parser.add_argument(
-        "--config", help="tune config: a name under configs/tune/ or a YAML path (default: default)"
-    )
-    parser.add_argument(
-        "--experiment",
-        help="base experiment: a name under configs/experiments/ (demo/cnn_small) or a YAML path "
-        "(default: the tune config's, else the competition's default)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change the base experiment, e.g. --set train.epochs=8, or the tune config with the tune. "
-        "prefix, e.g. --set tune.pruner.kind=successive_halving (repeatable)",
-    )
-    parser.add_argument("--trials", type=int, metavar="N", help="finished trials to reach (tune.n_trials)")
-    parser.add_argument("--timeout", type=float, metavar="MINUTES", help="start no trial after this long")
-    parser.add_argument("--folds", help="comma-separated folds each trial trains (tune.folds; default 0)")
-    parser.add_argument("--name", help="the study's name and folder (default: the base experiment's name)")
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="processes for the feature cache (default: all cores)"
-    )
-    parser.add_argument("--data-dir", type=Path, metavar="PATH", help="the competition's files in place")
-    parser.add_argument("--verbose", "-v", action="store_true")
-    return parser

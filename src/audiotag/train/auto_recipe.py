@@ -3,7 +3,7 @@
 What a fixed recipe gets wrong on a new dataset is mostly a matter of scale: a 2 s crop of 1 s
 clips repeats each clip, and 12 epochs of 300 clips are about 100 optimiser steps. Here each value
 follows from facts about the training clips (:class:`DataFacts`) and the model and machine
-(:class:`ModelFacts`), with the reason it was chosen; ``stages/auto_settings.py`` gathers the facts,
+(:class:`ModelFacts`), with the reason it was chosen; ``runs/auto_settings.py`` gathers the facts,
 keeps every setting the user gave explicitly, prints the table and saves it with the run.
 
 The rules (constants below), for ``n`` training clips per fold, crop of ``T`` frames:

@@ -12,7 +12,10 @@ clip-list hash a fingerprint of every audio file (``data/cache_build.py``). Two 
 one competition at once take turns: the raw data, the clip table and the folds are made under a file lock
 (``<competition>/prepare.lock``), the cache under its own; the second process waits for the first
 (and says so) and then finds everything up to date. A full disk stops with a ``DataError`` naming
-the folder and the space the step needs; a rerun resumes."""
+the folder and the space the step needs; a rerun resumes.
+
+What a run reads of it: ``Prepared``, and each fold's inputs (``fold_data``: its clips, targets and
+loss weights; the fold file is the truth, clips with unusable audio are left out)."""
 
 from __future__ import annotations
 
@@ -22,19 +25,23 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from audiotag.competitions import Competition, get_competition
-from audiotag.competitions.folds import ensure_folds
+from audiotag.competitions.folds import ensure_folds, load_folds
 from audiotag.competitions.table import TableCompetition, check_test_labels
 from audiotag.config.competition import keys_not_affecting
-from audiotag.config.schema import CompetitionConfig, FeatureConfig
+from audiotag.config.schema import CompetitionConfig, FeatureConfig, TrainConfig
 from audiotag.core.atomic import atomic_path, atomic_write_json
 from audiotag.core.disk_full import disk_full_as_error
+from audiotag.core.errors import ConfigError
 from audiotag.core.locks import file_lock
 from audiotag.data.cache_build import build_cache, check_cache_device
 from audiotag.data.cache_reader import REPORT, FeatureCache
 from audiotag.data.meta import read_meta, write_meta
+from audiotag.experiment import ExperimentConfig
+from audiotag.train.loop import FoldData
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +177,70 @@ def report_cache(cache_dir: Path) -> frozenset[str]:
             cache_dir / REPORT,
         )
     return skipped
+
+
+def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
+    comp = prepared.competition
+    clips = comp.training_clips(prepared.table)
+    # the fold file is the truth: a clip table's own "fold" column (predefined folds, as given) goes
+    clips = clips.drop(columns="fold", errors="ignore")
+    train = clips.merge(load_folds(prepared.folds_path), on="clip_id")
+    if prepared.skipped:
+        dropped = train["clip_id"].isin(prepared.skipped)
+        if dropped.any():
+            log.warning(
+                "fold %d: leaving out %d train clip(s) with unusable audio (see %s)",
+                fold,
+                int(dropped.sum()),
+                prepared.cache_dir / "report.csv",
+            )
+            train = train[~dropped].reset_index(drop=True)
+    targets = comp.label_matrix(train["labels"])
+    weights = clip_weights(train, cfg.train)
+    is_val = (train["fold"] == fold).to_numpy()
+    in_training = ~is_val & (weights > 0)  # weight 0: out of training, still validated
+    scored = train["verified"].to_numpy()[is_val]
+    if not scored.any():
+        log.warning("fold %d: no verified clip in validation, scoring on all of them", fold)
+        scored = np.ones_like(scored)
+    test = prepared.table[prepared.table["split"] == "test"]
+    return FoldData(
+        fold=fold,
+        classes=comp.classes,
+        metric=comp.metric,
+        train_ids=train["clip_id"][in_training].tolist(),
+        train_targets=targets[in_training],
+        train_weights=weights[in_training],
+        val_ids=train["clip_id"][is_val].tolist(),
+        val_targets=targets[is_val],
+        val_scored=scored.astype(bool),
+        test_ids=test["clip_id"].tolist(),
+        train_verified=train["verified"].to_numpy(bool)[in_training],
+    )
+
+
+def clip_weights(train: pd.DataFrame, tc: TrainConfig) -> np.ndarray:
+    """Each clip's loss weight: its subset's in ``train.subset_weights``, else 1 for a verified clip and
+    ``train.unverified_weight`` for the others. A name that is no subset of the clips is refused."""
+    known = sorted(train["subset"].unique())
+    unknown = sorted(set(tc.subset_weights) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"train.subset_weights: {unknown} not among the subsets of this run's training clips {known}; "
+            "name only those (competition.subsets chooses which subsets are read)"
+        )
+    weights = np.where(train["verified"], 1.0, tc.unverified_weight)
+    for subset, weight in tc.subset_weights.items():
+        weights = np.where(train["subset"] == subset, weight, weights)
+    if not (weights > 0).any():
+        raise ConfigError("train.subset_weights / train.unverified_weight: every training clip weighs 0")
+    return weights
+
+
+def run_folds(cfg: ExperimentConfig, n_folds: int) -> list[int]:
+    """The folds ``train.folds`` names (default: all); a ConfigError for one the competition lacks."""
+    folds = cfg.train.folds if cfg.train.folds is not None else list(range(n_folds))
+    bad = [f for f in folds if not 0 <= f < n_folds]
+    if bad:
+        raise ConfigError(f"train.folds: {bad} out of range; this competition has folds 0..{n_folds - 1}")
+    return folds

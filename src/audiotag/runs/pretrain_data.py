@@ -27,7 +27,7 @@ from audiotag.data.audio import DEFAULT_RULES
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import ZERO_FILLED, FeatureCache
 from audiotag.data.units import CacheSet
-from audiotag.stages.prepare import prepare
+from audiotag.runs.prepare import prepare
 from audiotag.train.pretrain_config import PretrainConfig
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""The tuned experiment file: the base experiment YAML with the best trial's values written in.
+"""A study's setup (``TuneSetup``) and its tuned experiment file: the base experiment YAML with the
+best trial's values written in.
 
 The base file keeps its shape (group names such as ``model: cnn_small`` stay names; a tuned key under
 one becomes ``model: {base: cnn_small, dropout: 0.3}``), the ``--set`` changes the search ran with
@@ -8,7 +9,9 @@ with the experiment loader and compared with the best trial's own config: a diff
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,16 +20,51 @@ import yaml
 from audiotag.config.files import GROUPS, parse_override, read_yaml
 from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import load_experiment
-from audiotag.stages.train import result_settings
-from audiotag.train.tune_config import param_override, setting_at
+from audiotag.experiment import ExperimentConfig, load_experiment
+from audiotag.runs.folder import result_settings
+from audiotag.train.tune_config import (
+    Categorical,
+    FloatRange,
+    IntRange,
+    TuneConfig,
+    param_override,
+    setting_at,
+)
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from audiotag.stages.tune import TuneSetup
-
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TuneSetup:
+    """Everything a study needs: its config, the base experiment and where the study lives."""
+
+    cfg: TuneConfig
+    name: str
+    experiment_path: Path
+    base_overrides: list[str]  # --set for the experiment (and --data-dir)
+    table: str | None  # a kind: table/folders competition swapped into the experiment
+    base: ExperimentConfig
+    tune_dir: Path
+
+    def load(self, overrides: list[str]) -> ExperimentConfig:
+        """The base experiment with ``overrides`` on top: how every trial's config is built."""
+        return load_experiment(self.experiment_path, self.base_overrides + overrides, competition=self.table)
+
+    def trial_config(self, params: list[str]) -> ExperimentConfig:
+        return self.load([f"train.folds={json.dumps(self.cfg.folds)}", *params])
+
+    def stride(self) -> int:
+        """Epochs between the steps of two folds in the pruner's numbering: the most any trial runs."""
+        epochs = [self.base.train.epochs]
+        dist = self.cfg.space.get("train.epochs")
+        if isinstance(dist, IntRange | FloatRange):
+            epochs.append(int(dist.high))
+        elif isinstance(dist, Categorical):
+            epochs += [int(c) for c in dist.choices if isinstance(c, int | float)]
+        return max(epochs)
 
 
 def with_setting(tree: dict[str, Any], path: list[str], value: Any, source: str) -> None:

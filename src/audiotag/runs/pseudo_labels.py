@@ -57,8 +57,8 @@ from audiotag.data.cache_reader import FeatureCache
 from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.kaggle.inference import predict_member
 from audiotag.models.probe import PROBE
+from audiotag.runs.prepare import Prepared, prepare
 from audiotag.scoring.predictions import read_predictions, write_predictions
-from audiotag.stages.prepare import Prepared, prepare
 from audiotag.train.loop import FoldData
 
 log = logging.getLogger(__name__)

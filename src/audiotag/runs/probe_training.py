@@ -1,13 +1,13 @@
-"""The train stage for ``model: {name: linear_probe, ...}``: linear evaluation, fold by fold.
+"""The training task of ``model: {name: linear_probe, ...}``: linear evaluation, fold by fold.
 
 ``./run.sh train --config configs/experiments/<comp>/probe_*.yaml`` comes here from
-``stages/train.py``. Like any run: the run folder is claimed, described (``run.json``, the resolved
-``config.yaml``) and refused if its config changed; each fold writes ``oof.parquet``,
-``test.parquet``, ``probe.npz`` (the fitted probe, which ``package`` ships) and ``done.json``
-(skipped when done); the run's ``oof.parquet``, ``test.parquet``
-and ``metrics.json`` follow (``collect_run``), so that ``ensemble`` and ``leaderboard`` take it as any
-other member. The embeddings come from the embedding cache, built first when missing
-(``stages/embed.py``); the classifier is ``audiotag.train.probe``'s.
+``stages/train.py`` (``runs/task.py``). Like any run: the run folder is claimed, described
+(``run.json``, the resolved ``config.yaml``) and refused if its config changed; each fold writes
+``oof.parquet``, ``test.parquet``, ``probe.npz`` (the fitted probe, which ``package`` ships) and
+``done.json`` (skipped when done); the run's ``oof.parquet``, ``test.parquet`` and ``metrics.json``
+follow (``collect_run``), so that ``ensemble`` and ``leaderboard`` take it as any other member.
+The embeddings come from the embedding cache, built first when missing (``embed_prepared``, which
+``embed`` runs too); the classifier is ``audiotag.train.probe``'s.
 """
 
 from __future__ import annotations
@@ -20,19 +20,58 @@ import numpy as np
 import torch
 
 from audiotag.competitions.base import warn_about_rules
+from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import ConfigError
+from audiotag.data.cache_reader import FeatureCache
 from audiotag.experiment import ExperimentConfig
-from audiotag.models.embedding_cache import EmbeddingCache
+from audiotag.models.embedding_cache import (
+    EmbeddingCache,
+    embeddings_root,
+    ensure_embeddings,
+    plan_embeddings,
+)
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, verify_probe
-from audiotag.stages.embed import embed_prepared, pick_device
-from audiotag.stages.prepare import Prepared, prepare
-from audiotag.stages.train import RunResult, check_or_write_run_info, claim_run, collect_run, fold_data
-from audiotag.train.distributed import SINGLE, DistContext
+from audiotag.models.representation import EmbeddingConfig, LayerSpec
+from audiotag.runs.folder import RunResult, check_or_write_run_info, claim_run, collect_run
+from audiotag.runs.prepare import Prepared, fold_data, prepare, run_folds
+from audiotag.runs.task import RunRequest
+from audiotag.train.distributed import SINGLE, DistContext, device_for
 from audiotag.train.loop import FoldData, fold_score
 from audiotag.train.probe import ProbeFold, fit_fold, read_done, write_fold
 
 log = logging.getLogger(__name__)
+
+
+def embed_prepared(
+    prepared: Prepared,
+    cfg: EmbeddingConfig,
+    features: FeatureConfig,
+    device: torch.device,
+    layers: LayerSpec | None = None,
+) -> tuple[EmbeddingCache, list[str]]:
+    """The embedding cache of a prepared competition (built or resumed when missing) and the layer
+    names ``layers`` (default: ``cfg.layers``) resolve to."""
+    cache = FeatureCache(prepared.cache_dir)
+    train_ids = prepared.competition.training_clips(prepared.table)["clip_id"].astype(str).tolist()
+    plan = plan_embeddings(cfg, features, cache, train_ids)
+    names = plan.layers(layers)
+    folder = ensure_embeddings(plan, names, cache, embeddings_root(prepared.competition.dir), device)
+    return EmbeddingCache(folder), names
+
+
+class ProbeTraining:
+    """The ``TrainingTask`` of a linear probe: the run's ``run_dir`` and ``on_epoch`` do not apply
+    (it lives in ``runs/<name>``; it has no epochs)."""
+
+    def train(self, cfg: ExperimentConfig, request: RunRequest) -> RunResult:
+        tc = cfg.train
+        if tc.loss.name != "bce" or tc.noisy_loss is not None or tc.pseudo_labels is not None:
+            raise ConfigError(
+                "model linear_probe fits a logistic regression: train.loss, train.noisy_loss and "
+                "train.pseudo_labels do not apply to it; leave them out (train.subset_weights does apply)"
+            )
+        return train_probe(cfg, request.run_name, request.workers, request.ctx)
 
 
 def train_probe(
@@ -53,15 +92,12 @@ def train_probe(
     comp = prepared.competition
     run_dir = comp.dir / "runs" / (run_name or cfg.name)
     n_folds = comp.cfg.n_folds
-    folds = cfg.train.folds if cfg.train.folds is not None else list(range(n_folds))
-    bad = [f for f in folds if not 0 <= f < n_folds]
-    if bad:
-        raise ConfigError(f"train.folds: {bad} out of range; this competition has folds 0..{n_folds - 1}")
+    folds = run_folds(cfg, n_folds)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     with claim_run(run_dir):
         check_or_write_run_info(run_dir, cfg, prepared)
-        device = pick_device(cfg.train.device)
+        device = device_for(SINGLE, cfg.train.device)
         embeddings, layers = embed_prepared(prepared, probe.embedding, cfg.features, device)
         log.info(
             "train: linear probe %s on %s (%s values a clip), folds %s",

@@ -31,7 +31,7 @@ from audiotag.core.atomic import atomic_write_json
 from audiotag.core.errors import ConfigError
 from audiotag.experiment import ExperimentConfig
 from audiotag.models.registry import build_model
-from audiotag.stages.prepare import Prepared
+from audiotag.runs.prepare import Prepared
 from audiotag.train.auto_recipe import DataFacts, Derived, ModelFacts, derive
 from audiotag.train.distributed import SINGLE, DistContext
 

@@ -1,0 +1,144 @@
+"""The parsers and runners of the training commands of their own: ``pretrain`` and ``tune``.
+
+``pretrain`` loads its config from the options, relaunches itself under torchrun for ``--gpus N`` and
+hands the config to ``stages/pretrain.py``; ``tune`` hands its options (``TuneOptions``) to
+``stages/tune.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from audiotag.cli.args import data_dir_overrides, options_of
+from audiotag.cli.configs import default_config, table_competition
+from audiotag.config.files import configs_root
+from audiotag.core.errors import ConfigError
+from audiotag.core.log import output_console
+from audiotag.runs.task import RunRequest
+from audiotag.stages.pretrain import METHODS, Pretraining, load_pretrain_config
+from audiotag.stages.tune import TuneOptions
+from audiotag.stages.tune import run_tune as tune
+from audiotag.train.distributed import launched_by_torchrun, relaunch_with_torchrun, setup, teardown
+
+
+def build_pretrain_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag pretrain",
+        description="Self-supervised pretraining of an encoder on unlabeled audio (BYOL-A): a competition's "
+        "cached clips and/or audio folders. Writes <competition>/pretrain/<name>/encoder.pt, which "
+        "model: {name: byola, dim: D, pretrained: PATH} loads. A killed run resumes.",
+    )
+    parser.add_argument("--method", choices=METHODS, default="byola", help="the recipe (default: byola)")
+    parser.add_argument("--competition", "-c", help="competition name or YAML path whose clips to use")
+    parser.add_argument("--clips", help="the competition's clips: train, test or train,test (default: train)")
+    parser.add_argument("--audio", nargs="+", type=Path, metavar="DIR", help="audio folders to use as well")
+    parser.add_argument("--config", type=Path, help="pretrain YAML (default: configs/pretrain/<method>.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value, e.g. --set epochs=10 --set model.dim=512 (repeatable)",
+    )
+    parser.add_argument("--name", help="output folder name (default: <method><dim>, e.g. byola2048)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: see above)")
+    parser.add_argument(
+        "--gpus", type=int, default=1, metavar="N", help="N data-parallel processes (torchrun)"
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="processes for the feature cache (default: all)"
+    )
+    parser.add_argument("--data-dir", type=Path, metavar="PATH", help="the competition's files in place")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def command_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.clips:
+        clips = [c.strip() for c in args.clips.split(",") if c.strip()]
+        overrides.append(f"clips={json.dumps(clips)}")
+    if args.audio:
+        overrides.append(f"audio={json.dumps([str(Path(a).expanduser().resolve()) for a in args.audio])}")
+    if args.name:
+        overrides.append(f"name={json.dumps(args.name)}")
+    return overrides + data_dir_overrides(args)
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    if args.gpus < 1:
+        raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
+    path = args.config or configs_root() / "pretrain" / f"{args.method}.yaml"
+    cfg = load_pretrain_config(path, command_overrides(args), competition=args.competition)
+    if args.gpus > 1 and not launched_by_torchrun():
+        relaunch_with_torchrun(args.gpus, args.argv)
+    ctx = setup("ddp")
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        result = Pretraining().train(cfg, RunRequest(workers=args.workers, ctx=ctx, run_dir=args.out))
+    finally:
+        teardown()
+    if ctx.is_main:
+        last = result.history[-1] if result.history else {}
+        output_console().print(
+            f"pretrain {cfg.name}: {len(result.history)} epochs, loss {last.get('loss', float('nan')):.4f}, "
+            f"{last.get('clips_per_second', float('nan'))} clips/s in the last epoch\n"
+            f"encoder: {result.encoder_path}\nuse it: model: {{name: byola, dim: {cfg.model.dim}, "
+            f"pretrained: {result.encoder_path}}} with features: {cfg.features.name} (or features: auto)",
+            soft_wrap=True,
+        )
+
+
+def build_tune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotag tune",
+        description="Hyperparameter search (Optuna, TPE + pruning after every epoch) over an experiment "
+        "on one or two folds. The study lives in competition/<comp>/tune/<name>/ (SQLite): the same "
+        "command continues it. Writes the best trial as an experiment YAML, and plots of the search.",
+    )
+    parser.add_argument(
+        "--competition", "-c", default="demo", help="competition name or YAML path (default: demo)"
+    )
+    parser.add_argument(
+        "--config", help="tune config: a name under configs/tune/ or a YAML path (default: default)"
+    )
+    parser.add_argument(
+        "--experiment",
+        help="base experiment: a name under configs/experiments/ (demo/cnn_small) or a YAML path "
+        "(default: the tune config's, else the competition's default)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the base experiment, e.g. --set train.epochs=8, or the tune config with the tune. "
+        "prefix, e.g. --set tune.pruner.kind=successive_halving (repeatable)",
+    )
+    parser.add_argument("--trials", type=int, metavar="N", help="finished trials to reach (tune.n_trials)")
+    parser.add_argument("--timeout", type=float, metavar="MINUTES", help="start no trial after this long")
+    parser.add_argument("--folds", help="comma-separated folds each trial trains (tune.folds; default 0)")
+    parser.add_argument("--name", help="the study's name and folder (default: the base experiment's name)")
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="processes for the feature cache (default: all cores)"
+    )
+    parser.add_argument("--data-dir", type=Path, metavar="PATH", help="the competition's files in place")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+def run_tune(args: argparse.Namespace) -> None:
+    competition = args.competition
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
+    args.overrides = args.overrides + data_dir_overrides(args)
+    options = options_of(TuneOptions, args)
+    tune(options, lambda: default_config(competition, "experiment"), table_competition(competition))
