@@ -15,16 +15,32 @@ normalisation and Tagger then run on the same wave, in eval mode.
   same names, so no renaming is needed). The official ``mlp_head`` is random there; the fixture
   overwrote it with seeded ``mlp_head.{0,1}.*`` values, which this test copies into our head.
 
-Tolerances (max abs difference; measured on x86 CPU, official in torch 2.9.1 + torchaudio 2.9.1 +
-timm 0.4.5, ours in the project venv):
+Tolerances (max abs difference). The fixture's official run (torch 2.9.1 + torchaudio 2.9.1 +
+timm 0.4.5, x86 CPU) went through MKL's SSE4.2 code path (``MKL_CBWR=COMPATIBLE`` or ``AVX``
+reproduce it to 9.5e-7 here), and torch's CPU FFT (MKL DFTI) and
+float32 ``log`` (MKL VML, used for the mel filters) round differently on each MKL path, which MKL
+picks from the CPU at run time (``ATEN_CPU_CAPABILITY`` does not change it; ``MKL_CBWR`` does). So
+the quietest bins, 10 or more nepers below their frame's peak, hold float32 FFT rounding and leakage
+that differ from CPU to CPU, for the official code as for ours, and the loud bins move by one ulp of
+a few filter weights. Measured, ours against the fixture (the official code, run here from
+torchaudio's ``kaldi.fbank`` source, in brackets), torch 2.14.1, by MKL path:
 
-- log-mel (natural log, about -16..9): ``5e-4`` everywhere, measured ``1.9e-4``; ``1e-4`` where the
-  official value is above -10, measured ``3.5e-5`` (``4.3e-6`` above -5); the padded frames equal.
-  Our window and mel filters are torchaudio's float32 values bit for bit, but the quietest bins,
-  10 or more nepers below their frame's peak, hold float32 FFT rounding and leakage (their relative
-  error is about 1e-7 of the frame's peak power), which no float32 implementation pins down further:
-  torchaudio itself in float64 differs from its float32 result there by ``3.5e-3``.
-- normalised input ``5e-5``, measured ``2.1e-5`` (the log-mel error divided by 9.14).
+  ====================  ==================  ==================  ==================  ===========
+  bins                  SSE4.2/AVX          AVX2                AVX512 (SPR Xeon)   tolerance
+  ====================  ==================  ==================  ==================  ===========
+  all (about -16..9)    1.9e-4 (9.5e-7)     2.85e-3 (2.76e-3)   2.43e-3 (2.43e-3)   ``5e-3``
+  official above -10    3.5e-5 (9.5e-7)     4.4e-4 (4.4e-4)     3.7e-4 (3.6e-4)     ``1e-3``
+  official above -5     4.3e-6 (9.5e-7)     3.4e-5 (3.4e-5)     5.4e-5 (5.4e-5)     ``2e-4``
+  ====================  ==================  ==================  ==================  ===========
+
+  Ours against the official code on the same machine and path: 1.8e-4 to 2.4e-4 in all bins,
+  3.5e-5 to 5.9e-5 above -10, 4.3e-6 or less above -5, on every path; the official code in float64 is
+  3.5e-3 from the fixture, so no front-end can match its quietest bins more closely than the FFT's
+  rounding allows. Errors of substance stay far outside: on the AVX512 path a periodic Hann window
+  moves the bins above -5 by 5e-2, pre-emphasis 0.96 by 0.17, no DC removal by 1.4e-2, fmin 0 by
+  8.8, a window with 1e-3 end points by 1.1e-2. The padded frames are equal.
+- normalised input: the log-mel error divided by 9.14: ``6e-4``, measured ``2.1e-5`` (SSE4.2/AVX),
+  ``3.1e-4`` (AVX2), ``2.65e-4`` (AVX512).
 - embedding and logits ``1e-4``, measured ``1.3e-6`` and ``1.7e-6``: 12 blocks in float32 (timm's
   fused attention vs timm 0.4.5's explicit softmax) keep the error near float32 rounding of O(1)
   activations, 60x under the bound; a wrong positional-grid crop or an RGB mean instead of the sum
@@ -51,10 +67,12 @@ from tests.golden_weights import fixture_state, load_fixture, max_diff
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = ["ast_audioset_t256", "ast_deit_t256"]
-LOGMEL_TOL = 5e-4  # every bin, the quietest included
-LOGMEL_LOUD_TOL = 1e-4  # bins where the official log-mel is above LOUD
+LOGMEL_TOL = 5e-3  # every bin, the quietest included (float32 FFT rounding differs by CPU: docstring)
+LOGMEL_LOUD_TOL = 1e-3  # bins where the official log-mel is above LOUD
 LOUD = -10.0
-INPUT_TOL = 5e-5
+LOGMEL_LOUDER_TOL = 2e-4  # bins where the official log-mel is above LOUDER
+LOUDER = -5.0
+INPUT_TOL = 6e-4
 EMBEDDING_TOL = 1e-4
 OUTPUT_TOL = 1e-4
 
@@ -126,6 +144,8 @@ def test_frontend_matches_official(name: str) -> None:
     assert max_diff(logmel, fixture["logmel"]) < LOGMEL_TOL
     loud = fixture["logmel"] > LOUD
     assert max_diff(logmel[loud], fixture["logmel"][loud]) < LOGMEL_LOUD_TOL
+    louder = fixture["logmel"] > LOUDER
+    assert max_diff(logmel[louder], fixture["logmel"][louder]) < LOGMEL_LOUDER_TOL
     n_frames = int(fixture["n_frames"])
     assert np.array_equal(logmel[:, n_frames:], fixture["logmel"][:, n_frames:])  # the zero padding
     norm = AstConfig(**read_yaml(REPO / "configs/models/ast_base.yaml")).input_norm
