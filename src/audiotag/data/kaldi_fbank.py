@@ -30,7 +30,8 @@ to float32) moved such bins by up to 4e-3 against AST's torchaudio front-end; wi
 float32 arithmetic they agree to 2.4e-4 and the bins above -5 to 5e-6 on the same machine. Across
 machines both move more: torch's CPU FFT and float32 ``log`` are MKL's, whose rounding depends on the
 code path MKL picks for the CPU (SSE4.2, AVX2, AVX512), so the quietest bins differ by up to 3e-3
-between CPUs, for torchaudio as for this module (figures in ``tests/test_golden_ast.py``).
+between CPUs, for torchaudio as for this module (figures in ``tests/test_golden_ast.py``, which
+checks the same-machine bounds with MKL pinned to the fixture's path by ``MKL_CBWR=COMPATIBLE``).
 
 Clips shorter than one window would give no frame at all in Kaldi; here they are zero-padded at
 the end to one window, so every clip yields at least one frame (see ``kaldi_n_frames``).
