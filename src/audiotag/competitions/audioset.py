@@ -49,7 +49,6 @@ from audiotag.competitions.file_formats import (
     FileCompetition,
     download_api,
     probe_audio,
-    write_sample_submission,
 )
 from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import ConfigError, DataError
@@ -345,7 +344,7 @@ class AudioSet(FileCompetition):
                 f"audioset.py); every missing segment is listed in {self.missing_report_path}"
             )
         test_ids = table.loc[table["split"] == "test", "clip_id"].tolist()
-        write_sample_submission(self.dir / "sample_submission.csv", test_ids, self.classes)
+        self.write_sample_submission(test_ids, self.classes)
         return table
 
     def _report(self, table: pd.DataFrame, missing: list[dict[str, str]], totals: dict[str, int]) -> None:

@@ -287,17 +287,6 @@ def unpack_archives(archives: Iterable[Path], dest: Path) -> None:
         queue += [Path(p) for p in extracted or [] if str(p).lower().endswith(".zip")]
 
 
-def write_sample_submission(path: Path, clip_ids: Sequence[str], classes: Sequence[str] | None) -> None:
-    """A sample submission where the competition has none: ``fname,label`` (top-3 labels, when
-    ``classes`` is None) or ``fname`` + one score column per class."""
-    if classes is None:
-        sample = pd.DataFrame({"fname": list(clip_ids), "label": ""})
-    else:
-        sample = pd.DataFrame(0.0, index=range(len(clip_ids)), columns=list(classes))
-        sample.insert(0, "fname", list(clip_ids))
-    atomic_write_text(path, sample.to_csv(index=False))
-
-
 class FileCompetition(Competition):
     """A real competition: its files follow one of a few published file formats (Kaggle, Zenodo), either
     downloaded into ``raw/`` by :meth:`obtain` or used in place from ``competition.data_dir``.
@@ -456,3 +445,13 @@ class FileCompetition(Competition):
         (``<competition>/sample_submission.csv``) from the test clips of the clip table."""
         own = self.raw_dir / "sample_submission.csv"
         return own if own.is_file() else self.dir / "sample_submission.csv"
+
+    def write_sample_submission(self, clip_ids: Sequence[str], classes: Sequence[str] | None) -> None:
+        """The sample submission of a competition without one, ``<competition>/sample_submission.csv``:
+        id + label (top-k labels, when ``classes`` is None) or id + one score column per class."""
+        if classes is None:
+            sample = pd.DataFrame({self.id_column: list(clip_ids), "label": ""})
+        else:
+            sample = pd.DataFrame(0.0, index=range(len(clip_ids)), columns=list(classes))
+            sample.insert(0, self.id_column, list(clip_ids))
+        atomic_write_text(self.dir / "sample_submission.csv", sample.to_csv(index=False))

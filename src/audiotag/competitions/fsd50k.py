@@ -33,7 +33,6 @@ from audiotag.competitions.file_formats import (
     read_vocabulary,
     require_rows,
     split_labels,
-    write_sample_submission,
 )
 from audiotag.core.errors import DataError
 
@@ -114,7 +113,7 @@ class Fsd50k(FileCompetition):
         )
         durations, rates, probed = self.probe(table["path"].tolist())
         issues = [found or ("empty" if d == 0 else "") for found, d in zip(probed, durations, strict=True)]
-        write_sample_submission(self.dir / "sample_submission.csv", truth["clip_id"].tolist(), self.classes)
+        self.write_sample_submission(truth["clip_id"].tolist(), self.classes)
         return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
 
     def _eval_truth(self) -> pd.DataFrame:

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from audiotag.competitions.archive import fetch_archive
+from audiotag.competitions.archive import OwnDataset
 from audiotag.competitions.file_formats import AUDIO_ISSUE, AUDIO_SUFFIXES, FileCompetition, audio_paths
 from audiotag.competitions.folds import FOLD, GROUP, describe_groups
 from audiotag.competitions.table_reading import (
@@ -54,7 +54,6 @@ from audiotag.competitions.table_reading import (
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary, check_labels, csv_line
 from audiotag.config.competition import TableCompetitionConfig
 from audiotag.config.schema import CompetitionConfig
-from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -113,10 +112,6 @@ class TableFormat(FileCompetition):
         return list(dict.fromkeys(files))
 
     # -------------------------------------------------------------- vocabulary
-
-    @property
-    def vocabulary_path(self) -> Path:
-        return self.vocabulary.path
 
     @property
     def classes(self) -> list[str]:
@@ -180,16 +175,6 @@ class TableFormat(FileCompetition):
                 f"({_head(vocabulary)}), the sample has {_head(others)}; use submission.kind sample_columns "
                 "to follow the sample's columns"
             )
-
-    def _write_sample(self, test_ids: list[str], vocabulary: list[str]) -> None:
-        """The sample submission of a competition without one: id + label, or id + the class columns."""
-        key = self.id_column
-        if self.submission_kind == "top3_labels":
-            sample = pd.DataFrame({key: test_ids, "label": ""})
-        else:
-            sample = pd.DataFrame(0.0, index=range(len(test_ids)), columns=vocabulary)
-            sample.insert(0, key, test_ids)
-        atomic_write_text(self.dir / "sample_submission.csv", sample.to_csv(index=False))
 
     def test_truth(self) -> pd.DataFrame | None:
         """Labels of the test clips from :meth:`truth_path` (``truth_file``, or a table's ``test_labels``):
@@ -297,7 +282,9 @@ class TableFormat(FileCompetition):
             )
         self._log_subsets(rows)
         if not cfg.sample_submission:
-            self._write_sample(test_ids, vocabulary)
+            self.write_sample_submission(
+                test_ids, None if self.submission_kind == "top3_labels" else vocabulary
+            )
         return table
 
     def _test_clips(self, cfg: CompetitionConfig, rows: pd.DataFrame) -> tuple[list[str], Path | None]:
@@ -340,7 +327,7 @@ class TableFormat(FileCompetition):
             )
 
 
-class TableCompetition(TableFormat):
+class TableCompetition(OwnDataset, TableFormat):
     """A tagging dataset given as a CSV table and folders of audio, used in place: the YAML is its file
     format."""
 
@@ -348,10 +335,7 @@ class TableCompetition(TableFormat):
     kind = "table"  # serves every config of kind: table
     sources = ("table",)
     default_source = "table"
-
-    def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
-        self.name = cfg.name  # type: ignore[misc]
-        super().__init__(cfg, root)
+    data_dir_holds = "train_csv and the audio"
 
     def file_format(self, source: str) -> CompetitionConfig:
         return self.cfg
@@ -367,44 +351,6 @@ class TableCompetition(TableFormat):
                 "(relative to the data folder, or absolute): fix the path, or leave test_labels out"
             )
         return path
-
-    # -------------------------------------------------------------- where the files are
-
-    @property
-    def source(self) -> str:
-        return "table"
-
-    @property
-    def raw_dir(self) -> Path:
-        """data_dir when given; else, with ``download``, the archive's folder extracted into raw/."""
-        if self.data_dir is None and self.cfg.download is not None:
-            return self.dir / "raw" / self.cfg.download.folder
-        return super().raw_dir
-
-    def obtain(self) -> None:
-        if self.data_dir is None and self.cfg.download is None:
-            raise ConfigError(
-                f"competition {self.name} (kind: table) has no data_dir: set data_dir in its YAML or pass "
-                "--data-dir PATH (the folder holding train_csv and the audio)"
-            )
-        if self.data_dir is None and self.cfg.download is not None and self.missing_files(self.source):
-            log.info("%s: downloading %s into %s", self.name, self.cfg.download.url, self.dir / "raw")
-            self.download(self.source)
-        super().obtain()  # in place from data_dir, or the files in raw_dir (checked complete)
-
-    def download(self, source: str) -> None:
-        """The ``download`` archive (zip or tar) into raw/, extracted there; its top ``folder`` (or raw/
-        itself, ``folder: "."``) becomes raw_dir (:mod:`audiotag.competitions.archive`)."""
-        spec = self.cfg.download
-        if spec is None:  # pragma: no cover - obtain refuses a table without data_dir or download
-            raise DataError(f"{self.name}: a kind: table competition without download is used in place")
-        fetch_archive(spec, self.dir / "raw")
-
-    @property
-    def sample_submission_path(self) -> Path:
-        if self.cfg.sample_submission:
-            return self._file(self.cfg.sample_submission)
-        return self.dir / "sample_submission.csv"
 
 
 def _unique(ids: pd.Series, path: Path, column: str) -> list[str]:

@@ -11,7 +11,6 @@ modules).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, TypeVar
@@ -264,11 +263,6 @@ def validate(model: type[M] | Any, tree: dict[str, Any], source: str) -> M:
     except ValidationError as exc:
         overrides = getattr(tree, "overrides", ())
         raise ConfigError(format_validation_error(exc, model, source, overrides)) from None
-
-
-def config_hash(cfg: BaseModel) -> str:
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha1(blob).hexdigest()[:12]
 
 
 def dump_yaml(cfg: BaseModel) -> str:
