@@ -15,7 +15,8 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 from audiotag.competitions.file_formats import FileCompetition, download_api
-from audiotag.config.schema import CompetitionConfig, TableDownload
+from audiotag.config.competition_parts import TableDownload
+from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

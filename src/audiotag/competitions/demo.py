@@ -16,7 +16,7 @@ from pathlib import Path
 from audiotag.competitions import demo_sounds, demo_synth, fsd2018, fsd2019
 from audiotag.competitions.file_formats import probe_clips
 from audiotag.competitions.table import TableFormat
-from audiotag.config.schema import DemoGeneratorConfig
+from audiotag.config.competition_parts import DemoGeneratorConfig
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.config.schema import CompetitionConfig, template_fields
+from audiotag.config.competition_parts import template_fields
+from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from pydantic import (
 
 from audiotag.config.base import StrictModel
 from audiotag.config.competition_parts import (
+    MULTILABEL_F1,
     SINGLE_LABEL_METRICS,
     AudioRules,
     CompetitionRules,
@@ -38,8 +39,6 @@ from audiotag.config.competition_parts import (
     TableSubmission,
     template_fields,
 )
-
-MULTILABEL_F1 = "macro_f1@0.5"  # what `metric: macro_f1` of multi_label data is scored as (0.5 threshold)
 
 Kind = Literal["named", "table", "folders"]  # "named": no kind, the competition module named by name
 Effect = Literal["table", "cache", "run"]  # the clip table, the feature cache, a run's results
