@@ -1,13 +1,8 @@
 """Your own dataset as one sub-folder of audio per class (``kind: folders``), described by its YAML alone.
 
 Layout (Speech Commands style): ``<data_dir>/<audio_dir>/<class>/<clip>.wav``, the class being the
-sub-folder's name. The YAML names the folder (``data_dir`` used in place, ``--data-dir``, or a
-``download`` archive extracted into ``competition/<name>/raw/``), ``audio_dir`` (``.`` when the class
-folders lie at the top), the sub-folders that are no class (``exclude``, e.g. ``_background_noise_``;
-hidden folders are skipped), the metric and the submission format.
-
-How the optional lists are used (text files relative to ``data_dir``, one clip a line, written as its
-path inside ``audio_dir``: ``yes/0a7c2a8d_nohash_0.wav``):
+sub-folder's name (the keys: ``config/competition.py``). How the optional lists are used (text files
+relative to ``data_dir``, one clip a line, its path inside ``audio_dir``: ``yes/0a7c2a8d_nohash_0.wav``):
 
 - ``testing_list``: those clips are the **test split**. Their labels (their folders) are kept out of the
   clip table, as the demo competitions keep their hidden test labels, and serve only
@@ -22,13 +17,9 @@ path inside ``audio_dir``: ``yes/0a7c2a8d_nohash_0.wav``):
   published lists are speaker-disjoint, and ``group_pattern`` keeps speakers disjoint across our folds
   the same way. ``competition.subsets: [train]`` leaves the validation clips out of training instead.
 
-``group_pattern``: a regex searched in each clip's file name; its first capture group (else the
-whole match) is the clip's group, so clips of one group (Speech Commands: the speaker, the part
-before ``_nohash_``) never straddle folds. A file name it does not match is an error naming it.
-
-The vocabulary is ``classes`` when given (a class folder outside it is an error; ``exclude`` it),
-else the sorted folder names, fixed at the first prepare in ``competition/<name>/vocabulary.json``
-(:mod:`audiotag.competitions.vocabulary`, shared with ``kind: table``).
+A file name that ``group_pattern`` does not match is an error naming it. The vocabulary is
+``classes`` when given (a class folder outside it is an error; ``exclude`` it), else the sorted folder
+names, fixed at the first prepare (:mod:`audiotag.competitions.vocabulary`, shared with ``kind: table``).
 """
 
 from __future__ import annotations

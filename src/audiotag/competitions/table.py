@@ -1,30 +1,15 @@
 """Your own dataset, described by a competition YAML alone (``kind: table``): a CSV of files and labels.
 
-The YAML names the folder (``data_dir``, used in place, or ``--data-dir``; or ``download``: a zip
-archive fetched into ``competition/<name>/raw/`` and extracted there when no data_dir is given and the
-files are missing, its top-level ``folder`` then used as the data folder), the training CSV
-(``train_csv``) and its audio folder (``audio_dir``), the test audio (``test_dir``: every audio file in
-it, or the files of ``sample_submission`` when given; left out: no test set, the runs and the ensemble
-report CV only and no submission is written; ``test_labels``: a CSV of the test clips' labels, checked
-at prepare, from which train and ensemble report a test score beside the CV), the CSV's columns
-(``file_column``, ``label_column``, optional ``group_column``, ``fold_column``, ``verified_column``),
-how labels are written (``multi_label``, ``label_separator``), the metric and the submission format.
-The readers are the shared ones of :mod:`audiotag.competitions.file_formats` (names confined to their folder,
-headers probed, the audio rules).
+Each key (the folder or ``download`` archive, the training CSVs and audio folders, the test audio and
+``test_labels``, the CSV's columns, labels, metric and submission) is described where it is declared,
+``config/competition.py``; :mod:`audiotag.competitions.table_reading` reads the training rows, with the
+shared readers of :mod:`audiotag.competitions.file_formats` (names confined to their folder, headers
+probed, the audio rules). Without a test set the runs and the ensemble report CV only and no
+submission is written; ``submission.kind: sample_columns`` is checked against the vocabulary at prepare.
 
-Beyond one CSV (:mod:`audiotag.competitions.table_reading` reads the rows): ``train_csv`` may map
-subsets to CSVs (curated + noisy, ``noisy_subsets`` untrusted, ``subsets`` choosing some),
-``file_template`` builds each file's path from the row (``fold{fold}/{slice_file_name}``),
-``start_column``/``end_column`` make each row a segment of its file (the clip table's ``start`` and
-``end``; the feature cache decodes only that stretch), and ``id_column`` names the clips. The
-submission's id column is ``submission.id_column``; ``submission.kind: sample_columns`` writes
-exactly the sample submission's columns (checked against the vocabulary at prepare).
-
-The vocabulary is ``classes`` when given (a label outside it is an error naming file, line and
-label); otherwise the sorted set of training labels, written to ``competition/<name>/vocabulary.json``
-at the first prepare and fixed from then on (:mod:`audiotag.competitions.vocabulary`): a later label
-outside it is an error naming the row, never a silent new score column (delete the file to start
-over, with new runs).
+The vocabulary (:mod:`audiotag.competitions.vocabulary`) is ``classes`` when given, else the sorted
+training labels fixed at the first prepare: a later label outside it is an error naming the row, never
+a silent new score column (delete ``vocabulary.json`` to start over, with new runs).
 
 The parsing is :class:`TableFormat`'s, shared with the competitions whose published files have this
 shape: FSDKaggle2018, FSDKaggle2019 and their demos declare each source's file format as these same keys
@@ -62,15 +47,10 @@ SUBMISSION_KINDS = {"top_k_labels": "top3_labels", "scores": "scores", "sample_c
 
 
 class TableFormat(FileCompetition):
-    """A clip table read from training CSVs and folders of audio, plus a list of test clips: the parsing
-    shared by ``kind: table`` (:class:`TableCompetition`, settings from the YAML) and the competitions
-    whose published file formats have that shape (FSDKaggle2018, FSDKaggle2019 and their demos), which
-    declare the settings of each source's files as data in ``FILE_FORMATS`` (the keys of ``kind: table``).
-
+    """A clip table read from training CSVs and folders of audio, plus a list of test clips; the task,
+    metric, submission format and vocabulary come from the file format (the YAML, or ``FILE_FORMATS``).
     A subclass may add what its dataset knows beyond the table (:meth:`audio_issues`,
-    :meth:`check_sample_header`); the task, metric, submission format and vocabulary come from its
-    file format.
-    """
+    :meth:`check_sample_header`)."""
 
     FILE_FORMATS: ClassVar[dict[str, dict[str, Any]]] = {}  # source -> kind: table settings of its files
     classes_described: ClassVar[str] = "the classes listed in the competition YAML"  # for messages
