@@ -1,20 +1,9 @@
 """The shared machinery of the real competitions (:class:`FileCompetition`: published file formats,
 download, ``data_dir``) and the readers they share (CSV files, clip names, audio headers).
 
-Errors name the CSV file and its line (header = line 1) so the user can find the bad row.
-
-Clip names (``fname``) must stay inside their audio folder (:func:`audio_paths`): a name that is
-absolute, or that has a ``..`` part, is refused with its file and line before any file is opened.
-The check is on the name as written, so a symbolic link the user placed inside the folder on purpose
-(a plain relative name such as ``a.wav`` -> ``/elsewhere/a.wav``) is followed and allowed; a name that
-climbs out of the folder is not, wherever it would land.
-
-Audio files are probed from their headers while the table is parsed (:func:`probe_clips`): a missing
-file stops the parse (the data folder is incomplete or the wrong one), while a file that exists but
-cannot be used (0 bytes, not audio, unreadable, a link loop) follows the written rules of
-``audiotag.data.audio``: it is kept in the table with ``audio_issue`` set ("empty" or "undecodable")
-and a warning, and the feature cache then skips it (a training clip) or zero-fills it (a test clip)
-and lists it in its ``report.csv``.
+Errors name the CSV file and its line (header = line 1) so the user can find the bad row; clip names
+must stay inside their audio folder (:func:`audio_paths`); audio headers are probed as the table is
+parsed, an unusable file kept with its ``audio_issue`` (:func:`probe_clips`).
 """
 
 from __future__ import annotations
@@ -100,12 +89,10 @@ def audio_paths(
     return out
 
 
-def check_labels(labels: list[list[str]], vocabulary: set[str], path: Path, multi: bool) -> None:
+def check_labels(labels: list[list[str]], vocabulary: set[str], path: Path) -> None:
     for row, names in enumerate(labels):
         if not names:
             raise DataError(f"{path}: line {row + 2}: no label")
-        if not multi and len(names) != 1:
-            raise DataError(f"{path}: line {row + 2}: expected one label, got {names}")
         bad = [n for n in names if n not in vocabulary]
         if bad:
             raise DataError(

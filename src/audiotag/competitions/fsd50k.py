@@ -86,7 +86,7 @@ class Fsd50k(FileCompetition):
         dev = read_csv(dev_path, ["fname", "labels", "split"])
         require_rows(dev, dev_path)
         dev_labels = [split_labels(s) for s in dev["labels"]]
-        check_labels(dev_labels, vocabulary, dev_path, multi=True)
+        check_labels(dev_labels, vocabulary, dev_path)
         bad = ~dev["split"].isin(["train", "val"])
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
@@ -120,7 +120,7 @@ class Fsd50k(FileCompetition):
         path = self.raw_dir / EVAL_CSV
         df = read_csv(path, ["fname", "labels"])
         labels = [split_labels(s) for s in df["labels"]]
-        check_labels(labels, set(self.classes), path, multi=True)
+        check_labels(labels, set(self.classes), path)
         return pd.DataFrame({"clip_id": df["fname"], "labels": labels})
 
     def test_truth(self) -> pd.DataFrame | None:
