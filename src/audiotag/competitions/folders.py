@@ -105,7 +105,6 @@ class FoldersCompetition(OwnDataset):
         folders = [self.audio_dir, *([self.raw_dir / cfg.test_dir] if cfg.test_dir else [])]
         text = "".join(f"{f.name}/{rel}\n" for f in folders if f.is_dir() for rel in audio_files(f))
         if not listing.is_file() or listing.read_text(encoding="utf-8") != text:
-            self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(listing, text)
         named = (cfg.validation_list, cfg.testing_list, cfg.sample_submission)
         return [listing, *(self.raw_dir / f for f in named if f and (self.raw_dir / f).is_file())]

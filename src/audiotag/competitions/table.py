@@ -7,9 +7,8 @@ shared readers of :mod:`audiotag.competitions.file_formats` (names confined to t
 probed, the audio rules). Without a test set the runs and the ensemble report CV only and no
 submission is written; ``submission.kind: sample_columns`` is checked against the vocabulary at prepare.
 
-The vocabulary (:mod:`audiotag.competitions.vocabulary`) is ``classes`` when given, else the sorted
-training labels fixed at the first prepare: a later label outside it is an error naming the row, never
-a silent new score column (delete ``vocabulary.json`` to start over, with new runs).
+The vocabulary is ``classes`` or the training labels fixed at the first prepare
+(:mod:`audiotag.competitions.vocabulary`).
 
 The parsing is :class:`TableFormat`'s, shared with the competitions whose published files have this
 shape: FSDKaggle2018, FSDKaggle2019 and their demos declare each source's file format as these same keys
