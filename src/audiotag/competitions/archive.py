@@ -22,11 +22,6 @@ from audiotag.core.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-def archive_data_dir(spec: TableDownload, dest: Path) -> Path:
-    """Where the data lies once ``spec``'s archive is extracted into ``dest``."""
-    return dest if spec.folder == "." else dest / spec.folder
-
-
 def fetch_archive(spec: TableDownload, dest: Path) -> list[Path]:
     """Download ``spec.url`` into ``dest`` and extract it there; the extracted files.
 
@@ -74,7 +69,7 @@ class OwnDataset(FileCompetition):
     def raw_dir(self) -> Path:
         """data_dir when given; else, with ``download``, the archive's folder (or raw/) once extracted."""
         if self.data_dir is None and self.cfg.download is not None:
-            return archive_data_dir(self.cfg.download, self.dir / "raw")
+            return self.dir / "raw" / self.cfg.download.folder  # folder ".": raw/ itself
         return super().raw_dir
 
     def incomplete(self) -> bool:

@@ -152,13 +152,7 @@ class AudioSet(FileCompetition):
 
     @property
     def subsets(self) -> list[str]:
-        subsets = list(self.cfg.subsets) if self.cfg.subsets is not None else list(TRAIN_SUBSETS)
-        unknown = [s for s in subsets if s not in TRAIN_SUBSETS]
-        if unknown or not subsets:
-            raise ConfigError(
-                f"competition.subsets: {unknown or subsets} not allowed; choose from {list(TRAIN_SUBSETS)}"
-            )
-        return subsets
+        return self.configured_subsets(TRAIN_SUBSETS)
 
     def needed_csvs(self) -> list[str]:
         return [LABELS_CSV, *(SEGMENT_CSVS[s] for s in self.subsets), SEGMENT_CSVS["eval"]]

@@ -343,6 +343,16 @@ class FileCompetition(Competition):
         except ValueError:
             return str(path if path.is_absolute() else path.resolve())
 
+    def configured_subsets(self, known: Sequence[str]) -> list[str]:
+        """``competition.subsets`` (all of ``known`` when null), refused when empty or not among them."""
+        subsets = list(self.cfg.subsets) if self.cfg.subsets is not None else list(known)
+        unknown = [s for s in subsets if s not in known]
+        if unknown or not subsets:
+            raise ConfigError(
+                f"competition.subsets: {unknown or subsets} not allowed; choose from {list(known)}"
+            )
+        return subsets
+
     # -------------------------------------------------------------- sources
 
     def expected_files(self, source: str) -> list[str]:

@@ -41,7 +41,7 @@ from audiotag.competitions.file_formats import read_vocabulary
 from audiotag.competitions.table import TableFormat
 from audiotag.competitions.table_reading import PUBLISHED_REMEDY
 from audiotag.config.schema import CompetitionConfig
-from audiotag.core.errors import AudiotagError, ConfigError, DataError
+from audiotag.core.errors import AudiotagError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,7 @@ class Fsd2019(TableFormat):
 
     @property
     def subsets(self) -> list[str]:
-        subsets = list(self.cfg.subsets) if self.cfg.subsets is not None else list(SUBSETS)
-        unknown = [s for s in subsets if s not in SUBSETS]
-        if unknown or not subsets:
-            raise ConfigError(
-                f"competition.subsets: {unknown or subsets} not allowed; choose from {list(SUBSETS)}"
-            )
-        return subsets
+        return self.configured_subsets(SUBSETS)
 
     def file_format(self, source: str) -> CompetitionConfig:
         """Only the configured subsets are read (the noisy audio is neither needed nor cached otherwise)."""
