@@ -21,7 +21,7 @@ import pandas as pd
 
 from audiotag.competitions.base import Competition
 from audiotag.core.atomic import atomic_write_text
-from audiotag.core.errors import ConfigError, DataError
+from audiotag.core.errors import AudiotagError, ConfigError, DataError
 from audiotag.data.audio import MISSING, UnusableAudio, audio_info
 
 log = logging.getLogger(__name__)
@@ -406,11 +406,17 @@ class FileCompetition(Competition):
     def download(self, source: str) -> None:
         raise NotImplementedError
 
-    def kaggle_fetch(self, slug: str) -> None:
-        """The whole competition from Kaggle into ``raw_dir``, archives unpacked."""
+    def kaggle_fetch(self, slug: str, labels: tuple[int, str] | None = None) -> None:
+        """The whole competition from Kaggle into ``raw_dir``, archives unpacked; then ``labels``, the
+        (Zenodo record, zip) of the public test labels, which live only on Zenodo (a small zip)."""
         got = Path(download_api().kaggle_download(slug, self.raw_dir))
         archives = [got] if got.is_file() else sorted(got.glob("*.zip"))
         unpack_archives([a for a in archives if a.suffix == ".zip"], self.raw_dir)
+        if labels is not None:
+            try:
+                self.zenodo_fetch(labels[0], lambda name: name == labels[1])
+            except (AudiotagError, OSError) as exc:
+                log.warning("%s: no test labels (%s); test scores will not be reported", self.name, exc)
 
     def zenodo_fetch(self, record: int, wanted: Callable[[str], bool]) -> None:
         """The record's files that ``wanted(filename)`` selects, downloaded into ``raw_dir`` and unpacked;

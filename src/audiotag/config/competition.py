@@ -224,11 +224,10 @@ class CompetitionKeys(StrictModel):
     )
 
 
-def _scope(key: str) -> Scope:
-    return next(m for m in CompetitionKeys.model_fields[key].metadata if isinstance(m, Scope))
-
-
-SCOPES: dict[str, Scope] = {key: _scope(key) for key in CompetitionKeys.model_fields}
+SCOPES: dict[str, Scope] = {
+    key: next(m for m in field.metadata if isinstance(m, Scope))
+    for key, field in CompetitionKeys.model_fields.items()
+}
 _OFF = {key: field.default for key, field in CompetitionKeys.model_fields.items()}  # a key's default
 
 
