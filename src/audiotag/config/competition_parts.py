@@ -138,9 +138,7 @@ class TableSubmission(StrictModel):
 
 class TableDownload(StrictModel):
     """Where ``prepare`` fetches a ``kind: table`` or ``kind: folders`` dataset from when no data_dir is
-    given: a zip or tar archive (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``)
-    whose top-level ``folder`` holds the data (as a GitHub archive does), or ``folder: "."`` (or null)
-    for an archive whose files lie at its root (Speech Commands)."""
+    given: a zip or tar archive (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``)."""
 
     url: str = Field(
         description="the archive's URL (http or https), its format told by the name's suffix",
