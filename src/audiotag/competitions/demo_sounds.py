@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 from scipy import fft as sp_fft
@@ -128,14 +129,6 @@ def _chirp(n: int, sr: int, rng: Rng, up: bool) -> np.ndarray:
     if not up:
         frac = 1.0 - frac
     return _tone(centre * ratio ** (frac - 0.5), n, sr, rng)
-
-
-def chirp_up(n: int, sr: int, rng: Rng) -> np.ndarray:
-    return _chirp(n, sr, rng, up=True)
-
-
-def chirp_down(n: int, sr: int, rng: Rng) -> np.ndarray:
-    return _chirp(n, sr, rng, up=False)
 
 
 def am_tone(n: int, sr: int, rng: Rng) -> np.ndarray:
@@ -268,8 +261,8 @@ def warble(n: int, sr: int, rng: Rng) -> np.ndarray:
 
 
 SYNTHS: dict[str, Synth] = {
-    "Chirp_up": chirp_up,
-    "Chirp_down": chirp_down,
+    "Chirp_up": partial(_chirp, up=True),
+    "Chirp_down": partial(_chirp, up=False),
     "AM_tone": am_tone,
     "FM_vibrato": fm_vibrato,
     "Harmonic_stack": harmonic_stack,
