@@ -69,13 +69,9 @@ def _harmonic(f0: np.ndarray | float, n: int, sr: int, rng: Rng) -> np.ndarray:
     return out
 
 
-def _fast_len(n: int) -> int:
-    return sp_fft.next_fast_len(max(n, 2), real=True)
-
-
 def _shaped_noise(n: int, sr: int, rng: Rng, gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """White noise filtered by ``gain(freqs)`` in the frequency domain, scaled to unit RMS."""
-    m = _fast_len(n)
+    m = sp_fft.next_fast_len(max(n, 2), real=True)
     spec = sp_fft.rfft(rng.standard_normal(m))
     freqs = sp_fft.rfftfreq(m, 1.0 / sr)
     out = sp_fft.irfft(spec * gain(freqs), m)[:n]

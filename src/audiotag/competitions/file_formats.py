@@ -316,20 +316,16 @@ class FileCompetition(Competition):
             )
         return source
 
-    @property
-    def audio_location(self) -> str:
-        """The data folder as the user gave it: ``--data-dir PATH`` when used in place, else raw/."""
-        return f"--data-dir {self.data_dir}" if self.data_dir is not None else str(self.raw_dir)
-
     def probe(self, paths: Sequence[str]) -> tuple[list[float], list[int], list[str]]:
-        """:func:`probe_clips` with this competition's data folder named in its messages."""
+        """:func:`probe_clips` naming the data folder as the user gave it: ``--data-dir PATH``, or raw/."""
+        if self.data_dir is None:
+            hint = "re-run `./run.sh prepare` to fetch the data again, or pass --data-dir PATH"
+            return probe_clips(paths, self.dir, str(self.raw_dir), hint)
         hint = (
             "check that --data-dir points at the complete competition folder (the files listed in its "
             "CSVs must all be there)"
-            if self.data_dir is not None
-            else "re-run `./run.sh prepare` to fetch the data again, or pass --data-dir PATH"
         )
-        return probe_clips(paths, self.dir, self.audio_location, hint)
+        return probe_clips(paths, self.dir, f"--data-dir {self.data_dir}", hint)
 
     def audio_paths(self, folder: str, fnames: Iterable[str], csv_path: Path, suffix: str = "") -> list[str]:
         """Clip-table paths of ``fnames`` (``csv_path``'s rows) in ``raw_dir / folder``, refusing a
