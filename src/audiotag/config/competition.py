@@ -65,9 +65,8 @@ TABLE_NEEDS = Scope(frozenset({"table"}), _TABLE_AND_RUN, needed_by=frozenset({"
 TABLE_RUN = Scope(frozenset({"table"}), frozenset({"run"}))  # read when a run is scored, not into the table
 FOLDERS = Scope(frozenset({"folders"}), _TABLE_AND_RUN)
 NAMED = Scope(frozenset({"named"}), _TABLE_AND_RUN)
-FOLDS = Scope(_ALL, frozenset({"run"}))  # the folds file, not the clip table
 WHERE = Scope(_ALL, frozenset({"table"}))  # where the files are: the same files may move under a run
-RUN = Scope(_ALL, frozenset({"run"}))
+RUN = Scope(_ALL, frozenset({"run"}))  # the folds file or the rules, not the clip table
 CACHE = Scope(_ALL, frozenset({"cache", "run"}))  # how audio is decoded into the feature cache
 PIPELINE = Scope(_ALL, frozenset())  # what the pipeline runs when no --config is given
 
@@ -185,14 +184,14 @@ class CompetitionKeys(StrictModel):
         description="folders: regex searched in each file name; its first group (or the match) is the "
         "clip's group, e.g. '^(.+?)_nohash_' for Speech Commands speakers (never straddling folds)",
     )
-    n_folds: Annotated[int, FOLDS] = Field(5, ge=2, le=20)
+    n_folds: Annotated[int, RUN] = Field(5, ge=2, le=20)
     rare_classes: Annotated[Literal["error", "warn"] | None, ANY_KIND] = Field(
         None,
         description="a class with fewer training clips than n_folds: error (the default for kind: table "
         "and folders, your own data) or warn (the default for the known competitions, whose long tails "
         "are known); some folds then validate none of its clips",
     )
-    fold_seed: Annotated[int, FOLDS] = 42
+    fold_seed: Annotated[int, RUN] = 42
     subsets: Annotated[list[str] | None, ANY_KIND] = Field(
         None, description="training subsets to use (e.g. [curated] for 2019 file formats); null = all"
     )

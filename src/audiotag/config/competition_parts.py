@@ -4,7 +4,7 @@ submission format and download, the metrics a table may name and its file templa
 from __future__ import annotations
 
 import string
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -84,9 +84,6 @@ class AudioRules(StrictModel):
                 "no cached clip is longer than max_seconds"
             )
         return self
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.model_dump()
 
 
 TABLE_METRICS = tuple(METRICS)  # the metric names a config may name: the scoring registry's
