@@ -100,7 +100,7 @@ def test_layout_is_contiguous(built: tuple[Path, pd.DataFrame, Path]) -> None:
     rates = dict(zip(index["clip_id"], index["source_rate"], strict=True))
     assert rates["clip09"] == rates["clip10"] == 22050 and rates["clip00"] == 44100
     assert manifest["n_listed"] == N_CLIPS and manifest["status_counts"] == {"ok": N_CLIPS}
-    assert manifest["audio_rules"] == AudioRules().as_dict()
+    assert manifest["audio_rules"] == AudioRules().model_dump()
 
 
 def test_second_build_is_a_no_op(
@@ -441,7 +441,7 @@ def test_changed_audio_rules_in_the_config_rebuild_the_cache(
         return prepared.cache_dir, manifest, index
 
     cache_dir, default, full = run()
-    assert default["audio_rules"] == AudioRules().as_dict()
+    assert default["audio_rules"] == AudioRules().model_dump()
     assert not full["status"].str.contains("cut").any()
     long_clips = set(full.index[full["seconds"] > 1.5])
     assert 0 < len(long_clips) < len(full)

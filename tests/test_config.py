@@ -115,7 +115,7 @@ def test_audio_rules_default_to_the_decoders_rules() -> None:
     for path in sorted((configs_root() / "competitions").glob("*.yaml")):
         assert load_competition(path.stem).audio_rules == DEFAULT_RULES, path.name
     assert load_experiment(DEMO).competition.audio_rules is not None
-    assert json.dumps(DEFAULT_RULES.as_dict(), sort_keys=True) == json.dumps(
+    assert json.dumps(DEFAULT_RULES.model_dump(), sort_keys=True) == json.dumps(
         {
             "fill_seconds": 1.0,
             "max_nonfinite": 0.01,

@@ -20,7 +20,7 @@ from audiotag.competitions.demo_synth import (
     plan_fsd2018,
     plan_fsd2019,
 )
-from audiotag.config.schema import DemoGeneratorConfig
+from audiotag.config.competition_parts import DemoGeneratorConfig
 from audiotag.core.errors import DataError
 
 TINY = DemoGeneratorConfig(seed=7, train_per_class=3, test_per_class=2, max_duration=2.0)

@@ -9,7 +9,7 @@ import pytest
 
 from audiotag.competitions import get_competition
 from audiotag.config.competition import NamedCompetitionConfig
-from audiotag.config.schema import DemoGeneratorConfig
+from audiotag.config.competition_parts import DemoGeneratorConfig
 from audiotag.core.errors import DataError
 
 TINY = DemoGeneratorConfig(train_per_class=3, test_per_class=1, max_duration=1.0)

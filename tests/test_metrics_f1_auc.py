@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from audiotag.config.competition import TableCompetitionConfig
-from audiotag.config.schema import TABLE_METRICS
+from audiotag.config.competition_parts import TABLE_METRICS
 from audiotag.core.errors import ConfigError
 from audiotag.scoring import metrics
 

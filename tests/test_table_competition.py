@@ -13,7 +13,8 @@ import yaml
 
 from audiotag.cli.main import main
 from audiotag.competitions import get_competition
-from audiotag.config.schema import TABLE_METRICS, load_competition
+from audiotag.config.competition_parts import TABLE_METRICS
+from audiotag.config.schema import load_competition
 from audiotag.core.errors import AudiotagError, ConfigError
 
 CLASSES = ["zorp", "blip", "whirr"]  # made up, deliberately not sorted

@@ -46,6 +46,3 @@ def get_competition(cfg: CompetitionConfig, root: Path | None = None) -> Competi
             f"competition.name: unknown competition {cfg.name!r}; known: {', '.join(sorted(registry))}"
         )
     return registry[cfg.name](cfg, root)
-
-
-__all__ = ["Competition", "competition_names", "get_competition"]

@@ -49,7 +49,6 @@ from audiotag.competitions.file_formats import (
     FileCompetition,
     download_api,
     probe_audio,
-    write_sample_submission,
 )
 from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import ConfigError, DataError
@@ -153,13 +152,7 @@ class AudioSet(FileCompetition):
 
     @property
     def subsets(self) -> list[str]:
-        subsets = list(self.cfg.subsets) if self.cfg.subsets is not None else list(TRAIN_SUBSETS)
-        unknown = [s for s in subsets if s not in TRAIN_SUBSETS]
-        if unknown or not subsets:
-            raise ConfigError(
-                f"competition.subsets: {unknown or subsets} not allowed; choose from {list(TRAIN_SUBSETS)}"
-            )
-        return subsets
+        return self.configured_subsets(TRAIN_SUBSETS)
 
     def needed_csvs(self) -> list[str]:
         return [LABELS_CSV, *(SEGMENT_CSVS[s] for s in self.subsets), SEGMENT_CSVS["eval"]]
@@ -345,7 +338,7 @@ class AudioSet(FileCompetition):
                 f"audioset.py); every missing segment is listed in {self.missing_report_path}"
             )
         test_ids = table.loc[table["split"] == "test", "clip_id"].tolist()
-        write_sample_submission(self.dir / "sample_submission.csv", test_ids, self.classes)
+        self.write_sample_submission(test_ids, self.classes)
         return table
 
     def _report(self, table: pd.DataFrame, missing: list[dict[str, str]], totals: dict[str, int]) -> None:

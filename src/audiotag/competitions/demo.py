@@ -10,13 +10,14 @@ report a test score.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from audiotag.competitions import demo_sounds, demo_synth, fsd2018, fsd2019
 from audiotag.competitions.file_formats import probe_clips
 from audiotag.competitions.table import TableFormat
-from audiotag.config.schema import DemoGeneratorConfig
+from audiotag.config.competition_parts import DemoGeneratorConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class _DemoBase(TableFormat):
     classes_described = f"the {len(CLASSES)} demo classes"
     sources = ("kaggle",)
     default_source = "kaggle"
+    write_files: ClassVar[Callable[[Path, Path, DemoGeneratorConfig], None]]  # demo_synth's writer
 
     @property
     def raw_dir(self) -> Path:
@@ -49,10 +51,7 @@ class _DemoBase(TableFormat):
             log.info("%s: raw data present in %s", self.name, self.raw_dir)
             return
         log.info("%s: synthesising the demo competition into %s", self.name, self.raw_dir)
-        self._generate(self.raw_dir, self.hidden_truth, self.generator)
-
-    def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
-        raise NotImplementedError
+        self.write_files(self.raw_dir, self.hidden_truth, self.generator)
 
     def probe(self, paths: Sequence[str]) -> tuple[list[float], list[int], list[str]]:
         hint = f"delete {self.raw_dir} and re-run `./run.sh prepare` to synthesise the demo again"
@@ -66,17 +65,13 @@ class _DemoBase(TableFormat):
 class Demo(_DemoBase):
     name = "demo"
     FILE_FORMATS = FILE_FORMATS_2018
-
-    def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
-        demo_synth.generate_fsd2018_files(raw_dir, truth_path, cfg)
+    write_files = staticmethod(demo_synth.generate_fsd2018_files)
 
 
 class Demo2019(_DemoBase):
     name = "demo2019"
     FILE_FORMATS = FILE_FORMATS_2019
-
-    def _generate(self, raw_dir: Path, truth_path: Path, cfg: DemoGeneratorConfig) -> None:
-        demo_synth.generate_fsd2019_files(raw_dir, truth_path, cfg)
+    write_files = staticmethod(demo_synth.generate_fsd2019_files)
 
 
 COMPETITIONS = (Demo, Demo2019)

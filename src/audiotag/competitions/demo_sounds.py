@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 from scipy import fft as sp_fft
@@ -68,13 +69,9 @@ def _harmonic(f0: np.ndarray | float, n: int, sr: int, rng: Rng) -> np.ndarray:
     return out
 
 
-def _fast_len(n: int) -> int:
-    return sp_fft.next_fast_len(max(n, 2), real=True)
-
-
 def _shaped_noise(n: int, sr: int, rng: Rng, gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """White noise filtered by ``gain(freqs)`` in the frequency domain, scaled to unit RMS."""
-    m = _fast_len(n)
+    m = sp_fft.next_fast_len(max(n, 2), real=True)
     spec = sp_fft.rfft(rng.standard_normal(m))
     freqs = sp_fft.rfftfreq(m, 1.0 / sr)
     out = sp_fft.irfft(spec * gain(freqs), m)[:n]
@@ -128,14 +125,6 @@ def _chirp(n: int, sr: int, rng: Rng, up: bool) -> np.ndarray:
     if not up:
         frac = 1.0 - frac
     return _tone(centre * ratio ** (frac - 0.5), n, sr, rng)
-
-
-def chirp_up(n: int, sr: int, rng: Rng) -> np.ndarray:
-    return _chirp(n, sr, rng, up=True)
-
-
-def chirp_down(n: int, sr: int, rng: Rng) -> np.ndarray:
-    return _chirp(n, sr, rng, up=False)
 
 
 def am_tone(n: int, sr: int, rng: Rng) -> np.ndarray:
@@ -268,8 +257,8 @@ def warble(n: int, sr: int, rng: Rng) -> np.ndarray:
 
 
 SYNTHS: dict[str, Synth] = {
-    "Chirp_up": chirp_up,
-    "Chirp_down": chirp_down,
+    "Chirp_up": partial(_chirp, up=True),
+    "Chirp_down": partial(_chirp, up=False),
     "AM_tone": am_tone,
     "FM_vibrato": fm_vibrato,
     "Harmonic_stack": harmonic_stack,

@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from audiotag.competitions.demo_sounds import CLASSES, Rng, mix_clip
-from audiotag.config.schema import DemoGeneratorConfig
+from audiotag.config.competition_parts import DemoGeneratorConfig
 from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import DataError
 from audiotag.core.log import progress

@@ -1,20 +1,9 @@
 """The shared machinery of the real competitions (:class:`FileCompetition`: published file formats,
 download, ``data_dir``) and the readers they share (CSV files, clip names, audio headers).
 
-Errors name the CSV file and its line (header = line 1) so the user can find the bad row.
-
-Clip names (``fname``) must stay inside their audio folder (:func:`audio_paths`): a name that is
-absolute, or that has a ``..`` part, is refused with its file and line before any file is opened.
-The check is on the name as written, so a symbolic link the user placed inside the folder on purpose
-(a plain relative name such as ``a.wav`` -> ``/elsewhere/a.wav``) is followed and allowed; a name that
-climbs out of the folder is not, wherever it would land.
-
-Audio files are probed from their headers while the table is parsed (:func:`probe_clips`): a missing
-file stops the parse (the data folder is incomplete or the wrong one), while a file that exists but
-cannot be used (0 bytes, not audio, unreadable, a link loop) follows the written rules of
-``audiotag.data.audio``: it is kept in the table with ``audio_issue`` set ("empty" or "undecodable")
-and a warning, and the feature cache then skips it (a training clip) or zero-fills it (a test clip)
-and lists it in its ``report.csv``.
+Errors name the CSV file and its line (header = line 1) so the user can find the bad row; clip names
+must stay inside their audio folder (:func:`audio_paths`); audio headers are probed as the table is
+parsed, an unusable file kept with its ``audio_issue`` (:func:`probe_clips`).
 """
 
 from __future__ import annotations
@@ -32,7 +21,7 @@ import pandas as pd
 
 from audiotag.competitions.base import Competition
 from audiotag.core.atomic import atomic_write_text
-from audiotag.core.errors import ConfigError, DataError
+from audiotag.core.errors import AudiotagError, ConfigError, DataError
 from audiotag.data.audio import MISSING, UnusableAudio, audio_info
 
 log = logging.getLogger(__name__)
@@ -100,12 +89,10 @@ def audio_paths(
     return out
 
 
-def check_labels(labels: list[list[str]], vocabulary: set[str], path: Path, multi: bool) -> None:
+def check_labels(labels: list[list[str]], vocabulary: set[str], path: Path) -> None:
     for row, names in enumerate(labels):
         if not names:
             raise DataError(f"{path}: line {row + 2}: no label")
-        if not multi and len(names) != 1:
-            raise DataError(f"{path}: line {row + 2}: expected one label, got {names}")
         bad = [n for n in names if n not in vocabulary]
         if bad:
             raise DataError(
@@ -287,17 +274,6 @@ def unpack_archives(archives: Iterable[Path], dest: Path) -> None:
         queue += [Path(p) for p in extracted or [] if str(p).lower().endswith(".zip")]
 
 
-def write_sample_submission(path: Path, clip_ids: Sequence[str], classes: Sequence[str] | None) -> None:
-    """A sample submission where the competition has none: ``fname,label`` (top-3 labels, when
-    ``classes`` is None) or ``fname`` + one score column per class."""
-    if classes is None:
-        sample = pd.DataFrame({"fname": list(clip_ids), "label": ""})
-    else:
-        sample = pd.DataFrame(0.0, index=range(len(clip_ids)), columns=list(classes))
-        sample.insert(0, "fname", list(clip_ids))
-    atomic_write_text(path, sample.to_csv(index=False))
-
-
 class FileCompetition(Competition):
     """A real competition: its files follow one of a few published file formats (Kaggle, Zenodo), either
     downloaded into ``raw/`` by :meth:`obtain` or used in place from ``competition.data_dir``.
@@ -340,20 +316,16 @@ class FileCompetition(Competition):
             )
         return source
 
-    @property
-    def audio_location(self) -> str:
-        """The data folder as the user gave it: ``--data-dir PATH`` when used in place, else raw/."""
-        return f"--data-dir {self.data_dir}" if self.data_dir is not None else str(self.raw_dir)
-
     def probe(self, paths: Sequence[str]) -> tuple[list[float], list[int], list[str]]:
-        """:func:`probe_clips` with this competition's data folder named in its messages."""
+        """:func:`probe_clips` naming the data folder as the user gave it: ``--data-dir PATH``, or raw/."""
+        if self.data_dir is None:
+            hint = "re-run `./run.sh prepare` to fetch the data again, or pass --data-dir PATH"
+            return probe_clips(paths, self.dir, str(self.raw_dir), hint)
         hint = (
             "check that --data-dir points at the complete competition folder (the files listed in its "
             "CSVs must all be there)"
-            if self.data_dir is not None
-            else "re-run `./run.sh prepare` to fetch the data again, or pass --data-dir PATH"
         )
-        return probe_clips(paths, self.dir, self.audio_location, hint)
+        return probe_clips(paths, self.dir, f"--data-dir {self.data_dir}", hint)
 
     def audio_paths(self, folder: str, fnames: Iterable[str], csv_path: Path, suffix: str = "") -> list[str]:
         """Clip-table paths of ``fnames`` (``csv_path``'s rows) in ``raw_dir / folder``, refusing a
@@ -366,6 +338,16 @@ class FileCompetition(Competition):
             return path.relative_to(self.dir).as_posix()
         except ValueError:
             return str(path if path.is_absolute() else path.resolve())
+
+    def configured_subsets(self, known: Sequence[str]) -> list[str]:
+        """``competition.subsets`` (all of ``known`` when null), refused when empty or not among them."""
+        subsets = list(self.cfg.subsets) if self.cfg.subsets is not None else list(known)
+        unknown = [s for s in subsets if s not in known]
+        if unknown or not subsets:
+            raise ConfigError(
+                f"competition.subsets: {unknown or subsets} not allowed; choose from {list(known)}"
+            )
+        return subsets
 
     # -------------------------------------------------------------- sources
 
@@ -420,11 +402,17 @@ class FileCompetition(Competition):
     def download(self, source: str) -> None:
         raise NotImplementedError
 
-    def kaggle_fetch(self, slug: str) -> None:
-        """The whole competition from Kaggle into ``raw_dir``, archives unpacked."""
+    def kaggle_fetch(self, slug: str, labels: tuple[int, str] | None = None) -> None:
+        """The whole competition from Kaggle into ``raw_dir``, archives unpacked; then ``labels``, the
+        (Zenodo record, zip) of the public test labels, which live only on Zenodo (a small zip)."""
         got = Path(download_api().kaggle_download(slug, self.raw_dir))
         archives = [got] if got.is_file() else sorted(got.glob("*.zip"))
         unpack_archives([a for a in archives if a.suffix == ".zip"], self.raw_dir)
+        if labels is not None:
+            try:
+                self.zenodo_fetch(labels[0], lambda name: name == labels[1])
+            except (AudiotagError, OSError) as exc:
+                log.warning("%s: no test labels (%s); test scores will not be reported", self.name, exc)
 
     def zenodo_fetch(self, record: int, wanted: Callable[[str], bool]) -> None:
         """The record's files that ``wanted(filename)`` selects, downloaded into ``raw_dir`` and unpacked;
@@ -456,3 +444,13 @@ class FileCompetition(Competition):
         (``<competition>/sample_submission.csv``) from the test clips of the clip table."""
         own = self.raw_dir / "sample_submission.csv"
         return own if own.is_file() else self.dir / "sample_submission.csv"
+
+    def write_sample_submission(self, clip_ids: Sequence[str], classes: Sequence[str] | None) -> None:
+        """The sample submission of a competition without one, ``<competition>/sample_submission.csv``:
+        id + label (top-k labels, when ``classes`` is None) or id + one score column per class."""
+        if classes is None:
+            sample = pd.DataFrame({self.id_column: list(clip_ids), "label": ""})
+        else:
+            sample = pd.DataFrame(0.0, index=range(len(clip_ids)), columns=list(classes))
+            sample.insert(0, self.id_column, list(clip_ids))
+        atomic_write_text(self.dir / "sample_submission.csv", sample.to_csv(index=False))

@@ -1,13 +1,8 @@
 """Your own dataset as one sub-folder of audio per class (``kind: folders``), described by its YAML alone.
 
 Layout (Speech Commands style): ``<data_dir>/<audio_dir>/<class>/<clip>.wav``, the class being the
-sub-folder's name. The YAML names the folder (``data_dir`` used in place, ``--data-dir``, or a
-``download`` archive extracted into ``competition/<name>/raw/``), ``audio_dir`` (``.`` when the class
-folders lie at the top), the sub-folders that are no class (``exclude``, e.g. ``_background_noise_``;
-hidden folders are skipped), the metric and the submission format.
-
-How the optional lists are used (text files relative to ``data_dir``, one clip a line, written as its
-path inside ``audio_dir``: ``yes/0a7c2a8d_nohash_0.wav``):
+sub-folder's name (the keys: ``config/competition.py``). How the optional lists are used (text files
+relative to ``data_dir``, one clip a line, its path inside ``audio_dir``: ``yes/0a7c2a8d_nohash_0.wav``):
 
 - ``testing_list``: those clips are the **test split**. Their labels (their folders) are kept out of the
   clip table, as the demo competitions keep their hidden test labels, and serve only
@@ -22,13 +17,9 @@ path inside ``audio_dir``: ``yes/0a7c2a8d_nohash_0.wav``):
   published lists are speaker-disjoint, and ``group_pattern`` keeps speakers disjoint across our folds
   the same way. ``competition.subsets: [train]`` leaves the validation clips out of training instead.
 
-``group_pattern``: a regex searched in each clip's file name; its first capture group (else the
-whole match) is the clip's group, so clips of one group (Speech Commands: the speaker, the part
-before ``_nohash_``) never straddle folds. A file name it does not match is an error naming it.
-
-The vocabulary is ``classes`` when given (a class folder outside it is an error; ``exclude`` it),
-else the sorted folder names, fixed at the first prepare in ``competition/<name>/vocabulary.json``
-(:mod:`audiotag.competitions.vocabulary`, shared with ``kind: table``).
+A file name that ``group_pattern`` does not match is an error naming it. The vocabulary is
+``classes`` when given (a class folder outside it is an error; ``exclude`` it), else the sorted folder
+names, fixed at the first prepare (:mod:`audiotag.competitions.vocabulary`, shared with ``kind: table``).
 """
 
 from __future__ import annotations
@@ -39,8 +30,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from audiotag.competitions.archive import archive_data_dir, fetch_archive
-from audiotag.competitions.file_formats import AUDIO_SUFFIXES, FileCompetition, read_csv
+from audiotag.competitions.archive import OwnDataset
+from audiotag.competitions.file_formats import AUDIO_SUFFIXES, read_csv
 from audiotag.competitions.folds import GROUP, describe_groups
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary
 from audiotag.config.schema import CompetitionConfig
@@ -61,7 +52,7 @@ def audio_files(folder: Path) -> list[str]:
     )
 
 
-class FoldersCompetition(FileCompetition):
+class FoldersCompetition(OwnDataset):
     """A single-label dataset given as one folder of audio per class, used in place."""
 
     name = "folders"  # the instance's name is the YAML's (set in __init__)
@@ -69,10 +60,10 @@ class FoldersCompetition(FileCompetition):
     task = "single_label"
     sources = ("folders",)
     default_source = "folders"
+    data_dir_holds = "the class folders"
 
     def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
         super().__init__(cfg, root)
-        self.name = cfg.name  # type: ignore[misc]
         self.metric = cfg.metric or ""  # type: ignore[misc]
         assert cfg.submission is not None  # CompetitionConfig checks it for kind: folders
         if cfg.submission.kind == "sample_columns" and not cfg.sample_submission:
@@ -87,17 +78,6 @@ class FoldersCompetition(FileCompetition):
     # -------------------------------------------------------------- where the files are
 
     @property
-    def source(self) -> str:
-        return "folders"
-
-    @property
-    def raw_dir(self) -> Path:
-        """data_dir when given; else, with ``download``, the archive's folder (or raw/) once extracted."""
-        if self.data_dir is None and self.cfg.download is not None:
-            return archive_data_dir(self.cfg.download, self.dir / "raw")
-        return super().raw_dir
-
-    @property
     def audio_dir(self) -> Path:
         return self.raw_dir / str(self.cfg.audio_dir)
 
@@ -109,25 +89,12 @@ class FoldersCompetition(FileCompetition):
             files.append(f"{cfg.test_dir}/")
         return files
 
-    def obtain(self) -> None:
-        cfg = self.cfg
-        if self.data_dir is None and cfg.download is None:
-            raise ConfigError(
-                f"competition {self.name} (kind: folders) has no data_dir: set data_dir in its YAML or pass "
-                "--data-dir PATH (the folder holding the class folders)"
-            )
-        fetched = self.data_dir is None and cfg.download is not None
-        if fetched and (self.missing_files(self.source) or not self._class_folders(strict=False)):
-            log.info("%s: downloading %s into %s", self.name, cfg.download.url, self.dir / "raw")
-            self.download(self.source)
-        super().obtain()  # in place from data_dir, or the files in raw_dir (checked complete)
-        self._class_folders()  # at least one class folder (each checked for audio when parsed)
+    def incomplete(self) -> bool:
+        return super().incomplete() or not self._class_folders(strict=False)
 
-    def download(self, source: str) -> None:
-        spec = self.cfg.download
-        if spec is None:  # pragma: no cover - obtain refuses a competition without data_dir or download
-            raise DataError(f"{self.name}: a kind: folders competition without download is used in place")
-        fetch_archive(spec, self.dir / "raw")
+    def obtain(self) -> None:
+        super().obtain()
+        self._class_folders()  # at least one class folder (each checked for audio when parsed)
 
     def table_sources(self) -> list[Path]:
         """The list files, the sample submission and a listing of the audio files (written to
@@ -138,7 +105,6 @@ class FoldersCompetition(FileCompetition):
         folders = [self.audio_dir, *([self.raw_dir / cfg.test_dir] if cfg.test_dir else [])]
         text = "".join(f"{f.name}/{rel}\n" for f in folders if f.is_dir() for rel in audio_files(f))
         if not listing.is_file() or listing.read_text(encoding="utf-8") != text:
-            self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(listing, text)
         named = (cfg.validation_list, cfg.testing_list, cfg.sample_submission)
         return [listing, *(self.raw_dir / f for f in named if f and (self.raw_dir / f).is_file())]
@@ -327,7 +293,7 @@ class FoldersCompetition(FileCompetition):
             n_test,
         )
         if not cfg.sample_submission:
-            self._write_sample_submission(
+            self.write_sample_submission(
                 test_ids, None if self.submission_kind == "top3_labels" else vocabulary
             )
         return table
@@ -349,22 +315,6 @@ class FoldersCompetition(FileCompetition):
                 len(shared),
                 shared[0],
             )
-
-    def _write_sample_submission(self, clip_ids: list[str], classes: list[str] | None) -> None:
-        """``<id>,label`` (top-k labels) or ``<id>`` + one score column per class, for the test clips."""
-        if classes is None:
-            sample = pd.DataFrame({self.id_column: clip_ids, "label": ""})
-        else:
-            sample = pd.DataFrame(0.0, index=range(len(clip_ids)), columns=classes)
-            sample.insert(0, self.id_column, clip_ids)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.dir / "sample_submission.csv", sample.to_csv(index=False))
-
-    @property
-    def sample_submission_path(self) -> Path:
-        if self.cfg.sample_submission:
-            return self.raw_dir / self.cfg.sample_submission
-        return self.dir / "sample_submission.csv"
 
 
 COMPETITIONS = (FoldersCompetition,)

@@ -1,37 +1,32 @@
 """Cross-validation folds: fixed once per (n_folds, seed), written as clip_id -> fold.
 
 Single-label competitions use StratifiedKFold on (label, verified); multi-label ones use
-MultilabelStratifiedKFold on the label matrix plus one column per subset, so every fold gets its
-share of each class and of curated/noisy clips.
+MultilabelStratifiedKFold on the label matrix plus one column per subset, so every fold gets its share
+of each class and of curated/noisy clips.
 
-StratifiedKFold needs one stratum with at least ``n_folds`` clips: the largest (label, verified)
-group must hold ``n_folds`` clips or more, else the folds are refused with that group and its count.
-Two processes preparing at once (two terminals, the ranks of a job) take an OS file lock (flock,
-released when its process dies) around the check and the write: the second waits and then reuses
-the first's fold file.
+StratifiedKFold needs one stratum with at least ``n_folds`` clips (:func:`single_label_strata`). Two
+processes preparing at once (two terminals, the ranks of a job) share one fold file
+(:func:`ensure_folds`).
 
 Groups (no leaks). When the clip table has a ``group`` column (clips recorded from one source, e.g.
 FSDKaggle2018's ``freesound_id``), no group straddles two folds. Single-label: sklearn's
 StratifiedGroupKFold on the same (label, verified) strata. Multi-label: each group becomes one row
-holding its clips' label counts and subset counts, and a count-weighted iterative stratification
-(Sechidis et al. 2011, as in iterstrat, but subtracting a group's counts and its clip count instead
-of ones, and placing the larger groups of a label first) deals the groups to folds; every clip then
-takes its group's fold. Grouped fold files are named ``...-grouped.csv`` so that an ungrouped file
-written before the groups existed is never reused. Without a ``group`` column (or with one that is
-empty for every training clip) the folds are exactly the ungrouped ones above.
+holding its clips' label and subset counts, dealt to folds by :func:`weighted_iterative_stratification`;
+every clip then takes its group's fold. Grouped fold files are named ``...-grouped.csv`` so that an
+ungrouped file written before the groups existed is never reused. Without a ``group`` column (or with
+one that is empty for every training clip) the folds are exactly the ungrouped ones above.
 
-Classes with fewer clips than folds are refused for your own data (``kind: table`` / ``folders``),
-each named with its count and the remedy; ``competition.rare_classes: warn`` (the default of the
-known competitions) warns instead: some folds then validate none
-of the class's clips, and a fold holding a class's only clip trains without it, but nothing is wrong
-with the folds or the scores (accuracy, MAP@3, lwlrap and mAP are defined without the class), and
-long-tailed datasets (and the small test datasets here) have such classes. sklearn's own warning
-about them is replaced by ours. Grouped folds warn likewise about classes found in fewer groups than
-folds (the stronger condition), so the clip-count warning is not repeated there.
+Classes with fewer clips than folds are refused for your own data (``kind: table`` / ``folders``), each
+named with its count and the remedy; ``competition.rare_classes: warn`` (the default of the known
+competitions) warns instead: some folds then validate none of the class's clips, and a fold holding a
+class's only clip trains without it, but nothing is wrong with the folds or the scores (accuracy, MAP@3,
+lwlrap and mAP are defined without the class), and long-tailed datasets (and the small test datasets
+here) have such classes. sklearn's own warning about them is replaced by ours. Grouped folds warn
+likewise about classes found in fewer groups than folds (the stronger condition), so the clip-count
+warning is not repeated there.
 
-Predefined folds. When the table has a ``fold`` column (ESC-50's 1-5, UrbanSound8K's 1-10), it is
-used as given, renumbered 0..k-1 in sorted order, written to ``k{n}-predefined-{subsets}.csv``;
-``competition.n_folds`` must equal k.
+Predefined folds. When the table has a ``fold`` column (ESC-50's 1-5, UrbanSound8K's 1-10), it is used
+as given (:func:`predefined_folds`), written to ``k{n}-predefined-{subsets}.csv``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ import pandas as pd
 from audiotag.competitions.folds import GROUP
 from audiotag.competitions.table import TableFormat
 from audiotag.competitions.table_reading import PUBLISHED_REMEDY
-from audiotag.core.errors import AudiotagError
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +96,7 @@ class Fsd2018(TableFormat):
 
     def download(self, source: str) -> None:
         if source == "kaggle":
-            self.kaggle_fetch(KAGGLE_SLUG)
-            try:  # the public test labels live only on Zenodo (a small zip)
-                self.zenodo_fetch(ZENODO_RECORD, lambda name: name == "FSDKaggle2018.meta.zip")
-            except (AudiotagError, OSError) as exc:
-                log.warning("fsd2018: no test labels (%s); test scores will not be reported", exc)
+            self.kaggle_fetch(KAGGLE_SLUG, labels=(ZENODO_RECORD, "FSDKaggle2018.meta.zip"))
         else:
             self.zenodo_fetch(ZENODO_RECORD, lambda name: name in ZENODO_ZIPS)
 

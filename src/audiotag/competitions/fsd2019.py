@@ -41,7 +41,7 @@ from audiotag.competitions.file_formats import read_vocabulary
 from audiotag.competitions.table import TableFormat
 from audiotag.competitions.table_reading import PUBLISHED_REMEDY
 from audiotag.config.schema import CompetitionConfig
-from audiotag.core.errors import AudiotagError, ConfigError, DataError
+from audiotag.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,7 @@ class Fsd2019(TableFormat):
 
     @property
     def subsets(self) -> list[str]:
-        subsets = list(self.cfg.subsets) if self.cfg.subsets is not None else list(SUBSETS)
-        unknown = [s for s in subsets if s not in SUBSETS]
-        if unknown or not subsets:
-            raise ConfigError(
-                f"competition.subsets: {unknown or subsets} not allowed; choose from {list(SUBSETS)}"
-            )
-        return subsets
+        return self.configured_subsets(SUBSETS)
 
     def file_format(self, source: str) -> CompetitionConfig:
         """Only the configured subsets are read (the noisy audio is neither needed nor cached otherwise)."""
@@ -134,11 +128,8 @@ class Fsd2019(TableFormat):
 
     def download(self, source: str) -> None:
         if source == "kaggle":
-            self.kaggle_fetch(KAGGLE_SLUG)
-            try:  # the test labels and the full test set's list live only on Zenodo (a small zip)
-                self.zenodo_fetch(ZENODO_RECORD, lambda name: name == "FSDKaggle2019.meta.zip")
-            except (AudiotagError, OSError) as exc:
-                log.warning("fsd2019: no test labels (%s); test scores will not be reported", exc)
+            # the test labels and the full test set's list live only on Zenodo (a small zip)
+            self.kaggle_fetch(KAGGLE_SLUG, labels=(ZENODO_RECORD, "FSDKaggle2019.meta.zip"))
             return
         wanted = {"FSDKaggle2019.meta.zip", "FSDKaggle2019.audio_test.zip"}
         wanted |= {f"FSDKaggle2019.audio_train_{s}.zip" for s in self.subsets}

@@ -33,7 +33,6 @@ from audiotag.competitions.file_formats import (
     read_vocabulary,
     require_rows,
     split_labels,
-    write_sample_submission,
 )
 from audiotag.core.errors import DataError
 
@@ -87,7 +86,7 @@ class Fsd50k(FileCompetition):
         dev = read_csv(dev_path, ["fname", "labels", "split"])
         require_rows(dev, dev_path)
         dev_labels = [split_labels(s) for s in dev["labels"]]
-        check_labels(dev_labels, vocabulary, dev_path, multi=True)
+        check_labels(dev_labels, vocabulary, dev_path)
         bad = ~dev["split"].isin(["train", "val"])
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
@@ -114,14 +113,14 @@ class Fsd50k(FileCompetition):
         )
         durations, rates, probed = self.probe(table["path"].tolist())
         issues = [found or ("empty" if d == 0 else "") for found, d in zip(probed, durations, strict=True)]
-        write_sample_submission(self.dir / "sample_submission.csv", truth["clip_id"].tolist(), self.classes)
+        self.write_sample_submission(truth["clip_id"].tolist(), self.classes)
         return table.assign(duration=durations, sample_rate=rates, **{AUDIO_ISSUE: issues})
 
     def _eval_truth(self) -> pd.DataFrame:
         path = self.raw_dir / EVAL_CSV
         df = read_csv(path, ["fname", "labels"])
         labels = [split_labels(s) for s in df["labels"]]
-        check_labels(labels, set(self.classes), path, multi=True)
+        check_labels(labels, set(self.classes), path)
         return pd.DataFrame({"clip_id": df["fname"], "labels": labels})
 
     def test_truth(self) -> pd.DataFrame | None:

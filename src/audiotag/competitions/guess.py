@@ -30,6 +30,7 @@ import pandas as pd
 import yaml
 
 from audiotag.competitions.file_formats import AUDIO_SUFFIXES
+from audiotag.competitions.folders import audio_files
 from audiotag.core.errors import DataError
 
 LABEL_NAMES = {"label", "labels", "class", "classes", "category", "class_name", "classname", "tags", "tag"}
@@ -70,9 +71,7 @@ class Files:
 
     @classmethod
     def scan(cls, root: Path) -> Files:
-        rels = (p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-        audio = sorted(r.as_posix() for r in rels if not any(part.startswith(".") for part in r.parts))
-        return cls(root, audio)
+        return cls(root, audio_files(root))
 
     def by_name(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

@@ -1,30 +1,14 @@
 """Your own dataset, described by a competition YAML alone (``kind: table``): a CSV of files and labels.
 
-The YAML names the folder (``data_dir``, used in place, or ``--data-dir``; or ``download``: a zip
-archive fetched into ``competition/<name>/raw/`` and extracted there when no data_dir is given and the
-files are missing, its top-level ``folder`` then used as the data folder), the training CSV
-(``train_csv``) and its audio folder (``audio_dir``), the test audio (``test_dir``: every audio file in
-it, or the files of ``sample_submission`` when given; left out: no test set, the runs and the ensemble
-report CV only and no submission is written; ``test_labels``: a CSV of the test clips' labels, checked
-at prepare, from which train and ensemble report a test score beside the CV), the CSV's columns
-(``file_column``, ``label_column``, optional ``group_column``, ``fold_column``, ``verified_column``),
-how labels are written (``multi_label``, ``label_separator``), the metric and the submission format.
-The readers are the shared ones of :mod:`audiotag.competitions.file_formats` (names confined to their folder,
-headers probed, the audio rules).
+Each key (the folder or ``download`` archive, the training CSVs and audio folders, the test audio and
+``test_labels``, the CSV's columns, labels, metric and submission) is described where it is declared,
+``config/competition.py``; :mod:`audiotag.competitions.table_reading` reads the training rows, with the
+shared readers of :mod:`audiotag.competitions.file_formats` (names confined to their folder, headers
+probed, the audio rules). Without a test set the runs and the ensemble report CV only and no
+submission is written; ``submission.kind: sample_columns`` is checked against the vocabulary at prepare.
 
-Beyond one CSV (:mod:`audiotag.competitions.table_reading` reads the rows): ``train_csv`` may map
-subsets to CSVs (curated + noisy, ``noisy_subsets`` untrusted, ``subsets`` choosing some),
-``file_template`` builds each file's path from the row (``fold{fold}/{slice_file_name}``),
-``start_column``/``end_column`` make each row a segment of its file (the clip table's ``start`` and
-``end``; the feature cache decodes only that stretch), and ``id_column`` names the clips. The
-submission's id column is ``submission.id_column``; ``submission.kind: sample_columns`` writes
-exactly the sample submission's columns (checked against the vocabulary at prepare).
-
-The vocabulary is ``classes`` when given (a label outside it is an error naming file, line and
-label); otherwise the sorted set of training labels, written to ``competition/<name>/vocabulary.json``
-at the first prepare and fixed from then on (:mod:`audiotag.competitions.vocabulary`): a later label
-outside it is an error naming the row, never a silent new score column (delete the file to start
-over, with new runs).
+The vocabulary is ``classes`` or the training labels fixed at the first prepare
+(:mod:`audiotag.competitions.vocabulary`).
 
 The parsing is :class:`TableFormat`'s, shared with the competitions whose published files have this
 shape: FSDKaggle2018, FSDKaggle2019 and their demos declare each source's file format as these same keys
@@ -40,7 +24,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from audiotag.competitions.archive import fetch_archive
+from audiotag.competitions.archive import OwnDataset
 from audiotag.competitions.file_formats import AUDIO_ISSUE, AUDIO_SUFFIXES, FileCompetition, audio_paths
 from audiotag.competitions.folds import FOLD, GROUP, describe_groups
 from audiotag.competitions.table_reading import (
@@ -54,7 +38,6 @@ from audiotag.competitions.table_reading import (
 from audiotag.competitions.vocabulary import VOCABULARY, Vocabulary, check_labels, csv_line
 from audiotag.config.competition import TableCompetitionConfig
 from audiotag.config.schema import CompetitionConfig
-from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -63,15 +46,10 @@ SUBMISSION_KINDS = {"top_k_labels": "top3_labels", "scores": "scores", "sample_c
 
 
 class TableFormat(FileCompetition):
-    """A clip table read from training CSVs and folders of audio, plus a list of test clips: the parsing
-    shared by ``kind: table`` (:class:`TableCompetition`, settings from the YAML) and the competitions
-    whose published file formats have that shape (FSDKaggle2018, FSDKaggle2019 and their demos), which
-    declare the settings of each source's files as data in ``FILE_FORMATS`` (the keys of ``kind: table``).
-
+    """A clip table read from training CSVs and folders of audio, plus a list of test clips; the task,
+    metric, submission format and vocabulary come from the file format (the YAML, or ``FILE_FORMATS``).
     A subclass may add what its dataset knows beyond the table (:meth:`audio_issues`,
-    :meth:`check_sample_header`); the task, metric, submission format and vocabulary come from its
-    file format.
-    """
+    :meth:`check_sample_header`)."""
 
     FILE_FORMATS: ClassVar[dict[str, dict[str, Any]]] = {}  # source -> kind: table settings of its files
     classes_described: ClassVar[str] = "the classes listed in the competition YAML"  # for messages
@@ -113,10 +91,6 @@ class TableFormat(FileCompetition):
         return list(dict.fromkeys(files))
 
     # -------------------------------------------------------------- vocabulary
-
-    @property
-    def vocabulary_path(self) -> Path:
-        return self.vocabulary.path
 
     @property
     def classes(self) -> list[str]:
@@ -180,16 +154,6 @@ class TableFormat(FileCompetition):
                 f"({_head(vocabulary)}), the sample has {_head(others)}; use submission.kind sample_columns "
                 "to follow the sample's columns"
             )
-
-    def _write_sample(self, test_ids: list[str], vocabulary: list[str]) -> None:
-        """The sample submission of a competition without one: id + label, or id + the class columns."""
-        key = self.id_column
-        if self.submission_kind == "top3_labels":
-            sample = pd.DataFrame({key: test_ids, "label": ""})
-        else:
-            sample = pd.DataFrame(0.0, index=range(len(test_ids)), columns=vocabulary)
-            sample.insert(0, key, test_ids)
-        atomic_write_text(self.dir / "sample_submission.csv", sample.to_csv(index=False))
 
     def test_truth(self) -> pd.DataFrame | None:
         """Labels of the test clips from :meth:`truth_path` (``truth_file``, or a table's ``test_labels``):
@@ -297,7 +261,9 @@ class TableFormat(FileCompetition):
             )
         self._log_subsets(rows)
         if not cfg.sample_submission:
-            self._write_sample(test_ids, vocabulary)
+            self.write_sample_submission(
+                test_ids, None if self.submission_kind == "top3_labels" else vocabulary
+            )
         return table
 
     def _test_clips(self, cfg: CompetitionConfig, rows: pd.DataFrame) -> tuple[list[str], Path | None]:
@@ -340,7 +306,7 @@ class TableFormat(FileCompetition):
             )
 
 
-class TableCompetition(TableFormat):
+class TableCompetition(OwnDataset, TableFormat):
     """A tagging dataset given as a CSV table and folders of audio, used in place: the YAML is its file
     format."""
 
@@ -348,10 +314,7 @@ class TableCompetition(TableFormat):
     kind = "table"  # serves every config of kind: table
     sources = ("table",)
     default_source = "table"
-
-    def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
-        self.name = cfg.name  # type: ignore[misc]
-        super().__init__(cfg, root)
+    data_dir_holds = "train_csv and the audio"
 
     def file_format(self, source: str) -> CompetitionConfig:
         return self.cfg
@@ -367,44 +330,6 @@ class TableCompetition(TableFormat):
                 "(relative to the data folder, or absolute): fix the path, or leave test_labels out"
             )
         return path
-
-    # -------------------------------------------------------------- where the files are
-
-    @property
-    def source(self) -> str:
-        return "table"
-
-    @property
-    def raw_dir(self) -> Path:
-        """data_dir when given; else, with ``download``, the archive's folder extracted into raw/."""
-        if self.data_dir is None and self.cfg.download is not None:
-            return self.dir / "raw" / self.cfg.download.folder
-        return super().raw_dir
-
-    def obtain(self) -> None:
-        if self.data_dir is None and self.cfg.download is None:
-            raise ConfigError(
-                f"competition {self.name} (kind: table) has no data_dir: set data_dir in its YAML or pass "
-                "--data-dir PATH (the folder holding train_csv and the audio)"
-            )
-        if self.data_dir is None and self.cfg.download is not None and self.missing_files(self.source):
-            log.info("%s: downloading %s into %s", self.name, self.cfg.download.url, self.dir / "raw")
-            self.download(self.source)
-        super().obtain()  # in place from data_dir, or the files in raw_dir (checked complete)
-
-    def download(self, source: str) -> None:
-        """The ``download`` archive (zip or tar) into raw/, extracted there; its top ``folder`` (or raw/
-        itself, ``folder: "."``) becomes raw_dir (:mod:`audiotag.competitions.archive`)."""
-        spec = self.cfg.download
-        if spec is None:  # pragma: no cover - obtain refuses a table without data_dir or download
-            raise DataError(f"{self.name}: a kind: table competition without download is used in place")
-        fetch_archive(spec, self.dir / "raw")
-
-    @property
-    def sample_submission_path(self) -> Path:
-        if self.cfg.sample_submission:
-            return self._file(self.cfg.sample_submission)
-        return self.dir / "sample_submission.csv"
 
 
 def _unique(ids: pd.Series, path: Path, column: str) -> list[str]:

@@ -1,20 +1,9 @@
 """The training CSVs of a ``kind: table`` competition read into clip rows (for ``competitions/table.py``).
 
-``train_csv`` is one CSV (subset ``train``) or a mapping ``{subset: CSV}`` with ``audio_dir`` one
-folder or a mapping with the same subsets (FSDKaggle2019's curated and noisy sets). Each row becomes
-one clip of its subset:
-
-- its file: the ``file_column``'s value, or ``file_template`` filled from the row's columns
-  (``fold{fold}/{slice_file_name}``: UrbanSound8K's audio/fold1/...), a path inside the audio folder;
-- its segment, with ``start_column``/``end_column``: the seconds ``start``-``end`` of that file
-  (``start < end``, ``start >= 0``; checked against the file's length once it is probed);
-- its id: the ``id_column``'s value, else ``<file>@<start>-<end>`` for a segment, else the
-  ``file_column``'s value; ids are unique across all subsets (an error names both rows);
-- its trust: ``verified_column`` where its CSV has that column, else false in the ``noisy_subsets``
-  and true elsewhere (training weighs untrusted clips by ``train.unverified_weight`` and scores only
-  trusted ones, as for FSDKaggle2019's noisy set).
-
-Every error names the CSV file and its line (header = line 1) and what to change.
+Each row becomes one clip of its subset (``train_csv``'s keys, ``train`` for one CSV): its file, its
+segment (``start_column``/``end_column``, checked against the file's length once it is probed), its id
+(unique across all subsets) and its trust, as each key's description in ``config/competition.py``
+says. Every error names the CSV file and its line (header = line 1) and what to change.
 """
 
 from __future__ import annotations
@@ -26,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from audiotag.config.schema import CompetitionConfig, template_fields
+from audiotag.config.competition_parts import template_fields
+from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -97,7 +97,6 @@ class Vocabulary:
                         f"{where(row)}: label {spaced[0]!r} has a space, but top_k_labels separates labels "
                         "by spaces"
                     )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps({"classes": vocabulary}, indent=1) + "\n")
         log.info("%s: vocabulary of %d classes written to %s", self.owner, len(vocabulary), self.path)
         return vocabulary

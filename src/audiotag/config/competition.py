@@ -29,6 +29,7 @@ from pydantic import (
 
 from audiotag.config.base import StrictModel
 from audiotag.config.competition_parts import (
+    MULTILABEL_F1,
     SINGLE_LABEL_METRICS,
     AudioRules,
     CompetitionRules,
@@ -38,8 +39,6 @@ from audiotag.config.competition_parts import (
     TableSubmission,
     template_fields,
 )
-
-MULTILABEL_F1 = "macro_f1@0.5"  # what `metric: macro_f1` of multi_label data is scored as (0.5 threshold)
 
 Kind = Literal["named", "table", "folders"]  # "named": no kind, the competition module named by name
 Effect = Literal["table", "cache", "run"]  # the clip table, the feature cache, a run's results
@@ -66,9 +65,8 @@ TABLE_NEEDS = Scope(frozenset({"table"}), _TABLE_AND_RUN, needed_by=frozenset({"
 TABLE_RUN = Scope(frozenset({"table"}), frozenset({"run"}))  # read when a run is scored, not into the table
 FOLDERS = Scope(frozenset({"folders"}), _TABLE_AND_RUN)
 NAMED = Scope(frozenset({"named"}), _TABLE_AND_RUN)
-FOLDS = Scope(_ALL, frozenset({"run"}))  # the folds file, not the clip table
 WHERE = Scope(_ALL, frozenset({"table"}))  # where the files are: the same files may move under a run
-RUN = Scope(_ALL, frozenset({"run"}))
+RUN = Scope(_ALL, frozenset({"run"}))  # the folds file or the rules, not the clip table
 CACHE = Scope(_ALL, frozenset({"cache", "run"}))  # how audio is decoded into the feature cache
 PIPELINE = Scope(_ALL, frozenset())  # what the pipeline runs when no --config is given
 
@@ -186,14 +184,14 @@ class CompetitionKeys(StrictModel):
         description="folders: regex searched in each file name; its first group (or the match) is the "
         "clip's group, e.g. '^(.+?)_nohash_' for Speech Commands speakers (never straddling folds)",
     )
-    n_folds: Annotated[int, FOLDS] = Field(5, ge=2, le=20)
+    n_folds: Annotated[int, RUN] = Field(5, ge=2, le=20)
     rare_classes: Annotated[Literal["error", "warn"] | None, ANY_KIND] = Field(
         None,
         description="a class with fewer training clips than n_folds: error (the default for kind: table "
         "and folders, your own data) or warn (the default for the known competitions, whose long tails "
         "are known); some folds then validate none of its clips",
     )
-    fold_seed: Annotated[int, FOLDS] = 42
+    fold_seed: Annotated[int, RUN] = 42
     subsets: Annotated[list[str] | None, ANY_KIND] = Field(
         None, description="training subsets to use (e.g. [curated] for 2019 file formats); null = all"
     )
@@ -225,11 +223,10 @@ class CompetitionKeys(StrictModel):
     )
 
 
-def _scope(key: str) -> Scope:
-    return next(m for m in CompetitionKeys.model_fields[key].metadata if isinstance(m, Scope))
-
-
-SCOPES: dict[str, Scope] = {key: _scope(key) for key in CompetitionKeys.model_fields}
+SCOPES: dict[str, Scope] = {
+    key: next(m for m in field.metadata if isinstance(m, Scope))
+    for key, field in CompetitionKeys.model_fields.items()
+}
 _OFF = {key: field.default for key, field in CompetitionKeys.model_fields.items()}  # a key's default
 
 

@@ -4,7 +4,7 @@ submission format and download, the metrics a table may name and its file templa
 from __future__ import annotations
 
 import string
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -85,9 +85,6 @@ class AudioRules(StrictModel):
             )
         return self
 
-    def as_dict(self) -> dict[str, Any]:
-        return self.model_dump()
-
 
 TABLE_METRICS = tuple(METRICS)  # the metric names a config may name: the scoring registry's
 MULTILABEL_F1 = "macro_f1@0.5"  # what `metric: macro_f1` of multi_label data is scored as (0.5 threshold)
@@ -138,9 +135,7 @@ class TableSubmission(StrictModel):
 
 class TableDownload(StrictModel):
     """Where ``prepare`` fetches a ``kind: table`` or ``kind: folders`` dataset from when no data_dir is
-    given: a zip or tar archive (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``)
-    whose top-level ``folder`` holds the data (as a GitHub archive does), or ``folder: "."`` (or null)
-    for an archive whose files lie at its root (Speech Commands)."""
+    given: a zip or tar archive (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``)."""
 
     url: str = Field(
         description="the archive's URL (http or https), its format told by the name's suffix",

@@ -11,7 +11,6 @@ modules).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,14 +30,14 @@ GROUPS = {
 }
 
 
+Applied = tuple[tuple[tuple[str, ...], str], ...]  # (key path, override text) of each --set
+
+
 class OverriddenTree(dict):  # type: ignore[type-arg]
     """A config tree that remembers the ``--set`` overrides written into it (key path, text), so a
     validation error can name the override rather than the file; :func:`resolve_groups` keeps it."""
 
-    overrides: tuple[tuple[tuple[str, ...], str], ...] = ()
-
-
-Applied = tuple[tuple[tuple[str, ...], str], ...]  # (key path, override text) of each --set
+    overrides: Applied = ()
 
 
 def _with_overrides(tree: dict[str, Any], overrides: Applied) -> dict[str, Any]:
@@ -156,10 +155,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def format_validation_error(
-    exc: ValidationError,
-    model: type[BaseModel],
-    source: str,
-    overrides: tuple[tuple[tuple[str, ...], str], ...] = (),
+    exc: ValidationError, model: type[BaseModel], source: str, overrides: Applied = ()
 ) -> str:
     """One line per error with its key path; an error under a key that a ``--set`` override wrote
     (or over one, for a check of a whole section) names the override instead of ``source``."""
@@ -187,7 +183,7 @@ def format_validation_error(
     return "\n".join([header, *lines])
 
 
-def _overrides_at(shown: tuple[str, ...], overrides: tuple[tuple[tuple[str, ...], str], ...]) -> list[str]:
+def _overrides_at(shown: tuple[str, ...], overrides: Applied) -> list[str]:
     """The override texts that wrote the key at ``shown``, a key inside it, or the section holding it."""
     if not shown:
         return []
@@ -203,10 +199,7 @@ def _walk(model: type[BaseModel], loc: list[str]) -> tuple[list[str], Any]:
     shown: list[str] = []
     current: Any = _model_of(model)  # a model, or a union of them (the competition kinds)
     for part in loc:
-        if current is None:
-            shown.append(part)
-            continue
-        if part.isdigit():
+        if current is None or part.isdigit():
             shown.append(part)
             continue
         field = getattr(current, "model_fields", {}).get(part)
@@ -264,11 +257,6 @@ def validate(model: type[M] | Any, tree: dict[str, Any], source: str) -> M:
     except ValidationError as exc:
         overrides = getattr(tree, "overrides", ())
         raise ConfigError(format_validation_error(exc, model, source, overrides)) from None
-
-
-def config_hash(cfg: BaseModel) -> str:
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha1(blob).hexdigest()[:12]
 
 
 def dump_yaml(cfg: BaseModel) -> str:

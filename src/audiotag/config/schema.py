@@ -1,7 +1,7 @@
 """The typed configuration schemas: competition, front-end, the settings every model shares,
 training and ensembles (each model family's own schema lives with the family, ``models/*.py``; the
 competition's, a union by kind, lives in ``config/competition.py`` and its parts in
-``config/competition_parts.py``, re-exported here, as is ``StrictModel``).
+``config/competition_parts.py``).
 
 Files are read, composed and overridden by ``audiotag.config.files``; ``load_ensemble`` and
 ``load_competition`` here validate such a tree against its schema.
@@ -23,48 +23,12 @@ from pydantic import (
 )
 
 from audiotag.config.base import StrictModel
-from audiotag.config.competition import MULTILABEL_F1, CompetitionConfig
-from audiotag.config.competition_parts import (
-    SINGLE_LABEL_METRICS,
-    TABLE_METRICS,
-    AudioRules,
-    CompetitionRules,
-    DemoGeneratorConfig,
-    TableDownload,
-    TableSubmission,
-    template_fields,
-)
+from audiotag.config.competition import CompetitionConfig
+from audiotag.config.competition_parts import AudioRules as AudioRules  # the decoder's, re-exported
 from audiotag.config.files import apply_overrides, load_group, read_yaml, resolve_groups, validate
 from audiotag.scoring.blend import BlendMethod
 from audiotag.scoring.stacking import StackerKind
 from audiotag.scoring.weight_search import WeightSearchName
-
-# the competition schema (config/competition*.py) and the base (config/base.py) are part of this API
-__all__ = [
-    "FEATURE_CODE_VERSION",
-    "MULTILABEL_F1",
-    "SINGLE_LABEL_METRICS",
-    "TABLE_METRICS",
-    "AudioRules",
-    "CompetitionConfig",
-    "CompetitionRules",
-    "DemoGeneratorConfig",
-    "EnsembleConfig",
-    "FeatureConfig",
-    "InputNorm",
-    "LossConfig",
-    "ModelBase",
-    "NormStatsConfig",
-    "PseudoLabelConfig",
-    "SpecAugmentConfig",
-    "StrictModel",
-    "TableDownload",
-    "TableSubmission",
-    "TrainConfig",
-    "load_competition",
-    "load_ensemble",
-    "template_fields",
-]
 
 M = TypeVar("M", bound="BaseModel")
 

@@ -250,7 +250,7 @@ def _order_hash(order: pd.DataFrame, cfg: FeatureConfig, rules: AudioRules, root
     """Everything that decides the cached tensors: settings, rules, and each clip's id, path, split,
     audio fingerprint and segment (only where it has one, so whole-file clips hash as they always did)."""
     digest = hashlib.sha1(cfg.key().encode())
-    digest.update(json.dumps(rules.as_dict(), sort_keys=True).encode())
+    digest.update(json.dumps(rules.model_dump(), sort_keys=True).encode())
     prints = audio_fingerprints([root / rel for rel in order["path"]])
     rows = zip(order["clip_id"], order["path"], order["split"], prints, _segments(order), strict=True)
     for clip_id, path, split, fp, (start, end) in rows:
@@ -448,7 +448,7 @@ def _finish(
         "features": cfg.model_dump(mode="json"),
         "key": cfg.key(),
         "name": cfg.cache_name(),
-        "audio_rules": rules.as_dict(),
+        "audio_rules": rules.model_dump(),
         "clips_hash": clips_hash,
         "n_listed": len(table),
         "n_clips": len(index),

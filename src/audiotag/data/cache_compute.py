@@ -274,7 +274,7 @@ def _compute_parallel(
     function (tests use it to kill a worker).
     """
     run_chunk = run_chunk or _worker_chunk
-    init_args = (cfg.model_dump_json(), rules.as_dict())
+    init_args = (cfg.model_dump_json(), rules.model_dump())
     if n_tasks is None:
         tasks = list(tasks)
         n_tasks = len(tasks)
