@@ -17,7 +17,7 @@ import logging
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,33 +144,63 @@ def code_version() -> str:
     return audiotag.__version__
 
 
-def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prepared) -> None:
-    info_path = run_dir / "run.json"
-    changes = record_changes(info_path, cfg)
+def refuse_changes(
+    info_path: Path,
+    cfg: BaseModel,
+    refusal: Callable[[str], str],
+    runtime_keys: set[str] = RUNTIME_KEYS,
+) -> bool:
+    """Whether ``info_path`` (``run.json``, ``pretrain.json``) exists; ConfigError ``refusal(the changes)``
+    when it recorded other settings than ``cfg``'s."""
+    changes = record_changes(info_path, cfg, runtime_keys)
     if changes:
-        raise ConfigError(
-            f"run {run_dir.name!r} in {run_dir} was started with a different config ({changes}). "
-            "Give the new config its own run with --run-name NAME, or delete the run folder to start over"
-        )
-    if changes is not None:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        raise ConfigError(refusal(changes))
+    return changes is not None
+
+
+def check_or_write_record(
+    info_path: Path,
+    cfg: BaseModel,
+    refusal: Callable[[str], str],
+    fields: dict[str, object],
+    runtime_keys: set[str] = RUNTIME_KEYS,
+) -> bool:
+    """``refuse_changes``; when there is no record yet, write it (``fields``, the settings and the
+    code's versions) and ``config.yaml`` beside it."""
+    if refuse_changes(info_path, cfg, refusal, runtime_keys):
+        return True
+    info_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(info_path.parent / "config.yaml", dump_yaml(cfg))
     atomic_write_json(
         info_path,
         {
-            "name": run_dir.name,
-            "settings": result_settings(cfg),
-            "feature_key": cfg.features.key(),
-            "cache_dir": str(prepared.cache_dir),
-            "folds_file": str(prepared.folds_path),
-            "folds_sha256": file_sha256(prepared.folds_path),
+            "name": fields.pop("name"),
+            "settings": run_settings(cfg, runtime_keys),
+            **fields,
             "code_version": code_version(),
             "torch": torch.__version__,
-            "python": platform.python_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     )
+    return False
+
+
+def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prepared) -> None:
+    def refusal(changes: str) -> str:
+        return (
+            f"run {run_dir.name!r} in {run_dir} was started with a different config ({changes}). Give the "
+            "new config its own run with --run-name NAME, or delete the run folder to start over"
+        )
+
+    fields: dict[str, object] = {
+        "name": run_dir.name,
+        "feature_key": cfg.features.key(),
+        "cache_dir": str(prepared.cache_dir),
+        "folds_file": str(prepared.folds_path),
+        "folds_sha256": file_sha256(prepared.folds_path),
+        "python": platform.python_version(),
+    }
+    check_or_write_record(run_dir / "run.json", cfg, refusal, fields)
 
 
 OWNER_LOCK = "owner.lock"

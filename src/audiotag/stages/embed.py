@@ -88,7 +88,7 @@ def run_embed(options: EmbedOptions) -> None:
         cfg,
         front_end,
         options.workers,
-        device_for(SINGLE, options.device),
+        device_for(SINGLE, options.device, "--device"),
     )
     console = output_console()
     dims = " + ".join(f"{name}: {cache.dims[name]}" for name in names)

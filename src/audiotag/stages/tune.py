@@ -21,7 +21,6 @@ tune.KEY=VALUE`` the tune config), checks the search space against it, and runs 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -157,18 +156,6 @@ def check_or_write_tune_info(setup: TuneSetup) -> None:
     )
 
 
-def claim_study(tune_dir: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
-    """One process per study: a second is refused with the owner's pid, host and start time."""
-    return claim_folder(
-        tune_dir,
-        f"tune {tune_dir.name}",
-        lambda owner: TrainingError(
-            f"tune {tune_dir.name!r} in {tune_dir} is being run by {owner}; wait for it (or stop it), or "
-            "give this search its own --name NAME"
-        ),
-    )
-
-
 def run_tune(options: TuneOptions, default_experiment: Callable[[], Path], table: str | None) -> None:
     """``audiotag tune``: set up, run the study, write the tuned experiment and the plots."""
     from audiotag.reports.tune_plots import write_search_plots
@@ -182,7 +169,13 @@ def run_tune(options: TuneOptions, default_experiment: Callable[[], Path], table
         request = RunRequest(workers=options.workers, run_dir=run_dir, on_epoch=hook)
         return FoldTraining().train(cfg, request).mean  # a probe experiment was refused: no epochs
 
-    with claim_study(setup.tune_dir):
+    def refusal(owner: str) -> TrainingError:
+        return TrainingError(
+            f"tune {setup.name!r} in {setup.tune_dir} is being run by {owner}; wait for it (or stop it), "
+            "or give this search its own --name NAME"
+        )
+
+    with claim_folder(setup.tune_dir, f"tune {setup.name}", refusal):
         check_or_write_tune_info(setup)
         study = open_study(setup.tune_dir, setup.name, setup.cfg)
         log.info(
