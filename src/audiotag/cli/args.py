@@ -38,6 +38,12 @@ def worker_count(text: str) -> int:
     return value
 
 
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def add_data_dir_argument(parser: argparse.ArgumentParser, purpose: str = "") -> None:
     parser.add_argument(
         "--data-dir",
