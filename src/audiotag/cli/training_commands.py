@@ -1,9 +1,4 @@
-"""The parsers and runners of the training commands of their own: ``pretrain`` and ``tune``.
-
-``pretrain`` loads its config from the options, relaunches itself under torchrun for ``--gpus N`` and
-hands the config to ``stages/pretrain.py``; ``tune`` hands its options (``TuneOptions``) to
-``stages/tune.py``.
-"""
+"""The parsers and runners of the training commands of their own: ``pretrain`` and ``tune``."""
 
 from __future__ import annotations
 

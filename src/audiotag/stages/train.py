@@ -1,10 +1,5 @@
-"""The train stage: one run = one experiment config trained into ``runs/<name>/``.
-
-The experiment chooses how (``runs/task.py``): a network fold by fold (``runs/fold_training.py``),
-or a linear probe on frozen embeddings (``runs/probe_training.py``). Either way the run folder is
-claimed by one process, describes itself before any fold starts and refuses a changed config
-(``runs/folder.py``).
-"""
+"""The train stage: one run = one experiment config trained into ``runs/<name>/`` by the training
+task (``runs/task.py``) its model chooses."""
 
 from __future__ import annotations
 
