@@ -3,10 +3,9 @@ written before any work starts (``run.json``; ``pretrain.json`` for pretraining)
 rerun whose settings changed, the claim of one process on the folder, and the run's results (fold
 scores; once every fold is done, the run's ``oof.parquet``, ``test.parquet`` and ``metrics.json``).
 
-One process trains a run folder at a time: ``claim_run`` holds it with an OS file lock on
-``runs/<name>/owner.lock`` (released by the kernel when the process dies, so a killed run never
-blocks the next one), which records the owner's pid, host and start time. A second ``train`` on the
-same run folder is refused with those, instead of both writing the same checkpoints.
+One process trains a run folder at a time: ``claim_run`` holds ``runs/<name>/owner.lock``
+(``core/locks.py``); a second ``train`` on it is refused naming the owner, instead of both writing the
+same checkpoints.
 """
 
 from __future__ import annotations

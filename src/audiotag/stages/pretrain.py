@@ -85,9 +85,6 @@ RUNTIME_KEYS = {
 }
 
 
-# --------------------------------------------------------------------------- config
-
-
 def load_pretrain_config(
     path: Path, overrides: list[str] | None = None, competition: str | None = None
 ) -> PretrainConfig:
@@ -137,9 +134,6 @@ def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) ->
                 "now): the audio or the clip list changed. Give this run its own --name, or delete the "
                 "folder to start over"
             )
-
-
-# --------------------------------------------------------------------------- the run
 
 
 @dataclass
