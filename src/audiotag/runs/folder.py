@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
 
 import audiotag
 from audiotag.config.competition import keys_not_affecting
@@ -34,6 +33,7 @@ from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder, describe_owner
 from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig
+from audiotag.reports.data import schema_default
 from audiotag.runs.prepare import Prepared
 from audiotag.scoring import metrics
 from audiotag.scoring.fold_scores import FoldScores
@@ -76,25 +76,6 @@ def result_settings(cfg: ExperimentConfig) -> dict[str, object]:
     return run_settings(cfg, RUNTIME_KEYS)
 
 
-_NO_DEFAULT = object()
-
-
-def setting_default(cfg: BaseModel, key: str) -> object:
-    """The JSON value of the default of the setting at the dotted ``key`` of ``cfg`` (or a sentinel)."""
-    *parents, name = key.split(".")
-    node: object = cfg
-    for part in parents:
-        node = getattr(node, part, None)
-    if not isinstance(node, BaseModel):
-        return _NO_DEFAULT
-    field = type(node).model_fields.get(name)
-    if field is None:  # a key the config writes at its default without having it (another competition kind's)
-        return node.model_dump(mode="json").get(name, _NO_DEFAULT)
-    if field.is_required():
-        return _NO_DEFAULT
-    return to_jsonable_python(field.get_default(call_default_factory=True))
-
-
 def changed_settings(
     saved: dict[str, object],
     settings: dict[str, object],
@@ -110,7 +91,7 @@ def changed_settings(
     for key in sorted(set(saved) | set(settings)):
         if key in runtime_keys:  # recorded by older code before the key stopped counting
             continue
-        if key not in saved and settings[key] == setting_default(cfg, key):
+        if key not in saved and settings[key] == schema_default(cfg, key):
             continue
         if saved.get(key) != settings.get(key):
             changed.append(key)
