@@ -229,7 +229,6 @@ class Pipeline:
     """What the stages of one ``audiotag STAGE...`` call share."""
 
     args: argparse.Namespace
-    stages: list[str]
     exp: ExperimentConfig | None  # the experiment a stage runs now
     ctx: DistContext
     console: Console
@@ -414,7 +413,7 @@ def run(args: argparse.Namespace) -> None:
     ctx = setup(args.parallel)
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0 reports
-    pipe = Pipeline(args, stages, exp, ctx, console, main_exp=exp)
+    pipe = Pipeline(args, exp, ctx, console, main_exp=exp)
     try:
         for stage in stages:
             started = time.time()

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from audiotag.cli.args import add_set_argument, data_dir_overrides, options_of
+from audiotag.cli.args import add_set_argument, data_dir_overrides, options_of, parse_folds
 from audiotag.cli.configs import default_config, table_competition
 from audiotag.config.files import configs_root
 from audiotag.core.errors import ConfigError
@@ -127,5 +127,6 @@ def run_tune(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
     args.overrides = args.overrides + data_dir_overrides(args)
+    args.folds = parse_folds(args.folds)
     options = options_of(TuneOptions, args)
     tune(options, lambda: default_config(competition, "experiment"), table_competition(competition))

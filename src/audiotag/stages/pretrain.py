@@ -142,7 +142,6 @@ class PretrainResult:
     encoder_path: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     encoder: nn.Module | None = None  # the trained encoder (None when the run was already done)
-    input_norm: InputNorm | None = None
 
 
 def pretraining_norm(out_dir: Path, cfg: PretrainConfig, sources: Sources, ctx: DistContext) -> InputNorm:
@@ -272,4 +271,4 @@ def _train(cfg: PretrainConfig, sources: Sources, out_dir: Path, ctx: DistContex
         run.last_path.unlink(missing_ok=True)
         log.info("pretrain: done, loss %.4f; encoder %s", history[-1]["loss"], encoder_path)
     ctx.barrier()
-    return PretrainResult(out_dir, encoder_path, history, run.encoder, norm)
+    return PretrainResult(out_dir, encoder_path, history, run.encoder)

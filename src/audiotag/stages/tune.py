@@ -26,7 +26,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from audiotag.competitions import get_competition
 from audiotag.config.files import configs_root, is_yaml_path
@@ -60,7 +59,7 @@ class TuneOptions:
     overrides: list[str] = field(default_factory=list)
     trials: int | None = None
     timeout: float | None = None  # minutes
-    folds: str | None = None  # comma-separated
+    folds: list[int] | None = None
     name: str | None = None
     workers: int | None = None
 
@@ -82,14 +81,8 @@ def setup_tune(options: TuneOptions, default_experiment: Callable[[], Path], tab
         tune_overrides.append(f"n_trials={options.trials}")
     if options.timeout is not None:
         tune_overrides.append(f"timeout_minutes={options.timeout}")
-    if options.folds:
-        try:
-            folds = [int(f) for f in options.folds.split(",") if f.strip()]
-        except ValueError:
-            raise ConfigError(
-                f"--folds {options.folds!r}: expected comma-separated integers like 0,1"
-            ) from None
-        tune_overrides.append(f"folds={folds}")
+    if options.folds is not None:
+        tune_overrides.append(f"folds={options.folds}")
     tune_path = tune_config_path(options.config)
     cfg = load_tune_config(tune_path, tune_overrides)
     experiment = options.experiment or cfg.experiment
@@ -119,19 +112,13 @@ def setup_tune(options: TuneOptions, default_experiment: Callable[[], Path], tab
     return setup
 
 
-def tune_settings(setup: TuneSetup) -> dict[str, Any]:
-    """What the study's trials depend on; ``tune.json`` keeps it and a rerun must match it."""
-    settings = {k: v for k, v in result_settings(setup.base).items() if k != "name"}
-    return {
-        "experiment": settings,
+def check_or_write_tune_info(setup: TuneSetup) -> None:
+    path = setup.tune_dir / "tune.json"
+    now = {  # what the study's trials depend on
+        "experiment": {k: v for k, v in result_settings(setup.base).items() if k != "name"},
         "folds": setup.cfg.folds,
         "space": {k: v.model_dump(mode="json") for k, v in setup.cfg.space.items()},
     }
-
-
-def check_or_write_tune_info(setup: TuneSetup) -> None:
-    path = setup.tune_dir / "tune.json"
-    now = tune_settings(setup)
     if path.is_file():
         saved = json.loads(path.read_text())["settings"]
         if isinstance(saved.get("experiment"), dict):  # older code recorded keys that no longer count
