@@ -69,8 +69,8 @@ def run_embed(options: EmbedOptions) -> None:
         batch_size=options.batch_size,
     )
     front_end = embedding_front_end(cfg, options.features)
+    device = device_for(SINGLE, options.device, "--device")  # before the cache is built
     prepared = prepare(load_competition(options.competition), front_end, workers=options.workers)
-    device = device_for(SINGLE, options.device, "--device")
     cache, names = embed_prepared(prepared, cfg, front_end, device)
     console = output_console()
     dims = " + ".join(f"{name}: {cache.dims[name]}" for name in names)
