@@ -53,6 +53,18 @@ def test_a_command_is_not_a_stage(capsys: pytest.CaptureFixture[str]) -> None:
     assert "audiotag weights" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # calls audiotag.cli.main.main (fails before any cache is built)
+def test_embed_without_cuda_names_its_own_device_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["embed", "-m", "aisfx", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device: cuda requested but no CUDA GPU is visible" in err and "train.device" not in err
+
+
 def test_set_values_go_to_the_experiment_or_with_their_prefix_to_the_ensemble() -> None:
     from audiotag.cli.args import split_overrides
 

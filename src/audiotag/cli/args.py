@@ -38,6 +38,12 @@ def worker_count(text: str) -> int:
     return value
 
 
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def add_data_dir_argument(parser: argparse.ArgumentParser, purpose: str = "") -> None:
     parser.add_argument(
         "--data-dir",
@@ -69,14 +75,19 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     return experiment, ensemble
 
 
-def folds_overrides(args: argparse.Namespace) -> list[str]:
-    if not args.folds:
-        return []
+def parse_folds(text: str | None) -> list[int] | None:
+    """``--folds 0,1`` as ``[0, 1]``; None when not given."""
+    if not text:
+        return None
     try:
-        folds = [int(f) for f in args.folds.split(",") if f.strip()]
+        return [int(f) for f in text.split(",") if f.strip()]
     except ValueError:
-        raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers like 0,1") from None
-    return [f"train.folds={folds}"]
+        raise ConfigError(f"--folds {text!r}: expected comma-separated integers like 0,1") from None
+
+
+def folds_overrides(args: argparse.Namespace) -> list[str]:
+    folds = parse_folds(args.folds)
+    return [] if folds is None else [f"train.folds={folds}"]
 
 
 def options_of(kind: type[Options], args: argparse.Namespace) -> Options:

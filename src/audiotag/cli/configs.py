@@ -39,12 +39,11 @@ def default_config(competition: str, kind: str) -> Path:
     name = comp.default_experiment if kind == "experiment" else comp.default_ensemble
     if not name and comp.kind is not None:
         name = TABLE_DEFAULTS[kind]
+    folder = "experiments" if kind == "experiment" else "ensembles"
     if not name:
         raise ConfigError(
-            f"competition {competition!r} names no default_{kind}; pass --config configs/"
-            f"{'experiments' if kind == 'experiment' else 'ensembles'}/..."
+            f"competition {competition!r} names no default_{kind}; pass --config configs/{folder}/..."
         )
-    folder = "experiments" if kind == "experiment" else "ensembles"
     return configs_root() / folder / f"{name}.yaml"
 
 

@@ -1,8 +1,4 @@
-"""The parsers and runners of the data commands: ``weights``, ``embed`` and ``new-competition``.
-
-Each runner hands its parsed options to its stage as typed arguments (``stages/weights.py``,
-``stages/embed.py``, ``stages/new_competition.py``).
-"""
+"""The parsers and runners of the data commands: ``weights``, ``embed`` and ``new-competition``."""
 
 from __future__ import annotations
 

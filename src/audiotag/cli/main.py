@@ -25,6 +25,7 @@ from audiotag.cli.args import (
     QUIET,
     QUIET_HELP,
     add_data_dir_argument,
+    add_set_argument,
     worker_count,
 )
 from audiotag.cli.commands import (
@@ -128,13 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="competition name, or the path of a competition YAML (kind: table or folders) (default: demo)",
     )
     parser.add_argument("--config", type=Path, help="experiment or ensemble YAML file")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an experiment value, e.g. --set train.epochs=3, or an ensemble value with the "
+    add_set_argument(
+        parser,
+        "override an experiment value, e.g. --set train.epochs=3, or an ensemble value with the "
         "ensemble. prefix, e.g. --set ensemble.method=geometric (repeatable)",
     )
     parser.add_argument("--folds", help="comma-separated folds to train, e.g. 0,1")
@@ -232,7 +229,6 @@ class Pipeline:
     """What the stages of one ``audiotag STAGE...`` call share."""
 
     args: argparse.Namespace
-    stages: list[str]
     exp: ExperimentConfig | None  # the experiment a stage runs now
     ctx: DistContext
     console: Console
@@ -417,7 +413,7 @@ def run(args: argparse.Namespace) -> None:
     ctx = setup(args.parallel)
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0 reports
-    pipe = Pipeline(args, stages, exp, ctx, console, main_exp=exp)
+    pipe = Pipeline(args, exp, ctx, console, main_exp=exp)
     try:
         for stage in stages:
             started = time.time()

@@ -1,9 +1,4 @@
-"""The parsers and runners of the training commands of their own: ``pretrain`` and ``tune``.
-
-``pretrain`` loads its config from the options, relaunches itself under torchrun for ``--gpus N`` and
-hands the config to ``stages/pretrain.py``; ``tune`` hands its options (``TuneOptions``) to
-``stages/tune.py``.
-"""
+"""The parsers and runners of the training commands of their own: ``pretrain`` and ``tune``."""
 
 from __future__ import annotations
 
@@ -12,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from audiotag.cli.args import data_dir_overrides, options_of
+from audiotag.cli.args import add_set_argument, data_dir_overrides, options_of, parse_folds
 from audiotag.cli.configs import default_config, table_competition
 from audiotag.config.files import configs_root
 from audiotag.core.errors import ConfigError
@@ -36,13 +31,9 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clips", help="the competition's clips: train, test or train,test (default: train)")
     parser.add_argument("--audio", nargs="+", type=Path, metavar="DIR", help="audio folders to use as well")
     parser.add_argument("--config", type=Path, help="pretrain YAML (default: configs/pretrain/<method>.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a value, e.g. --set epochs=10 --set model.dim=512 (repeatable)",
+    add_set_argument(
+        parser,
+        "override a value, e.g. --set epochs=10 --set model.dim=512 (repeatable)",
     )
     parser.add_argument("--name", help="output folder name (default: <method><dim>, e.g. byola2048)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: see above)")
@@ -114,13 +105,9 @@ def build_tune_parser() -> argparse.ArgumentParser:
         help="base experiment: a name under configs/experiments/ (demo/cnn_small) or a YAML path "
         "(default: the tune config's, else the competition's default)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change the base experiment, e.g. --set train.epochs=8, or the tune config with the tune. "
+    add_set_argument(
+        parser,
+        "change the base experiment, e.g. --set train.epochs=8, or the tune config with the tune. "
         "prefix, e.g. --set tune.pruner.kind=successive_halving (repeatable)",
     )
     parser.add_argument("--trials", type=int, metavar="N", help="finished trials to reach (tune.n_trials)")
@@ -140,5 +127,6 @@ def run_tune(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
     args.overrides = args.overrides + data_dir_overrides(args)
+    args.folds = parse_folds(args.folds)
     options = options_of(TuneOptions, args)
     tune(options, lambda: default_config(competition, "experiment"), table_competition(competition))

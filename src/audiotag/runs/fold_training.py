@@ -1,10 +1,5 @@
 """Fold training: an experiment's network trained fold by fold in its run folder (``runs/<name>/``).
-
-The run folder describes itself before any fold starts (``runs/folder.py``); starting a run again
-with a different config is refused. Under torchrun: DDP on every fold, or folds shared out among
-the processes. Settings left to ``auto`` are derived at the run's first start (``runs/auto_settings.py``),
-pseudo-labels written by a teacher run when the experiment asks (``runs/pseudo_labels.py``).
-"""
+Under torchrun: DDP on every fold, or folds shared out among the processes."""
 
 from __future__ import annotations
 

@@ -3,10 +3,9 @@ written before any work starts (``run.json``; ``pretrain.json`` for pretraining)
 rerun whose settings changed, the claim of one process on the folder, and the run's results (fold
 scores; once every fold is done, the run's ``oof.parquet``, ``test.parquet`` and ``metrics.json``).
 
-One process trains a run folder at a time: ``claim_run`` holds it with an OS file lock on
-``runs/<name>/owner.lock`` (released by the kernel when the process dies, so a killed run never
-blocks the next one), which records the owner's pid, host and start time. A second ``train`` on the
-same run folder is refused with those, instead of both writing the same checkpoints.
+One process trains a run folder at a time: ``claim_run`` holds ``runs/<name>/owner.lock``
+(``core/locks.py``); a second ``train`` on it is refused naming the owner, instead of both writing the
+same checkpoints.
 """
 
 from __future__ import annotations
@@ -17,14 +16,13 @@ import logging
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
 
 import audiotag
 from audiotag.config.competition import keys_not_affecting
@@ -35,6 +33,7 @@ from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder, describe_owner
 from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig
+from audiotag.reports.data import schema_default
 from audiotag.runs.prepare import Prepared
 from audiotag.scoring import metrics
 from audiotag.scoring.fold_scores import FoldScores
@@ -77,25 +76,6 @@ def result_settings(cfg: ExperimentConfig) -> dict[str, object]:
     return run_settings(cfg, RUNTIME_KEYS)
 
 
-_NO_DEFAULT = object()
-
-
-def setting_default(cfg: BaseModel, key: str) -> object:
-    """The JSON value of the default of the setting at the dotted ``key`` of ``cfg`` (or a sentinel)."""
-    *parents, name = key.split(".")
-    node: object = cfg
-    for part in parents:
-        node = getattr(node, part, None)
-    if not isinstance(node, BaseModel):
-        return _NO_DEFAULT
-    field = type(node).model_fields.get(name)
-    if field is None:  # a key the config writes at its default without having it (another competition kind's)
-        return node.model_dump(mode="json").get(name, _NO_DEFAULT)
-    if field.is_required():
-        return _NO_DEFAULT
-    return to_jsonable_python(field.get_default(call_default_factory=True))
-
-
 def changed_settings(
     saved: dict[str, object],
     settings: dict[str, object],
@@ -111,7 +91,7 @@ def changed_settings(
     for key in sorted(set(saved) | set(settings)):
         if key in runtime_keys:  # recorded by older code before the key stopped counting
             continue
-        if key not in saved and settings[key] == setting_default(cfg, key):
+        if key not in saved and settings[key] == schema_default(cfg, key):
             continue
         if saved.get(key) != settings.get(key):
             changed.append(key)
@@ -144,33 +124,63 @@ def code_version() -> str:
     return audiotag.__version__
 
 
-def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prepared) -> None:
-    info_path = run_dir / "run.json"
-    changes = record_changes(info_path, cfg)
+def refuse_changes(
+    info_path: Path,
+    cfg: BaseModel,
+    refusal: Callable[[str], str],
+    runtime_keys: set[str] = RUNTIME_KEYS,
+) -> bool:
+    """Whether ``info_path`` (``run.json``, ``pretrain.json``) exists; ConfigError ``refusal(the changes)``
+    when it recorded other settings than ``cfg``'s."""
+    changes = record_changes(info_path, cfg, runtime_keys)
     if changes:
-        raise ConfigError(
-            f"run {run_dir.name!r} in {run_dir} was started with a different config ({changes}). "
-            "Give the new config its own run with --run-name NAME, or delete the run folder to start over"
-        )
-    if changes is not None:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        raise ConfigError(refusal(changes))
+    return changes is not None
+
+
+def check_or_write_record(
+    info_path: Path,
+    cfg: BaseModel,
+    refusal: Callable[[str], str],
+    fields: dict[str, object],
+    runtime_keys: set[str] = RUNTIME_KEYS,
+) -> bool:
+    """``refuse_changes``; when there is no record yet, write it (``fields``, the settings and the
+    code's versions) and ``config.yaml`` beside it."""
+    if refuse_changes(info_path, cfg, refusal, runtime_keys):
+        return True
+    info_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(info_path.parent / "config.yaml", dump_yaml(cfg))
     atomic_write_json(
         info_path,
         {
-            "name": run_dir.name,
-            "settings": result_settings(cfg),
-            "feature_key": cfg.features.key(),
-            "cache_dir": str(prepared.cache_dir),
-            "folds_file": str(prepared.folds_path),
-            "folds_sha256": file_sha256(prepared.folds_path),
+            "name": fields.pop("name"),
+            "settings": run_settings(cfg, runtime_keys),
+            **fields,
             "code_version": code_version(),
             "torch": torch.__version__,
-            "python": platform.python_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
     )
+    return False
+
+
+def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prepared) -> None:
+    def refusal(changes: str) -> str:
+        return (
+            f"run {run_dir.name!r} in {run_dir} was started with a different config ({changes}). Give the "
+            "new config its own run with --run-name NAME, or delete the run folder to start over"
+        )
+
+    fields: dict[str, object] = {
+        "name": run_dir.name,
+        "feature_key": cfg.features.key(),
+        "cache_dir": str(prepared.cache_dir),
+        "folds_file": str(prepared.folds_path),
+        "folds_sha256": file_sha256(prepared.folds_path),
+        "python": platform.python_version(),
+    }
+    check_or_write_record(run_dir / "run.json", cfg, refusal, fields)
 
 
 OWNER_LOCK = "owner.lock"

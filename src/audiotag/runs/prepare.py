@@ -33,7 +33,7 @@ from audiotag.competitions.folds import ensure_folds, load_folds
 from audiotag.competitions.table import TableCompetition, check_test_labels
 from audiotag.config.competition import keys_not_affecting
 from audiotag.config.schema import CompetitionConfig, FeatureConfig, TrainConfig
-from audiotag.core.atomic import atomic_path, atomic_write_json
+from audiotag.core.atomic import atomic_path, atomic_write_json, read_json_object
 from audiotag.core.disk_full import disk_full_as_error
 from audiotag.core.errors import ConfigError
 from audiotag.core.locks import file_lock
@@ -86,14 +86,6 @@ def sources_fingerprint(sources: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def read_stamp(path: Path) -> dict:
-    try:
-        stamp = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return stamp if isinstance(stamp, dict) else {}
-
-
 def clip_table(comp: Competition) -> pd.DataFrame:
     """Read ``meta.parquet``, rebuilding it when missing, when the raw CSV files' contents changed
     (whatever their mtimes), or when built under other competition settings (e.g. ``subsets`` now
@@ -103,7 +95,7 @@ def clip_table(comp: Competition) -> pd.DataFrame:
     fingerprint = table_fingerprint(comp)
     csv_hash = sources_fingerprint(sources)
     if comp.meta_path.is_file():
-        stamp = read_stamp(stamp_path)
+        stamp = read_json_object(stamp_path) or {}
         if stamp.get("fingerprint") == fingerprint and stamp.get("sources_sha256") == csv_hash:
             log.info("clip table: %s up to date", comp.meta_path)
             return read_meta(comp.meta_path)

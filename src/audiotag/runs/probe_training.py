@@ -1,13 +1,11 @@
 """The training task of ``model: {name: linear_probe, ...}``: linear evaluation, fold by fold.
 
-``./run.sh train --config configs/experiments/<comp>/probe_*.yaml`` comes here from
-``stages/train.py`` (``runs/task.py``). Like any run: the run folder is claimed, described
-(``run.json``, the resolved ``config.yaml``) and refused if its config changed; each fold writes
-``oof.parquet``, ``test.parquet``, ``probe.npz`` (the fitted probe, which ``package`` ships) and
-``done.json`` (skipped when done); the run's ``oof.parquet``, ``test.parquet`` and ``metrics.json``
-follow (``collect_run``), so that ``ensemble`` and ``leaderboard`` take it as any other member.
-The embeddings come from the embedding cache, built first when missing (``embed_prepared``, which
-``embed`` runs too); the classifier is ``audiotag.train.probe``'s.
+Like any run, each fold writes ``oof.parquet``, ``test.parquet``, ``probe.npz`` (the fitted probe,
+which ``package`` ships) and ``done.json`` (skipped when done); the run's ``oof.parquet``,
+``test.parquet`` and ``metrics.json`` follow (``collect_run``), so that ``ensemble`` and
+``leaderboard`` take it as any other member. The embeddings come from the embedding cache, built
+first when missing (``embed_prepared``, which ``embed`` runs too); the classifier is
+``audiotag.train.probe``'s.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ from audiotag.models.representation import EmbeddingConfig, LayerSpec
 from audiotag.runs.folder import RunResult, check_or_write_run_info, claim_run, collect_run
 from audiotag.runs.prepare import Prepared, fold_data, prepare, run_folds
 from audiotag.runs.task import RunRequest
-from audiotag.train.distributed import SINGLE, DistContext, device_for
+from audiotag.train.distributed import SINGLE, device_for
 from audiotag.train.loop import FoldData, fold_score
 from audiotag.train.probe import ProbeFold, fit_fold, read_done, write_fold
 
@@ -71,45 +69,41 @@ class ProbeTraining:
                 "model linear_probe fits a logistic regression: train.loss, train.noisy_loss and "
                 "train.pseudo_labels do not apply to it; leave them out (train.subset_weights does apply)"
             )
-        return train_probe(cfg, request.run_name, request.workers, request.ctx)
-
-
-def train_probe(
-    cfg: ExperimentConfig, run_name: str | None = None, workers: int | None = None, ctx: DistContext = SINGLE
-) -> RunResult:
-    probe = cfg.model
-    assert isinstance(probe, LinearProbeConfig)
-    if ctx.world > 1:  # under --gpus N (e.g. a default extra member): one process fits, the others wait
-        result = train_probe(cfg, run_name, workers) if ctx.is_main else None
-        ctx.barrier()
-        if result is not None:
-            return result
-        comp = prepare(cfg.competition, cfg.features, workers=workers).competition  # up to date: reads only
-        name = run_name or cfg.name
-        return RunResult(name, comp.dir / "runs" / name, comp.metric, {}, False)
-    warn_about_rules(cfg.competition, probe.pretrained)
-    prepared = prepare(cfg.competition, cfg.features, workers=workers)
-    comp = prepared.competition
-    run_dir = comp.dir / "runs" / (run_name or cfg.name)
-    n_folds = comp.cfg.n_folds
-    folds = run_folds(cfg, n_folds)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    with claim_run(run_dir):
-        check_or_write_run_info(run_dir, cfg, prepared)
-        device = device_for(SINGLE, cfg.train.device)
-        embeddings, layers = embed_prepared(prepared, probe.embedding, cfg.features, device)
-        log.info(
-            "train: linear probe %s on %s (%s values a clip), folds %s",
-            run_dir,
-            ", ".join(f"layer {n}" for n in layers),
-            sum(embeddings.dims[n] for n in layers),
-            folds,
-        )
-        for fold in folds:
-            data = fold_data(prepared, cfg, fold)
-            probe_one_fold(cfg, prepared, embeddings, layers, data, run_dir / f"fold{fold}")
-        return collect_run(run_dir, comp.classes, comp.metric, n_folds, prepared)
+        run_name, workers, ctx = request.run_name, request.workers, request.ctx
+        probe = cfg.model
+        assert isinstance(probe, LinearProbeConfig)
+        if ctx.world > 1:  # under --gpus N (e.g. a default extra member): one process fits, the others wait
+            result = self.train(cfg, RunRequest(run_name, workers)) if ctx.is_main else None
+            ctx.barrier()
+            if result is not None:
+                return result
+            # up to date now: this only reads
+            comp = prepare(cfg.competition, cfg.features, workers=workers).competition
+            name = run_name or cfg.name
+            return RunResult(name, comp.dir / "runs" / name, comp.metric, {}, False)
+        warn_about_rules(cfg.competition, probe.pretrained)
+        prepared = prepare(cfg.competition, cfg.features, workers=workers)
+        comp = prepared.competition
+        run_dir = comp.dir / "runs" / (run_name or cfg.name)
+        n_folds = comp.cfg.n_folds
+        folds = run_folds(cfg, n_folds)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        with claim_run(run_dir):
+            check_or_write_run_info(run_dir, cfg, prepared)
+            device = device_for(SINGLE, cfg.train.device)
+            embeddings, layers = embed_prepared(prepared, probe.embedding, cfg.features, device)
+            log.info(
+                "train: linear probe %s on %s (%s values a clip), folds %s",
+                run_dir,
+                ", ".join(f"layer {n}" for n in layers),
+                sum(embeddings.dims[n] for n in layers),
+                folds,
+            )
+            for fold in folds:
+                data = fold_data(prepared, cfg, fold)
+                probe_one_fold(cfg, prepared, embeddings, layers, data, run_dir / f"fold{fold}")
+            return collect_run(run_dir, comp.classes, comp.metric, n_folds, prepared)
 
 
 def probe_one_fold(

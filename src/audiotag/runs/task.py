@@ -1,11 +1,9 @@
 """One small interface for the ways a config is trained into its folder: ``train(cfg, request)``.
 
-Three implementations: fold by fold training of a network (``runs/fold_training.py``), the linear
-probe on frozen embeddings (``runs/probe_training.py``), both ``TrainingTask[ExperimentConfig,
-RunResult]`` that the train stage picks by the experiment's config (``stages/train.py``), and
-self-supervised pretraining of an encoder (``stages/pretrain.py``, ``TrainingTask[PretrainConfig,
-PretrainResult]``). Each claims its folder, records its settings and refuses a rerun with others
-(``runs/folder.py``), and resumes what a killed process left.
+Three implementations: a network fold by fold (``runs/fold_training.py``) and the linear probe
+(``runs/probe_training.py``), which the train stage picks between, and pretraining
+(``stages/pretrain.py``). Each claims its folder, records its settings and refuses a rerun with
+others (``runs/folder.py``), and resumes what a killed process left.
 """
 
 from __future__ import annotations

@@ -13,13 +13,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from audiotag.config.files import load_group, validate
-from audiotag.config.schema import CompetitionConfig, FeatureConfig, load_competition
+from audiotag.config.schema import FeatureConfig, load_competition
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
-from audiotag.models.embedding_cache import EmbeddingCache
 from audiotag.models.representation import EmbeddingConfig, LayerSpec, embedding_features
 from audiotag.runs.prepare import prepare
 from audiotag.runs.probe_training import embed_prepared
@@ -37,17 +34,6 @@ def embedding_front_end(cfg: EmbeddingConfig, features: str | None = None) -> Fe
             "(a config under configs/features/)"
         )
     return validate(FeatureConfig, load_group("features", name), f"configs/features/{name}.yaml")
-
-
-def embed_competition(
-    competition: CompetitionConfig,
-    cfg: EmbeddingConfig,
-    features: FeatureConfig,
-    workers: int | None = None,
-    device: torch.device | None = None,
-) -> tuple[EmbeddingCache, list[str]]:
-    prepared = prepare(competition, features, workers=workers)
-    return embed_prepared(prepared, cfg, features, device or device_for(SINGLE, "auto"))
 
 
 @dataclass(frozen=True)
@@ -83,13 +69,9 @@ def run_embed(options: EmbedOptions) -> None:
         batch_size=options.batch_size,
     )
     front_end = embedding_front_end(cfg, options.features)
-    cache, names = embed_competition(
-        load_competition(options.competition),
-        cfg,
-        front_end,
-        options.workers,
-        device_for(SINGLE, options.device),
-    )
+    device = device_for(SINGLE, options.device, "--device")  # before the cache is built
+    prepared = prepare(load_competition(options.competition), front_end, workers=options.workers)
+    cache, names = embed_prepared(prepared, cfg, front_end, device)
     console = output_console()
     dims = " + ".join(f"{name}: {cache.dims[name]}" for name in names)
     console.print(

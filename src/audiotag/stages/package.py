@@ -157,12 +157,6 @@ def _copy_code(dest: Path) -> None:
     shutil.copytree(source, dest / "audiotag", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def _default_slug(comp: Competition) -> str:
-    from audiotag.kaggle.submit import kaggle_slug
-
-    return kaggle_slug(comp) or comp.name
-
-
 def ensemble_report(path: Path, cfg: EnsembleConfig) -> dict[str, Any]:
     """The ensemble stage's report for ``cfg``: it holds the weights the blend chose on OOF. Refused
     when it does not describe the submission CSV beside it (an interrupted ensemble run)."""
@@ -242,6 +236,7 @@ def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -
     from audiotag.competitions import get_competition
     from audiotag.config.files import dump_yaml
     from audiotag.core.paths import submissions_root
+    from audiotag.kaggle.submit import kaggle_slug
     from audiotag.runs.folder import code_version
 
     comp = get_competition(cfg.competition)
@@ -265,7 +260,7 @@ def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -
         if spec["stacking"] is not None:
             features, truth = stacker_training_data(comp, cfg)
             np.savez_compressed(staging / STACKER_DATA, features=features, truth=truth)
-        slug = slug or _default_slug(comp)
+        slug = slug or kaggle_slug(comp) or comp.name
         manifest = {
             "format": FORMAT_VERSION,
             "competition": comp.name,

@@ -45,6 +45,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,29 +54,19 @@ import torch
 from torch import nn
 
 from audiotag.competitions import get_competition
-from audiotag.config.files import (
-    apply_overrides,
-    dump_yaml,
-    read_yaml,
-    resolve_groups,
-    validate,
-)
+from audiotag.config.files import apply_overrides, read_yaml, resolve_groups, validate
 from audiotag.config.schema import InputNorm
-from audiotag.core.atomic import atomic_write_json, atomic_write_text
+from audiotag.core.atomic import atomic_write_json
 from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder
 from audiotag.core.paths import workspace_root
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.models.encoder_file import encoder_payload
-from audiotag.runs.folder import code_version, record_changes, run_settings
+from audiotag.runs.folder import check_or_write_record, code_version, refuse_changes
 from audiotag.runs.pretrain_data import Sources, gather_sources
 from audiotag.runs.task import RunRequest
 from audiotag.train.checkpoint import disk_full_guard, file_record, save_checkpoint
-from audiotag.train.distributed import (
-    SINGLE,
-    DistContext,
-    device_for,
-)
+from audiotag.train.distributed import SINGLE, DistContext, device_for
 from audiotag.train.pretrain_config import PretrainConfig
 from audiotag.train.pretrain_loop import build, pretrain
 
@@ -92,9 +83,6 @@ RUNTIME_KEYS = {
     "checkpoint_every_steps",
     "competition.data_dir",
 }
-
-
-# --------------------------------------------------------------------------- config
 
 
 def load_pretrain_config(
@@ -121,22 +109,24 @@ def output_dir(cfg: PretrainConfig, out: Path | None = None) -> Path:
     return workspace_root() / "_pretrain" / cfg.name
 
 
-def check_settings(out_dir: Path, cfg: PretrainConfig) -> bool:
-    """Whether ``pretrain.json`` exists; a ConfigError when it was written with other settings."""
-    changes = record_changes(out_dir / "pretrain.json", cfg, RUNTIME_KEYS)
-    if changes:
-        raise ConfigError(
-            f"pretrain {out_dir.name!r} in {out_dir} was started with other settings ({changes}). Give "
-            "this one its own --name, or delete the folder to start over"
-        )
-    return changes is not None
+def refusal(out_dir: Path) -> Callable[[str], str]:
+    return lambda changes: (
+        f"pretrain {out_dir.name!r} in {out_dir} was started with other settings ({changes}). Give "
+        "this one its own --name, or delete the folder to start over"
+    )
 
 
 def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) -> None:
     """``pretrain.json`` and ``config.yaml`` at the start; a rerun with other settings, or on clips
     that changed since (other files, or other audio in them), is refused."""
     info_path = out_dir / "pretrain.json"
-    if check_settings(out_dir, cfg):
+    fields = {
+        "name": cfg.name,
+        "sources": sources.counts,
+        "clips_sha1": sources.fingerprint(),
+        "feature_key": cfg.features.key(),
+    }
+    if check_or_write_record(info_path, cfg, refusal(out_dir), fields, RUNTIME_KEYS):
         saved = json.loads(info_path.read_text()).get("clips_sha1")
         if saved is not None and saved != sources.fingerprint():
             raise ConfigError(
@@ -144,36 +134,6 @@ def check_or_write_info(out_dir: Path, cfg: PretrainConfig, sources: Sources) ->
                 "now): the audio or the clip list changed. Give this run its own --name, or delete the "
                 "folder to start over"
             )
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
-    atomic_write_json(
-        info_path,
-        {
-            "name": cfg.name,
-            "settings": run_settings(cfg, RUNTIME_KEYS),
-            "sources": sources.counts,
-            "clips_sha1": sources.fingerprint(),
-            "feature_key": cfg.features.key(),
-            "code_version": code_version(),
-            "torch": torch.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        },
-    )
-
-
-def claim(out_dir: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
-    """Hold the output folder for this process (an OS lock that dies with it)."""
-    return claim_folder(
-        out_dir,
-        f"pretrain {out_dir.name}",
-        lambda owner: TrainingError(
-            f"{out_dir} is being pretrained by {owner}; wait for it, or give this run its own --name"
-        ),
-    )
-
-
-# --------------------------------------------------------------------------- the run
 
 
 @dataclass
@@ -182,7 +142,6 @@ class PretrainResult:
     encoder_path: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     encoder: nn.Module | None = None  # the trained encoder (None when the run was already done)
-    input_norm: InputNorm | None = None
 
 
 def pretraining_norm(out_dir: Path, cfg: PretrainConfig, sources: Sources, ctx: DistContext) -> InputNorm:
@@ -215,7 +174,7 @@ def run_pretrain_stage(
 ) -> PretrainResult:
     """Pretrain (or resume, or find done) and write the encoder file."""
     out_dir = output_dir(cfg, out)
-    check_settings(out_dir, cfg)
+    refuse_changes(out_dir / "pretrain.json", cfg, refusal(out_dir), RUNTIME_KEYS)
     done = finished(out_dir)
     if done is not None:
         (out_dir / "last.pt").unlink(missing_ok=True)  # a run killed between done.json and this cleanup
@@ -239,7 +198,14 @@ def run_pretrain_stage(
     ctx.barrier()
     if not ctx.is_main:  # the caches are complete now: this only reads
         sources = gather_sources(cfg, workers)
-    with claim(out_dir) if ctx.is_main else contextlib.nullcontext():
+    claim = claim_folder(
+        out_dir,
+        f"pretrain {out_dir.name}",
+        lambda owner: TrainingError(
+            f"{out_dir} is being pretrained by {owner}; wait for it, or give this run its own --name"
+        ),
+    )
+    with claim if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:
             check_or_write_info(out_dir, cfg, sources)
         ctx.barrier()
@@ -305,4 +271,4 @@ def _train(cfg: PretrainConfig, sources: Sources, out_dir: Path, ctx: DistContex
         run.last_path.unlink(missing_ok=True)
         log.info("pretrain: done, loss %.4f; encoder %s", history[-1]["loss"], encoder_path)
     ctx.barrier()
-    return PretrainResult(out_dir, encoder_path, history, run.encoder, norm)
+    return PretrainResult(out_dir, encoder_path, history, run.encoder)

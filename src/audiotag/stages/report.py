@@ -21,11 +21,6 @@ from audiotag.reports.html import render
 log = logging.getLogger(__name__)
 
 
-def default_report_path(competition: str, ensemble: str | None = None) -> Path:
-    name = f"{ensemble}.report.html" if ensemble else "report.html"
-    return submissions_root() / competition / name
-
-
 def write_report(
     competition: str | CompetitionConfig,
     out: Path | None = None,
@@ -45,7 +40,8 @@ def write_report(
         len(data.blends),
     )
     page = render(data, make_figures(data))
-    path = Path(out) if out is not None else default_report_path(data.competition, ensemble)
+    file = f"{ensemble}.report.html" if ensemble else "report.html"
+    path = Path(out) if out is not None else submissions_root() / data.competition / file
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, page)
     log.info("report %s: %s (%.0f kB, %.1fs)", name, path, len(page) / 1024, time.time() - started)

@@ -1,10 +1,5 @@
-"""The train stage: one run = one experiment config trained into ``runs/<name>/``.
-
-The experiment chooses how (``runs/task.py``): a network fold by fold (``runs/fold_training.py``),
-or a linear probe on frozen embeddings (``runs/probe_training.py``). Either way the run folder is
-claimed by one process, describes itself before any fold starts and refuses a changed config
-(``runs/folder.py``).
-"""
+"""The train stage: one run = one experiment config trained into ``runs/<name>/`` by the training
+task (``runs/task.py``) its model chooses."""
 
 from __future__ import annotations
 
@@ -17,14 +12,12 @@ from audiotag.runs.task import RunRequest, TrainingTask
 from audiotag.train.distributed import SINGLE, DistContext
 
 
-def training_task(cfg: ExperimentConfig) -> TrainingTask[ExperimentConfig, RunResult]:
-    """The experiment's way of training: linear evaluation for ``linear_probe``, else fold training."""
-    return ProbeTraining() if cfg.model.name == PROBE else FoldTraining()
-
-
 def train_experiment(
     cfg: ExperimentConfig, run_name: str | None = None, workers: int | None = None, ctx: DistContext = SINGLE
 ) -> RunResult:
     """Train the run ``runs/<run_name or cfg.name>``. Under torchrun: DDP on every fold, or folds shared
     out among processes."""
-    return training_task(cfg).train(cfg, RunRequest(run_name, workers, ctx))
+    task: TrainingTask[ExperimentConfig, RunResult] = FoldTraining()
+    if cfg.model.name == PROBE:  # linear evaluation
+        task = ProbeTraining()
+    return task.train(cfg, RunRequest(run_name, workers, ctx))

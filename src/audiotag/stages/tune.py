@@ -21,13 +21,11 @@ tune.KEY=VALUE`` the tune config), checks the search space against it, and runs 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from audiotag.competitions import get_competition
 from audiotag.config.files import configs_root, is_yaml_path
@@ -61,7 +59,7 @@ class TuneOptions:
     overrides: list[str] = field(default_factory=list)
     trials: int | None = None
     timeout: float | None = None  # minutes
-    folds: str | None = None  # comma-separated
+    folds: list[int] | None = None
     name: str | None = None
     workers: int | None = None
 
@@ -83,14 +81,8 @@ def setup_tune(options: TuneOptions, default_experiment: Callable[[], Path], tab
         tune_overrides.append(f"n_trials={options.trials}")
     if options.timeout is not None:
         tune_overrides.append(f"timeout_minutes={options.timeout}")
-    if options.folds:
-        try:
-            folds = [int(f) for f in options.folds.split(",") if f.strip()]
-        except ValueError:
-            raise ConfigError(
-                f"--folds {options.folds!r}: expected comma-separated integers like 0,1"
-            ) from None
-        tune_overrides.append(f"folds={folds}")
+    if options.folds is not None:
+        tune_overrides.append(f"folds={options.folds}")
     tune_path = tune_config_path(options.config)
     cfg = load_tune_config(tune_path, tune_overrides)
     experiment = options.experiment or cfg.experiment
@@ -120,19 +112,13 @@ def setup_tune(options: TuneOptions, default_experiment: Callable[[], Path], tab
     return setup
 
 
-def tune_settings(setup: TuneSetup) -> dict[str, Any]:
-    """What the study's trials depend on; ``tune.json`` keeps it and a rerun must match it."""
-    settings = {k: v for k, v in result_settings(setup.base).items() if k != "name"}
-    return {
-        "experiment": settings,
+def check_or_write_tune_info(setup: TuneSetup) -> None:
+    path = setup.tune_dir / "tune.json"
+    now = {  # what the study's trials depend on
+        "experiment": {k: v for k, v in result_settings(setup.base).items() if k != "name"},
         "folds": setup.cfg.folds,
         "space": {k: v.model_dump(mode="json") for k, v in setup.cfg.space.items()},
     }
-
-
-def check_or_write_tune_info(setup: TuneSetup) -> None:
-    path = setup.tune_dir / "tune.json"
-    now = tune_settings(setup)
     if path.is_file():
         saved = json.loads(path.read_text())["settings"]
         if isinstance(saved.get("experiment"), dict):  # older code recorded keys that no longer count
@@ -157,18 +143,6 @@ def check_or_write_tune_info(setup: TuneSetup) -> None:
     )
 
 
-def claim_study(tune_dir: Path) -> contextlib.AbstractContextManager[dict[str, Any]]:
-    """One process per study: a second is refused with the owner's pid, host and start time."""
-    return claim_folder(
-        tune_dir,
-        f"tune {tune_dir.name}",
-        lambda owner: TrainingError(
-            f"tune {tune_dir.name!r} in {tune_dir} is being run by {owner}; wait for it (or stop it), or "
-            "give this search its own --name NAME"
-        ),
-    )
-
-
 def run_tune(options: TuneOptions, default_experiment: Callable[[], Path], table: str | None) -> None:
     """``audiotag tune``: set up, run the study, write the tuned experiment and the plots."""
     from audiotag.reports.tune_plots import write_search_plots
@@ -182,7 +156,13 @@ def run_tune(options: TuneOptions, default_experiment: Callable[[], Path], table
         request = RunRequest(workers=options.workers, run_dir=run_dir, on_epoch=hook)
         return FoldTraining().train(cfg, request).mean  # a probe experiment was refused: no epochs
 
-    with claim_study(setup.tune_dir):
+    def refusal(owner: str) -> TrainingError:
+        return TrainingError(
+            f"tune {setup.name!r} in {setup.tune_dir} is being run by {owner}; wait for it (or stop it), "
+            "or give this search its own --name NAME"
+        )
+
+    with claim_folder(setup.tune_dir, f"tune {setup.name}", refusal):
         check_or_write_tune_info(setup)
         study = open_study(setup.tune_dir, setup.name, setup.cfg)
         log.info(

@@ -110,11 +110,12 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def device_for(ctx: DistContext, choice: str) -> torch.device:
+def device_for(ctx: DistContext, choice: str, setting: str = "train.device") -> torch.device:
+    """The device of ``choice`` (auto, cpu, cuda); ``setting`` names the option it came from in the error."""
     if ctx.world > 1 and torch.cuda.is_available() and choice != "cpu":
         return torch.device("cuda", ctx.local_rank)
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA GPU is visible; use auto or cpu")
+        raise ConfigError(f"{setting}: cuda requested but no CUDA GPU is visible; use auto or cpu")
     return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
