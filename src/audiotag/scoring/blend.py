@@ -36,16 +36,6 @@ import numpy as np
 
 from audiotag.scoring import metrics
 
-__all__ = [
-    "METHODS",
-    "BlendMethod",
-    "BlendRule",
-    "OofScorer",
-    "normalise_weights",
-    "scaled_ranks",
-    "weighted_sum",
-]
-
 METHODS: tuple[str, ...] = ("mean", "geometric", "power", "rank")  # the blend rules, as configs name them
 BlendMethod = Literal[METHODS]  # type: ignore[valid-type]  # the config schema's allowed values
 LOG_FLOOR = 1e-7  # probabilities are clipped to [LOG_FLOOR, 1] before a log or a negative power

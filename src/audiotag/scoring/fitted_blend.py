@@ -26,8 +26,6 @@ import numpy as np
 from audiotag.scoring.blend import BlendRule, OofScorer, normalise_weights
 from audiotag.scoring.weight_search import WEIGHT_SEARCHES, searched_weights
 
-__all__ = ["Blend", "FittedBlend", "member_weights"]
-
 
 def member_weights(members: Sequence[str], weights: np.ndarray) -> dict[str, float]:
     """Each member's weight (its mean over classes when ``weights`` (already on the simplex) are per

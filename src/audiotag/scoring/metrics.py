@@ -29,26 +29,6 @@ from functools import partial
 
 import numpy as np
 
-__all__ = [
-    "METRICS",
-    "MAPResult",
-    "accuracy",
-    "average_precision_per_class",
-    "d_prime",
-    "f1_per_class",
-    "higher_is_better",
-    "lwlrap",
-    "macro_f1",
-    "macro_f1_multilabel",
-    "macro_roc_auc",
-    "map_at_k",
-    "mean_average_precision",
-    "per_class_lwlrap",
-    "roc_auc_per_class",
-    "score",
-    "top_k",
-]
-
 _NUMERIC_KINDS = "biuf"
 
 

@@ -24,16 +24,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = [
-    "STACKERS",
-    "FitPredict",
-    "FittedStacker",
-    "Stacker",
-    "StackerKind",
-    "logit_features",
-    "nested_predictions",
-]
-
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 """``fit_predict(X_train, Y_train, X_predict) -> scores (len(X_predict), C)`` in [0, 1]."""
 Predict = Callable[[np.ndarray], np.ndarray]

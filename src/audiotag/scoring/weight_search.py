@@ -18,16 +18,6 @@ import numpy as np
 from audiotag.core.log import progress
 from audiotag.scoring.blend import BlendRule, OofScorer, normalise_weights, weighted_sum
 
-__all__ = [
-    "WEIGHT_SEARCHES",
-    "WeightSearch",
-    "WeightSearchName",
-    "hill_climb",
-    "nested_weight_cv",
-    "search_weights",
-    "searched_weights",
-]
-
 ScoreFn = Callable[[np.ndarray], float]
 _IMPROVEMENT = 1e-12  # a step must beat the best score by more than this to count as better
 _SIMPLEX_STEP = 1.0  # Nelder-Mead's initial simplex: one unit in softmax-logit space per member
