@@ -180,7 +180,7 @@ def fit_stacking(
     test_features = np.mean(
         [logit_features([m.test_folds[k] for m in members]) for k in range(n_folds)], axis=0
     )
-    return scorer.fold_scores(held_out), stacker.fit(features, scorer.truth).apply(test_features)
+    return scorer.fold_scores(held_out), stacker.fit(features, scorer.truth)(test_features)
 
 
 def _member_note(overlap: OofOverlap | None, name: str) -> str:

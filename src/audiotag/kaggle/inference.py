@@ -110,7 +110,7 @@ def combine_members(
         test_features = np.mean(
             [logit_features([folds[k] for folds in fold_predictions]) for k in range(n_folds)], axis=0
         )
-        return Stacker.from_json(stacking).fit(data["features"], data["truth"]).apply(test_features)
+        return Stacker.from_json(stacking).fit(data["features"], data["truth"])(test_features)
     from audiotag.scoring.fitted_blend import FittedBlend
 
     members = [f"member {i}" for i in range(len(fold_predictions))]  # bundle.json lists them in this order

@@ -175,7 +175,7 @@ def _per_class_weights(
     return weights
 
 
-def searched_weights(
+def search_weights(
     space: np.ndarray,
     rule: BlendRule,
     scorer: OofScorer,
@@ -183,8 +183,14 @@ def searched_weights(
     search: str = "hill_climb",
     iterations: int = 100,
     per_class: bool = False,
+    scaled: bool = True,
 ) -> np.ndarray:
-    """``search_weights`` before its columns are scaled to sum 1 (``FittedBlend`` scales them)."""
+    """Blend weights that maximise ``scorer`` on OOF predictions ``space`` (M, n, C, in blend space).
+
+    Returns (M,) weights, or (M, C) when ``per_class``: the global weights, then refined class by class.
+    Every column lies on the simplex (``scaled=False``: as found, before the columns are scaled to sum
+    1), and the blend's score is never below the best single member's.
+    """
     if space.ndim != 3 or space.shape[1:] != scorer.truth.shape:
         raise ValueError(f"space {space.shape} must be (members, {', '.join(map(str, scorer.truth.shape))})")
     if search not in WEIGHT_SEARCHES:
@@ -197,25 +203,7 @@ def searched_weights(
     weights = np.ones(1) if space.shape[0] == 1 else found.members(space, score_space, iterations)
     if per_class:
         weights = _per_class_weights(space, score_space, found, iterations, weights)
-    return weights
-
-
-def search_weights(
-    space: np.ndarray,
-    rule: BlendRule,
-    scorer: OofScorer,
-    *,
-    search: str = "hill_climb",
-    iterations: int = 100,
-    per_class: bool = False,
-) -> np.ndarray:
-    """Blend weights that maximise ``scorer`` on OOF predictions ``space`` (M, n, C, in blend space).
-
-    Returns (M,) weights, or (M, C) when ``per_class``: the global weights, then refined class by class.
-    Every column lies on the simplex, and the blend's score is never below the best single member's.
-    """
-    found = searched_weights(space, rule, scorer, search=search, iterations=iterations, per_class=per_class)
-    return normalise_weights(found, space.shape[0], space.shape[2])
+    return normalise_weights(weights, space.shape[0], space.shape[2]) if scaled else weights
 
 
 def nested_weight_cv(
