@@ -201,21 +201,18 @@ def blend_oof_members(
     comp: Any, report: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """``blend_oof``'s (truth, blend), and each member's OOF predictions on the same clips."""
-    from audiotag.data.meta import read_meta
-    from audiotag.ensemble.members import align, check_members, load_member, scored_rows
+    from audiotag.ensemble.members import load_aligned
     from audiotag.scoring.fitted_blend import FittedBlend
 
     names = list(report.get("members") or {})
     if not names:
         raise DataError(f"ensemble report {report.get('name')!r} lists no members")
-    members = [load_member(comp, name, with_test=False) for name in names]  # OOF is all it needs
-    check_members(members, min_oof_overlap=0.0)  # the ensemble stage accepted these members already
-    oof_ids, _ = align(members)
-    folds = members[0].oof_folds
-    truth, scored = scored_rows(comp, read_meta(comp.meta_path), oof_ids, folds)
+    # OOF is all it needs; min_oof_overlap 0: the ensemble stage accepted these members already
+    data = load_aligned(comp, names, min_oof_overlap=0.0, with_test=False)
+    members, scored, folds = data.members, data.scored, data.members[0].oof_folds
     fitted = FittedBlend.from_json(report, comp.classes, names)
     space = np.stack([fitted.rule.forward(m.oof[scored], folds[scored]) for m in members])
-    return truth[scored], fitted.combine(space), {m.name: m.oof[scored] for m in members}
+    return data.truth[scored], fitted.combine(space), {m.name: m.oof[scored] for m in members}
 
 
 # --------------------------------------------------------------------------- files
