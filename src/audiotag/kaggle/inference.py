@@ -5,9 +5,7 @@
 ``prepare``), predicts with every fold of every member using the sliding windows of training's
 evaluation, averages the folds of each member, blends the members as the ensemble did, and writes
 ``submission.csv`` after validating it against the sample. A linear-probe member embeds the clips
-with its frozen model as its run's embedding cache did (``embedding_cache.embed_clips``: the same
-windows, layers and input normalisation, the weights file shipped in ``weights/``), then each fold's
-``probe.npz`` standardises and classifies them (:func:`predict_probe_member`).
+as its run's embedding cache did (:func:`predict_probe_member`).
 
 The package's layout (``bundle.json``, ``members/``, ``stacker_train.npz``) is written by
 ``stages/package.py``; the names both sides use are defined here. This module runs from the package's

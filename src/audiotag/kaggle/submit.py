@@ -6,14 +6,10 @@ appends one JSON line to ``submissions/log.jsonl``: time, competition, Kaggle sl
 CV of the blend and its members (from the report ``<name>.json`` the ensemble stage wrote beside the
 CSV), the message and Kaggle's reply. ``audiotag.core.jsonl.read_jsonl`` reads it back for the leaderboard.
 
-The client is built, signed in and its failures explained by :mod:`audiotag.fetch.kaggle` (shared with
-the competition download); every failure is one :class:`KaggleError` line that says what to do, and the
-daily submission limit is recognised here (:func:`explain`). Credential values never reach our output
-or the log: the client's own printing is discarded and every message built from its errors and
-replies is redacted.
-
-``audiotag.fetch.kaggle.KAGGLE_API_FACTORY`` builds the client; tests replace it with a fake, or
-point the real client at a local HTTP server (``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes it call ``http://localhost``).
+The client (``audiotag.fetch.kaggle.KAGGLE_API_FACTORY``, which tests replace with a fake) is built,
+signed in and its failures explained by :mod:`audiotag.fetch.kaggle`; the daily submission limit is
+recognised here (:func:`explain`). Credential values never reach our output or the log: the client's
+own printing is discarded and every message built from its errors and replies is redacted.
 """
 
 from __future__ import annotations
@@ -36,8 +32,6 @@ from audiotag.core.errors import ConfigError, DataError
 from audiotag.core.jsonl import append_jsonl
 from audiotag.core.paths import submission_log
 from audiotag.fetch import kaggle as kaggle_client
-
-# callers and tests use these as kaggle_submit.<name>; those not used here are re-exported (X as X)
 from audiotag.fetch.kaggle import (
     ApiFactory,
     KaggleError,
@@ -47,9 +41,6 @@ from audiotag.fetch.kaggle import (
     redact,
     secrets_of,
 )
-from audiotag.fetch.kaggle import CompetitionNotFound as CompetitionNotFound
-from audiotag.fetch.kaggle import MissingCredentials as MissingCredentials
-from audiotag.fetch.kaggle import RulesNotAccepted as RulesNotAccepted
 
 log = logging.getLogger(__name__)
 

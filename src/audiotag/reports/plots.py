@@ -1,9 +1,5 @@
-"""Pictures of runs and submissions, drawn with matplotlib's Agg canvas (no display needed).
-
-- ``learning_curves``: training loss and validation score per epoch of every fold (``done.json``);
-- ``per_class_ap``: average precision of each class on the out-of-fold predictions (a run or a blend);
-- ``confusion``: true class against top-1 prediction, rows normalised (single-label competitions);
-- ``cv_vs_lb``: CV of each submission against its public leaderboard score.
+"""Pictures of runs and submissions (learning curves, per-class AP, confusion, CV vs LB), drawn with
+matplotlib's Agg canvas (no display needed).
 
 Each ``*_figure`` function returns a ``matplotlib.figure.Figure`` (the notebooks show them as they
 are); :func:`plot_run`, :func:`plot_blend` and :func:`plot_all` write PNG files next to the run or the

@@ -3,17 +3,7 @@
 Notation: ``scores`` is an (n_clips, n_classes) array of real, finite scores (higher = more likely);
 ``truth`` is a binary (n_clips, n_classes) matrix of the same shape, or, for the single-label metric
 MAP@k and accuracy, an integer array (n_clips,) of class indices. Every function checks its inputs and raises
-ValueError naming what is wrong.
-
-- ``map_at_k``: MAP@3 of Freesound General-Purpose Audio Tagging 2018.
-- ``accuracy``: share of single-label clips whose top-scored class is the true one (ESC-50).
-- ``lwlrap`` / ``per_class_lwlrap``: label-weighted label-ranking average precision of Freesound
-  Audio Tagging 2019.
-- ``average_precision_per_class`` / ``mean_average_precision``: per-class AP and its macro mean
-  (AudioSet-style mAP).
-- ``roc_auc_per_class`` / ``macro_roc_auc`` / ``d_prime``: ROC AUC per class, its macro mean, d'.
-- ``f1_per_class`` / ``macro_f1`` (single-label: the top-scored class is the prediction) and
-  ``macro_f1_multilabel`` (multi-label: every class scored >= 0.5 is predicted).
+ValueError naming what is wrong. Each function's docstring gives its formula and source.
 
 ``METRICS`` maps the metric names used in configs to ``f(truth, scores) -> float``; ``score`` dispatches.
 The config schema takes its allowed metric names from ``METRICS``, so scipy is imported only where a
