@@ -28,11 +28,9 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from audiotag.competitions.submission import report_mismatch
 from audiotag.config.files import configs_root
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import AudiotagError
-from audiotag.core.paths import submissions_root
 from audiotag.data.cache_reader import OK, REPORT
 from audiotag.data.meta import read_meta
 from audiotag.reports.leaderboard import Leaderboard, build_leaderboard
@@ -192,25 +190,6 @@ def collect_runs(comp: Any, board: Leaderboard) -> list[RunFacts]:
     return runs
 
 
-def blend_reports(competition: str, notes: list[str]) -> list[tuple[Path, dict[str, Any]]]:
-    """The ensemble reports (``submissions/<comp>/*.json`` with a ``blend``) that match their CSV."""
-    folder = submissions_root() / competition
-    found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(report, dict) or "blend" not in report:
-            continue
-        problem = report_mismatch(path.with_suffix(".csv"), report) if report.get("submission") else None
-        if problem:
-            notes.append(f"{path.name} left out: {problem}")
-            continue
-        found.append((path, report))
-    return found
-
-
 def collect_blend(comp: Any, path: Path, report: dict[str, Any]) -> BlendFacts:
     name = str(report.get("name") or path.stem)
     facts = BlendFacts(name, report)
@@ -297,7 +276,7 @@ def collect(
     comp = get_competition(cfg)
     board = build_leaderboard(cfg, with_lb=with_lb)
     notes = list(board.notes)
-    reports = blend_reports(comp.name, notes)
+    reports = board.reports
     runs = collect_runs(comp, board)
     if ensemble is not None:
         reports = [

@@ -67,6 +67,7 @@ class Leaderboard:
     rows: pd.DataFrame
     fold_columns: list[str]
     notes: list[str] = field(default_factory=list)
+    reports: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)  # that match their CSV
 
 
 # --------------------------------------------------------------------------- collecting
@@ -271,6 +272,7 @@ def build_leaderboard(
     submitted = {str(e.get("file")) for e in entries}
     sub_dir = submissions_root() / comp.name
     reports: dict[str, dict[str, Any]] = {}
+    matching: list[tuple[Path, dict[str, Any]]] = []
     for report_path in sorted(sub_dir.glob("*.json")) if sub_dir.is_dir() else []:
         report = _read_json(report_path)
         if report is None or "blend" not in report:
@@ -278,10 +280,11 @@ def build_leaderboard(
         problem = report_mismatch(report_path.with_suffix(".csv"), report)
         if problem:  # a report that does not describe the CSV beside it says nothing about it
             log.warning("%s; its report is left out (run ./run.sh ensemble again)", problem)
-            notes.append(f"{report_path.name} left out: it does not match {report_path.stem}.csv")
+            notes.append(f"{report_path.name} left out: {problem}")
             continue
         csv_path = str(report_path.with_suffix(".csv").resolve())
         reports[csv_path] = report
+        matching.append((report_path, report))
         if csv_path not in submitted:
             rows.append(blend_row(report_path, report))
     sub_rows = [submission_row(e, reports.get(str(e.get("file")))) for e in entries]
@@ -303,7 +306,7 @@ def build_leaderboard(
             ["cv_mean", "_order"], ascending=[not descending, True], na_position="last", kind="stable"
         )
         table = table.drop(columns="_order").reset_index(drop=True)
-    return Leaderboard(comp.name, comp.metric, table, fold_columns, notes)
+    return Leaderboard(comp.name, comp.metric, table, fold_columns, notes, matching)
 
 
 # --------------------------------------------------------------------------- showing
