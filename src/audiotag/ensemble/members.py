@@ -44,11 +44,6 @@ class Member(FoldScores):
     test_ids: list[str]
     test_folds: list[np.ndarray]
 
-    @property
-    def test(self) -> np.ndarray:
-        """Arithmetic mean of the fold models' test predictions (the run's own test.parquet)."""
-        return np.mean(np.stack(self.test_folds), axis=0)
-
 
 def read_member_predictions(path: Path, classes: list[str], member: str) -> tuple[list[str], np.ndarray]:
     """(clip ids, scores with columns in the competition's class order) of one prediction file."""

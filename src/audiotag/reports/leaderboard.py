@@ -89,6 +89,17 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def fold_dones(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """The ``done.json`` of every finished fold that reads as a JSON object, by fold."""
+    dones: dict[int, dict[str, Any]] = {}
+    for done_path in sorted(Path(run_dir).glob("fold*/done.json")):
+        done = _read_json(done_path)
+        suffix = done_path.parent.name.removeprefix("fold")
+        if done is not None and suffix.isdigit():
+            dones[int(suffix)] = done
+    return dones
+
+
 def fold_key(fold: int) -> str:
     return f"fold_{fold}"
 
@@ -121,12 +132,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     cfg = _read_config(run_dir / "config.yaml")
     model, features, train = cfg.get("model") or {}, cfg.get("features") or {}, cfg.get("train") or {}
     n_folds = int((cfg.get("competition") or {}).get("n_folds") or 0)
-    dones: dict[int, dict[str, Any]] = {}
-    for done_path in sorted(run_dir.glob("fold*/done.json")):
-        done = _read_json(done_path)
-        suffix = done_path.parent.name.removeprefix("fold")
-        if done is not None and suffix.isdigit():
-            dones[int(suffix)] = done
+    dones = fold_dones(run_dir)
     metrics = _read_json(run_dir / "metrics.json") or {}
     scores = {fold: float(done["score"]) for fold, done in dones.items() if "score" in done}
     mean, std = _mean_std(scores.values())

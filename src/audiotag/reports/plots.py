@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from audiotag.core.atomic import atomic_path
 from audiotag.core.errors import DataError
+from audiotag.reports.leaderboard import fold_dones
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +46,7 @@ def save(fig: Figure, path: Path) -> Path:
 
 def fold_histories(run_dir: Path) -> dict[int, list[dict[str, Any]]]:
     """Per-epoch history of every finished fold: ``{fold: [{epoch, loss, score, lr, seconds}, ...]}``."""
-    out: dict[int, list[dict[str, Any]]] = {}
-    for done_path in sorted(Path(run_dir).glob("fold*/done.json")):
-        suffix = done_path.parent.name.removeprefix("fold")
-        try:
-            done = json.loads(done_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if suffix.isdigit() and done.get("history"):
-            out[int(suffix)] = list(done["history"])
-    return out
+    return {fold: list(done["history"]) for fold, done in fold_dones(run_dir).items() if done.get("history")}
 
 
 def learning_curves_figure(run_dir: Path, metric: str = "score") -> Figure | None:
@@ -223,14 +215,21 @@ def plot_run(comp: Any, run_dir: Path) -> list[Path]:
         written.append(save(fig, run_dir / "learning_curves.png"))
     oof = run_oof(comp, run_dir)
     if oof is not None:
-        truth, scores = oof
-        title = f"per-class AP: {run_dir.name} (OOF)"
-        written.append(
-            save(per_class_ap_figure(comp.classes, truth, scores, title), run_dir / "per_class_ap.png")
-        )
-        if comp.task == "single_label":
-            fig = confusion_figure(comp.classes, truth, scores, f"{run_dir.name} (OOF)")
-            written.append(save(fig, run_dir / "confusion.png"))
+        written += save_oof_figures(comp, *oof, run_dir.name, run_dir, "")
+    return written
+
+
+def save_oof_figures(
+    comp: Any, truth: np.ndarray, scores: np.ndarray, label: str, folder: Path, prefix: str
+) -> list[Path]:
+    """``<prefix>per_class_ap.png`` and (single label) ``<prefix>confusion.png`` of OOF predictions."""
+    title = f"per-class AP: {label} (OOF)"
+    written = [
+        save(per_class_ap_figure(comp.classes, truth, scores, title), folder / f"{prefix}per_class_ap.png")
+    ]
+    if comp.task == "single_label":
+        fig = confusion_figure(comp.classes, truth, scores, f"{label} (OOF)")
+        written.append(save(fig, folder / f"{prefix}confusion.png"))
     return written
 
 
@@ -239,17 +238,7 @@ def plot_blend(comp: Any, report_path: Path) -> list[Path]:
     report = json.loads(Path(report_path).read_text())
     name = str(report.get("name") or Path(report_path).stem)
     truth, scores = blend_oof(comp, report)
-    out = Path(report_path).parent
-    written = [
-        save(
-            per_class_ap_figure(comp.classes, truth, scores, f"per-class AP: blend {name} (OOF)"),
-            out / f"{name}.per_class_ap.png",
-        )
-    ]
-    if comp.task == "single_label":
-        fig = confusion_figure(comp.classes, truth, scores, f"blend {name} (OOF)")
-        written.append(save(fig, out / f"{name}.confusion.png"))
-    return written
+    return save_oof_figures(comp, truth, scores, f"blend {name}", Path(report_path).parent, f"{name}.")
 
 
 def plot_all(comp: Any, rows: pd.DataFrame, submissions_dir: Path) -> list[Path]:

@@ -132,10 +132,6 @@ def _nelder_mead_members(space: np.ndarray, score_space: ScoreFn, iterations: in
     return _nelder_mead(lambda w: score_space(weighted_sum(space, w)), starts, iterations)
 
 
-def _nelder_mead_column(score_weights: ScoreFn, start: np.ndarray, iterations: int) -> np.ndarray:
-    return _nelder_mead(score_weights, [start], iterations)
-
-
 @dataclass(frozen=True)
 class WeightSearch:
     """``members(space, score_space, iterations)``: one weight per member, (M,), for a blend space
@@ -148,7 +144,7 @@ class WeightSearch:
 
 WEIGHT_SEARCHES: dict[str, WeightSearch] = {
     "hill_climb": WeightSearch(_hill_climb_members, _hill_climb_column),
-    "scipy": WeightSearch(_nelder_mead_members, _nelder_mead_column),
+    "scipy": WeightSearch(_nelder_mead_members, lambda score, start, n: _nelder_mead(score, [start], n)),
 }
 WeightSearchName = Literal[tuple(WEIGHT_SEARCHES)]  # type: ignore[valid-type]  # the config's allowed values
 
