@@ -10,7 +10,6 @@ the Kaggle API when credentials exist (blank otherwise, with a note saying why).
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 from collections.abc import Iterable
@@ -27,7 +26,7 @@ from rich.table import Table
 
 from audiotag.competitions.submission import report_mismatch
 from audiotag.config.schema import CompetitionConfig
-from audiotag.core.atomic import atomic_write_text
+from audiotag.core.atomic import atomic_write_text, read_json_object
 from audiotag.core.jsonl import read_jsonl
 from audiotag.core.paths import submission_log, submissions_root
 from audiotag.fetch import kaggle as kaggle_client
@@ -73,14 +72,6 @@ class Leaderboard:
 # --------------------------------------------------------------------------- collecting
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
@@ -93,7 +84,7 @@ def fold_dones(run_dir: Path) -> dict[int, dict[str, Any]]:
     """The ``done.json`` of every finished fold that reads as a JSON object, by fold."""
     dones: dict[int, dict[str, Any]] = {}
     for done_path in sorted(Path(run_dir).glob("fold*/done.json")):
-        done = _read_json(done_path)
+        done = read_json_object(done_path)
         suffix = done_path.parent.name.removeprefix("fold")
         if done is not None and suffix.isdigit():
             dones[int(suffix)] = done
@@ -133,7 +124,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     model, features, train = cfg.get("model") or {}, cfg.get("features") or {}, cfg.get("train") or {}
     n_folds = int((cfg.get("competition") or {}).get("n_folds") or 0)
     dones = fold_dones(run_dir)
-    metrics = _read_json(run_dir / "metrics.json") or {}
+    metrics = read_json_object(run_dir / "metrics.json") or {}
     scores = {fold: float(done["score"]) for fold, done in dones.items() if "score" in done}
     mean, std = _mean_std(scores.values())
     n_folds = max(n_folds, len(dones))
@@ -280,7 +271,7 @@ def build_leaderboard(
     reports: dict[str, dict[str, Any]] = {}
     matching: list[tuple[Path, dict[str, Any]]] = []
     for report_path in sorted(sub_dir.glob("*.json")) if sub_dir.is_dir() else []:
-        report = _read_json(report_path)
+        report = read_json_object(report_path)
         if report is None or "blend" not in report:
             continue
         problem = report_mismatch(report_path.with_suffix(".csv"), report)

@@ -430,14 +430,10 @@ def macro_f1_multilabel(truth: np.ndarray, scores: np.ndarray) -> float:
 # --------------------------------------------------------------------------- registry
 
 
-def _map_value(truth: np.ndarray, scores: np.ndarray) -> float:
-    return mean_average_precision(truth, scores).value
-
-
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "map3": partial(map_at_k, k=3),
     "lwlrap": lwlrap,
-    "map": _map_value,
+    "map": lambda truth, scores: mean_average_precision(truth, scores).value,
     "accuracy": accuracy,
     "macro_f1": macro_f1,
     "macro_f1@0.5": macro_f1_multilabel,  # what ``metric: macro_f1`` of multi-label data becomes (config)
