@@ -171,7 +171,7 @@ def predict_probe_member(
     clip_ids: list[str],
     classes: list[str],
     device: Any,
-    embedded: dict[str, np.ndarray] | None = None,
+    embedded: dict[str, np.ndarray],
 ) -> list[np.ndarray]:
     """Each fold's scores of a linear-probe member: the clips embedded as the run's embedding cache
     embedded them (the model, weights, front-end ``features``, input normalisation, windows and layers
@@ -181,7 +181,6 @@ def predict_probe_member(
     from audiotag.models.probe_head import load_probe
     from audiotag.models.representation import EmbeddingConfig
 
-    embedded = {} if embedded is None else embedded
     member_dir = bundle / "members" / member["name"]
     weights = bundled_weights(bundle, member)
     shipped = (member.get("embedding_weights") or {}).get("sha256")

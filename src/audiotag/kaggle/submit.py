@@ -33,7 +33,6 @@ from audiotag.core.jsonl import append_jsonl
 from audiotag.core.paths import submission_log
 from audiotag.fetch import kaggle as kaggle_client
 from audiotag.fetch.kaggle import (
-    ApiFactory,
     KaggleError,
     error_detail,
     http_status,
@@ -160,8 +159,6 @@ def submit_file(
     message: str,
     competition: str | None = None,
     slug: str | None = None,
-    factory: ApiFactory | None = None,
-    log_file: Path | None = None,
     overrides: Sequence[str] = (),
 ) -> SubmissionRecord:
     """Validate ``path``, submit it to Kaggle with ``message``, log it, and return the log record.
@@ -216,7 +213,7 @@ def submit_file(
         members=sorted((report or {}).get("members") or {}),
         ensemble=(report or {}).get("name"),
     )
-    api = kaggle_client.authenticated_api(factory or kaggle_client.KAGGLE_API_FACTORY)
+    api = kaggle_client.authenticated_api(kaggle_client.KAGGLE_API_FACTORY)
     secrets = secrets_of(api)
     log.info("submitting %s (sha256 %s…) to Kaggle competition %s", path, record.sha256[:12], slug)
     try:
@@ -231,5 +228,5 @@ def submit_file(
     if text.startswith(UPLOAD_FAILED):
         raise KaggleError(f"the upload of {path} to Kaggle failed ({text}); nothing was logged; run again")
     record.reply, record.ref = text, ref
-    append_jsonl(log_file or submission_log(), asdict(record))
+    append_jsonl(submission_log(), asdict(record))
     return record

@@ -210,17 +210,13 @@ def match_score(
 
 
 def attach_lb(
-    rows: list[dict[str, Any]],
-    entries: list[dict[str, Any]],
-    slugs: list[str],
-    notes: list[str],
-    factory: kaggle_client.ApiFactory | None,
+    rows: list[dict[str, Any]], entries: list[dict[str, Any]], slugs: list[str], notes: list[str]
 ) -> None:
     """Fill public_lb/private_lb of submission rows from the Kaggle API; a note when that is impossible."""
     fetched: dict[str, list[kaggle_client.KaggleScore]] = {}
     for slug in slugs:
         try:
-            fetched[slug] = kaggle_client.fetch_scores(slug, factory)
+            fetched[slug] = kaggle_client.fetch_scores(slug)
         except kaggle_client.MissingCredentials:
             notes.append(
                 "public/private LB are blank: no Kaggle credentials (set KAGGLE_API_TOKEN or "
@@ -242,12 +238,7 @@ def attach_lb(
         row["lb_status"] = match.status.lower() or "?"
 
 
-def build_leaderboard(
-    competition: str | CompetitionConfig,
-    with_lb: bool = True,
-    factory: kaggle_client.ApiFactory | None = None,
-    log_file: Path | None = None,
-) -> Leaderboard:
+def build_leaderboard(competition: str | CompetitionConfig, with_lb: bool = True) -> Leaderboard:
     """Collect every run, blend and logged submission of ``competition`` (a name, a YAML path or the
     loaded config) into one table."""
     from audiotag.competitions import get_competition
@@ -265,7 +256,7 @@ def build_leaderboard(
                 rows.append(run_row(run_dir))
     if not rows:
         notes.append(f"no runs in {runs_dir} yet (./run.sh train -c {comp.name})")
-    entries = [e for e in read_jsonl(log_file or submission_log()) if e.get("competition") == comp.name]
+    entries = [e for e in read_jsonl(submission_log()) if e.get("competition") == comp.name]
     submitted = {str(e.get("file")) for e in entries}
     sub_dir = submissions_root() / comp.name
     reports: dict[str, dict[str, Any]] = {}
@@ -287,7 +278,7 @@ def build_leaderboard(
     sub_rows = [submission_row(e, reports.get(str(e.get("file")))) for e in entries]
     if entries and with_lb:
         slugs = sorted({str(e.get("slug")) for e in entries if e.get("slug")})
-        attach_lb(sub_rows, entries, slugs, notes, factory)
+        attach_lb(sub_rows, entries, slugs, notes)
     elif entries:
         notes.append("public/private LB not read (--no-lb)")
     rows += sub_rows
