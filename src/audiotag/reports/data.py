@@ -1,13 +1,7 @@
-"""What the HTML report shows, collected from a competition's files (no figures, no HTML here).
-
-- the leaderboard (``leaderboard.build_leaderboard``);
-- every run: its per-epoch history (``fold*/done.json``) and its resolved config (``config.yaml``)
-  against the experiment file it came from, found by the experiment's name under
-  ``configs/experiments/`` (the competition's folder first);
-- every ensemble report beside the submissions: its CV table, weights, nested CV, and the blend's
-  OOF predictions with its best member's on the same clips (``plots.blend_oof_members``); without an
-  ensemble, the best run's OOF predictions;
-- the clip table's statistics and the feature caches' unusable-audio reports (``report.csv``).
+"""What the HTML report shows, collected from a competition's files (no figures, no HTML here): the
+leaderboard, every run's history and config against its experiment file, every ensemble report with
+its blend's and best member's OOF predictions (else the best run's), the clip table's statistics and
+the feature caches' unusable-audio reports.
 
 Anything that cannot be read becomes a note on the page rather than an error: a report is read when
 something looks wrong, so it shows what it can.

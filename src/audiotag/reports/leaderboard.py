@@ -28,6 +28,7 @@ from audiotag.competitions.submission import report_mismatch
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.atomic import atomic_write_text, read_json_object
 from audiotag.core.jsonl import read_jsonl
+from audiotag.core.log import human_duration
 from audiotag.core.paths import submission_log, submissions_root
 from audiotag.fetch import kaggle as kaggle_client
 
@@ -312,12 +313,7 @@ def _num(value: Any, digits: int = 4) -> str:
 def human_seconds(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    seconds = float(value)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return human_duration(value)  # never negative here: times and durations
 
 
 def _text(value: Any) -> str:

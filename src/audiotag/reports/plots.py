@@ -153,10 +153,15 @@ def cv_vs_lb_figure(rows: pd.DataFrame, metric: str) -> Figure | None:
 # --------------------------------------------------------------------------- predictions to plot
 
 
-def oof_truth(comp: Any, clip_ids: list[str], scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(truth, scores) of the OOF clips the CV is scored on: the verified ones when there are any."""
+def run_oof(comp: Any, run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(truth, scores) of a run's OOF clips the CV is scored on: the verified ones when there are any."""
     from audiotag.data.meta import read_meta
+    from audiotag.scoring.predictions import read_predictions
 
+    path = Path(run_dir) / "oof.parquet"
+    if not path.is_file():
+        return None
+    clip_ids, scores = read_predictions(path, comp.classes)
     table = read_meta(comp.meta_path).set_index("clip_id")
     missing = [c for c in clip_ids if c not in table.index]
     if missing:
@@ -166,16 +171,6 @@ def oof_truth(comp: Any, clip_ids: list[str], scores: np.ndarray) -> tuple[np.nd
     verified = rows["verified"].to_numpy(dtype=bool)
     keep = verified if verified.any() else np.ones(len(rows), dtype=bool)
     return truth[keep], scores[keep]
-
-
-def run_oof(comp: Any, run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    from audiotag.scoring.predictions import read_predictions
-
-    path = Path(run_dir) / "oof.parquet"
-    if not path.is_file():
-        return None
-    ids, scores = read_predictions(path, comp.classes)
-    return oof_truth(comp, ids, scores)
 
 
 def blend_oof(comp: Any, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
