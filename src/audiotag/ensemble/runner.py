@@ -218,7 +218,7 @@ def blend_report(
         "nested": None,
         "test_score": comp.score_test(test_ids, blend.test) if has_test else None,
     }
-    if blend.fitted.per_class:
+    if "weights_per_class" in recorded:
         report["weights_per_class"] = recorded["weights_per_class"]
     if blend.nested is not None:
         report["nested"] = {
@@ -274,7 +274,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         submission=path if has_test else None,
         test_score=test_score,
         lines=score_lines(cfg, members, blend, stacked, overlap),
-        weights=blend.fitted.member_weights(),
+        weights=blend.fitted.to_json()["weights"],
         submitted=submitted,
         best_member=best.name,
         gain=fold_mean(final_scores) - best.mean,

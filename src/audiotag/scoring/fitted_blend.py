@@ -40,10 +40,6 @@ class FittedBlend:
             n_classes = self.weights.shape[1]
         return normalise_weights(self.weights, len(self.members), n_classes)
 
-    @property
-    def per_class(self) -> bool:
-        return self.weights.ndim == 2
-
     def combine(self, space: np.ndarray) -> np.ndarray:
         """The blend of the members already in blend space (M, n, C)."""
         return self.rule.combine(space, self.normalised)
@@ -52,17 +48,14 @@ class FittedBlend:
         """The test rule: each member's fold models' predictions averaged by the rule, then blended."""
         return self.combine(np.stack([self.rule.fold_average(folds) for folds in fold_predictions]))
 
-    def member_weights(self) -> dict[str, float]:
-        return member_weights(self.members, self.normalised)
-
     def to_json(self) -> dict[str, Any]:
         """What the ensemble report records of the blend (the report places these keys)."""
         out: dict[str, Any] = {
             "method": self.rule.method,
             "power": self.rule.power if self.rule.method == "power" else None,
-            "weights": self.member_weights(),
+            "weights": member_weights(self.members, self.normalised),
         }
-        if self.per_class:
+        if self.weights.ndim == 2:  # per class
             out["weights_per_class"] = {
                 name: dict(zip(self.classes, map(float, row), strict=True))
                 for name, row in zip(self.members, self.normalised, strict=True)
