@@ -3,8 +3,9 @@ that let them be blended (same fold file, classes and test clips; enough common 
 
 A member is a run, all folds of it. Its predictions are aligned with the other members' by clip id;
 a member whose test clips, classes or fold file differ is refused with the reason. Members may
-predict different OOF clips: they are then compared on the OOF clips common to all of them, with a
-warning, as long as those are at least ``min_oof_overlap`` of the clips any member predicts.
+predict different OOF clips (runs whose caches skipped different unusable clips, or a run trained on
+fewer clips): they are then compared on the OOF clips common to all of them, with a warning, as long
+as those are at least ``min_oof_overlap`` of the clips any member predicts, and refused otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from audiotag.competitions import Competition
 from audiotag.competitions.folds import load_folds
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import DataError
+from audiotag.data.meta import read_meta
 from audiotag.scoring.fold_scores import FoldScores
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,6 @@ class Member(FoldScores):
     oof_folds: np.ndarray
     test_ids: list[str]
     test_folds: list[np.ndarray]
-
-    @property
-    def test(self) -> np.ndarray:
-        """Arithmetic mean of the fold models' test predictions (the run's own test.parquet)."""
-        return np.mean(np.stack(self.test_folds), axis=0)
 
 
 def read_member_predictions(path: Path, classes: list[str], member: str) -> tuple[list[str], np.ndarray]:
@@ -215,8 +212,8 @@ def warn_dropped_oof(overlap: OofOverlap) -> None:
     )
 
 
-def check_members(members: list[Member], min_oof_overlap: float) -> pd.DataFrame:
-    """Refuse members that cannot be blended; return the shared fold table (clip_id, fold)."""
+def check_members(members: list[Member], min_oof_overlap: float) -> None:
+    """Refuse members that cannot be blended."""
     first = members[0]
     for other in members[1:]:
         if other.folds_sha256 != first.folds_sha256:
@@ -256,7 +253,6 @@ def check_members(members: list[Member], min_oof_overlap: float) -> pd.DataFrame
                 "or leave the member out)"
             )
     check_oof_overlap(members, min_oof_overlap)
-    return folds
 
 
 def align(members: list[Member]) -> tuple[list[str], list[str]]:
@@ -294,3 +290,27 @@ def scored_rows(
             log.warning("ensemble: fold %d has no verified clip; scoring it on all of its clips", fold)
             scored |= in_fold
     return truth, scored
+
+
+@dataclass
+class Aligned:
+    """Members read, checked and aligned on their common OOF clips (``align``), with the truth of those
+    clips and the mask of the scored ones (``scored_rows``); ``overlap`` as it was before aligning."""
+
+    members: list[Member]
+    overlap: OofOverlap
+    oof_ids: list[str]
+    test_ids: list[str]
+    truth: np.ndarray
+    scored: np.ndarray
+
+
+def load_aligned(comp: Competition, names: list[str], min_oof_overlap: float, with_test: bool) -> Aligned:
+    """The runs ``names`` as blendable members, as the ensemble stage and its plots read them."""
+    members = [load_member(comp, name, with_test=with_test) for name in names]
+    meta = read_meta(comp.meta_path)
+    check_members(members, min_oof_overlap)
+    overlap = oof_overlap(members)
+    oof_ids, test_ids = align(members)
+    truth, scored = scored_rows(comp, meta, oof_ids, members[0].oof_folds)
+    return Aligned(members, overlap, oof_ids, test_ids, truth, scored)

@@ -1,12 +1,8 @@
 """The ensemble stage: blend (or stack) finished runs on their OOF predictions, apply the result to
 their test predictions, report every CV number, write the submission.
 
-Members are runs, all folds of each. Their predictions are aligned by clip id; a member whose test
-clips, classes or fold file differ from the others' is refused with the reason. Members may predict
-different OOF clips (runs whose caches skipped different unusable clips, or a run trained on fewer
-clips): they are blended and scored on the OOF clips common to all of them, with a warning, as long as
-those are at least ``min_oof_overlap`` of the clips any member predicts, and refused otherwise. The
-numbers, all on those common clips:
+Members are runs, all folds of each, aligned on the OOF clips common to all of them (``members``).
+The numbers, all on those common clips:
 
 - every member's CV: the competition metric per fold on the scored OOF clips (verified clips of the
   fold, or all of them when the fold has none), recomputed here from the fold files so that members
@@ -44,15 +40,7 @@ from audiotag.core.atomic import atomic_write_json
 from audiotag.core.log import progress
 from audiotag.core.paths import submissions_root
 from audiotag.data.meta import read_meta
-from audiotag.ensemble.members import (
-    Member,
-    OofOverlap,
-    align,
-    check_members,
-    load_member,
-    oof_overlap,
-    scored_rows,
-)
+from audiotag.ensemble.members import Aligned, Member, OofOverlap, load_aligned
 from audiotag.scoring.blend import BlendRule, OofScorer
 from audiotag.scoring.fitted_blend import Blend, FittedBlend, member_weights
 from audiotag.scoring.fold_scores import FoldScores, fold_mean, fold_std
@@ -121,15 +109,10 @@ class BlendOutcome:
     test: np.ndarray
 
 
-def blend_of(cfg: EnsembleConfig) -> Blend:
-    rule = BlendRule(cfg.method, cfg.power)
-    return Blend(rule, cfg.weights, cfg.search, cfg.iterations, cfg.per_class)
-
-
 def fit_blend(
     cfg: EnsembleConfig, members: list[Member], scored: np.ndarray, scorer: OofScorer, classes: list[str]
 ) -> BlendOutcome:
-    blend = blend_of(cfg)
+    blend = Blend(BlendRule(cfg.method, cfg.power), cfg.weights, cfg.search, cfg.iterations, cfg.per_class)
     names = [m.name for m in members]
     # OOF in blend space, scored clips only: for rank, ranks within each fold's scored clips.
     space = np.stack([blend.rule.forward(m.oof[scored], scorer.folds) for m in members])
@@ -180,12 +163,12 @@ def fit_stacking(
     test_features = np.mean(
         [logit_features([m.test_folds[k] for m in members]) for k in range(n_folds)], axis=0
     )
-    return scorer.fold_scores(held_out), stacker.fit(features, scorer.truth).apply(test_features)
+    return scorer.fold_scores(held_out), stacker.fit(features, scorer.truth)(test_features)
 
 
-def _member_note(overlap: OofOverlap | None, name: str) -> str:
+def _member_note(overlap: OofOverlap, name: str) -> str:
     """Where members' OOF clips differ, the note says every line is scored on the common clips."""
-    if overlap is None or not any(overlap.dropped.values()):
+    if not any(overlap.dropped.values()):
         return ""
     return f"on the {len(overlap.common)} common OOF clips ({len(overlap.dropped[name])} of its own left out)"
 
@@ -195,7 +178,7 @@ def score_lines(
     members: list[Member],
     blend: BlendOutcome,
     stacked: dict[int, float] | None,
-    overlap: OofOverlap | None = None,
+    overlap: OofOverlap,
 ) -> list[ScoreLine]:
     lines = [ScoreLine(m.name, m.fold_scores, _member_note(overlap, m.name)) for m in members]
     lines.append(
@@ -213,49 +196,29 @@ def score_lines(
     return lines
 
 
-@dataclass
-class Scored:
-    """The members aligned on their common OOF clips, and what every CV number is computed on."""
-
-    members: list[Member]
-    overlap: OofOverlap
-    oof_ids: list[str]
-    test_ids: list[str]
-    scored: np.ndarray
-    scorer: OofScorer
-
-    @property
-    def best(self) -> Member:
-        return max(self.members, key=lambda m: m.mean)
-
-
-def score_members(comp: Competition, cfg: EnsembleConfig, has_test: bool) -> Scored:
+def score_members(comp: Competition, cfg: EnsembleConfig, has_test: bool) -> tuple[Aligned, OofScorer]:
     """Read, check and align the members, and score each on the common scored OOF clips."""
-    members = [load_member(comp, name, with_test=has_test) for name in cfg.members]
-    meta = read_meta(comp.meta_path)
-    check_members(members, cfg.min_oof_overlap)
-    overlap = oof_overlap(members)
-    oof_ids, test_ids = align(members)
-    folds = members[0].oof_folds
-    truth, scored = scored_rows(comp, meta, oof_ids, folds)
-    scorer = OofScorer(comp.metric, truth[scored], folds[scored])
-    for m in members:
-        m.fold_scores = scorer.fold_scores(m.oof[scored])
-    return Scored(members, overlap, oof_ids, test_ids, scored, scorer)
+    data = load_aligned(comp, cfg.members, cfg.min_oof_overlap, with_test=has_test)
+    scorer = OofScorer(comp.metric, data.truth[data.scored], data.members[0].oof_folds[data.scored])
+    for m in data.members:
+        m.fold_scores = scorer.fold_scores(m.oof[data.scored])
+    return data, scorer
 
 
-def blend_report(comp: Competition, data: Scored, blend: BlendOutcome, has_test: bool) -> dict[str, Any]:
+def blend_report(
+    comp: Competition, test_ids: list[str], best: Member, blend: BlendOutcome, has_test: bool
+) -> dict[str, Any]:
     """The report's ``blend`` section: its CV, weights, nested CV and test score."""
-    best, recorded, names = data.best, blend.fitted.to_json(), blend.fitted.members
+    recorded, names = blend.fitted.to_json(), blend.fitted.members
     report: dict[str, Any] = {
         **_cv(blend.in_sample),
         "weights": recorded["weights"],
         "cv_kind": "in-sample (weights fit on all OOF)" if blend.searched else "fixed weights",
         "gain_over_best_member": fold_mean(blend.in_sample) - best.mean,
         "nested": None,
-        "test_score": comp.score_test(data.test_ids, blend.test) if has_test else None,
+        "test_score": comp.score_test(test_ids, blend.test) if has_test else None,
     }
-    if blend.fitted.per_class:
+    if "weights_per_class" in recorded:
         report["weights_per_class"] = recorded["weights_per_class"]
     if blend.nested is not None:
         report["nested"] = {
@@ -285,12 +248,13 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     # test.parquet and the ensemble writes no submission. Without a clip table yet, the members are
     # read first so that their error (nothing trained) is the one shown.
     has_test = not comp.meta_path.is_file() or bool((read_meta(comp.meta_path)["split"] == "test").any())
-    data = score_members(comp, cfg, has_test)
-    members, overlap, best = data.members, data.overlap, data.best
-    blend = fit_blend(cfg, members, data.scored, data.scorer, list(comp.classes))
+    data, scorer = score_members(comp, cfg, has_test)
+    members, overlap = data.members, data.overlap
+    best = max(members, key=lambda m: m.mean)
+    blend = fit_blend(cfg, members, data.scored, scorer, list(comp.classes))
     stacked: dict[int, float] | None = None
     if cfg.stacking is not None:
-        stacked, final_test = fit_stacking(cfg, members, data.scored, data.scorer)
+        stacked, final_test = fit_stacking(cfg, members, data.scored, scorer)
         final_scores, submitted = stacked, "stacking"
     else:
         final_test, submitted = blend.test, "blend"
@@ -310,7 +274,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         submission=path if has_test else None,
         test_score=test_score,
         lines=score_lines(cfg, members, blend, stacked, overlap),
-        weights=blend.fitted.member_weights(),
+        weights=blend.fitted.to_json()["weights"],
         submitted=submitted,
         best_member=best.name,
         gain=fold_mean(final_scores) - best.mean,
@@ -333,7 +297,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         "folds_file": members[0].folds_file,
         "members": {m.name: _cv(m.fold_scores) for m in members},
         "best_member": {"name": best.name, "mean": best.mean},
-        "blend": blend_report(comp, data, blend, has_test),
+        "blend": blend_report(comp, data.test_ids, best, blend, has_test),
         "stacking": None if stacked is None else stacking_report(cfg, stacked, best, test_score),
         "submitted": submitted,
         "cv": _cv(final_scores),

@@ -5,9 +5,7 @@
 ``prepare``), predicts with every fold of every member using the sliding windows of training's
 evaluation, averages the folds of each member, blends the members as the ensemble did, and writes
 ``submission.csv`` after validating it against the sample. A linear-probe member embeds the clips
-with its frozen model as its run's embedding cache did (``embedding_cache.embed_clips``: the same
-windows, layers and input normalisation, the weights file shipped in ``weights/``), then each fold's
-``probe.npz`` standardises and classifies them (:func:`predict_probe_member`).
+as its run's embedding cache did (:func:`predict_probe_member`).
 
 The package's layout (``bundle.json``, ``members/``, ``stacker_train.npz``) is written by
 ``stages/package.py``; the names both sides use are defined here. This module runs from the package's
@@ -110,7 +108,7 @@ def combine_members(
         test_features = np.mean(
             [logit_features([folds[k] for folds in fold_predictions]) for k in range(n_folds)], axis=0
         )
-        return Stacker.from_json(stacking).fit(data["features"], data["truth"]).apply(test_features)
+        return Stacker.from_json(stacking).fit(data["features"], data["truth"])(test_features)
     from audiotag.scoring.fitted_blend import FittedBlend
 
     members = [f"member {i}" for i in range(len(fold_predictions))]  # bundle.json lists them in this order
@@ -173,7 +171,7 @@ def predict_probe_member(
     clip_ids: list[str],
     classes: list[str],
     device: Any,
-    embedded: dict[str, np.ndarray] | None = None,
+    embedded: dict[str, np.ndarray],
 ) -> list[np.ndarray]:
     """Each fold's scores of a linear-probe member: the clips embedded as the run's embedding cache
     embedded them (the model, weights, front-end ``features``, input normalisation, windows and layers
@@ -183,7 +181,6 @@ def predict_probe_member(
     from audiotag.models.probe_head import load_probe
     from audiotag.models.representation import EmbeddingConfig
 
-    embedded = {} if embedded is None else embedded
     member_dir = bundle / "members" / member["name"]
     weights = bundled_weights(bundle, member)
     shipped = (member.get("embedding_weights") or {}).get("sha256")

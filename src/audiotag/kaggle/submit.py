@@ -6,14 +6,10 @@ appends one JSON line to ``submissions/log.jsonl``: time, competition, Kaggle sl
 CV of the blend and its members (from the report ``<name>.json`` the ensemble stage wrote beside the
 CSV), the message and Kaggle's reply. ``audiotag.core.jsonl.read_jsonl`` reads it back for the leaderboard.
 
-The client is built, signed in and its failures explained by :mod:`audiotag.fetch.kaggle` (shared with
-the competition download); every failure is one :class:`KaggleError` line that says what to do, and the
-daily submission limit is recognised here (:func:`explain`). Credential values never reach our output
-or the log: the client's own printing is discarded and every message built from its errors and
-replies is redacted.
-
-``audiotag.fetch.kaggle.KAGGLE_API_FACTORY`` builds the client; tests replace it with a fake, or
-point the real client at a local HTTP server (``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes it call ``http://localhost``).
+The client (``audiotag.fetch.kaggle.KAGGLE_API_FACTORY``, which tests replace with a fake) is built,
+signed in and its failures explained by :mod:`audiotag.fetch.kaggle`; the daily submission limit is
+recognised here (:func:`explain`). Credential values never reach our output or the log: the client's
+own printing is discarded and every message built from its errors and replies is redacted.
 """
 
 from __future__ import annotations
@@ -36,10 +32,7 @@ from audiotag.core.errors import ConfigError, DataError
 from audiotag.core.jsonl import append_jsonl
 from audiotag.core.paths import submission_log
 from audiotag.fetch import kaggle as kaggle_client
-
-# callers and tests use these as kaggle_submit.<name>; those not used here are re-exported (X as X)
 from audiotag.fetch.kaggle import (
-    ApiFactory,
     KaggleError,
     error_detail,
     http_status,
@@ -47,9 +40,6 @@ from audiotag.fetch.kaggle import (
     redact,
     secrets_of,
 )
-from audiotag.fetch.kaggle import CompetitionNotFound as CompetitionNotFound
-from audiotag.fetch.kaggle import MissingCredentials as MissingCredentials
-from audiotag.fetch.kaggle import RulesNotAccepted as RulesNotAccepted
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +159,6 @@ def submit_file(
     message: str,
     competition: str | None = None,
     slug: str | None = None,
-    factory: ApiFactory | None = None,
-    log_file: Path | None = None,
     overrides: Sequence[str] = (),
 ) -> SubmissionRecord:
     """Validate ``path``, submit it to Kaggle with ``message``, log it, and return the log record.
@@ -225,7 +213,7 @@ def submit_file(
         members=sorted((report or {}).get("members") or {}),
         ensemble=(report or {}).get("name"),
     )
-    api = kaggle_client.authenticated_api(factory or kaggle_client.KAGGLE_API_FACTORY)
+    api = kaggle_client.authenticated_api(kaggle_client.KAGGLE_API_FACTORY)
     secrets = secrets_of(api)
     log.info("submitting %s (sha256 %s…) to Kaggle competition %s", path, record.sha256[:12], slug)
     try:
@@ -240,5 +228,5 @@ def submit_file(
     if text.startswith(UPLOAD_FAILED):
         raise KaggleError(f"the upload of {path} to Kaggle failed ({text}); nothing was logged; run again")
     record.reply, record.ref = text, ref
-    append_jsonl(log_file or submission_log(), asdict(record))
+    append_jsonl(submission_log(), asdict(record))
     return record

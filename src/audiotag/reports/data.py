@@ -1,13 +1,7 @@
-"""What the HTML report shows, collected from a competition's files (no figures, no HTML here).
-
-- the leaderboard (``leaderboard.build_leaderboard``);
-- every run: its per-epoch history (``fold*/done.json``) and its resolved config (``config.yaml``)
-  against the experiment file it came from, found by the experiment's name under
-  ``configs/experiments/`` (the competition's folder first);
-- every ensemble report beside the submissions: its CV table, weights, nested CV, and the blend's
-  OOF predictions with its best member's on the same clips (``plots.blend_oof_members``); without an
-  ensemble, the best run's OOF predictions;
-- the clip table's statistics and the feature caches' unusable-audio reports (``report.csv``).
+"""What the HTML report shows, collected from a competition's files (no figures, no HTML here): the
+leaderboard, every run's history and config against its experiment file, every ensemble report with
+its blend's and best member's OOF predictions (else the best run's), the clip table's statistics and
+the feature caches' unusable-audio reports.
 
 Anything that cannot be read becomes a note on the page rather than an error: a report is read when
 something looks wrong, so it shows what it can.
@@ -28,11 +22,9 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from audiotag.competitions.submission import report_mismatch
 from audiotag.config.files import configs_root
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import AudiotagError
-from audiotag.core.paths import submissions_root
 from audiotag.data.cache_reader import OK, REPORT
 from audiotag.data.meta import read_meta
 from audiotag.reports.leaderboard import Leaderboard, build_leaderboard
@@ -192,25 +184,6 @@ def collect_runs(comp: Any, board: Leaderboard) -> list[RunFacts]:
     return runs
 
 
-def blend_reports(competition: str, notes: list[str]) -> list[tuple[Path, dict[str, Any]]]:
-    """The ensemble reports (``submissions/<comp>/*.json`` with a ``blend``) that match their CSV."""
-    folder = submissions_root() / competition
-    found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(report, dict) or "blend" not in report:
-            continue
-        problem = report_mismatch(path.with_suffix(".csv"), report) if report.get("submission") else None
-        if problem:
-            notes.append(f"{path.name} left out: {problem}")
-            continue
-        found.append((path, report))
-    return found
-
-
 def collect_blend(comp: Any, path: Path, report: dict[str, Any]) -> BlendFacts:
     name = str(report.get("name") or path.stem)
     facts = BlendFacts(name, report)
@@ -297,7 +270,7 @@ def collect(
     comp = get_competition(cfg)
     board = build_leaderboard(cfg, with_lb=with_lb)
     notes = list(board.notes)
-    reports = blend_reports(comp.name, notes)
+    reports = board.reports
     runs = collect_runs(comp, board)
     if ensemble is not None:
         reports = [

@@ -238,10 +238,7 @@ def blend_section(data: ReportData, figs: ReportFigures, facts: BlendFacts) -> s
     body += "<h3>Weights</h3>" + weights_table(report)
     body += notes([facts.note])
     if facts.blend is not None:
-        body += "<h3>Per-class AP and confusion</h3>" + row(
-            figure(figs.ap.get(facts.name), f"per-class AP of {facts.name}"),
-            figure(figs.confusion.get(facts.name), f"confusion matrix of {facts.name} (OOF, top 1)"),
-        )
+        body += "<h3>Per-class AP and confusion</h3>" + ap_and_confusion(figs, facts.name)
         body += ap_table(data, facts)
     return section(f"ensemble-{facts.name}", f"Ensemble {facts.name}", body)
 
@@ -250,11 +247,15 @@ def best_run_section(data: ReportData, figs: ReportFigures) -> str:
     assert data.best_run is not None
     name = data.best_run.name
     body = notes([f"no ensemble report yet: the best run's OOF predictions ({name})"])
-    body += row(
+    body += ap_and_confusion(figs, name)
+    return section("best-run", f"Best run: {name}", body)
+
+
+def ap_and_confusion(figs: ReportFigures, name: str) -> str:
+    return row(
         figure(figs.ap.get(name), f"per-class AP of {name}"),
         figure(figs.confusion.get(name), f"confusion matrix of {name} (OOF, top 1)"),
     )
-    return section("best-run", f"Best run: {name}", body)
 
 
 def run_block(data: ReportData, figs: ReportFigures, run: RunFacts) -> str:

@@ -10,7 +10,6 @@ the Kaggle API when credentials exist (blank otherwise, with a note saying why).
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 from collections.abc import Iterable
@@ -27,8 +26,9 @@ from rich.table import Table
 
 from audiotag.competitions.submission import report_mismatch
 from audiotag.config.schema import CompetitionConfig
-from audiotag.core.atomic import atomic_write_text
+from audiotag.core.atomic import atomic_write_text, read_json_object
 from audiotag.core.jsonl import read_jsonl
+from audiotag.core.log import human_duration
 from audiotag.core.paths import submission_log, submissions_root
 from audiotag.fetch import kaggle as kaggle_client
 
@@ -67,17 +67,10 @@ class Leaderboard:
     rows: pd.DataFrame
     fold_columns: list[str]
     notes: list[str] = field(default_factory=list)
+    reports: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)  # that match their CSV
 
 
 # --------------------------------------------------------------------------- collecting
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -86,6 +79,17 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def fold_dones(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """The ``done.json`` of every finished fold that reads as a JSON object, by fold."""
+    dones: dict[int, dict[str, Any]] = {}
+    for done_path in sorted(Path(run_dir).glob("fold*/done.json")):
+        done = read_json_object(done_path)
+        suffix = done_path.parent.name.removeprefix("fold")
+        if done is not None and suffix.isdigit():
+            dones[int(suffix)] = done
+    return dones
 
 
 def fold_key(fold: int) -> str:
@@ -120,13 +124,8 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     cfg = _read_config(run_dir / "config.yaml")
     model, features, train = cfg.get("model") or {}, cfg.get("features") or {}, cfg.get("train") or {}
     n_folds = int((cfg.get("competition") or {}).get("n_folds") or 0)
-    dones: dict[int, dict[str, Any]] = {}
-    for done_path in sorted(run_dir.glob("fold*/done.json")):
-        done = _read_json(done_path)
-        suffix = done_path.parent.name.removeprefix("fold")
-        if done is not None and suffix.isdigit():
-            dones[int(suffix)] = done
-    metrics = _read_json(run_dir / "metrics.json") or {}
+    dones = fold_dones(run_dir)
+    metrics = read_json_object(run_dir / "metrics.json") or {}
     scores = {fold: float(done["score"]) for fold, done in dones.items() if "score" in done}
     mean, std = _mean_std(scores.values())
     n_folds = max(n_folds, len(dones))
@@ -212,17 +211,13 @@ def match_score(
 
 
 def attach_lb(
-    rows: list[dict[str, Any]],
-    entries: list[dict[str, Any]],
-    slugs: list[str],
-    notes: list[str],
-    factory: kaggle_client.ApiFactory | None,
+    rows: list[dict[str, Any]], entries: list[dict[str, Any]], slugs: list[str], notes: list[str]
 ) -> None:
     """Fill public_lb/private_lb of submission rows from the Kaggle API; a note when that is impossible."""
     fetched: dict[str, list[kaggle_client.KaggleScore]] = {}
     for slug in slugs:
         try:
-            fetched[slug] = kaggle_client.fetch_scores(slug, factory)
+            fetched[slug] = kaggle_client.fetch_scores(slug)
         except kaggle_client.MissingCredentials:
             notes.append(
                 "public/private LB are blank: no Kaggle credentials (set KAGGLE_API_TOKEN or "
@@ -244,12 +239,7 @@ def attach_lb(
         row["lb_status"] = match.status.lower() or "?"
 
 
-def build_leaderboard(
-    competition: str | CompetitionConfig,
-    with_lb: bool = True,
-    factory: kaggle_client.ApiFactory | None = None,
-    log_file: Path | None = None,
-) -> Leaderboard:
+def build_leaderboard(competition: str | CompetitionConfig, with_lb: bool = True) -> Leaderboard:
     """Collect every run, blend and logged submission of ``competition`` (a name, a YAML path or the
     loaded config) into one table."""
     from audiotag.competitions import get_competition
@@ -267,27 +257,29 @@ def build_leaderboard(
                 rows.append(run_row(run_dir))
     if not rows:
         notes.append(f"no runs in {runs_dir} yet (./run.sh train -c {comp.name})")
-    entries = [e for e in read_jsonl(log_file or submission_log()) if e.get("competition") == comp.name]
+    entries = [e for e in read_jsonl(submission_log()) if e.get("competition") == comp.name]
     submitted = {str(e.get("file")) for e in entries}
     sub_dir = submissions_root() / comp.name
     reports: dict[str, dict[str, Any]] = {}
+    matching: list[tuple[Path, dict[str, Any]]] = []
     for report_path in sorted(sub_dir.glob("*.json")) if sub_dir.is_dir() else []:
-        report = _read_json(report_path)
+        report = read_json_object(report_path)
         if report is None or "blend" not in report:
             continue
         problem = report_mismatch(report_path.with_suffix(".csv"), report)
         if problem:  # a report that does not describe the CSV beside it says nothing about it
             log.warning("%s; its report is left out (run ./run.sh ensemble again)", problem)
-            notes.append(f"{report_path.name} left out: it does not match {report_path.stem}.csv")
+            notes.append(f"{report_path.name} left out: {problem}")
             continue
         csv_path = str(report_path.with_suffix(".csv").resolve())
         reports[csv_path] = report
+        matching.append((report_path, report))
         if csv_path not in submitted:
             rows.append(blend_row(report_path, report))
     sub_rows = [submission_row(e, reports.get(str(e.get("file")))) for e in entries]
     if entries and with_lb:
         slugs = sorted({str(e.get("slug")) for e in entries if e.get("slug")})
-        attach_lb(sub_rows, entries, slugs, notes, factory)
+        attach_lb(sub_rows, entries, slugs, notes)
     elif entries:
         notes.append("public/private LB not read (--no-lb)")
     rows += sub_rows
@@ -303,7 +295,7 @@ def build_leaderboard(
             ["cv_mean", "_order"], ascending=[not descending, True], na_position="last", kind="stable"
         )
         table = table.drop(columns="_order").reset_index(drop=True)
-    return Leaderboard(comp.name, comp.metric, table, fold_columns, notes)
+    return Leaderboard(comp.name, comp.metric, table, fold_columns, notes, matching)
 
 
 # --------------------------------------------------------------------------- showing
@@ -321,12 +313,7 @@ def _num(value: Any, digits: int = 4) -> str:
 def human_seconds(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    seconds = float(value)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return human_duration(value)  # never negative here: times and durations
 
 
 def _text(value: Any) -> str:

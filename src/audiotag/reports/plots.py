@@ -1,9 +1,5 @@
-"""Pictures of runs and submissions, drawn with matplotlib's Agg canvas (no display needed).
-
-- ``learning_curves``: training loss and validation score per epoch of every fold (``done.json``);
-- ``per_class_ap``: average precision of each class on the out-of-fold predictions (a run or a blend);
-- ``confusion``: true class against top-1 prediction, rows normalised (single-label competitions);
-- ``cv_vs_lb``: CV of each submission against its public leaderboard score.
+"""Pictures of runs and submissions (learning curves, per-class AP, confusion, CV vs LB), drawn with
+matplotlib's Agg canvas (no display needed).
 
 Each ``*_figure`` function returns a ``matplotlib.figure.Figure`` (the notebooks show them as they
 are); :func:`plot_run`, :func:`plot_blend` and :func:`plot_all` write PNG files next to the run or the
@@ -25,6 +21,7 @@ from matplotlib.figure import Figure
 
 from audiotag.core.atomic import atomic_path
 from audiotag.core.errors import DataError
+from audiotag.reports.leaderboard import fold_dones
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +46,7 @@ def save(fig: Figure, path: Path) -> Path:
 
 def fold_histories(run_dir: Path) -> dict[int, list[dict[str, Any]]]:
     """Per-epoch history of every finished fold: ``{fold: [{epoch, loss, score, lr, seconds}, ...]}``."""
-    out: dict[int, list[dict[str, Any]]] = {}
-    for done_path in sorted(Path(run_dir).glob("fold*/done.json")):
-        suffix = done_path.parent.name.removeprefix("fold")
-        try:
-            done = json.loads(done_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if suffix.isdigit() and done.get("history"):
-            out[int(suffix)] = list(done["history"])
-    return out
+    return {fold: list(done["history"]) for fold, done in fold_dones(run_dir).items() if done.get("history")}
 
 
 def learning_curves_figure(run_dir: Path, metric: str = "score") -> Figure | None:
@@ -165,10 +153,15 @@ def cv_vs_lb_figure(rows: pd.DataFrame, metric: str) -> Figure | None:
 # --------------------------------------------------------------------------- predictions to plot
 
 
-def oof_truth(comp: Any, clip_ids: list[str], scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(truth, scores) of the OOF clips the CV is scored on: the verified ones when there are any."""
+def run_oof(comp: Any, run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(truth, scores) of a run's OOF clips the CV is scored on: the verified ones when there are any."""
     from audiotag.data.meta import read_meta
+    from audiotag.scoring.predictions import read_predictions
 
+    path = Path(run_dir) / "oof.parquet"
+    if not path.is_file():
+        return None
+    clip_ids, scores = read_predictions(path, comp.classes)
     table = read_meta(comp.meta_path).set_index("clip_id")
     missing = [c for c in clip_ids if c not in table.index]
     if missing:
@@ -178,16 +171,6 @@ def oof_truth(comp: Any, clip_ids: list[str], scores: np.ndarray) -> tuple[np.nd
     verified = rows["verified"].to_numpy(dtype=bool)
     keep = verified if verified.any() else np.ones(len(rows), dtype=bool)
     return truth[keep], scores[keep]
-
-
-def run_oof(comp: Any, run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    from audiotag.scoring.predictions import read_predictions
-
-    path = Path(run_dir) / "oof.parquet"
-    if not path.is_file():
-        return None
-    ids, scores = read_predictions(path, comp.classes)
-    return oof_truth(comp, ids, scores)
 
 
 def blend_oof(comp: Any, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -201,21 +184,18 @@ def blend_oof_members(
     comp: Any, report: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """``blend_oof``'s (truth, blend), and each member's OOF predictions on the same clips."""
-    from audiotag.data.meta import read_meta
-    from audiotag.ensemble.members import align, check_members, load_member, scored_rows
+    from audiotag.ensemble.members import load_aligned
     from audiotag.scoring.fitted_blend import FittedBlend
 
     names = list(report.get("members") or {})
     if not names:
         raise DataError(f"ensemble report {report.get('name')!r} lists no members")
-    members = [load_member(comp, name, with_test=False) for name in names]  # OOF is all it needs
-    check_members(members, min_oof_overlap=0.0)  # the ensemble stage accepted these members already
-    oof_ids, _ = align(members)
-    folds = members[0].oof_folds
-    truth, scored = scored_rows(comp, read_meta(comp.meta_path), oof_ids, folds)
+    # OOF is all it needs; min_oof_overlap 0: the ensemble stage accepted these members already
+    data = load_aligned(comp, names, min_oof_overlap=0.0, with_test=False)
+    members, scored, folds = data.members, data.scored, data.members[0].oof_folds
     fitted = FittedBlend.from_json(report, comp.classes, names)
     space = np.stack([fitted.rule.forward(m.oof[scored], folds[scored]) for m in members])
-    return truth[scored], fitted.combine(space), {m.name: m.oof[scored] for m in members}
+    return data.truth[scored], fitted.combine(space), {m.name: m.oof[scored] for m in members}
 
 
 # --------------------------------------------------------------------------- files
@@ -230,14 +210,21 @@ def plot_run(comp: Any, run_dir: Path) -> list[Path]:
         written.append(save(fig, run_dir / "learning_curves.png"))
     oof = run_oof(comp, run_dir)
     if oof is not None:
-        truth, scores = oof
-        title = f"per-class AP: {run_dir.name} (OOF)"
-        written.append(
-            save(per_class_ap_figure(comp.classes, truth, scores, title), run_dir / "per_class_ap.png")
-        )
-        if comp.task == "single_label":
-            fig = confusion_figure(comp.classes, truth, scores, f"{run_dir.name} (OOF)")
-            written.append(save(fig, run_dir / "confusion.png"))
+        written += save_oof_figures(comp, *oof, run_dir.name, run_dir, "")
+    return written
+
+
+def save_oof_figures(
+    comp: Any, truth: np.ndarray, scores: np.ndarray, label: str, folder: Path, prefix: str
+) -> list[Path]:
+    """``<prefix>per_class_ap.png`` and (single label) ``<prefix>confusion.png`` of OOF predictions."""
+    title = f"per-class AP: {label} (OOF)"
+    written = [
+        save(per_class_ap_figure(comp.classes, truth, scores, title), folder / f"{prefix}per_class_ap.png")
+    ]
+    if comp.task == "single_label":
+        fig = confusion_figure(comp.classes, truth, scores, f"{label} (OOF)")
+        written.append(save(fig, folder / f"{prefix}confusion.png"))
     return written
 
 
@@ -246,17 +233,7 @@ def plot_blend(comp: Any, report_path: Path) -> list[Path]:
     report = json.loads(Path(report_path).read_text())
     name = str(report.get("name") or Path(report_path).stem)
     truth, scores = blend_oof(comp, report)
-    out = Path(report_path).parent
-    written = [
-        save(
-            per_class_ap_figure(comp.classes, truth, scores, f"per-class AP: blend {name} (OOF)"),
-            out / f"{name}.per_class_ap.png",
-        )
-    ]
-    if comp.task == "single_label":
-        fig = confusion_figure(comp.classes, truth, scores, f"blend {name} (OOF)")
-        written.append(save(fig, out / f"{name}.confusion.png"))
-    return written
+    return save_oof_figures(comp, truth, scores, f"blend {name}", Path(report_path).parent, f"{name}.")
 
 
 def plot_all(comp: Any, rows: pd.DataFrame, submissions_dir: Path) -> list[Path]:

@@ -20,10 +20,6 @@ blend never depends on another fold's predictions. Test predictions of a member 
 fold models by the same rule (``BlendRule.fold_average``): the mean over folds of ``g`` of each fold
 model's test predictions; for ``rank`` each fold model's test predictions are ranked over all test
 clips, then the ranks are averaged over the fold models.
-
-``OofScorer`` is what a blend is measured by: the mean of the per-fold scores on the scored OOF clips.
-The weight searches are in ``weight_search``; a fitted blend (rule, members, weights) is
-``fitted_blend.FittedBlend``.
 """
 
 from __future__ import annotations
@@ -35,16 +31,6 @@ from typing import Literal
 import numpy as np
 
 from audiotag.scoring import metrics
-
-__all__ = [
-    "METHODS",
-    "BlendMethod",
-    "BlendRule",
-    "OofScorer",
-    "normalise_weights",
-    "scaled_ranks",
-    "weighted_sum",
-]
 
 METHODS: tuple[str, ...] = ("mean", "geometric", "power", "rank")  # the blend rules, as configs name them
 BlendMethod = Literal[METHODS]  # type: ignore[valid-type]  # the config schema's allowed values

@@ -1,18 +1,9 @@
-"""A blend as one object, scikit-learn style: ``Blend(...).fit(...)`` gives a ``FittedBlend``.
-
-A ``FittedBlend`` is a blend rule, the members in order, and their weights ((M,) or, per class,
-(M, C)). It applies itself to OOF predictions (``combine`` of a blend space) and to test predictions
-(``apply``: each member's fold models averaged by the rule, then the weighted blend). It is written in
-two places, and read back from both:
-
-- the ensemble report (``to_json`` / ``from_json``): ``method`` and ``power`` at the top of the report,
-  each member's weight (its mean over classes) in ``blend.weights`` and, per class,
-  ``blend.weights_per_class``;
-- the Kaggle package's ``bundle.json`` (``to_spec`` / ``from_spec``): ``method``, ``power`` and the
-  weights as a list (of lists, per class) in member order.
-
-``weights`` holds the numbers as fitted or recorded; every use scales each column to sum 1 (as
-``normalise_weights`` checks and scales them), so a blend read back blends as the one written.
+"""A blend as one object, scikit-learn style: ``Blend(...).fit(...)`` gives a ``FittedBlend``: a rule,
+the members in order and their weights ((M,), or (M, C) per class), which it applies to OOF
+(``combine``) and test predictions (``apply``). It is written to, and read back from, the ensemble
+report (``to_json`` / ``from_json``) and the Kaggle package's ``bundle.json`` (``to_spec`` /
+``from_spec``). ``weights`` holds the numbers as fitted or recorded; every use scales each column to
+sum 1 (``normalise_weights``), so a blend read back blends as the one written.
 """
 
 from __future__ import annotations
@@ -24,9 +15,7 @@ from typing import Any
 import numpy as np
 
 from audiotag.scoring.blend import BlendRule, OofScorer, normalise_weights
-from audiotag.scoring.weight_search import WEIGHT_SEARCHES, searched_weights
-
-__all__ = ["Blend", "FittedBlend", "member_weights"]
+from audiotag.scoring.weight_search import WEIGHT_SEARCHES, search_weights
 
 
 def member_weights(members: Sequence[str], weights: np.ndarray) -> dict[str, float]:
@@ -51,10 +40,6 @@ class FittedBlend:
             n_classes = self.weights.shape[1]
         return normalise_weights(self.weights, len(self.members), n_classes)
 
-    @property
-    def per_class(self) -> bool:
-        return self.weights.ndim == 2
-
     def combine(self, space: np.ndarray) -> np.ndarray:
         """The blend of the members already in blend space (M, n, C)."""
         return self.rule.combine(space, self.normalised)
@@ -63,17 +48,14 @@ class FittedBlend:
         """The test rule: each member's fold models' predictions averaged by the rule, then blended."""
         return self.combine(np.stack([self.rule.fold_average(folds) for folds in fold_predictions]))
 
-    def member_weights(self) -> dict[str, float]:
-        return member_weights(self.members, self.normalised)
-
     def to_json(self) -> dict[str, Any]:
         """What the ensemble report records of the blend (the report places these keys)."""
         out: dict[str, Any] = {
             "method": self.rule.method,
             "power": self.rule.power if self.rule.method == "power" else None,
-            "weights": self.member_weights(),
+            "weights": member_weights(self.members, self.normalised),
         }
-        if self.per_class:
+        if self.weights.ndim == 2:  # per class
             out["weights_per_class"] = {
                 name: dict(zip(self.classes, map(float, row), strict=True))
                 for name, row in zip(self.members, self.normalised, strict=True)
@@ -125,12 +107,6 @@ class Blend:
     def searches(self, n_members: int) -> bool:
         return self.weights == "search" and n_members > 1
 
-    def search_weights(self, space: np.ndarray, scorer: OofScorer) -> np.ndarray:
-        """Searched weights for a blend space (M, n, C) before their columns are scaled to sum 1."""
-        return searched_weights(
-            space, self.rule, scorer, search=self.search, iterations=self.iterations, per_class=self.per_class
-        )
-
     def fit(
         self, members: Sequence[str], space: np.ndarray, scorer: OofScorer, classes: Sequence[str]
     ) -> FittedBlend:
@@ -138,8 +114,16 @@ class Blend:
         n_members = len(members)
         if isinstance(self.weights, dict):
             weights = np.array([self.weights[m] for m in members], dtype=np.float64)
-        elif self.searches(n_members):
-            weights = self.search_weights(space, scorer)
+        elif self.searches(n_members):  # as searched: FittedBlend scales the columns to sum 1
+            weights = search_weights(
+                space,
+                self.rule,
+                scorer,
+                search=self.search,
+                iterations=self.iterations,
+                per_class=self.per_class,
+                scaled=False,
+            )
         else:
             weights = np.ones(n_members)
         return FittedBlend(self.rule, tuple(members), weights, tuple(classes))

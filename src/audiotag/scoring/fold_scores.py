@@ -19,10 +19,7 @@ def fold_std(scores: Mapping[int, float]) -> float:
 
 class FoldScores:
     """Mixin for a dataclass with a ``fold_scores: dict[int, float]`` field: its ``mean`` and ``std``.
-
-    The annotation below only tells type checkers what the mixin reads; being a plain class (not a
-    dataclass), it adds no field, so the dataclass's own fields and their order are unchanged.
-    """
+    A plain class (the annotation is for type checkers), so it adds no dataclass field."""
 
     fold_scores: dict[int, float]
 

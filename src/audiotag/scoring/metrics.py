@@ -3,17 +3,7 @@
 Notation: ``scores`` is an (n_clips, n_classes) array of real, finite scores (higher = more likely);
 ``truth`` is a binary (n_clips, n_classes) matrix of the same shape, or, for the single-label metric
 MAP@k and accuracy, an integer array (n_clips,) of class indices. Every function checks its inputs and raises
-ValueError naming what is wrong.
-
-- ``map_at_k``: MAP@3 of Freesound General-Purpose Audio Tagging 2018.
-- ``accuracy``: share of single-label clips whose top-scored class is the true one (ESC-50).
-- ``lwlrap`` / ``per_class_lwlrap``: label-weighted label-ranking average precision of Freesound
-  Audio Tagging 2019.
-- ``average_precision_per_class`` / ``mean_average_precision``: per-class AP and its macro mean
-  (AudioSet-style mAP).
-- ``roc_auc_per_class`` / ``macro_roc_auc`` / ``d_prime``: ROC AUC per class, its macro mean, d'.
-- ``f1_per_class`` / ``macro_f1`` (single-label: the top-scored class is the prediction) and
-  ``macro_f1_multilabel`` (multi-label: every class scored >= 0.5 is predicted).
+ValueError naming what is wrong. Each function's docstring gives its formula and source.
 
 ``METRICS`` maps the metric names used in configs to ``f(truth, scores) -> float``; ``score`` dispatches.
 The config schema takes its allowed metric names from ``METRICS``, so scipy is imported only where a
@@ -28,26 +18,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-
-__all__ = [
-    "METRICS",
-    "MAPResult",
-    "accuracy",
-    "average_precision_per_class",
-    "d_prime",
-    "f1_per_class",
-    "higher_is_better",
-    "lwlrap",
-    "macro_f1",
-    "macro_f1_multilabel",
-    "macro_roc_auc",
-    "map_at_k",
-    "mean_average_precision",
-    "per_class_lwlrap",
-    "roc_auc_per_class",
-    "score",
-    "top_k",
-]
 
 _NUMERIC_KINDS = "biuf"
 
@@ -460,14 +430,10 @@ def macro_f1_multilabel(truth: np.ndarray, scores: np.ndarray) -> float:
 # --------------------------------------------------------------------------- registry
 
 
-def _map_value(truth: np.ndarray, scores: np.ndarray) -> float:
-    return mean_average_precision(truth, scores).value
-
-
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "map3": partial(map_at_k, k=3),
     "lwlrap": lwlrap,
-    "map": _map_value,
+    "map": lambda truth, scores: mean_average_precision(truth, scores).value,
     "accuracy": accuracy,
     "macro_f1": macro_f1,
     "macro_f1@0.5": macro_f1_multilabel,  # what ``metric: macro_f1`` of multi-label data becomes (config)

@@ -7,7 +7,7 @@ Targets are the clips' label vectors. The stackers (``STACKERS``, by kind):
   a class whose training labels are all equal gets that constant.
 - ``mlp``: one small MLP (scikit-learn, one hidden ReLU layer) with a sigmoid output per class.
 
-``Stacker(kind, ...).fit(features, truth)`` gives a ``FittedStacker`` whose ``apply`` predicts. The
+``Stacker(kind, ...).fit(features, truth)`` gives the fitted stacker's predict function. The
 stacker's CV is *nested*: the outer loop runs over the competition's folds; for fold k the stacker is
 fitted on the OOF rows of the other folds only and predicts fold k (``nested_predictions``), so no
 reported number has seen its own labels. The final stacker is fitted on all OOF rows and applied to
@@ -23,16 +23,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-
-__all__ = [
-    "STACKERS",
-    "FitPredict",
-    "FittedStacker",
-    "Stacker",
-    "StackerKind",
-    "logit_features",
-    "nested_predictions",
-]
 
 FitPredict = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 """``fit_predict(X_train, Y_train, X_predict) -> scores (len(X_predict), C)`` in [0, 1]."""
@@ -99,17 +89,6 @@ StackerKind = Literal[tuple(STACKERS)]  # type: ignore[valid-type]  # the config
 
 
 @dataclass(frozen=True)
-class FittedStacker:
-    """A stacker fitted on (features, truth); ``apply`` predicts scores (n, C) in [0, 1]."""
-
-    stacker: Stacker
-    predict: Predict
-
-    def apply(self, features: np.ndarray) -> np.ndarray:
-        return self.predict(features)
-
-
-@dataclass(frozen=True)
 class Stacker:
     """One of ``STACKERS``: ``logreg`` (inverse L2 strength ``c``) or ``mlp`` (``hidden`` units)."""
 
@@ -122,11 +101,12 @@ class Stacker:
         if self.kind not in STACKERS:
             raise ValueError(f"unknown stacker {self.kind!r}; allowed: {', '.join(STACKERS)}")
 
-    def fit(self, features: np.ndarray, truth: np.ndarray) -> FittedStacker:
-        return FittedStacker(self, STACKERS[self.kind](self, features, truth))
+    def fit(self, features: np.ndarray, truth: np.ndarray) -> Predict:
+        """The fitted stacker: a function from features to scores (n, C) in [0, 1]."""
+        return STACKERS[self.kind](self, features, truth)
 
     def fit_predict(self, x_train: np.ndarray, y_train: np.ndarray, x_pred: np.ndarray) -> np.ndarray:
-        return self.fit(x_train, y_train).apply(x_pred)
+        return self.fit(x_train, y_train)(x_pred)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

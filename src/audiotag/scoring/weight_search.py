@@ -18,16 +18,6 @@ import numpy as np
 from audiotag.core.log import progress
 from audiotag.scoring.blend import BlendRule, OofScorer, normalise_weights, weighted_sum
 
-__all__ = [
-    "WEIGHT_SEARCHES",
-    "WeightSearch",
-    "WeightSearchName",
-    "hill_climb",
-    "nested_weight_cv",
-    "search_weights",
-    "searched_weights",
-]
-
 ScoreFn = Callable[[np.ndarray], float]
 _IMPROVEMENT = 1e-12  # a step must beat the best score by more than this to count as better
 _SIMPLEX_STEP = 1.0  # Nelder-Mead's initial simplex: one unit in softmax-logit space per member
@@ -142,10 +132,6 @@ def _nelder_mead_members(space: np.ndarray, score_space: ScoreFn, iterations: in
     return _nelder_mead(lambda w: score_space(weighted_sum(space, w)), starts, iterations)
 
 
-def _nelder_mead_column(score_weights: ScoreFn, start: np.ndarray, iterations: int) -> np.ndarray:
-    return _nelder_mead(score_weights, [start], iterations)
-
-
 @dataclass(frozen=True)
 class WeightSearch:
     """``members(space, score_space, iterations)``: one weight per member, (M,), for a blend space
@@ -158,7 +144,7 @@ class WeightSearch:
 
 WEIGHT_SEARCHES: dict[str, WeightSearch] = {
     "hill_climb": WeightSearch(_hill_climb_members, _hill_climb_column),
-    "scipy": WeightSearch(_nelder_mead_members, _nelder_mead_column),
+    "scipy": WeightSearch(_nelder_mead_members, lambda score, start, n: _nelder_mead(score, [start], n)),
 }
 WeightSearchName = Literal[tuple(WEIGHT_SEARCHES)]  # type: ignore[valid-type]  # the config's allowed values
 
@@ -185,7 +171,7 @@ def _per_class_weights(
     return weights
 
 
-def searched_weights(
+def search_weights(
     space: np.ndarray,
     rule: BlendRule,
     scorer: OofScorer,
@@ -193,8 +179,14 @@ def searched_weights(
     search: str = "hill_climb",
     iterations: int = 100,
     per_class: bool = False,
+    scaled: bool = True,
 ) -> np.ndarray:
-    """``search_weights`` before its columns are scaled to sum 1 (``FittedBlend`` scales them)."""
+    """Blend weights that maximise ``scorer`` on OOF predictions ``space`` (M, n, C, in blend space).
+
+    Returns (M,) weights, or (M, C) when ``per_class``: the global weights, then refined class by class.
+    Every column lies on the simplex (``scaled=False``: as found, before the columns are scaled to sum
+    1), and the blend's score is never below the best single member's.
+    """
     if space.ndim != 3 or space.shape[1:] != scorer.truth.shape:
         raise ValueError(f"space {space.shape} must be (members, {', '.join(map(str, scorer.truth.shape))})")
     if search not in WEIGHT_SEARCHES:
@@ -207,25 +199,7 @@ def searched_weights(
     weights = np.ones(1) if space.shape[0] == 1 else found.members(space, score_space, iterations)
     if per_class:
         weights = _per_class_weights(space, score_space, found, iterations, weights)
-    return weights
-
-
-def search_weights(
-    space: np.ndarray,
-    rule: BlendRule,
-    scorer: OofScorer,
-    *,
-    search: str = "hill_climb",
-    iterations: int = 100,
-    per_class: bool = False,
-) -> np.ndarray:
-    """Blend weights that maximise ``scorer`` on OOF predictions ``space`` (M, n, C, in blend space).
-
-    Returns (M,) weights, or (M, C) when ``per_class``: the global weights, then refined class by class.
-    Every column lies on the simplex, and the blend's score is never below the best single member's.
-    """
-    found = searched_weights(space, rule, scorer, search=search, iterations=iterations, per_class=per_class)
-    return normalise_weights(found, space.shape[0], space.shape[2])
+    return normalise_weights(weights, space.shape[0], space.shape[2]) if scaled else weights
 
 
 def nested_weight_cv(
