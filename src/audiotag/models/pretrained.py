@@ -213,14 +213,8 @@ def fetch(
     force: bool = False,
     retries: int | None = None,
 ) -> Path:
-    """The local path of a checkpoint entry, downloading and verifying it first when it is not cached:
-    :func:`audiotag.fetch.weights.fetch`, with a first download that nothing published can check read
-    by :func:`read_state_dict`.
-
-    ``force`` downloads again even when a cached copy exists; the cached copy is replaced only when
-    the new one passes every check. ``retries``: reconnections after a dropped transfer (each
-    resumes where the last stopped); default :data:`audiotag.fetch.http.RETRIES`.
-    """
+    """:func:`audiotag.fetch.weights.fetch`, with a first download that nothing published can check
+    read by :func:`read_state_dict`."""
     return weights.fetch(ckpt, cache_dir, offline, force=force, retries=retries, read_weights=read_state_dict)
 
 
