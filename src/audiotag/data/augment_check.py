@@ -1,6 +1,4 @@
-"""The experiment's augmentation libraries checked against its front-end when the config is loaded
-(``train.wave_augment``: ``data/wave_augment.py``; ``train.spec_augment_lib``:
-``data/spec_augment_lib.py``)."""
+"""The experiment's augmentation libraries checked against its front-end when the config is loaded."""
 
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ undecodable) is *skipped* when it is a training clip: it is absent from the cach
 ``FeatureCache.has`` answers False, so training leaves it out. A test clip (``split == "test"``) is
 never dropped: unusable audio is replaced by ``fill_seconds`` of zeros and its status is
 ``zero_filled``, so it still gets a submission row. No clip stops the build; only a clip list of
-which no clip is usable is an error. Counts per status appear in the log, the manifest and
-``FeatureCache.status_counts``; a clip flagged with several flags counts once per flag.
+which no clip is usable is an error. Counts per status appear in the log too.
 
 The cache is a staged append store (``core/staged.py``: built in ``<cache_dir>.partial/`` under
 ``<cache_dir>.lock``, resumable, published whole), so a second process building it at once (two
@@ -17,11 +16,9 @@ streams: worker processes decode and compute clips in chunks, at most ``4 * work
 flight, and the parent appends each clip's frames to ``frames.f16`` and one JSON line to
 ``clips.jsonl`` as they arrive, so memory does not grow with the dataset; a resumed build checks
 every recorded clip first (``data/cache_resume.py``). A worker process that dies (a decoder that
-crashes) is replaced (``data/cache_compute.py`` computes the clips).
-With ``device`` set (``prepare --cache-device cuda|cpu``) the clips are instead decoded in threads of
-this process and their log-mel computed on that device in this process: the same cache (byte-equal
-on the CPU; the clip-list hash does not depend on it), faster with a GPU, but a decoder that crashes
-stops the build (a rerun resumes).
+crashes) is replaced (``data/cache_compute.py`` computes the clips). With ``device`` set (``prepare
+--cache-device cuda|cpu``) threads of this process decode instead (``_compute_threads`` there): the
+same cache, its clip-list hash independent of the device.
 
 The clip-list hash includes a fingerprint of every audio file (``data/fingerprint.py``), computed
 on every ``prepare``. A full disk stops the build with the ``DataError`` of ``core/disk_full.py``,
@@ -106,11 +103,7 @@ def build_cache(
     problem, copied into the report) and ``start``/``end`` (seconds: the clip is that segment of its
     file, decoded alone; NaN or absent: the whole file). Returns the cache folder at once when it is
     complete for exactly these clips and rules; otherwise builds it, resuming an interrupted build of
-    the same clips.
-
-    ``device`` None computes in ``workers`` processes; ``"cuda"`` or ``"cpu"`` (the threads design:
-    ``workers`` threads decode, the log-mel is computed on that device in this process) gives the same
-    cache but loses the processes' crash isolation: a crashing decoder stops the build.
+    the same clips. ``device``: None, or ``"cuda"``/``"cpu"`` for the threads design (module docstring).
     """
     device = check_cache_device(device)
     order = _clip_order(clips)
