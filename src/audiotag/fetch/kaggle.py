@@ -1,5 +1,6 @@
 """Kaggle: the ``kaggle`` package's API client (shared with ``audiotag submit``), and
-:func:`kaggle_download`, which fetches a competition's files with it.
+:func:`kaggle_download`, which fetches a competition's archive with it, checks it and extracts it
+(:func:`audiotag.fetch.extract.extract_zip`); its failures are raised as :class:`DataError`.
 
 The ``kaggle`` package authenticates when it is imported, prints its own help and, in older versions,
 exits when it finds no credentials, so it is imported only inside :func:`client_class`, with its
@@ -14,10 +15,6 @@ the key and the access token, the base64 of ``username:key`` and any ``Basic``/`
 value (a server's error may echo the request's ``Authorization`` header). Callers that
 need another exception type (the download raises :class:`~audiotag.core.errors.DataError`) re-raise the
 message.
-
-:func:`kaggle_download` fetches a competition's archive with the client, checks it, and extracts it
-with :func:`audiotag.fetch.extract.extract_zip`; its failures are raised as :class:`DataError`.
-Credentials are never printed or logged.
 """
 
 from __future__ import annotations

@@ -5,13 +5,12 @@ weights table is :func:`audiotag.models.registry.weights_table`, timm's catalogu
 tensors :mod:`audiotag.models.pretrained`'s. :func:`fetch` downloads a file into the cache with resume, a
 progress bar and size/checksum checks (the transfer itself is :mod:`audiotag.fetch.http`'s).
 
-Verification. A download is written to ``<file>.part`` and renamed into place only after its size,
-MD5 (where the host publishes one) and SHA-256 (where known) match; a mismatch deletes the
-``.part`` and nothing else. Where no SHA-256 is published, the SHA-256 of the first good download
-is recorded in ``checksums.json`` beside the cached files (trust on first use) and every later use
-checks the file against that record, so a file that changes after its first fetch is refused. A
-first download that nothing published can check is also read by the ``read_weights`` callable the
-caller passes (the models layer passes its state-dict reader), so an error page is never recorded.
+Verification: as :mod:`audiotag.fetch.http` checks a download. Where no SHA-256 is published, the
+SHA-256 of the first good download is recorded in ``checksums.json`` beside the cached files (trust
+on first use) and every later use checks the file against that record, so a file that changes after
+its first fetch is refused. A first download that nothing published can check is also read by the
+``read_weights`` callable the caller passes (the models layer passes its state-dict reader), so an
+error page is never recorded.
 
 Cache: ``~/.cache/audiotag``, or ``$AUDIOTAG_CACHE``, or the ``cache_dir`` argument. Offline mode
 (``AUDIOTAG_OFFLINE=1`` or ``offline=True``) never opens a connection: a missing file is an error
