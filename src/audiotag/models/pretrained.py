@@ -1,17 +1,13 @@
 """Pretrained checkpoint files: timm's catalogue, downloads, and how their tensors are read.
 
-The weights table (one :class:`~audiotag.fetch.weights.Checkpoint` per official file, declared by
-the family modules) and the lookup of its names are :mod:`audiotag.models.registry`'s;
-``read_state_dict`` reads a file's tensors without executing pickled code. The cache, downloads and
-verification (size, MD5, SHA-256, trust on first use, offline mode) are :mod:`audiotag.fetch.weights`;
-:func:`fetch` here adds this module's state-dict reader to it.
+``read_state_dict`` reads a file's tensors without executing pickled code; :func:`fetch` is
+:mod:`audiotag.fetch.weights`'s with that reader.
 
 timm. Beyond the table, every timm architecture with pretrained weights is available by name:
 ``timm/<arch>.<tag>`` (``timm/<arch>`` = timm's default tag), or ``imagenet`` for the default weights
 of a timm model's ``model.arch``. :func:`timm_checkpoint` builds the entry from the installed timm's
 ``pretrained_cfg`` (HF hub id, else its URL; licence field) without timm's hub code: the file comes
-through the same downloader, with its SHA-256 recorded on first use. Hugging Face URLs go to
-``$HF_ENDPOINT`` when that is set (a mirror, as huggingface_hub does).
+through the same downloader, with its SHA-256 recorded on first use.
 """
 
 from __future__ import annotations
