@@ -374,11 +374,10 @@ def fetch_scores(slug: str, factory: ApiFactory | None = None) -> list[KaggleSco
 
 # --------------------------------------------------------------------------- the competition download
 
-KaggleApiFactory = ApiFactory
-KAGGLE_API_FACTORY: KaggleApiFactory = default_api  # tests put a fake here
+KAGGLE_API_FACTORY: ApiFactory = default_api  # tests put a fake here
 
 
-def kaggle_download(slug: str, dest_dir: Path, *, api_factory: KaggleApiFactory | None = None) -> Path:
+def kaggle_download(slug: str, dest_dir: Path, *, api_factory: ApiFactory | None = None) -> Path:
     """Download a competition's data with the Kaggle API into ``dest_dir``, extract it there, and return
     ``dest_dir``.
 
@@ -404,7 +403,7 @@ def kaggle_download(slug: str, dest_dir: Path, *, api_factory: KaggleApiFactory 
     return dest_dir
 
 
-def _kaggle_fetch(slug: str, dest_dir: Path, archive: Path, factory: KaggleApiFactory) -> None:
+def _kaggle_fetch(slug: str, dest_dir: Path, archive: Path, factory: ApiFactory) -> None:
     by_hand = (
         f"download the data by hand from https://www.kaggle.com/competitions/{slug}/data into {dest_dir}"
     )
