@@ -85,8 +85,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 256  # clips between fsync + progress record
 
-# ----------------------------------------------------------------------------- building
-
 
 def build_cache(
     clips: pd.DataFrame,

@@ -120,9 +120,6 @@ def _halve_to(v: torch.Tensor, target: int) -> torch.Tensor:
     return v
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
 def _explain_fc0(key: str, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor | None:
     """Not an adapter: turns the one telling shape mismatch into a clear error (mels or dim)."""
     if key != f"{PREFIX}fc.0.weight" or src.ndim != 2 or dst.ndim != 2:

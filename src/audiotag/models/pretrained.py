@@ -198,9 +198,6 @@ def timm_catalogue(pattern: str, curated: Collection[Checkpoint] = ()) -> list[t
     return out
 
 
-# --------------------------------------------------------------------------- download
-
-
 def fetch(
     ckpt: Checkpoint,
     cache_dir: str | os.PathLike[str] | None = None,

@@ -106,9 +106,6 @@ def build_backbone(cfg: TimmConfig, n_mels: int, frames: int) -> nn.Module:
     return TimmBackbone(cfg.arch, cfg.drop_path)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
 def read_timm_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A timm weight file (``.safetensors``, or a ``.pth``/``.bin`` torch pickle) as a flat state dict."""
     path = Path(path)
