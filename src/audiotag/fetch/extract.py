@@ -238,16 +238,11 @@ def _tar_done(marker: Path, archive: Path, dest_dir: Path) -> list[Path] | None:
 def extract_tar(archive: Path, dest_dir: Path) -> list[Path]:
     """Extract a tar archive (plain, gzip, bzip2 or xz) into ``dest_dir``; return the extracted files.
 
-    The same guarantees as :func:`extract_zip`, in one streaming pass (a ``.tar.gz`` cannot be listed
-    without decompressing it): every member is checked as it comes and written into a hidden folder
-    inside ``dest_dir``; a member whose path would leave ``dest_dir`` (``..``, an absolute path), a
-    symbolic link, a device or FIFO, or a hard link to anything but a file extracted before it is
-    refused by name, the hidden folder deleted, and nothing lands in ``dest_dir``. Only when the whole
-    archive has been read is each top-level item renamed into place (merged file by file where it
-    already exists), so a killed extraction leaves no half folder and is redone next time. File modes
-    and owners of the archive are not applied (plain files, created with the umask). Idempotent: a
-    finished extraction is recorded in ``dest_dir/.<archive>.extracted`` (the archive's size and time
-    and the list of files) and skipped while the files are still there.
+    The guarantees of :func:`extract_zip`, in one streaming pass (a ``.tar.gz`` cannot be listed
+    without decompressing it): every member is checked as it comes, and one refused (also a device, a
+    FIFO, or a hard link to anything but a file extracted before it) leaves nothing in ``dest_dir``.
+    File modes and owners of the archive are not applied (plain files, created with the umask); the
+    record of a finished extraction also lists the files.
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     if not archive.is_file():

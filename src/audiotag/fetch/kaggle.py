@@ -383,9 +383,8 @@ def kaggle_download(slug: str, dest_dir: Path, *, api_factory: ApiFactory | None
 
     The archive is fetched into a hidden staging folder (where the client keeps its own resume state),
     checked to be a readable zip, renamed to ``dest_dir/<slug>.zip`` and extracted with
-    :func:`extract_zip`. An archive already in place is not downloaded again. Failures become one-line
-    errors saying what to do: no credentials, wrong credentials (401), rules not accepted (403), no
-    such competition (404). ``api_factory`` builds the client (default: the official ``KaggleApi``).
+    :func:`extract_zip`. An archive already in place is not downloaded again. Failures are
+    :func:`explain`'s. ``api_factory`` builds the client (default: the official ``KaggleApi``).
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", slug):
         raise ConfigError(f"Kaggle competition slug {slug!r} is not valid (letters, digits, '-', '_', '.')")
