@@ -125,9 +125,7 @@ def decode(
 
     ``start``/``end`` (seconds; None: the file's beginning / end) decode only that segment: the
     frames ``round(start * rate)`` to ``round(end * rate)`` at the file's own rate, then resampled, so
-    the wave is the file's resampled wave over that stretch up to the resampler's edges. The rules
-    apply to the segment: its length against ``max_seconds`` (cut), frames missing at its end
-    (truncated), its peak (silent); a segment that starts at or after the file's end is ``empty``.
+    the wave is the file's resampled wave over that stretch up to the resampler's edges.
 
     Raises ``UnusableAudio`` (a ``DataError`` naming the file) for a file that cannot be used.
     """
@@ -226,10 +224,7 @@ def _seek(f: sf.SoundFile, frame: int, path: Path, segment: str) -> None:
 
 
 def load_audio(path: Path | str, target_sr: int, rules: AudioRules = DEFAULT_RULES) -> np.ndarray:
-    """Decode ``path``, mix down to mono and resample to ``target_sr``; a contiguous float32 1-D array.
-
-    The rules of the module docstring apply; an unusable file raises ``UnusableAudio``.
-    """
+    """The wave of :func:`decode` (contiguous float32, 1-D); an unusable file raises ``UnusableAudio``."""
     return decode(path, target_sr, rules).wave
 
 
