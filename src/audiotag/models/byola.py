@@ -167,7 +167,6 @@ def convert_byola(state: dict[str, torch.Tensor]) -> Converted:
 CONVERTERS: dict[str, Converter] = {"byola": convert_byola}
 
 
-# The weights table's rows of this family (`./run.sh weights list`).
 _BYOLA_URL = (
     "https://github.com/nttcslab/byol-a/raw/{rev}/pretrained_weights/AudioNTT2020-BYOLA-64x96d{d}.pth"
 )

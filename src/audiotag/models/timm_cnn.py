@@ -200,9 +200,6 @@ def timm_converter(arch: str) -> Converter:
 CONVERTERS: dict[str, Converter] = {"timm": convert_timm}
 
 
-# The weights table's rows of this family (`./run.sh weights list`).
-_IMAGENET_LICENSE = "Apache-2.0*"  # * as timm lists it; see the note
-
 CHECKPOINTS = (
     Checkpoint(
         name="efficientnet_b0",
@@ -211,7 +208,7 @@ CHECKPOINTS = (
         size=None,
         sha256=None,
         md5=None,
-        license=_IMAGENET_LICENSE,
+        license="Apache-2.0*",  # * as timm lists it; see the note
         layout="timm",
         features=None,
         model="efficientnet_b0",
