@@ -443,10 +443,9 @@ def download(
 ) -> Path:
     """Download ``remote`` into ``dest_dir`` (with resume, retries and checks) and return its path.
 
-    A file already in place that passes the checks is returned as is; one that fails them is an error
-    and is left alone. ``offline`` (or ``AUDIOTAG_OFFLINE=1``) never opens a connection: a missing
-    file is an error that names it and where to get it. ``retries``: reconnections after a dropped
-    transfer (default ``RETRIES``).
+    ``offline`` (or ``AUDIOTAG_OFFLINE=1``) never opens a connection: a missing file is an error that
+    names it and where to get it. ``retries``: reconnections after a dropped transfer (default
+    ``RETRIES``).
     """
     dest_dir = Path(dest_dir)
     final = dest_dir / remote.filename

@@ -283,9 +283,7 @@ def fetch(
 
     ``force`` downloads again even when a cached copy exists; the cached copy is replaced only when
     the new one passes every check. ``retries``: reconnections after a dropped transfer (each
-    resumes where the last stopped); default ``RETRIES``. ``read_weights`` reads a first download
-    that nothing published can check (no SHA-256, no MD5, no record) and refuses it with a DataError
-    when it is not weights (:func:`audiotag.models.pretrained.fetch` passes its state-dict reader).
+    resumes where the last stopped); default ``RETRIES``. ``read_weights``: see the module docstring.
     """
     if ckpt.package is not None:
         path = _package_file(ckpt)
