@@ -6,9 +6,8 @@ the same as ``librosa.load``'s default).
 
 Problem files are handled by written rules rather than by a crash or a silently wrong tensor.
 ``decode`` either returns the wave with *flags* (the clip is kept) or raises ``UnusableAudio`` with a
-*kind* (the clip cannot be used as it is). The feature cache (``data/cache_build.py``) then skips an unusable
-training clip and zero-fills an unusable test clip (``fill_seconds``, 1 s, of zeros), so that every
-test clip still gets a submission row; each case is listed with its reason in the cache's ``report.csv``.
+*kind* (the clip cannot be used as it is), which the feature cache (``data/cache_build.py``) skips
+or zero-fills, listing each case with its reason in its ``report.csv``.
 
 Rules (limits are fields of ``audiotag.config.schema.AudioRules``, defaults in parentheses; a flag is listed
 in the clip's status). The limits are settable per competition under ``competition.audio_rules`` in
