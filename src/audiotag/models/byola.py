@@ -89,9 +89,8 @@ def byola_layer_frames(encoder: AudioNTT2020, x: torch.Tensor, layers: list[int]
     layer 5 the whole ``fc`` (the embedding's frames); pooled by max + mean over time as
     ``AudioNTT2020.forward`` pools (eval-audio-repr ``config/byola.yaml``: ``mean_max``). Unlike the
     official code, conv features shorter than ``d`` are not zero-padded to ``d`` (constant columns
-    carry nothing). Returns
-    {layer: (batch, frames // 8, dim)}, and under key 0 what ``encoder(x)`` returns (layer 5's
-    frames); log-mel ``x`` is (batch, frames, mels), already normalised.
+    carry nothing). Returns {layer: (batch, frames // 8, dim)}, and under key 0 what ``encoder(x)``
+    returns (layer 5's frames); log-mel ``x`` is (batch, frames, mels), already normalised.
     """
     target = x.shape[1] // 8
     h = x.transpose(1, 2).unsqueeze(1)  # (batch, 1, mel, time)
