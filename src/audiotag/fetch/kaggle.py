@@ -12,9 +12,7 @@ no such competition (404), rate limits (429), Kaggle's own failures (5xx) and th
 Credential values never reach our output: the client's own printing is discarded while it runs
 (:func:`quiet_client`) and every message built here is passed through :func:`redact`, which removes
 the key and the access token, the base64 of ``username:key`` and any ``Basic``/``Bearer`` header
-value (a server's error may echo the request's ``Authorization`` header). Callers that
-need another exception type (the download raises :class:`~audiotag.core.errors.DataError`) re-raise the
-message.
+value (a server's error may echo the request's ``Authorization`` header).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Pretrained weights files: the record type, the cache, downloads and verification.
 
-A :class:`Checkpoint` describes one official file (URL or PyPI package, size, hashes, licence); the
-weights table is :func:`audiotag.models.registry.weights_table`, timm's catalogue and the reading of
-tensors :mod:`audiotag.models.pretrained`'s. :func:`fetch` downloads a file into the cache with resume, a
-progress bar and size/checksum checks (the transfer itself is :mod:`audiotag.fetch.http`'s).
+A :class:`Checkpoint` describes one official file (URL or PyPI package, size, hashes, licence);
+:func:`fetch` downloads a file into the cache with resume, a progress bar and size/checksum checks
+(the transfer itself is :mod:`audiotag.fetch.http`'s).
 
 Verification: as :mod:`audiotag.fetch.http` checks a download. Where no SHA-256 is published, the
 SHA-256 of the first good download is recorded in ``checksums.json`` beside the cached files (trust
