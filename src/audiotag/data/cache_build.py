@@ -265,11 +265,8 @@ def _n_workers(workers: int | None, n_todo: int) -> int:
 
 
 class _Writer(StagedWriter):
-    """Appends clips to the staging files and records progress after an fsync.
-
-    Each record carries the clip's id, its first frame and the hash of its frames, which a resumed
-    build checks (``_verified_prefix``). A full disk raises DataError (``disk_full_message``).
-    """
+    """Appends clips to the staging files and records progress after an fsync. Each record carries
+    what a resumed build checks (``data/cache_resume.py``); a full disk raises DataError."""
 
     def __init__(self, staging: Path, clips_hash: str, n_done: int, order: pd.DataFrame, width: int) -> None:
         super().__init__(staging, (FRAMES, RECORDS))
