@@ -23,7 +23,7 @@ from audiotag.config.files import (
 )
 from audiotag.config.schema import CompetitionConfig, FeatureConfig, StrictModel, TrainConfig
 from audiotag.core.errors import ConfigError
-from audiotag.data.augment_check import check_augmentations
+from audiotag.data.wave_augment import check_augmentations
 from audiotag.models.encoder_file import read_encoder_info
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.registry import families, weights_table

@@ -14,10 +14,7 @@ from audiotag.core.errors import DataError
 
 @contextlib.contextmanager
 def disk_full_as_error(folder: Path, what: str, needed: Callable[[], int | str | None]) -> Iterator[None]:
-    """Turn ENOSPC while writing ``what`` into ``folder`` into a DataError naming the space needed.
-
-    ``needed`` is called only when the disk is full: bytes the step needs (or a text saying so).
-    """
+    """``needed`` is called only when the disk is full: bytes the step needs (or a text saying so)."""
     try:
         yield
     except OSError as exc:

@@ -6,9 +6,8 @@ the same as ``librosa.load``'s default).
 
 Problem files are handled by written rules rather than by a crash or a silently wrong tensor.
 ``decode`` either returns the wave with *flags* (the clip is kept) or raises ``UnusableAudio`` with a
-*kind* (the clip cannot be used as it is). The feature cache (``data/cache_build.py``) then skips an unusable
-training clip and zero-fills an unusable test clip (``fill_seconds``, 1 s, of zeros), so that every
-test clip still gets a submission row; each case is listed with its reason in the cache's ``report.csv``.
+*kind* (the clip cannot be used as it is), which the feature cache (``data/cache_build.py``) skips
+or zero-fills, listing each case with its reason in its ``report.csv``.
 
 Rules (limits are fields of ``audiotag.config.schema.AudioRules``, defaults in parentheses; a flag is listed
 in the clip's status). The limits are settable per competition under ``competition.audio_rules`` in
@@ -125,9 +124,7 @@ def decode(
 
     ``start``/``end`` (seconds; None: the file's beginning / end) decode only that segment: the
     frames ``round(start * rate)`` to ``round(end * rate)`` at the file's own rate, then resampled, so
-    the wave is the file's resampled wave over that stretch up to the resampler's edges. The rules
-    apply to the segment: its length against ``max_seconds`` (cut), frames missing at its end
-    (truncated), its peak (silent); a segment that starts at or after the file's end is ``empty``.
+    the wave is the file's resampled wave over that stretch up to the resampler's edges.
 
     Raises ``UnusableAudio`` (a ``DataError`` naming the file) for a file that cannot be used.
     """
@@ -226,10 +223,7 @@ def _seek(f: sf.SoundFile, frame: int, path: Path, segment: str) -> None:
 
 
 def load_audio(path: Path | str, target_sr: int, rules: AudioRules = DEFAULT_RULES) -> np.ndarray:
-    """Decode ``path``, mix down to mono and resample to ``target_sr``; a contiguous float32 1-D array.
-
-    The rules of the module docstring apply; an unusable file raises ``UnusableAudio``.
-    """
+    """The wave of :func:`decode` (contiguous float32, 1-D); an unusable file raises ``UnusableAudio``."""
     return decode(path, target_sr, rules).wave
 
 

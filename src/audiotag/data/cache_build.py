@@ -7,38 +7,22 @@ undecodable) is *skipped* when it is a training clip: it is absent from the cach
 ``FeatureCache.has`` answers False, so training leaves it out. A test clip (``split == "test"``) is
 never dropped: unusable audio is replaced by ``fill_seconds`` of zeros and its status is
 ``zero_filled``, so it still gets a submission row. No clip stops the build; only a clip list of
-which no clip is usable is an error. Counts per status appear in the log, the manifest and
-``FeatureCache.status_counts``; a clip flagged with several flags counts once per flag.
+which no clip is usable is an error. Counts per status appear in the log too.
 
-The cache is built in ``<cache_dir>.partial/`` and renamed into place when complete. Building
+The cache is a staged append store (``core/staged.py``: built in ``<cache_dir>.partial/`` under
+``<cache_dir>.lock``, resumable, published whole), so a second process building it at once (two
+``prepare``, or two ``train --folds``) logs that it waits, then uses the finished cache. Building
 streams: worker processes decode and compute clips in chunks, at most ``4 * workers`` chunks are in
 flight, and the parent appends each clip's frames to ``frames.f16`` and one JSON line to
-``clips.jsonl`` as they arrive, so memory does not grow with the dataset. Now and then it records
-``progress.json`` after an fsync, so a killed build resumes from the last record. A worker process
-that dies (a decoder that crashes) is replaced (``data/cache_compute.py`` computes the clips).
-With ``device`` set (``prepare --cache-device cuda|cpu``) the clips are instead decoded in threads of
-this process and their log-mel computed on that device in this process: the same cache (byte-equal
-on the CPU; the clip-list hash does not depend on it), faster with a GPU, but a decoder that crashes
-stops the build (a rerun resumes).
+``clips.jsonl`` as they arrive, so memory does not grow with the dataset; a resumed build checks
+every recorded clip first (``data/cache_resume.py``). A worker process that dies (a decoder that
+crashes) is replaced (``data/cache_compute.py`` computes the clips). With ``device`` set (``prepare
+--cache-device cuda|cpu``) threads of this process decode instead (``_compute_threads`` there): the
+same cache, its clip-list hash independent of the device.
 
-Several processes may build one cache at once (two ``prepare``, or two ``train --folds`` started
-together): the build holds an OS file lock (``<cache_dir>.lock``, ``audiotag/core/locks.py``), so the second
-process logs that it waits for the first, then finds the cache complete and uses it. Each line of
-``clips.jsonl`` records its clip's id, first frame and a hash of its frames, and a resumed build
-checks every recorded clip against the frames on disk: a damaged ``.partial`` is rebuilt from the
-first clip that does not match, never taken as it is.
-
-The clip-list hash includes a fingerprint of every audio file (``audio_fingerprint``): its size, its
-mtime and a hash of its first, middle and last 64 KiB, so audio replaced by ``cp -p``, ``rsync -a``
-or ``tar`` (which keep old mtimes) rebuilds the cache. It is computed on every ``prepare`` (8
-threads). Measured on the demo's 1,120 clips (256 MB of WAV) on a 2-core machine that was busy
-with other jobs: 3,200-5,500 clips/s (0.2-0.35 s) with the files in the page cache, about 2,100
-clips/s (0.5 s) with them evicted from it (one thread: 2,200-2,900 and 1,000 clips/s); from a cold
-disk the cost is reading 192 KiB per clip (FSD50K's 51k clips: about 10 GB).
-
-A full disk (ENOSPC) while writing the cache stops the build with a ``DataError`` that names the
-folder, the space the cache needs (estimated from the clips written so far: frames x mels x 2
-bytes) and what is free; what was written is kept, and a rerun resumes.
+The clip-list hash includes a fingerprint of every audio file (``data/fingerprint.py``), computed
+on every ``prepare``. A full disk stops the build with the ``DataError`` of ``core/disk_full.py``,
+the space needed estimated from the clips written so far (frames x mels x 2 bytes).
 """
 
 from __future__ import annotations
@@ -101,8 +85,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 256  # clips between fsync + progress record
 
-# ----------------------------------------------------------------------------- building
-
 
 def build_cache(
     clips: pd.DataFrame,
@@ -119,11 +101,7 @@ def build_cache(
     problem, copied into the report) and ``start``/``end`` (seconds: the clip is that segment of its
     file, decoded alone; NaN or absent: the whole file). Returns the cache folder at once when it is
     complete for exactly these clips and rules; otherwise builds it, resuming an interrupted build of
-    the same clips.
-
-    ``device`` None computes in ``workers`` processes; ``"cuda"`` or ``"cpu"`` (the threads design:
-    ``workers`` threads decode, the log-mel is computed on that device in this process) gives the same
-    cache but loses the processes' crash isolation: a crashing decoder stops the build.
+    the same clips. ``device``: None, or ``"cuda"``/``"cpu"`` for the threads design (module docstring).
     """
     device = check_cache_device(device)
     order = _clip_order(clips)
@@ -287,11 +265,8 @@ def _n_workers(workers: int | None, n_todo: int) -> int:
 
 
 class _Writer(StagedWriter):
-    """Appends clips to the staging files and records progress after an fsync.
-
-    Each record carries the clip's id, its first frame and the hash of its frames, which a resumed
-    build checks (``_verified_prefix``). A full disk raises DataError (``disk_full_message``).
-    """
+    """Appends clips to the staging files and records progress after an fsync. Each record carries
+    what a resumed build checks (``data/cache_resume.py``); a full disk raises DataError."""
 
     def __init__(self, staging: Path, clips_hash: str, n_done: int, order: pd.DataFrame, width: int) -> None:
         super().__init__(staging, (FRAMES, RECORDS))

@@ -190,11 +190,8 @@ def keep_freed_memory() -> bool:
 
 
 def prepare_compute_process() -> None:
-    """Settings for a process that computes clips: one torch thread and see ``keep_freed_memory``.
-
-    One clip's STFT is far too small for intra-op threads, which only add overhead (a lot of it when
-    the cores are busy).
-    """
+    """One torch thread (one clip's STFT is far too small for intra-op threads, which only add
+    overhead, a lot of it when the cores are busy) and ``keep_freed_memory``."""
     torch.set_num_threads(1)
     keep_freed_memory()
 
@@ -215,16 +212,15 @@ def _compute_threads(
     """Results in task order: ``threads`` threads decode (at most ``CLIPS_PER_THREAD`` clips each in
     flight), and this thread computes each clip's log-mel with an extractor on ``device``.
 
-    A wave cache needs no log-mel: its float16 samples are made in the decoding threads. On the CPU
-    this thread computes with one torch thread, as a pool worker does (the caller's count is restored).
+    A wave cache needs no log-mel: its float16 samples are made in the decoding threads (unless this
+    thread resamples: ``features.resampler: sinc``). On the CPU this thread computes with one torch
+    thread, as a pool worker does (the caller's count is restored).
     """
     torch_threads = torch.get_num_threads()
     prepare_compute_process()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="audiotag-decode")
     try:
         extractor = make_extractor(cfg).to(device)
-        # a wave cache needs no log-mel: the whole clip in the decoding thread, unless the resampling
-        # is this thread's (features.resampler: sinc, on the device)
         wave = cfg.cache == "wave" and cfg.resampler == "soxr_hq"
         remaining = (Task(*task) for task in tasks)
         ahead = threads * CLIPS_PER_THREAD

@@ -11,9 +11,8 @@ Layout of ``<competition>/cache/<name>-<key>/`` (written by ``data/cache_build.p
 - ``manifest.json``: the feature settings, the audio rules, the hash of the clip list, the count of
   clips per status, sizes and ``complete: true``.
 
-A training clip with unusable audio is absent from the cache (``FeatureCache.has`` answers False); a
-test clip is zero-filled instead (status ``zero_filled``). Counts per status are in the manifest and
-``FeatureCache.status_counts``; a clip flagged with several flags counts once per flag.
+Counts per status (which clips are skipped or zero-filled: ``data/cache_build.py``) are in the
+manifest and ``FeatureCache.status_counts``; a clip flagged with several flags counts once per flag.
 """
 
 from __future__ import annotations

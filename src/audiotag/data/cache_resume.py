@@ -24,11 +24,8 @@ RECORDS = "clips.jsonl"
 
 
 def resume_point(staging: Path, clips_hash: str, order: pd.DataFrame, n_mels: int) -> int:
-    """Clips already in ``staging`` for this clip list; the files are cut back to that point.
-
-    Every recorded clip is checked against the clip list and the frames on disk (id, first frame,
-    frame count and hash); the build resumes after the last clip before the first one that fails.
-    """
+    """Clips already in ``staging`` for this clip list, all of them checked; the files are cut back
+    to that point."""
     progress = read_progress(staging)
     if progress and progress.get("order_hash") == clips_hash:
         n_done, n_bytes = int(progress.get("n_done", -1)), int(progress.get("bytes", -1))

@@ -1,6 +1,12 @@
 """Audio file fingerprints for the feature cache's clip-list hash: size, mtime and a hash of samples
 of the contents, so audio replaced by ``cp -p``, ``rsync -a`` or ``tar`` (which keep old mtimes) is
-noticed without reading whole files."""
+noticed without reading whole files.
+
+Measured on the demo's 1,120 clips (256 MB of WAV) on a 2-core machine that was busy with other
+jobs: 3,200-5,500 clips/s (0.2-0.35 s) with the files in the page cache, about 2,100 clips/s (0.5 s)
+with them evicted from it (one thread: 2,200-2,900 and 1,000 clips/s); from a cold disk the cost is
+reading 192 KiB per clip (FSD50K's 51k clips: about 10 GB).
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ import pandas as pd
 from audiotag.core.errors import DataError
 
 CLIP_COLUMNS = ("clip_id", "path", "split", "subset", "labels", "verified")  # every clip table has them
-PROBED_COLUMNS = ("duration", "sample_rate")  # what the audio probe adds to a competition's table
 SPLITS = ("train", "test")
 
 

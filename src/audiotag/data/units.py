@@ -4,9 +4,6 @@ BYOL-A (nttcslab/byol-a ``byol_a/dataset.py``) zero-pads a clip shorter than the
 and crops a longer one at a random sample. On the cache the same is done as the normalisation
 statistics do it (``data/norm_stats.py``): a random frame crop of a longer clip, and a shorter clip
 laid on the unit's frame grid as its zero-padded wave would be (:class:`EdgeModel`).
-
-Clips may come from several caches at once (a competition's and an audio folder's):
-:class:`CacheSet` reads them as one, each clip named ``"<cache number>/<clip_id>"``.
 """
 
 from __future__ import annotations
@@ -24,7 +21,8 @@ from audiotag.data.norm_stats import EdgeModel, unit_of
 
 
 class CacheSet:
-    """Several feature caches (anything with ``get(clip_id)``) read as one, keys ``"k/clip_id"``."""
+    """Several feature caches (anything with ``get(clip_id)``; a competition's and an audio folder's)
+    read as one, keys ``"k/clip_id"``."""
 
     def __init__(self, caches: Sequence) -> None:
         self.caches = list(caches)

@@ -25,28 +25,30 @@ from audiotag.fetch.http import CHUNK, check_free_space, file_id, locked, progre
 log = logging.getLogger(__name__)
 
 
-def _unsafe_reason(info: zipfile.ZipInfo, root: str) -> str | None:
-    """Why writing this entry under the folder ``root`` would be unsafe (None when it is fine).
-
-    The check is lexical: the archive's own names must stay inside ``root``; folders the user has
-    already symlinked inside the target are theirs to decide.
-    """
-    name = info.filename
-    if info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16):
-        return "it is a symbolic link"
-    if "\x00" in name:
+def _unsafe_path(raw: str, name: str, root: str) -> str | None:
+    """Why the archive path ``raw`` (``name`` once normalised) may not be written under ``root``, by
+    a lexical check (folders the user has symlinked inside the target are theirs to decide)."""
+    if "\x00" in raw:
         return "its name holds a NUL byte"
-    norm = name.replace("\\", "/")
+    norm = raw.replace("\\", "/")
     if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
         return "it is an absolute path"
     if ".." in norm.split("/"):
         return "it climbs out of the folder with '..'"
-    target = os.path.normpath(os.path.join(root, norm))
+    target = os.path.normpath(os.path.join(root, name))
     if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
         return f"it would be written to {target}"
-    if info.flag_bits & 0x1:
-        return "it is encrypted"
     return None
+
+
+def _unsafe_reason(info: zipfile.ZipInfo, root: str) -> str | None:
+    """Why writing this entry under the folder ``root`` would be unsafe (None when it is fine)."""
+    if info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16):
+        return "it is a symbolic link"
+    reason = _unsafe_path(info.filename, info.filename.replace("\\", "/"), root)
+    if reason is None and info.flag_bits & 0x1:
+        return "it is encrypted"
+    return reason
 
 
 def _move_into(src: Path, dst: Path) -> None:
@@ -208,17 +210,9 @@ def _tar_name(member: tarfile.TarInfo) -> str:
 def _tar_unsafe_reason(member: tarfile.TarInfo, name: str, root: str, files: set[str]) -> str | None:
     """Why writing this member under ``root`` would be unsafe (None when it is fine). ``files`` holds
     the regular files met so far, the only targets a hard link may name."""
-    raw = member.name
-    if "\x00" in raw:
-        return "its name holds a NUL byte"
-    norm = raw.replace("\\", "/")
-    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
-        return "it is an absolute path"
-    if ".." in norm.split("/"):
-        return "it climbs out of the folder with '..'"
-    target = os.path.normpath(os.path.join(root, name))
-    if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
-        return f"it would be written to {target}"
+    reason = _unsafe_path(member.name, name, root)
+    if reason is not None:
+        return reason
     if member.issym():
         return f"it is a symbolic link (to {member.linkname!r})"
     if member.islnk():
@@ -244,16 +238,11 @@ def _tar_done(marker: Path, archive: Path, dest_dir: Path) -> list[Path] | None:
 def extract_tar(archive: Path, dest_dir: Path) -> list[Path]:
     """Extract a tar archive (plain, gzip, bzip2 or xz) into ``dest_dir``; return the extracted files.
 
-    The same guarantees as :func:`extract_zip`, in one streaming pass (a ``.tar.gz`` cannot be listed
-    without decompressing it): every member is checked as it comes and written into a hidden folder
-    inside ``dest_dir``; a member whose path would leave ``dest_dir`` (``..``, an absolute path), a
-    symbolic link, a device or FIFO, or a hard link to anything but a file extracted before it is
-    refused by name, the hidden folder deleted, and nothing lands in ``dest_dir``. Only when the whole
-    archive has been read is each top-level item renamed into place (merged file by file where it
-    already exists), so a killed extraction leaves no half folder and is redone next time. File modes
-    and owners of the archive are not applied (plain files, created with the umask). Idempotent: a
-    finished extraction is recorded in ``dest_dir/.<archive>.extracted`` (the archive's size and time
-    and the list of files) and skipped while the files are still there.
+    The guarantees of :func:`extract_zip`, in one streaming pass (a ``.tar.gz`` cannot be listed
+    without decompressing it): every member is checked as it comes, and one refused (also a device, a
+    FIFO, or a hard link to anything but a file extracted before it) leaves nothing in ``dest_dir``.
+    File modes and owners of the archive are not applied (plain files, created with the umask); the
+    record of a finished extraction also lists the files.
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     if not archive.is_file():

@@ -8,11 +8,6 @@ to a newer one; a server that ignores ``Range`` (answers 200) is read from the s
 already in place is checked, not downloaded again; one that fails the checks is never deleted: the
 error says to move it away. The digests of a checked file are remembered in a hidden stamp beside it
 (keyed by size and modification time), so large archives are hashed once, not on every run.
-
-The lower-level pieces (:func:`fetch_part`, :func:`accept_part`, :func:`file_digests`,
-:func:`locked`) are shared with :mod:`audiotag.fetch.weights`, which adds its own checksum records;
-the progress bar, free-space check and stamps with :mod:`audiotag.fetch.splitzip` and
-:mod:`audiotag.fetch.extract`.
 """
 
 from __future__ import annotations
@@ -448,10 +443,9 @@ def download(
 ) -> Path:
     """Download ``remote`` into ``dest_dir`` (with resume, retries and checks) and return its path.
 
-    A file already in place that passes the checks is returned as is; one that fails them is an error
-    and is left alone. ``offline`` (or ``AUDIOTAG_OFFLINE=1``) never opens a connection: a missing
-    file is an error that names it and where to get it. ``retries``: reconnections after a dropped
-    transfer (default ``RETRIES``).
+    ``offline`` (or ``AUDIOTAG_OFFLINE=1``) never opens a connection: a missing file is an error that
+    names it and where to get it. ``retries``: reconnections after a dropped transfer (default
+    ``RETRIES``).
     """
     dest_dir = Path(dest_dir)
     final = dest_dir / remote.filename

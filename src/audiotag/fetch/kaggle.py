@@ -1,5 +1,6 @@
 """Kaggle: the ``kaggle`` package's API client (shared with ``audiotag submit``), and
-:func:`kaggle_download`, which fetches a competition's files with it.
+:func:`kaggle_download`, which fetches a competition's archive with it, checks it and extracts it
+(:func:`audiotag.fetch.extract.extract_zip`); its failures are raised as :class:`DataError`.
 
 The ``kaggle`` package authenticates when it is imported, prints its own help and, in older versions,
 exits when it finds no credentials, so it is imported only inside :func:`client_class`, with its
@@ -11,13 +12,7 @@ no such competition (404), rate limits (429), Kaggle's own failures (5xx) and th
 Credential values never reach our output: the client's own printing is discarded while it runs
 (:func:`quiet_client`) and every message built here is passed through :func:`redact`, which removes
 the key and the access token, the base64 of ``username:key`` and any ``Basic``/``Bearer`` header
-value (a server's error may echo the request's ``Authorization`` header). Callers that
-need another exception type (the download raises :class:`~audiotag.core.errors.DataError`) re-raise the
-message.
-
-:func:`kaggle_download` fetches a competition's archive with the client, checks it, and extracts it
-with :func:`audiotag.fetch.extract.extract_zip`; its failures are raised as :class:`DataError`.
-Credentials are never printed or logged.
+value (a server's error may echo the request's ``Authorization`` header).
 """
 
 from __future__ import annotations
@@ -377,19 +372,17 @@ def fetch_scores(slug: str, factory: ApiFactory | None = None) -> list[KaggleSco
 
 # --------------------------------------------------------------------------- the competition download
 
-KaggleApiFactory = ApiFactory
-KAGGLE_API_FACTORY: KaggleApiFactory = default_api  # tests put a fake here
+KAGGLE_API_FACTORY: ApiFactory = default_api  # tests put a fake here
 
 
-def kaggle_download(slug: str, dest_dir: Path, *, api_factory: KaggleApiFactory | None = None) -> Path:
+def kaggle_download(slug: str, dest_dir: Path, *, api_factory: ApiFactory | None = None) -> Path:
     """Download a competition's data with the Kaggle API into ``dest_dir``, extract it there, and return
     ``dest_dir``.
 
     The archive is fetched into a hidden staging folder (where the client keeps its own resume state),
     checked to be a readable zip, renamed to ``dest_dir/<slug>.zip`` and extracted with
-    :func:`extract_zip`. An archive already in place is not downloaded again. Failures become one-line
-    errors saying what to do: no credentials, wrong credentials (401), rules not accepted (403), no
-    such competition (404). ``api_factory`` builds the client (default: the official ``KaggleApi``).
+    :func:`extract_zip`. An archive already in place is not downloaded again. Failures are
+    :func:`explain`'s. ``api_factory`` builds the client (default: the official ``KaggleApi``).
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", slug):
         raise ConfigError(f"Kaggle competition slug {slug!r} is not valid (letters, digits, '-', '_', '.')")
@@ -407,7 +400,7 @@ def kaggle_download(slug: str, dest_dir: Path, *, api_factory: KaggleApiFactory 
     return dest_dir
 
 
-def _kaggle_fetch(slug: str, dest_dir: Path, archive: Path, factory: KaggleApiFactory) -> None:
+def _kaggle_fetch(slug: str, dest_dir: Path, archive: Path, factory: ApiFactory) -> None:
     by_hand = (
         f"download the data by hand from https://www.kaggle.com/competitions/{slug}/data into {dest_dir}"
     )

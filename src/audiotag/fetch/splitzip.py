@@ -1,6 +1,4 @@
-"""Split zip archives: :func:`join_split_zip` turns an Info-ZIP split archive (``x.z01 ... x.zNN,
-x.zip``) into one zip, streaming, the way ``zip -s 0 x.zip --out joined.zip`` does.
-"""
+"""Split zip archives joined into one zip (:func:`join_split_zip`)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,15 @@
 """Pretrained weights files: the record type, the cache, downloads and verification.
 
-A :class:`Checkpoint` describes one official file (URL or PyPI package, size, hashes, licence); the
-weights table is :func:`audiotag.models.registry.weights_table`, timm's catalogue and the reading of
-tensors :mod:`audiotag.models.pretrained`'s. :func:`fetch` downloads a file into the cache with resume, a
-progress bar and size/checksum checks (the transfer itself is :mod:`audiotag.fetch.http`'s).
+A :class:`Checkpoint` describes one official file (URL or PyPI package, size, hashes, licence);
+:func:`fetch` downloads a file into the cache with resume, a progress bar and size/checksum checks
+(the transfer itself is :mod:`audiotag.fetch.http`'s).
 
-Verification. A download is written to ``<file>.part`` and renamed into place only after its size,
-MD5 (where the host publishes one) and SHA-256 (where known) match; a mismatch deletes the
-``.part`` and nothing else. Where no SHA-256 is published, the SHA-256 of the first good download
-is recorded in ``checksums.json`` beside the cached files (trust on first use) and every later use
-checks the file against that record, so a file that changes after its first fetch is refused. A
-first download that nothing published can check is also read by the ``read_weights`` callable the
-caller passes (the models layer passes its state-dict reader), so an error page is never recorded.
+Verification: as :mod:`audiotag.fetch.http` checks a download. Where no SHA-256 is published, the
+SHA-256 of the first good download is recorded in ``checksums.json`` beside the cached files (trust
+on first use) and every later use checks the file against that record, so a file that changes after
+its first fetch is refused. A first download that nothing published can check is also read by the
+``read_weights`` callable the caller passes (the models layer passes its state-dict reader), so an
+error page is never recorded.
 
 Cache: ``~/.cache/audiotag``, or ``$AUDIOTAG_CACHE``, or the ``cache_dir`` argument. Offline mode
 (``AUDIOTAG_OFFLINE=1`` or ``offline=True``) never opens a connection: a missing file is an error
@@ -284,9 +282,7 @@ def fetch(
 
     ``force`` downloads again even when a cached copy exists; the cached copy is replaced only when
     the new one passes every check. ``retries``: reconnections after a dropped transfer (each
-    resumes where the last stopped); default ``RETRIES``. ``read_weights`` reads a first download
-    that nothing published can check (no SHA-256, no MD5, no record) and refuses it with a DataError
-    when it is not weights (:func:`audiotag.models.pretrained.fetch` passes its state-dict reader).
+    resumes where the last stopped); default ``RETRIES``. ``read_weights``: see the module docstring.
     """
     if ckpt.package is not None:
         path = _package_file(ckpt)

@@ -1,7 +1,4 @@
-"""Zenodo record listings: :func:`zenodo_files` reads a record's files (name, URL, size, checksum) from
-the records API, in each of the JSON shapes Zenodo has served, as :class:`~audiotag.fetch.http.RemoteFile`
-entries for :func:`~audiotag.fetch.http.download`.
-"""
+"""Zenodo record listings, as :class:`~audiotag.fetch.http.RemoteFile` entries to download."""
 
 from __future__ import annotations
 

@@ -299,9 +299,6 @@ def detect_layout(keys) -> str:
     return "ast" if any(k.startswith("module.v.") for k in keys) else "deit"
 
 
-# The weights table's rows of this family (`./run.sh weights list`).
-_IMAGENET_LICENSE = "Apache-2.0*"  # * as timm lists it; see the note
-
 CHECKPOINTS = (
     Checkpoint(
         name="ast_audioset",
@@ -329,7 +326,7 @@ CHECKPOINTS = (
         size=None,
         sha256=None,
         md5=None,
-        license=_IMAGENET_LICENSE,
+        license="Apache-2.0*",  # * as timm lists it; see the note
         layout="deit",
         features=None,
         model="ast_base",

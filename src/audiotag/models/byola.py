@@ -89,9 +89,8 @@ def byola_layer_frames(encoder: AudioNTT2020, x: torch.Tensor, layers: list[int]
     layer 5 the whole ``fc`` (the embedding's frames); pooled by max + mean over time as
     ``AudioNTT2020.forward`` pools (eval-audio-repr ``config/byola.yaml``: ``mean_max``). Unlike the
     official code, conv features shorter than ``d`` are not zero-padded to ``d`` (constant columns
-    carry nothing). Returns
-    {layer: (batch, frames // 8, dim)}, and under key 0 what ``encoder(x)`` returns (layer 5's
-    frames); log-mel ``x`` is (batch, frames, mels), already normalised.
+    carry nothing). Returns {layer: (batch, frames // 8, dim)}, and under key 0 what ``encoder(x)``
+    returns (layer 5's frames); log-mel ``x`` is (batch, frames, mels), already normalised.
     """
     target = x.shape[1] // 8
     h = x.transpose(1, 2).unsqueeze(1)  # (batch, 1, mel, time)
@@ -118,9 +117,6 @@ def _halve_to(v: torch.Tensor, target: int) -> torch.Tensor:
             v = torch.cat([v[:, :-2], v[:, -2:].mean(1, keepdim=True)], dim=1)
         v = v.reshape(v.shape[0], v.shape[1] // 2, 2, v.shape[2]).mean(2)
     return v
-
-
-# ----------------------------------------------------------------------------- checkpoints
 
 
 def _explain_fc0(key: str, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor | None:
@@ -170,7 +166,6 @@ def convert_byola(state: dict[str, torch.Tensor]) -> Converted:
 CONVERTERS: dict[str, Converter] = {"byola": convert_byola}
 
 
-# The weights table's rows of this family (`./run.sh weights list`).
 _BYOLA_URL = (
     "https://github.com/nttcslab/byol-a/raw/{rev}/pretrained_weights/AudioNTT2020-BYOLA-64x96d{d}.pth"
 )

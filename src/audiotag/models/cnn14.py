@@ -218,7 +218,6 @@ def detect_layout(keys) -> str:
     return "aisfx" if any(k.startswith("embedding_net.") for k in keys) else "panns"
 
 
-# The weights table's rows of this family (`./run.sh weights list`).
 def _zenodo_panns(filename: str) -> str:
     quoted = filename.replace("=", "%3D")
     return f"https://zenodo.org/records/3987831/files/{quoted}?download=1"

@@ -15,13 +15,9 @@ front-end, the windows, the data or the layers never reads a stale cache. A cach
 layers than asked for serves them too (``./run.sh embed --layers all`` once, then any fusion): it is
 found by its identity alone (``base_key`` in the manifest).
 
-Atomic and resumable, like the feature cache (both are staged append stores, ``core/staged.py``):
-built in ``<folder>.partial/``, which is renamed into place only when complete, under an OS file
-lock (``<folder>.lock``) so that two processes never build one cache at once. Every
-``CHECKPOINT_EVERY`` clips the layer files are fsync'ed and ``progress.json`` records the clips
-done with a hash of each file's contents so far; a killed build
-resumes from the last record (the files are cut back to it, and a file whose contents no longer
-match its hash starts the build over).
+Atomic and resumable, like the feature cache: both are staged append stores (``core/staged.py``).
+Every ``CHECKPOINT_EVERY`` clips the progress record keeps a hash of each layer file's contents so
+far; a file that no longer matches its hash on resume starts the build over.
 """
 
 from __future__ import annotations

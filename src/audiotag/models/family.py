@@ -1,11 +1,6 @@
-"""What a model family module declares, so that adding a family is one module (+ its YAML).
-
-A family module (``models/cnn14.py``, ``models/ast.py``, ...) defines its config schema (a
-``ModelBase`` subclass whose ``name`` literal is what ``model.name`` selects), ``build_backbone``,
-its checkpoint converters (checkpoint key layout -> converter to our key names), how to recognise the
-layout of a checkpoint given by path, its rows of the weights table, its layers as a frozen
-representation (``embed``) and how ``weights verify`` runs it; then it declares ``FAMILY = Family(...)``.
-``models/registry.py`` finds every module of this package that has a ``FAMILY``: nothing else needs editing.
+"""What a model family module (``models/cnn14.py``, ``models/ast.py``, ...) declares: ``FAMILY =
+Family(...)``, the fields below. ``models/registry.py`` finds every module of this package that has a
+``FAMILY``, so adding a family is one module (+ its YAML): nothing else needs editing.
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 """Pretrained checkpoint files: timm's catalogue, downloads, and how their tensors are read.
 
-The weights table (one :class:`~audiotag.fetch.weights.Checkpoint` per official file, declared by
-the family modules) and the lookup of its names are :mod:`audiotag.models.registry`'s;
-``read_state_dict`` reads a file's tensors without executing pickled code. The cache, downloads and
-verification (size, MD5, SHA-256, trust on first use, offline mode) are :mod:`audiotag.fetch.weights`;
-:func:`fetch` here adds this module's state-dict reader to it.
+``read_state_dict`` reads a file's tensors without executing pickled code; :func:`fetch` is
+:mod:`audiotag.fetch.weights`'s with that reader.
 
 timm. Beyond the table, every timm architecture with pretrained weights is available by name:
 ``timm/<arch>.<tag>`` (``timm/<arch>`` = timm's default tag), or ``imagenet`` for the default weights
 of a timm model's ``model.arch``. :func:`timm_checkpoint` builds the entry from the installed timm's
 ``pretrained_cfg`` (HF hub id, else its URL; licence field) without timm's hub code: the file comes
-through the same downloader, with its SHA-256 recorded on first use. Hugging Face URLs go to
-``$HF_ENDPOINT`` when that is set (a mirror, as huggingface_hub does).
+through the same downloader, with its SHA-256 recorded on first use.
 """
 
 from __future__ import annotations
@@ -202,9 +198,6 @@ def timm_catalogue(pattern: str, curated: Collection[Checkpoint] = ()) -> list[t
     return out
 
 
-# --------------------------------------------------------------------------- download
-
-
 def fetch(
     ckpt: Checkpoint,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -213,14 +206,8 @@ def fetch(
     force: bool = False,
     retries: int | None = None,
 ) -> Path:
-    """The local path of a checkpoint entry, downloading and verifying it first when it is not cached:
-    :func:`audiotag.fetch.weights.fetch`, with a first download that nothing published can check read
-    by :func:`read_state_dict`.
-
-    ``force`` downloads again even when a cached copy exists; the cached copy is replaced only when
-    the new one passes every check. ``retries``: reconnections after a dropped transfer (each
-    resumes where the last stopped); default :data:`audiotag.fetch.http.RETRIES`.
-    """
+    """:func:`audiotag.fetch.weights.fetch`, with a first download that nothing published can check
+    read by :func:`read_state_dict`."""
     return weights.fetch(ckpt, cache_dir, offline, force=force, retries=retries, read_weights=read_state_dict)
 
 

@@ -3,8 +3,7 @@
 Only the config schema lives here, so that ``audiotag.experiment`` can put it in the experiment's
 ``model`` union beside the trainable families; the embeddings are computed by
 ``audiotag.models.embedding_cache`` and the classifier is fitted fold by fold by ``audiotag.train.probe``.
-``./run.sh train --config configs/experiments/<comp>/probe_*.yaml`` runs it like any experiment and
-writes the same OOF/test predictions, ``metrics.json`` and leaderboard row.
+``./run.sh train --config configs/experiments/<comp>/probe_*.yaml`` runs it like any experiment.
 """
 
 from __future__ import annotations

@@ -136,9 +136,6 @@ class ProbeModel:
         return self.head(self.standardise(x))
 
 
-# ----------------------------------------------------------------------------- the file
-
-
 def save_probe(path: Path, model: ProbeModel) -> None:
     """Write ``model`` to ``path`` atomically (plain arrays and one JSON string)."""
     head = model.head

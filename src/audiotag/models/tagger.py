@@ -7,21 +7,11 @@ with ``n_prefix_tokens`` class tokens first (``output = "tokens"``: transformers
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 from torch import nn
 
 from audiotag.config.schema import InputNorm, ModelBase
 from audiotag.models.heads import AttentionHead, LinearHead, TokenHead
-
-
-class Backbone(Protocol):
-    out_dim: int
-    output: str  # "sequence" or "tokens"
-    n_prefix_tokens: int
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def build_head(cfg: ModelBase, backbone: nn.Module, n_classes: int) -> nn.Module:

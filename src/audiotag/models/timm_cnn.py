@@ -106,9 +106,6 @@ def build_backbone(cfg: TimmConfig, n_mels: int, frames: int) -> nn.Module:
     return TimmBackbone(cfg.arch, cfg.drop_path)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
 def read_timm_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A timm weight file (``.safetensors``, or a ``.pth``/``.bin`` torch pickle) as a flat state dict."""
     path = Path(path)
@@ -203,9 +200,6 @@ def timm_converter(arch: str) -> Converter:
 CONVERTERS: dict[str, Converter] = {"timm": convert_timm}
 
 
-# The weights table's rows of this family (`./run.sh weights list`).
-_IMAGENET_LICENSE = "Apache-2.0*"  # * as timm lists it; see the note
-
 CHECKPOINTS = (
     Checkpoint(
         name="efficientnet_b0",
@@ -214,7 +208,7 @@ CHECKPOINTS = (
         size=None,
         sha256=None,
         md5=None,
-        license=_IMAGENET_LICENSE,
+        license="Apache-2.0*",  # * as timm lists it; see the note
         layout="timm",
         features=None,
         model="efficientnet_b0",

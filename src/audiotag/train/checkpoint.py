@@ -8,13 +8,8 @@ and the grad scaler's state), all of which the weights-only unpickler accepts as
 :data:`RESUME_GLOBALS` (what it allows beyond that) is empty; anything else in the pickle is refused
 with a :class:`DataError` naming the file.
 
-``done.json`` records the size and SHA-256 of the fold's ``best.pt`` (:func:`file_record`), and
-:func:`verify_best` checks them wherever a finished fold's weights are used: a rerun that skips the
-fold, ``package``, and the package's inference.
-
-A full disk while saving (``torch.save`` reports it as ``basic_ios::clear: iostream error`` or a
-``PytorchStreamWriter`` failure, plain writes as ``OSError(ENOSPC)``) becomes a :class:`TrainingError`
-saying so (:func:`disk_full_guard`); the atomic write leaves the previous file in place.
+:func:`verify_best` checks ``best.pt`` against its ``done.json`` record wherever a finished fold's
+weights are used: a rerun that skips the fold, ``package``, and the package's inference.
 """
 
 from __future__ import annotations

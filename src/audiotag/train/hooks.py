@@ -4,10 +4,8 @@
 the epoch's validation score is known and ``last.pt`` is saved. A fold that resumes (from ``last.pt``,
 or already done) first replays the epochs it had completed, in order, so the observer sees every
 epoch of the fold whatever the process that trained it. A hook stops the training by raising: the
-exception leaves ``train_fold`` (and the run) as it is, with the fold's ``last.pt`` in place.
-
-The hyperparameter search (``train/tune_study.py``) reports these scores to its pruner this way; the
-training loop itself imports no search library.
+exception leaves ``train_fold`` (and the run) as it is, with the fold's ``last.pt`` in place. The
+search's pruner listens this way (``train/tune_study.py``).
 """
 
 from __future__ import annotations

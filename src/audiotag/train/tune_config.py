@@ -5,7 +5,6 @@ search space is a mapping of dotted experiment keys (``train.lr``, ``model.dropo
 distributions. :func:`check_space` validates that mapping against the experiment schema before any
 trial starts: every key must be a setting of the base experiment (an unknown key is an error naming
 it, with the keys allowed there), and every bound or choice must be a value the setting accepts.
-
 It sits in the train layer beside the study logic (``train/tune_study.py``); the search library is
 imported there, not here.
 """
