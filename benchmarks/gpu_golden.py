@@ -173,7 +173,7 @@ def byola_case(name: str, tmp: Path) -> Case:
 
     if name == "byola512_real":
         from audiotag.fetch.weights import cached_path
-        from audiotag.models.pretrained import lookup
+        from audiotag.models.registry import lookup
 
         path = cached_path(lookup("byola512"))
         if not path.is_file():
