@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, Tag, TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
 
 from audiotag.core.errors import ConfigError
 
@@ -261,3 +262,20 @@ def validate(model: type[M] | Any, tree: dict[str, Any], source: str) -> M:
 
 def dump_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+MISSING = object()  # schema_default's answer for a key without a default
+
+
+def schema_default(cfg: BaseModel, key: str) -> Any:
+    """The JSON value of the schema default of the dotted ``key`` in ``cfg`` (``MISSING`` if none)."""
+    *parents, name = key.split(".")
+    node: Any = cfg
+    for part in parents:
+        node = getattr(node, part, None)
+    field_info = type(node).model_fields.get(name) if isinstance(node, BaseModel) else None
+    if field_info is None and isinstance(node, BaseModel):  # written at its default: another kind's key
+        return node.model_dump(mode="json").get(name, MISSING)
+    if field_info is None or field_info.is_required():
+        return MISSING
+    return to_jsonable_python(field_info.get_default(call_default_factory=True))

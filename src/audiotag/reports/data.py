@@ -19,10 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
 
-from audiotag.config.files import configs_root
+from audiotag.config.files import MISSING, configs_root, schema_default
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import AudiotagError
 from audiotag.data.cache_reader import OK, REPORT
@@ -119,24 +117,7 @@ def find_experiment_file(name: str, competition: str, root: Path | None = None) 
 
 
 def _shown(value: Any) -> str:
-    return "—" if value is _MISSING else json.dumps(value, ensure_ascii=False)
-
-
-_MISSING = object()
-
-
-def schema_default(cfg: BaseModel, key: str) -> Any:
-    """The JSON value of the schema default of the dotted ``key`` in ``cfg`` (``_MISSING`` if none)."""
-    *parents, name = key.split(".")
-    node: Any = cfg
-    for part in parents:
-        node = getattr(node, part, None)
-    field_info = type(node).model_fields.get(name) if isinstance(node, BaseModel) else None
-    if field_info is None and isinstance(node, BaseModel):  # written at its default: another kind's key
-        return node.model_dump(mode="json").get(name, _MISSING)
-    if field_info is None or field_info.is_required():
-        return _MISSING
-    return to_jsonable_python(field_info.get_default(call_default_factory=True))
+    return "—" if value is MISSING else json.dumps(value, ensure_ascii=False)
 
 
 def config_diff(run_dir: Path, competition: str) -> ConfigDiff:
@@ -164,8 +145,8 @@ def config_diff(run_dir: Path, competition: str) -> ConfigDiff:
     theirs, ours = flatten(loaded.model_dump(mode="json")), flatten(run_cfg)
     rows = []
     for key in sorted(set(theirs) | set(ours)):
-        a, b = theirs.get(key, _MISSING), ours.get(key, _MISSING)
-        if b is _MISSING and a == schema_default(loaded, key):
+        a, b = theirs.get(key, MISSING), ours.get(key, MISSING)
+        if b is MISSING and a == schema_default(loaded, key):
             continue  # a setting added since the run, at its default: what the run's code did
         if key != "name" and a != b:
             rows.append((key, _shown(a), _shown(b)))

@@ -26,14 +26,13 @@ from pydantic import BaseModel
 
 import audiotag
 from audiotag.config.competition import keys_not_affecting
-from audiotag.config.files import dump_yaml
+from audiotag.config.files import dump_yaml, schema_default
 from audiotag.core.atomic import atomic_write_json, atomic_write_text
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder, describe_owner
 from audiotag.core.paths import REPO_ROOT
 from audiotag.experiment import ExperimentConfig
-from audiotag.reports.data import schema_default
 from audiotag.runs.prepare import Prepared
 from audiotag.scoring import metrics
 from audiotag.scoring.fold_scores import FoldScores
