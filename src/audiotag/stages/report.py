@@ -2,7 +2,7 @@
 
 ``audiotag report -c COMP [-o FILE]`` writes ``submissions/<comp>/report.html`` by default; the
 ensemble stage writes ``submissions/<comp>/<ensemble>.report.html`` beside its submission. Facts are
-collected by ``report_data``, drawn by ``report_figures`` and assembled by ``report_html``.
+collected by ``reports.data``, drawn by ``reports.figures`` and assembled by ``reports.html``.
 """
 
 from __future__ import annotations
