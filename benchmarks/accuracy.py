@@ -66,9 +66,9 @@ from audiotag.competitions.folds import load_folds  # noqa: E402
 from audiotag.config.files import load_group  # noqa: E402
 from audiotag.config.schema import CompetitionConfig, FeatureConfig, load_competition  # noqa: E402
 from audiotag.core.log import setup_logging  # noqa: E402
-from audiotag.experiment import load_experiment  # noqa: E402
 from audiotag.runs.prepare import Prepared, prepare  # noqa: E402
 from audiotag.scoring import metrics  # noqa: E402
+from audiotag.train.experiment import load_experiment  # noqa: E402
 
 log = logging.getLogger("accuracy")
 

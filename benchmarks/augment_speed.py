@@ -114,9 +114,9 @@ def main() -> None:
     from audiotag.data.features import make_extractor
     from audiotag.data.spec_augment_lib import SpecAugmentLib
     from audiotag.data.wave_augment import fold_wave_augment
-    from audiotag.experiment import load_experiment
     from audiotag.models.registry import build_model
     from audiotag.runs.prepare import prepare
+    from audiotag.train.experiment import load_experiment
 
     setup_logging()
     console = Console(width=150)

@@ -48,10 +48,10 @@ from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.data.features import make_extractor
-from audiotag.experiment import ModelConfig
 from audiotag.models.registry import build_model
 from audiotag.train.engine import StepEngine, configure_determinism
 from audiotag.train.epoch import loader_workers
+from audiotag.train.experiment import ModelConfig
 from audiotag.train.schedule import make_scheduler
 
 N_CLASSES = 80
@@ -346,8 +346,8 @@ def bench_loop(model_name: str, data: Data, variant: Variant, device: torch.devi
     epochs of the synthetic clips: everything ``bench_ours`` leaves out (the loss read back every
     few steps, the progress bar, SpecAugment and mixup as configured, the loader's epoch changes)."""
     from audiotag.config.schema import load_competition
-    from audiotag.experiment import ExperimentConfig
     from audiotag.train.epoch import fold_loader, train_one_epoch
+    from audiotag.train.experiment import ExperimentConfig
 
     data, tc, model, optimizer = training_setup(model_name, data, variant, device)
     cfg = ExperimentConfig(

@@ -18,7 +18,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.data.dataset import CropDataset
 from audiotag.data.spec_augment_lib import IMAGE_DB, SpecAugmentLib, image_scale
 from audiotag.data.wave_augment import WaveAugment, fold_wave_augment, seeded_globals
-from audiotag.experiment import load_experiment
+from audiotag.train.experiment import load_experiment
 from tests.conftest import REPO, tiny_args
 
 DEMO = REPO / "configs" / "experiments" / "demo" / "cnn_small.yaml"

@@ -12,11 +12,11 @@ import yaml
 
 from audiotag.cli.main import main
 from audiotag.config.schema import load_competition
-from audiotag.experiment import load_experiment
 from audiotag.models.registry import build_model
 from audiotag.runs import auto_settings
 from audiotag.runs.auto_settings import AUTO_FILE, explicit_keys, measure_model, resolve_auto
 from audiotag.runs.prepare import prepare
+from audiotag.train.experiment import load_experiment
 from tests.test_table_competition import args, make_dataset
 
 TABLE_RECIPE = "configs/experiments/table/cnn_small_fixed.yaml"

@@ -24,8 +24,8 @@ from audiotag.config.files import configs_root
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.data import audio
 from audiotag.data.audio import UnusableAudio, decode
-from audiotag.experiment import load_experiment
 from audiotag.fetch import kaggle as fetch_kaggle
+from audiotag.train.experiment import load_experiment
 from tests.conftest import REPO
 from tests.test_competitions_real import (
     TEST_2018,

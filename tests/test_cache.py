@@ -427,8 +427,8 @@ def test_changed_audio_rules_in_the_config_rebuild_the_cache(
     """``competition.audio_rules`` reach the cache through ``prepare``: a shorter ``max_seconds`` rebuilds
     it with exactly the longer clips flagged ``cut``; the clip table and folds are left as they are."""
     from audiotag.config.files import configs_root
-    from audiotag.experiment import load_experiment
     from audiotag.runs.prepare import prepare
+    from audiotag.train.experiment import load_experiment
     from tests.conftest import TINY_DEMO
 
     def run(*overrides: str) -> tuple[Path, dict, pd.DataFrame]:

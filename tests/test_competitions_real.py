@@ -26,7 +26,7 @@ from audiotag.competitions.fsd2018 import CLASSES as CLASSES_2018
 from audiotag.competitions.fsd2019 import CLASSES as CLASSES_2019
 from audiotag.config.competition import NamedCompetitionConfig
 from audiotag.core.errors import ConfigError, DataError
-from audiotag.experiment import load_experiment
+from audiotag.train.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 44100

@@ -8,7 +8,7 @@ import pytest
 from audiotag.config.files import apply_overrides, configs_root
 from audiotag.config.schema import AudioRules, FeatureConfig, load_competition, load_ensemble
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import ExperimentConfig, load_experiment
+from audiotag.train.experiment import ExperimentConfig, load_experiment
 
 DEMO = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
 

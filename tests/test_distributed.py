@@ -133,9 +133,9 @@ def test_ddp_run_killed_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
 
 def test_batch_size_must_split_across_processes() -> None:
     from audiotag.core.errors import ConfigError
-    from audiotag.experiment import load_experiment
     from audiotag.stages.train import train_experiment
     from audiotag.train.distributed import DistContext
+    from audiotag.train.experiment import load_experiment
 
     cfg = load_experiment(Path("configs/experiments/demo/cnn_small.yaml"))  # batch 32
     with pytest.raises(ConfigError, match="multiple of the 3 processes"):

@@ -94,8 +94,8 @@ def test_changed_config_is_refused_for_an_existing_run(workspace: Path, capsys) 
 
 def test_a_setting_added_after_a_run_started_counts_as_unchanged_at_its_default() -> None:
     from audiotag.config.files import configs_root
-    from audiotag.experiment import load_experiment
     from audiotag.runs.folder import changed_settings, result_settings
+    from audiotag.train.experiment import load_experiment
 
     path = configs_root() / "experiments" / "demo" / "cnn_small.yaml"
     cfg = load_experiment(path)
@@ -115,8 +115,8 @@ def test_what_else_the_pipeline_runs_is_not_part_of_a_run_s_config() -> None:
     """A demo run made before the demo had extra members (its run.json records the default experiment
     and ensemble, not the extras), or with the extras switched off, stays the same run."""
     from audiotag.config.files import configs_root
-    from audiotag.experiment import load_experiment
     from audiotag.runs.folder import changed_settings, result_settings
+    from audiotag.train.experiment import load_experiment
 
     cfg = load_experiment(configs_root() / "experiments" / "demo" / "cnn_small.yaml")
     assert cfg.competition.default_extra_experiments == ["demo/probe_aisfx"]

@@ -18,8 +18,8 @@ from scipy import signal
 
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.experiment import load_experiment
 from audiotag.scoring import metrics
+from audiotag.train.experiment import load_experiment
 from audiotag.train.loop import FoldData, train_fold
 from tests.conftest import REPO
 

@@ -381,8 +381,8 @@ def test_filter_mode_drops_clips_left_without_a_label_with_their_weights(tmp_pat
 
 
 def test_a_linear_probe_refuses_the_losses_and_pseudo_labels_it_cannot_use() -> None:
-    from audiotag.experiment import load_experiment
     from audiotag.stages.train import train_experiment
+    from audiotag.train.experiment import load_experiment
     from tests.conftest import REPO
 
     for setting in ("train.noisy_loss.name=lq", "train.loss.name=lsep", "train.pseudo_labels.from_run=t"):

@@ -18,11 +18,11 @@ import torch
 from audiotag.cli.main import main
 from audiotag.config.files import configs_root
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import load_experiment
 from audiotag.models.byola import ByolaConfig
 from audiotag.models.encoder_file import read_encoder_info
 from audiotag.models.registry import build_model, check_pretrained, load_pretrained
 from audiotag.stages.pretrain import load_pretrain_config, run_pretrain_stage
+from audiotag.train.experiment import load_experiment
 from tests.conftest import PYTHON, subprocess_env
 
 TINY = [

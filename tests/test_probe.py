@@ -14,11 +14,11 @@ import audiotag.train.probe as probe
 from audiotag.config.competition import NamedCompetitionConfig
 from audiotag.config.schema import FeatureConfig, TrainConfig
 from audiotag.core.paths import REPO_ROOT
-from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.representation import EmbeddingConfig
 from audiotag.runs.prepare import Prepared, fold_data
 from audiotag.runs.probe_training import probe_one_fold
+from audiotag.train.experiment import ExperimentConfig, load_experiment
 from tests.fakes import FakeMulti, FakeSingle, make
 
 ID_SCALE = 1e-3  # column 0 of every fake embedding: the clip's number times this (a clip's id)

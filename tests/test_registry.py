@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from audiotag.experiment import ExperimentConfig
 from audiotag.models.registry import families, family_of
+from audiotag.train.experiment import ExperimentConfig
 
 TOY_FAMILY = '''
 """A family written as a user would: one module, nothing else edited."""
@@ -64,7 +64,7 @@ def test_the_experiment_schema_takes_every_family() -> None:
 
 def test_heads_are_checked_once_for_every_family() -> None:
     from audiotag.core.errors import ConfigError
-    from audiotag.experiment import load_experiment
+    from audiotag.train.experiment import load_experiment
 
     demo = Path(__file__).parents[1] / "configs/experiments/demo/cnn_small.yaml"
     with pytest.raises(ConfigError, match="is for transformers"):
@@ -82,7 +82,7 @@ def test_a_new_family_is_one_module(tmp_path: Path) -> None:
         import audiotag.models
         audiotag.models.__path__.append({str(tmp_path)!r})
         import torch
-        from audiotag.experiment import ExperimentConfig
+        from audiotag.train.experiment import ExperimentConfig
         from audiotag.models.registry import build_model, families
         cfg = ExperimentConfig.model_validate(
             {{"name": "x", "competition": {{"name": "demo"}}, "model": {{"name": "toy", "width": 5}}}}

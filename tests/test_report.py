@@ -18,11 +18,11 @@ import yaml
 
 from audiotag.cli.main import main
 from audiotag.config.files import configs_root, dump_yaml
-from audiotag.experiment import load_experiment
 from audiotag.reports.data import config_diff
 from audiotag.reports.figures import class_counts, durations_figure
 from audiotag.reports.html import table
 from audiotag.reports.leaderboard import build_leaderboard
+from audiotag.train.experiment import load_experiment
 from tests import demo_workspace
 
 CNN_SMALL = configs_root() / "experiments" / "demo" / "cnn_small.yaml"

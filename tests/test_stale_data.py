@@ -20,8 +20,8 @@ from audiotag.data import cache_build as cache_mod
 from audiotag.data.cache_build import build_cache
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.fingerprint import audio_fingerprint
-from audiotag.experiment import load_experiment
 from audiotag.runs.prepare import clip_table
+from audiotag.train.experiment import load_experiment
 from tests.conftest import TINY_DEMO
 from tests.test_cache import CFG, expected, write_clips
 

@@ -13,10 +13,10 @@ from audiotag.cli.main import main
 from audiotag.config.files import configs_root
 from audiotag.config.schema import InputNorm
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import load_experiment
 from audiotag.models.cnn14 import CnnConfig
 from audiotag.models.loading import Converted, load_converted
 from audiotag.models.registry import build_model
+from audiotag.train.experiment import load_experiment
 from tests.conftest import tiny_args
 
 SMALL = CnnConfig(channels=[4, 8], embedding_dim=6)

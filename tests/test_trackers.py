@@ -17,8 +17,8 @@ from sklearn.metrics import average_precision_score
 
 from audiotag.config.files import configs_root
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import load_experiment
 from audiotag.train.distributed import SINGLE, DistContext
+from audiotag.train.experiment import load_experiment
 from audiotag.train.trackers import Trackers, open_trackers
 from tests import demo_workspace
 

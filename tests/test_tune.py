@@ -18,9 +18,9 @@ from optuna.trial import TrialState
 from audiotag.cli.main import main
 from audiotag.config.files import configs_root, parse_override
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import load_experiment
 from audiotag.runs.folder import result_settings
 from audiotag.stages.tune import FIXED_KEYS
+from audiotag.train.experiment import load_experiment
 from audiotag.train.hooks import EpochResult, replay_history
 from audiotag.train.tune_config import (
     TuneConfig,

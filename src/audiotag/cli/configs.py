@@ -12,7 +12,7 @@ from audiotag.cli.args import ENSEMBLE_PREFIX, data_dir_overrides, folds_overrid
 from audiotag.config.files import configs_root, is_yaml_path, read_yaml
 from audiotag.config.schema import EnsembleConfig, load_competition, load_ensemble
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import ExperimentConfig, load_experiment
+from audiotag.train.experiment import ExperimentConfig, load_experiment
 
 
 def is_ensemble_file(path: Path) -> bool:

@@ -55,7 +55,6 @@ from audiotag.cli.training_commands import build_pretrain_parser, build_tune_par
 from audiotag.config.schema import EnsembleConfig
 from audiotag.core.errors import AudiotagError, ConfigError
 from audiotag.core.log import output_console, set_quiet, setup_logging
-from audiotag.experiment import ExperimentConfig
 from audiotag.train.distributed import (
     PARALLEL_MODES,
     DistContext,
@@ -64,6 +63,7 @@ from audiotag.train.distributed import (
     setup,
     teardown,
 )
+from audiotag.train.experiment import ExperimentConfig
 
 log = logging.getLogger("audiotag")
 

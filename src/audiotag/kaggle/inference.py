@@ -120,9 +120,9 @@ def predict_member(
 ) -> list[np.ndarray]:
     """Each fold's scores of one member: its best.pt over sliding windows, as training evaluated."""
     from audiotag.config.schema import InputNorm
-    from audiotag.experiment import load_experiment
     from audiotag.models.registry import build_model
     from audiotag.train.checkpoint import load_checkpoint, verify_best
+    from audiotag.train.experiment import load_experiment
     from audiotag.train.loop import crop_frames, predict_for
 
     cfg = load_experiment(member_dir / "config.yaml")
@@ -241,7 +241,7 @@ def predict_members(
     from audiotag.config.schema import AudioRules
     from audiotag.data.cache_build import build_cache
     from audiotag.data.cache_reader import FeatureCache
-    from audiotag.experiment import load_experiment
+    from audiotag.train.experiment import load_experiment
 
     fnames, classes = clips["clip_id"].tolist(), list(manifest["classes"])
     caches: dict[tuple[str, AudioRules], FeatureCache] = {}

@@ -1,6 +1,6 @@
 """The ``linear_probe`` model: a linear (or small MLP) classifier on frozen clip embeddings.
 
-Only the config schema lives here, so that ``audiotag.experiment`` can put it in the experiment's
+Only the config schema lives here, so that ``audiotag.train.experiment`` can put it in the experiment's
 ``model`` union beside the trainable families; the embeddings are computed by
 ``audiotag.models.embedding_cache`` and the classifier is fitted fold by fold by ``audiotag.train.probe``.
 ``./run.sh train --config configs/experiments/<comp>/probe_*.yaml`` runs it like any experiment.

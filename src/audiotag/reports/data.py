@@ -123,7 +123,7 @@ def _shown(value: Any) -> str:
 def config_diff(run_dir: Path, competition: str) -> ConfigDiff:
     """The run's ``config.yaml`` against its experiment file as that file loads today (no overrides):
     what ``--set`` (or ``--folds``, ``--weights``) changed, and defaults changed since the run."""
-    from audiotag.experiment import load_experiment
+    from audiotag.train.experiment import load_experiment
 
     try:
         run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}

@@ -29,11 +29,11 @@ from pydantic import BaseModel
 from audiotag.config.schema import InputNorm
 from audiotag.core.atomic import atomic_write_json
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import ExperimentConfig
 from audiotag.models.registry import build_model
 from audiotag.runs.prepare import Prepared
 from audiotag.train.auto_recipe import DataFacts, Derived, ModelFacts, derive
 from audiotag.train.distributed import SINGLE, DistContext
+from audiotag.train.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ import torch
 from audiotag.competitions.base import warn_about_rules
 from audiotag.core.errors import ConfigError
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.experiment import ExperimentConfig
 from audiotag.models.registry import check_pretrained
 from audiotag.runs.auto_settings import resolve_auto
 from audiotag.runs.folder import RunResult, check_or_write_run_info, claim_run, collect_run
@@ -25,6 +24,7 @@ from audiotag.runs.pseudo_labels import (
 )
 from audiotag.runs.task import RunRequest
 from audiotag.train.distributed import DistContext, device_for
+from audiotag.train.experiment import ExperimentConfig
 from audiotag.train.hooks import EpochHook
 from audiotag.train.loop import FoldData, train_fold
 

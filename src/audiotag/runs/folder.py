@@ -32,11 +32,11 @@ from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder, describe_owner
 from audiotag.core.paths import REPO_ROOT
-from audiotag.experiment import ExperimentConfig
 from audiotag.runs.prepare import Prepared
 from audiotag.scoring import metrics
 from audiotag.scoring.fold_scores import FoldScores
 from audiotag.scoring.predictions import read_predictions, write_predictions
+from audiotag.train.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 

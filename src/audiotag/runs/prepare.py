@@ -40,7 +40,7 @@ from audiotag.core.locks import file_lock
 from audiotag.data.cache_build import build_cache, check_cache_device
 from audiotag.data.cache_reader import REPORT, FeatureCache
 from audiotag.data.meta import read_meta, write_meta
-from audiotag.experiment import ExperimentConfig
+from audiotag.train.experiment import ExperimentConfig
 from audiotag.train.loop import FoldData
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ from audiotag.competitions.base import warn_about_rules
 from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import ConfigError
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.experiment import ExperimentConfig
 from audiotag.models.embedding_cache import (
     EmbeddingCache,
     embeddings_root,
@@ -35,6 +34,7 @@ from audiotag.runs.folder import RunResult, check_or_write_run_info, claim_run, 
 from audiotag.runs.prepare import Prepared, fold_data, prepare, run_folds
 from audiotag.runs.task import RunRequest
 from audiotag.train.distributed import SINGLE, device_for
+from audiotag.train.experiment import ExperimentConfig
 from audiotag.train.loop import FoldData, fold_score
 from audiotag.train.probe import ProbeFold, fit_fold, read_done, write_fold
 

@@ -54,11 +54,11 @@ from audiotag.core.atomic import atomic_write_json
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.kaggle.inference import predict_member
 from audiotag.models.probe import PROBE
 from audiotag.runs.prepare import Prepared, prepare
 from audiotag.scoring.predictions import read_predictions, write_predictions
+from audiotag.train.experiment import ExperimentConfig, load_experiment
 from audiotag.train.loop import FoldData
 
 log = logging.getLogger(__name__)

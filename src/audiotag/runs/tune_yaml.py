@@ -20,8 +20,8 @@ import yaml
 from audiotag.config.files import GROUPS, parse_override, read_yaml
 from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import ExperimentConfig, load_experiment
 from audiotag.runs.folder import result_settings
+from audiotag.train.experiment import ExperimentConfig, load_experiment
 from audiotag.train.tune_config import (
     Categorical,
     FloatRange,

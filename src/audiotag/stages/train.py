@@ -3,13 +3,13 @@ task (``runs/task.py``) its model chooses."""
 
 from __future__ import annotations
 
-from audiotag.experiment import ExperimentConfig
 from audiotag.models.probe import PROBE
 from audiotag.runs.fold_training import FoldTraining
 from audiotag.runs.folder import RunResult
 from audiotag.runs.probe_training import ProbeTraining
 from audiotag.runs.task import RunRequest, TrainingTask
 from audiotag.train.distributed import SINGLE, DistContext
+from audiotag.train.experiment import ExperimentConfig
 
 
 def train_experiment(

@@ -33,12 +33,12 @@ from audiotag.core.atomic import atomic_write_json
 from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder
 from audiotag.core.log import output_console
-from audiotag.experiment import load_experiment
 from audiotag.models.probe import PROBE
 from audiotag.runs.fold_training import FoldTraining
 from audiotag.runs.folder import RUNTIME_KEYS, result_settings
 from audiotag.runs.task import RunRequest
 from audiotag.runs.tune_yaml import TuneSetup, write_tuned_yaml
+from audiotag.train.experiment import load_experiment
 from audiotag.train.hooks import EpochHook
 from audiotag.train.tune_config import check_space, load_tune_config, tune_config_path
 

@@ -19,9 +19,9 @@ from audiotag.core.log import progress
 from audiotag.data.augment import apply_mask, mixup, resolve_specaugment, spec_mask
 from audiotag.data.dataset import CropDataset
 from audiotag.data.spec_augment_lib import SpecAugmentLib
-from audiotag.experiment import ExperimentConfig
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine
+from audiotag.train.experiment import ExperimentConfig
 from audiotag.train.losses import training_loss
 
 READ_EVERY = 20  # steps between reading the loss back from the device (LossTally)

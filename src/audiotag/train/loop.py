@@ -29,7 +29,6 @@ from audiotag.data.dataset import CropDataset, silence_value
 from audiotag.data.features import scale_rule
 from audiotag.data.norm_stats import dataset_norm
 from audiotag.data.wave_augment import fold_wave_augment
-from audiotag.experiment import ExperimentConfig
 from audiotag.models.heads import set_prior_bias
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.scoring import metrics
@@ -56,6 +55,7 @@ from audiotag.train.epoch import (
     fold_loader,
     train_one_epoch,
 )
+from audiotag.train.experiment import ExperimentConfig
 from audiotag.train.hooks import EpochHook, EpochResult, replay_history
 from audiotag.train.losses import split_weights
 from audiotag.train.predict import predict_clips

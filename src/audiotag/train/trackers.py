@@ -37,8 +37,8 @@ import numpy as np
 
 from audiotag.config.files import dump_yaml
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import ExperimentConfig
 from audiotag.train.distributed import DistContext
+from audiotag.train.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from audiotag.config.files import apply_overrides, configs_root, read_yaml, validate
 from audiotag.config.schema import StrictModel
 from audiotag.core.errors import ConfigError
-from audiotag.experiment import ExperimentConfig
+from audiotag.train.experiment import ExperimentConfig
 
 DEFAULT_TUNE = "default"
 

@@ -1,9 +1,9 @@
 """An experiment: a competition, a front-end, a model of any registered family, training settings.
 
 Composed from the YAML groups by ``load_experiment`` (``audiotag.config.schema`` has the machinery). It
-sits above ``models`` because the ``model`` section is validated against the config schema of the
-family it names, and the families live with their code (``models/<family>.py``, collected by
-``models/registry.py``).
+lives in ``train/``, the lowest floor that needs it, above ``models`` because the ``model`` section is
+validated against the config schema of the family it names, and the families live with their code
+(``models/<family>.py``, collected by ``models/registry.py``).
 """
 
 from __future__ import annotations
