@@ -279,3 +279,14 @@ def schema_default(cfg: BaseModel, key: str) -> Any:
     if field_info is None or field_info.is_required():
         return MISSING
     return to_jsonable_python(field_info.get_default(call_default_factory=True))
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train.lr": 0.003, ...}``: a config tree's dotted keys; lists stay values, empty dicts vanish."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from audiotag.config.files import MISSING, configs_root, schema_default
+from audiotag.config.files import MISSING, configs_root, flatten, schema_default
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import AudiotagError
 from audiotag.data.cache_reader import OK, REPORT
@@ -90,19 +90,6 @@ class ReportData:
 
 
 # --------------------------------------------------------------------------- config diff
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"train.lr": 0.003, ...}``; lists stay values."""
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def find_experiment_file(name: str, competition: str, root: Path | None = None) -> Path | None:

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 import audiotag
 from audiotag.config.competition import keys_not_affecting
-from audiotag.config.files import dump_yaml, schema_default
+from audiotag.config.files import dump_yaml, flatten, schema_default
 from audiotag.core.atomic import atomic_write_json, atomic_write_text
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError, TrainingError
@@ -53,17 +53,6 @@ RUNTIME_KEYS = {
     "train.loggers",  # where the numbers are reported, not what they are
     *(f"competition.{key}" for key in keys_not_affecting("run")),  # where the files are, what else runs
 }
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, path + "."))
-        else:
-            out[path] = value
-    return out
 
 
 def run_settings(cfg: BaseModel, runtime_keys: set[str]) -> dict[str, object]:

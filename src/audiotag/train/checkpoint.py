@@ -20,6 +20,7 @@ import logging
 import pickle
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,30 @@ log = logging.getLogger(__name__)
 RESUME_GLOBALS: list[Any] = []
 
 RESTART = "delete it to restart this fold"
+
+
+@dataclass
+class EpochProgress:
+    """A training's progress, kept in ``last.pt`` under ``"state"`` as the dict ``as_checkpoint`` makes."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per completed epoch
+    partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's progress: epoch, batch, ranks
+
+    def take_partial(self) -> dict[str, Any] | None:
+        """The mid-epoch progress to resume the current epoch from; used once."""
+        partial, self.partial = self.partial, None
+        return partial if partial and partial["epoch"] == self.epoch else None
+
+    def as_checkpoint(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The saved dict: the fields, with ``partial`` only when saved within an epoch."""
+        saved = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "partial"}
+        return {**saved, "partial": partial} if partial else saved
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> Any:
+        kept = {f.name: saved[f.name] for f in fields(cls) if f.name != "partial"}
+        return cls(**kept, partial=saved.get("partial"))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from audiotag.models.registry import build_model, load_pretrained
 from audiotag.scoring import metrics
 from audiotag.scoring.predictions import write_predictions
 from audiotag.train.checkpoint import (
+    EpochProgress,
     disk_full_guard,
     file_record,
     load_checkpoint,
@@ -144,47 +145,15 @@ def fold_score(data: FoldData, scores: np.ndarray) -> float:
 
 
 @dataclass
-class FoldState:
-    """A fold's progress; ``last.pt`` keeps it under ``"state"`` as the dict ``as_checkpoint`` makes."""
+class FoldState(EpochProgress):
+    """A fold's progress: epochs, history and the best epoch so far (for early stopping)."""
 
-    epoch: int = 0  # epochs completed
     best_score: float = -math.inf
     best_epoch: int = -1
     bad_epochs: int = 0  # epochs since the best one (early stopping)
-    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per completed epoch
-    partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's progress: epoch, batch, ranks
 
     def running(self, epochs: int, patience: int) -> bool:
         return self.epoch < epochs and self.bad_epochs < patience
-
-    def take_partial(self) -> dict[str, Any] | None:
-        """The mid-epoch progress to resume the current epoch from; used once."""
-        partial, self.partial = self.partial, None
-        return partial if partial and partial["epoch"] == self.epoch else None
-
-    def as_checkpoint(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The saved dict: the fields, with ``partial`` only when saved within an epoch."""
-        saved: dict[str, Any] = {
-            "epoch": self.epoch,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-            "history": self.history,
-        }
-        if partial:
-            saved["partial"] = partial
-        return saved
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict[str, Any]) -> FoldState:
-        return cls(
-            epoch=int(saved["epoch"]),
-            best_score=float(saved["best_score"]),
-            best_epoch=int(saved["best_epoch"]),
-            bad_epochs=int(saved["bad_epochs"]),
-            history=list(saved["history"]),
-            partial=saved.get("partial"),
-        )
 
 
 @dataclass

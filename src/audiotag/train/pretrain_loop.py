@@ -42,7 +42,7 @@ from audiotag.models.byol import (
 from audiotag.models.byola import build_backbone
 from audiotag.models.registry import load_pretrained
 from audiotag.models.tagger import Tagger
-from audiotag.train.checkpoint import load_checkpoint, save_checkpoint
+from audiotag.train.checkpoint import EpochProgress, load_checkpoint, save_checkpoint
 from audiotag.train.distributed import SINGLE, DistContext
 from audiotag.train.engine import StepEngine, configure_determinism
 from audiotag.train.epoch import (
@@ -66,25 +66,6 @@ RESTART = "delete it to restart the pretraining from scratch"
 
 
 @dataclass
-class PretrainState:
-    """Progress; ``last.pt`` keeps it under ``"state"``."""
-
-    epoch: int = 0  # epochs completed
-    history: list[dict[str, Any]] = field(default_factory=list)
-    partial: dict[str, Any] | None = None  # mid-epoch progress: epoch, batch, ranks
-
-    def take_partial(self) -> dict[str, Any] | None:
-        partial, self.partial = self.partial, None
-        return partial if partial and partial["epoch"] == self.epoch else None
-
-    def as_checkpoint(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
-        saved: dict[str, Any] = {"epoch": self.epoch, "history": self.history}
-        if partial:
-            saved["partial"] = partial
-        return saved
-
-
-@dataclass
 class Pretrainer:
     """Everything one pretraining run holds."""
 
@@ -100,7 +81,7 @@ class Pretrainer:
     scheduler: Any
     engine: StepEngine
     augment: ByolaAugment
-    state: PretrainState = field(default_factory=PretrainState)
+    state: EpochProgress = field(default_factory=EpochProgress)
     loader: EpochLoader | None = None  # made at the first epoch, closed when pretraining ends
 
     @property
@@ -195,7 +176,7 @@ def resume(run: Pretrainer) -> None:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.engine.load_state_dict(ckpt["engine"])
     saved = ckpt["state"]
-    run.state = PretrainState(int(saved["epoch"]), list(saved["history"]), saved.get("partial"))
+    run.state = EpochProgress.from_checkpoint(saved)
     memories = ckpt["memory"]
     n_procs = run.ctx.world if run.ctx.ddp else 1
     if len(memories) != n_procs:

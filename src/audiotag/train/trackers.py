@@ -31,11 +31,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from audiotag.config.files import dump_yaml
+from audiotag.config.files import dump_yaml, flatten
 from audiotag.core.errors import ConfigError
 from audiotag.train.distributed import DistContext
 from audiotag.train.experiment import ExperimentConfig
@@ -67,17 +67,6 @@ def import_optional(module: str, logger: str) -> ModuleType:
             f"train.loggers: {logger!r} needs the {logger} package, which is not installed ({exc}); "
             f"install it with: {INSTALL[logger]}, or remove {logger} from train.loggers"
         ) from None
-
-
-def flat_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """The config as ``{"train.lr": "0.003", ...}``: text values cut to MLflow's parameter limit."""
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = str(value)[:PARAM_LIMIT]
-    return out
 
 
 def indented(text: str) -> str:
@@ -122,7 +111,8 @@ class MlflowTracker:
         self.mlflow.set_tracking_uri(uri)
         self.mlflow.set_experiment(experiment)
         self.run = self.mlflow.start_run(run_name=run_name)
-        self.mlflow.log_params(flat_params(cfg_tree))
+        # text values cut to MLflow's parameter limit
+        self.mlflow.log_params({k: str(v)[:PARAM_LIMIT] for k, v in flatten(cfg_tree).items()})
         self.mlflow.log_text(config_text, "config.yaml")
         log.info("mlflow: run %s in experiment %s at %s", run_name, experiment, uri)
 
