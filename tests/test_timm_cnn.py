@@ -14,6 +14,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.fetch import weights as fetch_weights
 from audiotag.models import pretrained
 from audiotag.models.loading import load_converted
+from audiotag.models.pretrained import read_state_dict
 from audiotag.models.registry import build_model, check_pretrained, load_pretrained, lookup
 from audiotag.models.tagger import Tagger, build_head
 from audiotag.models.timm_cnn import (
@@ -22,8 +23,6 @@ from audiotag.models.timm_cnn import (
     TimmConfig,
     build_backbone,
     convert_timm,
-    read_timm_file,
-    timm_converter,
 )
 
 N_CLASSES = 7
@@ -60,7 +59,7 @@ def test_imagenet_file_loads_with_mono_stem(
         save_file(effnet_state, str(path))
     else:
         torch.save(effnet_state, path)
-    state = read_timm_file(path)
+    state = read_state_dict(path)
     assert state.keys() == effnet_state.keys()
 
     tagger = tagger_for("efficientnet_b0")
@@ -82,23 +81,23 @@ def test_wrapped_pth_without_batch_counters(tmp_path: Path, effnet_state: dict[s
     bare = {f"module.{k}": v for k, v in effnet_state.items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "old.pth"
     torch.save({"state_dict": bare, "epoch": 3}, path)
-    state = read_timm_file(path)
-    assert "conv_stem.weight" in state and not any(k.startswith("module.") for k in state)
-    report = load_converted(tagger_for("efficientnet_b0"), convert_timm(state), "old.pth")
+    state = read_state_dict(path)
+    converted = convert_timm(state)
+    assert "backbone.model.conv_stem.weight" in converted.state
+    assert not any(".module." in k for k in converted.state)
+    report = load_converted(tagger_for("efficientnet_b0"), converted, "old.pth")
     assert len(report.adapted) == 1
 
 
-def test_arch_converter_uses_pretrained_cfg() -> None:
+def test_convnext_classifier_dropped_norm_kept() -> None:
     """ConvNeXt: classifier ``head.fc`` dropped, ``head.norm`` kept; stem ``stem.0`` summed."""
     state = imagenet_state("convnext_atto")
-    converter = timm_converter("convnext_atto")
-    converted = converter(state)
+    converted = convert_timm(state)
     assert sorted(converted.ignored) == ["head.fc.bias", "head.fc.weight"]
     assert "backbone.model.head.norm.weight" in converted.state
     tagger = tagger_for("convnext_atto")
     report = load_converted(tagger, converted, "convnext_atto")
     assert report.adapted == ["backbone.model.stem.0.weight (40, 3, 4, 4)->(40, 1, 4, 4)"]
-    assert sorted(convert_timm(state).ignored) == sorted(converted.ignored)
 
 
 def test_mismatched_arch_is_refused(effnet_state: dict[str, torch.Tensor]) -> None:
@@ -131,18 +130,6 @@ def test_backbone_attributes_and_unknown_arch() -> None:
     assert backbone.model.conv1.in_channels == 1
     with pytest.raises(ConfigError, match=r"model\.arch"):
         build_backbone(TimmConfig(arch="no_such_net"), 64, 100)
-
-
-def test_read_timm_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not found"):
-        read_timm_file(tmp_path / "absent.safetensors")
-    junk = tmp_path / "junk.pth"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="not a readable torch checkpoint"):
-        read_timm_file(junk)
-
-
-# ----------------------------------------------------------------------------- pretrained: imagenet
 
 
 def test_imagenet_weights_from_the_cache_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cache
-from pathlib import Path
 from typing import Literal
 
 import timm
@@ -106,28 +105,6 @@ def build_backbone(cfg: TimmConfig, n_mels: int, frames: int) -> nn.Module:
     return TimmBackbone(cfg.arch, cfg.drop_path)
 
 
-def read_timm_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A timm weight file (``.safetensors``, or a ``.pth``/``.bin`` torch pickle) as a flat state dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: weight file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"{path}: not a readable torch checkpoint ({exc})") from None
-    for wrapper in ("state_dict_ema", "state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"{path}: expected a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def _as_names(value: str | Iterable[str] | None) -> tuple[str, ...]:
     if not value:
         return ()
@@ -179,22 +156,9 @@ def convert_timm(state: dict[str, torch.Tensor]) -> Converted:
     model needs (missing) or a kept key it lacks (unexpected). The stem is the only weight with 3
     input channels in the file and 1 in the model; ``rgb_to_mono`` sums it over RGB.
     """
+    state = {key.removeprefix("module."): value for key, value in state.items()}  # DataParallel's prefix
     present = {key.rsplit(".", 1)[0] for key in state}
     return _convert(state, sorted(known_classifiers() & present), stems=())
-
-
-def timm_converter(arch: str) -> Converter:
-    """A converter that uses ``arch``'s own pretrained config (``classifier`` and ``first_conv``)."""
-    pretrained_cfg = timm.models.get_pretrained_cfg(arch)
-    if pretrained_cfg is None:
-        raise ConfigError(f"model.arch: timm has no pretrained config for {arch!r}")
-    classifiers = _as_names(pretrained_cfg.classifier)
-    stems = _as_names(pretrained_cfg.first_conv)
-
-    def convert(state: dict[str, torch.Tensor]) -> Converted:
-        return _convert(state, classifiers, stems)
-
-    return convert
 
 
 CONVERTERS: dict[str, Converter] = {"timm": convert_timm}
