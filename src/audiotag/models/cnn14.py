@@ -218,77 +218,61 @@ def detect_layout(keys) -> str:
     return "aisfx" if any(k.startswith("embedding_net.") for k in keys) else "panns"
 
 
-def _zenodo_panns(filename: str) -> str:
-    quoted = filename.replace("=", "%3D")
-    return f"https://zenodo.org/records/3987831/files/{quoted}?download=1"
+def _panns(name: str, filename: str, size: int | None, sha256: str | None, md5: str, note: str) -> Checkpoint:
+    """A PANNs checkpoint of Zenodo record 3987831: ``filename``'s model, 16 or 32 kHz by its name."""
+    return Checkpoint(
+        name=name,
+        url="https://zenodo.org/records/3987831/files/" + filename.replace("=", "%3D") + "?download=1",
+        filename=filename,
+        size=size,
+        sha256=sha256,
+        md5=md5,
+        license="CC-BY-4.0",
+        layout="panns",
+        pickle_globals=("numpy",),
+        features="panns_16k" if "_16k" in filename else "panns_32k",
+        model=filename.split("_")[0].lower(),
+        note=note
+        + " PANNs (Kong et al. 2020), AudioSet, 527 classes; Zenodo record 3987831 (weights CC BY 4.0; "
+        "code github.com/qiuqiangkong/audioset_tagging_cnn, MIT). MD5 as listed on the Zenodo record. "
+        "The file is a dict with 'model' (plus training state); its front-end buffers "
+        "(spectrogram_extractor.*, logmel_extractor.*) are not used by our models.",
+    )
 
 
-_PANNS_LICENSE = "CC-BY-4.0"
-_PANNS_NOTE = (
-    "PANNs (Kong et al. 2020), AudioSet, 527 classes; Zenodo record 3987831 (weights CC BY 4.0; code "
-    "github.com/qiuqiangkong/audioset_tagging_cnn, MIT). MD5 as listed on the Zenodo record. "
-    "The file is a dict with 'model' (plus training state); its front-end buffers "
-    "(spectrogram_extractor.*, logmel_extractor.*) are not used by our models."
-)
-
+_PINNED = "SHA-256 as pinned by independent projects that verified the Zenodo MD5."
 CHECKPOINTS = (
-    Checkpoint(
-        name="cnn14",
-        url=_zenodo_panns("Cnn14_mAP=0.431.pth"),
-        filename="Cnn14_mAP=0.431.pth",
-        size=327_428_481,
-        sha256="0dc499e40e9761ef5ea061ffc77697697f277f6a960894903df3ada000e34b31",
-        md5="541141fa2ee191a88f24a3219fff024e",
-        license=_PANNS_LICENSE,
-        layout="panns",
-        pickle_globals=("numpy",),
-        features="panns_32k",
-        model="cnn14",
-        note="CNN14 at 32 kHz, AudioSet mAP 0.431. Size and SHA-256 as pinned by independent "
-        "projects that verified the Zenodo MD5. " + _PANNS_NOTE,
+    _panns(
+        "cnn14",
+        "Cnn14_mAP=0.431.pth",
+        327_428_481,
+        "0dc499e40e9761ef5ea061ffc77697697f277f6a960894903df3ada000e34b31",
+        "541141fa2ee191a88f24a3219fff024e",
+        "CNN14 at 32 kHz, AudioSet mAP 0.431. Size and " + _PINNED,
     ),
-    Checkpoint(
-        name="cnn14_16k",
-        url=_zenodo_panns("Cnn14_16k_mAP=0.438.pth"),
-        filename="Cnn14_16k_mAP=0.438.pth",
-        size=None,
-        sha256="e2ee543a27919542c2ea03eabaa70b24dcd4e6c8e05621de6b67a94e4c5058e6",
-        md5="362fc5ff18f1d6ad2f6d464b45893f2c",
-        license=_PANNS_LICENSE,
-        layout="panns",
-        pickle_globals=("numpy",),
-        features="panns_16k",
-        model="cnn14",
-        note="CNN14 at 16 kHz (STFT 512 / hop 160, 50-8000 Hz), AudioSet mAP 0.438. SHA-256 as "
-        "pinned by independent projects that verified the Zenodo MD5. " + _PANNS_NOTE,
+    _panns(
+        "cnn14_16k",
+        "Cnn14_16k_mAP=0.438.pth",
+        None,
+        "e2ee543a27919542c2ea03eabaa70b24dcd4e6c8e05621de6b67a94e4c5058e6",
+        "362fc5ff18f1d6ad2f6d464b45893f2c",
+        "CNN14 at 16 kHz (STFT 512 / hop 160, 50-8000 Hz), AudioSet mAP 0.438. " + _PINNED,
     ),
-    Checkpoint(
-        name="cnn10",
-        url=_zenodo_panns("Cnn10_mAP=0.380.pth"),
-        filename="Cnn10_mAP=0.380.pth",
-        size=25_237_595,
-        sha256=None,
-        md5="bfb1f1f9968938fa8ef4012b8471f5f6",
-        license=_PANNS_LICENSE,
-        layout="panns",
-        pickle_globals=("numpy",),
-        features="panns_32k",
-        model="cnn10",
-        note="CNN10 at 32 kHz, AudioSet mAP 0.380. " + _PANNS_NOTE,
+    _panns(
+        "cnn10",
+        "Cnn10_mAP=0.380.pth",
+        25_237_595,
+        None,
+        "bfb1f1f9968938fa8ef4012b8471f5f6",
+        "CNN10 at 32 kHz, AudioSet mAP 0.380.",
     ),
-    Checkpoint(
-        name="cnn6",
-        url=_zenodo_panns("Cnn6_mAP=0.343.pth"),
-        filename="Cnn6_mAP=0.343.pth",
-        size=None,
-        sha256=None,
-        md5="e25e26b84585b14c7754c91e48efc9be",
-        license=_PANNS_LICENSE,
-        layout="panns",
-        pickle_globals=("numpy",),
-        features="panns_32k",
-        model="cnn6",
-        note="CNN6 at 32 kHz (5x5 convolutions), AudioSet mAP 0.343. " + _PANNS_NOTE,
+    _panns(
+        "cnn6",
+        "Cnn6_mAP=0.343.pth",
+        None,
+        None,
+        "e25e26b84585b14c7754c91e48efc9be",
+        "CNN6 at 32 kHz (5x5 convolutions), AudioSet mAP 0.343.",
     ),
     Checkpoint(
         name="aisfx",
