@@ -41,10 +41,10 @@ from audiotag.fetch.http import (
     fetch_part,
     file_digests,
     human_size,
-    is_offline,
     locked,
     part_path,
 )
+from audiotag.fetch.network import require_network
 
 log = logging.getLogger(__name__)
 
@@ -294,11 +294,11 @@ def fetch(
     if final.is_file() and not force:
         verify(ckpt, final, cache)
         return final
-    if is_offline(offline):
-        raise DataError(
-            f"weights {ckpt.name!r}: {final} is not in the cache and offline mode is on "
-            f"(AUDIOTAG_OFFLINE=1); {_missing_hint(ckpt)}"
-        )
+    require_network(
+        f"weights {ckpt.name!r}: {final} is not in the cache; downloading it from {download_url(ckpt)}",
+        _missing_hint(ckpt),
+        offline,
+    )
     waiting = f"waiting for another process that is downloading {ckpt.filename}"
     with locked(cache / f".{ckpt.filename}.lock", waiting):
         if final.is_file() and not force:  # another process fetched it while this one waited
