@@ -168,6 +168,12 @@ def build_package_parser() -> argparse.ArgumentParser:
         help="ensemble config: a name under configs/ensembles/ or a YAML path (default: the competition's)",
     )
     parser.add_argument("--slug", help="Kaggle slug of the data folder /kaggle/input/<slug> (default: own)")
+    parser.add_argument(
+        "--kaggle-id",
+        metavar="OWNER/SLUG",
+        help="the Kaggle dataset the bundle becomes (dataset-metadata.json); default: the username of "
+        "your Kaggle credentials and a slug from the competition and ensemble names",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -185,7 +191,7 @@ def run_package(args: argparse.Namespace) -> None:
     cfg = load_ensemble(path, competition=table)
     if args.competition and table is None and cfg.competition.name != args.competition:
         raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
-    out = build_package(cfg, args.out_dir, slug=args.slug)
+    out = build_package(cfg, args.out_dir, slug=args.slug, kaggle_id=args.kaggle_id)
     Console(stderr=False).print(
         f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})",
         soft_wrap=True,

@@ -107,6 +107,16 @@ def config_dir() -> Path:
     return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
 
 
+def kaggle_username() -> str | None:
+    """The Kaggle username of the credentials, read locally (``KAGGLE_USERNAME``, else ``kaggle.json``);
+    None when neither names one (an access token names it only when Kaggle is asked)."""
+    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+        legacy = json.loads((config_dir() / "kaggle.json").read_text())
+        if not os.environ.get("KAGGLE_USERNAME") and isinstance(legacy, dict) and legacy.get("username"):
+            return str(legacy["username"])
+    return os.environ.get("KAGGLE_USERNAME") or None
+
+
 def _file_token(path: Path) -> str:
     """An access-token file's contents (small files only), for scrubbing."""
     with contextlib.suppress(OSError, UnicodeDecodeError):
