@@ -176,3 +176,38 @@ def test_a_folder_with_nothing_to_guess_is_refused(tmp_path: Path, capsys: pytes
     assert "no CSV naming audio files and no class folders" in capsys.readouterr().err
     assert _new("x", tmp_path / "absent", tmp_path / "x.yaml") == 2
     assert not (tmp_path / "x.yaml").exists()
+
+
+def fsd2018_like(root: Path, labels_per_row: int = 3) -> Path:
+    classes = ["Bark", "Flute", "Hi-Hat", "Laughter"]
+    rows = []
+    for i in range(16):
+        fname = f"{i:08x}.wav"
+        _touch(root / "audio_train" / fname)
+        rows.append({"fname": fname, "label": classes[i % 4], "manually_verified": i % 2})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    test = [f"t{i:07x}.wav" for i in range(5)]
+    for name in test:
+        _touch(root / "audio_test" / name)
+    ranked = " ".join(classes[:labels_per_row])
+    pd.DataFrame({"fname": test, "label": ranked}).to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("labels_per_row", "metric"), [(3, "map3"), (1, "accuracy"), (2, "map3")], ids=["map3", "one", "two"]
+)
+def test_fsd2018_like_sample_with_ranked_labels_sets_top_k(
+    tmp_path: Path, capsys: pytest.CaptureFixture, labels_per_row: int, metric: str
+) -> None:
+    """FSDKaggle2018's sample submission holds three labels per row (MAP@3): the guess reads that k."""
+    data = fsd2018_like(tmp_path / "fsd2018", labels_per_row)
+    out = tmp_path / "f18.yaml"
+    assert _new("my2018", data, out) == 0
+    cfg = _load(out)
+    assert (cfg.label_column, cfg.multi_label, cfg.test_dir) == ("label", False, "audio_test")
+    assert cfg.metric == metric
+    assert cfg.submission is not None and cfg.submission.kind == "top_k_labels"
+    assert cfg.submission.k == labels_per_row
+    if labels_per_row > 1:
+        assert f"{labels_per_row} ranked labels per sample row" in capsys.readouterr().out

@@ -30,6 +30,7 @@ from audiotag.cli.main import main
 from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import http as fetch_http
+from audiotag.fetch import hub as fetch_hub
 from audiotag.fetch import weights as fetch_weights
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models import pretrained
@@ -61,6 +62,7 @@ def _checkpoint_bytes() -> bytes:
 
 
 PAYLOAD = _checkpoint_bytes()
+HF_TOKEN = "hf_test_token_0123456789"
 
 
 @dataclass
@@ -70,7 +72,9 @@ class ServerState:
     ignore_range: bool = False
     ranges: list[str | None] = field(default_factory=list)  # the Range header of every request
     files: dict[str, bytes] = field(default_factory=dict)  # more paths served, e.g. a fake HF hub
-    paths: list[str] = field(default_factory=list)  # the path of every request
+    paths: list[str] = field(default_factory=list)  # the path of every GET request
+    heads: list[str] = field(default_factory=list)  # the path of every HEAD request (the hub's metadata)
+    private: set[str] = field(default_factory=set)  # paths served only with HF_TOKEN
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -87,8 +91,31 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/fake.pth" and self.path not in state.files:
             self.send_error(404)
             return
+        if self.path in state.private and self.headers.get("Authorization") != f"Bearer {HF_TOKEN}":
+            self.send_error(401)
+            return
         cut, state.drop_after = state.drop_after, None
         serve_bytes(self, data, not state.ignore_range, drop_after=cut)
+
+    def do_HEAD(self) -> None:
+        """What the Hugging Face hub answers about a file before huggingface_hub downloads it."""
+        state: ServerState = self.server.state  # type: ignore[attr-defined]
+        state.heads.append(self.path)
+        if self.path not in state.files:
+            self.send_error(404)
+            return
+        if self.path in state.private and self.headers.get("Authorization") != f"Bearer {HF_TOKEN}":
+            self.send_response(401)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = state.files[self.path]
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", hashlib.sha1(data).hexdigest())
+        self.send_header("ETag", f'"{sha256(data)}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
 
 
 @dataclass
@@ -310,7 +337,10 @@ def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert fetch_weights.cache_root() == tmp_path / "c"
     assert fetch_weights.cache_root(tmp_path / "d") == tmp_path / "d"
     monkeypatch.delenv("AUDIOTAG_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert fetch_weights.cache_root() == Path.home() / ".cache" / "audiotag"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert fetch_weights.cache_root() == tmp_path / "xdg" / "audiotag"
 
 
 # --------------------------------------------------------------------------- resolve
@@ -465,12 +495,28 @@ def timm_weights() -> tuple[dict[str, torch.Tensor], bytes]:
 
 @pytest.fixture
 def hub(
-    server: Server, timm_weights: tuple[dict[str, torch.Tensor], bytes], monkeypatch: pytest.MonkeyPatch
+    server: Server,
+    timm_weights: tuple[dict[str, torch.Tensor], bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Server:
-    """The local server as the Hugging Face hub ($HF_ENDPOINT), holding TIMM_ARCH's model.safetensors."""
+    """The local server as the Hugging Face hub ($HF_ENDPOINT), holding TIMM_ARCH's model.safetensors;
+    huggingface_hub's cache in a folder of its own ($HF_HOME)."""
     server.state.files[TIMM_PATH] = timm_weights[1]
     monkeypatch.setenv("HF_ENDPOINT", server.base)
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     return server
+
+
+def in_hub_cache(path: str = TIMM_PATH) -> Path:
+    """Where huggingface_hub keeps the file the hub serves at ``path`` (``/repo/resolve/rev/file``)."""
+    repo, rest = path.strip("/").split("/resolve/")
+    revision, filename = rest.split("/", 1)
+    found = fetch_hub.cached_hub_file(fetch_hub.HubFile(repo, revision, filename))
+    assert found is not None, f"{path} is not in the Hugging Face cache"
+    return found
 
 
 def first_pretrained_name(keep) -> str | None:
@@ -540,7 +586,8 @@ def test_imagenet_weights_download_record_and_load(
     monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path))
     cfg, features = TimmConfig(arch=TIMM_ARCH, pretrained="imagenet"), FeatureConfig()
     check_pretrained(cfg, features)  # before a run starts: downloads and records
-    assert hub.state.paths == [TIMM_PATH] and (tmp_path / TIMM_FILE).read_bytes() == blob
+    assert hub.state.paths == [TIMM_PATH] and in_hub_cache().read_bytes() == blob  # huggingface_hub's cache
+    assert not (tmp_path / TIMM_FILE).exists()
     record = records(tmp_path)[TIMM_FILE]
     assert record["sha256"] == sha256(blob) and record["size"] == len(blob)
     assert record["name"] == f"timm/{TIMM_TAGGED}" and record["url"] == hub.base + TIMM_PATH
@@ -560,14 +607,14 @@ def test_imagenet_weights_download_record_and_load(
     assert hub.state.paths == [TIMM_PATH]
 
     # a file that changed after its first use is refused, and kept
-    (tmp_path / TIMM_FILE).write_bytes(blob[:-4] + b"\0\0\0\0")
+    in_hub_cache().write_bytes(blob[:-4] + b"\0\0\0\0")
     with pytest.raises(DataError, match="changed after it was checked") as err:
         load_pretrained(build_model(cfg, 64, 5, 100), cfg, features)
     assert sha256(blob) in str(err.value) and f"./run.sh weights fetch timm/{TIMM_TAGGED}" in str(err.value)
-    assert (tmp_path / TIMM_FILE).exists() and hub.state.paths == [TIMM_PATH]
+    assert in_hub_cache().exists() and hub.state.paths == [TIMM_PATH]
 
     # offline without the file: names the file, the URL and --weights PATH; never connects
-    (tmp_path / TIMM_FILE).unlink()
+    fetch_hub.discard_hub_file(in_hub_cache())
     monkeypatch.setenv("AUDIOTAG_OFFLINE", "1")
     with pytest.raises(DataError, match="offline") as err:
         check_pretrained(cfg, features)
@@ -622,7 +669,8 @@ def test_cli_weights_fetch_and_list_timm(
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["weights", "fetch", f"timm/{TIMM_ARCH}", "--weights-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"timm/{TIMM_TAGGED}" in out and TIMM_FILE in out and "apache-2.0" in out
+    assert f"timm/{TIMM_TAGGED}" in out and "apache-2.0" in out
+    assert str(in_hub_cache()) in out  # huggingface_hub's cache, not ours
     assert records(tmp_path)[TIMM_FILE]["sha256"] == sha256(hub.state.files[TIMM_PATH])
     assert main(["weights", "fetch", "imagenet", "--weights-dir", str(tmp_path)]) == 2
     assert "timm/<arch>" in capsys.readouterr().err
@@ -664,3 +712,82 @@ def test_a_pickle_that_runs_code_is_refused_whatever_is_allowed(tmp_path: Path) 
     torch.save({"model": small_state(), "extra": _RunsCode()}, path)
     with pytest.raises(DataError, match="Python objects"):
         read_state_dict(path, allow=("numpy",))
+
+
+# --------------------------------------------------------------------------- the ecosystem's caches
+
+
+def _prefill_hub_cache(home: Path, path: str, data: bytes) -> Path:
+    """Put ``data`` into a Hugging Face cache under ``home`` as huggingface_hub lays it out."""
+    repo, rest = path.strip("/").split("/resolve/")
+    revision, filename = rest.split("/", 1)
+    folder = home / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(data).hexdigest()
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / revision).write_text(commit)
+    target = folder / "snapshots" / commit / filename
+    target.parent.mkdir(parents=True)
+    target.write_bytes(data)
+    return target
+
+
+def test_weights_already_in_the_hugging_face_cache_are_used_without_a_request(
+    hub: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path / "ours"))
+    cached = _prefill_hub_cache(home, TIMM_PATH, hub.state.files[TIMM_PATH])
+    ckpt = lookup(f"timm/{TIMM_ARCH}")
+    assert fetch(ckpt) == cached and fetch_weights.cache_status(ckpt) == "yes"
+    assert hub.state.heads == [] and hub.state.paths == []  # not even a metadata request
+    assert records(tmp_path / "ours")[TIMM_FILE]["sha256"] == sha256(hub.state.files[TIMM_PATH])
+    monkeypatch.setenv("AUDIOTAG_OFFLINE", "1")
+    assert fetch(ckpt) == cached
+    # $HF_HUB_CACHE names the cache itself; $XDG_CACHE_HOME moves the default one
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    assert fetch(ckpt) == cached
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "xdg").mkdir()
+    (home).rename(tmp_path / "xdg" / "huggingface")
+    assert fetch(ckpt) == tmp_path / "xdg" / "huggingface" / cached.relative_to(home)
+    assert hub.state.heads == [] and hub.state.paths == []
+
+
+def test_a_private_hub_repo_needs_hf_token_and_hf_hub_offline_is_honoured(
+    hub: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUDIOTAG_CACHE", str(tmp_path / "ours"))
+    ckpt = lookup(f"timm/{TIMM_ARCH}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # huggingface_hub's own offline mode: nothing sent either
+    with pytest.raises(DataError, match="HF_HUB_OFFLINE is set"):
+        fetch(ckpt)
+    assert hub.state.heads == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub.state.private.add(TIMM_PATH)
+    with pytest.raises(
+        DataError, match=r"has no repo timm/test_resnet.r160_in1k, or it is private: set HF_TOKEN"
+    ):
+        fetch(ckpt)
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+    assert fetch(ckpt) == in_hub_cache() and hub.state.paths == [TIMM_PATH]
+
+
+def test_a_url_already_in_torch_hubs_cache_is_used(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    theirs = tmp_path / "torch" / "hub" / "checkpoints" / "fake.pth"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(PAYLOAD)
+    ckpt = fake_ckpt(server.url, filename="Fake_mAP=0.5.pth")  # our name differs from the URL's
+    assert (
+        fetch(ckpt, tmp_path / "ours") == theirs
+        and fetch_weights.cache_status(ckpt, tmp_path / "ours") == "yes"
+    )
+    assert server.state.ranges == []
+    monkeypatch.delenv("TORCH_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # TORCH_HOME's default: $XDG_CACHE_HOME/torch
+    assert fetch(ckpt, tmp_path / "ours") == theirs and server.state.ranges == []

@@ -411,3 +411,59 @@ def test_a_report_that_does_not_describe_the_csv_is_not_logged_with_it(tmp_path:
     report["submission_sha256"] = hashlib.sha256(csv.read_bytes()).hexdigest()
     csv.with_suffix(".json").write_text(json_mod.dumps(report))
     assert read_report(csv) == report
+
+
+# --------------------------------------------------------------------------- --dry-run, kernels-only
+
+
+def test_dry_run_checks_only_and_gives_the_counts_that_differ(
+    kaggle: KaggleStub, submission: Path, workspace: Path, capsys
+) -> None:
+    assert main(["submit", str(submission), "--dry-run", "--slug", SLUG]) == 0  # no -m needed
+    out = " ".join(capsys.readouterr().out.split())
+    assert "3 rows match the demo sample submission" in out and "nothing was sent" in out
+    assert f"sends it to {SLUG}" in out
+    assert kaggle.calls == [] and not log_file(workspace).exists()
+    # a short file: the counts and the missing ids
+    lines = submission.read_text().splitlines()
+    submission.write_text("\n".join(lines[:3]) + "\n")
+    assert main(["submit", str(submission), "--dry-run", "--slug", SLUG]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "the submission has 2 rows, the sample submission 3; 1 sample id(s) missing (e.g. ['c3.wav'])" in err
+    )
+    # an extra and a repeated row
+    submission.write_text("\n".join([*lines, lines[1], "zz.wav,Bark"]) + "\n")
+    assert main(["submit", str(submission), "--dry-run", "--slug", SLUG]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "has 5 rows, the sample submission 3; 1 id(s) not in the sample (e.g. ['zz.wav']), 1 repeated" in err
+    )
+    assert main(["submit", str(submission), "--slug", SLUG]) == 2  # without --dry-run: -m is needed
+    assert "-m MESSAGE" in capsys.readouterr().err
+    assert kaggle.calls == []
+
+
+def test_kernels_only_competitions_are_refused_and_point_at_the_kernel_bundle(
+    kaggle: KaggleStub, workspace: Path, capsys
+) -> None:
+    from audiotag.competitions import get_competition
+    from audiotag.config.schema import load_competition
+
+    comp = get_competition(load_competition("fsd2019"))
+    assert comp.cfg.kernels_only  # configs/competitions/fsd2019.yaml: a fact of the competition
+    ids = ["t1.wav", "t2.wav"]
+    comp.raw_dir.mkdir(parents=True)
+    header = ",".join(["fname", *comp.classes])
+    comp.sample_submission_path.write_text(header + "\n" + "".join(f"{i}{',0' * 80}\n" for i in ids))
+    sub = workspace / "sub.csv"
+    sub.write_text(header + "\n" + "".join(f"{i}{',0.5' * 80}\n" for i in ids))
+    assert main(["submit", str(sub), "-c", "fsd2019", "--dry-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 rows match the fsd2019 sample submission" in out
+    assert "fsd2019 (freesound-audio-tagging-2019) is a kernels-only competition" in out
+    assert "./run.sh package OUT -c fsd2019 --kaggle-id USER/DATASET" in out and "kaggle kernels push" in out
+    assert main(["submit", str(sub), "-c", "fsd2019", "-m", "x"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is a kernels-only competition" in err and "nothing was submitted" in err
+    assert kaggle.calls == [] and not log_file(workspace).exists()

@@ -23,7 +23,13 @@ def build_submit_parser() -> argparse.ArgumentParser:
         "through the Kaggle API and record it in submissions/log.jsonl (with its CV and members).",
     )
     parser.add_argument("file", type=Path, metavar="FILE", help="e.g. submissions/fsd2018/cnn14.csv")
-    parser.add_argument("--message", "-m", required=True, help="the description Kaggle shows")
+    parser.add_argument("--message", "-m", help="the description Kaggle shows (needed unless --dry-run)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only check FILE against the sample submission (rows, ids, order, columns, values) and say "
+        "where it would go; nothing is sent",
+    )
     parser.add_argument(
         "--competition", "-c", help="competition name (default: from the report beside FILE, or its folder)"
     )
@@ -41,6 +47,9 @@ def run_submit(args: argparse.Namespace) -> None:
     from audiotag.kaggle.submit import submit_file
 
     overrides = [o.removeprefix("competition.") for o in data_dir_overrides(args)]
+    if args.dry_run:
+        print_dry_run(args, overrides)
+        return
     record = submit_file(
         args.file, args.message, competition=args.competition, slug=args.slug, overrides=overrides
     )
@@ -53,6 +62,21 @@ def run_submit(args: argparse.Namespace) -> None:
     )
     console.print(
         f"{cv}; members: {members}; sha256 {record.sha256[:16]}…; logged in {submission_log()}",
+        soft_wrap=True,
+    )
+
+
+def print_dry_run(args: argparse.Namespace, overrides: list[str]) -> None:
+    from audiotag.kaggle.submit import check_submission, kernels_only_note
+
+    checked = check_submission(args.file, competition=args.competition, slug=args.slug, overrides=overrides)
+    if checked.slug is None:
+        where = "it has no Kaggle slug: pass --slug SLUG to submit it"
+    else:
+        where = kernels_only_note(checked) or f"`submit` without --dry-run sends it to {checked.slug}"
+    output_console().print(
+        f"{args.file}: {checked.rows} rows match the {checked.comp.name} sample submission (ids, order, "
+        f"columns, values); nothing was sent. {where}",
         soft_wrap=True,
     )
 
@@ -144,6 +168,12 @@ def build_package_parser() -> argparse.ArgumentParser:
         help="ensemble config: a name under configs/ensembles/ or a YAML path (default: the competition's)",
     )
     parser.add_argument("--slug", help="Kaggle slug of the data folder /kaggle/input/<slug> (default: own)")
+    parser.add_argument(
+        "--kaggle-id",
+        metavar="OWNER/SLUG",
+        help="the Kaggle dataset the bundle becomes (dataset-metadata.json); default: the username of "
+        "your Kaggle credentials and a slug from the competition and ensemble names",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -161,7 +191,7 @@ def run_package(args: argparse.Namespace) -> None:
     cfg = load_ensemble(path, competition=table)
     if args.competition and table is None and cfg.competition.name != args.competition:
         raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
-    out = build_package(cfg, args.out_dir, slug=args.slug)
+    out = build_package(cfg, args.out_dir, slug=args.slug, kaggle_id=args.kaggle_id)
     Console(stderr=False).print(
         f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})",
         soft_wrap=True,

@@ -352,19 +352,20 @@ def guess_test_and_submission(
     if sample is not None and test_dir:
         guess.set("sample_submission", _rel(samples[0], root), f"{samples[0].name} ({len(sample)} rows)")
     id_column = str(sample.columns[0]) if sample is not None and test_dir else "fname"
-    classes_in_sample = sample is not None and test_dir and len(sample.columns) > 2
-    if multi or classes_in_sample:
-        guess.set(
-            "metric", "lwlrap" if multi else "accuracy", "multi-label: lwlrap" if multi else "single label"
-        )
+    columns = len(sample.columns) if sample is not None and test_dir else 0
+    ranked = sample.iloc[:, 1].str.split().str.len() if columns == 2 and sample is not None else None
+    k = int(ranked.max()) if ranked is not None and ranked.max() > 1 else 1  # labels per row (MAP@3: 3)
+    if multi or columns > 2:
+        metric, reason = ("lwlrap", "multi-label: lwlrap") if multi else ("accuracy", "single label")
         submission: dict[str, Any] = {"kind": "scores"}
-        why = "one score column per class" + (
-            f" ({len(sample.columns) - 1} in the sample)" if classes_in_sample and sample is not None else ""
-        )
+        why = "one score column per class" + (f" ({columns - 1} in the sample)" if columns > 2 else "")
     else:
-        guess.set("metric", "accuracy", "single label (map3 with k: 3 for a MAP@3 leaderboard)")
-        submission = {"kind": "top_k_labels", "k": 1}
-        why = "the predicted label of each clip"
+        submission, why = {"kind": "top_k_labels", "k": k}, f"the {k} best label(s) of each clip"
+        metric, reason = "accuracy", "single label (map3 with k: 3 for a MAP@3 leaderboard)"
+        if k > 1:
+            nearest = "" if k == 3 else f"; map3 is the nearest metric there is (no MAP@{k})"
+            metric, reason = "map3", f"single label, {k} ranked labels per sample row{nearest}"
+    guess.set("metric", metric, reason)
     if id_column != "fname":
         submission["id_column"] = id_column
     guess.set("submission", submission, why)

@@ -88,6 +88,28 @@ def build_submission(comp: Competition, clip_ids: Sequence[str], scores: np.ndar
     return table
 
 
+def id_differences(ids: Sequence[str], sample_ids: Sequence[str]) -> str | None:
+    """How the submission's ids differ from the sample's, in counts (None when they are the same, in
+    the same order)."""
+    if list(ids) == list(sample_ids):
+        return None
+    have, want = set(ids), set(sample_ids)
+    missing = [i for i in sample_ids if i not in have]
+    extra = [i for i in ids if i not in want]
+    repeated = len(ids) - len(have)
+    counts = f"the submission has {len(ids)} rows, the sample submission {len(sample_ids)}"
+    if not missing and not extra and not repeated:
+        row = next(r for r, (a, b) in enumerate(zip(ids, sample_ids, strict=True)) if a != b)
+        return (
+            f"submission ids are the sample's but their order differs ({counts}): row {row + 1} is "
+            f"{ids[row]!r}, the sample's {sample_ids[row]!r}"
+        )
+    parts = [f"{len(missing)} sample id(s) missing (e.g. {missing[:3]})"] if missing else []
+    parts += [f"{len(extra)} id(s) not in the sample (e.g. {extra[:3]})"] if extra else []
+    parts += [f"{repeated} repeated id(s)"] if repeated else []
+    return f"submission ids differ from the sample submission's: {counts}; {', '.join(parts)}"
+
+
 def validate_submission(comp: Competition, sub: pd.DataFrame) -> None:
     """Refuse a submission whose ids, order, columns or values do not match the sample's."""
     sample = read_sample(comp)
@@ -97,8 +119,8 @@ def validate_submission(comp: Competition, sub: pd.DataFrame) -> None:
             f"submission columns {list(sub.columns)[:5]}... differ from the sample's "
             f"{list(sample.columns)[:5]}..."
         )
-    if len(sub) != len(sample) or not (sub[key].to_numpy() == sample[key].to_numpy()).all():
-        raise DataError("submission ids or their order differ from the sample submission's")
+    if problem := id_differences(list(sub[key]), list(sample[key])):
+        raise DataError(problem)
     if comp.submission_kind == "top3_labels":
         vocabulary = set(comp.classes)
         labels = sub.drop(columns=key)

@@ -69,6 +69,7 @@ WHERE = Scope(_ALL, frozenset({"table"}))  # where the files are: the same files
 RUN = Scope(_ALL, frozenset({"run"}))  # the folds file or the rules, not the clip table
 CACHE = Scope(_ALL, frozenset({"cache", "run"}))  # how audio is decoded into the feature cache
 PIPELINE = Scope(_ALL, frozenset())  # what the pipeline runs when no --config is given
+KAGGLE = Scope(_ALL, frozenset())  # how Kaggle takes submissions: nothing the pipeline computes
 
 
 class CompetitionKeys(StrictModel):
@@ -220,6 +221,11 @@ class CompetitionKeys(StrictModel):
         description="experiments under configs/experiments/ that prepare/train also run without --config "
         "or --run-name, after default_experiment, as members of the default ensemble (e.g. a linear probe); "
         "--set applies to default_experiment only, --folds, --data-dir and competition.* to all",
+    )
+    kernels_only: Annotated[bool, KAGGLE] = Field(
+        False,
+        description="Kaggle takes submissions only from a notebook (a kernel) run without internet: "
+        "submit refuses the CSV and points at the kernel package writes (kernel/, kaggle kernels push)",
     )
 
 

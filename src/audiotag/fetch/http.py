@@ -35,6 +35,7 @@ from audiotag.core.atomic import atomic_write_json, fsync_dir
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.core.locks import file_lock
 from audiotag.core.log import progress
+from audiotag.fetch.network import require_network, urlopen
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,6 @@ def human_size(size: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{size} B"
-
-
-def is_offline(offline: bool | None = None) -> bool:
-    """True when asked, or when ``AUDIOTAG_OFFLINE`` is set to 1/true/yes/on."""
-    env = os.environ.get("AUDIOTAG_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    return bool(offline) or env
 
 
 def part_path(final: Path) -> Path:
@@ -248,7 +243,7 @@ def _open(url: str, offset: int, validator: str | None, label: str, hint: str, p
         if validator:
             request.add_header("If-Range", validator)
     try:
-        return urllib.request.urlopen(request, timeout=TIMEOUT_S)
+        return urlopen(request, timeout=TIMEOUT_S, what=f"downloading {label} from {url}", instead=hint)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
             _, total = _content_range(exc.headers.get("Content-Range"))
@@ -454,12 +449,11 @@ def download(
         return final
     if final.exists():
         raise DataError(f"{final} exists but is not a file; move it away and run again")
-    if is_offline(offline):
-        raise DataError(
-            f"{final} is missing and offline mode is on (offline=True or AUDIOTAG_OFFLINE=1): download "
-            f"{remote.url} on a machine with internet access and put it at {final}, or run without "
-            "offline mode"
-        )
+    require_network(
+        f"{final} is missing: downloading it from {remote.url}",
+        f"download it on a machine with internet access and put it at {final}",
+        offline,
+    )
     final.parent.mkdir(parents=True, exist_ok=True)
     waiting = f"waiting for another process that is downloading {remote.filename}"
     with locked(final.with_name(f".{final.name}.lock"), waiting):

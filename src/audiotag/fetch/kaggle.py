@@ -9,10 +9,12 @@ failed call into one :class:`KaggleError` line that says what to do: missing or 
 (which file or variables, ``chmod 600``), rules not accepted (403, with the competition's rules page),
 no such competition (404), rate limits (429), Kaggle's own failures (5xx) and the network.
 
-Credential values never reach our output: the client's own printing is discarded while it runs
-(:func:`quiet_client`) and every message built here is passed through :func:`redact`, which removes
-the key and the access token, the base64 of ``username:key`` and any ``Basic``/``Bearer`` header
-value (a server's error may echo the request's ``Authorization`` header).
+Signing in asks the network gate (:mod:`audiotag.fetch.network`) first, and warns (``chmod 600``)
+about a ``kaggle.json`` other users can read. Credential values never reach our output: the client's
+own printing is discarded while it runs (:func:`quiet_client`) and every message built here is
+passed through :func:`redact`, which removes the key and the access token, the base64 of
+``username:key`` and any ``Basic``/``Bearer`` header value (a server's error may echo the request's
+``Authorization`` header).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from audiotag.core.atomic import fsync_dir
 from audiotag.core.errors import AudiotagError, ConfigError, DataError
 from audiotag.fetch.extract import extract_zip
 from audiotag.fetch.http import human_size, locked
+from audiotag.fetch.network import require_network
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,16 @@ def credential_sources() -> list[str]:
 
 def config_dir() -> Path:
     return Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+
+
+def kaggle_username() -> str | None:
+    """The Kaggle username of the credentials, read locally (``KAGGLE_USERNAME``, else ``kaggle.json``);
+    None when neither names one (an access token names it only when Kaggle is asked)."""
+    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+        legacy = json.loads((config_dir() / "kaggle.json").read_text())
+        if not os.environ.get("KAGGLE_USERNAME") and isinstance(legacy, dict) and legacy.get("username"):
+            return str(legacy["username"])
+    return os.environ.get("KAGGLE_USERNAME") or None
 
 
 def _file_token(path: Path) -> str:
@@ -221,12 +234,41 @@ def _also(alternative: str, joint: str = "; or ") -> str:
 # --------------------------------------------------------------------------- signing in and errors
 
 
-def authenticated_api(factory: ApiFactory | None = None, *, alternative: str = "") -> Any:
+def warn_readable_kaggle_json() -> None:
+    """Warn, naming ``chmod 600``, when ``kaggle.json`` can be read by other users (the client's own
+    warning is printed while its output is discarded)."""
+    path = config_dir() / "kaggle.json"
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode
+        if os.name != "nt" and path.is_file() and mode & 0o077:
+            log.warning(
+                "%s can be read by other users of this machine (mode %s): your Kaggle key is exposed; "
+                "run `chmod 600 %s`",
+                path,
+                oct(mode & 0o777),
+                path,
+            )
+
+
+def _checked_with_kaggle(sources: Sequence[str]) -> list[str]:
+    """The sources among ``sources`` the client checks by sending them to Kaggle (access tokens and
+    OAuth credentials are looked up there; a legacy username/key is not)."""
+    sent = ("KAGGLE_API_TOKEN", "access_token", "access_token.txt", "credentials.json")
+    return [source for source in sources if Path(source).name in sent]
+
+
+def authenticated_api(
+    factory: ApiFactory | None = None, *, alternative: str = "", purpose: str = "using the Kaggle API"
+) -> Any:
     """A client from ``factory`` (default :func:`default_api`) that found credentials, or a
     :class:`KaggleError` (:class:`MissingCredentials` when there are none) saying how to provide them.
 
-    ``alternative`` (what else to do, e.g. "download the data by hand from ...") is added where
-    Kaggle cannot be used at all: the client is missing or the network is down."""
+    ``purpose`` ("submitting x to y") is what the network gate names when offline mode is on (then
+    nothing is imported or sent). ``alternative`` (what else to do, e.g. "download the data by hand
+    from ...") is added where Kaggle cannot be used at all: offline, the client is missing or the
+    network is down."""
+    require_network(f"{purpose} (the Kaggle API)", alternative)
+    warn_readable_kaggle_json()
     try:
         api = (factory or default_api)()
     except KaggleError as exc:  # the client is not installed or failed to start
@@ -251,6 +293,12 @@ def authenticated_api(factory: ApiFactory | None = None, *, alternative: str = "
         elif problem := kaggle_json_problem():
             error = MissingCredentials
             msg = f"{problem}; nothing was sent to Kaggle. Fix the file, or {TOKEN_HELP}"
+        elif sent := _checked_with_kaggle(sources):
+            error = MissingCredentials
+            msg = (
+                f"Kaggle did not accept the access token in {', '.join(sent)}: it was sent to Kaggle to be "
+                f"checked and is invalid, expired or revoked; {TOKEN_HELP}"
+            )
         elif sources:
             error = MissingCredentials
             msg = (
@@ -341,7 +389,7 @@ def as_score(value: Any) -> float | None:
 
 def fetch_scores(slug: str, factory: ApiFactory | None = None) -> list[KaggleScore]:
     """This account's submissions to ``slug`` with their public and private scores."""
-    api = authenticated_api(factory or KAGGLE_API_FACTORY)
+    api = authenticated_api(factory or KAGGLE_API_FACTORY, purpose=f"reading the scores of {slug}")
     secrets = secrets_of(api)
     try:
         with quiet_client():
@@ -405,7 +453,7 @@ def _kaggle_fetch(slug: str, dest_dir: Path, archive: Path, factory: ApiFactory)
         f"download the data by hand from https://www.kaggle.com/competitions/{slug}/data into {dest_dir}"
     )
     try:
-        api = authenticated_api(factory, alternative=by_hand)
+        api = authenticated_api(factory, alternative=by_hand, purpose=f"downloading the data of {slug}")
     except KaggleError as exc:  # a download failure is a DataError, whatever the cause
         raise DataError(str(exc)) from None
     secrets = secrets_of(api)

@@ -11,10 +11,12 @@ its first fetch is refused. A first download that nothing published can check is
 ``read_weights`` callable the caller passes (the models layer passes its state-dict reader), so an
 error page is never recorded.
 
-Cache: ``~/.cache/audiotag``, or ``$AUDIOTAG_CACHE``, or the ``cache_dir`` argument. Offline mode
-(``AUDIOTAG_OFFLINE=1`` or ``offline=True``) never opens a connection: a missing file is an error
-that names the file and how to get it. Hugging Face URLs go to ``$HF_ENDPOINT`` when that is set (a
-mirror, as huggingface_hub does).
+Caches: ours is ``$AUDIOTAG_CACHE``, else ``$XDG_CACHE_HOME/audiotag`` (``~/.cache/audiotag``), or
+the ``cache_dir`` argument. A file already in another tool's cache is used where it lies
+(:mod:`audiotag.fetch.hub`): Hugging Face files in huggingface_hub's cache (and downloaded there, with
+its token, endpoint and offline mode), other URLs in torch.hub's (``$TORCH_HOME``). Offline mode
+(``AUDIOTAG_OFFLINE=1`` or ``offline=True``) never opens a connection
+(:mod:`audiotag.fetch.network`): a missing file is an error that names the file and how to get it.
 """
 
 from __future__ import annotations
@@ -41,16 +43,25 @@ from audiotag.fetch.http import (
     fetch_part,
     file_digests,
     human_size,
-    is_offline,
     locked,
     part_path,
 )
+from audiotag.fetch.hub import (
+    HF_ENDPOINT,
+    cached_hub_file,
+    discard_hub_file,
+    hub_download,
+    hub_endpoint,
+    hub_file,
+    torch_hub_checkpoint,
+    xdg_cache,
+)
+from audiotag.fetch.network import require_network
 
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "checksums.json"  # trust-on-first-use SHA-256 of files without a published one
 PICKLE_ALLOWANCES = ("numpy",)  # named groups of globals a Checkpoint's pickle_globals may allow
-HF_ENDPOINT = "https://huggingface.co"  # $HF_ENDPOINT replaces it in downloads (a mirror, or tests)
 
 # reads a downloaded file as weights, raising DataError if it is not: (path, suffix, pickle_globals)
 ReadWeights = Callable[[Path, str, tuple[str, ...]], object]
@@ -107,24 +118,32 @@ class Checkpoint:
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The weights cache: ``cache_dir``, else ``$AUDIOTAG_CACHE``, else ``~/.cache/audiotag``."""
+    """The weights cache: ``cache_dir``, else ``$AUDIOTAG_CACHE``, else ``$XDG_CACHE_HOME/audiotag``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get("AUDIOTAG_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "audiotag"
-
-
-def hf_endpoint() -> str:
-    """Where Hugging Face downloads go: ``$HF_ENDPOINT`` (a mirror) or https://huggingface.co."""
-    return (os.environ.get("HF_ENDPOINT", "").strip() or HF_ENDPOINT).rstrip("/")
+    return Path(env).expanduser() if env else xdg_cache() / "audiotag"
 
 
 def download_url(ckpt: Checkpoint) -> str | None:
-    """The URL a download actually uses: Hugging Face URLs moved to :func:`hf_endpoint`."""
+    """The URL a download actually uses: Hugging Face URLs moved to ``$HF_ENDPOINT``."""
     url = ckpt.url
     if url is not None and url.startswith(HF_ENDPOINT + "/"):
-        return hf_endpoint() + url[len(HF_ENDPOINT) :]
+        return hub_endpoint() + url[len(HF_ENDPOINT) :]
     return url
+
+
+def find_cached(ckpt: Checkpoint, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """A copy already on disk, without any connection: in our cache, else in huggingface_hub's (a hub
+    file) or torch.hub's (another URL); None when there is none."""
+    ours = cache_root(cache_dir) / ckpt.filename
+    if ours.is_file() or ckpt.url is None:
+        return ours if ours.is_file() else None
+    hub = hub_file(ckpt.url)
+    if hub is not None:
+        return cached_hub_file(hub)
+    theirs = torch_hub_checkpoint(ckpt.url)
+    return theirs if theirs.is_file() else None
 
 
 def cached_path(ckpt: Checkpoint, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -142,10 +161,10 @@ def cache_status(ckpt: Checkpoint, cache_dir: str | os.PathLike[str] | None = No
         except DataError:
             return "missing"
         return "installed"
-    path = cache_root(cache_dir) / ckpt.filename
-    if path.is_file():
+    path = find_cached(ckpt, cache_dir)
+    if path is not None:
         return "yes" if ckpt.size is None or path.stat().st_size == ckpt.size else "wrong size"
-    return "partial" if part_path(path).exists() else "no"
+    return "partial" if part_path(cache_root(cache_dir) / ckpt.filename).exists() else "no"
 
 
 def _package_file(ckpt: Checkpoint) -> Path:
@@ -225,10 +244,16 @@ def _expected_sha256(ckpt: Checkpoint, cache: Path) -> tuple[str | None, str]:
     return str(record.get("sha256")), origin
 
 
-def verify(ckpt: Checkpoint, path: Path, cache_dir: str | os.PathLike[str] | None = None) -> None:
+def verify(
+    ckpt: Checkpoint,
+    path: Path,
+    cache_dir: str | os.PathLike[str] | None = None,
+    read_weights: ReadWeights | None = None,
+) -> None:
     """Check a cached (or installed) file against the table and the first-use record.
 
-    A file without a published SHA-256 and without a record is trusted now and recorded.
+    A file without a published SHA-256 and without a record is read by ``read_weights`` (when given)
+    and, if it reads as weights, trusted now and recorded.
     """
     path = Path(path)
     cache = cache_root(cache_dir)
@@ -246,6 +271,8 @@ def verify(ckpt: Checkpoint, path: Path, cache_dir: str | os.PathLike[str] | Non
     else:
         expected, origin = _expected_sha256(ckpt, cache)
     if expected is None:
+        if read_weights is not None:
+            read_weights(path, Path(ckpt.filename).suffix, ckpt.pickle_globals)
         log.warning("%s has no published checksum and no record yet: trusting it now", path)
         _write_record(cache, ckpt, size, sha256)
     elif sha256 != expected:
@@ -291,14 +318,21 @@ def fetch(
     assert ckpt.url is not None
     cache = cache_root(cache_dir)
     final = cache / ckpt.filename
-    if final.is_file() and not force:
-        verify(ckpt, final, cache)
-        return final
-    if is_offline(offline):
-        raise DataError(
-            f"weights {ckpt.name!r}: {final} is not in the cache and offline mode is on "
-            f"(AUDIOTAG_OFFLINE=1); {_missing_hint(ckpt)}"
-        )
+    found = None if force else find_cached(ckpt, cache)
+    if found is not None:
+        if found != final:
+            log.info("weights %s: using %s (already downloaded by another tool)", ckpt.name, found)
+        verify(ckpt, found, cache, read_weights)
+        return found
+    hub = hub_file(ckpt.url)
+    if hub is not None:
+        return _hub_fetch(ckpt, hub, cache, offline, force, read_weights)
+    require_network(
+        f"weights {ckpt.name!r}: {final} is not in the cache (nor in torch.hub's); downloading it from "
+        f"{download_url(ckpt)}",
+        _missing_hint(ckpt),
+        offline,
+    )
     waiting = f"waiting for another process that is downloading {ckpt.filename}"
     with locked(cache / f".{ckpt.filename}.lock", waiting):
         if final.is_file() and not force:  # another process fetched it while this one waited
@@ -306,6 +340,32 @@ def fetch(
             return final
         _download(ckpt, final, cache, RETRIES if retries is None else retries, read_weights)
     return final
+
+
+def _hub_fetch(
+    ckpt: Checkpoint,
+    hub: Any,
+    cache: Path,
+    offline: bool | None,
+    force: bool,
+    read_weights: ReadWeights | None,
+) -> Path:
+    """A Hugging Face file through huggingface_hub (its cache, token, endpoint and offline mode),
+    checked like our own downloads; a fresh download that does not read as weights is deleted."""
+    what = f"weights {ckpt.name!r} (not in {cache / ckpt.filename} nor in the Hugging Face cache)"
+    path = hub_download(hub, what=what, hint=_missing_hint(ckpt), offline=offline, force=force)
+    try:
+        verify(ckpt, path, cache, read_weights)
+    except DataError as exc:
+        if _expected_sha256(ckpt, cache)[0] is None:  # a first download that is not weights
+            discard_hub_file(path)
+            raise DataError(
+                f"download of {ckpt.filename} from {hub.url} refused: {exc}. The download was deleted and "
+                "nothing was recorded. Check the URL (a proxy or mirror may have answered with an error "
+                "page), or use a file of your own"
+            ) from None
+        raise
+    return path
 
 
 def _download(

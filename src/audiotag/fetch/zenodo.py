@@ -13,7 +13,7 @@ from http.client import HTTPException
 from typing import Any
 
 from audiotag.core.errors import ConfigError, DataError
-from audiotag.fetch import http
+from audiotag.fetch import http, network
 from audiotag.fetch.http import (
     HEX32,
     HEX64,
@@ -34,7 +34,8 @@ def _get_json(url: str, what: str, retries: int = RETRIES) -> Any:
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"})
     for attempt in range(retries + 1):
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            listing = f"reading the file list of {what}"
+            with network.urlopen(request, timeout=TIMEOUT_S, what=listing) as response:
                 body = response.read()
             break
         except urllib.error.HTTPError as exc:

@@ -1,10 +1,12 @@
 """Submit a CSV to a Kaggle competition and keep a log of every submission.
 
-``submit_file`` validates the file against the competition's sample submission (the same checks the
-ensemble stage applies before it writes one), sends it through the ``kaggle`` package's API, and
-appends one JSON line to ``submissions/log.jsonl``: time, competition, Kaggle slug, file, SHA-256, the
-CV of the blend and its members (from the report ``<name>.json`` the ensemble stage wrote beside the
-CSV), the message and Kaggle's reply. ``audiotag.core.jsonl.read_jsonl`` reads it back for the leaderboard.
+``check_submission`` (all that ``submit --dry-run`` does) checks the file against the competition's
+sample submission (the same checks the ensemble stage applies before it writes one); ``submit_file``
+then refuses a kernels-only competition (``kernels_only`` in its config: Kaggle takes only notebooks),
+sends the file through the ``kaggle`` package's API, and appends one JSON line to
+``submissions/log.jsonl``: time, competition, Kaggle slug, file, SHA-256, the CV of the blend and its
+members (from the report ``<name>.json`` the ensemble stage wrote beside the CSV), the message and
+Kaggle's reply. ``audiotag.core.jsonl.read_jsonl`` reads it back for the leaderboard.
 
 The client (``audiotag.fetch.kaggle.KAGGLE_API_FACTORY``, which tests replace with a fake) is built,
 signed in and its failures explained by :mod:`audiotag.fetch.kaggle`; the daily submission limit is
@@ -154,14 +156,22 @@ def reply_fields(reply: Any) -> tuple[str, str | None]:
     return str(message or ""), (str(ref) if ref not in (None, "", 0) else None)
 
 
-def submit_file(
-    path: Path,
-    message: str,
-    competition: str | None = None,
-    slug: str | None = None,
-    overrides: Sequence[str] = (),
-) -> SubmissionRecord:
-    """Validate ``path``, submit it to Kaggle with ``message``, log it, and return the log record.
+@dataclass
+class CheckedSubmission:
+    """A submission file that matches its competition's sample submission, and where it would go."""
+
+    path: Path
+    comp: Any
+    slug: str | None
+    report: dict[str, Any] | None
+    rows: int
+
+
+def check_submission(
+    path: Path, competition: str | None = None, slug: str | None = None, overrides: Sequence[str] = ()
+) -> CheckedSubmission:
+    """Read ``path`` and check it against the competition's sample submission (what ``submit`` and
+    ``submit --dry-run`` do before anything is sent); the slug is ``slug`` or the competition's own.
 
     ``overrides`` change the competition config (``data_dir=PATH`` for a competition whose files are
     used in place: its own sample submission is then the one the file is checked against)."""
@@ -173,8 +183,6 @@ def submit_file(
         raise DataError(
             f"{path}: no such file; the ensemble stage writes submissions/<competition>/<name>.csv"
         )
-    if not message.strip():
-        raise ConfigError("-m MESSAGE: give the submission a description (Kaggle shows it beside the score)")
     report = read_report(path)
     name = competition or infer_competition(path, report)
     comp = get_competition(load_competition(name, list(overrides)))
@@ -193,12 +201,44 @@ def submit_file(
             )
             + "; nothing was submitted"
         )
-    validate_file(comp, path)
-    slug = slug or kaggle_slug(comp)
+    rows = len(validate_file(comp, path))
+    return CheckedSubmission(path, comp, slug or kaggle_slug(comp), report, rows)
+
+
+def kernels_only_note(checked: CheckedSubmission) -> str | None:
+    """Why Kaggle will not take ``checked`` as a file: its competition is kernels-only (``kernels_only``
+    in the competition config) and the slug is the competition's own (any, where it has none)."""
+    comp, own = checked.comp, kaggle_slug(checked.comp)
+    if not getattr(comp.cfg, "kernels_only", False) or (own is not None and checked.slug != own):
+        return None
+    return (
+        f"{comp.name} ({checked.slug}) is a kernels-only competition: Kaggle takes its submissions only "
+        "from a notebook run on Kaggle, not as an uploaded CSV. Build the kernel bundle with `./run.sh "
+        f"package OUT -c {comp.name} --kaggle-id USER/DATASET`, then follow OUT/README.md (`kaggle "
+        "datasets create -p OUT --dir-mode zip`, `kaggle kernels push -p OUT`)"
+    )
+
+
+def submit_file(
+    path: Path,
+    message: str | None,
+    competition: str | None = None,
+    slug: str | None = None,
+    overrides: Sequence[str] = (),
+) -> SubmissionRecord:
+    """Validate ``path`` (:func:`check_submission`), submit it to Kaggle with ``message``, log it, and
+    return the log record."""
+    if not (message or "").strip():
+        raise ConfigError("-m MESSAGE: give the submission a description (Kaggle shows it beside the score)")
+    assert message is not None
+    checked = check_submission(path, competition, slug, overrides)
+    path, comp, report, slug = checked.path, checked.comp, checked.report, checked.slug
     if slug is None:
         raise ConfigError(
             f"competition {comp.name!r} has no Kaggle slug; pass --slug SLUG to submit it to Kaggle"
         )
+    if note := kernels_only_note(checked):
+        raise ConfigError(f"{note}; nothing was submitted")
     blend = (report or {}).get("cv") or (report or {}).get("blend") or {}  # what was submitted
     record = SubmissionRecord(
         time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -213,7 +253,11 @@ def submit_file(
         members=sorted((report or {}).get("members") or {}),
         ensemble=(report or {}).get("name"),
     )
-    api = kaggle_client.authenticated_api(kaggle_client.KAGGLE_API_FACTORY)
+    api = kaggle_client.authenticated_api(
+        kaggle_client.KAGGLE_API_FACTORY,
+        purpose=f"submitting {path} to {slug}",
+        alternative=f"the file matches the sample submission ({checked.rows} rows); submit it later",
+    )
     secrets = secrets_of(api)
     log.info("submitting %s (sha256 %s…) to Kaggle competition %s", path, record.sha256[:12], slug)
     try:

@@ -7,7 +7,8 @@ timm. Beyond the table, every timm architecture with pretrained weights is avail
 ``timm/<arch>.<tag>`` (``timm/<arch>`` = timm's default tag), or ``imagenet`` for the default weights
 of a timm model's ``model.arch``. :func:`timm_checkpoint` builds the entry from the installed timm's
 ``pretrained_cfg`` (HF hub id, else its URL; licence field) without timm's hub code: the file comes
-through the same downloader, with its SHA-256 recorded on first use.
+through :func:`audiotag.fetch.weights.fetch` (a hub file through huggingface_hub and its cache, a URL
+found in torch.hub's cache or downloaded into ours), with its SHA-256 recorded on first use.
 """
 
 from __future__ import annotations

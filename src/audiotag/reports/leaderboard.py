@@ -31,6 +31,7 @@ from audiotag.core.jsonl import read_jsonl
 from audiotag.core.log import human_duration
 from audiotag.core.paths import submission_log, submissions_root
 from audiotag.fetch import kaggle as kaggle_client
+from audiotag.fetch.network import OfflineError
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,9 @@ def attach_lb(
     for slug in slugs:
         try:
             fetched[slug] = kaggle_client.fetch_scores(slug)
+        except OfflineError:
+            notes.append("public/private LB are blank: offline mode is on (AUDIOTAG_OFFLINE=1)")
+            return
         except kaggle_client.MissingCredentials:
             notes.append(
                 "public/private LB are blank: no Kaggle credentials (set KAGGLE_API_TOKEN or "

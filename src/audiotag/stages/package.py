@@ -12,9 +12,12 @@
                             (a linear probe: fold<k>/{probe.npz,done.json}, the fitted probe)
       weights/              a linear probe's frozen embedding model: its weights file (once per file)
 
-Upload OUT_DIR as a Kaggle dataset, attach it and the competition data to a notebook, and run
-``!python /kaggle/input/<dataset>/inference.py``, which calls ``audiotag.kaggle.inference.inference_main``
-(see ``audiotag/kaggle/inference.py`` for what it computes).
+      dataset-metadata.json the Kaggle dataset's metadata (kernels-only competitions: also
+                            kernel-metadata.json and kernel.ipynb), see audiotag/kaggle/metadata.py
+
+Upload OUT_DIR as a Kaggle dataset (its README gives the commands), attach it and the competition
+data to a notebook, and run ``!python /kaggle/input/<dataset>/inference.py``, which calls
+``audiotag.kaggle.inference.inference_main`` (see ``audiotag/kaggle/inference.py`` for what it computes).
 
 This module is imported by the CLI, so it imports torch and the models only inside the functions.
 """
@@ -43,6 +46,7 @@ from audiotag.kaggle.inference import (
     STACKER_DATA,
     WEIGHTS_DIR,
 )
+from audiotag.kaggle.metadata import upload_steps, write_kaggle_metadata
 from audiotag.models.probe import PROBE
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, read_probe, verify_probe
 
@@ -231,8 +235,11 @@ def package_member(name: str, run_dir: Path, folds: list[int], staging: Path) ->
     return member
 
 
-def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -> Path:
-    """Write the inference folder for ensemble ``cfg`` into ``out_dir`` (replacing an earlier package)."""
+def build_package(
+    cfg: EnsembleConfig, out_dir: Path, slug: str | None = None, kaggle_id: str | None = None
+) -> Path:
+    """Write the inference folder for ensemble ``cfg`` into ``out_dir`` (replacing an earlier package),
+    with its Kaggle metadata (``kaggle_id``: OWNER/SLUG of the dataset, :mod:`audiotag.kaggle.metadata`)."""
     from audiotag.competitions import get_competition
     from audiotag.config.files import dump_yaml
     from audiotag.core.paths import submissions_root
@@ -281,6 +288,7 @@ def build_package(cfg: EnsembleConfig, out_dir: Path, slug: str | None = None) -
             "code_version": code_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        manifest["kaggle"] = write_kaggle_metadata(staging, manifest, kaggle_id, comp.cfg.kernels_only)
         atomic_write_json(staging / MANIFEST, manifest)
         atomic_write_text(staging / "inference.py", INFERENCE_SCRIPT.replace("{slug}", slug))
         atomic_write_text(staging / "README.md", readme(manifest))
@@ -313,7 +321,6 @@ def member_line(member: dict[str, Any]) -> str:
 
 def readme(manifest: dict[str, Any]) -> str:
     members = "\n".join(member_line(m) for m in manifest["members"])
-    slug = manifest["slug"]
     title = f"{manifest['competition']} / ensemble `{manifest['ensemble']['name']}`"
     return f"""# audiotag inference package: {title}
 
@@ -323,13 +330,9 @@ Blend: {blend_text(manifest["blend"])} of the members' fold-averaged predictions
 {members}
 
 ## On Kaggle (no internet)
-1. Upload this folder as a Kaggle dataset (e.g. `kaggle datasets create -p .`).
-2. In a notebook, add the competition data and this dataset as inputs.
-3. Run `!python /kaggle/input/<this dataset>/inference.py`: it reads the test audio listed in
-   `/kaggle/input/{slug}/sample_submission.csv` and writes `/kaggle/working/submission.csv`.
-
-Options: `--input DIR` (competition data), `--output FILE`, `--work DIR` (feature cache, default a
-temporary folder), `--workers N`, `--device cpu|cuda`.
+{upload_steps(manifest)}
+Options of inference.py: `--input DIR` (competition data), `--output FILE`, `--work DIR` (feature
+cache, default a temporary folder), `--workers N`, `--device cpu|cuda`.
 
 The code needs torch, numpy, pandas, pyarrow, scipy, soundfile, soxr, pydantic, pyyaml and tqdm (timm
 for timm backbones); Kaggle's Python image has most of them, and `inference.py` names any that is

@@ -16,7 +16,7 @@ Where they write:
   ``competition/<comp>/mlruns/``; one MLflow experiment per competition, one MLflow run per fold;
 - ``wandb``: project = the competition, group = the run, one W&B run per fold, files under the run
   folder; offline (synced later with ``wandb sync``) unless you are logged in (``WANDB_API_KEY`` or
-  ``wandb login``); ``WANDB_MODE`` overrides either way.
+  ``wandb login``); ``WANDB_MODE`` overrides either way, and ``AUDIOTAG_OFFLINE=1`` overrides that.
 
 MLflow and W&B are optional packages, imported only when chosen; a missing one stops the fold before
 it trains, naming the install command. With DDP only rank 0 reports (:func:`open_trackers`).
@@ -37,6 +37,7 @@ import numpy as np
 
 from audiotag.config.files import dump_yaml, flatten
 from audiotag.core.errors import ConfigError
+from audiotag.fetch.network import is_offline, require_network
 from audiotag.train.distributed import DistContext
 from audiotag.train.experiment import ExperimentConfig
 
@@ -108,6 +109,8 @@ class MlflowTracker:
     def __init__(self, comp_dir: Path, experiment: str, run_name: str, cfg_tree: dict, config_text: str):
         self.mlflow = import_optional("mlflow", "mlflow")
         uri = mlflow_uri(comp_dir)
+        if uri.split(":", 1)[0] in ("http", "https", "databricks"):
+            require_network(f"mlflow tracking at {uri}", "unset MLFLOW_TRACKING_URI to track in local files")
         self.mlflow.set_tracking_uri(uri)
         self.mlflow.set_experiment(experiment)
         self.run = self.mlflow.start_run(run_name=run_name)
@@ -148,6 +151,7 @@ class WandbTracker:
     ) -> None:
         self.wandb = import_optional("wandb", "wandb")
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+        mode = "offline" if is_offline() else mode  # the network gate: AUDIOTAG_OFFLINE=1 wins
         self.run = self.wandb.init(
             project=project, group=group, name=name, config=cfg_tree, dir=str(run_dir), mode=mode
         )
