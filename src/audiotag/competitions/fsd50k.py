@@ -57,7 +57,6 @@ class Fsd50k(FileCompetition):
     task = "multi_label"
     metric = "map"
     submission_kind = "scores"
-    default_source = "zenodo"
     sources = ("zenodo",)
 
     _classes: list[str] | None = None
