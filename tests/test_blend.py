@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from audiotag.scoring.blend import BlendRule, OofScorer, normalise_weights, scaled_ranks
+from audiotag.scoring.fitted_blend import FittedBlend
 from audiotag.scoring.stacking import Stacker, logit_features, nested_predictions
 from audiotag.scoring.weight_search import hill_climb, nested_weight_cv, search_weights
 
@@ -36,26 +37,34 @@ def space_of(data: Synthetic, rule: BlendRule) -> np.ndarray:
     return np.stack([rule.forward(p, data.folds) for p in data.members])
 
 
+def blend(rule: BlendRule, members: list[np.ndarray], weights: object = None) -> np.ndarray:
+    """Members' score matrices blended as the ensemble blends them: a ``FittedBlend`` of their forward
+    transforms, equal weights when ``weights`` is None, (M,) or per class (M, C) otherwise."""
+    w = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
+    fitted = FittedBlend(rule, tuple(f"m{i}" for i in range(len(members))), w)
+    return fitted.combine(np.stack([rule.forward(p) for p in members]))
+
+
 # --------------------------------------------------------------------------- blend rules by hand
 
 
 def test_weighted_means_by_hand() -> None:
     a, b = np.array([[0.2, 0.8]]), np.array([[0.8, 0.2]])
-    np.testing.assert_allclose(BlendRule("mean").blend([a, b]), [[0.5, 0.5]])
-    np.testing.assert_allclose(BlendRule("mean").blend([a, b], [3, 1]), [[0.35, 0.65]])
-    np.testing.assert_allclose(BlendRule("geometric").blend([a, b]), [[0.4, 0.4]])
+    np.testing.assert_allclose(blend(BlendRule("mean"), [a, b]), [[0.5, 0.5]])
+    np.testing.assert_allclose(blend(BlendRule("mean"), [a, b], [3, 1]), [[0.35, 0.65]])
+    np.testing.assert_allclose(blend(BlendRule("geometric"), [a, b]), [[0.4, 0.4]])
     # 0.2^(1/4) 0.8^(3/4) = (0.2 * 0.8^3)^(1/4) = 0.1024^(1/4) = sqrt(0.32)
     np.testing.assert_allclose(
-        BlendRule("geometric").blend([a, b], [0.25, 0.75]), [[np.sqrt(0.32), np.sqrt(0.08)]]
+        blend(BlendRule("geometric"), [a, b], [0.25, 0.75]), [[np.sqrt(0.32), np.sqrt(0.08)]]
     )
-    np.testing.assert_allclose(BlendRule("power", 2.0).blend([a, b]), [[np.sqrt(0.34), np.sqrt(0.34)]])
-    np.testing.assert_allclose(BlendRule("power", -1.0).blend([a, b]), [[0.32, 0.32]])  # harmonic
+    np.testing.assert_allclose(blend(BlendRule("power", 2.0), [a, b]), [[np.sqrt(0.34), np.sqrt(0.34)]])
+    np.testing.assert_allclose(blend(BlendRule("power", -1.0), [a, b]), [[0.32, 0.32]])  # harmonic
     np.testing.assert_allclose(
-        BlendRule("power", 1.0).blend([a, b], [1, 3]), BlendRule("mean").blend([a, b], [1, 3])
+        blend(BlendRule("power", 1.0), [a, b], [1, 3]), blend(BlendRule("mean"), [a, b], [1, 3])
     )
     # per-class weights: class 0 from a only, class 1 from b only
-    np.testing.assert_allclose(BlendRule("mean").blend([a, b], [[1, 0], [0, 1]]), [[0.2, 0.2]])
-    assert BlendRule("geometric").blend([np.zeros((1, 2)), np.ones((1, 2))]).min() > 0  # log floor
+    np.testing.assert_allclose(blend(BlendRule("mean"), [a, b], [[1, 0], [0, 1]]), [[0.2, 0.2]])
+    assert blend(BlendRule("geometric"), [np.zeros((1, 2)), np.ones((1, 2))]).min() > 0  # log floor
 
 
 def test_scaled_ranks_by_hand() -> None:
@@ -70,7 +79,7 @@ def test_rank_blend_by_hand() -> None:
     b = np.array([[0.2, 0.6], [0.3, 0.5], [0.4, 0.4]])
     # ranks a: [[1, 0], [.5, .5], [0, 1]]; b: [[0, 1], [.5, .5], [1, 0]]
     np.testing.assert_allclose(
-        BlendRule("rank").blend([a, b], [0.75, 0.25]), [[0.75, 0.25], [0.5, 0.5], [0.25, 0.75]]
+        blend(BlendRule("rank"), [a, b], [0.75, 0.25]), [[0.75, 0.25], [0.5, 0.5], [0.25, 0.75]]
     )
 
 

@@ -4,7 +4,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from scipy.stats import norm
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -242,15 +241,6 @@ def test_roc_auc_matches_sklearn(seed: int, ties: bool) -> None:
     np.testing.assert_allclose(auc[2:], expected, rtol=1e-12)
 
 
-def test_d_prime() -> None:
-    assert metrics.d_prime(0.5) == 0.0
-    assert isinstance(metrics.d_prime(0.5), float)
-    assert metrics.d_prime(norm.cdf(1 / np.sqrt(2))) == pytest.approx(1.0, rel=1e-12)
-    values = metrics.d_prime(np.array([0.5, np.nan, 1.0]))
-    assert isinstance(values, np.ndarray)
-    assert values[0] == 0.0 and np.isnan(values[1]) and values[2] == np.inf
-
-
 # --------------------------------------------------------------------------- registry
 
 
@@ -369,8 +359,3 @@ def test_top_k_bad_k(k: object, message: str) -> None:
 def test_top_k_rejects_nan() -> None:
     with pytest.raises(ValueError, match="1 NaN"):
         metrics.top_k(NAN_SCORES, 1)
-
-
-def test_d_prime_rejects_auc_outside_unit_interval() -> None:
-    with pytest.raises(ValueError, match=r"AUC must lie in \[0, 1\]; got 1\.5"):
-        metrics.d_prime(np.array([0.5, 1.5]))

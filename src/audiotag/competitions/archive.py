@@ -63,7 +63,7 @@ class OwnDataset(FileCompetition):
 
     @property
     def source(self) -> str:
-        return self.default_source
+        return self.sources[0]
 
     @property
     def raw_dir(self) -> Path:

@@ -134,7 +134,6 @@ class AudioSet(FileCompetition):
     task = "multi_label"
     metric = "map"
     submission_kind = "scores"
-    default_source = "google"
     sources = ("google",)
 
     _vocabulary: tuple[list[str], dict[str, str]] | None = None

@@ -30,8 +30,6 @@ FILE_FORMATS_2019 = {
 
 class _DemoBase(TableFormat):
     classes_described = f"the {len(CLASSES)} demo classes"
-    sources = ("kaggle",)
-    default_source = "kaggle"
     write_files: ClassVar[Callable[[Path, Path, DemoGeneratorConfig], None]]  # demo_synth's writer
 
     @property

@@ -283,7 +283,7 @@ class FileCompetition(Competition):
     when the files live in ``data_dir``.
     """
 
-    default_source: ClassVar[str] = "zenodo"
+    # where its files are published (competition.source); the first is the default
     sources: ClassVar[tuple[str, ...]] = ("zenodo",)
     truth_file: ClassVar[str | None] = None  # the post-competition test labels, relative to raw/
 
@@ -309,7 +309,7 @@ class FileCompetition(Competition):
 
     @property
     def source(self) -> str:
-        source = self.cfg.source or self.default_source
+        source = self.cfg.source or self.sources[0]
         if source not in self.sources:
             raise ConfigError(
                 f"competition.source: {self.name} is published on {', '.join(self.sources)}, not {source!r}"

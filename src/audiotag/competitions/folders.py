@@ -59,7 +59,6 @@ class FoldersCompetition(OwnDataset):
     kind = "folders"  # serves every config of kind: folders
     task = "single_label"
     sources = ("folders",)
-    default_source = "folders"
     data_dir_holds = "the class folders"
 
     def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:

@@ -91,8 +91,6 @@ class Fsd2018(TableFormat):
     classes_described = f"the {len(CLASSES)} FSDKaggle2018 classes"
     columns_remedy = PUBLISHED_REMEDY
     truth_file = TEST_POST
-    default_source = "kaggle"
-    sources = ("kaggle", "zenodo")
 
     def download(self, source: str) -> None:
         if source == "kaggle":

@@ -112,8 +112,6 @@ class Fsd2019(TableFormat):
     classes_described = f"the {len(CLASSES)} FSDKaggle2019 classes"
     columns_remedy = PUBLISHED_REMEDY
     truth_file = TEST_POST
-    default_source = "kaggle"
-    sources = ("kaggle", "zenodo")
 
     @property
     def subsets(self) -> list[str]:

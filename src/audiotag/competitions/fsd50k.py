@@ -14,8 +14,8 @@ stratified over both; eval clips are the test split (``subset = eval``) and thei
 truth. ``split`` stays train/test as everywhere else, because every later stage (folds, training,
 prediction) keys on those two values. All labels are human-verified (``verified = True``).
 
-Metric: macro mAP over the 200 classes (``metrics.mean_average_precision``; ``metrics.d_prime`` of the
-per-class ROC AUC is the usual second number). No official submission format: a score table
+Metric: macro mAP over the 200 classes (``metrics.mean_average_precision``; d' of the per-class ROC
+AUC, ``metrics.roc_auc_per_class``, is the usual second number). No official submission format: a score table
 ``fname`` + 200 class columns, written as ``<competition>/sample_submission.csv``.
 """
 
@@ -57,7 +57,6 @@ class Fsd50k(FileCompetition):
     task = "multi_label"
     metric = "map"
     submission_kind = "scores"
-    default_source = "zenodo"
     sources = ("zenodo",)
 
     _classes: list[str] | None = None

@@ -57,7 +57,7 @@ class TableFormat(FileCompetition):
 
     def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:
         super().__init__(cfg, root)
-        spec = self.file_format(self.default_source)
+        spec = self.file_format(self.sources[0])
         self.task = "multi_label" if spec.multi_label else "single_label"  # type: ignore[misc]
         self.metric = spec.metric or ""  # type: ignore[misc]
         assert spec.submission is not None  # CompetitionConfig checks it for kind: table
@@ -65,6 +65,11 @@ class TableFormat(FileCompetition):
         self.label_count = spec.submission.k
         self.id_column = spec.submission.id_column
         self.vocabulary = Vocabulary(self.dir / VOCABULARY, spec.classes, self.name, self.classes_described)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.FILE_FORMATS:  # the sources are the file formats it reads
+            cls.sources = tuple(cls.FILE_FORMATS)
 
     def file_format(self, source: str) -> CompetitionConfig:
         """The table settings of ``source``'s files: ``FILE_FORMATS[source]``, checked as ``kind: table``."""
@@ -313,7 +318,6 @@ class TableCompetition(OwnDataset, TableFormat):
     name = "table"  # the instance's name is the YAML's (set in __init__)
     kind = "table"  # serves every config of kind: table
     sources = ("table",)
-    default_source = "table"
     data_dir_holds = "train_csv and the audio"
 
     def file_format(self, source: str) -> CompetitionConfig:

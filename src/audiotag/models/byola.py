@@ -166,8 +166,9 @@ def convert_byola(state: dict[str, torch.Tensor]) -> Converted:
 CONVERTERS: dict[str, Converter] = {"byola": convert_byola}
 
 
-_BYOLA_URL = (
-    "https://github.com/nttcslab/byol-a/raw/{rev}/pretrained_weights/AudioNTT2020-BYOLA-64x96d{d}.pth"
+_BYOLA_URL = (  # every URL is pinned to one commit
+    "https://github.com/nttcslab/byol-a/raw/3e65c9283498d06915e6dbcff3445307d8d3e930/pretrained_weights/"
+    "AudioNTT2020-BYOLA-64x96d{d}.pth"
 )
 _BYOLA_LICENSE = "NTT-eval"
 _BYOLA_NOTE = (
@@ -177,54 +178,36 @@ _BYOLA_NOTE = (
     "Plain state dict: features.{0,1,4,5,8,9}.*, fc.{0,3}.*."
 )
 
-
-CHECKPOINTS = (
-    *(
-        Checkpoint(
-            name=f"byola{d}",
-            url=_BYOLA_URL.format(rev=rev, d=d),
-            filename=f"AudioNTT2020-BYOLA-64x96d{d}.pth",
-            size=size,
-            sha256=sha256,
-            md5=md5,
-            license=_BYOLA_LICENSE,
-            layout="byola",
-            features="byola_16k_64",
-            model=f"byola{d}",
-            note=f"BYOL-A AudioNTT2020 encoder, {d}-d embedding. {extra} {_BYOLA_NOTE}",
-        )
-        for d, rev, size, sha256, md5, extra in (
-            (
-                512,
-                "3e65c9283498d06915e6dbcff3445307d8d3e930",
-                2_410_576,
-                "6cc64226318494f06ef41d7e5810be7d37abfd6490da45abdab48f188c5332e2",
-                "2fb4b0beda4c7fc900e41cac58a796ce",
-                "Size and hashes computed from git blob 314a35a5 at nttcslab/byol-a@3e65c92 "
-                "(the URL is pinned to that commit).",
-            ),
-            (
-                1024,
-                "3e65c9283498d06915e6dbcff3445307d8d3e930",
-                None,
-                None,
-                None,
-                "Git blob 1c04492d54707e53f04fb664ec6bf3ec655d47f0 at nttcslab/byol-a@3e65c92 (the URL "
-                "is pinned to that commit); size and hashes unknown, as the mirror used lacks that "
-                "blob: the SHA-256 of the first download is recorded (trust on first use).",
-            ),
-            (
-                2048,
-                "3e65c9283498d06915e6dbcff3445307d8d3e930",
-                None,
-                None,
-                None,
-                "Git blob dd93cab283451ad67baff974933aa122d4a8fa24 at nttcslab/byol-a@3e65c92 (the URL "
-                "is pinned to that commit); size and hashes unknown, as the mirror used lacks that "
-                "blob: the SHA-256 of the first download is recorded (trust on first use).",
-            ),
-        )
-    ),
+_UNKNOWN_BLOB = (
+    "Git blob {} at nttcslab/byol-a@3e65c92 (the URL is pinned to that commit); size and hashes unknown, "
+    "as the mirror used lacks that blob: the SHA-256 of the first download is recorded (trust on first use)."
+)
+CHECKPOINTS = tuple(
+    Checkpoint(
+        name=f"byola{d}",
+        url=_BYOLA_URL.format(d=d),
+        filename=f"AudioNTT2020-BYOLA-64x96d{d}.pth",
+        size=size,
+        sha256=sha256,
+        md5=md5,
+        license=_BYOLA_LICENSE,
+        layout="byola",
+        features="byola_16k_64",
+        model=f"byola{d}",
+        note=f"BYOL-A AudioNTT2020 encoder, {d}-d embedding. {extra} {_BYOLA_NOTE}",
+    )
+    for d, size, sha256, md5, extra in (
+        (
+            512,
+            2_410_576,
+            "6cc64226318494f06ef41d7e5810be7d37abfd6490da45abdab48f188c5332e2",
+            "2fb4b0beda4c7fc900e41cac58a796ce",
+            "Size and hashes computed from git blob 314a35a5 at nttcslab/byol-a@3e65c92 "
+            "(the URL is pinned to that commit).",
+        ),
+        (1024, None, None, None, _UNKNOWN_BLOB.format("1c04492d54707e53f04fb664ec6bf3ec655d47f0")),
+        (2048, None, None, None, _UNKNOWN_BLOB.format("dd93cab283451ad67baff974933aa122d4a8fa24")),
+    )
 )
 
 

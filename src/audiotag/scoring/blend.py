@@ -138,18 +138,6 @@ class BlendRule:
         """The blend of members already in blend space (M, n, C) with weights (M,) or (M, C)."""
         return self.inverse(weighted_sum(space, weights))
 
-    def blend(
-        self,
-        predictions: Sequence[np.ndarray],
-        weights: np.ndarray | Sequence[float] | None = None,
-        groups: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Blend members' score matrices (each (n, C)); equal weights when ``weights`` is None."""
-        space = np.stack([self.forward(p, groups) for p in predictions])
-        n_members, _, n_classes = space.shape
-        w = np.ones(n_members) if weights is None else np.asarray(weights, dtype=np.float64)
-        return self.combine(space, normalise_weights(w, n_members, n_classes))
-
 
 # --------------------------------------------------------------------------- scoring OOF
 

@@ -306,7 +306,7 @@ def mean_average_precision(truth: np.ndarray, scores: np.ndarray) -> MAPResult:
     )
 
 
-# --------------------------------------------------------------------------- ROC AUC / d'
+# --------------------------------------------------------------------------- ROC AUC
 
 
 def roc_auc_per_class(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -327,21 +327,6 @@ def roc_auc_per_class(truth: np.ndarray, scores: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
-
-
-def d_prime(auc: float | np.ndarray) -> float | np.ndarray:
-    """Sensitivity index from ROC AUC: ``d' = sqrt(2) * Phi^{-1}(AUC)``, Phi the standard normal CDF.
-
-    AUC 0.5 gives 0, AUC 1 gives +inf; NaN stays NaN. A float in, a float out; an array in, an array out.
-    """
-    from scipy.stats import norm
-
-    values = np.asarray(auc, dtype=np.float64)
-    outside = ~np.isnan(values) & ((values < 0) | (values > 1))
-    if outside.any():
-        raise ValueError(f"AUC must lie in [0, 1]; got {values[outside].ravel()[0].item()!r}")
-    result = np.sqrt(2.0) * norm.ppf(values)
-    return float(result) if result.ndim == 0 else result
 
 
 def macro_roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
