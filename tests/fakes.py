@@ -15,7 +15,7 @@ class FakeSingle(Competition):
     name = "fake"
     task = "single_label"
     metric = "map3"
-    submission_kind = "top3_labels"
+    submission_kind = "top_k_labels"
 
     @property
     def classes(self) -> list[str]:
@@ -71,7 +71,7 @@ def make(cls: type[FakeSingle], root: Path, **cfg) -> FakeSingle:
 
 def write_sample(comp: Competition, ids: list[str]) -> None:
     comp.raw_dir.mkdir(parents=True, exist_ok=True)
-    if comp.submission_kind == "top3_labels":
+    if comp.submission_kind == "top_k_labels":
         df = pd.DataFrame({"fname": ids, "label": "Bark Chime Drum"})
     else:
         df = pd.DataFrame(0, index=range(len(ids)), columns=sorted(comp.classes))

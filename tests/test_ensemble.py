@@ -73,7 +73,7 @@ def fake_competition(
     folds_path.parent.mkdir()
     pd.DataFrame({"clip_id": train_ids, "fold": folds}).to_csv(folds_path, index=False)
     comp.raw_dir.mkdir()
-    if comp.submission_kind == "top3_labels":
+    if comp.submission_kind == "top_k_labels":
         sample = pd.DataFrame({"fname": test_ids[::-1], "label": "x"})
     else:
         sample = pd.DataFrame(0.0, index=range(n_test), columns=classes)

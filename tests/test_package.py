@@ -63,7 +63,7 @@ def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsy
     assert main(["package", "-c", "demo", str(out)]) == 0
     assert "inference.py" in capsys.readouterr().out
     manifest = json.loads((out / "bundle.json").read_text())
-    assert manifest["competition"] == "demo" and manifest["submission_kind"] == "top3_labels"
+    assert manifest["competition"] == "demo" and manifest["submission_kind"] == "top_k_labels"
     assert [m["name"] for m in manifest["members"]] == ["cnn_small", "probe_aisfx"]  # the demo's default
     assert manifest["members"][0]["folds"] == [0, 1, 2]
     for fold in range(3):
@@ -92,6 +92,12 @@ def test_packaged_inference_reproduces_the_ensemble_submission(demo: Path, capsy
         )
         expected += weight * run_scores[[run_ids.index(i) for i in ids]]
     np.testing.assert_allclose(scores, expected / sum(weights.values()), atol=1e-4)
+
+    # a bundle packaged before the kind was renamed says top3_labels: it still writes the same file
+    (out / "bundle.json").write_text(json.dumps({**manifest, "submission_kind": "top3_labels"}))
+    proc, old_sub_path, _ = run_bundle(out, demo, ["-I"])
+    assert proc.returncode == 0, proc.stderr
+    assert pd.read_csv(old_sub_path).equals(ours)
 
 
 @pytest.mark.slow
@@ -163,10 +169,10 @@ def test_the_bundle_writes_as_many_labels_as_the_competition_asks(tmp_path: Path
     sample = tmp_path / "sample_submission.csv"
     sample.write_text("fname,label\na.wav,x\nb.wav,x\n")
     scores = np.array([[0.1, 0.9, 0.5, 0.2], [0.8, 0.1, 0.3, 0.7]])
-    comp = BundleCompetition("birds", ["w", "x", "y", "z"], "top3_labels", sample, label_count=2)
+    comp = BundleCompetition("birds", ["w", "x", "y", "z"], "top_k_labels", sample, label_count=2)
     sub = build_submission(comp, ["a.wav", "b.wav"], scores)
     assert sub["label"].tolist() == ["x y", "w z"]
-    old = BundleCompetition("birds", ["w", "x", "y", "z"], "top3_labels", sample)
+    old = BundleCompetition("birds", ["w", "x", "y", "z"], "top_k_labels", sample)
     assert build_submission(old, ["a.wav", "b.wav"], scores)["label"].tolist() == ["x y z", "w z y"]
 
 

@@ -90,7 +90,8 @@ def test_the_whole_resume_state_loads_weights_only(tmp_path: Path) -> None:
     state = loop.FoldState(epoch=1, best_score=0.5, best_epoch=0, history=[{"epoch": 0, "loss": 0.3}])
     aug = torch.Generator().manual_seed(3)
     partial = {"epoch": 1, "batch": 2, "ranks": [rank_progress(1.5, 8, aug, CPU)]}
-    payload = loop.resume_state(model, optimizer, scheduler, engine, state, partial)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "engine": engine}
+    payload = state.resume_payload(parts, partial)
     save_checkpoint(tmp_path / "last.pt", payload)
     loaded = load_checkpoint(tmp_path / "last.pt")
     assert loaded["state"]["partial"]["ranks"][0]["count"] == 8

@@ -19,7 +19,7 @@ from audiotag.core.errors import DataError
 from audiotag.core.paths import competition_dir
 
 Task = Literal["single_label", "multi_label"]
-SubmissionKind = Literal["top3_labels", "scores", "sample_columns"]
+SubmissionKind = Literal["top_k_labels", "scores", "sample_columns"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Competition(abc.ABC):
     task: ClassVar[Task]
     metric: ClassVar[str]
     submission_kind: ClassVar[SubmissionKind]
-    label_count: int = 3  # labels per row of a "top3_labels" submission (a kind: table competition sets k)
+    label_count: int = 3  # labels per row of a "top_k_labels" submission (a kind: table competition sets k)
     id_column: str = "fname"  # the id column of the sample and the written submission (a table may set it)
 
     def __init__(self, cfg: CompetitionConfig, root: Path | None = None) -> None:

@@ -69,7 +69,7 @@ class FoldersCompetition(OwnDataset):
             raise ConfigError(
                 "competition.submission.kind sample_columns needs sample_submission (with test_dir)"
             )
-        self.submission_kind = "top3_labels" if cfg.submission.kind == "top_k_labels" else "scores"  # type: ignore[misc]
+        self.submission_kind = "top_k_labels" if cfg.submission.kind == "top_k_labels" else "scores"  # type: ignore[misc]
         self.label_count = cfg.submission.k
         self.id_column = cfg.submission.id_column
         self.vocabulary = Vocabulary(self.dir / VOCABULARY, cfg.classes, cfg.name)
@@ -246,14 +246,14 @@ class FoldersCompetition(OwnDataset):
         vocabulary = self.vocabulary.fix(
             labels,
             lambda row: f"{self.audio_dir / labels[row][0]}/",
-            no_spaces=self.submission_kind == "top3_labels",
+            no_spaces=self.submission_kind == "top_k_labels",
         )
         missing = sorted(set(vocabulary) - {names[0] for names in labels})
         if missing:
             log.warning(
                 "%s: class(es) %s have no training clip under %s", self.name, missing[:10], self.audio_dir
             )
-        if self.submission_kind == "top3_labels" and self.label_count > len(vocabulary):
+        if self.submission_kind == "top_k_labels" and self.label_count > len(vocabulary):
             raise DataError(f"submission.k {self.label_count} exceeds the {len(vocabulary)} classes")
         test_ids = testing or self._test_dir_ids()
         if testing:
@@ -293,7 +293,7 @@ class FoldersCompetition(OwnDataset):
         )
         if not cfg.sample_submission:
             self.write_sample_submission(
-                test_ids, None if self.submission_kind == "top3_labels" else vocabulary
+                test_ids, None if self.submission_kind == "top_k_labels" else vocabulary
             )
         return table
 

@@ -76,7 +76,7 @@ def build_submission(comp: Competition, clip_ids: Sequence[str], scores: np.ndar
         )
     ordered = scores[[position[f] for f in sample[key]]]
     classes = np.asarray(comp.classes)
-    if comp.submission_kind == "top3_labels":
+    if comp.submission_kind == "top_k_labels":
         labels = [" ".join(row) for row in classes[top_k(ordered, comp.label_count)]]
         others = [c for c in sample.columns if c != key]
         label = others[0] if len(others) == 1 else "label"
@@ -121,7 +121,7 @@ def validate_submission(comp: Competition, sub: pd.DataFrame) -> None:
         )
     if problem := id_differences(list(sub[key]), list(sample[key])):
         raise DataError(problem)
-    if comp.submission_kind == "top3_labels":
+    if comp.submission_kind == "top_k_labels":
         vocabulary = set(comp.classes)
         labels = sub.drop(columns=key)
         if labels.shape[1] != 1:

@@ -42,8 +42,6 @@ from audiotag.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SUBMISSION_KINDS = {"top_k_labels": "top3_labels", "scores": "scores", "sample_columns": "sample_columns"}
-
 
 class TableFormat(FileCompetition):
     """A clip table read from training CSVs and folders of audio, plus a list of test clips; the task,
@@ -61,7 +59,7 @@ class TableFormat(FileCompetition):
         self.task = "multi_label" if spec.multi_label else "single_label"  # type: ignore[misc]
         self.metric = spec.metric or ""  # type: ignore[misc]
         assert spec.submission is not None  # CompetitionConfig checks it for kind: table
-        self.submission_kind = SUBMISSION_KINDS[spec.submission.kind]  # type: ignore[misc]
+        self.submission_kind = spec.submission.kind  # type: ignore[misc]
         self.label_count = spec.submission.k
         self.id_column = spec.submission.id_column
         self.vocabulary = Vocabulary(self.dir / VOCABULARY, spec.classes, self.name, self.classes_described)
@@ -148,7 +146,7 @@ class TableFormat(FileCompetition):
                 f"{path}: line 1: the id column {self.id_column!r} must come first (columns "
                 f"{_head(header)}); use submission.kind sample_columns to keep the sample's order"
             )
-        if self.submission_kind == "top3_labels" and len(others) != 1:
+        if self.submission_kind == "top_k_labels" and len(others) != 1:
             raise DataError(
                 f"{path}: line 1: top_k_labels writes {self.id_column} and one label column, the sample "
                 f"has {_head(header)}; for score columns use submission.kind scores or sample_columns"
@@ -201,9 +199,9 @@ class TableFormat(FileCompetition):
         vocabulary = self.vocabulary.fix(
             rows["labels"].tolist(),
             lambda i: f"{csvs[i]}: line {lines[i]}",
-            no_spaces=self.submission_kind == "top3_labels",
+            no_spaces=self.submission_kind == "top_k_labels",
         )
-        if self.submission_kind == "top3_labels" and self.label_count > len(vocabulary):
+        if self.submission_kind == "top_k_labels" and self.label_count > len(vocabulary):
             raise DataError(
                 f"competition.submission.k {self.label_count} exceeds the {len(vocabulary)} classes; lower it"
             )
@@ -267,7 +265,7 @@ class TableFormat(FileCompetition):
         self._log_subsets(rows)
         if not cfg.sample_submission:
             self.write_sample_submission(
-                test_ids, None if self.submission_kind == "top3_labels" else vocabulary
+                test_ids, None if self.submission_kind == "top_k_labels" else vocabulary
             )
         return table
 

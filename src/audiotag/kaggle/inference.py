@@ -307,7 +307,7 @@ def run_inference(
     comp = BundleCompetition(
         manifest["competition"],
         classes,
-        manifest["submission_kind"],
+        {"top3_labels": "top_k_labels"}.get(kind := manifest["submission_kind"], kind),  # older bundles' name
         input_dir / SAMPLE,
         int(manifest.get("label_count", 3)),
         id_column,

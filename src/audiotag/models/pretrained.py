@@ -263,17 +263,13 @@ def _torch_load(path: Path, allow: tuple[str, ...] = PICKLE_ALLOWANCES) -> Any:
         ) from None
 
 
-def _has_tensors(obj: Mapping[Any, Any]) -> bool:
-    return any(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def _unwrap(obj: Any) -> Any:
     """The state dict inside common wrappers: {"model": sd}, {"state_dict": sd}, (sd, extra)."""
     for _ in range(4):
         if isinstance(obj, tuple | list) and obj and isinstance(obj[0], Mapping):
             obj = obj[0]
             continue
-        if isinstance(obj, Mapping) and not _has_tensors(obj):
+        if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next(
                 (
                     obj[k]

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from audiotag.core.atomic import atomic_path
-from audiotag.core.digests import check_recorded_file
+from audiotag.core.digests import check_fold_file
 from audiotag.core.errors import DataError
 
 PROBE_FILE = "probe.npz"
@@ -209,21 +209,9 @@ def _shape_problem(model: ProbeModel) -> str | None:
 
 
 def verify_probe(path: Path, done: dict[str, Any], remedy: str | None = None) -> None:
-    """Check ``path`` against the size and SHA-256 its fold's ``done.json`` recorded; a
-    :class:`DataError` naming the file when it is missing, unrecorded or different."""
-    fold_dir = path.parent
-    remedy = remedy or f"delete the fold folder {fold_dir} and train again to refit the fold"
-    if not path.is_file():
-        raise DataError(
-            f"{path} is missing although {fold_dir / 'done.json'} says the fold is done; {remedy}"
-        )
-    record = done.get(PROBE_RECORD)
-    if not isinstance(record, dict) or "sha256" not in record:
-        raise DataError(
-            f"{fold_dir / 'done.json'} records no size or SHA-256 of {path.name}, so {path} cannot be "
-            f"trusted; {remedy}"
-        )
-    check_recorded_file(path, record, remedy)
+    """Check ``path`` against the size and SHA-256 its fold's ``done.json`` recorded (refused unrecorded)."""
+    remedy = remedy or f"delete the fold folder {path.parent} and train again to refit the fold"
+    check_fold_file(path, done, PROBE_RECORD, remedy, unrecorded_ok=False)
 
 
 def load_probe(fold_dir: Path, remedy: str | None = None) -> ProbeModel:

@@ -200,15 +200,11 @@ def blend_spec(cfg: EnsembleConfig, report: dict[str, Any], classes: list[str]) 
 def stacker_training_data(comp: Competition, cfg: EnsembleConfig) -> tuple[np.ndarray, np.ndarray]:
     """The stacker's training set exactly as the ensemble stage builds it: the members' OOF logits
     and the truth of the scored clips. Shipped so inference refits the same (seeded) stacker."""
-    from audiotag.data.meta import read_meta
-    from audiotag.ensemble.members import align, check_members, load_member, scored_rows
+    from audiotag.ensemble.members import load_aligned
     from audiotag.scoring.stacking import logit_features
 
-    members = [load_member(comp, name) for name in cfg.members]
-    check_members(members, cfg.min_oof_overlap)
-    oof_ids, _ = align(members)
-    truth, scored = scored_rows(comp, read_meta(comp.meta_path), oof_ids, members[0].oof_folds)
-    return logit_features([m.oof[scored] for m in members]), truth[scored]
+    aligned = load_aligned(comp, cfg.members, cfg.min_oof_overlap, with_test=True)
+    return logit_features([m.oof[aligned.scored] for m in aligned.members]), aligned.truth[aligned.scored]
 
 
 def package_member(name: str, run_dir: Path, folds: list[int], staging: Path) -> PackagedMember:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from audiotag.core.atomic import atomic_path
-from audiotag.core.digests import check_recorded_file, file_sha256
+from audiotag.core.digests import check_fold_file, file_sha256
 from audiotag.core.errors import DataError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,13 @@ class EpochProgress:
         """The saved dict: the fields, with ``partial`` only when saved within an epoch."""
         saved = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "partial"}
         return {**saved, "partial": partial} if partial else saved
+
+    def resume_payload(self, parts: dict[str, Any], partial: dict[str, Any] | None) -> dict[str, Any]:
+        """What ``last.pt`` holds: each part's state dict (weights, optimizer, schedule...), the progress."""
+        return {
+            **{name: part.state_dict() for name, part in parts.items()},
+            "state": self.as_checkpoint(partial),
+        }
 
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any]) -> Any:
@@ -112,23 +119,9 @@ def file_record(path: Path) -> dict[str, Any]:
 
 def verify_best(best: Path, done: dict[str, Any], remedy: str | None = None) -> None:
     """Check ``best`` against the record in its fold's ``done.json`` (``done["best_pt"]``); a
-    :class:`DataError` naming the file when it is missing or differs. A done.json from before the
-    record was kept is accepted with a warning."""
-    fold_dir = best.parent
-    remedy = remedy or f"delete the fold folder {fold_dir} to retrain the fold"
-    if not best.is_file():
-        raise DataError(
-            f"{best} is missing although {fold_dir / 'done.json'} says the fold is done; {remedy}"
-        )
-    record = done.get("best_pt")
-    if not isinstance(record, dict) or "sha256" not in record:
-        log.warning(
-            "%s: done.json records no size or SHA-256 of best.pt (written by an older version); the "
-            "weights are used unchecked",
-            fold_dir,
-        )
-        return
-    check_recorded_file(best, record, remedy)
+    done.json from before the record was kept is accepted with a warning."""
+    remedy = remedy or f"delete the fold folder {best.parent} to retrain the fold"
+    check_fold_file(best, done, "best_pt", remedy, unrecorded_ok=True)
 
 
 # --------------------------------------------------------------------------- a full disk

@@ -184,13 +184,15 @@ class FoldRun:
     def best_path(self) -> Path:
         return self.fold_dir / "best.pt"
 
+    @property
+    def parts(self) -> dict[str, Any]:
+        """What ``last.pt`` keeps besides the progress: what a killed fold needs to continue."""
+        return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, engine=self.engine)
+
     def save_last(self, partial: dict[str, Any] | None = None) -> None:
-        """``last.pt`` (rank 0 only): what a killed fold needs to continue."""
+        """``last.pt`` (rank 0 only)."""
         if self.ctx.is_main:
-            payload = resume_state(
-                self.model, self.optimizer, self.scheduler, self.engine, self.state, partial
-            )
-            save_checkpoint(self.last_path, payload)
+            save_checkpoint(self.last_path, self.state.resume_payload(self.parts, partial))
 
 
 def train_fold(
@@ -303,10 +305,8 @@ def resume(run: FoldRun) -> None:
     if not run.last_path.is_file():
         return
     ckpt = load_checkpoint(run.last_path, run.device)
-    run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.engine.load_state_dict(ckpt["engine"])
+    for name, part in run.parts.items():
+        part.load_state_dict(ckpt[name])
     run.state = FoldState.from_checkpoint(ckpt["state"])
     partial = run.state.partial
     at = f", batch {partial['batch'] + 1}" if partial else ""
@@ -453,16 +453,3 @@ def finish_fold(run: FoldRun, started: float) -> dict:
         state.best_epoch + 1,
     )
     return summary
-
-
-def resume_state(
-    model, optimizer, scheduler, engine, state: FoldState, partial: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Everything a killed fold needs to continue: weights, optimizer, schedule, engine, progress."""
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "engine": engine.state_dict(),
-        "state": state.as_checkpoint(partial),
-    }

@@ -92,22 +92,26 @@ class Pretrainer:
     def encoder(self) -> torch.nn.Module:
         return self.online.encoder
 
+    @property
+    def parts(self) -> dict[str, Any]:
+        """What ``last.pt`` keeps besides the progress and the mixup memories."""
+        return dict(
+            online=self.online,
+            target=self.target,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            engine=self.engine,
+        )
+
     def save_last(self, partial: dict[str, Any] | None = None) -> None:
         """``last.pt`` (written by rank 0; every rank must call it, as the mixup memories are gathered)."""
         memory = self.augment.memory.state_dict()
         memories = self.ctx.gather(memory) if self.ctx.world > 1 else [memory]
         if not self.ctx.is_main:
             return
-        payload = {
-            "online": self.online.state_dict(),
-            "target": self.target.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "engine": self.engine.state_dict(),
-            "memory": memories,
-            "state": self.state.as_checkpoint(partial),
-        }
-        save_checkpoint(self.last_path, payload)
+        save_checkpoint(
+            self.last_path, {**self.state.resume_payload(self.parts, partial), "memory": memories}
+        )
 
 
 def steps_per_epoch(n_units: int, batch_size: int) -> int:
@@ -170,13 +174,9 @@ def resume(run: Pretrainer) -> None:
     if not run.last_path.is_file():
         return
     ckpt = load_checkpoint(run.last_path, run.device, remedy=RESTART)
-    run.online.load_state_dict(ckpt["online"])
-    run.target.load_state_dict(ckpt["target"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.engine.load_state_dict(ckpt["engine"])
-    saved = ckpt["state"]
-    run.state = EpochProgress.from_checkpoint(saved)
+    for name, part in run.parts.items():
+        part.load_state_dict(ckpt[name])
+    run.state = EpochProgress.from_checkpoint(ckpt["state"])
     memories = ckpt["memory"]
     n_procs = run.ctx.world if run.ctx.ddp else 1
     if len(memories) != n_procs:

@@ -28,6 +28,7 @@ import importlib
 import logging
 import netrc
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -123,16 +124,12 @@ class MlflowTracker:
         self.mlflow.log_metrics(dict(values), step=step)
 
     def log_per_class(self, step: int, ap: Mapping[str, float]) -> None:
-        # MLflow metric names allow letters, digits and _-./ and spaces: class names may hold others
-        safe = {f"per_class_ap/{_metric_name(k)}": v for k, v in ap.items()}
+        # MLflow metric names allow letters, digits and _-./ and spaces (\w: str.isalnum() and _)
+        safe = {re.sub(r"[^\w\-. /]", "_", f"per_class_ap/{k}"): v for k, v in ap.items()}
         self.mlflow.log_metrics(safe, step=step)
 
     def close(self) -> None:
         self.mlflow.end_run()
-
-
-def _metric_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in text)
 
 
 def wandb_logged_in() -> bool:
