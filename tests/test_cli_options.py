@@ -20,6 +20,7 @@ from audiotag.cli.args import parse, split_command
 from audiotag.config.files import configs_root, find_config
 from audiotag.core import paths
 from audiotag.core.errors import ConfigError
+from audiotag.stages.new_competition import default_output
 from tests.conftest import REPO
 
 OWN = {name for name, c in cli.COMMANDS.items() if not c.stage}
@@ -186,12 +187,14 @@ def test_the_workspace_is_the_checkouts_else_the_current_folders(tmp_path, monke
     monkeypatch.delenv("AUDIOTAG_SUBMISSIONS", raising=False)
     monkeypatch.chdir(tmp_path)
     assert paths.checkout_root() == REPO.resolve()
+    assert default_output("birds") == configs_root() / "competitions" / "birds.yaml"
     assert paths.workspace_root() == REPO.resolve() / "competition"
     installed = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "audiotag"
     monkeypatch.setattr(paths, "PACKAGE_DIR", installed)
     monkeypatch.setattr(paths, "REPO_ROOT", installed.parents[1])
     assert paths.checkout_root() is None
     assert paths.workspace_root() == tmp_path / "competition"
+    assert default_output("birds") == Path("birds.yaml")  # not into the installed package's configs
     assert paths.submissions_root() == tmp_path / "submissions"
     monkeypatch.setenv("AUDIOTAG_WORKSPACE", str(tmp_path / "ws"))
     assert paths.workspace_root() == tmp_path / "ws"

@@ -159,7 +159,7 @@ def build_new_competition_parser() -> argparse.ArgumentParser:
         "-o",
         type=Path,
         metavar="PATH",
-        help="where to write (default: configs/competitions/NAME.yaml)",
+        help="where to write (default: configs/competitions/NAME.yaml; an installed package: ./NAME.yaml)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     parser.add_argument("--verbose", "-v", action="store_true")
