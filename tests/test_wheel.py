@@ -2,7 +2,8 @@
 installed package, run outside any checkout, prepares the demo into the current folder.
 
 The wheel is built offline from a copy of the sources (this environment's setuptools, no build
-isolation) and installed with --no-deps into a fresh venv whose .pth file points at this
+isolation: torch requires setuptools >= 77, which reads pyproject's license expression) and installed
+with --no-deps into a fresh venv whose .pth file points at this
 environment's site-packages (torch and the rest are not downloaded again)."""
 
 from __future__ import annotations
