@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from audiotag.cli import configs
 from audiotag.cli import main as cli
 
 
@@ -109,16 +110,16 @@ def test_default_extra_experiments_follow_the_default_one_with_the_shared_settin
     argv = ["train", "-c", "demo", "--folds", "0,2", "--set", "train.epochs=2"]
     argv += ["--set", "competition.n_folds=4"]
     args = cli.build_parser().parse_args(argv)
-    extras = cli.extra_experiment_configs(args)
+    extras = configs.extra_experiment_configs(args)
     assert [e.name for e in extras] == ["probe_aisfx"]
     assert extras[0].train.folds == [0, 2] and extras[0].competition.n_folds == 4
     assert extras[0].model.name == "linear_probe"
-    main = cli.experiment_config(args)
+    main = configs.experiment_config(args)
     assert main.train.epochs == 2 and main.train.folds == [0, 2]
     assert extras[0].train.epochs != 2
     config = "configs/experiments/demo/cnn_small.yaml"
     with_config = cli.build_parser().parse_args([*argv, "--config", config])
-    assert cli.extra_experiment_configs(with_config) == []
+    assert configs.extra_experiment_configs(with_config) == []
 
 
 def test_an_empty_extra_list_on_the_command_line_trains_the_default_experiment_alone(tmp_path) -> None:
@@ -128,14 +129,14 @@ def test_an_empty_extra_list_on_the_command_line_trains_the_default_experiment_a
 
     off = ["--set", "competition.default_extra_experiments=[]"]
     demo = cli.build_parser().parse_args(["train", "-c", "demo"])
-    assert [e.name for e in cli.extra_experiment_configs(demo)] == ["probe_aisfx"]
+    assert [e.name for e in configs.extra_experiment_configs(demo)] == ["probe_aisfx"]
     demo_off = cli.build_parser().parse_args(["train", "-c", "demo", *off])
-    assert cli.extra_experiment_configs(demo_off) == []
-    assert cli.experiment_config(demo_off).competition.default_extra_experiments == []
+    assert configs.extra_experiment_configs(demo_off) == []
+    assert configs.experiment_config(demo_off).competition.default_extra_experiments == []
     table = str(make_dataset(tmp_path, multi=False))
     on = cli.build_parser().parse_args(["train", "-c", table])
-    assert [e.name for e in cli.extra_experiment_configs(on)] == ["probe_aisfx"]
-    assert cli.extra_experiment_configs(cli.build_parser().parse_args(["train", "-c", table, *off])) == []
+    assert [e.name for e in configs.extra_experiment_configs(on)] == ["probe_aisfx"]
+    assert configs.extra_experiment_configs(cli.build_parser().parse_args(["train", "-c", table, *off])) == []
 
 
 def test_a_missing_extra_experiment_is_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +146,7 @@ def test_a_missing_extra_experiment_is_named(tmp_path, monkeypatch: pytest.Monke
     use_competition_file(monkeypatch, path)
     args = cli.build_parser().parse_args(["train", "-c", "demo"])
     with pytest.raises(ConfigError, match="no_such_probe"):
-        cli.extra_experiment_configs(args)
+        configs.extra_experiment_configs(args)
 
 
 def test_the_pipeline_runs_each_experiment_stage_for_every_experiment_then_the_ensemble_once(

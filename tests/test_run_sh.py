@@ -28,17 +28,34 @@ if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
   case "$*" in *"-e ."*) echo "$(pwd -P)/src/audiotag" >"{venv}/package" ;; esac
   exit 0
 fi
+# the pipeline: where it runs, and the installer it is given
+if [ "$1" = "-m" ] && [ "$2" = "audiotag" ]; then
+  echo "cwd=$(pwd -P) run_sh=$AUDIOTAG_RUN_SH args=$*"
+  exit 0
+fi
 exec "{python}" "$@"
 """
 
 
-def stamp() -> str:
-    """What run.sh writes to ``$VENV/.audiotag-installed`` once the environment is installed."""
-    text = b"".join((REPO / name).read_bytes() for name in REPO_INPUTS)
+def stamp(extra: str | None = None) -> str:
+    """What run.sh writes to ``$VENV/.audiotag-installed`` once the environment is installed (and to
+    ``.audiotag-installed-EXTRA`` once an optional set is)."""
+    names = [*REPO_INPUTS, *([f"requirements-{extra}.lock"] if extra else [])]
+    text = b"".join((REPO / name).read_bytes() for name in names)
     return hashlib.sha256(text).hexdigest()[:16]
 
 
 REPO_INPUTS = ("requirements.lock", "requirements-nodeps.lock", "pyproject.toml")
+EXTRAS = ("augment", "dev")
+
+
+def write_stamps(venv: Path, current: bool = True) -> None:
+    """The stamps of a venv with every set installed (``current`` False: from other locks)."""
+    for extra in (None, *EXTRAS):
+        name = ".audiotag-installed" + (f"-{extra}" if extra else "")
+        (venv / name).write_text((stamp(extra) if current else "0" * 16) + "\n")
+
+
 HERE = (REPO / "src" / "audiotag").resolve()
 
 
@@ -48,16 +65,18 @@ def fake_venv(root: Path, package: Path | None, current_stamp: bool = True) -> P
     python = venv / "bin" / "python"
     python.write_text(FAKE_PYTHON.format(venv=venv, python=sys.executable))
     python.chmod(0o755)
-    (venv / ".audiotag-installed").write_text((stamp() if current_stamp else "0" * 16) + "\n")
+    write_stamps(venv, current_stamp)
     if package is not None:
         (venv / "package").write_text(f"{package}\n")
     return venv
 
 
-def run_sh(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AUDIOTAG_VENV": str(venv)}
+def run_sh(
+    venv: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AUDIOTAG_VENV": str(venv), **(env or {})}
     return subprocess.run(
-        ["bash", str(REPO / "run.sh"), *args], env=env, capture_output=True, text=True, timeout=60
+        ["bash", str(REPO / "run.sh"), *args], env=env, capture_output=True, text=True, timeout=60, cwd=cwd
     )
 
 
@@ -108,7 +127,7 @@ def test_the_check_itself_with_the_real_interpreter(tmp_path: Path, elsewhere: b
     python = venv / "bin" / "python"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
-    (venv / ".audiotag-installed").write_text(stamp() + "\n")
+    write_stamps(venv)
     other = tmp_path / "other-clone" / "src"
     (other / "audiotag").mkdir(parents=True)
     (other / "audiotag" / "__init__.py").write_text("raise SystemExit('the other clone ran')\n")
@@ -133,3 +152,56 @@ def test_the_check_itself_with_the_real_interpreter(tmp_path: Path, elsewhere: b
     else:
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("pytest ")
+
+
+def test_commands_run_in_the_callers_folder_and_may_install_an_extra(tmp_path: Path) -> None:
+    """A relative path on the command line is the caller's (run.sh no longer moves into the checkout
+    for the pipeline), and the pipeline is told how to install an optional set (AUDIOTAG_RUN_SH)."""
+    venv = fake_venv(tmp_path, HERE)
+    caller = tmp_path / "elsewhere"
+    caller.mkdir()
+    result = run_sh(venv, "train", "--config", "my.yaml", cwd=caller)
+    assert result.returncode == 0, result.stderr
+    assert f"cwd={caller.resolve()} run_sh={REPO.resolve() / 'run.sh'}" in result.stdout
+    assert result.stdout.rstrip().endswith("-m audiotag train --config my.yaml")
+
+
+def remove_extra_stamps(venv: Path) -> None:
+    for extra in EXTRAS:
+        (venv / f".audiotag-installed-{extra}").unlink()
+
+
+def test_an_extra_is_installed_once_from_its_lock(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, HERE)
+    remove_extra_stamps(venv)
+    result = run_sh(venv, "install", "augment")
+    assert result.returncode == 0, result.stderr
+    assert "installing the optional 'augment' packages from requirements-augment.lock" in result.stderr
+    (call,) = pip_calls(venv)
+    assert call.endswith("-r requirements.lock -r requirements-augment.lock")
+    assert (venv / ".audiotag-installed-augment").read_text().strip() == stamp("augment")
+    assert run_sh(venv, "install", "augment").returncode == 0
+    assert len(pip_calls(venv)) == 1  # installed: not again
+
+
+def test_the_tests_install_the_dev_set_with_augment_and_the_pipeline_neither(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, HERE)
+    remove_extra_stamps(venv)
+    assert run_sh(venv, "prepare").returncode == 0
+    assert pip_calls(venv) == []  # the runtime set is all the pipeline needs
+    result = run_sh(venv, "test", "--version")
+    assert result.returncode == 0, result.stderr
+    assert [c.rsplit(" ", 1)[-1] for c in pip_calls(venv)] == [
+        "requirements-augment.lock",
+        "requirements-dev.lock",
+    ]
+    assert result.stdout.startswith("pytest ")
+
+
+def test_offline_mode_installs_no_extra(tmp_path: Path) -> None:
+    venv = fake_venv(tmp_path, HERE)
+    remove_extra_stamps(venv)
+    result = run_sh(venv, "install", "augment", env={"AUDIOTAG_OFFLINE": "1"})
+    assert result.returncode == 2
+    assert "offline mode (AUDIOTAG_OFFLINE) is on: not installing requirements-augment.lock" in result.stderr
+    assert pip_calls(venv) == []

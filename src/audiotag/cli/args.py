@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TypeVar
 
@@ -93,3 +94,55 @@ def folds_overrides(args: argparse.Namespace) -> list[str]:
 def options_of(kind: type[Options], args: argparse.Namespace) -> Options:
     """The dataclass ``kind`` (a stage's typed options) filled from the parsed options of its names."""
     return kind(**{f.name: getattr(args, f.name) for f in dataclasses.fields(kind)})  # type: ignore[arg-type]
+
+
+def is_setting(token: str) -> bool:
+    """A bare ``KEY.PATH=VALUE`` word (a Hydra habit), which audiotag takes as ``--set KEY.PATH=VALUE``."""
+    key, sep, _ = token.partition("=")
+    return bool(sep) and all(part.isidentifier() for part in key.split("."))
+
+
+def setting_hint(token: str) -> str:
+    return f"{token!r} is not a stage or an argument: a setting is given as --set {token}"
+
+
+def value_options(parsers: list[argparse.ArgumentParser]) -> set[str]:
+    """The option strings that take a value in any of ``parsers`` (argparse lists its actions only in
+    the private ``_actions``)."""
+    return {o for p in parsers for a in p._actions if a.nargs != 0 for o in a.option_strings}
+
+
+def split_command(
+    argv: list[str], commands: Collection[str], parsers: Callable[[], list[argparse.ArgumentParser]]
+) -> tuple[str | None, list[str]]:
+    """The command of ``commands`` that ``argv`` names, and its arguments without it: the first word
+    that is neither an option nor an option's value (as ``parsers`` define them), so that options may
+    come before the command as after it (``audiotag -c demo leaderboard --no-lb``). (None, argv) when
+    that word is another (a stage: the pipeline)."""
+    taking: set[str] | None = None
+    skip = False
+    for i, token in enumerate(argv):
+        if token == "--":
+            break
+        if skip:
+            skip = False
+        elif token.startswith("-"):
+            taking = value_options(parsers()) if taking is None else taking
+            skip = "=" not in token and token in taking
+        elif token in commands:
+            return token, argv[:i] + argv[i + 1 :]
+        else:
+            break
+    return None, argv
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str], pipeline: bool) -> argparse.Namespace:
+    """``argv`` parsed (the pipeline: its stages and options in any order); a bare ``KEY=VALUE`` left
+    over is refused with the hint to write ``--set KEY=VALUE``."""
+    known, extra = (parser.parse_known_intermixed_args if pipeline else parser.parse_known_args)(argv)
+    settings = [a for a in extra if is_setting(a)]
+    if settings:
+        parser.error(setting_hint(settings[0]))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return known

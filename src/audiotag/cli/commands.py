@@ -6,12 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-
 from audiotag.cli.args import QUIET_HELP, add_data_dir_argument, data_dir_overrides
-from audiotag.cli.configs import default_config, table_competition
-from audiotag.config.files import configs_root
-from audiotag.config.schema import load_competition, load_ensemble
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
 
@@ -113,6 +108,7 @@ def run_leaderboard(args: argparse.Namespace) -> None:
         console.print(f"html: {write_html(board, args.html)}", soft_wrap=True)
     if args.plots:
         from audiotag.competitions import get_competition
+        from audiotag.config.schema import load_competition
         from audiotag.core.paths import submissions_root
         from audiotag.reports.plots import plot_all
 
@@ -179,20 +175,21 @@ def build_package_parser() -> argparse.ArgumentParser:
 
 
 def run_package(args: argparse.Namespace) -> None:
+    from audiotag.cli.configs import default_config, table_competition
+    from audiotag.config.files import find_config
+    from audiotag.config.schema import load_ensemble
     from audiotag.stages.package import build_package
 
     if args.ensemble is None:
         path = default_config(args.competition or "demo", "ensemble")
-    elif Path(args.ensemble).suffix in (".yaml", ".yml"):
-        path = Path(args.ensemble)
     else:
-        path = configs_root() / "ensembles" / f"{args.ensemble}.yaml"
+        path = find_config(args.ensemble, "ensembles")
     table = table_competition(args.competition)  # a kind: table YAML goes into the generic ensemble
     cfg = load_ensemble(path, competition=table)
     if args.competition and table is None and cfg.competition.name != args.competition:
         raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
     out = build_package(cfg, args.out_dir, slug=args.slug, kaggle_id=args.kaggle_id)
-    Console(stderr=False).print(
+    output_console().print(
         f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})",
         soft_wrap=True,
     )

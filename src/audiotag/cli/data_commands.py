@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from audiotag.cli.args import options_of
-from audiotag.models.representation import LayerSpec
-from audiotag.stages.embed import EmbedOptions
-from audiotag.stages.embed import run_embed as embed
-from audiotag.stages.new_competition import run_new_competition as new_competition
-from audiotag.stages.weights import fetch_weights, list_timm_weights, list_weights, verify_weights
+
+if TYPE_CHECKING:
+    from audiotag.models.representation import LayerSpec
 
 
 def build_weights_parser() -> argparse.ArgumentParser:
@@ -66,6 +65,8 @@ def build_weights_parser() -> argparse.ArgumentParser:
 
 
 def run_weights(args: argparse.Namespace) -> None:
+    from audiotag.stages.weights import fetch_weights, list_timm_weights, list_weights, verify_weights
+
     if args.action == "list" and args.timm:
         list_timm_weights(args.timm, args.weights_dir)
     elif args.action == "list":
@@ -134,6 +135,9 @@ def build_embed_parser() -> argparse.ArgumentParser:
 
 
 def run_embed(args: argparse.Namespace) -> None:
+    from audiotag.stages.embed import EmbedOptions
+    from audiotag.stages.embed import run_embed as embed
+
     embed(options_of(EmbedOptions, args))
 
 
@@ -155,7 +159,7 @@ def build_new_competition_parser() -> argparse.ArgumentParser:
         "-o",
         type=Path,
         metavar="PATH",
-        help="where to write (default: configs/competitions/NAME.yaml)",
+        help="where to write (default: configs/competitions/NAME.yaml; an installed package: ./NAME.yaml)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -163,4 +167,6 @@ def build_new_competition_parser() -> argparse.ArgumentParser:
 
 
 def run_new_competition(args: argparse.Namespace) -> None:
+    from audiotag.stages.new_competition import run_new_competition as new_competition
+
     new_competition(args.name, args.source, args.output, args.force)

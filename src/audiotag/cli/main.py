@@ -15,17 +15,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
+import audiotag
 from audiotag.cli.args import (
     CACHE_DEVICES,
     QUIET,
     QUIET_HELP,
     add_data_dir_argument,
     add_set_argument,
+    is_setting,
+    parse,
+    setting_hint,
+    split_command,
     worker_count,
 )
 from audiotag.cli.commands import (
@@ -38,11 +40,6 @@ from audiotag.cli.commands import (
     run_report,
     run_submit,
 )
-from audiotag.cli.configs import (
-    ensemble_config,
-    experiment_config,
-    extra_experiment_configs,
-)
 from audiotag.cli.data_commands import (
     build_embed_parser,
     build_new_competition_parser,
@@ -52,18 +49,17 @@ from audiotag.cli.data_commands import (
     run_weights,
 )
 from audiotag.cli.training_commands import build_pretrain_parser, build_tune_parser, run_pretrain, run_tune
-from audiotag.config.schema import EnsembleConfig
 from audiotag.core.errors import AudiotagError, ConfigError
 from audiotag.core.log import output_console, set_quiet, setup_logging
-from audiotag.train.distributed import (
-    PARALLEL_MODES,
-    DistContext,
-    launched_by_torchrun,
-    relaunch_with_torchrun,
-    setup,
-    teardown,
-)
-from audiotag.train.experiment import ExperimentConfig
+
+# `audiotag --help` (and any parser) imports no torch, pandas or pydantic schema: what a stage needs
+# is imported when it runs (benchmarks/cli_help.py measures the start-up).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from audiotag.config.schema import EnsembleConfig
+    from audiotag.train.distributed import DistContext
+    from audiotag.train.experiment import ExperimentConfig
 
 log = logging.getLogger("audiotag")
 
@@ -125,10 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--competition",
         "-c",
-        default="demo",
-        help="competition name, or the path of a competition YAML (kind: table or folders) (default: demo)",
+        help="competition name, or the path of a competition YAML (kind: table or folders) (default: "
+        "--config's, else demo); with --config naming another competition, -c wins and the log says so",
     )
-    parser.add_argument("--config", type=Path, help="experiment or ensemble YAML file")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="experiment or ensemble YAML file: a path from the current folder, or from a checkout's root "
+        "(configs/experiments/...: the installed configs tree when not found here)",
+    )
     add_set_argument(
         parser,
         "override an experiment value, e.g. --set train.epochs=3, or an ensemble value with the "
@@ -145,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--parallel",
-        choices=PARALLEL_MODES,
         default="ddp",
+        metavar="MODE",
         help="with --gpus N: ddp = every fold data-parallel over N GPUs; folds = one fold per GPU",
     )
     parser.add_argument(
@@ -172,10 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir_argument(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     parser.add_argument(QUIET, action="store_true", help=QUIET_HELP)
+    parser.add_argument(VERSION, action="version", version=version_line(), help="print the version and exit")
     return parser
 
 
+VERSION = "--version"  # global, like --quiet: any command, any position
+
+
+def version_line() -> str:
+    where = Path(audiotag.__file__).parent
+    return f"audiotag {audiotag.__version__} ({where}, Python {sys.version.split()[0]})"
+
+
 def print_run(console: Console, result) -> None:
+    from rich.table import Table
+
     table = Table(title=f"run {result.name}: CV {result.metric} per fold")
     table.add_column("fold", justify="right")
     table.add_column(result.metric, justify="right")
@@ -191,6 +203,8 @@ def print_run(console: Console, result) -> None:
 
 
 def print_ensemble(console: Console, result) -> None:
+    from rich.table import Table
+
     table = Table(title=f"ensemble: CV {result.metric}")
     table.add_column("member / blend")
     folds = sorted(result.fold_scores)
@@ -257,6 +271,7 @@ def run_train(pipe: Pipeline) -> None:
 
 
 def run_ensemble_stage(pipe: Pipeline) -> None:
+    from audiotag.cli.configs import ensemble_config
     from audiotag.ensemble.runner import run_ensemble
 
     if pipe.ctx.is_main:
@@ -394,6 +409,9 @@ def run(args: argparse.Namespace) -> None:
             f"{commands[0]} is a command of its own: run `audiotag {commands[0]} ...` alone "
             f"(audiotag {commands[0]} --help)"
         )
+    settings = [s for s in unknown if is_setting(s)]
+    if settings:
+        raise ConfigError(setting_hint(settings[0]))
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(stage_names())}")
     stages = [s for s in stage_names() if s in args.stages]  # always in pipeline order
@@ -402,6 +420,19 @@ def run(args: argparse.Namespace) -> None:
             f"--cache-device applies to the prepare stage, which `{' '.join(stages)}` does not run: "
             f"run `./run.sh prepare {' '.join(stages)} --cache-device {args.cache_device}`"
         )
+    from audiotag.cli.configs import experiment_config, extra_experiment_configs
+    from audiotag.config.files import find_config
+    from audiotag.train.distributed import (
+        check_parallel_mode,
+        launched_by_torchrun,
+        relaunch_with_torchrun,
+        setup,
+        teardown,
+    )
+
+    check_parallel_mode(args.parallel)
+    if args.config is not None:
+        args.config = find_config(args.config)
     console = output_console()
     needs_experiment = any(COMMANDS[s].needs_experiment for s in stages)
     exp = experiment_config(args) if needs_experiment else None
@@ -432,11 +463,16 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     given = [a for a in argv if a != QUIET]  # --quiet is global: any command, any position
-    command = COMMANDS.get(given[0]) if given else None
-    if command is not None and not command.stage:
-        args, action = command.parser().parse_args(given[1:]), command.run
-    else:  # stages, or options before them: the pipeline
-        args, action = build_parser().parse_args(given), run
+    if VERSION in given:
+        print(version_line())
+        return 0
+    own = {n for n, c in COMMANDS.items() if not c.stage}
+    name, rest = split_command(given, own, lambda: [build_parser(), *(COMMANDS[n].parser() for n in own)])
+    if name is not None:
+        command = COMMANDS[name]
+        args, action = parse(command.parser(), rest, pipeline=False), command.run
+    else:  # stages, with options before, between or after them: the pipeline
+        args, action = parse(build_parser(), given, pipeline=True), run
     args.argv = argv
     if QUIET in argv:
         set_quiet()

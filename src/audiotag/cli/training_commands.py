@@ -8,15 +8,9 @@ import logging
 from pathlib import Path
 
 from audiotag.cli.args import add_set_argument, data_dir_overrides, options_of, parse_folds
-from audiotag.cli.configs import default_config, table_competition
-from audiotag.config.files import configs_root
+from audiotag.config.files import available, find_config
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
-from audiotag.runs.task import RunRequest
-from audiotag.stages.pretrain import METHODS, Pretraining, load_pretrain_config
-from audiotag.stages.tune import TuneOptions
-from audiotag.stages.tune import run_tune as tune
-from audiotag.train.distributed import launched_by_torchrun, relaunch_with_torchrun, setup, teardown
 
 
 def build_pretrain_parser() -> argparse.ArgumentParser:
@@ -26,7 +20,12 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
         "cached clips and/or audio folders. Writes <competition>/pretrain/<name>/encoder.pt, which "
         "model: {name: byola, dim: D, pretrained: PATH} loads. A killed run resumes.",
     )
-    parser.add_argument("--method", choices=METHODS, default="byola", help="the recipe (default: byola)")
+    parser.add_argument(
+        "--method",
+        choices=available("pretrain"),
+        default="byola",
+        help="the recipe: a file of configs/pretrain/ (default: byola)",
+    )
     parser.add_argument("--competition", "-c", help="competition name or YAML path whose clips to use")
     parser.add_argument("--clips", help="the competition's clips: train, test or train,test (default: train)")
     parser.add_argument("--audio", nargs="+", type=Path, metavar="DIR", help="audio folders to use as well")
@@ -61,11 +60,15 @@ def command_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
+    from audiotag.runs.task import RunRequest
+    from audiotag.stages.pretrain import Pretraining, load_pretrain_config
+    from audiotag.train.distributed import launched_by_torchrun, relaunch_with_torchrun, setup, teardown
+
     if args.gpus < 1:
         raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
-    path = args.config or configs_root() / "pretrain" / f"{args.method}.yaml"
+    path = find_config(args.config or args.method, "pretrain")
     cfg = load_pretrain_config(path, command_overrides(args), competition=args.competition)
     if args.gpus > 1 and not launched_by_torchrun():
         relaunch_with_torchrun(args.gpus, args.argv)
@@ -123,6 +126,10 @@ def build_tune_parser() -> argparse.ArgumentParser:
 
 
 def run_tune(args: argparse.Namespace) -> None:
+    from audiotag.cli.configs import default_config, table_competition
+    from audiotag.stages.tune import TuneOptions
+    from audiotag.stages.tune import run_tune as tune
+
     competition = args.competition
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")

@@ -12,6 +12,8 @@ modules).
 from __future__ import annotations
 
 import json
+import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,13 +52,35 @@ def _with_overrides(tree: dict[str, Any], overrides: Applied) -> dict[str, Any]:
 
 
 def configs_root() -> Path:
-    """The repository's ``configs/`` folder (overridable with AUDIOTAG_CONFIGS)."""
-    import os
-
+    """The configs tree (overridable with AUDIOTAG_CONFIGS): the package data ``audiotag/configs``,
+    which in a checkout is a link to the repository's ``configs/`` (one tree, edited in place; a
+    wheel carries a copy)."""
     env = os.environ.get("AUDIOTAG_CONFIGS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "configs"
+    return Path(str(resources.files("audiotag") / "configs"))
+
+
+def find_config(text: str | Path, group_dir: str | None = None) -> Path:
+    """The config file a command line names. A path is read from the current folder (or is
+    absolute); one that is not there but is written from a checkout's root (``configs/experiments/
+    demo/cnn_small.yaml``), or a bare name under ``group_dir`` (``demo/cnn_small``), is the configs
+    tree's. Unknown everywhere: an error naming the places looked in."""
+    given = Path(text).expanduser()
+    if given.is_file() or given.is_absolute():
+        return given
+    parts = given.parts
+    candidates = []
+    if parts and parts[0] == "configs":
+        candidates.append(configs_root().joinpath(*parts[1:]))
+    if group_dir is not None:
+        name = str(given) if is_yaml_path(str(given)) else f"{given}.yaml"
+        candidates.append(configs_root() / group_dir / name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    where = ", ".join(str(c) for c in [Path.cwd() / given, *candidates])
+    raise ConfigError(f"{text}: config file not found (looked at {where})")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -88,7 +112,7 @@ def is_yaml_path(name: str) -> bool:
 def load_group(group: str, name: str, root: Path | None = None) -> dict[str, Any]:
     group_dir = GROUPS[group]
     if group == "competition" and is_yaml_path(name):
-        return read_yaml(Path(name).expanduser())
+        return read_yaml(find_config(name))
     path = (root or configs_root()) / group_dir / f"{name}.yaml"
     if not path.is_file():
         choices = ", ".join(available(group_dir, root)) or "(none)"

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from audiotag.config.schema import FeatureConfig
+from audiotag.core.extras import import_extra
 from audiotag.data.augment_specs import (
     check_parameters,
     construct,
@@ -60,7 +61,7 @@ NOT_OFFERED = {
 def library_classes() -> dict[str, type]:
     """albumentations' 2-D transforms by class name."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check at import
-    import albumentations
+    albumentations = import_extra("albumentations", "augment", KEY)
 
     return {
         name: obj

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from audiotag.core.errors import ConfigError
+from audiotag.core.extras import import_extra
 from audiotag.data.augment_specs import (
     check_parameters,
     construct,
@@ -69,7 +70,7 @@ def seeded_globals(entropy: Sequence[int]) -> Iterator[None]:
 
 def library_classes() -> dict[str, type]:
     """audiomentations' waveform transforms by class name."""
-    import audiomentations
+    audiomentations = import_extra("audiomentations", "augment", KEY)
     from audiomentations.core.transforms_interface import BaseWaveformTransform
 
     return {

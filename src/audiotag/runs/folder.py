@@ -31,7 +31,7 @@ from audiotag.core.atomic import atomic_write_json, atomic_write_text
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder, describe_owner
-from audiotag.core.paths import REPO_ROOT
+from audiotag.core.paths import checkout_root
 from audiotag.runs.prepare import Prepared
 from audiotag.scoring import metrics
 from audiotag.scoring.fold_scores import FoldScores
@@ -97,9 +97,14 @@ def record_changes(info_path: Path, cfg: BaseModel, runtime_keys: set[str] = RUN
 
 
 def code_version() -> str:
+    """The package version, with ``git describe`` of the checkout it runs from (an installed package:
+    the version alone, never the describe of a repository the environment happens to sit in)."""
+    root = checkout_root()
+    if root is None:
+        return audiotag.__version__
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
             timeout=5,

@@ -19,7 +19,6 @@ def new_competition(
     """Guess the YAML of the data in ``source``, write it to ``output`` (atomically, never over an existing
     file unless ``force``) after checking it with the config loader; the path and the reasons."""
     from audiotag.competitions.guess import guess_competition, render_yaml
-    from audiotag.config.files import configs_root
     from audiotag.config.schema import load_competition
     from audiotag.core.atomic import atomic_write_text
 
@@ -27,7 +26,7 @@ def new_competition(
         raise ConfigError(
             f"NAME {name!r}: a plain name (letters, digits, _ or -), the workspace folder's name"
         )
-    path = output if output is not None else configs_root() / "competitions" / f"{name}.yaml"
+    path = output if output is not None else default_output(name)
     path = path.expanduser()
     if path.suffix not in (".yaml", ".yml"):
         raise ConfigError(
@@ -46,6 +45,19 @@ def new_competition(
         raise ConfigError(f"{path}: written, but the guess needs a fix: {exc}") from None
     log.info("new-competition: wrote %s", path)
     return path, guess.reasons
+
+
+def default_output(name: str) -> Path:
+    """``configs/competitions/NAME.yaml`` of a checkout (or of ``AUDIOTAG_CONFIGS``), where ``-c NAME``
+    finds it; an installed package's configs are not the user's to write: ``NAME.yaml`` here."""
+    import os
+
+    from audiotag.config.files import configs_root
+    from audiotag.core.paths import checkout_root
+
+    if checkout_root() is None and not os.environ.get("AUDIOTAG_CONFIGS"):
+        return Path(f"{name}.yaml")
+    return configs_root() / "competitions" / f"{name}.yaml"
 
 
 def run_new_competition(name: str, source: Path, output: Path | None = None, force: bool = False) -> None:

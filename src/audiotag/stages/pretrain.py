@@ -72,7 +72,6 @@ from audiotag.train.pretrain_loop import build, pretrain
 
 log = logging.getLogger(__name__)
 
-METHODS = ("byola",)
 ENCODER = "encoder.pt"
 # Settings that change how a run executes but not its result; they may differ on resume.
 RUNTIME_KEYS = {

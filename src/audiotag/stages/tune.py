@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audiotag.competitions import get_competition
-from audiotag.config.files import configs_root, is_yaml_path
+from audiotag.config.files import configs_root, find_config, is_yaml_path
 from audiotag.core.atomic import atomic_write_json
 from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder
@@ -67,7 +67,7 @@ class TuneOptions:
 def experiment_file(name: str) -> Path:
     """``configs/experiments/<name>.yaml``, or the path itself when it ends in .yaml/.yml."""
     if is_yaml_path(name):
-        return Path(name).expanduser()
+        return find_config(name)
     path = configs_root() / "experiments" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"experiment {name!r}: no configs/experiments/{name}.yaml (or give a YAML path)")

@@ -63,12 +63,17 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def check_parallel_mode(mode: str) -> str:
+    if mode not in PARALLEL_MODES:
+        raise ConfigError(f"--parallel {mode!r}: expected one of {', '.join(PARALLEL_MODES)}")
+    return mode
+
+
 def setup(mode: str) -> DistContext:
     """Join the process group that torchrun prepared; a single process gets ``SINGLE``."""
     if not launched_by_torchrun():
         return SINGLE
-    if mode not in PARALLEL_MODES:
-        raise ConfigError(f"--parallel {mode!r}: expected one of {', '.join(PARALLEL_MODES)}")
+    check_parallel_mode(mode)
     local_rank = int(os.environ["LOCAL_RANK"])
     die_with_launcher()
     if not dist.is_initialized():

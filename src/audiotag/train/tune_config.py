@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from audiotag.config.files import apply_overrides, configs_root, read_yaml, validate
+from audiotag.config.files import apply_overrides, configs_root, find_config, read_yaml, validate
 from audiotag.config.schema import StrictModel
 from audiotag.core.errors import ConfigError
 from audiotag.train.experiment import ExperimentConfig
@@ -144,7 +144,7 @@ def tune_config_path(name_or_path: str | Path | None) -> Path:
     """``configs/tune/<name>.yaml``, or the path itself when it ends in .yaml/.yml."""
     text = str(name_or_path or DEFAULT_TUNE)
     if text.endswith((".yaml", ".yml")):
-        return Path(text).expanduser()
+        return find_config(text)
     path = configs_root() / "tune" / f"{text}.yaml"
     if not path.is_file():
         available = sorted(p.stem for p in (configs_root() / "tune").glob("*.yaml"))
