@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from audiotag.core.errors import ConfigError
+from audiotag.core.paths import name_problem
 
 Options = TypeVar("Options")
 
@@ -36,6 +37,14 @@ def worker_count(text: str) -> int:
             "(leave --workers out to use all cores)"
         )
     return value
+
+
+def plain_name(text: str) -> str:
+    """A name option that becomes a file or folder name (``--run-name``, ``--name``): core/paths.py's rule."""
+    problem = name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:

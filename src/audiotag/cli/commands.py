@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from audiotag.cli.args import QUIET_HELP, add_data_dir_argument, data_dir_overrides
+from audiotag.cli.args import QUIET_HELP, add_data_dir_argument, data_dir_overrides, plain_name
 from audiotag.cli.configs import default_config, table_competition
 from audiotag.config.files import configs_root
 from audiotag.config.schema import load_competition, load_ensemble
@@ -27,7 +27,9 @@ def build_submit_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--competition", "-c", help="competition name (default: from the report beside FILE, or its folder)"
     )
-    parser.add_argument("--slug", help="Kaggle competition slug (default: the competition's own)")
+    parser.add_argument(
+        "--slug", type=plain_name, help="Kaggle competition slug (default: the competition's own)"
+    )
     add_data_dir_argument(
         parser,
         "; give it when the data was prepared with --data-dir: its sample submission is the one checked",
@@ -110,7 +112,10 @@ def build_report_parser() -> argparse.ArgumentParser:
         "--output", "-o", type=Path, metavar="FILE", help="default: submissions/<competition>/report.html"
     )
     parser.add_argument(
-        "--ensemble", metavar="NAME", help="only this ensemble and its members' runs (leaderboard: all)"
+        "--ensemble",
+        type=plain_name,
+        metavar="NAME",
+        help="only this ensemble and its members' runs (leaderboard: all)",
     )
     parser.add_argument(
         "--lb", action="store_true", help="read the public/private LB of logged submissions from Kaggle"
@@ -143,7 +148,9 @@ def build_package_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="ensemble config: a name under configs/ensembles/ or a YAML path (default: the competition's)",
     )
-    parser.add_argument("--slug", help="Kaggle slug of the data folder /kaggle/input/<slug> (default: own)")
+    parser.add_argument(
+        "--slug", type=plain_name, help="Kaggle slug of the data folder /kaggle/input/<slug> (default: own)"
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audiotag.cli.args import options_of
+from audiotag.cli.args import options_of, plain_name
 from audiotag.models.representation import LayerSpec
 from audiotag.stages.embed import EmbedOptions
 from audiotag.stages.embed import run_embed as embed
@@ -145,7 +145,10 @@ def build_new_competition_parser() -> argparse.ArgumentParser:
         "for you to review before `audiotag prepare -c PATH`.",
     )
     parser.add_argument(
-        "name", metavar="NAME", help="the competition's name (its workspace competition/NAME/)"
+        "name",
+        type=plain_name,
+        metavar="NAME",
+        help="the competition's name (its workspace competition/NAME/)",
     )
     parser.add_argument(
         "--from", dest="source", type=Path, required=True, metavar="DIR", help="the data folder"

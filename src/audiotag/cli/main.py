@@ -26,6 +26,7 @@ from audiotag.cli.args import (
     QUIET_HELP,
     add_data_dir_argument,
     add_set_argument,
+    plain_name,
     worker_count,
 )
 from audiotag.cli.commands import (
@@ -135,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ensemble. prefix, e.g. --set ensemble.method=geometric (repeatable)",
     )
     parser.add_argument("--folds", help="comma-separated folds to train, e.g. 0,1")
-    parser.add_argument("--run-name", help="name of the run folder (default: the experiment's name)")
+    parser.add_argument(
+        "--run-name", type=plain_name, help="name of the run folder (default: the experiment's name)"
+    )
     parser.add_argument(
         "--gpus",
         type=int,

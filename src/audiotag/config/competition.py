@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from audiotag.config.base import StrictModel
+from audiotag.config.base import PlainName, StrictModel
 from audiotag.config.competition_parts import (
     MULTILABEL_F1,
     SINGLE_LABEL_METRICS,
@@ -74,7 +74,7 @@ PIPELINE = Scope(_ALL, frozenset())  # what the pipeline runs when no --config i
 class CompetitionKeys(StrictModel):
     """Every competition key, in the order configs are dumped; each kind's config is built from it."""
 
-    name: Annotated[str, ANY_KIND] = Field(
+    name: Annotated[PlainName, ANY_KIND] = Field(
         description="competition module: demo, demo2019, fsd2018, fsd2019, fsd50k, audioset; with kind: "
         "table, any name (the workspace folder competition/<name>/)"
     )

@@ -5,7 +5,6 @@ folder (:mod:`audiotag.competitions.guess`), written for the user to review, wit
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from audiotag.core.errors import ConfigError
@@ -22,11 +21,9 @@ def new_competition(
     from audiotag.config.files import configs_root
     from audiotag.config.schema import load_competition
     from audiotag.core.atomic import atomic_write_text
+    from audiotag.core.paths import check_name
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError(
-            f"NAME {name!r}: a plain name (letters, digits, _ or -), the workspace folder's name"
-        )
+    check_name(name, "NAME (the workspace folder's name)")
     path = output if output is not None else configs_root() / "competitions" / f"{name}.yaml"
     path = path.expanduser()
     if path.suffix not in (".yaml", ".yml"):
