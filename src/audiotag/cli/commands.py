@@ -139,7 +139,15 @@ def build_package_parser() -> argparse.ArgumentParser:
         "best.pt of every fold with their configs (a linear probe: each fold's probe.npz and its frozen "
         "model's weights file), the ensemble config and inference.py.",
     )
-    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (replaced if ours)")
+    parser.add_argument(
+        "out_dir", type=Path, metavar="OUT_DIR", help="folder to write (an earlier package there is replaced)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into OUT_DIR although it holds files the package did not write (they are kept; "
+        "without --force such a folder is refused)",
+    )
     parser.add_argument(
         "--competition", "-c", help="competition name (default: the ensemble config's, else demo)"
     )
@@ -168,7 +176,7 @@ def run_package(args: argparse.Namespace) -> None:
     cfg = load_ensemble(path, competition=table)
     if args.competition and table is None and cfg.competition.name != args.competition:
         raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
-    out = build_package(cfg, args.out_dir, slug=args.slug)
+    out = build_package(cfg, args.out_dir, slug=args.slug, force=args.force)
     Console(stderr=False).print(
         f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})",
         soft_wrap=True,
