@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from audiotag.cli.main import main
 from audiotag.config.schema import load_competition
@@ -79,4 +80,40 @@ def test_a_table_competition_name_that_leaves_the_workspace_is_refused(tmp_path:
     path = tmp_path / "c.yaml"
     path.write_text(f"name: ../../x\nkind: table\ndata_dir: {tmp_path}\ntrain_csv: t.csv\naudio_dir: a\n")
     with pytest.raises(ConfigError, match=r"name: Value error.*not a plain name"):
+        load_competition(str(path))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("audio_dir", "../elsewhere", "has a '..' part"),
+        ("audio_dir", "/etc", "is an absolute path"),
+        ("audio_dir", {"train": "a", "noisy": "../../b"}, "has a '..' part"),
+        ("train_csv", "/tmp/other/train.csv", "is an absolute path"),
+        ("train_csv", "a/../../train.csv", "has a '..' part"),
+        ("test_dir", "..", "has a '..' part"),
+        ("sample_submission", "C:/x.csv", "is an absolute path"),
+        ("file_template", "../{fname}", "has a '..' part"),
+    ],
+)
+def test_a_table_yaml_path_that_leaves_data_dir_is_refused(
+    tmp_path: Path, key: str, value: object, why: str
+) -> None:
+    spec = {"name": "mine", "kind": "table", "data_dir": str(tmp_path), "train_csv": "train.csv"}
+    spec |= {"audio_dir": "audio", key: value}
+    if isinstance(value, dict):
+        spec["train_csv"] = {"train": "t.csv", "noisy": "n.csv"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=f"{key}.*{why}: a path a config names is relative"):
+        load_competition(str(path))
+
+
+def test_a_folders_yaml_list_file_that_leaves_data_dir_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"name: mine\nkind: folders\ndata_dir: {tmp_path}\naudio_dir: .\ntesting_list: /etc/x\n")
+    with pytest.raises(ConfigError, match=r"testing_list.*is an absolute path"):
+        load_competition(str(path))
+    path.write_text(f"name: mine\nkind: folders\ndata_dir: {tmp_path}\naudio_dir: .\nexclude: [../x]\n")
+    with pytest.raises(ConfigError, match=r"exclude\.0.*has a '\.\.' part"):
         load_competition(str(path))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from audiotag.core.paths import name_problem
+from audiotag.core.paths import inside_problem, name_problem
 
 
 class StrictModel(BaseModel):
@@ -22,3 +22,17 @@ def _plain_name(name: str) -> str:
 
 # a config value that becomes a file or folder name (core/paths.py's one rule for such names)
 PlainName = Annotated[str, AfterValidator(_plain_name)]
+
+
+def _inside(path: str) -> str:
+    problem = inside_problem(path) if path.strip() else "is empty"
+    if problem is not None:
+        raise ValueError(
+            f"{path!r} {problem}: a path a config names is relative to its folder (data_dir) and stays "
+            "inside it (a symbolic link placed there is followed)"
+        )
+    return path
+
+
+# a config value naming a file or folder inside another (data_dir): core/paths.py's one rule for them
+InsidePath = Annotated[str, AfterValidator(_inside)]

@@ -33,6 +33,20 @@ def runs_dir(name: str) -> Path:
     return competition_dir(name) / "runs"
 
 
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def inside_problem(path: str) -> str | None:
+    """Why ``path``, written in a config or a CSV row, would leave the folder it is relative to (None:
+    it stays inside): an absolute path (or a Windows drive) or a ``..`` part. The rule is on the text as
+    written: a symbolic link placed inside the folder is the user's choice and is followed."""
+    if path.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(path):
+        return "is an absolute path"
+    if ".." in re.split(r"[\\/]", path):
+        return "has a '..' part"
+    return None
+
+
 # A name that becomes a file or folder name (a run, an ensemble, a competition's workspace, a tune study,
 # a pretrain output, a Kaggle slug): one path component, so it can never leave its folder or make one.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
