@@ -47,6 +47,28 @@ def plain_name(text: str) -> str:
     return text
 
 
+def positive_number(text: str) -> float:
+    """An option that must be a finite number above 0 (``--window-seconds``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An option that must be a whole number, 1 or more (``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more, got {text!r}")
+    return value
+
+
 def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audiotag.cli.args import options_of, plain_name
+from audiotag.cli.args import options_of, plain_name, positive_int, positive_number, worker_count
 from audiotag.models.representation import LayerSpec
 from audiotag.stages.embed import EmbedOptions
 from audiotag.stages.embed import run_embed as embed
@@ -125,10 +125,12 @@ def build_embed_parser() -> argparse.ArgumentParser:
         "(one pass serves any later fusion); default: the paper's (CNN14 3,6; AST 5,12; else embedding)",
     )
     parser.add_argument("--features", metavar="NAME", help="front-end config (default: the weights' own)")
-    parser.add_argument("--window-seconds", type=float, default=10.0, help="longer clips go in windows (10)")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (16)")
+    parser.add_argument(
+        "--window-seconds", type=positive_number, default=10.0, help="longer clips go in windows (10)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass (16)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--workers", type=int, metavar="N", help="processes for the feature cache")
+    parser.add_argument("--workers", type=worker_count, metavar="N", help="processes for the feature cache")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -53,7 +54,9 @@ from audiotag.cli.data_commands import (
     run_weights,
 )
 from audiotag.cli.training_commands import build_pretrain_parser, build_tune_parser, run_pretrain, run_tune
+from audiotag.config.files import format_validation_error
 from audiotag.config.schema import EnsembleConfig
+from audiotag.core.disk_full import disk_full_error
 from audiotag.core.errors import AudiotagError, ConfigError
 from audiotag.core.log import output_console, set_quiet, setup_logging
 from audiotag.experiment import ExperimentConfig
@@ -452,4 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except ValidationError as exc:  # settings a command validated itself: one line per setting
+        print(f"error: {format_validation_error(exc, None, f'{exc.title} settings')}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        error = disk_full_error(exc)  # a full disk reads as one, whichever write (or cleanup) hit it
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
