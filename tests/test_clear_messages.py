@@ -121,3 +121,23 @@ def test_a_validation_error_reaching_the_top_is_one_line_per_setting(monkeypatch
     assert "  window_seconds: Input should be a finite number (got nan)" in err
     assert "  batch_size: Input should be greater than or equal to 1 (got 0)" in err
     assert "Traceback" not in err and ValidationError.__name__ not in err
+
+
+class Stop(Exception):
+    """Ends the command once it has what the test checks."""
+
+
+def test_embed_takes_data_dir_like_the_other_commands(tmp_path: Path, monkeypatch, workspace) -> None:
+    from audiotag.stages import embed
+
+    seen = {}
+
+    def prepare(competition, features, workers=None):
+        seen["data_dir"] = competition.data_dir
+        raise Stop
+
+    monkeypatch.setattr(embed, "prepare", prepare)
+    with pytest.raises(Stop):
+        main(["embed", "-m", "aisfx", "-c", "demo", "--data-dir", str(tmp_path), "--device", "cpu"])
+    assert seen["data_dir"] == str(tmp_path.resolve())
+    assert main(["embed", "-m", "aisfx", "--data-dir", str(tmp_path / "absent")]) == 2

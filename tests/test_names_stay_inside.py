@@ -117,3 +117,17 @@ def test_a_folders_yaml_list_file_that_leaves_data_dir_is_refused(tmp_path: Path
     path.write_text(f"name: mine\nkind: folders\ndata_dir: {tmp_path}\naudio_dir: .\nexclude: [../x]\n")
     with pytest.raises(ConfigError, match=r"exclude\.0.*has a '\.\.' part"):
         load_competition(str(path))
+
+
+@pytest.mark.parametrize("builtin", ["demo", "fsd2018"])
+def test_a_table_yaml_may_not_take_a_built_in_competition_s_name(
+    tmp_path: Path, workspace: Path, capsys, builtin: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    spec = {"name": builtin, "kind": "table", "data_dir": str(tmp_path), "train_csv": "t.csv"}
+    spec |= {"audio_dir": "a", "metric": "accuracy", "submission": {"kind": "top_k_labels", "k": 1}}
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["prepare", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{builtin!r} is a built-in competition's name" in err and "another name" in err
+    assert not (workspace / "competition" / builtin).exists()

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audiotag.cli.args import options_of, plain_name, positive_int, positive_number, worker_count
+from audiotag.cli.args import (
+    add_data_dir_argument,
+    data_dir_overrides,
+    options_of,
+    plain_name,
+    positive_int,
+    positive_number,
+    worker_count,
+)
 from audiotag.models.representation import LayerSpec
 from audiotag.stages.embed import EmbedOptions
 from audiotag.stages.embed import run_embed as embed
@@ -131,11 +139,14 @@ def build_embed_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass (16)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--workers", type=worker_count, metavar="N", help="processes for the feature cache")
+    add_data_dir_argument(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
 
 def run_embed(args: argparse.Namespace) -> None:
+    # --data-dir: competition.data_dir, a key of the competition config embed loads on its own
+    args.overrides = [o.removeprefix("competition.") for o in data_dir_overrides(args)]
     embed(options_of(EmbedOptions, args))
 
 
