@@ -130,7 +130,7 @@ def test_package_refuses_what_it_cannot_ship(demo: Path, capsys) -> None:
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
     assert main(["package", str(busy)]) == 2
-    assert "not an audiotag package" in capsys.readouterr().err
+    assert "did not write (notes.txt)" in capsys.readouterr().err
     assert (busy / "notes.txt").read_text() == "mine"
     # an unfinished member
     (demo / "competition" / "demo" / "runs" / "cnn_small" / "metrics.json").unlink()

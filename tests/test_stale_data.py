@@ -134,3 +134,25 @@ def test_fingerprint_is_part_of_the_clip_list_hash(tmp_path: Path) -> None:
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert cache_mod._order_hash(order, CFG, rules, tmp_path) != first
+
+
+def test_audio_replaced_in_place_rebuilds_the_clip_table_too(
+    demo: Competition, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The clip table's durations follow the audio, noticed by the fingerprint the cache uses."""
+    table = clip_table(demo)
+    row = table[table["split"] == "train"].iloc[0]
+    path = demo.dir / row["path"]
+    before = path.stat()
+    data, sr = sf.read(str(path), dtype="float32")
+    sf.write(str(path), data[: len(data) // 2], sr, subtype="PCM_16")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with caplog.at_level(logging.INFO, logger="audiotag.runs.prepare"):
+        rebuilt = clip_table(demo)
+    assert "audio files changed since" in caplog.text and "up to date" not in caplog.text
+    duration = rebuilt.set_index("clip_id").loc[row["clip_id"], "duration"]
+    assert duration == pytest.approx(row["duration"] / 2, abs=1 / sr)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="audiotag.runs.prepare"):
+        clip_table(demo)
+    assert "up to date" in caplog.text

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from audiotag.core.errors import ConfigError
+from audiotag.core.paths import name_problem
 
 Options = TypeVar("Options")
 
@@ -36,6 +37,36 @@ def worker_count(text: str) -> int:
             f"{value} is not allowed: the feature cache needs 1 or more processes "
             "(leave --workers out to use all cores)"
         )
+    return value
+
+
+def plain_name(text: str) -> str:
+    """A name option that becomes a file or folder name (``--run-name``, ``--name``): core/paths.py's rule."""
+    problem = name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def positive_number(text: str) -> float:
+    """An option that must be a finite number above 0 (``--window-seconds``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An option that must be a whole number, 1 or more (``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more, got {text!r}")
     return value
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audiotag.cli.args import QUIET_HELP, add_data_dir_argument, data_dir_overrides
+from audiotag.cli.args import QUIET_HELP, add_data_dir_argument, data_dir_overrides, plain_name
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
 
@@ -28,7 +28,9 @@ def build_submit_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--competition", "-c", help="competition name (default: from the report beside FILE, or its folder)"
     )
-    parser.add_argument("--slug", help="Kaggle competition slug (default: the competition's own)")
+    parser.add_argument(
+        "--slug", type=plain_name, help="Kaggle competition slug (default: the competition's own)"
+    )
     add_data_dir_argument(
         parser,
         "; give it when the data was prepared with --data-dir: its sample submission is the one checked",
@@ -130,7 +132,10 @@ def build_report_parser() -> argparse.ArgumentParser:
         "--output", "-o", type=Path, metavar="FILE", help="default: submissions/<competition>/report.html"
     )
     parser.add_argument(
-        "--ensemble", metavar="NAME", help="only this ensemble and its members' runs (leaderboard: all)"
+        "--ensemble",
+        type=plain_name,
+        metavar="NAME",
+        help="only this ensemble and its members' runs (leaderboard: all)",
     )
     parser.add_argument(
         "--lb", action="store_true", help="read the public/private LB of logged submissions from Kaggle"
@@ -154,7 +159,15 @@ def build_package_parser() -> argparse.ArgumentParser:
         "best.pt of every fold with their configs (a linear probe: each fold's probe.npz and its frozen "
         "model's weights file), the ensemble config and inference.py.",
     )
-    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (replaced if ours)")
+    parser.add_argument(
+        "out_dir", type=Path, metavar="OUT_DIR", help="folder to write (an earlier package there is replaced)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into OUT_DIR although it holds files the package did not write (they are kept; "
+        "without --force such a folder is refused)",
+    )
     parser.add_argument(
         "--competition", "-c", help="competition name (default: the ensemble config's, else demo)"
     )
@@ -163,7 +176,9 @@ def build_package_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="ensemble config: a name under configs/ensembles/ or a YAML path (default: the competition's)",
     )
-    parser.add_argument("--slug", help="Kaggle slug of the data folder /kaggle/input/<slug> (default: own)")
+    parser.add_argument(
+        "--slug", type=plain_name, help="Kaggle slug of the data folder /kaggle/input/<slug> (default: own)"
+    )
     parser.add_argument(
         "--kaggle-id",
         metavar="OWNER/SLUG",
@@ -188,7 +203,7 @@ def run_package(args: argparse.Namespace) -> None:
     cfg = load_ensemble(path, competition=table)
     if args.competition and table is None and cfg.competition.name != args.competition:
         raise ConfigError(f"{path}: is for competition {cfg.competition.name!r}, not {args.competition!r}")
-    out = build_package(cfg, args.out_dir, slug=args.slug, kaggle_id=args.kaggle_id)
+    out = build_package(cfg, args.out_dir, slug=args.slug, kaggle_id=args.kaggle_id, force=args.force)
     output_console().print(
         f"package: {out}\nrun on Kaggle: python {out.name}/inference.py (see {out / 'README.md'})",
         soft_wrap=True,

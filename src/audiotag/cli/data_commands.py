@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audiotag.cli.args import options_of
+from audiotag.cli.args import (
+    add_data_dir_argument,
+    data_dir_overrides,
+    options_of,
+    plain_name,
+    positive_int,
+    positive_number,
+    worker_count,
+)
 
 if TYPE_CHECKING:
     from audiotag.models.representation import LayerSpec
@@ -126,10 +134,13 @@ def build_embed_parser() -> argparse.ArgumentParser:
         "(one pass serves any later fusion); default: the paper's (CNN14 3,6; AST 5,12; else embedding)",
     )
     parser.add_argument("--features", metavar="NAME", help="front-end config (default: the weights' own)")
-    parser.add_argument("--window-seconds", type=float, default=10.0, help="longer clips go in windows (10)")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (16)")
+    parser.add_argument(
+        "--window-seconds", type=positive_number, default=10.0, help="longer clips go in windows (10)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass (16)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--workers", type=int, metavar="N", help="processes for the feature cache")
+    parser.add_argument("--workers", type=worker_count, metavar="N", help="processes for the feature cache")
+    add_data_dir_argument(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -138,6 +149,8 @@ def run_embed(args: argparse.Namespace) -> None:
     from audiotag.stages.embed import EmbedOptions
     from audiotag.stages.embed import run_embed as embed
 
+    # --data-dir: competition.data_dir, a key of the competition config embed loads on its own
+    args.overrides = [o.removeprefix("competition.") for o in data_dir_overrides(args)]
     embed(options_of(EmbedOptions, args))
 
 
@@ -149,7 +162,10 @@ def build_new_competition_parser() -> argparse.ArgumentParser:
         "for you to review before `audiotag prepare -c PATH`.",
     )
     parser.add_argument(
-        "name", metavar="NAME", help="the competition's name (its workspace competition/NAME/)"
+        "name",
+        type=plain_name,
+        metavar="NAME",
+        help="the competition's name (its workspace competition/NAME/)",
     )
     parser.add_argument(
         "--from", dest="source", type=Path, required=True, metavar="DIR", help="the data folder"

@@ -26,6 +26,7 @@ from audiotag.cli.args import (
     add_set_argument,
     is_setting,
     parse,
+    plain_name,
     setting_hint,
     split_command,
     worker_count,
@@ -49,6 +50,7 @@ from audiotag.cli.data_commands import (
     run_weights,
 )
 from audiotag.cli.training_commands import build_pretrain_parser, build_tune_parser, run_pretrain, run_tune
+from audiotag.core.disk_full import disk_full_error
 from audiotag.core.errors import AudiotagError, ConfigError
 from audiotag.core.log import output_console, set_quiet, setup_logging
 
@@ -136,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ensemble. prefix, e.g. --set ensemble.method=geometric (repeatable)",
     )
     parser.add_argument("--folds", help="comma-separated folds to train, e.g. 0,1")
-    parser.add_argument("--run-name", help="name of the run folder (default: the experiment's name)")
+    parser.add_argument(
+        "--run-name", type=plain_name, help="name of the run folder (default: the experiment's name)"
+    )
     parser.add_argument(
         "--gpus",
         type=int,
@@ -485,4 +489,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        from audiotag.config.files import format_validation_error
+
+        if isinstance(exc, ValidationError):  # settings a command validated itself: one line per setting
+            print(f"error: {format_validation_error(exc, None, f'{exc.title} settings')}", file=sys.stderr)
+            return 2
+        error = disk_full_error(exc)  # a full disk reads as one, whichever write (or cleanup) hit it
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0

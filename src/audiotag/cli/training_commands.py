@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from audiotag.cli.args import add_set_argument, data_dir_overrides, options_of, parse_folds
+from audiotag.cli.args import add_set_argument, data_dir_overrides, options_of, parse_folds, plain_name
 from audiotag.config.files import available, find_config
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
@@ -34,7 +34,9 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
         parser,
         "override a value, e.g. --set epochs=10 --set model.dim=512 (repeatable)",
     )
-    parser.add_argument("--name", help="output folder name (default: <method><dim>, e.g. byola2048)")
+    parser.add_argument(
+        "--name", type=plain_name, help="output folder name (default: <method><dim>, e.g. byola2048)"
+    )
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: see above)")
     parser.add_argument(
         "--gpus", type=int, default=1, metavar="N", help="N data-parallel processes (torchrun)"
@@ -116,7 +118,9 @@ def build_tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, metavar="N", help="finished trials to reach (tune.n_trials)")
     parser.add_argument("--timeout", type=float, metavar="MINUTES", help="start no trial after this long")
     parser.add_argument("--folds", help="comma-separated folds each trial trains (tune.folds; default 0)")
-    parser.add_argument("--name", help="the study's name and folder (default: the base experiment's name)")
+    parser.add_argument(
+        "--name", type=plain_name, help="the study's name and folder (default: the base experiment's name)"
+    )
     parser.add_argument(
         "--workers", type=int, metavar="N", help="processes for the feature cache (default: all cores)"
     )

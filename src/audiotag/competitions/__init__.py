@@ -37,10 +37,15 @@ def competition_names() -> list[str]:
 
 
 def get_competition(cfg: CompetitionConfig, root: Path | None = None) -> Competition:
+    registry = _registry().get(None, {})
     if cfg.kind is not None:
+        if cfg.name in registry:  # its workspace (clip table, folds, runs) is the built-in one's
+            raise ConfigError(
+                f"competition.name: {cfg.name!r} is a built-in competition's name, and a kind: {cfg.kind} "
+                f"YAML would overwrite its workspace competition/{cfg.name}/; give yours another name"
+            )
         (cls,) = _registry()[cfg.kind].values()
         return cls(cfg, root)
-    registry = _registry().get(None, {})
     if cfg.name not in registry:
         raise ConfigError(
             f"competition.name: unknown competition {cfg.name!r}; known: {', '.join(sorted(registry))}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 from audiotag.competitions.base import Competition
 from audiotag.core.atomic import atomic_write_text
 from audiotag.core.errors import AudiotagError, ConfigError, DataError
+from audiotag.core.paths import inside_problem
 from audiotag.data.audio import MISSING, UnusableAudio, audio_info
 
 log = logging.getLogger(__name__)
@@ -53,32 +53,23 @@ def require_rows(df: pd.DataFrame, path: Path, what: str = "training clips") -> 
         )
 
 
-_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
-
-
 def audio_paths(
     folder: Path, fnames: Iterable[str], csv_path: Path, suffix: str = "", first_line: int = 2
 ) -> list[Path]:
     """``folder / (fname + suffix)`` for each fname of ``csv_path`` (row i on line ``first_line + i``).
 
-    A name that would leave ``folder`` is refused before anything is opened: an absolute path, a
-    Windows drive or a ``..`` part (``../../x.wav``, ``a/../../x.wav``); an empty name is refused
-    too. The rule is on the name as written: a symbolic link inside the folder named by a plain
-    relative name is the user's choice and is followed.
+    A name that would leave ``folder`` (core/paths.py's ``inside_problem``: an absolute path, a
+    Windows drive or a ``..`` part) is refused before anything is opened; an empty name is refused
+    too. A symbolic link inside the folder named by a plain relative name is followed.
     """
     out = []
     for i, fname in enumerate(fnames):
         name = f"{fname}{suffix}"
-        parts = re.split(r"[\\/]", name)
         if not fname.strip():
             raise DataError(
                 f"{csv_path}: line {first_line + i}: empty fname; every row must name its audio file"
             )
-        why = ""
-        if name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
-            why = "is an absolute path"
-        elif ".." in parts:
-            why = "has a '..' part"
+        why = inside_problem(name)
         if why:
             raise DataError(
                 f"{csv_path}: line {first_line + i}: fname {fname!r} leaves the audio folder "

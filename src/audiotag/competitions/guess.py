@@ -27,7 +27,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from audiotag.competitions.file_formats import AUDIO_SUFFIXES
 from audiotag.competitions.folders import audio_files
@@ -479,22 +478,3 @@ def guess_competition(name: str, folder: Path) -> Guess:
         guess_folders(files, guess)
     guess.spec.setdefault("n_folds", 5)
     return guess
-
-
-def _flow(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True).strip()
-    return text.removesuffix("\n...").removesuffix("...").strip()
-
-
-def render_yaml(guess: Guess, command: str) -> str:
-    """The YAML text: a header saying how it was made, then each key with its reason as a comment."""
-    lines = [
-        f"# Written by `{command}`: guessed from the folder's files; review every line, then run",
-        "#   ./run.sh prepare train ensemble -c <this file>",
-        "# (README, 'Your own dataset', lists every key.)",
-    ]
-    for key, value in guess.spec.items():
-        line = f"{key}: {_flow(value)}"
-        comment = guess.comments.get(key)
-        lines.append(f"{line}  # {comment}" if comment else line)
-    return "\n".join(lines) + "\n"

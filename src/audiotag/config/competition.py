@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from audiotag.config.base import StrictModel
+from audiotag.config.base import InsidePath, PlainName, StrictModel
 from audiotag.config.competition_parts import (
     MULTILABEL_F1,
     SINGLE_LABEL_METRICS,
@@ -75,7 +75,7 @@ KAGGLE = Scope(_ALL, frozenset())  # how Kaggle takes submissions: nothing the p
 class CompetitionKeys(StrictModel):
     """Every competition key, in the order configs are dumped; each kind's config is built from it."""
 
-    name: Annotated[str, ANY_KIND] = Field(
+    name: Annotated[PlainName, ANY_KIND] = Field(
         description="competition module: demo, demo2019, fsd2018, fsd2019, fsd50k, audioset; with kind: "
         "table, any name (the workspace folder competition/<name>/)"
     )
@@ -85,22 +85,22 @@ class CompetitionKeys(StrictModel):
         "competitions/table.py); folders: one sub-folder of audio per class (competitions/folders.py); "
         "null: the competition module named by name",
     )
-    train_csv: Annotated[str | dict[str, str] | None, TABLE_NEEDS] = Field(
+    train_csv: Annotated[InsidePath | dict[str, InsidePath] | None, TABLE_NEEDS] = Field(
         None,
         description="table: the training CSV, relative to data_dir (subset 'train'), or a mapping "
         "{subset: CSV} (e.g. {curated: train_curated.csv, noisy: train_noisy.csv})",
     )
-    audio_dir: Annotated[str | dict[str, str] | None, FILES_NEED] = Field(
+    audio_dir: Annotated[InsidePath | dict[str, InsidePath] | None, FILES_NEED] = Field(
         None,
         description="table: folder of the training audio, relative to data_dir; with a train_csv "
         "mapping, one folder for all or a mapping with the same subsets",
     )
-    test_dir: Annotated[str | None, FILES] = Field(
+    test_dir: Annotated[InsidePath | None, FILES] = Field(
         None,
         description="table: folder of the test audio, relative to data_dir: every audio file in it, or "
         "the files of sample_submission when given",
     )
-    sample_submission: Annotated[str | None, FILES] = Field(
+    sample_submission: Annotated[InsidePath | None, FILES] = Field(
         None, description="table: sample submission CSV (column fname first), relative to data_dir"
     )
     test_labels: Annotated[str | None, TABLE_RUN] = Field(
@@ -128,7 +128,7 @@ class CompetitionKeys(StrictModel):
         description="table: subsets of train_csv whose labels are untrusted (verified false: weighted by "
         "train.unverified_weight, not scored), unless their CSV has verified_column",
     )
-    file_template: Annotated[str | None, TABLE] = Field(
+    file_template: Annotated[InsidePath | None, TABLE] = Field(
         None,
         description="table: each clip's path inside audio_dir from its CSV row, e.g. "
         "'fold{fold}/{slice_file_name}'; null: the file_column's value",
@@ -167,15 +167,15 @@ class CompetitionKeys(StrictModel):
         description="table, folders: a zip or tar archive prepare downloads and extracts into "
         "competition/<name>/raw/ when no data_dir is given and the files are missing",
     )
-    exclude: Annotated[list[str] | None, FOLDERS] = Field(
+    exclude: Annotated[list[InsidePath] | None, FOLDERS] = Field(
         None, description="folders: sub-folders of audio_dir that are no class (e.g. _background_noise_)"
     )
-    validation_list: Annotated[str | None, FOLDERS] = Field(
+    validation_list: Annotated[InsidePath | None, FOLDERS] = Field(
         None,
         description="folders: text file (relative to data_dir) of validation clips, one path relative to "
         "audio_dir a line; recorded as their subset 'validation' and cross-validated with the rest",
     )
-    testing_list: Annotated[str | None, FOLDERS] = Field(
+    testing_list: Annotated[InsidePath | None, FOLDERS] = Field(
         None,
         description="folders: text file of test clips (paths relative to audio_dir): the test split, "
         "its labels (the folders) kept to report a test score; null: no labelled test split",

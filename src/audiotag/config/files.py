@@ -83,13 +83,52 @@ def find_config(text: str | Path, group_dir: str | None = None) -> Path:
     raise ConfigError(f"{text}: config file not found (looked at {where})")
 
 
+class DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping that gives one key twice (PyYAML keeps the last silently; a config must not)."""
+
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__()
+        self.key, self.line, self.first_line = key, line, first_line
+
+    def __str__(self) -> str:
+        return (
+            f"line {self.line}: key {self.key!r} is given twice (first on line {self.first_line}); "
+            "a mapping takes each key once: remove one of them"
+        )
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (YAML merge keys still apply)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the constructor refuses it below
+                continue
+            if first is not key_node:
+                raise DuplicateKey(key, key_node.start_mark.line + 1, first.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text as data, every config's way: safe types only, no key given twice (``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml_text(text)
+    except DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -153,7 +192,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override {text!r}: empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml_text(value) if value.strip() else None
+    except DuplicateKey as exc:
+        raise ConfigError(f"override {text!r}: {str(exc).removeprefix('line 1: ')}") from None
     except yaml.YAMLError:
         parsed = value
     return path, parsed

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from audiotag.config.base import StrictModel
+from audiotag.config.base import PlainName, StrictModel
 from audiotag.config.competition import CompetitionConfig
 from audiotag.config.competition_parts import AudioRules as AudioRules  # the decoder's, re-exported
 from audiotag.config.files import apply_overrides, load_group, read_yaml, resolve_groups, validate
@@ -229,7 +229,7 @@ class LossConfig(StrictModel):
 class PseudoLabelConfig(StrictModel):
     """Unverified (noisy) training clips relabelled from a finished run's fold models, fold-safely."""
 
-    from_run: str = Field(min_length=1, description="the teacher: a run name under competition/<name>/runs/")
+    from_run: PlainName = Field(description="the teacher: a run name under competition/<name>/runs/")
     mode: Literal["soft", "replace", "filter"] = Field(
         "soft",
         description="soft: the teacher's scores as targets; replace: its labels (scores >= threshold, else "
@@ -353,9 +353,9 @@ class TrainConfig(StrictModel):
 class EnsembleConfig(StrictModel):
     """Blend (and optionally stack) finished runs; weights are searched on OOF predictions only."""
 
-    name: str
+    name: PlainName
     competition: CompetitionConfig
-    members: list[str] = Field(min_length=1, description="run names under competition/<name>/runs/")
+    members: list[PlainName] = Field(min_length=1, description="run names under competition/<name>/runs/")
     method: BlendMethod = Field(
         "mean",
         description="weighted arithmetic mean, geometric mean, power mean (exponent `power`) or rank "

@@ -122,9 +122,10 @@ def appending(
                 logger.warning(
                     "%s: could not record progress (%s); a rerun resumes from further back", label, exc
                 )
+        with contextlib.suppress(OSError):  # closing fails again on a full disk: keep the first error
+            writer.close()
         raise
-    finally:
-        writer.close()
+    writer.close()
 
 
 def publish(staging: Path, final: Path, manifest: dict[str, Any], scratch: Iterable[str] = ()) -> None:

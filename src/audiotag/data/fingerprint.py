@@ -1,6 +1,6 @@
-"""Audio file fingerprints for the feature cache's clip-list hash: size, mtime and a hash of samples
-of the contents, so audio replaced by ``cp -p``, ``rsync -a`` or ``tar`` (which keep old mtimes) is
-noticed without reading whole files.
+"""Audio file fingerprints for the feature cache's clip-list hash and the clip table's stamp (both
+notice the same change): size, mtime and a hash of samples of the contents, so audio replaced by
+``cp -p``, ``rsync -a`` or ``tar`` (which keep old mtimes) is noticed without reading whole files.
 
 Measured on the demo's 1,120 clips (256 MB of WAV) on a 2-core machine that was busy with other
 jobs: 3,200-5,500 clips/s (0.2-0.35 s) with the files in the page cache, about 2,100 clips/s (0.5 s)
@@ -44,3 +44,11 @@ def audio_fingerprints(paths: list[Path]) -> list[str]:
         return [audio_fingerprint(p) for p in paths]
     with ThreadPoolExecutor(FINGERPRINT_THREADS) as pool:
         return list(pool.map(audio_fingerprint, paths, chunksize=32))
+
+
+def audio_digest(paths: list[Path]) -> str:
+    """One SHA-256 over the fingerprints of ``paths`` in order: changes when any of the files does."""
+    digest = hashlib.sha256()
+    for path, fingerprint in zip(paths, audio_fingerprints(paths), strict=True):
+        digest.update(f"\n{path}\t{fingerprint}".encode())
+    return digest.hexdigest()

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from audiotag.core.atomic import fsync_dir
-from audiotag.core.errors import AudiotagError, ConfigError, DataError
+from audiotag.core.errors import AudiotagError, DataError
+from audiotag.core.paths import check_name
 from audiotag.fetch.extract import extract_zip
 from audiotag.fetch.http import human_size, locked
 from audiotag.fetch.network import require_network
@@ -432,8 +433,7 @@ def kaggle_download(slug: str, dest_dir: Path, *, api_factory: ApiFactory | None
     :func:`extract_zip`. An archive already in place is not downloaded again. Failures are
     :func:`explain`'s. ``api_factory`` builds the client (default: the official ``KaggleApi``).
     """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", slug):
-        raise ConfigError(f"Kaggle competition slug {slug!r} is not valid (letters, digits, '-', '_', '.')")
+    check_name(slug, "Kaggle competition slug")
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     archive = dest_dir / f"{slug}.zip"

@@ -68,7 +68,9 @@ class EmbeddingConfig(StrictModel):
         description="1-based layers to fuse, and/or 'embedding' (the model's own clip embedding); "
         "default: CNN14 blocks [3, 6], AST blocks [5, 12], the embedding otherwise; all: every layer",
     )
-    window_seconds: float = Field(10.0, gt=0, description="longer clips are embedded in windows this long")
+    window_seconds: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="longer clips are embedded in windows this long"
+    )
     hop_fraction: float = Field(0.5, gt=0, le=1, description="window hop, as a fraction of the window")
     batch_size: int = Field(16, ge=1, description="windows per forward pass")
     seed: int = Field(0, description="seed of random weights (weights: null)")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from audiotag.config.files import MISSING, configs_root, flatten, schema_default
+from audiotag.config.files import MISSING, configs_root, flatten, load_yaml_text, schema_default
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import AudiotagError
 from audiotag.data.cache_reader import OK, REPORT
@@ -113,7 +113,7 @@ def config_diff(run_dir: Path, competition: str) -> ConfigDiff:
     from audiotag.train.experiment import load_experiment
 
     try:
-        run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        run_cfg = load_yaml_text((run_dir / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         return ConfigDiff(None, note=f"no readable config.yaml in {run_dir}: {exc}")
     name = str(run_cfg.get("name") or run_dir.name)

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from audiotag.competitions.submission import report_mismatch
+from audiotag.config.files import load_yaml_text
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.atomic import atomic_write_text, read_json_object
 from audiotag.core.jsonl import read_jsonl
@@ -76,7 +77,7 @@ class Leaderboard:
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}

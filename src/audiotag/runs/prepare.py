@@ -39,6 +39,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.core.locks import file_lock
 from audiotag.data.cache_build import build_cache, check_cache_device
 from audiotag.data.cache_reader import REPORT, FeatureCache
+from audiotag.data.fingerprint import audio_digest
 from audiotag.data.meta import read_meta, write_meta
 from audiotag.train.experiment import ExperimentConfig
 from audiotag.train.loop import FoldData
@@ -86,10 +87,16 @@ def sources_fingerprint(sources: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _audio_sha256(comp: Competition, table: pd.DataFrame) -> str:
+    """The fingerprints of the table's audio files (data/fingerprint.py, as the feature cache's)."""
+    return audio_digest([comp.dir / rel for rel in table["path"]])
+
+
 def clip_table(comp: Competition) -> pd.DataFrame:
     """Read ``meta.parquet``, rebuilding it when missing, when the raw CSV files' contents changed
-    (whatever their mtimes), or when built under other competition settings (e.g. ``subsets`` now
-    includes the noisy set)."""
+    (whatever their mtimes), when an audio file it describes changed (the fingerprint the feature
+    cache uses: a file replaced in place with its old mtime too), or when built under other
+    competition settings (e.g. ``subsets`` now includes the noisy set)."""
     sources = comp.table_sources()
     stamp_path = comp.meta_path.with_suffix(".json")
     fingerprint = table_fingerprint(comp)
@@ -97,9 +104,12 @@ def clip_table(comp: Competition) -> pd.DataFrame:
     if comp.meta_path.is_file():
         stamp = read_json_object(stamp_path) or {}
         if stamp.get("fingerprint") == fingerprint and stamp.get("sources_sha256") == csv_hash:
-            log.info("clip table: %s up to date", comp.meta_path)
-            return read_meta(comp.meta_path)
-        if stamp.get("fingerprint") != fingerprint:
+            table = read_meta(comp.meta_path)
+            if stamp.get("audio_sha256") == _audio_sha256(comp, table):
+                log.info("clip table: %s up to date", comp.meta_path)
+                return table
+            log.info("clip table: audio files changed since %s was built; rebuilding", comp.meta_path)
+        elif stamp.get("fingerprint") != fingerprint:
             log.info(
                 "clip table: competition settings changed since %s was built; rebuilding", comp.meta_path
             )
@@ -113,6 +123,7 @@ def clip_table(comp: Competition) -> pd.DataFrame:
         with atomic_path(comp.meta_path, suffix=".parquet") as tmp:
             write_meta(table, tmp)
         stamp = {"fingerprint": fingerprint, "sources_sha256": csv_hash, "clips": len(table)}
+        stamp["audio_sha256"] = _audio_sha256(comp, table)
         atomic_write_json(stamp_path, stamp)
     counts = table.groupby(["split", "subset"]).size().to_dict()
     log.info(

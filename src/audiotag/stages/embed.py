@@ -10,7 +10,7 @@ computes or reuses the same cache itself (``runs/probe_training.py``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from audiotag.config.files import load_group, validate
@@ -50,6 +50,7 @@ class EmbedOptions:
     batch_size: int = 16
     device: str = "auto"
     workers: int | None = None
+    overrides: list[str] = field(default_factory=list)  # of the competition config (--data-dir)
 
 
 def run_embed(options: EmbedOptions) -> None:
@@ -70,7 +71,8 @@ def run_embed(options: EmbedOptions) -> None:
     )
     front_end = embedding_front_end(cfg, options.features)
     device = device_for(SINGLE, options.device, "--device")  # before the cache is built
-    prepared = prepare(load_competition(options.competition), front_end, workers=options.workers)
+    competition = load_competition(options.competition, options.overrides)
+    prepared = prepare(competition, front_end, workers=options.workers)
     cache, names = embed_prepared(prepared, cfg, front_end, device)
     console = output_console()
     dims = " + ".join(f"{name}: {cache.dims[name]}" for name in names)

@@ -5,10 +5,15 @@ folder (:mod:`audiotag.competitions.guess`), written for the user to review, wit
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from audiotag.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from audiotag.competitions.guess import Guess
 
 log = logging.getLogger(__name__)
 
@@ -18,14 +23,12 @@ def new_competition(
 ) -> tuple[Path, list[str]]:
     """Guess the YAML of the data in ``source``, write it to ``output`` (atomically, never over an existing
     file unless ``force``) after checking it with the config loader; the path and the reasons."""
-    from audiotag.competitions.guess import guess_competition, render_yaml
+    from audiotag.competitions.guess import guess_competition
     from audiotag.config.schema import load_competition
     from audiotag.core.atomic import atomic_write_text
+    from audiotag.core.paths import check_name
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError(
-            f"NAME {name!r}: a plain name (letters, digits, _ or -), the workspace folder's name"
-        )
+    check_name(name, "NAME (the workspace folder's name)")
     path = output if output is not None else default_output(name)
     path = path.expanduser()
     if path.suffix not in (".yaml", ".yml"):
@@ -75,3 +78,43 @@ def run_new_competition(name: str, source: Path, output: Path | None = None, for
         soft_wrap=True,
         markup=False,
     )
+
+
+class _OneLineDumper(yaml.SafeDumper):
+    """Flow style on one line: a string holding a line break or another unprintable character (a CSV
+    header cell, a file name) is written double-quoted with escapes, so it stays one value."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = None if text.isprintable() else '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_OneLineDumper.add_representer(str, _represent_str)
+
+
+def _flow(value: Any) -> str:
+    text = yaml.dump(
+        value, Dumper=_OneLineDumper, default_flow_style=True, width=float("inf"), allow_unicode=True
+    )
+    return text.strip().removesuffix("\n...").removesuffix("...").strip()
+
+
+def _comment(text: str) -> str:
+    """``text`` as the rest of one comment line: line breaks and unprintable characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def render_yaml(guess: Guess, command: str) -> str:
+    """The YAML text: a header saying how it was made, then each key with its reason as a comment. Data
+    from the folder (CSV headers, file names) can only be a value or a comment, never a key."""
+    lines = [
+        f"# Written by `{_comment(command)}`: guessed from the folder's files; review every line, then run",
+        "#   ./run.sh prepare train ensemble -c <this file>",
+        "# (README, 'Your own dataset', lists every key.)",
+    ]
+    for key, value in guess.spec.items():
+        line = f"{key}: {_flow(value)}"
+        comment = guess.comments.get(key)
+        lines.append(f"{line}  # {_comment(comment)}" if comment else line)
+    return "\n".join(lines) + "\n"

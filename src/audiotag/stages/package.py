@@ -11,6 +11,8 @@
       members/<run>/        config.yaml, run.json, metrics.json, fold<k>/{best.pt,done.json}
                             (a linear probe: fold<k>/{probe.npz,done.json}, the fitted probe)
       weights/              a linear probe's frozen embedding model: its weights file (once per file)
+      .audiotag-files.json  every file the package wrote (core/owned.py): a rerun replaces those and
+                            nothing else; a folder holding other files is refused without --force
 
       dataset-metadata.json the Kaggle dataset's metadata (kernels-only competitions: also
                             kernel-metadata.json and kernel.ipynb), see audiotag/kaggle/metadata.py
@@ -37,7 +39,9 @@ import numpy as np
 
 from audiotag.config.files import read_yaml
 from audiotag.core.atomic import atomic_write_json, atomic_write_text
-from audiotag.core.errors import ConfigError, DataError
+from audiotag.core.errors import DataError
+from audiotag.core.owned import OwnedFolder
+from audiotag.core.paths import check_name
 from audiotag.kaggle.inference import (
     FORMAT_VERSION,
     MANIFEST,
@@ -155,10 +159,21 @@ def _ship_weights(source: Path, name: str, bundle: Path) -> dict[str, Any]:
 
 
 def _copy_code(dest: Path) -> None:
+    """Our package source into ``dest/audiotag``; the copies are new files (the umask's modes, not the
+    checkout's)."""
     import audiotag
 
     source = Path(audiotag.__file__).resolve().parent
-    shutil.copytree(source, dest / "audiotag", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source)
+        if "__pycache__" in rel.parts or path.suffix == ".pyc":
+            continue
+        target = dest / "audiotag" / rel
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
 
 
 def ensemble_report(path: Path, cfg: EnsembleConfig) -> dict[str, Any]:
@@ -213,12 +228,12 @@ def package_member(name: str, run_dir: Path, folds: list[int], staging: Path) ->
     dest.mkdir(parents=True)
     for file in ("config.yaml", "run.json", "metrics.json"):
         if (run_dir / file).is_file():
-            shutil.copy2(run_dir / file, dest / file)
+            shutil.copyfile(run_dir / file, dest / file)
     probe = is_probe_run(run_dir)
     for fold in folds:
         (dest / f"fold{fold}").mkdir()
         for file in (PROBE_FILE if probe else "best.pt", "done.json"):
-            shutil.copy2(run_dir / f"fold{fold}" / file, dest / f"fold{fold}" / file)
+            shutil.copyfile(run_dir / f"fold{fold}" / file, dest / f"fold{fold}" / file)
         if probe:  # the copy, checked against the record it travels with
             done = json.loads((dest / f"fold{fold}" / "done.json").read_text())
             verify_probe(dest / f"fold{fold}" / PROBE_FILE, done, "check the disk and package again")
@@ -232,10 +247,16 @@ def package_member(name: str, run_dir: Path, folds: list[int], staging: Path) ->
 
 
 def build_package(
-    cfg: EnsembleConfig, out_dir: Path, slug: str | None = None, kaggle_id: str | None = None
+    cfg: EnsembleConfig,
+    out_dir: Path,
+    slug: str | None = None,
+    kaggle_id: str | None = None,
+    force: bool = False,
 ) -> Path:
-    """Write the inference folder for ensemble ``cfg`` into ``out_dir`` (replacing an earlier package),
-    with its Kaggle metadata (``kaggle_id``: OWNER/SLUG of the dataset, :mod:`audiotag.kaggle.metadata`)."""
+    """Write the inference folder for ensemble ``cfg`` into ``out_dir``, replacing an earlier package
+    there (core/owned.py: only files a package wrote are ever deleted; a folder holding others is
+    refused unless ``force``, and then they are kept), with its Kaggle metadata (``kaggle_id``:
+    OWNER/SLUG of the dataset, :mod:`audiotag.kaggle.metadata`)."""
     from audiotag.competitions import get_competition
     from audiotag.config.files import dump_yaml
     from audiotag.core.paths import submissions_root
@@ -243,17 +264,16 @@ def build_package(
     from audiotag.runs.folder import code_version
 
     comp = get_competition(cfg.competition)
-    out_dir = Path(out_dir)
-    ours = (out_dir / MANIFEST).is_file()
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not ours)):
-        raise ConfigError(f"{out_dir}: exists and is not an audiotag package; choose a new or empty folder")
+    folder = OwnedFolder(Path(out_dir), "audiotag package")
+    if folder.foreign() and not force:  # said before the checks below, which may take a while
+        folder.claim(force)
     runs = {name: comp.dir / "runs" / name for name in cfg.members}
     folds = {name: member_folds(run_dir) for name, run_dir in runs.items()}
     report_path = submissions_root() / comp.name / f"{cfg.name}.json"
     report = ensemble_report(report_path, cfg)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    slug = check_name(slug or kaggle_slug(comp) or comp.name, "--slug")
+    kept = folder.claim(force)
+    staging = folder.staging
     try:
         _copy_code(staging / "code")
         members = [package_member(name, run_dir, folds[name], staging) for name, run_dir in runs.items()]
@@ -263,7 +283,6 @@ def build_package(
         if spec["stacking"] is not None:
             features, truth = stacker_training_data(comp, cfg)
             np.savez_compressed(staging / STACKER_DATA, features=features, truth=truth)
-        slug = slug or kaggle_slug(comp) or comp.name
         manifest = {
             "format": FORMAT_VERSION,
             "competition": comp.name,
@@ -288,14 +307,15 @@ def build_package(
         atomic_write_json(staging / MANIFEST, manifest)
         atomic_write_text(staging / "inference.py", INFERENCE_SCRIPT.replace("{slug}", slug))
         atomic_write_text(staging / "README.md", readme(manifest))
+        folder.publish()
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        folder.abandon()
         raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+    out_dir = folder.folder
     size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
     log.info("package: wrote %s (%.1f MB, %d member(s))", out_dir, size / 1e6, len(members))
+    if kept:
+        log.warning("package: kept %d file(s) it did not write in %s: %s", len(kept), out_dir, kept[:5])
     return out_dir
 
 

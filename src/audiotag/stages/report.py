@@ -13,6 +13,7 @@ from pathlib import Path
 
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.atomic import atomic_write_text
+from audiotag.core.disk_full import disk_full_as_error
 from audiotag.core.paths import submissions_root
 from audiotag.reports.data import collect
 from audiotag.reports.figures import make_figures
@@ -42,7 +43,8 @@ def write_report(
     page = render(data, make_figures(data))
     file = f"{ensemble}.report.html" if ensemble else "report.html"
     path = Path(out) if out is not None else submissions_root() / data.competition / file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, page)
+    with disk_full_as_error(path.parent, f"the report {path.name}", lambda: len(page.encode())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, page)
     log.info("report %s: %s (%.0f kB, %.1fs)", name, path, len(page) / 1024, time.time() - started)
     return path

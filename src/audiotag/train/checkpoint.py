@@ -15,7 +15,6 @@ weights are used: a rerun that skips the fold, ``package``, and the package's in
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import pickle
 import shutil
@@ -28,6 +27,7 @@ import torch
 
 from audiotag.core.atomic import atomic_path
 from audiotag.core.digests import check_fold_file, file_sha256
+from audiotag.core.disk_full import is_disk_full
 from audiotag.core.errors import DataError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -136,18 +136,6 @@ def state_bytes(obj: Any) -> int:
     if isinstance(obj, list | tuple):
         return sum(state_bytes(v) for v in obj)
     return 0
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` is a write that failed for lack of space (or quota)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc)
-    if "No space left on device" in text or "Disk quota exceeded" in text:
-        return True
-    # torch.save's C++ writer loses errno: these are how a full disk reads from it
-    markers = ("iostream error", "PytorchStreamWriter failed writing", "file write failed")
-    return isinstance(exc, RuntimeError) and any(marker in text for marker in markers)
 
 
 def _megabytes(n: float) -> str:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from audiotag.config.base import PlainName
 from audiotag.config.files import (
     AUTO_FEATURES,
     apply_overrides,
@@ -38,7 +39,7 @@ ModelConfig = Annotated[
 
 
 class ExperimentConfig(StrictModel):
-    name: str
+    name: PlainName
     competition: CompetitionConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: ModelConfig = Field(default_factory=families()[DEFAULT_FAMILY].config)

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from audiotag.config.base import PlainName
 from audiotag.config.schema import (
     CompetitionConfig,
     FeatureConfig,
@@ -28,7 +29,7 @@ CLIP_SPLITS = ("train", "test")
 
 
 class PretrainConfig(StrictModel):
-    name: str | None = Field(
+    name: PlainName | None = Field(
         None, description="the output folder's name, <competition>/pretrain/<name>/; null: <method><dim>"
     )
     method: Literal["byola"] = Field("byola", description="byola: BYOL for Audio (Niizumi et al. 2021)")

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
+from audiotag.config.base import PlainName
 from audiotag.config.files import apply_overrides, configs_root, find_config, read_yaml, validate
 from audiotag.config.schema import StrictModel
 from audiotag.core.errors import ConfigError
@@ -109,7 +110,7 @@ class SamplerConfig(StrictModel):
 
 
 class TuneConfig(StrictModel):
-    name: str | None = Field(
+    name: PlainName | None = Field(
         None, description="the study's folder, competition/<comp>/tune/<name>/; null: the experiment's name"
     )
     experiment: str | None = Field(
