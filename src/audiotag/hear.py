@@ -83,8 +83,9 @@ def _from_encoder_file(path: Path) -> Representation:
             f"audiotag.hear: {path} is not an encoder written by pretrain, so its architecture and front-end "
             "are unknown; give its weights-table name, or a run's fold folder"
         )
-    cfg = EmbeddingConfig(weights=str(path), model=info.model)
-    return Representation(cfg, info.features, info.input_norm)
+    # the normalisation it was pretrained with, not statistics of clips the HEAR kit never shows us
+    model = {**info.model, "input_norm": info.input_norm.model_dump(mode="json")}
+    return Representation(EmbeddingConfig(weights=str(path), model=model), info.features)
 
 
 def _fold_dir(path: Path) -> Path:

@@ -15,7 +15,8 @@ defaults, as ``embed`` fuses them):
   window's layers pooled over time and concatenated, the windows averaged.
 
 The sounds are resampled to the front-end's rate when that is not one of HEAR's (a 32 kHz PANNs
-model declares 48000 Hz). Nothing depends on the other sounds of a batch (eval mode throughout).
+model declares 44100 Hz and resamples each batch to 32 kHz on its device). Nothing depends on the
+other sounds of a batch (eval mode throughout).
 """
 
 from __future__ import annotations
