@@ -156,9 +156,7 @@ def test_a_model_rate_hear_does_not_take_is_declared_as_the_next_one(tmp_path: P
     assert model.logmel(one_second).shape[1] == 101  # resampled to 32 kHz: 100 frames of 10 ms, centred
 
 
-def test_python_m_audiotag_hear_checks_a_model(
-    encoder_file: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_python_m_audiotag_hear_checks_a_model(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert hear.main([str(run_dir)]) == 0
     assert json.loads(capsys.readouterr().out)["sample_rate"] == 16000
     assert hear.main(["nope"]) == 1
