@@ -144,7 +144,7 @@ def test_a_cache_with_more_layers_serves_fewer(
     def refuse(*args, **kwargs):
         raise AssertionError("rebuilt although a cache with every layer exists")
 
-    monkeypatch.setattr(ec, "Representation", refuse)
+    monkeypatch.setattr(ec, "frozen_representation", refuse)
     assert ec.ensure_embeddings(plan, ["2"], cache, root) == full.folder
     assert plan.folder_name(["2"]) != full.folder.name
 

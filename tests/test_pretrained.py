@@ -458,6 +458,7 @@ def test_cli_weights_list(
     row = next(line for line in out.splitlines() if line.split()[:1] == ["cnn10"])
     assert row.split()[-1] == "yes"
     assert str(tmp_path) in out
+    assert "hear:<module>[:<model_file>]" in out and "audiotag.hear" in out  # the HEAR bridge, both ways
 
 
 @pytest.mark.slow

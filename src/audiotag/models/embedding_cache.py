@@ -57,10 +57,12 @@ from audiotag.core.staged import (
 from audiotag.data.cache_reader import FeatureCache
 from audiotag.data.dataset import fit_length, window_starts
 from audiotag.data.norm_stats import dataset_norm
+from audiotag.models.hear_in import check_hear_features, hear_layers, hear_spec, load_hear
 from audiotag.models.representation import (
     EmbeddingConfig,
+    FrozenRepresentation,
     LayerSpec,
-    Representation,
+    frozen_representation,
     model_config,
     resolve_layers,
 )
@@ -127,7 +129,11 @@ class EmbeddingPlan:
     @property
     def label(self) -> str:
         name = self.cfg.weights or f"random-{self.identity['model'].get('name', 'model')}"
-        name = Path(name).stem if self.cfg.weights and Path(name).suffix else name
+        hear = hear_spec(self.cfg.weights)
+        if hear is not None:
+            name = f"hear-{hear.module}"
+        elif self.cfg.weights and Path(name).suffix:
+            name = Path(name).stem
         return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("._") or "model"
 
     def folder_name(self, layers: Sequence[str]) -> str:
@@ -135,6 +141,8 @@ class EmbeddingPlan:
         return f"{self.label}-{digest}"
 
     def layers(self, spec: LayerSpec | None = None) -> list[str]:
+        if hear_spec(self.cfg.weights) is not None:
+            return hear_layers(self.cfg.layers if spec is None else spec)
         return resolve_layers(model_config(self.cfg), self.cfg.layers if spec is None else spec)
 
 
@@ -142,19 +150,29 @@ def plan_embeddings(
     cfg: EmbeddingConfig, features: FeatureConfig, cache: FeatureCache, train_ids: Sequence[str]
 ) -> EmbeddingPlan:
     """Resolve what the cache depends on. ``input_norm: dataset`` models (BYOL-A) get one scalar mean
-    and std over the training clips' log-mel (no labels; the same for every fold)."""
-    model_cfg = model_config(cfg)
-    from audiotag.models.registry import weights_arch
-
+    and std over the training clips' log-mel (no labels; the same for every fold). A HEAR module
+    (``hear:<module>``) is known by its name, version and model file."""
+    spec = hear_spec(cfg.weights)
     norm = None
-    if model_cfg.input_norm == "dataset":
-        norm = dataset_norm(cache, [c for c in train_ids if c in cache], features, model_cfg.norm_stats)
+    if spec is not None:
+        check_hear_features(spec, features)
+        model = load_hear(spec).identity()
+        weights = model["model_file_sha256"] or str(spec)
+    else:
+        from audiotag.models.registry import weights_arch
+
+        model_cfg = model_config(cfg)
+        if model_cfg.input_norm == "dataset":
+            train = [c for c in train_ids if c in cache]
+            norm = dataset_norm(cache, train, features, model_cfg.norm_stats)
+        model = model_cfg.model_dump(mode="json", exclude={"pretrained"})
+        weights = weights_identity(cfg, weights_arch(model_cfg))
     window = max(1, round(cfg.window_seconds * features.cache_rate))
     hop = max(1, round(window * cfg.hop_fraction))
     identity = {
         "format": EMBED_FORMAT,
-        "model": model_cfg.model_dump(mode="json", exclude={"pretrained"}),
-        "weights": weights_identity(cfg, weights_arch(model_cfg)),
+        "model": model,
+        "weights": weights,
         "features": features.key(),
         "input_norm": None if norm is None else [norm.mean, norm.std],
         "window_rows": window,
@@ -197,7 +215,7 @@ def embed_clips(
     """(n_clips, dim) float32: the clips' vectors as an embedding cache holds them (``clip_vectors``),
     the layers concatenated in the given order as :meth:`EmbeddingCache.matrix` does; computed now,
     nothing written. ``weights_file``: a checked copy of the weights (a package's)."""
-    rep = Representation(plan.cfg, plan.features, plan.input_norm, device, weights_file=weights_file)
+    rep = frozen_representation(plan.cfg, plan.features, plan.input_norm, device, weights_file)
     layers = list(layers)
     rows = [
         np.concatenate([vectors[name] for name in layers])
@@ -303,7 +321,7 @@ def ensure_embeddings(
             log.info("embeddings: %s built by another process meanwhile; using it", found)
             return found
         start = time.monotonic()
-        rep = Representation(plan.cfg, plan.features, plan.input_norm, device)
+        rep = frozen_representation(plan.cfg, plan.features, plan.input_norm, device)
         dims = rep.layer_dims(layers)
         staging = staging_folder(final)
         key = final.name
@@ -384,7 +402,7 @@ def _fill(
     clip_ids: list[str],
     n_done: int,
     cache: FeatureCache,
-    rep: Representation,
+    rep: FrozenRepresentation,
     plan: EmbeddingPlan,
 ) -> None:
     writer = _Writer(staging, key, dims, n_done)
@@ -412,7 +430,7 @@ def clip_windows(frames: np.ndarray, plan: EmbeddingPlan, min_rows: int) -> list
 def clip_vectors(
     cache: FeatureCache,
     clip_ids: Sequence[str],
-    rep: Representation,
+    rep: FrozenRepresentation,
     layers: list[str],
     plan: EmbeddingPlan,
 ) -> Iterator[dict[str, np.ndarray]]:

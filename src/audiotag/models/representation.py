@@ -43,7 +43,9 @@ from audiotag.config.schema import FeatureConfig, InputNorm, ModelBase, StrictMo
 from audiotag.core.errors import ConfigError
 from audiotag.models.family import EMBEDDING
 from audiotag.models.heads import pool_time
+from audiotag.models.hear_in import HearRepresentation, hear_spec
 from audiotag.models.registry import build_model, family_of, load_pretrained, weights_table
+from audiotag.models.tagger import Tagger
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ class EmbeddingConfig(StrictModel):
     weights: str | None = Field(
         None,
         description="a name from `./run.sh weights list` (e.g. aisfx, cnn14_16k, ast_audioset, byola2048) "
-        "or a checkpoint file; null = random weights (seeded: a baseline)",
+        "or a checkpoint file, or hear:<module>[:<model_file>] (an installed HEAR module, "
+        "models/hear_in.py); null = random weights (seeded: a baseline)",
     )
     model: str | dict[str, Any] | None = Field(
         None,
@@ -168,15 +171,18 @@ class Representation:
         input_norm: InputNorm | None = None,
         device: torch.device | str = "cpu",
         weights_file: Path | None = None,
+        tagger: Tagger | None = None,
     ) -> None:
-        """``weights_file``: a checked copy of ``cfg.weights``'s file to read (a package's)."""
+        """``weights_file``: a checked copy of ``cfg.weights``'s file to read (a package's);
+        ``tagger``: a trained model used as it is (a fine-tuned run's fold; ``cfg.model`` its settings)."""
         self.cfg = cfg
         self.features = features
         self.model_cfg = model_config(cfg)
         self.device = torch.device(device)
         frames = max(1, round(cfg.window_seconds * features.frames_per_second))
         torch.manual_seed(cfg.seed)
-        tagger = build_model(self.model_cfg, features.n_mels, 1, frames, input_norm, features)
+        if tagger is None:
+            tagger = build_model(self.model_cfg, features.n_mels, 1, frames, input_norm, features)
         if cfg.weights is not None:
             report = load_pretrained(tagger, self.model_cfg, features, weights_file=weights_file)
             unloaded = [k for k in (report.missing if report else []) if k.startswith("head.fc1.")]
@@ -234,3 +240,21 @@ class Representation:
         """Values per layer, from one forward pass on a silent input of the minimum length."""
         dummy = torch.zeros(1, self.min_rows, self.features.cache_width)
         return {name: int(v.shape[1]) for name, v in self.encode(dummy, layers).items()}
+
+
+FrozenRepresentation = Representation | HearRepresentation
+
+
+def frozen_representation(
+    cfg: EmbeddingConfig,
+    features: FeatureConfig,
+    input_norm: InputNorm | None = None,
+    device: torch.device | str = "cpu",
+    weights_file: Path | None = None,
+) -> FrozenRepresentation:
+    """The frozen model ``cfg`` names: a backbone of the weights table (or a file), or a HEAR module
+    (``weights: hear:<module>``, ``models/hear_in.py``), which takes the cached waves as they are."""
+    spec = hear_spec(cfg.weights)
+    if spec is not None:
+        return HearRepresentation(spec, device)
+    return Representation(cfg, features, input_norm, device, weights_file=weights_file)

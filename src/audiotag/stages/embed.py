@@ -1,7 +1,8 @@
 """The embed command: clip embeddings of a frozen pretrained model for every clip of a competition.
 
 ``./run.sh embed -c COMP --model NAME [--layers 3,6 | all | default]`` runs the weights-table model
-``NAME`` (its own architecture and front-end; ``--features`` for weights that have none) over the
+``NAME`` (its own architecture and front-end; ``--features`` for weights that have none; or
+``hear:<module>[:<model_file>]``, an installed HEAR module, on a wave cache at its rate) over the
 feature cache of ``COMP`` (built first if missing) and stores the embeddings in
 ``competition/COMP/embeddings/`` (``audiotag.models.embedding_cache``). A ``linear_probe`` experiment
 computes or reuses the same cache itself (``runs/probe_training.py``).
@@ -17,6 +18,7 @@ from audiotag.config.files import load_group, validate
 from audiotag.config.schema import FeatureConfig, load_competition
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
+from audiotag.models.hear_in import hear_features, hear_spec
 from audiotag.models.representation import EmbeddingConfig, LayerSpec, embedding_features
 from audiotag.runs.prepare import prepare
 from audiotag.runs.probe_training import embed_prepared
@@ -26,7 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def embedding_front_end(cfg: EmbeddingConfig, features: str | None = None) -> FeatureConfig:
-    """The front-end config: ``features`` when given, else the one the weights were trained with."""
+    """The front-end config: ``features`` when given, else the one the weights were trained with (a
+    HEAR module's: a wave cache at its sample rate)."""
+    spec = hear_spec(cfg.weights)
+    if spec is not None and features is None:
+        return hear_features(spec)
     name = features or embedding_features(cfg)
     if name is None:
         raise ConfigError(
@@ -58,7 +64,7 @@ def run_embed(options: EmbedOptions) -> None:
     weights = options.model
     if Path(weights).expanduser().is_file():
         weights = str(Path(weights).expanduser().resolve())
-    else:
+    elif hear_spec(weights) is None:
         from audiotag.models.registry import lookup
 
         lookup(weights)  # an unknown name: ConfigError listing the known ones

@@ -118,6 +118,7 @@ def probe_weights(run_dir: Path, folds: list[int]) -> tuple[Path, str] | None:
     and verified; else a file path), and refused unless it is the file every fold's embeddings were
     computed with (the SHA-256 each probe.npz recorded). Returned with the weights' name."""
     from audiotag.core.digests import file_sha256
+    from audiotag.models.hear_in import hear_spec
     from audiotag.models.registry import resolve, weights_arch
     from audiotag.models.representation import EmbeddingConfig, model_config
 
@@ -130,6 +131,11 @@ def probe_weights(run_dir: Path, folds: list[int]) -> tuple[Path, str] | None:
         recorded = str((embedding.get("identity") or {}).get("weights"))
         if cfg.weights is None:
             continue
+        if hear_spec(cfg.weights) is not None:
+            raise DataError(
+                f"ensemble member {run_dir.name!r} embeds its clips with the HEAR module {cfg.weights!r}, an "
+                "installed Python package that the offline bundle cannot ship; package an ensemble without it"
+            )
         if path is None:
             path, entry = resolve(cfg.weights, arch=weights_arch(model_config(cfg)))
             sha256, name = file_sha256(path), entry.name if entry is not None else path.stem

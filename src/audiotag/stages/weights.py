@@ -25,7 +25,10 @@ def list_weights(weights_dir: Path | None = None) -> None:
         "licences of ImageNet-trained weights vary by model (ImageNet's own terms are non-commercial)\n"
         "Any timm CNN (model.name: timm): pretrained: imagenet takes timm's default weights of "
         "model.arch, timm/<arch>.<tag> names others; `weights list --timm 'PATTERN'` lists them, "
-        "`weights fetch timm/<arch>` downloads one"
+        "`weights fetch timm/<arch>` downloads one\n"
+        "Any installed HEAR module (HEAR 2021 API) is a frozen representation for embed and the linear "
+        "probe: hear:<module>[:<model_file>]; any name above, an encoder file or a run's fold is a HEAR "
+        "module for the HEAR kit: audiotag.hear, model path NAME (python -m audiotag.hear NAME checks it)"
     )
     table = Table(title="pretrained weights", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("name", "layout", "size", "licence", "front-end", "cached"):

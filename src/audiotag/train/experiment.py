@@ -26,6 +26,7 @@ from audiotag.config.schema import CompetitionConfig, FeatureConfig, StrictModel
 from audiotag.core.errors import ConfigError
 from audiotag.data.wave_augment import check_augmentations
 from audiotag.models.encoder_file import read_encoder_info
+from audiotag.models.hear_in import hear_features, hear_spec
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.registry import families, weights_table
 
@@ -78,10 +79,14 @@ def load_experiment(
 
 def auto_features(model: Any) -> dict[str, Any]:
     """``features: auto``: the front-end an encoder file written by ``pretrain`` records (a path in
-    model.pretrained, or a linear probe's embedding.weights), else the weights table's."""
+    model.pretrained, or a linear probe's embedding.weights), a HEAR module's (``hear:<module>``),
+    else the weights table's."""
     weights = model.get("pretrained") if isinstance(model, dict) else None
     if isinstance(model, dict) and isinstance(model.get("embedding"), dict):
         weights = model["embedding"].get("weights")
+    spec = hear_spec(weights) if isinstance(weights, str) else None
+    if spec is not None:  # a HEAR module: a wave cache at its sample rate
+        return hear_features(spec).model_dump(mode="json")
     info = read_encoder_info(weights) if isinstance(weights, str) and weights else None
     if info is not None:
         return info.features.model_dump(mode="json")
