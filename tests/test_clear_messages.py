@@ -11,12 +11,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from audiotag.cli import data_commands
 from audiotag.cli.main import main
 from audiotag.core.disk_full import disk_full_as_error, disk_full_error
 from audiotag.core.errors import DataError, TrainingError
 from audiotag.core.staged import StagedWriter, appending
 from audiotag.models.representation import EmbeddingConfig
+from audiotag.stages import embed as stages_embed
 from audiotag.stages import report
 from audiotag.train import checkpoint
 
@@ -114,7 +114,7 @@ def test_a_validation_error_reaching_the_top_is_one_line_per_setting(monkeypatch
     def embed(options):
         EmbeddingConfig(window_seconds=math.nan, batch_size=0)
 
-    monkeypatch.setattr(data_commands, "embed", embed)
+    monkeypatch.setattr(stages_embed, "run_embed", embed)  # the command imports the stage when it runs
     assert main(["embed", "-m", "aisfx"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: EmbeddingConfig settings: invalid configuration\n")

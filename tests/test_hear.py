@@ -1,5 +1,5 @@
 """The HEAR bridge both ways: a HEAR module as a frozen representation (models/hear_in.py), and
-audiotag models as a HEAR module (audiotag/hear.py over models/hear_out.py).
+audiotag models as a HEAR module (audiotag/hear/ over models/hear_out.py).
 
 The HEAR modules are written by the tests into tmp_path (a tiny seeded projection of frame
 statistics, and broken variants of it); no download. hearvalidator itself imports TensorFlow, so

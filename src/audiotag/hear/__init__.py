@@ -13,7 +13,8 @@ The layers are the family's defaults (those ``embed`` fuses); ``get_scene_embedd
 ``get_timestamp_embeddings`` are ``models/hear_out.py``'s. ``python -m audiotag.hear MODEL`` loads
 MODEL and checks the HEAR rules on it (``models/hear_in.validate_hear``).
 
-An entry point above every floor (like ``__main__``): it only resolves the path and loads the model.
+An entry point above every floor (a folder of its own, so the package root keeps only ``__init__`` and
+``__main__``): it only resolves the path and loads the model; ``__main__.py`` runs :func:`main`.
 """
 
 from __future__ import annotations
@@ -154,7 +155,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(report, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
