@@ -164,7 +164,7 @@ def blend_row(report_path: Path, report: dict[str, Any]) -> dict[str, Any]:
         "kind": "blend",
         "name": report.get("name") or report_path.stem,
         "model": f"{report.get('submitted') or 'blend'} ({report.get('method', '?')})",
-        "folds": str(len(folds)),
+        "folds": f"{len(folds)}/{report['n_folds']}" if report.get("n_folds") else str(len(folds)),
         "cv_mean": blend.get("mean", math.nan),
         "cv_std": blend.get("std", math.nan),
         "test_score": report.get("test_score"),
