@@ -334,6 +334,7 @@ class Aligned:
     test_ids: list[str]
     truth: np.ndarray
     scored: np.ndarray
+    n_folds: int  # of the members' fold file (they may hold fewer: ``Member.folds``)
 
 
 def load_aligned(comp: Competition, names: list[str], min_oof_overlap: float, with_test: bool) -> Aligned:
@@ -344,4 +345,5 @@ def load_aligned(comp: Competition, names: list[str], min_oof_overlap: float, wi
     overlap = oof_overlap(members)
     oof_ids, test_ids = align(members)
     truth, scored = scored_rows(comp, meta, oof_ids, members[0].oof_folds)
-    return Aligned(members, overlap, oof_ids, test_ids, truth, scored)
+    n_folds = int(load_folds(Path(members[0].folds_file))["fold"].nunique())
+    return Aligned(members, overlap, oof_ids, test_ids, truth, scored, n_folds)

@@ -315,7 +315,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
             "folds only (every CV number is on them; each member's test predictions average %d fold "
             "model(s)); train the other folds for the full blend",
             members[0].folds,
-            comp.cfg.n_folds,
+            data.n_folds,
             len(members[0].folds),
         )
     best = max(members, key=lambda m: m.mean)
@@ -364,7 +364,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         "oof_clips_left_out": overlap.dropped,
         "folds_file": members[0].folds_file,
         "folds": members[0].folds,
-        "n_folds": comp.cfg.n_folds,
+        "n_folds": data.n_folds,
         "partial": partial,  # the members' finished folds only (no member is complete)
         "members": {m.name: _cv(m.fold_scores) for m in members},
         "best_member": {"name": best.name, "mean": best.mean},
