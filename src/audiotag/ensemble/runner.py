@@ -298,6 +298,34 @@ def check_blend_name(cfg: EnsembleConfig, report_path: Path) -> dict[str, Any]:
     return settings
 
 
+def submitted_predictions(
+    cfg: EnsembleConfig, data: Aligned, scorer: OofScorer, blend: BlendOutcome
+) -> tuple[dict[int, float] | None, np.ndarray, dict[int, float], str]:
+    """(the stacker's nested CV or None, the test predictions submitted, their CV, what they are): the
+    stacker's with ``stacking``, else the blend's (its nested CV when weights were searched)."""
+    if cfg.stacking is not None:
+        stacked, test = fit_stacking(cfg, data.members, data.scored, scorer)
+        return stacked, test, stacked, "stacking"
+    return None, blend.test, blend.nested if blend.nested is not None else blend.in_sample, "blend"
+
+
+def is_partial(data: Aligned) -> bool:
+    """Whether the members hold only the folds they have finished so far (then the same ones: checked
+    by ``load_aligned``); said with a warning, since every number then covers those folds only."""
+    if all(m.complete for m in data.members):
+        return False
+    folds = data.members[0].folds
+    log.warning(
+        "ensemble: the members have finished folds %s of %d, the same for each: blending those folds "
+        "only (every CV number is on them; each member's test predictions average %d fold model(s)); "
+        "train the other folds for the full blend",
+        folds,
+        data.n_folds,
+        len(folds),
+    )
+    return True
+
+
 def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     comp = get_competition(cfg.competition)
     path = submissions_root() / comp.name / f"{cfg.name}.csv"
@@ -308,25 +336,10 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     has_test = not comp.meta_path.is_file() or bool((read_meta(comp.meta_path)["split"] == "test").any())
     data, scorer = score_members(comp, cfg, has_test)
     members, overlap = data.members, data.overlap
-    partial = not all(m.complete for m in members)
-    if partial:
-        log.warning(
-            "ensemble: the members have finished folds %s of %d, the same for each: blending those "
-            "folds only (every CV number is on them; each member's test predictions average %d fold "
-            "model(s)); train the other folds for the full blend",
-            members[0].folds,
-            data.n_folds,
-            len(members[0].folds),
-        )
+    partial = is_partial(data)
     best = max(members, key=lambda m: m.mean)
     blend = fit_blend(cfg, members, data.scored, scorer, list(comp.classes))
-    stacked: dict[int, float] | None = None
-    if cfg.stacking is not None:
-        stacked, final_test = fit_stacking(cfg, members, data.scored, scorer)
-        final_scores, submitted = stacked, "stacking"
-    else:
-        final_test, submitted = blend.test, "blend"
-        final_scores = blend.nested if blend.nested is not None else blend.in_sample
+    stacked, final_test, final_scores, submitted = submitted_predictions(cfg, data, scorer, blend)
 
     csv_bytes: bytes | None = None
     test_score: float | None = None
