@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COMPETITION = "demo"  # neither -c nor --config names one
 
-# --quick: a smoke run of every default member, through the ensemble to a submission, in about a minute
-# on the demo (README). Its settings apply to every experiment (extras included) before --set, so a
+# --quick: a smoke run of every default member, through the ensemble to a submission (README: what it
+# costs on the demo). Its settings apply to every experiment (extras included) before --set, so a
 # --set of the same key wins; its runs and ensemble are named <name>_quick (``quick_name``), apart
 # from the full ones, which it neither blocks nor changes.
 QUICK_SETTINGS = ["train.epochs=1", "train.max_clips=200"]

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a smoke run: every default member on folds 0 and 1 (or --folds), 1 epoch, at most 200 "
         "training clips (train.max_clips), blended by ensemble into a submission; runs and ensemble are "
-        "named <name>_quick, apart from the full ones (the demo: about a minute on 2 cores after prepare)",
+        "named <name>_quick, apart from the full ones (README: its time on 2 cores)",
     )
     parser.add_argument(
         "--gpus",
