@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -46,7 +48,7 @@ pd.set_option("display.width", 200)
 board.rows[columns].round(4)
 
 # %% [markdown]
-# ## Learning curves of the best run
+# ## Learning curves of the best run (trained by epochs)
 
 # %%
 runs = board.rows[board.rows["kind"] == "run"]
@@ -55,7 +57,15 @@ if best_run is None:
     print(f"no runs yet: ./run.sh train -c {comp.name}")
 else:
     print(f"best run: {best_run.name} (CV {comp.metric} {runs.iloc[0]['cv_mean']:.4f})")
-    display(plots.learning_curves_figure(best_run, comp.metric))
+    curves = plots.learning_curves_figure(best_run, comp.metric)
+    if curves is None:  # a linear probe has no epochs: the curves of the best run that has them
+        with_epochs = [Path(p) for p in runs["path"] if plots.fold_histories(Path(p))]
+        print(f"{best_run.name} has no learning curves (a linear probe is fitted without epochs)")
+        if with_epochs:
+            print(f"learning curves of the best run trained by epochs: {with_epochs[0].name}")
+            curves = plots.learning_curves_figure(with_epochs[0], comp.metric)
+    if curves is not None:
+        display(curves)
 
 # %% [markdown]
 # ## Per-class average precision

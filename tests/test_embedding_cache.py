@@ -149,6 +149,23 @@ def test_a_cache_with_more_layers_serves_fewer(
     assert plan.folder_name(["2"]) != full.folder.name
 
 
+def test_a_subset_of_clips_is_a_cache_of_its_own_with_the_same_vectors(
+    cache: FeatureCache, tmp_path: Path
+) -> None:
+    """``train.max_clips`` runs embed only their clips: a folder of its own (the full cache is neither
+    found for it nor replaced by it), holding the full cache's vectors of those clips."""
+    root = tmp_path / "emb"
+    full = build(cache, root)
+    wanted = ["clip05", "clip01", "clip03"]
+    plan = ec.plan_embeddings(config(), FEATURES, cache, cache.clip_ids, subset=wanted)
+    assert plan.base_key != plan_for(cache).base_key and plan.clip_ids == ("clip01", "clip03", "clip05")
+    subset = ec.EmbeddingCache(ec.ensure_embeddings(plan, plan.layers(), cache, root))
+    assert subset.folder != full.folder and subset.clip_ids == ["clip01", "clip03", "clip05"]
+    for layer in full.layers:
+        np.testing.assert_allclose(subset.matrix([layer], wanted), full.matrix([layer], wanted), rtol=1e-5)
+    assert ec.find_embeddings(root, plan_for(cache), plan.layers()) == full.folder
+
+
 def interrupted_build(cache: FeatureCache, root: Path, monkeypatch: pytest.MonkeyPatch, after: int) -> None:
     """A build killed (KeyboardInterrupt) in the ``after``-th forward pass."""
     real = Representation.encode

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from audiotag.core.errors import ConfigError, DataError
 from audiotag.ensemble import runner as ensemble
 from audiotag.ensemble.members import Member
 from audiotag.ensemble.runner import ScoreLine, run_ensemble
+from audiotag.reports.leaderboard import build_leaderboard
 from audiotag.scoring import metrics
 from audiotag.scoring.blend import scaled_ranks
 from audiotag.scoring.fold_scores import FoldScores
@@ -439,6 +441,115 @@ def test_changed_fold_file_and_missing_fold_predictions_are_refused(workspace: P
     write_run(fc, "b", 1.0, seed=2)
     fc.folds_path.write_text(fc.folds_path.read_text() + "\n")
     _refused(workspace, fc, "changed after the members were trained")
+
+
+# --------------------------------------------------------------------------- partial runs
+
+
+def unfinish(fc: FakeCompetition, name: str, keep: list[int]) -> None:
+    """Run ``name`` as a partial run leaves it: ``done.json`` in the folds ``keep``, no other fold, no
+    ``metrics.json`` (written once every fold is done)."""
+    run_dir = fc.comp.dir / "runs" / name
+    (run_dir / "metrics.json").unlink()
+    for fold_dir in run_dir.glob("fold*"):
+        fold = int(fold_dir.name.removeprefix("fold"))
+        if fold in keep:
+            (fold_dir / "done.json").write_text(json.dumps({"fold": fold, "score": 0.5}))
+        else:
+            shutil.rmtree(fold_dir)
+
+
+def test_members_with_the_same_finished_folds_are_blended_on_those_folds(
+    workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fc = fake_competition()  # 3 folds
+    write_run(fc, "a", 1.5, seed=1)
+    write_run(fc, "b", 1.0, seed=2)
+    for name in ("a", "b"):
+        unfinish(fc, name, [0, 1])
+    with caplog.at_level(logging.WARNING):
+        result = run_ensemble(ensemble_config(workspace, "demo", ["a", "b"]))
+    n_folds = 3  # of the fold file (the competition's config says 5)
+    assert f"finished folds [0, 1] of {n_folds}, the same for each: blending those folds only" in caplog.text
+    assert result.partial_folds == [0, 1] and sorted(result.fold_scores) == [0, 1]
+    report = result.report
+    assert report["partial"] is True and report["folds"] == [0, 1] and report["n_folds"] == n_folds
+    assert report["n_oof_clips"] == int((fc.folds < 2).sum())
+    assert sorted(report["blend"]["nested"]["folds"]) == [0, 1]
+    assert len(read_submission(workspace, fc)) == len(fc.test_ids)
+    row = build_leaderboard("demo", with_lb=False).rows.set_index("name").loc["ens"]
+    assert row["folds"] == f"2/{n_folds}"
+
+
+def test_one_finished_fold_is_blended_in_sample_and_refuses_stacking(workspace: Path) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.5, seed=1)
+    write_run(fc, "b", 1.0, seed=2)
+    for name in ("a", "b"):
+        unfinish(fc, name, [0])
+    with pytest.raises(ConfigError, match=r"stacking: logreg .* one fold only .*ensemble.stacking=null"):
+        run_ensemble(ensemble_config(workspace, "demo", ["a", "b"], stacking="logreg"))
+    result = run_ensemble(ensemble_config(workspace, "demo", ["a", "b"], name="one"))
+    assert result.report["blend"]["nested"] is None and result.report["folds"] == [0]
+    assert [line.name for line in result.lines] == ["a", "b", "blend (mean)"]
+
+
+def test_members_holding_different_folds_are_refused_naming_the_missing_ones(workspace: Path) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.0, seed=1)
+    write_run(fc, "b", 1.0, seed=2)
+    unfinish(fc, "b", [0])
+    _refused(
+        workspace,
+        fc,
+        r"members hold different folds \('a' \[0, 1, 2\], 'b' \[0\] so far\); .* train the missing "
+        r"folds \(b: \[1, 2\]\) with ./run.sh train",
+    )
+    shutil.rmtree(fc.comp.dir / "runs" / "b" / "fold0")
+    _refused(workspace, fc, r"member 'b': no finished fold in .*train it with ./run.sh train, run name 'b'")
+
+
+# --------------------------------------------------------------------------- one name, one blend
+
+
+def test_a_blend_with_other_settings_is_refused_under_the_same_name(workspace: Path) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.5, seed=1)
+    write_run(fc, "b", 1.0, seed=2)
+    csv = workspace / "submissions" / "demo" / "ens.csv"
+    run_ensemble(ensemble_config(workspace, "demo", ["a", "b"]))
+    first = csv.read_bytes(), csv.with_suffix(".json").read_text()
+    run_ensemble(ensemble_config(workspace, "demo", ["a", "b"]))  # the same settings: idempotent
+    assert (csv.read_bytes(), csv.with_suffix(".json").read_text()) == first
+
+    with pytest.raises(ConfigError) as refused:
+        run_ensemble(ensemble_config(workspace, "demo", ["a", "b"], method="geometric", iterations=50))
+    message = str(refused.value)
+    expected = "ensemble 'ens' was written with other settings (iterations: 100 -> 50; method: \"mean\" -> "
+    assert expected in message
+    assert "--set ensemble.name=NAME" in message and str(csv.with_suffix(".json")) in message
+    assert (csv.read_bytes(), csv.with_suffix(".json").read_text()) == first  # untouched
+
+    run_ensemble(ensemble_config(workspace, "demo", ["a", "b"], method="geometric", name="ens_geo"))
+    blends = build_leaderboard("demo", with_lb=False).rows.query("kind == 'blend'")
+    assert sorted(blends["name"]) == ["ens", "ens_geo"]
+
+
+def test_a_report_without_settings_is_replaced_with_a_warning(
+    workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fc = fake_competition()
+    write_run(fc, "a", 1.5, seed=1)
+    write_run(fc, "b", 1.0, seed=2)
+    report = workspace / "submissions" / "demo" / "ens.json"
+    run_ensemble(ensemble_config(workspace, "demo", ["a", "b"]))
+    older = json.loads(report.read_text())
+    del older["settings"]  # as audiotag wrote reports before they recorded their settings
+    report.write_text(json.dumps(older))
+    with caplog.at_level(logging.WARNING):
+        run_ensemble(ensemble_config(workspace, "demo", ["a", "b"], method="geometric"))
+    assert "records no settings (an older audiotag wrote it); replacing it" in caplog.text
+    assert json.loads(report.read_text())["settings"]["method"] == "geometric"
 
 
 # --------------------------------------------------------------------------- config

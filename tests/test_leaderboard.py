@@ -7,6 +7,8 @@ import contextlib
 import io
 import json
 import math
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from audiotag.fetch import kaggle as fetch_kaggle
 from audiotag.reports.leaderboard import build_leaderboard
 from audiotag.reports.plots import cv_vs_lb_figure, learning_curves_figure
 from tests import demo_workspace
+from tests.test_report import BodyData, browse, console_lines
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SLUG = "demo-slug"
@@ -135,6 +138,48 @@ def test_leaderboard_table_files_lb_and_plots(demo: Path, monkeypatch: pytest.Mo
     for picture in pictures:
         assert picture.read_bytes()[:8] == PNG, picture
         assert f"plot: {picture}" in out
+
+
+# Appended to a copy of the page: after load, how many images decoded, how wide the page and its table are.
+MEASURE = """<script>
+window.addEventListener("load", () => {
+  const out = document.body.dataset;
+  out.images = [...document.images].filter((i) => i.complete && i.naturalWidth > 0).length;
+  const table = document.querySelector("table");  // its own right edge: its wrapper could scroll
+  out.width = Math.max(document.documentElement.scrollWidth, table.getBoundingClientRect().right);
+});
+</script>"""
+
+
+@pytest.mark.slow
+def test_leaderboard_html_embeds_its_plots_and_fits_a_1400_px_window(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page_path = tmp_path / "lb.html"
+    assert main(["leaderboard", "-c", "demo", "--no-lb", "--plots", "--html", str(page_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    plots = [line.removeprefix("plot: ") for line in out if line.startswith("plot: ")]
+    page = page_path.read_text()
+    assert not re.search(r"""(?:src|href)\s*=\s*["'](?!data:|#)""", page), "a reference outside the page"
+    assert len(plots) >= 9 and page.count("<img src='data:image/png;base64,") == len(plots)
+    assert "cnn_small/learning_curves.png" in page and "demo/pair_rank.confusion.png" in page
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", MEASURE + "</body>"))
+    result = browse(probed, "--dump-dom", "--window-size=1400,900")
+    assert result.returncode == 0 and console_lines(result) == [], result.stderr[-2000:]
+    dom = BodyData()
+    dom.feed(result.stdout)
+    assert int(dom.body["images"]) == len(plots)  # every plot decoded
+    assert int(dom.body["width"]) <= 1400  # no horizontal scrolling in a 1400 px window
+
+    shots = Path(tempfile.gettempdir()) / "audiotag-test-artefacts"  # outlives pytest's tmp rotation
+    shots.mkdir(exist_ok=True)
+    shot = shots / "leaderboard.png"
+    shot.unlink(missing_ok=True)
+    result = browse(page_path, f"--screenshot={shot}", "--window-size=1400,3000", "--hide-scrollbars")
+    assert result.returncode == 0 and shot.read_bytes()[:8] == PNG, result.stderr[-2000:]
+    print(f"leaderboard screenshot: {shot}")
 
 
 @pytest.mark.slow

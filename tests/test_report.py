@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -18,10 +19,12 @@ import yaml
 
 from audiotag.cli.main import main
 from audiotag.config.files import configs_root, dump_yaml
-from audiotag.reports.data import config_diff
+from audiotag.reports.data import ConfigDiff, RunFacts, config_diff
 from audiotag.reports.figures import class_counts, durations_figure
-from audiotag.reports.html import table
+from audiotag.reports.html import run_block, table
 from audiotag.reports.leaderboard import build_leaderboard
+from audiotag.runs.folder import check_or_write_run_info
+from audiotag.runs.prepare import Prepared
 from audiotag.train.experiment import load_experiment
 from tests import demo_workspace
 
@@ -205,6 +208,29 @@ def test_config_diff_names_what_set_changed(tmp_path: Path) -> None:
     (run_dir / "config.yaml").write_text(dump_yaml(cfg).replace("name: cnn_small", "name: gone"))
     diff = config_diff(run_dir, "demo")
     assert diff.experiment_file is None and "gone.yaml not found" in diff.note
+
+
+def test_a_run_started_on_one_fold_does_not_save_that_fold_list(tmp_path: Path) -> None:
+    """A run whose first call was ``--folds 0`` and that was finished later: its config.yaml (and so
+    the report's config diff) does not keep ``train.folds: [0]``; its fold folders say what it holds."""
+    folds = tmp_path / "folds.csv"
+    folds.write_text("clip_id,fold\na,0\n")
+    prepared = Prepared(None, pd.DataFrame(), folds, tmp_path)  # type: ignore[arg-type]
+    run_dir = tmp_path / "runs" / "cnn_small"
+    check_or_write_run_info(run_dir, load_experiment(CNN_SMALL, ["train.folds=[0]"]), prepared)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["folds"] is None
+    assert config_diff(run_dir, "demo").rows == []
+    check_or_write_run_info(run_dir, load_experiment(CNN_SMALL, ["train.folds=[1,2]"]), prepared)  # same run
+
+
+def test_a_finished_probe_is_not_said_to_have_no_finished_fold(tmp_path: Path) -> None:
+    figs = SimpleNamespace(learning_curves={})  # no curves: what a probe's folds give
+    probe = RunFacts("probe_aisfx", tmp_path, {}, ConfigDiff(None), model="linear_probe", folds="5/5")
+    block = run_block(None, figs, probe)  # type: ignore[arg-type]
+    assert "a linear probe is fitted in one step, no epochs (5/5 folds done)" in block
+    assert "no fold has finished" not in block
+    fresh = RunFacts("cnn_small", tmp_path, {}, ConfigDiff(None), model="cnn_small", folds="0/5")
+    assert "no learning curves yet: no fold has finished" in run_block(None, figs, fresh)  # type: ignore[arg-type]
 
 
 def test_class_counts_split_verified_and_unverified_training_clips() -> None:

@@ -91,7 +91,7 @@ def build_leaderboard_parser() -> argparse.ArgumentParser:
         "--plots",
         action="store_true",
         help="draw PNGs: learning curves, per-class AP and confusion matrix of each run and blend "
-        "(in its folder), CV vs LB (submissions/<competition>/cv_vs_lb.png)",
+        "(in its folder), CV vs LB (submissions/<competition>/cv_vs_lb.png); --html embeds them",
     )
     parser.add_argument("--no-lb", action="store_true", help="do not ask Kaggle for the LB scores")
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -106,17 +106,19 @@ def run_leaderboard(args: argparse.Namespace) -> None:
     print_leaderboard(console, board)
     if args.csv:
         console.print(f"csv: {write_csv(board, args.csv)}", soft_wrap=True)
-    if args.html:
-        console.print(f"html: {write_html(board, args.html)}", soft_wrap=True)
-    if args.plots:
+    plots = []
+    if args.plots:  # first, so that the HTML page embeds them
         from audiotag.competitions import get_competition
         from audiotag.config.schema import load_competition
         from audiotag.core.paths import submissions_root
         from audiotag.reports.plots import plot_all
 
         comp = get_competition(load_competition(board.competition))
-        for path in plot_all(comp, board.rows, submissions_root() / comp.name):
+        plots = plot_all(comp, board.rows, submissions_root() / comp.name)
+        for path in plots:
             console.print(f"plot: {path}", soft_wrap=True)
+    if args.html:
+        console.print(f"html: {write_html(board, args.html, plots)}", soft_wrap=True)
 
 
 def build_report_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,27 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COMPETITION = "demo"  # neither -c nor --config names one
 
+# --quick: a smoke run of every default member, through the ensemble to a submission (README: what it
+# costs on the demo). Its settings apply to every experiment (extras included) before --set, so a
+# --set of the same key wins; its runs and ensemble are named <name>_quick (``quick_name``), apart
+# from the full ones, which it neither blocks nor changes.
+QUICK_SETTINGS = ["train.epochs=1", "train.max_clips=200"]
+QUICK_FOLDS = "train.folds=[0,1]"  # unless --folds names others
+QUICK_SUFFIX = "_quick"
+
+
+def quick_overrides(args: argparse.Namespace) -> list[str]:
+    """``--quick``'s settings (none without it)."""
+    if not getattr(args, "quick", False):
+        return []
+    return QUICK_SETTINGS + ([] if getattr(args, "folds", None) else [QUICK_FOLDS])
+
+
+def quick_name(args: argparse.Namespace, name: str) -> str:
+    """A run's or an ensemble's name: with ``--quick``, ``<name>_quick``."""
+    quick = getattr(args, "quick", False) and not name.endswith(QUICK_SUFFIX)
+    return f"{name}{QUICK_SUFFIX}" if quick else name
+
 
 def is_ensemble_file(path: Path) -> bool:
     return "members" in read_yaml(path)
@@ -112,7 +133,7 @@ def extra_experiment_configs(args: argparse.Namespace) -> list[ExperimentConfig]
     given = any(o.split("=", 1)[0].strip() == "competition.default_extra_experiments" for o in shared)
     if not names and not given and comp.default_experiment is None and comp.kind is not None:
         names = TABLE_EXTRA_EXPERIMENTS  # `--set competition.default_extra_experiments=[]`: none
-    shared += data_dir_overrides(args) + folds_overrides(args)
+    shared = quick_overrides(args) + shared + data_dir_overrides(args) + folds_overrides(args)
     table = table_competition(competition_arg(args))
     configs = []
     for name in names:
@@ -129,7 +150,8 @@ def extra_experiment_configs(args: argparse.Namespace) -> list[ExperimentConfig]
 def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     given = args.config is not None and not is_ensemble_file(args.config)
     path = args.config if given else default_config(competition_arg(args), "experiment")
-    overrides = split_overrides(args.overrides)[0] + data_dir_overrides(args) + folds_overrides(args)
+    overrides = quick_overrides(args) + split_overrides(args.overrides)[0]
+    overrides += data_dir_overrides(args) + folds_overrides(args)
     if args.weights:
         weights = Path(args.weights).expanduser()
         if not weights.is_file():
@@ -163,4 +185,11 @@ def ensemble_config(args: argparse.Namespace, exp: ExperimentConfig | None) -> E
             )
         name = competition_arg(args) if competition or exp is None else exp.competition.name
         path = default_config(name, "ensemble")
-    return load_ensemble(path, overrides + data_dir_overrides(args), competition=competition)
+    cfg = load_ensemble(path, overrides + data_dir_overrides(args), competition=competition)
+    if not getattr(args, "quick", False):
+        return cfg
+    weights = cfg.weights
+    if isinstance(weights, dict):
+        weights = {quick_name(args, k): v for k, v in weights.items()}
+    members = [quick_name(args, m) for m in cfg.members]
+    return cfg.model_copy(update={"name": quick_name(args, cfg.name), "members": members, "weights": weights})

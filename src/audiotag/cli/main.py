@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-name", type=plain_name, help="name of the run folder (default: the experiment's name)"
     )
     parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: every default member on folds 0 and 1 (or --folds), 1 epoch, at most 200 "
+        "training clips (train.max_clips), blended by ensemble into a submission; runs and ensemble are "
+        "named <name>_quick, apart from the full ones (README: its time on 2 cores)",
+    )
+    parser.add_argument(
         "--gpus",
         type=int,
         default=1,
@@ -232,6 +239,11 @@ def print_ensemble(console: Console, result) -> None:
             + ", ".join(f"{name} {n}" for name, n in left_out.items())
             + "); a run's own metrics.json scores all of its clips"
         )
+    if result.partial_folds is not None:
+        console.print(
+            f"[yellow]partial blend: folds {result.partial_folds} only[/yellow], the folds every member "
+            "has finished; train the others for the full blend (its CV and test predictions cover more)"
+        )
     console.print("weights: " + ", ".join(f"{name} {w:.3f}" for name, w in result.weights.items()))
     console.print(
         f"submitted {result.submitted}: CV {result.mean:.4f} ± {result.std:.4f}, "
@@ -269,6 +281,10 @@ def run_train(pipe: Pipeline) -> None:
     assert pipe.exp is not None
     args = pipe.args
     run_name = args.run_name if pipe.exp is pipe.main_exp else None
+    if args.quick:
+        from audiotag.cli.configs import quick_name
+
+        run_name = quick_name(args, run_name or pipe.exp.name)
     result = train_experiment(pipe.exp, run_name=run_name, workers=args.workers, ctx=pipe.ctx)
     if pipe.ctx.is_main:
         print_run(pipe.console, result)

@@ -329,6 +329,13 @@ class TrainConfig(StrictModel):
     )
     deterministic: bool = Field(False, description="deterministic kernels (slower); seeds are always set")
     folds: list[int] | None = Field(None, description="folds to train; null = all")
+    max_clips: int | None = Field(
+        None,
+        ge=1,
+        description="train and validate on at most this many of the training clips, drawn once at "
+        "random (the same for every fold, seed and member); every test clip is kept. For smoke runs "
+        "(--quick); null = all",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int | None = Field(

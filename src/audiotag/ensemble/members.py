@@ -1,7 +1,9 @@
 """Ensemble members: finished runs read back with their OOF and test predictions, and the checks
 that let them be blended (same fold file, classes and test clips; enough common OOF clips).
 
-A member is a run, all folds of it. Its predictions are aligned with the other members' by clip id;
+A member is a run: all folds of it, or, while no member is complete, the folds it has finished, which
+must then be the same folds for every member (e.g. ``--quick`` or ``--folds 0`` runs: the blend covers
+those folds and says so). Its predictions are aligned with the other members' by clip id;
 a member whose test clips, classes or fold file differ is refused with the reason. Members may
 predict different OOF clips (runs whose caches skipped different unusable clips, or a run trained on
 fewer clips): they are then compared on the OOF clips common to all of them, with a warning, as long
@@ -43,6 +45,8 @@ class Member(FoldScores):
     oof_folds: np.ndarray
     test_ids: list[str]
     test_folds: list[np.ndarray]
+    folds: list[int]
+    complete: bool = True  # metrics.json: every fold done; else the folds finished so far
 
 
 def read_member_predictions(path: Path, classes: list[str], member: str) -> tuple[list[str], np.ndarray]:
@@ -69,20 +73,30 @@ def read_member_predictions(path: Path, classes: list[str], member: str) -> tupl
     return ids, df[classes].to_numpy(dtype=np.float64)
 
 
-def load_member(comp: Competition, name: str, with_test: bool = True) -> Member:
-    """Read a finished run: every fold's OOF and test predictions, with the fold each OOF row was in.
-    ``with_test=False`` (a competition without test clips, whose runs write no test.parquet): no test
-    predictions, each fold's an empty (0, n_classes) array."""
-    run_dir = comp.dir / "runs" / name
+def member_folds(run_dir: Path) -> tuple[list[int], bool]:
+    """(folds, complete): every fold of a complete run (its ``metrics.json``), else the folds it has
+    finished (``fold<k>/done.json``); DataError when it has none."""
     metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
+    if metrics_path.is_file():
+        return sorted(int(k) for k in json.loads(metrics_path.read_text())["folds"]), True
+    name = run_dir.name
+    done = [p.parent.name.removeprefix("fold") for p in run_dir.glob("fold*/done.json")]
+    folds = sorted(int(k) for k in done if k.isdigit())
+    if not folds or not (run_dir / "run.json").is_file():
         raise DataError(
-            f"ensemble member {name!r}: {metrics_path} not found; the run is missing or has unfinished folds "
-            f"(train it with ./run.sh train, run name {name!r})"
+            f"ensemble member {name!r}: no finished fold in {run_dir} (no metrics.json, no "
+            f"fold*/done.json); train it with ./run.sh train, run name {name!r}"
         )
+    return folds, False
+
+
+def load_member(comp: Competition, name: str, with_test: bool = True) -> Member:
+    """Read a trained run: its folds' (``member_folds``) OOF and test predictions, with the fold each
+    OOF row was in. ``with_test=False`` (a competition without test clips, whose runs write no
+    test.parquet): no test predictions, each fold's an empty (0, n_classes) array."""
+    run_dir = comp.dir / "runs" / name
+    folds, complete = member_folds(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
-    trained = json.loads(metrics_path.read_text())
-    folds = sorted(int(k) for k in trained["folds"])
     oof_ids: list[str] = []
     oof_parts, oof_folds, test_folds = [], [], []
     test_ids: list[str] | None = None
@@ -117,6 +131,8 @@ def load_member(comp: Competition, name: str, with_test: bool = True) -> Member:
         oof_folds=np.concatenate(oof_folds),
         test_ids=test_ids or [],
         test_folds=test_folds,
+        folds=folds,
+        complete=complete,
     )
 
 
@@ -212,8 +228,23 @@ def warn_dropped_oof(overlap: OofOverlap) -> None:
     )
 
 
+def check_same_folds(members: list[Member]) -> None:
+    """Refuse members that hold different folds: a blend scores and averages the same folds of all."""
+    if len({tuple(m.folds) for m in members}) == 1:
+        return
+    every = {f for m in members for f in m.folds}
+    held = ", ".join(f"{m.name!r} {m.folds}{'' if m.complete else ' so far'}" for m in members)
+    lacking = ", ".join(f"{m.name}: {sorted(every - set(m.folds))}" for m in members if every - set(m.folds))
+    raise DataError(
+        f"ensemble members hold different folds ({held}); a blend needs the same folds from every "
+        f"member: train the missing folds ({lacking}) with ./run.sh train (--folds chooses them), or "
+        "leave a member out of `members`"
+    )
+
+
 def check_members(members: list[Member], min_oof_overlap: float) -> None:
     """Refuse members that cannot be blended."""
+    check_same_folds(members)
     first = members[0]
     for other in members[1:]:
         if other.folds_sha256 != first.folds_sha256:
@@ -303,6 +334,7 @@ class Aligned:
     test_ids: list[str]
     truth: np.ndarray
     scored: np.ndarray
+    n_folds: int  # of the members' fold file (they may hold fewer: ``Member.folds``)
 
 
 def load_aligned(comp: Competition, names: list[str], min_oof_overlap: float, with_test: bool) -> Aligned:
@@ -313,4 +345,5 @@ def load_aligned(comp: Competition, names: list[str], min_oof_overlap: float, wi
     overlap = oof_overlap(members)
     oof_ids, test_ids = align(members)
     truth, scored = scored_rows(comp, meta, oof_ids, members[0].oof_folds)
-    return Aligned(members, overlap, oof_ids, test_ids, truth, scored)
+    n_folds = int(load_folds(Path(members[0].folds_file))["fold"].nunique())
+    return Aligned(members, overlap, oof_ids, test_ids, truth, scored, n_folds)

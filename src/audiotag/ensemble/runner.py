@@ -21,6 +21,7 @@ over their fold models, and that is what is submitted.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,11 @@ from audiotag.competitions.submission import (
     submission_bytes,
     write_submission_bytes,
 )
+from audiotag.config.competition import keys_not_affecting
+from audiotag.config.files import schema_default
 from audiotag.config.schema import EnsembleConfig
-from audiotag.core.atomic import atomic_write_json
+from audiotag.core.atomic import atomic_write_json, read_json_object
+from audiotag.core.errors import ConfigError
 from audiotag.core.log import progress
 from audiotag.core.paths import submissions_root
 from audiotag.data.meta import read_meta
@@ -79,6 +83,7 @@ class EnsembleResult(FoldScores):
     best_member: str = ""
     gain: float = 0.0
     oof_left_out: dict[str, int] = field(default_factory=dict)
+    partial_folds: list[int] | None = None  # the folds blended when no member is complete
 
 
 # --------------------------------------------------------------------------- the stage
@@ -117,7 +122,10 @@ def fit_blend(
     # OOF in blend space, scored clips only: for rank, ranks within each fold's scored clips.
     space = np.stack([blend.rule.forward(m.oof[scored], scorer.folds) for m in members])
     searched = blend.searches(len(members))
-    fits = int(searched) * (1 + (len(scorer.fold_ids) if cfg.nested_cv else 0))
+    nested_cv = cfg.nested_cv and len(scorer.fold_ids) > 1  # one fold leaves no other to fit on
+    if searched and cfg.nested_cv and not nested_cv:
+        log.info("ensemble: one fold only: no nested CV of the weight search (its CV is in-sample)")
+    fits = int(searched) * (1 + (len(scorer.fold_ids) if nested_cv else 0))
     bar = progress(total=fits, desc="weight search", unit="fit")
     if searched:
         log.info("ensemble: searching %s weights (%s) on OOF predictions", cfg.method, cfg.search)
@@ -130,7 +138,7 @@ def fit_blend(
     if searched:
         bar.update()
     nested, nested_weights = None, {}
-    if searched and cfg.nested_cv:
+    if searched and nested_cv:
         log.info("ensemble: nested CV of the weight search (%d folds)", len(scorer.fold_ids))
 
         def fit_weights(space_part: np.ndarray, scorer_part: OofScorer) -> np.ndarray:
@@ -155,6 +163,11 @@ def fit_stacking(
 ) -> tuple[dict[int, float], np.ndarray]:
     """(nested CV fold scores, test predictions of the stacker fitted on all scored OOF clips)."""
     assert cfg.stacking is not None
+    if len(scorer.fold_ids) < 2:
+        raise ConfigError(
+            f"stacking: {cfg.stacking} is fitted on the other folds, and the members hold one fold only "
+            f"({scorer.fold_ids}); train more folds, or leave stacking out (--set ensemble.stacking=null)"
+        )
     log.info("ensemble: %s stacker, nested CV over %d folds", cfg.stacking, len(scorer.fold_ids))
     stacker = Stacker(cfg.stacking, c=cfg.stacking_c, hidden=cfg.stacking_hidden, seed=cfg.seed)
     features = logit_features([m.oof[scored] for m in members])
@@ -242,25 +255,92 @@ def stacking_report(
     }
 
 
+def blend_settings(cfg: EnsembleConfig) -> dict[str, Any]:
+    """What makes a blend what it is, as its report records it (``settings``): the ensemble config but
+    its name, with the competition's keys that decide a run's results (not where its files are)."""
+    neutral = keys_not_affecting("run")
+    competition = cfg.competition.model_dump(mode="json")
+    return {
+        **cfg.model_dump(mode="json", exclude={"name", "competition"}),
+        "competition": {k: v for k, v in competition.items() if k not in neutral},
+    }
+
+
+def check_blend_name(cfg: EnsembleConfig, report_path: Path) -> dict[str, Any]:
+    """The blend's settings; ConfigError when the report of a blend of the same name (``report_path``)
+    recorded others, so that a blend is never silently replaced by a different one. The same settings
+    rewrite it (a rerun, e.g. once the members have more folds)."""
+    settings = blend_settings(cfg)
+    report = read_json_object(report_path)
+    if report is None:
+        return settings
+    saved = report.get("settings")
+    if not isinstance(saved, dict):
+        log.warning(
+            "ensemble: %s records no settings (an older audiotag wrote it); replacing it",
+            report_path,
+        )
+        return settings
+    changed = [
+        key
+        for key in sorted(set(saved) | set(settings))
+        if saved.get(key, schema_default(cfg, key)) != settings.get(key)
+    ]
+    if changed:
+        shown = "; ".join(
+            f"{k}: {json.dumps(saved.get(k))} -> {json.dumps(settings.get(k))}" for k in changed
+        )
+        raise ConfigError(
+            f"ensemble {cfg.name!r} was written with other settings ({shown}): {report_path} and its "
+            f"submission. Give this blend its own name with --set ensemble.name=NAME (or `name:` in its "
+            f"YAML); the leaderboard then lists both. Or delete {report_path} to replace it"
+        )
+    return settings
+
+
+def submitted_predictions(
+    cfg: EnsembleConfig, data: Aligned, scorer: OofScorer, blend: BlendOutcome
+) -> tuple[dict[int, float] | None, np.ndarray, dict[int, float], str]:
+    """(the stacker's nested CV or None, the test predictions submitted, their CV, what they are): the
+    stacker's with ``stacking``, else the blend's (its nested CV when weights were searched)."""
+    if cfg.stacking is not None:
+        stacked, test = fit_stacking(cfg, data.members, data.scored, scorer)
+        return stacked, test, stacked, "stacking"
+    return None, blend.test, blend.nested if blend.nested is not None else blend.in_sample, "blend"
+
+
+def is_partial(data: Aligned) -> bool:
+    """Whether the members hold only the folds they have finished so far (then the same ones: checked
+    by ``load_aligned``); said with a warning, since every number then covers those folds only."""
+    if all(m.complete for m in data.members):
+        return False
+    folds = data.members[0].folds
+    log.warning(
+        "ensemble: the members have finished folds %s of %d, the same for each: blending those folds "
+        "only (every CV number is on them; each member's test predictions average %d fold model(s)); "
+        "train the other folds for the full blend",
+        folds,
+        data.n_folds,
+        len(folds),
+    )
+    return True
+
+
 def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
     comp = get_competition(cfg.competition)
+    path = submissions_root() / comp.name / f"{cfg.name}.csv"
+    settings = check_blend_name(cfg, path.with_suffix(".json"))  # before any work
     # no test clips in the clip table (a kind: table competition without test_dir): the runs wrote no
     # test.parquet and the ensemble writes no submission. Without a clip table yet, the members are
     # read first so that their error (nothing trained) is the one shown.
     has_test = not comp.meta_path.is_file() or bool((read_meta(comp.meta_path)["split"] == "test").any())
     data, scorer = score_members(comp, cfg, has_test)
     members, overlap = data.members, data.overlap
+    partial = is_partial(data)
     best = max(members, key=lambda m: m.mean)
     blend = fit_blend(cfg, members, data.scored, scorer, list(comp.classes))
-    stacked: dict[int, float] | None = None
-    if cfg.stacking is not None:
-        stacked, final_test = fit_stacking(cfg, members, data.scored, scorer)
-        final_scores, submitted = stacked, "stacking"
-    else:
-        final_test, submitted = blend.test, "blend"
-        final_scores = blend.nested if blend.nested is not None else blend.in_sample
+    stacked, final_test, final_scores, submitted = submitted_predictions(cfg, data, scorer, blend)
 
-    path = submissions_root() / comp.name / f"{cfg.name}.csv"
     csv_bytes: bytes | None = None
     test_score: float | None = None
     if has_test:
@@ -279,6 +359,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         best_member=best.name,
         gain=fold_mean(final_scores) - best.mean,
         oof_left_out={name: len(ids) for name, ids in overlap.dropped.items()},
+        partial_folds=members[0].folds if partial else None,
     )
     result.report = {
         "name": cfg.name,
@@ -295,6 +376,9 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         "n_oof_clips_any_member": overlap.n_union,
         "oof_clips_left_out": overlap.dropped,
         "folds_file": members[0].folds_file,
+        "folds": members[0].folds,
+        "n_folds": data.n_folds,
+        "partial": partial,  # the members' finished folds only (no member is complete)
         "members": {m.name: _cv(m.fold_scores) for m in members},
         "best_member": {"name": best.name, "mean": best.mean},
         "blend": blend_report(comp, data.test_ids, best, blend, has_test),
@@ -305,6 +389,7 @@ def run_ensemble(cfg: EnsembleConfig) -> EnsembleResult:
         "test_score": test_score,
         "submission": str(path) if has_test else None,
         "submission_sha256": sha256_hex(csv_bytes) if csv_bytes is not None else None,
+        "settings": settings,
     }
     # The report first, then the CSV: a run killed between the two leaves a report whose
     # submission_sha256 does not match the CSV beside it, which every reader checks (submission.py).

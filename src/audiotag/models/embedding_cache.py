@@ -4,11 +4,12 @@ Layout of ``competition/<name>/embeddings/<label>-<key>/`` (``label`` is the wei
 
 - ``<layer>.f32``: one little-endian float32 array (n_clips, dim) per layer (``1`` .. ``N``,
   ``embedding``; see ``models/representation.py``), clips in ``index.parquet`` order;
-- ``index.parquet``: the clip ids, sorted, every clip of the feature cache (train and test);
+- ``index.parquet``: the clip ids, sorted, every clip of the feature cache (train and test), or
+  the clips a run bounded by ``train.max_clips`` uses (its training clips and every test clip);
 - ``manifest.json``: what the vectors depend on (``identity``: the model's settings, the SHA-256 of
   the weights file or the seed of random ones, the feature key, the input normalisation, the window
-  and hop in cached rows, and the feature cache's clip-list hash), the layers and their widths,
-  ``complete: true``.
+  and hop in cached rows, and the feature cache's clip-list hash, with a hash of the clips when they
+  are such a subset), the layers and their widths, ``complete: true``.
 
 The folder's key hashes the identity and the layers, so changing the model, its weights, the
 front-end, the windows, the data or the layers never reads a stale cache. A cache that holds more
@@ -120,6 +121,7 @@ class EmbeddingPlan:
     window_rows: int
     hop_rows: int
     identity: dict[str, Any]
+    clip_ids: tuple[str, ...] | None = None  # sorted; None: every clip of the feature cache
 
     @property
     def base_key(self) -> str:
@@ -147,11 +149,16 @@ class EmbeddingPlan:
 
 
 def plan_embeddings(
-    cfg: EmbeddingConfig, features: FeatureConfig, cache: FeatureCache, train_ids: Sequence[str]
+    cfg: EmbeddingConfig,
+    features: FeatureConfig,
+    cache: FeatureCache,
+    train_ids: Sequence[str],
+    subset: Sequence[str] | None = None,
 ) -> EmbeddingPlan:
     """Resolve what the cache depends on. ``input_norm: dataset`` models (BYOL-A) get one scalar mean
     and std over the training clips' log-mel (no labels; the same for every fold). A HEAR module
-    (``hear:<module>``) is known by its name, version and model file."""
+    (``hear:<module>``) is known by its name, version and model file. ``subset``: embed only these
+    clips of the feature cache (a cache of its own), else all of them."""
     spec = hear_spec(cfg.weights)
     norm = None
     if spec is not None:
@@ -179,7 +186,11 @@ def plan_embeddings(
         "hop_rows": hop,
         "clips": cache.manifest.get("clips_hash"),
     }
-    return EmbeddingPlan(cfg, features, norm, window, hop, identity)
+    clip_ids = None if subset is None else tuple(sorted(set(subset)))
+    if clip_ids is not None:
+        digest = hashlib.sha1("\n".join(clip_ids).encode()).hexdigest()[:16]
+        identity["clips"] = f"{identity['clips']}/subset-{len(clip_ids)}-{digest}"
+    return EmbeddingPlan(cfg, features, norm, window, hop, identity, clip_ids)
 
 
 def recorded_plan(cfg: EmbeddingConfig, features: FeatureConfig, identity: dict[str, Any]) -> EmbeddingPlan:
@@ -306,8 +317,8 @@ def ensure_embeddings(
     root: Path,
     device: torch.device | str = "cpu",
 ) -> Path:
-    """The folder of a complete embedding cache with ``layers`` for every clip of ``cache``; built
-    (or resumed) when there is none."""
+    """The folder of a complete embedding cache with ``layers`` for every clip of ``cache`` (or of
+    the plan's subset); built (or resumed) when there is none."""
     layers = list(layers)
     found = find_embeddings(root, plan, layers)
     if found is not None:
@@ -325,7 +336,7 @@ def ensure_embeddings(
         dims = rep.layer_dims(layers)
         staging = staging_folder(final)
         key = final.name
-        clip_ids = cache.clip_ids
+        clip_ids = cache.clip_ids if plan.clip_ids is None else list(plan.clip_ids)
         n_done = _resume_point(staging, key, dims)
         log.info(
             "embeddings: %d clips, layers %s (%s values), %s -> %s",

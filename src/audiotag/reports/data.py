@@ -48,6 +48,8 @@ class RunFacts:
     dir: Path
     histories: dict[int, list[dict[str, Any]]]
     config_diff: ConfigDiff
+    model: str = ""  # the leaderboard's model and folds ("2/5") columns
+    folds: str = ""
 
 
 @dataclass
@@ -146,9 +148,11 @@ def config_diff(run_dir: Path, competition: str) -> ConfigDiff:
 
 def collect_runs(comp: Any, board: Leaderboard) -> list[RunFacts]:
     runs = []
-    for path in board.rows.loc[board.rows["kind"] == "run", "path"] if len(board.rows) else []:
-        run_dir = Path(path)
-        runs.append(RunFacts(run_dir.name, run_dir, fold_histories(run_dir), config_diff(run_dir, comp.name)))
+    rows = board.rows.loc[board.rows["kind"] == "run"] if len(board.rows) else board.rows
+    for row in rows.to_dict("records"):
+        run_dir = Path(row["path"])
+        histories, diff = fold_histories(run_dir), config_diff(run_dir, comp.name)
+        runs.append(RunFacts(run_dir.name, run_dir, histories, diff, str(row["model"]), str(row["folds"])))
     return runs
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from audiotag.models.probe import PROBE
 from audiotag.reports.data import UNUSABLE_ROWS, BlendFacts, ClipFacts, ReportData, RunFacts, finite
 from audiotag.reports.figures import ReportFigures, class_counts
 from audiotag.reports.leaderboard import display_rows, fold_key, human_seconds
@@ -258,11 +259,20 @@ def ap_and_confusion(figs: ReportFigures, name: str) -> str:
     )
 
 
+def no_curves_note(run: RunFacts) -> str:
+    """Why a run has no learning curves: a linear probe has no epochs; other runs, no finished fold."""
+    if run.model == PROBE:
+        return f"no learning curves: a linear probe is fitted in one step, no epochs ({run.folds} folds done)"
+    if run.folds and not run.folds.startswith("0"):
+        return f"no per-epoch history recorded in its finished folds ({run.folds})"
+    return "no learning curves yet: no fold has finished"
+
+
 def run_block(data: ReportData, figs: ReportFigures, run: RunFacts) -> str:
     body = f'<h3 id="run-{esc(run.name)}">{esc(run.name)}</h3>'
     body += figure(figs.learning_curves.get(run.name), f"learning curves of {run.name}, every fold")
     if not run.histories:
-        body += notes(["no per-epoch history: no fold has finished, or the run trains no epochs"])
+        body += notes([no_curves_note(run)])
     diff = run.config_diff
     where = f" against {diff.experiment_file}" if diff.experiment_file else ""
     body += f"<p>config{esc(where)}:</p>"

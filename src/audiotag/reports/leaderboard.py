@@ -9,10 +9,11 @@ the Kaggle API when credentials exist (blank otherwise, with a note saying why).
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,7 @@ def blend_row(report_path: Path, report: dict[str, Any]) -> dict[str, Any]:
         "kind": "blend",
         "name": report.get("name") or report_path.stem,
         "model": f"{report.get('submitted') or 'blend'} ({report.get('method', '?')})",
-        "folds": str(len(folds)),
+        "folds": f"{len(folds)}/{report['n_folds']}" if report.get("n_folds") else str(len(folds)),
         "cv_mean": blend.get("mean", math.nan),
         "cv_std": blend.get("std", math.nan),
         "test_score": report.get("test_score"),
@@ -386,34 +387,59 @@ def write_csv(board: Leaderboard, path: Path) -> Path:
     return path
 
 
-def write_html(board: Leaderboard, path: Path) -> Path:
+WRAPPED = {"model", "features", "device", "members", "note"}  # text columns that wrap in the HTML table
+
+
+def png_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def write_html(board: Leaderboard, path: Path, plots: Sequence[Path] = ()) -> Path:
+    """The table as one self-contained page (empty columns left out, long text wrapped, so that it
+    fits a 1400 px window), with ``plots`` (``--plots``' PNG files) embedded below it."""
     shown = display_rows(board)
-    columns = list(shown[0]) if shown else []
+    columns = [c for c in (list(shown[0]) if shown else []) if any(r[c] for r in shown)]
+
+    def cell(row: dict[str, str], column: str) -> str:
+        css = " class='wrap'" if column in WRAPPED else ""
+        return f"<td{css}>{html.escape(row[column])}</td>"
+
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "\n".join(
-        "<tr class='{}'>{}</tr>".format(
-            html.escape(r["kind"]), "".join(f"<td>{html.escape(r[c])}</td>" for c in columns)
-        )
+        "<tr class='{}'>{}</tr>".format(html.escape(r["kind"]), "".join(cell(r, c) for c in columns))
         for r in shown
     )
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in board.notes)
+    figures = "".join(
+        f"<figure><img src='{png_uri(p)}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}"
+        "</figcaption></figure>"
+        for p in plots
+        for caption in [f"{Path(p).parent.name}/{Path(p).name}"]
+    )
+    plots_html = f"<h2>Plots</h2><div class='plots'>{figures}</div>" if figures else ""
     title = html.escape(f"{board.competition}: runs and submissions by CV {board.metric}")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }}
-th, td {{ padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }}
-th:nth-child(-n+6), td:nth-child(-n+6) {{ text-align: left; }}
+body {{ font-family: sans-serif; margin: 1.5em; }}
+.scroll {{ overflow-x: auto; }}
+table {{ border-collapse: collapse; font-size: 90%; }}
+th, td {{ padding: 0.25em 0.5em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }}
+th:nth-child(-n+6), td:nth-child(-n+6), td.wrap {{ text-align: left; }}
+td.wrap {{ white-space: normal; min-width: 6em; max-width: 16em; overflow-wrap: anywhere; }}
 tr.blend, tr.submission {{ font-weight: bold; }}
 .note {{ color: #555; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+.plots figure {{ margin: 0; flex: 1 1 560px; max-width: 100%; }}
+.plots img {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
 </style></head>
 <body><h1>{title}</h1>
-<table><thead><tr>{head}</tr></thead>
+<div class="scroll"><table><thead><tr>{head}</tr></thead>
 <tbody>
 {body}
-</tbody></table>
+</tbody></table></div>
 {notes}
+{plots_html}
 </body></html>
 """
     atomic_write_text(path, page)

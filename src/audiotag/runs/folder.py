@@ -173,7 +173,10 @@ def check_or_write_run_info(run_dir: Path, cfg: ExperimentConfig, prepared: Prep
         "folds_sha256": file_sha256(prepared.folds_path),
         "python": platform.python_version(),
     }
-    check_or_write_record(run_dir / "run.json", cfg, refusal, fields)
+    # train.folds is what one call trains, not what the run is (its fold folders say that): the saved
+    # config keeps null, not the [0] of a first `--folds 0` call of a run finished later
+    saved = cfg.model_copy(update={"train": cfg.train.model_copy(update={"folds": None})})
+    check_or_write_record(run_dir / "run.json", saved, refusal, fields)
 
 
 OWNER_LOCK = "owner.lock"

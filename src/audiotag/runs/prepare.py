@@ -15,13 +15,15 @@ one competition at once take turns: the raw data, the clip table and the folds a
 the folder and the space the step needs; a rerun resumes.
 
 What a run reads of it: ``Prepared``, and each fold's inputs (``fold_data``: its clips, targets and
-loss weights; the fold file is the truth, clips with unusable audio are left out)."""
+loss weights; the fold file is the truth, clips with unusable audio are left out, and ``train.max_clips``
+bounds the training clips for a smoke run: ``bounded_clips``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,12 +184,37 @@ def report_cache(cache_dir: Path) -> frozenset[str]:
     return skipped
 
 
+def bounded_clips(clip_ids: Iterable[str], max_clips: int | None) -> list[str]:
+    """``train.max_clips``: at most ``max_clips`` of ``clip_ids`` (all when None or no more than
+    that), sorted. Drawn at random with a fixed seed from the sorted ids, so every fold, seed and
+    member of a run bounded alike gets the same clips (and a blend of them the same OOF clips)."""
+    ids = sorted({str(c) for c in clip_ids})
+    if max_clips is None or len(ids) <= max_clips:
+        return ids
+    chosen = np.random.default_rng(0).choice(len(ids), size=max_clips, replace=False)
+    return [ids[i] for i in sorted(chosen)]
+
+
+def run_clips(prepared: Prepared, tc: TrainConfig) -> list[str] | None:
+    """The clips a run bounded by ``train.max_clips`` reads: its training clips (drawn from the fold
+    file's, before unusable ones are left out, so members on other caches draw the same) and every
+    test clip; None when the run is not bounded."""
+    if tc.max_clips is None:
+        return None
+    kept = bounded_clips(load_folds(prepared.folds_path)["clip_id"], tc.max_clips)
+    test = prepared.table.loc[prepared.table["split"] == "test", "clip_id"].astype(str)
+    return sorted({*kept, *test})
+
+
 def fold_data(prepared: Prepared, cfg: ExperimentConfig, fold: int) -> FoldData:
     comp = prepared.competition
     clips = comp.training_clips(prepared.table)
     # the fold file is the truth: a clip table's own "fold" column (predefined folds, as given) goes
     clips = clips.drop(columns="fold", errors="ignore")
     train = clips.merge(load_folds(prepared.folds_path), on="clip_id")
+    if cfg.train.max_clips is not None:
+        kept = bounded_clips(load_folds(prepared.folds_path)["clip_id"], cfg.train.max_clips)
+        train = train[train["clip_id"].astype(str).isin(set(kept))].reset_index(drop=True)
     if prepared.skipped:
         dropped = train["clip_id"].isin(prepared.skipped)
         if dropped.any():

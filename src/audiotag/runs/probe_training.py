@@ -31,7 +31,7 @@ from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, verify_probe
 from audiotag.models.representation import EmbeddingConfig, LayerSpec
 from audiotag.runs.folder import RunResult, check_or_write_run_info, claim_run, collect_run
-from audiotag.runs.prepare import Prepared, fold_data, prepare, run_folds
+from audiotag.runs.prepare import Prepared, fold_data, prepare, run_clips, run_folds
 from audiotag.runs.task import RunRequest
 from audiotag.train.distributed import SINGLE, device_for
 from audiotag.train.experiment import ExperimentConfig
@@ -47,12 +47,18 @@ def embed_prepared(
     features: FeatureConfig,
     device: torch.device,
     layers: LayerSpec | None = None,
+    clip_ids: list[str] | None = None,
 ) -> tuple[EmbeddingCache, list[str]]:
     """The embedding cache of a prepared competition (built or resumed when missing) and the layer
-    names ``layers`` (default: ``cfg.layers``) resolve to."""
+    names ``layers`` (default: ``cfg.layers``) resolve to; ``clip_ids``: of these clips only (a run
+    bounded by ``train.max_clips``: ``run_clips``), else of every clip."""
     cache = FeatureCache(prepared.cache_dir)
     train_ids = prepared.competition.training_clips(prepared.table)["clip_id"].astype(str).tolist()
-    plan = plan_embeddings(cfg, features, cache, train_ids)
+    subset = None if clip_ids is None else [c for c in clip_ids if c in cache]
+    if subset is not None:
+        kept = set(subset)
+        train_ids = [c for c in train_ids if c in kept]
+    plan = plan_embeddings(cfg, features, cache, train_ids, subset)
     names = plan.layers(layers)
     folder = ensure_embeddings(plan, names, cache, embeddings_root(prepared.competition.dir), device)
     return EmbeddingCache(folder), names
@@ -92,7 +98,10 @@ class ProbeTraining:
         with claim_run(run_dir):
             check_or_write_run_info(run_dir, cfg, prepared)
             device = device_for(SINGLE, cfg.train.device)
-            embeddings, layers = embed_prepared(prepared, probe.embedding, cfg.features, device)
+            clip_ids = run_clips(prepared, cfg.train)
+            embeddings, layers = embed_prepared(
+                prepared, probe.embedding, cfg.features, device, clip_ids=clip_ids
+            )
             log.info(
                 "train: linear probe %s on %s (%s values a clip), folds %s",
                 run_dir,
