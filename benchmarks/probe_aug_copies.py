@@ -24,7 +24,7 @@ from probe_set import add_set_arguments, by_c, load_probe_set
 from audiotag.config.schema import FeatureConfig
 from audiotag.data.audio import decode
 from audiotag.data.features import compute_logmel, make_extractor
-from audiotag.models.embedding_cache import EmbeddingPlan, embed_clips
+from audiotag.models.embedding_plan import EmbeddingPlan, embed_clips
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.scoring.metrics import lwlrap
 from audiotag.train.probe import fit_path, standardise

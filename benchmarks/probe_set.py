@@ -15,7 +15,7 @@ import pandas as pd
 from audiotag.config.files import load_group, validate
 from audiotag.config.schema import FeatureConfig
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.models.embedding_cache import EmbeddingPlan, embed_clips, plan_embeddings
+from audiotag.models.embedding_plan import EmbeddingPlan, embed_clips, plan_embeddings
 from audiotag.models.representation import EmbeddingConfig
 
 FEATURES = "aisfx_44k_96"

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import audiotag.models.embedding_cache as ec
+import audiotag.models.embedding_plan as ep
 from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import DataError
 from audiotag.data.cache_reader import FeatureCache
@@ -58,8 +59,8 @@ def config(**changes) -> EmbeddingConfig:
     )
 
 
-def plan_for(cache: FeatureCache, **changes) -> ec.EmbeddingPlan:
-    return ec.plan_embeddings(config(**changes), FEATURES, cache, cache.clip_ids)
+def plan_for(cache: FeatureCache, **changes) -> ep.EmbeddingPlan:
+    return ep.plan_embeddings(config(**changes), FEATURES, cache, cache.clip_ids)
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_the_key_changes_with_model_weights_layers_front_end_and_data(
     assert plan_for(cache, seed=1).base_key != base.base_key  # (random) weights
     assert plan_for(cache, window_seconds=2.0).base_key != base.base_key
     other_front = FEATURES.model_copy(update={"fmin": 60.0})
-    assert ec.plan_embeddings(config(), other_front, cache, cache.clip_ids).base_key != base.base_key
+    assert ep.plan_embeddings(config(), other_front, cache, cache.clip_ids).base_key != base.base_key
     other_data = write_feature_cache(tmp_path / "other", seed=1)
     assert plan_for(other_data).base_key != base.base_key
     # weights files: keyed by content, not by name
@@ -157,7 +158,7 @@ def test_a_subset_of_clips_is_a_cache_of_its_own_with_the_same_vectors(
     root = tmp_path / "emb"
     full = build(cache, root)
     wanted = ["clip05", "clip01", "clip03"]
-    plan = ec.plan_embeddings(config(), FEATURES, cache, cache.clip_ids, subset=wanted)
+    plan = ep.plan_embeddings(config(), FEATURES, cache, cache.clip_ids, subset=wanted)
     assert plan.base_key != plan_for(cache).base_key and plan.clip_ids == ("clip01", "clip03", "clip05")
     subset = ec.EmbeddingCache(ec.ensure_embeddings(plan, plan.layers(), cache, root))
     assert subset.folder != full.folder and subset.clip_ids == ["clip01", "clip03", "clip05"]

@@ -318,7 +318,7 @@ def test_members_with_different_oof_clips_are_scored_and_blended_on_the_common_c
 
     from rich.console import Console
 
-    from audiotag.cli.main import print_ensemble
+    from audiotag.cli.stage_commands import print_ensemble
 
     console = Console(record=True, width=200)
     print_ensemble(console, result)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import audiotag.models.embedding_cache as ec
+import audiotag.models.embedding_plan as ep
 from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import ConfigError
 from audiotag.data.cache_reader import FeatureCache
@@ -140,9 +141,9 @@ def test_a_hear_module_is_a_frozen_representation_for_the_embedding_cache(
     waves = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (8000, 24000, 40000)]  # 0.5, 1.5, 2.5 s
     cache = write_wave_cache(tmp_path / "waves", waves, features)
     cfg = EmbeddingConfig(weights="hear:tiny_hear", layers="all", window_seconds=2.0, hop_fraction=0.5)
-    plan = ec.plan_embeddings(cfg, features, cache, cache.clip_ids)
+    plan = ep.plan_embeddings(cfg, features, cache, cache.clip_ids)
     assert plan.layers() == ["1", "embedding"] and plan.label == "hear-tiny_hear"
-    assert ec.plan_embeddings(cfg.model_copy(update={"layers": "default"}), features, cache, []).layers() == [
+    assert ep.plan_embeddings(cfg.model_copy(update={"layers": "default"}), features, cache, []).layers() == [
         "embedding"
     ]
     built = ec.EmbeddingCache(ec.ensure_embeddings(plan, plan.layers(), cache, tmp_path / "emb"))

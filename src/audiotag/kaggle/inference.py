@@ -177,7 +177,7 @@ def predict_probe_member(
     embedded them (the model, weights, front-end ``features``, input normalisation, windows and layers
     that each fold's ``probe.npz`` recorded), then the fold's standardiser and classifier. ``embedded``
     keeps embeddings computed for one member for the next that asks for the same ones."""
-    from audiotag.models.embedding_cache import embed_clips, recorded_plan
+    from audiotag.models.embedding_plan import embed_clips, recorded_plan
     from audiotag.models.probe_head import load_probe
     from audiotag.models.representation import EmbeddingConfig
 

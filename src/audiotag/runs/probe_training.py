@@ -21,12 +21,8 @@ from audiotag.competitions.base import warn_about_rules
 from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import ConfigError
 from audiotag.data.cache_reader import FeatureCache
-from audiotag.models.embedding_cache import (
-    EmbeddingCache,
-    embeddings_root,
-    ensure_embeddings,
-    plan_embeddings,
-)
+from audiotag.models.embedding_cache import EmbeddingCache, embeddings_root, ensure_embeddings
+from audiotag.models.embedding_plan import plan_embeddings
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, verify_probe
 from audiotag.models.representation import EmbeddingConfig, LayerSpec
