@@ -43,29 +43,46 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         )
 
 
-def finish(args: list[str], env: dict[str, str], log: Path) -> float:
-    """Run to the end; the seconds it took."""
-    began = time.monotonic()
+def started(proc: subprocess.Popen[bytes], log: Path, first: str | None) -> float | None:
+    """When ``first`` appeared in the log (the command's first step, its imports done; None: now); None
+    when the process ended before."""
+    deadline = time.monotonic() + TIMEOUT
+    while first is not None and first not in log.read_text(errors="replace"):
+        if proc.poll() is not None:
+            return None
+        assert time.monotonic() < deadline, f"{log.name}: {first!r} never logged"
+        time.sleep(0.002)
+    return time.monotonic()
+
+
+def finish(args: list[str], env: dict[str, str], log: Path, first: str | None = None) -> float:
+    """Run to the end; the seconds from its first step (``first`` logged) to its end."""
     proc = start(args, env, log)
+    began = started(proc, log, first)
     rc = proc.wait(timeout=TIMEOUT)
-    assert rc == 0, f"{args[0]} failed ({rc}):\n{log.read_text(errors='replace')[-3000:]}"
+    assert rc == 0 and began, f"{args[0]} failed ({rc}):\n{log.read_text(errors='replace')[-3000:]}"
     return time.monotonic() - began
 
 
 def killed_attempts(
-    args: list[str], env: dict[str, str], logs: Path, work: float, check: Callable[[list[str]], None] = print
+    args: list[str],
+    env: dict[str, str],
+    logs: Path,
+    work: float,
+    first: str | None = None,
+    check: Callable[[list[str]], None] = print,
 ) -> list[str]:
-    """``KILLS`` attempts, each SIGKILLed after a seeded random delay below ``work`` unless it ends first
-    (then it must succeed), ``check`` called after each with the outcomes so far; what happened to each,
-    with the last line each had logged."""
+    """``KILLS`` attempts, each SIGKILLed after a seeded random delay below ``work`` counted from its first
+    step (``first`` logged) unless it ends first (then it must succeed), ``check`` called after each with
+    the outcomes so far; what happened to each, with the last line each had logged."""
     rng = random.Random(SEED)
     outcomes = []
     for i in range(KILLS):
         delay = rng.uniform(0.0, work)
         log = logs / f"killed-{i}.log"
         proc = start(args, env, log)
-        deadline = time.monotonic() + delay
-        while proc.poll() is None and time.monotonic() < deadline:
+        began = started(proc, log, first)
+        while began is not None and proc.poll() is None and time.monotonic() - began < delay:
             time.sleep(0.002)
         lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
         where = lines[-1][-120:] if lines else "(nothing logged)"
@@ -123,6 +140,9 @@ def embed_args(inputs: Path) -> list[str]:
     ]
 
 
+EMBED_FIRST = "prepare: competition demo in"  # embed's first step: the clip table, after the imports
+
+
 def embed_outputs(ws: Path) -> dict:
     """The clip table, folds, feature cache and embeddings of the tiny demo, less what differs between two
     workspaces: build times, and the hashes that cover the audio files' mtimes (so the folder names)."""
@@ -154,10 +174,10 @@ def test_kills_anywhere_in_embed_leave_what_the_rerun_completes(tmp_path: Path) 
     logs = tmp_path / "logs"
     logs.mkdir()
     args = embed_args(inputs)
-    work = finish(args, subprocess_env(tmp_path / "clean"), logs / "clean.log")
+    work = finish(args, subprocess_env(tmp_path / "clean"), logs / "clean.log", EMBED_FIRST)
 
     env = subprocess_env(tmp_path / "killed")
-    outcomes = killed_attempts(args, env, logs, work)
+    outcomes = killed_attempts(args, env, logs, work, EMBED_FIRST)
     finish(args, env, logs / "final.log")
 
     assert leftovers(tmp_path / "killed") == [], outcomes
@@ -189,7 +209,7 @@ def test_kills_anywhere_in_new_competition_leave_no_half_yaml(tmp_path: Path) ->
     def whole_or_none(outcomes: list[str]) -> None:
         assert not out.exists() or out.read_bytes() == clean.read_bytes(), outcomes
 
-    outcomes = killed_attempts(args(out), env, logs, work, whole_or_none)
+    outcomes = killed_attempts(args(out), env, logs, work, check=whole_or_none)
     finish(args(out), env, logs / "final.log")
 
     assert out.read_bytes() == clean.read_bytes()
@@ -221,7 +241,7 @@ def test_kills_anywhere_in_report_leave_the_old_page_or_the_new_one(
         text = page.read_bytes()
         assert text == b"an older report" or WRITTEN.sub(b"written -", text) == clean, outcomes
 
-    outcomes = killed_attempts(["report", "-c", "demo"], env, logs, work, old_or_new)
+    outcomes = killed_attempts(["report", "-c", "demo"], env, logs, work, check=old_or_new)
     finish(["report", "-c", "demo"], env, logs / "final.log")
 
     assert WRITTEN.sub(b"written -", page.read_bytes()) == clean, outcomes

@@ -11,7 +11,6 @@ as those are at least ``min_oof_overlap`` of the clips any member predicts, and 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 
 from audiotag.competitions import Competition
 from audiotag.competitions.folds import load_folds
+from audiotag.core.atomic import load_json_object
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import DataError
 from audiotag.data.meta import read_meta
@@ -80,9 +80,17 @@ def load_member(comp: Competition, name: str, with_test: bool = True) -> Member:
             f"ensemble member {name!r}: {metrics_path} not found; the run is missing or has unfinished folds "
             f"(train it with ./run.sh train, run name {name!r})"
         )
-    info = json.loads((run_dir / "run.json").read_text())
-    trained = json.loads(metrics_path.read_text())
-    folds = sorted(int(k) for k in trained["folds"])
+    lost = f"the run's record is lost: delete {run_dir} and train it again (run name {name!r})"
+    info = load_json_object(run_dir / "run.json", lost)
+    remedy = f"run ./run.sh train again (run name {name!r}): it rewrites the file from the finished folds"
+    trained = load_json_object(metrics_path, remedy)
+    recorded = trained.get("folds")
+    if not isinstance(recorded, dict) or not all(str(k).isdigit() for k in recorded):
+        raise DataError(f"{metrics_path}: damaged, 'folds' is not a table of fold numbers; {remedy}")
+    for key in ("folds_file", "folds_sha256"):
+        if not isinstance(info.get(key), str):
+            raise DataError(f"{run_dir / 'run.json'}: damaged, no {key}; {lost}")
+    folds = sorted(int(k) for k in recorded)
     oof_ids: list[str] = []
     oof_parts, oof_folds, test_folds = [], [], []
     test_ids: list[str] | None = None
