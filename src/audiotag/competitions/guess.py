@@ -344,7 +344,7 @@ def guess_test_and_submission(
     """test_dir, sample_submission, metric and submission; ``listed_test``: a testing_list is the test set."""
     root = files.root
     samples = [p for p in _shallow(root, "*.csv", depth=1) if p.name.lower().startswith("sample_submission")]
-    sample = _read(samples[0]) if samples else None
+    sample = _read(samples[0], files) if samples else None
     if test_dir:
         n = sum(a.startswith(test_dir + "/") for a in files.audio)
         guess.set("test_dir", test_dir, f"{test_dir}/ ({n} audio files, none a training clip)")
