@@ -33,7 +33,7 @@ def read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:
-        raise DataError(f"{path}: cannot be parsed as CSV ({exc})") from None
+        raise DataError(f"{path}: cannot be parsed as CSV ({csv_problem(path, exc)})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
@@ -42,6 +42,24 @@ def read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
         row = int(duplicated.to_numpy().nonzero()[0][0])
         raise DataError(f"{path}: line {row + 2}: duplicate fname {df['fname'].iloc[row]!r}")
     return df
+
+
+def csv_problem(path: Path, exc: Exception) -> str:
+    """Why pandas could not read the CSV ``path``; text in another encoding than UTF-8: the line of its
+    first such byte and what to do (pandas' own position counts from the start of a buffer, not the file)."""
+    if not isinstance(exc, UnicodeDecodeError):
+        return str(exc)
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as first:
+        line = data.count(b"\n", 0, first.start) + 1
+        where = f" at line {line}: byte {data[first.start]:#04x}"
+    return (
+        f"not UTF-8 text{where}; save it as UTF-8 (a spreadsheet's 'CSV UTF-8' export, or "
+        f"`iconv -f <its encoding> -t utf-8`) and run again"
+    )
 
 
 def require_rows(df: pd.DataFrame, path: Path, what: str = "training clips") -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from audiotag.competitions.file_formats import AUDIO_SUFFIXES
+from audiotag.competitions.file_formats import AUDIO_SUFFIXES, csv_problem
 from audiotag.competitions.folders import audio_files
 from audiotag.core.errors import DataError
 
@@ -67,6 +67,7 @@ class Files:
 
     root: Path
     audio: list[str]
+    unreadable: list[str] = field(default_factory=list)  # CSVs pandas refused, with why
 
     @classmethod
     def scan(cls, root: Path) -> Files:
@@ -214,10 +215,11 @@ def _label_column(df: pd.DataFrame, skip: set[str]) -> tuple[str, str | None, in
     return None if best is None or best[0] < 4 else best[1:]
 
 
-def _read(path: Path) -> pd.DataFrame | None:
+def _read(path: Path, files: Files) -> pd.DataFrame | None:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, nrows=MAX_ROWS)
-    except Exception:  # not a CSV we can read: not a candidate
+    except Exception as exc:  # not a CSV we can read: not a candidate, named if nothing else is found
+        files.unreadable.append(f"{_rel(path, files.root)}: {csv_problem(path, exc)}")
         return None
 
 
@@ -234,7 +236,7 @@ def _table_candidates(files: Files) -> list[TableCandidate]:
     for path in _shallow(files.root, "*.csv"):
         if path.name.lower().startswith("sample_submission"):
             continue
-        df = _read(path)
+        df = _read(path, files)
         if df is None or df.empty:
             continue
         found = _file_column(df, by_name)
@@ -342,7 +344,7 @@ def guess_test_and_submission(
     """test_dir, sample_submission, metric and submission; ``listed_test``: a testing_list is the test set."""
     root = files.root
     samples = [p for p in _shallow(root, "*.csv", depth=1) if p.name.lower().startswith("sample_submission")]
-    sample = _read(samples[0]) if samples else None
+    sample = _read(samples[0], files) if samples else None
     if test_dir:
         n = sum(a.startswith(test_dir + "/") for a in files.audio)
         guess.set("test_dir", test_dir, f"{test_dir}/ ({n} audio files, none a training clip)")
@@ -409,9 +411,12 @@ def _list_file(files: Files, audio_dir: str, word: str) -> tuple[str, int] | Non
 def guess_folders(files: Files, guess: Guess) -> None:
     found = _class_parent(files)
     if found is None:
+        unread = "".join(f"\n  {line}" for line in files.unreadable[:5])
         raise DataError(
             f"{files.root}: no CSV naming audio files and no class folders (sub-folders of audio files) "
-            "found; write the YAML by hand (see README, 'Your own dataset')"
+            "found; "
+            + (f"CSV files that could not be read:{unread}\nfix them, or " if unread else "")
+            + "write the YAML by hand (see README, 'Your own dataset')"
         )
     audio_dir, kids = found
     excluded = [k for k in kids if k.startswith("_")]

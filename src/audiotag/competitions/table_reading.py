@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from audiotag.competitions.file_formats import csv_problem
 from audiotag.config.competition_parts import template_fields
 from audiotag.config.schema import CompetitionConfig
 from audiotag.core.errors import DataError
@@ -63,7 +64,7 @@ def read_table_csv(
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:
-        raise DataError(f"{path}: cannot be parsed as CSV ({exc})") from None
+        raise DataError(f"{path}: cannot be parsed as CSV ({csv_problem(path, exc)})") from None
     missing = [c for c in dict.fromkeys(required) if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}; {remedy}")

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from audiotag.core.errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
@@ -93,3 +95,19 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def load_json_object(path: Path, remedy: str) -> dict[str, Any]:
+    """The JSON object in ``path``, which must be there; a DataError naming the file, what is wrong with
+    it (missing, unreadable, cut short, not an object) and ``remedy`` (what to do) otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; {remedy}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); {remedy}") from None
+    except ValueError as exc:  # JSONDecodeError (a file cut short) and UnicodeDecodeError
+        raise DataError(f"{path}: damaged, not valid JSON ({exc}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: damaged, a JSON {type(data).__name__} where an object belongs; {remedy}")
+    return data

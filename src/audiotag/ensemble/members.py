@@ -13,7 +13,6 @@ as those are at least ``min_oof_overlap`` of the clips any member predicts, and 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 
 from audiotag.competitions import Competition
 from audiotag.competitions.folds import load_folds
+from audiotag.core.atomic import load_json_object
 from audiotag.core.digests import file_sha256
 from audiotag.core.errors import DataError
 from audiotag.data.meta import read_meta
@@ -76,10 +76,13 @@ def read_member_predictions(path: Path, classes: list[str], member: str) -> tupl
 def member_folds(run_dir: Path) -> tuple[list[int], bool]:
     """(folds, complete): every fold of a complete run (its ``metrics.json``), else the folds it has
     finished (``fold<k>/done.json``); DataError when it has none."""
-    metrics_path = run_dir / "metrics.json"
+    metrics_path, name = run_dir / "metrics.json", run_dir.name
     if metrics_path.is_file():
-        return sorted(int(k) for k in json.loads(metrics_path.read_text())["folds"]), True
-    name = run_dir.name
+        remedy = f"run ./run.sh train again (run name {name!r}): it rewrites the file from the finished folds"
+        recorded = load_json_object(metrics_path, remedy).get("folds")
+        if not isinstance(recorded, dict) or not all(str(k).isdigit() for k in recorded):
+            raise DataError(f"{metrics_path}: damaged, 'folds' is not a table of fold numbers; {remedy}")
+        return sorted(int(k) for k in recorded), True
     done = [p.parent.name.removeprefix("fold") for p in run_dir.glob("fold*/done.json")]
     folds = sorted(int(k) for k in done if k.isdigit())
     if not folds or not (run_dir / "run.json").is_file():
@@ -96,7 +99,11 @@ def load_member(comp: Competition, name: str, with_test: bool = True) -> Member:
     test.parquet): no test predictions, each fold's an empty (0, n_classes) array."""
     run_dir = comp.dir / "runs" / name
     folds, complete = member_folds(run_dir)
-    info = json.loads((run_dir / "run.json").read_text())
+    lost = f"the run's record is lost: delete {run_dir} and train it again (run name {name!r})"
+    info = load_json_object(run_dir / "run.json", lost)
+    for key in ("folds_file", "folds_sha256"):
+        if not isinstance(info.get(key), str):
+            raise DataError(f"{run_dir / 'run.json'}: damaged, no {key}; {lost}")
     oof_ids: list[str] = []
     oof_parts, oof_folds, test_folds = [], [], []
     test_ids: list[str] | None = None

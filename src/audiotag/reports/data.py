@@ -22,6 +22,7 @@ import yaml
 
 from audiotag.config.files import MISSING, configs_root, flatten, load_yaml_text, schema_default
 from audiotag.config.schema import CompetitionConfig
+from audiotag.core.atomic import read_json_object
 from audiotag.core.errors import AudiotagError
 from audiotag.data.cache_reader import OK, REPORT
 from audiotag.data.meta import read_meta
@@ -196,10 +197,10 @@ def cache_dirs(comp: Any, runs: list[RunFacts]) -> list[Path]:
     """The feature caches the runs used (run.json), else every cache of the competition."""
     used = []
     for run in runs:
-        try:
-            cache = Path(json.loads((run.dir / "run.json").read_text())["cache_dir"])
-        except (OSError, KeyError, json.JSONDecodeError):
+        recorded = (read_json_object(run.dir / "run.json") or {}).get("cache_dir")
+        if not isinstance(recorded, str):  # missing or damaged: every cache of the competition, below
             continue
+        cache = Path(recorded)
         if cache.is_dir() and cache not in used:
             used.append(cache)
     if used:

@@ -11,7 +11,6 @@ same checkpoints.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import platform
 import subprocess
@@ -27,9 +26,9 @@ from pydantic import BaseModel
 import audiotag
 from audiotag.config.competition import keys_not_affecting
 from audiotag.config.files import dump_yaml, flatten, schema_default
-from audiotag.core.atomic import atomic_write_json, atomic_write_text
+from audiotag.core.atomic import atomic_write_json, atomic_write_text, load_json_object
 from audiotag.core.digests import file_sha256
-from audiotag.core.errors import ConfigError, TrainingError
+from audiotag.core.errors import ConfigError, DataError, TrainingError
 from audiotag.core.locks import claim_folder, describe_owner
 from audiotag.core.paths import checkout_root
 from audiotag.runs.prepare import Prepared
@@ -91,7 +90,13 @@ def record_changes(info_path: Path, cfg: BaseModel, runtime_keys: set[str] = RUN
     old -> new`` ('' when none); None when there is no record yet."""
     if not info_path.is_file():
         return None
-    saved, settings = json.loads(info_path.read_text())["settings"], run_settings(cfg, runtime_keys)
+    lost = (
+        f"the settings {info_path.parent.name!r} was started with are lost: delete {info_path.parent} to "
+        "start over, or give this run another name"
+    )
+    saved, settings = load_json_object(info_path, lost).get("settings"), run_settings(cfg, runtime_keys)
+    if not isinstance(saved, dict):
+        raise DataError(f"{info_path}: damaged, no 'settings'; {lost}")
     changed = changed_settings(saved, settings, cfg, runtime_keys)
     return "; ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed[:8])
 
@@ -217,7 +222,11 @@ def collect_run(
     for fold in range(n_folds):
         done = run_dir / f"fold{fold}" / "done.json"
         if done.is_file():
-            scores[fold] = json.loads(done.read_text())["score"]
+            again = f"delete the fold folder {done.parent} to retrain the fold"
+            score = load_json_object(done, again).get("score")
+            if not isinstance(score, int | float):
+                raise DataError(f"{done}: damaged, no score; {again}")
+            scores[fold] = float(score)
     complete = len(scores) == n_folds
     comp = prepared.competition
     result = RunResult(run_dir.name, run_dir, metric, scores, complete)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audiotag.core.atomic import atomic_write_json
+from audiotag.core.atomic import atomic_write_json, load_json_object
 from audiotag.core.errors import TrainingError
 from audiotag.core.log import human_duration
 from audiotag.data.dataset import CropDataset, silence_value
@@ -211,7 +211,7 @@ def train_fold(
     """
     done_path = fold_dir / "done.json"
     if done_path.is_file():
-        summary = json.loads(done_path.read_text())
+        summary = load_json_object(done_path, f"delete the fold folder {fold_dir} to retrain the fold")
         verify_best(fold_dir / "best.pt", summary)  # a corrupt best.pt surfaces here, not when packaged
         log.info("fold %d: already done (%s %.4f), skipping", data.fold, data.metric, summary["score"])
         if on_epoch is not None:  # the hook needs the config; a plain rerun does not

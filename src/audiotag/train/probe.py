@@ -28,7 +28,6 @@ with the standardiser and the embedding it expects, as ``fold<k>/probe.npz``
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from audiotag.core.atomic import atomic_write_json
+from audiotag.core.atomic import atomic_write_json, load_json_object
 from audiotag.core.digests import file_sha256
 from audiotag.models.probe import LinearProbeConfig
 from audiotag.models.probe_head import PROBE_FILE, PROBE_RECORD, ProbeHead, ProbeModel, save_probe
@@ -407,4 +406,6 @@ def write_fold(
 
 def read_done(fold_dir: Path) -> dict[str, Any] | None:
     path = fold_dir / "done.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return load_json_object(path, f"delete the fold folder {fold_dir} to fit it again")
