@@ -17,7 +17,7 @@ one-frame sequence, so the tagger's linear head is the official output layer (``
 fine-tuning replaces only it. Variables are read from the wheel's TensorFlow checkpoint
 (``models/tf_checkpoint.py``, no TensorFlow): conv kernels HWIO -> OIHW, dense kernels transposed.
 Checked against the package run with TensorFlow: tests/test_golden_musicnn.py
-(tools/golden/musicnn.py).
+(tools/golden/musicnn_package.py).
 """
 
 from __future__ import annotations
