@@ -54,10 +54,14 @@ def features() -> FeatureConfig:
 
 
 def musicnn_model(weights: str, features: FeatureConfig, **settings):
-    cfg = validate(MusicnnConfig, {**load_group("model", "musicnn"), "pretrained": weights, **settings}, weights)
+    cfg = validate(
+        MusicnnConfig, {**load_group("model", "musicnn"), "pretrained": weights, **settings}, weights
+    )
     model = build_model(cfg, features.n_mels, 50, frames=187)
     report = load_pretrained(model, cfg, features)
-    assert report is not None and not report.missing and sorted(report.ignored) == ["beta1_power", "beta2_power"]
+    assert (
+        report is not None and not report.missing and sorted(report.ignored) == ["beta1_power", "beta2_power"]
+    )
     return model.eval()
 
 
@@ -82,7 +86,9 @@ def test_frontend_matches_the_packages_float16_logmel(fixture, features: Feature
     assert (step > 0).mean() < 1e-3
     assert step.max() <= 2e-3
     # a known deviation: the same scale without the float16 steps is off on most values
-    plain = np.stack([compute_logmel(w, features.model_copy(update={"float16": False})) for w in fixture["wave"]])
+    plain = np.stack(
+        [compute_logmel(w, features.model_copy(update={"float16": False})) for w in fixture["wave"]]
+    )
     assert (np.abs(plain - theirs) > 0).mean() > 0.3
 
 
@@ -99,7 +105,9 @@ def test_real_weights_give_the_packages_outputs(fixture, models, model_name: str
 def test_end_to_end_from_the_wave(fixture, features: FeatureConfig, models) -> None:
     logmel = np.stack([compute_logmel(w, features) for w in fixture["wave"]])
     for name, model in models.items():
-        np.testing.assert_allclose(run(model, logmel)["taggram"], fixture[f"{name}/taggram"], rtol=0, atol=2e-4)
+        np.testing.assert_allclose(
+            run(model, logmel)["taggram"], fixture[f"{name}/taggram"], rtol=0, atol=2e-4
+        )
 
 
 def test_batchnorm_epsilon_is_tensorflows(fixture, features: FeatureConfig) -> None:

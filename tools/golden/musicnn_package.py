@@ -84,7 +84,9 @@ def run_graph(model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
     sess.run(tf.compat.v1.global_variables_initializer())
     tf.compat.v1.train.Saver().restore(sess, os.path.dirname(mx.__file__) + "/" + model + "/")
     names = ["taggram", "penultimate", "max_pool", "mean_pool", "cnn3"]
-    values = sess.run([taggram, penultimate, max_pool, mean_pool, cnn3], feed_dict={x: batch, is_training: False})
+    values = sess.run(
+        [taggram, penultimate, max_pool, mean_pool, cnn3], feed_dict={x: batch, is_training: False}
+    )
     sess.close()
     return dict(zip(names, values, strict=True))
 

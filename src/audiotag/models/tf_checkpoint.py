@@ -241,6 +241,11 @@ def read_checkpoint(index_path: str | Path, slots: bool = False) -> dict[str, np
             f"{path}: not a readable TensorFlow checkpoint index ({exc}); reinstall or re-save it"
         ) from None
     data = {s: _shard(prefix, s, shards) for s in {e["shard"] for e in entries.values()}}
+    for name, e in entries.items():  # strings too: a cut file loses its last entry first
+        if e["offset"] + e["size"] > len(data[e["shard"]]):
+            raise DataError(
+                f"{path}: variable {name!r} ends past the end of its data file: the data file is truncated"
+            )
     numeric = {
         name: e
         for name, e in entries.items()
@@ -251,7 +256,8 @@ def read_checkpoint(index_path: str | Path, slots: bool = False) -> dict[str, np
     for name, crc in zip(checked, crc32c_many([raws[n] for n in checked]), strict=True):
         if crc != unmask(numeric[name]["crc"]):
             raise DataError(
-                f"{path}: variable {name!r}: CRC32C mismatch, the data file is corrupted; reinstall or re-save it"
+                f"{path}: variable {name!r}: CRC32C mismatch, the data file is corrupted; "
+                "reinstall or re-save it"
             )
     return {
         name: np.frombuffer(raws[name], dtype=DTYPES[e["dtype"]]).reshape(e["shape"]).copy()
@@ -277,6 +283,7 @@ def _raw(name: str, e: dict, shard: bytes, path: Path) -> bytes:
     count = int(np.prod(e["shape"], dtype=np.int64))
     if len(raw) != e["size"] or e["size"] != count * np.dtype(dtype).itemsize:
         raise DataError(
-            f"{where}: {len(raw)} bytes for shape {e['shape']} of {np.dtype(dtype)}; the data file is truncated"
+            f"{where}: {len(raw)} bytes for shape {e['shape']} of {np.dtype(dtype)}; "
+            "the data file is truncated"
         )
     return raw
