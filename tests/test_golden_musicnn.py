@@ -118,3 +118,38 @@ def test_batchnorm_epsilon_is_tensorflows(fixture, features: FeatureConfig) -> N
             module.eps = 1e-5
     off = np.abs(run(model, fixture["logmel"][:1])["taggram"] - fixture["MTT_musicnn/taggram"][:1]).max()
     assert off > 1e-3
+
+
+def test_embed_layers_are_the_packages_features(fixture, features: FeatureConfig) -> None:
+    """``embed``/the probe: layers 6 and 7 are musicnn's max_pool and mean_pool, the embedding its
+    penultimate layer, layer 1 the timbral features max-pooled over time (the family's rule)."""
+    from audiotag.models.representation import EmbeddingConfig, Representation, resolve_layers
+
+    rep = Representation(EmbeddingConfig(weights="musicnn_mtt"), features)
+    assert resolve_layers(rep.model_cfg, "default") == ["6", "7", "embedding"]
+    out = rep.encode(torch.from_numpy(fixture["logmel"].astype(np.float32)), ["1", "6", "7", "embedding"])
+    tol = {"rtol": 1e-5, "atol": 1e-4}
+    np.testing.assert_allclose(out["6"], fixture["MTT_musicnn/max_pool"], **tol)
+    np.testing.assert_allclose(out["7"], fixture["MTT_musicnn/mean_pool"], **tol)
+    np.testing.assert_allclose(out["embedding"], fixture["MTT_musicnn/penultimate"], **tol)
+    np.testing.assert_allclose(out["1"], fixture["MTT_musicnn/max_pool"][:, :408], **tol)
+    assert rep.layer_dims(["2", "3"]) == {"2": 153, "3": 64}
+
+
+def test_fine_tuning_builds_and_learns(fixture, features: FeatureConfig) -> None:
+    """A new 5-class head on the pretrained network: one step changes the backbone too."""
+    cfg = validate(MusicnnConfig, {**load_group("model", "musicnn"), "pretrained": "musicnn_mtt"}, "m")
+    model = build_model(cfg, features.n_mels, 5, frames=187)
+    report = load_pretrained(model, cfg, features)
+    assert report is not None and [k.split()[0] for k in sorted(report.missing)] == [
+        "head.fc.bias",
+        "head.fc.weight",
+    ]
+    model.train()
+    before = model.backbone.dense.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.from_numpy(fixture["logmel"].astype(np.float32))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), torch.eye(5)[:3])
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(before, model.backbone.dense.weight)
