@@ -148,7 +148,7 @@ def test_fine_tuning_builds_and_learns(fixture, features: FeatureConfig) -> None
     model.train()
     before = model.backbone.dense.weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = torch.from_numpy(fixture["logmel"].astype(np.float32))
+    x = torch.from_numpy(fixture["logmel"][:, :48].astype(np.float32))  # short: a quick step
     loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), torch.eye(5)[:3])
     loss.backward()
     optimizer.step()
