@@ -109,3 +109,18 @@ def test_optimizer_slots_are_left_out_unless_asked() -> None:
     assert "conv2d/kernel/Adam" in full and "conv2d/kernel/Adam" not in lean
     assert len(lean) == 66 and len(full) == 150
     assert lean["conv2d/kernel"].shape == (7, 38, 1, 204)
+
+
+def test_a_bundle_ships_the_index_with_its_data(tmp_path: Path) -> None:
+    """``package`` copies a frozen model's weights file; a TF checkpoint needs its shard beside it,
+    named as musicnn names them (``MTT_musicnn/.index``: no stem, no Path.suffix)."""
+    from audiotag.stages.package import _ship_weights
+
+    wheel = tmp_path / "wheel" / "MTT_musicnn"
+    wheel.mkdir(parents=True)
+    shutil.copy(FIXTURE / "ckpt.index", wheel / ".index")
+    shutil.copy(FIXTURE / DATA, wheel / ".data-00000-of-00001")
+    shipped = _ship_weights(wheel / ".index", "musicnn_mtt", tmp_path / "bundle")
+    assert shipped["file"].startswith("weights/musicnn_mtt-") and shipped["file"].endswith(".index")
+    state = read_state_dict(tmp_path / "bundle" / shipped["file"])
+    assert sorted(state) == sorted(expected())

@@ -28,7 +28,7 @@ import torch
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import weights
 from audiotag.fetch.weights import HF_ENDPOINT, PICKLE_ALLOWANCES, Checkpoint
-from audiotag.models.tf_checkpoint import read_checkpoint
+from audiotag.models.tf_checkpoint import is_index, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ def read_state_dict(
     if not path.is_file():
         raise DataError(f"{path}: checkpoint file not found")
     # musicnn's checkpoints are named ".index": a dot file, whose Path.suffix is empty
-    suffix = (suffix or (".index" if path.name.endswith(".index") else path.suffix)).lower()
+    suffix = (suffix or (".index" if is_index(path) else path.suffix)).lower()
     if suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

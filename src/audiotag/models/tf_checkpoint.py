@@ -265,6 +265,17 @@ def read_checkpoint(index_path: str | Path, slots: bool = False) -> dict[str, np
     }
 
 
+def is_index(path: Path) -> bool:
+    """A TensorFlow checkpoint's ``.index`` (musicnn's are named just ``.index``: no Path.suffix)."""
+    return path.name.endswith(".index")
+
+
+def data_shards(index_path: Path) -> list[Path]:
+    """The ``.data-*`` files beside a checkpoint's ``.index``, which travel with it."""
+    prefix = index_path.name[: -len(".index")]
+    return sorted(index_path.parent.glob(f"{prefix}.data-*-of-*"))
+
+
 def _shard(prefix: str, shard: int, shards: int) -> bytes:
     name = Path(f"{prefix}.data-{shard:05d}-of-{shards:05d}")
     if not name.is_file():
