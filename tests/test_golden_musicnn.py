@@ -17,7 +17,7 @@ Tolerances, from measurements:
   atol 1e-4 on values up to 64 (measured 1.5e-4 at a cnn3 value of ~35, 4e-6 on penultimate):
   float32 convolutions summed in another order. torch's BatchNorm epsilon (1e-5 instead of TF's
   1e-3) moves the taggram by more than 1e-3 (the last test).
-- end to end from the wave: taggram atol 2e-4 (measured 2.6e-5), the one-step log-mel
+- end to end from the wave: taggram atol 2e-4 (measured 4.9e-6; MSD 2.6e-5), the one-step log-mel
   differences carried through the network.
 """
 
@@ -104,19 +104,21 @@ def test_real_weights_give_the_packages_outputs(fixture, models, model_name: str
 
 def test_end_to_end_from_the_wave(fixture, features: FeatureConfig, models) -> None:
     logmel = np.stack([compute_logmel(w, features) for w in fixture["wave"]])
-    for name, model in models.items():
-        np.testing.assert_allclose(
-            run(model, logmel)["taggram"], fixture[f"{name}/taggram"], rtol=0, atol=2e-4
-        )
+    taggram = run(models["MTT_musicnn"], logmel)["taggram"]
+    np.testing.assert_allclose(taggram, fixture["MTT_musicnn/taggram"], rtol=0, atol=2e-4)
 
 
-def test_batchnorm_epsilon_is_tensorflows(fixture, features: FeatureConfig) -> None:
+def test_batchnorm_epsilon_is_tensorflows(fixture, models) -> None:
     """A known deviation is caught: torch's default epsilon instead of TF's 1e-3."""
-    model = musicnn_model("musicnn_mtt", features)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+    model = models["MTT_musicnn"]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    try:
+        for module in norms:
             module.eps = 1e-5
-    off = np.abs(run(model, fixture["logmel"][:1])["taggram"] - fixture["MTT_musicnn/taggram"][:1]).max()
+        off = np.abs(run(model, fixture["logmel"][:1])["taggram"] - fixture["MTT_musicnn/taggram"][:1]).max()
+    finally:
+        for module in norms:
+            module.eps = 1e-3
     assert off > 1e-3
 
 
