@@ -16,7 +16,7 @@ Tolerances, from measurements:
 - network from the package's log-mel: taggram atol 1e-5 (measured 8e-7), features rtol 1e-5 +
   atol 1e-4 on values up to 64 (measured 1.5e-4 at a cnn3 value of ~35, 4e-6 on penultimate):
   float32 convolutions summed in another order. torch's BatchNorm epsilon (1e-5 instead of TF's
-  1e-3) moves the taggram by more than 1e-3 (the last test).
+  1e-3) moves the taggram by more than 1e-3 (test_batchnorm_epsilon_is_tensorflows).
 - end to end from the wave: taggram atol 2e-4 (measured 4.9e-6; MSD 2.6e-5), the one-step log-mel
   differences carried through the network.
 """
