@@ -23,8 +23,8 @@ TensorFlow >= 2.16 ``tf.compat.v1.layers`` needs Keras 2, i.e. tf_keras and TF_U
     /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0 tf_keras==2.21.0 librosa==0.11.0 soundfile
     /tmp/tfvenv/bin/pip install --no-deps musicnn==0.1.0
 
-Run from the repository root: ``TF_USE_LEGACY_KERAS=1 /tmp/tfvenv/bin/python tools/golden/musicnn_package.py``;
-it writes ``tests/golden/musicnn_real.npz``: ``wave`` (3, 47616), ``logmel`` (3, 187, 96) as the
+Run from the repository root:
+``TF_USE_LEGACY_KERAS=1 /tmp/tfvenv/bin/python tools/golden/musicnn_package.py``; it writes ``tests/golden/musicnn_real.npz``: ``wave`` (3, 47616), ``logmel`` (3, 187, 96) as the
 package computes it (float16 values), and per model ``<model>/taggram`` (3, 50),
 ``<model>/penultimate`` (3, 200), ``<model>/max_pool``, ``<model>/mean_pool`` (3, 753),
 ``<model>/cnn3`` (3, 187, 64) for MTT_musicnn only, and ``source``.
@@ -76,7 +76,7 @@ def run_graph(model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
     with tf.name_scope("model"):
         x = tf.compat.v1.placeholder(tf.float32, [None, N_FRAMES, config.N_MELS])
         is_training = tf.compat.v1.placeholder(tf.bool)
-        y, timbral, temporal, cnn1, cnn2, cnn3, mean_pool, max_pool, penultimate = models.define_model(
+        y, _timbral, _temporal, _cnn1, _cnn2, cnn3, mean_pool, max_pool, penultimate = models.define_model(
             x, is_training, model, len(config.MTT_LABELS)
         )
         taggram = tf.nn.sigmoid(y)
