@@ -25,7 +25,8 @@ TensorFlow >= 2.16 ``tf.compat.v1.layers`` needs Keras 2, i.e. tf_keras and TF_U
 
 Run from the repository root:
 ``TF_USE_LEGACY_KERAS=1 /tmp/tfvenv/bin/python tools/golden/musicnn_package.py``; it writes
-``tests/golden/musicnn_real.npz``: ``wave`` (3, 47616), ``logmel`` (3, 187, 96) as the package computes it (float16 values), and per model ``<model>/taggram`` (3, 50),
+``tests/golden/musicnn_real.npz``: ``wave`` (3, 47616), ``logmel`` (3, 187, 96) as the package
+computes it (float16 values), and per model ``<model>/taggram`` (3, 50),
 ``<model>/penultimate`` (3, 200), ``<model>/max_pool``, ``<model>/mean_pool`` (3, 753),
 ``<model>/cnn3`` (3, 187, 64) for MTT_musicnn only, and ``source``.
 """
