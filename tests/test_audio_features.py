@@ -201,3 +201,17 @@ def test_nan_samples(tmp_path: Path) -> None:
     path = write(tmp_path / "nan.wav", y, 16000, "FLOAT")
     with pytest.raises(DataError, match=r"nan\.wav.*NaN"):
         load_audio(path, 16000)
+
+
+def test_float16_log10_1p_rounds_as_numpy_and_saturates() -> None:
+    """musicnn's ``np.log10(10000 * mel.astype(np.float16) + 1)`` step by step; where its float16
+    product overflows to inf (mel > 6.55), ours stops at float16's largest value."""
+    from audiotag.data.features import log10_1p_float16
+
+    mel = np.array([0.0, 1.234e-5, 3.3e-3, 0.5, 6.0], np.float32)
+    with np.errstate(over="ignore"):
+        numpy_way = np.log10(10000 * mel.astype(np.float16) + 1)
+    ours = log10_1p_float16(torch.from_numpy(mel), 10000.0).numpy()
+    np.testing.assert_array_equal(ours, numpy_way.astype(np.float32))
+    loud = log10_1p_float16(torch.tensor([7.0, 1e6]), 10000.0).numpy()
+    assert np.isfinite(loud).all() and np.allclose(loud, np.log10(np.float32(65504.0)), atol=1e-3)

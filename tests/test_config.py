@@ -92,6 +92,14 @@ def test_feature_validation_and_key() -> None:
     assert FeatureConfig(fmax=None).key() == FeatureConfig(fmax=8000).key()  # same resolved fmax
 
 
+def test_float16_scale_is_musicnns_and_keeps_older_keys() -> None:
+    plain = FeatureConfig(scale="log10_1p", log_gain=10000)
+    assert plain.key() == "3d111c19cc"  # as before the setting existed: existing caches stay valid
+    assert plain.model_copy(update={"float16": True}).key() != plain.key()
+    with pytest.raises(ValueError, match="float16 applies to scale: log10_1p only"):
+        FeatureConfig(float16=True)
+
+
 def test_ensemble_config() -> None:
     cfg = load_ensemble(configs_root() / "ensembles" / "demo.yaml")
     assert cfg.members == ["cnn_small", "probe_aisfx"] and cfg.competition.name == "demo"

@@ -80,6 +80,12 @@ class FeatureConfig(StrictModel):
         "zeros (librosa >= 0.9's default, aisfx)",
     )
     peak_normalize: bool = Field(False, description="scale each clip to peak 1 before the STFT (aisfx)")
+    float16: bool = Field(
+        False,
+        description="scale log10_1p in float16 arithmetic, as musicnn (mel cast to float16, then "
+        "log10(gain * mel + 1) in float16; saturating at float16's largest value where musicnn "
+        "overflows to inf)",
+    )
     preemphasis: float = Field(0.0, ge=0, lt=1, description="kaldi_fbank: pre-emphasis coefficient (0.97)")
     remove_dc: bool = Field(False, description="kaldi_fbank: subtract each frame's mean")
 
@@ -92,6 +98,8 @@ class FeatureConfig(StrictModel):
             raise ValueError("fmin must be below fmax")
         if self.win_length is not None and self.win_length > self.n_fft:
             raise ValueError("win_length must not exceed n_fft")
+        if self.float16 and self.scale != "log10_1p":
+            raise ValueError("float16 applies to scale: log10_1p only (musicnn's front-end)")
         return self
 
     @property
@@ -115,7 +123,7 @@ class FeatureConfig(StrictModel):
         settings["fmax"] = self.fmax or self.sample_rate / 2
         settings["win_length"] = self.win_length or self.n_fft
         settings["code_version"] = FEATURE_CODE_VERSION
-        for field, default in (("center_pad", "reflect"), ("resampler", "soxr_hq")):
+        for field, default in (("center_pad", "reflect"), ("resampler", "soxr_hq"), ("float16", False)):
             if settings[field] == default:  # added later: the default keeps existing cache keys
                 del settings[field]
         blob = json.dumps(settings, sort_keys=True).encode()

@@ -162,9 +162,24 @@ class LogMel(nn.Module):
     def _scale(self, mel: Tensor) -> Tensor:
         if self.cfg.scale == "db":
             return 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))
+        if self.cfg.scale == "log10_1p" and self.cfg.float16:
+            return log10_1p_float16(mel, self.cfg.log_gain)
         if self.cfg.scale == "log10_1p":
             return torch.log10(1.0 + self.cfg.log_gain * mel)
         return torch.log(mel + self.cfg.log_offset)
+
+
+def log10_1p_float16(mel: Tensor, gain: float) -> Tensor:
+    """musicnn's ``np.log10(10000 * mel.astype(np.float16) + 1)``: every step rounded to float16
+    (numpy computes float16 ufuncs in float32 and rounds each result), except that a product past
+    float16's largest value saturates there instead of becoming inf (musicnn's overflow, which TF
+    then turns into NaN-dependent values no other framework reproduces)."""
+    half = torch.float16
+    top = torch.finfo(half).max
+    x = torch.clamp(mel, max=top).to(half).float()
+    x = torch.clamp(x * gain, max=top).to(half).float()
+    x = (x + 1.0).to(half).float()
+    return torch.log10(x).to(half).float()
 
 
 @dataclass(frozen=True)

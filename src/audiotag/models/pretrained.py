@@ -29,6 +29,7 @@ import torch
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import weights
 from audiotag.fetch.weights import HF_ENDPOINT, PICKLE_ALLOWANCES, Checkpoint
+from audiotag.models.tf_checkpoint import is_index, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -295,14 +296,16 @@ def _describe(obj: Any) -> str:
 def read_state_dict(
     path: str | os.PathLike[str], suffix: str | None = None, allow: tuple[str, ...] = PICKLE_ALLOWANCES
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (.safetensors, or .pth/.pt/.bin/.ckpt read weights-only);
+    """The tensors of a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt read weights-only, or a
+    TensorFlow checkpoint named by its .index);
     ``suffix`` gives the format of a file named otherwise (a download's ``.part``); ``allow``: the
     groups of non-tensor globals the pickle may hold (a table entry's ``pickle_globals``; files
     named by path allow numpy arrays)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint file not found")
-    suffix = (suffix or path.suffix).lower()
+    # musicnn's checkpoints are named ".index": a dot file, whose Path.suffix is empty
+    suffix = (suffix or (".index" if is_index(path) else path.suffix)).lower()
     if suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -313,10 +316,12 @@ def read_state_dict(
             raise DataError(f"{path}: not a readable safetensors file: {exc}") from None
     elif suffix in TORCH_SUFFIXES:
         obj = _torch_load(path, allow)
+    elif suffix == ".index":  # a TensorFlow checkpoint (musicnn's), read without TensorFlow
+        obj = {k: torch.from_numpy(v) for k, v in read_checkpoint(path).items()}
     else:
         raise DataError(
-            f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; expected .safetensors or "
-            f"one of {', '.join(TORCH_SUFFIXES)}"
+            f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; expected .safetensors, "
+            f"a TensorFlow checkpoint's .index or one of {', '.join(TORCH_SUFFIXES)}"
         )
     state = _unwrap(obj)
     tensors = (

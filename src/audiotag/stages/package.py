@@ -149,18 +149,24 @@ def probe_weights(run_dir: Path, folds: list[int]) -> tuple[Path, str] | None:
 
 
 def _ship_weights(source: Path, name: str, bundle: Path) -> dict[str, Any]:
-    """Copy a frozen model's weights file into ``bundle/weights/`` (once per file), checked."""
+    """Copy a frozen model's weights file into ``bundle/weights/`` (once per file), checked; a
+    TensorFlow checkpoint's ``.index`` takes its data shards along (checked by their CRC32Cs)."""
     from audiotag.core.digests import file_sha256
+    from audiotag.models.tf_checkpoint import data_shards, is_index
 
     sha256 = file_sha256(source)
     label = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("._") or "weights"
-    relative = Path(WEIGHTS_DIR) / f"{label}-{sha256[:12]}{source.suffix}"
+    stem = f"{label}-{sha256[:12]}"
+    relative = Path(WEIGHTS_DIR) / (stem + (".index" if is_index(source) else source.suffix))
     dest = bundle / relative
     if not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, dest)
         if file_sha256(dest) != sha256:
             raise DataError(f"{dest}: the copy of {source} differs from it; check the disk and package again")
+        if is_index(source):
+            for shard in data_shards(source):
+                shutil.copyfile(shard, dest.parent / (stem + shard.name[shard.name.index(".data-") :]))
     return {"file": relative.as_posix(), "size": dest.stat().st_size, "sha256": sha256}
 
 
