@@ -272,6 +272,9 @@ def test_a_kill_between_the_report_and_the_csv_is_detected_by_every_reader(
 
     config = demo_workspace.ensemble_path(demo, "pair_stack")  # the same ensemble, now a weighted blend
     config.write_text("competition: demo\nmembers: [cnn_small, cnn_seed1]\nmethod: mean\nweights: search\n")
+    # other settings under the same name are refused unless the old blend's report is deleted (its CSV
+    # stays until the new one replaces it): what the refusal tells the user to do
+    (subs / "pair_stack.json").unlink()
 
     def killed(*args, **kwargs):
         raise Killed
