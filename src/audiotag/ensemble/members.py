@@ -249,8 +249,8 @@ def check_same_folds(members: list[Member]) -> None:
     )
 
 
-def check_members(members: list[Member], min_oof_overlap: float) -> None:
-    """Refuse members that cannot be blended."""
+def check_members(members: list[Member], min_oof_overlap: float) -> pd.DataFrame:
+    """Refuse members that cannot be blended; return the shared fold table (clip_id, fold)."""
     check_same_folds(members)
     first = members[0]
     for other in members[1:]:
@@ -291,6 +291,7 @@ def check_members(members: list[Member], min_oof_overlap: float) -> None:
                 "or leave the member out)"
             )
     check_oof_overlap(members, min_oof_overlap)
+    return folds
 
 
 def align(members: list[Member]) -> tuple[list[str], list[str]]:
@@ -348,9 +349,9 @@ def load_aligned(comp: Competition, names: list[str], min_oof_overlap: float, wi
     """The runs ``names`` as blendable members, as the ensemble stage and its plots read them."""
     members = [load_member(comp, name, with_test=with_test) for name in names]
     meta = read_meta(comp.meta_path)
-    check_members(members, min_oof_overlap)
+    folds = check_members(members, min_oof_overlap)
     overlap = oof_overlap(members)
     oof_ids, test_ids = align(members)
     truth, scored = scored_rows(comp, meta, oof_ids, members[0].oof_folds)
-    n_folds = int(load_folds(Path(members[0].folds_file))["fold"].nunique())
+    n_folds = int(folds["fold"].nunique())
     return Aligned(members, overlap, oof_ids, test_ids, truth, scored, n_folds)
