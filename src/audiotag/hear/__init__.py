@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from audiotag.config.files import load_group, validate
-from audiotag.config.schema import FeatureConfig, InputNorm
+from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import AudiotagError, ConfigError
 from audiotag.models.encoder_file import read_encoder_info
 from audiotag.models.hear_out import HearExport, get_scene_embeddings, get_timestamp_embeddings
@@ -109,12 +109,8 @@ def _fold_dir(path: Path) -> Path:
 
 
 def _from_run(path: Path) -> Representation:
-    import torch
-
-    from audiotag.models.registry import build_model
-    from audiotag.train.checkpoint import load_checkpoint, verify_best
     from audiotag.train.experiment import load_experiment
-    from audiotag.train.loop import crop_frames
+    from audiotag.train.loop import load_fold_model
 
     fold_dir = _fold_dir(path)
     cfg = load_experiment(fold_dir.parent / "config.yaml")
@@ -123,17 +119,7 @@ def _from_run(path: Path) -> Representation:
             f"audiotag.hear: {fold_dir.parent} is a linear probe on frozen embeddings; expose its "
             f"representation instead (its embedding.weights: {cfg.model.pretrained!r})"
         )
-    done = json.loads((fold_dir / "done.json").read_text())
-    best = fold_dir / "best.pt"
-    verify_best(best, done)
-    state = load_checkpoint(best)["model"]
-    head = next(v for k, v in state.items() if k in ("head.fc.bias", "head.cla.bias"))
-    norm = InputNorm(**done["input_norm"]) if cfg.model.input_norm == "dataset" else None
-    tagger = build_model(
-        cfg.model, cfg.features.n_mels, int(head.shape[0]), crop_frames(cfg), norm, cfg.features
-    )
-    with torch.no_grad():
-        tagger.load_state_dict(state)
+    tagger = load_fold_model(cfg, fold_dir)
     model = cfg.model.model_dump(mode="json")
     return Representation(EmbeddingConfig(weights=None, model=model), cfg.features, tagger=tagger)
 

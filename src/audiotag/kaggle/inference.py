@@ -119,27 +119,17 @@ def predict_member(
     member_dir: Path, folds: Sequence[int], cache: Any, clip_ids: list[str], n_classes: int, device: Any
 ) -> list[np.ndarray]:
     """Each fold's scores of one member: its best.pt over sliding windows, as training evaluated."""
-    from audiotag.config.schema import InputNorm
-    from audiotag.models.registry import build_model
-    from audiotag.train.checkpoint import load_checkpoint, verify_best
     from audiotag.train.experiment import load_experiment
-    from audiotag.train.loop import crop_frames, predict_for
+    from audiotag.train.loop import load_fold_model, predict_for
 
     cfg = load_experiment(member_dir / "config.yaml")
-    window = crop_frames(cfg)
     parts = []
     for fold in folds:
-        fold_dir = member_dir / f"fold{fold}"
-        done = json.loads((fold_dir / "done.json").read_text())
-        norm = InputNorm(**done["input_norm"]) if cfg.model.input_norm == "dataset" else None
-        model = build_model(cfg.model, cfg.features.n_mels, n_classes, window, norm, cfg.features)
         remedy = (
             f"the package's copy is damaged: build the package again (./run.sh package); if the run's own "
             f"fold{fold}/best.pt fails the same check, delete that fold folder to retrain the fold"
         )
-        verify_best(fold_dir / "best.pt", done, remedy)
-        model.load_state_dict(load_checkpoint(fold_dir / "best.pt", device, remedy)["model"])
-        model = model.to(device)
+        model = load_fold_model(cfg, member_dir / f"fold{fold}", n_classes, device, remedy)
         parts.append(predict_for(model, cache, clip_ids, cfg, device))
         log.info("inference: %s fold %d done", member_dir.name, fold)
     return parts

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from audiotag.config.schema import InputNorm
 from audiotag.core.atomic import atomic_write_json, load_json_object
 from audiotag.core.errors import TrainingError
 from audiotag.core.log import human_duration
@@ -34,6 +35,7 @@ from audiotag.models.registry import build_model, load_pretrained
 from audiotag.scoring import metrics
 from audiotag.scoring.predictions import write_predictions
 from audiotag.train.checkpoint import (
+    RESTART,
     EpochProgress,
     disk_full_guard,
     file_record,
@@ -453,3 +455,25 @@ def finish_fold(run: FoldRun, started: float) -> dict:
         state.best_epoch + 1,
     )
     return summary
+
+
+def load_fold_model(
+    cfg: ExperimentConfig,
+    fold_dir: Path,
+    n_classes: int | None = None,
+    device: str | torch.device = "cpu",
+    remedy: str | None = None,
+) -> Any:
+    """A finished fold's model, as training built it (the input normalisation its ``done.json``
+    recorded) with its ``best.pt``, checked against that record first. ``n_classes``: None takes the
+    number the head was trained for; ``remedy`` ends a failed check's message."""
+    done = json.loads((fold_dir / "done.json").read_text())
+    best = fold_dir / "best.pt"
+    verify_best(best, done, remedy)
+    state = load_checkpoint(best, device, remedy or RESTART)["model"]
+    if n_classes is None:
+        n_classes = int(next(v for k, v in state.items() if k in ("head.fc.bias", "head.cla.bias")).shape[0])
+    norm = InputNorm(**done["input_norm"]) if cfg.model.input_norm == "dataset" else None
+    model = build_model(cfg.model, cfg.features.n_mels, n_classes, crop_frames(cfg), norm, cfg.features)
+    model.load_state_dict(state)
+    return model.to(device)
