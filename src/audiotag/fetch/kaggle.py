@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audiotag.core.atomic import fsync_dir
+from audiotag.core.atomic import fsync_dir, read_json_object
 from audiotag.core.errors import AudiotagError, DataError
 from audiotag.core.paths import check_name
 from audiotag.fetch.extract import extract_zip
@@ -111,11 +111,8 @@ def config_dir() -> Path:
 def kaggle_username() -> str | None:
     """The Kaggle username of the credentials, read locally (``KAGGLE_USERNAME``, else ``kaggle.json``);
     None when neither names one (an access token names it only when Kaggle is asked)."""
-    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
-        legacy = json.loads((config_dir() / "kaggle.json").read_text())
-        if not os.environ.get("KAGGLE_USERNAME") and isinstance(legacy, dict) and legacy.get("username"):
-            return str(legacy["username"])
-    return os.environ.get("KAGGLE_USERNAME") or None
+    legacy = read_json_object(config_dir() / "kaggle.json") or {}  # None: missing or unreadable
+    return os.environ.get("KAGGLE_USERNAME") or (str(legacy["username"]) if legacy.get("username") else None)
 
 
 def _file_token(path: Path) -> str:
