@@ -110,6 +110,16 @@ def test_embed_options_out_of_range_are_named(option: str, value: str, capsys) -
     assert f"argument {option}: expected" in err and repr(value) in err
 
 
+@pytest.mark.parametrize("command", ["pretrain", "tune", "embed"])
+def test_workers_below_one_are_refused_by_one_rule(command: str, capsys) -> None:
+    """--workers of every command that builds a feature cache: cli/args.worker_count."""
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--workers", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --workers: 0 is not allowed: the feature cache needs 1 or more processes" in err
+
+
 def test_a_validation_error_reaching_the_top_is_one_line_per_setting(monkeypatch, capsys) -> None:
     def embed(options):
         EmbeddingConfig(window_seconds=math.nan, batch_size=0)

@@ -7,7 +7,14 @@ import json
 import logging
 from pathlib import Path
 
-from audiotag.cli.args import add_set_argument, data_dir_overrides, options_of, parse_folds, plain_name
+from audiotag.cli.args import (
+    add_set_argument,
+    data_dir_overrides,
+    options_of,
+    parse_folds,
+    plain_name,
+    worker_count,
+)
 from audiotag.config.files import available, find_config
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
@@ -42,7 +49,7 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
         "--gpus", type=int, default=1, metavar="N", help="N data-parallel processes (torchrun)"
     )
     parser.add_argument(
-        "--workers", type=int, metavar="N", help="processes for the feature cache (default: all)"
+        "--workers", type=worker_count, metavar="N", help="processes for the feature cache (default: all)"
     )
     parser.add_argument("--data-dir", type=Path, metavar="PATH", help="the competition's files in place")
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -68,8 +75,6 @@ def run_pretrain(args: argparse.Namespace) -> None:
 
     if args.gpus < 1:
         raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
     path = find_config(args.config or args.method, "pretrain")
     cfg = load_pretrain_config(path, command_overrides(args), competition=args.competition)
     if args.gpus > 1 and not launched_by_torchrun():
@@ -122,7 +127,10 @@ def build_tune_parser() -> argparse.ArgumentParser:
         "--name", type=plain_name, help="the study's name and folder (default: the base experiment's name)"
     )
     parser.add_argument(
-        "--workers", type=int, metavar="N", help="processes for the feature cache (default: all cores)"
+        "--workers",
+        type=worker_count,
+        metavar="N",
+        help="processes for the feature cache (default: all cores)",
     )
     parser.add_argument("--data-dir", type=Path, metavar="PATH", help="the competition's files in place")
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -135,8 +143,6 @@ def run_tune(args: argparse.Namespace) -> None:
     from audiotag.stages.tune import run_tune as tune
 
     competition = args.competition
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: expected 1 or more (leave it out for all cores)")
     args.overrides = args.overrides + data_dir_overrides(args)
     args.folds = parse_folds(args.folds)
     options = options_of(TuneOptions, args)
