@@ -358,6 +358,11 @@ def display_rows(board: Leaderboard) -> list[dict[str, str]]:
     return out
 
 
+def filled_columns(shown: list[dict[str, str]]) -> list[str]:
+    """The columns of ``display_rows`` that hold something: an empty column only takes width."""
+    return [c for c in (list(shown[0]) if shown else []) if any(r[c] for r in shown)]
+
+
 def print_leaderboard(console: Console, board: Leaderboard) -> None:
     shown = display_rows(board)
     table = Table(
@@ -365,16 +370,13 @@ def print_leaderboard(console: Console, board: Leaderboard) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    columns = list(shown[0]) if shown else ["kind", "name", f"CV {board.metric}"]
+    columns = filled_columns(shown) if shown else ["kind", "name", f"CV {board.metric}"]
     for column in columns:
-        if shown and not any(r[column] for r in shown):
-            continue  # an empty column only takes width
         numeric = column.startswith(("fold ", "CV ", "public", "private", "test", "time"))
         table.add_column(column, justify="right" if numeric else "left", overflow="fold")
-    kept = [str(c.header) for c in table.columns]
     for cells in shown:
         style = "bold" if cells["kind"] != "run" else None
-        table.add_row(*[cells[c] for c in kept], style=style)
+        table.add_row(*[cells[c] for c in columns], style=style)
     console.print(table)
     if any(r.get("test") for r in shown):
         console.print("test: score on the demo's hidden test labels (demo competitions only)")
@@ -398,7 +400,7 @@ def write_html(board: Leaderboard, path: Path, plots: Sequence[Path] = ()) -> Pa
     """The table as one self-contained page (empty columns left out, long text wrapped, so that it
     fits a 1400 px window), with ``plots`` (``--plots``' PNG files) embedded below it."""
     shown = display_rows(board)
-    columns = [c for c in (list(shown[0]) if shown else []) if any(r[c] for r in shown)]
+    columns = filled_columns(shown)
 
     def cell(row: dict[str, str], column: str) -> str:
         css = " class='wrap'" if column in WRAPPED else ""
