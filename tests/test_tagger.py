@@ -136,3 +136,29 @@ def test_dataset_input_norm_is_the_training_folds_statistics() -> None:
         build_model(CnnConfig(channels=[4], input_norm="dataset"), 8, 2, frames=10)
     model = build_model(CnnConfig(channels=[4], input_norm="dataset"), 8, 2, frames=10, input_norm=norm)
     assert model.norm_mean == pytest.approx(values.mean())
+
+
+def test_layer_decay_scales_each_block_by_depth() -> None:
+    from audiotag.models.ast import AstConfig
+
+    cfg = AstConfig(embed_dim=8, depth=3, num_heads=2, fstride=16, tstride=16)
+    model = build_model(cfg, 16, 3, frames=32)
+    groups = model.param_groups(lr=1.0, backbone_lr_ratio=0.5, weight_decay=0.0, layer_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    backbone = dict(model.backbone.named_parameters())
+    assert lr_of[id(backbone["patch_embed.proj.weight"])] == pytest.approx(0.5 * 0.5**4)
+    assert lr_of[id(backbone["pos_embed"])] == pytest.approx(0.5 * 0.5**4)
+    for block in range(3):
+        weight = backbone[f"blocks.{block}.attn.qkv.weight"]
+        assert lr_of[id(weight)] == pytest.approx(0.5 * 0.5 ** (3 - block))
+    assert lr_of[id(backbone["norm.weight"])] == pytest.approx(0.5)
+    assert all(lr_of[id(p)] == 1.0 for p in model.head.parameters())
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    plain = model.param_groups(lr=1.0, backbone_lr_ratio=0.5, weight_decay=0.0)
+    assert len(plain) < len(groups)
+
+
+def test_layer_decay_without_blocks_is_refused_by_name() -> None:
+    model = build_model(SMALL, 16, 3, frames=20)
+    with pytest.raises(ConfigError, match=r"train\.layer_decay.*no `blocks`"):
+        model.param_groups(lr=1.0, backbone_lr_ratio=1.0, weight_decay=0.0, layer_decay=0.7)

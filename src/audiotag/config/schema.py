@@ -264,6 +264,14 @@ class TrainConfig(StrictModel):
     backbone_lr_ratio: float = Field(
         1.0, gt=0, description="backbone learning rate = lr * ratio (the head always gets lr)"
     )
+    layer_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay (BEiT, PaSST, BEATs fine-tuning): the backbone's "
+        "block i of n learns at backbone lr * decay**(n + 1 - i), what comes before the blocks at "
+        "decay**(n + 1), what comes after them at backbone lr; 1 = off. Needs a backbone with `blocks`",
+    )
     freeze_backbone_epochs: int = Field(0, ge=0, description="train only the head for this many epochs")
     weight_decay: float = Field(1e-2, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from audiotag.config.schema import InputNorm, ModelBase
+from audiotag.core.errors import ConfigError
 from audiotag.models.heads import AttentionHead, LinearHead, TokenHead
 
 
@@ -60,18 +61,31 @@ class Tagger(nn.Module):
             return self.head(self.backbone(x, spec_keep=spec_keep))
         return self.head(self.backbone(x))
 
-    def param_groups(self, lr: float, backbone_lr_ratio: float, weight_decay: float) -> list[dict]:
-        """AdamW groups: backbone at ``lr * ratio``, head at ``lr``; no decay on norms and biases."""
-        groups = []
-        for part, part_lr in ((self.backbone, lr * backbone_lr_ratio), (self.head, lr)):
-            decay, no_decay = [], []
+    def param_groups(
+        self, lr: float, backbone_lr_ratio: float, weight_decay: float, layer_decay: float = 1.0
+    ) -> list[dict]:
+        """AdamW groups: backbone at ``lr * ratio``, head at ``lr``; no decay on norms and biases.
+
+        ``layer_decay`` < 1 scales the backbone's learning rate by depth (``layer_depths``).
+        """
+        depths = layer_depths(self.backbone) if layer_decay != 1.0 else {}
+        top = max(depths.values(), default=0)
+        groups: dict[tuple[int, int, bool], dict] = {}
+        for part_index, part in enumerate((self.backbone, self.head)):
+            part_lr = lr * backbone_lr_ratio if part_index == 0 else lr
             for name, param in part.named_parameters():
-                (
-                    no_decay if param.ndim <= 1 or name.endswith("_token") or "pos_embed" in name else decay
-                ).append(param)
-            groups.append({"params": decay, "lr": part_lr, "weight_decay": weight_decay})
-            groups.append({"params": no_decay, "lr": part_lr, "weight_decay": 0.0})
-        return [g for g in groups if g["params"]]
+                depth = depths.get(name, top) if part_index == 0 else top
+                no_decay = param.ndim <= 1 or name.endswith("_token") or "pos_embed" in name
+                group = groups.setdefault(
+                    (part_index, depth, no_decay),
+                    {
+                        "params": [],
+                        "lr": part_lr * layer_decay ** (top - depth),
+                        "weight_decay": 0.0 if no_decay else weight_decay,
+                    },
+                )
+                group["params"].append(param)
+        return [groups[key] for key in sorted(groups)]  # per part: shallow first, decay first
 
     def set_backbone_trainable(self, trainable: bool) -> None:
         """Freeze or unfreeze the backbone; a frozen backbone also keeps its BatchNorm statistics."""
@@ -84,3 +98,25 @@ class Tagger(nn.Module):
         if mode and getattr(self, "backbone_frozen", False):
             self.backbone.eval()
         return self
+
+
+def layer_depths(backbone: nn.Module) -> dict[str, int]:
+    """Each parameter's depth for layer-wise learning-rate decay: 0 before the blocks, block i at i
+    (1-based), ``n + 1`` after the last of the ``n`` blocks (a final norm), following the order of
+    ``named_parameters`` (the order the backbone registered them in)."""
+    blocks = getattr(backbone, "blocks", None)
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or len(blocks) == 0:
+        raise ConfigError(
+            f"train.layer_decay: the backbone {type(backbone).__name__} has no `blocks` to count "
+            "depth by; set train.layer_decay: 1 (off) for this model"
+        )
+    depths: dict[str, int] = {}
+    seen_blocks = False
+    for name, _ in backbone.named_parameters():
+        parts = name.split(".")
+        if parts[0] == "blocks" and len(parts) > 1 and parts[1].isdigit():
+            depths[name] = int(parts[1]) + 1
+            seen_blocks = True
+        else:
+            depths[name] = len(blocks) + 1 if seen_blocks else 0
+    return depths

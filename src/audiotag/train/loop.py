@@ -270,7 +270,7 @@ def build_fold(
     configure_determinism(tc.deterministic, device)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(
-        model.param_groups(tc.lr, tc.backbone_lr_ratio, tc.weight_decay), fused=fused or None
+        model.param_groups(tc.lr, tc.backbone_lr_ratio, tc.weight_decay, tc.layer_decay), fused=fused or None
     )
     drop_last = len(data.train_ids) >= tc.batch_size
     batches = len(data.train_ids) // tc.batch_size if drop_last else 1  # global batches (all ranks)
