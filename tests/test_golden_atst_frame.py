@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from audiotag.config.files import load_group, read_yaml, validate
 from audiotag.config.schema import FeatureConfig
 from audiotag.data.features import make_extractor
-from audiotag.models import atst_frame
+from audiotag.models import atst_frame, verify
 from audiotag.models.atst_frame import AtstFrameBackbone, AtstFrameConfig
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.models.tagger import Tagger
@@ -82,10 +82,15 @@ def write_checkpoint(folder: Path) -> tuple[Path, dict[str, Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def tagger(tmp_path_factory: pytest.TempPathFactory) -> Tagger:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Tensor]]:
+    return write_checkpoint(tmp_path_factory.mktemp("atst"))
+
+
+@pytest.fixture(scope="module")
+def tagger(checkpoint: tuple[Path, dict[str, Tensor]]) -> Tagger:
     """Our Tagger loaded from the fixture's checkpoint by ``load_pretrained``, the seeded head copied
     in (the random initialisation is skipped: every tensor is overwritten, checked below)."""
-    path, head = write_checkpoint(tmp_path_factory.mktemp("atst"))
+    path, head = checkpoint
     cfg = model_cfg(pretrained=str(path))
     n_classes = head["head.fc.weight"].shape[0]
     with pytest.MonkeyPatch.context() as patch:
@@ -190,3 +195,13 @@ def test_known_deviations_are_caught(tagger: Tagger, monkeypatch: pytest.MonkeyP
         assert max_diff(tagger(logmel), data["output"]) < OUT_TOL
     no_floor = our_logmel(waves(), features_cfg(top_db=None)).numpy()
     assert max_diff(no_floor, data["logmel"].transpose(0, 2, 1)) > 1.0  # the 80 dB floor left out
+
+
+def test_weights_verify_runs_the_checkpoint(checkpoint: tuple[Path, dict[str, Tensor]]) -> None:
+    """``weights verify atstframe_small --weights FILE``: no AudioSet head, so embeddings only."""
+    clips = verify.synthetic_clips(16000, seconds=1.0)
+    with pytest.MonkeyPatch.context() as patch:  # every tensor is loaded: skip the random init
+        patch.setattr(AtstFrameBackbone, "_init_weights", lambda _self: None)
+        results, notes = verify.run_checkpoint("atstframe_small", clips, checkpoint[0], offline=True)
+    assert "no AudioSet head in this checkpoint: embeddings only" in notes
+    assert len(results) == 4 and all(r.embedding.shape == (384,) and not r.top for r in results)
