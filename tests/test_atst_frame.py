@@ -124,3 +124,18 @@ def test_tiny_atst_frame_fine_tunes_on_the_demo(workspace: Path) -> None:
     done = json.loads((run / "fold0/done.json").read_text())
     assert done["epochs_run"] == 2
     assert "atst_frame" in (run / "config.yaml").read_text()
+
+
+def test_embed_layers_default_to_every_block() -> None:
+    """``embed``: layers 1..depth (default: all, as the official linear evaluation), each the block's
+    tokens through ``norm_frame`` averaged over time; the last one is the model's own embedding."""
+    from audiotag.models.representation import EmbeddingConfig, Representation, resolve_layers
+
+    features = validate(FeatureConfig, load_group("features", "atst_16k_64"), "atst_16k_64")
+    model = {"name": "atst_frame", "embed_dim": 16, "depth": 2, "num_heads": 2, "input_frames": 41}
+    rep = Representation(EmbeddingConfig(model=model), features)
+    assert resolve_layers(rep.model_cfg, "default") == ["1", "2"] and rep.min_frames == 4
+    assert rep.layer_dims(["1", "2", "embedding"]) == {"1": 16, "2": 16, "embedding": 16}
+    out = rep.encode(torch.randn(2, 100, 64), ["1", "2", "embedding"])
+    assert out["1"].shape == (2, 16) and not np.allclose(out["1"], out["2"])
+    np.testing.assert_allclose(out["2"], out["embedding"], atol=1e-6)
