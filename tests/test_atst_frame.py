@@ -139,3 +139,14 @@ def test_embed_layers_default_to_every_block() -> None:
     out = rep.encode(torch.randn(2, 100, 64), ["1", "2", "embedding"])
     assert out["1"].shape == (2, 16) and not np.allclose(out["1"], out["2"])
     np.testing.assert_allclose(out["2"], out["embedding"], atol=1e-6)
+
+
+def test_train_auto_measures_the_family() -> None:
+    """``train.auto`` sizes crops on the model's frame grid: 4 log-mel frames per token."""
+    from audiotag.runs.auto_settings import measure_model
+    from audiotag.train.experiment import load_experiment
+
+    demo = Path(__file__).parents[1] / "configs/experiments/demo/cnn_small.yaml"
+    model = "model={base: atst_frame_small, embed_dim: 16, depth: 2, num_heads: 2}"
+    grid, per_frame, parameters = measure_model(load_experiment(demo, [model, "features=atst_16k_64"]), 5)
+    assert grid == 4 and per_frame > 0 and parameters > 0
