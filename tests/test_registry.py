@@ -46,7 +46,7 @@ FAMILY = Family(ToyConfig, lambda cfg, n_mels, frames: ToyBackbone(cfg, n_mels),
 
 
 def test_every_family_module_is_collected() -> None:
-    assert set(families()) == {"cnn", "timm", "ast", "byola", "musicnn"}
+    assert set(families()) == {"cnn", "timm", "ast", "byola", "musicnn", "atst_frame"}
     for name, family in families().items():
         assert family.config.model_fields["name"].default == name
         assert family.converters, name
@@ -88,11 +88,11 @@ def test_a_new_family_is_one_module(tmp_path: Path) -> None:
             {{"name": "x", "competition": {{"name": "demo"}}, "model": {{"name": "toy", "width": 5}}}}
         )
         model = build_model(cfg.model, 16, 3, frames=10)
-        print(sorted(families()), type(cfg.model).__name__, tuple(model(torch.zeros(2, 10, 16)).shape))
+        print("toy" in families(), type(cfg.model).__name__, tuple(model(torch.zeros(2, 10, 16)).shape))
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.split("\n")[0] == "['ast', 'byola', 'cnn', 'musicnn', 'timm', 'toy'] ToyConfig (2, 3)"
+    assert out.split("\n")[0] == "True ToyConfig (2, 3)"  # the other families: whatever modules exist
 
 
 TOY_LAYERED = (

@@ -72,6 +72,12 @@ class FeatureConfig(StrictModel):
         "log10_1p: log10(1 + log_gain*mel)",
     )
     amin: float = Field(1e-10, gt=0, description="floor before 10*log10 (scale: db)")
+    top_db: float | None = Field(
+        None,
+        gt=0,
+        description="scale: db: raise every value to at least the clip's maximum minus top_db, over the "
+        "whole log-mel the front-end computes (torchaudio AmplitudeToDB(top_db=80): ATST); null = no floor",
+    )
     log_offset: float = Field(1e-6, gt=0, description="added before log (scale: log)")
     log_gain: float = Field(1.0, gt=0, description="gain inside log10(1 + gain * mel) (scale: log10_1p)")
     center_pad: Literal["reflect", "constant"] = Field(
@@ -100,6 +106,8 @@ class FeatureConfig(StrictModel):
             raise ValueError("win_length must not exceed n_fft")
         if self.float16 and self.scale != "log10_1p":
             raise ValueError("float16 applies to scale: log10_1p only (musicnn's front-end)")
+        if self.top_db is not None and (self.scale != "db" or self.kind != "logmel"):
+            raise ValueError("top_db applies to kind: logmel with scale: db only")
         return self
 
     @property
@@ -123,7 +131,12 @@ class FeatureConfig(StrictModel):
         settings["fmax"] = self.fmax or self.sample_rate / 2
         settings["win_length"] = self.win_length or self.n_fft
         settings["code_version"] = FEATURE_CODE_VERSION
-        for field, default in (("center_pad", "reflect"), ("resampler", "soxr_hq"), ("float16", False)):
+        for field, default in (
+            ("center_pad", "reflect"),
+            ("resampler", "soxr_hq"),
+            ("float16", False),
+            ("top_db", None),
+        ):
             if settings[field] == default:  # added later: the default keeps existing cache keys
                 del settings[field]
         blob = json.dumps(settings, sort_keys=True).encode()

@@ -161,7 +161,11 @@ class LogMel(nn.Module):
 
     def _scale(self, mel: Tensor) -> Tensor:
         if self.cfg.scale == "db":
-            return 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))
+            db = 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))
+            if self.cfg.top_db is None:
+                return db
+            # torchaudio's AmplitudeToDB: the floor is relative to each clip's loudest value
+            return torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - self.cfg.top_db)
         if self.cfg.scale == "log10_1p" and self.cfg.float16:
             return log10_1p_float16(mel, self.cfg.log_gain)
         if self.cfg.scale == "log10_1p":
