@@ -61,11 +61,17 @@ class FeatureConfig(StrictModel):
     n_mels: int = Field(64, gt=0)
     fmin: float = Field(50.0, ge=0)
     fmax: float | None = Field(None, gt=0)
-    mel_scale: Literal["slaney", "htk"] = "slaney"
+    mel_scale: Literal["slaney", "htk", "kaldi"] = Field(
+        "slaney",
+        description="slaney or htk: librosa's filters (triangles in Hz); kaldi: Kaldi's filters (triangles "
+        "in 1127 ln(1 + f / 700), unnormalised, torchaudio's get_mel_banks: PaSST, EfficientAT)",
+    )
     mel_norm: Literal["slaney", "l1", "none"] = Field(
         "slaney", description="filter normalisation: slaney (librosa's default), l1 (librosa norm=1), none"
     )
-    window: Literal["hann", "hamming", "povey"] = "hann"
+    window: Literal["hann", "hann_symmetric", "hamming", "povey"] = Field(
+        "hann", description="logmel: hann is periodic, hann_symmetric torch.hann_window(periodic=False)"
+    )
     scale: Literal["db", "log", "log10_1p"] = Field(
         "db",
         description="db: 10*log10(max(mel, amin)); log: ln(mel + log_offset); "
@@ -86,7 +92,14 @@ class FeatureConfig(StrictModel):
         "log10(gain * mel + 1) in float16; saturating at float16's largest value where musicnn "
         "overflows to inf)",
     )
-    preemphasis: float = Field(0.0, ge=0, lt=1, description="kaldi_fbank: pre-emphasis coefficient (0.97)")
+    preemphasis: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="pre-emphasis coefficient (0.97). kaldi_fbank: per frame, as Kaldi; logmel: over the "
+        "wave before the STFT, y[n] = x[n] - k x[n-1] from the second sample on (one sample shorter), as "
+        "PaSST's and EfficientAT's conv1d",
+    )
     remove_dc: bool = Field(False, description="kaldi_fbank: subtract each frame's mean")
 
     @model_validator(mode="after")
@@ -98,6 +111,15 @@ class FeatureConfig(StrictModel):
             raise ValueError("fmin must be below fmax")
         if self.win_length is not None and self.win_length > self.n_fft:
             raise ValueError("win_length must not exceed n_fft")
+        if self.kind == "kaldi_fbank" and (self.mel_scale == "kaldi" or self.window == "hann_symmetric"):
+            raise ValueError(
+                "kind kaldi_fbank always uses Kaldi's mel scale and symmetric windows: leave "
+                "mel_scale and window (hann) at their defaults"
+            )
+        if self.mel_scale == "kaldi" and (self.mel_norm != "none" or self.n_fft & (self.n_fft - 1)):
+            raise ValueError(
+                "mel_scale kaldi takes unnormalised filters (mel_norm: none) on a power-of-two n_fft"
+            )
         if self.float16 and self.scale != "log10_1p":
             raise ValueError("float16 applies to scale: log10_1p only (musicnn's front-end)")
         return self
