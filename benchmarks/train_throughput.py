@@ -72,6 +72,8 @@ SETUPS = {
     "ast_base": Setup("ast_kaldi_128", 10.24, 12),
     "efficientnet_b0": Setup("panns_32k", 10.0, 32),
     "cnn_small": Setup("logmel_16k_64", 2.0, 16),
+    # PaSST-S: 10-s inputs as the official fine-tuning (batch 12 there); a small batch for the CPU row
+    "passt_s": Setup("passt_32k_128", 10.0, 4),
 }
 
 

@@ -6,11 +6,13 @@ rules that fixture cannot reach (training mode, inputs longer than the time embe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from audiotag.cli.main import main
 from audiotag.config.files import read_yaml
 from audiotag.config.schema import FeatureConfig, InputNorm
 from audiotag.data.features import make_extractor, n_frames
@@ -149,3 +151,32 @@ def test_kaldi_mel_scale_settings_are_checked() -> None:
         FeatureConfig(**{**base, "n_fft": 1000, "win_length": 800})
     with pytest.raises(ValueError, match="kaldi_fbank"):
         FeatureConfig(**{**base, "kind": "kaldi_fbank"})
+
+
+TINY_PASST = [
+    "competition.n_folds=3",
+    "competition.generator.train_per_class=4",
+    "competition.generator.test_per_class=1",
+    "competition.generator.max_duration=3.0",
+    "model={base: passt_s, embed_dim: 32, depth: 2, num_heads: 4, input_frames: 200, "
+    "s_patchout_t: 2, s_patchout_f: 1}",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "train.folds=[0]",
+    "train.layer_decay=0.75",
+]
+
+
+@pytest.mark.slow
+def test_tiny_passt_fine_tunes_on_the_demo(workspace: Path) -> None:
+    """One fold, one epoch of a 2-block PaSST from random weights, with patchout and layer decay
+    (about 15 s of CPU time on 2 cores)."""
+    args = ["prepare", "train", "-c", "demo", "--workers", "1", "--run-name", "passt_tiny"]
+    for item in TINY_PASST:
+        args += ["--set", item]
+    assert main(args) == 0
+    run = workspace / "competition" / "demo" / "runs" / "passt_tiny"
+    done = json.loads((run / "fold0" / "done.json").read_text())
+    assert done and (run / "fold0" / "best.pt").is_file() and (run / "fold0" / "oof.parquet").is_file()
+    saved = json.loads((run / "run.json").read_text())
+    assert "passt" in json.dumps(saved) and "s_patchout_t" in json.dumps(saved)
