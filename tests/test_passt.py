@@ -26,6 +26,8 @@ from audiotag.models.passt import (
     default_layers,
 )
 from audiotag.models.tagger import Tagger, build_head, layer_depths
+from audiotag.runs.auto_settings import measure_model
+from audiotag.train.experiment import load_experiment
 from tests.golden_weights import load_fixture, unpack_shapes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,3 +182,11 @@ def test_tiny_passt_fine_tunes_on_the_demo(workspace: Path) -> None:
     assert done and (run / "fold0" / "best.pt").is_file() and (run / "fold0" / "oof.parquet").is_file()
     saved = json.loads((run / "run.json").read_text())
     assert "passt" in json.dumps(saved) and "s_patchout_t" in json.dumps(saved)
+
+
+def test_train_auto_measures_the_recipe_on_meta() -> None:
+    """``train.auto``'s model facts for the full-size recipe: tokens, so a grid of one frame."""
+    cfg = load_experiment(REPO / "configs/experiments/fsd50k/passt.yaml")
+    assert cfg.features.name == "passt_32k_128" and cfg.model.s_patchout_t == 10
+    grid, per_frame, parameters = measure_model(cfg, n_classes=200)
+    assert grid == 1 and per_frame > 0 and parameters > 85_000_000 * 4

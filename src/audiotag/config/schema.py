@@ -290,7 +290,7 @@ class TrainConfig(StrictModel):
         1.0,
         gt=0,
         le=1,
-        description="layer-wise learning-rate decay (BEiT, PaSST, BEATs fine-tuning): the backbone's "
+        description="layer-wise learning-rate decay (BEiT, BEATs fine-tuning): the backbone's "
         "block i of n learns at backbone lr * decay**(n + 1 - i), what comes before the blocks at "
         "decay**(n + 1), what comes after them at backbone lr; 1 = off. Needs a backbone with `blocks`",
     )
