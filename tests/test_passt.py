@@ -147,12 +147,10 @@ def test_preemphasis_frames(samples: int) -> None:
 
 def test_kaldi_mel_scale_settings_are_checked() -> None:
     base = read_yaml(REPO / "configs/features/passt_32k_128.yaml")
-    with pytest.raises(ValueError, match="mel_norm: none"):
-        FeatureConfig(**{**base, "mel_norm": "slaney"})
-    with pytest.raises(ValueError, match="power-of-two"):
-        FeatureConfig(**{**base, "n_fft": 1000, "win_length": 800})
-    with pytest.raises(ValueError, match="kaldi_fbank"):
-        FeatureConfig(**{**base, "kind": "kaldi_fbank"})
+    FeatureConfig(**base)
+    for change in ({"mel_norm": "slaney"}, {"n_fft": 1000}, {"kind": "kaldi_fbank"}):
+        with pytest.raises(ValueError, match="mel_scale kaldi: kind logmel, mel_norm none"):
+            FeatureConfig(**{**base, **change})
 
 
 TINY_PASST = [

@@ -61,17 +61,11 @@ class FeatureConfig(StrictModel):
     n_mels: int = Field(64, gt=0)
     fmin: float = Field(50.0, ge=0)
     fmax: float | None = Field(None, gt=0)
-    mel_scale: Literal["slaney", "htk", "kaldi"] = Field(
-        "slaney",
-        description="slaney or htk: librosa's filters (triangles in Hz); kaldi: Kaldi's filters (triangles "
-        "in 1127 ln(1 + f / 700), unnormalised, torchaudio's get_mel_banks: PaSST, EfficientAT)",
-    )
+    mel_scale: Literal["slaney", "htk", "kaldi"] = "slaney"  # kaldi: torchaudio get_mel_banks (PaSST)
     mel_norm: Literal["slaney", "l1", "none"] = Field(
         "slaney", description="filter normalisation: slaney (librosa's default), l1 (librosa norm=1), none"
     )
-    window: Literal["hann", "hann_symmetric", "hamming", "povey"] = Field(
-        "hann", description="logmel: hann is periodic, hann_symmetric torch.hann_window(periodic=False)"
-    )
+    window: Literal["hann", "hann_symmetric", "hamming", "povey"] = "hann"  # logmel: hann is periodic
     scale: Literal["db", "log", "log10_1p"] = Field(
         "db",
         description="db: 10*log10(max(mel, amin)); log: ln(mel + log_offset); "
@@ -93,12 +87,7 @@ class FeatureConfig(StrictModel):
         "overflows to inf)",
     )
     preemphasis: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="pre-emphasis coefficient (0.97). kaldi_fbank: per frame, as Kaldi; logmel: over the "
-        "wave before the STFT, y[n] = x[n] - k x[n-1] from the second sample on (one sample shorter), as "
-        "PaSST's and EfficientAT's conv1d",
+        0.0, ge=0, lt=1, description="0.97: per frame as Kaldi (kaldi_fbank) or over the wave (logmel, PaSST)"
     )
     remove_dc: bool = Field(False, description="kaldi_fbank: subtract each frame's mean")
 
@@ -111,15 +100,9 @@ class FeatureConfig(StrictModel):
             raise ValueError("fmin must be below fmax")
         if self.win_length is not None and self.win_length > self.n_fft:
             raise ValueError("win_length must not exceed n_fft")
-        if self.kind == "kaldi_fbank" and (self.mel_scale == "kaldi" or self.window == "hann_symmetric"):
-            raise ValueError(
-                "kind kaldi_fbank always uses Kaldi's mel scale and symmetric windows: leave "
-                "mel_scale and window (hann) at their defaults"
-            )
-        if self.mel_scale == "kaldi" and (self.mel_norm != "none" or self.n_fft & (self.n_fft - 1)):
-            raise ValueError(
-                "mel_scale kaldi takes unnormalised filters (mel_norm: none) on a power-of-two n_fft"
-            )
+        pow2 = self.n_fft & (self.n_fft - 1) == 0
+        if self.mel_scale == "kaldi" and ((self.kind, self.mel_norm) != ("logmel", "none") or not pow2):
+            raise ValueError("mel_scale kaldi: kind logmel, mel_norm none and a power-of-two n_fft")
         if self.float16 and self.scale != "log10_1p":
             raise ValueError("float16 applies to scale: log10_1p only (musicnn's front-end)")
         return self
