@@ -25,6 +25,7 @@ from audiotag.models.passt import (
     build_backbone,
     default_layers,
 )
+from audiotag.models.representation import EmbeddingConfig, Representation, available_layers, resolve_layers
 from audiotag.models.tagger import Tagger, build_head, layer_depths
 from audiotag.runs.auto_settings import measure_model
 from audiotag.train.experiment import load_experiment
@@ -188,3 +189,16 @@ def test_train_auto_measures_the_recipe_on_meta() -> None:
     assert cfg.features.name == "passt_32k_128" and cfg.model.s_patchout_t == 10
     grid, per_frame, parameters = measure_model(cfg, n_classes=200)
     assert grid == 1 and per_frame > 0 and parameters > 85_000_000 * 4
+
+
+def test_embed_takes_passt_layers() -> None:
+    """``embed``'s representation of a small PaSST: blocks 1..depth and its own embedding, the
+    default fusion, one vector per window and layer (what the linear probe reads)."""
+    features = FeatureConfig(**read_yaml(REPO / "configs/features/logmel_16k_64.yaml"))
+    model = {"name": "passt", "embed_dim": DIM, "depth": 4, "num_heads": HEADS, "input_frames": 200}
+    rep = Representation(EmbeddingConfig(model=model), features)
+    assert available_layers(rep.model_cfg) == ["1", "2", "3", "4", "embedding"]
+    assert resolve_layers(rep.model_cfg, "default") == ["2", "4"]
+    out = rep.encode(torch.randn(3, 100, MELS), ["2", "4", "embedding"])
+    assert {k: v.shape for k, v in out.items()} == {"2": (3, DIM), "4": (3, DIM), "embedding": (3, DIM)}
+    assert rep.layer_dims(["2", "4"]) == {"2": DIM, "4": DIM}
