@@ -61,11 +61,11 @@ class FeatureConfig(StrictModel):
     n_mels: int = Field(64, gt=0)
     fmin: float = Field(50.0, ge=0)
     fmax: float | None = Field(None, gt=0)
-    mel_scale: Literal["slaney", "htk"] = "slaney"
+    mel_scale: Literal["slaney", "htk", "kaldi"] = "slaney"  # kaldi: torchaudio get_mel_banks (PaSST)
     mel_norm: Literal["slaney", "l1", "none"] = Field(
         "slaney", description="filter normalisation: slaney (librosa's default), l1 (librosa norm=1), none"
     )
-    window: Literal["hann", "hamming", "povey"] = "hann"
+    window: Literal["hann", "hann_symmetric", "hamming", "povey"] = "hann"  # logmel: hann is periodic
     scale: Literal["db", "log", "log10_1p"] = Field(
         "db",
         description="db: 10*log10(max(mel, amin)); log: ln(mel + log_offset); "
@@ -92,7 +92,9 @@ class FeatureConfig(StrictModel):
         "log10(gain * mel + 1) in float16; saturating at float16's largest value where musicnn "
         "overflows to inf)",
     )
-    preemphasis: float = Field(0.0, ge=0, lt=1, description="kaldi_fbank: pre-emphasis coefficient (0.97)")
+    preemphasis: float = Field(
+        0.0, ge=0, lt=1, description="0.97: per frame as Kaldi (kaldi_fbank) or over the wave (logmel, PaSST)"
+    )
     remove_dc: bool = Field(False, description="kaldi_fbank: subtract each frame's mean")
 
     @model_validator(mode="after")
@@ -104,6 +106,9 @@ class FeatureConfig(StrictModel):
             raise ValueError("fmin must be below fmax")
         if self.win_length is not None and self.win_length > self.n_fft:
             raise ValueError("win_length must not exceed n_fft")
+        pow2 = self.n_fft & (self.n_fft - 1) == 0
+        if self.mel_scale == "kaldi" and ((self.kind, self.mel_norm) != ("logmel", "none") or not pow2):
+            raise ValueError("mel_scale kaldi: kind logmel, mel_norm none and a power-of-two n_fft")
         if self.float16 and self.scale != "log10_1p":
             raise ValueError("float16 applies to scale: log10_1p only (musicnn's front-end)")
         if self.top_db is not None and (self.scale != "db" or self.kind != "logmel"):
@@ -281,7 +286,7 @@ class TrainConfig(StrictModel):
         1.0,
         gt=0,
         le=1,
-        description="layer-wise learning-rate decay (BEiT, PaSST, BEATs fine-tuning): the backbone's "
+        description="layer-wise learning-rate decay (BEiT, BEATs fine-tuning): the backbone's "
         "block i of n learns at backbone lr * decay**(n + 1 - i), what comes before the blocks at "
         "decay**(n + 1), what comes after them at backbone lr; 1 = off. Needs a backbone with `blocks`",
     )

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from audiotag.config.schema import FeatureConfig
+from audiotag.data.kaldi_fbank import kaldi_mel_banks
 
 # Slaney mel scale: linear below 1 kHz, logarithmic above (librosa's default, htk=False).
 _SLANEY_F_SP = 200.0 / 3
@@ -82,9 +83,9 @@ def mel_groups(fb: np.ndarray, mels_per_group: int = 16) -> list[tuple[int, int,
 
 
 def make_window(kind: str, length: int) -> Tensor:
-    """Periodic analysis window (as librosa and torch.stft use for STFTs)."""
-    if kind == "hann":
-        return torch.hann_window(length, periodic=True, dtype=torch.float32)
+    """Analysis window: periodic (as librosa and torch.stft use for STFTs) but ``hann_symmetric``."""
+    if kind in ("hann", "hann_symmetric"):
+        return torch.hann_window(length, periodic=kind == "hann", dtype=torch.float32)
     if kind == "hamming":
         return torch.hamming_window(length, periodic=True, dtype=torch.float32)
     return torch.hann_window(length, periodic=False, dtype=torch.float64).pow(0.85).float()  # Kaldi povey
@@ -108,12 +109,23 @@ def min_samples(cfg: FeatureConfig) -> int:
 
 def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
     """Frames of a clip of ``n_samples`` samples (centred STFT), short clips included."""
-    return 1 + n_samples // cfg.hop_length
+    return 1 + max(0, n_samples - preemphasis_shift(cfg)) // cfg.hop_length
+
+
+def preemphasis_shift(cfg: FeatureConfig) -> int:
+    """Samples the wave-level pre-emphasis takes off (one: it starts from the second sample)."""
+    return 1 if cfg.preemphasis > 0 else 0
+
+
+def preemphasize(wave: Tensor, coefficient: float) -> Tensor:
+    """``y[n] = x[n + 1] - k x[n]``: the valid 2-tap filter PaSST and EfficientAT run as a conv1d."""
+    return wave[..., 1:] - coefficient * wave[..., :-1]
 
 
 class LogMel(nn.Module):
     """(batch, samples) float32 wave -> (batch, frames, n_mels) float32 log-mel.
 
+    With ``preemphasis`` the wave is filtered first and is one sample shorter from then on (PaSST).
     The centred STFT pads ``n_fft // 2`` samples at both ends by reflection (``center_pad: reflect``,
     as torch and torchlibrosa) or with zeros (``constant``, librosa >= 0.9's default).
     Waves shorter than ``n_fft // 2 + 1`` samples cannot be reflect-padded, so they are first
@@ -127,11 +139,14 @@ class LogMel(nn.Module):
         self.win_length = cfg.win_length or cfg.n_fft
         self.register_buffer("window", make_window(cfg.window, self.win_length), persistent=False)
         self.bins: list[tuple[int, int]] = []
-        for i, (first, end, weights) in enumerate(mel_groups(mel_filterbank(cfg))):
+        fb = kaldi_mel_banks(cfg).T if cfg.mel_scale == "kaldi" else mel_filterbank(cfg)
+        for i, (first, end, weights) in enumerate(mel_groups(fb)):
             self.bins.append((first, end))
             self.register_buffer(f"fb{i}", torch.from_numpy(weights), persistent=False)
 
     def forward(self, wave: Tensor) -> Tensor:
+        if self.cfg.preemphasis > 0 and wave.shape[-1] > 1:
+            wave = preemphasize(wave, self.cfg.preemphasis)
         n_samples = wave.shape[-1]
         if self.cfg.peak_normalize:
             peak = wave.abs().amax(dim=-1, keepdim=True)
@@ -157,7 +172,7 @@ class LogMel(nn.Module):
         mel = torch.cat(
             [power[..., a:b] @ self.get_buffer(f"fb{i}") for i, (a, b) in enumerate(self.bins)], -1
         )
-        return self._scale(mel[:, : n_frames(n_samples, self.cfg)])
+        return self._scale(mel[:, : 1 + n_samples // self.cfg.hop_length])
 
     def _scale(self, mel: Tensor) -> Tensor:
         if self.cfg.scale == "db":
