@@ -29,7 +29,7 @@ import torch
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import weights
 from audiotag.fetch.weights import HF_ENDPOINT, PICKLE_ALLOWANCES, Checkpoint
-from audiotag.models.tf_checkpoint import is_index, read_checkpoint
+from audiotag.models.tf_checkpoint import is_index, is_v1_checkpoint, read_checkpoint, read_v1_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +264,21 @@ def _torch_load(path: Path, allow: tuple[str, ...] = PICKLE_ALLOWANCES) -> Any:
         ) from None
 
 
+def _read_npz(path: Path) -> dict[str, torch.Tensor]:
+    """A NumPy archive's numeric arrays (VGGish's PCA parameters); pickled objects are refused."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {
+                k: torch.from_numpy(archive[k].copy())
+                for k in archive.files
+                if archive[k].dtype.kind in "biuf"
+            }
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz archive of arrays: {exc}") from None
+
+
 def _unwrap(obj: Any) -> Any:
     """The state dict inside common wrappers: {"model": sd}, {"state_dict": sd}, (sd, extra)."""
     for _ in range(4):
@@ -296,8 +311,9 @@ def _describe(obj: Any) -> str:
 def read_state_dict(
     path: str | os.PathLike[str], suffix: str | None = None, allow: tuple[str, ...] = PICKLE_ALLOWANCES
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt read weights-only, or a
-    TensorFlow checkpoint named by its .index);
+    """The tensors of a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt read weights-only, a
+    TensorFlow checkpoint named by its .index, a TensorFlow V1 checkpoint (one file, whatever its
+    suffix: VGGish's is .ckpt), or a NumPy .npz of arrays (no pickles));
     ``suffix`` gives the format of a file named otherwise (a download's ``.part``); ``allow``: the
     groups of non-tensor globals the pickle may hold (a table entry's ``pickle_globals``; files
     named by path allow numpy arrays)."""
@@ -314,6 +330,10 @@ def read_state_dict(
             obj: Any = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable safetensors file: {exc}") from None
+    elif suffix != ".index" and is_v1_checkpoint(path):  # told apart by its table footer
+        obj = {k: torch.from_numpy(v) for k, v in read_v1_checkpoint(path).items()}
+    elif suffix == ".npz":
+        obj = _read_npz(path)
     elif suffix in TORCH_SUFFIXES:
         obj = _torch_load(path, allow)
     elif suffix == ".index":  # a TensorFlow checkpoint (musicnn's), read without TensorFlow
@@ -321,7 +341,7 @@ def read_state_dict(
     else:
         raise DataError(
             f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; expected .safetensors, "
-            f"a TensorFlow checkpoint's .index or one of {', '.join(TORCH_SUFFIXES)}"
+            f"a TensorFlow checkpoint's .index, .npz or one of {', '.join(TORCH_SUFFIXES)}"
         )
     state = _unwrap(obj)
     tensors = (
