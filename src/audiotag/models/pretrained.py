@@ -29,6 +29,7 @@ import torch
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import weights
 from audiotag.fetch.weights import HF_ENDPOINT, PICKLE_ALLOWANCES, Checkpoint
+from audiotag.models.loading import read_npz
 from audiotag.models.tf_checkpoint import is_index, is_v1_checkpoint, read_checkpoint, read_v1_checkpoint
 
 log = logging.getLogger(__name__)
@@ -264,21 +265,6 @@ def _torch_load(path: Path, allow: tuple[str, ...] = PICKLE_ALLOWANCES) -> Any:
         ) from None
 
 
-def _read_npz(path: Path) -> dict[str, torch.Tensor]:
-    """A NumPy archive's numeric arrays (VGGish's PCA parameters); pickled objects are refused."""
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {
-                k: torch.from_numpy(archive[k].copy())
-                for k in archive.files
-                if archive[k].dtype.kind in "biuf"
-            }
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz archive of arrays: {exc}") from None
-
-
 def _unwrap(obj: Any) -> Any:
     """The state dict inside common wrappers: {"model": sd}, {"state_dict": sd}, (sd, extra)."""
     for _ in range(4):
@@ -333,7 +319,7 @@ def read_state_dict(
     elif suffix != ".index" and is_v1_checkpoint(path):  # told apart by its table footer
         obj = {k: torch.from_numpy(v) for k, v in read_v1_checkpoint(path).items()}
     elif suffix == ".npz":
-        obj = _read_npz(path)
+        obj = {k: torch.from_numpy(v) for k, v in read_npz(path).items() if v.dtype.kind in "biuf"}
     elif suffix in TORCH_SUFFIXES:
         obj = _torch_load(path, allow)
     elif suffix == ".index":  # a TensorFlow checkpoint (musicnn's), read without TensorFlow
