@@ -90,7 +90,8 @@ def seeded_waves() -> list[np.ndarray]:
         t = np.arange(n) / SR
         if i == 0:
             vibrato = 0.003 * np.sin(2 * np.pi * 5 * t)
-            w = sum(a * np.sin(2 * np.pi * f * (t + vibrato)) for a, f in [(1, 220), (0.6, 277.2), (0.4, 329.6)])
+            chord = [(1, 220), (0.6, 277.2), (0.4, 329.6)]
+            w = sum(a * np.sin(2 * np.pi * f * (t + vibrato)) for a, f in chord)
         elif i == 1:
             w = np.sin(2 * np.pi * (150 * t + 2500 * t**2))
             w = w + 0.5 * rng.standard_normal(n) * (np.sin(2 * np.pi * 3 * t) > 0.6)
@@ -146,7 +147,8 @@ def main() -> None:
     pca_file = tmp / "pca.npz"
     np.savez(pca_file, pca_eigen_vectors=pca_vectors, pca_means=pca_means)
     postprocessed = vggish_postprocess.Postprocessor(str(pca_file)).postprocess(emb)
-    print(f"postprocessed: {np.mean((postprocessed == 0) | (postprocessed == 255)):.2f} clipped", file=sys.stderr)
+    clipped = np.mean((postprocessed == 0) | (postprocessed == 255))
+    print(f"postprocessed: {clipped:.2f} clipped", file=sys.stderr)
 
     sys.path.insert(0, str(ROOT / "src"))
     from audiotag.models.tf_checkpoint import read_v1_checkpoint
