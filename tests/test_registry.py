@@ -46,13 +46,15 @@ FAMILY = Family(ToyConfig, lambda cfg, n_mels, frames: ToyBackbone(cfg, n_mels),
 
 
 def test_every_family_module_is_collected() -> None:
-    assert set(families()) == {"cnn", "timm", "ast", "byola", "musicnn"}
+    assert set(families()) == {"cnn", "timm", "ast", "byola", "musicnn", "vggish"}
     for name, family in families().items():
         assert family.config.model_fields["name"].default == name
         assert family.converters, name
     assert family_of("ast").layout_of(["module.v.cls_token"]) == "ast"
     assert family_of("cnn").layout_of(["embedding_net.conv_block1.conv1.weight"]) == "aisfx"
     assert family_of("byola").layout_of(["features.0.weight"]) == "byola"
+    assert family_of("vggish").layout_of(["vggish/conv1/weights"]) == "tf_vggish"
+    assert family_of("vggish").layout_of(["features.0.weight"]) == "torchvggish"
 
 
 def test_the_experiment_schema_takes_every_family() -> None:
@@ -92,7 +94,8 @@ def test_a_new_family_is_one_module(tmp_path: Path) -> None:
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.split("\n")[0] == "['ast', 'byola', 'cnn', 'musicnn', 'timm', 'toy'] ToyConfig (2, 3)"
+    families_seen = "['ast', 'byola', 'cnn', 'musicnn', 'timm', 'toy', 'vggish']"
+    assert out.split("\n")[0] == f"{families_seen} ToyConfig (2, 3)"
 
 
 TOY_LAYERED = (
