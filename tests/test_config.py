@@ -100,6 +100,18 @@ def test_float16_scale_is_musicnns_and_keeps_older_keys() -> None:
         FeatureConfig(float16=True)
 
 
+def test_vggish_front_end_settings_keep_older_keys() -> None:
+    """power, mel_slopes and center_pad: none (VGGish's front-end) change the cache key; their
+    defaults leave every existing key as it was."""
+    plain = FeatureConfig(scale="log10_1p", log_gain=10000)
+    assert plain.key() == "3d111c19cc"
+    changed = [
+        plain.model_copy(update=u).key()
+        for u in ({"power": 1}, {"mel_slopes": "mel"}, {"center_pad": "none"})
+    ]
+    assert len({plain.key(), *changed}) == 4
+
+
 def test_ensemble_config() -> None:
     cfg = load_ensemble(configs_root() / "ensembles" / "demo.yaml")
     assert cfg.members == ["cnn_small", "probe_aisfx"] and cfg.competition.name == "demo"

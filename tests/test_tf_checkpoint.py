@@ -124,3 +124,47 @@ def test_a_bundle_ships_the_index_with_its_data(tmp_path: Path) -> None:
     assert shipped["file"].startswith("weights/musicnn_mtt-") and shipped["file"].endswith(".index")
     state = read_state_dict(tmp_path / "bundle" / shipped["file"])
     assert sorted(state) == sorted(expected())
+
+
+# ----------------------------------------------------------------------------- V1 (one file)
+
+V1 = Path(__file__).parent / "golden" / "tf_checkpoint_v1"
+
+
+def test_reads_a_v1_checkpoint_that_tensorflow_wrote() -> None:
+    """``tools/golden/tf_checkpoint_v1.py``: TF's V1 Saver, the format of VGGish's vggish_model.ckpt."""
+    from audiotag.models.tf_checkpoint import read_v1_checkpoint
+
+    with np.load(V1 / "expected.npz") as data:
+        theirs = {k: data[k] for k in data.files}
+    ours = read_v1_checkpoint(V1 / "ckpt")
+    assert sorted(ours) == sorted(k for k in theirs if not k.endswith("/Adam"))  # slots left out
+    for key, value in ours.items():
+        assert value.dtype == theirs[key].dtype and value.shape == theirs[key].shape, key
+        np.testing.assert_array_equal(value, theirs[key])
+    assert {v.dtype for v in ours.values()} >= {
+        np.dtype(t) for t in ("f4", "f8", "f2", "i8", "i4", "i1", "u1", "?")
+    }
+    with_slots = read_v1_checkpoint(V1 / "ckpt", slots=True)
+    np.testing.assert_array_equal(with_slots["net/float32_matrix/Adam"], theirs["net/float32_matrix/Adam"])
+
+
+def test_read_state_dict_tells_a_v1_checkpoint_from_a_torch_ckpt(tmp_path: Path) -> None:
+    """VGGish's file is named .ckpt, as PyTorch Lightning's are: the table footer decides."""
+    shutil.copy(V1 / "ckpt", tmp_path / "vggish_model.ckpt")
+    state = read_state_dict(tmp_path / "vggish_model.ckpt")
+    assert state["net/float32_matrix"].shape == (3, 5) and state["net/int64_scalar"].dtype == torch.int64
+    torch.save({"w": torch.ones(2)}, tmp_path / "lightning.ckpt")
+    assert sorted(read_state_dict(tmp_path / "lightning.ckpt")) == ["w"]
+
+
+def test_a_damaged_or_partitioned_v1_checkpoint_is_refused(tmp_path: Path) -> None:
+    from audiotag.models.tf_checkpoint import read_v1_checkpoint
+
+    with pytest.raises(DataError, match=r"variable 'split': saved in 2 slices \(a partitioned variable\)"):
+        read_v1_checkpoint(V1 / "partitioned.ckpt")
+    data = bytearray((V1 / "ckpt").read_bytes())
+    data[200] ^= 0x01
+    (tmp_path / "ckpt").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"not a readable TensorFlow V1 checkpoint \(block .*CRC32C mismatch"):
+        read_v1_checkpoint(tmp_path / "ckpt")

@@ -65,6 +65,16 @@ class FeatureConfig(StrictModel):
     mel_norm: Literal["slaney", "l1", "none"] = Field(
         "slaney", description="filter normalisation: slaney (librosa's default), l1 (librosa norm=1), none"
     )
+    mel_slopes: Literal["hz", "mel"] = Field(
+        "hz",
+        description="the filters' triangles are linear in Hz (librosa, torchaudio) or in mel (HTK, "
+        "tf.signal, VGGish's mel_features.py)",
+    )
+    power: Literal[1, 2] = Field(
+        2,
+        description="exponent of the STFT magnitude before the mel filters: 2 power (librosa), "
+        "1 magnitude (VGGish)",
+    )
     window: Literal["hann", "hann_symmetric", "hamming", "povey"] = "hann"  # logmel: hann is periodic
     scale: Literal["db", "log", "log10_1p"] = Field(
         "db",
@@ -80,10 +90,12 @@ class FeatureConfig(StrictModel):
     )
     log_offset: float = Field(1e-6, gt=0, description="added before log (scale: log)")
     log_gain: float = Field(1.0, gt=0, description="gain inside log10(1 + gain * mel) (scale: log10_1p)")
-    center_pad: Literal["reflect", "constant"] = Field(
+    center_pad: Literal["reflect", "constant", "none"] = Field(
         "reflect",
         description="padding of the centred STFT: reflect (torch, torchlibrosa, PANNs) or constant "
-        "zeros (librosa >= 0.9's default, aisfx)",
+        "zeros (librosa >= 0.9's default, aisfx); none: not centred, frame k covers the win_length "
+        "samples from k * hop_length (VGGish's mel_features.py): 1 + (samples - win_length) // "
+        "hop_length frames",
     )
     peak_normalize: bool = Field(False, description="scale each clip to peak 1 before the STFT (aisfx)")
     float16: bool = Field(
@@ -141,6 +153,8 @@ class FeatureConfig(StrictModel):
             ("resampler", "soxr_hq"),
             ("float16", False),
             ("top_db", None),
+            ("mel_slopes", "hz"),
+            ("power", 2),
         ):
             if settings[field] == default:  # added later: the default keeps existing cache keys
                 del settings[field]

@@ -1,4 +1,4 @@
-"""Log-mel front-end: STFT power -> mel filterbank -> dB (or natural log), time-major output.
+"""Log-mel front-end: STFT power (or magnitude) -> mel filterbank -> dB (or natural log), time-major output.
 
 Matches ``librosa.power_to_db(librosa.feature.melspectrogram(...), ref=1.0, top_db=None)`` as used
 by PANNs, but runs in torch so it works batched on CPU or GPU.
@@ -52,8 +52,12 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
     fft_freqs = np.fft.rfftfreq(cfg.n_fft, d=1.0 / cfg.sample_rate)
     mel_edges = np.linspace(hz_to_mel(cfg.fmin, htk), hz_to_mel(fmax, htk), cfg.n_mels + 2)
     hz_edges = mel_to_hz(mel_edges, htk)
-    widths = np.diff(hz_edges)
-    ramps = hz_edges[:, None] - fft_freqs[None, :]
+    # the triangles' slopes: linear in Hz (librosa), or in mel (mel_features.py: ratios of mel
+    # differences, so HTK's 2595 log10 and mel_features' 1127 ln give the same weights)
+    in_mel = cfg.mel_slopes == "mel"
+    edges, freqs = (mel_edges, hz_to_mel(fft_freqs, htk)) if in_mel else (hz_edges, fft_freqs)
+    widths = np.diff(edges)
+    ramps = edges[:, None] - freqs[None, :]
     lower = -ramps[:-2] / widths[:-1, None]
     upper = ramps[2:] / widths[1:, None]
     weights = np.maximum(0.0, np.minimum(lower, upper))
@@ -103,13 +107,20 @@ def reflect_pad(wave: Tensor, pad: int) -> Tensor:
 
 
 def min_samples(cfg: FeatureConfig) -> int:
-    """Shortest wave the reflect-padded STFT accepts (the padding must be shorter than the signal)."""
+    """Shortest wave the STFT takes: the reflect padding must be shorter than the signal; without
+    centring (``center_pad: none``) one window."""
+    if cfg.center_pad == "none":
+        return cfg.win_length or cfg.n_fft
     return cfg.n_fft // 2 + 1
 
 
 def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
-    """Frames of a clip of ``n_samples`` samples (centred STFT), short clips included."""
-    return 1 + max(0, n_samples - preemphasis_shift(cfg)) // cfg.hop_length
+    """Frames of a clip of ``n_samples`` samples, short clips included (zero-padded to one window
+    when the STFT is not centred)."""
+    n_samples = max(0, n_samples - preemphasis_shift(cfg))
+    if cfg.center_pad == "none":
+        return 1 + max(n_samples - min_samples(cfg), 0) // cfg.hop_length
+    return 1 + n_samples // cfg.hop_length
 
 
 def preemphasis_shift(cfg: FeatureConfig) -> int:
@@ -155,7 +166,10 @@ class LogMel(nn.Module):
         if short > 0:
             wave = torch.nn.functional.pad(wave, (0, short))
         half = self.cfg.n_fft // 2
-        if self.cfg.center_pad == "reflect":
+        if self.cfg.center_pad == "none":  # torch.stft centres the window in n_fft: frame k from k * hop
+            inset = (self.cfg.n_fft - self.win_length) // 2
+            padded = torch.nn.functional.pad(wave, (inset, self.cfg.n_fft - self.win_length - inset))
+        elif self.cfg.center_pad == "reflect":
             padded = reflect_pad(wave, half)
         else:
             padded = torch.nn.functional.pad(wave, (half, half))
@@ -168,7 +182,8 @@ class LogMel(nn.Module):
             center=False,
             return_complex=True,
         )
-        power = (spec.real.square() + spec.imag.square()).transpose(1, 2)  # (batch, frames, freq)
+        power = spec.real.square() + spec.imag.square()
+        power = (power if self.cfg.power == 2 else power.sqrt()).transpose(1, 2)  # (batch, frames, freq)
         mel = torch.cat(
             [power[..., a:b] @ self.get_buffer(f"fb{i}") for i, (a, b) in enumerate(self.bins)], -1
         )
@@ -221,10 +236,12 @@ def scale_rule(cfg: FeatureConfig) -> ScaleRule:
     if cfg.kind == "kaldi_fbank":
         # ln(max(mel, eps)): the floor is ln(eps) = -15.94, but official AST zero-pads the fbank
         return ScaleRule(0.0, math.log(10) / 10, "Kaldi fbank, natural log; padded with 0 as official AST")
+    per_power_db = cfg.power / 2  # a magnitude spectrum (power 1) moves half as far per dB
     if cfg.scale == "db":
-        return ScaleRule(10.0 * math.log10(cfg.amin), 1.0, f"dB, floor 10*log10({cfg.amin:g})")
+        return ScaleRule(10.0 * math.log10(cfg.amin), per_power_db, f"dB, floor 10*log10({cfg.amin:g})")
     if cfg.scale == "log":
-        return ScaleRule(math.log(cfg.log_offset), math.log(10) / 10, f"ln(mel + {cfg.log_offset:g})")
+        per_db = math.log(10) / 10 * per_power_db
+        return ScaleRule(math.log(cfg.log_offset), per_db, f"ln(mel + {cfg.log_offset:g})")
     return ScaleRule(0.0, None, "log10(1 + gain * mel): silence is 0; gains are not a shift")
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from audiotag.core.errors import ConfigError
+from audiotag.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,15 @@ class Converted:
     state: dict[str, torch.Tensor]
     ignored: list[str] = field(default_factory=list)  # keys dropped on purpose (old head, front-end buffers)
     adapters: list[Adapter] = field(default_factory=list)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """A NumPy ``.npz`` archive's arrays (VGGish's PCA parameters); pickled objects are refused."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz archive of arrays: {exc}") from None
 
 
 # layout name -> converter of a raw state dict (already unwrapped from {"model": ...} and the like)

@@ -29,7 +29,8 @@ import torch
 from audiotag.core.errors import ConfigError, DataError
 from audiotag.fetch import weights
 from audiotag.fetch.weights import HF_ENDPOINT, PICKLE_ALLOWANCES, Checkpoint
-from audiotag.models.tf_checkpoint import is_index, read_checkpoint
+from audiotag.models.loading import read_npz
+from audiotag.models.tf_checkpoint import is_index, is_v1_checkpoint, read_checkpoint, read_v1_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -296,8 +297,9 @@ def _describe(obj: Any) -> str:
 def read_state_dict(
     path: str | os.PathLike[str], suffix: str | None = None, allow: tuple[str, ...] = PICKLE_ALLOWANCES
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt read weights-only, or a
-    TensorFlow checkpoint named by its .index);
+    """The tensors of a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt read weights-only, a
+    TensorFlow checkpoint named by its .index, a TensorFlow V1 checkpoint (one file, whatever its
+    suffix: VGGish's is .ckpt), or a NumPy .npz of arrays (no pickles));
     ``suffix`` gives the format of a file named otherwise (a download's ``.part``); ``allow``: the
     groups of non-tensor globals the pickle may hold (a table entry's ``pickle_globals``; files
     named by path allow numpy arrays)."""
@@ -314,6 +316,10 @@ def read_state_dict(
             obj: Any = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable safetensors file: {exc}") from None
+    elif suffix != ".index" and is_v1_checkpoint(path):  # told apart by its table footer
+        obj = {k: torch.from_numpy(v) for k, v in read_v1_checkpoint(path).items()}
+    elif suffix == ".npz":
+        obj = {k: torch.from_numpy(v) for k, v in read_npz(path).items() if v.dtype.kind in "biuf"}
     elif suffix in TORCH_SUFFIXES:
         obj = _torch_load(path, allow)
     elif suffix == ".index":  # a TensorFlow checkpoint (musicnn's), read without TensorFlow
@@ -321,7 +327,7 @@ def read_state_dict(
     else:
         raise DataError(
             f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; expected .safetensors, "
-            f"a TensorFlow checkpoint's .index or one of {', '.join(TORCH_SUFFIXES)}"
+            f"a TensorFlow checkpoint's .index, .npz or one of {', '.join(TORCH_SUFFIXES)}"
         )
     state = _unwrap(obj)
     tensors = (

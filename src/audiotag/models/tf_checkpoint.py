@@ -1,4 +1,5 @@
-"""Read a TensorFlow checkpoint (TensorBundle: ``<prefix>.index`` + ``<prefix>.data-*``) without TF.
+"""Read a TensorFlow checkpoint without TF: TensorBundle (V2: ``<prefix>.index`` + ``<prefix>.data-*``)
+or the old V1 format (one file, e.g. VGGish's ``vggish_model.ckpt``).
 
 The ``.index`` is a LevelDB-style table (TF's ``lib/io/table``): data blocks of prefix-compressed
 entries (varint shared/non-shared/value lengths, a restart array at the end), each block followed
@@ -8,6 +9,13 @@ and index handles, magic ``0xdb4775248b80fb57``). Keys are variable names, sorte
 holds the ``BundleHeaderProto`` (num_shards, endianness), every other value a ``BundleEntryProto``
 (dtype, shape, shard_id, offset, size, masked crc32c), decoded here from the protobuf wire format.
 Each tensor's bytes are checked against its CRC32C (numpy-vectorised, ~0.1 s for 10 MB).
+
+V1 (``tf.compat.v1.train.Saver(write_version=V1)``, TF's ``util/tensor_slice_writer``) is the same
+table in one file, with other values: under the empty key a ``SavedTensorSlices`` whose ``meta``
+(field 1) lists every tensor (``SavedSliceMeta``: name 1, shape 2, dtype 3, slices 4), and under
+each tensor's key (its name and slice, order-encoded) a ``SavedTensorSlices`` whose ``data``
+(field 2, ``SavedSlice``: name 1, slice 2, TensorProto 3) holds the values inline, as the
+TensorProto's typed repeated fields (``float_val`` packed, ...). The block CRCs are its checksums.
 """
 
 from __future__ import annotations
@@ -298,3 +306,101 @@ def _raw(name: str, e: dict, shard: bytes, path: Path) -> bytes:
             "the data file is truncated"
         )
     return raw
+
+
+# ----------------------------------------------------------------------------- V1 (one file)
+
+# TensorProto's repeated value field per dtype (tensor.proto); int8/16, uint8/16 travel as int_val
+_V1_FIELDS = {1: 5, 2: 6, 3: 7, 4: 7, 5: 7, 6: 7, 17: 7, 9: 10, 10: 11, 19: 13}
+_FIXED = {5: "<f4", 6: "<f8"}  # fixed-width fields (packed or not); the others are varints
+
+
+def is_v1_checkpoint(path: Path) -> bool:
+    """One file ending in a table footer (not a V2 ``.index``): a V1 checkpoint, whatever its suffix
+    (VGGish's is ``.ckpt``, the suffix PyTorch Lightning also uses)."""
+    if is_index(path) or not path.is_file() or path.stat().st_size < FOOTER_SIZE:
+        return False
+    with path.open("rb") as f:
+        f.seek(-8, 2)
+        return int.from_bytes(f.read(8), "little") == TABLE_MAGIC
+
+
+def _v1_values(tensor: bytes, dtype: int) -> np.ndarray:
+    fields = _fields(tensor)
+    content = b"".join(v for n, v in fields if n == 4 and isinstance(v, bytes))
+    if content:  # tensor_content: the raw bytes
+        return np.frombuffer(content, dtype=DTYPES[dtype])
+    number = _V1_FIELDS[dtype]
+    items = [v for n, v in fields if n == number]
+    if number in _FIXED:
+        return np.frombuffer(b"".join(items), dtype=_FIXED[number])  # type: ignore[arg-type]
+    ints: list[int] = []
+    for item in items:  # packed (bytes of varints) or one varint each
+        if isinstance(item, int):
+            ints.append(item)
+            continue
+        pos = 0
+        while pos < len(item):
+            value, pos = _varint(item, pos)
+            ints.append(value)
+    signed = np.array([v - (1 << 64) if v >= 1 << 63 else v for v in ints], dtype=np.int64)
+    if dtype == 19:  # half_val: the float16 bits
+        return signed.astype(np.uint16).view(np.float16)
+    return signed.astype(DTYPES[dtype])
+
+
+def _v1_meta(value: bytes) -> dict[str, tuple[int, list[int], int]]:
+    """name -> (dtype, shape, number of saved slices), from the empty key's SavedTensorSlices."""
+    meta = next((v for n, v in _fields(value) if n == 1), b"")
+    out = {}
+    for n, tensor in _fields(meta):  # type: ignore[arg-type]
+        if n != 1:
+            continue
+        info = dict((k, v) for k, v in _fields(tensor) if k in (1, 2, 3))  # type: ignore[arg-type]
+        dims = [d for k, d in _fields(info.get(2, b"")) if k == 2]  # type: ignore[arg-type]
+        shape = [next((s for k, s in _fields(d) if k == 1), 0) for d in dims]  # type: ignore[arg-type]
+        slices = sum(1 for k, _ in _fields(tensor) if k == 4)  # type: ignore[arg-type]
+        out[info[1].decode()] = (int(info.get(3, 0)), shape, slices)  # type: ignore[union-attr,arg-type]
+    return out
+
+
+def _whole_slice(slice_proto: bytes) -> bool:
+    """A TensorSliceProto whose every extent is the whole dimension (no ``length`` set)."""
+    return all(k != 2 for n, e in _fields(slice_proto) if n == 1 for k, _ in _fields(e))  # type: ignore[arg-type]
+
+
+def read_v1_checkpoint(path: str | Path, slots: bool = False) -> dict[str, np.ndarray]:
+    """The numeric variables of a V1 checkpoint file (strings skipped; optimizer slots only with
+    ``slots``, as :func:`read_checkpoint`)."""
+    path = Path(path)
+    try:
+        table = _table(path)
+        if not table or table[0][0] != b"":
+            raise ValueError("no SavedTensorSliceMeta (empty key)")
+        meta = _v1_meta(table[0][1])
+        saved = {}
+        for _, value in table[1:]:
+            data = next((v for n, v in _fields(value) if n == 2), None)
+            if not isinstance(data, bytes):
+                raise ValueError("an entry without a SavedSlice")
+            fields = dict(_fields(data))
+            saved[fields[1].decode()] = (fields.get(2, b""), fields.get(3, b""))  # type: ignore[union-attr]
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"{path}: not a readable TensorFlow V1 checkpoint ({exc}); re-download or re-save it"
+        ) from None
+    out = {}
+    for name, (dtype, shape, slices) in meta.items():
+        if dtype == DT_STRING or (not slots and name.rpartition("/")[0] in meta):
+            continue
+        where = f"{path}: variable {name!r}"
+        if dtype not in _V1_FIELDS:
+            raise DataError(f"{where}: dtype {dtype}, which this reader does not take")
+        if slices != 1 or name not in saved or not _whole_slice(saved[name][0]):  # type: ignore[arg-type]
+            raise DataError(f"{where}: saved in {slices} slices (a partitioned variable); not read")
+        count = int(np.prod(shape, dtype=np.int64))
+        values = _v1_values(saved[name][1], dtype)  # type: ignore[arg-type]
+        if values.size != count:
+            raise DataError(f"{where}: {values.size} values for shape {shape}; the file is damaged")
+        out[name] = values.reshape(shape).astype(DTYPES[dtype], copy=True)
+    return out
