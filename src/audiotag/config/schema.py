@@ -61,11 +61,19 @@ class FeatureConfig(StrictModel):
     n_mels: int = Field(64, gt=0)
     fmin: float = Field(50.0, ge=0)
     fmax: float | None = Field(None, gt=0)
-    mel_scale: Literal["slaney", "htk"] = "slaney"
+    mel_scale: Literal["slaney", "htk", "kaldi"] = Field(
+        "slaney",
+        description="slaney or htk: librosa's filters; kaldi: Kaldi's filters (mel = 1127 ln(1 + f/700), "
+        "unnormalised, torchaudio's get_mel_banks; EfficientAT, PaSST), with mel_norm: none",
+    )
     mel_norm: Literal["slaney", "l1", "none"] = Field(
         "slaney", description="filter normalisation: slaney (librosa's default), l1 (librosa norm=1), none"
     )
-    window: Literal["hann", "hamming", "povey"] = "hann"
+    window: Literal["hann", "hamming", "povey", "hann_symmetric"] = Field(
+        "hann",
+        description="logmel: hann and hamming are periodic (librosa, torch.stft); hann_symmetric is "
+        "torch.hann_window(periodic=False) (EfficientAT, PaSST); kaldi_fbank's windows are all symmetric",
+    )
     scale: Literal["db", "log", "log10_1p"] = Field(
         "db",
         description="db: 10*log10(max(mel, amin)); log: ln(mel + log_offset); "
@@ -86,7 +94,13 @@ class FeatureConfig(StrictModel):
         "log10(gain * mel + 1) in float16; saturating at float16's largest value where musicnn "
         "overflows to inf)",
     )
-    preemphasis: float = Field(0.0, ge=0, lt=1, description="kaldi_fbank: pre-emphasis coefficient (0.97)")
+    preemphasis: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="pre-emphasis coefficient k (0.97); kaldi_fbank: per frame, Kaldi's; logmel: on the "
+        "whole wave, y[n] = x[n + 1] - k x[n], one sample shorter (EfficientAT's and PaSST's conv1d)",
+    )
     remove_dc: bool = Field(False, description="kaldi_fbank: subtract each frame's mean")
 
     @model_validator(mode="after")
@@ -100,6 +114,10 @@ class FeatureConfig(StrictModel):
             raise ValueError("win_length must not exceed n_fft")
         if self.float16 and self.scale != "log10_1p":
             raise ValueError("float16 applies to scale: log10_1p only (musicnn's front-end)")
+        if self.mel_scale == "kaldi" and self.mel_norm != "none":
+            raise ValueError("mel_scale: kaldi takes Kaldi's unnormalised filters; set mel_norm: none")
+        if self.mel_scale == "kaldi" and self.n_fft % 2:
+            raise ValueError(f"mel_scale: kaldi needs an even n_fft (got {self.n_fft})")
         return self
 
     @property
@@ -176,9 +194,10 @@ class ModelBase(StrictModel):
         "timm models also take `imagenet` (timm's default weights of model.arch) and "
         "`timm/<arch>[.<tag>]` (any weights timm knows, e.g. timm/tf_efficientnet_b0.ns_jft_in1k)",
     )
-    head: Literal["linear", "attention", "cls", "mean"] = Field(
+    head: Literal["linear", "attention", "mlp", "cls", "mean"] = Field(
         "linear",
         description="linear: pool over time then classify; attention: PANNs decision-level attention; "
+        "mlp: mean over time, embedding_dim Linear + Hardswish, dropout, classifier (EfficientAT); "
         "cls/mean: transformer class token or mean token (ast only)",
     )
     embedding_dim: int | None = Field(

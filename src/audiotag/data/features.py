@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from audiotag.config.schema import FeatureConfig
+from audiotag.data.kaldi_fbank import kaldi_mel_banks
 
 # Slaney mel scale: linear below 1 kHz, logarithmic above (librosa's default, htk=False).
 _SLANEY_F_SP = 200.0 / 3
@@ -44,8 +45,11 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
     """Triangular mel filters, (n_mels, n_fft // 2 + 1) float32.
 
     Same as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=..., norm=...)`` with norm
-    ``"slaney"`` (area), ``1`` (``mel_norm: l1``) or ``None`` (``mel_norm: none``, as torchaudio).
+    ``"slaney"`` (area), ``1`` (``mel_norm: l1``) or ``None`` (``mel_norm: none``, as torchaudio);
+    ``mel_scale: kaldi`` gives Kaldi's filters instead (``data/kaldi_fbank.kaldi_mel_banks``).
     """
+    if cfg.mel_scale == "kaldi":
+        return kaldi_mel_banks(cfg, cfg.n_fft).T.copy()
     htk = cfg.mel_scale == "htk"
     fmax = cfg.fmax if cfg.fmax is not None else cfg.sample_rate / 2
     fft_freqs = np.fft.rfftfreq(cfg.n_fft, d=1.0 / cfg.sample_rate)
@@ -82,7 +86,9 @@ def mel_groups(fb: np.ndarray, mels_per_group: int = 16) -> list[tuple[int, int,
 
 
 def make_window(kind: str, length: int) -> Tensor:
-    """Periodic analysis window (as librosa and torch.stft use for STFTs)."""
+    """Periodic analysis window (as librosa and torch.stft use for STFTs), or the symmetric Hann."""
+    if kind == "hann_symmetric":
+        return torch.hann_window(length, periodic=False, dtype=torch.float32)
     if kind == "hann":
         return torch.hann_window(length, periodic=True, dtype=torch.float32)
     if kind == "hamming":
@@ -102,13 +108,23 @@ def reflect_pad(wave: Tensor, pad: int) -> Tensor:
 
 
 def min_samples(cfg: FeatureConfig) -> int:
-    """Shortest wave the reflect-padded STFT accepts (the padding must be shorter than the signal)."""
-    return cfg.n_fft // 2 + 1
+    """Shortest wave the reflect-padded STFT accepts (the padding must be shorter than the signal),
+    counted before pre-emphasis (which takes one sample)."""
+    return cfg.n_fft // 2 + 1 + (1 if cfg.preemphasis > 0 else 0)
 
 
 def n_frames(n_samples: int, cfg: FeatureConfig) -> int:
-    """Frames of a clip of ``n_samples`` samples (centred STFT), short clips included."""
+    """Frames of a clip of ``n_samples`` samples (centred STFT), short clips included; pre-emphasis
+    leaves one sample fewer to frame."""
+    if cfg.preemphasis > 0:
+        n_samples = max(n_samples - 1, 0)
     return 1 + n_samples // cfg.hop_length
+
+
+def preemphasize(wave: Tensor, coefficient: float) -> Tensor:
+    """``y[n] = x[n + 1] - k * x[n]``, one sample shorter: AugmentMelSTFT's ``conv1d`` with the
+    kernel ``[-k, 1]`` and no padding (EfficientAT, PaSST), not Kaldi's per-frame rule."""
+    return wave[..., 1:] - coefficient * wave[..., :-1]
 
 
 class LogMel(nn.Module):
@@ -139,6 +155,8 @@ class LogMel(nn.Module):
         short = min_samples(self.cfg) - n_samples
         if short > 0:
             wave = torch.nn.functional.pad(wave, (0, short))
+        if self.cfg.preemphasis > 0:
+            wave = preemphasize(wave, self.cfg.preemphasis)
         half = self.cfg.n_fft // 2
         if self.cfg.center_pad == "reflect":
             padded = reflect_pad(wave, half)
