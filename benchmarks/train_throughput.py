@@ -72,6 +72,7 @@ SETUPS = {
     "ast_base": Setup("ast_kaldi_128", 10.24, 12),
     "efficientnet_b0": Setup("panns_32k", 10.0, 32),
     "cnn_small": Setup("logmel_16k_64", 2.0, 16),
+    "mn10": Setup("passt_32k_128", 10.0, 8),
 }
 
 
