@@ -75,6 +75,7 @@ SETUPS = {
     "atst_frame_base": Setup("atst_16k_64", 10.0, 8),  # the official fine-tuning's 10 s; a small batch
     # PaSST-S: 10-s inputs as the official fine-tuning (batch 12 there); a small batch for the CPU row
     "passt_s": Setup("passt_32k_128", 10.0, 4),
+    "mn10": Setup("passt_32k_128", 10.0, 8),
 }
 
 

@@ -149,8 +149,8 @@ def test_preemphasis_frames(samples: int) -> None:
 def test_kaldi_mel_scale_settings_are_checked() -> None:
     base = read_yaml(REPO / "configs/features/passt_32k_128.yaml")
     FeatureConfig(**base)
-    for change in ({"mel_norm": "slaney"}, {"n_fft": 1000}, {"kind": "kaldi_fbank"}):
-        with pytest.raises(ValueError, match="mel_scale kaldi: kind logmel, mel_norm none"):
+    for change in ({"mel_norm": "slaney"}, {"n_fft": 1001}, {"kind": "kaldi_fbank"}):
+        with pytest.raises(ValueError, match="mel_scale: kaldi"):
             FeatureConfig(**{**base, **change})
 
 

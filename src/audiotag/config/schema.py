@@ -118,9 +118,10 @@ class FeatureConfig(StrictModel):
             raise ValueError("fmin must be below fmax")
         if self.win_length is not None and self.win_length > self.n_fft:
             raise ValueError("win_length must not exceed n_fft")
-        pow2 = self.n_fft & (self.n_fft - 1) == 0
-        if self.mel_scale == "kaldi" and ((self.kind, self.mel_norm) != ("logmel", "none") or not pow2):
-            raise ValueError("mel_scale kaldi: kind logmel, mel_norm none and a power-of-two n_fft")
+        if self.mel_scale == "kaldi" and (self.kind != "logmel" or self.mel_norm != "none"):
+            raise ValueError("mel_scale: kaldi takes Kaldi's unnormalised filters; set kind: logmel, mel_norm: none")
+        if self.mel_scale == "kaldi" and self.n_fft % 2:
+            raise ValueError(f"mel_scale: kaldi needs an even n_fft (got {self.n_fft})")
         if self.float16 and self.scale != "log10_1p":
             raise ValueError("float16 applies to scale: log10_1p only (musicnn's front-end)")
         if self.top_db is not None and (self.scale != "db" or self.kind != "logmel"):
@@ -208,9 +209,10 @@ class ModelBase(StrictModel):
         "timm models also take `imagenet` (timm's default weights of model.arch) and "
         "`timm/<arch>[.<tag>]` (any weights timm knows, e.g. timm/tf_efficientnet_b0.ns_jft_in1k)",
     )
-    head: Literal["linear", "attention", "cls", "mean"] = Field(
+    head: Literal["linear", "attention", "mlp", "cls", "mean"] = Field(
         "linear",
         description="linear: pool over time then classify; attention: PANNs decision-level attention; "
+        "mlp: mean over time, embedding_dim Linear + Hardswish, dropout, classifier (EfficientAT); "
         "cls/mean: transformer class token or mean token (ast only)",
     )
     embedding_dim: int | None = Field(

@@ -45,8 +45,11 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
     """Triangular mel filters, (n_mels, n_fft // 2 + 1) float32.
 
     Same as ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk=..., norm=...)`` with norm
-    ``"slaney"`` (area), ``1`` (``mel_norm: l1``) or ``None`` (``mel_norm: none``, as torchaudio).
+    ``"slaney"`` (area), ``1`` (``mel_norm: l1``) or ``None`` (``mel_norm: none``, as torchaudio);
+    ``mel_scale: kaldi`` gives Kaldi's filters instead (``data/kaldi_fbank.kaldi_mel_banks``).
     """
+    if cfg.mel_scale == "kaldi":
+        return kaldi_mel_banks(cfg, cfg.n_fft).T.copy()
     htk = cfg.mel_scale == "htk"
     fmax = cfg.fmax if cfg.fmax is not None else cfg.sample_rate / 2
     fft_freqs = np.fft.rfftfreq(cfg.n_fft, d=1.0 / cfg.sample_rate)
@@ -150,7 +153,7 @@ class LogMel(nn.Module):
         self.win_length = cfg.win_length or cfg.n_fft
         self.register_buffer("window", make_window(cfg.window, self.win_length), persistent=False)
         self.bins: list[tuple[int, int]] = []
-        fb = kaldi_mel_banks(cfg).T if cfg.mel_scale == "kaldi" else mel_filterbank(cfg)
+        fb = mel_filterbank(cfg)
         for i, (first, end, weights) in enumerate(mel_groups(fb)):
             self.bins.append((first, end))
             self.register_buffer(f"fb{i}", torch.from_numpy(weights), persistent=False)

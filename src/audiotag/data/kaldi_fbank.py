@@ -71,14 +71,15 @@ def kaldi_mel_scale(freq: float) -> float:
     return 1127.0 * math.log(1.0 + freq / 700.0)
 
 
-def kaldi_mel_banks(cfg: FeatureConfig) -> np.ndarray:
-    """Kaldi's triangular mel filters, ``(n_fft_padded // 2 + 1, n_mels)`` float32 (Nyquist row zero).
+def kaldi_mel_banks(cfg: FeatureConfig, n_fft: int | None = None) -> np.ndarray:
+    """Kaldi's triangular mel filters, ``(n_fft // 2 + 1, n_mels)`` float32 (Nyquist row zero);
+    ``n_fft`` defaults to Kaldi's padded FFT size (a log-mel STFT passes its own ``n_fft``).
 
     The arithmetic is torchaudio's ``get_mel_banks`` (float64 band edges in mel, the rest in
     float32 tensors, in the same order), so the filters equal those of AST's front-end bit for bit on
     the same machine (torch's float32 ``log`` is MKL's, whose last bit depends on the CPU's MKL path).
     """
-    n_fft = padded_fft_size(cfg)
+    n_fft = n_fft or padded_fft_size(cfg)
     nyquist = cfg.sample_rate / 2
     fmax = cfg.fmax if cfg.fmax is not None else nyquist
     mel_low, mel_high = kaldi_mel_scale(cfg.fmin), kaldi_mel_scale(fmax)
@@ -98,7 +99,7 @@ def kaldi_mel_banks(cfg: FeatureConfig) -> np.ndarray:
 
 def kaldi_window(kind: str, length: int) -> Tensor:
     """Kaldi's symmetric windows (``hanning``, ``povey``, ``hamming``), float32 as torchaudio makes them."""
-    if kind == "hann":
+    if kind in ("hann", "hann_symmetric"):
         return torch.hann_window(length, periodic=False, dtype=torch.float32)
     if kind == "povey":
         return torch.hann_window(length, periodic=False, dtype=torch.float32).pow(0.85)

@@ -53,6 +53,32 @@ class LinearHead(nn.Module):
         return F.relu(self.fc1(x)) if self.fc1 is not None else x
 
 
+class MlpHead(nn.Module):
+    """EfficientAT's ``mlp`` head: mean over time, ``fc1`` + Hardswish, dropout, classifier ``fc``.
+
+    The official ``classifier`` (``AdaptiveAvgPool2d(1)``, ``Flatten``, ``Linear``, ``Hardswish``,
+    ``Dropout``, ``Linear``) averages the last feature map over frequency and time; the backbone has
+    averaged it over frequency already, so the mean over time is the same number. The clip embedding
+    is that pooled vector, the ``features`` the official model returns beside its logits.
+    """
+
+    def __init__(self, in_dim: int, n_classes: int, hidden: int | None, dropout: float) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.fc1 = nn.Linear(in_dim, hidden or in_dim)
+        self.fc = nn.Linear(hidden or in_dim, n_classes)
+        for layer in (self.fc1, self.fc):  # the official initialisation of its Linear layers
+            nn.init.normal_(layer.weight, 0.0, 0.01)
+            nn.init.zeros_(layer.bias)
+
+    def embedding(self, seq: torch.Tensor) -> torch.Tensor:
+        return seq.mean(dim=1)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        x = F.hardswish(self.fc1(self.embedding(seq)))
+        return self.fc(F.dropout(x, p=self.dropout, training=self.training))
+
+
 class AttentionHead(nn.Module):
     """PANNs' decision-level attention: per-frame class scores weighted by a softmax over time.
 

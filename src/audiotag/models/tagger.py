@@ -12,7 +12,7 @@ from torch import nn
 
 from audiotag.config.schema import InputNorm, ModelBase
 from audiotag.core.errors import ConfigError
-from audiotag.models.heads import AttentionHead, LinearHead, TokenHead
+from audiotag.models.heads import AttentionHead, LinearHead, MlpHead, TokenHead
 
 
 def build_head(cfg: ModelBase, backbone: nn.Module, n_classes: int) -> nn.Module:
@@ -22,6 +22,8 @@ def build_head(cfg: ModelBase, backbone: nn.Module, n_classes: int) -> nn.Module
         return TokenHead(out_dim, n_classes, n_prefix, cfg.head, cfg.dropout)
     if cfg.head == "attention":
         return AttentionHead(out_dim, n_classes, cfg.embedding_dim, cfg.dropout)
+    if cfg.head == "mlp":
+        return MlpHead(out_dim, n_classes, cfg.embedding_dim, cfg.dropout)
     pool = getattr(cfg, "global_pool", "mean+max")
     return LinearHead(out_dim, n_classes, cfg.embedding_dim, cfg.dropout, pool)
 
