@@ -46,7 +46,8 @@ FAMILY = Family(ToyConfig, lambda cfg, n_mels, frames: ToyBackbone(cfg, n_mels),
 
 
 def test_every_family_module_is_collected() -> None:
-    assert set(families()) == {"cnn", "timm", "ast", "byola", "musicnn", "atst_frame", "passt", "vggish", "efficientat"}
+    expected = {"cnn", "timm", "ast", "byola", "musicnn", "vggish"}
+    assert set(families()) == expected | {"atst_frame", "passt", "efficientat"}
     for name, family in families().items():
         assert family.config.model_fields["name"].default == name
         assert family.converters, name
