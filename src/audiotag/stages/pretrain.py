@@ -61,7 +61,7 @@ from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder
 from audiotag.core.paths import workspace_root
 from audiotag.data.norm_stats import dataset_norm
-from audiotag.models.encoder_file import encoder_payload
+from audiotag.models.encoder_file import checkpoint_state, encoder_payload
 from audiotag.runs.folder import check_or_write_record, code_version, refuse_changes
 from audiotag.runs.pretrain_data import Sources, gather_sources
 from audiotag.runs.task import RunRequest
@@ -95,7 +95,7 @@ def load_pretrain_config(
     tree = resolve_groups(apply_overrides(resolve_groups(raw), overrides or []))
     cfg = validate(PretrainConfig, tree, str(path))
     if cfg.name is None:
-        cfg.name = f"{cfg.method}{cfg.model.dim}"
+        cfg.name = cfg.default_name()
     return cfg
 
 
@@ -248,10 +248,8 @@ def _train(cfg: PretrainConfig, sources: Sources, out_dir: Path, ctx: DistContex
             "code_version": code_version(),
             "settings": cfg.model_dump(mode="json"),
         }
-        model = {"name": cfg.model.name, "dim": cfg.model.dim}
-        save_checkpoint(
-            encoder_path, encoder_payload(run.encoder.state_dict(), model, cfg.features, norm, info)
-        )
+        state = checkpoint_state(run.encoder)
+        save_checkpoint(encoder_path, encoder_payload(state, cfg.encoder_record(), cfg.features, norm, info))
         done = {
             "loss": history[-1]["loss"],
             "epochs": len(history),
