@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from audiotag.cli.main import main
 from audiotag.config.files import configs_root, load_group
 from audiotag.config.schema import FeatureConfig, InputNorm
 from audiotag.core.errors import ConfigError
+from audiotag.core.paths import REPO_ROOT
 from audiotag.data.units import CacheSet, UnitDataset
 from audiotag.models.byola import AudioNTT2020
 from audiotag.models.cola import ColaNetwork, ColaSettings, cola_loss
@@ -204,22 +206,33 @@ def test_a_crashed_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.slow
-def test_cola_pretrain_then_linear_probe_on_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cola_pretrain_then_embed_and_linear_probe_on_the_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUDIOTAG_WORKSPACE", str(tmp_path / "competition"))
-    args = ["pretrain", "--method", "cola", "-c", "demo", "--clips", "train,test", "--workers", "1"]
-    assert main([*args, *(x for item in TINY for x in ("--set", item))]) == 0
-    encoder = tmp_path / "competition" / "demo" / "pretrain" / "cola512" / "encoder.pt"
+    comp = tmp_path / "demo.yaml"  # the tiny demo as a competition YAML: embed takes no --set
+    tree = yaml.safe_load((REPO_ROOT / "configs" / "competitions" / "demo.yaml").read_text())
+    tree.update(n_folds=2)
+    tree["generator"].update(train_per_class=3, test_per_class=1, max_duration=2.0)
+    comp.write_text(yaml.safe_dump(tree))
+    args = ["pretrain", "--method", "cola", "-c", str(comp), "--clips", "train,test", "--workers", "1"]
+    assert main([*args, *(x for item in TINY[4:] for x in ("--set", item))]) == 0
+    demo = tmp_path / "competition" / "demo"
+    encoder = demo / "pretrain" / "cola512" / "encoder.pt"
     info = read_encoder_info(encoder)
     assert info is not None and info.model == {"name": "byola", "dim": 512} and info.features == COLA_FEATURES
-    assert info.pretrain["method"] == "cola" and len(info.pretrain["settings"]) > 0
+    assert info.pretrain["method"] == "cola" and info.pretrain["sources"] == {"demo train+test": 56}
+
+    # embed takes the encoder's recorded front-end (no --features), as features: auto does below
+    embed = ["embed", "-c", str(comp), "--model", str(encoder), "--arch", "byola512", "--workers", "1"]
+    assert main([*embed, "--device", "cpu"]) == 0
+    (folder,) = (p for p in (demo / "embeddings").iterdir() if p.is_dir())
+    assert json.loads((folder / "manifest.json").read_text())["complete"]
     probe = tmp_path / "probe_cola.yaml"
     probe.write_text(
-        "competition: demo\nfeatures: auto\nmodel:\n  name: linear_probe\n"
+        f"competition: {comp}\nfeatures: auto\nmodel:\n  name: linear_probe\n"
         f"  embedding: {{weights: {encoder}, model: byola512, layers: [embedding]}}\n  c_grid: [0.1, 1.0]\n"
     )
-    train = ["train", "--config", str(probe), "--workers", "1"]
-    assert main([*train, *(x for item in TINY[:4] for x in ("--set", item))]) == 0
-    metrics = json.loads(
-        (tmp_path / "competition" / "demo" / "runs" / "probe_cola" / "metrics.json").read_text()
-    )
+    assert main(["train", "--config", str(probe), "--workers", "1"]) == 0
+    metrics = json.loads((demo / "runs" / "probe_cola" / "metrics.json").read_text())
     assert sorted(metrics["folds"]) == ["0", "1"] and 0 < metrics["mean"] <= 1
