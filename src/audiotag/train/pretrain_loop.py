@@ -29,7 +29,7 @@ import torch
 from audiotag.config.schema import InputNorm
 from audiotag.core.errors import TrainingError
 from audiotag.core.log import progress
-from audiotag.data.units import UnitDataset
+from audiotag.data.units import UnitDataset, unit_frames
 from audiotag.models.registry import family_of, load_pretrained
 from audiotag.models.tagger import Tagger
 from audiotag.train.checkpoint import EpochProgress, load_checkpoint, save_checkpoint
@@ -120,14 +120,13 @@ def build(
     if len(keys) < 2:
         raise TrainingError(f"pretraining needs at least 2 clips (BatchNorm on batches); got {len(keys)}")
     torch.manual_seed(epoch_seed(cfg.seed, 0, 0, INIT_STREAM))
-    segments = 2 if cfg.method == "cola" else 1
-    dataset = UnitDataset(
-        cache, keys, cfg.features, cfg.unit_seconds, epoch_seed(cfg.seed, 0, 0, CROP_STREAM), segments
-    )
-    encoder = family_of(cfg.model.name).build_backbone(cfg.model, cfg.features.n_mels, dataset.unit)
+    frames, _ = unit_frames(cfg.features, cfg.unit_seconds)
+    encoder = family_of(cfg.model.name).build_backbone(cfg.model, cfg.features.n_mels, frames)
     if cfg.model.pretrained is not None and not (out_dir / "last.pt").is_file():
         load_pretrained(Tagger(encoder, torch.nn.Identity()), cfg.model, cfg.features)
     method = make_method(cfg, encoder, device)
+    crop_seed = epoch_seed(cfg.seed, 0, 0, CROP_STREAM)
+    dataset = UnitDataset(cache, keys, cfg.features, cfg.unit_seconds, crop_seed, method.segments)
     configure_determinism(cfg.deterministic, device)
     optimizer = torch.optim.Adam(
         method.network.parameters(),
