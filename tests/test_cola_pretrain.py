@@ -23,7 +23,9 @@ from audiotag.models.byola import AudioNTT2020
 from audiotag.models.cola import ColaNetwork, ColaSettings, cola_loss
 from audiotag.models.encoder_file import checkpoint_state, encoder_payload, read_encoder_info
 from audiotag.models.registry import build_model, load_pretrained
+from audiotag.models.representation import EmbeddingConfig
 from audiotag.models.timm_cnn import TimmBackbone, TimmConfig
+from audiotag.stages.embed import embedding_front_end
 from audiotag.stages.pretrain import load_pretrain_config, run_pretrain_stage
 from audiotag.train import pretrain_loop
 from audiotag.train.pretrain_methods import ColaMethod, add_noise_power, noise_shape
@@ -164,6 +166,19 @@ def test_a_timm_encoder_file_loads_through_model_pretrained(tmp_path: Path) -> N
     x = torch.randn(2, 101, 64)
     with torch.no_grad():
         torch.testing.assert_close(tagger.backbone.eval()(x), encoder.eval()(x), rtol=0, atol=0)
+
+
+def test_embed_takes_the_front_end_an_encoder_file_records(tmp_path: Path) -> None:
+    path = tmp_path / "encoder.pt"
+    payload = encoder_payload(
+        AudioNTT2020(64, 512).state_dict(), {"name": "byola", "dim": 512}, COLA_FEATURES, InputNorm(), {}
+    )
+    torch.save(payload, path)
+    cfg = EmbeddingConfig(weights=str(path), model="byola512")
+    assert embedding_front_end(cfg) == COLA_FEATURES  # not the byola512 entry's byola_16k_64
+    assert embedding_front_end(cfg, "byola_16k_64").name == "byola_16k_64"  # --features still wins
+    with pytest.raises(ConfigError, match="no front-end of their own"):
+        embedding_front_end(EmbeddingConfig(weights=str(tmp_path / "plain.pt"), model="byola512"))
 
 
 class Crash(Exception):
