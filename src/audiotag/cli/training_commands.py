@@ -23,9 +23,10 @@ from audiotag.core.log import output_console
 def build_pretrain_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audiotag pretrain",
-        description="Self-supervised pretraining of an encoder on unlabeled audio (BYOL-A): a competition's "
-        "cached clips and/or audio folders. Writes <competition>/pretrain/<name>/encoder.pt, which "
-        "model: {name: byola, dim: D, pretrained: PATH} loads. A killed run resumes.",
+        description="Self-supervised pretraining of an encoder on unlabeled audio (BYOL-A, COLA): a "
+        "competition's cached clips and/or audio folders. Writes <competition>/pretrain/<name>/encoder.pt, "
+        "which model: {name: byola, dim: D, pretrained: PATH} loads (the encoder's own model settings). "
+        "A killed run resumes.",
     )
     parser.add_argument(
         "--method",
@@ -88,11 +89,12 @@ def run_pretrain(args: argparse.Namespace) -> None:
         teardown()
     if ctx.is_main:
         last = result.history[-1] if result.history else {}
+        model = ", ".join(f"{k}: {v}" for k, v in cfg.encoder_record().items())
         output_console().print(
             f"pretrain {cfg.name}: {len(result.history)} epochs, loss {last.get('loss', float('nan')):.4f}, "
             f"{last.get('clips_per_second', float('nan'))} clips/s in the last epoch\n"
-            f"encoder: {result.encoder_path}\nuse it: model: {{name: byola, dim: {cfg.model.dim}, "
-            f"pretrained: {result.encoder_path}}} with features: {cfg.features.name} (or features: auto)",
+            f"encoder: {result.encoder_path}\nuse it: model: {{{model}, pretrained: {result.encoder_path}}} "
+            f"with features: {cfg.features.name} (or features: auto)",
             soft_wrap=True,
         )
 

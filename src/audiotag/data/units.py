@@ -43,11 +43,19 @@ def unit_frames(features: FeatureConfig, unit_seconds: float) -> tuple[int, int]
 
 
 class UnitDataset(Dataset):
-    """One unit ``(mels, frames)`` float32 per clip; the crop is drawn from ``(seed, epoch, index)``,
-    so an epoch is the same whatever the number of workers and after a resume."""
+    """One unit ``(mels, frames)`` float32 per clip, or with ``segments`` > 1 that many independent
+    crops of the clip, ``(segments, mels, frames)`` (COLA's two segments of one clip); the crops are
+    drawn from ``(seed, epoch, index)``, so an epoch is the same whatever the number of workers and
+    after a resume."""
 
     def __init__(
-        self, cache, keys: Sequence[str], features: FeatureConfig, unit_seconds: float, seed: int
+        self,
+        cache,
+        keys: Sequence[str],
+        features: FeatureConfig,
+        unit_seconds: float,
+        seed: int,
+        segments: int = 1,
     ) -> None:
         self.cache = cache
         self.keys = list(keys)
@@ -55,6 +63,7 @@ class UnitDataset(Dataset):
         self.edges = EdgeModel(features) if features.kind == "logmel" and features.cache == "logmel" else None
         self.fill = silence_value(features)
         self.seed = seed
+        self.segments = segments
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -68,5 +77,9 @@ class UnitDataset(Dataset):
         epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
         rng = np.random.default_rng([self.seed, epoch, i])
         frames = self.cache.get(self.keys[i])
-        unit = unit_of(frames, self.unit, self.fill, rng, self.edges, self.unit_samples)
-        return torch.from_numpy(np.ascontiguousarray(unit.T, dtype=np.float32))
+        units = [
+            unit_of(frames, self.unit, self.fill, rng, self.edges, self.unit_samples).T
+            for _ in range(self.segments)
+        ]
+        out = units[0] if self.segments == 1 else np.stack(units)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))

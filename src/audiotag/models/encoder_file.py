@@ -5,7 +5,7 @@ front-end and the normalisation they were trained with.
 
     {"format": "audiotag-encoder/1",
      "state_dict": {...},                  # the encoder's tensors, official keys (features.0.weight...)
-     "model_config": {"name": "byola", "dim": 512},  # the model config that takes them
+     "model_config": {"name": "byola", "dim": 512},  # the model config that takes them (timm: arch)
      "features": {...},                    # the FeatureConfig fields of the cache it was trained on
      "input_norm": {"mean": m, "std": s},  # BYOL-A's pre-normalisation: stats of the pretraining clips
      "pretrain": {...}}                    # method, recipe, clips, epochs, final loss, code version
@@ -44,6 +44,13 @@ class EncoderInfo:
     features: FeatureConfig
     input_norm: InputNorm
     pretrain: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_state(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's tensors in its family's checkpoint key layout (what its converter takes): a
+    backbone that wraps another module says so with ``checkpoint_state()`` (timm's), else its own."""
+    export = getattr(encoder, "checkpoint_state", None)
+    return export() if callable(export) else encoder.state_dict()
 
 
 def encoder_payload(

@@ -73,6 +73,10 @@ class TimmBackbone(nn.Module):
         self.out_dim = int(self.model.num_features)
         self.min_size = _total_stride(self.model)
 
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """timm's own keys (an encoder file written by ``pretrain``; ``convert_timm`` reads them)."""
+        return self.model.state_dict()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image = x.transpose(1, 2).unsqueeze(1)  # (batch, 1, mels, frames)
         short_h, short_w = (max(0, self.min_size - n) for n in image.shape[2:])

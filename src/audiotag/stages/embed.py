@@ -18,6 +18,7 @@ from audiotag.config.files import load_group, validate
 from audiotag.config.schema import FeatureConfig, load_competition
 from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
+from audiotag.models.encoder_file import read_encoder_info
 from audiotag.models.hear_in import hear_features, hear_spec
 from audiotag.models.representation import EmbeddingConfig, LayerSpec, embedding_features
 from audiotag.runs.prepare import prepare
@@ -29,10 +30,13 @@ log = logging.getLogger(__name__)
 
 def embedding_front_end(cfg: EmbeddingConfig, features: str | None = None) -> FeatureConfig:
     """The front-end config: ``features`` when given, else the one the weights were trained with (a
-    HEAR module's: a wave cache at its sample rate)."""
+    HEAR module's: a wave cache at its sample rate; an encoder file's: the one it records)."""
     spec = hear_spec(cfg.weights)
     if spec is not None and features is None:
         return hear_features(spec)
+    info = read_encoder_info(cfg.weights) if features is None and cfg.weights else None
+    if info is not None:  # written by `pretrain`
+        return info.features
     name = features or embedding_features(cfg)
     if name is None:
         raise ConfigError(

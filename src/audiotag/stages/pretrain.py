@@ -1,14 +1,17 @@
-"""The pretrain command: self-supervised pretraining of an encoder on unlabeled audio (BYOL-A).
+"""The pretrain command: self-supervised pretraining of an encoder on unlabeled audio (BYOL-A, COLA).
 
-``audiotag pretrain --method byola -c COMP [--clips train,test] [--audio DIR ...]`` pretrains the
-AudioNTT2020 encoder on a competition's cached clips and/or audio folders (``runs/pretrain_data.py``)
-and writes ``competition/<comp>/pretrain/<name>/encoder.pt`` (``--out DIR`` elsewhere; without a
-competition ``<workspace>/_pretrain/<name>/``): the encoder in the official key layout with its
+``audiotag pretrain --method byola|cola -c COMP [--clips train,test] [--audio DIR ...]`` pretrains
+an encoder (BYOL-A's AudioNTT2020 by default; any family's backbone: ``model: efficientnet_b0``)
+on a competition's cached clips and/or audio folders (``runs/pretrain_data.py``) and writes
+``competition/<comp>/pretrain/<name>/encoder.pt`` (``--out DIR`` elsewhere; without a competition
+``<workspace>/_pretrain/<name>/``): the encoder in its family's checkpoint key layout with its
 front-end and normalisation (``models/encoder_file.py``), which ``model: {name: byola, dim: D,
-pretrained: PATH}`` loads like the official checkpoints. The folder also holds ``pretrain.json``
-(the settings; a rerun with others is refused), ``config.yaml``, ``norm.json`` (the pretraining
-clips' mean and std), ``last.pt`` while running (a killed run resumes exactly) and ``done.json``
-(loss and speed per epoch, the encoder's size and SHA-256).
+pretrained: PATH}`` (or ``{name: timm, arch: A, ...}``) loads like the official checkpoints. The two
+methods share the loop (``train/pretrain_loop.py``); what differs is in
+``train/pretrain_methods.py``. The folder also holds ``pretrain.json`` (the settings; a rerun with
+others is refused), ``config.yaml``, ``norm.json`` (the pretraining clips' mean and std),
+``last.pt`` while running (a killed run resumes exactly) and ``done.json`` (loss and speed per
+epoch, the encoder's size and SHA-256).
 
 The recipe, checked against the official code (nttcslab/byol-a at 3e65c92: ``config.yaml``,
 ``train.py``, ``byol_a/augmentations.py``, ``byol_a/models.py``, ``byol_a/dataset.py``,
@@ -37,6 +40,28 @@ The recipe, checked against the official code (nttcslab/byol-a at 3e65c92: ``con
 
 The papers themselves (arXiv 2103.06695, 2204.07402) were not reachable from here; the numbers
 above are the code's.
+
+COLA, checked against the official code (google-research/google-research ``cola/`` at 0c1bbe5:
+``main.py`` flag defaults, ``contrastive.py``, ``network.py``, ``data.py``;
+``configs/pretrain/cola.yaml``):
+
+- pairs: each clip's wave is L2-normalised, two random 1 s windows (``extract_window``, 16000
+  samples; a shorter clip zero-padded at both ends) are anchor and positive, the positive with
+  white noise of std 0.001 added (``--noise``); the other clips of the batch are the negatives
+  (``drop_remainder``: full batches only). Here: two unit crops of the cached clip, the noise as its
+  expected mel power (``train/pretrain_methods.py``), and BYOL-A's dataset mean/std pre-normalisation
+  in place of the per-clip L2 norm (a gain, i.e. a constant in log-mel);
+- front-end: 16 kHz, frame 400 / hop 160 / FFT 1024, 64 mels 60-7800 Hz, ln of the mel clipped at
+  1e-5 (``configs/features/cola_16k_64.yaml``; its header lists what differs);
+- network: EfficientNet-B0 from random weights (Keras ``weights=None``), global max pooling,
+  ``Dense(512)``, then for the bilinear similarity LayerNorm and tanh; similarity ``a^T W p``
+  (``--similarity_type`` bilinear, the default; dot: cosine / temperature 0.2);
+  ``SparseCategoricalCrossentropy(from_logits=True)`` against ``range(batch)``;
+- optimisation: Adam 1e-3, batch 64, 100 epochs of 1000 steps, no schedule, no weight decay.
+  Anchors and positives go through the network as one batch (BatchNorm statistics over both).
+
+The paper (arXiv 2010.10915) was not read here; its encoder and hyperparameters above are
+the code's defaults.
 """
 
 from __future__ import annotations
@@ -61,7 +86,7 @@ from audiotag.core.errors import ConfigError, TrainingError
 from audiotag.core.locks import claim_folder
 from audiotag.core.paths import workspace_root
 from audiotag.data.norm_stats import dataset_norm
-from audiotag.models.encoder_file import encoder_payload
+from audiotag.models.encoder_file import checkpoint_state, encoder_payload
 from audiotag.runs.folder import check_or_write_record, code_version, refuse_changes
 from audiotag.runs.pretrain_data import Sources, gather_sources
 from audiotag.runs.task import RunRequest
@@ -95,7 +120,7 @@ def load_pretrain_config(
     tree = resolve_groups(apply_overrides(resolve_groups(raw), overrides or []))
     cfg = validate(PretrainConfig, tree, str(path))
     if cfg.name is None:
-        cfg.name = f"{cfg.method}{cfg.model.dim}"
+        cfg.name = cfg.default_name()
     return cfg
 
 
@@ -248,10 +273,8 @@ def _train(cfg: PretrainConfig, sources: Sources, out_dir: Path, ctx: DistContex
             "code_version": code_version(),
             "settings": cfg.model_dump(mode="json"),
         }
-        model = {"name": cfg.model.name, "dim": cfg.model.dim}
-        save_checkpoint(
-            encoder_path, encoder_payload(run.encoder.state_dict(), model, cfg.features, norm, info)
-        )
+        state = checkpoint_state(run.encoder)
+        save_checkpoint(encoder_path, encoder_payload(state, cfg.encoder_record(), cfg.features, norm, info))
         done = {
             "loss": history[-1]["loss"],
             "epochs": len(history),

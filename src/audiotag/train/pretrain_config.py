@@ -2,15 +2,16 @@
 
 Composed like an experiment (``configs/pretrain/<method>.yaml``, the ``competition``, ``features``
 and ``model`` groups, ``--set KEY=VALUE``) and validated here. The defaults are BYOL-A's
-(nttcslab/byol-a ``config.yaml``, ``train.py``; v2 ``config_v2.yaml``, ``train_v2.py``); what was
-checked where is listed in ``stages/pretrain.py``. It sits in the train layer because its ``model``
-section is the model family's own schema (``models/byola.py``), and it builds the step engine's
-settings (:meth:`PretrainConfig.engine_settings`).
+(nttcslab/byol-a ``config.yaml``, ``train.py``; v2 ``config_v2.yaml``, ``train_v2.py``); COLA's are
+in ``configs/pretrain/cola.yaml``; what was checked where is listed in ``stages/pretrain.py``. It
+sits in the train layer because its ``model`` section is any model family's own schema (the
+encoder; ``models/registry.py``), and it builds the step engine's settings
+(:meth:`PretrainConfig.engine_settings`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -24,6 +25,14 @@ from audiotag.config.schema import (
 )
 from audiotag.data.byola_augment import ByolaAugmentConfig
 from audiotag.models.byola import ByolaConfig
+from audiotag.models.cola import ColaSettings
+from audiotag.models.registry import families
+
+# any family's backbone is an encoder (a frame sequence); BYOL-A's AudioNTT2020 by default
+EncoderConfig = Annotated[
+    Union[(*(f.config for f in families().values()),)],  # a union built at run time
+    Field(discriminator="name"),
+]
 
 CLIP_SPLITS = ("train", "test")
 
@@ -32,7 +41,10 @@ class PretrainConfig(StrictModel):
     name: PlainName | None = Field(
         None, description="the output folder's name, <competition>/pretrain/<name>/; null: <method><dim>"
     )
-    method: Literal["byola"] = Field("byola", description="byola: BYOL for Audio (Niizumi et al. 2021)")
+    method: Literal["byola", "cola"] = Field(
+        "byola",
+        description="byola: BYOL for Audio (Niizumi et al. 2021); cola: COLA (Saeed et al. 2021)",
+    )
     competition: CompetitionConfig | None = Field(
         None, description="a competition whose cached clips are pretrained on (-c); null: --audio only"
     )
@@ -43,15 +55,17 @@ class PretrainConfig(StrictModel):
         default_factory=list, description="audio folders to use as well (every audio file under them)"
     )
     features: FeatureConfig = Field(description="the front-end (BYOL-A: byola_16k_64)")
-    model: ByolaConfig = Field(
+    model: EncoderConfig = Field(  # type: ignore[valid-type]
         default_factory=ByolaConfig,
-        description="the encoder: model.dim (512, 1024, 2048); model.pretrained: weights to start from",
+        description="the encoder, any family (byola: model.dim 512, 1024, 2048; timm: model.arch); "
+        "model.pretrained: weights to start from",
     )
-    augment: ByolaAugmentConfig = Field(default_factory=ByolaAugmentConfig)
+    augment: ByolaAugmentConfig = Field(default_factory=ByolaAugmentConfig, description="byola only")
+    cola: ColaSettings = Field(default_factory=ColaSettings, description="cola only")
     unit_seconds: float = Field(0.95, gt=0, description="length of a training segment (BYOL-A unit_sec)")
-    projection_dim: int = Field(256, ge=1, description="projector/predictor output (BYOL-A proj_size)")
-    projection_hidden: int = Field(4096, ge=1, description="projector/predictor hidden width (proj_dim)")
-    ema_decay: float = Field(0.99, gt=0, lt=1, description="target = decay * target + (1 - decay) * online")
+    projection_dim: int = Field(256, ge=1, description="byola: projector/predictor output (proj_size)")
+    projection_hidden: int = Field(4096, ge=1, description="byola: projector/predictor hidden width")
+    ema_decay: float = Field(0.99, gt=0, lt=1, description="byola: target = decay*target + (1-decay)*online")
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=2, description="units per optimiser step, all processes together")
     lr: float = Field(3e-4, gt=0, description="Adam learning rate (v1 3e-4, v2 1e-4)")
@@ -93,11 +107,28 @@ class PretrainConfig(StrictModel):
             raise ValueError(f"clips: each of {', '.join(CLIP_SPLITS)} once, got {self.clips}")
         if self.features.cache != "logmel":
             raise ValueError("features.cache: pretraining reads log-mel units; set features.cache: logmel")
-        if self.features.n_mels < 8:
+        if self.model.name == "byola" and self.features.n_mels < 8:
             raise ValueError(
                 f"features.n_mels: AudioNTT2020 pools mels by 8, needs 8 or more ({self.features.n_mels})"
             )
+        if self.method == "cola" and self.cola.noise_snr_db is not None and self.features.scale == "log10_1p":
+            raise ValueError(
+                f"cola.noise_snr_db: noise power is added to a log or dB front-end, not "
+                f"{self.features.name!r} (scale log10_1p); set cola.noise_snr_db: null or another front-end"
+            )
         return self
+
+    def encoder_record(self) -> dict[str, Any]:
+        """The encoder's model settings an encoder file records (the ones that shape its weights)."""
+        fields = self.model.model_dump(mode="json")
+        return {k: fields[k] for k in ("name", "dim", "arch") if k in fields}
+
+    def default_name(self) -> str:
+        """``<method><dim>`` (byola512, cola2048), or ``<method>_<arch>`` for a timm encoder."""
+        record = self.encoder_record()
+        if "dim" in record:
+            return f"{self.method}{record['dim']}"
+        return f"{self.method}_{record.get('arch', record['name'])}"
 
     def engine_settings(self) -> TrainConfig:
         """What the step engine (AMP, clipping, compile) reads, from this config."""

@@ -1,18 +1,18 @@
-"""BYOL-A pretraining: epochs of unit batches, two augmented views, online and target networks.
+"""Self-supervised pretraining (BYOL-A, COLA): epochs of unit batches, two inputs compared per clip.
 
-Per step (nttcslab/byol-a v2 ``train_v2.py``): the units are pre-normalised with the pretraining
-set's mean and std, each gets two views (``data/byola_augment.py``: mixup with past units, random
-resize crop, random linear fader; then both views post-normalised together), the online network
-predicts the target network's projection of the other view (``models/byol.py``), Adam steps
-through the shared step engine (``train/engine.py``: AMP, clipping, DDP, compile), and the target
-follows the online network by EMA after every step.
+Per step: the cache's units (one per clip, or COLA's two segments of each) become the two inputs of
+the method (``train/pretrain_methods.py``: BYOL-A's two augmented views of a pre-normalised unit,
+COLA's anchor and noisy positive), the method's objective is computed under the shared step engine
+(``train/engine.py``: AMP, clipping, DDP, compile), Adam steps, and the method's after-step update
+runs (BYOL-A's EMA target).
 
 Resuming. ``last.pt`` is written after every epoch (and every ``checkpoint_every_steps`` steps
-within one): online and target weights, optimiser, schedule, engine, the mixup memory of every
-process, the progress, and, within an epoch, every process's random states and loss sums. Batch
-order, unit crops, augmentation draws and dropout come from generators seeded by (seed, epoch) and
-saved mid-epoch, so a run killed anywhere resumes to the same weights as an uninterrupted one
-(same device and number of processes).
+within one): the method's modules (BYOL-A: online and target networks; COLA: its network),
+optimiser, schedule, engine, each process's own state (BYOL-A's mixup memory), the progress, and,
+within an epoch, every process's random states and loss sums. Batch order, unit crops, augmentation
+draws and dropout come from generators seeded by (seed, epoch) and saved mid-epoch, so a run
+killed anywhere resumes to the same weights as an uninterrupted one (same device and number of
+processes).
 """
 
 from __future__ import annotations
@@ -29,18 +29,8 @@ import torch
 from audiotag.config.schema import InputNorm
 from audiotag.core.errors import TrainingError
 from audiotag.core.log import progress
-from audiotag.data.byola_augment import ByolaAugment
-from audiotag.data.units import UnitDataset
-from audiotag.models.byol import (
-    Branch,
-    OnlineNetwork,
-    byol_loss,
-    ema_update,
-    make_target,
-    target_projections,
-)
-from audiotag.models.byola import build_backbone
-from audiotag.models.registry import load_pretrained
+from audiotag.data.units import UnitDataset, unit_frames
+from audiotag.models.registry import family_of, load_pretrained
 from audiotag.models.tagger import Tagger
 from audiotag.train.checkpoint import EpochProgress, load_checkpoint, save_checkpoint
 from audiotag.train.distributed import SINGLE, DistContext
@@ -58,6 +48,7 @@ from audiotag.train.epoch import (
     restore_rank_progress,
 )
 from audiotag.train.pretrain_config import PretrainConfig
+from audiotag.train.pretrain_methods import ByolaMethod, ColaMethod, Method
 from audiotag.train.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -75,12 +66,10 @@ class Pretrainer:
     ctx: DistContext
     norm: InputNorm
     dataset: UnitDataset
-    online: OnlineNetwork
-    target: Branch
+    method: Method
     optimizer: torch.optim.Optimizer
     scheduler: Any
     engine: StepEngine
-    augment: ByolaAugment
     state: EpochProgress = field(default_factory=EpochProgress)
     loader: EpochLoader | None = None  # made at the first epoch, closed when pretraining ends
 
@@ -90,22 +79,21 @@ class Pretrainer:
 
     @property
     def encoder(self) -> torch.nn.Module:
-        return self.online.encoder
+        return self.method.encoder
 
     @property
     def parts(self) -> dict[str, Any]:
-        """What ``last.pt`` keeps besides the progress and the mixup memories."""
-        return dict(
-            online=self.online,
-            target=self.target,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            engine=self.engine,
-        )
+        """What ``last.pt`` keeps besides the progress and the processes' own states."""
+        return {
+            **self.method.parts(),
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "engine": self.engine,
+        }
 
     def save_last(self, partial: dict[str, Any] | None = None) -> None:
-        """``last.pt`` (written by rank 0; every rank must call it, as the mixup memories are gathered)."""
-        memory = self.augment.memory.state_dict()
+        """``last.pt`` (written by rank 0; every rank must call it, as the processes' states are gathered)."""
+        memory = self.method.rank_state()
         memories = self.ctx.gather(memory) if self.ctx.world > 1 else [memory]
         if not self.ctx.is_main:
             return
@@ -128,21 +116,23 @@ def build(
     ctx: DistContext = SINGLE,
 ) -> Pretrainer:
     """The networks (initialised from ``model.pretrained`` unless ``last.pt`` will replace them),
-    optimiser, schedule, step engine, unit dataset and augmentation of a run."""
+    optimiser, schedule, step engine, unit dataset and method of a run."""
     if len(keys) < 2:
         raise TrainingError(f"pretraining needs at least 2 clips (BatchNorm on batches); got {len(keys)}")
     torch.manual_seed(epoch_seed(cfg.seed, 0, 0, INIT_STREAM))
-    dataset = UnitDataset(
-        cache, keys, cfg.features, cfg.unit_seconds, epoch_seed(cfg.seed, 0, 0, CROP_STREAM)
-    )
-    encoder = build_backbone(cfg.model, cfg.features.n_mels, dataset.unit)
+    frames, _ = unit_frames(cfg.features, cfg.unit_seconds)
+    encoder = family_of(cfg.model.name).build_backbone(cfg.model, cfg.features.n_mels, frames)
     if cfg.model.pretrained is not None and not (out_dir / "last.pt").is_file():
         load_pretrained(Tagger(encoder, torch.nn.Identity()), cfg.model, cfg.features)
-    online = OnlineNetwork(encoder, cfg.projection_dim, cfg.projection_hidden).to(device)
-    target = make_target(online)
+    method = make_method(cfg, encoder, device)
+    crop_seed = epoch_seed(cfg.seed, 0, 0, CROP_STREAM)
+    dataset = UnitDataset(cache, keys, cfg.features, cfg.unit_seconds, crop_seed, method.segments)
     configure_determinism(cfg.deterministic, device)
     optimizer = torch.optim.Adam(
-        online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None
+        method.network.parameters(),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        fused=device.type == "cuda" or None,
     )
     per_epoch = steps_per_epoch(len(keys), cfg.batch_size)
     cosine = cfg.lr_schedule == "cosine"
@@ -152,21 +142,14 @@ def build(
         total_steps=cfg.epochs * per_epoch,
         min_ratio=cfg.min_lr_ratio if cosine else 1.0,  # 1.0: the constant rate of the official code
     )
-    engine = StepEngine(online, optimizer, scheduler, cfg.engine_settings(), device, ddp=ctx.ddp)
-    return Pretrainer(
-        cfg,
-        out_dir,
-        device,
-        ctx,
-        norm,
-        dataset,
-        online,
-        target,
-        optimizer,
-        scheduler,
-        engine,
-        ByolaAugment(cfg.augment),
-    )
+    engine = StepEngine(method.network, optimizer, scheduler, cfg.engine_settings(), device, ddp=ctx.ddp)
+    return Pretrainer(cfg, out_dir, device, ctx, norm, dataset, method, optimizer, scheduler, engine)
+
+
+def make_method(cfg: PretrainConfig, encoder: torch.nn.Module, device: torch.device) -> Method:
+    if cfg.method == "cola":
+        return ColaMethod(encoder, cfg.cola, cfg.features, device)
+    return ByolaMethod(encoder, cfg.augment, cfg.projection_dim, cfg.projection_hidden, cfg.ema_decay, device)
 
 
 def resume(run: Pretrainer) -> None:
@@ -179,7 +162,7 @@ def resume(run: Pretrainer) -> None:
     run.state = EpochProgress.from_checkpoint(ckpt["state"])
     memories = ckpt["memory"]
     n_procs = run.ctx.world if run.ctx.ddp else 1
-    if len(memories) != n_procs:
+    if len(memories) != n_procs and any(memories):
         log.warning(
             "pretrain: last.pt was written by %d process(es), this run has %d: the mixup memories are "
             "shared out again, so the run no longer matches an uninterrupted one exactly",
@@ -187,7 +170,7 @@ def resume(run: Pretrainer) -> None:
             n_procs,
         )
     rank = run.ctx.rank if run.ctx.ddp else 0
-    run.augment.memory.load_state_dict(memories[rank % len(memories)], run.device)
+    run.method.load_rank_state(memories[rank % len(memories)], run.device)
     at = f", batch {run.state.partial['batch'] + 1}" if run.state.partial else ""
     log.info("pretrain: resuming from %s at epoch %d%s", run.last_path, run.state.epoch + 1, at)
 
@@ -196,8 +179,7 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
     """Train one epoch (the rest of it after a mid-epoch checkpoint): (mean loss, units seen by all
     processes in this call)."""
     cfg, ctx, device, epoch = run.cfg, run.ctx, run.device, run.state.epoch
-    run.online.train()
-    run.target.train()  # as the official: BatchNorm on batch statistics, dropout on
+    run.method.network.train()
     run.dataset.set_epoch(epoch)
     batches = epoch_batches(len(run.dataset), cfg.batch_size, epoch_seed(cfg.seed, 0, epoch), epoch, ctx)
     partial = run.state.take_partial()
@@ -212,7 +194,6 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
         total, count = restore_rank_progress(partial, rank, ctx.world if ctx.ddp else 1, aug, device)
     tally = LossTally("pretrain", epoch, total, count, device, hint="Lower lr, set grad_clip_norm")
     seen = 0
-    mean, std = run.norm.mean, run.norm.std
     bar = progress(
         run.loader.epoch(epoch, batches[start:]),
         desc=f"pretrain epoch {epoch + 1}",
@@ -222,16 +203,12 @@ def run_epoch(run: Pretrainer) -> tuple[float, int]:
     )
     for step, units in enumerate(bar, start=start):
         with torch.no_grad():
-            x = (units.to(device, non_blocking=True) - mean) / std  # pre-normalisation
-            first, second = (v.transpose(1, 2).contiguous() for v in run.augment.views(x, aug))
-        with run.engine.autocast():
-            predictions = run.engine.forward_model(first, second)
-            projections = target_projections(run.target, first, second)
-        loss = byol_loss(predictions, projections)
-        tally.add(loss, x.shape[0], step)  # read back every few steps: see LossTally
+            first, second = run.method.views(units.to(device, non_blocking=True), run.norm, aug)
+        loss = run.method.loss(run.engine, first, second)
+        tally.add(loss, first.shape[0], step)  # read back every few steps: see LossTally
         if run.engine.backward(loss):
-            ema_update(run.target, run.online.branch, cfg.ema_decay)
-        seen += x.shape[0]
+            run.method.after_step()
+        seen += first.shape[0]
         every, remaining = cfg.checkpoint_every_steps, len(batches) - step - 1
         if every and remaining and run.engine.steps_taken % every == 0:
             total, count = tally.read()  # a non-finite loss stops before the save
