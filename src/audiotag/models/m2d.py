@@ -127,7 +127,7 @@ def sincos_positions(dim: int, rows: int, cols: int) -> Tensor:
 
 def structured_keep(tokens: Tensor, rows: int, cols: int, ratio: float) -> Tensor:
     """The tokens ``random_structured_mask`` + ``random_masking`` keep (see the module docstring)."""
-    batch, length, dim = tokens.shape
+    batch, _, dim = tokens.shape
     n_rows = min(rows - 1, int(rows * (ratio + 1.0 / rows) * np.random.rand()))
     n_cols = int(cols * max(ratio + 0.5 / cols - n_rows / rows, 0.0))
     mask = torch.zeros((batch, rows, cols), dtype=torch.int)

@@ -351,7 +351,8 @@ def read_state_dict(
     else:
         raise DataError(
             f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; expected .safetensors, "
-            f"a TensorFlow checkpoint's .index, a .zip holding one checkpoint or one of {', '.join(TORCH_SUFFIXES)}"
+            "a TensorFlow checkpoint's .index, a .zip holding one checkpoint, or one of "
+            f"{', '.join(TORCH_SUFFIXES)}"
         )
     state = _unwrap(obj)
     tensors = (
