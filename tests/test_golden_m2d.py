@@ -13,11 +13,12 @@ Tolerances (max abs difference), measured on this machine (torch 2.14.1 vs the f
 - log-mel: nnAudio computes the STFT as a float32 convolution with sine/cosine kernels, ours with
   ``torch.stft``; the two round differently, most in the quietest bins (digital silence reads as
   ln(eps) = -15.9 on both sides). ``LOGMEL_TOL`` bounds every bin, ``LOGMEL_LOUD_TOL`` the bins the
-  official log-mel puts above ``LOUD``; measured in the report of the commit that added this file.
+  official log-mel puts above ``LOUD``; measured 1.4e-4 (all) and 4.8e-5 (loud).
 - encoder outputs from the official log-mel (``MODEL_TOL``): 12 ViT blocks in float32 with the same
-  timm blocks on both sides.
+  timm blocks on both sides; measured 1.0e-6 (logits), 8.3e-7 (head input), 1.4e-6 / 2.9e-6
+  (3840-d features of blocks 12 / 6).
 - the same outputs from our own log-mel (``END_TO_END_TOL``): the front-end's differences through the
-  encoder.
+  encoder; measured 1.9e-6, 1.6e-6, 2.2e-6 / 5.7e-6.
 
 Known deviations caught: another normalisation (refused at load time, naming the checkpoint's
 statistics), the head's rows left in EVAR's (MID-sorted) class order, and a positional grid
