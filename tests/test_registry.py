@@ -46,7 +46,7 @@ FAMILY = Family(ToyConfig, lambda cfg, n_mels, frames: ToyBackbone(cfg, n_mels),
 
 
 def test_every_family_module_is_collected() -> None:
-    assert set(families()) == {"cnn", "timm", "ast", "byola", "musicnn"}
+    assert set(families()) == {"cnn", "timm", "ast", "byola", "musicnn", "m2d"}
     for name, family in families().items():
         assert family.config.model_fields["name"].default == name
         assert family.converters, name
@@ -92,7 +92,7 @@ def test_a_new_family_is_one_module(tmp_path: Path) -> None:
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.split("\n")[0] == "['ast', 'byola', 'cnn', 'musicnn', 'timm', 'toy'] ToyConfig (2, 3)"
+    assert out.split("\n")[0] == "['ast', 'byola', 'cnn', 'm2d', 'musicnn', 'timm', 'toy'] ToyConfig (2, 3)"
 
 
 TOY_LAYERED = (
