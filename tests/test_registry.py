@@ -46,7 +46,7 @@ FAMILY = Family(ToyConfig, lambda cfg, n_mels, frames: ToyBackbone(cfg, n_mels),
 
 
 def test_every_family_module_is_collected() -> None:
-    expected = {"cnn", "timm", "ast", "byola", "musicnn", "vggish"}
+    expected = {"cnn", "timm", "ast", "byola", "musicnn", "vggish", "m2d"}
     assert set(families()) == expected | {"atst_frame", "passt", "efficientat"}
     for name, family in families().items():
         assert family.config.model_fields["name"].default == name

@@ -111,14 +111,20 @@ class AttentionHead(nn.Module):
 
 
 class TokenHead(nn.Module):
-    """Transformer head: class token(s) or mean of patch tokens, LayerNorm, Linear (AST's mlp_head)."""
+    """Transformer head: class token(s) or mean of patch tokens, a norm, Linear (AST's mlp_head).
 
-    def __init__(self, dim: int, n_classes: int, n_prefix: int, how: str, dropout: float) -> None:
+    ``norm``: ``"layer"`` (AST's LayerNorm) or ``"batch"`` (a BatchNorm1d without affine parameters,
+    the ``TaskHead`` of EVAR's fine-tuning that M2D's AudioSet checkpoints carry).
+    """
+
+    def __init__(
+        self, dim: int, n_classes: int, n_prefix: int, how: str, dropout: float, norm: str = "layer"
+    ) -> None:
         super().__init__()
         self.n_prefix = n_prefix
         self.how = how
         self.dropout = dropout
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if norm == "layer" else nn.BatchNorm1d(dim, affine=False)
         self.fc = nn.Linear(dim, n_classes)
 
     def embedding(self, tokens: torch.Tensor) -> torch.Tensor:

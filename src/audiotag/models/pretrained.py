@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import io
 import logging
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -239,15 +241,18 @@ def _numpy_safe_globals() -> list[Any]:
     return allowed
 
 
-def _torch_load(path: Path, allow: tuple[str, ...] = PICKLE_ALLOWANCES) -> Any:
+def _torch_load(path: Path, allow: tuple[str, ...] = PICKLE_ALLOWANCES, data: bytes | None = None) -> Any:
+    """``path``'s pickle read weights-only; ``data``: its bytes, already read (a file inside an archive)."""
     allowed = _numpy_safe_globals() if "numpy" in allow else []
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            source = io.BytesIO(data) if data is not None else path
+            return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         globals_ = re.findall(r"GLOBAL ([\w.]+)", str(exc))
         with contextlib.suppress(Exception):  # zip-format files: every offending global at once
-            globals_ = torch.serialization.get_unsafe_globals_in_checkpoint(path) or globals_
+            inner = io.BytesIO(data) if data is not None else path
+            globals_ = torch.serialization.get_unsafe_globals_in_checkpoint(inner) or globals_
         if globals_:
             raise DataError(
                 f"{path}: cannot be read safely (torch.load weights_only=True): it holds Python objects "
@@ -263,6 +268,28 @@ def _torch_load(path: Path, allow: tuple[str, ...] = PICKLE_ALLOWANCES) -> Any:
         raise DataError(
             f"{path}: not a readable PyTorch checkpoint (truncated or another format?): {exc}"
         ) from None
+
+
+def _archived_checkpoint(path: Path) -> tuple[str, bytes]:
+    """The one PyTorch checkpoint inside a release archive (``.zip``, as M2D's GitHub releases ship
+    their weights: a folder holding one ``.pth``), as (its name, its bytes); read in memory."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [
+                n
+                for n in archive.namelist()
+                if n.lower().endswith(TORCH_SUFFIXES) and not n.startswith("__MACOSX/")
+            ]
+            if len(names) != 1:
+                found = ", ".join(names) if names else "none"
+                raise DataError(
+                    f"{path}: a weights archive must hold exactly one checkpoint file "
+                    f"({', '.join(TORCH_SUFFIXES)}); found {found}. Extract the one you want and pass it "
+                    "with --weights PATH"
+                )
+            return names[0], archive.read(names[0])
+    except (zipfile.BadZipFile, OSError, RuntimeError) as exc:
+        raise DataError(f"{path}: not a readable zip archive (truncated or another format?): {exc}") from None
 
 
 def _unwrap(obj: Any) -> Any:
@@ -297,9 +324,10 @@ def _describe(obj: Any) -> str:
 def read_state_dict(
     path: str | os.PathLike[str], suffix: str | None = None, allow: tuple[str, ...] = PICKLE_ALLOWANCES
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt read weights-only, a
-    TensorFlow checkpoint named by its .index, a TensorFlow V1 checkpoint (one file, whatever its
-    suffix: VGGish's is .ckpt), or a NumPy .npz of arrays (no pickles));
+    """The tensors of a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt read weights-only, a .zip
+    release archive holding one such .pth, a TensorFlow checkpoint named by its .index, a TensorFlow
+    V1 checkpoint (one file, whatever its suffix: VGGish's is .ckpt), or a NumPy .npz of arrays (no
+    pickles));
     ``suffix`` gives the format of a file named otherwise (a download's ``.part``); ``allow``: the
     groups of non-tensor globals the pickle may hold (a table entry's ``pickle_globals``; files
     named by path allow numpy arrays)."""
@@ -322,12 +350,16 @@ def read_state_dict(
         obj = {k: torch.from_numpy(v) for k, v in read_npz(path).items() if v.dtype.kind in "biuf"}
     elif suffix in TORCH_SUFFIXES:
         obj = _torch_load(path, allow)
+    elif suffix == ".zip":
+        member, data = _archived_checkpoint(path)
+        obj = _torch_load(path / member, allow, data)  # messages name the file inside the archive
     elif suffix == ".index":  # a TensorFlow checkpoint (musicnn's), read without TensorFlow
         obj = {k: torch.from_numpy(v) for k, v in read_checkpoint(path).items()}
     else:
         raise DataError(
             f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; expected .safetensors, "
-            f"a TensorFlow checkpoint's .index, .npz or one of {', '.join(TORCH_SUFFIXES)}"
+            "a TensorFlow checkpoint's .index, .npz, a .zip holding one checkpoint, or one of "
+            f"{', '.join(TORCH_SUFFIXES)}"
         )
     state = _unwrap(obj)
     tensors = (

@@ -19,7 +19,8 @@ def build_head(cfg: ModelBase, backbone: nn.Module, n_classes: int) -> nn.Module
     out_dim: int = backbone.out_dim  # type: ignore[assignment]
     if getattr(backbone, "output", "sequence") == "tokens":
         n_prefix = int(getattr(backbone, "n_prefix_tokens", 1))
-        return TokenHead(out_dim, n_classes, n_prefix, cfg.head, cfg.dropout)
+        norm = getattr(cfg, "head_norm", "layer")
+        return TokenHead(out_dim, n_classes, n_prefix, cfg.head, cfg.dropout, norm)
     if cfg.head == "attention":
         return AttentionHead(out_dim, n_classes, cfg.embedding_dim, cfg.dropout)
     if cfg.head == "mlp":
