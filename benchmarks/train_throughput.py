@@ -76,6 +76,7 @@ SETUPS = {
     # PaSST-S: 10-s inputs as the official fine-tuning (batch 12 there); a small batch for the CPU row
     "passt_s": Setup("passt_32k_128", 10.0, 4),
     "mn10": Setup("passt_32k_128", 10.0, 8),
+    "m2d_vit_base": Setup("m2d_16k_80", 6.08, 4),  # the pre-trained 608-frame input; a small batch
 }
 
 

@@ -73,7 +73,8 @@ def measure_model(cfg: ExperimentConfig, n_classes: int) -> tuple[int, float, in
     with torch.device("meta"):
         # input_norm: dataset needs statistics of a fold; any stand-in does for the sizes
         model = build_model(cfg.model, cfg.features.n_mels, n_classes, frames, InputNorm(), None)
-        x = torch.zeros(1, frames, cfg.features.n_mels)
+        # two crops: a BatchNorm over the batch (M2D's head) refuses one in training mode
+        x = torch.zeros(2, frames, cfg.features.n_mels)
     model.train()
     kept = 0
 
@@ -89,7 +90,7 @@ def measure_model(cfg: ExperimentConfig, n_classes: int) -> tuple[int, float, in
     if getattr(model.backbone, "output", "sequence") == "sequence":
         grid = max(1, frames // seq.shape[1])
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
-    return grid, kept / frames, parameters
+    return grid, kept / (2 * frames), parameters
 
 
 def device_memory(device: torch.device) -> tuple[int, str]:
