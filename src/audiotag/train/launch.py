@@ -120,6 +120,10 @@ def launch(n_procs: int, argv: list[str], nodes: Nodes = ONE_MACHINE) -> None:
             )
         else:
             wait_for_endpoint(nodes)
+        # torchrun's default, the training processes sharing the rendezvous store, breaks a restart
+        # with a machine that came back: its new torchrun waits for the address of a store that node 0's
+        # keeps from the round before, which it never republishes (pytorch#135712; seen with 2.14).
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = torchrun_command(n_procs, argv, nodes)
     log.info("launching: %s", " ".join(command))
     sys.stdout.flush()
