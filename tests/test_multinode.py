@@ -230,3 +230,19 @@ def test_node_rank_without_nnodes_fails_before_anything_runs(capsys: pytest.Capt
 
     assert main(["train", "-c", "demo", "--node-rank", "1"]) == 2
     assert "--node-rank 1 without --nnodes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_machines_that_do_not_share_the_workspace_are_refused(tmp_path: Path) -> None:
+    """Node 1 has a workspace of its own: both stop, naming the folder, before any training."""
+    port = free_port()
+    procs = {}
+    for rank in (0, 1):
+        ws = tmp_path / f"ws{rank}"
+        ws.mkdir()
+        procs[rank] = start_node(ws, "apart", rank, port)
+    for proc in procs.values():
+        assert proc.wait(timeout=900) != 0
+    err = "".join((tmp_path / f"ws{r}" / f"node{r}.err").read_text() for r in (0, 1))
+    assert "are not seen by rank 1" in err and "must be one folder they all share" in err, err[-3000:]
+    assert not list(tmp_path.glob("ws*/competition/demo/runs/apart/fold0"))
