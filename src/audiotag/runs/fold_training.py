@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from audiotag.competitions import get_competition
 from audiotag.competitions.base import warn_about_rules
 from audiotag.core.errors import ConfigError
 from audiotag.data.cache_reader import FeatureCache
@@ -68,7 +69,7 @@ class FoldTraining:
             )
         prepared = ctx.from_main(lambda: prepare(cfg.competition, cfg.features, workers=workers))
         comp = prepared.competition
-        check_shared(ctx, comp.dir)
+        check_shared(ctx, get_competition(cfg.competition).dir)  # this machine's view of it
         run_dir = request.run_dir or comp.dir / "runs" / (request.run_name or cfg.name)
         check_pretrained(cfg.model, cfg.features)
         with claim_run(run_dir) if ctx.is_main else contextlib.nullcontext():

@@ -146,21 +146,23 @@ def device_for(ctx: DistContext, choice: str, setting: str = "train.device") -> 
 
 
 def check_shared(ctx: DistContext, folder: Path) -> None:
-    """Refuse to go on unless every machine sees the files rank 0 writes in ``folder`` (the run's
-    competition folder): rank 0 alone writes the run, the others read it (``last.pt`` to resume from,
-    the settings it saved). Rank 0 leaves a file there, each rank looks for it, rank 0 removes it."""
+    """Refuse to go on unless every machine's ``folder`` (its own view of the run's competition folder)
+    is rank 0's, at the same path, and shows the files rank 0 writes there: rank 0 alone writes the
+    run, the others read it (``last.pt`` to resume from, the settings it saved) by rank 0's paths.
+    Rank 0 leaves a file there, each rank looks for it, rank 0 removes it."""
     if ctx.nodes == 1:
         return
     probe = ctx.from_main(lambda: _leave_probe(folder))
-    seen = ctx.gather((_sees(probe), socket.gethostname()))
+    seen = ctx.gather((probe.parent == folder and _sees(probe), str(folder), socket.gethostname()))
     if ctx.is_main:
         probe.unlink(missing_ok=True)
-    blind = [f"rank {rank} on {host}" for rank, (ok, host) in enumerate(seen) if not ok]
+    blind = [f"rank {r} on {host} (its folder: {own})" for r, (ok, own, host) in enumerate(seen) if not ok]
     if blind:
         raise ConfigError(
-            f"{folder}: the files rank 0 (on {seen[0][1]}) writes there are not seen by {', '.join(blind)}. "
-            "On several machines the workspace must be one folder they all share, at the same path "
-            "(a network file system; AUDIOTAG_WORKSPACE may point at it): rank 0 alone writes the run"
+            f"{probe.parent}: the files rank 0 (on {seen[0][2]}) writes there are not seen by "
+            f"{', '.join(blind)}. On several machines the workspace must be one folder they all share, "
+            "at the same path (a network file system; AUDIOTAG_WORKSPACE may point at it): rank 0 alone "
+            "writes the run"
         )
 
 
