@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODE",
         help="with --gpus N: ddp = every fold data-parallel over N GPUs; folds = one fold per GPU",
     )
+    add_node_arguments(parser)
     parser.add_argument(
         "--weights",
         metavar="PATH",
@@ -186,6 +187,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 VERSION = "--version"  # global, like --quiet: any command, any position
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    """Training on several machines: torchrun's c10d rendezvous (README: "Several machines")."""
+    group = parser.add_argument_group(
+        "several machines (train; the same command on each, the workspace on storage they share)"
+    )
+    group.add_argument(
+        "--nnodes", type=int, metavar="N", help="machines taking part, each running --gpus processes"
+    )
+    group.add_argument(
+        "--node-rank",
+        type=int,
+        metavar="R",
+        help="this machine's number, 0 to N-1; 0 runs at --rdzv-endpoint",
+    )
+    group.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="machine 0's address and a free port, reachable from every machine (e.g. node0:29500)",
+    )
+    group.add_argument(
+        "--rdzv-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a machine waits for the others to join (default: 600)",
+    )
+    group.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="restart every process up to K times when one fails or a machine drops out and comes back; "
+        "each fold resumes from its last checkpoint (default: 0)",
+    )
 
 
 def version_line() -> str:
@@ -317,28 +354,19 @@ def run(args: argparse.Namespace) -> None:
         )
     from audiotag.cli.configs import experiment_config, extra_experiment_configs
     from audiotag.config.files import find_config
-    from audiotag.train.distributed import (
-        check_parallel_mode,
-        launched_by_torchrun,
-        relaunch_with_torchrun,
-        setup,
-        teardown,
-    )
+    from audiotag.train.distributed import check_parallel_mode, setup, teardown
+    from audiotag.train.launch import check_nodes, launch
 
     check_parallel_mode(args.parallel)
+    nodes = check_nodes(args.nnodes, args.node_rank, args.rdzv_endpoint, args.max_restarts, args.rdzv_timeout)
     if args.config is not None:
         args.config = find_config(args.config)
     console = output_console()
     needs_experiment = any(COMMANDS[s].needs_experiment for s in stages)
     exp = experiment_config(args) if needs_experiment else None
     extras = extra_experiment_configs(args) if needs_experiment else []
-    if args.gpus < 1:
-        raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")
-    if args.gpus > 1 and not launched_by_torchrun():
-        relaunch_with_torchrun(args.gpus, args.argv)
+    launch(args.gpus, args.argv, nodes)
     ctx = setup(args.parallel)
-    if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0 reports
     pipe = Pipeline(args, exp, ctx, console, main_exp=exp)
     try:
         for stage in stages:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from audiotag.cli.args import (
@@ -16,7 +15,6 @@ from audiotag.cli.args import (
     worker_count,
 )
 from audiotag.config.files import available, find_config
-from audiotag.core.errors import ConfigError
 from audiotag.core.log import output_console
 
 
@@ -72,17 +70,13 @@ def command_overrides(args: argparse.Namespace) -> list[str]:
 def run_pretrain(args: argparse.Namespace) -> None:
     from audiotag.runs.task import RunRequest
     from audiotag.stages.pretrain import Pretraining, load_pretrain_config
-    from audiotag.train.distributed import launched_by_torchrun, relaunch_with_torchrun, setup, teardown
+    from audiotag.train.distributed import setup, teardown
+    from audiotag.train.launch import launch
 
-    if args.gpus < 1:
-        raise ConfigError(f"--gpus {args.gpus}: expected 1 or more")
     path = find_config(args.config or args.method, "pretrain")
     cfg = load_pretrain_config(path, command_overrides(args), competition=args.competition)
-    if args.gpus > 1 and not launched_by_torchrun():
-        relaunch_with_torchrun(args.gpus, args.argv)
+    launch(args.gpus, args.argv)
     ctx = setup("ddp")
-    if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
     try:
         result = Pretraining().train(cfg, RunRequest(workers=args.workers, ctx=ctx, run_dir=args.out))
     finally:

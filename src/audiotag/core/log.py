@@ -53,6 +53,17 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def tag_process(tag: str, quiet: bool = False) -> None:
+    """Begin this process's log lines with ``tag`` (e.g. ``[rank 1/4]``: one of several processes,
+    whose lines may end up in one log); ``quiet``: warnings and errors only."""
+    fmt = FORMAT.replace("%(levelname)", f"{tag.replace('%', '%%')} %(levelname)")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _StderrHandler):
+            handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    if quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 QUIET_ENV = "AUDIOTAG_QUIET"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from audiotag.competitions import get_competition
 from audiotag.competitions.base import warn_about_rules
 from audiotag.core.errors import ConfigError
 from audiotag.data.cache_reader import FeatureCache
@@ -23,7 +24,7 @@ from audiotag.runs.pseudo_labels import (
     write_pseudo_labels,
 )
 from audiotag.runs.task import RunRequest
-from audiotag.train.distributed import DistContext, device_for
+from audiotag.train.distributed import DistContext, check_shared, device_for
 from audiotag.train.experiment import ExperimentConfig
 from audiotag.train.hooks import EpochHook
 from audiotag.train.loop import FoldData, train_fold
@@ -66,12 +67,9 @@ class FoldTraining:
                 f"train.batch_size {cfg.train.batch_size} must be a multiple of the {ctx.world} processes "
                 "(it is the global batch, shared out among them)"
             )
-        if ctx.is_main:
-            prepared = prepare(cfg.competition, cfg.features, workers=workers)
-        ctx.barrier()
-        if not ctx.is_main:  # everything is up to date now: this only reads
-            prepared = prepare(cfg.competition, cfg.features, workers=workers)
+        prepared = ctx.from_main(lambda: prepare(cfg.competition, cfg.features, workers=workers))
         comp = prepared.competition
+        check_shared(ctx, get_competition(cfg.competition).dir)  # this machine's view of it
         run_dir = request.run_dir or comp.dir / "runs" / (request.run_name or cfg.name)
         check_pretrained(cfg.model, cfg.features)
         with claim_run(run_dir) if ctx.is_main else contextlib.nullcontext():

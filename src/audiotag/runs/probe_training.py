@@ -75,14 +75,7 @@ class ProbeTraining:
         probe = cfg.model
         assert isinstance(probe, LinearProbeConfig)
         if ctx.world > 1:  # under --gpus N (e.g. a default extra member): one process fits, the others wait
-            result = self.train(cfg, RunRequest(run_name, workers)) if ctx.is_main else None
-            ctx.barrier()
-            if result is not None:
-                return result
-            # up to date now: this only reads
-            comp = prepare(cfg.competition, cfg.features, workers=workers).competition
-            name = run_name or cfg.name
-            return RunResult(name, comp.dir / "runs" / name, comp.metric, {}, False)
+            return ctx.from_main(lambda: self.train(cfg, RunRequest(run_name, workers)))
         warn_about_rules(cfg.competition, probe.pretrained)
         prepared = prepare(cfg.competition, cfg.features, workers=workers)
         comp = prepared.competition

@@ -1,9 +1,10 @@
 """Several processes through ``torchrun``: data-parallel training (DDP) or one fold per process.
 
-``./run.sh train --gpus 4`` re-launches itself with ``python -m torch.distributed.run --standalone
---nproc_per_node 4``; each process then finds its rank in the environment. Only rank 0 writes files;
-the others wait at barriers. Without CUDA the processes run on the CPU with the gloo backend (slow,
-meant for testing the multi-process paths).
+``./run.sh train --gpus 4`` re-launches itself under torchrun (``train/launch.py``: one machine, or
+several with ``--nnodes``); each process then finds its rank in the environment. Only rank 0 writes
+files; the others wait at barriers and read what it wrote, on every machine (so on several machines
+the workspace is a folder they share: ``check_shared``). Without CUDA the processes run on the CPU
+with the gloo backend (slow, meant for testing the multi-process paths).
 """
 
 from __future__ import annotations
@@ -11,21 +12,28 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import secrets
 import signal
+import socket
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from audiotag.core.errors import ConfigError
+from audiotag.core.log import tag_process
 
 log = logging.getLogger(__name__)
 
 PARALLEL_MODES = ("ddp", "folds")
 BARRIER_TIMEOUT = timedelta(hours=6)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class DistContext:
     world: int = 1
     local_rank: int = 0
     mode: str = "ddp"
+    nodes: int = 1  # machines (torchrun's node groups)
 
     @property
     def is_main(self) -> bool:
@@ -54,6 +63,14 @@ class DistContext:
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def from_main(self, make: Callable[[], T]) -> T:
+        """What rank 0's ``make()`` returns, on every rank; the others do not call it (so write nothing)."""
+        if self.world == 1:
+            return make()
+        box = [make() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 SINGLE = DistContext()
@@ -83,8 +100,12 @@ def setup(mode: str) -> DistContext:
         # Rank 0 alone builds caches and fits linear probes while the others wait at a barrier: allow
         # that hours, not the default half hour (ten minutes with NCCL).
         dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
-    ctx = DistContext(dist.get_rank(), dist.get_world_size(), local_rank, mode)
-    log.info("process %d of %d (%s, local rank %d)", ctx.rank + 1, ctx.world, mode, local_rank)
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    ctx = DistContext(dist.get_rank(), dist.get_world_size(), local_rank, mode, nodes)
+    # One voice per machine: its first process logs, the others only warn; every line says whose it is.
+    tag_process(f"[rank {ctx.rank}/{ctx.world}]", quiet=local_rank != 0)
+    where = f", on {socket.gethostname()}, one of {nodes} machines" if nodes > 1 else ""
+    log.info("process %d of %d (%s, local rank %d%s)", ctx.rank + 1, ctx.world, mode, local_rank, where)
     return ctx
 
 
@@ -124,23 +145,38 @@ def device_for(ctx: DistContext, choice: str, setting: str = "train.device") -> 
     return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-def relaunch_with_torchrun(n_procs: int, argv: list[str]) -> None:
-    """Replace this process by ``torchrun --nproc_per_node n_procs -m audiotag ARGV`` (never returns)."""
-    if not torch.cuda.is_available():
-        log.warning("--gpus %d: no CUDA GPU visible; running %d CPU processes (gloo)", n_procs, n_procs)
-    elif torch.cuda.device_count() < n_procs:
-        raise ConfigError(f"--gpus {n_procs}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={n_procs}",
-        "-m",
-        "audiotag",
-        *argv,
-    ]
-    log.info("launching: %s", " ".join(command))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, command)
+def check_shared(ctx: DistContext, folder: Path) -> None:
+    """Refuse to go on unless every machine's ``folder`` (its own view of the run's competition folder)
+    is rank 0's, at the same path, and shows the files rank 0 writes there: rank 0 alone writes the
+    run, the others read it (``last.pt`` to resume from, the settings it saved) by rank 0's paths.
+    Rank 0 leaves a file there, each rank looks for it, rank 0 removes it."""
+    if ctx.nodes == 1:
+        return
+    probe = ctx.from_main(lambda: _leave_probe(folder))
+    seen = ctx.gather((probe.parent == folder and _sees(probe), str(folder), socket.gethostname()))
+    if ctx.is_main:
+        probe.unlink(missing_ok=True)
+    blind = [f"rank {r} on {host} (its folder: {own})" for r, (ok, own, host) in enumerate(seen) if not ok]
+    if blind:
+        raise ConfigError(
+            f"{probe.parent}: the files rank 0 (on {seen[0][2]}) writes there are not seen by "
+            f"{', '.join(blind)}. On several machines the workspace must be one folder they all share, "
+            "at the same path (a network file system; AUDIOTAG_WORKSPACE may point at it): rank 0 alone "
+            "writes the run"
+        )
+
+
+def _leave_probe(folder: Path) -> Path:
+    probe = folder / f".shared-check-{secrets.token_hex(8)}"
+    probe.write_text(probe.name)
+    return probe
+
+
+def _sees(probe: Path, patience: float = 10.0) -> bool:
+    """Whether ``probe`` is here (a network file system may show a new file a moment later)."""
+    deadline = time.monotonic() + patience
+    while not probe.is_file():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True

@@ -59,7 +59,8 @@ def restore_rank_progress(
     if len(ranks) != n_procs:
         raise TrainingError(
             f"the mid-epoch checkpoint was written by {len(ranks)} training process(es), this run has "
-            f"{n_procs}: resume with --gpus {len(ranks)}, or delete the fold's last.pt to restart the fold"
+            f"{n_procs}: resume with --gpus {len(ranks)} (on several machines: --gpus times --nnodes "
+            f"{len(ranks)}), or delete the fold's last.pt to restart the fold"
         )
     own = ranks[rank]
     aug.set_state(own["aug_state"])
