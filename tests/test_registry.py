@@ -92,7 +92,9 @@ def test_a_new_family_is_one_module(tmp_path: Path) -> None:
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.split("\n")[0] == "['ast', 'byola', 'cnn', 'musicnn', 'timm', 'toy'] ToyConfig (2, 3)"
+    names, rest = out.split("\n")[0].split("] ")
+    assert {"'ast'", "'beats'", "'cnn'", "'toy'"} <= set(names.strip("[").split(", "))  # every family + toy
+    assert rest == "ToyConfig (2, 3)"
 
 
 TOY_LAYERED = (

@@ -88,6 +88,18 @@ class FeatureConfig(StrictModel):
     )
     preemphasis: float = Field(0.0, ge=0, lt=1, description="kaldi_fbank: pre-emphasis coefficient (0.97)")
     remove_dc: bool = Field(False, description="kaldi_fbank: subtract each frame's mean")
+    clip_dc: bool = Field(
+        True,
+        description="kaldi_fbank with remove_dc: also subtract each clip's mean first, as AST does "
+        "(waveform - waveform.mean()); false: per frame only, as Kaldi and BEATs",
+    )
+    wave_scale: float = Field(
+        1.0,
+        gt=0,
+        description="kaldi_fbank: the wave is multiplied by this first (32768: the 16-bit integer range, "
+        "as Kaldi reads WAV files and BEATs scales its input; it moves the log-mel by 2 ln(scale) except "
+        "where the eps floor holds, digital silence)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FeatureConfig:
@@ -98,6 +110,8 @@ class FeatureConfig(StrictModel):
             raise ValueError("fmin must be below fmax")
         if self.win_length is not None and self.win_length > self.n_fft:
             raise ValueError("win_length must not exceed n_fft")
+        if self.wave_scale != 1.0 and self.kind != "kaldi_fbank":
+            raise ValueError("wave_scale applies to kind: kaldi_fbank only")
         if self.float16 and self.scale != "log10_1p":
             raise ValueError("float16 applies to scale: log10_1p only (musicnn's front-end)")
         return self
@@ -123,7 +137,9 @@ class FeatureConfig(StrictModel):
         settings["fmax"] = self.fmax or self.sample_rate / 2
         settings["win_length"] = self.win_length or self.n_fft
         settings["code_version"] = FEATURE_CODE_VERSION
-        for field, default in (("center_pad", "reflect"), ("resampler", "soxr_hq"), ("float16", False)):
+        later = (("center_pad", "reflect"), ("resampler", "soxr_hq"), ("float16", False))
+        later += (("wave_scale", 1.0), ("clip_dc", True))
+        for field, default in later:
             if settings[field] == default:  # added later: the default keeps existing cache keys
                 del settings[field]
         blob = json.dumps(settings, sort_keys=True).encode()
