@@ -72,6 +72,7 @@ SETUPS = {
     "ast_base": Setup("ast_kaldi_128", 10.24, 12),
     "efficientnet_b0": Setup("panns_32k", 10.0, 32),
     "cnn_small": Setup("logmel_16k_64", 2.0, 16),
+    "beats": Setup("beats_kaldi_128", 10.0, 8),  # BEATs' AudioSet input: 10 s, 62 x 8 patches
 }
 
 

@@ -46,6 +46,7 @@ from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import ConfigError
 from audiotag.data.features import make_extractor
 from audiotag.models.beats import BeatsConfig, audioset_names, beats_block_frames, relative_buckets
+from audiotag.models import verify
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.models.tagger import Tagger
 from tests.golden_weights import fixture_state, load_fixture, max_diff
@@ -98,7 +99,7 @@ def our_logmel(fixture: dict[str, np.ndarray], **changes: object) -> np.ndarray:
         return make_extractor(features_cfg(**changes))(wave).numpy()
 
 
-def write_checkpoint(fixture: dict[str, np.ndarray], folder: Path, cfg: dict | None = None) -> Path:
+def write_checkpoint(fixture: dict[str, np.ndarray], folder: Path) -> Path:
     """The seeded checkpoint as the released files hold it: cfg, model and label_dict."""
     state = fixture_state(fixture)
     for key in [k for k in state if k.endswith("relative_attention_bias.weight")]:
@@ -106,12 +107,11 @@ def write_checkpoint(fixture: dict[str, np.ndarray], folder: Path, cfg: dict | N
     mids = [mid for mid, _ in audioset_names()]
     label_dict = {j: mids[int(k)] for j, k in enumerate(fixture["label_order"])}
     path = folder / "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt1.pt"
-    torch.save({"cfg": CFG if cfg is None else cfg, "model": state, "label_dict": label_dict}, path)
+    torch.save({"cfg": CFG, "model": state, "label_dict": label_dict}, path)
     return path
 
 
-def our_tagger(fixture: dict[str, np.ndarray], folder: Path, cfg: dict | None = None) -> Tagger:
-    path = write_checkpoint(fixture, folder, cfg)
+def our_tagger(path: Path) -> Tagger:
     model_cfg = BeatsConfig(**{**read_yaml(REPO / "configs/models/beats.yaml"), "pretrained": str(path)})
     model = build_model(model_cfg, 128, 527, frames=53)
     report = load_pretrained(model, model_cfg, features_cfg(), offline=True)
@@ -122,12 +122,13 @@ def our_tagger(fixture: dict[str, np.ndarray], folder: Path, cfg: dict | None = 
 
 
 @pytest.fixture(scope="module")
-def tagger(fixture: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Tagger:
-    folder = tmp_path_factory.mktemp("beats_golden")
-    model = our_tagger(fixture, folder)
-    for path in folder.iterdir():
-        path.unlink()  # 360 MB: not kept for the rest of the session
-    return model
+def checkpoint(fixture: dict[str, np.ndarray], module_tmp: Path) -> Path:
+    return write_checkpoint(fixture, module_tmp)  # 360 MB, removed with module_tmp
+
+
+@pytest.fixture(scope="module")
+def tagger(checkpoint: Path) -> Tagger:
+    return our_tagger(checkpoint)
 
 
 # Run by a child process: our log-mel of the fixture (as given, and with clip_dc), into argv[1].
@@ -198,6 +199,7 @@ def test_tagger_matches_official(fixture: dict[str, np.ndarray], tagger: Tagger)
         assert max_diff(blocks[int(block)].mean(dim=1), fixture["blocks"][i]) < EMBEDDING_TOL
     order = torch.from_numpy(fixture["label_order"].astype(np.int64))
     assert max_diff(logits[:, order], fixture["output"]) < OUTPUT_TOL  # official class j is ours order[j]
+    assert max_diff(logits, fixture["output"]) > 100 * OUTPUT_TOL  # the file's order, not AudioSet's: caught
 
 
 def test_wrong_patch_order_is_caught(fixture: dict[str, np.ndarray], tagger: Tagger) -> None:
@@ -222,7 +224,6 @@ def test_wrong_patch_order_is_caught(fixture: dict[str, np.ndarray], tagger: Tag
         backbone.patch_embed = original
     order = torch.from_numpy(fixture["label_order"].astype(np.int64))
     assert max_diff(logits[:, order], fixture["output"]) > 100 * OUTPUT_TOL
-    assert max_diff(logits, fixture["output"]) > 100 * OUTPUT_TOL  # nor the classes in the file's order
 
 
 def test_a_checkpoint_of_other_settings_is_refused_by_name(tmp_path: Path) -> None:
@@ -242,3 +243,18 @@ def test_a_checkpoint_of_other_settings_is_refused_by_name(tmp_path: Path) -> No
     torch.save({"cfg": file_cfg, "model": {"patch_embedding.weight": torch.zeros(1)}}, path)
     with pytest.raises(ConfigError, match=r"shapes that do not fit: backbone\.patch_embed\.weight"):
         load_pretrained(model, model_cfg, features_cfg(), offline=True)  # the same cfg: on to the weights
+
+
+def test_weights_verify_names_the_official_top_class(
+    fixture: dict[str, np.ndarray], checkpoint: Path
+) -> None:
+    """``weights verify`` on the fixture's clips: its top label is the official top class, named
+    through the file's label_dict (official class j is AudioSet class order[j])."""
+    clips = {f"clip{i}": w.astype(np.float32) / 32768 for i, w in enumerate(fixture["wave"])}
+    results, notes = verify.run_checkpoint("beats_iter3_plus_as2m_as2m", clips, checkpoint, top_k=2)
+    names = verify.audioset_labels()
+    order = fixture["label_order"]
+    for result, official in zip(results, fixture["output"], strict=True):
+        assert result.top[0][0] == names[int(order[int(official.argmax())])]
+        assert result.embedding.shape == (768,)
+    assert "0 adapted, 11 ignored" in notes[0]

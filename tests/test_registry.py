@@ -46,13 +46,14 @@ FAMILY = Family(ToyConfig, lambda cfg, n_mels, frames: ToyBackbone(cfg, n_mels),
 
 
 def test_every_family_module_is_collected() -> None:
-    assert set(families()) == {"cnn", "timm", "ast", "byola", "musicnn"}
+    assert {"cnn", "timm", "ast", "byola", "musicnn", "beats"} <= set(families())
     for name, family in families().items():
         assert family.config.model_fields["name"].default == name
         assert family.converters, name
     assert family_of("ast").layout_of(["module.v.cls_token"]) == "ast"
     assert family_of("cnn").layout_of(["embedding_net.conv_block1.conv1.weight"]) == "aisfx"
     assert family_of("byola").layout_of(["features.0.weight"]) == "byola"
+    assert family_of("beats").layout_of(["encoder.layers.0.fc1.weight"]) == "beats"
 
 
 def test_the_experiment_schema_takes_every_family() -> None:

@@ -220,6 +220,7 @@ class BeatsBackbone(nn.Module):
         if n_mels < cfg.patch_size:
             raise ConfigError(f"beats: {n_mels} mel bins is fewer than one {cfg.patch_size}-bin patch")
         self.patch, self.n_mels = cfg.patch_size, n_mels
+        self.frame_grid = cfg.patch_size  # input frames per time step (train.auto rounds crops to it)
         self.freq_patches = n_mels // cfg.patch_size
         self.num_buckets, self.max_distance = cfg.num_buckets, cfg.max_distance
         self.layer_drop, self.dropout = cfg.layer_drop, cfg.block_dropout
@@ -292,14 +293,13 @@ class BeatsBackbone(nn.Module):
 
 def beats_block_frames(backbone: BeatsBackbone, x: Tensor, layers: list[int]) -> dict[int, Tensor]:
     """{block: (batch, time patches, dim)}: each chosen block's tokens averaged over the frequency
-    patches of each time step (then pooled over time by the ``mean`` rule: the mean of all tokens, the
-    vector the official classifier sees); under 0 the backbone's output when the last block is chosen."""
-    tokens = backbone.input_tokens(x)
-    out = backbone.run_blocks(tokens, set(layers))
+    patches of each time step (one frame per 16 input frames), pooled over time by the ``mean`` rule:
+    the mean of all tokens, what the official classifier sees. The backbone's own output (key 0) is
+    not returned: it is a token sequence, not frames, so ``embedding`` is computed from it apart."""
+    out = backbone.run_blocks(backbone.input_tokens(x), set(layers))
     freq = backbone.freq_patches
     return {
-        k: v if k == 0 else v.view(v.shape[0], v.shape[1] // freq, freq, v.shape[2]).mean(dim=2)
-        for k, v in out.items()
+        k: v.view(v.shape[0], v.shape[1] // freq, freq, v.shape[2]).mean(dim=2) for k, v in out.items() if k
     }
 
 
@@ -487,7 +487,7 @@ FAMILY = Family(
     CONVERTERS,
     checkpoints=CHECKPOINTS,
     layers=LAYERS,
-    min_frames=lambda backbone: 1,  # shorter inputs are zero-padded to one patch by the backbone
+    min_frames=lambda backbone: backbone.patch,  # one time patch: the frames per output step
     verification=VERIFY,
     check_settings=check_settings,
 )
