@@ -45,8 +45,8 @@ from audiotag.config.files import read_yaml
 from audiotag.config.schema import FeatureConfig
 from audiotag.core.errors import ConfigError
 from audiotag.data.features import make_extractor
-from audiotag.models.beats import BeatsConfig, audioset_names, beats_block_frames, relative_buckets
 from audiotag.models import verify
+from audiotag.models.beats import BeatsConfig, audioset_names, beats_block_frames, relative_buckets
 from audiotag.models.registry import build_model, load_pretrained
 from audiotag.models.tagger import Tagger
 from tests.golden_weights import fixture_state, load_fixture, max_diff
