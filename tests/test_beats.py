@@ -27,6 +27,7 @@ def small(**changes: object) -> BeatsConfig:
     return BeatsConfig(**{**SMALL, **changes})
 
 
+@pytest.mark.slow
 def test_tiny_finetuning_on_the_demo(workspace: Path) -> None:
     """One fold, two epochs, random weights, BEATs' own front-end, layer decay and LayerDrop."""
     model = "{name: beats, " + ", ".join(f"{k}: {v}" for k, v in SMALL.items()) + ", layer_drop: 0.2}"

@@ -245,6 +245,7 @@ def test_a_checkpoint_of_other_settings_is_refused_by_name(tmp_path: Path) -> No
         load_pretrained(model, model_cfg, features_cfg(), offline=True)  # the same cfg: on to the weights
 
 
+@pytest.mark.slow
 def test_weights_verify_names_the_official_top_class(
     fixture: dict[str, np.ndarray], checkpoint: Path
 ) -> None:
