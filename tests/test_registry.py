@@ -46,7 +46,7 @@ FAMILY = Family(ToyConfig, lambda cfg, n_mels, frames: ToyBackbone(cfg, n_mels),
 
 
 def test_every_family_module_is_collected() -> None:
-    expected = {"cnn", "timm", "ast", "byola", "musicnn", "vggish", "m2d"}
+    expected = {"cnn", "timm", "ast", "byola", "musicnn", "vggish", "m2d", "beats"}
     assert set(families()) == expected | {"atst_frame", "passt", "efficientat"}
     for name, family in families().items():
         assert family.config.model_fields["name"].default == name
@@ -56,6 +56,7 @@ def test_every_family_module_is_collected() -> None:
     assert family_of("byola").layout_of(["features.0.weight"]) == "byola"
     assert family_of("vggish").layout_of(["vggish/conv1/weights"]) == "tf_vggish"
     assert family_of("vggish").layout_of(["features.0.weight"]) == "torchvggish"
+    assert family_of("beats").layout_of(["encoder.layers.0.fc1.weight"]) == "beats"
 
 
 def test_the_experiment_schema_takes_every_family() -> None:

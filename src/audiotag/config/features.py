@@ -87,6 +87,18 @@ class FeatureConfig(StrictModel):
         0.0, ge=0, lt=1, description="0.97: per frame as Kaldi (kaldi_fbank) or over the wave (logmel, PaSST)"
     )
     remove_dc: bool = Field(False, description="kaldi_fbank: subtract each frame's mean")
+    clip_dc: bool = Field(
+        True,
+        description="kaldi_fbank with remove_dc: also subtract each clip's mean first, as AST does "
+        "(waveform - waveform.mean()); false: per frame only, as Kaldi and BEATs",
+    )
+    wave_scale: float = Field(
+        1.0,
+        gt=0,
+        description="kaldi_fbank: the wave is multiplied by this first (32768: the 16-bit integer range, "
+        "as Kaldi reads WAV files and BEATs scales its input; it moves the log-mel by 2 ln(scale) except "
+        "where the eps floor holds, digital silence)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FeatureConfig:
@@ -103,6 +115,8 @@ class FeatureConfig(StrictModel):
             )
         if self.mel_scale == "kaldi" and self.n_fft % 2:
             raise ValueError(f"mel_scale: kaldi needs an even n_fft (got {self.n_fft})")
+        if self.wave_scale != 1.0 and self.kind != "kaldi_fbank":
+            raise ValueError("wave_scale applies to kind: kaldi_fbank only")
         if self.float16 and self.scale != "log10_1p":
             raise ValueError("float16 applies to scale: log10_1p only (musicnn's front-end)")
         if self.top_db is not None and (self.scale != "db" or self.kind != "logmel"):
@@ -137,6 +151,8 @@ class FeatureConfig(StrictModel):
             ("top_db", None),
             ("mel_slopes", "hz"),
             ("power", 2),
+            ("wave_scale", 1.0),
+            ("clip_dc", True),
         ):
             if settings[field] == default:  # added later: the default keeps existing cache keys
                 del settings[field]

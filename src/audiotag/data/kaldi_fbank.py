@@ -4,8 +4,10 @@ Matches ``torchaudio.compliance.kaldi.fbank(wave, htk_compat=True, use_energy=Fa
 window_type="hanning", dither=0.0, frame_shift=10, num_mel_bins=128)`` without depending on
 torchaudio. The steps, per frame, are Kaldi's (``feature-window.cc``, ``mel-computations.cc``):
 
-0. (with ``remove_dc``) subtract the clip's mean (after the padding of short clips, below), as AST does
-   before calling torchaudio;
+0. the wave is multiplied by ``wave_scale`` (BEATs: 2**15), then (with ``remove_dc`` and ``clip_dc``)
+   the clip's mean is subtracted (after the padding of short clips, below), as AST does before
+   calling torchaudio; BEATs does not (``clip_dc: false``): on its 2**15-scaled wave with a DC offset
+   that subtraction moved quiet bins by 1e-3 against the official front-end (tests/test_golden_beats.py);
 1. framing with ``snip_edges=true``: frame ``i`` covers samples ``[i * hop, i * hop + win)`` and only
    whole frames are kept, so ``frames = 1 + (samples - win) // hop``;
 2. remove the frame's DC offset (its mean), if ``remove_dc``;
@@ -121,10 +123,13 @@ class KaldiFbank(nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         wave = wave.float()
+        if self.cfg.wave_scale != 1.0:  # BEATs: ``waveform * 2 ** 15`` before torchaudio's fbank
+            wave = wave * self.cfg.wave_scale
         short = self.win_length - wave.shape[-1]
         if short > 0:
             wave = F.pad(wave, (0, short))
-        if self.cfg.remove_dc:  # AST's ``waveform - waveform.mean()``: cancels in exact arithmetic
+        if self.cfg.remove_dc and self.cfg.clip_dc:  # AST's ``waveform - waveform.mean()``: cancels in
+            # exact arithmetic
             wave = wave - wave.mean(dim=-1, keepdim=True)
         frames = wave.unfold(-1, self.win_length, self.cfg.hop_length)  # (batch, frames, win)
         if self.cfg.remove_dc:

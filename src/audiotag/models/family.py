@@ -13,13 +13,15 @@ import torch
 from torch import nn
 
 from audiotag.config.schema import ModelBase
-from audiotag.models.loading import Converter
+from audiotag.models.loading import Converted, Converter
 
 EMBEDDING = "embedding"  # the layer name of a model's own clip embedding (``head.embedding``)
 
 # (backbone, normalised log-mel, 1-based layers) -> {layer: (batch, frames', dim)}, and under key 0
 # the backbone's own output when it was computed on the way
 FrameFn = Callable[[Any, torch.Tensor, list[int]], dict[int, torch.Tensor]]
+# (model config, a file's entries beside its weights, converted checkpoint) -> converted checkpoint
+SettingsCheck = Callable[[Any, Mapping[str, Any], Converted], Converted]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Family:
     min_frames: Callable[[Any], int] = lambda backbone: 32
     verification: Verification = field(default_factory=Verification)
     weights_arch: Callable[[Any], str | None] | None = None  # timm arch that imagenet/timm/ names refer to
+    # for files that record their own settings beside the weights (BEATs' ``cfg``, ``label_dict``):
+    # refuses, naming them, settings that differ from the model config; may reorder by them
+    check_settings: SettingsCheck | None = None
 
     def __post_init__(self) -> None:
         for ckpt in self.checkpoints:

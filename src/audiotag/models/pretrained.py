@@ -314,6 +314,17 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
+def _beside_weights(obj: Any) -> dict[str, Any]:
+    """A wrapper's entries that hold no tensors, e.g. {"cfg": {...}, "model": sd} -> {"cfg": {...}}."""
+    if not isinstance(obj, Mapping) or any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {}
+
+    def holds_tensors(value: Any) -> bool:
+        return isinstance(value, Mapping) and any(isinstance(v, torch.Tensor) for v in value.values())
+
+    return {str(k): v for k, v in obj.items() if not holds_tensors(v)}
+
+
 def _describe(obj: Any) -> str:
     if isinstance(obj, Mapping):
         keys = [str(k) for k in list(obj)[:8]]
@@ -321,13 +332,14 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def read_state_dict(
+def read_weights_file(
     path: str | os.PathLike[str], suffix: str | None = None, allow: tuple[str, ...] = PICKLE_ALLOWANCES
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors of a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt read weights-only, a .zip
     release archive holding one such .pth, a TensorFlow checkpoint named by its .index, a TensorFlow
     V1 checkpoint (one file, whatever its suffix: VGGish's is .ckpt), or a NumPy .npz of arrays (no
-    pickles));
+    pickles)), and the entries without tensors beside its weights (a BEATs file's ``cfg`` and
+    ``label_dict``; ``{}`` for a plain state dict);
     ``suffix`` gives the format of a file named otherwise (a download's ``.part``); ``allow``: the
     groups of non-tensor globals the pickle may hold (a table entry's ``pickle_globals``; files
     named by path allow numpy arrays)."""
@@ -361,6 +373,7 @@ def read_state_dict(
             "a TensorFlow checkpoint's .index, .npz, a .zip holding one checkpoint, or one of "
             f"{', '.join(TORCH_SUFFIXES)}"
         )
+    beside = _beside_weights(obj)
     state = _unwrap(obj)
     tensors = (
         {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -371,4 +384,11 @@ def read_state_dict(
         raise DataError(f"{path}: holds no tensors ({_describe(state)}); is it a model checkpoint?")
     if len(tensors) < len(state):
         log.debug("%s: ignored %d non-tensor entries", path, len(state) - len(tensors))
-    return tensors
+    return tensors, beside
+
+
+def read_state_dict(
+    path: str | os.PathLike[str], suffix: str | None = None, allow: tuple[str, ...] = PICKLE_ALLOWANCES
+) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (:func:`read_weights_file` without the entries beside them)."""
+    return read_weights_file(path, suffix, allow)[0]

@@ -29,7 +29,7 @@ from audiotag.models.pretrained import (
     IMAGENET,
     TIMM_PREFIX,
     fetch,
-    read_state_dict,
+    read_weights_file,
     timm_checkpoint,
     timm_name,
 )
@@ -207,7 +207,8 @@ def load_pretrained(
             check_frontend(features, entry.features, entry.name)
         if entry is None:
             check_recorded_frontend(path, features)
-    state = read_state_dict(path, allow=entry.pickle_globals) if entry is not None else read_state_dict(path)
+    allow = {"allow": entry.pickle_globals} if entry is not None else {}
+    state, beside = read_weights_file(path, **allow)
     family = family_of(cfg.name)
     layout = entry.layout if entry is not None else family.layout_of(list(state))
     converters = family.converters
@@ -217,6 +218,8 @@ def load_pretrained(
             f"cannot use (it loads: {', '.join(sorted(converters))})"
         )
     converted = converters[layout](state)
+    if family.check_settings is not None:  # e.g. BEATs: the file's own cfg against the model config
+        converted = family.check_settings(cfg, beside, converted)
     prepare = getattr(model.backbone, "prepare_checkpoint", None)
     if prepare is not None:  # e.g. AST: the positional-embedding adapter needs the model's patch grid
         converted = prepare(converted)

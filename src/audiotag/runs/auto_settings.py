@@ -86,9 +86,10 @@ def measure_model(cfg: ExperimentConfig, n_classes: int) -> tuple[int, float, in
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         seq = model.backbone(x)
         model.head(seq)
-    grid = 1
-    if getattr(model.backbone, "output", "sequence") == "sequence":
-        grid = max(1, frames // seq.shape[1])
+    grid = getattr(model.backbone, "frame_grid", None)  # declared where the output does not show it (BEATs)
+    if grid is None:
+        sequence = getattr(model.backbone, "output", "sequence") == "sequence"
+        grid = max(1, frames // seq.shape[1]) if sequence else 1
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     return grid, kept / (2 * frames), parameters
 
