@@ -251,3 +251,21 @@ def test_bilinear_positions_are_caught(fixture, tmp_path: Path, monkeypatch: pyt
 
 def test_default_input_norm_is_the_checkpoints() -> None:
     assert m2d.M2DConfig().input_norm == InputNorm(mean=-7.1, std=4.2)
+
+
+@pytest.mark.slow  # an 86M-parameter ViT rebuilt from the seed
+def test_weights_verify_runs_the_audioset_checkpoint(fixture, tmp_path: Path) -> None:
+    """``weights verify m2d_vit_base_as --weights FILE``: the release zip (its 48-frame grid adapted to
+    the row's 1001 frames), AudioSet labels in the head's CSV order, a 768-d embedding per clip."""
+    from audiotag.models import verify
+
+    state = evar_state(fixture)
+    state[f"{EVAR}norm_stats"] = torch.tensor([-7.1, 4.2])  # the row's model file's input_norm
+    path = write_release(state, tmp_path / lookup("m2d_vit_base_as").filename)
+    clips = {k: v[:16000] for k, v in verify.synthetic_clips(16000).items()}  # 1 s each: fast
+    results, notes = verify.run_checkpoint("m2d_vit_base_as", clips, path, top_k=2)
+    assert "0 adapted" not in notes[0] and "m2d_16k_80" in notes[1]
+    labels = set(verify.audioset_labels())
+    for result in results:
+        assert len(result.top) == 2 and all(label in labels for label, _ in result.top)
+        assert result.embedding.shape == (768,)
