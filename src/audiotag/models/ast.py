@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from audiotag.config.schema import ModelBase
@@ -43,6 +41,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import EMBEDDING, Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter, rgb_to_mono
+from audiotag.models.vit import VIT_NORM, PatchEmbed, init_linears, vit_blocks
 
 
 class AstConfig(ModelBase):
@@ -134,17 +133,6 @@ class PosEmbedResampler:
         return resample_pos_embed(src, self.src_grid, self.dst_grid, self.n_prefix)
 
 
-class PatchEmbed(nn.Module):
-    """Overlapping 16x16 patches of the one-channel (mels x frames) image, as tokens."""
-
-    def __init__(self, dim: int, fstride: int, tstride: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(1, dim, kernel_size=PATCH, stride=(fstride, tstride))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)  # (batch, dim, rows, cols)
-
-
 class AstBackbone(nn.Module):
     """Log mel ``(batch, frames, mels)`` -> tokens ``(batch, 2 + rows*cols, dim)`` after the final norm."""
 
@@ -161,26 +149,14 @@ class AstBackbone(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, N_PREFIX + self.grid[0] * self.grid[1], dim))
-        norm = partial(nn.LayerNorm, eps=1e-6)  # timm's ViT / DeiT LayerNorm
-        # stochastic depth rising linearly over the blocks, as timm (plain floats: works on meta too)
-        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.Sequential(
-            *(
-                Block(dim, cfg.num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=rate, norm_layer=norm)
-                for rate in rates
-            )
-        )
-        self.norm = norm(dim)
+        self.blocks = vit_blocks(dim, cfg.depth, cfg.num_heads, cfg.drop_path)
+        self.norm = VIT_NORM(dim)
         self._init_weights()
 
     def _init_weights(self) -> None:
         for param in (self.cls_token, self.dist_token, self.pos_embed):
             nn.init.trunc_normal_(param, std=0.02)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears(self.blocks)
 
     def positions(self, cols: int) -> Tensor:
         """The positional embedding for ``cols`` time columns (the built grid cut or interpolated)."""

@@ -29,19 +29,18 @@ official downstream code (``encoder.encoder.*``) converts the same way, its head
 
 from __future__ import annotations
 
-from functools import partial
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from audiotag.config.schema import ModelBase
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter
+from audiotag.models.vit import VIT_NORM, init_linears, vit_blocks
 
 PATCH_FRAMES = 4  # frames per token: 40 ms at a 10 ms hop
 ENCODER_PREFIXES = ("model.teacher.encoder.", "encoder.encoder.")
@@ -102,24 +101,13 @@ class AtstFrameBackbone(nn.Module):
         self.out_dim = dim = cfg.embed_dim
         self.patch_embed = FramePatches(n_mels, dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.input_frames // PATCH_FRAMES, dim))
-        norm = partial(nn.LayerNorm, eps=1e-6)
-        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # torch.linspace
-        self.blocks = nn.Sequential(
-            *(
-                Block(dim, cfg.num_heads, mlp_ratio=4.0, qkv_bias=False, drop_path=rate, norm_layer=norm)
-                for rate in rates
-            )
-        )
-        self.norm_frame = norm(dim)
+        self.blocks = vit_blocks(dim, cfg.depth, cfg.num_heads, cfg.drop_path, qkv_bias=False)
+        self.norm_frame = VIT_NORM(dim)
         self._init_weights()
 
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears(self)
 
     def chunks(self, x: Tensor) -> list[Tensor]:
         """``x`` cut into chunks of ``input_frames`` frames; a last chunk under one patch is dropped

@@ -49,7 +49,6 @@ import csv
 import logging
 import math
 import re
-from functools import partial
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -57,7 +56,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from audiotag.config.schema import InputNorm, ModelBase
@@ -65,6 +63,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter
+from audiotag.models.vit import VIT_NORM, init_linears, vit_blocks
 
 log = logging.getLogger(__name__)
 
@@ -169,20 +168,10 @@ class M2DBackbone(nn.Module):
         self.patch_embed = PatchEmbed(dim, self.patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", sincos_positions(dim, *self.grid))  # fixed, as the official
-        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        norm = partial(nn.LayerNorm, eps=1e-6)  # the official ViT's
-        self.blocks = nn.Sequential(
-            *(
-                Block(dim, cfg.num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=rate, norm_layer=norm)
-                for rate in rates
-            )
-        )
-        self.norm = norm(dim)
+        self.blocks = vit_blocks(dim, cfg.depth, cfg.num_heads, cfg.drop_path)
+        self.norm = VIT_NORM(dim)
         nn.init.normal_(self.cls_token, std=1e-6)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        init_linears(self.blocks)
 
     def chunks(self, x: Tensor) -> list[Tensor]:
         """(batch, frames, mels) -> one-channel images (batch, 1, mels, <= unit), as ``encode_lms``."""

@@ -27,13 +27,11 @@ front-end is configs/features/passt_32k_128.yaml.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from audiotag.config.schema import ModelBase
@@ -41,6 +39,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter
+from audiotag.models.vit import VIT_NORM, PatchEmbed, init_linears, vit_blocks
 
 PATCH = 16
 N_PREFIX = 2  # class token + distillation token
@@ -88,15 +87,6 @@ def keep_random(count: int, drop: int) -> Tensor:
     return torch.randperm(count)[: max(1, count - drop)].sort().values
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, dim: int, fstride: int, tstride: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(1, dim, kernel_size=PATCH, stride=(fstride, tstride))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)  # (batch, dim, rows, cols)
-
-
 class PasstBackbone(nn.Module):
     """Log mel ``(batch, frames, mels)`` -> tokens ``(batch, 2 + patches, dim)`` after the final norm."""
 
@@ -115,15 +105,8 @@ class PasstBackbone(nn.Module):
         self.new_pos_embed = nn.Parameter(torch.zeros(1, N_PREFIX, dim))
         self.freq_new_pos_embed = nn.Parameter(torch.zeros(1, dim, rows, 1))
         self.time_new_pos_embed = nn.Parameter(torch.zeros(1, dim, 1, cols))
-        norm = partial(nn.LayerNorm, eps=1e-6)
-        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.Sequential(
-            *(
-                Block(dim, cfg.num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=rate, norm_layer=norm)
-                for rate in rates
-            )
-        )
-        self.norm = norm(dim)
+        self.blocks = vit_blocks(dim, cfg.depth, cfg.num_heads, cfg.drop_path)
+        self.norm = VIT_NORM(dim)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -131,11 +114,7 @@ class PasstBackbone(nn.Module):
             nn.init.trunc_normal_(param, std=0.02)
         for param in (self.freq_new_pos_embed, self.time_new_pos_embed):
             nn.init.trunc_normal_(param, std=0.02)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_linears(self.blocks)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.blocks(self.input_tokens(x)))
