@@ -41,7 +41,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import EMBEDDING, Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter, rgb_to_mono
-from audiotag.models.vit import VIT_NORM, PatchEmbed, init_linears, vit_blocks
+from audiotag.models.vit import VIT_NORM, PatchEmbed, init_linears, prefix_token_embeddings, vit_blocks
 
 
 class AstConfig(ModelBase):
@@ -205,18 +205,7 @@ def ast_block_embeddings(backbone: AstBackbone, x: Tensor, layers: list[int]) ->
     Returns {block: (batch, 1, dim)}: one frame, there is nothing to pool over time; and under key 0
     what ``backbone(x)`` returns when the last block was among them.
     """
-    tokens = backbone.input_tokens(x)
-    out: dict[int, Tensor] = {}
-    for index, block in enumerate(backbone.blocks):
-        if index >= max(layers):
-            break
-        tokens = block(tokens)
-        if index + 1 in layers:
-            normed = backbone.norm(tokens)
-            out[index + 1] = normed[:, :N_PREFIX].mean(dim=1, keepdim=True)
-            if index + 1 == len(backbone.blocks):
-                out[0] = normed
-    return out
+    return prefix_token_embeddings(backbone, x, layers)
 
 
 def build_backbone(cfg: AstConfig, n_mels: int, frames: int) -> nn.Module:

@@ -39,7 +39,7 @@ from audiotag.core.errors import ConfigError
 from audiotag.fetch.weights import Checkpoint
 from audiotag.models.family import Family, Layers, Verification
 from audiotag.models.loading import Converted, Converter
-from audiotag.models.vit import VIT_NORM, PatchEmbed, init_linears, vit_blocks
+from audiotag.models.vit import VIT_NORM, PatchEmbed, init_linears, prefix_token_embeddings, vit_blocks
 
 PATCH = 16
 N_PREFIX = 2  # class token + distillation token
@@ -153,18 +153,7 @@ def passt_block_embeddings(backbone: PasstBackbone, x: Tensor, layers: list[int]
     """One vector per input and chosen block (1-based): the block's tokens through the final norm,
     class and distillation tokens averaged, as PaSST's head pools them. {block: (batch, 1, dim)}, and
     under key 0 what ``backbone(x)`` returns when the last block was among them."""
-    tokens = backbone.input_tokens(x)
-    out: dict[int, Tensor] = {}
-    for index, block in enumerate(backbone.blocks):
-        if index >= max(layers):
-            break
-        tokens = block(tokens)
-        if index + 1 in layers:
-            normed = backbone.norm(tokens)
-            out[index + 1] = normed[:, :N_PREFIX].mean(dim=1, keepdim=True)
-            if index + 1 == len(backbone.blocks):
-                out[0] = normed
-    return out
+    return prefix_token_embeddings(backbone, x, layers)
 
 
 def build_backbone(cfg: PasstConfig, n_mels: int, frames: int) -> nn.Module:

@@ -5,6 +5,7 @@ initialisation of their linear layers, and AST's and PaSST's strided 16x16 patch
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
@@ -45,3 +46,23 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)  # (batch, dim, rows, cols)
+
+
+def prefix_token_embeddings(backbone: Any, x: Tensor, layers: list[int]) -> dict[int, Tensor]:
+    """One vector per input and chosen block (1-based) of a backbone with ``input_tokens``, ``blocks``,
+    the final ``norm`` and ``n_prefix_tokens`` (AST, PaSST): the block's tokens through the final norm,
+    the prefix (class and distillation) tokens averaged, as their heads pool them. {block: (batch, 1,
+    dim)}: one frame, nothing to pool over time; and under key 0 what ``backbone(x)`` returns when the
+    last block was among them."""
+    tokens = backbone.input_tokens(x)
+    out: dict[int, Tensor] = {}
+    for index, block in enumerate(backbone.blocks):
+        if index >= max(layers):
+            break
+        tokens = block(tokens)
+        if index + 1 in layers:
+            normed = backbone.norm(tokens)
+            out[index + 1] = normed[:, : backbone.n_prefix_tokens].mean(dim=1, keepdim=True)
+            if index + 1 == len(backbone.blocks):
+                out[0] = normed
+    return out
