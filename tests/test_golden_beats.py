@@ -15,13 +15,16 @@ Tolerances (max abs difference; measured here, torch 2.9 CPU, in brackets):
 - log-mel. The fixture was made with ``MKL_CBWR=COMPATIBLE`` (MKL's SSE4.2 code path, which every
   x86 CPU can take); torch's CPU FFT and float32 ``log`` round differently on each MKL path, as for
   AST (``tests/test_golden_ast.py``). Strict, on the fixture's path (a child process started with
-  ``MKL_CBWR=COMPATIBLE``): every bin ``STRICT_LOGMEL_TOL`` 1e-5 (1.9e-6: one float32 ulp of the
-  largest values, ln of the 2**15-scaled power, -15.9 at the eps floor to 28.8). On this CPU's own
+  ``MKL_CBWR=COMPATIBLE``): every bin ``STRICT_LOGMEL_TOL`` 2e-4 and the bins within 10 of their
+  frame's peak ``STRICT_LOUD_TOL`` 5e-6 (on the machine that made the fixture 1.9e-6 everywhere: one
+  float32 ulp of the largest values, ln of the 2**15-scaled power, -15.9 at the eps floor to 28.8; on
+  an AMD EPYC with AVX2 only, where MKL_CBWR changes nothing, 9.8e-5 on a bin 13.5 under its frame's
+  peak and 2.9e-6 on the loud ones). On this CPU's own
   path, in the test process: every bin ``LOGMEL_TOL`` 5e-3 (1.3e-3 on the AVX2 path, 3.7e-3 on this
   machine's AVX512 path: the quietest bins, 15+ nepers under their frame's peak), the bins within 10
   of their frame's peak ``LOUD_TOL`` 1e-4 (1.7e-5 AVX2, 3.6e-5 AVX512). Only the strict check sees
   small slips: subtracting the clip mean as AST does (``clip_dc: true``) moves the quiet bins by
-  about 1e-3 and the loud ones by 1.5e-5.
+  about 1e-3 (3.0e-3 on that EPYC) and the loud ones by 1.5e-5 (both machines).
 - normalised input: the log-mel error divided by 13.1.
 - embedding, block means and logits ``1e-4`` (1.2e-6, 9.5e-7, 1.1e-6): 12 blocks in float32, SDPA
   against the official explicit softmax. Known deviations move them by far more (tests below): the
@@ -53,7 +56,8 @@ from tests.golden_weights import fixture_state, load_fixture, max_diff
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = "beats_as2m"
-STRICT_LOGMEL_TOL = 1e-5  # on the fixture's MKL path (MKL_CBWR=COMPATIBLE), every bin
+STRICT_LOGMEL_TOL = 2e-4  # on the fixture's MKL path (MKL_CBWR=COMPATIBLE), every bin
+STRICT_LOUD_TOL = 5e-6  # there, the bins within LOUD of their frame's peak
 LOGMEL_TOL = 5e-3  # on this CPU's MKL path, every bin
 LOUD = 10.0
 LOUD_TOL = 1e-4  # on this CPU's MKL path, bins within LOUD of their frame's peak
@@ -156,8 +160,13 @@ def test_frontend_matches_official_on_its_mkl_path(fixture: dict[str, np.ndarray
     assert proc.returncode == 0, proc.stderr
     with np.load(out) as data:
         ours, clip_dc = data["ours"], data["clip_dc"]
-    assert max_diff(ours, fixture["logmel"]) < STRICT_LOGMEL_TOL
-    assert max_diff(clip_dc, fixture["logmel"]) > 50 * STRICT_LOGMEL_TOL  # AST's clip mean: caught
+    official = fixture["logmel"]
+    loud = official > official.max(axis=2, keepdims=True) - LOUD
+    assert max_diff(ours, official) < STRICT_LOGMEL_TOL
+    assert max_diff(ours[loud], official[loud]) < STRICT_LOUD_TOL
+    # AST's clip mean: caught on the loud bins and on all of them
+    assert max_diff(clip_dc[loud], official[loud]) > 2 * STRICT_LOUD_TOL
+    assert max_diff(clip_dc, official) > 2.5 * STRICT_LOGMEL_TOL
 
 
 def test_frontend_on_this_cpu(fixture: dict[str, np.ndarray]) -> None:

@@ -14,7 +14,8 @@ Tolerances, from measurements:
   STFT and ours round differently, and the float16 cast then lands on the neighbouring step.
   Without the float16 steps (plain float32 log10) 99.96% of the values differ (up to 1.4e-3).
 - network from the package's log-mel: taggram atol 1e-5 (measured 8e-7), features rtol 1e-5 +
-  atol 1e-4 on values up to 64 (measured 1.5e-4 at a cnn3 value of ~35, 4e-6 on penultimate):
+  atol 5e-4 on values up to 64 (measured 1.5e-4 at a cnn3 value of ~35, 4e-6 on penultimate; on an
+  AMD EPYC with AVX2 only 1.6e-4 at a cnn3 value of 0.71 and 1.8e-4 on penultimate):
   float32 convolutions summed in another order. torch's BatchNorm epsilon (1e-5 instead of TF's
   1e-3) moves the taggram by more than 1e-3 (test_batchnorm_epsilon_is_tensorflows).
 - end to end from the wave: taggram atol 2e-4 (measured 4.9e-6; MSD 2.6e-5), the one-step log-mel
@@ -97,9 +98,9 @@ def test_real_weights_give_the_packages_outputs(fixture, models, model_name: str
     out = run(models[model_name], fixture["logmel"])
     np.testing.assert_allclose(out["taggram"], fixture[f"{model_name}/taggram"], rtol=0, atol=1e-5)
     for name in ("penultimate", "max_pool", "mean_pool"):
-        np.testing.assert_allclose(out[name], fixture[f"{model_name}/{name}"], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(out[name], fixture[f"{model_name}/{name}"], rtol=1e-5, atol=5e-4)
     if f"{model_name}/cnn3" in fixture:
-        np.testing.assert_allclose(out["cnn3"], fixture[f"{model_name}/cnn3"], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(out["cnn3"], fixture[f"{model_name}/cnn3"], rtol=1e-5, atol=5e-4)
 
 
 def test_end_to_end_from_the_wave(fixture, features: FeatureConfig, models) -> None:
@@ -130,7 +131,7 @@ def test_embed_layers_are_the_packages_features(fixture, features: FeatureConfig
     rep = Representation(EmbeddingConfig(weights="musicnn_mtt"), features)
     assert resolve_layers(rep.model_cfg, "default") == ["6", "7", "embedding"]
     out = rep.encode(torch.from_numpy(fixture["logmel"].astype(np.float32)), ["1", "6", "7", "embedding"])
-    tol = {"rtol": 1e-5, "atol": 1e-4}
+    tol = {"rtol": 1e-5, "atol": 5e-4}
     np.testing.assert_allclose(out["6"], fixture["MTT_musicnn/max_pool"], **tol)
     np.testing.assert_allclose(out["7"], fixture["MTT_musicnn/mean_pool"], **tol)
     np.testing.assert_allclose(out["embedding"], fixture["MTT_musicnn/penultimate"], **tol)

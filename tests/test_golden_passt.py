@@ -13,12 +13,14 @@ front-end (configs/features/passt_32k_128.yaml), input normalisation and Tagger 
 Tolerances (max abs difference), with what was measured on the machine that made the fixtures (x86
 CPU, torch 2.x, MKL) in brackets:
 
-- log-mel ``1e-4`` (``9.5e-7``), normalised input ``2e-5`` (``1.2e-7``): our pre-emphasis (a
-  subtraction, not a conv1d) and grouped mel product round differently from the official float32
-  code; ln(mel + 1e-5) keeps the quietest bins away from float32 FFT noise (digital silence gives
-  ln(1e-5) on both sides), so the bounds are 100x the measured error, room for other CPUs' FFT
-  rounding. Errors of substance are far outside: fmax 15500 (the module's own default,
-  fmax_aug_range 1000) moves the log-mel by 7.5, a periodic Hann window by 0.16, no pre-emphasis by 12.9.
+- log-mel: every bin ``1e-3`` (``9.5e-7``; ``5.0e-4`` on an AMD EPYC with AVX2 only, at a bin of
+  -11.2, just above the ln(1e-5) floor of a near-silent frame), the bins within 10 of their frame's
+  peak ``1e-4`` (``5.5e-5`` on that EPYC); normalised input ``3e-4`` (``1.2e-7``; ``9.9e-5``): our
+  pre-emphasis (a subtraction, not a conv1d) and grouped mel product round differently from the
+  official float32 code, and another CPU's FFT rounds the quietest bins differently (digital
+  silence still gives ln(1e-5) on both sides). Errors of substance are far outside: fmax 15500
+  (the module's own default, fmax_aug_range 1000) moves the log-mel by 7.5, a periodic Hann window
+  by 0.16, no pre-emphasis by 12.9.
 - embedding and logits ``1e-4`` (stride 10: ``1.6e-6`` / ``1.5e-6``; stride 16: ``1.7e-6`` /
   ``1.8e-6``): 12 float32 blocks (timm's fused attention against the official explicit softmax).
   Taking the last rather than the first columns of the time embedding moves the logits by 2.0.
@@ -43,8 +45,10 @@ from tests.golden_weights import fixture_state, load_fixture, max_diff
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"passt_s10": "passt_s", "passt_s16": "passt_s_s16"}  # fixture -> configs/models/<name>.yaml
-LOGMEL_TOL = 1e-4
-INPUT_TOL = 2e-5
+LOGMEL_TOL = 1e-3  # every bin
+LOUD = 10.0
+LOUD_TOL = 1e-4  # bins within LOUD of their frame's peak
+INPUT_TOL = 3e-4
 EMBEDDING_TOL = 1e-4
 OUTPUT_TOL = 1e-4
 
@@ -79,7 +83,10 @@ def normalised(logmel: np.ndarray) -> np.ndarray:
 def test_frontend_matches_official() -> None:
     ours = our_logmel()
     assert ours.shape == official_logmel().shape == (1, 50, 128)
-    assert max_diff(ours, official_logmel()) < LOGMEL_TOL
+    official = official_logmel()
+    assert max_diff(ours, official) < LOGMEL_TOL
+    loud = official > official.max(axis=2, keepdims=True) - LOUD
+    assert max_diff(ours[loud], official[loud]) < LOUD_TOL
     assert max_diff(normalised(ours), load_fixture("passt_frontend")["model_input"]) < INPUT_TOL
 
 
