@@ -43,6 +43,21 @@ def test_precision_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_precision("fp16", CPU)
 
 
+def test_emulated_bf16_on_the_cpu_is_kept_but_named(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from audiotag.train import engine
+
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
+    caplog.set_level("WARNING")
+    assert resolve_precision("bf16", CPU) == "bf16"  # the user's choice, not overruled
+    assert "train.precision bf16 on a CPU without bf16 instructions" in caplog.text
+    assert "train.precision=auto" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("bf16", CPU) == "bf16" and not caplog.text
+
+
 def test_accumulated_micro_batches_equal_one_large_batch() -> None:
     torch.manual_seed(0)
     x, y = torch.randn(8, 5), torch.rand(8, 3)

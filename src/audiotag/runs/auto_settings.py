@@ -88,7 +88,8 @@ def measure_model(cfg: ExperimentConfig, n_classes: int) -> tuple[int, float, in
         model.head(seq)
     grid = getattr(model.backbone, "frame_grid", None)  # declared where the output does not show it (BEATs)
     if grid is None:
-        sequence = getattr(model.backbone, "output", "sequence") == "sequence"
+        # one output frame from MEASURE_FRAMES input frames: pooled over time (musicnn), any length fits
+        sequence = getattr(model.backbone, "output", "sequence") == "sequence" and seq.shape[1] > 1
         grid = max(1, frames // seq.shape[1]) if sequence else 1
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     return grid, kept / (2 * frames), parameters
