@@ -335,6 +335,15 @@ def compare(case: Case, name: str, ref: np.ndarray, test: np.ndarray, precision:
     return row
 
 
+def one_family_per_case() -> list[str]:
+    """The first family of each case builder: every code path of the script, a fraction of its time
+    (a CPU smoke run of the suite)."""
+    first: dict[Callable[[str, Path], Case], str] = {}
+    for family, case in FAMILIES.items():
+        first.setdefault(case, family)
+    return list(first.values())
+
+
 def run_family(family: str, device: torch.device, tmp: Path) -> list[dict]:
     start = time.perf_counter()
     case = FAMILIES[family](family, tmp)

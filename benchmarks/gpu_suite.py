@@ -135,10 +135,11 @@ def throughput(
     )
 
 
-def golden(suite: Suite, device: torch.device) -> None:
+def golden(suite: Suite, device: torch.device, smoke: bool) -> None:
     import gpu_golden
 
-    gpu_golden.run(str(device), out=lambda r: suite.emit("golden bf16", r))
+    families = gpu_golden.one_family_per_case() if smoke else None
+    gpu_golden.run(str(device), out=lambda r: suite.emit("golden bf16", r), families=families)
 
 
 def features(suite: Suite, device: torch.device, clips: int, resamplers: list[str] | None) -> None:
@@ -215,7 +216,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu_suite")))
     parser.add_argument("--budget", type=float, default=560.0, help="seconds for the whole suite")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on a CPU")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, one golden family per case: the script on a CPU"
+    )
     parser.add_argument(
         "--sections", nargs="+", choices=list(MIN_SECONDS), default=["train", "golden", "features", "resume"]
     )
@@ -250,7 +253,7 @@ def main() -> None:
                 name, start_by, lambda m=model, v=variants, u=until: throughput(suite, device, m, v, args, u)
             )
         elif kind == "golden":
-            suite.section(name, start_by, lambda: golden(suite, device))
+            suite.section(name, start_by, lambda: golden(suite, device, args.smoke))
         elif kind == "features":
             suite.section(
                 name, start_by, lambda: features(suite, device, args.feature_clips, args.feature_resamplers)

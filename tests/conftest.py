@@ -60,3 +60,52 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+# ----------------------------------------------------------------------------- the soak tier
+# Tests marked ``soak`` (pyproject.toml) start several processes and kill them at random moments, or
+# train with DDP / on several "machines": minutes each. ``./run.sh test`` leaves them out unless
+# ``--soak`` is given or their file or id is named; CI runs them after the suite (.ci/run).
+SOAK_OPTION = "--soak"
+SOAK_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        SOAK_OPTION,
+        action="store_true",
+        help="also run the soak tests (multi-process kills, DDP, several machines); -m soak: only them",
+    )
+
+
+def named_on_the_command_line(item: pytest.Item, config: pytest.Config) -> bool:
+    for arg in config.args:
+        path, _, rest = arg.partition("::")
+        target = Path(path) if Path(path).is_absolute() else config.invocation_params.dir / path
+        if target.resolve() == item.path.resolve() and (not rest or item.nodeid.endswith(f"::{rest}")):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption(SOAK_OPTION):
+        return
+    left_out = [
+        item
+        for item in items
+        if item.get_closest_marker("soak") is not None and not named_on_the_command_line(item, config)
+    ]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        ids = {id(item) for item in left_out}
+        items[:] = [item for item in items if id(item) not in ids]
+    config.stash[SOAK_LEFT_OUT] = len(left_out)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    left = config.stash.get(SOAK_LEFT_OUT, 0)
+    if left:
+        terminalreporter.write_line(
+            f"{left} soak tests left out (multi-process kills, DDP, several machines): "
+            "./run.sh test --soak -m soak runs them, as CI does"
+        )

@@ -257,6 +257,7 @@ def test_spec_batches_are_reproducible_per_clip_entropy() -> None:
 # ----------------------------------------------------------------------------- resume
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_resume_after_kills_with_both_libraries_gives_the_uninterrupted_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -251,6 +251,7 @@ def crash_on_marker(tasks: list[tuple[str, bool]]) -> list[cache_compute.ClipRes
     return cache_compute._worker_chunk(tasks)
 
 
+@pytest.mark.soak
 def test_a_crashing_worker_is_contained(built: tuple[Path, pd.DataFrame, Path]) -> None:
     root, _, clean_dir = built
     reference = FeatureCache(clean_dir)

@@ -52,6 +52,7 @@ RACING_BUILD = """
 """
 
 
+@pytest.mark.soak
 def test_two_processes_build_one_cache(tmp_path: Path) -> None:
     root = tmp_path / "comp"
     clips = write_clips(root)
@@ -165,6 +166,7 @@ def test_partial_of_shifted_records_is_rebuilt(
     assert (final / "frames.f16").read_bytes() == (reference / "frames.f16").read_bytes()
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_two_prepare_commands_on_a_fresh_workspace(tmp_path: Path) -> None:
     """Two ``prepare`` processes started together: both succeed and every clip holds its own frames."""

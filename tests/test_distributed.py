@@ -56,6 +56,7 @@ def assert_one_report_per_member(tmp_path: Path, stdout: str) -> None:
     assert stdout.count("mean ± std") == 2
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_ddp_two_processes_train_every_fold_together(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "--gpus", "2", "--parallel", "ddp")
@@ -66,6 +67,7 @@ def test_ddp_two_processes_train_every_fold_together(tmp_path: Path) -> None:
     assert_one_report_per_member(tmp_path, proc.stdout)
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_fold_parallel_shares_the_folds(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "--gpus", "2", "--parallel", "folds")
@@ -75,6 +77,7 @@ def test_fold_parallel_shares_the_folds(tmp_path: Path) -> None:
     assert_one_report_per_member(tmp_path, proc.stdout)
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_ddp_run_killed_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
     """SIGKILL a 2-process DDP run once a mid-epoch checkpoint exists; the rerun resumes every rank's
@@ -142,6 +145,7 @@ def test_batch_size_must_split_across_processes() -> None:
         train_experiment(cfg, ctx=DistContext(rank=0, world=3, local_rank=0, mode="ddp"))
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_ddp_student_takes_each_fold_s_pseudo_labels_from_rank_0(tmp_path: Path) -> None:
     """A pseudo-labelled student under ``--gpus 2``: rank 0 scores each fold's noisy clips with the

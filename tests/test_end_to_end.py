@@ -153,6 +153,7 @@ def test_bad_input_gives_clear_errors(workspace: Path, capsys) -> None:
     assert "'cnn_small'" in err and "./run.sh train" in err
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_killed_run_resumes_and_matches_uninterrupted(tmp_path: Path) -> None:
     """SIGKILL during fold 0, run again: it resumes from the checkpoint and ends where a clean run ends."""

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import PYTHON, REPO
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_gpu_suite_smoke_run_streams_every_section(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}

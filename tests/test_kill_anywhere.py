@@ -134,6 +134,7 @@ def outputs(ws: Path) -> dict:
     }
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_kills_anywhere_in_prepare_and_train_change_nothing(tmp_path: Path) -> None:
     rng = random.Random(SEED)

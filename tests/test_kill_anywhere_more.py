@@ -31,6 +31,8 @@ from tests.conftest import PYTHON, subprocess_env
 from tests.test_new_competition import esc50_like
 from tests.test_probe_end_to_end import FRONT_END, panns_checkpoint, tiny_competition_yaml
 
+pytestmark = pytest.mark.soak  # tests/conftest.py: left out of ./run.sh test unless --soak
+
 SEED = int(os.environ.get("AUDIOTAG_KILL_SEED", "1234"))
 KILLS = 3
 TIMEOUT = 300

@@ -16,6 +16,8 @@ import torch
 
 from tests.conftest import PYTHON, subprocess_env
 
+pytestmark = pytest.mark.soak  # tests/conftest.py: left out of ./run.sh test unless --soak
+
 # Every run here: the same tiny fold, so their results compare; one thread, so they compare exactly.
 SETTINGS = [
     *("competition.n_folds=3", "competition.generator.train_per_class=12"),

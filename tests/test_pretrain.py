@@ -131,6 +131,7 @@ def losses(ws: Path) -> list[float]:
     return [h["loss"] for h in done["history"]]
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_sigkill_anywhere_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
     clean, killed, logs = tmp_path / "clean", tmp_path / "killed", tmp_path / "logs"
@@ -188,6 +189,7 @@ def test_cli_pretrain_on_an_audio_folder(workspace: Path) -> None:
     assert len(list((workspace / "competition" / "_audio").glob("*/cache/byola_16k_64-*/manifest.json"))) == 1
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_pretrain_together(tmp_path: Path) -> None:
     """``--gpus 2`` without CUDA: two gloo processes share each batch; rank 0 alone writes."""

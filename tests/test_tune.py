@@ -364,6 +364,7 @@ def wait_for(
         time.sleep(0.01)
 
 
+@pytest.mark.soak
 @pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_keeps_finished_trials_and_resumes_the_killed_one(
     tmp_path: Path,
