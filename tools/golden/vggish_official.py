@@ -49,37 +49,13 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from tests.vggish_seeded import SEED, seeded_weights  # noqa: E402  (numpy only)
+
 OUT = ROOT / "tests" / "golden" / "vggish_official.npz"
 OFFICIAL = Path(os.environ.get("OFFICIAL", "/tmp/official/vggish"))
-SEED = 20261208
 SR = 16000
 LENGTHS = (35200, 20800, 32000)  # 2.2 s, 1.3 s, 2.0 s
-
-# the official checkpoint's variables, in define_vggish_slim's order (tests/test_golden_vggish.py)
-VARIABLES = (
-    ("vggish/conv1", (3, 3, 1, 64)),
-    ("vggish/conv2", (3, 3, 64, 128)),
-    ("vggish/conv3/conv3_1", (3, 3, 128, 256)),
-    ("vggish/conv3/conv3_2", (3, 3, 256, 256)),
-    ("vggish/conv4/conv4_1", (3, 3, 256, 512)),
-    ("vggish/conv4/conv4_2", (3, 3, 512, 512)),
-    ("vggish/fc1/fc1_1", (12288, 4096)),
-    ("vggish/fc1/fc1_2", (4096, 4096)),
-    ("vggish/fc2", (4096, 128)),
-)
-
-
-def seeded_weights(seed: int) -> dict[str, np.ndarray]:
-    """Kernels N(0, 2 / fan_in) (He), biases N(0, 0.05), float32, drawn in VARIABLES' order."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for scope, shape in VARIABLES:
-        fan_in = int(np.prod(shape[:-1]))
-        kernel = rng.standard_normal(shape, dtype=np.float32)
-        kernel *= np.float32(np.sqrt(2.0 / fan_in))
-        out[f"{scope}/weights"] = kernel
-        out[f"{scope}/biases"] = rng.standard_normal(shape[-1], dtype=np.float32) * np.float32(0.05)
-    return out
 
 
 def seeded_waves() -> list[np.ndarray]:
