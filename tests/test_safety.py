@@ -331,6 +331,43 @@ def test_atomic_files_get_the_mode_of_a_plain_open(tmp_path: Path, umask: int, m
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
 
 
+KILLED_MID_WRITE = """
+import sys, time
+from audiotag.core.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half a checkpoint")
+    print(tmp, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_write_removes_what_a_killed_writer_left_and_nothing_else(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "last.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_WRITE, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    left = Path(proc.stdout.readline().strip())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert left.read_bytes() == b"half a checkpoint" and not target.exists()
+    live = tmp_path / f".last.pt.{atomic.writer_tag(os.getppid())}.abc.tmp"  # a writer that still runs
+    other_host = tmp_path / f".last.pt.0000beef-{proc.pid}.abc.tmp"
+    untagged = tmp_path / ".last.pt.k2j3h4.tmp"  # an earlier version's name: its writer is unknown
+    other_target = tmp_path / f".last.pt.bak.{atomic.writer_tag(proc.pid)}.abc.tmp"
+    for path in (live, other_host, untagged, other_target):
+        path.write_bytes(b"x")
+    atomic.atomic_write_text(target, "new")
+    assert target.read_text() == "new" and not left.exists()
+    assert all(p.exists() for p in (live, other_host, untagged, other_target))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (target, live, other_host, untagged, other_target)
+    )
+
+
 # --------------------------------------------------------------------------- 6. Kaggle credentials
 
 

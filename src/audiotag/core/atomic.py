@@ -5,13 +5,21 @@ mode a plain ``open(target, "w")`` gives a new file, ``0o666`` less the umask (`
 ``0o022``), not the ``0o600`` of the temporary file ``mkstemp`` makes, which would hide submissions,
 reports, checkpoints and packages from the other users of a shared machine. (A file left ``0o600`` by
 an earlier version gets the plain mode when it is written again.)
+
+The temporary file's name carries its writer (a hash of the host name and the process id): a write of
+the same target removes the temporary files of writers on this host that are gone (a SIGKILL mid-write
+leaves one; a checkpoint's can be hundreds of MB), never those of a live process or another machine
+sharing the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +36,10 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.{writer_tag()}.", suffix=suffix + ".tmp", dir=target.parent
+    )
     try:
         os.fchmod(fd, plain_mode())
     finally:
@@ -42,6 +53,44 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _host_id() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def writer_tag(pid: int | None = None) -> str:
+    """``<host hash>-<pid>``: who writes a temporary file (no dots, so the name parses back)."""
+    return f"{_host_id()}-{os.getpid() if pid is None else pid}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove the temporary files of ``target`` whose writer ran on this host and is gone; return them.
+
+    Names of an earlier version (no writer tag) and of other hosts are left alone: whether their
+    writer still runs cannot be told from here."""
+    prefix = f".{target.name}."
+    host = _host_id()
+    removed = []
+    for path in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        tag = path.name[len(prefix) :].split(".", 1)[0]
+        tag_host, _, pid = tag.partition("-")
+        if tag_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def current_umask() -> int:
