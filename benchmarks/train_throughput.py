@@ -78,6 +78,7 @@ SETUPS = {
     "mn10": Setup("passt_32k_128", 10.0, 8),
     "m2d_vit_base": Setup("m2d_16k_80", 6.08, 4),  # the pre-trained 608-frame input; a small batch
     "beats": Setup("beats_kaldi_128", 10.0, 8),  # BEATs' AudioSet input: 10 s, 62 x 8 patches
+    "musicnn": Setup("musicnn_16k_96", 2.0, 16),  # train.auto's 2-s crop and batch on the real sets
 }
 
 

@@ -32,7 +32,7 @@ def resolve_precision(choice: str, device: torch.device) -> str:
         if choice == "bf16" and device.type == "cpu" and not cpu_has_bf16():
             log.warning(
                 "train.precision bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): emulated, "
-                "about 4-5x slower than fp32 (musicnn on an AVX2 EPYC); train.precision=auto picks fp32 here"
+                "3.5-4.4x slower than fp32 (musicnn on an AVX2 EPYC); train.precision=auto picks fp32 here"
             )
         return choice
     if device.type != "cuda":
