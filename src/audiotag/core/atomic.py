@@ -85,7 +85,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
     for path in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         tag = path.name[len(prefix) :].split(".", 1)[0]
         tag_host, _, pid = tag.partition("-")
-        if tag_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if tag_host != host or not pid.isdigit() or _alive(int(pid)):  # this process is alive too
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
